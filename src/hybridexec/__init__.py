@@ -1,0 +1,73 @@
+"""hybridexec: one Executor that runs each task where it runs best.
+
+Threads for I/O and GIL-releasing C code, processes for GIL-bound Python work; killable
+workers with per-task timeouts; crash isolation; the same API everywhere.
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+
+from ._default import default_executor as default_executor
+from ._default import imap as imap
+from ._default import map as map
+from ._default import submit as submit
+from ._exceptions import ActorBrokenError as ActorBrokenError
+from ._exceptions import ActorClosedError as ActorClosedError
+from ._exceptions import ActorError as ActorError
+from ._exceptions import BackendUnavailableError as BackendUnavailableError
+from ._exceptions import BrokenExecutorError as BrokenExecutorError
+from ._exceptions import HybridExecError as HybridExecError
+from ._exceptions import RemoteTraceback as RemoteTraceback
+from ._exceptions import SerializationError as SerializationError
+from ._exceptions import SharedMemoryError as SharedMemoryError
+from ._exceptions import TaskTimeoutError as TaskTimeoutError
+from ._exceptions import WorkerCrashedError as WorkerCrashedError
+from ._executor import Executor as Executor
+from ._executor import ExecutorOptions as ExecutorOptions
+from ._futures import Future as Future
+from ._routing import Classifier as Classifier
+from ._routing import Decision as Decision
+from ._routing import cpu_bound as cpu_bound
+from ._routing import io_bound as io_bound
+from ._routing import task as task
+from ._version import __version__ as __version__
+
+__all__ = [
+    "ActorBrokenError",
+    "ActorClosedError",
+    "ActorError",
+    "BackendUnavailableError",
+    "BrokenExecutorError",
+    "Classifier",
+    "Decision",
+    "Executor",
+    "ExecutorOptions",
+    "Future",
+    "HybridExecError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SharedMemoryError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "__version__",
+    "cpu_bound",
+    "default_executor",
+    "imap",
+    "io_bound",
+    "map",
+    "submit",
+    "task",
+]
+
+# Users see hybridexec.X, not hybridexec._module.X, in reprs, tracebacks and docs.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("hybridexec._"):
+        try:
+            _obj.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

@@ -1,0 +1,123 @@
+"""The error hierarchy of hybridexec.
+
+```
+HybridExecError(Exception)
+├── BrokenExecutorError(HybridExecError, concurrent.futures.BrokenExecutor)
+│   └── WorkerCrashedError(BrokenExecutorError, concurrent.futures.process.BrokenProcessPool)
+├── TaskTimeoutError(HybridExecError, TimeoutError)
+├── SerializationError(HybridExecError)
+├── ActorError(HybridExecError)
+│   ├── ActorClosedError      you stopped it
+│   └── ActorBrokenError      it died; the cause is chained
+├── SharedMemoryError(HybridExecError)
+└── BackendUnavailableError(HybridExecError, ImportError)
+```
+
+Every error pickles (workers send them to the parent), so each class that takes extra
+constructor arguments implements ``__reduce__``.
+"""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+__all__ = [
+    "ActorBrokenError",
+    "ActorClosedError",
+    "ActorError",
+    "BackendUnavailableError",
+    "BrokenExecutorError",
+    "HybridExecError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SharedMemoryError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "signal_name",
+]
+
+
+class HybridExecError(Exception):
+    """Raised by hybridexec; the base of every error the library defines."""
+
+
+class BrokenExecutorError(HybridExecError, BrokenExecutor):
+    """Raised by an executor or lane when it can no longer run work."""
+
+
+def signal_name(exitcode: int | None) -> str | None:
+    """Return the name of the signal that ended a process, from its ``exitcode``.
+
+    ``multiprocessing`` reports death by signal N as ``exitcode == -N``.
+    """
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+class WorkerCrashedError(BrokenExecutorError, BrokenProcessPool):
+    """Raised on a task's future when the worker process running it died.
+
+    Attributes:
+        exitcode: The worker's exit code (negative: killed by that signal number).
+        signal: The name of the signal that killed it (``"SIGKILL"``), or None.
+        pid: The worker's process id.
+    """
+
+    def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None):
+        self.exitcode = exitcode
+        self.pid = pid
+        self.signal = signal_name(exitcode)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_crash, (str(self), self.exitcode, self.pid))
+
+
+def _rebuild_crash(message: str, exitcode: int | None, pid: int | None) -> WorkerCrashedError:
+    return WorkerCrashedError(message, exitcode=exitcode, pid=pid)
+
+
+class TaskTimeoutError(HybridExecError, TimeoutError):
+    """Raised on a task's future when its deadline passed; a process worker was killed."""
+
+
+class SerializationError(HybridExecError):
+    """Raised when a task, its arguments or its result cannot be pickled or unpickled."""
+
+
+class ActorError(HybridExecError):
+    """Raised by actor handles; the base of the actor errors."""
+
+
+class ActorClosedError(ActorError):
+    """Raised by an actor handle used after ``stop()``, or on messages dropped by it."""
+
+
+class ActorBrokenError(ActorError):
+    """Raised on asks pending when an actor died or was killed; the cause is chained."""
+
+
+class SharedMemoryError(HybridExecError):
+    """Raised by the shared-memory helpers: no space, use after close, bad attach."""
+
+
+class BackendUnavailableError(HybridExecError, ImportError):
+    """Raised when a backend or optional feature needs an extra that is not installed."""
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker, chained as ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'

@@ -1,0 +1,332 @@
+"""The Executor: validates each call, routes it to a lane, owns the lanes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from typing_extensions import ParamSpec, Self
+
+from ._exceptions import SerializationError
+from ._futures import Future, Items, Outcome, Task
+from ._process._pool import ProcessLane
+from ._routing import Classifier, Decision, Options, check_kind, check_timeout, hints_of, route
+from ._threads import ThreadLane
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("hybridexec")
+
+
+def _check_count(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs each task on threads or in processes, wherever it runs best.
+
+    A real ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown`` and the context
+    manager behave as in the standard library, and every future records where it ran
+    (``fut.kind`` is ``"thread"`` or ``"process"``).
+
+    Args:
+        max_threads: Cap of the thread lane (default 256); threads start as blocking work
+            arrives and exit after ``idle_timeout``.
+        max_processes: Worker processes (default: the number of CPUs).
+        start_method: ``"forkserver"`` (default on Linux), ``"spawn"`` or ``"fork"``.
+        backend: Reserved for distributed backends; only None (this machine) for now.
+        max_tasks_per_child: Replace a worker process after this many tasks.
+        max_memory_per_child: Replace a worker process whose resident memory exceeds this
+            many bytes after a task.
+        idle_timeout: Seconds an idle worker (thread or process) lives; None keeps worker
+            processes until shutdown and threads for 10 s.
+        initializer: Called with ``initargs`` in every new worker process and thread.
+        initargs: Arguments for ``initializer``.
+        kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
+            classifier; ``"thread"`` or ``"process"`` switch the classifier off.
+        classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles.
+
+    Raises:
+        ValueError: a worker count below 1, an unknown ``kind`` or ``start_method``.
+        TypeError: a worker count that is not an int.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        max_threads: int | None = None,
+        max_processes: int | None = None,
+        start_method: str | None = None,
+        backend: object = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        idle_timeout: float | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        kind: str = "auto",
+        classifier: Classifier | None = None,
+    ) -> None:
+        max_threads = _check_count("max_threads", max_threads)
+        max_processes = _check_count("max_processes", max_processes)
+        _check_count("max_tasks_per_child", max_tasks_per_child)
+        _check_count("max_memory_per_child", max_memory_per_child)
+        if idle_timeout is not None:
+            check_timeout(idle_timeout)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {initializer!r}")
+        if backend is not None:
+            raise ValueError(f"unknown backend {backend!r}")
+        self._options = Options()
+        self._default_kind = check_kind(kind)
+        self._classifier = classifier
+        self._threads = ThreadLane(
+            max_threads,
+            idle_timeout=idle_timeout,
+            initializer=initializer,
+            initargs=initargs,
+        )
+        self._processes = ProcessLane(
+            max_processes,
+            start_method=start_method,
+            max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child,
+            idle_timeout=idle_timeout,
+            initializer=initializer,
+            initargs=initargs,
+        )
+        self._lanes: dict[str, ThreadLane | ProcessLane] = {
+            "thread": self._threads,
+            "process": self._processes,
+        }
+        self._shutdown_lock = threading.Lock()
+        self._closed = False
+        self._counts = {"thread": 0, "process": 0}
+
+    # ---- the concurrent.futures contract --------------------------------------------------
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Schedule ``fn(*args, **kwargs)`` and return a future for its result.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            RuntimeError: the executor was shut down.
+        """
+        return self._submit(fn, args, kwargs, self._options)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """Like ``builtins.map`` but concurrent; results come back in order.
+
+        All items are submitted at once, in chunks of ``chunksize`` calls. ``timeout`` bounds
+        the whole iteration, as in the standard library.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            ValueError: ``chunksize`` below 1.
+            TimeoutError: (while iterating) results not ready within ``timeout``.
+        """
+        return self._map(fn, iterables, timeout, chunksize, self._options)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work and release the workers.
+
+        Args:
+            wait: Wait for running (and, unless cancelled, pending) tasks to finish.
+            cancel_futures: Cancel tasks that have not started.
+        """
+        with self._shutdown_lock:
+            self._closed = True
+        self._threads.shutdown(wait=False, cancel_futures=cancel_futures)
+        self._processes.shutdown(wait=False, cancel_futures=cancel_futures)
+        if wait:
+            self._threads.shutdown(wait=True)
+            self._processes.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    # ---- hybridexec additions -------------------------------------------------------------
+    def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
+        """Return a view of this executor that applies ``kind`` and ``timeout`` to each call.
+
+        Example: ``ex.options(kind="process", timeout=2.0).submit(fn, x)``.
+
+        Raises:
+            ValueError: unknown ``kind`` or a timeout that is not positive.
+        """
+        options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
+        return ExecutorOptions(self, options.merged(self._options))
+
+    def terminate_workers(self) -> None:
+        """Shut down without waiting and SIGTERM every worker process; running tasks cancel."""
+        self.shutdown(wait=False, cancel_futures=True)
+        self._processes.terminate_workers()
+
+    def kill_workers(self) -> None:
+        """Shut down without waiting and SIGKILL every worker process; running tasks cancel."""
+        self.shutdown(wait=False, cancel_futures=True)
+        self._processes.kill_workers()
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per lane and process-lane events (workers started, crashes, kills)."""
+        return {
+            "submitted": dict(self._counts),
+            "threads": self._threads.size,
+            "processes": self._processes.size,
+            "process_lane": dict(self._processes.stats),
+        }
+
+    def explain(self, fn: Callable[..., Any]) -> Decision:
+        """Return where a call of ``fn`` with no arguments would go now, and why."""
+        return route(fn, (), {}, self._options, self._classifier, self._default_kind)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes alive now."""
+        return self._processes.worker_pids()
+
+    # ---- internals shared with map() and the module-level helpers ------------------------
+    def _decide(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> tuple[Decision, Options]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
+        hinted = hints_of(fn)
+        if hinted is not None:
+            opts = opts.merged(hinted)
+        return route(fn, args, kwargs, opts, self._classifier, self._default_kind), opts
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+    ) -> Future[Any]:
+        decision, opts = self._decide(fn, args, kwargs, opts)
+        return self._submit_task(fn, [(args, kwargs)], decision, opts.timeout, batch=False)[0]
+
+    def _submit_task(
+        self,
+        fn: Callable[..., Any],
+        items: Items,
+        decision: Decision,
+        timeout: float | None,
+        *,
+        batch: bool,
+    ) -> tuple[Future[Any], Task]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        kind = decision.kind
+        future: Future[Any] = Future(kind)
+        task = Task(fn, items, future, batch=batch, timeout=timeout)
+        if kind == "process":
+            try:
+                self._processes.prepare(task)
+            except SerializationError as exc:
+                if decision.explicit:
+                    future.set_running_or_notify_cancel()
+                    future.settle(False, exc)
+                    return future, task
+                logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
+                kind = future.kind = "thread"
+        logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
+        self._counts[kind] += 1
+        self._lanes[kind].submit(task)
+        return future, task
+
+    def _map(
+        self,
+        fn: Callable[..., R],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        opts: Options,
+    ) -> Iterator[R]:
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        end_time = None if timeout is None else time.monotonic() + timeout
+        args_list = list(zip(*iterables))  # noqa: B905 - stops at the shortest, as map does
+        futures: list[tuple[Future[Any], bool]] = []
+        for start in range(0, len(args_list), chunksize):
+            chunk = args_list[start : start + chunksize]
+            decision, call_opts = self._decide(fn, chunk[0], {}, opts)
+            items: Items = [(args, {}) for args in chunk]
+            future, _ = self._submit_task(
+                fn, items, decision, call_opts.timeout, batch=chunksize > 1
+            )
+            futures.append((future, chunksize > 1))
+        return _results(futures, end_time)
+
+
+def _results(futures: list[tuple[Future[Any], bool]], end_time: float | None) -> Iterator[Any]:
+    # A generator apart from map() so that map() raises bad input at once, not on iteration.
+    try:
+        futures.reverse()
+        while futures:
+            future, batch = futures[-1]
+            if end_time is None:
+                value = future.result()
+            else:
+                value = future.result(end_time - time.monotonic())
+            futures.pop()
+            if batch:
+                yield from _unpack(value)
+            else:
+                yield value
+    finally:
+        for future, _ in futures:
+            future.cancel()
+
+
+def _unpack(outcomes: list[Outcome]) -> Iterator[Any]:
+    for ok, value in outcomes:
+        if not ok:
+            raise value
+        yield value
+
+
+class ExecutorOptions:
+    """An executor seen through fixed options; made by ``Executor.options()``."""
+
+    def __init__(self, executor: Executor, options: Options) -> None:
+        self._executor = executor
+        self._opts = options
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """``Executor.submit`` with these options."""
+        return self._executor._submit(fn, args, kwargs, self._opts)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[R]:
+        """``Executor.map`` with these options."""
+        return self._executor._map(fn, iterables, timeout, chunksize, self._opts)
+
+    def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
+        """Narrow these options further."""
+        options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
+        return ExecutorOptions(self._executor, options.merged(self._opts))

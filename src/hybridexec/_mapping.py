@@ -1,0 +1,194 @@
+"""``map``/``imap`` with automatic batching and bounded in-flight work.
+
+The first calls go out one by one (as many as the lane runs at once) and are timed where they
+run. When the first of them finishes, its time per call sizes the batches for the rest:
+
+- in processes, one batch should cost about ``PROCESS_BATCH_SECONDS`` so the pipe round trip
+  is paid rarely, but there should be several batches per worker so none sits idle at the end;
+- on threads, calls far cheaper than a hand-off (``TINY_CALL_SECONDS``) run in batches of about
+  ``THREAD_BATCH_SECONDS``; anything slower goes one call per task, since it likely blocks.
+
+Work in flight is bounded (lazy input never piles up in memory) and results come back in input
+order or, with ``ordered=False``, as they finish.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import math
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._futures import Future, Items, Outcome, Task
+from ._routing import Options
+
+if TYPE_CHECKING:
+    from ._executor import Executor
+
+R = TypeVar("R")
+
+PROCESS_BATCH_SECONDS = 0.03
+THREAD_BATCH_SECONDS = 0.005
+TINY_CALL_SECONDS = 50e-6
+MAX_BATCH = 50_000
+THREAD_PROBES = 4
+
+
+def imap(
+    executor: Executor,
+    fn: Callable[..., R],
+    iterable: Iterable[Any],
+    options: Options,
+    *,
+    ordered: bool = True,
+    chunksize: int | None = None,
+    progress: bool | Callable[[int, int | None], object] = False,
+) -> Iterator[R]:
+    """Validate now, then return the lazy iterator of results."""
+    if chunksize is not None and (
+        isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+    ):
+        raise ValueError(f"chunksize must be an int of at least 1 or None, not {chunksize!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
+    if executor._closed:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+    try:
+        total: int | None = len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    it = iter(iterable)
+    return _run(executor, fn, it, total, options, ordered, chunksize, _progress(progress, total))
+
+
+def _progress(
+    progress: bool | Callable[[int, int | None], object], total: int | None
+) -> Callable[[int], None] | None:
+    if progress is False or progress is None:
+        return None
+    if callable(progress):
+        count = [0]
+
+        def report(n: int) -> None:
+            count[0] += n
+            progress(count[0], total)
+
+        return report
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn(
+            "progress=True needs tqdm: pip install 'hybridexec[progress]'; running without a bar",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    bar = tqdm(total=total, unit="task", dynamic_ncols=True)
+    return bar.update  # type: ignore[no-any-return]
+
+
+class _Batch:
+    __slots__ = ("future", "size", "task")
+
+    def __init__(self, future: Future[Any], task: Task, size: int) -> None:
+        self.future = future
+        self.task = task
+        self.size = size
+
+
+def _run(
+    executor: Executor,
+    fn: Callable[..., Any],
+    it: Iterator[Any],
+    total: int | None,
+    options: Options,
+    ordered: bool,
+    chunksize: int | None,
+    report: Callable[[int], None] | None,
+) -> Iterator[Any]:
+    first = list(itertools.islice(it, 1))
+    if not first:
+        return
+    decision, opts = executor._decide(fn, (first[0],), {}, options)
+    kind = decision.kind
+    lane_width = (
+        executor._processes.max_processes if kind == "process" else executor._threads.max_threads
+    )
+    in_flight: deque[_Batch] | set[_Batch] = deque() if ordered else set()
+    waiting: set[Future[Any]] = set()
+    remaining = None if total is None else total
+
+    def submit(items: list[Any]) -> None:
+        nonlocal remaining
+        calls: Items = [((item,), {}) for item in items]
+        future, task = executor._submit_task(fn, calls, decision, opts.timeout, batch=True)
+        batch = _Batch(future, task, len(items))
+        if isinstance(in_flight, deque):
+            in_flight.append(batch)
+        else:
+            in_flight.add(batch)
+        waiting.add(future)
+        if remaining is not None:
+            remaining -= len(items)
+
+    # One call at a time while the per-call cost is unknown, or for per-item timeouts.
+    size = chunksize or 1
+    probing = chunksize is None and opts.timeout is None
+    probes = min(lane_width, THREAD_PROBES) if kind == "thread" else lane_width
+    submit(first)
+    if probing:
+        for item in itertools.islice(it, probes - 1):
+            submit([item])
+    limit = lane_width * 2 if kind == "process" else lane_width
+    exhausted = False
+    try:
+        while in_flight or not exhausted:
+            if probing:
+                done, _ = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+                timed = next(b for b in in_flight if b.future in done)
+                size = _batch_size(timed.task.elapsed, kind, remaining, lane_width)
+                probing = False
+                if size > 1:
+                    limit = max(lane_width * 2, 4) if kind == "process" else 4
+            while not exhausted and len(in_flight) < limit:
+                items = list(itertools.islice(it, size))
+                if not items:
+                    exhausted = True
+                    break
+                submit(items)
+            if not in_flight:
+                break
+            if isinstance(in_flight, deque):
+                batch = in_flight.popleft()
+            else:
+                done, _ = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+                batch = next(b for b in in_flight if b.future in done)
+                in_flight.remove(batch)
+            waiting.discard(batch.future)
+            outcomes: list[Outcome] = batch.future.result()
+            if report is not None:
+                report(len(outcomes))
+            for ok, value in outcomes:
+                if not ok:
+                    raise value
+                yield value
+    finally:
+        for batch in in_flight:
+            batch.future.cancel()
+
+
+def _batch_size(per_call: float, kind: str, remaining: int | None, workers: int) -> int:
+    per_call = max(per_call, 1e-7)
+    if kind == "process":
+        size = PROCESS_BATCH_SECONDS / per_call
+        if remaining is not None:
+            # At least four batches per worker, so the last ones finish together.
+            size = min(size, math.ceil(remaining / (4 * workers)))
+    elif per_call < TINY_CALL_SECONDS:
+        size = THREAD_BATCH_SECONDS / per_call
+    else:
+        size = 1
+    return max(1, min(MAX_BATCH, int(size)))

@@ -1,0 +1,200 @@
+"""The front of the process lane: records work for the manager thread and wakes it.
+
+Nothing here touches a worker; see ``_manager.py`` for the thread that does.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .._exceptions import BrokenExecutorError
+from .._futures import Task
+from .._serialize import dumps
+from ._manager import Manager
+from ._messages import encode_call
+from ._util import get_context
+
+_live_lanes: weakref.WeakSet[ProcessLane] = weakref.WeakSet()
+_atexit_registered = False
+_atexit_lock = threading.Lock()
+
+
+def _kill_live_lanes() -> None:
+    # Runs before multiprocessing's own exit hook (which would join our non-daemon workers
+    # forever): an executor that was never shut down loses its workers here, at once.
+    for lane in list(_live_lanes):
+        lane.shutdown(wait=False, cancel_futures=True)
+        lane.kill_workers()
+        lane.join(timeout=5.0)
+
+
+class ProcessLane:
+    """A pool of worker processes with one private pipe each."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        max_processes: int | None = None,
+        *,
+        start_method: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        idle_timeout: float | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        name: str = "hybridexec",
+    ) -> None:
+        self.max_processes = max_processes or os.cpu_count() or 1
+        self.context = get_context(start_method)
+        self.start_method: str = self.context.get_start_method()
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.report_memory = max_memory_per_child is not None
+        self.idle_timeout = idle_timeout
+        self.initializer = dumps((initializer, initargs)) if initializer is not None else None
+        self.name = name
+        self.pending: deque[Task] = deque()
+        self.commands: deque[tuple[str, Any]] = deque()
+        self.stats: dict[str, int] = {
+            "workers_started": 0,
+            "tasks_done": 0,
+            "crashes": 0,
+            "kills": 0,
+        }
+        self.shutting_down = False
+        self.broken: BaseException | None = None
+        self._lock = threading.Lock()
+        self._manager: Manager | None = None
+        self._timing_hook: Callable[[Task, float, float], None] | None = None
+        self.wake_r = self.wake_w = -1
+        self.lifeline_r: Any = None
+        self.lifeline_w: Any = None
+
+    # ---- used by the manager --------------------------------------------------------------
+    def drain_wakeups(self) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def command(self, name: str, arg: Any = None) -> None:
+        self.commands.append((name, arg))
+        self._wake()
+
+    def record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
+        if self._timing_hook is not None:
+            self._timing_hook(task, elapsed, cpu)
+
+    # ---- the front ------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """The number of worker processes alive now."""
+        manager = self._manager
+        return len(manager.workers) if manager is not None else 0
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes alive now."""
+        manager = self._manager
+        return list(manager.workers) if manager is not None else []
+
+    def prepare(self, task: Task) -> None:
+        """Pickle the call in the caller's thread.
+
+        Raises:
+            SerializationError: the callable or an argument cannot be pickled.
+        """
+        task.payload = encode_call(task.fn, task.items, task.batch)
+
+    def submit(self, task: Task) -> None:
+        """Queue a prepared task and wake the manager.
+
+        Raises:
+            RuntimeError: the lane was shut down.
+            BrokenExecutorError: the lane broke earlier.
+        """
+        if task.payload is None:
+            self.prepare(task)
+        with self._lock:
+            if self.shutting_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self.broken is not None:
+                raise BrokenExecutorError(f"the process lane is broken: {self.broken!r}")
+            self.pending.append(task)
+            if self._manager is None:
+                self._start_manager()
+        self._wake()
+
+    def _start_manager(self) -> None:
+        global _atexit_registered
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.lifeline_r, self.lifeline_w = self.context.Pipe(duplex=False)
+        self._manager = Manager(self)
+        self._manager.start()
+        with _atexit_lock:
+            _live_lanes.add(self)
+            if not _atexit_registered:
+                atexit.register(_kill_live_lanes)
+                _atexit_registered = True
+
+    def _wake(self) -> None:
+        if self.wake_w >= 0:
+            try:
+                os.write(self.wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: the manager is awake already
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; the manager finishes running work, then stops the workers."""
+        with self._lock:
+            self.shutting_down = True
+            if cancel_futures:
+                while self.pending:
+                    try:
+                        task = self.pending.popleft()
+                    except IndexError:
+                        break
+                    task.future.cancel()
+        self._wake()
+        if wait:
+            self.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        manager = self._manager
+        if manager is None or manager is threading.current_thread():
+            return
+        manager.join(timeout)
+        if not manager.is_alive():
+            self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        with self._lock:
+            if self.wake_r < 0:
+                return
+            for fd in (self.wake_r, self.wake_w):
+                os.close(fd)
+            self.wake_r = self.wake_w = -1
+            self.lifeline_r.close()
+            self.lifeline_w.close()
+            _live_lanes.discard(self)
+
+    def terminate_workers(self) -> None:
+        """SIGTERM every worker (and its children); running tasks are cancelled."""
+        import signal
+
+        self.command("kill-all", signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker (and its children); running tasks are cancelled."""
+        import signal
+
+        self.command("kill-all", signal.SIGKILL)

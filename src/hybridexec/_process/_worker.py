@@ -1,0 +1,149 @@
+"""The child side of the process lane: a plain loop over the worker's private pipe."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import time
+from typing import Any
+
+from .._exceptions import BrokenExecutorError, SerializationError
+from .._serialize import PROTOCOL, dumps, loads, pack_exception
+from ._messages import STOP, Reply
+from ._util import (
+    become_group_leader,
+    resident_memory,
+    set_parent_death_signal,
+    watch_lifeline,
+)
+
+_FN_CACHE_SIZE = 16
+
+
+def worker_main(
+    conn: Any,
+    lifeline: Any,
+    inherited_fds: tuple[int, ...],
+    initializer: bytes | None,
+    report_memory: bool,
+) -> None:
+    """Run calls sent over ``conn`` until told to stop or the parent goes away."""
+    become_group_leader()
+    set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fd in inherited_fds:  # with fork: ends of the parent's pipes that must not stay open
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    watch_lifeline(lifeline)
+
+    init_error: bytes | None = None
+    if initializer is not None:
+        try:
+            fn, args = loads(initializer)
+            fn(*args)
+        except BaseException as exc:
+            err = BrokenExecutorError(f"the worker initializer raised {exc!r}")
+            err.__cause__ = exc
+            init_error = pack_exception(err)
+
+    functions: dict[bytes, Any] = {}
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if data == STOP:
+            return
+        if init_error is not None:
+            # Every task sent here fails with the initializer's error; then the worker goes.
+            conn.send_bytes(_encode_reply(_fail_all(data, init_error), 0.0, 0.0, None))
+            return
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        outcomes = _run(data, functions)
+        elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_started
+        rss = resident_memory() if report_memory else None
+        conn.send_bytes(_encode_reply(outcomes, elapsed, cpu, rss))
+
+
+def _fail_all(data: bytes, packed: bytes) -> list[tuple[bool, Any]]:
+    try:
+        _, items, _ = pickle.loads(data)
+        count = len(items)
+    except Exception:
+        count = 1
+    return [(False, packed)] * count
+
+
+def _run(data: bytes, functions: dict[bytes, Any]) -> list[tuple[bool, Any]]:
+    try:
+        fn_bytes, items, _batch = loads(data)
+        fn = functions.get(fn_bytes)
+        if fn is None:
+            fn = loads(fn_bytes)
+            if len(functions) >= _FN_CACHE_SIZE:
+                functions.clear()
+            functions[fn_bytes] = fn
+    except BaseException as exc:
+        err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
+        err.__cause__ = exc
+        return [(False, pack_exception(err))]
+    outcomes: list[tuple[bool, Any]] = []
+    append = outcomes.append
+    for args, kwargs in items:
+        try:
+            append((True, fn(*args, **kwargs)))
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
+            append((False, pack_exception(exc)))
+    return outcomes
+
+
+def _encode_reply(
+    outcomes: list[tuple[bool, Any]], elapsed: float, cpu: float, rss: int | None
+) -> bytes:
+    reply = Reply(outcomes, elapsed, cpu, rss)
+    try:
+        return pickle.dumps(tuple(reply), PROTOCOL)
+    except Exception:
+        pass
+    # Some result does not pickle with the C pickler: find which, item by item, so the others
+    # still arrive.
+    fixed: list[tuple[bool, Any]] = []
+    for ok, value in outcomes:
+        if not ok:
+            fixed.append((ok, value))
+            continue
+        try:
+            fixed.append((True, _Pickled(dumps(value))))
+        except SerializationError as exc:
+            err = SerializationError(f"the task's result could not be pickled: {exc}")
+            err.__cause__ = exc.__cause__
+            fixed.append((False, pack_exception(err)))
+    return pickle.dumps((fixed, elapsed, cpu, rss), PROTOCOL)
+
+
+class _Pickled:
+    """A result pickled on its own (by cloudpickle), unwrapped by the parent."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Pickled, (self.data,))
+
+
+def unwrap(value: Any) -> Any:
+    """Undo ``_Pickled`` on the parent side.
+
+    Raises:
+        SerializationError: the result could not be unpickled.
+    """
+    if type(value) is _Pickled:
+        return loads(value.data)
+    return value

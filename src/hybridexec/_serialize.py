@@ -1,0 +1,112 @@
+"""Pickling rules shared by every lane that crosses a process boundary.
+
+Callables go through cloudpickle (lambdas, closures and ``__main__`` functions must work);
+data goes through the C pickler first, which is several times faster, and falls back to
+cloudpickle only when the C pickler refuses. Exceptions travel with their formatted traceback
+so the parent can chain it as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from ._exceptions import RemoteTraceback, SerializationError
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj`` with the C pickler, falling back to cloudpickle.
+
+    Raises:
+        SerializationError: neither pickler could handle ``obj``; the cause is chained.
+    """
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception as first:
+        try:
+            return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
+
+
+def dumps_callable(fn: Any) -> bytes:
+    """Pickle a callable by value where needed (cloudpickle).
+
+    Raises:
+        SerializationError: the callable cannot be pickled; the cause is chained.
+    """
+    try:
+        return cloudpickle.dumps(fn, PROTOCOL)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle ``data``.
+
+    Raises:
+        SerializationError: unpickling failed; the cause is chained.
+    """
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(f"cannot unpickle a {len(data)}-byte message: {exc!r}") from exc
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__qualname__} object>"
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{name} ({text})" if name not in text else text
+
+
+def is_picklable(obj: Any) -> bool:
+    """Return True when ``obj`` pickles with the C pickler or cloudpickle."""
+    try:
+        dumps(obj)
+    except SerializationError:
+        return False
+    return True
+
+
+def pack_exception(exc: BaseException) -> bytes:
+    """Pickle an exception with its formatted traceback; never raises.
+
+    An exception that will not pickle (or unpickle) is replaced by a ``SerializationError``
+    whose message says what was raised, so the caller still learns what happened.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        data = dumps((exc, tb))
+        pickle.loads(data)  # an exception whose __reduce__ is wrong fails here, not in the parent
+        return data
+    except Exception as err:
+        substitute = SerializationError(
+            f"the task raised {type(exc).__qualname__}: {exc}, "
+            f"which could not be sent back ({err!r})"
+        )
+        return pickle.dumps((substitute, tb), PROTOCOL)
+
+
+def unpack_exception(data: bytes) -> BaseException:
+    """Rebuild an exception packed by :func:`pack_exception`, remote traceback as cause."""
+    try:
+        exc, tb = pickle.loads(data)
+    except Exception as err:
+        return SerializationError(f"cannot unpickle the exception raised by a task: {err!r}")
+    return chain_remote(exc, tb)
+
+
+def chain_remote(exc: BaseException, tb: str) -> BaseException:
+    """Attach the worker's formatted traceback to ``exc`` as ``__cause__``."""
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc

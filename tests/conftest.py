@@ -1,0 +1,103 @@
+"""Shared fixtures: every test is checked for leaked processes, threads and /dev/shm segments."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import hybridexec
+from hybridexec import _default
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIXES = ("hx", "psm_")
+SETTLE_SECONDS = 10.0
+
+
+def _infrastructure(proc: psutil.Process) -> bool:
+    # multiprocessing's forkserver and resource tracker live for the whole session.
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return True
+    return "forkserver" in cmdline or "resource_tracker" in cmdline
+
+
+def _children() -> set[int]:
+    me = psutil.Process()
+    return {p.pid for p in me.children(recursive=True) if not _infrastructure(p)}
+
+
+def _segments() -> set[str]:
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return set()
+    return {n for n in names if n.startswith(SHM_PREFIXES)}
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Wait for ``predicate()`` to hold, up to ``timeout`` seconds; return whether it did."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves child processes, threads or shared-memory segments behind."""
+    children = _children()
+    threads = _threads()
+    segments = _segments()
+    yield
+    if _default._default is not None:
+        _default._default.shutdown(wait=True, cancel_futures=True)
+        _default._default = None
+
+    def clean() -> bool:
+        return not (_children() - children) and not (_threads() - threads)
+
+    if not wait_until(clean, SETTLE_SECONDS):
+        leaked_procs = _children() - children
+        leaked_threads = _threads() - threads
+        for pid in leaked_procs:  # do not let one leak poison the next tests
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        pytest.fail(
+            f"test leaked processes {sorted(leaked_procs)} "
+            f"and threads {sorted(t.name for t in leaked_threads)}"
+        )
+    leaked_segments = _segments() - segments
+    assert not leaked_segments, f"test leaked shared-memory segments {sorted(leaked_segments)}"
+
+
+@pytest.fixture(params=["forkserver", "spawn", "fork"])
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each start method the process lane supports."""
+    method: str = request.param
+    return method
+
+
+@pytest.fixture
+def executor() -> Iterator[hybridexec.Executor]:
+    """An executor with two worker processes, shut down after the test."""
+    ex = hybridexec.Executor(max_processes=2)
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
