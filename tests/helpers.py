@@ -44,3 +44,29 @@ def exit_now(code: int = 3) -> None:
 
 def kill_self(sig: int = signal.SIGKILL) -> None:
     os.kill(os.getpid(), sig)
+
+
+_marker: str | None = None
+
+
+def set_marker(value: str) -> None:
+    global _marker
+    _marker = value
+
+
+def get_marker() -> str | None:
+    return _marker
+
+
+def make_cpu_task() -> Any:
+    def cpu_task(x: int) -> int:
+        return x + 1
+
+    return cpu_task
+
+
+def make_io_task() -> Any:
+    def io_task(x: int) -> int:
+        return x - 1
+
+    return io_task

@@ -1,0 +1,262 @@
+"""The concurrent.futures contract, for both lanes and every start method."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import hybridexec
+from hybridexec import Executor
+
+from . import helpers
+from .conftest import wait_until
+
+KINDS = ["thread", "process"]
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+LANES = ["thread", "process-forkserver", "process-spawn", "process-fork"]
+
+
+@pytest.fixture(params=LANES)
+def lane_kind(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@pytest.fixture
+def lane(lane_kind: str) -> Iterator[hybridexec.ExecutorOptions]:
+    kind, _, start_method = lane_kind.partition("-")
+    ex = Executor(max_processes=2, start_method=start_method or None)
+    try:
+        yield ex.options(kind=kind)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_submit_returns_result_and_records_kind(
+    lane: hybridexec.ExecutorOptions, lane_kind: str
+) -> None:
+    kind = lane_kind.partition("-")[0]
+    fut = lane.submit(helpers.add, 2, y=3)
+    assert fut.result(timeout=30) == 5
+    assert fut.kind == kind
+    assert isinstance(fut, concurrent.futures.Future)
+
+
+def test_exception_reaches_future_with_remote_traceback(
+    lane: hybridexec.ExecutorOptions, lane_kind: str
+) -> None:
+    kind = lane_kind.partition("-")[0]
+    fut = lane.submit(helpers.raise_value_error, "bad input")
+    with pytest.raises(ValueError, match="bad input") as info:
+        fut.result(timeout=30)
+    if kind == "process":
+        cause = info.value.__cause__
+        assert isinstance(cause, hybridexec.RemoteTraceback)
+        assert "raise_value_error" in str(cause)
+
+
+def test_map_keeps_order_with_multiple_iterables(lane: hybridexec.ExecutorOptions) -> None:
+    assert list(lane.map(helpers.add, range(10), range(100, 105))) == [
+        100,
+        102,
+        104,
+        106,
+        108,
+    ]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 50])
+def test_map_chunksize_gives_same_results(lane: hybridexec.ExecutorOptions, chunksize: int) -> None:
+    assert list(lane.map(helpers.square, range(20), chunksize=chunksize)) == [
+        x * x for x in range(20)
+    ]
+
+
+def test_map_raises_item_exception_in_place(lane: hybridexec.ExecutorOptions) -> None:
+    results = lane.map(helpers.raise_value_error, ["a", "b"])
+    with pytest.raises(ValueError, match="a"):
+        next(results)
+
+
+def test_map_timeout_raises_timeout_error(executor: Executor) -> None:
+    results = executor.map(helpers.sleep_then, [5.0], timeout=0.05)
+    with pytest.raises(TimeoutError):
+        list(results)
+
+
+def test_closures_and_lambdas_run_in_processes(executor: Executor) -> None:
+    offset = 10
+    fut = executor.options(kind="process").submit(lambda x: x + offset, 5)
+    assert fut.result(timeout=30) == 15
+
+
+def test_processes_really_run_elsewhere(executor: Executor) -> None:
+    import os
+
+    fut = executor.options(kind="process").submit(helpers.pid)
+    assert fut.result(timeout=30) != os.getpid()
+
+
+def test_as_completed_and_wait(lane: hybridexec.ExecutorOptions) -> None:
+    futures = [lane.submit(helpers.square, i) for i in range(8)]
+    done = {f.result() for f in concurrent.futures.as_completed(futures, timeout=30)}
+    assert done == {i * i for i in range(8)}
+    finished, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert len(finished) == 8
+    assert not not_done
+
+
+def test_asyncio_wrap_future_and_run_in_executor(kind: str) -> None:
+    with Executor(max_processes=1) as ex:
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            a = await asyncio.wrap_future(ex.options(kind=kind).submit(helpers.square, 3))
+            b = await loop.run_in_executor(ex, helpers.square, 4)
+            return [a, b]
+
+        assert asyncio.run(main()) == [9, 16]
+
+
+def test_context_manager_waits_for_work() -> None:
+    with Executor(max_processes=1) as ex:
+        futures = [ex.options(kind=k).submit(helpers.sleep_then, 0.05, k) for k in KINDS]
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == KINDS
+
+
+def test_submit_after_shutdown_raises_runtime_error(kind: str) -> None:
+    ex = Executor(max_processes=1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.options(kind=kind).submit(helpers.square, 2)
+    with pytest.raises(RuntimeError):
+        hybridexec.map(helpers.square, [1], executor=ex)
+
+
+def test_shutdown_cancel_futures_cancels_pending(kind: str) -> None:
+    ex = Executor(max_processes=1, max_threads=1)
+    lane = ex.options(kind=kind)
+    first = lane.submit(helpers.sleep_then, 0.3, "first")
+    assert wait_until(first.running, 30)
+    rest = [lane.submit(helpers.square, i) for i in range(5)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert first.result() == "first"
+    assert all(f.cancelled() for f in rest)
+
+
+def test_shutdown_without_wait_returns_at_once(kind: str) -> None:
+    ex = Executor(max_processes=1, max_threads=1)
+    fut = ex.options(kind=kind).submit(helpers.sleep_then, 0.5, "done")
+    started = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - started < 0.3
+    assert fut.result(timeout=30) == "done"
+    ex.shutdown(wait=True)
+
+
+def test_pending_task_cancels_as_in_stdlib(kind: str) -> None:
+    with Executor(max_processes=1, max_threads=1) as ex:
+        lane = ex.options(kind=kind)
+        blocker = lane.submit(helpers.sleep_then, 0.2)
+        queued = lane.submit(helpers.square, 3)
+        assert queued.cancel()
+        assert queued.cancelled()
+        blocker.result(timeout=30)
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued.result()
+
+
+def test_many_tasks_all_return(kind: str) -> None:
+    with Executor(max_processes=2) as ex:
+        futures = [ex.options(kind=kind).submit(helpers.square, i) for i in range(300)]
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(300)]
+
+
+def test_submits_from_many_threads(kind: str) -> None:
+    results: list[int] = []
+    lock = threading.Lock()
+    with Executor(max_processes=2) as ex:
+        lane = ex.options(kind=kind)
+
+        def producer(base: int) -> None:
+            futures = [lane.submit(helpers.square, base + i) for i in range(25)]
+            values = [f.result(timeout=60) for f in futures]
+            with lock:
+                results.extend(values)
+
+        threads = [threading.Thread(target=producer, args=(100 * n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(results) == sorted((100 * n + i) ** 2 for n in range(6) for i in range(25))
+
+
+def test_initializer_runs_in_every_worker() -> None:
+    with Executor(max_processes=1, initializer=helpers.set_marker, initargs=("ready",)) as ex:
+        assert ex.options(kind="process").submit(helpers.get_marker).result(timeout=30) == "ready"
+        assert ex.options(kind="thread").submit(helpers.get_marker).result(timeout=30) == "ready"
+
+
+def test_failing_initializer_fails_tasks_precisely() -> None:
+    with Executor(max_processes=1, initializer=helpers.raise_value_error) as ex:
+        fut = ex.options(kind="process").submit(helpers.square, 2)
+        with pytest.raises(hybridexec.BrokenExecutorError, match="initializer") as info:
+            fut.result(timeout=30)
+        assert isinstance(info.value.__cause__, hybridexec.RemoteTraceback)
+
+
+def test_workers_are_reused(executor: Executor) -> None:
+    lane = executor.options(kind="process")
+    pids = {lane.submit(helpers.pid).result(timeout=30) for _ in range(20)}
+    assert len(pids) <= 2
+    assert executor.stats()["process_lane"]["workers_started"] <= 2
+
+
+def test_thread_lane_grows_for_blocking_work() -> None:
+    with Executor() as ex:
+        lane = ex.options(kind="thread")
+        barrier = threading.Barrier(100, timeout=30)
+        futures = [lane.submit(barrier.wait) for _ in range(100)]
+        # All 100 tasks must run at once to pass the barrier: far beyond cpu + 4 threads.
+        for f in futures:
+            f.result(timeout=30)
+
+
+def test_thread_lane_shrinks_when_idle() -> None:
+    with Executor(idle_timeout=0.05) as ex:
+        lane = ex.options(kind="thread")
+        for f in [lane.submit(helpers.sleep_then, 0.05) for _ in range(10)]:
+            f.result(timeout=30)
+        assert ex.stats()["threads"] >= 1
+        assert wait_until(lambda: ex.stats()["threads"] == 0, 10)
+
+
+def test_default_executor_functions() -> None:
+    fut = hybridexec.submit(helpers.square, 7)
+    assert fut.result(timeout=30) == 49
+    assert hybridexec.map(helpers.square, range(5)) == [0, 1, 4, 9, 16]
+    assert list(hybridexec.imap(helpers.square, iter(range(3)))) == [0, 1, 4]
+
+
+def test_kind_hints_route_tasks(executor: Executor) -> None:
+    cpu: Any = hybridexec.cpu_bound(helpers.make_cpu_task())
+    io: Any = hybridexec.io_bound(helpers.make_io_task())
+    assert executor.submit(cpu, 2).kind == "process"
+    assert executor.submit(io, 2).kind == "thread"
+    # An explicit kind at the call beats the hint.
+    assert executor.options(kind="thread").submit(cpu, 2).kind == "thread"
