@@ -70,3 +70,94 @@ def make_io_task() -> Any:
         return x - 1
 
     return io_task
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def catastrophic_regex(n: int = 40) -> bool:
+    """Backtracks for hours inside the C regex engine without releasing the GIL."""
+    import re
+
+    return re.match(r"(a+)+$", "a" * n + "b") is not None
+
+
+def exit_on(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(7)
+    return x
+
+
+class Unpicklable:
+    """Refuses to be pickled."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Unpicklable refuses to be pickled")
+
+
+def _refuse_unpickle() -> None:
+    raise RuntimeError("this object refuses to be unpickled")
+
+
+class FailsToUnpickle:
+    """Pickles fine; unpickling it raises."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_unpickle, ())
+
+
+def _unpickle_only_in(pid: int) -> int:
+    if os.getpid() == pid:
+        raise RuntimeError("this result refuses to be unpickled in the parent")
+    return pid
+
+
+class FailsToUnpickleIn:
+    """Unpickles anywhere but in the process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> Any:
+        return (_unpickle_only_in, (self.pid,))
+
+
+def return_unpicklable() -> Unpicklable:
+    return Unpicklable()
+
+
+def return_fails_to_unpickle_in(pid: int) -> FailsToUnpickleIn:
+    return FailsToUnpickleIn(pid)
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def spawn_grandchild_and_sleep(seconds: float) -> int:
+    """Start a grandchild process (its pid is returned through a file) and sleep."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    time.sleep(seconds)
+    return child.pid
+
+
+def rss_grow(megabytes: int) -> int:
+    global _ballast
+    _ballast = bytearray(megabytes << 20)
+    return os.getpid()
+
+
+_ballast: bytearray | None = None
+
+
+def make_sleeper() -> Any:
+    def sleeper(seconds: float) -> None:
+        time.sleep(seconds)
+
+    return sleeper

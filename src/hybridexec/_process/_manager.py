@@ -195,7 +195,19 @@ class Manager(threading.Thread):
             )
         process = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_conn, lane.lifeline_r, inherited, lane.initializer, lane.report_memory),
+            args=(
+                child_conn,
+                lane.lifeline_r,
+                inherited,
+                lane.initializer,
+                lane.report_memory,
+                # Under forkserver the kernel's parent-death signal comes from the forkserver,
+                # which exits a little after us: the lifeline thread first kills the worker's
+                # children, and the signal still stops a worker stuck in C holding the GIL.
+                # Under spawn and fork it would fire at the same instant as the lifeline and
+                # orphan the worker's children, so the lifeline alone guards those.
+                lane.start_method == "forkserver",
+            ),
             name=f"{lane.name}-worker",
         )
         try:
@@ -224,8 +236,9 @@ class Manager(threading.Thread):
         task.start_clock()
         if task.deadline is not None:
             heapq.heappush(self.deadlines, (task.deadline, next(self.seq), task))
-        if not task.batch:
-            task.future._hx_stop = lambda t=task: self.lane.command("stop-task", t)
+        # Cancelling a running task kills its worker (for a batch: the whole batch, which only
+        # happens when a map is abandoned).
+        task.future._hx_stop = lambda t=task: self.lane.command("stop-task", t)
         assert task.payload is not None
         try:
             worker.conn.send_bytes(task.payload)

@@ -72,8 +72,8 @@ def set_parent_death_signal() -> None:
     """Called in a worker: ask Linux to SIGKILL us when the process that started us dies.
 
     This catches a parent death even while a task holds the GIL in C code, where the lifeline
-    thread cannot run. It is tied to the thread that started the worker, so it only backs up
-    the lifeline and is never the sole guard.
+    thread cannot run. It is tied to the thread (or forkserver) that started the worker, so it
+    only backs up the lifeline and is never the sole guard.
     """
     if not sys.platform.startswith("linux"):
         return

@@ -27,10 +27,12 @@ def worker_main(
     inherited_fds: tuple[int, ...],
     initializer: bytes | None,
     report_memory: bool,
+    death_signal: bool,
 ) -> None:
     """Run calls sent over ``conn`` until told to stop or the parent goes away."""
     become_group_leader()
-    set_parent_death_signal()
+    if death_signal:
+        set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for fd in inherited_fds:  # with fork: ends of the parent's pipes that must not stay open
         try:
