@@ -71,9 +71,9 @@ class WorkerCrashedError(BrokenExecutorError, BrokenProcessPool):
     """
 
     def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None):
-        self.exitcode = exitcode
-        self.pid = pid
-        self.signal = signal_name(exitcode)
+        self.exitcode: int | None = exitcode
+        self.pid: int | None = pid
+        self.signal: str | None = signal_name(exitcode)
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
