@@ -1,0 +1,149 @@
+"""The child side of a process actor: build the instance, then handle messages one at a time.
+
+Wire format (two one-way pipes; a request pipe is the actor's FIFO mailbox)::
+
+    parent -> child    pickled (ref, args, kwargs, is_ask) per message; ref is a method name
+                       or a cloudpickled callable (called as ref(instance, *args, **kwargs))
+                       STOP      handle what is queued, run on_stop(), exit
+                       STOP_NOW  answer DISCARDED to what is queued, run on_stop(), exit
+    child -> parent    READY, or (CTOR_FAILED, packed exception), first
+                       then one answer per message, in order: ACK (a tell that returned),
+                       DISCARDED, or pickled (OK, value) / (ERROR, packed exception)
+                       (HOOK_FAILED, packed exception) if on_stop() raised
+
+Exactly one answer per message, in order, so the parent matches answers to messages with a
+FIFO and no ids. After each handler the child reads whatever arrived meanwhile (non-blocking),
+so a STOP_NOW queued behind other messages is seen before the next handler starts.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+from collections import deque
+from typing import Any
+
+from ._exceptions import SerializationError
+from ._process._util import become_group_leader, set_parent_death_signal, watch_lifeline
+from ._serialize import PROTOCOL, dumps, loads, pack_exception
+
+# Control messages and constant answers: one byte, never a valid pickle (those start b"\x80").
+STOP = b"s"
+STOP_NOW = b"n"
+READY = b"r"
+ACK = b"a"
+DISCARDED = b"d"
+
+# Tags of pickled answers.
+OK, ERROR, CTOR_FAILED, HOOK_FAILED = 0, 1, 2, 3
+
+_CACHE_SIZE = 64
+
+
+def actor_main(
+    requests: Any,
+    replies: Any,
+    lifeline: Any,
+    inherited_fds: tuple[int, ...],
+    cls_bytes: bytes,
+    init_bytes: bytes,
+) -> None:
+    """Entry point of an actor process."""
+    become_group_leader()
+    set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for fd in inherited_fds:  # with fork: the parent's ends, which must not stay open here
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    watch_lifeline(lifeline)
+    try:
+        cls = loads(cls_bytes)
+        args, kwargs = loads(init_bytes)
+        instance = cls(*args, **kwargs)
+    except BaseException as exc:
+        replies.send_bytes(pickle.dumps((CTOR_FAILED, pack_exception(exc)), PROTOCOL))
+        return
+    del args, kwargs
+    replies.send_bytes(READY)
+    if not _serve(instance, requests, replies):
+        return  # the parent is gone
+    hook = getattr(instance, "on_stop", None)
+    if callable(hook):
+        try:
+            hook()
+        except BaseException as exc:
+            replies.send_bytes(pickle.dumps((HOOK_FAILED, pack_exception(exc)), PROTOCOL))
+
+
+def _serve(instance: Any, requests: Any, replies: Any) -> bool:
+    """Handle messages until STOP or STOP_NOW (True) or until the parent is gone (False)."""
+    recv = requests.recv_bytes
+    send = replies.send_bytes
+    poller = select.poll()
+    poller.register(requests.fileno(), select.POLLIN)
+    poll = poller.poll
+    backlog: deque[bytes] = deque()
+    handlers: dict[Any, Any] = {}
+    cls = type(instance)
+    while True:
+        if backlog:
+            data = backlog.popleft()
+        else:
+            try:
+                data = recv()
+            except (EOFError, OSError):
+                return False
+        if len(data) == 1:
+            if data == STOP_NOW:
+                _discard(backlog, send)
+            return True
+        send(_handle(instance, cls, data, handlers))
+        # Take in what arrived while the handler ran: a STOP_NOW behind it must be seen now.
+        try:
+            while poll(0):
+                data = recv()
+                if data == STOP_NOW:
+                    _discard(backlog, send)
+                    return True
+                backlog.append(data)
+        except (EOFError, OSError):
+            return False
+
+
+def _discard(backlog: deque[bytes], send: Any) -> None:
+    for data in backlog:
+        if len(data) > 1:  # a message, not a STOP sent before the STOP_NOW
+            send(DISCARDED)
+
+
+def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> bytes:
+    try:
+        ref, args, kwargs, is_ask = loads(data)
+        fn = handlers.get(ref)
+        if fn is None:
+            fn = getattr(cls, ref) if type(ref) is str else loads(ref)
+            if len(handlers) >= _CACHE_SIZE:
+                handlers.clear()
+            handlers[ref] = fn
+    except BaseException as exc:
+        err = SerializationError(f"the actor process could not unpickle a message: {exc!r}")
+        err.__cause__ = exc
+        return pickle.dumps((ERROR, pack_exception(err)), PROTOCOL)
+    try:
+        value = fn(instance, *args, **kwargs)
+    except BaseException as exc:  # SystemExit in a handler ends the message, not the actor
+        return pickle.dumps((ERROR, pack_exception(exc)), PROTOCOL)
+    if not is_ask:
+        return ACK
+    try:
+        return dumps((OK, value))
+    except SerializationError as exc:
+        err = SerializationError(
+            f"the result of {getattr(fn, '__qualname__', fn)} would not pickle"
+        )
+        err.__cause__ = exc.__cause__
+        return pickle.dumps((ERROR, pack_exception(err)), PROTOCOL)
