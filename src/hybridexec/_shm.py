@@ -1,0 +1,442 @@
+"""Shared-memory segments: creation, attachment, ownership and the janitor.
+
+Everything shared between processes in hybridexec lives in a ``Segment``: a POSIX shared-memory
+object mapped with ``mmap``. The rules (DESIGN.md, "Shared memory rules"):
+
+- Only the owner unlinks. Nothing here registers with ``multiprocessing``'s resource tracker,
+  on any Python version: a tracker that sees a worker attach destroys the segment when that
+  worker exits, while the owner still uses it (CPython issue 82300).
+- Names are ``hx<owner pid>_<16 random hex digits>``: unguessable, created with ``O_EXCL`` and
+  mode 0o600, and the janitor (:func:`cleanup_shared_memory`) can tell whose they are.
+- Space is reserved with ``os.posix_fallocate`` before anything is mapped: a full ``/dev/shm``
+  then fails with ``SharedMemoryError`` instead of killing the process with SIGBUS on first write.
+- A mapping is never unmapped under a live view: closing a segment drops this handle's reference
+  and the ``mmap`` goes when its last view (numpy array, memoryview) goes.
+
+Each process keeps a registry of the mappings it holds (by ``id`` of the ``mmap``, weakly), so
+an array that already lives in shared memory can be sent by name instead of by value.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import logging
+import mmap
+import os
+import re
+import secrets
+import sys
+import weakref
+from importlib import import_module
+from typing import Any
+
+from ._exceptions import SharedMemoryError
+
+logger = logging.getLogger("hybridexec")
+
+PREFIX = "hx"
+SHM_DIR = "/dev/shm"
+_NAME = re.compile(r"hx(\d+)_[0-9a-f]{16}\Z")
+_LINUX = sys.platform.startswith("linux")
+
+
+# ---- names and the OS calls ------------------------------------------------------------------
+def new_name(owner_pid: int | None = None) -> str:
+    """Return a fresh, unguessable segment name carrying ``owner_pid`` (default: this process)."""
+    pid = os.getpid() if owner_pid is None else owner_pid
+    return f"{PREFIX}{pid}_{secrets.token_hex(8)}"
+
+
+def owner_pid_of(name: str) -> int | None:
+    """Return the owner pid encoded in a hybridexec segment name, or None for other names."""
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _posixshmem() -> Any:
+    try:
+        return import_module("_posixshmem")
+    except ImportError as exc:  # Windows, or a Python built without it
+        raise SharedMemoryError("POSIX shared memory is not available on this platform") from exc
+
+
+def _open(name: str, flags: int) -> int:
+    # On Linux shm_open(3) is open(2) under /dev/shm with O_NOFOLLOW | O_CLOEXEC; doing it
+    # directly avoids the private _posixshmem module where it is not needed.
+    if _LINUX:
+        return os.open(os.path.join(SHM_DIR, name), flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd: int = _posixshmem().shm_open("/" + name, flags, 0o600)
+    return fd
+
+
+def unlink(name: str) -> bool:
+    """Remove the segment ``name``; return False when it was already gone."""
+    try:
+        if _LINUX:
+            os.unlink(os.path.join(SHM_DIR, name))
+        else:
+            _posixshmem().shm_unlink("/" + name)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def free_bytes() -> int | None:
+    """Bytes free for shared memory (``/dev/shm``), or None when that cannot be known."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _describe_space(nbytes: int) -> str:
+    free = free_bytes()
+    where = f"{free:,} bytes free in {SHM_DIR}" if free is not None else "free space unknown"
+    return f"asked for {nbytes:,} bytes, {where}"
+
+
+def _reserve(fd: int, size: int) -> None:
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # macOS: no way to reserve; shm pages are not overcommitted there
+        os.ftruncate(fd, size)
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
+            free = free_bytes()
+            if free is not None and free < size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
+            os.ftruncate(fd, size)
+            return
+        raise
+
+
+# ---- the per-process registry of mappings ----------------------------------------------------
+class MapInfo:
+    """What this process knows about one of its mappings."""
+
+    __slots__ = ("_address", "mm_ref", "name", "owned", "segment_ref", "size", "writable")
+
+    def __init__(self, name: str, size: int, mm: mmap.mmap, writable: bool, owned: bool) -> None:
+        self.name = name
+        self.size = size
+        self.writable = writable
+        self.owned = owned
+        self.mm_ref = weakref.ref(mm)
+        # The owning Segment, so that a task sent a view can keep the name alive meanwhile.
+        self.segment_ref: weakref.ref[Segment] | None = None
+        self._address: int | None = None
+
+    def address(self) -> int:
+        """The address where the mapping starts (needs numpy; only arrays ask)."""
+        if self._address is None:
+            import numpy as np
+
+            mm = self.mm_ref()
+            assert mm is not None
+            probe = np.frombuffer(mm, dtype=np.uint8, count=1)
+            self._address = int(probe.__array_interface__["data"][0])
+        return self._address
+
+
+_maps: dict[int, MapInfo] = {}  # id(mmap) -> info, while the mmap lives and the name is valid
+_names: dict[str, MapInfo] = {}  # name -> the best live mapping of it here, for reuse
+
+
+def _register(info: MapInfo, mm: mmap.mmap) -> None:
+    key = id(mm)
+    _maps[key] = info
+    current = _names.get(info.name)
+    if current is None or current.mm_ref() is None or (info.writable and not current.writable):
+        _names[info.name] = info
+    weakref.finalize(mm, _forget_mapping, key, info)
+
+
+def _forget_mapping(key: int, info: MapInfo) -> None:
+    if _maps.get(key) is info:
+        del _maps[key]
+    if _names.get(info.name) is info:
+        del _names[info.name]
+
+
+def forget_name(name: str) -> None:
+    """Stop offering mappings of ``name`` for sharing by name (it was unlinked)."""
+    for key, info in list(_maps.items()):
+        if info.name == name:
+            _maps.pop(key, None)
+    _names.pop(name, None)
+
+
+def mapping_of(buffer_owner: object) -> MapInfo | None:
+    """Return the registry entry of ``buffer_owner`` if it is a live hybridexec mapping."""
+    info = _maps.get(id(buffer_owner))
+    if info is not None and info.mm_ref() is buffer_owner:
+        return info
+    return None
+
+
+def _reset_after_fork() -> None:
+    # A forked child inherits the registry but owns none of it; its own attachments start anew.
+    for info in list(_maps.values()):
+        info.owned = False
+    _names.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# ---- segments --------------------------------------------------------------------------------
+class Segment:
+    """One mapped shared-memory object; the owner unlinks it on ``close`` or when collected.
+
+    Attributes:
+        name: The segment's name (without the leading slash).
+        size: Usable bytes.
+        writable: Whether this mapping may be written.
+        owner: Whether this process created it and must unlink it.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "mm", "name", "owner", "size", "writable")
+
+    def __init__(self, name: str, size: int, mm: mmap.mmap, writable: bool, owner: bool) -> None:
+        self.name = name
+        self.size = size
+        self.mm: mmap.mmap | None = mm
+        self.writable = writable
+        self.owner = owner
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        if owner:
+            # Unlink when the handle is collected without close(); also runs at exit.
+            self._finalizer = weakref.finalize(self, _unlink_owned, name, os.getpid())
+
+    @classmethod
+    def create(cls, size: int, *, owner_pid: int | None = None, owner: bool = True) -> Segment:
+        """Create, reserve and map a new zero-filled segment of ``size`` bytes.
+
+        Args:
+            size: Bytes wanted (0 is allowed; one byte is mapped).
+            owner_pid: The pid to put in the name (a worker creating a result names it after
+                the parent that will take it over).
+            owner: Whether this process unlinks it (False for a segment handed over).
+
+        Raises:
+            SharedMemoryError: not enough space, or the segment could not be created.
+        """
+        if size < 0:
+            raise ValueError(f"size must not be negative, not {size}")
+        mapped = max(size, 1)
+        for attempt in (1, 2):
+            name = new_name(owner_pid)
+            try:
+                fd = _open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+            except FileExistsError:  # pragma: no cover - 64 random bits collided
+                continue
+            except OSError as exc:
+                raise SharedMemoryError(f"cannot create a shared-memory segment: {exc}") from exc
+            try:
+                _reserve(fd, mapped)
+                mm = mmap.mmap(fd, mapped)
+            except OSError as exc:
+                unlink(name)
+                if exc.errno == errno.ENOSPC and attempt == 1 and cleanup_shared_memory():
+                    continue  # leftovers of dead owners were removed: try once more
+                if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                    raise SharedMemoryError(
+                        f"not enough shared memory: {_describe_space(size)}"
+                    ) from exc
+                raise SharedMemoryError(f"cannot create a shared-memory segment: {exc}") from exc
+            except BaseException:
+                unlink(name)
+                raise
+            finally:
+                os.close(fd)
+            segment = cls(name, size, mm, True, owner)
+            info = MapInfo(name, size, mm, True, owner)
+            info.segment_ref = weakref.ref(segment)
+            _register(info, mm)
+            return segment
+        raise SharedMemoryError("cannot find a free shared-memory name")  # pragma: no cover
+
+    @classmethod
+    def attach(cls, name: str, *, readonly: bool = False, size: int | None = None) -> Segment:
+        """Map an existing segment, untracked: this process will never unlink it.
+
+        A mapping of ``name`` this process already holds is reused.
+
+        Raises:
+            SharedMemoryError: no such segment (its owner closed it or exited), or no access.
+        """
+        known = _names.get(name)
+        if known is not None and (known.writable or readonly):
+            mm = known.mm_ref()
+            if mm is not None and not mm.closed:
+                return cls(name, known.size if size is None else size, mm, known.writable, False)
+        flags = os.O_RDONLY if readonly else os.O_RDWR
+        try:
+            fd = _open(name, flags)
+        except FileNotFoundError:
+            raise SharedMemoryError(
+                f"no shared-memory segment named {name!r}: its owner closed it or exited"
+            ) from None
+        except OSError as exc:
+            raise SharedMemoryError(f"cannot attach shared memory {name!r}: {exc}") from exc
+        try:
+            actual = os.fstat(fd).st_size
+            if size is None:
+                size = actual
+            if actual < max(size, 1):
+                raise SharedMemoryError(
+                    f"shared-memory segment {name!r} holds {actual} bytes, {size} expected"
+                )
+            prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+            mm = mmap.mmap(fd, max(size, 1), prot=prot)
+        except OSError as exc:
+            raise SharedMemoryError(f"cannot map shared memory {name!r}: {exc}") from exc
+        finally:
+            os.close(fd)
+        _register(MapInfo(name, size, mm, not readonly, False), mm)
+        return cls(name, size, mm, not readonly, False)
+
+    @property
+    def closed(self) -> bool:
+        return self.mm is None
+
+    def require(self) -> mmap.mmap:
+        """Return the mapping.
+
+        Raises:
+            SharedMemoryError: the segment was closed here.
+        """
+        mm = self.mm
+        if mm is None:
+            raise SharedMemoryError(f"shared memory {self.name!r} is closed")
+        return mm
+
+    def has_views(self) -> bool:
+        """Return True while some object other than this segment holds the mapping."""
+        mm = self.mm
+        # References: this attribute and the local variable (getrefcount adds its argument).
+        return mm is not None and sys.getrefcount(mm) > 3
+
+    def close(self) -> None:
+        """Drop this mapping (the owner also unlinks); views taken earlier stay valid."""
+        if self.mm is None:
+            return
+        if self.owner:
+            self.unlink()
+        self.mm = None  # the mmap is unmapped when its last view goes
+
+    def unlink(self) -> None:
+        """Remove the name (owner only); existing mappings stay valid."""
+        if self._finalizer is not None:
+            self._finalizer()  # unlinks once, in the owning process only
+            self._finalizer = None
+
+    def adopt(self) -> None:
+        """Take over ownership of a segment another process created and handed over."""
+        if self.owner:
+            return
+        self.owner = True
+        self._finalizer = weakref.finalize(self, _unlink_owned, self.name, os.getpid())
+        info = _names.get(self.name)
+        if info is not None and info.mm_ref() is self.mm:
+            info.owned = True
+            info.segment_ref = weakref.ref(self)
+
+    def disown(self) -> None:
+        """Give up ownership without unlinking (the segment was handed to another process)."""
+        self.owner = False
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.mm is None else ("rw" if self.writable else "ro")
+        return f"<Segment {self.name} {self.size} bytes {state}{' owner' if self.owner else ''}>"
+
+
+def _unlink_owned(name: str, pid: int) -> None:
+    if os.getpid() == pid:  # never from a forked child that inherited the handle
+        forget_name(name)
+        unlink(name)
+
+
+# ---- the janitor -----------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def cleanup_shared_memory() -> list[str]:
+    """Remove hybridexec shared-memory segments whose owner process is dead.
+
+    Segments are named after the pid of the process that owns them. When a whole process group
+    is SIGKILLed, nothing runs to unlink its segments and they stay in ``/dev/shm`` for good;
+    this removes them. It runs when an ``Executor`` starts; call it yourself after a crash.
+    Only segments of the current user are touched. A live owner's segments are never touched.
+
+    Returns:
+        The names of the segments removed.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []  # no way to list segments on this platform
+    uid = os.getuid()
+    alive: dict[int, bool] = {}
+    removed: list[str] = []
+    for name in entries:
+        pid = owner_pid_of(name)
+        if pid is None:
+            continue
+        if pid not in alive:
+            alive[pid] = _pid_alive(pid)
+        if alive[pid]:
+            continue
+        try:
+            if os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if unlink(name):
+            removed.append(name)
+    if removed:
+        logger.info("removed %d shared-memory segment(s) of dead processes", len(removed))
+    return removed
+
+
+def _sweep_own_segments() -> None:
+    # At exit: segments named after this process that nobody unlinked (a result whose reply
+    # was never read, a handle kept in a global) go now rather than wait for the janitor.
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    me = os.getpid()
+    for name in entries:
+        if owner_pid_of(name) == me:
+            unlink(name)
+
+
+_sweep_pid = os.getpid()
+
+
+def _sweep_at_exit() -> None:
+    if os.getpid() == _sweep_pid:
+        _sweep_own_segments()
+
+
+atexit.register(_sweep_at_exit)

@@ -1,0 +1,516 @@
+"""Automatic placement: large numpy arguments and results travel through shared memory.
+
+Parent -> worker (``Placement.dumps_call``, used by the process lane for every task):
+
+- An array that already lives in hybridexec shared memory (a ``SharedArray``'s array, or any
+  view of one) is sent as a reference: name, offset, shape, strides. No copy at all.
+- Any other array of at least ``threshold`` bytes is copied once into a segment the lane owns
+  and sent as a reference; the worker maps it read-only. The same array object passed to
+  several tasks in flight is placed once (checked by identity, layout and a sample of its
+  values) and the segment is released when the last of those tasks ends.
+- Released segments go to a small pool and are reused: copying into fresh shared memory is
+  dominated by page faults (about 60 ms per 100 MB), into a reused one by memcpy (about 6 ms).
+- Shared-memory handles in the arguments are kept alive until the task ends, so passing a
+  temporary ``SharedArray`` to ``submit`` is safe.
+
+Worker -> parent (``dumps_reply``, used by the worker for every reply):
+
+- A result array of at least the threshold is copied into a new segment named after the parent
+  (the owner-to-be); the parent maps it and unlinks the name at once, so the array it hands to
+  the caller owns the memory outright. A result that is a view of a task input is sent back as
+  a reference. A handle the worker owns is handed over: the parent becomes its owner.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from ._exceptions import SerializationError, SharedMemoryError
+from ._serialize import PROTOCOL
+from ._shm import MapInfo, Segment, free_bytes, mapping_of
+from ._shm_objects import SharedHandle
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    import numpy as np
+    import numpy.typing as npt
+
+logger = logging.getLogger("hybridexec")
+
+DEFAULT_THRESHOLD = 1 << 20
+"""Numpy arrays of this many bytes or more go through shared memory by default (1 MiB)."""
+
+POOL_MAX_BYTES = 1 << 30
+POOL_IDLE_SECONDS = 30.0
+_PAGE = 4096
+_SAMPLES = 64
+
+_reply_threshold: int | None = DEFAULT_THRESHOLD  # in a worker: set by its executor's calls
+
+
+def check_threshold(threshold: int | None) -> int | None:
+    """Validate an ``shm_threshold`` option.
+
+    Raises:
+        TypeError: not an int or None.
+        ValueError: negative.
+    """
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise TypeError(f"shm_threshold must be an int or None, not {threshold!r}")
+    if threshold < 0:
+        raise ValueError(f"shm_threshold must not be negative, not {threshold}")
+    return threshold
+
+
+# ---- references: what a placed array pickles to ----------------------------------------------
+def _attach_array(
+    name: str,
+    size: int,
+    offset: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    strides: tuple[int, ...] | None,
+    readonly: bool,
+    adopt: bool,
+) -> npt.NDArray[Any]:
+    import numpy as np
+
+    if adopt:
+        # A result handed over by a worker: map it, then drop the name at once; the array
+        # returned owns the mapping and nothing can leak once it is gone.
+        segment = Segment.attach(name, size=size)
+        segment.adopt()
+        array: npt.NDArray[Any] = np.ndarray(
+            shape, dtype, buffer=segment.require(), offset=offset, strides=strides
+        )
+        segment.close()
+        return array
+    segment = Segment.attach(name, readonly=readonly, size=size)
+    array = np.ndarray(shape, dtype, buffer=segment.require(), offset=offset, strides=strides)
+    if readonly and array.flags.writeable:
+        array.flags.writeable = False
+    return array
+
+
+def _root_buffer(array: npt.NDArray[Any]) -> object:
+    import numpy as np
+
+    base: object = array
+    while isinstance(base, np.ndarray):
+        nxt = base.base
+        if nxt is None:
+            return base  # owns its memory
+        base = nxt
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base
+
+
+def _shared_reference(array: npt.NDArray[Any]) -> tuple[MapInfo, tuple[Any, ...]] | None:
+    """The reduce arguments that send ``array`` by name, when it lives in shared memory."""
+    info = mapping_of(_root_buffer(array))
+    if info is None:
+        return None
+    offset = int(array.__array_interface__["data"][0]) - info.address()
+    readonly = not (array.flags.writeable and info.writable)
+    args = (info.name, info.size, offset, array.shape, array.dtype, array.strides, readonly, False)
+    return info, args
+
+
+def _fingerprint(array: npt.NDArray[Any]) -> bytes:
+    import numpy as np
+
+    size = array.size
+    if size == 0:
+        return b""
+    positions = np.linspace(0, size - 1, num=min(size, _SAMPLES), dtype=np.intp)
+    return bytes(array.flat[positions].tobytes())
+
+
+def _layout(array: npt.NDArray[Any]) -> tuple[Any, ...]:
+    return (array.__array_interface__["data"][0], array.shape, array.strides, array.dtype)
+
+
+class _Placed:
+    """One array copied into a lane-owned segment, shared by the tasks in flight using it."""
+
+    __slots__ = ("args", "array", "fingerprint", "layout", "segment", "users")
+
+    def __init__(self, array: npt.NDArray[Any], segment: Segment) -> None:
+        self.array: npt.NDArray[Any] | None = array
+        self.segment = segment
+        self.layout = _layout(array)
+        self.fingerprint = _fingerprint(array)
+        self.users = 1
+        self.args = (segment.name, segment.size, 0, array.shape, array.dtype, None, True, False)
+
+    def still(self, array: npt.NDArray[Any]) -> bool:
+        return (
+            self.array is array
+            and _layout(array) == self.layout
+            and _fingerprint(array) == self.fingerprint
+        )
+
+
+class _Lease:
+    """What one task holds until it ends: placed arrays and handles kept alive."""
+
+    __slots__ = ("__weakref__", "keep", "placed", "released")
+
+    def __init__(self) -> None:
+        self.placed: list[_Placed] = []
+        self.keep: list[object] = []
+        self.released = False
+
+    def __bool__(self) -> bool:
+        return bool(self.placed or self.keep)
+
+
+# ---- the parent side -----------------------------------------------------------------------
+class Placement:
+    """Per process lane: places large arguments, tracks who uses them, pools segments.
+
+    Args:
+        threshold: Arrays of at least this many bytes are placed; None switches placement
+            off (handles in arguments are still kept alive).
+    """
+
+    def __init__(self, threshold: int | None = DEFAULT_THRESHOLD) -> None:
+        self.threshold = check_threshold(threshold)
+        self._lock = threading.Lock()
+        self._placed: dict[int, _Placed] = {}  # id(array) -> entry, while tasks use it
+        self._free: list[tuple[float, Segment]] = []
+        self._closed = False
+        total = free_bytes()
+        self.pool_max = POOL_MAX_BYTES if total is None else min(POOL_MAX_BYTES, total // 8)
+        self.stats = {"placed": 0, "reused": 0, "by_reference": 0, "pool_hits": 0}
+
+    def dumps_call(self, obj: Any, future: concurrent.futures.Future[Any] | None) -> bytes:
+        """Pickle a call, placing large arrays; release them when ``future`` is done.
+
+        Raises:
+            SerializationError: the call cannot be pickled.
+        """
+        lease = _Lease()
+        try:
+            data = _dump(obj, _CallPickler, _CloudCallPickler, self, lease)
+        except BaseException:
+            self.release(lease)
+            raise
+        if lease:
+            if future is None:
+                self.release(lease)  # pragma: no cover - nobody to tell when it ends
+            else:
+                future.add_done_callback(lambda _f: self.release(lease))
+                # A future dropped without ever running (submit failed) must free it too.
+                weakref.finalize(future, self.release, lease)
+        return data
+
+    def place(self, array: npt.NDArray[Any], lease: _Lease) -> tuple[Any, ...] | None:
+        """Return reduce arguments for ``array``, or None to pickle it by value."""
+        if self.threshold is None or array.nbytes < self.threshold or array.dtype.hasobject:
+            return None
+        shared = _shared_reference(array)
+        if shared is not None:
+            info, args = shared
+            owner = info.segment_ref() if info.segment_ref is not None else None
+            if not info.owned or owner is not None:
+                lease.keep.append(owner)  # the owner's handle keeps the name alive meanwhile
+                self.stats["by_reference"] += 1
+                return args
+        key = id(array)
+        with self._lock:
+            if self._closed:
+                return None
+            entry = self._placed.get(key)
+            if entry is not None and entry.still(array):
+                entry.users += 1
+                lease.placed.append(entry)
+                self.stats["reused"] += 1
+                return entry.args
+            segment = self._take(array.nbytes)
+        entry = self._copy(array, segment)
+        if entry is None:
+            return None
+        with self._lock:
+            self._placed[key] = entry  # a stale entry for this id is replaced (its users
+            lease.placed.append(entry)  # hold it in their leases and release it there)
+            self.stats["placed"] += 1
+        return entry.args
+
+    def _copy(self, array: npt.NDArray[Any], segment: Segment | None) -> _Placed | None:
+        import numpy as np
+
+        if segment is None:
+            try:
+                segment = Segment.create(-(-max(array.nbytes, 1) // _PAGE) * _PAGE)
+            except SharedMemoryError as exc:
+                logger.info("not placing a %d-byte array in shared memory: %s", array.nbytes, exc)
+                return None
+        dest = np.ndarray(array.shape, array.dtype, buffer=segment.require())
+        np.copyto(dest, array, casting="no")
+        del dest
+        return _Placed(array, segment)
+
+    def _take(self, nbytes: int) -> Segment | None:
+        # Under the lock: the best-fitting pooled segment, after dropping stale ones.
+        self._expire(time.monotonic())
+        best: tuple[float, Segment] | None = None
+        for item in self._free:
+            size = item[1].size
+            if nbytes <= size <= 2 * nbytes + _PAGE and (best is None or size < best[1].size):
+                best = item
+        if best is None:
+            return None
+        self._free.remove(best)
+        if best[1].has_views():  # pragma: no cover - checked when pooled
+            best[1].close()
+            return None
+        self.stats["pool_hits"] += 1
+        return best[1]
+
+    def _expire(self, now: float) -> None:
+        while self._free and now - self._free[0][0] > POOL_IDLE_SECONDS:
+            self._free.pop(0)[1].close()
+
+    def release(self, lease: _Lease) -> None:
+        """Let go of what a finished task held; idempotent."""
+        to_close: list[Segment] = []
+        with self._lock:
+            if lease.released:
+                return
+            lease.released = True
+            lease.keep.clear()
+            for entry in lease.placed:
+                entry.users -= 1
+                if entry.users > 0:
+                    continue
+                if entry.array is not None and self._placed.get(id(entry.array)) is entry:
+                    del self._placed[id(entry.array)]
+                entry.array = None
+                to_close.extend(self._pool(entry.segment))
+            lease.placed.clear()
+        for segment in to_close:
+            segment.close()
+
+    def _pool(self, segment: Segment) -> list[Segment]:
+        # Under the lock: keep ``segment`` for reuse when nothing maps it here and it fits.
+        if self._closed or segment.size > self.pool_max or segment.has_views():
+            return [segment]
+        now = time.monotonic()
+        evicted: list[Segment] = []
+        self._expire(now)
+        while self._free and sum(s.size for _, s in self._free) + segment.size > self.pool_max:
+            evicted.append(self._free.pop(0)[1])
+        self._free.append((now, segment))
+        return evicted
+
+    @property
+    def pooled_bytes(self) -> int:
+        """Bytes held in idle pooled segments."""
+        with self._lock:
+            return sum(s.size for _, s in self._free)
+
+    def close(self) -> None:
+        """Free the pool; segments still used by tasks go when those tasks end."""
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for _, segment in free:
+            segment.close()
+
+
+def reply_policy(fn_bytes: bytes, threshold: int | None) -> bytes:
+    """Wrap a pickled callable so that unpickling it in a worker sets the reply threshold."""
+    if threshold == DEFAULT_THRESHOLD:
+        return fn_bytes
+    return pickle.dumps(_ReplyPolicy(fn_bytes, threshold), PROTOCOL)
+
+
+class _ReplyPolicy:
+    """Unpickles as the callable it wraps, setting the threshold the worker uses for results."""
+
+    __slots__ = ("fn_bytes", "threshold")
+
+    def __init__(self, fn_bytes: bytes, threshold: int | None) -> None:
+        self.fn_bytes = fn_bytes
+        self.threshold = threshold
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_apply_reply_policy, (self.threshold, self.fn_bytes))
+
+
+def _apply_reply_policy(threshold: int | None, fn_bytes: bytes) -> Any:
+    global _reply_threshold
+    _reply_threshold = threshold
+    return pickle.loads(fn_bytes)
+
+
+# ---- the worker side -------------------------------------------------------------------------
+class _ReplyState:
+    """Segments a reply created, to undo them if the reply cannot be sent."""
+
+    __slots__ = ("created", "handles", "owner_pid")
+
+    def __init__(self) -> None:
+        parent = multiprocessing.parent_process()
+        self.owner_pid = parent.pid if parent is not None and parent.pid else os.getpid()
+        self.created: list[Segment] = []
+        self.handles: list[SharedHandle] = []
+
+    def place(self, array: npt.NDArray[Any]) -> tuple[Any, ...] | None:
+        import numpy as np
+
+        threshold = _reply_threshold
+        if threshold is None or array.nbytes < threshold or array.dtype.hasobject:
+            return None
+        shared = _shared_reference(array)
+        if shared is not None and not shared[0].owned:
+            return shared[1]  # a view of a task input: the parent owns it
+        try:
+            segment = Segment.create(array.nbytes, owner_pid=self.owner_pid, owner=False)
+        except SharedMemoryError:
+            return None
+        self.created.append(segment)
+        dest = np.ndarray(array.shape, array.dtype, buffer=segment.require())
+        np.copyto(dest, array, casting="no")
+        del dest
+        return (segment.name, segment.size, 0, array.shape, array.dtype, None, False, True)
+
+    def undo(self) -> None:
+        from ._shm import unlink
+
+        for segment in self.created:
+            unlink(segment.name)
+            segment.close()
+        self.created.clear()
+        self.handles.clear()
+
+    def done(self) -> None:
+        for segment in self.created:
+            segment.close()  # not the owner: only unmaps
+        for handle in self.handles:
+            handle._segment.disown()  # the parent owns it now
+        self.created.clear()
+        self.handles.clear()
+
+
+def dumps_reply(obj: Any) -> bytes:
+    """Pickle a worker's reply, sending large result arrays through shared memory.
+
+    Raises:
+        Exception: whatever pickling raised; segments it created are removed first.
+    """
+    if "numpy" not in sys.modules and not _handles_exist():
+        return pickle.dumps(obj, PROTOCOL)
+    state = _ReplyState()
+    buffer = io.BytesIO()
+    try:
+        _ReplyPickler(buffer, state).dump(obj)
+    except BaseException:
+        state.undo()
+        raise
+    state.done()
+    return buffer.getvalue()
+
+
+def _handles_exist() -> bool:
+    from ._shm import _maps
+
+    return bool(_maps)
+
+
+# ---- picklers ------------------------------------------------------------------------------
+def _ndarray_type() -> type | None:
+    np = sys.modules.get("numpy")
+    return None if np is None else np.ndarray
+
+
+class _CallPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
+        super().__init__(file, PROTOCOL)
+        self._placement = placement
+        self._lease = lease
+        self._ndarray = _ndarray_type()
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is self._ndarray:
+            args = self._placement.place(obj, self._lease)
+            return NotImplemented if args is None else (_attach_array, args)
+        if isinstance(obj, SharedHandle):
+            self._lease.keep.append(obj)
+        return NotImplemented
+
+
+class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
+        super().__init__(file, PROTOCOL)
+        self._placement = placement
+        self._lease = lease
+        self._ndarray = _ndarray_type()
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is self._ndarray:
+            args = self._placement.place(obj, self._lease)
+            if args is not None:
+                return (_attach_array, args)
+        elif isinstance(obj, SharedHandle):
+            self._lease.keep.append(obj)
+        return super().reducer_override(obj)
+
+
+class _ReplyPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, state: _ReplyState) -> None:
+        super().__init__(file, PROTOCOL)
+        self._state = state
+        self._ndarray = _ndarray_type()
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is self._ndarray:
+            args = self._state.place(obj)
+            return NotImplemented if args is None else (_attach_array, args)
+        if isinstance(obj, SharedHandle) and obj.owner and not obj.closed:
+            self._state.handles.append(obj)
+            return obj._hx_transfer()
+        return NotImplemented
+
+
+def _dump(
+    obj: Any,
+    fast: Callable[[io.BytesIO, Placement, _Lease], pickle.Pickler],
+    slow: Callable[[io.BytesIO, Placement, _Lease], pickle.Pickler],
+    placement: Placement,
+    lease: _Lease,
+) -> bytes:
+    # The C pickler first, cloudpickle when it refuses: the rules of _serialize.dumps.
+    buffer = io.BytesIO()
+    try:
+        fast(buffer, placement, lease).dump(obj)
+        return buffer.getvalue()
+    except Exception as first:
+        buffer = io.BytesIO()
+        try:
+            slow(buffer, placement, lease).dump(obj)
+            return buffer.getvalue()
+        except Exception as exc:
+            from ._serialize import _describe
+
+            raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
