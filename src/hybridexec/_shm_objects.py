@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Self
 
+from ._exceptions import BackendUnavailableError
 from ._shm import Segment
 
 if TYPE_CHECKING:
