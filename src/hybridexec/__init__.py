@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging as _logging
 
+from ._actors import ActorRef as ActorRef
+from ._actors import spawn as spawn
 from ._default import default_executor as default_executor
 from ._default import imap as imap
 from ._default import map as map
@@ -37,6 +39,7 @@ __all__ = [
     "ActorBrokenError",
     "ActorClosedError",
     "ActorError",
+    "ActorRef",
     "BackendUnavailableError",
     "BrokenExecutorError",
     "Classifier",
@@ -56,6 +59,7 @@ __all__ = [
     "imap",
     "io_bound",
     "map",
+    "spawn",
     "submit",
     "task",
 ]

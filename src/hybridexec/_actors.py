@@ -22,7 +22,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, Literal, NoReturn, ParamSpec, TypeVar
 
-from ._actors_base import CoreBase, OnError
+from ._actors_base import CoreBase
+from ._actors_base import OnError as OnError
 from ._actors_process import ProcessCore
 from ._actors_thread import ThreadCore
 from ._futures import Future
@@ -157,7 +158,7 @@ class ActorRef(Generic[T]):
 
     @property
     def pid(self) -> int | None:
-        """The pid of a process actor's process now; None for a thread actor, or while restarting."""
+        """The pid of a process actor's process now; None for a thread actor or mid-restart."""
         return self._core.pid
 
     @property

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec, Self
 
+from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._process._pool import ProcessLane
@@ -155,6 +156,7 @@ class Executor(concurrent.futures.Executor):
             self._closed = True
         self._threads.shutdown(wait=False, cancel_futures=cancel_futures)
         self._processes.shutdown(wait=False, cancel_futures=cancel_futures)
+        stop_actors(self, drain=not cancel_futures, wait=wait)  # actors it spawned
         if wait:
             self._threads.shutdown(wait=True)
             self._processes.shutdown(wait=True)
@@ -276,6 +278,43 @@ class Executor(concurrent.futures.Executor):
             )
             futures.append((future, chunksize > 1))
         return _results(futures, end_time)
+
+    # ---- actors ---------------------------------------------------------------------------
+    def spawn(
+        self,
+        cls: Callable[..., R],
+        /,
+        *args: Any,
+        kind: ActorKind = "thread",
+        mailbox_size: int | None = None,
+        max_restarts: int = 0,
+        on_error: OnError | None = None,
+        **kwargs: Any,
+    ) -> ActorRef[R]:
+        """Start an actor owned by this executor; arguments as for :func:`hybridexec.spawn`.
+
+        Process actors use this executor's start method. ``shutdown()`` stops the actors
+        (draining their mailboxes unless ``cancel_futures``, waiting for them if ``wait``).
+
+        Raises:
+            RuntimeError: the executor was shut down.
+
+        .. versionadded:: 0.1
+        """
+        if self._closed:
+            raise RuntimeError("cannot spawn actors after shutdown")
+        return spawn_actor(
+            cls,
+            args,
+            kwargs,
+            kind=kind,
+            mailbox_size=mailbox_size,
+            max_restarts=max_restarts,
+            on_error=on_error,
+            start_method=self._processes.start_method,
+            owner=self,
+        )
+
 
 
 def _results(futures: list[tuple[Future[Any], bool]], end_time: float | None) -> Iterator[Any]:
