@@ -33,6 +33,10 @@ from ._routing import Decision as Decision
 from ._routing import cpu_bound as cpu_bound
 from ._routing import io_bound as io_bound
 from ._routing import task as task
+from ._shm import cleanup_shared_memory as cleanup_shared_memory
+from ._shm_list import SharedList as SharedList
+from ._shm_objects import SharedArray as SharedArray
+from ._shm_objects import SharedBuffer as SharedBuffer
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -50,10 +54,14 @@ __all__ = [
     "HybridExecError",
     "RemoteTraceback",
     "SerializationError",
+    "SharedArray",
+    "SharedBuffer",
+    "SharedList",
     "SharedMemoryError",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "__version__",
+    "cleanup_shared_memory",
     "cpu_bound",
     "default_executor",
     "imap",

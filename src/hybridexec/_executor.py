@@ -16,6 +16,8 @@ from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._process._pool import ProcessLane
 from ._routing import Classifier, Decision, Options, check_kind, check_timeout, hints_of, route
+from ._shm import cleanup_shared_memory
+from ._shm_place import DEFAULT_THRESHOLD, check_threshold
 from ._threads import ThreadLane
 
 P = ParamSpec("P")
@@ -57,6 +59,8 @@ class Executor(concurrent.futures.Executor):
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
             classifier; ``"thread"`` or ``"process"`` switch the classifier off.
         classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles.
+        shm_threshold: numpy arrays of at least this many bytes (default 1 MiB) passed to or
+            returned from process tasks travel through shared memory; None switches it off.
 
     Raises:
         ValueError: a worker count below 1, an unknown ``kind`` or ``start_method``.
@@ -79,6 +83,7 @@ class Executor(concurrent.futures.Executor):
         *,
         kind: str = "auto",
         classifier: Classifier | None = None,
+        shm_threshold: int | None = DEFAULT_THRESHOLD,
     ) -> None:
         max_threads = _check_count("max_threads", max_threads)
         max_processes = _check_count("max_processes", max_processes)
@@ -107,7 +112,9 @@ class Executor(concurrent.futures.Executor):
             idle_timeout=idle_timeout,
             initializer=initializer,
             initargs=initargs,
+            shm_threshold=check_threshold(shm_threshold),
         )
+        cleanup_shared_memory()  # segments left by processes that were SIGKILLed
         self._lanes: dict[str, ThreadLane | ProcessLane] = {
             "thread": self._threads,
             "process": self._processes,

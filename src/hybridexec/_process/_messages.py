@@ -17,9 +17,15 @@ worker -> parent
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._serialize import dumps, dumps_callable
+from .._shm_place import reply_policy
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from .._shm_place import Placement
 
 STOP = b""
 
@@ -33,10 +39,22 @@ class Reply(NamedTuple):
     rss: int | None
 
 
-def encode_call(fn: Any, items: list[tuple[tuple[Any, ...], dict[str, Any]]], batch: bool) -> bytes:
+def encode_call(
+    fn: Any,
+    items: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    batch: bool,
+    placement: Placement | None = None,
+    future: concurrent.futures.Future[Any] | None = None,
+) -> bytes:
     """Pickle a call in the caller's thread, so that pickling errors reach the right future.
+
+    With a ``placement``, large numpy arguments go through shared memory (held until
+    ``future`` is done) and the worker learns the lane's threshold for its results.
 
     Raises:
         SerializationError: the callable or an argument cannot be pickled.
     """
-    return dumps((dumps_callable(fn), items, batch))
+    if placement is None:
+        return dumps((dumps_callable(fn), items, batch))
+    fn_bytes = reply_policy(dumps_callable(fn), placement.threshold)
+    return placement.dumps_call((fn_bytes, items, batch), future)

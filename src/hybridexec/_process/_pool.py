@@ -16,6 +16,7 @@ from typing import Any
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._serialize import dumps
+from .._shm_place import DEFAULT_THRESHOLD, Placement
 from ._manager import Manager
 from ._messages import encode_call
 from ._util import get_context
@@ -50,6 +51,7 @@ class ProcessLane:
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         name: str = "hybridexec",
+        shm_threshold: int | None = DEFAULT_THRESHOLD,
     ) -> None:
         self.max_processes = max_processes or os.cpu_count() or 1
         self.context = get_context(start_method)
@@ -59,6 +61,7 @@ class ProcessLane:
         self.report_memory = max_memory_per_child is not None
         self.idle_timeout = idle_timeout
         self.initializer = dumps((initializer, initargs)) if initializer is not None else None
+        self.placement = Placement(shm_threshold)  # large numpy arguments via shared memory
         self.name = name
         self.pending: deque[Task] = deque()
         self.commands: deque[tuple[str, Any]] = deque()
@@ -111,7 +114,7 @@ class ProcessLane:
         Raises:
             SerializationError: the callable or an argument cannot be pickled.
         """
-        task.payload = encode_call(task.fn, task.items, task.batch)
+        task.payload = encode_call(task.fn, task.items, task.batch, self.placement, task.future)
 
     def submit(self, task: Task) -> None:
         """Queue a prepared task and wake the manager.
@@ -164,6 +167,7 @@ class ProcessLane:
                     except IndexError:
                         break
                     task.future.cancel()
+        self.placement.close()  # pooled segments go now, those in use when their tasks end
         self._wake()
         if wait:
             self.join()

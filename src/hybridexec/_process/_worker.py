@@ -10,6 +10,7 @@ from typing import Any
 
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
+from .._shm_place import dumps_reply
 from ._messages import STOP, Reply
 from ._util import (
     become_group_leader,
@@ -109,7 +110,7 @@ def _encode_reply(
 ) -> bytes:
     reply = Reply(outcomes, elapsed, cpu, rss)
     try:
-        return pickle.dumps(tuple(reply), PROTOCOL)
+        return dumps_reply(tuple(reply))  # large numpy results go through shared memory
     except Exception:
         pass
     # Some result does not pickle with the C pickler: find which, item by item, so the others
