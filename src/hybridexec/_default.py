@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
 from ._executor import Executor
 from ._futures import Future
+from ._mapping import MapIterator
 from ._mapping import imap as _imap
 from ._routing import Options, check_kind, check_timeout
 
@@ -64,7 +65,7 @@ def imap(
     timeout: float | None = None,
     progress: bool | Callable[[int, int | None], object] = False,
     executor: Executor | None = None,
-) -> Iterator[R]:
+) -> MapIterator[R]:
     """Apply ``fn`` to each item lazily, with bounded work in flight.
 
     Items are read as workers become free, so an endless or huge iterable is fine. Calls are

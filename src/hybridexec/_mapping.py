@@ -19,7 +19,7 @@ import itertools
 import math
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._futures import Future, Items, Outcome, Task
@@ -46,7 +46,7 @@ def imap(
     ordered: bool = True,
     chunksize: int | None = None,
     progress: bool | Callable[[int, int | None], object] = False,
-) -> Iterator[R]:
+) -> MapIterator[R]:
     """Validate now, then return the lazy iterator of results."""
     if chunksize is not None and (
         isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
@@ -61,7 +61,43 @@ def imap(
     except TypeError:
         total = None
     it = iter(iterable)
-    return _run(executor, fn, it, total, options, ordered, chunksize, _progress(progress, total))
+    state = _MapState()
+    report = _progress(progress, total)
+    return MapIterator(
+        _run(executor, fn, it, total, options, ordered, chunksize, report, state), state
+    )
+
+
+class _MapState:
+    """What a running map shares with its iterator's ``cancel()``."""
+
+    def __init__(self) -> None:
+        self.waiting: set[Future[Any]] = set()
+        self.cancelled = False
+
+
+class MapIterator(Iterator[R]):
+    """The results of ``imap``: an iterator that can also cancel the work in flight."""
+
+    def __init__(self, gen: Generator[R, None, None], state: _MapState) -> None:
+        self._gen = gen
+        self._state = state
+
+    def __iter__(self) -> MapIterator[R]:
+        return self
+
+    def __next__(self) -> R:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop: cancel the work in flight (killing running process work)."""
+        self._gen.close()
+
+    def cancel(self) -> None:
+        """Cancel the work in flight from any thread; the consumer sees ``CancelledError``."""
+        self._state.cancelled = True
+        for future in list(self._state.waiting):
+            future.cancel()
 
 
 def _progress(
@@ -108,7 +144,8 @@ def _run(
     ordered: bool,
     chunksize: int | None,
     report: Callable[[int], None] | None,
-) -> Iterator[Any]:
+    state: _MapState,
+) -> Generator[Any, None, None]:
     first = list(itertools.islice(it, 1))
     if not first:
         return
@@ -118,11 +155,13 @@ def _run(
         executor._processes.max_processes if kind == "process" else executor._threads.max_threads
     )
     in_flight: deque[_Batch] | set[_Batch] = deque() if ordered else set()
-    waiting: set[Future[Any]] = set()
+    waiting = state.waiting
     remaining = None if total is None else total
 
     def submit(items: list[Any]) -> None:
         nonlocal remaining
+        if state.cancelled:
+            raise concurrent.futures.CancelledError()
         calls: Items = [((item,), {}) for item in items]
         future, task = executor._submit_task(fn, calls, decision, opts.timeout, batch=True)
         batch = _Batch(future, task, len(items))

@@ -145,12 +145,14 @@ class Manager(threading.Thread):
                         w.task = None
                         self._kill(w, "its task was cancelled")
             elif name == "kill-all":
+                sig, done = arg
                 for w in list(self.workers.values()):
                     task = w.task
                     w.task = None
                     if task is not None:
                         task.future.cancel()
-                    self._kill(w, "terminate/kill requested", sig=arg)
+                    self._kill(w, "terminate/kill requested", sig=sig)
+                done.set()
 
     # ---- dispatch -------------------------------------------------------------------------
     def _dispatch(self) -> None:

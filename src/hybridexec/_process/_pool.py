@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
 import weakref
 from collections import deque
@@ -192,13 +193,18 @@ class ProcessLane:
             _live_lanes.discard(self)
 
     def terminate_workers(self) -> None:
-        """SIGTERM every worker (and its children); running tasks are cancelled."""
-        import signal
-
-        self.command("kill-all", signal.SIGTERM)
+        """SIGTERM every worker (and its children); running tasks are cancelled on return."""
+        self._kill_all(signal.SIGTERM)
 
     def kill_workers(self) -> None:
-        """SIGKILL every worker (and its children); running tasks are cancelled."""
-        import signal
+        """SIGKILL every worker (and its children); running tasks are cancelled on return."""
+        self._kill_all(signal.SIGKILL)
 
-        self.command("kill-all", signal.SIGKILL)
+    def _kill_all(self, sig: int) -> None:
+        manager = self._manager
+        if manager is None or not manager.is_alive():
+            return
+        done = threading.Event()
+        self.command("kill-all", (sig, done))
+        if manager is not threading.current_thread():
+            done.wait(10.0)  # the manager acts at once; the bound only guards a broken lane

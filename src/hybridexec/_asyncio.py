@@ -1,0 +1,251 @@
+"""asyncio integration: an event loop owned by the executor, and ``amap``/``arun``.
+
+``async def`` functions submitted to an Executor run as tasks on one event loop that lives in a
+thread of its own, started on first use. Their futures say ``kind == "async"``; cancelling one
+cancels the coroutine; a timeout cancels it and fails the future with ``TaskTimeoutError``.
+
+``arun`` and ``amap`` are for code already inside an event loop: they await work done by an
+executor, and cancelling the awaiting task cancels the work (killing it when it runs in a
+process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._exceptions import TaskTimeoutError
+from ._futures import Future
+
+if TYPE_CHECKING:
+    from ._executor import Executor, ExecutorOptions
+
+R = TypeVar("R")
+
+
+def is_async_callable(fn: object) -> bool:
+    """Return True for ``async def`` functions, also behind ``functools.partial``/methods."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object whose __call__ is async
+    )
+
+
+def run_coroutine(fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
+    """Run an ``async def`` to completion in this thread (for thread and process lanes)."""
+
+    async def main() -> R:
+        return await fn(*args, **kwargs)
+
+    return asyncio.run(main())
+
+
+class LoopLane:
+    """One event loop in a daemon thread, owned by an executor."""
+
+    kind = "async"
+
+    def __init__(self, name: str = "hybridexec") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=run, name=f"{self._name}-loop", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def submit(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Future[Any]:
+        """Schedule ``await fn(*args, **kwargs)`` on the loop; return its future."""
+        loop = self._ensure_loop()
+        future: Future[Any] = Future(kind="async")
+
+        async def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                if timeout is None:
+                    result = await fn(*args, **kwargs)
+                else:
+                    result = await asyncio.wait_for(fn(*args, **kwargs), timeout)
+            except asyncio.TimeoutError:
+                if timeout is None:
+                    raise
+                future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
+            except asyncio.CancelledError:
+                future.cancel()
+            except BaseException as exc:
+                future.settle(False, exc)
+            else:
+                future.settle(True, result)
+
+        def start() -> None:
+            task = loop.create_task(run())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+            def stop() -> None:
+                loop.call_soon_threadsafe(task.cancel)
+
+            future._hx_stop = stop
+
+        loop.call_soon_threadsafe(start)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the loop once its tasks finish (or are cancelled)."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+
+        async def drain() -> None:
+            tasks = set(self._tasks)
+            if cancel_futures:
+                for task in tasks:
+                    task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            loop.stop()
+
+        if not loop.is_closed() and thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(drain(), loop)
+            except RuntimeError:
+                pass  # already stopping
+        if wait and thread is not threading.current_thread():
+            thread.join()
+            if not loop.is_closed():
+                loop.close()
+
+
+async def arun(
+    fn: Callable[..., R],
+    /,
+    *args: Any,
+    executor: Executor | ExecutorOptions | None = None,
+    **kwargs: Any,
+) -> R:
+    """Await ``fn(*args, **kwargs)`` run by an executor (the default one when None).
+
+    ``executor`` may also be a view such as ``ex.options(kind="process", timeout=5)``.
+
+    Cancelling the awaiting task cancels the work, and kills it when it runs in a process.
+
+    Returns:
+        What ``fn`` returned.
+
+    .. versionadded:: 0.1
+    """
+    from ._default import default_executor
+
+    ex = executor if executor is not None else default_executor()
+    future = ex.submit(fn, *args, **kwargs)
+    return await asyncio.wrap_future(future)
+
+
+async def amap(
+    fn: Callable[[Any], R],
+    items: Iterable[Any],
+    *,
+    kind: str = "auto",
+    chunksize: int | None = None,
+    timeout: float | None = None,
+    executor: Executor | None = None,
+) -> list[R]:
+    """Await ``hybridexec.map(fn, items, ...)`` without blocking the event loop.
+
+    The work is batched as in :func:`hybridexec.map`. Cancelling the awaiting task cancels the
+    work still in flight (killing what runs in processes).
+
+    Returns:
+        The results in input order.
+
+    Raises:
+        Exception: the first failed call's exception.
+
+    .. versionadded:: 0.1
+    """
+    from ._default import imap
+
+    control = _MapControl()
+    results = imap(
+        fn,
+        items,
+        kind=kind,
+        chunksize=chunksize,
+        timeout=timeout,
+        executor=executor,
+    )
+    loop = asyncio.get_running_loop()
+    done: concurrent.futures.Future[list[R]] = concurrent.futures.Future()
+
+    def consume() -> None:
+        try:
+            out: list[R] = []
+            for value in results:
+                out.append(value)
+                if control.stopped:
+                    break
+        except BaseException as exc:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # awaiter gone
+                done.set_exception(exc)
+        else:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                done.set_result(out)
+        finally:
+            results.close()
+
+    thread = threading.Thread(target=consume, name="hybridexec-amap", daemon=True)
+    control.results = results
+    thread.start()
+    try:
+        return await asyncio.wrap_future(done, loop=loop)
+    except asyncio.CancelledError:
+        control.stop()
+        await asyncio.to_thread(thread.join)
+        raise
+
+
+class _MapControl:
+    """Stops an ``amap`` whose awaiting task was cancelled."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.results: Any = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.results is not None:
+            self.results.cancel()
