@@ -175,7 +175,8 @@ def _run(
 
     # One call at a time while the per-call cost is unknown, or for per-item timeouts.
     size = chunksize or 1
-    probing = chunksize is None and opts.timeout is None
+    probing = adaptive = chunksize is None and opts.timeout is None
+    per_call = float("inf")
     probes = min(lane_width, THREAD_PROBES) if kind == "thread" else lane_width
     submit(first)
     if probing:
@@ -188,7 +189,8 @@ def _run(
             if probing:
                 done, _ = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
                 timed = next(b for b in in_flight if b.future in done)
-                size = _batch_size(timed.task.elapsed, kind, remaining, lane_width)
+                per_call = timed.task.elapsed
+                size = _batch_size(per_call, kind, remaining, lane_width)
                 probing = False
                 if size > 1:
                     limit = max(lane_width * 2, 4) if kind == "process" else 4
@@ -208,6 +210,11 @@ def _run(
                 in_flight.remove(batch)
             waiting.discard(batch.future)
             outcomes: list[Outcome] = batch.future.result()
+            if adaptive and batch.size:
+                # Refine the estimate: first calls pay for warm-up (imports, caches), so the
+                # fastest per-call time seen is the best guide for the batches still to come.
+                per_call = min(per_call, batch.task.elapsed / batch.size)
+                size = _batch_size(per_call, kind, remaining, lane_width)
             if report is not None:
                 report(len(outcomes))
             for ok, value in outcomes:

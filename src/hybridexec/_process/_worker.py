@@ -64,11 +64,7 @@ def worker_main(
             # Every task sent here fails with the initializer's error; then the worker goes.
             conn.send_bytes(_encode_reply(_fail_all(data, init_error), 0.0, 0.0, None))
             return
-        started = time.perf_counter()
-        cpu_started = time.process_time()
-        outcomes = _run(data, functions)
-        elapsed = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
+        outcomes, elapsed, cpu = _run(data, functions)
         rss = resident_memory() if report_memory else None
         conn.send_bytes(_encode_reply(outcomes, elapsed, cpu, rss))
 
@@ -82,7 +78,12 @@ def _fail_all(data: bytes, packed: bytes) -> list[tuple[bool, Any]]:
     return [(False, packed)] * count
 
 
-def _run(data: bytes, functions: dict[bytes, Any]) -> list[tuple[bool, Any]]:
+def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any]], float, float]:
+    """Run a call or batch; return its outcomes and the wall and CPU seconds of the calls.
+
+    The times leave out unpickling (a first call imports the function's module), since they
+    size later batches and feed the router.
+    """
     try:
         fn_bytes, items, _batch = loads(data)
         fn = functions.get(fn_bytes)
@@ -94,7 +95,9 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> list[tuple[bool, Any]]:
     except BaseException as exc:
         err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
         err.__cause__ = exc
-        return [(False, pack_exception(err))]
+        return [(False, pack_exception(err))], 0.0, 0.0
+    started = time.perf_counter()
+    cpu_started = time.process_time()
     outcomes: list[tuple[bool, Any]] = []
     append = outcomes.append
     for args, kwargs in items:
@@ -102,7 +105,7 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> list[tuple[bool, Any]]:
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
             append((False, pack_exception(exc)))
-    return outcomes
+    return outcomes, time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def _encode_reply(
