@@ -337,9 +337,27 @@ class Segment:
             self._finalizer = None
 
     def adopt(self) -> None:
-        """Take over ownership of a segment another process created and handed over."""
+        """Take over ownership of a segment another process created and handed over.
+
+        On Linux the segment is renamed after this process, so that the janitor does not
+        remove it once the process that created it (a worker) is gone.
+        """
         if self.owner:
             return
+        if _LINUX and owner_pid_of(self.name) != os.getpid():
+            fresh = new_name()
+            try:
+                os.rename(os.path.join(SHM_DIR, self.name), os.path.join(SHM_DIR, fresh))
+            except OSError:
+                pass  # keep the old name: still valid while the janitor spares it
+            else:
+                for mapped in list(_maps.values()):
+                    if mapped.name == self.name:
+                        mapped.name = fresh
+                known = _names.pop(self.name, None)
+                if known is not None:
+                    _names[fresh] = known
+                self.name = fresh
         self.owner = True
         self._finalizer = weakref.finalize(self, _unlink_owned, self.name, os.getpid())
         info = _names.get(self.name)

@@ -198,6 +198,9 @@ class Placement:
         self._closed = False
         total = free_bytes()
         self.pool_max = POOL_MAX_BYTES if total is None else min(POOL_MAX_BYTES, total // 8)
+        # placed: copies made (pool_hits of them into reused segments); reused: tasks that
+        # shared a copy made for an earlier task in flight; by_reference: views of shared
+        # memory sent by name without a copy.
         self.stats = {"placed": 0, "reused": 0, "by_reference": 0, "pool_hits": 0}
 
     def dumps_call(self, obj: Any, future: concurrent.futures.Future[Any] | None) -> bytes:

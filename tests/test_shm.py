@@ -1,0 +1,555 @@
+"""Shared memory: SharedBuffer, SharedArray, SharedList, the janitor and automatic placement."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from multiprocessing.shared_memory import ShareableList
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hybridexec
+from hybridexec import (
+    Executor,
+    SharedArray,
+    SharedBuffer,
+    SharedList,
+    SharedMemoryError,
+    WorkerCrashedError,
+)
+from hybridexec._process._messages import encode_call
+from hybridexec._shm import SHM_DIR, Segment, free_bytes, mapping_of, owner_pid_of
+from hybridexec._shm_place import DEFAULT_THRESHOLD, Placement
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM_DIR), reason="needs /dev/shm")
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _exists(name: str) -> bool:
+    return os.path.exists(os.path.join(SHM_DIR, name))
+
+
+# ---- functions run in workers --------------------------------------------------------------
+def fill_array(shared: SharedArray, value: float) -> None:
+    shared.array[:] = value
+
+
+def fill_buffer(shared: SharedBuffer, data: bytes) -> None:
+    shared.buf[: len(data)] = data
+
+
+def set_items(shared: SharedList, values: list[Any]) -> None:
+    for i, value in enumerate(values):
+        shared[i] = value
+
+
+def read_items(shared: SharedList) -> list[Any]:
+    return shared.tolist()
+
+
+def array_sum(array: Any) -> float:
+    return float(array.sum())
+
+
+def shared_sum(shared: SharedArray) -> float:
+    return float(shared.array.sum())
+
+
+def describe(array: Any) -> tuple[bool, bool, str]:
+    """Whether the array arrived writable, whether its memory is a mapping, its dtype."""
+    base = array
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return bool(array.flags.writeable), type(base).__name__ == "mmap", str(array.dtype)
+
+
+def try_write(array: Any) -> str:
+    try:
+        array[0] = 1
+    except ValueError as exc:
+        return str(exc)
+    return "written"
+
+
+def write_first(array: Any, value: float) -> None:
+    array[0] = value
+
+
+def identity(value: Any) -> Any:
+    return value
+
+
+def slow_sum(array: Any, seconds: float) -> float:
+    time.sleep(seconds)  # keeps every task in flight while the test submits the others
+    return float(array.sum())
+
+
+def doubled(array: Any) -> Any:
+    return array * 2
+
+
+def make_shared(n: int) -> SharedArray:
+    shared = SharedArray.zeros(n)
+    shared.array[:] = 3.0
+    return shared
+
+
+def sum_then_die(shared: SharedArray) -> None:
+    shared.array.sum()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- fixtures ------------------------------------------------------------------------------
+@pytest.fixture
+def np() -> Any:
+    return pytest.importorskip("numpy")
+
+
+@pytest.fixture
+def process_ex() -> Iterator[Any]:
+    """Two worker processes; every call goes to a process."""
+    ex = Executor(max_processes=2, kind="process")
+    try:
+        yield ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- segments: names, permissions, space, close ---------------------------------------------
+def test_segment_names_carry_the_owner_pid_and_are_unguessable() -> None:
+    with SharedBuffer(16) as first, SharedBuffer(16) as second:
+        assert owner_pid_of(first.name) == os.getpid()
+        assert first.name.startswith(f"hx{os.getpid()}_")
+        assert first.name != second.name
+        assert len(first.name.split("_")[1]) == 16  # 64 random bits
+
+
+def test_segments_are_readable_by_their_owner_only() -> None:
+    with SharedBuffer(16) as shared:
+        mode = os.stat(os.path.join(SHM_DIR, shared.name)).st_mode
+        assert stat.S_IMODE(mode) & 0o077 == 0
+
+
+def test_buffer_reads_back_what_was_written_and_close_unlinks() -> None:
+    shared = SharedBuffer(8)
+    shared.buf[:] = b"abcdefgh"
+    assert bytes(shared.buf) == b"abcdefgh"
+    assert len(shared) == shared.nbytes == 8
+    assert _exists(shared.name)
+    shared.close()
+    assert not _exists(shared.name)
+    assert shared.closed
+    shared.close()  # twice is harmless
+
+
+def test_zero_byte_buffer_is_allowed() -> None:
+    with SharedBuffer(0) as shared:
+        assert bytes(shared.buf) == b""
+
+
+def test_negative_size_is_rejected() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        SharedBuffer(-1)
+
+
+def test_use_after_close_raises_a_clear_error() -> None:
+    shared = SharedBuffer(8)
+    shared.close()
+    with pytest.raises(SharedMemoryError, match="closed"):
+        shared.buf  # noqa: B018
+    with pytest.raises(SharedMemoryError, match="closed"):
+        pickle.dumps(shared)
+    items = SharedList([1, 2])
+    items.close()
+    with pytest.raises(SharedMemoryError, match="closed"):
+        items[0]
+
+
+def test_array_view_outlives_close_without_crashing(np: Any) -> None:
+    shared = SharedArray.from_numpy(np.arange(1000.0))
+    view = shared.array[10:20]
+    shared.close()
+    assert not _exists(shared.name)  # the name is gone at once ...
+    assert view.sum() == sum(range(10, 20))  # ... the memory lives while a view does
+    view[0] = -1.0
+    assert view[0] == -1.0
+    with pytest.raises(SharedMemoryError, match="closed"):
+        shared.array  # noqa: B018
+
+
+def test_buffer_memoryview_outlives_close_without_crashing() -> None:
+    shared = SharedBuffer(4)
+    view = shared.buf
+    view[:] = b"wxyz"
+    shared.close()
+    assert bytes(view) == b"wxyz"
+
+
+def test_owner_handle_collected_without_close_unlinks() -> None:
+    shared = SharedBuffer(8)
+    name = shared.name
+    del shared
+    gc.collect()
+    assert not _exists(name)
+
+
+def test_not_enough_space_raises_shared_memory_error_with_the_sizes() -> None:
+    free = free_bytes()
+    assert free is not None
+    asked = free + (1 << 30)
+    before = set(os.listdir(SHM_DIR))
+    with pytest.raises(SharedMemoryError) as caught:
+        SharedBuffer(asked)
+    message = str(caught.value)
+    assert f"{asked:,} bytes" in message
+    assert "free" in message
+    assert set(os.listdir(SHM_DIR)) <= before  # nothing half-made was left behind
+
+
+def test_attaching_a_missing_segment_raises_shared_memory_error() -> None:
+    with pytest.raises(SharedMemoryError, match="owner closed it or exited"):
+        SharedBuffer.attach(f"hx{os.getpid()}_0000000000000000")
+
+
+def test_attach_by_name_does_not_take_ownership() -> None:
+    with SharedBuffer(4) as shared:
+        other = SharedBuffer.attach(shared.name)
+        other.buf[:] = b"1234"
+        assert not other.owner
+        other.close()
+        assert _exists(shared.name)  # only the owner unlinks
+        assert bytes(shared.buf) == b"1234"
+
+
+# ---- pickling by name ---------------------------------------------------------------------
+def test_pickles_are_small_for_any_array(np: Any) -> None:
+    with SharedArray.zeros((64, MiB // 8)) as big, SharedArray.zeros((), "u1") as tiny:
+        for shared in (big, tiny):
+            assert len(pickle.dumps(shared)) < 4096
+    # Automatic placement: a 64 MiB plain array crosses to a worker in a few hundred bytes.
+    placement = Placement()
+    payload = encode_call(array_sum, [((np.ones(8 * MiB),), {})], False, placement, None)
+    assert len(payload) < 4096
+    placement.close()
+
+
+def test_unpickling_in_the_owner_process_shares_the_same_memory(np: Any) -> None:
+    with SharedArray.zeros(4, "int64") as shared:
+        copy = pickle.loads(pickle.dumps(shared))
+        copy.array[1] = 5
+        assert shared.array[1] == 5
+        assert not copy.owner
+        copy.close()
+        assert _exists(shared.name)
+
+
+# ---- across processes -----------------------------------------------------------------------
+def test_writes_in_a_worker_are_seen_in_the_parent(np: Any, start_method: str) -> None:
+    with (
+        Executor(max_processes=1, start_method=start_method, kind="process") as ex,
+        SharedArray.zeros((100, 100), "float32") as array,
+        SharedBuffer(16) as buffer,
+        SharedList([0, "", b""], slot_size=16) as items,
+    ):
+        ex.submit(fill_array, array, 7.0).result()
+        ex.submit(fill_buffer, buffer, b"from the worker").result()
+        ex.submit(set_items, items, [42, "wörker ✓", b"x\x00\x00"]).result()
+        assert float(array.array.sum()) == 7.0 * 100 * 100
+        assert bytes(buffer.buf[:15]) == b"from the worker"
+        assert items.tolist() == [42, "wörker ✓", b"x\x00\x00"]
+
+
+def test_worker_exit_leaves_the_owners_segment_valid(np: Any) -> None:
+    # CPython issue 82300: a tracked attach destroys the segment when the worker exits.
+    with (
+        Executor(max_processes=1, max_tasks_per_child=1, kind="process") as ex,
+        SharedArray.zeros(1000) as shared,
+    ):
+        ex.submit(fill_array, shared, 1.0).result()
+        assert wait_until(lambda: not ex.worker_pids)  # the worker that attached it exited
+        assert _exists(shared.name)
+        ex.submit(fill_array, shared, 2.0).result()  # a new worker attaches it again
+        assert float(shared.array.sum()) == 2000.0
+
+
+def test_sigkill_of_a_worker_leaves_the_owners_segment_valid(np: Any) -> None:
+    with Executor(max_processes=1, kind="process") as ex, SharedArray.zeros(1000) as shared:
+        shared.array[:] = 1.0
+        with pytest.raises(WorkerCrashedError):
+            ex.submit(sum_then_die, shared).result()
+        assert _exists(shared.name)
+        assert ex.submit(array_sum, shared.array).result() == 1000.0
+
+
+def test_shared_list_keeps_trailing_nuls_and_multibyte_text() -> None:
+    values: list[Any] = [b"ab\x00\x00", "héllo wörld ✓", "", b"", None, True, False, 3, 2.5]
+    with SharedList(values) as items:
+        assert items.tolist() == values
+        assert [type(v) for v in items] == [type(v) for v in values]
+        assert pickle.loads(pickle.dumps(items)).tolist() == values
+    # The standard library's ShareableList loses the NULs (documented here, not fixed there).
+    stdlib = ShareableList([b"ab\x00\x00"])
+    try:
+        assert stdlib[0] == b"ab"
+    finally:
+        stdlib.shm.close()
+        stdlib.shm.unlink()
+
+
+def test_shared_list_items_round_trip_through_a_worker(process_ex: Executor) -> None:
+    values: list[Any] = [b"\x00\x01\x00", "日本語", -(2**70), 1.5, None]
+    with SharedList(values) as items:
+        assert process_ex.submit(read_items, items).result() == values
+
+
+def test_shared_list_refuses_a_value_larger_than_its_slot() -> None:
+    with SharedList(["ab", 1]) as items:
+        items[0] = "12345678"  # a slot holds at least 8 bytes
+        with pytest.raises(ValueError, match="slot_size"):
+            items[0] = "123456789"
+        assert items[0] == "12345678"
+    with SharedList(["ab"], slot_size=100) as roomy:
+        roomy[0] = "x" * 100
+        assert roomy.capacity(0) >= 100
+
+
+def test_shared_list_behaves_as_a_sequence() -> None:
+    with SharedList([1, 2, 3, 2]) as items:
+        assert len(items) == 4
+        assert items[-1] == 2
+        assert items[1:3] == [2, 3]
+        assert items.index(3) == 2
+        assert items.count(2) == 2
+        assert 3 in items
+        with pytest.raises(IndexError):
+            items[4]
+        with pytest.raises(TypeError):
+            SharedList([object()])  # type: ignore[list-item]
+
+
+# ---- ownership handed over ------------------------------------------------------------------
+def test_a_handle_created_in_a_worker_is_handed_to_the_parent(np: Any) -> None:
+    with Executor(max_processes=1, max_tasks_per_child=1, kind="process") as ex:
+        shared = ex.submit(make_shared, 1000).result()
+        assert shared.owner
+        assert owner_pid_of(shared.name) == os.getpid()  # renamed: the janitor spares it
+        assert wait_until(lambda: not ex.worker_pids)  # the worker that made it is gone
+        assert shared.name not in hybridexec.cleanup_shared_memory()
+        assert float(shared.array.sum()) == 3000.0
+        name = shared.name
+        shared.close()
+        assert not _exists(name)
+
+
+# ---- the janitor ----------------------------------------------------------------------------
+OWNER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy
+    import hybridexec
+    array = hybridexec.SharedArray.from_numpy(numpy.arange(10.0))
+    buffer = hybridexec.SharedBuffer(100)
+    items = hybridexec.SharedList(["x"])
+    print(array.name, buffer.name, items.name, flush=True)
+    sys.stdin.read()  # wait to be killed
+    """
+)
+
+
+def test_janitor_removes_segments_of_a_sigkilled_process_group(np: Any) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER_SCRIPT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, so killing it spares the test runner
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        names = proc.stdout.readline().split()
+        assert len(names) == 3
+        assert all(_exists(n) for n in names)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert all(_exists(n) for n in names)  # nothing ran to unlink them
+    removed = hybridexec.cleanup_shared_memory()
+    assert set(names) <= set(removed)
+    assert not any(_exists(n) for n in names)
+
+
+def test_janitor_leaves_segments_of_live_owners_alone() -> None:
+    with SharedBuffer(8) as shared:
+        assert shared.name not in hybridexec.cleanup_shared_memory()
+        assert _exists(shared.name)
+
+
+def test_janitor_ignores_names_it_did_not_make() -> None:
+    foreign = os.path.join(SHM_DIR, "hx_not_ours_test")
+    fd = os.open(foreign, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    try:
+        assert "hx_not_ours_test" not in hybridexec.cleanup_shared_memory()
+        assert os.path.exists(foreign)
+    finally:
+        os.unlink(foreign)
+
+
+# ---- automatic placement ----------------------------------------------------------------------
+def test_large_arrays_arrive_read_only_through_shared_memory(np: Any, process_ex: Executor) -> None:
+    array = np.ones(2 * MiB // 8)
+    writable, mapped, dtype = process_ex.submit(describe, array).result()
+    assert (writable, mapped, dtype) == (False, True, "float64")
+    assert "read-only" in process_ex.submit(try_write, array).result()
+    assert array[0] == 1.0
+
+
+def test_small_arrays_are_pickled_by_value(np: Any, process_ex: Executor) -> None:
+    array = np.ones(DEFAULT_THRESHOLD // 8 - 1)
+    writable, mapped, _ = process_ex.submit(describe, array).result()
+    assert writable
+    assert not mapped
+
+
+def test_threshold_none_switches_placement_off(np: Any) -> None:
+    with Executor(max_processes=1, kind="process", shm_threshold=None) as ex:
+        writable, mapped, _ = ex.submit(describe, np.ones(2 * MiB // 8)).result()
+        assert writable
+        assert not mapped
+        result = ex.submit(doubled, np.ones(2 * MiB // 8)).result()
+        assert describe(result)[1] is False  # results came back pickled too
+
+
+def test_threshold_is_configurable(np: Any) -> None:
+    with Executor(max_processes=1, kind="process", shm_threshold=1024) as ex:
+        writable, mapped, _ = ex.submit(describe, np.ones(256)).result()
+        assert (writable, mapped) == (False, True)
+        assert describe(ex.submit(doubled, np.ones(256)).result())[1]  # the result too
+    with pytest.raises(ValueError, match="negative"):
+        Executor(shm_threshold=-1)
+    with pytest.raises(TypeError):
+        Executor(shm_threshold="1")  # type: ignore[arg-type]
+
+
+def test_the_same_array_to_many_tasks_is_placed_once_and_freed_after_the_last(
+    np: Any, process_ex: Executor
+) -> None:
+    array = np.arange(MiB, dtype=np.float64)
+    placement = process_ex._processes.placement
+    futures = [process_ex.submit(slow_sum, array, 0.3) for _ in range(6)]
+    assert [f.result() for f in futures] == [float(array.sum())] * 6
+    assert placement.stats["placed"] == 1
+    assert placement.stats["reused"] == 5
+    assert wait_until(lambda: not placement._placed)  # released when the last task ended
+    assert placement.pooled_bytes >= array.nbytes  # kept for reuse until shutdown ...
+    process_ex.shutdown(wait=True)
+    assert placement.pooled_bytes == 0  # ... then freed
+    assert not [n for n in os.listdir(SHM_DIR) if owner_pid_of(n) == os.getpid()]
+
+
+def test_a_changed_array_is_placed_again(np: Any) -> None:
+    placement = Placement()
+    array = np.zeros(MiB // 4)
+    futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in "ab"]
+    first = encode_call(array_sum, [((array,), {})], False, placement, futures[0])
+    second = encode_call(array_sum, [((array,), {})], False, placement, futures[1])
+    array[:] = 1.0  # changed while the tasks above still hold their copy
+    third = encode_call(array_sum, [((array,), {})], False, placement, None)
+    assert placement.stats["placed"] == 2
+    assert placement.stats["reused"] == 1
+    assert pickle.loads(first)[1][0][0][0][0] == 0.0
+    assert pickle.loads(second)[1][0][0][0][0] == 0.0
+    assert pickle.loads(third)[1][0][0][0][0] == 1.0
+    for future in futures:
+        future.set_result(None)
+    placement.close()
+
+
+def test_a_view_of_a_shared_array_is_sent_by_reference(np: Any, process_ex: Executor) -> None:
+    with SharedArray.zeros((4, MiB // 8)) as shared:
+        row = shared.array[2]
+        process_ex.submit(write_first, row, 9.0).result()  # writable: it is shared memory
+        assert shared.array[2, 0] == 9.0
+        assert process_ex._processes.placement.stats["by_reference"] == 1
+        assert process_ex._processes.placement.stats["placed"] == 0
+        strided = shared.array[:, ::-2]  # any layout works, negative strides too
+        assert process_ex.submit(array_sum, strided).result() == float(strided.sum())
+
+
+def test_large_results_come_back_through_shared_memory_and_own_it(
+    np: Any, process_ex: Executor
+) -> None:
+    result = process_ex.submit(doubled, np.ones(2 * MiB // 8)).result()
+    writable, mapped, _ = describe(result)
+    assert writable
+    assert mapped
+    assert float(result.sum()) == 2.0 * (2 * MiB // 8)
+    assert mapping_of(result.base) is None  # its name is gone already: nothing to leak
+
+
+def test_an_input_returned_unchanged_comes_back_by_reference(np: Any, process_ex: Executor) -> None:
+    array = np.arange(MiB // 4, dtype=np.float64)
+    result = process_ex.submit(identity, array).result()
+    assert np.array_equal(result, array)
+    assert not result.flags.writeable  # a view of the read-only copy the task received
+
+
+def test_a_temporary_shared_array_passed_to_submit_stays_alive(np: Any) -> None:
+    with Executor(max_processes=1, kind="process") as ex:
+        future = ex.submit(shared_sum, SharedArray.from_numpy(np.ones(1000)))
+        gc.collect()
+        assert future.result() == 1000.0
+
+
+def test_placement_falls_back_to_pickling_when_shared_memory_is_full(
+    np: Any, process_ex: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: Any, **kwargs: Any) -> Segment:
+        raise SharedMemoryError("not enough shared memory: asked for 1 bytes, 0 bytes free")
+
+    monkeypatch.setattr(Segment, "create", full)
+    writable, mapped, _ = process_ex.submit(describe, np.ones(2 * MiB // 8)).result()
+    assert writable
+    assert not mapped
+
+
+def test_package_imports_without_numpy() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numpy"] = None  # make `import numpy` fail
+        import hybridexec
+        with hybridexec.SharedBuffer(4) as b, hybridexec.SharedList([1]) as l:
+            b.buf[:] = b"abcd"
+        try:
+            hybridexec.SharedArray.zeros(3)
+        except hybridexec.BackendUnavailableError as exc:
+            assert "hybridexec[numpy]" in str(exc)
+        else:
+            raise AssertionError("no error")
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=50)
