@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,19 @@ def _segments() -> set[str]:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return set()
-    return {n for n in names if n.startswith(SHM_PREFIXES)}
+    return {n for n in names if n.startswith(SHM_PREFIXES) and not _foreign(n)}
+
+
+def _foreign(name: str) -> bool:
+    # hybridexec names carry the owner's pid (hx<pid>_...): a segment whose owner is alive and
+    # is neither this process nor one of its children belongs to someone else on the machine.
+    match = re.match(r"hx(\d+)_", name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid() or not psutil.pid_exists(pid):
+        return False
+    return pid not in {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def _threads() -> set[threading.Thread]:

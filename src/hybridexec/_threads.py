@@ -73,12 +73,13 @@ class Timers:
                 self._thread.start()
             self._cond.notify()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the timer thread; pending calls are dropped (their tasks ended or will end)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
+        if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
 
     def _run(self) -> None:
@@ -163,6 +164,8 @@ class ThreadLane:
             for _ in range(len(self._threads)):
                 self._queue.put(None)
             threads = list(self._threads)
+            if not self._threads:
+                self._timers.close(wait=False)
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():

@@ -86,6 +86,8 @@ class Manager(threading.Thread):
         except BaseException as exc:  # never leave a future unresolved
             logger.exception("hybridexec process manager failed; the process lane is broken")
             self._break(exc)
+        finally:
+            self.lane.close_pipes()
 
     def _loop(self) -> None:
         lane = self.lane

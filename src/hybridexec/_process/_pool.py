@@ -151,11 +151,14 @@ class ProcessLane:
                 _atexit_registered = True
 
     def _wake(self) -> None:
-        if self.wake_w >= 0:
-            try:
-                os.write(self.wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass  # the pipe is full: the manager is awake already
+        # Under the lock: the manager closes the pipe as it exits, and a write to a closed
+        # (and perhaps reused) descriptor number must never happen.
+        with self._lock:
+            if self.wake_w >= 0:
+                try:
+                    os.write(self.wake_w, b"x")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full: the manager is awake already
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; the manager finishes running work, then stops the workers."""
@@ -178,10 +181,9 @@ class ProcessLane:
         if manager is None or manager is threading.current_thread():
             return
         manager.join(timeout)
-        if not manager.is_alive():
-            self._close_pipes()
 
-    def _close_pipes(self) -> None:
+    def close_pipes(self) -> None:
+        """Called by the manager thread as it exits."""
         with self._lock:
             if self.wake_r < 0:
                 return
