@@ -675,3 +675,26 @@ def test_process_actor_dies_with_its_parent(tmp_path: Path) -> None:
         parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+# ---- documentation examples ------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("actor_*.py"))
+
+
+def test_there_are_two_actor_examples() -> None:
+    assert [p.name for p in EXAMPLES] == ["actor_database.py", "actor_pipeline.py"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_docs_example_runs(path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=50, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_docs_page_shows_the_example_as_it_is(path: Path) -> None:
+    assert path.read_text() in (ROOT / "docs" / "actors.md").read_text()
