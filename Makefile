@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean docs test-all typecheck-public
 
 # The stamp files record which extras are installed; pyproject changes reinstall.
 $(VENV)/.stamp-base: pyproject.toml
@@ -25,6 +25,12 @@ $(VENV)/.stamp-bench: pyproject.toml
 	$(PY) -m pip install -q -e '.[bench,progress]'
 	touch $(VENV)/.stamp-base $@
 
+$(VENV)/.stamp-docs: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $(VENV)/.stamp-base $@
+
 demo: $(VENV)/.stamp-base
 	$(PY) -m hybridexec demo
 
@@ -39,6 +45,22 @@ pytest: $(VENV)/.stamp-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The full suite on the default Python, then the quick one on every other Python >= 3.10.
+test-all: test
+	scripts/test-all --default $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+# The site, with mkdocs' warnings as errors (broken links, pages missing from the nav).
+docs: $(VENV)/.stamp-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# How complete the public API's types are, as pyright sees them; fails below 100%.
+# pyright (from npm) goes into the venv; it reads the venv from VIRTUAL_ENV and PATH.
+typecheck-public: $(VENV)/.stamp-dev
+	test -x $(VENV)/node/node_modules/.bin/pyright || \
+		npm install --silent --no-audit --no-fund --prefix $(VENV)/node pyright
+	cd $(VENV) && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" \
+		node/node_modules/.bin/pyright --verifytypes hybridexec --ignoreexternal
 
 bench: $(VENV)/.stamp-bench
 	$(PY) -m benchmarks
