@@ -17,6 +17,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
+import os
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -100,30 +102,64 @@ class MapIterator(Iterator[R]):
             future.cancel()
 
 
+class _Progress:
+    """Reports finished calls to a ``progress(done, total)`` callback or a tqdm bar."""
+
+    def __init__(
+        self, callback: Callable[[int, int | None], object] | None, bar: Any, total: int | None
+    ) -> None:
+        self._callback = callback
+        self._bar = bar
+        self._total = total
+        self._done = 0
+        self._lanes: list[str] = []
+
+    def update(self, n: int, lane: str) -> None:
+        self._done += n
+        if self._callback is not None:
+            self._callback(self._done, self._total)
+            return
+        if lane not in self._lanes:
+            self._lanes.append(lane)
+            self._bar.set_postfix_str("+".join(self._lanes), refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _progress(
     progress: bool | Callable[[int, int | None], object], total: int | None
-) -> Callable[[int], None] | None:
+) -> _Progress | None:
     if progress is False or progress is None:
         return None
     if callable(progress):
-        count = [0]
-
-        def report(n: int) -> None:
-            count[0] += n
-            progress(count[0], total)
-
-        return report
+        return _Progress(progress, None, total)
     try:
         from tqdm.auto import tqdm
     except ImportError:
         warnings.warn(
             "progress=True needs tqdm: pip install 'hybridexec[progress]'; running without a bar",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=_caller_level(),
         )
         return None
-    bar = tqdm(total=total, unit="task", dynamic_ncols=True)
-    return bar.update  # type: ignore[no-any-return]
+    # The postfix names the lanes in use: "thread", "process" or "thread+process".
+    return _Progress(None, tqdm(total=total, unit="task", dynamic_ncols=True), total)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside hybridexec."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class _Batch:
@@ -143,11 +179,13 @@ def _run(
     options: Options,
     ordered: bool,
     chunksize: int | None,
-    report: Callable[[int], None] | None,
+    report: _Progress | None,
     state: _MapState,
 ) -> Generator[Any, None, None]:
     first = list(itertools.islice(it, 1))
     if not first:
+        if report is not None:
+            report.close()
         return
     decision, opts = executor._decide(fn, (first[0],), {}, options)
     kind = decision.kind
@@ -216,7 +254,7 @@ def _run(
                 per_call = min(per_call, batch.task.elapsed / batch.size)
                 size = _batch_size(per_call, kind, remaining, lane_width)
             if report is not None:
-                report(len(outcomes))
+                report.update(len(outcomes), batch.future.kind)
             for ok, value in outcomes:
                 if not ok:
                     raise value
@@ -224,6 +262,8 @@ def _run(
     finally:
         for batch in in_flight:
             batch.future.cancel()
+        if report is not None:
+            report.close()
 
 
 def _batch_size(per_call: float, kind: str, remaining: int | None, workers: int) -> int:
