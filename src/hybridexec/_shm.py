@@ -20,6 +20,7 @@ an array that already lives in shared memory can be sent by name instead of by v
 from __future__ import annotations
 
 import atexit
+import collections
 import errno
 import logging
 import mmap
@@ -178,11 +179,44 @@ def mapping_of(buffer_owner: object) -> MapInfo | None:
     return None
 
 
+# Mappings this process attached lately, kept (strongly) for reuse: a worker that sums the
+# same 200 MB segment task after task would otherwise fault every page in again each time.
+# Entries whose name was unlinked (or now names another object) are dropped at the next attach,
+# so a kept mapping never holds freed memory for long.
+RECENT_MAX = 8
+RECENT_MAX_BYTES = 1 << 30
+_recent: collections.OrderedDict[int, tuple[mmap.mmap, str, int]] = collections.OrderedDict()
+
+
+def _keep_recent(mm: mmap.mmap, name: str, inode: int) -> None:
+    _recent[id(mm)] = (mm, name, inode)
+    while len(_recent) > RECENT_MAX or sum(len(m) for m, _, _ in _recent.values()) > (
+        RECENT_MAX_BYTES
+    ):
+        _recent.popitem(last=False)
+
+
+def _sweep_recent() -> None:
+    for key, (_, name, inode) in list(_recent.items()):
+        try:
+            stale = os.stat(os.path.join(SHM_DIR, name)).st_ino != inode
+        except OSError:
+            stale = True
+        if stale:
+            _recent.pop(key, None)
+
+
+def drop_recent() -> None:
+    """Forget the mappings kept for reuse (they go when no view holds them)."""
+    _recent.clear()
+
+
 def _reset_after_fork() -> None:
     # A forked child inherits the registry but owns none of it; its own attachments start anew.
     for info in list(_maps.values()):
         info.owned = False
     _names.clear()
+    _recent.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -262,18 +296,25 @@ class Segment:
         raise SharedMemoryError("cannot find a free shared-memory name")  # pragma: no cover
 
     @classmethod
-    def attach(cls, name: str, *, readonly: bool = False, size: int | None = None) -> Segment:
+    def attach(
+        cls, name: str, *, readonly: bool = False, size: int | None = None, keep: bool = True
+    ) -> Segment:
         """Map an existing segment, untracked: this process will never unlink it.
 
-        A mapping of ``name`` this process already holds is reused.
+        A mapping of ``name`` this process already holds is reused. With ``keep``, the new
+        mapping is also kept a while after its last view goes, for the next attach to reuse.
 
         Raises:
             SharedMemoryError: no such segment (its owner closed it or exited), or no access.
         """
+        if _recent and _LINUX:
+            _sweep_recent()
         known = _names.get(name)
         if known is not None and (known.writable or readonly):
             mm = known.mm_ref()
             if mm is not None and not mm.closed:
+                if id(mm) in _recent:
+                    _recent.move_to_end(id(mm))
                 return cls(name, known.size if size is None else size, mm, known.writable, False)
         flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
@@ -285,7 +326,8 @@ class Segment:
         except OSError as exc:
             raise SharedMemoryError(f"cannot attach shared memory {name!r}: {exc}") from exc
         try:
-            actual = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            actual = st.st_size
             if size is None:
                 size = actual
             if actual < max(size, 1):
@@ -299,6 +341,8 @@ class Segment:
         finally:
             os.close(fd)
         _register(MapInfo(name, size, mm, not readonly, False), mm)
+        if keep and _LINUX:
+            _keep_recent(mm, name, st.st_ino)
         return cls(name, size, mm, not readonly, False)
 
     @property

@@ -238,7 +238,7 @@ class SharedList(SharedHandle):
 
 
 def _rebuild_list(name: str, adopt: bool) -> SharedList:
-    segment = Segment.attach(name)
+    segment = Segment.attach(name, keep=not adopt)
     if adopt:
         segment.adopt()
     return SharedList._from_segment(segment)

@@ -177,7 +177,7 @@ class SharedBuffer(SharedHandle):
 
 def _rebuild_buffer(name: str, nbytes: int, readonly: bool, adopt: bool) -> SharedBuffer:
     handle = SharedBuffer.__new__(SharedBuffer)
-    segment = Segment.attach(name, readonly=readonly and not adopt, size=nbytes)
+    segment = Segment.attach(name, readonly=readonly and not adopt, size=nbytes, keep=not adopt)
     if adopt:
         segment.adopt()
     handle._setup(segment, readonly=readonly)
@@ -370,7 +370,7 @@ def _rebuild_array(
 ) -> SharedArray:
     handle = SharedArray.__new__(SharedArray)
     size = math.prod(shape) * dtype.itemsize
-    segment = Segment.attach(name, readonly=readonly and not adopt, size=size)
+    segment = Segment.attach(name, readonly=readonly and not adopt, size=size, keep=not adopt)
     if adopt:
         segment.adopt()
     handle._setup(segment, shape, dtype, readonly=readonly)

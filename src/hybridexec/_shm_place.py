@@ -93,7 +93,7 @@ def _attach_array(
     if adopt:
         # A result handed over by a worker: map it, then drop the name at once; the array
         # returned owns the mapping and nothing can leak once it is gone.
-        segment = Segment.attach(name, size=size)
+        segment = Segment.attach(name, size=size, keep=False)
         segment.adopt()
         array: npt.NDArray[Any] = np.ndarray(
             shape, dtype, buffer=segment.require(), offset=offset, strides=strides
