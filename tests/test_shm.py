@@ -109,6 +109,20 @@ def make_shared(n: int) -> SharedArray:
     return shared
 
 
+def kept_mappings() -> list[str]:
+    from hybridexec import _shm
+
+    return sorted(name for _, name, _ in _shm._recent.values())
+
+
+class Filler:
+    """A process actor that writes into the shared arrays it is sent."""
+
+    def fill(self, shared: SharedArray, value: float) -> float:
+        shared.array[:] = value
+        return float(shared.array.sum())
+
+
 def sum_then_die(shared: SharedArray) -> None:
     shared.array.sum()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -553,3 +567,27 @@ def test_package_imports_without_numpy() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=50)
+
+
+def test_a_worker_keeps_mappings_for_reuse_and_drops_them_once_unlinked(np: Any) -> None:
+    ex = Executor(max_processes=1, kind="process")
+    try:
+        first = SharedArray.zeros(1000)
+        ex.submit(fill_array, first, 1.0).result()
+        assert ex.submit(kept_mappings).result() == [first.name]  # kept after the task
+        first.close()  # unlinked by its owner ...
+        with SharedArray.zeros(10) as second:
+            ex.submit(fill_array, second, 1.0).result()
+            assert ex.submit(kept_mappings).result() == [second.name]  # ... so dropped
+    finally:
+        ex.shutdown(wait=True)
+
+
+def test_a_process_actor_writes_into_a_shared_array(np: Any) -> None:
+    ref = hybridexec.spawn(Filler, kind="process")
+    try:
+        with SharedArray.zeros(10) as shared:
+            assert ref.ask(Filler.fill, shared, 2.0).result(timeout=30) == 20.0
+            assert float(shared.array.sum()) == 20.0
+    finally:
+        ref.stop()
