@@ -1,6 +1,7 @@
 """The child side of a process actor: build the instance, then handle messages one at a time.
 
-Wire format (two one-way pipes; a request pipe is the actor's FIFO mailbox)::
+Wire format (two one-way pipes; the request pipe is the actor's FIFO mailbox; every message is
+a frame: 8-byte big-endian length, then the bytes)::
 
     parent -> child    pickled (ref, args, kwargs, is_ask) per message; ref is a method name
                        or a cloudpickled callable (called as ref(instance, *args, **kwargs))
@@ -22,6 +23,7 @@ import os
 import pickle
 import select
 import signal
+import struct
 from collections import deque
 from typing import Any
 
@@ -40,6 +42,75 @@ DISCARDED = b"d"
 OK, ERROR, CTOR_FAILED, HOOK_FAILED = 0, 1, 2, 3
 
 _CACHE_SIZE = 64
+_HEADER = struct.Struct("!Q")
+_CHUNK = 1 << 16
+
+
+def write_frame(fd: int, data: bytes) -> None:
+    """Write one length-prefixed frame; one ``write`` call for small frames."""
+    if len(data) <= _CHUNK:
+        view = memoryview(_HEADER.pack(len(data)) + data)
+    else:
+        _write_all(fd, memoryview(_HEADER.pack(len(data))))
+        view = memoryview(data)
+    _write_all(fd, view)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class FrameReader:
+    """Reads length-prefixed frames from a pipe, several per ``read`` call when they queue up.
+
+    ``multiprocessing.Connection.recv_bytes`` costs two reads and a ``BytesIO`` per message;
+    this costs one read per batch of small frames, which is what a round trip pays for.
+    """
+
+    __slots__ = ("buf", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def has_frame(self) -> bool:
+        """True when a whole frame is buffered (``read`` will not block)."""
+        buf = self.buf
+        return len(buf) >= 8 and len(buf) >= 8 + _HEADER.unpack_from(buf)[0]
+
+    def fill(self) -> None:
+        """Read what the pipe holds (blocking if empty). Raises EOFError at the end."""
+        chunk = os.read(self.fd, _CHUNK)
+        if not chunk:
+            raise EOFError
+        self.buf = self.buf + chunk if self.buf else chunk
+
+    def read(self) -> bytes:
+        """Return the next frame, blocking until it is whole. Raises EOFError at the end."""
+        while True:
+            buf = self.buf
+            if len(buf) >= 8:
+                end = 8 + _HEADER.unpack_from(buf)[0]
+                if len(buf) >= end:
+                    self.buf = buf[end:]
+                    return buf[8:end]
+                if end > _CHUNK:
+                    return self._read_large(end)
+            self.fill()
+
+    def _read_large(self, end: int) -> bytes:
+        frame = bytearray(end - 8)
+        have = len(self.buf) - 8
+        frame[:have] = self.buf[8:]
+        self.buf = b""
+        view = memoryview(frame)
+        while have < len(frame):
+            n = os.readv(self.fd, [view[have:]])
+            if not n:
+                raise EOFError
+            have += n
+        return bytes(frame)
 
 
 def actor_main(
@@ -65,10 +136,10 @@ def actor_main(
         args, kwargs = loads(init_bytes)
         instance = cls(*args, **kwargs)
     except BaseException as exc:
-        replies.send_bytes(pickle.dumps((CTOR_FAILED, pack_exception(exc)), PROTOCOL))
+        write_frame(replies.fileno(), pickle.dumps((CTOR_FAILED, pack_exception(exc)), PROTOCOL))
         return
     del args, kwargs
-    replies.send_bytes(READY)
+    write_frame(replies.fileno(), READY)
     if not _serve(instance, requests, replies):
         return  # the parent is gone
     hook = getattr(instance, "on_stop", None)
@@ -76,48 +147,51 @@ def actor_main(
         try:
             hook()
         except BaseException as exc:
-            replies.send_bytes(pickle.dumps((HOOK_FAILED, pack_exception(exc)), PROTOCOL))
+            packed = pickle.dumps((HOOK_FAILED, pack_exception(exc)), PROTOCOL)
+            try:
+                write_frame(replies.fileno(), packed)
+            except OSError:
+                pass
 
 
 def _serve(instance: Any, requests: Any, replies: Any) -> bool:
     """Handle messages until STOP or STOP_NOW (True) or until the parent is gone (False)."""
-    recv = requests.recv_bytes
-    send = replies.send_bytes
+    reader = FrameReader(requests.fileno())
+    out = replies.fileno()
     poller = select.poll()
-    poller.register(requests.fileno(), select.POLLIN)
+    poller.register(reader.fd, select.POLLIN)
     poll = poller.poll
     backlog: deque[bytes] = deque()
     handlers: dict[Any, Any] = {}
     cls = type(instance)
-    while True:
-        if backlog:
-            data = backlog.popleft()
-        else:
-            try:
-                data = recv()
-            except (EOFError, OSError):
-                return False
-        if len(data) == 1:
-            if data == STOP_NOW:
-                _discard(backlog, send)
-            return True
-        send(_handle(instance, cls, data, handlers))
-        # Take in what arrived while the handler ran: a STOP_NOW behind it must be seen now.
-        try:
-            while poll(0):
-                data = recv()
+    try:
+        while True:
+            data = backlog.popleft() if backlog else reader.read()
+            if len(data) == 1:
                 if data == STOP_NOW:
-                    _discard(backlog, send)
-                    return True
-                backlog.append(data)
-        except (EOFError, OSError):
-            return False
+                    _discard(backlog, out)
+                return True
+            write_frame(out, _handle(instance, cls, data, handlers))
+            # Take in what arrived while the handler ran: a STOP_NOW behind it must be seen
+            # before the next handler starts.
+            while True:
+                while reader.has_frame():
+                    data = reader.read()
+                    if data == STOP_NOW:
+                        _discard(backlog, out)
+                        return True
+                    backlog.append(data)
+                if not poll(0):
+                    break
+                reader.fill()
+    except (EOFError, OSError):
+        return False
 
 
-def _discard(backlog: deque[bytes], send: Any) -> None:
+def _discard(backlog: deque[bytes], out: int) -> None:
     for data in backlog:
         if len(data) > 1:  # a message, not a STOP sent before the STOP_NOW
-            send(DISCARDED)
+            write_frame(out, DISCARDED)
 
 
 def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> bytes:

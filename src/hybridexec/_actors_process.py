@@ -53,7 +53,9 @@ from ._actors_child import (
     READY,
     STOP,
     STOP_NOW,
+    FrameReader,
     actor_main,
+    write_frame,
 )
 from ._exceptions import SerializationError, WorkerCrashedError, signal_name
 from ._futures import Future
@@ -132,6 +134,7 @@ class ProcessCore(CoreBase):
         self.overflow: deque[tuple[bytes, Entry | None]] = deque()  # None: a control message
         self.discarding = False
         self.conn: Any = None  # the request pipe's write end while a child is up
+        self.fd = -1  # its file descriptor
         self.budget = 0
         self._pid: int | None = None
         self.wakeup = threading.Event()  # cuts a restart backoff short (kill)
@@ -162,7 +165,7 @@ class ProcessCore(CoreBase):
             ref = self._wire_ref(fn)
         args, kwargs = place_arguments(args, kwargs)
         data = dumps((ref, args, kwargs, future is not None))
-        entry: Entry = (future, len(data), fn)
+        entry: Entry = (future, len(data) + 8, fn)
         with self.lock:
             if self.state != OPEN:
                 self.refuse()
@@ -201,7 +204,7 @@ class ProcessCore(CoreBase):
         self.inflight.append(entry)
         self.inflight_bytes += entry[1]
         try:
-            self.conn.send_bytes(data)
+            write_frame(self.fd, data)
         except OSError:
             pass  # the child is dying: the supervisor fails this message with the others
 
@@ -209,7 +212,7 @@ class ProcessCore(CoreBase):
         """Queue STOP or STOP_NOW behind everything sent before; lock held."""
         if self.conn is not None and not self.overflow:
             try:
-                self.conn.send_bytes(data)
+                write_frame(self.fd, data)
             except OSError:
                 pass
         else:
@@ -338,6 +341,7 @@ class ProcessCore(CoreBase):
         with self.lock:
             self._pid = process.pid
             self.conn = req_w
+            self.fd = req_w.fileno()
             self.budget = _pipe_budget(req_w.fileno())
             killed = self.state == KILLED
             if not killed:
@@ -353,28 +357,29 @@ class ProcessCore(CoreBase):
 
     def _serve(self, process: Any, replies: Any) -> None:
         """Read answers until the child is gone."""
+        reader = FrameReader(replies.fileno())
         poller = select.poll()
-        rep_fd = replies.fileno()
-        poller.register(rep_fd, select.POLLIN)
+        poller.register(reader.fd, select.POLLIN)
         poller.register(process.sentinel, select.POLLIN)
         poll = poller.poll
-        recv = replies.recv_bytes
         answer = self._answer
         first = True
-        while True:
-            if not _readable(poll(), rep_fd):
-                return  # only the sentinel: the child is gone and nothing is left to read
-            try:
-                data = recv()
-            except (EOFError, OSError):
-                return
-            if first:
-                first = False
-                if data != READY:
-                    self._constructor_failed(data)
-                    return
-                continue
-            answer(data)
+        try:
+            while True:
+                if not reader.has_frame():
+                    if not _readable(poll(), reader.fd):
+                        return  # only the sentinel: the child is gone, nothing left to read
+                    reader.fill()
+                data = reader.read()  # blocks only for the rest of a frame being written
+                if first:
+                    first = False
+                    if data != READY:
+                        self._constructor_failed(data)
+                        return
+                    continue
+                answer(data)
+        except (EOFError, OSError):
+            return
 
     def _answer(self, data: bytes) -> None:
         tag: int | None = None
@@ -434,6 +439,7 @@ class ProcessCore(CoreBase):
         with self.lock:
             self.conn.close()
             self.conn = None
+            self.fd = -1
             self._pid = None
             lost = list(self.inflight)
             self.inflight.clear()
