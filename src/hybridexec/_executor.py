@@ -6,12 +6,14 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec, Self
 
 from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
+from ._backends import RemoteLane, check_remote, open_lane
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._process._pool import ProcessLane
@@ -48,7 +50,11 @@ class Executor(concurrent.futures.Executor):
             arrives and exit after ``idle_timeout``.
         max_processes: Worker processes (default: the number of CPUs).
         start_method: ``"forkserver"`` (default on Linux), ``"spawn"`` or ``"fork"``.
-        backend: Reserved for distributed backends; only None (this machine) for now.
+        backend: Where process work runs instead of local processes (see
+            ``docs/distributed.md``): ``"dask"`` (``DASK_SCHEDULER_ADDRESS``, else a new
+            local cluster), a Dask scheduler address (``"tcp://host:8786"``), a
+            ``distributed.Client``, ``"ray"`` or a Ray address (``"ray://host:10001"``).
+            Futures of remote tasks have ``kind == "dask"`` or ``"ray"``.
         max_tasks_per_child: Replace a worker process after this many tasks.
         max_memory_per_child: Replace a worker process whose resident memory exceeds this
             many bytes after a task.
@@ -61,12 +67,21 @@ class Executor(concurrent.futures.Executor):
         classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles.
         shm_threshold: numpy arrays of at least this many bytes (default 1 MiB) passed to or
             returned from process tasks travel through shared memory; None switches it off.
+        backend_options: With ``backend``: keyword arguments for ``distributed.LocalCluster``
+            (when one is started), ``distributed.Client`` (with an address) or ``ray.init``.
+        remote: With ``backend``: ``"process"`` (default) sends the work routed to
+            processes to the cluster and keeps I/O-bound work on local threads; ``"all"``
+            sends every task to the cluster.
 
     Raises:
-        ValueError: a worker count below 1, an unknown ``kind`` or ``start_method``.
+        ValueError: a worker count below 1, an unknown ``kind``, ``start_method``,
+            ``backend`` or ``remote``.
         TypeError: a worker count that is not an int.
+        BackendUnavailableError: the backend's extra (``hybridexec[dask]``, ``[ray]``) is not
+            installed.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``backend``, ``backend_options`` and ``remote``.
     """
 
     def __init__(
@@ -84,6 +99,8 @@ class Executor(concurrent.futures.Executor):
         kind: str = "auto",
         classifier: Classifier | None = None,
         shm_threshold: int | None = DEFAULT_THRESHOLD,
+        backend_options: Mapping[str, Any] | None = None,
+        remote: str = "process",
     ) -> None:
         max_threads = _check_count("max_threads", max_threads)
         max_processes = _check_count("max_processes", max_processes)
@@ -93,8 +110,14 @@ class Executor(concurrent.futures.Executor):
             check_timeout(idle_timeout)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
+        # ---- distributed backend (issue 7, see _backends/): checked before any lane starts
         if backend is not None:
-            raise ValueError(f"unknown backend {backend!r}")
+            check_remote(backend, remote)
+            if remote == "all" and classifier is None and kind == "auto":
+                kind = "process"  # every call goes to the cluster: nothing to measure
+        elif backend_options is not None or remote != "process":
+            raise ValueError("backend_options and remote apply only with a backend")
+        # ---- end distributed backend
         self._options = Options()
         self._default_kind = check_kind(kind)
         self._classifier = classifier
@@ -122,6 +145,10 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._closed = False
         self._counts = {"thread": 0, "process": 0}
+        self._remote: RemoteLane | None = None  # distributed backend (issue 7)
+        if backend is not None:
+            self._remote = open_lane(backend, backend_options, remote)
+            weakref.finalize(self, self._remote.shutdown, False, cancel_futures=True)
 
     # ---- the concurrent.futures contract --------------------------------------------------
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -164,6 +191,8 @@ class Executor(concurrent.futures.Executor):
         self._threads.shutdown(wait=False, cancel_futures=cancel_futures)
         self._processes.shutdown(wait=False, cancel_futures=cancel_futures)
         stop_actors(self, drain=not cancel_futures, wait=wait)  # actors it spawned
+        if self._remote is not None:  # distributed backend (issue 7)
+            self._remote.shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             self._threads.shutdown(wait=True)
             self._processes.shutdown(wait=True)
@@ -246,6 +275,20 @@ class Executor(concurrent.futures.Executor):
         kind = decision.kind
         future: Future[Any] = Future(kind)
         task = Task(fn, items, future, batch=batch, timeout=timeout)
+        remote = self._remote  # distributed backend (issue 7): process work, or all, goes there
+        if remote is not None and remote.takes(kind):
+            try:
+                remote.submit(task)
+            except SerializationError as exc:
+                if decision.explicit:
+                    future.set_running_or_notify_cancel()
+                    future.settle(False, exc)
+                    return future, task
+                logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
+                kind = future.kind = "thread"
+            else:
+                self._counts[remote.kind] = self._counts.get(remote.kind, 0) + 1
+                return future, task
         if kind == "process":
             try:
                 self._processes.prepare(task)

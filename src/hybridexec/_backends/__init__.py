@@ -1,0 +1,80 @@
+"""Distributed backends: the same Executor on a Dask or Ray cluster.
+
+A backend is a module ``_backends._<name>`` imported only when an executor asks for it (so
+neither ``distributed`` nor ``ray`` is imported otherwise). Each one provides
+``open_lane(target, options, remote_all)`` returning a ``RemoteLane`` (``_lane.py``), which the
+executor treats like its local thread and process lanes: ``submit(task)``,
+``shutdown(wait, cancel_futures)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .._exceptions import BackendUnavailableError
+from ._lane import RemoteLane
+
+__all__ = ["REMOTE_MODES", "RemoteLane", "check_remote", "open_lane", "parse_backend"]
+
+BACKENDS = ("dask", "ray")
+REMOTE_MODES = ("process", "all")
+_PACKAGES = {"dask": ("dask", "distributed"), "ray": ("ray",)}
+
+
+def parse_backend(backend: object) -> tuple[str, Any]:
+    """Return ``(backend name, target)`` for a ``backend=`` argument.
+
+    Raises:
+        ValueError: not a backend this library knows.
+    """
+    if backend in BACKENDS:
+        return str(backend), None
+    if isinstance(backend, str):
+        if backend.startswith("ray://"):
+            return "ray", backend
+        if "://" in backend:
+            return "dask", backend
+    distributed = sys.modules.get("distributed")  # a Client exists only if it was imported
+    if distributed is not None and isinstance(backend, distributed.Client):
+        return "dask", backend
+    raise ValueError(
+        f"unknown backend {backend!r}: expected 'dask', 'ray', a scheduler address such as "
+        "'tcp://127.0.0.1:8786' (or 'ray://host:10001'), or a distributed.Client"
+    )
+
+
+def check_remote(backend: object, remote: object) -> None:
+    """Validate ``backend`` and ``remote`` without importing anything.
+
+    Raises:
+        ValueError: unknown backend or ``remote`` mode.
+    """
+    if remote not in REMOTE_MODES:
+        raise ValueError(f"remote must be one of {REMOTE_MODES}, not {remote!r}")
+    parse_backend(backend)
+
+
+def open_lane(backend: object, options: Mapping[str, Any] | None, remote: str) -> RemoteLane:
+    """Import the backend named by ``backend`` and connect its lane.
+
+    Raises:
+        ValueError: unknown backend or ``remote`` mode.
+        BackendUnavailableError: the backend's extra is not installed.
+    """
+    check_remote(backend, remote)
+    name, target = parse_backend(backend)
+    try:
+        module = importlib.import_module(f"hybridexec._backends._{name}")
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing.startswith("hybridexec"):
+            raise
+        raise BackendUnavailableError(
+            f"backend {name!r} needs {' and '.join(_PACKAGES[name])}: "
+            f"pip install 'hybridexec[{name}]' (import failed: {exc})"
+        ) from exc
+    lane: RemoteLane = module.open_lane(target, dict(options or {}), remote == "all")
+    return lane

@@ -1,0 +1,261 @@
+"""The client side of a remote lane: hand tasks to an engine, settle, cancel, time out.
+
+``RemoteLane`` holds what Dask and Ray lanes share; see ``_wire.py`` for what travels and
+``_dask.py`` / ``_ray.py`` for the engines. One control thread (a ``Timers``) runs deadlines
+and the engine calls that cancel work, so ``Future.cancel()`` never waits for a round trip.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from .._futures import Outcome, Task
+from .._threads import Timers
+from ._wire import LARGE_BYTES, encode, extract_large, outcomes_to_future, timeout_error
+
+logger = logging.getLogger("hybridexec")
+
+
+class Entry:
+    """A task handed to the engine and not yet settled."""
+
+    __slots__ = ("handle", "shared", "stopped", "task", "token", "where")
+
+    def __init__(self, token: str, task: Task) -> None:
+        self.token = token
+        self.task = task
+        self.handle: Any = None  # the engine's future or reference, once sent
+        self.shared: list[Any] = []  # large objects this task holds a share of
+        self.where: str | None = None  # the worker running it, when the engine told us
+        self.stopped = False
+
+
+class RemoteLane:
+    """A lane whose workers belong to an engine; the executor treats it as a local lane.
+
+    Subclasses implement ``_put`` (send one object to the engine's store), ``_send`` (submit a
+    packed call), ``_abort`` (cancel sent calls and stop those running where possible) and
+    ``_close_engine``; they call ``_complete``/``_fail`` when a call ends and ``_started``
+    when they learn that it started.
+
+    A future is marked running as soon as its task is handed to the engine: the engine's
+    queue is not visible from here, so ``cancel()`` always goes through ``_stop``.
+    """
+
+    kind = "remote"
+
+    def __init__(self, *, remote_all: bool) -> None:
+        self.remote_all = remote_all
+        self.stats: dict[str, int] = {"tasks": 0, "cancelled": 0, "timeouts": 0, "shared": 0}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._share_lock = threading.Lock()
+        self._inflight: dict[str, Entry] = {}
+        self._shared: dict[int, list[Any]] = {}  # id(obj) -> [obj, handle, users]
+        self._aborts: list[Entry] = []
+        self._closed = False
+        self._torn_down = False
+        self._teardown_lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
+        self._timers = Timers(f"hybridexec-{self.kind}-control")
+        self._prefix = uuid.uuid4().hex[:16]  # task keys: unique per lane, cheap per task
+        self._serial = itertools.count()
+
+    # ---- what the executor calls ------------------------------------------------------------
+    def takes(self, kind: str) -> bool:
+        """Return True when a task routed to ``kind`` runs on the cluster."""
+        return self.remote_all or kind == "process"
+
+    def submit(self, task: Task) -> None:
+        """Hand a task to the engine; its future is running from now on.
+
+        Raises:
+            SerializationError: the call cannot be pickled (nothing was sent).
+            RuntimeError: the lane was shut down.
+        """
+        items, large = extract_large(task.items)
+        payload = encode(task, items)
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        name = getattr(task.fn, "__name__", None) or type(task.fn).__name__
+        token = f"{name}-{self._prefix}-{next(self._serial)}"
+        future = task.future
+        future.kind = self.kind
+        future._hx_stop = functools.partial(self._stop, token, None)
+        if not future.set_running_or_notify_cancel():
+            return
+        entry = Entry(token, task)
+        with self._lock:
+            self._inflight[token] = entry
+            self.stats["tasks"] += 1
+        try:
+            handles = [self._share(obj, entry) for obj in large]
+            sent: Any = payload if len(payload) < LARGE_BYTES else self._put(payload)
+            handle = self._send(token, task, sent, handles)
+        except BaseException as exc:
+            self._fail(token, exc)
+            return
+        with self._lock:
+            entry.handle = handle
+            if not entry.stopped:
+                return
+        self._queue_abort(entry)  # cancelled while it was being sent
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; optionally cancel every unfinished task; optionally wait.
+
+        The engine's queue is not visible, so ``cancel_futures`` cancels every task not
+        finished yet, running ones included. Whatever the executor started (a local cluster,
+        a Ray runtime) is stopped once the last task has ended.
+        """
+        with self._lock:
+            self._closed = True
+            entries = list(self._inflight.values()) if cancel_futures else []
+        for entry in entries:
+            entry.task.future.cancel()
+        if wait:
+            self._wait_idle_and_tear_down()
+            reaper = self._reaper
+            if reaper is not None and reaper is not threading.current_thread():
+                reaper.join()
+            return
+        with self._lock:
+            if self._reaper is None and not self._torn_down:
+                self._reaper = threading.Thread(
+                    target=self._wait_idle_and_tear_down,
+                    name=f"hybridexec-{self.kind}-shutdown",
+                    daemon=True,
+                )
+                self._reaper.start()
+
+    # ---- for subclasses ---------------------------------------------------------------------
+    def _put(self, obj: Any) -> Any:
+        raise NotImplementedError
+
+    def _send(self, token: str, task: Task, payload: Any, handles: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def _abort(self, entries: list[Entry]) -> None:
+        raise NotImplementedError
+
+    def _close_engine(self) -> None:
+        raise NotImplementedError
+
+    def _started(self, token: str, where: str | None) -> None:
+        """The call ``token`` started (on worker ``where``): its timeout counts from now."""
+        with self._lock:
+            entry = self._inflight.get(token)
+            if entry is None:
+                return
+            entry.where = where
+        timeout = entry.task.timeout
+        if timeout is not None:
+            self._timers.call_at(time.monotonic() + timeout, functools.partial(self._expire, token))
+
+    def _complete(self, token: str, outcomes: list[Outcome]) -> None:
+        entry = self._pop(token)
+        if entry is not None:
+            outcomes_to_future(entry.task, outcomes)
+
+    def _fail(self, token: str, exc: BaseException) -> None:
+        entry = self._pop(token)
+        if entry is not None:
+            entry.task.future.settle(False, exc)
+
+    # ---- internals --------------------------------------------------------------------------
+    def _pop(self, token: str) -> Entry | None:
+        with self._lock:
+            entry = self._inflight.pop(token, None)
+            if entry is None:
+                return None
+            self._release(entry)
+            if not self._inflight:
+                self._idle.notify_all()
+        return entry
+
+    def _share(self, obj: Any, entry: Entry) -> Any:
+        # One copy per object while tasks that use it are in flight; dropped after the last.
+        with self._share_lock:
+            with self._lock:
+                record = self._shared.get(id(obj))
+                if record is not None:
+                    record[2] += 1
+                    entry.shared.append(obj)
+                    return record[1]
+            handle = self._put(obj)
+            with self._lock:
+                self._shared[id(obj)] = [obj, handle, 1]
+                entry.shared.append(obj)
+                self.stats["shared"] += 1
+            return handle
+
+    def _release(self, entry: Entry) -> None:
+        # Called with self._lock held.
+        for obj in entry.shared:
+            record = self._shared.get(id(obj))
+            if record is not None:
+                record[2] -= 1
+                if record[2] <= 0:
+                    del self._shared[id(obj)]
+        entry.shared = []
+
+    def _stop(self, token: str, error: BaseException | None) -> None:
+        # Future.cancel() (error None: the future is cancelled already) or a deadline.
+        with self._lock:
+            entry = self._inflight.get(token)
+            if entry is None:
+                return
+            entry.stopped = True
+            self.stats["cancelled" if error is None else "timeouts"] += 1
+            sent = entry.handle is not None
+        if sent:  # else submit() sees ``stopped`` once it has sent the call, and aborts it
+            self._queue_abort(entry)
+        self._pop(token)
+        if error is not None:
+            entry.task.future.settle(False, error)
+
+    def _expire(self, token: str) -> None:
+        with self._lock:
+            entry = self._inflight.get(token)
+        if entry is not None:
+            self._stop(token, timeout_error(entry.task, f"a {self.kind} worker"))
+
+    def _queue_abort(self, entry: Entry) -> None:
+        # Engine calls may block for a round trip: they run on the control thread, batched.
+        with self._lock:
+            self._aborts.append(entry)
+            first = len(self._aborts) == 1
+        if first:
+            self._timers.call_at(time.monotonic(), self._flush_aborts)
+
+    def _flush_aborts(self) -> None:
+        with self._lock:
+            batch, self._aborts = self._aborts, []
+        if batch:
+            try:
+                self._abort(batch)
+            except Exception:
+                logger.exception("cancelling %d task(s) on %s failed", len(batch), self.kind)
+
+    def _wait_idle_and_tear_down(self) -> None:
+        with self._idle:
+            while self._inflight:
+                self._idle.wait()
+        with self._teardown_lock:
+            if self._torn_down:
+                return
+            # The control thread runs the aborts queued so far, then stops.
+            done = threading.Event()
+            self._timers.call_at(time.monotonic(), done.set)
+            done.wait()
+            self._timers.close()
+            try:
+                self._close_engine()
+            finally:
+                self._torn_down = True
