@@ -206,11 +206,6 @@ def _sweep_recent() -> None:
             _recent.pop(key, None)
 
 
-def drop_recent() -> None:
-    """Forget the mappings kept for reuse (they go when no view holds them)."""
-    _recent.clear()
-
-
 def _reset_after_fork() -> None:
     # A forked child inherits the registry but owns none of it; its own attachments start anew.
     for info in list(_maps.values()):
@@ -368,10 +363,12 @@ class Segment:
 
     def close(self) -> None:
         """Drop this mapping (the owner also unlinks); views taken earlier stay valid."""
-        if self.mm is None:
+        mm = self.mm
+        if mm is None:
             return
         if self.owner:
             self.unlink()
+        _recent.pop(id(mm), None)  # closed on purpose: do not keep it for reuse
         self.mm = None  # the mmap is unmapped when its last view goes
 
     def unlink(self) -> None:
