@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 from ._common import (
     Table,
@@ -65,8 +65,10 @@ def measure_one(workload: str, contender: str, n: int, repeats: int) -> dict[str
     if contender == "hybridexec":
         import hybridexec as hx
 
-        kind = "process" if workload.startswith("process") else "thread"
-        ref = hx.spawn(Counter, kind=kind)  # type: ignore[arg-type]
+        kind: Literal["thread", "process"] = (
+            "process" if workload.startswith("process") else "thread"
+        )
+        ref = hx.spawn(Counter, kind=kind)
         ref.ask(Counter.add, 0).result()  # started
         if workload.endswith("seq"):
 
@@ -87,7 +89,7 @@ def measure_one(workload: str, contender: str, n: int, repeats: int) -> dict[str
     elif contender.startswith("pykka"):
         import pykka
 
-        class PykkaCounter(pykka.ThreadingActor):  # type: ignore[misc]
+        class PykkaCounter(pykka.ThreadingActor):
             def __init__(self) -> None:
                 super().__init__()
                 self.value = 0
@@ -237,13 +239,13 @@ def run(quick: bool) -> None:
         "the handler lookup and a reader thread"
     )
     proc.print()
-    ratio = proc.ratio("hybridexec", "raw multiprocessing.Pipe")
-    if ratio is not None:
+    overhead = proc.ratio("hybridexec", "raw multiprocessing.Pipe")
+    if overhead is not None:
         print(
             target_line(
                 "process actor round trip <= 2x a raw Pipe round trip",
-                ratio <= 2.0,
-                f"{ratio:.2f}x",
+                overhead <= 2.0,
+                f"{overhead:.2f}x",
             )
         )
     proc_pipe = Table(
