@@ -37,7 +37,7 @@ class MatrixWorker:
     def gram_trace(self, a: Matrix) -> float:
         """The trace of A times its transpose, computed the long way (n**3 products)."""
         n = len(a)
-        product = [[sum(x * y for x, y in zip(a[i], a[j])) for j in range(n)] for i in range(n)]
+        product = [[sum(x * y for x, y in zip(a[i], a[j], strict=True)) for j in range(n)] for i in range(n)]
         self.multiplied += 1
         return sum(product[i][i] for i in range(n))
 
@@ -60,5 +60,6 @@ if __name__ == "__main__":
 
     elapsed = time.perf_counter() - started
     print(f"{len(results)} matrices in {elapsed:.2f} s; per worker: {counts}")
-    assert len(results) == 6 and all(r > 0 for r in results)
+    assert len(results) == 6
+    assert all(r > 0 for r in results)
     assert counts == [3, 3]
