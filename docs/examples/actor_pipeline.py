@@ -37,7 +37,10 @@ class MatrixWorker:
     def gram_trace(self, a: Matrix) -> float:
         """The trace of A times its transpose, computed the long way (n**3 products)."""
         n = len(a)
-        product = [[sum(x * y for x, y in zip(a[i], a[j], strict=True)) for j in range(n)] for i in range(n)]
+        product = [
+            [sum(x * y for x, y in zip(a[i], a[j], strict=True)) for j in range(n)]
+            for i in range(n)
+        ]
         self.multiplied += 1
         return sum(product[i][i] for i in range(n))
 
