@@ -234,16 +234,12 @@ def test_sys_exit_in_a_process_batch_fails_only_that_item(ex: Executor) -> None:
     assert ex.stats()["process_lane"]["crashes"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="thread lane: SystemExit in a batch escapes run_items and the future never resolves",
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_sys_exit_in_a_thread_batch_fails_only_that_item(ex: Executor) -> None:
     lane = ex.options(kind="thread")
     results = lane.map(ch.sys_exit_on_three, range(6), chunksize=3, timeout=5)
     assert [next(results) for _ in range(3)] == [0, 1, 2]
-    with pytest.raises(SystemExit):  # today: TimeoutError, the batch never finishes
+    with pytest.raises(SystemExit):
         next(results)
 
 
@@ -256,11 +252,6 @@ def test_fn_that_forks_a_child_which_exits_returns_normally(ex: Executor) -> Non
     _still_usable(ex)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a forked child that returns from fn replies on the worker's pipe: its answer is "
-    "taken for the next task's result",
-)
 def test_fn_whose_forked_child_returns_does_not_answer_for_the_next_task() -> None:
     with Executor(max_processes=1) as ex:
         lane = ex.options(kind="process")
@@ -269,7 +260,7 @@ def test_fn_whose_forked_child_returns_does_not_answer_for_the_next_task() -> No
         second = lane.submit(helpers.sleep_then, 1.5, "second").result(timeout=RESULT_LIMIT)
         third = lane.submit(helpers.square, 3).result(timeout=RESULT_LIMIT)
     assert first == ("parent", 7)
-    assert second == "second"  # today: ("child", 7), the forked child's answer
+    assert second == "second"
     assert third == 9
 
 
@@ -289,11 +280,6 @@ def test_default_map_inside_a_worker_returns_the_results(ex: Executor) -> None:
     assert fut.result(timeout=60) == [0, 1, 4, 9]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker that used the default executor hangs at exit joining its own workers; "
-    "shutdown waits the 5 s retire grace and SIGKILLs it",
-)
 def test_shutdown_is_prompt_after_a_worker_used_the_default_executor(ex: Executor) -> None:
     fut = ex.options(kind="process").submit(ch.nested_default_map, 4)
     assert fut.result(timeout=60) == [0, 1, 4, 9]

@@ -41,6 +41,15 @@ def _shutdown_default(executor: Executor) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
+def shutdown_default() -> None:
+    """Shut down the default executor if it was started (pending work is cancelled)."""
+    global _default
+    with _lock:
+        executor, _default = _default, None
+    if executor is not None:
+        _shutdown_default(executor)
+
+
 def submit(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
     """Submit ``fn(*args, **kwargs)`` to the default Executor.
 

@@ -149,6 +149,6 @@ def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
     for args, kwargs in items:
         try:
             append((True, fn(*args, **kwargs)))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit in one item must not lose the batch
             append((False, exc))
     return outcomes

@@ -27,7 +27,8 @@ _atexit_registered = False
 _atexit_lock = threading.Lock()
 
 
-def _kill_live_lanes() -> None:
+def kill_live_lanes() -> None:
+    """Stop every process lane still alive in this process, killing its workers."""
     # Runs before multiprocessing's own exit hook (which would join our non-daemon workers
     # forever): an executor that was never shut down loses its workers here, at once.
     for lane in list(_live_lanes):
@@ -147,7 +148,7 @@ class ProcessLane:
         with _atexit_lock:
             _live_lanes.add(self)
             if not _atexit_registered:
-                atexit.register(_kill_live_lanes)
+                atexit.register(kill_live_lanes)
                 _atexit_registered = True
 
     def _wake(self) -> None:

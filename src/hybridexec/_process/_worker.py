@@ -41,6 +41,7 @@ def worker_main(
         except OSError:
             pass
     watch_lifeline(lifeline)
+    _forget_inherited_pools()
 
     init_error: bytes | None = None
     if initializer is not None:
@@ -52,6 +53,14 @@ def worker_main(
             err.__cause__ = exc
             init_error = pack_exception(err)
 
+    os.register_at_fork(after_in_child=_forked)
+    try:
+        _serve(conn, init_error, report_memory)
+    finally:
+        _release_nested_pools()
+
+
+def _serve(conn: Any, init_error: bytes | None, report_memory: bool) -> None:
     functions: dict[bytes, Any] = {}
     while True:
         try:
@@ -65,8 +74,41 @@ def worker_main(
             conn.send_bytes(_encode_reply(_fail_all(data, init_error), 0.0, 0.0, None))
             return
         outcomes, elapsed, cpu = _run(data, functions)
+        if _in_forked_child:
+            # The task forked and its child returned into this loop: only the worker itself
+            # may answer on the pipe.
+            os._exit(0)
         rss = resident_memory() if report_memory else None
         conn.send_bytes(_encode_reply(outcomes, elapsed, cpu, rss))
+
+
+_in_forked_child = False
+
+
+def _forked() -> None:
+    global _in_forked_child
+    _in_forked_child = True
+
+
+def _forget_inherited_pools() -> None:
+    # Under fork this process holds copies of the parent's executors, whose pipes it closed
+    # above: they must never be used (or shut down) from here.
+    from .. import _default
+    from . import _pool
+
+    _default._default = None
+    _pool._live_lanes.clear()
+
+
+def _release_nested_pools() -> None:
+    # A task may have started executors of its own (the default one included). Their worker
+    # processes are our non-daemon children, which multiprocessing joins when this worker
+    # exits: shut them down first or the join never returns.
+    from .._default import shutdown_default
+    from ._pool import kill_live_lanes
+
+    shutdown_default()
+    kill_live_lanes()
 
 
 def _fail_all(data: bytes, packed: bytes) -> list[tuple[bool, Any]]:
@@ -105,6 +147,8 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
             append((False, pack_exception(exc)))
+        if _in_forked_child:
+            break
     return outcomes, time.perf_counter() - started, time.process_time() - cpu_started
 
 
