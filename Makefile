@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench clean docs test-all typecheck-public
+.PHONY: demo test lint typecheck pytest bench clean docs test-all typecheck-public test-ray
 
 # The stamp files record which extras are installed; pyproject changes reinstall.
 $(VENV)/.stamp-base: pyproject.toml
@@ -16,7 +16,7 @@ $(VENV)/.stamp-base: pyproject.toml
 $(VENV)/.stamp-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,dask]'
 	touch $(VENV)/.stamp-base $@
 
 $(VENV)/.stamp-bench: pyproject.toml
@@ -45,6 +45,11 @@ pytest: $(VENV)/.stamp-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The Ray backend's tests (skipped by `make test` when Ray is absent); Ray is about 260 MB.
+test-ray: $(VENV)/.stamp-dev
+	$(PY) -m pip install -q -e '.[dev,dask,ray]'
+	$(PY) -m pytest tests/test_ray.py $(PYTEST_ARGS)
 
 # The full suite on the default Python, then the quick one on every other Python >= 3.10.
 test-all: test
