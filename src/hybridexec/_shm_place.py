@@ -217,7 +217,7 @@ class Placement:
             raise
         if lease:
             if future is None:
-                self.release(lease)  # pragma: no cover - nobody to tell when it ends
+                self.release(lease)  # nobody will say when the task ends: only pickle
             else:
                 future.add_done_callback(lambda _f: self.release(lease))
                 # A future dropped without ever running (submit failed) must free it too.
