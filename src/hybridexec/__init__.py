@@ -33,7 +33,7 @@ from ._routing import Decision as Decision
 from ._routing import cpu_bound as cpu_bound
 from ._routing import io_bound as io_bound
 from ._routing import task as task
-from ._shm import cleanup_shared_memory as cleanup_shared_memory
+from ._shm_janitor import cleanup_shared_memory as cleanup_shared_memory
 from ._shm_list import SharedList as SharedList
 from ._shm_objects import SharedArray as SharedArray
 from ._shm_objects import SharedBuffer as SharedBuffer

@@ -18,7 +18,7 @@ from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._process._pool import ProcessLane
 from ._routing import Classifier, Decision, Options, check_kind, check_timeout, hints_of, route
-from ._shm import cleanup_shared_memory
+from ._shm_janitor import cleanup_shared_memory
 from ._shm_place import DEFAULT_THRESHOLD, check_threshold
 from ._threads import ThreadLane
 

@@ -7,7 +7,7 @@ object mapped with ``mmap``. The rules (DESIGN.md, "Shared memory rules"):
   on any Python version: a tracker that sees a worker attach destroys the segment when that
   worker exits, while the owner still uses it (CPython issue 82300).
 - Names are ``hx<owner pid>_<16 random hex digits>``: unguessable, created with ``O_EXCL`` and
-  mode 0o600, and the janitor (:func:`cleanup_shared_memory`) can tell whose they are.
+  mode 0o600, and the janitor (``_shm_janitor.py``) can tell whose they are.
 - Space is reserved with ``os.posix_fallocate`` before anything is mapped: a full ``/dev/shm``
   then fails with ``SharedMemoryError`` instead of killing the process with SIGBUS on first write.
 - A mapping is never unmapped under a live view: closing a segment drops this handle's reference
@@ -19,7 +19,6 @@ an array that already lives in shared memory can be sent by name instead of by v
 
 from __future__ import annotations
 
-import atexit
 import collections
 import errno
 import logging
@@ -271,7 +270,7 @@ class Segment:
                 mm = mmap.mmap(fd, mapped)
             except OSError as exc:
                 unlink(name)
-                if exc.errno == errno.ENOSPC and attempt == 1 and cleanup_shared_memory():
+                if exc.errno == errno.ENOSPC and attempt == 1 and _janitor():
                     continue  # leftovers of dead owners were removed: try once more
                 if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                     raise SharedMemoryError(
@@ -418,84 +417,13 @@ class Segment:
         return f"<Segment {self.name} {self.size} bytes {state}{' owner' if self.owner else ''}>"
 
 
+def _janitor() -> list[str]:
+    from ._shm_janitor import cleanup_shared_memory
+
+    return cleanup_shared_memory()
+
+
 def _unlink_owned(name: str, pid: int) -> None:
     if os.getpid() == pid:  # never from a forked child that inherited the handle
         forget_name(name)
         unlink(name)
-
-
-# ---- the janitor -----------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def cleanup_shared_memory() -> list[str]:
-    """Remove hybridexec shared-memory segments whose owner process is dead.
-
-    Segments are named after the pid of the process that owns them. When a whole process group
-    is SIGKILLed, nothing runs to unlink its segments and they stay in ``/dev/shm`` for good;
-    this removes them. It runs when an ``Executor`` starts; call it yourself after a crash.
-    Only segments of the current user are touched. A live owner's segments are never touched.
-
-    Returns:
-        The names of the segments removed.
-
-    .. versionadded:: 0.1
-    """
-    try:
-        entries = os.listdir(SHM_DIR)
-    except OSError:
-        return []  # no way to list segments on this platform
-    uid = os.getuid()
-    alive: dict[int, bool] = {}
-    removed: list[str] = []
-    for name in entries:
-        pid = owner_pid_of(name)
-        if pid is None:
-            continue
-        if pid not in alive:
-            alive[pid] = _pid_alive(pid)
-        if alive[pid]:
-            continue
-        try:
-            if os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False).st_uid != uid:
-                continue
-        except OSError:
-            continue
-        if unlink(name):
-            removed.append(name)
-    if removed:
-        logger.info("removed %d shared-memory segment(s) of dead processes", len(removed))
-    return removed
-
-
-def _sweep_own_segments() -> None:
-    # At exit: segments named after this process that nobody unlinked (a result whose reply
-    # was never read, a handle kept in a global) go now rather than wait for the janitor.
-    try:
-        entries = os.listdir(SHM_DIR)
-    except OSError:
-        return
-    me = os.getpid()
-    for name in entries:
-        if owner_pid_of(name) == me:
-            unlink(name)
-
-
-_sweep_pid = os.getpid()
-
-
-def _sweep_at_exit() -> None:
-    if os.getpid() == _sweep_pid:
-        _sweep_own_segments()
-
-
-atexit.register(_sweep_at_exit)

@@ -13,20 +13,13 @@ Parent -> worker (``Placement.dumps_call``, used by the process lane for every t
 - Shared-memory handles in the arguments are kept alive until the task ends, so passing a
   temporary ``SharedArray`` to ``submit`` is safe.
 
-Worker -> parent (``dumps_reply``, used by the worker for every reply):
-
-- A result array of at least the threshold is copied into a new segment named after the parent
-  (the owner-to-be); the parent maps it and unlinks the name at once, so the array it hands to
-  the caller owns the memory outright. A result that is a view of a task input is sent back as
-  a reference. A handle the worker owns is handed over: the parent becomes its owner.
+The worker side (results) is in ``_shm_reply.py``.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
-import os
 import pickle
 import sys
 import threading
@@ -57,8 +50,6 @@ POOL_MAX_BYTES = 1 << 30
 POOL_IDLE_SECONDS = 30.0
 _PAGE = 4096
 _SAMPLES = 64
-
-_reply_threshold: int | None = DEFAULT_THRESHOLD  # in a worker: set by its executor's calls
 
 
 def check_threshold(threshold: int | None) -> int | None:
@@ -338,106 +329,6 @@ class Placement:
             segment.close()
 
 
-def reply_policy(fn_bytes: bytes, threshold: int | None) -> bytes:
-    """Wrap a pickled callable so that unpickling it in a worker sets the reply threshold."""
-    if threshold == DEFAULT_THRESHOLD:
-        return fn_bytes
-    return pickle.dumps(_ReplyPolicy(fn_bytes, threshold), PROTOCOL)
-
-
-class _ReplyPolicy:
-    """Unpickles as the callable it wraps, setting the threshold the worker uses for results."""
-
-    __slots__ = ("fn_bytes", "threshold")
-
-    def __init__(self, fn_bytes: bytes, threshold: int | None) -> None:
-        self.fn_bytes = fn_bytes
-        self.threshold = threshold
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_apply_reply_policy, (self.threshold, self.fn_bytes))
-
-
-def _apply_reply_policy(threshold: int | None, fn_bytes: bytes) -> Any:
-    global _reply_threshold
-    _reply_threshold = threshold
-    return pickle.loads(fn_bytes)
-
-
-# ---- the worker side -------------------------------------------------------------------------
-class _ReplyState:
-    """Segments a reply created, to undo them if the reply cannot be sent."""
-
-    __slots__ = ("created", "handles", "owner_pid")
-
-    def __init__(self) -> None:
-        parent = multiprocessing.parent_process()
-        self.owner_pid = parent.pid if parent is not None and parent.pid else os.getpid()
-        self.created: list[Segment] = []
-        self.handles: list[SharedHandle] = []
-
-    def place(self, array: npt.NDArray[Any]) -> tuple[Any, ...] | None:
-        import numpy as np
-
-        threshold = _reply_threshold
-        if threshold is None or array.nbytes < threshold or array.dtype.hasobject:
-            return None
-        shared = _shared_reference(array)
-        if shared is not None and not shared[0].owned:
-            return shared[1]  # a view of a task input: the parent owns it
-        try:
-            segment = Segment.create(array.nbytes, owner_pid=self.owner_pid, owner=False)
-        except SharedMemoryError:
-            return None
-        self.created.append(segment)
-        dest = np.ndarray(array.shape, array.dtype, buffer=segment.require())
-        np.copyto(dest, array, casting="no")
-        del dest
-        return (segment.name, segment.size, 0, array.shape, array.dtype, None, False, True)
-
-    def undo(self) -> None:
-        from ._shm import unlink
-
-        for segment in self.created:
-            unlink(segment.name)
-            segment.close()
-        self.created.clear()
-        self.handles.clear()
-
-    def done(self) -> None:
-        for segment in self.created:
-            segment.close()  # not the owner: only unmaps
-        for handle in self.handles:
-            handle._segment.disown()  # the parent owns it now
-        self.created.clear()
-        self.handles.clear()
-
-
-def dumps_reply(obj: Any) -> bytes:
-    """Pickle a worker's reply, sending large result arrays through shared memory.
-
-    Raises:
-        Exception: whatever pickling raised; segments it created are removed first.
-    """
-    if "numpy" not in sys.modules and not _handles_exist():
-        return pickle.dumps(obj, PROTOCOL)
-    state = _ReplyState()
-    buffer = io.BytesIO()
-    try:
-        _ReplyPickler(buffer, state).dump(obj)
-    except BaseException:
-        state.undo()
-        raise
-    state.done()
-    return buffer.getvalue()
-
-
-def _handles_exist() -> bool:
-    from ._shm import _maps
-
-    return bool(_maps)
-
-
 # ---- picklers ------------------------------------------------------------------------------
 def _ndarray_type() -> type | None:
     np = sys.modules.get("numpy")
@@ -477,23 +368,6 @@ class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
         elif isinstance(obj, SharedHandle):
             self._lease.keep.append(obj)
         return super().reducer_override(obj)
-
-
-class _ReplyPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, state: _ReplyState) -> None:
-        super().__init__(file, PROTOCOL)
-        self._state = state
-        self._ndarray = _ndarray_type()
-
-    def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind is self._ndarray:
-            args = self._state.place(obj)
-            return NotImplemented if args is None else (_attach_array, args)
-        if isinstance(obj, SharedHandle) and obj.owner and not obj.closed:
-            self._state.handles.append(obj)
-            return obj._hx_transfer()
-        return NotImplemented
 
 
 def _dump(

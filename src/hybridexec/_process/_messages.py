@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._serialize import dumps, dumps_callable
-from .._shm_place import reply_policy
+from .._shm_reply import reply_policy
 
 if TYPE_CHECKING:
     import concurrent.futures

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
-from .._shm_place import dumps_reply
+from .._shm_reply import dumps_reply
 from ._messages import STOP, Reply
 from ._util import (
     become_group_leader,

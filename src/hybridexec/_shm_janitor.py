@@ -1,0 +1,93 @@
+"""The janitor: removes shared-memory segments whose owner process is dead.
+
+Segment names carry the owner's pid (see ``_shm.py``). Nothing runs to unlink the segments of a
+process group killed with SIGKILL, so they would stay in ``/dev/shm`` for good; the janitor
+runs whenever an ``Executor`` starts and as ``hybridexec.cleanup_shared_memory()``. At a normal
+exit each process also removes whatever segments still carry its own pid.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+
+from ._shm import SHM_DIR, owner_pid_of, unlink
+
+logger = logging.getLogger("hybridexec")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def cleanup_shared_memory() -> list[str]:
+    """Remove hybridexec shared-memory segments whose owner process is dead.
+
+    Segments are named after the pid of the process that owns them. When a whole process group
+    is SIGKILLed, nothing runs to unlink its segments and they stay in ``/dev/shm`` for good;
+    this removes them. It runs when an ``Executor`` starts; call it yourself after a crash.
+    Only segments of the current user are touched. A live owner's segments are never touched.
+
+    Returns:
+        The names of the segments removed.
+
+    .. versionadded:: 0.1
+    """
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []  # no way to list segments on this platform
+    uid = os.getuid()
+    alive: dict[int, bool] = {}
+    removed: list[str] = []
+    for name in entries:
+        pid = owner_pid_of(name)
+        if pid is None:
+            continue
+        if pid not in alive:
+            alive[pid] = _pid_alive(pid)
+        if alive[pid]:
+            continue
+        try:
+            if os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if unlink(name):
+            removed.append(name)
+    if removed:
+        logger.info("removed %d shared-memory segment(s) of dead processes", len(removed))
+    return removed
+
+
+def _sweep_own_segments() -> None:
+    # At exit: segments named after this process that nobody unlinked (a result whose reply
+    # was never read, a handle kept in a global) go now rather than wait for the janitor.
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    me = os.getpid()
+    for name in entries:
+        if owner_pid_of(name) == me:
+            unlink(name)
+
+
+_sweep_pid = os.getpid()
+
+
+def _sweep_at_exit() -> None:
+    if os.getpid() == _sweep_pid:
+        _sweep_own_segments()
+
+
+atexit.register(_sweep_at_exit)
