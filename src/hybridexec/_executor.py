@@ -14,10 +14,22 @@ from typing_extensions import ParamSpec, Self
 
 from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
 from ._backends import RemoteLane, check_remote, open_lane
+from ._classifier import LearningClassifier
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._process._pool import ProcessLane
-from ._routing import Classifier, Decision, Options, check_kind, check_timeout, hints_of, route
+from ._routing import (
+    Classifier,
+    Decision,
+    Explanation,
+    Options,
+    TimedTask,
+    check_kind,
+    check_timeout,
+    hints_of,
+    route,
+    route_rules,
+)
 from ._shm_janitor import cleanup_shared_memory
 from ._shm_place import DEFAULT_THRESHOLD, check_threshold
 from ._threads import ThreadLane
@@ -64,7 +76,9 @@ class Executor(concurrent.futures.Executor):
         initargs: Arguments for ``initializer``.
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
             classifier; ``"thread"`` or ``"process"`` switch the classifier off.
-        classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles.
+        classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles;
+            default: a ``LearningClassifier`` that measures each function (see
+            ``docs/routing.md``).
         shm_threshold: numpy arrays of at least this many bytes (default 1 MiB) passed to or
             returned from process tasks travel through shared memory; None switches it off.
         backend_options: With ``backend``: keyword arguments for ``distributed.LocalCluster``
@@ -120,6 +134,8 @@ class Executor(concurrent.futures.Executor):
         # ---- end distributed backend
         self._options = Options()
         self._default_kind = check_kind(kind)
+        if classifier is None and self._default_kind == "auto":
+            classifier = LearningClassifier()
         self._classifier = classifier
         self._threads = ThreadLane(
             max_threads,
@@ -145,6 +161,8 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._closed = False
         self._counts = {"thread": 0, "process": 0}
+        if self._classifier is not None:
+            self._processes._timing_hook = self._record_process_timing
         self._remote: RemoteLane | None = None  # distributed backend (issue 7)
         if backend is not None:
             self._remote = open_lane(backend, backend_options, remote)
@@ -223,17 +241,51 @@ class Executor(concurrent.futures.Executor):
         self._processes.kill_workers()
 
     def stats(self) -> dict[str, Any]:
-        """Counts per lane and process-lane events (workers started, crashes, kills)."""
+        """Counts per lane, process-lane events and the routing decision table.
+
+        Returns:
+            ``submitted`` (tasks per lane), ``threads`` and ``processes`` (workers alive),
+            ``process_lane`` (workers started, crashes, kills) and ``decisions``: one row per
+            function the classifier knows (lane, measured figures, calls, reason).
+        """
+        table = getattr(self._classifier, "table", None)
         return {
             "submitted": dict(self._counts),
             "threads": self._threads.size,
             "processes": self._processes.size,
             "process_lane": dict(self._processes.stats),
+            "decisions": table() if callable(table) else [],
         }
 
-    def explain(self, fn: Callable[..., Any]) -> Decision:
-        """Return where a call of ``fn`` with no arguments would go now, and why."""
-        return route(fn, (), {}, self._options, self._classifier, self._default_kind)
+    def explain(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Explanation:
+        """Return where a call of ``fn`` goes now and why, with the measured figures.
+
+        Nothing runs and nothing is learned. ``str()`` of the result reads as a sentence.
+
+        Args:
+            fn: The function.
+            *args: Arguments of a typical call (they select the argument-size bucket);
+                without them, the bucket with the most calls is described.
+            **kwargs: Keyword arguments of a typical call.
+
+        Returns:
+            The lane, the reason in words, the GIL fraction, CPU/wall and call counts.
+        """
+        opts = self._options
+        hinted = hints_of(fn)
+        if hinted is not None:
+            opts = opts.merged(hinted)
+        decision = route_rules(fn, opts, self._default_kind)
+        name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
+        if decision is not None:
+            return Explanation(name, decision.kind, decision.reason)
+        if self._classifier is None:
+            return Explanation(name, "thread", "no hint and no classifier: threads by default")
+        explain = getattr(self._classifier, "explain", None)
+        if not callable(explain):
+            return Explanation(name, "?", "the executor's classifier decides at each call")
+        result: Explanation = explain(fn, args if args or kwargs else None)
+        return result
 
     @property
     def worker_pids(self) -> list[int]:
@@ -241,6 +293,17 @@ class Executor(concurrent.futures.Executor):
         return self._processes.worker_pids()
 
     # ---- internals shared with map() and the module-level helpers ------------------------
+    def _record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
+        # Called on the process lane's manager thread for each finished task.
+        classifier = self._classifier
+        if classifier is None or not task.items:
+            return
+        calls = len(task.items) if task.batch else 1
+        try:
+            classifier.record(task.fn, "process", elapsed, cpu, calls=calls, args=task.items[0][0])
+        except Exception:  # a broken classifier must not stop the manager thread
+            logger.exception("the classifier failed to record a finished task")
+
     def _decide(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> tuple[Decision, Options]:
@@ -272,11 +335,19 @@ class Executor(concurrent.futures.Executor):
     ) -> tuple[Future[Any], Task]:
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        kind = decision.kind
+        probe = decision.probe
+        if probe is not None and not probe.claim():
+            # map() reuses one decision: only its first task is measured; the others ask
+            # again (while the function is being learned, that waits for the verdict).
+            decision, _ = self._decide(fn, items[0][0], items[0][1], Options())
+            probe = decision.probe
+            if probe is not None and not probe.claim():
+                probe = None
+        kind = "thread" if probe is not None else decision.kind
         future: Future[Any] = Future(kind)
         task = Task(fn, items, future, batch=batch, timeout=timeout)
         remote = self._remote  # distributed backend (issue 7): process work, or all, goes there
-        if remote is not None and remote.takes(kind):
+        if remote is not None and probe is None and remote.takes(kind):
             try:
                 remote.submit(task)
             except SerializationError as exc:
@@ -299,6 +370,11 @@ class Executor(concurrent.futures.Executor):
                     return future, task
                 logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
                 kind = future.kind = "thread"
+        if kind == "thread" and self._classifier is not None and timeout is None:
+            # Timed where it runs: the classifier learns from every thread task.
+            task = TimedTask(
+                task.fn, items, future, self._classifier, probe, batch=batch, timeout=timeout
+            )
         logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         self._counts[kind] += 1
         self._lanes[kind].submit(task)

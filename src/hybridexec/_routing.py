@@ -2,13 +2,18 @@
 
 Precedence, first match wins:
 
-1. ``kind=`` given to ``submit``/``map``/``options()`` (or the executor's default kind);
-2. a hint on the function: ``@io_bound`` (threads), ``@cpu_bound`` (processes),
+1. ``kind=`` given to ``submit``/``map``/``options()``;
+2. free-threaded CPython with the GIL off (``sys._is_gil_enabled()`` False, checked at each
+   decision since importing an extension can turn the GIL back on): threads, which then run
+   Python in parallel, unless a timeout asks for a killable worker;
+3. a hint on the function: ``@io_bound`` (threads), ``@cpu_bound`` (processes),
    ``@task(kind=...)``;
-3. rules: a task with a timeout goes to a process (only a process can be stopped) when it can
+4. rules: a task with a timeout goes to a process (only a process can be stopped) when it can
    be pickled; a callable or arguments that cannot be pickled stay on threads;
-4. the executor's default kind when it is not ``"auto"``;
-5. the classifier, when the executor has one (see ``Classifier``); without one, threads.
+5. the executor's default kind when it is not ``"auto"`` (``Executor(kind="thread")`` switches
+   the classifier off);
+6. the classifier (see ``Classifier``; by default ``LearningClassifier`` measures each
+   function); without one, threads.
 
 A routed task that cannot be pickled for the process it was sent to falls back to threads
 unless the user asked for a process explicitly (then its future fails with
@@ -18,14 +23,21 @@ unless the user asked for a process explicitly (then its future fails with
 from __future__ import annotations
 
 import functools
+import logging
+import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeVar, overload
+
+from ._futures import Future, Items, Task
 
 KINDS = ("auto", "thread", "process")
 Kind = Literal["auto", "thread", "process"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("hybridexec")
 
 _HINT_ATTR = "__hybridexec_options__"
 
@@ -160,19 +172,111 @@ def task(
     return lambda f: _attach(f, options)
 
 
+class Probe(Protocol):
+    """A measurement a classifier attaches to a decision: run one call inside it.
+
+    The executor calls ``claim`` when it submits a task with this decision: only the first
+    caller gets True and its task runs (on a thread) through ``run``; a task that finds the
+    probe claimed already asks the classifier again. This keeps a decision that ``map``
+    reuses for many tasks from measuring them all.
+    """
+
+    def claim(self) -> bool:
+        """Return True once, for the task that will be measured."""
+        ...
+
+    def run(self, call: Callable[[], None]) -> None:
+        """Run ``call()`` (the whole task) inside the measurement, on the current thread."""
+        ...
+
+
 @dataclass(frozen=True)
 class Decision:
-    """Where one task goes and why."""
+    """Where one task goes and why.
+
+    Attributes:
+        kind: ``"thread"`` or ``"process"``.
+        reason: Why, in words.
+        explicit: The user asked for this lane: no silent fallback.
+        probe: Set by a classifier that wants this call measured on a thread.
+    """
 
     kind: str
     reason: str
-    explicit: bool = False  # the user asked for this lane: no silent fallback
+    explicit: bool = False
+    probe: Probe | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where calls of a function go now and why, with the figures behind the verdict.
+
+    Returned by ``Executor.explain``; ``str()`` gives one readable paragraph.
+
+    Attributes:
+        function: ``module.qualname`` of the function.
+        kind: The lane a call goes to now: ``"thread"`` or ``"process"``.
+        reason: Why, in words.
+        learned: True when the verdict comes from measurements of this function.
+        gil_fraction: Share of a call's running time spent holding the GIL.
+        gil_share: Share of a call's CPU work that needs the GIL.
+        cpu_ratio: CPU seconds per wall second of a measured call on a thread.
+        gil_seconds: Seconds of GIL held per call.
+        wall_seconds: Seconds per call, where it ran (moving average).
+        calls: Finished calls seen by the classifier.
+        per_lane: Finished calls per lane.
+        changes: How many times feedback changed the verdict.
+
+    .. versionadded:: 0.1
+    """
+
+    function: str
+    kind: str
+    reason: str
+    learned: bool = False
+    gil_fraction: float | None = None
+    gil_share: float | None = None
+    cpu_ratio: float | None = None
+    gil_seconds: float | None = None
+    wall_seconds: float | None = None
+    calls: int = 0
+    per_lane: dict[str, int] = field(default_factory=dict)
+    changes: int = 0
+
+    def __str__(self) -> str:
+        text = f"{self.function} -> {self.kind}: {self.reason}"
+        figures = []
+        if self.gil_fraction is not None:
+            figures.append(f"GIL held {self.gil_fraction:.0%} of its running time")
+        if self.gil_seconds is not None:
+            figures.append(f"{_ms(self.gil_seconds)} of GIL per call")
+        if self.cpu_ratio is not None:
+            figures.append(f"CPU/wall {self.cpu_ratio:.2f} on a thread")
+        if self.wall_seconds is not None:
+            figures.append(f"{_ms(self.wall_seconds)} per call")
+        lanes = ", ".join(f"{n} {k}" for k, n in sorted(self.per_lane.items()) if n)
+        figures.append(f"{self.calls} calls" + (f" ({lanes})" if lanes else ""))
+        if self.changes:
+            figures.append(f"verdict changed {self.changes} times by feedback")
+        return f"{text} [{'; '.join(figures)}]"
+
+
+def _ms(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    return f"{seconds * 1e3:.1f} ms"
 
 
 class Classifier(Protocol):
     """Decides the lane for calls that no option, hint or rule settles.
 
-    An executor calls ``classify`` for each such call and ``record`` after each call ran.
+    An executor calls ``classify`` for each such call (for ``map``, once per map and again
+    while the decision carries a claimed ``probe``) and ``record`` after each task ran on a
+    thread or in a process, with its measured figures. ``classify`` runs on the submitting
+    thread and must be fast once a function is known (a dictionary look-up); ``record`` runs on
+    worker threads and on the process lane's manager thread and must not block or raise.
+    ``LearningClassifier`` is the default; ``Executor(kind="thread")`` switches classifying
+    off, ``Executor(classifier=...)`` plugs another one in.
     """
 
     def classify(
@@ -181,9 +285,52 @@ class Classifier(Protocol):
         """Return the decision for this call."""
         ...
 
-    def record(self, fn: Callable[..., Any], kind: str, elapsed: float, cpu: float) -> None:
-        """Learn from a finished call: where it ran, its wall and CPU seconds."""
+    def record(
+        self,
+        fn: Callable[..., Any],
+        kind: str,
+        elapsed: float,
+        cpu: float,
+        *,
+        calls: int = 1,
+        args: tuple[Any, ...] = (),
+    ) -> None:
+        """Learn from a finished task of ``calls`` calls of ``fn``.
+
+        Args:
+            fn: The function.
+            kind: Where it ran: ``"thread"`` or ``"process"``.
+            elapsed: Wall seconds of the whole task where it ran.
+            cpu: CPU seconds of the whole task (the thread's clock, or the worker process's).
+            calls: Calls in the task (more than one for a batch).
+            args: Positional arguments of the task's first call.
+        """
         ...
+
+
+def gil_enabled() -> bool:
+    """Return whether the GIL is on now (False only on a free-threaded build with it off)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> Decision | None:
+    """Apply options, the free-threading rule, hints and rules; None if the classifier decides."""
+    if options.kind != "auto":
+        return Decision(options.kind, f"kind={options.kind!r} was requested", explicit=True)
+    hinted = hints_of(fn)
+    timeout = options.timeout is not None or (hinted is not None and hinted.timeout is not None)
+    if not timeout and not gil_enabled():
+        return Decision(
+            "thread", "the GIL is disabled (free-threaded build): threads run in parallel"
+        )
+    if hinted is not None and hinted.kind != "auto":
+        return Decision(hinted.kind, f"the function is marked kind={hinted.kind!r}")
+    if timeout:
+        return Decision("process", "a task with a timeout runs where it can be killed")
+    if default_kind != "auto":
+        return Decision(default_kind, f"the executor's default kind is {default_kind!r}")
+    return None
 
 
 def route(
@@ -195,15 +342,51 @@ def route(
     default_kind: str = "auto",
 ) -> Decision:
     """Apply options, hints and rules; ask the classifier when none of them decides."""
-    if options.kind != "auto":
-        return Decision(options.kind, f"kind={options.kind!r} was requested", explicit=True)
-    hinted = hints_of(fn)
-    if hinted is not None and hinted.kind != "auto":
-        return Decision(hinted.kind, f"the function is marked kind={hinted.kind!r}")
-    if options.timeout is not None or (hinted is not None and hinted.timeout is not None):
-        return Decision("process", "a task with a timeout runs where it can be killed")
-    if default_kind != "auto":
-        return Decision(default_kind, f"the executor's default kind is {default_kind!r}")
+    decision = route_rules(fn, options, default_kind)
+    if decision is not None:
+        return decision
     if classifier is not None:
         return classifier.classify(fn, args, kwargs)
     return Decision("thread", "no hint and no classifier: threads by default")
+
+
+class TimedTask(Task):
+    """A thread task that reports its wall and CPU time to the classifier when it ends.
+
+    With a probe, the whole task runs inside the probe's measurement window.
+    """
+
+    __slots__ = ("classifier", "probe")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        items: Items,
+        future: Future[Any],
+        classifier: Classifier,
+        probe: Probe | None,
+        *,
+        batch: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(fn, items, future, batch=batch, timeout=timeout)
+        self.classifier = classifier
+        self.probe = probe
+
+    def run_here(self) -> None:
+        """Run the call(s) here and report the figures."""
+        cpu_started = time.thread_time()
+        started = time.perf_counter()
+        if self.probe is None:
+            Task.run_here(self)
+        else:
+            self.probe.run(functools.partial(Task.run_here, self))
+        elapsed = time.perf_counter() - started
+        cpu = time.thread_time() - cpu_started
+        calls = len(self.items) if self.batch else 1
+        try:
+            self.classifier.record(
+                self.fn, "thread", elapsed, cpu, calls=calls, args=self.items[0][0]
+            )
+        except Exception:  # a broken classifier must not kill the worker thread
+            logger.exception("the classifier failed to record a finished task")

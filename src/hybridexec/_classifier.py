@@ -1,0 +1,481 @@
+"""The learning classifier: measure each function once, route it, and keep checking.
+
+Per function (key: module + qualname, plus a bucket of the arguments' size, so ``sorted`` of
+ten items and of a million are learned apart):
+
+1. **Learning.** The first call runs on a thread inside a GIL-probe window (``_probe.py``) of
+   at most ``WINDOW_SECONDS``. Calls of the same function that arrive meanwhile wait for the
+   verdict (at most ``WAIT_SECONDS``, in practice the length of the window) instead of piling
+   into threads: a CPU-bound function submitted eight times at once gets one measured call on
+   a thread and seven calls in processes.
+2. **Verdict** (``verdict``): processes when the call holds the GIL for at least
+   ``GIL_FRACTION_MIN`` of its running time and for at least ``GIL_SECONDS_MIN`` per call (below
+   that a process dispatch costs more than the GIL serialisation it avoids), else threads.
+3. **Feedback** (``record``): live figures of every finished task, with hysteresis:
+
+   - in a process, a function using less than ``DEMOTE_CPU_RATIO`` of a CPU (it waits) or less
+     than ``DEMOTE_GIL_SECONDS`` of CPU per call goes back to threads after
+     ``FEEDBACK_MIN_CALLS`` calls (moving averages);
+   - on threads, a call that now uses ``GIL_SECONDS_MIN`` of CPU or more while its CPU/wall
+     differs from the measured profile by ``DRIFT_FACTOR`` (it got heavier, or several calls
+     now serialise on the GIL) triggers a re-check: its next call is measured again;
+   - every ``RECHECK_FIRST`` calls (doubling up to ``RECHECK_MAX`` each time a re-check
+     confirms the verdict) one call is re-measured on a thread, which catches GIL-free C code
+     sent to processes by mistake;
+   - a re-check changes the verdict only after ``FLIP_AFTER`` contrary measurements in a row,
+     and a process verdict is left only below the lower ``DEMOTE_*`` thresholds.
+
+Tiny calls are never sent to processes (the ``GIL_SECONDS_MIN`` floor); ``map``/``imap`` batch
+them from measured times. Functions defined with ``async def`` are not measured: calling one
+only creates a coroutine.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._probe import PROBE, Measurement
+from ._routing import Decision, Explanation
+
+logger = logging.getLogger("hybridexec")
+
+GIL_FRACTION_MIN = 0.3
+"""Processes when a call holds the GIL at least this share of its running time..."""
+GIL_SECONDS_MIN = 0.002
+"""...and at least this many seconds per call (a process dispatch costs 0.1-0.5 ms)."""
+DEMOTE_GIL_FRACTION = 0.2
+"""A process verdict is left only below this GIL fraction (hysteresis band 0.2-0.3)."""
+DEMOTE_GIL_SECONDS = 0.0015
+"""...or below this many GIL (in a process: CPU) seconds per call."""
+DEMOTE_CPU_RATIO = 0.2
+"""In a process, a function using less CPU than this share of its wall time waits."""
+WINDOW_SECONDS = 0.025
+"""The first call's measurement window; a longer call is reported after this long."""
+RECHECK_WINDOW_SECONDS = 0.25
+"""A re-check looks longer: nobody waits for it."""
+WAIT_SECONDS = 0.25
+"""Longest a submitter waits for a verdict before going to threads meanwhile."""
+CLAIM_SECONDS = 0.1
+"""A measurement that has not started this long after it was handed out is given up."""
+FEEDBACK_MIN_CALLS = 3
+"""Process figures needed before feedback demotes a function."""
+EWMA_ALPHA = 0.3
+"""Weight of the newest task in the moving averages."""
+DRIFT_FACTOR = 2.0
+"""CPU/wall change on threads, either way, that makes a verdict suspect."""
+RECHECK_FIRST = 64
+"""Calls between two routine re-checks, at first..."""
+RECHECK_MAX = 1024
+"""...doubling each time a re-check confirms the verdict, up to this."""
+SUSPECT_GAP_FIRST = 4
+"""Calls between two re-checks triggered by drift, doubling when they confirm the verdict."""
+FLIP_AFTER = 2
+"""Contrary re-checks in a row needed to change a verdict."""
+SIZE_BUCKET_BITS = 6
+"""Arguments whose total size differs by less than 2**6 = 64x share a verdict."""
+
+_SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset, memoryview)
+Key = tuple[str, str, int, int]
+
+
+def verdict(m: Measurement) -> tuple[str, str]:
+    """Return ``(kind, reason)`` for a measured call: the decision table.
+
+    ============================================  =========  =================================
+    figures                                        lane       why
+    ============================================  =========  =================================
+    complete call shorter than GIL_SECONDS_MIN     thread     cheaper than a process dispatch
+    CPU/wall below 0.05 (IDLE_CPU_RATIO)           thread     it waits (I/O, sleep, locks)
+    GIL share of its CPU below GIL_FRACTION_MIN    thread     C code running without the GIL
+    GIL seconds below GIL_SECONDS_MIN              thread     too little GIL time to pay IPC
+    GIL fraction below GIL_FRACTION_MIN            thread     mostly waits, some Python
+    otherwise                                      process    threads would serialise on GIL
+    ============================================  =========  =================================
+    """
+    if m.complete and m.wall < GIL_SECONDS_MIN:
+        return "thread", f"a call takes {_ms(m.wall)}: cheaper than a process dispatch"
+    if m.gil_share == 0.0 and m.cpu_ratio < 0.5:
+        return "thread", f"it mostly waits (CPU {m.cpu_ratio:.0%} of wall time)"
+    if m.gil_share < GIL_FRACTION_MIN:
+        return "thread", (
+            f"its CPU work runs without the GIL ({1 - m.gil_share:.0%} of it GIL-free C code), "
+            "so threads run it in parallel"
+        )
+    if m.gil_seconds < GIL_SECONDS_MIN:
+        return "thread", (
+            f"it holds the GIL {_ms(m.gil_seconds)} per call: less than a process dispatch "
+            f"costs (threshold {_ms(GIL_SECONDS_MIN)})"
+        )
+    if m.gil_fraction < GIL_FRACTION_MIN:
+        return "thread", f"it holds the GIL only {m.gil_fraction:.0%} of its running time"
+    return "process", (
+        f"it holds the GIL {m.gil_fraction:.0%} of its running time, "
+        f"{_ms(m.gil_seconds)} per call: threads would serialise on the GIL"
+    )
+
+
+def _contrary(current: str, m: Measurement) -> bool:
+    """Whether a re-check contradicts the current verdict, with hysteresis."""
+    if current == "thread":
+        return verdict(m)[0] == "process"
+    return m.gil_fraction < DEMOTE_GIL_FRACTION or m.gil_seconds < DEMOTE_GIL_SECONDS
+
+
+def _ms(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def function_name(fn: Callable[..., Any]) -> tuple[str, str, int]:
+    """``(module, qualname, first line)`` of a callable, looking through partials and methods."""
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(qualname, str):  # a callable instance
+        cls = type(target)
+        return cls.__module__, f"{cls.__qualname__}.__call__", 0
+    module = getattr(target, "__module__", None)
+    if not isinstance(module, str):  # e.g. a method of a C type: re.Pattern.match
+        module = type(getattr(target, "__self__", None)).__module__
+    code = getattr(target, "__code__", None)
+    return module, qualname, code.co_firstlineno if code is not None else 0
+
+
+def size_bucket(args: tuple[Any, ...]) -> int:
+    """A coarse bucket of the size of the first two positional arguments."""
+    size = 0
+    for arg in args[:2]:
+        if isinstance(arg, _SIZED):
+            size += len(arg)
+        else:
+            nbytes = getattr(arg, "nbytes", None)  # numpy arrays, buffers
+            if isinstance(nbytes, int):
+                size += nbytes
+    return size.bit_length() // SIZE_BUCKET_BITS
+
+
+class _Entry:
+    """What the classifier knows about one function (and argument-size bucket)."""
+
+    __slots__ = (
+        "calls",
+        "changes",
+        "claimed_at",
+        "contrary",
+        "decision",
+        "key",
+        "measurement",
+        "name",
+        "per_lane",
+        "proc_cpu",
+        "proc_ratio",
+        "proc_samples",
+        "recheck",
+        "recheck_every",
+        "rechecking",
+        "since_check",
+        "since_recheck",
+        "suspect_gap",
+        "wall",
+        "window_open",
+    )
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.name = f"{key[0]}.{key[1]}"
+        self.decision: Decision | None = None
+        self.measurement: Measurement | None = None
+        self.claimed_at: float | None = None
+        self.window_open = False
+        self.recheck = False
+        self.rechecking = False
+        self.contrary = 0
+        self.changes = 0
+        self.calls = 0
+        self.per_lane: dict[str, int] = {"thread": 0, "process": 0}
+        self.wall: float | None = None
+        self.proc_cpu = self.proc_ratio = 0.0
+        self.proc_samples = 0
+        self.since_check = self.since_recheck = 0
+        self.recheck_every = RECHECK_FIRST
+        self.suspect_gap = SUSPECT_GAP_FIRST
+
+    def explanation(self) -> Explanation:
+        m = self.measurement
+        d = self.decision
+        return Explanation(
+            function=self.name,
+            kind=d.kind if d is not None else "thread",
+            reason=d.reason if d is not None else "learning: the first call is being measured",
+            learned=m is not None,
+            gil_fraction=m.gil_fraction if m is not None else None,
+            gil_share=m.gil_share if m is not None else None,
+            cpu_ratio=m.cpu_ratio if m is not None else None,
+            gil_seconds=m.gil_seconds if m is not None else None,
+            wall_seconds=self.wall,
+            calls=self.calls,
+            per_lane=dict(self.per_lane),
+            changes=self.changes,
+        )
+
+
+class _Ticket:
+    """The ``Probe`` of one measured call (see ``routing.Probe``)."""
+
+    __slots__ = ("_claims", "entry", "owner", "recheck")
+
+    def __init__(self, owner: LearningClassifier, entry: _Entry, recheck: bool) -> None:
+        self.owner = owner
+        self.entry = entry
+        self.recheck = recheck
+        self._claims = itertools.count()
+
+    def claim(self) -> bool:
+        return next(self._claims) == 0  # atomic: itertools.count holds the GIL throughout
+
+    def run(self, call: Callable[[], None]) -> None:
+        owner, entry, recheck = self.owner, self.entry, self.recheck
+        entry.window_open = True
+        window = PROBE.open(
+            RECHECK_WINDOW_SECONDS if recheck else WINDOW_SECONDS,
+            lambda m: owner._conclude(entry, m, recheck),
+        )
+        try:
+            call()
+        finally:
+            m = PROBE.close(window)
+            if m is not None:
+                owner._conclude(entry, m, recheck)
+
+
+class LearningClassifier:
+    """The default classifier: measures each function on a thread, then routes it.
+
+    See the module documentation for the rules and thresholds. Thread-safe; one per executor.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._entries: dict[Key, _Entry] = {}
+
+    # ---- the Classifier protocol ----------------------------------------------------------
+    def classify(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Decision:
+        """Return the lane for this call: the verdict, or a measurement while learning."""
+        key = (*function_name(fn), size_bucket(args))
+        entry = self._entries.get(key)
+        if entry is not None:
+            decision = entry.decision
+            if decision is not None and not entry.recheck:
+                return decision
+        return self._classify_slow(fn, key)
+
+    def record(
+        self,
+        fn: Callable[..., Any],
+        kind: str,
+        elapsed: float,
+        cpu: float,
+        *,
+        calls: int = 1,
+        args: tuple[Any, ...] = (),
+    ) -> None:
+        """Update the live figures of ``fn`` and re-check or demote it when they disagree."""
+        entry = self._entries.get((*function_name(fn), size_bucket(args)))
+        if entry is None or calls < 1:
+            return
+        wall, cpu = elapsed / calls, cpu / calls
+        with self._cond:
+            entry.calls += calls
+            entry.per_lane[kind] = entry.per_lane.get(kind, 0) + calls
+            entry.wall = wall if entry.wall is None else _ewma(entry.wall, wall)
+            decision, m = entry.decision, entry.measurement
+            if decision is None or m is None:
+                return
+            entry.since_check += calls
+            entry.since_recheck += calls
+            if entry.since_check >= entry.recheck_every:
+                entry.since_check = 0
+                entry.recheck = True
+            if kind == "process" and decision.kind == "process":
+                self._process_feedback(entry, wall, cpu)
+            elif kind == "thread" and decision.kind == "thread" and cpu >= GIL_SECONDS_MIN:
+                ratio = cpu / wall if wall > 0 else 0.0
+                profile = m.cpu_ratio
+                drifted = (
+                    (m.complete and m.wall < GIL_SECONDS_MIN)
+                    or ratio * DRIFT_FACTOR < profile
+                    or ratio > profile * DRIFT_FACTOR
+                )
+                if drifted and entry.since_recheck >= entry.suspect_gap:
+                    entry.recheck = True
+
+    # ---- visibility -----------------------------------------------------------------------
+    def explain(self, fn: Callable[..., Any], args: tuple[Any, ...] | None = None) -> Explanation:
+        """What the classifier knows of ``fn``; without ``args``, its most used size bucket."""
+        name = function_name(fn)
+        with self._cond:
+            if args is not None:
+                entry = self._entries.get((*name, size_bucket(args)))
+                candidates = [entry] if entry is not None else []
+            else:
+                candidates = [e for k, e in self._entries.items() if k[:3] == name]
+            if candidates:
+                return max(candidates, key=lambda e: e.calls).explanation()
+        return Explanation(
+            function=f"{name[0]}.{name[1]}",
+            kind="thread",
+            reason="not seen yet: its first call will be measured on a thread",
+        )
+
+    def table(self) -> list[dict[str, Any]]:
+        """The decision table: one row per function and size bucket."""
+        with self._cond:
+            entries = list(self._entries.values())
+        rows = []
+        for entry in entries:
+            e = entry.explanation()
+            rows.append(
+                {
+                    "function": e.function,
+                    "size_bucket": entry.key[3],
+                    "kind": e.kind,
+                    "learned": e.learned,
+                    "gil_fraction": e.gil_fraction,
+                    "gil_share": e.gil_share,
+                    "cpu_ratio": e.cpu_ratio,
+                    "gil_seconds": e.gil_seconds,
+                    "wall_seconds": e.wall_seconds,
+                    "calls": e.calls,
+                    "per_lane": e.per_lane,
+                    "changes": e.changes,
+                    "reason": e.reason,
+                }
+            )
+        return rows
+
+    # ---- internals ------------------------------------------------------------------------
+    def _classify_slow(self, fn: Callable[..., Any], key: Key) -> Decision:
+        deadline: float | None = None
+        with self._cond:
+            while True:
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = _Entry(key)
+                    if inspect.iscoroutinefunction(fn):
+                        entry.decision = Decision(
+                            "thread", "async def: a call only creates a coroutine; not measured"
+                        )
+                now = time.monotonic()
+                decision = entry.decision
+                if decision is not None:
+                    if entry.recheck and (not entry.rechecking or self._stale(entry, now)):
+                        entry.recheck = False
+                        entry.rechecking = True
+                        entry.claimed_at = now
+                        entry.since_recheck = 0
+                        reason = f"{decision.reason} (re-checking: this call is measured)"
+                        ticket = _Ticket(self, entry, recheck=True)
+                        return Decision(decision.kind, reason, probe=ticket)
+                    entry.recheck = False
+                    return decision
+                if entry.claimed_at is None or self._stale(entry, now):
+                    entry.claimed_at = now
+                    ticket = _Ticket(self, entry, recheck=False)
+                    return Decision("thread", "learning: this call is measured", probe=ticket)
+                deadline = now + WAIT_SECONDS if deadline is None else deadline
+                if now >= deadline:
+                    return Decision("thread", "learning: no verdict yet, on a thread meanwhile")
+                self._cond.wait(min(deadline - now, CLAIM_SECONDS))
+
+    @staticmethod
+    def _stale(entry: _Entry, now: float) -> bool:
+        # A measurement handed out but never started (its task was cancelled, say).
+        claimed = entry.claimed_at
+        return not entry.window_open and claimed is not None and now - claimed > CLAIM_SECONDS
+
+    def _conclude(self, entry: _Entry, m: Measurement, recheck: bool) -> None:
+        kind, reason = verdict(m)
+        with self._cond:
+            entry.window_open = False
+            entry.claimed_at = None
+            current = entry.decision
+            if current is None:
+                entry.decision = Decision(kind, reason)
+                entry.measurement = m
+                self._cond.notify_all()
+                logger.debug("routing: %s", entry.explanation())
+                return
+            if not recheck:
+                return
+            entry.rechecking = False
+            if not _contrary(current.kind, m):
+                entry.contrary = 0
+                entry.measurement = m
+                entry.decision = Decision(
+                    current.kind, reason if kind == current.kind else current.reason
+                )
+                entry.recheck_every = min(RECHECK_MAX, entry.recheck_every * 2)
+                entry.suspect_gap = min(RECHECK_MAX, entry.suspect_gap * 2)
+                logger.debug("routing: re-check confirms %s", entry.explanation())
+                return
+            entry.contrary += 1
+            if entry.contrary < FLIP_AFTER:
+                entry.recheck = True  # look again at once before changing anything
+                logger.debug(
+                    "routing: re-check of %s disagrees (%s); checking again", entry.name, reason
+                )
+                return
+            self._change(entry, Decision(kind, f"{reason} (re-checked)"), m)
+
+    def _process_feedback(self, entry: _Entry, wall: float, cpu: float) -> None:
+        ratio = cpu / wall if wall > 0 else 0.0
+        if entry.proc_samples == 0:
+            entry.proc_cpu, entry.proc_ratio = cpu, ratio
+        else:
+            entry.proc_cpu = _ewma(entry.proc_cpu, cpu)
+            entry.proc_ratio = _ewma(entry.proc_ratio, ratio)
+        entry.proc_samples += 1
+        if entry.proc_samples < FEEDBACK_MIN_CALLS:
+            return
+        if entry.proc_ratio < DEMOTE_CPU_RATIO:
+            why = f"in a process it used {entry.proc_ratio:.0%} of a CPU: it mostly waits"
+        elif entry.proc_cpu < DEMOTE_GIL_SECONDS:
+            why = f"in a process a call used {_ms(entry.proc_cpu)} of CPU: cheaper on a thread"
+        else:
+            return
+        self._change(entry, Decision("thread", f"{why} (feedback)"), entry.measurement)
+
+    def _change(self, entry: _Entry, decision: Decision, m: Measurement | None) -> None:
+        # Called with the lock held.
+        old = entry.decision
+        entry.decision = decision
+        entry.measurement = m
+        entry.contrary = 0
+        entry.proc_samples = 0
+        entry.changes += 1
+        entry.recheck_every = RECHECK_FIRST
+        entry.suspect_gap = SUSPECT_GAP_FIRST
+        logger.debug(
+            "routing: %s changed from %s: %s",
+            entry.name,
+            old.kind if old is not None else "-",
+            entry.explanation(),
+        )
+
+
+def _ewma(old: float, new: float) -> float:
+    return old + EWMA_ALPHA * (new - old)
