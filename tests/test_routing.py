@@ -1,0 +1,405 @@
+"""Automatic routing: rules, verdicts from measurements, learning, feedback, visibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import hybridexec
+from hybridexec import _classifier
+from hybridexec._classifier import LearningClassifier, verdict
+from hybridexec._probe import Measurement
+from hybridexec._routing import Decision, Options, route
+
+from .conftest import wait_until
+from .helpers import sleep_then, spin
+
+# ---- decisions from injected measurements (no timing involved) ------------------------------
+GIL_BOUND = Measurement(wall=0.025, cpu=0.022, stalls_blocked=6, late=0.018, span=0.02)
+GIL_FREE = Measurement(wall=0.025, cpu=0.024, stalls_free=8, late=0.001, span=0.01)
+WAITING = Measurement(wall=0.02, cpu=0.0002, late=0.0, span=0.01)
+
+
+@pytest.mark.parametrize(
+    ("m", "kind", "words"),
+    [
+        pytest.param(GIL_BOUND, "process", "holds the GIL", id="gil-bound"),
+        pytest.param(GIL_FREE, "thread", "without the GIL", id="gil-free-c-code"),
+        pytest.param(WAITING, "thread", "waits", id="io"),
+        pytest.param(Measurement(wall=0.001, cpu=0.001), "thread", "cheaper", id="tiny"),
+        pytest.param(
+            # Four GIL-bound threads: each reads ~0.25 CPU/wall, like I/O, but is blocked.
+            Measurement(wall=0.04, cpu=0.01, stalls_blocked=5, late=0.03, span=0.035),
+            "process",
+            "holds the GIL",
+            id="gil-bound-under-contention",
+        ),
+        pytest.param(
+            # 5 ms of Python inside 50 ms of waiting: not worth a process.
+            Measurement(wall=0.05, cpu=0.005, stalls_blocked=3, late=0.002, span=0.04),
+            "thread",
+            "only",
+            id="mostly-waiting-some-python",
+        ),
+        pytest.param(
+            # No stall could be read (short call, GIL never released): lateness decides.
+            Measurement(wall=0.004, cpu=0.004, late=0.004, span=0.004),
+            "process",
+            "holds the GIL",
+            id="lateness-only",
+        ),
+    ],
+)
+def test_verdict_follows_the_decision_table(m: Measurement, kind: str, words: str) -> None:
+    got, reason = verdict(m)
+    assert got == kind
+    assert words in reason
+
+
+def test_process_verdict_is_left_only_below_the_lower_band() -> None:
+    in_band = Measurement(wall=0.02, cpu=0.02, stalls_blocked=1, stalls_free=3)  # share 0.25
+    assert verdict(in_band)[0] == "thread"  # not enough to promote...
+    assert not _classifier._contrary("process", in_band)  # ...nor to demote
+    assert _classifier._contrary("process", GIL_FREE)
+    assert _classifier._contrary("thread", GIL_BOUND)
+
+
+def _learned(clf: LearningClassifier, fn: Callable[..., Any], m: Measurement) -> Decision:
+    first = clf.classify(fn, (), {})
+    assert first.probe is not None and first.probe.claim()
+    clf._conclude(clf._entries[next(iter(clf._entries))], m, recheck=False)
+    return clf.classify(fn, (), {})
+
+
+def test_calls_arriving_while_learning_wait_for_the_verdict() -> None:
+    clf = LearningClassifier()
+    first = clf.classify(spin, (0.1,), {})
+    assert first.kind == "thread" and first.probe is not None
+    got: list[Decision] = []
+    waiter = threading.Thread(target=lambda: got.append(clf.classify(spin, (0.1,), {})))
+    waiter.start()
+    assert not wait_until(lambda: bool(got), timeout=0.03)  # it waits...
+    entry = next(iter(clf._entries.values()))
+    entry.window_open = True
+    clf._conclude(entry, GIL_BOUND, recheck=False)
+    waiter.join()
+    assert got[0].kind == "process" and got[0].probe is None  # ...for the verdict
+
+
+def test_a_measurement_never_started_is_handed_to_the_next_caller() -> None:
+    clf = LearningClassifier()
+    assert clf.classify(spin, (), {}).probe is not None  # its task is cancelled, say
+    started = time.monotonic()
+    second = clf.classify(spin, (), {})
+    assert second.probe is not None
+    assert time.monotonic() - started < _classifier.WAIT_SECONDS + 0.1
+
+
+def test_feedback_demotes_a_process_function_that_waits() -> None:
+    clf = LearningClassifier()
+    assert _learned(clf, spin, GIL_BOUND).kind == "process"
+    for _ in range(_classifier.FEEDBACK_MIN_CALLS):
+        clf.record(spin, "process", 0.05, 0.001)  # 2% of a CPU in the worker
+    decision = clf.classify(spin, (), {})
+    assert decision.kind == "thread"
+    assert "feedback" in decision.reason
+    assert clf.explain(spin).changes == 1
+
+
+def test_recheck_changes_a_verdict_only_after_two_contrary_measurements() -> None:
+    clf = LearningClassifier()
+    assert _learned(clf, spin, GIL_FREE).kind == "thread"
+    entry = next(iter(clf._entries.values()))
+    entry.recheck = True
+    check = clf.classify(spin, (), {})
+    assert check.probe is not None and check.kind == "thread"
+    clf._conclude(entry, GIL_BOUND, recheck=True)
+    assert entry.decision is not None and entry.decision.kind == "thread"  # hysteresis
+    again = clf.classify(spin, (), {})  # a second look is asked for at once
+    assert again.probe is not None
+    clf._conclude(entry, GIL_BOUND, recheck=True)
+    assert clf.classify(spin, (), {}).kind == "process"
+
+
+def test_heavier_calls_on_threads_trigger_a_recheck() -> None:
+    clf = LearningClassifier()
+    assert _learned(clf, spin, Measurement(wall=0.0005, cpu=0.0005)).kind == "thread"
+    for _ in range(_classifier.SUSPECT_GAP_FIRST):
+        clf.record(spin, "thread", 0.0005, 0.0005)
+    assert clf.classify(spin, (), {}).probe is None
+    clf.record(spin, "thread", 0.05, 0.05)  # now 50 ms of CPU per call
+    assert clf.classify(spin, (), {}).probe is not None
+
+
+def test_argument_size_buckets_are_learned_apart() -> None:
+    small, large = list(range(10)), list(range(100_000))
+    assert _classifier.size_bucket((small,)) != _classifier.size_bucket((large,))
+    assert _classifier.size_bucket((1, 2)) == 0
+    clf = LearningClassifier()
+    clf.classify(sorted, (small,), {})
+    assert clf.classify(sorted, (large,), {}).probe is not None  # not waiting on the other
+
+
+def test_function_names_see_through_partials_and_methods() -> None:
+    import functools
+
+    pattern = re.compile("x")
+    assert _classifier.function_name(functools.partial(spin, 1.0))[:2] == (
+        "tests.helpers",
+        "spin",
+    )
+    assert _classifier.function_name(pattern.match)[1] == "Pattern.match"
+    assert _classifier.function_name(LearningClassifier().classify)[1].endswith("classify")
+
+
+# ---- layer 1: rules --------------------------------------------------------------------------
+@pytest.fixture
+def gil_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+
+
+@pytest.mark.usefixtures("gil_disabled")
+def test_free_threaded_build_without_gil_routes_to_threads() -> None:
+    decision = route(spin, (), {}, Options(), LearningClassifier())
+    assert decision.kind == "thread" and "GIL is disabled" in decision.reason
+    assert route(hybridexec.cpu_bound(_cpu_fn), (), {}, Options(), None).kind == "thread"
+    # A timeout still needs a worker that can be killed; an explicit kind is obeyed.
+    assert route(spin, (), {}, Options(timeout=1.0), None).kind == "process"
+    assert route(spin, (), {}, Options(kind="process"), None).kind == "process"
+
+
+def test_gil_state_is_read_at_each_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    enabled = [True]
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: enabled[0], raising=False)
+    clf = LearningClassifier()
+    assert route(spin, (), {}, Options(), clf).probe is not None  # learning
+    enabled[0] = False
+    assert "GIL is disabled" in route(spin, (), {}, Options(), clf).reason
+
+
+def _cpu_fn() -> None:
+    pass
+
+
+# ---- layer 2: real measurements --------------------------------------------------------------
+def _learn(fn: Callable[..., Any], *args: Any) -> str:
+    """Measure one call of fn on a thread with a fresh classifier; return the verdict."""
+    clf = LearningClassifier()
+    decision = clf.classify(fn, args, {})
+    assert decision.probe is not None and decision.probe.claim()
+    probe = decision.probe
+    worker = threading.Thread(target=lambda: probe.run(lambda: fn(*args)))
+    worker.start()
+    worker.join()
+    explanation = clf.explain(fn, args)
+    assert explanation.learned
+    return explanation.kind
+
+
+def _majority(fn: Callable[..., Any], *args: Any, expected: str) -> None:
+    # The machine is shared and loaded: a verdict must hold in two measurements of three.
+    got = []
+    for _ in range(3):
+        got.append(_learn(fn, *args))
+        if got.count(expected) >= 2:
+            return
+    assert got.count(expected) >= 2, got
+
+
+@pytest.fixture(scope="module")
+def loopback_exchange() -> Iterator[Callable[[], int]]:
+    """A client call that exchanges 10 small messages with a server that answers in 2 ms."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(64):
+                time.sleep(0.002)
+                conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = socket.create_connection(("127.0.0.1", port))
+
+    def exchange() -> int:
+        for _ in range(10):
+            client.sendall(b"ping")
+            client.recv(64)
+        return 10
+
+    yield exchange
+    client.close()
+    thread.join(5)
+    server.close()
+
+
+WORKLOADS: dict[str, tuple[Callable[..., Any], tuple[Any, ...], str]] = {}
+
+
+def _workloads() -> dict[str, tuple[Callable[..., Any], tuple[Any, ...], str]]:
+    if not WORKLOADS:
+        rng = random.Random(4)
+        words = " ".join(f"user{i}@host{i % 97}.com w{i}" for i in range(40_000))
+        WORKLOADS.update(
+            {
+                "sleep": (time.sleep, (0.03,), "thread"),
+                "python-loop": (spin, (0.06,), "process"),
+                "json.loads": (
+                    json.loads,
+                    (json.dumps([{"k": i, "v": str(i)} for i in range(60_000)]),),
+                    "process",
+                ),
+                "sorted": (sorted, ([rng.random() for _ in range(300_000)],), "process"),
+                "regex": (re.compile(r"[a-z]+\d+@[a-z]+\d+\.com").findall, (words,), "process"),
+                "sha256": (hashlib.sha256, (b"x" * 40_000_000,), "thread"),
+                "zlib": (zlib.compress, (bytes(range(256)) * 20_000,), "thread"),
+            }
+        )
+    return WORKLOADS
+
+
+@pytest.mark.parametrize(
+    "name", ["sleep", "python-loop", "json.loads", "sorted", "regex", "sha256", "zlib"]
+)
+def test_measured_verdict(name: str) -> None:
+    fn, args, expected = _workloads()[name]
+    _majority(fn, *args, expected=expected)
+
+
+def test_loopback_socket_exchange_goes_to_threads(
+    loopback_exchange: Callable[[], int],
+) -> None:
+    _majority(loopback_exchange, expected="thread")
+
+
+def test_numpy_matrix_product_goes_to_threads() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.random.default_rng(1).random((600, 600))
+    _majority(np.matmul, a, a, expected="thread")
+
+
+@pytest.fixture
+def cpu_hog() -> Iterator[None]:
+    """Another process keeping one core busy."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+@pytest.mark.usefixtures("cpu_hog")
+@pytest.mark.parametrize("name", ["sleep", "python-loop", "sha256"])
+def test_verdict_holds_while_another_process_loads_the_cpu(name: str) -> None:
+    fn, args, expected = _workloads()[name]
+    _majority(fn, *args, expected=expected)
+
+
+# ---- the executor: learning, map, visibility, switching off ---------------------------------
+def test_a_burst_of_a_new_cpu_function_mostly_goes_to_processes(
+    executor: hybridexec.Executor,
+) -> None:
+    futures = [executor.submit(spin, 0.1) for _ in range(6)]
+    kinds = [f.kind for f in futures]
+    for f in futures:
+        f.result()
+    assert kinds[0] == "thread"  # the measured call
+    assert kinds.count("process") >= 4, kinds
+
+
+def test_a_burst_of_a_new_io_function_stays_on_threads(executor: hybridexec.Executor) -> None:
+    futures = [executor.submit(sleep_then, 0.03, i) for i in range(20)]
+    assert [f.result() for f in futures] == list(range(20))
+    assert all(f.kind == "thread" for f in futures)
+    assert executor.stats()["processes"] == 0
+
+
+def test_map_of_a_new_cpu_function_does_not_pile_into_threads() -> None:
+    results = hybridexec.map(spin, [0.06] * 8)
+    assert len(results) == 8
+    submitted = hybridexec.default_executor().stats()["submitted"]
+    assert submitted["process"] >= 5, submitted
+
+
+def test_explain_gives_lane_figures_and_reason(executor: hybridexec.Executor) -> None:
+    executor.submit(spin, 0.05).result()
+    assert wait_until(lambda: executor.explain(spin).calls >= 1)
+    e = executor.explain(spin)
+    assert e.learned and e.kind == "process"
+    assert e.gil_fraction is not None and e.gil_fraction >= 0.3
+    assert e.cpu_ratio is not None and e.wall_seconds is not None
+    text = str(e)
+    assert text.startswith("tests.helpers.spin -> process:")
+    assert "GIL held" in text and "1 calls" in text
+    table = executor.stats()["decisions"]
+    assert [row["function"] for row in table] == ["tests.helpers.spin"]
+    assert table[0]["kind"] == "process" and table[0]["calls"] == 1
+
+
+def test_explain_an_unseen_or_hinted_function(executor: hybridexec.Executor) -> None:
+    assert "not seen yet" in str(executor.explain(spin))
+    assert executor.explain(hybridexec.io_bound(_cpu_fn)).kind == "thread"
+    assert executor.explain(hybridexec.io_bound(_cpu_fn)).learned is False
+
+
+def test_routing_decisions_are_logged_at_debug(
+    executor: hybridexec.Executor, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="hybridexec"):
+        executor.submit(sleep_then, 0.01).result()
+        assert wait_until(lambda: any("routing:" in r.message for r in caplog.records))
+    assert any("sleep_then -> thread" in r.message for r in caplog.records)
+
+
+def test_kind_thread_switches_the_classifier_off() -> None:
+    with hybridexec.Executor(kind="thread") as ex:
+        assert ex.submit(spin, 0.03).kind == "thread"
+        assert "default kind" in ex.explain(spin).reason
+        assert ex.stats()["decisions"] == []
+
+
+class _AlwaysProcess:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, int]] = []
+
+    def classify(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Decision:
+        return Decision("process", "this classifier sends everything to processes")
+
+    def record(
+        self,
+        fn: Callable[..., Any],
+        kind: str,
+        elapsed: float,
+        cpu: float,
+        *,
+        calls: int = 1,
+        args: tuple[Any, ...] = (),
+    ) -> None:
+        self.recorded.append((kind, calls))
+
+
+def test_a_custom_classifier_decides_and_hears_the_figures() -> None:
+    clf = _AlwaysProcess()
+    with hybridexec.Executor(max_processes=1, classifier=clf) as ex:
+        fut = ex.submit(sleep_then, 0.0, 7)
+        assert fut.result() == 7 and fut.kind == "process"
+        assert wait_until(lambda: clf.recorded == [("process", 1)])
+        assert ex.explain(spin).kind == "?"
