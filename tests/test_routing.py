@@ -79,7 +79,8 @@ def test_process_verdict_is_left_only_below_the_lower_band() -> None:
 
 def _learned(clf: LearningClassifier, fn: Callable[..., Any], m: Measurement) -> Decision:
     first = clf.classify(fn, (), {})
-    assert first.probe is not None and first.probe.claim()
+    assert first.probe is not None
+    assert first.probe.claim()
     clf._conclude(clf._entries[next(iter(clf._entries))], m, recheck=False)
     return clf.classify(fn, (), {})
 
@@ -87,7 +88,8 @@ def _learned(clf: LearningClassifier, fn: Callable[..., Any], m: Measurement) ->
 def test_calls_arriving_while_learning_wait_for_the_verdict() -> None:
     clf = LearningClassifier()
     first = clf.classify(spin, (0.1,), {})
-    assert first.kind == "thread" and first.probe is not None
+    assert first.kind == "thread"
+    assert first.probe is not None
     got: list[Decision] = []
     waiter = threading.Thread(target=lambda: got.append(clf.classify(spin, (0.1,), {})))
     waiter.start()
@@ -96,7 +98,8 @@ def test_calls_arriving_while_learning_wait_for_the_verdict() -> None:
     entry.window_open = True
     clf._conclude(entry, GIL_BOUND, recheck=False)
     waiter.join()
-    assert got[0].kind == "process" and got[0].probe is None  # ...for the verdict
+    assert got[0].kind == "process"
+    assert got[0].probe is None
 
 
 def test_a_measurement_never_started_is_handed_to_the_next_caller() -> None:
@@ -125,9 +128,11 @@ def test_recheck_changes_a_verdict_only_after_two_contrary_measurements() -> Non
     entry = next(iter(clf._entries.values()))
     entry.recheck = True
     check = clf.classify(spin, (), {})
-    assert check.probe is not None and check.kind == "thread"
+    assert check.probe is not None
+    assert check.kind == "thread"
     clf._conclude(entry, GIL_BOUND, recheck=True)
-    assert entry.decision is not None and entry.decision.kind == "thread"  # hysteresis
+    assert entry.decision is not None
+    assert entry.decision.kind == "thread"
     again = clf.classify(spin, (), {})  # a second look is asked for at once
     assert again.probe is not None
     clf._conclude(entry, GIL_BOUND, recheck=True)
@@ -174,7 +179,8 @@ def gil_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("gil_disabled")
 def test_free_threaded_build_without_gil_routes_to_threads() -> None:
     decision = route(spin, (), {}, Options(), LearningClassifier())
-    assert decision.kind == "thread" and "GIL is disabled" in decision.reason
+    assert decision.kind == "thread"
+    assert "GIL is disabled" in decision.reason
     assert route(hybridexec.cpu_bound(_cpu_fn), (), {}, Options(), None).kind == "thread"
     # A timeout still needs a worker that can be killed; an explicit kind is obeyed.
     assert route(spin, (), {}, Options(timeout=1.0), None).kind == "process"
@@ -199,7 +205,8 @@ def _learn(fn: Callable[..., Any], *args: Any) -> str:
     """Measure one call of fn on a thread with a fresh classifier; return the verdict."""
     clf = LearningClassifier()
     decision = clf.classify(fn, args, {})
-    assert decision.probe is not None and decision.probe.claim()
+    assert decision.probe is not None
+    assert decision.probe.claim()
     probe = decision.probe
     worker = threading.Thread(target=lambda: probe.run(lambda: fn(*args)))
     worker.start()
@@ -341,15 +348,20 @@ def test_explain_gives_lane_figures_and_reason(executor: hybridexec.Executor) ->
     executor.submit(spin, 0.05).result()
     assert wait_until(lambda: executor.explain(spin).calls >= 1)
     e = executor.explain(spin)
-    assert e.learned and e.kind == "process"
-    assert e.gil_fraction is not None and e.gil_fraction >= 0.3
-    assert e.cpu_ratio is not None and e.wall_seconds is not None
+    assert e.learned
+    assert e.kind == "process"
+    assert e.gil_fraction is not None
+    assert e.gil_fraction >= 0.3
+    assert e.cpu_ratio is not None
+    assert e.wall_seconds is not None
     text = str(e)
     assert text.startswith("tests.helpers.spin -> process:")
-    assert "GIL held" in text and "1 calls" in text
+    assert "GIL held" in text
+    assert "1 calls" in text
     table = executor.stats()["decisions"]
     assert [row["function"] for row in table] == ["tests.helpers.spin"]
-    assert table[0]["kind"] == "process" and table[0]["calls"] == 1
+    assert table[0]["kind"] == "process"
+    assert table[0]["calls"] == 1
 
 
 def test_explain_an_unseen_or_hinted_function(executor: hybridexec.Executor) -> None:
@@ -400,6 +412,7 @@ def test_a_custom_classifier_decides_and_hears_the_figures() -> None:
     clf = _AlwaysProcess()
     with hybridexec.Executor(max_processes=1, classifier=clf) as ex:
         fut = ex.submit(sleep_then, 0.0, 7)
-        assert fut.result() == 7 and fut.kind == "process"
+        assert fut.result() == 7
+        assert fut.kind == "process"
         assert wait_until(lambda: clf.recorded == [("process", 1)])
         assert ex.explain(spin).kind == "?"
