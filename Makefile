@@ -16,7 +16,7 @@ $(VENV)/.stamp-base: pyproject.toml
 $(VENV)/.stamp-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,dask]'
+	$(PY) -m pip install -q -e '.[dev,dask,progress]'
 	touch $(VENV)/.stamp-base $@
 
 $(VENV)/.stamp-bench: pyproject.toml
@@ -53,7 +53,8 @@ test-ray: $(VENV)/.stamp-dev
 
 # The full suite on the default Python, then the quick one on every other Python >= 3.10.
 test-all: test
-	scripts/test-all --default $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	HX_TEST_EXTRAS=dev,dask,progress \
+		scripts/test-all --default $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 # The site, with mkdocs' warnings as errors (broken links, pages missing from the nav).
 docs: $(VENV)/.stamp-docs
