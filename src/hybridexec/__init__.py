@@ -10,6 +10,7 @@ import logging as _logging
 
 from ._actors import ActorRef as ActorRef
 from ._actors import spawn as spawn
+from ._classifier import LearningClassifier as LearningClassifier
 from ._default import default_executor as default_executor
 from ._default import imap as imap
 from ._default import map as map
@@ -30,6 +31,7 @@ from ._executor import ExecutorOptions as ExecutorOptions
 from ._futures import Future as Future
 from ._routing import Classifier as Classifier
 from ._routing import Decision as Decision
+from ._routing import Explanation as Explanation
 from ._routing import cpu_bound as cpu_bound
 from ._routing import io_bound as io_bound
 from ._routing import task as task
@@ -50,8 +52,10 @@ __all__ = [
     "Decision",
     "Executor",
     "ExecutorOptions",
+    "Explanation",
     "Future",
     "HybridExecError",
+    "LearningClassifier",
     "RemoteTraceback",
     "SerializationError",
     "SharedArray",

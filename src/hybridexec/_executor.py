@@ -271,11 +271,7 @@ class Executor(concurrent.futures.Executor):
         Returns:
             The lane, the reason in words, the GIL fraction, CPU/wall and call counts.
         """
-        opts = self._options
-        hinted = hints_of(fn)
-        if hinted is not None:
-            opts = opts.merged(hinted)
-        decision = route_rules(fn, opts, self._default_kind)
+        decision = route_rules(fn, self._options, self._default_kind)  # reads the hints too
         name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
         if decision is not None:
             return Explanation(name, decision.kind, decision.reason)
