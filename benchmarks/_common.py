@@ -235,8 +235,10 @@ class Table:
         reference: str | Sequence[str] = (),
         items: int | None = None,
         extra_columns: Sequence[str] = (),
+        timed: bool = True,
     ) -> None:
         self.title = title
+        self.timed = timed
         self.references = [reference] if isinstance(reference, str) else list(reference)
         self.items = items
         self.extra_columns = list(extra_columns)
@@ -269,7 +271,7 @@ class Table:
         return row.median / ref.median
 
     def print(self) -> None:
-        headers = ["contender", "median", "min", "runs"]
+        headers = ["contender", "median", "min", "runs"] if self.timed else ["contender"]
         if self.items:
             headers.append("tasks/s")
         headers.extend(self.extra_columns)
@@ -278,12 +280,13 @@ class Table:
         lines: list[list[str]] = []
         for row in self.rows:
             med = row.median
-            cells = [
-                row.name,
-                fmt_seconds(med),
-                fmt_seconds(min(row.times)) if row.times else "-",
-                str(len(row.times)) if row.times else "0",
-            ]
+            cells = [row.name]
+            if self.timed:
+                cells += [
+                    fmt_seconds(med),
+                    fmt_seconds(min(row.times)) if row.times else "-",
+                    str(len(row.times)) if row.times else "0",
+                ]
             if self.items:
                 cells.append(fmt_rate(self.items / med) if med else "-")
             cells.extend(row.extra.get(col, "") for col in self.extra_columns)
