@@ -260,3 +260,16 @@ def test_kind_hints_route_tasks(executor: Executor) -> None:
     assert executor.submit(io, 2).kind == "thread"
     # An explicit kind at the call beats the hint.
     assert executor.options(kind="thread").submit(cpu, 2).kind == "thread"
+
+
+def test_executor_dropped_without_shutdown_releases_its_workers() -> None:
+    import gc
+
+    ex = Executor(max_processes=1)
+    assert ex.options(kind="process").submit(helpers.square, 3).result(timeout=30) == 9
+    assert ex.submit(helpers.square, 4).result(timeout=30) == 16
+    pids = ex.worker_pids
+    assert pids
+    del ex
+    gc.collect()
+    # The leak fixture checks that the worker, the manager and the threads all went.

@@ -10,6 +10,8 @@ import logging as _logging
 
 from ._actors import ActorRef as ActorRef
 from ._actors import spawn as spawn
+from ._asyncio import amap as amap
+from ._asyncio import arun as arun
 from ._classifier import LearningClassifier as LearningClassifier
 from ._default import default_executor as default_executor
 from ._default import imap as imap
@@ -65,6 +67,8 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerCrashedError",
     "__version__",
+    "amap",
+    "arun",
     "cleanup_shared_memory",
     "cpu_bound",
     "default_executor",

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, TypeVar, overload
 
 from typing_extensions import ParamSpec, Self
 
 from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
+from ._asyncio import LoopLane, is_async_callable, run_coroutine
 from ._backends import RemoteLane, check_remote, open_lane
 from ._classifier import LearningClassifier
 from ._exceptions import SerializationError
@@ -161,16 +163,30 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._closed = False
         self._counts = {"thread": 0, "process": 0}
-        if self._classifier is not None:
-            self._processes._timing_hook = self._record_process_timing
         self._remote: RemoteLane | None = None  # distributed backend (issue 7)
         if backend is not None:
             self._remote = open_lane(backend, backend_options, remote)
             weakref.finalize(self, self._remote.shutdown, False, cancel_futures=True)
+        if self._classifier is not None:
+            # Weakly: the manager thread keeps the lane alive, and the lane must not keep the
+            # executor alive, or an executor dropped without shutdown() would never be freed.
+            self._processes._timing_hook = _weak_method(self._record_process_timing)
+        self._loop = LoopLane()
+        # An executor dropped without shutdown() still lets its workers go.
+        weakref.finalize(self, _release, self._threads, self._processes, self._loop)
 
     # ---- the concurrent.futures contract --------------------------------------------------
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    @overload
+    def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Future[R]: ...
+    @overload
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
+    def submit(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` and return a future for its result.
+
+        An ``async def`` function runs on the executor's event loop (``kind == "async"``) and
+        the future holds what the coroutine returned.
 
         Raises:
             TypeError: ``fn`` is not callable.
@@ -208,12 +224,14 @@ class Executor(concurrent.futures.Executor):
             self._closed = True
         self._threads.shutdown(wait=False, cancel_futures=cancel_futures)
         self._processes.shutdown(wait=False, cancel_futures=cancel_futures)
+        self._loop.shutdown(wait=False, cancel_futures=cancel_futures)
         stop_actors(self, drain=not cancel_futures, wait=wait)  # actors it spawned
         if self._remote is not None:  # distributed backend (issue 7)
             self._remote.shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             self._threads.shutdown(wait=True)
             self._processes.shutdown(wait=True)
+            self._loop.shutdown(wait=True)
 
     def __enter__(self) -> Self:
         return self
@@ -317,8 +335,28 @@ class Executor(concurrent.futures.Executor):
         kwargs: dict[str, Any],
         opts: Options,
     ) -> Future[Any]:
+        if is_async_callable(fn) and self._async_on_loop(fn, opts):
+            return self._submit_async(fn, args, kwargs, opts)
         decision, opts = self._decide(fn, args, kwargs, opts)
         return self._submit_task(fn, [(args, kwargs)], decision, opts.timeout, batch=False)[0]
+
+    # ---- async def: the executor's event loop ----------------------------------------------
+    def _async_on_loop(self, fn: Callable[..., Any], opts: Options) -> bool:
+        # An async def runs on the executor's loop unless a lane was chosen for it; then it
+        # runs there under asyncio.run (see _submit_task).
+        hinted = hints_of(fn)
+        chosen = opts.kind if opts.kind != "auto" else (hinted.kind if hinted else "auto")
+        return chosen == "auto"
+
+    def _submit_async(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        hinted = hints_of(fn)
+        timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
+        self._counts["async"] = self._counts.get("async", 0) + 1
+        return self._loop.submit(fn, args, kwargs, timeout or None)
 
     def _submit_task(
         self,
@@ -341,6 +379,8 @@ class Executor(concurrent.futures.Executor):
                 probe = None
         kind = "thread" if probe is not None else decision.kind
         future: Future[Any] = Future(kind)
+        if is_async_callable(fn):
+            fn = functools.partial(run_coroutine, fn)
         task = Task(fn, items, future, batch=batch, timeout=timeout)
         remote = self._remote  # distributed backend (issue 7): process work, or all, goes there
         if remote is not None and probe is None and remote.takes(kind):
@@ -438,6 +478,21 @@ class Executor(concurrent.futures.Executor):
         )
 
 
+def _weak_method(method: Callable[..., None]) -> Callable[..., None]:
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        target = ref()
+        if target is not None:
+            target(*args)
+
+    return call
+
+
+def _release(*lanes: ThreadLane | ProcessLane | LoopLane) -> None:
+    for lane in lanes:
+        lane.shutdown(wait=False, cancel_futures=True)
+
 
 def _results(futures: list[tuple[Future[Any], bool]], end_time: float | None) -> Iterator[Any]:
     # A generator apart from map() so that map() raises bad input at once, not on iteration.
@@ -473,7 +528,13 @@ class ExecutorOptions:
         self._executor = executor
         self._opts = options
 
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    @overload
+    def submit(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Future[R]: ...
+    @overload
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
+    def submit(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
         """``Executor.submit`` with these options."""
         return self._executor._submit(fn, args, kwargs, self._opts)
 
