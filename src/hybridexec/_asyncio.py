@@ -31,6 +31,9 @@ R = TypeVar("R")
 
 def is_async_callable(fn: object) -> bool:
     """Return True for ``async def`` functions, also behind ``functools.partial``/methods."""
+    code = getattr(fn, "__code__", None)  # functions and bound methods: the submit fast path
+    if code is not None:
+        return bool(code.co_flags & inspect.CO_COROUTINE)
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
