@@ -188,6 +188,12 @@ def safe_mod(x: int) -> int:
     return 1000 % x if x else -1
 
 
+def fail_on_seven(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(f"{x} is a multiple of 7")
+    return x
+
+
 # ---- actors ----------------------------------------------------------------------------------
 class Keeper:
     """An actor that echoes, fails on demand and dies on demand."""
