@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import pkgutil
 import platform
 import sys
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{platform.platform()}; {CPUS} CPUs; Python {platform.python_version()}")
     print(f"peers: {peers}")
     print("ratios: 'X faster by N' = median of this row / median of row X (above 1: X wins)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"load average at start: {load:.2f} (figures are noisy when other work shares the CPUs)")
     started = time.perf_counter()
     failed: list[str] = []
     for name in names:

@@ -32,10 +32,13 @@ def warm(seconds: float) -> int:
 
 
 def calibrate_cpu_loop(seconds: float) -> int:
-    """Return the ``cpu_loop`` size that takes about ``seconds`` on this machine, now."""
+    """Return the ``cpu_loop`` size that takes about ``seconds`` on this machine, now.
+
+    The best of several short trials: on a shared machine, the least disturbed one.
+    """
     n = 100_000
     best = float("inf")
-    for _ in range(3):
+    for _ in range(7):
         start = time.perf_counter()
         cpu_loop(n)
         best = min(best, time.perf_counter() - start)

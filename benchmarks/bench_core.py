@@ -103,7 +103,7 @@ def measure_one(workload: str, contender: str, quick: bool, cpu_n: int) -> dict[
         times = measure(
             lambda: c.map(io_sleep, items_io),
             repeats=repeats,
-            warmup=0 if quick else 1,
+            warmup=0,  # 200 sleeps warm nothing that start() did not
             budget=budget,
         )
         count = len(items_io)
@@ -117,6 +117,25 @@ def measure_one(workload: str, contender: str, quick: bool, cpu_n: int) -> dict[
         raise ValueError(f"unknown workload {workload!r}")
     result = {"name": c.name, "times": times, "ran_on": c.ran_on(count)}
     c.close()
+    return result
+
+
+def measure_paired(cpu_n: int, pairs: int) -> dict[str, Any]:
+    """Serial and kind="process" runs of the CPU workload, alternating in one interpreter.
+
+    Both sides of each pair see about the same load from the rest of the machine, so the
+    ratio of a pair is steadier than the ratio of medians taken minutes apart.
+    """
+    serial, hx = make("serial"), make("hybridexec-process")
+    hx.start()
+    items = [cpu_n] * CPU_TASKS
+    result: dict[str, Any] = {"serial": [], "process": []}
+    for _ in range(pairs):
+        for key, c in (("serial", serial), ("process", hx)):
+            start = time.perf_counter()
+            c.map(cpu_loop, items)
+            result[key].append(time.perf_counter() - start)
+    hx.close()
     return result
 
 
@@ -278,7 +297,18 @@ def run(quick: bool) -> None:
     )
     _collect(cpu_table, "cpu", ["serial", "hybridexec", "hybridexec-process", *POOLS], quick, cpu_n)
     cpu_table.print()
-    ratio = cpu_table.ratio("serial (no pool)", "hybridexec kind='process'")
+    paired = isolated(
+        "benchmarks.bench_core:measure_paired", 90.0, cpu_n=cpu_n, pairs=1 if quick else 3
+    ).value
+    if paired:
+        ratios = [s / p for s, p in zip(paired["serial"], paired["process"], strict=True)]
+        ratio = median(ratios)
+        print(
+            f"  paired check (serial and kind='process' alternating in one interpreter): "
+            f"per-pair speed-ups {', '.join(f'{r:.2f}x' for r in ratios)}"
+        )
+    else:
+        ratio = cpu_table.ratio("serial (no pool)", "hybridexec kind='process'")
     if ratio is not None:
         print(
             target_line(
@@ -333,7 +363,7 @@ def run(quick: bool) -> None:
         reference="hybridexec kind='process'",
         extra_columns=["ran on"],
     )
-    _collect(cold_table, "cold", ["hybridexec", "hybridexec-process", *POOLS], quick, cpu_n, runs=3)
+    _collect(cold_table, "cold", ["hybridexec", "hybridexec-process", *POOLS], quick, cpu_n, runs=2)
     cold_table.notes.append(
         "a fresh interpreter per run: includes starting the forkserver, "
         "imports in the workers and the first round trip"
