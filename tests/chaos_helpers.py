@@ -100,6 +100,17 @@ class ReduceRaises:
         raise RuntimeError("__reduce__ refuses")
 
 
+class UnpicklableError(Exception):
+    """An exception that cannot travel back from a worker."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("this exception refuses to be pickled")
+
+
+def raise_unpicklable_error() -> None:
+    raise UnpicklableError("raised in the worker")
+
+
 def return_reduce_garbage(garbage: Any) -> ReduceGarbage:
     return ReduceGarbage(garbage)
 

@@ -181,6 +181,16 @@ def test_one_unpicklable_result_in_a_batch_fails_only_that_item(ex: Executor) ->
     results.close()
 
 
+def test_exception_that_fails_to_pickle_arrives_as_serialization_error_naming_it(
+    ex: Executor,
+) -> None:
+    fut = ex.options(kind="process").submit(ch.raise_unpicklable_error)
+    with pytest.raises(SerializationError, match="UnpicklableError: raised in the worker"):
+        fut.result(timeout=RESULT_LIMIT)
+    assert ex.stats()["process_lane"]["crashes"] == 0
+    _still_usable(ex)
+
+
 # ---- enormous arguments -----------------------------------------------------------------------
 
 
