@@ -198,7 +198,9 @@ def _run(
 
     def submit(items: list[Any]) -> None:
         nonlocal remaining
-        if state.cancelled:
+        if state.cancelled or executor._closed:
+            # Cancelled by the consumer, or the executor shut down under a running map: the
+            # rest of the work is cancelled, as shutdown(cancel_futures=True) says.
             raise concurrent.futures.CancelledError()
         calls: Items = [((item,), {}) for item in items]
         future, task = executor._submit_task(fn, calls, decision, opts.timeout, batch=True)

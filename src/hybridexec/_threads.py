@@ -159,8 +159,9 @@ class ThreadLane:
                         task = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if task is not None:
-                        task.future.cancel()
+                    if task is not None and task.future.cancel():
+                        # Notify waiters, or wait()/as_completed() never see it as done.
+                        task.future.set_running_or_notify_cancel()
             for _ in range(len(self._threads)):
                 self._queue.put(None)
             threads = list(self._threads)

@@ -164,7 +164,11 @@ class Manager(threading.Thread):
             worker = self._idle_worker()
             if worker is None:
                 return
-            task = pending.popleft()
+            try:
+                # shutdown(cancel_futures=True) drains the deque from another thread.
+                task = pending.popleft()
+            except IndexError:
+                return
             if not task.future.set_running_or_notify_cancel():
                 continue
             self._send(worker, task)
@@ -219,7 +223,10 @@ class Manager(threading.Thread):
         except Exception as exc:
             parent_conn.close()
             child_conn.close()
-            task = lane.pending.popleft() if lane.pending else None
+            try:
+                task: Task | None = lane.pending.popleft()
+            except IndexError:  # drained by shutdown meanwhile
+                task = None
             if task is not None and task.future.set_running_or_notify_cancel():
                 err = BrokenExecutorError(f"could not start a worker process: {exc!r}")
                 err.__cause__ = exc

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._exceptions import SerializationError
 from .._serialize import dumps, dumps_callable
 from .._shm_reply import reply_policy
 
@@ -54,7 +55,25 @@ def encode_call(
     Raises:
         SerializationError: the callable or an argument cannot be pickled.
     """
-    if placement is None:
-        return dumps((dumps_callable(fn), items, batch))
-    fn_bytes = reply_policy(dumps_callable(fn), placement.threshold)
-    return placement.dumps_call((fn_bytes, items, batch), future)
+    fn_bytes = dumps_callable(fn)
+    try:
+        if placement is None:
+            return dumps((fn_bytes, items, batch))
+        fn_bytes = reply_policy(fn_bytes, placement.threshold)
+        return placement.dumps_call((fn_bytes, items, batch), future)
+    except SerializationError as exc:
+        raise _name_culprit(items) or exc from exc.__cause__
+
+
+def _name_culprit(items: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> SerializationError | None:
+    """Say which argument would not pickle (the error for the whole call shows only bytes)."""
+    for index, (args, kwargs) in enumerate(items):
+        where = f" of item {index}" if len(items) > 1 else ""
+        named = [(f"argument {i}", a) for i, a in enumerate(args)]
+        named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+        for name, value in named:
+            try:
+                dumps(value)
+            except SerializationError as exc:
+                return SerializationError(f"{name}{where} cannot be pickled: {exc}")
+    return None

@@ -171,7 +171,9 @@ class ProcessLane:
                         task = self.pending.popleft()
                     except IndexError:
                         break
-                    task.future.cancel()
+                    if task.future.cancel():
+                        # Notify waiters, or wait()/as_completed() never see it as done.
+                        task.future.set_running_or_notify_cancel()
         self.placement.close()  # pooled segments go now, those in use when their tasks end
         self._wake()
         if wait:
