@@ -20,7 +20,7 @@ from .._serialize import dumps
 from .._shm_place import DEFAULT_THRESHOLD, Placement
 from ._manager import Manager
 from ._messages import encode_call
-from ._util import get_context
+from ._util import get_context, preload_in_forkserver
 
 _live_lanes: weakref.WeakSet[ProcessLane] = weakref.WeakSet()
 _atexit_registered = False
@@ -58,6 +58,8 @@ class ProcessLane:
         self.max_processes = max_processes or os.cpu_count() or 1
         self.context = get_context(start_method)
         self.start_method: str = self.context.get_start_method()
+        if self.start_method == "forkserver":
+            preload_in_forkserver()
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
         self.report_memory = max_memory_per_child is not None
