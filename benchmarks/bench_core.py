@@ -54,7 +54,7 @@ def _sizes(quick: bool) -> dict[str, Any]:
         "cpu_seconds": CPU_SECONDS,
         "io_tasks": IO_TASKS,
         "repeats": 5,
-        "budget": 6.0,
+        "budget": 4.0,
     }
 
 
