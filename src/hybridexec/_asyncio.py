@@ -11,7 +11,6 @@ process).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import functools
@@ -24,6 +23,8 @@ from ._exceptions import TaskTimeoutError
 from ._futures import Future
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ._executor import Executor, ExecutorOptions
 
 R = TypeVar("R")
@@ -43,6 +44,7 @@ def is_async_callable(fn: object) -> bool:
 
 def run_coroutine(fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
     """Run an ``async def`` to completion in this thread (for thread and process lanes)."""
+    import asyncio  # on use: importing it costs ~20 ms
 
     async def main() -> R:
         return await fn(*args, **kwargs)
@@ -64,6 +66,8 @@ class LoopLane:
         self._closed = False
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio  # on use: importing it costs ~20 ms
+
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -90,6 +94,8 @@ class LoopLane:
         timeout: float | None,
     ) -> Future[Any]:
         """Schedule ``await fn(*args, **kwargs)`` on the loop; return its future."""
+        import asyncio  # on use: importing it costs ~20 ms
+
         loop = self._ensure_loop()
         future: Future[Any] = Future(kind="async")
 
@@ -127,6 +133,8 @@ class LoopLane:
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the loop once its tasks finish (or are cancelled)."""
+        import asyncio  # on use: importing it costs ~20 ms
+
         with self._lock:
             self._closed = True
             loop, thread = self._loop, self._thread
@@ -171,6 +179,8 @@ async def arun(
 
     .. versionadded:: 0.1
     """
+    import asyncio  # on use: importing it costs ~20 ms
+
     from ._default import default_executor
 
     ex = executor if executor is not None else default_executor()
@@ -200,6 +210,8 @@ async def amap(
 
     .. versionadded:: 0.1
     """
+    import asyncio  # on use: importing it costs ~20 ms
+
     from ._default import imap
 
     control = _MapControl()
