@@ -131,7 +131,7 @@ def map(
 
     .. versionadded:: 0.1
     """
-    return list(
+    return (
         imap(
             fn,
             items,
@@ -142,4 +142,4 @@ def map(
             progress=progress,
             executor=executor,
         )
-    )
+    ).collect()

@@ -24,7 +24,8 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._futures import Future, Items, Outcome, Task
+from ._asyncio import is_async_callable
+from ._futures import Future, Items, Outcome, Task, run_items
 from ._routing import Options
 
 if TYPE_CHECKING:
@@ -81,15 +82,20 @@ class _MapState:
 class MapIterator(Iterator[R]):
     """The results of ``imap``: an iterator that can also cancel the work in flight."""
 
-    def __init__(self, gen: Generator[R, None, None], state: _MapState) -> None:
-        self._gen = gen
+    def __init__(self, gen: Generator[list[R], None, None], state: _MapState) -> None:
+        self._gen = gen  # yields the values of each finished batch, in order
+        self._flat = itertools.chain.from_iterable(gen)
         self._state = state
 
     def __iter__(self) -> MapIterator[R]:
         return self
 
     def __next__(self) -> R:
-        return next(self._gen)
+        return next(self._flat)
+
+    def collect(self) -> list[R]:
+        """Return all the remaining results as a list (at C speed, batch by batch)."""
+        return list(self._flat)
 
     def close(self) -> None:
         """Stop: cancel the work in flight (killing running process work)."""
@@ -181,7 +187,7 @@ def _run(
     chunksize: int | None,
     report: _Progress | None,
     state: _MapState,
-) -> Generator[Any, None, None]:
+) -> Generator[list[Any], None, None]:
     first = list(itertools.islice(it, 1))
     if not first:
         if report is not None:
@@ -202,7 +208,7 @@ def _run(
             # Cancelled by the consumer, or the executor shut down under a running map: the
             # rest of the work is cancelled, as shutdown(cancel_futures=True) says.
             raise concurrent.futures.CancelledError()
-        calls: Items = [((item,), {}) for item in items]
+        calls: Items = [((item,), _NO_KWARGS) for item in items]
         future, task = executor._submit_task(fn, calls, decision, opts.timeout, batch=True)
         batch = _Batch(future, task, len(items))
         if isinstance(in_flight, deque):
@@ -217,6 +223,7 @@ def _run(
     size = chunksize or 1
     probing = adaptive = chunksize is None and opts.timeout is None
     per_call = float("inf")
+    inline = False
     probes = min(lane_width, THREAD_PROBES) if kind == "thread" else lane_width
     submit(first)
     if probing:
@@ -234,13 +241,24 @@ def _run(
                 probing = False
                 if size > 1:
                     limit = max(lane_width * 2, 4) if kind == "process" else 4
-            while not exhausted and len(in_flight) < limit:
+                # Calls far cheaper than a hand-off gain nothing from another thread (they
+                # hold the GIL or are done before it switches): run them here, in batches,
+                # once the probes are in. An explicit kind="thread" keeps its lane.
+                inline = (
+                    kind == "thread"
+                    and not decision.explicit
+                    and per_call < TINY_CALL_SECONDS
+                    and not is_async_callable(fn)
+                )
+            while not exhausted and not inline and len(in_flight) < limit:
                 items = list(itertools.islice(it, size))
                 if not items:
                     exhausted = True
                     break
                 submit(items)
             if not in_flight:
+                if inline and not exhausted:
+                    yield from _run_inline(executor, fn, it, size, report, state)
                 break
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
@@ -257,15 +275,53 @@ def _run(
                 size = _batch_size(per_call, kind, remaining, lane_width)
             if report is not None:
                 report.update(len(outcomes), batch.future.kind)
-            for ok, value in outcomes:
-                if not ok:
-                    raise value
-                yield value
+            values, error = _values(outcomes)
+            yield values
+            if error is not None:
+                raise error
     finally:
         for batch in in_flight:
             batch.future.cancel()
         if report is not None:
             report.close()
+
+
+def _values(outcomes: list[Outcome]) -> tuple[list[Any], BaseException | None]:
+    """Split a batch into the values up to its first failure, and that failure (or None)."""
+    if not outcomes:
+        return [], None
+    oks, values = zip(*outcomes, strict=True)  # C speed: tiny calls come by the ten thousand
+    if all(oks):
+        return list(values), None
+    failed = oks.index(False)
+    return list(values[:failed]), values[failed]
+
+
+def _run_inline(
+    executor: Executor,
+    fn: Callable[..., Any],
+    it: Iterator[Any],
+    size: int,
+    report: _Progress | None,
+    state: _MapState,
+) -> Generator[list[Any], None, None]:
+    while True:
+        if state.cancelled or executor._closed:
+            raise concurrent.futures.CancelledError()
+        items = list(itertools.islice(it, size))
+        if not items:
+            return
+        outcomes = run_items(fn, [((item,), _NO_KWARGS) for item in items])
+        executor._counts["inline"] = executor._counts.get("inline", 0) + len(items)
+        if report is not None:
+            report.update(len(outcomes), "inline")
+        values, error = _values(outcomes)
+        yield values
+        if error is not None:
+            raise error
+
+
+_NO_KWARGS: dict[str, Any] = {}  # shared: calls unpack it with **, never mutate it
 
 
 def _batch_size(per_call: float, kind: str, remaining: int | None, workers: int) -> int:
