@@ -161,3 +161,19 @@ def make_sleeper() -> Any:
         time.sleep(seconds)
 
     return sleeper
+
+
+def sleep_then_write(seconds: float, path: str) -> None:
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("done")
+
+
+def _mark_cpu_bound() -> None:
+    # Marked here, after the definition, so helpers stays importable without side effects.
+    import hybridexec
+
+    hybridexec.cpu_bound(sleep_then_write)
+
+
+_mark_cpu_bound()

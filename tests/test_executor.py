@@ -273,3 +273,65 @@ def test_executor_dropped_without_shutdown_releases_its_workers() -> None:
     del ex
     gc.collect()
     # The leak fixture checks that the worker, the manager and the threads all went.
+
+
+MAIN_CLASS_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+import hybridexec
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+def shift(p):
+    return Point(p.x + 1)
+
+with hybridexec.Executor(max_processes=1) as ex:
+    print(ex.options(kind="process").submit(shift, Point(41)).result(timeout=30).x)
+"""
+
+
+def test_main_module_classes_travel_when_main_has_no_file() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", MAIN_CLASS_SCRIPT.format(root=root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "42"
+
+
+EXIT_SCRIPT = """
+import sys, time
+sys.path.insert(0, {root!r})
+import hybridexec
+from tests import helpers
+
+fut = hybridexec.submit(helpers.sleep_then_write, 0.5, {path!r})
+assert fut.kind == "process"
+while not fut.running():
+    time.sleep(0.005)
+"""
+
+
+def test_default_executor_finishes_running_work_at_exit(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / "written"
+    subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT.format(root=str(root), path=str(path))],
+        timeout=60,
+        check=True,
+        cwd=root,
+    )
+    assert path.read_text() == "done"

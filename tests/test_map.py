@@ -145,3 +145,10 @@ def test_bad_executor_arguments(kwargs: dict[str, Any], error: type[Exception]) 
 def test_unknown_kind_in_options(executor: Executor) -> None:
     with pytest.raises(ValueError, match="kind"):
         executor.options(kind="gpu")
+
+
+def test_timeout_with_chunksize_stays_per_item(executor: Executor) -> None:
+    results = hybridexec.map(
+        helpers.sleep_then, [0.2] * 6, kind="process", chunksize=6, timeout=1.0, executor=executor
+    )
+    assert results == [None] * 6

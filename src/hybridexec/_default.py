@@ -85,7 +85,8 @@ def imap(
         items: Any iterable.
         kind: ``"auto"``, ``"thread"`` or ``"process"``.
         ordered: Yield in input order (True) or as results arrive (False).
-        chunksize: Calls per task; None sizes batches from measured times.
+        chunksize: Calls per task; None sizes batches from measured times. Ignored with a
+            ``timeout``: each item then runs as a task of its own.
         timeout: Seconds each call may run (per item); a late one fails with
             ``TaskTimeoutError`` when its result is reached.
         progress: True for a tqdm bar (extra ``progress``), or a callback

@@ -220,7 +220,8 @@ def _run(
             remaining -= len(items)
 
     # One call at a time while the per-call cost is unknown, or for per-item timeouts.
-    size = chunksize or 1
+    # A per-item timeout needs each item in a task of its own: a batch has one deadline.
+    size = 1 if opts.timeout is not None else (chunksize or 1)
     probing = adaptive = chunksize is None and opts.timeout is None
     per_call = float("inf")
     inline = False

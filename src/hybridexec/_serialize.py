@@ -9,6 +9,7 @@ so the parent can chain it as ``__cause__``.
 from __future__ import annotations
 
 import pickle
+import sys
 import traceback
 from typing import Any
 
@@ -19,6 +20,19 @@ from ._exceptions import RemoteTraceback, SerializationError
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+def main_by_value(data: bytes) -> bool:
+    """Return True when ``data`` refers to ``__main__`` and workers cannot import it.
+
+    The C pickler stores classes and functions by reference. One defined in a ``__main__``
+    without a file (``python -c``, a REPL, Jupyter) cannot be found by a worker, so such a
+    pickle must be redone by value with cloudpickle. Scanning the bytes costs next to nothing.
+    """
+    if b"__main__" not in data:
+        return False
+    main = sys.modules.get("__main__")
+    return getattr(main, "__file__", None) is None
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` with the C pickler, falling back to cloudpickle.
 
@@ -26,7 +40,10 @@ def dumps(obj: Any) -> bytes:
         SerializationError: neither pickler could handle ``obj``; the cause is chained.
     """
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL)
+        if not main_by_value(data):
+            return data
+        raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
         try:
             return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]

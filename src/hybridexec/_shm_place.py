@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from ._exceptions import SerializationError, SharedMemoryError
-from ._serialize import PROTOCOL
+from ._serialize import PROTOCOL, main_by_value
 from ._shm import MapInfo, Segment, free_bytes, mapping_of
 from ._shm_objects import SharedHandle
 
@@ -381,7 +381,10 @@ def _dump(
     buffer = io.BytesIO()
     try:
         fast(buffer, placement, lease).dump(obj)
-        return buffer.getvalue()
+        data = buffer.getvalue()
+        if not main_by_value(data):
+            return data
+        raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
         buffer = io.BytesIO()
         try:

@@ -30,7 +30,11 @@ _atexit_lock = threading.Lock()
 def kill_live_lanes() -> None:
     """Stop every process lane still alive in this process, killing its workers."""
     # Runs before multiprocessing's own exit hook (which would join our non-daemon workers
-    # forever): an executor that was never shut down loses its workers here, at once.
+    # forever): an executor that was never shut down loses its workers here, at once. The
+    # default executor promises to finish its running work at exit: it goes first, politely.
+    from .._default import shutdown_default
+
+    shutdown_default()
     for lane in list(_live_lanes):
         lane.shutdown(wait=False, cancel_futures=True)
         lane.kill_workers()
