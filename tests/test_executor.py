@@ -93,7 +93,7 @@ def test_map_raises_item_exception_in_place(lane: hybridexec.ExecutorOptions) ->
 
 def test_map_timeout_raises_timeout_error(executor: Executor) -> None:
     results = executor.map(helpers.sleep_then, [5.0], timeout=0.05)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(concurrent.futures.TimeoutError):
         list(results)
 
 

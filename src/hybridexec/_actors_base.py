@@ -63,13 +63,13 @@ class CoreBase:
         self.mailbox_size = mailbox_size
         self.max_restarts = max_restarts
         self.on_error = on_error
-        self.lock = threading.Lock()
-        self.space = threading.Condition(self.lock)  # bounded senders wait here
+        self.lock: threading.Lock = threading.Lock()
+        self.space: threading.Condition = threading.Condition(self.lock)  # senders wait here
         self.state = OPEN
         self.reason: BaseException | None = None  # why it broke (chained as the cause)
-        self.unfinished = 0  # messages accepted and not finished (bounded mailboxes only)
+        self.unfinished: int = 0  # messages accepted and not finished (bounded mailboxes only)
         self.restarts = 0
-        self.done = threading.Event()  # set when the actor is gone for good
+        self.done: threading.Event = threading.Event()  # set when the actor is gone for good
         self.registries: list[set[CoreBase]] = []  # sets to leave when done (owner, live)
 
     # ---- used by senders, with the lock held ----------------------------------------------
@@ -112,6 +112,7 @@ class CoreBase:
         return err
 
     def closed_error(self) -> ActorClosedError:
+        """A fresh ``ActorClosedError`` for a message dropped because the actor was stopped."""
         return ActorClosedError(f"actor {self.name} was stopped before handling this message")
 
     def drop(self, future: Future[Any] | None) -> None:
@@ -155,6 +156,7 @@ class CoreBase:
 
     # ---- the interface of a kind ----------------------------------------------------------
     def start(self) -> None:
+        """Start the actor (its thread or process) and run the constructor there."""
         raise NotImplementedError
 
     def send(
@@ -164,19 +166,24 @@ class CoreBase:
         kwargs: dict[str, Any],
         future: Future[Any] | None,
     ) -> None:
+        """Queue ``fn(instance, *args, **kwargs)``; ``future`` (None for a tell) gets the end."""
         raise NotImplementedError
 
     def stop(self, drain: bool) -> None:
+        """Stop after the queued messages (``drain``) or failing them with ActorClosedError."""
         raise NotImplementedError
 
     def kill(self) -> None:
+        """Stop at once, even mid-handler; pending asks fail with ActorBrokenError."""
         raise NotImplementedError
 
     def join(self, timeout: float | None) -> bool:
+        """Wait for the actor to be gone; return whether it is."""
         raise NotImplementedError
 
     @property
     def pid(self) -> int | None:
+        """The actor's process id (process actors), or None."""
         return None
 
     def in_actor(self) -> bool:

@@ -19,7 +19,9 @@ constructor arguments implements ``__reduce__``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import signal
+import sys
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -84,8 +86,15 @@ def _rebuild_crash(message: str, exitcode: int | None, pid: int | None) -> Worke
     return WorkerCrashedError(message, exitcode=exitcode, pid=pid)
 
 
-class TaskTimeoutError(HybridExecError, TimeoutError):
-    """Raised on a task's future when its deadline passed; a process worker was killed."""
+if sys.version_info >= (3, 11):  # concurrent.futures.TimeoutError is TimeoutError since 3.11
+
+    class TaskTimeoutError(HybridExecError, TimeoutError):
+        """Raised on a task's future when its deadline passed; a process worker was killed."""
+
+else:  # pragma: no cover - Python 3.10
+
+    class TaskTimeoutError(HybridExecError, concurrent.futures.TimeoutError, TimeoutError):
+        """Raised on a task's future when its deadline passed; a process worker was killed."""
 
 
 class SerializationError(HybridExecError):
