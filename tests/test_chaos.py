@@ -520,7 +520,7 @@ def killer(c: Chaos, stop: threading.Event) -> None:
 def run_round(c: Chaos, number: int) -> None:
     rngs = [random.Random(f"{c.seed}-{number}-{i}") for i in range(SUBMITTERS)]
     threads = [
-        threading.Thread(target=submitter, args=(c, rng), name=f"chaos-submitter-{i}")
+        threading.Thread(target=submitter, args=(c, rng), name=f"chaos-submitter-{i}", daemon=True)
         for i, rng in enumerate(rngs)
     ]
     deadline = time.monotonic() + ROUND_DEADLINE
@@ -612,7 +612,9 @@ def test_chaos_every_task_ends_in_its_result_or_error_and_nothing_leaks(tmp_path
         thread_actor=ex.spawn(ch.Keeper, kind="thread"),
         crashy=ex.spawn(ch.Keeper, kind="process", max_restarts=100),
     )
-    kill_thread = threading.Thread(target=killer, args=(c, stop_killer), name="chaos-killer")
+    kill_thread = threading.Thread(
+        target=killer, args=(c, stop_killer), name="chaos-killer", daemon=True
+    )
     kill_thread.start()
     total = 0
     try:
@@ -641,7 +643,7 @@ def test_chaos_every_task_ends_in_its_result_or_error_and_nothing_leaks(tmp_path
         assert c.shut_down.is_set()
         with pytest.raises(RuntimeError):
             ex.submit(helpers.square, 1)
-        closer = threading.Thread(target=ex.shutdown, kwargs={"wait": True})
+        closer = threading.Thread(target=ex.shutdown, kwargs={"wait": True}, daemon=True)
         closer.start()
         closer.join(60)
         assert not closer.is_alive(), f"shutdown(wait=True) hung (seed {seed})"
