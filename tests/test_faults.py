@@ -416,3 +416,11 @@ def test_workers_die_with_their_parent(method: str) -> None:
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_segments_of_a_crashed_worker_are_removed_at_once(ex: Executor) -> None:
+    fut = ex.options(kind="process").submit(helpers.leave_segment_and_exit)
+    with pytest.raises(WorkerCrashedError) as info:
+        fut.result(timeout=30)
+    prefix = f"hx{info.value.pid}_"
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]

@@ -28,6 +28,7 @@ from .._exceptions import (
 )
 from .._futures import Future, Outcome, Task
 from .._serialize import loads, unpack_exception
+from .._shm_janitor import cleanup_shared_memory
 from ._messages import STOP, Reply, encode_call
 from ._util import DEFAULT_GRACE, signal_tree
 from ._worker import unwrap, worker_main
@@ -330,6 +331,10 @@ class Manager(threading.Thread):
         self._forget(worker)
         if worker.state == DYING or exitcode is None or exitcode < 0:
             signal_tree(worker.pid, signal.SIGKILL)  # children left behind go too
+        if worker.state == DYING or worker.task is not None or exitcode != 0:
+            # A worker killed or crashed with a large result in flight leaves its segment
+            # behind (named after its pid, now dead): remove it now, not at the next start.
+            cleanup_shared_memory()
         task = worker.task
         if task is not None:
             self.lane.stats["crashes"] += 1
