@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._asyncio import is_async_callable
-from ._futures import Future, Items, Outcome, Task, run_items
+from ._futures import Future, Items, Outcome, Task
 from ._routing import Options
 
 if TYPE_CHECKING:
@@ -312,11 +312,19 @@ def _run_inline(
         items = list(itertools.islice(it, size))
         if not items:
             return
-        outcomes = run_items(fn, [((item,), _NO_KWARGS) for item in items])
+        # The leanest loop there is: no argument or outcome tuples (tiny calls come by the
+        # ten thousand, and every allocation also feeds the garbage collector).
+        values: list[Any] = []
+        append = values.append
+        error: BaseException | None = None
+        try:
+            for item in items:
+                append(fn(item))
+        except BaseException as exc:  # raised after the values before it are delivered
+            error = exc
         executor._counts["inline"] = executor._counts.get("inline", 0) + len(items)
         if report is not None:
-            report.update(len(outcomes), "inline")
-        values, error = _values(outcomes)
+            report.update(len(values) + (error is not None), "inline")
         yield values
         if error is not None:
             raise error
