@@ -63,6 +63,12 @@ STALL_SLACK = 0.0005
 """A stall longer than ``STALL_SECONDS`` plus this is discarded."""
 LATE_NOISE = 0.0002
 """Lateness ignored per wake-up: an idle ``sleep(1 ms)`` on Linux oversleeps 50-150 us."""
+EARLY_IDLE_SECONDS = 0.004
+"""A first-call window whose thread used almost no CPU this long reports early: it waits."""
+EARLY_IDLE_CPU_RATIO = 0.05
+"""'Almost no CPU': below this share of the window's wall time."""
+EARLY_WINDOW_MAX = 0.05
+"""Only windows reporting within this long (first calls, not re-checks) report early."""
 LINGER_SECONDS = 0.05
 """The probe thread exits after this long without an open window."""
 MIN_STALL_SECONDS = 0.0005
@@ -471,9 +477,19 @@ class GilProbe:
     def _report_due(self, windows: list[Window]) -> None:
         now = perf_counter()
         for w in windows:
-            if w.report_after is None or now - w.t_open < w.report_after:
+            if w.report_after is None:
                 continue
-            cpu = w.read_cpu()
+            elapsed = now - w.t_open
+            if elapsed < w.report_after:
+                # A short (first-call) window on a thread that has hardly run: it waits (I/O,
+                # sleep, a lock). Say so now; the submitters waiting for the verdict go on.
+                if w.report_after > EARLY_WINDOW_MAX or elapsed < EARLY_IDLE_SECONDS:
+                    continue
+                cpu = w.read_cpu()
+                if cpu is None or cpu - w.cpu_open > EARLY_IDLE_CPU_RATIO * elapsed:
+                    continue
+            else:
+                cpu = w.read_cpu()
             with self._cond:
                 if w.closed or cpu is None:
                     continue
