@@ -123,3 +123,9 @@ def executor() -> Iterator[hybridexec.Executor]:
         yield ex
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def ex(executor: hybridexec.Executor) -> hybridexec.Executor:
+    """The ``executor`` fixture under a shorter name."""
+    return executor

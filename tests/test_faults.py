@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -27,15 +27,6 @@ from hybridexec import (
 
 from . import helpers
 from .conftest import wait_until
-
-
-@pytest.fixture
-def ex() -> Iterator[Executor]:
-    executor = Executor(max_processes=2)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _still_usable(ex: Executor) -> None:

@@ -31,15 +31,6 @@ from .conftest import wait_until
 RESULT_LIMIT = 30.0
 
 
-@pytest.fixture
-def ex() -> Iterator[Executor]:
-    executor = Executor(max_processes=2)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
 def _still_usable(ex: Executor) -> None:
     for kind in ("process", "thread"):
         lane = ex.options(kind=kind)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,15 +12,6 @@ import hybridexec
 from hybridexec import Executor
 
 from . import helpers
-
-
-@pytest.fixture
-def ex() -> Iterator[Executor]:
-    executor = Executor(max_processes=2)
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
