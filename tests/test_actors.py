@@ -698,3 +698,17 @@ def test_docs_example_runs(path: Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_docs_page_shows_the_example_as_it_is(path: Path) -> None:
     assert path.read_text() in (ROOT / "docs" / "actors.md").read_text()
+
+
+def test_large_numpy_arguments_of_a_process_ask_travel_through_shared_memory() -> None:
+    np = pytest.importorskip("numpy")
+    ref = hx.spawn(Counter, kind="process")
+    try:
+        big = np.ones(1 << 18)  # 2 MiB: over the 1 MiB placement threshold
+        total, writable = ref.ask(Counter.inspect_array, big).result(timeout=30)
+        assert (total, writable) == (float(1 << 18), False)
+        small = np.ones(8)
+        assert ref.ask(Counter.inspect_array, small).result(timeout=30) == (8.0, True)
+    finally:
+        ref.stop()
+        ref.join(30)

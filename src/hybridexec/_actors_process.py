@@ -61,6 +61,7 @@ from ._exceptions import SerializationError, WorkerCrashedError, signal_name
 from ._futures import Future
 from ._process._util import DEFAULT_GRACE, get_context, signal_tree
 from ._serialize import dumps, dumps_callable, unpack_exception
+from ._shm_place import DEFAULT_THRESHOLD, Placement
 
 BACKOFF_FIRST = 0.1
 """Seconds before the first restart; each further restart waits twice as long."""
@@ -94,17 +95,6 @@ def _pipe_budget(fd: int) -> int:
         return 8192
 
 
-def place_arguments(
-    args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Hook for the shared-memory helpers: swap large arrays for shared-memory handles.
-
-    Runs in the sender's thread just before a message is pickled. Until the shared-memory
-    module provides the placement, arguments are pickled as they are.
-    """
-    return args, kwargs
-
-
 class ProcessCore(CoreBase):
     """An actor living in a child process of its own."""
 
@@ -126,6 +116,7 @@ class ProcessCore(CoreBase):
             cls, name, mailbox_size=mailbox_size, max_restarts=max_restarts, on_error=on_error
         )
         self.context = get_context(start_method)
+        self.placement = Placement(DEFAULT_THRESHOLD)
         self.cls_bytes = dumps_callable(cls)
         self.init_bytes = dumps((args, kwargs))
         self.refs: dict[Any, str | bytes] = {}  # handler -> what the child looks up
@@ -163,8 +154,12 @@ class ProcessCore(CoreBase):
         ref = self.refs.get(fn)
         if ref is None:
             ref = self._wire_ref(fn)
-        args, kwargs = place_arguments(args, kwargs)
-        data = dumps((ref, args, kwargs, future is not None))
+        if future is not None:
+            # Large numpy arguments of an ask travel through shared memory, held until its
+            # answer arrives. A tell has no answer to say when it was handled: it pickles them.
+            data = self.placement.dumps_call((ref, args, kwargs, True), future)
+        else:
+            data = dumps((ref, args, kwargs, False))
         entry: Entry = (future, len(data) + 8, fn)
         with self.lock:
             if self.state != OPEN:
@@ -309,6 +304,7 @@ class ProcessCore(CoreBase):
                 self.overflow.clear()
             for future, _, _ in left:
                 self.drop(future)
+            self.placement.close()
             self.finish()
 
     def _run_child(self) -> bool:
