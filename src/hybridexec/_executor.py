@@ -387,12 +387,9 @@ class Executor(concurrent.futures.Executor):
             try:
                 remote.submit(task)
             except SerializationError as exc:
-                if decision.explicit:
-                    future.set_running_or_notify_cancel()
-                    future.settle(False, exc)
+                if self._refuse_unpicklable(fn, exc, decision, future):
                     return future, task
-                logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
-                kind = future.kind = "thread"
+                kind = "thread"
             else:
                 self._counts[remote.kind] = self._counts.get(remote.kind, 0) + 1
                 return future, task
@@ -400,12 +397,9 @@ class Executor(concurrent.futures.Executor):
             try:
                 self._processes.prepare(task)
             except SerializationError as exc:
-                if decision.explicit:
-                    future.set_running_or_notify_cancel()
-                    future.settle(False, exc)
+                if self._refuse_unpicklable(fn, exc, decision, future):
                     return future, task
-                logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
-                kind = future.kind = "thread"
+                kind = "thread"
         if kind == "thread" and self._classifier is not None and timeout is None:
             # Timed where it runs: the classifier learns from every thread task.
             task = TimedTask(
@@ -415,6 +409,19 @@ class Executor(concurrent.futures.Executor):
         self._counts[kind] += 1
         self._lanes[kind].submit(task)
         return future, task
+
+    @staticmethod
+    def _refuse_unpicklable(
+        fn: Callable[..., Any], exc: SerializationError, decision: Decision, future: Future[Any]
+    ) -> bool:
+        """Fail ``future`` if its lane was asked for explicitly; else let it fall to threads."""
+        if decision.explicit:
+            future.set_running_or_notify_cancel()
+            future.settle(False, exc)
+            return True
+        logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
+        future.kind = "thread"
+        return False
 
     def _map(
         self,
