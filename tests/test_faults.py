@@ -240,12 +240,12 @@ def test_timeout_must_be_positive(ex: Executor) -> None:
 def test_cancel_running_process_task_kills_worker(ex: Executor) -> None:
     fut = ex.options(kind="process").submit(helpers.sleep_then, 60)
     assert wait_until(lambda: fut.running() and ex.worker_pids, 30)
-    pid = ex.worker_pids[0]
+    worker = psutil.Process(ex.worker_pids[0])
     assert fut.cancel() is True
     assert fut.cancelled()
     with pytest.raises(concurrent.futures.CancelledError):
         fut.result()
-    assert wait_until(lambda: not psutil.pid_exists(pid) or _zombie(psutil.Process(pid)), 10)
+    assert wait_until(lambda: _gone(worker), 10)
     _still_usable(ex)
 
 
