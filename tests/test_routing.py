@@ -296,7 +296,10 @@ def test_loopback_socket_exchange_goes_to_threads(
 
 def test_numpy_matrix_product_goes_to_threads() -> None:
     np = pytest.importorskip("numpy")
-    a = np.random.default_rng(1).random((600, 600))
+    # 1000 x 1000 (~20-40 ms): long enough for a dozen probe cycles. A 5 ms product gets only
+    # two or three, and BLAS threads busy on both cores make those unreliable (a known limit:
+    # such a call is sometimes promoted to processes; see the routing docs).
+    a = np.random.default_rng(1).random((1000, 1000))
     _majority(np.matmul, a, a, expected="thread")
 
 
