@@ -29,7 +29,6 @@ from ._exceptions import SharedMemoryError as SharedMemoryError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
 from ._exceptions import WorkerCrashedError as WorkerCrashedError
 from ._executor import Executor as Executor
-from ._executor import ExecutorOptions as ExecutorOptions
 from ._futures import Future as Future
 from ._routing import Classifier as Classifier
 from ._routing import Decision as Decision
@@ -42,6 +41,7 @@ from ._shm_list import SharedList as SharedList
 from ._shm_objects import SharedArray as SharedArray
 from ._shm_objects import SharedBuffer as SharedBuffer
 from ._version import __version__ as __version__
+from ._views import ExecutorOptions as ExecutorOptions
 
 __all__ = [
     "ActorBrokenError",

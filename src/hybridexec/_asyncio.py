@@ -25,7 +25,8 @@ from ._futures import Future
 if TYPE_CHECKING:
     import asyncio
 
-    from ._executor import Executor, ExecutorOptions
+    from ._executor import Executor
+    from ._views import ExecutorOptions
 
 R = TypeVar("R")
 

@@ -18,7 +18,7 @@ from ._asyncio import LoopLane, is_async_callable, run_coroutine
 from ._backends import RemoteLane, check_remote, open_lane
 from ._classifier import LearningClassifier
 from ._exceptions import SerializationError
-from ._futures import Future, Items, Outcome, Task
+from ._futures import Future, Items, Task
 from ._process._pool import ProcessLane
 from ._routing import (
     Classifier,
@@ -35,6 +35,7 @@ from ._routing import (
 from ._shm_janitor import cleanup_shared_memory
 from ._shm_place import DEFAULT_THRESHOLD, check_threshold
 from ._threads import ThreadLane
+from ._views import ExecutorOptions, results
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -446,7 +447,7 @@ class Executor(concurrent.futures.Executor):
                 fn, items, decision, call_opts.timeout, batch=chunksize > 1
             )
             futures.append((future, chunksize > 1))
-        return _results(futures, end_time)
+        return results(futures, end_time)
 
     # ---- actors ---------------------------------------------------------------------------
     def spawn(
@@ -499,63 +500,3 @@ def _weak_method(method: Callable[..., None]) -> Callable[..., None]:
 def _release(*lanes: ThreadLane | ProcessLane | LoopLane) -> None:
     for lane in lanes:
         lane.shutdown(wait=False, cancel_futures=True)
-
-
-def _results(futures: list[tuple[Future[Any], bool]], end_time: float | None) -> Iterator[Any]:
-    # A generator apart from map() so that map() raises bad input at once, not on iteration.
-    try:
-        futures.reverse()
-        while futures:
-            future, batch = futures[-1]
-            if end_time is None:
-                value = future.result()
-            else:
-                value = future.result(end_time - time.monotonic())
-            futures.pop()
-            if batch:
-                yield from _unpack(value)
-            else:
-                yield value
-    finally:
-        for future, _ in futures:
-            future.cancel()
-
-
-def _unpack(outcomes: list[Outcome]) -> Iterator[Any]:
-    for ok, value in outcomes:
-        if not ok:
-            raise value
-        yield value
-
-
-class ExecutorOptions:
-    """An executor seen through fixed options; made by ``Executor.options()``."""
-
-    def __init__(self, executor: Executor, options: Options) -> None:
-        self._executor = executor
-        self._opts = options
-
-    @overload
-    def submit(
-        self, fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Future[R]: ...
-    @overload
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
-    def submit(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
-        """``Executor.submit`` with these options."""
-        return self._executor._submit(fn, args, kwargs, self._opts)
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-    ) -> Iterator[R]:
-        """``Executor.map`` with these options."""
-        return self._executor._map(fn, iterables, timeout, chunksize, self._opts)
-
-    def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
-        """Narrow these options further."""
-        options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
-        return ExecutorOptions(self._executor, options.merged(self._opts))

@@ -276,7 +276,7 @@ def _run(
                 size = _batch_size(per_call, kind, remaining, lane_width)
             if report is not None:
                 report.update(len(outcomes), batch.future.kind)
-            values, error = _values(outcomes)
+            values, error = split_outcomes(outcomes)
             yield values
             if error is not None:
                 raise error
@@ -287,7 +287,7 @@ def _run(
             report.close()
 
 
-def _values(outcomes: list[Outcome]) -> tuple[list[Any], BaseException | None]:
+def split_outcomes(outcomes: list[Outcome]) -> tuple[list[Any], BaseException | None]:
     """Split a batch into the values up to its first failure, and that failure (or None)."""
     if not outcomes:
         return [], None
