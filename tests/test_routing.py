@@ -217,13 +217,14 @@ def _learn(fn: Callable[..., Any], *args: Any) -> str:
 
 
 def _majority(fn: Callable[..., Any], *args: Any, expected: str) -> None:
-    # The machine is shared and loaded: a verdict must hold in two measurements of three.
-    got = []
-    for _ in range(3):
+    # The machine may be shared and loaded: a verdict must hold in three measurements of five
+    # (a fresh classifier each time); it stops as soon as the outcome is settled.
+    got: list[str] = []
+    for _ in range(5):
         got.append(_learn(fn, *args))
-        if got.count(expected) >= 2:
-            return
-    assert got.count(expected) >= 2, got
+        if got.count(expected) >= 3 or len(got) - got.count(expected) >= 3:
+            break
+    assert got.count(expected) >= 3, got
 
 
 @pytest.fixture(scope="module")
