@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -160,6 +163,7 @@ def isolated(target: str, timeout: float, **kwargs: Any) -> Isolated:
             timed_out = True
         _kill_session(proc.pid)  # the child, and workers a peer left behind in its session
         proc.wait()
+        _sweep_peer_leftovers()
         out_f.seek(0)
         err_f.seek(0)
         out, err = out_f.read(), err_f.read()
@@ -181,6 +185,35 @@ def isolated(target: str, timeout: float, **kwargs: Any) -> Isolated:
     return Isolated(
         value=values[-1] if values else None, values=values, seconds=seconds, error=error
     )
+
+
+# Named after the pid of the process that made them; a killed session cannot remove them.
+_PEER_LEFTOVERS = re.compile(r"(?:sem\.loky-|joblib_memmapping_folder_)(\d+)[-_]")
+
+
+def _sweep_peer_leftovers() -> None:
+    """Remove loky semaphores and joblib memmap folders of dead processes from /dev/shm."""
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return
+    for name in names:
+        match = _PEER_LEFTOVERS.match(name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+            continue  # its owner still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        path = os.path.join("/dev/shm", name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _kill_session(pid: int) -> None:
