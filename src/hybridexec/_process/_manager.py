@@ -390,9 +390,11 @@ class Manager(threading.Thread):
 
             def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
                 if fut.cancelled():
-                    outcome: Outcome = (False, BrokenExecutorError("cancelled during retry"))
-                elif fut.exception() is not None:
-                    outcome = (False, fut.exception())
+                    # shutdown(cancel_futures=True) dropped the retries: the batch is cancelled.
+                    parent.cancel()
+                    return
+                if fut.exception() is not None:
+                    outcome: Outcome = (False, fut.exception())
                 else:
                     outcome = fut.result()[0]
                 with lock:
@@ -407,6 +409,13 @@ class Manager(threading.Thread):
             single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
             single.payload = encode_call(task.fn, [item], True)
             singles.append(single)
+
+        def stop_retries() -> None:
+            # Cancelling the batch (an abandoned map) cancels its retries, killing a running one.
+            for single in singles:
+                single.future.cancel()
+
+        parent._hx_stop = stop_retries
         self.lane.pending.extendleft(reversed(singles))
 
     def _kill(self, worker: WorkerRecord, why: str, sig: int = signal.SIGTERM) -> None:
