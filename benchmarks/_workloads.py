@@ -5,24 +5,18 @@ from __future__ import annotations
 import os
 import time
 
+from hybridexec._demo import calibrate, cpu_work, io_work
+
 
 def tiny(x: int) -> int:
     """A trivial call: the cost is all in the dispatch."""
     return x + 1
 
 
-def cpu_loop(n: int) -> int:
-    """Pure-Python work that holds the GIL for ``n`` iterations (fixed work, not fixed time)."""
-    acc = 0
-    for i in range(n):
-        acc = (acc + i * i) % 1_000_003
-    return acc
-
-
-def io_sleep(seconds: float) -> float:
-    """Blocking I/O stand-in: releases the GIL for ``seconds``."""
-    time.sleep(seconds)
-    return seconds
+# The demo's workload functions: pure-Python work holding the GIL for ``n`` iterations (fixed
+# work, not fixed time), and a blocking wait standing for I/O.
+cpu_loop = cpu_work
+io_sleep = io_work
 
 
 def warm(seconds: float) -> int:
@@ -32,17 +26,8 @@ def warm(seconds: float) -> int:
 
 
 def calibrate_cpu_loop(seconds: float) -> int:
-    """Return the ``cpu_loop`` size that takes about ``seconds`` on this machine, now.
-
-    The best of several short trials: on a shared machine, the least disturbed one.
-    """
-    n = 100_000
-    best = float("inf")
-    for _ in range(7):
-        start = time.perf_counter()
-        cpu_loop(n)
-        best = min(best, time.perf_counter() - start)
-    return max(1000, int(n * seconds / best))
+    """Return the ``cpu_loop`` size that takes about ``seconds`` on this machine, now."""
+    return calibrate(seconds, trials=7, n=100_000)
 
 
 # ---- faults ---------------------------------------------------------------------------------

@@ -32,11 +32,13 @@ def io_work(seconds: float) -> float:
     return seconds
 
 
-def calibrate(seconds: float) -> int:
-    """Return the ``cpu_work`` size that takes about ``seconds`` here (best of 3 trials)."""
-    n = 50_000
+def calibrate(seconds: float, *, trials: int = 3, n: int = 50_000) -> int:
+    """Return the ``cpu_work`` size that takes about ``seconds`` here.
+
+    The best of ``trials`` short runs of ``n`` steps: on a shared machine, the least disturbed.
+    """
     best = float("inf")
-    for _ in range(3):
+    for _ in range(trials):
         start = time.perf_counter()
         cpu_work(n)
         best = min(best, time.perf_counter() - start)
