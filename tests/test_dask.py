@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,15 @@ from hybridexec import BackendUnavailableError, RemoteTraceback, TaskTimeoutErro
 
 from .conftest import wait_until
 from .helpers import raise_value_error, square
+from .remote_helpers import (
+    array_sum,
+    echo_kwargs,
+    fresh_token,
+    local_pid,
+    plus_one,
+    spin_marked,
+    worker_pid,
+)
 
 distributed = pytest.importorskip("distributed")
 np = pytest.importorskip("numpy")
@@ -36,48 +44,6 @@ CLUSTER_OPTIONS: dict[str, Any] = {
     "dashboard_address": "127.0.0.1:0",
     "worker_dashboard_address": "127.0.0.1:0",
 }
-
-
-# ---- task functions: module level, so workers import them by reference ----------------------
-@hx.cpu_bound
-def worker_pid(_: object = None) -> int:
-    return os.getpid()
-
-
-@hx.io_bound
-def local_pid(_: object = None) -> int:
-    return os.getpid()
-
-
-@hx.cpu_bound
-def plus_one(x: int) -> int:
-    return x + 1
-
-
-@hx.cpu_bound
-def fresh_token() -> str:
-    return uuid.uuid4().hex
-
-
-@hx.cpu_bound
-def echo_kwargs(**kwargs: Any) -> dict[str, Any]:
-    return kwargs
-
-
-@hx.cpu_bound
-def array_sum(arr: Any, *, scale: Any = None) -> float:
-    total = float(arr.sum())
-    return total if scale is None else total * float(scale.sum())
-
-
-def spin_marked(path: str, seconds: float) -> int:
-    """Create ``path``, then hold the GIL in pure Python for ``seconds`` (interruptible)."""
-    Path(path).touch()
-    end = time.perf_counter() + seconds
-    n = 0
-    while time.perf_counter() < end:
-        n += 1
-    return n
 
 
 # ---- fixtures ---------------------------------------------------------------------------------

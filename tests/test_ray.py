@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -21,41 +19,10 @@ from hybridexec import RemoteTraceback, TaskTimeoutError
 
 from .conftest import EXEMPT_TREES, wait_until
 from .helpers import raise_value_error
+from .remote_helpers import array_sum, echo_kwargs, local_pid, plus_one, sleep_marked, worker_pid
 
 ray = pytest.importorskip("ray")
 np = pytest.importorskip("numpy")
-
-
-@hx.cpu_bound
-def worker_pid(_: object = None) -> int:
-    return os.getpid()
-
-
-@hx.io_bound
-def local_pid(_: object = None) -> int:
-    return os.getpid()
-
-
-@hx.cpu_bound
-def plus_one(x: int) -> int:
-    return x + 1
-
-
-@hx.cpu_bound
-def echo_kwargs(**kwargs: Any) -> dict[str, Any]:
-    return kwargs
-
-
-@hx.cpu_bound
-def array_sum(arr: Any) -> float:
-    return float(arr.sum())
-
-
-def sleep_marked(path: str, seconds: float) -> float:
-    """Create ``path``, then block in C (``time.sleep``): only a kill stops it early."""
-    Path(path).touch()
-    time.sleep(seconds)
-    return seconds
 
 
 @pytest.fixture(scope="module", autouse=True)
