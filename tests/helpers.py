@@ -133,6 +133,12 @@ def return_fails_to_unpickle_in(pid: int) -> FailsToUnpickleIn:
     return FailsToUnpickleIn(pid)
 
 
+def fail_at(x: int, bad: int = 15_000) -> int:
+    if x == bad:
+        raise ValueError(f"item {x} fails")
+    return x
+
+
 def identity(x: Any) -> Any:
     return x
 

@@ -54,6 +54,24 @@ def test_tiny_calls_are_batched(executor: Executor) -> None:
     assert hybridexec.map(helpers.square, range(20_000), executor=executor)[-1] == 19_999**2
     tasks = executor.stats()["submitted"]["thread"] - before
     assert tasks < 200, f"{tasks} tasks for 20,000 trivial calls: not batched"
+    # After the probes, calls far cheaper than a hand-off ran inline in this thread.
+    assert executor.stats()["submitted"].get("inline", 0) > 19_000
+
+
+def test_explicit_thread_kind_keeps_tiny_calls_on_the_thread_lane(executor: Executor) -> None:
+    got = hybridexec.map(helpers.square, range(5_000), kind="thread", executor=executor)
+    assert got == [x * x for x in range(5_000)]
+    assert executor.stats()["submitted"].get("inline", 0) == 0
+
+
+def test_inline_map_raises_at_the_failing_item_after_the_values_before_it(
+    executor: Executor,
+) -> None:
+    results = hybridexec.imap(helpers.fail_at, range(20_000), executor=executor)
+    assert [next(results) for _ in range(15_000)] == list(range(15_000))
+    with pytest.raises(ValueError, match="15000"):
+        next(results)
+    assert executor.stats()["submitted"].get("inline", 0) > 0
 
 
 def test_process_map_batches_cheap_calls(executor: Executor) -> None:
