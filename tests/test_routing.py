@@ -420,3 +420,24 @@ def test_a_custom_classifier_decides_and_hears_the_figures() -> None:
         assert fut.kind == "process"
         assert wait_until(lambda: clf.recorded == [("process", 1)])
         assert ex.explain(spin).kind == "?"
+
+
+def test_a_waiting_first_call_is_reported_before_its_window_ends() -> None:
+    from hybridexec._probe import EARLY_WINDOW_MAX, PROBE
+
+    reports: list[Measurement] = []
+    got = threading.Event()
+
+    def on_report(m: Measurement) -> None:
+        reports.append(m)
+        got.set()
+
+    window = PROBE.open(EARLY_WINDOW_MAX, on_report)
+    try:
+        # The measured thread only waits: the probe says so after a few ms, not at the end.
+        assert got.wait(5.0)
+    finally:
+        PROBE.close(window)
+    assert reports[0].wall < EARLY_WINDOW_MAX
+    assert not reports[0].complete
+    assert verdict(reports[0])[0] == "thread"
