@@ -272,7 +272,7 @@ def available(names: Iterable[str]) -> tuple[list[str], list[str]]:
 
 def start_methods() -> str:
     """Which start method each process contender uses, for the fairness note."""
-    from hybridexec._process._util import default_start_method
+    from hybridexec._process import default_start_method
 
     return (
         f"hybridexec {default_start_method()}, stdlib {multiprocessing.get_start_method()}, "

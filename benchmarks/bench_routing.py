@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import hybridexec
-from hybridexec._classifier import LearningClassifier
+from hybridexec._routing import LearningClassifier
 
 from ._common import CPUS, Table, fmt_seconds, measure, section, target_line
 from ._workloads import calibrate_cpu_loop, cpu_loop, io_sleep, tiny, warm

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import hybridexec as hx
-from hybridexec import _actors_process
+from hybridexec._actors import _supervisor as _actors_process
 
 from .actor_helpers import Broken, Counter, peek
 from .conftest import wait_until

@@ -156,7 +156,7 @@ def test_numpy_argument_is_sent_once_for_tasks_in_flight(ex: hx.Executor) -> Non
     futures = [ex.submit(array_sum, arr, scale=scale) for _ in range(6)]
     expected = float(arr.sum()) * float(scale.sum())
     assert [f.result(timeout=20) for f in futures] == [expected] * 6
-    remote = ex._remote
+    remote = ex._router.remote
     assert remote is not None
     assert 2 <= remote.stats["shared"] <= 2 * 6
     assert not remote._shared  # released with the last task that used them
@@ -215,8 +215,8 @@ def test_timeout_fails_the_task_and_interrupts_it(ex: hx.Executor, tmp_path: Pat
     futures = [ex.submit(worker_pid, i) for i in range(4)]
     assert all(f.result(timeout=20) for f in futures)
     assert time.monotonic() - started < 20
-    assert ex._remote is not None
-    assert ex._remote.stats["timeouts"] == 1
+    assert ex._router.remote is not None
+    assert ex._router.remote.stats["timeouts"] == 1
 
 
 def test_timeout_counts_from_the_start_on_a_worker(ex: hx.Executor, tmp_path: Path) -> None:
@@ -271,7 +271,7 @@ def test_dask_backend_starts_and_stops_its_own_cluster(monkeypatch: pytest.Monke
         backend="dask", backend_options={"n_workers": 1, "threads_per_worker": 1}
     )
     try:
-        remote = executor._remote
+        remote = executor._router.remote
         assert remote is not None
         own = set(remote.client.run(os.getpid).values())  # type: ignore[attr-defined]
         future = executor.submit(worker_pid)

@@ -82,8 +82,8 @@ def test_numpy_argument_is_put_once(ex: hx.Executor) -> None:
     arr = np.arange(1 << 18, dtype=np.float64)
     futures = [ex.submit(array_sum, arr) for _ in range(4)]
     assert [f.result(timeout=30) for f in futures] == [float(arr.sum())] * 4
-    assert ex._remote is not None
-    assert 1 <= ex._remote.stats["shared"] <= 4
+    assert ex._router.remote is not None
+    assert 1 <= ex._router.remote.stats["shared"] <= 4
 
 
 def test_cancel_kills_a_task_blocked_in_c(ex: hx.Executor, tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 import hybridexec
-from hybridexec import _classifier
-from hybridexec._classifier import LearningClassifier, verdict
-from hybridexec._probe import Measurement
-from hybridexec._routing import Decision, Options, route
+from hybridexec._routing import Decision, LearningClassifier, Options, route
+from hybridexec._routing import _verdicts as _classifier
+from hybridexec._routing._measure import Measurement
+from hybridexec._routing._verdicts import verdict
 
 from .conftest import wait_until
 from .helpers import sleep_then, spin
@@ -72,9 +72,9 @@ def test_verdict_follows_the_decision_table(m: Measurement, kind: str, words: st
 def test_process_verdict_is_left_only_below_the_lower_band() -> None:
     in_band = Measurement(wall=0.02, cpu=0.02, stalls_blocked=1, stalls_free=3)  # share 0.25
     assert verdict(in_band)[0] == "thread"  # not enough to promote...
-    assert not _classifier._contrary("process", in_band)  # ...nor to demote
-    assert _classifier._contrary("process", GIL_FREE)
-    assert _classifier._contrary("thread", GIL_BOUND)
+    assert not _classifier.contrary("process", in_band)  # ...nor to demote
+    assert _classifier.contrary("process", GIL_FREE)
+    assert _classifier.contrary("thread", GIL_BOUND)
 
 
 def _learned(clf: LearningClassifier, fn: Callable[..., Any], m: Measurement) -> Decision:
@@ -423,7 +423,8 @@ def test_a_custom_classifier_decides_and_hears_the_figures() -> None:
 
 
 def test_a_waiting_first_call_is_reported_before_its_window_ends() -> None:
-    from hybridexec._probe import EARLY_WINDOW_MAX, PROBE
+    from hybridexec._routing._measure import EARLY_WINDOW_MAX
+    from hybridexec._routing._probe import PROBE
 
     reports: list[Measurement] = []
     got = threading.Event()

@@ -28,9 +28,16 @@ from hybridexec import (
     SharedMemoryError,
     WorkerCrashedError,
 )
-from hybridexec._process._messages import encode_call
-from hybridexec._shm import SHM_DIR, Segment, free_bytes, mapping_of, owner_pid_of
-from hybridexec._shm_place import DEFAULT_THRESHOLD, Placement
+from hybridexec._process._wire import encode_call
+from hybridexec._shm import (
+    DEFAULT_THRESHOLD,
+    SHM_DIR,
+    Placement,
+    Segment,
+    free_bytes,
+    mapping_of,
+    owner_pid_of,
+)
 
 from .conftest import wait_until
 
@@ -110,9 +117,9 @@ def make_shared(n: int) -> SharedArray:
 
 
 def kept_mappings() -> list[str]:
-    from hybridexec import _shm
+    from hybridexec._shm import _segment
 
-    return sorted(name for _, name, _ in _shm._recent.values())
+    return sorted(name for _, name, _ in _segment._recent.values())
 
 
 class Filler:
@@ -472,7 +479,7 @@ def test_the_same_array_to_many_tasks_is_placed_once_and_freed_after_the_last(
     np: Any, process_ex: Executor
 ) -> None:
     array = np.arange(MiB, dtype=np.float64)
-    placement = process_ex._processes.placement
+    placement = process_ex._router.processes.placement
     futures = [process_ex.submit(slow_sum, array, 0.3) for _ in range(6)]
     assert [f.result() for f in futures] == [float(array.sum())] * 6
     assert placement.stats["placed"] == 1
@@ -507,8 +514,8 @@ def test_a_view_of_a_shared_array_is_sent_by_reference(np: Any, process_ex: Exec
         row = shared.array[2]
         process_ex.submit(write_first, row, 9.0).result()  # writable: it is shared memory
         assert shared.array[2, 0] == 9.0
-        assert process_ex._processes.placement.stats["by_reference"] == 1
-        assert process_ex._processes.placement.stats["placed"] == 0
+        assert process_ex._router.processes.placement.stats["by_reference"] == 1
+        assert process_ex._router.processes.placement.stats["placed"] == 0
         strided = shared.array[:, ::-2]  # any layout works, negative strides too
         assert process_ex.submit(array_sum, strided).result() == float(strided.sum())
 

@@ -2,46 +2,54 @@
 
 Threads for I/O and GIL-releasing C code, processes for GIL-bound Python work; killable
 workers with per-task timeouts; crash isolation; the same API everywhere.
+
+Every public name is loaded on first use (PEP 562): ``import hybridexec`` costs a few
+milliseconds, and a worker process imports only what running a task needs.
 """
 
 from __future__ import annotations
 
 import logging as _logging
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._actors import ActorRef as ActorRef
-from ._actors import spawn as spawn
-from ._asyncio import amap as amap
-from ._asyncio import arun as arun
-from ._classifier import LearningClassifier as LearningClassifier
-from ._default import default_executor as default_executor
-from ._default import imap as imap
-from ._default import map as map
-from ._default import submit as submit
-from ._exceptions import ActorBrokenError as ActorBrokenError
-from ._exceptions import ActorClosedError as ActorClosedError
-from ._exceptions import ActorError as ActorError
-from ._exceptions import BackendUnavailableError as BackendUnavailableError
-from ._exceptions import BrokenExecutorError as BrokenExecutorError
-from ._exceptions import HybridExecError as HybridExecError
-from ._exceptions import RemoteTraceback as RemoteTraceback
-from ._exceptions import SerializationError as SerializationError
-from ._exceptions import SharedMemoryError as SharedMemoryError
-from ._exceptions import TaskTimeoutError as TaskTimeoutError
-from ._exceptions import WorkerCrashedError as WorkerCrashedError
-from ._executor import Executor as Executor
-from ._futures import Future as Future
-from ._routing import Classifier as Classifier
-from ._routing import Decision as Decision
-from ._routing import Explanation as Explanation
-from ._routing import cpu_bound as cpu_bound
-from ._routing import io_bound as io_bound
-from ._routing import task as task
-from ._shm_janitor import cleanup_shared_memory as cleanup_shared_memory
-from ._shm_list import SharedList as SharedList
-from ._shm_objects import SharedArray as SharedArray
-from ._shm_objects import SharedBuffer as SharedBuffer
+from ._lazy import exports as _exports
 from ._version import __version__ as __version__
-from ._views import ExecutorOptions as ExecutorOptions
+
+if _TYPE_CHECKING:
+    from ._actors import ActorRef as ActorRef
+    from ._actors import spawn as spawn
+    from ._default import amap as amap
+    from ._default import arun as arun
+    from ._default import default_executor as default_executor
+    from ._default import imap as imap
+    from ._default import map as map
+    from ._default import submit as submit
+    from ._exceptions import ActorBrokenError as ActorBrokenError
+    from ._exceptions import ActorClosedError as ActorClosedError
+    from ._exceptions import ActorError as ActorError
+    from ._exceptions import BackendUnavailableError as BackendUnavailableError
+    from ._exceptions import BrokenExecutorError as BrokenExecutorError
+    from ._exceptions import HybridExecError as HybridExecError
+    from ._exceptions import RemoteTraceback as RemoteTraceback
+    from ._exceptions import SerializationError as SerializationError
+    from ._exceptions import SharedMemoryError as SharedMemoryError
+    from ._exceptions import TaskTimeoutError as TaskTimeoutError
+    from ._exceptions import WorkerCrashedError as WorkerCrashedError
+    from ._executor import Executor as Executor
+    from ._futures import Future as Future
+    from ._routing import Classifier as Classifier
+    from ._routing import Decision as Decision
+    from ._routing import Explanation as Explanation
+    from ._routing import LearningClassifier as LearningClassifier
+    from ._routing import cpu_bound as cpu_bound
+    from ._routing import io_bound as io_bound
+    from ._routing import task as task
+    from ._shm import SharedArray as SharedArray
+    from ._shm import SharedBuffer as SharedBuffer
+    from ._shm import SharedList as SharedList
+    from ._shm import cleanup_shared_memory as cleanup_shared_memory
+    from ._version import __version__ as __version__
+    from ._views import ExecutorOptions as ExecutorOptions
 
 __all__ = [
     "ActorBrokenError",
@@ -80,14 +88,45 @@ __all__ = [
     "task",
 ]
 
-# Users see hybridexec.X, not hybridexec._module.X, in reprs, tracebacks and docs.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("hybridexec._"):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+__getattr__, __dir__ = _exports(
+    __name__,
+    {
+        "ActorBrokenError": "._exceptions",
+        "ActorClosedError": "._exceptions",
+        "ActorError": "._exceptions",
+        "ActorRef": "._actors",
+        "BackendUnavailableError": "._exceptions",
+        "BrokenExecutorError": "._exceptions",
+        "Classifier": "._routing",
+        "Decision": "._routing",
+        "Executor": "._executor",
+        "ExecutorOptions": "._views",
+        "Explanation": "._routing",
+        "Future": "._futures",
+        "HybridExecError": "._exceptions",
+        "LearningClassifier": "._routing",
+        "RemoteTraceback": "._exceptions",
+        "SerializationError": "._exceptions",
+        "SharedArray": "._shm",
+        "SharedBuffer": "._shm",
+        "SharedList": "._shm",
+        "SharedMemoryError": "._exceptions",
+        "TaskTimeoutError": "._exceptions",
+        "WorkerCrashedError": "._exceptions",
+        "__version__": "._version",
+        "amap": "._default",
+        "arun": "._default",
+        "cleanup_shared_memory": "._shm",
+        "cpu_bound": "._routing",
+        "default_executor": "._default",
+        "imap": "._default",
+        "io_bound": "._routing",
+        "map": "._default",
+        "spawn": "._actors",
+        "submit": "._default",
+        "task": "._routing",
+    },
+    public=True,
+)
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())

@@ -22,12 +22,6 @@ _NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA_ORDER = ("numpy", "progress", "dask", "ray", "bench", "dev", "docs")
 
 
-def gil_enabled() -> bool:
-    """Return whether the GIL is enabled (always True before free-threaded CPython 3.13)."""
-    check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
-
-
 def _installed(distribution: str) -> str | None:
     try:
         return importlib.metadata.version(distribution)
@@ -67,8 +61,9 @@ def _shm_free() -> str:
 
 def info() -> str:
     """Return the ``info`` report."""
-    from . import __version__
-    from ._process._util import default_start_method
+    from ._process import default_start_method
+    from ._routing import gil_enabled
+    from ._version import __version__
 
     try:
         usable = len(os.sched_getaffinity(0))

@@ -1,22 +1,18 @@
-"""asyncio integration: an event loop owned by the executor, and ``amap``/``arun``.
+"""asyncio integration: an event loop owned by the executor.
 
 ``async def`` functions submitted to an Executor run as tasks on one event loop that lives in a
 thread of its own, started on first use. Their futures say ``kind == "async"``; cancelling one
 cancels the coroutine; a timeout cancels it and fails the future with ``TaskTimeoutError``.
 
-``arun`` and ``amap`` are for code already inside an event loop: they await work done by an
-executor, and cancelling the awaiting task cancels the work (killing it when it runs in a
-process).
+``arun`` and ``amap`` (in ``_default.py``) are for code already inside an event loop.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import functools
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._exceptions import TaskTimeoutError
@@ -25,8 +21,6 @@ from ._futures import Future
 if TYPE_CHECKING:
     import asyncio
 
-    from ._executor import Executor
-    from ._views import ExecutorOptions
 
 R = TypeVar("R")
 
@@ -160,108 +154,3 @@ class LoopLane:
             thread.join()
             if not loop.is_closed():
                 loop.close()
-
-
-async def arun(
-    fn: Callable[..., R],
-    /,
-    *args: Any,
-    executor: Executor | ExecutorOptions | None = None,
-    **kwargs: Any,
-) -> R:
-    """Await ``fn(*args, **kwargs)`` run by an executor (the default one when None).
-
-    ``executor`` may also be a view such as ``ex.options(kind="process", timeout=5)``.
-
-    Cancelling the awaiting task cancels the work, and kills it when it runs in a process.
-
-    Returns:
-        What ``fn`` returned.
-
-    .. versionadded:: 0.1
-    """
-    import asyncio  # on use: importing it costs ~20 ms
-
-    from ._default import default_executor
-
-    ex = executor if executor is not None else default_executor()
-    future = ex.submit(fn, *args, **kwargs)
-    return await asyncio.wrap_future(future)
-
-
-async def amap(
-    fn: Callable[[Any], R],
-    items: Iterable[Any],
-    *,
-    kind: str = "auto",
-    chunksize: int | None = None,
-    timeout: float | None = None,
-    executor: Executor | None = None,
-) -> list[R]:
-    """Await ``hybridexec.map(fn, items, ...)`` without blocking the event loop.
-
-    The work is batched as in :func:`hybridexec.map`. Cancelling the awaiting task cancels the
-    work still in flight (killing what runs in processes).
-
-    Returns:
-        The results in input order.
-
-    Raises:
-        Exception: the first failed call's exception.
-
-    .. versionadded:: 0.1
-    """
-    import asyncio  # on use: importing it costs ~20 ms
-
-    from ._default import imap
-
-    control = _MapControl()
-    results = imap(
-        fn,
-        items,
-        kind=kind,
-        chunksize=chunksize,
-        timeout=timeout,
-        executor=executor,
-    )
-    loop = asyncio.get_running_loop()
-    done: concurrent.futures.Future[list[R]] = concurrent.futures.Future()
-
-    def consume() -> None:
-        try:
-            out: list[R] = []
-            for value in results:
-                out.append(value)
-                if control.stopped:
-                    break
-        except BaseException as exc:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # awaiter gone
-                done.set_exception(exc)
-        else:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                done.set_result(out)
-        finally:
-            results.close()
-
-    thread = threading.Thread(target=consume, name="hybridexec-amap", daemon=True)
-    control.results = results
-    thread.start()
-    try:
-        return await asyncio.wrap_future(done, loop=loop)
-    except asyncio.CancelledError:
-        control.stop()
-        await asyncio.to_thread(thread.join)
-        raise
-
-
-class _MapControl:
-    """Stops an ``amap`` whose awaiting task was cancelled."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self.results: Any = None
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.results is not None:
-            self.results.cancel()

@@ -1,19 +1,27 @@
-"""Module-level ``map``, ``imap`` and ``submit`` on one lazily started default Executor."""
+"""Module-level ``map``, ``imap``, ``submit``, ``arun`` and ``amap`` on one default Executor.
+
+The default executor starts on first use. At interpreter exit (``_lifecycle``'s first phase)
+it cancels its pending work and waits for the running work; in a forked child it is forgotten,
+so the child's first call starts a default executor of its own.
+"""
 
 from __future__ import annotations
 
-import atexit
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
+from . import _lifecycle
 from ._executor import Executor
 from ._futures import Future
 from ._mapping import MapIterator
 from ._mapping import imap as _imap
 from ._routing import Options, check_kind, check_timeout
+from ._views import ExecutorOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,21 +41,26 @@ def default_executor() -> Executor:
     with _lock:
         if _default is None or _default._closed:
             _default = Executor()
-            atexit.register(_shutdown_default, _default)
+            _lifecycle.on_exit(_lifecycle.EXECUTORS, shutdown_default)
         return _default
 
 
-def _shutdown_default(executor: Executor) -> None:
-    executor.shutdown(wait=True, cancel_futures=True)
-
-
 def shutdown_default() -> None:
-    """Shut down the default executor if it was started (pending work is cancelled)."""
+    """Shut down the default executor if it was started; pending work is cancelled."""
     global _default
     with _lock:
         executor, _default = _default, None
     if executor is not None:
-        _shutdown_default(executor)
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _forget_after_fork() -> None:
+    global _default, _lock
+    _lock = threading.Lock()
+    _default = None  # the parent's; the child starts its own on first use
+
+
+_lifecycle.on_fork(_forget_after_fork)
 
 
 def submit(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -144,3 +157,104 @@ def map(
             executor=executor,
         )
     ).collect()
+
+
+async def arun(
+    fn: Callable[..., R],
+    /,
+    *args: Any,
+    executor: Executor | ExecutorOptions | None = None,
+    **kwargs: Any,
+) -> R:
+    """Await ``fn(*args, **kwargs)`` run by an executor (the default one when None).
+
+    ``executor`` may also be a view such as ``ex.options(kind="process", timeout=5)``.
+
+    Cancelling the awaiting task cancels the work, and kills it when it runs in a process.
+
+    Returns:
+        What ``fn`` returned.
+
+    .. versionadded:: 0.1
+    """
+    import asyncio  # on use: importing it costs ~20 ms
+
+    ex = executor if executor is not None else default_executor()
+    future = ex.submit(fn, *args, **kwargs)
+    return await asyncio.wrap_future(future)
+
+
+async def amap(
+    fn: Callable[[Any], R],
+    items: Iterable[Any],
+    *,
+    kind: str = "auto",
+    chunksize: int | None = None,
+    timeout: float | None = None,
+    executor: Executor | None = None,
+) -> list[R]:
+    """Await ``hybridexec.map(fn, items, ...)`` without blocking the event loop.
+
+    The work is batched as in :func:`hybridexec.map`. Cancelling the awaiting task cancels the
+    work still in flight (killing what runs in processes).
+
+    Returns:
+        The results in input order.
+
+    Raises:
+        Exception: the first failed call's exception.
+
+    .. versionadded:: 0.1
+    """
+    import asyncio  # on use: importing it costs ~20 ms
+
+    control = _MapControl()
+    results = imap(
+        fn,
+        items,
+        kind=kind,
+        chunksize=chunksize,
+        timeout=timeout,
+        executor=executor,
+    )
+    loop = asyncio.get_running_loop()
+    done: concurrent.futures.Future[list[R]] = concurrent.futures.Future()
+
+    def consume() -> None:
+        try:
+            out: list[R] = []
+            for value in results:
+                out.append(value)
+                if control.stopped:
+                    break
+        except BaseException as exc:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # awaiter gone
+                done.set_exception(exc)
+        else:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                done.set_result(out)
+        finally:
+            results.close()
+
+    thread = threading.Thread(target=consume, name="hybridexec-amap", daemon=True)
+    control.results = results
+    thread.start()
+    try:
+        return await asyncio.wrap_future(done, loop=loop)
+    except asyncio.CancelledError:
+        control.stop()
+        await asyncio.to_thread(thread.join)
+        raise
+
+
+class _MapControl:
+    """Stops an ``amap`` whose awaiting task was cancelled."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.results: Any = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.results is not None:
+            self.results.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import functools
 import logging
 import threading
 import time
@@ -14,27 +13,19 @@ from typing import Any, TypeVar, overload
 from typing_extensions import ParamSpec, Self
 
 from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
-from ._asyncio import LoopLane, is_async_callable, run_coroutine
-from ._backends import RemoteLane, check_remote, open_lane
-from ._classifier import LearningClassifier
-from ._exceptions import SerializationError
-from ._futures import Future, Items, Task
-from ._process._pool import ProcessLane
+from ._backends import check_remote, open_lane
+from ._futures import Future, Items
+from ._router import Router
 from ._routing import (
     Classifier,
-    Decision,
     Explanation,
+    LearningClassifier,
     Options,
-    TimedTask,
     check_kind,
     check_timeout,
-    hints_of,
-    route,
     route_rules,
 )
-from ._shm_janitor import cleanup_shared_memory
-from ._shm_place import DEFAULT_THRESHOLD, check_threshold
-from ._threads import ThreadLane
+from ._shm import DEFAULT_THRESHOLD, check_threshold, cleanup_shared_memory
 from ._views import ExecutorOptions, results
 
 P = ParamSpec("P")
@@ -136,45 +127,35 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("backend_options and remote apply only with a backend")
         # ---- end distributed backend
         self._options = Options()
-        self._default_kind = check_kind(kind)
-        if classifier is None and self._default_kind == "auto":
+        default_kind = check_kind(kind)
+        if classifier is None and default_kind == "auto":
             classifier = LearningClassifier()
-        self._classifier = classifier
-        self._threads = ThreadLane(
-            max_threads,
-            idle_timeout=idle_timeout,
-            initializer=initializer,
-            initargs=initargs,
-        )
-        self._processes = ProcessLane(
-            max_processes,
-            start_method=start_method,
-            max_tasks_per_child=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child,
-            idle_timeout=idle_timeout,
-            initializer=initializer,
-            initargs=initargs,
-            shm_threshold=check_threshold(shm_threshold),
-        )
-        cleanup_shared_memory()  # segments left by processes that were SIGKILLed
-        self._lanes: dict[str, ThreadLane | ProcessLane] = {
-            "thread": self._threads,
-            "process": self._processes,
+        lane_options = {
+            "max_threads": max_threads,
+            "max_processes": max_processes,
+            "start_method": start_method,
+            "max_tasks_per_child": max_tasks_per_child,
+            "max_memory_per_child": max_memory_per_child,
+            "idle_timeout": idle_timeout,
+            "initializer": initializer,
+            "initargs": initargs,
+            "shm_threshold": check_threshold(shm_threshold),
         }
+        remote_lane = open_lane(backend, backend_options, remote) if backend is not None else None
+        self._router = Router(
+            lane_options=lane_options,
+            default_kind=default_kind,
+            classifier=classifier,
+            remote=remote_lane,
+        )
         self._shutdown_lock = threading.Lock()
-        self._closed = False
-        self._counts = {"thread": 0, "process": 0}
-        self._remote: RemoteLane | None = None  # distributed backend (issue 7)
-        if backend is not None:
-            self._remote = open_lane(backend, backend_options, remote)
-            weakref.finalize(self, self._remote.shutdown, False, cancel_futures=True)
-        if self._classifier is not None:
-            # Weakly: the manager thread keeps the lane alive, and the lane must not keep the
-            # executor alive, or an executor dropped without shutdown() would never be freed.
-            self._processes._timing_hook = _weak_method(self._record_process_timing)
-        self._loop = LoopLane()
+        cleanup_shared_memory()  # segments left by processes that were SIGKILLed
         # An executor dropped without shutdown() still lets its workers go.
-        weakref.finalize(self, _release, self._threads, self._processes, self._loop)
+        weakref.finalize(self, self._router.release)
+
+    @property
+    def _closed(self) -> bool:
+        return self._router.closed
 
     # ---- the concurrent.futures contract --------------------------------------------------
     @overload
@@ -193,7 +174,7 @@ class Executor(concurrent.futures.Executor):
             TypeError: ``fn`` is not callable.
             RuntimeError: the executor was shut down.
         """
-        return self._submit(fn, args, kwargs, self._options)
+        return self._router.submit(fn, args, kwargs, self._options)
 
     def map(
         self,
@@ -221,18 +202,14 @@ class Executor(concurrent.futures.Executor):
             wait: Wait for running (and, unless cancelled, pending) tasks to finish.
             cancel_futures: Cancel tasks that have not started.
         """
+        router = self._router
         with self._shutdown_lock:
-            self._closed = True
-        self._threads.shutdown(wait=False, cancel_futures=cancel_futures)
-        self._processes.shutdown(wait=False, cancel_futures=cancel_futures)
-        self._loop.shutdown(wait=False, cancel_futures=cancel_futures)
-        stop_actors(self, drain=not cancel_futures, wait=wait)  # actors it spawned
-        if self._remote is not None:  # distributed backend (issue 7)
-            self._remote.shutdown(wait=wait, cancel_futures=cancel_futures)
+            router.closed = True
+        stop_actors(self, drain=not cancel_futures, wait=False)  # actors it spawned
+        router.shutdown(wait=False, cancel_futures=cancel_futures)
         if wait:
-            self._threads.shutdown(wait=True)
-            self._processes.shutdown(wait=True)
-            self._loop.shutdown(wait=True)
+            stop_actors(self, drain=not cancel_futures, wait=True)
+            router.shutdown(wait=True, cancel_futures=cancel_futures)
 
     def __enter__(self) -> Self:
         return self
@@ -252,12 +229,12 @@ class Executor(concurrent.futures.Executor):
     def terminate_workers(self) -> None:
         """Shut down without waiting and SIGTERM every worker process; running tasks cancel."""
         self.shutdown(wait=False, cancel_futures=True)
-        self._processes.terminate_workers()
+        self._router.processes.terminate_workers()
 
     def kill_workers(self) -> None:
         """Shut down without waiting and SIGKILL every worker process; running tasks cancel."""
         self.shutdown(wait=False, cancel_futures=True)
-        self._processes.kill_workers()
+        self._router.processes.kill_workers()
 
     def stats(self) -> dict[str, Any]:
         """Counts per lane, process-lane events and the routing decision table.
@@ -267,12 +244,13 @@ class Executor(concurrent.futures.Executor):
             ``process_lane`` (workers started, crashes, kills) and ``decisions``: one row per
             function the classifier knows (lane, measured figures, calls, reason).
         """
-        table = getattr(self._classifier, "table", None)
+        router = self._router
+        table = getattr(router.classifier, "table", None)
         return {
-            "submitted": dict(self._counts),
-            "threads": self._threads.size,
-            "processes": self._processes.size,
-            "process_lane": dict(self._processes.stats),
+            "submitted": dict(router.counts),
+            "threads": router.threads.size,
+            "processes": router.processes.size,
+            "process_lane": dict(router.processes.stats),
             "decisions": table() if callable(table) else [],
         }
 
@@ -290,13 +268,14 @@ class Executor(concurrent.futures.Executor):
         Returns:
             The lane, the reason in words, the GIL fraction, CPU/wall and call counts.
         """
-        decision = route_rules(fn, self._options, self._default_kind)  # reads the hints too
+        router = self._router
+        decision = route_rules(fn, self._options, router.default_kind)  # reads the hints too
         name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
         if decision is not None:
             return Explanation(name, decision.kind, decision.reason)
-        if self._classifier is None:
+        if router.classifier is None:
             return Explanation(name, "thread", "no hint and no classifier: threads by default")
-        explain = getattr(self._classifier, "explain", None)
+        explain = getattr(router.classifier, "explain", None)
         if not callable(explain):
             return Explanation(name, "?", "the executor's classifier decides at each call")
         result: Explanation = explain(fn, args if args or kwargs else None)
@@ -305,124 +284,7 @@ class Executor(concurrent.futures.Executor):
     @property
     def worker_pids(self) -> list[int]:
         """The pids of the worker processes alive now."""
-        return self._processes.worker_pids()
-
-    # ---- internals shared with map() and the module-level helpers ------------------------
-    def _record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
-        # Called on the process lane's manager thread for each finished task.
-        classifier = self._classifier
-        if classifier is None or not task.items:
-            return
-        calls = len(task.items) if task.batch else 1
-        try:
-            classifier.record(task.fn, "process", elapsed, cpu, calls=calls, args=task.items[0][0])
-        except Exception:  # a broken classifier must not stop the manager thread
-            logger.exception("the classifier failed to record a finished task")
-
-    def _decide(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
-    ) -> tuple[Decision, Options]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
-        hinted = hints_of(fn)
-        if hinted is not None:
-            opts = opts.merged(hinted)
-        return route(fn, args, kwargs, opts, self._classifier, self._default_kind), opts
-
-    def _submit(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        opts: Options,
-    ) -> Future[Any]:
-        if is_async_callable(fn) and self._async_on_loop(fn, opts):
-            return self._submit_async(fn, args, kwargs, opts)
-        decision, opts = self._decide(fn, args, kwargs, opts)
-        return self._submit_task(fn, [(args, kwargs)], decision, opts.timeout, batch=False)[0]
-
-    # ---- async def: the executor's event loop ----------------------------------------------
-    def _async_on_loop(self, fn: Callable[..., Any], opts: Options) -> bool:
-        # An async def runs on the executor's loop unless a lane was chosen for it; then it
-        # runs there under asyncio.run (see _submit_task).
-        hinted = hints_of(fn)
-        chosen = opts.kind if opts.kind != "auto" else (hinted.kind if hinted else "auto")
-        return chosen == "auto"
-
-    def _submit_async(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
-    ) -> Future[Any]:
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        hinted = hints_of(fn)
-        timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
-        self._counts["async"] = self._counts.get("async", 0) + 1
-        return self._loop.submit(fn, args, kwargs, timeout or None)
-
-    def _submit_task(
-        self,
-        fn: Callable[..., Any],
-        items: Items,
-        decision: Decision,
-        timeout: float | None,
-        *,
-        batch: bool,
-    ) -> tuple[Future[Any], Task]:
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        probe = decision.probe
-        if probe is not None and not probe.claim():
-            # map() reuses one decision: only its first task is measured; the others ask
-            # again (while the function is being learned, that waits for the verdict).
-            decision, _ = self._decide(fn, items[0][0], items[0][1], Options())
-            probe = decision.probe
-            if probe is not None and not probe.claim():
-                probe = None
-        kind = "thread" if probe is not None else decision.kind
-        future: Future[Any] = Future(kind)
-        if is_async_callable(fn):
-            fn = functools.partial(run_coroutine, fn)
-        task = Task(fn, items, future, batch=batch, timeout=timeout)
-        remote = self._remote  # distributed backend (issue 7): process work, or all, goes there
-        if remote is not None and probe is None and remote.takes(kind):
-            try:
-                remote.submit(task)
-            except SerializationError as exc:
-                if self._refuse_unpicklable(fn, exc, decision, future):
-                    return future, task
-                kind = "thread"
-            else:
-                self._counts[remote.kind] = self._counts.get(remote.kind, 0) + 1
-                return future, task
-        if kind == "process":
-            try:
-                self._processes.prepare(task)
-            except SerializationError as exc:
-                if self._refuse_unpicklable(fn, exc, decision, future):
-                    return future, task
-                kind = "thread"
-        if kind == "thread" and self._classifier is not None and timeout is None:
-            # Timed where it runs: the classifier learns from every thread task.
-            task = TimedTask(
-                task.fn, items, future, self._classifier, probe, batch=batch, timeout=timeout
-            )
-        logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
-        self._counts[kind] += 1
-        self._lanes[kind].submit(task)
-        return future, task
-
-    @staticmethod
-    def _refuse_unpicklable(
-        fn: Callable[..., Any], exc: SerializationError, decision: Decision, future: Future[Any]
-    ) -> bool:
-        """Fail ``future`` if its lane was asked for explicitly; else let it fall to threads."""
-        if decision.explicit:
-            future.set_running_or_notify_cancel()
-            future.settle(False, exc)
-            return True
-        logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
-        future.kind = "thread"
-        return False
+        return self._router.processes.worker_pids()
 
     def _map(
         self,
@@ -436,14 +298,15 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        router = self._router
         end_time = None if timeout is None else time.monotonic() + timeout
         args_list = list(zip(*iterables))  # noqa: B905 - stops at the shortest, as map does
         futures: list[tuple[Future[Any], bool]] = []
         for start in range(0, len(args_list), chunksize):
             chunk = args_list[start : start + chunksize]
-            decision, call_opts = self._decide(fn, chunk[0], {}, opts)
+            decision, call_opts = router.decide(fn, chunk[0], {}, opts)
             items: Items = [(args, {}) for args in chunk]
-            future, _ = self._submit_task(
+            future, _ = router.submit_task(
                 fn, items, decision, call_opts.timeout, batch=chunksize > 1
             )
             futures.append((future, chunksize > 1))
@@ -481,22 +344,6 @@ class Executor(concurrent.futures.Executor):
             mailbox_size=mailbox_size,
             max_restarts=max_restarts,
             on_error=on_error,
-            start_method=self._processes.start_method,
+            start_method=self._router.processes.start_method,
             owner=self,
         )
-
-
-def _weak_method(method: Callable[..., None]) -> Callable[..., None]:
-    ref = weakref.WeakMethod(method)
-
-    def call(*args: Any) -> None:
-        target = ref()
-        if target is not None:
-            target(*args)
-
-    return call
-
-
-def _release(*lanes: ThreadLane | ProcessLane | LoopLane) -> None:
-    for lane in lanes:
-        lane.shutdown(wait=False, cancel_futures=True)

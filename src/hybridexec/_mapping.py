@@ -57,7 +57,7 @@ def imap(
         raise ValueError(f"chunksize must be an int of at least 1 or None, not {chunksize!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
-    if executor._closed:
+    if executor._router.closed:
         raise RuntimeError("cannot schedule new futures after shutdown")
     try:
         total: int | None = len(iterable)  # type: ignore[arg-type]
@@ -193,23 +193,22 @@ def _run(
         if report is not None:
             report.close()
         return
-    decision, opts = executor._decide(fn, (first[0],), {}, options)
+    router = executor._router
+    decision, opts = router.decide(fn, (first[0],), {}, options)
     kind = decision.kind
-    lane_width = (
-        executor._processes.max_processes if kind == "process" else executor._threads.max_threads
-    )
+    lane_width = router.processes.max_processes if kind == "process" else router.threads.max_threads
     in_flight: deque[_Batch] | set[_Batch] = deque() if ordered else set()
     waiting = state.waiting
     remaining = None if total is None else total
 
     def submit(items: list[Any]) -> None:
         nonlocal remaining
-        if state.cancelled or executor._closed:
+        if state.cancelled or router.closed:
             # Cancelled by the consumer, or the executor shut down under a running map: the
             # rest of the work is cancelled, as shutdown(cancel_futures=True) says.
             raise concurrent.futures.CancelledError()
         calls: Items = [((item,), _NO_KWARGS) for item in items]
-        future, task = executor._submit_task(fn, calls, decision, opts.timeout, batch=True)
+        future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
         batch = _Batch(future, task, len(items))
         if isinstance(in_flight, deque):
             in_flight.append(batch)
@@ -306,8 +305,9 @@ def _run_inline(
     report: _Progress | None,
     state: _MapState,
 ) -> Generator[list[Any], None, None]:
+    router = executor._router
     while True:
-        if state.cancelled or executor._closed:
+        if state.cancelled or router.closed:
             raise concurrent.futures.CancelledError()
         items = list(itertools.islice(it, size))
         if not items:
@@ -322,7 +322,7 @@ def _run_inline(
                 append(fn(item))
         except BaseException as exc:  # raised after the values before it are delivered
             error = exc
-        executor._counts["inline"] = executor._counts.get("inline", 0) + len(items)
+        router.counts["inline"] = router.counts.get("inline", 0) + len(items)
         if report is not None:
             report.update(len(values) + (error is not None), "inline")
         yield values

@@ -13,11 +13,16 @@ import sys
 import traceback
 from typing import Any
 
-import cloudpickle
-
 from ._exceptions import RemoteTraceback, SerializationError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _cloudpickle() -> Any:
+    # Imported on first use (~7 ms): a worker that only runs plain functions never needs it.
+    import cloudpickle
+
+    return cloudpickle
 
 
 def main_by_value(data: bytes) -> bool:
@@ -46,7 +51,7 @@ def dumps(obj: Any) -> bytes:
         raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
         try:
-            return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+            return _cloudpickle().dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
         except Exception as exc:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
@@ -58,7 +63,7 @@ def dumps_callable(fn: Any) -> bytes:
         SerializationError: the callable cannot be pickled; the cause is chained.
     """
     try:
-        return cloudpickle.dumps(fn, PROTOCOL)  # type: ignore[no-any-return]
+        return _cloudpickle().dumps(fn, PROTOCOL)  # type: ignore[no-any-return]
     except Exception as exc:
         raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
 

@@ -35,8 +35,12 @@ class TaskInterrupted(BaseException):
     """Raised asynchronously inside a thread whose task passed its deadline."""
 
 
-def _interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
-    # With None, a pending (not yet raised) asynchronous exception is withdrawn.
+def interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` asynchronously in the thread ``ident`` at its next bytecode boundary.
+
+    The one async-raise helper of the package (thread-lane deadlines, thread actors' kill,
+    remote calls). With None, a pending (not yet raised) exception is withdrawn.
+    """
     obj = ctypes.py_object(exc) if exc is not None else None
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
 
@@ -232,7 +236,7 @@ class ThreadLane:
                     with running.lock:
                         running.done = True
                         if running.interrupted:
-                            _interrupt_thread(running.ident, None)
+                            interrupt_thread(running.ident, None)
                 except TaskInterrupted:
                     pass  # raised between the task's end and the lock: already handled
 
@@ -246,4 +250,4 @@ def _on_deadline(running: _Running) -> None:
         task.future.settle(
             False, TaskTimeoutError(f"task exceeded its {task.timeout:g} s timeout in a thread")
         )
-        _interrupt_thread(running.ident, TaskInterrupted)
+        interrupt_thread(running.ident, TaskInterrupted)

@@ -61,7 +61,7 @@ class ExecutorOptions:
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
     def submit(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
         """``Executor.submit`` with these options."""
-        return self._executor._submit(fn, args, kwargs, self._opts)
+        return self._executor._router.submit(fn, args, kwargs, self._opts)
 
     def map(
         self,

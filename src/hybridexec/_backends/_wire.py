@@ -22,7 +22,6 @@ the same object are in flight, they share one copy (see ``RemoteLane._share``).
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import threading
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 from .._exceptions import SerializationError, TaskTimeoutError
 from .._futures import Items, Outcome, Task
 from .._serialize import dumps, dumps_callable, loads, pack_exception, unpack_exception
+from .._threads import interrupt_thread
 
 LARGE_BYTES = 1 << 20
 """Top-level arguments at least this large go through the engine's object store."""
@@ -132,11 +132,6 @@ _cancelled: dict[str, None] = {}
 MAX_CANCELLED = 10_000
 
 
-def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
-    obj = ctypes.py_object(exc) if exc is not None else None
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
-
-
 def interrupt(token: str) -> bool:
     """In a worker: interrupt the call ``token`` if it runs here; return whether it did.
 
@@ -156,7 +151,7 @@ def interrupt(token: str) -> bool:
         if running.done or running.interrupted:
             return False
         running.interrupted = True
-        _set_async_exc(running.ident, Interrupted)
+        interrupt_thread(running.ident, Interrupted)
     return True
 
 
@@ -208,7 +203,7 @@ def run_call(
             with running.lock:
                 running.done = True
                 if running.interrupted:
-                    _set_async_exc(running.ident, None)  # withdraw one not raised yet
+                    interrupt_thread(running.ident, None)  # withdraw one not raised yet
         except Interrupted:
             pass  # raised between the call's end and the lock: nothing pending any more
         with _running_lock:

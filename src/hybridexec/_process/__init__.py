@@ -1,6 +1,20 @@
-"""The process lane: our own pool of worker processes, one private pipe per worker.
+"""The process room: worker processes for the process lane and for process actors.
 
-Data flow::
+What the rest of the package may use is named here; everything else in the room is private.
+
+Layers inside the room (each imports only those above it)::
+
+    _frames     the one framing of every pipe (length-prefixed frames)
+    _child      the child side shared by workers and actors: process group, death signal,
+                lifeline watcher (``enter_child``)
+    _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe,
+                process-tree kill, ``Child`` (start, reap, kill that never signals a recycled pid)
+    _wire       the lane's messages: calls and replies
+    _worker     the lane's child entry: a plain loop over the worker's private pipe
+    _manager    the lane's manager thread: the only code that touches worker pipes
+    _lane       ProcessLane, the front: records work, wakes the manager
+
+Data flow of the lane::
 
     caller threads                manager thread                     worker processes
     --------------                --------------                     ----------------
@@ -8,6 +22,51 @@ Data flow::
                               wait(pipes, sentinels, wake-up,       run the call(s)
                                    timeout=next deadline)     <-   result / remote traceback
     futures resolved  <-      results, crashes, deadlines
-
-Only the manager thread touches worker pipes and sentinels; everything else hands it messages.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
+
+if TYPE_CHECKING:
+    from ._child import enter_child as enter_child
+    from ._child import resident_memory as resident_memory
+    from ._frames import FrameReader as FrameReader
+    from ._frames import write_frame as write_frame
+    from ._lane import ProcessLane as ProcessLane
+    from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
+    from ._supervise import default_start_method as default_start_method
+    from ._supervise import get_context as get_context
+    from ._supervise import lifeline as lifeline
+    from ._supervise import signal_tree as signal_tree
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "FrameReader",
+    "ProcessLane",
+    "default_start_method",
+    "enter_child",
+    "get_context",
+    "lifeline",
+    "resident_memory",
+    "signal_tree",
+    "write_frame",
+]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "DEFAULT_GRACE": "._supervise",
+        "FrameReader": "._frames",
+        "ProcessLane": "._lane",
+        "default_start_method": "._supervise",
+        "enter_child": "._child",
+        "get_context": "._supervise",
+        "lifeline": "._supervise",
+        "resident_memory": "._child",
+        "signal_tree": "._supervise",
+        "write_frame": "._frames",
+    },
+)

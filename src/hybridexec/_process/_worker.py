@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import time
 from typing import Any
 
+from .. import _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
-from .._shm_reply import dumps_reply
-from ._messages import STOP, Reply
-from ._util import (
-    become_group_leader,
-    resident_memory,
-    set_parent_death_signal,
-    watch_lifeline,
-)
+from .._shm import dumps_reply
+from ._child import enter_child, resident_memory
+from ._wire import STOP, Reply
 
 _FN_CACHE_SIZE = 16
 
@@ -25,23 +20,12 @@ _FN_CACHE_SIZE = 16
 def worker_main(
     conn: Any,
     lifeline: Any,
-    inherited_fds: tuple[int, ...],
     initializer: bytes | None,
     report_memory: bool,
     death_signal: bool,
 ) -> None:
     """Run calls sent over ``conn`` until told to stop or the parent goes away."""
-    become_group_leader()
-    if death_signal:
-        set_parent_death_signal()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for fd in inherited_fds:  # with fork: ends of the parent's pipes that must not stay open
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    watch_lifeline(lifeline)
-    _forget_inherited_pools()
+    enter_child(lifeline, death_signal)
 
     init_error: bytes | None = None
     if initializer is not None:
@@ -53,11 +37,14 @@ def worker_main(
             err.__cause__ = exc
             init_error = pack_exception(err)
 
-    os.register_at_fork(after_in_child=_forked)
+    _lifecycle.on_fork(_forked)
     try:
         _serve(conn, init_error, report_memory)
     finally:
-        _release_nested_pools()
+        # A task may have started executors of its own (the default one included). Their
+        # worker processes are our non-daemon children, which multiprocessing joins as this
+        # worker exits: the exit hooks stop them first, as at any interpreter exit.
+        _lifecycle.run_exit_hooks()
 
 
 def _serve(conn: Any, init_error: bytes | None, report_memory: bool) -> None:
@@ -88,27 +75,6 @@ _in_forked_child = False
 def _forked() -> None:
     global _in_forked_child
     _in_forked_child = True
-
-
-def _forget_inherited_pools() -> None:
-    # Under fork this process holds copies of the parent's executors, whose pipes it closed
-    # above: they must never be used (or shut down) from here.
-    from .. import _default
-    from . import _pool
-
-    _default._default = None
-    _pool._live_lanes.clear()
-
-
-def _release_nested_pools() -> None:
-    # A task may have started executors of its own (the default one included). Their worker
-    # processes are our non-daemon children, which multiprocessing joins when this worker
-    # exits: shut them down first or the join never returns.
-    from .._default import shutdown_default
-    from ._pool import kill_live_lanes
-
-    shutdown_default()
-    kill_live_lanes()
 
 
 def _fail_all(data: bytes, packed: bytes) -> list[tuple[bool, Any]]:

@@ -6,28 +6,29 @@ process of its own (``kind="process"``). Other code reaches it only through its 
 one and forgets it. Messages are handled in the order they were sent, one at a time, so the
 instance needs no locks.
 
-Rooms: ``_actors_base`` (states, bounded mailbox, errors, on_error), ``_actors_thread``,
-``_actors_process`` (parent side and supervision) and ``_actors_child`` (the child loop).
+The room: ``_base`` (states, bounded mailbox, errors, on_error), ``_thread``, ``_process``
+(parent side and supervision, on the process room's machinery) and ``_child`` (the child loop).
 This module holds the handle, ``spawn`` and the registries that stop actors at executor
 shutdown and at interpreter exit.
 """
 
 from __future__ import annotations
 
-import atexit
 import itertools
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Concatenate, Generic, Literal, NoReturn, ParamSpec, TypeVar
 
-from ._actors_base import CoreBase
-from ._actors_base import OnError as OnError
-from ._actors_process import ProcessCore
-from ._actors_thread import ThreadCore
-from ._futures import Future
-from ._process._util import get_context
+from .. import _lifecycle
+from .._futures import Future
+from .._process import get_context
+from ._base import CoreBase
+from ._base import OnError as OnError
+from ._process import ProcessCore
+from ._thread import ThreadCore
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -42,7 +43,6 @@ _names = itertools.count(1)
 _live: set[CoreBase] = set()  # every actor not gone yet: stopped at interpreter exit
 _owned: weakref.WeakKeyDictionary[object, set[CoreBase]] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
-_atexit_registered = False
 
 
 class ActorRef(Generic[T]):
@@ -292,13 +292,8 @@ def spawn_actor(
 
 
 def _register(core: CoreBase, owner: object) -> None:
-    global _atexit_registered
+    _lifecycle.on_exit(_lifecycle.ACTORS, _stop_all)
     with _registry_lock:
-        if not _atexit_registered:
-            # Registered after multiprocessing's own exit hook, so it runs first: that hook
-            # joins child processes, which would wait forever for a live actor.
-            atexit.register(_stop_all)
-            _atexit_registered = True
         _live.add(core)
         core.registries.append(_live)
         if owner is not None:
@@ -329,3 +324,17 @@ def _stop_all() -> None:
     for core in cores:
         if not core.join(max(0.0, deadline - time.monotonic())) and core.kind == "process":
             core.kill()
+
+
+def _forget_after_fork() -> None:
+    # In a forked child every actor alive belongs to the parent.
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    parent = os.getppid()
+    for core in list(_live):
+        core.forget_after_fork(parent)
+    _live.clear()
+    _owned.clear()
+
+
+_lifecycle.on_fork(_forget_after_fork)

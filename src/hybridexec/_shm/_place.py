@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from ._exceptions import SerializationError, SharedMemoryError
-from ._serialize import PROTOCOL, main_by_value
-from ._shm import MapInfo, Segment, free_bytes, mapping_of
-from ._shm_objects import SharedHandle
+from .._exceptions import SerializationError, SharedMemoryError
+from .._serialize import PROTOCOL, main_by_value
+from ._names import free_bytes
+from ._objects import SharedHandle
+from ._segment import MapInfo, Segment, mapping_of
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -391,6 +392,6 @@ def _dump(
             slow(buffer, placement, lease).dump(obj)
             return buffer.getvalue()
         except Exception as exc:
-            from ._serialize import _describe
+            from .._serialize import _describe
 
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeVar, overload
 
-from ._futures import Future, Items, Task
+from .._futures import Future, Items, Task
 
 KINDS = ("auto", "thread", "process")
 Kind = Literal["auto", "thread", "process"]
@@ -249,11 +249,11 @@ class Explanation:
         if self.gil_fraction is not None:
             figures.append(f"GIL held {self.gil_fraction:.0%} of its running time")
         if self.gil_seconds is not None:
-            figures.append(f"{_ms(self.gil_seconds)} of GIL per call")
+            figures.append(f"{ms(self.gil_seconds)} of GIL per call")
         if self.cpu_ratio is not None:
             figures.append(f"CPU/wall {self.cpu_ratio:.2f} on a thread")
         if self.wall_seconds is not None:
-            figures.append(f"{_ms(self.wall_seconds)} per call")
+            figures.append(f"{ms(self.wall_seconds)} per call")
         lanes = ", ".join(f"{n} {k}" for k, n in sorted(self.per_lane.items()) if n)
         figures.append(f"{self.calls} calls" + (f" ({lanes})" if lanes else ""))
         if self.changes:
@@ -261,7 +261,8 @@ class Explanation:
         return f"{text} [{'; '.join(figures)}]"
 
 
-def _ms(seconds: float) -> str:
+def ms(seconds: float) -> str:
+    """``1.5 ms``, ``120 us``: a duration as explanations print it."""
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} us"
     return f"{seconds * 1e3:.1f} ms"

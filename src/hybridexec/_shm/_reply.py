@@ -19,11 +19,11 @@ import pickle
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import SharedMemoryError
-from ._serialize import PROTOCOL
-from ._shm import Segment
-from ._shm_objects import SharedHandle
-from ._shm_place import DEFAULT_THRESHOLD, _attach_array, _ndarray_type, _shared_reference
+from .._exceptions import SharedMemoryError
+from .._serialize import PROTOCOL
+from ._objects import SharedHandle
+from ._place import DEFAULT_THRESHOLD, _attach_array, _ndarray_type, _shared_reference
+from ._segment import Segment
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -88,7 +88,7 @@ class _ReplyState:
         return (segment.name, segment.size, 0, array.shape, array.dtype, None, False, True)
 
     def undo(self) -> None:
-        from ._shm import unlink
+        from ._names import unlink
 
         for segment in self.created:
             unlink(segment.name)
@@ -125,7 +125,7 @@ def dumps_reply(obj: Any) -> bytes:
 
 
 def _handles_exist() -> bool:
-    from ._shm import _maps
+    from ._segment import _maps
 
     return bool(_maps)
 

@@ -21,25 +21,21 @@ handler blocked in C (``time.sleep``, a socket read, a lock) goes on until that 
 
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._actors_base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, OnError, describe
-from ._exceptions import ActorError
-from ._futures import Future
+from .._exceptions import ActorError
+from .._futures import Future
+from .._threads import interrupt_thread
+from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, OnError, describe
 
 _STOP: Any = object()
 
 
 class _Killed(BaseException):
     """Raised inside a thread actor's running handler by ``kill()``."""
-
-
-def _async_raise(ident: int, exc_type: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
 
 
 class ThreadCore(CoreBase):
@@ -120,7 +116,7 @@ class ThreadCore(CoreBase):
         with self.handler_lock:
             current, self.current = self.current, None
             if self.in_handler and self.ident is not None and not self.in_actor():
-                _async_raise(self.ident, _Killed)
+                interrupt_thread(self.ident, _Killed)
         if current is not None:
             current.settle(False, self.broken_error("was killed while handling this message"))
         self.drain_queue()

@@ -21,9 +21,9 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Any, Union, overload
 
-from ._exceptions import SharedMemoryError
-from ._shm import Segment
-from ._shm_objects import SharedHandle
+from .._exceptions import SharedMemoryError
+from ._objects import SharedHandle
+from ._segment import Segment
 
 Scalar = Union[int, float, bool, str, bytes, None]  # noqa: UP007 - a runtime alias on 3.10
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._exceptions import SerializationError
 from .._serialize import dumps, dumps_callable
-from .._shm_reply import reply_policy
+from .._shm import reply_policy
 
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from .._shm_place import Placement
+    from .._shm import Placement
 
 STOP = b""
 

@@ -1,11 +1,11 @@
 """The front of the process lane: records work for the manager thread and wakes it.
 
-Nothing here touches a worker; see ``_manager.py`` for the thread that does.
+Nothing here touches a worker; see ``_manager.py`` for the thread that does. At interpreter
+exit and in a forked child, ``_lifecycle`` calls the hooks at the end of this module.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import threading
@@ -14,31 +14,42 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import _lifecycle
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._serialize import dumps
-from .._shm_place import DEFAULT_THRESHOLD, Placement
+from .._shm import DEFAULT_THRESHOLD, Placement
 from ._manager import Manager
-from ._messages import encode_call
-from ._util import get_context, preload_in_forkserver
+from ._supervise import get_context, lifeline, preload_in_forkserver
+from ._wire import encode_call
 
 _live_lanes: weakref.WeakSet[ProcessLane] = weakref.WeakSet()
-_atexit_registered = False
-_atexit_lock = threading.Lock()
+_live_lock = threading.Lock()
 
 
 def kill_live_lanes() -> None:
-    """Stop every process lane still alive in this process, killing its workers."""
-    # Runs before multiprocessing's own exit hook (which would join our non-daemon workers
-    # forever): an executor that was never shut down loses its workers here, at once. The
-    # default executor promises to finish its running work at exit: it goes first, politely.
-    from .._default import shutdown_default
+    """Stop every process lane still alive in this process, killing its workers.
 
-    shutdown_default()
-    for lane in list(_live_lanes):
+    Runs at interpreter exit (after the default executor finished its running work), and in
+    a worker process before it exits, for executors that a task started.
+    """
+    with _live_lock:
+        lanes = list(_live_lanes)
+    for lane in lanes:
         lane.shutdown(wait=False, cancel_futures=True)
         lane.kill_workers()
         lane.join(timeout=5.0)
+
+
+def _forget_lanes_after_fork() -> None:
+    global _live_lock
+    _live_lock = threading.Lock()
+    for lane in list(_live_lanes):
+        lane.forget_after_fork()
+    _live_lanes.clear()
+
+
+_lifecycle.on_fork(_forget_lanes_after_fork)
 
 
 class ProcessLane:
@@ -85,8 +96,7 @@ class ProcessLane:
         self._manager: Manager | None = None
         self._timing_hook: Callable[[Task, float, float], None] | None = None
         self.wake_r = self.wake_w = -1
-        self.lifeline_r: Any = None
-        self.lifeline_w: Any = None
+        self.foreign = False  # inherited through os.fork(): the parent's, never touched here
 
     # ---- used by the manager --------------------------------------------------------------
     def drain_wakeups(self) -> None:
@@ -144,18 +154,15 @@ class ProcessLane:
         self._wake()
 
     def _start_manager(self) -> None:
-        global _atexit_registered
+        self.lifeline_r = lifeline()[0]
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
-        self.lifeline_r, self.lifeline_w = self.context.Pipe(duplex=False)
         self._manager = Manager(self)
         self._manager.start()
-        with _atexit_lock:
+        _lifecycle.on_exit(_lifecycle.LANES, kill_live_lanes)
+        with _live_lock:
             _live_lanes.add(self)
-            if not _atexit_registered:
-                atexit.register(kill_live_lanes)
-                _atexit_registered = True
 
     def _wake(self) -> None:
         # Under the lock: the manager closes the pipe as it exits, and a write to a closed
@@ -199,9 +206,32 @@ class ProcessLane:
             for fd in (self.wake_r, self.wake_w):
                 os.close(fd)
             self.wake_r = self.wake_w = -1
-            self.lifeline_r.close()
-            self.lifeline_w.close()
+        with _live_lock:
             _live_lanes.discard(self)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the lane is the parent's; close our copies of its pipe ends.
+
+        Only the forking thread exists now: locks are replaced, not taken, and no worker is
+        signalled or stopped from here.
+        """
+        self._lock = threading.Lock()
+        self.foreign = True
+        self.broken = RuntimeError(
+            "this process lane was inherited through os.fork(); it belongs to the parent"
+        )
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.wake_r = self.wake_w = -1
+        manager, self._manager = self._manager, None
+        if manager is not None:
+            manager.forget_after_fork()
+        self.pending.clear()
+        self.commands.clear()
 
     def terminate_workers(self) -> None:
         """SIGTERM every worker (and its children); running tasks are cancelled on return."""
@@ -213,7 +243,7 @@ class ProcessLane:
 
     def _kill_all(self, sig: int) -> None:
         manager = self._manager
-        if manager is None or not manager.is_alive():
+        if self.foreign or manager is None or not manager.is_alive():
             return
         done = threading.Event()
         self.command("kill-all", (sig, done))

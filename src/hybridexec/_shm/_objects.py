@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Self
 
-from ._exceptions import BackendUnavailableError
-from ._shm import Segment
+from .._exceptions import BackendUnavailableError
+from ._segment import Segment
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,6 +1,6 @@
 """The janitor: removes shared-memory segments whose owner process is dead.
 
-Segment names carry the owner's pid (see ``_shm.py``). Nothing runs to unlink the segments of a
+Segment names carry the owner's pid (see ``_names.py``). Nothing runs to unlink the segments of a
 process group killed with SIGKILL, so they would stay in ``/dev/shm`` for good; the janitor
 runs whenever an ``Executor`` starts and as ``hybridexec.cleanup_shared_memory()``. At a normal
 exit each process also removes whatever segments still carry its own pid.
@@ -8,11 +8,11 @@ exit each process also removes whatever segments still carry its own pid.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 
-from ._shm import SHM_DIR, owner_pid_of, unlink
+from .. import _lifecycle
+from ._names import SHM_DIR, owner_pid_of, unlink
 
 logger = logging.getLogger("hybridexec")
 
@@ -82,12 +82,5 @@ def _sweep_own_segments() -> None:
             unlink(name)
 
 
-_sweep_pid = os.getpid()
-
-
-def _sweep_at_exit() -> None:
-    if os.getpid() == _sweep_pid:
-        _sweep_own_segments()
-
-
-atexit.register(_sweep_at_exit)
+# A forked child has a pid of its own, so its sweep never touches the parent's segments.
+_lifecycle.on_exit(_lifecycle.SEGMENTS, _sweep_own_segments)

@@ -7,7 +7,7 @@ object mapped with ``mmap``. The rules (DESIGN.md, "Shared memory rules"):
   on any Python version: a tracker that sees a worker attach destroys the segment when that
   worker exits, while the owner still uses it (CPython issue 82300).
 - Names are ``hx<owner pid>_<16 random hex digits>``: unguessable, created with ``O_EXCL`` and
-  mode 0o600, and the janitor (``_shm_janitor.py``) can tell whose they are.
+  mode 0o600, and the janitor (``_janitor.py``) can tell whose they are.
 - Space is reserved with ``os.posix_fallocate`` before anything is mapped: a full ``/dev/shm``
   then fails with ``SharedMemoryError`` instead of killing the process with SIGBUS on first write.
 - A mapping is never unmapped under a live view: closing a segment drops this handle's reference
@@ -24,94 +24,25 @@ import errno
 import logging
 import mmap
 import os
-import re
-import secrets
 import sys
 import weakref
-from importlib import import_module
 from typing import Any
 
-from ._exceptions import SharedMemoryError
+from .. import _lifecycle
+from .._exceptions import SharedMemoryError
+from ._janitor import cleanup_shared_memory
+from ._names import (
+    LINUX,
+    SHM_DIR,
+    describe_space,
+    new_name,
+    open_segment,
+    owner_pid_of,
+    reserve,
+    unlink,
+)
 
 logger = logging.getLogger("hybridexec")
-
-PREFIX = "hx"
-SHM_DIR = "/dev/shm"
-_NAME = re.compile(r"hx(\d+)_[0-9a-f]{16}\Z")
-_LINUX = sys.platform.startswith("linux")
-
-
-# ---- names and the OS calls ------------------------------------------------------------------
-def new_name(owner_pid: int | None = None) -> str:
-    """Return a fresh, unguessable segment name carrying ``owner_pid`` (default: this process)."""
-    pid = os.getpid() if owner_pid is None else owner_pid
-    return f"{PREFIX}{pid}_{secrets.token_hex(8)}"
-
-
-def owner_pid_of(name: str) -> int | None:
-    """Return the owner pid encoded in a hybridexec segment name, or None for other names."""
-    match = _NAME.match(name)
-    return int(match.group(1)) if match else None
-
-
-def _posixshmem() -> Any:
-    try:
-        return import_module("_posixshmem")
-    except ImportError as exc:  # Windows, or a Python built without it
-        raise SharedMemoryError("POSIX shared memory is not available on this platform") from exc
-
-
-def _open(name: str, flags: int) -> int:
-    # On Linux shm_open(3) is open(2) under /dev/shm with O_NOFOLLOW | O_CLOEXEC; doing it
-    # directly avoids the private _posixshmem module where it is not needed.
-    if _LINUX:
-        return os.open(os.path.join(SHM_DIR, name), flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    fd: int = _posixshmem().shm_open("/" + name, flags, 0o600)
-    return fd
-
-
-def unlink(name: str) -> bool:
-    """Remove the segment ``name``; return False when it was already gone."""
-    try:
-        if _LINUX:
-            os.unlink(os.path.join(SHM_DIR, name))
-        else:
-            _posixshmem().shm_unlink("/" + name)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def free_bytes() -> int | None:
-    """Bytes free for shared memory (``/dev/shm``), or None when that cannot be known."""
-    try:
-        st = os.statvfs(SHM_DIR)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def _describe_space(nbytes: int) -> str:
-    free = free_bytes()
-    where = f"{free:,} bytes free in {SHM_DIR}" if free is not None else "free space unknown"
-    return f"asked for {nbytes:,} bytes, {where}"
-
-
-def _reserve(fd: int, size: int) -> None:
-    fallocate = getattr(os, "posix_fallocate", None)
-    if fallocate is None:  # macOS: no way to reserve; shm pages are not overcommitted there
-        os.ftruncate(fd, size)
-        return
-    try:
-        fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
-            free = free_bytes()
-            if free is not None and free < size:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from exc
-            os.ftruncate(fd, size)
-            return
-        raise
 
 
 # ---- the per-process registry of mappings ----------------------------------------------------
@@ -213,8 +144,7 @@ def _reset_after_fork() -> None:
     _recent.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+_lifecycle.on_fork(_reset_after_fork)
 
 
 # ---- segments --------------------------------------------------------------------------------
@@ -260,21 +190,21 @@ class Segment:
         for attempt in (1, 2):
             name = new_name(owner_pid)
             try:
-                fd = _open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
+                fd = open_segment(name, os.O_CREAT | os.O_EXCL | os.O_RDWR)
             except FileExistsError:  # pragma: no cover - 64 random bits collided
                 continue
             except OSError as exc:
                 raise SharedMemoryError(f"cannot create a shared-memory segment: {exc}") from exc
             try:
-                _reserve(fd, mapped)
+                reserve(fd, mapped)
                 mm = mmap.mmap(fd, mapped)
             except OSError as exc:
                 unlink(name)
-                if exc.errno == errno.ENOSPC and attempt == 1 and _janitor():
+                if exc.errno == errno.ENOSPC and attempt == 1 and cleanup_shared_memory():
                     continue  # leftovers of dead owners were removed: try once more
                 if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
                     raise SharedMemoryError(
-                        f"not enough shared memory: {_describe_space(size)}"
+                        f"not enough shared memory: {describe_space(size)}"
                     ) from exc
                 raise SharedMemoryError(f"cannot create a shared-memory segment: {exc}") from exc
             except BaseException:
@@ -301,7 +231,7 @@ class Segment:
         Raises:
             SharedMemoryError: no such segment (its owner closed it or exited), or no access.
         """
-        if _recent and _LINUX:
+        if _recent and LINUX:
             _sweep_recent()
         known = _names.get(name)
         if known is not None and (known.writable or readonly):
@@ -312,7 +242,7 @@ class Segment:
                 return cls(name, known.size if size is None else size, mm, known.writable, False)
         flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
-            fd = _open(name, flags)
+            fd = open_segment(name, flags)
         except FileNotFoundError:
             raise SharedMemoryError(
                 f"no shared-memory segment named {name!r}: its owner closed it or exited"
@@ -335,7 +265,7 @@ class Segment:
         finally:
             os.close(fd)
         _register(MapInfo(name, size, mm, not readonly, False), mm)
-        if keep and _LINUX:
+        if keep and LINUX:
             _keep_recent(mm, name, st.st_ino)
         return cls(name, size, mm, not readonly, False)
 
@@ -384,7 +314,7 @@ class Segment:
         """
         if self.owner:
             return
-        if _LINUX and owner_pid_of(self.name) != os.getpid():
+        if LINUX and owner_pid_of(self.name) != os.getpid():
             fresh = new_name()
             try:
                 os.rename(os.path.join(SHM_DIR, self.name), os.path.join(SHM_DIR, fresh))
@@ -415,12 +345,6 @@ class Segment:
     def __repr__(self) -> str:
         state = "closed" if self.mm is None else ("rw" if self.writable else "ro")
         return f"<Segment {self.name} {self.size} bytes {state}{' owner' if self.owner else ''}>"
-
-
-def _janitor() -> list[str]:
-    from ._shm_janitor import cleanup_shared_memory
-
-    return cleanup_shared_memory()
 
 
 def _unlink_owned(name: str, pid: int) -> None:

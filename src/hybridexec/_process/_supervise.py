@@ -1,7 +1,7 @@
-"""Process helpers shared by the process lane and process actors.
+"""The parent side of every hybridexec child process (lane workers and actors alike).
 
-Start methods, killing a worker with its whole process tree, and the lifeline pipe by which a
-worker notices that its parent died.
+Start methods, the lifeline pipe by which every child notices that this process died, and
+killing a child with its whole process tree.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 import os
-import signal
 import sys
 import threading
 from typing import Any
+
+from .. import _lifecycle
 
 DEFAULT_GRACE = 0.2
 """Seconds between SIGTERM and SIGKILL when a worker is killed."""
@@ -79,71 +80,32 @@ def signal_tree(pid: int, sig: int) -> None:
         pass
 
 
-def become_group_leader() -> None:
-    """Called in a worker: lead a process group so the parent can kill the whole tree.
+_lifeline_lock = threading.Lock()
+_lifeline_pair: tuple[Any, Any] | None = None
 
-    Being in a group of its own also keeps the terminal's Ctrl-C away from the worker: the
-    parent handles KeyboardInterrupt and decides what the workers do.
+
+def lifeline() -> tuple[Any, Any]:
+    """Return this process's lifeline pipe ``(read end, write end)``, made on first use.
+
+    Only this process holds the write end; every child gets the read end and reads EOF when this
+    process is gone, however it ended. One pipe serves every lane and actor of the process.
     """
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        pass
+    global _lifeline_pair
+    with _lifeline_lock:
+        if _lifeline_pair is None:
+            _lifeline_pair = multiprocessing.Pipe(duplex=False)
+        return _lifeline_pair
 
 
-def set_parent_death_signal() -> None:
-    """Called in a worker: ask Linux to SIGKILL us when the process that started us dies.
-
-    This catches a parent death even while a task holds the GIL in C code, where the lifeline
-    thread cannot run. It is tied to the thread (or forkserver) that started the worker, so it
-    only backs up the lifeline and is never the sole guard.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except Exception:
-        pass
+def _forget_lifeline() -> None:
+    # In a forked child: the write end must not stay open here, or the parent's children would
+    # outlive a SIGKILLed parent for as long as this child lives. The read end is dropped, not
+    # closed: under the fork start method it is the very object the new worker watches.
+    global _lifeline_pair, _lifeline_lock
+    _lifeline_lock = threading.Lock()
+    pair, _lifeline_pair = _lifeline_pair, None
+    if pair is not None:
+        pair[1].close()
 
 
-def watch_lifeline(lifeline: Any) -> threading.Thread:
-    """Start a daemon thread that kills this worker's process group when the parent dies.
-
-    ``lifeline`` is the read end of a pipe whose write end only the parent holds: when the
-    parent exits, for any reason, the read returns EOF.
-    """
-
-    def watch() -> None:
-        try:
-            lifeline.recv_bytes()
-        except (EOFError, OSError):
-            pass
-        # The parent is gone: take our own children with us, then go.
-        try:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        finally:
-            os._exit(1)
-
-    thread = threading.Thread(target=watch, name="hybridexec-lifeline", daemon=True)
-    thread.start()
-    return thread
-
-
-def resident_memory() -> int | None:
-    """Return this process's resident set size in bytes, or None where it cannot be read."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            fields = f.read().split()
-        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # optional helper
-
-        return int(psutil.Process().memory_info().rss)
-    except Exception:
-        return None
+_lifecycle.on_fork(_forget_lifeline)

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ._exceptions import ActorBrokenError, ActorClosedError, ActorError
-from ._futures import Future
+from .._exceptions import ActorBrokenError, ActorClosedError, ActorError
+from .._futures import Future
 
 logger = logging.getLogger("hybridexec")
 
@@ -152,6 +152,21 @@ class CoreBase:
             registry.discard(self)
         with self.lock:
             self.space.notify_all()
+        self.done.set()
+
+    def forget_after_fork(self, parent_pid: int) -> None:
+        """In a forked child: the actor belongs to the parent; never use, stop or kill it here.
+
+        Only the forking thread exists now, so the locks are replaced, not taken.
+        """
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)
+        self.state = BROKEN
+        self.reason = RuntimeError(
+            f"actor {self.name} was inherited through os.fork() from pid {parent_pid}; an "
+            "actor belongs to the process that spawned it: spawn a new one in the child"
+        )
+        self.done = threading.Event()
         self.done.set()
 
     # ---- the interface of a kind ----------------------------------------------------------

@@ -1,0 +1,40 @@
+"""The actor room: the message pump, with actors in a thread or in a process of their own.
+
+What the rest of the package may use is named here; everything else in the room is private.
+
+Layers inside the room (each imports only those above it)::
+
+    _base       states, the bounded mailbox, errors, the on_error hook
+    _thread     thread actors
+    _child      the child loop of a process actor
+    _process    process actors, parent side: senders and one supervisor thread per actor
+    _ref        ActorRef, spawn, and the registries that stop actors at shutdown and exit
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
+
+if TYPE_CHECKING:
+    from ._base import OnError as OnError
+    from ._ref import ActorKind as ActorKind
+    from ._ref import ActorRef as ActorRef
+    from ._ref import spawn as spawn
+    from ._ref import spawn_actor as spawn_actor
+    from ._ref import stop_actors as stop_actors
+
+__all__ = ["ActorKind", "ActorRef", "OnError", "spawn", "spawn_actor", "stop_actors"]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "ActorKind": "._ref",
+        "ActorRef": "._ref",
+        "OnError": "._base",
+        "spawn": "._ref",
+        "spawn_actor": "._ref",
+        "stop_actors": "._ref",
+    },
+)

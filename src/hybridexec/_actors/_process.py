@@ -1,0 +1,246 @@
+"""Process actors, parent side: senders write to the child's pipe, one supervisor thread reads.
+
+```
+ask/tell (any thread)                            supervisor thread (one per actor)
+  pickle (ref, args, kwargs, is_ask)               start the process; restart it with backoff
+  lock: state, bound, FIFO of messages in flight   poll(answer pipe, process sentinel)
+  fits the pipe budget: write it now  ---------->  child --answer--> pop the FIFO head
+  else: append to overflow, flushed in order        settle its future, or on_error(exc)
+        by the supervisor as answers come back      child gone: fail what was in flight,
+                                                    then restart, or break, or finish
+```
+
+Senders write themselves because a hop through another thread costs a thread switch per
+message; the pipe is the mailbox already. A write never blocks: the bytes in flight (written,
+not answered yet) bound the bytes sitting in the pipe and are kept under half its capacity.
+What does not fit waits in ``overflow``, in order, and every later message queues behind it.
+
+The supervisor starts every incarnation of the child itself: ``PR_SET_PDEATHSIG`` fires when
+the *thread* that started a process ends, and this thread lives exactly as long as the actor.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .._futures import Future
+from .._process import (
+    DEFAULT_GRACE,
+    get_context,
+    signal_tree,
+    write_frame,
+)
+from .._serialize import dumps, dumps_callable
+from .._shm import DEFAULT_THRESHOLD, Placement
+from ._base import (
+    KILLED,
+    OPEN,
+    STOPPING,
+    CoreBase,
+    OnError,
+)
+from ._child import (
+    STOP,
+    STOP_NOW,
+)
+from ._supervisor import Entry, Supervisor
+
+_REF_CACHE_SIZE = 256
+
+
+class ProcessCore(Supervisor, CoreBase):
+    """An actor living in a child process of its own."""
+
+    kind = "process"
+
+    def __init__(
+        self,
+        cls: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str,
+        *,
+        start_method: str | None,
+        mailbox_size: int | None,
+        max_restarts: int,
+        on_error: OnError | None,
+    ) -> None:
+        super().__init__(
+            cls, name, mailbox_size=mailbox_size, max_restarts=max_restarts, on_error=on_error
+        )
+        self.context = get_context(start_method)
+        self.placement = Placement(DEFAULT_THRESHOLD)
+        self.cls_bytes = dumps_callable(cls)
+        self.init_bytes = dumps((args, kwargs))
+        self.refs: dict[Any, str | bytes] = {}  # handler -> what the child looks up
+        self.inflight: deque[Entry] = deque()
+        self.inflight_bytes = 0
+        self.overflow: deque[tuple[bytes, Entry | None]] = deque()  # None: a control message
+        self.discarding = False
+        self.conn: Any = None  # the request pipe's write end while a child is up
+        self.fd = -1  # its file descriptor
+        self.budget = 0
+        self.parent_ends: tuple[Any, ...] = ()  # this side's pipe ends of the current child
+        self._pid: int | None = None
+        self.wakeup = threading.Event()  # cuts a restart backoff short (kill)
+        self.supervisor = threading.Thread(
+            target=self.supervise, name=f"hybridexec-actor-{name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self.supervisor.start()
+
+    def forget_after_fork(self, parent_pid: int) -> None:
+        super().forget_after_fork(parent_pid)
+        for conn in self.parent_ends:
+            conn.close()  # the child's process must see EOF when the parent goes
+        self.parent_ends = ()
+        self.conn = None
+        self.fd = -1
+        self._pid = None  # never signal the parent's actor process from here
+        self.inflight.clear()
+        self.overflow.clear()
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def in_actor(self) -> bool:
+        return threading.current_thread() is self.supervisor  # on_error hooks run there
+
+    # ---- senders --------------------------------------------------------------------------
+    def send(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        future: Future[Any] | None,
+    ) -> None:
+        ref = self.refs.get(fn)
+        if ref is None:
+            ref = self._wire_ref(fn)
+        if future is not None:
+            # Large numpy arguments of an ask travel through shared memory, held until its
+            # answer arrives. A tell has no answer to say when it was handled: it pickles them.
+            data = self.placement.dumps_call((ref, args, kwargs, True), future)
+        else:
+            data = dumps((ref, args, kwargs, False))
+        entry: Entry = (future, len(data) + 8, fn)
+        with self.lock:
+            if self.state != OPEN:
+                self.refuse()
+            if self.mailbox_size is not None:
+                self.admit(False)
+            if (
+                self.conn is not None
+                and not self.overflow
+                and (not self.inflight_bytes or self.inflight_bytes + entry[1] <= self.budget)
+            ):
+                self._put(data, entry)
+            else:
+                self.overflow.append((data, entry))
+
+    def _wire_ref(self, fn: Callable[..., Any]) -> str | bytes:
+        # A method of the class goes by name (the child finds it on its own class, which
+        # also works for classes pickled by value); anything else is pickled by cloudpickle.
+        name = getattr(fn, "__name__", None)
+        ref: str | bytes
+        if isinstance(name, str) and getattr(self.cls, name, None) is fn:
+            ref = name
+        else:
+            ref = dumps_callable(fn)
+        if len(self.refs) >= _REF_CACHE_SIZE:
+            self.refs.clear()
+        self.refs[fn] = ref
+        return ref
+
+    def _put(self, data: bytes, entry: Entry) -> None:
+        """Write one message to the child; lock held, the budget checked by the caller."""
+        future = entry[0]
+        if future is not None and not future.set_running_or_notify_cancel():
+            if self.mailbox_size is not None:
+                self.finished()
+            return  # cancelled while it waited in overflow
+        self.inflight.append(entry)
+        self.inflight_bytes += entry[1]
+        try:
+            write_frame(self.fd, data)
+        except OSError:
+            pass  # the child is dying: the supervisor fails this message with the others
+
+    def _control(self, data: bytes) -> None:
+        """Queue STOP or STOP_NOW behind everything sent before; lock held."""
+        if self.conn is not None and not self.overflow:
+            try:
+                write_frame(self.fd, data)
+            except OSError:
+                pass
+        else:
+            self.overflow.append((data, None))
+
+    def _flush(self) -> None:
+        """Move overflow into the pipe while the budget allows; lock held."""
+        overflow = self.overflow
+        while overflow and self.conn is not None:
+            data, entry = overflow[0]
+            if entry is None:
+                overflow.popleft()
+                self._control(data)
+                continue
+            if self.inflight_bytes and self.inflight_bytes + entry[1] > self.budget:
+                return
+            overflow.popleft()
+            self._put(data, entry)
+
+    def stop(self, drain: bool) -> None:
+        dropped: list[Entry] = []
+        with self.lock:
+            if self.state == OPEN:
+                self.state = STOPPING
+                self.space.notify_all()
+                if drain:
+                    self._control(STOP)
+                    return
+            elif self.state != STOPPING or drain or self.discarding:
+                return
+            self.discarding = True
+            dropped = [entry for _, entry in self.overflow if entry is not None]
+            self.overflow.clear()
+            self._control(STOP_NOW)
+        for future, _, _ in dropped:
+            self.drop(future)
+
+    def kill(self) -> None:
+        with self.lock:
+            if self.done.is_set() or self.state == KILLED:
+                return
+            self.state = KILLED
+            dropped = [entry for _, entry in self.overflow if entry is not None]
+            self.overflow.clear()
+            self.space.notify_all()
+            pid = self._pid
+        self.wakeup.set()
+        for future, _, _ in dropped:
+            self.drop(future)
+        if pid is not None:
+            signal_tree(pid, signal.SIGTERM)
+        if self.in_actor() or self.supervisor.ident is None:
+            return
+        if not self.done.wait(DEFAULT_GRACE):
+            with self.lock:
+                pid = self._pid  # None once reaped: the pid may belong to someone else now
+                if pid is not None:
+                    signal_tree(pid, signal.SIGKILL)
+        self.supervisor.join()
+
+    def join(self, timeout: float | None) -> bool:
+        if self.in_actor():
+            return False
+        if self.supervisor.ident is None:
+            return self.done.is_set()
+        self.supervisor.join(timeout)
+        return not self.supervisor.is_alive()

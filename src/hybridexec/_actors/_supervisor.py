@@ -1,0 +1,256 @@
+"""Process actors, the supervisor thread: start the child, read its answers, restart it.
+
+A mixin of ``ProcessCore`` (``_process.py``, where the data flow is drawn); everything here
+runs on the actor's supervisor thread. The supervisor starts every incarnation of the child
+itself: ``PR_SET_PDEATHSIG`` fires when the *thread* that started a process ends, and this
+thread lives exactly as long as the actor.
+"""
+
+from __future__ import annotations
+
+import pickle
+import select
+import signal
+import threading
+from collections import deque
+from typing import Any
+
+from .._exceptions import SerializationError, WorkerCrashedError, signal_name
+from .._futures import Future
+from .._process import FrameReader, lifeline, signal_tree
+from .._serialize import unpack_exception
+from .._shm import Placement
+from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, describe, logger
+from ._child import ACK, CTOR_FAILED, DISCARDED, ERROR, HOOK_FAILED, OK, READY, actor_main
+
+BACKOFF_FIRST = 0.1
+"""Seconds before the first restart; each further restart waits twice as long."""
+BACKOFF_MAX = 5.0
+
+Entry = tuple[Future[Any] | None, int, Any]  # (future or None for a tell, bytes, handler)
+
+
+def _pipe_budget(fd: int) -> int:
+    """Bytes that may be in flight: half the pipe, so page rounding never makes a write wait."""
+    try:
+        import fcntl
+
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)) // 2
+    except (ImportError, AttributeError, OSError):
+        return 8192
+
+
+class Supervisor(CoreBase):
+    """The supervisor thread's half of a process actor."""
+
+    context: Any
+    cls_bytes: bytes
+    init_bytes: bytes
+    inflight: deque[Entry]
+    inflight_bytes: int
+    overflow: deque[tuple[bytes, Entry | None]]
+    conn: Any
+    fd: int
+    budget: int
+    parent_ends: tuple[Any, ...]
+    _pid: int | None
+    wakeup: threading.Event
+    placement: Placement
+
+    def _flush(self) -> None:
+        raise NotImplementedError  # the senders' side writes
+
+    def supervise(self) -> None:
+        try:
+            while self._run_child():
+                self.wakeup.wait(min(BACKOFF_FIRST * 2**self.restarts, BACKOFF_MAX))
+                with self.lock:
+                    if self.state == KILLED:
+                        break
+                    self.restarts += 1
+        except BaseException as exc:  # never leave a future waiting
+            logger.exception("the supervisor of actor %s failed", self.name)
+            pid = self._pid
+            if pid is not None:
+                signal_tree(pid, signal.SIGKILL)
+            with self.lock:
+                if self.state not in DEAD:
+                    self.state = BROKEN
+                    self.reason = exc
+        finally:
+            with self.lock:
+                if self.state in (OPEN, STOPPING):
+                    self.state = STOPPED
+                left = list(self.inflight)
+                left.extend(entry for _, entry in self.overflow if entry is not None)
+                self.inflight.clear()
+                self.overflow.clear()
+            for future, _, _ in left:
+                self.drop(future)
+            self.placement.close()
+            self.finish()
+
+    def _run_child(self) -> bool:
+        """Run one incarnation of the child; return True to start another."""
+        ctx = self.context
+        req_r, req_w = ctx.Pipe(duplex=False)
+        rep_r, rep_w = ctx.Pipe(duplex=False)
+        # The parent's ends must not stay open in a forked child (see forget_after_fork).
+        self.parent_ends = (req_w, rep_r)
+        process = ctx.Process(
+            target=actor_main,
+            args=(req_r, rep_w, lifeline()[0], self.cls_bytes, self.init_bytes),
+            name=f"hybridexec-actor-{self.name}",
+        )
+        try:
+            process.start()
+        except BaseException as exc:
+            for conn in (req_r, req_w, rep_r, rep_w):
+                conn.close()
+            with self.lock:
+                if self.state != KILLED:
+                    self.state = BROKEN
+                self.reason = exc
+            self.report("starting the process", exc)
+            return False
+        req_r.close()
+        rep_w.close()
+        with self.lock:
+            self._pid = process.pid
+            self.conn = req_w
+            self.fd = req_w.fileno()
+            self.budget = _pipe_budget(req_w.fileno())
+            killed = self.state == KILLED
+            if not killed:
+                self._flush()
+        if killed:
+            signal_tree(process.pid, signal.SIGKILL)
+        try:
+            self._serve(process, rep_r)
+            process.join()
+        finally:
+            rep_r.close()
+        return self._after_death(process)
+
+    def _serve(self, process: Any, replies: Any) -> None:
+        """Read answers until the child is gone."""
+        reader = FrameReader(replies.fileno())
+        poller = select.poll()
+        poller.register(reader.fd, select.POLLIN)
+        poller.register(process.sentinel, select.POLLIN)
+        poll = poller.poll
+        answer = self._answer
+        first = True
+        try:
+            while True:
+                if not reader.has_frame():
+                    if not _readable(poll(), reader.fd):
+                        return  # only the sentinel: the child is gone, nothing left to read
+                    reader.fill()
+                data = reader.read()  # blocks only for the rest of a frame being written
+                if first:
+                    first = False
+                    if data != READY:
+                        self._constructor_failed(data)
+                        return
+                    continue
+                answer(data)
+        except (EOFError, OSError):
+            return
+
+    def _answer(self, data: bytes) -> None:
+        tag: int | None = None
+        value: Any = None
+        if data != ACK and data != DISCARDED:
+            try:
+                tag, value = pickle.loads(data)
+            except Exception as exc:
+                tag = ERROR
+                value = SerializationError(f"an answer of actor {self.name} would not unpickle")
+                value.__cause__ = exc
+            else:
+                if tag == HOOK_FAILED:
+                    self.report("on_stop", unpack_exception(value))
+                    return
+                if tag == ERROR:
+                    value = unpack_exception(value)
+        with self.lock:
+            future, nbytes, fn = self.inflight.popleft()
+            self.inflight_bytes -= nbytes
+            if self.mailbox_size is not None:
+                self.finished()
+            if self.overflow:
+                self._flush()
+        if data == ACK:
+            return
+        if data == DISCARDED:
+            self.drop(future)
+        elif future is not None:
+            future.settle(tag == OK, value)
+        elif tag == ERROR:
+            self.report(f"tell {describe(fn)}", value)
+
+    def _constructor_failed(self, data: bytes) -> None:
+        try:
+            tag, packed = pickle.loads(data)
+            assert tag == CTOR_FAILED
+            exc = unpack_exception(packed)
+        except Exception as err:
+            exc = SerializationError(f"actor {self.name} sent a bad first message: {err!r}")
+        with self.lock:
+            if self.state != KILLED:
+                self.state = BROKEN
+            self.reason = exc
+        self.report("the constructor", exc)
+
+    def _after_death(self, process: Any) -> bool:
+        pid, exitcode = process.pid, process.exitcode
+        process.close()
+        if exitcode != 0:
+            signal_tree(pid, signal.SIGKILL)  # what it left behind in its process group
+        name = signal_name(exitcode)
+        how = f"was killed by {name}" if name else f"exited with code {exitcode}"
+        crash = WorkerCrashedError(
+            f"the process of actor {self.name} (pid {pid}) {how}", exitcode=exitcode, pid=pid
+        )
+        with self.lock:
+            self.conn.close()
+            self.conn = None
+            self.fd = -1
+            self._pid = None
+            lost = list(self.inflight)
+            self.inflight.clear()
+            self.inflight_bytes = 0
+            if self.mailbox_size is not None:
+                self.finished(len(lost))
+            state = self.state
+            restart = state == OPEN and self.restarts < self.max_restarts
+            if (state == OPEN and not restart) or (state == STOPPING and (exitcode or lost)):
+                self.state = BROKEN
+                self.reason = crash
+        cause: BaseException = crash
+        if state == KILLED:
+            what = "was killed while this message was pending"
+        elif state == BROKEN and self.reason is not None:  # its constructor raised
+            what, cause = "could not start: its constructor raised", self.reason
+        else:
+            what = "died while this message was pending"
+        tells = 0
+        for future, _, _ in lost:
+            if future is None:
+                tells += 1
+            else:
+                future.settle(False, self.broken_error(what, cause))
+        if state in (OPEN, STOPPING) and (exitcode or lost or state == OPEN):
+            logger.warning(
+                "actor %s: %s%s; %s",
+                self.name,
+                crash,
+                f", {tells} tell(s) lost" if tells else "",
+                f"restart {self.restarts + 1} of {self.max_restarts}" if restart else "broken",
+            )
+        return restart
+
+
+def _readable(events: list[tuple[int, int]], fd: int) -> bool:
+    return any(event[0] == fd for event in events)

@@ -1,0 +1,111 @@
+"""The one place that knows about interpreter exit and ``os.fork``.
+
+Rooms register hooks here; nothing imports upward to reach another room at exit or fork.
+
+Exit: one ``atexit`` callback runs the hooks phase by phase, in this order::
+
+    EXECUTORS  the default executor finishes its running work (pending work is cancelled)
+    LANES      process lanes still open lose their workers, at once
+    ACTORS     actors still alive are stopped, then killed after a short grace
+    SEGMENTS   shared-memory segments this process owns are removed
+
+It is registered after ``multiprocessing.util`` is imported, so it runs before
+multiprocessing's own exit hook (``atexit`` is last in, first out), which joins child processes
+and would wait forever for a live worker.
+
+Fork: in the child of an ``os.fork()`` (the user's, or the ``fork`` start method's), every
+fork hook runs before any other code. Each room marks what it inherited as *foreign* and closes
+the parent's ends of pipes (above all the lifeline's write end, or the parent's workers would
+outlive a SIGKILLed parent while the child lives); nothing inherited is ever used, stopped or
+killed on the parent's behalf. Hooks run with only the forking thread alive: they must not
+take locks another thread may have held at the fork; they replace them.
+
+``generation()`` counts forks since this interpreter started: an object that records it at
+creation knows it was inherited when the number differs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+EXECUTORS = 0
+LANES = 1
+ACTORS = 2
+SEGMENTS = 3
+
+logger = logging.getLogger("hybridexec")
+
+_lock = threading.Lock()
+_exit_hooks: list[tuple[int, int, Callable[[], None]]] = []
+_fork_hooks: list[Callable[[], None]] = []
+_atexit_registered = False
+_exiting = False
+_generation = 0
+
+
+def generation() -> int:
+    """How many times this process's ancestry forked since the package was imported."""
+    return _generation
+
+
+def exiting() -> bool:
+    """True once interpreter exit started running the hooks."""
+    return _exiting
+
+
+def on_exit(phase: int, hook: Callable[[], None]) -> None:
+    """Run ``hook`` at interpreter exit, in ``phase`` order (then in registration order)."""
+    global _atexit_registered
+    with _lock:
+        if any(h is hook for _, _, h in _exit_hooks):
+            return
+        _exit_hooks.append((phase, len(_exit_hooks), hook))
+        if not _atexit_registered:
+            # Imported first so that its exit hook is registered before ours and runs after.
+            import multiprocessing.util  # noqa: F401
+
+            atexit.register(run_exit_hooks)
+            _atexit_registered = True
+
+
+def on_fork(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in the child of every later ``os.fork()``."""
+    with _lock:
+        if all(h is not hook for h in _fork_hooks):
+            _fork_hooks.append(hook)
+
+
+def run_exit_hooks() -> None:
+    """Run the exit hooks now (at interpreter exit, and as a worker process ends)."""
+    global _exiting
+    _exiting = True
+    done: set[int] = set()
+    while True:
+        with _lock:
+            todo = sorted(e for e in _exit_hooks if e[1] not in done)
+        if not todo:
+            return
+        _, seq, hook = todo[0]
+        done.add(seq)
+        try:
+            hook()
+        except BaseException:  # one failing hook must not keep the others from running
+            logger.exception("hybridexec exit hook %r failed", hook)
+
+
+def _after_fork_in_child() -> None:
+    global _generation, _lock
+    _generation += 1
+    _lock = threading.Lock()
+    for hook in list(_fork_hooks):
+        try:
+            hook()
+        except BaseException:
+            logger.exception("hybridexec fork hook %r failed", hook)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

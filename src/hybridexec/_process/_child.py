@@ -1,0 +1,101 @@
+"""The child side of every hybridexec process (lane workers and actors alike).
+
+``enter_child`` is the first thing a child runs: lead a process group of its own (so the parent
+can kill the whole tree, and the terminal's Ctrl-C stays with the parent), ask the kernel for a
+death signal where that is safe, and watch the lifeline pipe whose EOF means the parent died.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+
+def become_group_leader() -> None:
+    """Called in a worker: lead a process group so the parent can kill the whole tree.
+
+    Being in a group of its own also keeps the terminal's Ctrl-C away from the worker: the
+    parent handles KeyboardInterrupt and decides what the workers do.
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+
+
+def set_parent_death_signal() -> None:
+    """Called in a worker: ask Linux to SIGKILL us when the process that started us dies.
+
+    This catches a parent death even while a task holds the GIL in C code, where the lifeline
+    thread cannot run. It is tied to the thread (or forkserver) that started the worker, so it
+    only backs up the lifeline and is never the sole guard.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
+def watch_lifeline(lifeline: Any) -> threading.Thread:
+    """Start a daemon thread that kills this worker's process group when the parent dies.
+
+    ``lifeline`` is the read end of a pipe whose write end only the parent holds: when the
+    parent exits, for any reason, the read returns EOF.
+    """
+
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        # The parent is gone: take our own children with us, then go.
+        try:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    thread = threading.Thread(target=watch, name="hybridexec-lifeline", daemon=True)
+    thread.start()
+    return thread
+
+
+def enter_child(lifeline: Any, death_signal: bool) -> None:
+    """The prelude of every child: own process group, death signal, Ctrl-C ignored, lifeline.
+
+    Args:
+        lifeline: The read end of the parent's lifeline pipe.
+        death_signal: Ask the kernel for SIGKILL when the starting thread's process ends.
+            Under forkserver that process is the fork server, which outlives the parent by a
+            moment, so the lifeline thread kills the child's children first. Under spawn and
+            fork it would fire at the same instant as the lifeline and orphan them.
+    """
+    become_group_leader()
+    if death_signal:
+        set_parent_death_signal()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    watch_lifeline(lifeline)
+
+
+def resident_memory() -> int | None:
+    """Return this process's resident set size in bytes, or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            fields = f.read().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # optional helper
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None

@@ -1,0 +1,237 @@
+"""The router: picks a lane for each call and hands the task to it; owns the lanes.
+
+The public front (``_executor.py``) validates what the user passed and asks the router; ``map``
+(``_mapping.py``) asks it too, once per batch. Precedence of the routing rules is described in
+``_routing/_rules.py``; the router adds what needs the lanes: a callable that cannot be pickled
+for a process falls back to threads (unless a process was asked for), ``async def`` functions
+go to the executor's event loop, and the distributed backend takes the work routed to
+processes.
+
+In the child of an ``os.fork()`` the lanes are the parent's (``_lifecycle`` marked them
+foreign): the router builds fresh ones on its next use, so an executor inherited by a forked
+child (a preforking server, a ``fork``-started worker) works there as a new one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import _lifecycle
+from ._asyncio import LoopLane, is_async_callable, run_coroutine
+from ._backends import RemoteLane
+from ._exceptions import SerializationError
+from ._futures import Future, Items, Task
+from ._process import ProcessLane
+from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
+from ._threads import ThreadLane
+
+logger = logging.getLogger("hybridexec")
+
+
+class Router:
+    """The lanes of one executor and the rules that pick one for each call."""
+
+    def __init__(
+        self,
+        *,
+        lane_options: dict[str, Any],
+        default_kind: str,
+        classifier: Classifier | None,
+        remote: RemoteLane | None,
+    ) -> None:
+        self.lane_options = lane_options
+        self.default_kind = default_kind
+        self.classifier = classifier
+        self.remote = remote
+        self.closed = False
+        self.counts: dict[str, int] = {"thread": 0, "process": 0}
+        self._build_lanes()
+
+    def _build_lanes(self) -> None:
+        opts = self.lane_options
+        self.generation = _lifecycle.generation()
+        self.threads = ThreadLane(
+            opts["max_threads"],
+            idle_timeout=opts["idle_timeout"],
+            initializer=opts["initializer"],
+            initargs=opts["initargs"],
+        )
+        self.processes = ProcessLane(
+            opts["max_processes"],
+            start_method=opts["start_method"],
+            max_tasks_per_child=opts["max_tasks_per_child"],
+            max_memory_per_child=opts["max_memory_per_child"],
+            idle_timeout=opts["idle_timeout"],
+            initializer=opts["initializer"],
+            initargs=opts["initargs"],
+            shm_threshold=opts["shm_threshold"],
+        )
+        self.lanes: dict[str, ThreadLane | ProcessLane] = {
+            "thread": self.threads,
+            "process": self.processes,
+        }
+        if self.classifier is not None:
+            # Weakly: the manager thread keeps the lane alive, and the lane must not keep the
+            # router alive, or an executor dropped without shutdown() would never be freed.
+            self.processes._timing_hook = _weak_method(self.record_process_timing)
+        self.loop = LoopLane()
+
+    def check_fork(self) -> None:
+        """Build fresh lanes if this process is a forked child of the one that built them."""
+        if self.generation != _lifecycle.generation():
+            logger.debug("executor used in a forked child: starting fresh lanes")
+            self._build_lanes()
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        self.closed = True
+        if self.generation != _lifecycle.generation():
+            return  # the lanes are the parent's: nothing here to stop
+        self.threads.shutdown(wait=False, cancel_futures=cancel_futures)
+        self.processes.shutdown(wait=False, cancel_futures=cancel_futures)
+        self.loop.shutdown(wait=False, cancel_futures=cancel_futures)
+        if self.remote is not None:  # distributed backend
+            self.remote.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            self.threads.shutdown(wait=True)
+            self.processes.shutdown(wait=True)
+            self.loop.shutdown(wait=True)
+
+    def release(self) -> None:
+        """The executor was dropped without ``shutdown()``: let the workers go."""
+        if self.generation != _lifecycle.generation():
+            return
+        for lane in (self.threads, self.processes, self.loop):
+            lane.shutdown(wait=False, cancel_futures=True)
+
+    def record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
+        # Called on the process lane's manager thread for each finished task.
+        classifier = self.classifier
+        if classifier is None or not task.items:
+            return
+        calls = len(task.items) if task.batch else 1
+        try:
+            classifier.record(task.fn, "process", elapsed, cpu, calls=calls, args=task.items[0][0])
+        except Exception:  # a broken classifier must not stop the manager thread
+            logger.exception("the classifier failed to record a finished task")
+
+    def decide(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> tuple[Decision, Options]:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
+        hinted = hints_of(fn)
+        if hinted is not None:
+            opts = opts.merged(hinted)
+        return route(fn, args, kwargs, opts, self.classifier, self.default_kind), opts
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+    ) -> Future[Any]:
+        if is_async_callable(fn) and self.async_on_loop(fn, opts):
+            return self.submit_async(fn, args, kwargs, opts)
+        decision, opts = self.decide(fn, args, kwargs, opts)
+        return self.submit_task(fn, [(args, kwargs)], decision, opts.timeout, batch=False)[0]
+
+    def async_on_loop(self, fn: Callable[..., Any], opts: Options) -> bool:
+        # An async def runs on the executor's loop unless a lane was chosen for it; then it
+        # runs there under asyncio.run (see _submit_task).
+        hinted = hints_of(fn)
+        chosen = opts.kind if opts.kind != "auto" else (hinted.kind if hinted else "auto")
+        return chosen == "auto"
+
+    def submit_async(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> Future[Any]:
+        if self.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self.check_fork()
+        hinted = hints_of(fn)
+        timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
+        self.counts["async"] = self.counts.get("async", 0) + 1
+        return self.loop.submit(fn, args, kwargs, timeout or None)
+
+    def submit_task(
+        self,
+        fn: Callable[..., Any],
+        items: Items,
+        decision: Decision,
+        timeout: float | None,
+        *,
+        batch: bool,
+    ) -> tuple[Future[Any], Task]:
+        if self.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self.generation != _lifecycle.generation():
+            self.check_fork()
+        probe = decision.probe
+        if probe is not None and not probe.claim():
+            # map() reuses one decision: only its first task is measured; the others ask
+            # again (while the function is being learned, that waits for the verdict).
+            decision, _ = self.decide(fn, items[0][0], items[0][1], Options())
+            probe = decision.probe
+            if probe is not None and not probe.claim():
+                probe = None
+        kind = "thread" if probe is not None else decision.kind
+        future: Future[Any] = Future(kind)
+        if is_async_callable(fn):
+            fn = functools.partial(run_coroutine, fn)
+        task = Task(fn, items, future, batch=batch, timeout=timeout)
+        remote = self.remote  # distributed backend (issue 7): process work, or all, goes there
+        if remote is not None and probe is None and remote.takes(kind):
+            try:
+                remote.submit(task)
+            except SerializationError as exc:
+                if self.refuse_unpicklable(fn, exc, decision, future):
+                    return future, task
+                kind = "thread"
+            else:
+                self.counts[remote.kind] = self.counts.get(remote.kind, 0) + 1
+                return future, task
+        if kind == "process":
+            try:
+                self.processes.prepare(task)
+            except SerializationError as exc:
+                if self.refuse_unpicklable(fn, exc, decision, future):
+                    return future, task
+                kind = "thread"
+        if kind == "thread" and self.classifier is not None and timeout is None:
+            # Timed where it runs: the classifier learns from every thread task.
+            task = TimedTask(
+                task.fn, items, future, self.classifier, probe, batch=batch, timeout=timeout
+            )
+        logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
+        self.counts[kind] += 1
+        self.lanes[kind].submit(task)
+        return future, task
+
+    @staticmethod
+    def refuse_unpicklable(
+        fn: Callable[..., Any], exc: SerializationError, decision: Decision, future: Future[Any]
+    ) -> bool:
+        """Fail ``future`` if its lane was asked for explicitly; else let it fall to threads."""
+        if decision.explicit:
+            future.set_running_or_notify_cancel()
+            future.settle(False, exc)
+            return True
+        logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
+        future.kind = "thread"
+        return False
+
+
+def _weak_method(method: Callable[..., None]) -> Callable[..., None]:
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        target = ref()
+        if target is not None:
+            target(*args)
+
+    return call

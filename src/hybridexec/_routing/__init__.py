@@ -1,0 +1,64 @@
+"""The routing room: where each task goes, and why.
+
+What the rest of the package may use is named here; everything else in the room is private.
+
+Layers inside the room (each imports only those above it)::
+
+    _rules       options, hints (@io_bound, @cpu_bound, @task), the rules, Decision,
+                 Explanation, the Classifier protocol, TimedTask (a measured thread task)
+    _measure     the figures of one measured call (Window) and their maths (Measurement)
+    _probe       the GIL probe: the helper thread that samples open windows
+    _verdicts    the thresholds and the verdict rule
+    _classifier  LearningClassifier: learner state per function, feedback, re-checks
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
+
+if TYPE_CHECKING:
+    from ._classifier import LearningClassifier as LearningClassifier
+    from ._rules import KINDS as KINDS
+    from ._rules import Classifier as Classifier
+    from ._rules import Decision as Decision
+    from ._rules import Explanation as Explanation
+    from ._rules import Kind as Kind
+    from ._rules import Options as Options
+    from ._rules import TimedTask as TimedTask
+    from ._rules import check_kind as check_kind
+    from ._rules import check_timeout as check_timeout
+    from ._rules import cpu_bound as cpu_bound
+    from ._rules import gil_enabled as gil_enabled
+    from ._rules import hints_of as hints_of
+    from ._rules import io_bound as io_bound
+    from ._rules import route as route
+    from ._rules import route_rules as route_rules
+    from ._rules import task as task
+
+__all__ = [
+    "KINDS",
+    "Classifier",
+    "Decision",
+    "Explanation",
+    "Kind",
+    "LearningClassifier",
+    "Options",
+    "TimedTask",
+    "check_kind",
+    "check_timeout",
+    "cpu_bound",
+    "gil_enabled",
+    "hints_of",
+    "io_bound",
+    "route",
+    "route_rules",
+    "task",
+]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {name: "._rules" for name in __all__ if name != "LearningClassifier"}
+    | {"LearningClassifier": "._classifier"},
+)

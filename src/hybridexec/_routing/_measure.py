@@ -1,0 +1,276 @@
+"""What the GIL probe measures: the figures of one window and the maths that reads them.
+
+``Window`` holds the raw figures of one measured call as the probe thread (``_probe.py``)
+collects them; ``Measurement`` turns them into the shares the classifier judges by. The reasons
+behind each figure are explained at the top of ``_probe.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+PROBE_SLEEP = 0.001
+"""Seconds the probe sleeps per cycle; its lateness on waking measures GIL contention."""
+STALL_SECONDS = 0.001
+"""Seconds the probe holds the GIL (asleep) per cycle, well under the 5 ms switch interval."""
+STALL_SLACK = 0.0005
+"""A stall longer than ``STALL_SECONDS`` plus this is discarded."""
+LATE_NOISE = 0.0002
+"""Lateness ignored per wake-up: an idle ``sleep(1 ms)`` on Linux oversleeps 50-150 us."""
+EARLY_IDLE_SECONDS = 0.004
+"""A first-call window whose thread used almost no CPU this long reports early: it waits."""
+EARLY_IDLE_CPU_RATIO = 0.05
+"""'Almost no CPU': below this share of the window's wall time."""
+EARLY_WINDOW_MAX = 0.05
+"""Only windows reporting within this long (first calls, not re-checks) report early."""
+LINGER_SECONDS = 0.05
+"""The probe thread exits after this long without an open window."""
+MIN_STALL_SECONDS = 0.0005
+"""Stall time below which the stall comparison is not trusted (lateness is used instead)."""
+IDLE_CPU_RATIO = 0.05
+"""A call using less CPU than this share of its wall time waits: it holds no GIL to speak of."""
+MIN_STATE_SAMPLES = 3
+"""Decisive stalls needed before they decide ``gil_share``."""
+ACTIVE_RATE = 0.3
+"""A control interval in which the thread used this share of a CPU counts as active..."""
+PROGRESS_RATE = 0.1
+"""...and a stall in which it (or the process) used this share of a CPU as progress."""
+BUSY_RATE = 0.5
+"""Below this CPU rate outside stalls, the process's clock is compared instead of the thread's."""
+
+clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
+perf_counter = time.perf_counter
+
+
+def _gil_holding_sleep() -> Callable[[float], None] | None:
+    # ctypes.PyDLL calls foreign functions without releasing the GIL.
+    try:
+        usleep = ctypes.PyDLL(None).usleep
+    except (OSError, AttributeError):
+        return None
+    usleep.argtypes = [ctypes.c_uint]
+    usleep.restype = ctypes.c_int
+
+    def sleep(seconds: float) -> None:
+        usleep(int(seconds * 1e6))
+
+    return sleep
+
+
+def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
+    try:
+        pread = ctypes.PyDLL(None).pread
+    except (OSError, AttributeError):
+        return None
+    pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
+    pread.restype = ctypes.c_ssize_t
+    return pread
+
+
+_pread = _gil_holding_pread()
+_STAT_BUFFER = 512
+
+
+def _spin(seconds: float) -> None:
+    end = perf_counter() + seconds
+    while perf_counter() < end:
+        pass
+
+
+stall_sleep = _gil_holding_sleep() or _spin
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one window saw of one call (or of its first ``report_after`` seconds).
+
+    Attributes:
+        wall: Seconds the window was open.
+        cpu: CPU seconds the measured thread used meanwhile.
+        stall_wall: Seconds the probe held the GIL (stalls) while the window was open.
+        stall_cpu: CPU seconds the measured thread used during those stalls.
+        proc_cpu: CPU seconds the whole process used while the window was open.
+        proc_stall_cpu: CPU seconds the whole process used during the stalls.
+        ctrl_wall: Seconds of the control intervals (the probe asleep, GIL free) paired with
+            the stalls; each starts, like a stall, right after the probe woke.
+        ctrl_cpu: CPU seconds the measured thread used during the control intervals.
+        proc_ctrl_cpu: CPU seconds the whole process used during the control intervals.
+        stalls_blocked: Decisive stalls (after an active control interval) in which the
+            thread used no CPU and slept: blocked on the GIL.
+        stalls_free: Decisive stalls in which the thread (or the process) used CPU.
+        late: Seconds the probe woke late while the window was open (GIL busy).
+        span: Seconds of probe sleep cycles the lateness was measured over.
+        complete: True when the window covered the whole call.
+    """
+
+    wall: float
+    cpu: float
+    stall_wall: float = 0.0
+    stall_cpu: float = 0.0
+    proc_cpu: float = 0.0
+    proc_stall_cpu: float = 0.0
+    ctrl_wall: float = 0.0
+    ctrl_cpu: float = 0.0
+    proc_ctrl_cpu: float = 0.0
+    stalls_blocked: int = 0
+    stalls_free: int = 0
+    late: float = 0.0
+    span: float = 0.0
+    complete: bool = True
+
+    @property
+    def cpu_ratio(self) -> float:
+        """CPU seconds per wall second of the measured thread."""
+        return self.cpu / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def gil_busy(self) -> float | None:
+        """Share of the window during which some thread held the GIL; None if not measured."""
+        if self.span <= 0:
+            return None
+        return min(1.0, self.late / self.span)
+
+    @property
+    def gil_share(self) -> float:
+        """Share of the call's CPU work that needs the GIL (0: GIL-free C code or waiting)."""
+        if self.cpu <= IDLE_CPU_RATIO * self.wall:
+            return 0.0
+        decisive = self.stalls_blocked + self.stalls_free
+        if decisive >= MIN_STATE_SAMPLES:
+            return self.stalls_blocked / decisive
+        if self.stall_wall >= MIN_STALL_SECONDS and self.ctrl_wall > 0:
+            ctrl_cpu, stall_cpu = self.ctrl_cpu, self.stall_cpu
+            if ctrl_cpu / self.ctrl_wall < BUSY_RATE and self.proc_ctrl_cpu > ctrl_cpu:
+                ctrl_cpu, stall_cpu = self.proc_ctrl_cpu, self.proc_stall_cpu
+            ctrl_rate = ctrl_cpu / self.ctrl_wall
+            if ctrl_rate > 0:
+                stall_rate = stall_cpu / self.stall_wall
+                return 1.0 - min(1.0, max(0.0, stall_rate / ctrl_rate))
+        busy = self.gil_busy
+        if busy is not None:
+            return busy
+        return 1.0 if self.cpu_ratio >= 0.5 else 0.0  # no probe figure at all: guess from CPU
+
+    @property
+    def gil_seconds(self) -> float:
+        """Seconds of the window the measured call held the GIL."""
+        return self.cpu * self.gil_share
+
+    @property
+    def gil_fraction(self) -> float:
+        """Share of the call's running time (not counting waits for the GIL) holding the GIL.
+
+        Time off the CPU is either waiting (I/O, sleep) or waiting for the GIL. The GIL wait
+        is estimated from what the probe saw: the CPU time the call would have used during
+        the probe's stalls, and the share of the remaining off-CPU time the GIL was busy.
+        """
+        held = self.gil_seconds
+        if held <= 0:
+            return 0.0
+        share = self.gil_share
+        off_cpu = max(0.0, self.wall - self.cpu)
+        outside_wall = self.wall - self.stall_wall
+        outside_rate = (self.cpu - self.stall_cpu) / outside_wall if outside_wall > 0 else 0.0
+        stalled = min(off_cpu, share * self.stall_wall * min(1.0, outside_rate))
+        busy = self.gil_busy or 0.0
+        waited = min(off_cpu, stalled + busy * (off_cpu - stalled))
+        running = max(held, self.wall - waited, 1e-9)
+        return min(1.0, held / running)
+
+
+class Window:
+    """One measured call, as seen by the probe. Made by ``GilProbe.open``."""
+
+    __slots__ = (
+        "clock",
+        "closed",
+        "cpu_open",
+        "ctrl_cpu",
+        "ctrl_wall",
+        "late",
+        "on_report",
+        "proc_ctrl_cpu",
+        "proc_open",
+        "proc_stall_cpu",
+        "report_after",
+        "span",
+        "stall_cpu",
+        "stall_wall",
+        "stalls_blocked",
+        "stalls_free",
+        "stat_fd",
+        "t_open",
+    )
+
+    def __init__(
+        self,
+        clock: int | None,
+        report_after: float | None,
+        on_report: Callable[[Measurement], None] | None,
+    ) -> None:
+        self.clock = clock
+        self.report_after = report_after
+        self.on_report = on_report
+        self.closed = False  # reported already, by close() or by the probe
+        self.stall_wall = self.stall_cpu = self.proc_stall_cpu = 0.0
+        self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = 0.0
+        self.late = self.span = 0.0
+        self.stalls_blocked = self.stalls_free = 0
+        self.stat_fd: int | None = None
+        if _pread is not None and clock is not None:
+            try:
+                path = f"/proc/self/task/{threading.get_native_id()}/stat"
+                self.stat_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self.stat_fd = None
+        self.cpu_open = self.read_cpu() or 0.0
+        self.proc_open = time.process_time()
+        self.t_open = perf_counter()
+
+    def read_cpu(self) -> float | None:
+        """The measured thread's CPU clock, from any thread; None if it cannot be read."""
+        if self.clock is None:
+            return None
+        try:
+            return time.clock_gettime(self.clock)
+        except OSError:  # the thread is gone
+            return None
+
+    def runnable(self) -> bool | None:
+        """Whether the measured thread is runnable now; read without releasing the GIL."""
+        fd = self.stat_fd
+        if fd is None or _pread is None:
+            return None
+        buf = ctypes.create_string_buffer(_STAT_BUFFER)
+        n = _pread(fd, buf, _STAT_BUFFER, 0)
+        if n <= 0:
+            return None
+        data = buf.raw[:n]
+        end = data.rfind(b")")  # the thread name may hold spaces and parentheses
+        if end < 0 or end + 2 >= n:
+            return None
+        return data[end + 2 : end + 3] == b"R"
+
+    def measurement(self, now: float, cpu: float, complete: bool) -> Measurement:
+        return Measurement(
+            wall=now - self.t_open,
+            cpu=max(0.0, cpu - self.cpu_open),
+            stall_wall=self.stall_wall,
+            stall_cpu=self.stall_cpu,
+            proc_cpu=max(0.0, time.process_time() - self.proc_open),
+            proc_stall_cpu=self.proc_stall_cpu,
+            ctrl_wall=self.ctrl_wall,
+            ctrl_cpu=self.ctrl_cpu,
+            proc_ctrl_cpu=self.proc_ctrl_cpu,
+            stalls_blocked=self.stalls_blocked,
+            stalls_free=self.stalls_free,
+            late=self.late,
+            span=self.span,
+            complete=complete,
+        )

@@ -1,0 +1,125 @@
+"""The verdict table: the thresholds and the rule that turns a measurement into a lane.
+
+Read with ``_classifier.py``, which keeps the learner's state per function and calls
+``verdict`` on each measurement.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from ._measure import Measurement
+from ._rules import ms
+
+GIL_FRACTION_MIN = 0.3
+"""Processes when a call holds the GIL at least this share of its running time..."""
+GIL_SECONDS_MIN = 0.002
+"""...and at least this many seconds per call (a process dispatch costs 0.1-0.5 ms)."""
+DEMOTE_GIL_FRACTION = 0.2
+"""A process verdict is left only below this GIL fraction (hysteresis band 0.2-0.3)."""
+DEMOTE_GIL_SECONDS = 0.0015
+"""...or below this many GIL (in a process: CPU) seconds per call."""
+DEMOTE_CPU_RATIO = 0.2
+"""In a process, a function using less CPU than this share of its wall time waits."""
+WINDOW_SECONDS = 0.025
+"""The first call's measurement window; a longer call is reported after this long."""
+RECHECK_WINDOW_SECONDS = 0.25
+"""A re-check looks longer: nobody waits for it."""
+WAIT_SECONDS = 0.25
+"""Longest a submitter waits for a verdict before going to threads meanwhile."""
+CLAIM_SECONDS = 0.1
+"""A measurement that has not started this long after it was handed out is given up."""
+FEEDBACK_MIN_CALLS = 3
+"""Process figures needed before feedback demotes a function."""
+EWMA_ALPHA = 0.3
+"""Weight of the newest task in the moving averages."""
+DRIFT_FACTOR = 2.0
+"""CPU/wall change on threads, either way, that makes a verdict suspect."""
+RECHECK_FIRST = 64
+"""Calls between two routine re-checks, at first..."""
+RECHECK_MAX = 1024
+"""...doubling each time a re-check confirms the verdict, up to this."""
+SUSPECT_GAP_FIRST = 4
+"""Calls between two re-checks triggered by drift, doubling when they confirm the verdict."""
+FLIP_AFTER = 2
+"""Contrary re-checks in a row needed to change a verdict."""
+SIZE_BUCKET_BITS = 6
+"""Arguments whose total size differs by less than 2**6 = 64x share a verdict."""
+
+_SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset, memoryview)
+Key = tuple[str, str, int, int]
+
+
+def verdict(m: Measurement) -> tuple[str, str]:
+    """Return ``(kind, reason)`` for a measured call: the decision table.
+
+    ============================================  =========  =================================
+    figures                                        lane       why
+    ============================================  =========  =================================
+    complete call shorter than GIL_SECONDS_MIN     thread     cheaper than a process dispatch
+    CPU/wall below 0.05 (IDLE_CPU_RATIO)           thread     it waits (I/O, sleep, locks)
+    GIL share of its CPU below GIL_FRACTION_MIN    thread     C code running without the GIL
+    GIL seconds below GIL_SECONDS_MIN              thread     too little GIL time to pay IPC
+    GIL fraction below GIL_FRACTION_MIN            thread     mostly waits, some Python
+    otherwise                                      process    threads would serialise on GIL
+    ============================================  =========  =================================
+    """
+    if m.complete and m.wall < GIL_SECONDS_MIN:
+        return "thread", f"a call takes {ms(m.wall)}: cheaper than a process dispatch"
+    if m.gil_share == 0.0 and m.cpu_ratio < 0.5:
+        return "thread", f"it mostly waits (CPU {m.cpu_ratio:.0%} of wall time)"
+    if m.gil_share < GIL_FRACTION_MIN:
+        return "thread", (
+            f"its CPU work runs without the GIL ({1 - m.gil_share:.0%} of it GIL-free C code), "
+            "so threads run it in parallel"
+        )
+    if m.gil_seconds < GIL_SECONDS_MIN:
+        return "thread", (
+            f"it holds the GIL {ms(m.gil_seconds)} per call: less than a process dispatch "
+            f"costs (threshold {ms(GIL_SECONDS_MIN)})"
+        )
+    if m.gil_fraction < GIL_FRACTION_MIN:
+        return "thread", f"it holds the GIL only {m.gil_fraction:.0%} of its running time"
+    return "process", (
+        f"it holds the GIL {m.gil_fraction:.0%} of its running time, "
+        f"{ms(m.gil_seconds)} per call: threads would serialise on the GIL"
+    )
+
+
+def contrary(current: str, m: Measurement) -> bool:
+    """Whether a re-check contradicts the current verdict, with hysteresis."""
+    if current == "thread":
+        return verdict(m)[0] == "process"
+    return m.gil_fraction < DEMOTE_GIL_FRACTION or m.gil_seconds < DEMOTE_GIL_SECONDS
+
+
+def function_name(fn: Callable[..., Any]) -> tuple[str, str, int]:
+    """``(module, qualname, first line)`` of a callable, looking through partials and methods."""
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    target = getattr(target, "__func__", target)
+    qualname = getattr(target, "__qualname__", None)
+    if not isinstance(qualname, str):  # a callable instance
+        cls = type(target)
+        return cls.__module__, f"{cls.__qualname__}.__call__", 0
+    module = getattr(target, "__module__", None)
+    if not isinstance(module, str):  # e.g. a method of a C type: re.Pattern.match
+        module = type(getattr(target, "__self__", None)).__module__
+    code = getattr(target, "__code__", None)
+    return module, qualname, code.co_firstlineno if code is not None else 0
+
+
+def size_bucket(args: tuple[Any, ...]) -> int:
+    """A coarse bucket of the size of the first two positional arguments."""
+    size = 0
+    for arg in args[:2]:
+        if isinstance(arg, _SIZED):
+            size += len(arg)
+        else:
+            nbytes = getattr(arg, "nbytes", None)  # numpy arrays, buffers
+            if isinstance(nbytes, int):
+                size += nbytes
+    return size.bit_length() // SIZE_BUCKET_BITS

@@ -1,0 +1,76 @@
+"""The shared-memory room: segments, the janitor, shared objects, placement of large arguments.
+
+What the rest of the package may use is named here; everything else in the room is private.
+
+Layers inside the room (each imports only those above it)::
+
+    _names      segment names, shm_open / unlink / fallocate
+    _janitor    removes segments of dead owners; sweeps our own at exit
+    _segment    Segment: create, attach, ownership; the per-process registry of mappings
+    _objects    SharedBuffer, SharedArray (numpy optional)
+    _list       SharedList
+    _place      Placement: large numpy arguments of process tasks through shared memory
+    _reply      the worker side: large numpy results through shared memory
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import exports
+
+if TYPE_CHECKING:
+    from ._janitor import cleanup_shared_memory as cleanup_shared_memory
+    from ._list import SharedList as SharedList
+    from ._names import SHM_DIR as SHM_DIR
+    from ._names import free_bytes as free_bytes
+    from ._names import owner_pid_of as owner_pid_of
+    from ._objects import SharedArray as SharedArray
+    from ._objects import SharedBuffer as SharedBuffer
+    from ._objects import SharedHandle as SharedHandle
+    from ._place import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+    from ._place import Placement as Placement
+    from ._place import check_threshold as check_threshold
+    from ._reply import dumps_reply as dumps_reply
+    from ._reply import reply_policy as reply_policy
+    from ._segment import Segment as Segment
+    from ._segment import mapping_of as mapping_of
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "SHM_DIR",
+    "Placement",
+    "Segment",
+    "SharedArray",
+    "SharedBuffer",
+    "SharedHandle",
+    "SharedList",
+    "check_threshold",
+    "cleanup_shared_memory",
+    "dumps_reply",
+    "free_bytes",
+    "mapping_of",
+    "owner_pid_of",
+    "reply_policy",
+]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "DEFAULT_THRESHOLD": "._place",
+        "SHM_DIR": "._names",
+        "Placement": "._place",
+        "Segment": "._segment",
+        "SharedArray": "._objects",
+        "SharedBuffer": "._objects",
+        "SharedHandle": "._objects",
+        "SharedList": "._list",
+        "check_threshold": "._place",
+        "cleanup_shared_memory": "._janitor",
+        "dumps_reply": "._reply",
+        "free_bytes": "._names",
+        "mapping_of": "._segment",
+        "owner_pid_of": "._names",
+        "reply_policy": "._reply",
+    },
+)
