@@ -37,7 +37,7 @@ How a ``Parallel`` call maps onto hybridexec:
 
 joblib is imported only when :func:`register` runs (extra ``hybridexec[joblib]``).
 
-.. versionadded:: 0.3
+.. versionadded:: 0.2
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
 _lock = threading.Lock()
 _executors: dict[int, hx.Executor] = {}
 _atexit_registered = False
+_registered = False
 # Set while this thread runs a batch of ours, in the parent (thread lane) and in workers.
 _inside = threading.local()
 
@@ -76,10 +77,12 @@ def register(*, make_default: bool = False) -> None:
     Raises:
         BackendUnavailableError: joblib is not installed.
 
-    .. versionadded:: 0.3
+    .. versionadded:: 0.2
     """
+    global _registered
     joblib = _import_joblib()
     joblib.register_parallel_backend(BACKEND_NAME, _backend_class(), make_default=make_default)
+    _registered = True
 
 
 def shutdown(wait: bool = True) -> None:
@@ -88,7 +91,7 @@ def shutdown(wait: bool = True) -> None:
     Running calls are awaited when ``wait`` is True; pending ones are cancelled. Executors
     passed in with ``executor=`` are left alone.
 
-    .. versionadded:: 0.3
+    .. versionadded:: 0.2
     """
     with _lock:
         executors = list(_executors.values())
@@ -153,6 +156,8 @@ class _Batch(functools.partial[list[Any]]):
     def __call__(self, /, *args: Any, **kwargs: Any) -> list[Any]:
         (calls,) = args
         joblib = _import_joblib()
+        if not _registered:  # in a worker process: code asking for the backend runs serially
+            register()
         fn = self.func
         depth = _depth()
         _inside.depth = depth + 1
