@@ -147,6 +147,20 @@ def test_each_function_of_a_batch_is_routed_on_its_own() -> None:
     assert [pid == PARENT for pid in pids] == [i % 2 == 0 for i in range(16)]
 
 
+class Scaled:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def times(self, x: int) -> int:
+        return self.factor * x
+
+
+def test_bound_methods_of_different_objects_batch_together_and_keep_their_object() -> None:
+    calls = [delayed(Scaled(k).times)(10) for k in range(12)]
+    with config():
+        assert Parallel(batch_size=4)(calls) == [10 * k for k in range(12)]
+
+
 def test_prefer_threads_runs_calls_on_threads() -> None:
     with config():
         pids = Parallel(prefer="threads")(delayed(pid_in_process)(i) for i in range(8))

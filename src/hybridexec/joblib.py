@@ -57,7 +57,7 @@ __all__ = ["BACKEND_NAME", "register", "shutdown"]
 BACKEND_NAME = "hybridexec"
 """The name ``register()`` gives the backend in joblib."""
 
-Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
+Calls = list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
 
 _lock = threading.Lock()
 _executors: dict[int, hx.Executor] = {}
@@ -134,13 +134,21 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _function_of(fn: Callable[..., Any]) -> object:
+    """The function under partials and bound methods: what the router learns."""
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    return getattr(target, "__func__", target)
+
+
 class _Batch(functools.partial[list[Any]]):
     """Calls of one function run as one task: ``_Batch(fn, threads)(calls)``.
 
     A partial of the function, so hybridexec routes, learns and reads hints as for ``fn``
-    itself; called with the list of ``(args, kwargs)`` (an argument, so large numpy arrays in
-    it travel through shared memory), it runs them in order with joblib configured for nested
-    calls: ``threads`` threads at most.
+    itself; called with the list of ``(fn, args, kwargs)`` (an argument, so large numpy arrays
+    in it travel through shared memory), it runs them in order with joblib configured for
+    nested calls: ``threads`` threads at most.
     """
 
     nested_threads: int
@@ -158,12 +166,11 @@ class _Batch(functools.partial[list[Any]]):
         joblib = _import_joblib()
         if not _registered:  # in a worker process: code asking for the backend runs serially
             register()
-        fn = self.func
         depth = _depth()
         _inside.depth = depth + 1
         try:
             with joblib.parallel_config(backend=_nested_backend(self.nested_threads)):
-                return [fn(*a, **kw) for a, kw in calls]
+                return [fn(*a, **kw) for fn, a, kw in calls]
         finally:
             _inside.depth = depth
 
@@ -280,11 +287,13 @@ def _backend_class() -> type:
             items = getattr(batch, "items", None)
             if items is None:  # not a joblib BatchedCalls: one opaque call
                 return self._track(self._submit(batch))
+            # One part per function: bound methods of different objects, or partials of one
+            # function, are one function to the router and go in one part.
             groups: dict[int, tuple[Callable[..., Any], list[int], Calls]] = {}
             for index, (fn, args, kwargs) in enumerate(items):
-                group = groups.setdefault(id(fn), (fn, [], []))
+                group = groups.setdefault(id(_function_of(fn)), (fn, [], []))
                 group[1].append(index)
-                group[2].append((args, kwargs))
+                group[2].append((fn, args, kwargs))
             parts = [
                 (indices, self._track(self._submit(_Batch(fn, threads), calls)))
                 for fn, indices, calls in groups.values()
