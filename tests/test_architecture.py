@@ -22,7 +22,7 @@ ROOT = Path(hybridexec.__file__).parent
 
 # Bottom to top: a unit (a top-level module or a room) imports only units of lower layers.
 LAYERS: list[set[str]] = [
-    {"_version", "_lazy", "_exceptions", "_lifecycle"},
+    {"_version", "_lazy", "_exceptions", "_lifecycle", "_faults"},
     {"_serialize"},
     {"_futures"},
     {"_shm"},
@@ -38,7 +38,8 @@ LAYERS: list[set[str]] = [
     {"_executor"},
     {"_default"},
     {"_demo"},
-    {"__init__", "__main__", "joblib"},
+    {"__init__", "__main__"},
+    {"joblib"},  # a public submodule: uses the public API only
 ]
 ROOMS = {"_shm", "_process", "_routing", "_actors", "_backends"}
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

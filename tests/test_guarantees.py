@@ -403,7 +403,6 @@ def test_forked_child_can_submit_to_inherited_executor(run_script: Any) -> None:
     assert out["child"] == 0, f"child: {out['child']} (3: the result did not come within 3 s)"
 
 
-@_xfail(5, "a forked child exiting normally stops the parent's process actors")
 def test_forked_child_exit_leaves_parent_actors_running(run_script: Any) -> None:
     s = run_script(
         """

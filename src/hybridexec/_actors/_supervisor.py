@@ -19,7 +19,7 @@ from .._exceptions import SerializationError, WorkerCrashedError, signal_name
 from .._futures import Future
 from .._process import FrameReader, lifeline, signal_tree
 from .._serialize import unpack_exception
-from .._shm import Placement
+from .._shm import Placement, cleanup_shared_memory
 from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, describe, logger
 from ._child import ACK, CTOR_FAILED, DISCARDED, ERROR, HOOK_FAILED, OK, READY, actor_main
 
@@ -208,6 +208,8 @@ class Supervisor(CoreBase):
         process.close()
         if exitcode != 0:
             signal_tree(pid, signal.SIGKILL)  # what it left behind in its process group
+            # Segments it made (named after its pid, now dead) go now, not at the next start.
+            cleanup_shared_memory()
         name = signal_name(exitcode)
         how = f"was killed by {name}" if name else f"exited with code {exitcode}"
         crash = WorkerCrashedError(

@@ -1,0 +1,122 @@
+"""Fault injection for the tests: named points at every boundary, each able to fail on demand.
+
+Production code marks a boundary with one line::
+
+    if _faults.ACTIVE:
+        _faults.hit("worker.start")
+
+which costs one truth test of an empty dict while no fault is injected (always, outside the
+tests). Nothing in the public API reaches this module; tests import ``hybridexec._faults``.
+
+A fault is declarative (``Fault("raise", OSError(errno.EAGAIN))``, ``Fault("delay", 0.2)``,
+``Fault("kill", signal.SIGKILL)``, ``Fault("exit", 3)``) so that it pickles: points that fire in
+a child process (the ``worker.*`` and ``actor.*`` points) travel to the child with its start
+arguments (``snapshot()`` in the parent, ``install()`` in the child), only while faults are on.
+
+``times`` bounds how often a fault fires (then it is spent: a transient fault); ``after`` skips
+that many hits first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+POINTS: dict[str, str] = {
+    # parent side, process lane
+    "lane.pipe": "creating a worker's pipe (EMFILE, ENFILE)",
+    "lane.start": "starting a worker process (EAGAIN from fork, ENOMEM)",
+    "lane.pickle_call": "pickling a call in the submitting thread",
+    "lane.send": "writing a call to a worker's pipe",
+    "lane.unpickle_reply": "unpickling a worker's reply in the manager thread",
+    "lane.loop": "each turn of the manager thread's loop",
+    # child side, process lane
+    "worker.before_call": "in the worker, before a call runs",
+    "worker.after_call": "in the worker, after a call returned, before the reply",
+    "worker.pickle_reply": "in the worker, pickling the reply",
+    # threads and futures
+    "thread.before_call": "on a lane thread, before a call runs",
+    "future.callback": "running a future's done-callbacks",
+    # shared memory
+    "shm.create": "creating a shared-memory segment (ENOSPC, EMFILE)",
+    "shm.attach": "attaching a segment in a worker",
+    "shm.unlink": "removing a segment",
+    # actors
+    "actor.start": "starting an actor's process",
+    "actor.before_handler": "in the actor's process, before a handler runs",
+}
+
+
+@dataclass
+class Fault:
+    """What happens at a point: ``raise`` an exception, ``delay`` seconds, ``kill`` or ``exit``."""
+
+    kind: str
+    arg: Any = None
+    times: int | None = None
+    after: int = 0
+    hits: int = field(default=0, compare=False)
+
+    def fire(self) -> None:
+        self.hits += 1
+        if self.hits <= self.after:
+            return
+        if self.times is not None:
+            if self.times <= 0:
+                return
+            self.times -= 1
+        if self.kind == "raise":
+            exc = self.arg
+            raise exc if isinstance(exc, BaseException) else exc()
+        if self.kind == "delay":
+            time.sleep(float(self.arg))
+        elif self.kind == "kill":
+            os.kill(os.getpid(), int(self.arg or signal.SIGKILL))
+            time.sleep(5.0)  # the signal lands on its own time
+        elif self.kind == "exit":
+            os._exit(int(self.arg or 1))
+        else:
+            raise ValueError(f"unknown fault kind {self.kind!r}")
+
+
+ACTIVE: dict[str, Fault] = {}
+_lock = threading.Lock()
+
+
+def hit(point: str) -> None:
+    """Fire the fault injected at ``point``, if any (call only when ``ACTIVE`` is not empty)."""
+    with _lock:
+        fault = ACTIVE.get(point)
+    if fault is not None:
+        fault.fire()
+
+
+def inject(point: str, fault: Fault) -> None:
+    """Make ``point`` fail as ``fault`` says, until ``clear()``."""
+    if point not in POINTS:
+        raise ValueError(f"unknown injection point {point!r}")
+    with _lock:
+        ACTIVE[point] = fault
+
+
+def clear() -> None:
+    """Remove every injected fault."""
+    with _lock:
+        ACTIVE.clear()
+
+
+def snapshot() -> dict[str, Fault] | None:
+    """The faults to hand to a child process as it starts; None when there are none."""
+    with _lock:
+        return dict(ACTIVE) if ACTIVE else None
+
+
+def install(faults: dict[str, Fault] | None) -> None:
+    """In a child: take the faults its parent handed over."""
+    if faults:
+        with _lock:
+            ACTIVE.update(faults)
