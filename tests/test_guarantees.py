@@ -375,7 +375,6 @@ def test_placement_never_hands_stale_array(ex: hx.Executor) -> None:
 # ---- defect 5: os.fork() in the parent --------------------------------------------------------
 
 
-@_xfail(5, "a submit to the inherited executor in a forked child hangs")
 def test_forked_child_can_submit_to_inherited_executor(run_script: Any) -> None:
     s = run_script(
         """

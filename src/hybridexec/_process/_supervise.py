@@ -97,15 +97,43 @@ def lifeline() -> tuple[Any, Any]:
         return _lifeline_pair
 
 
-def _forget_lifeline() -> None:
-    # In a forked child: the write end must not stay open here, or the parent's children would
-    # outlive a SIGKILLed parent for as long as this child lives. The read end is dropped, not
-    # closed: under the fork start method it is the very object the new worker watches.
+def _after_fork() -> None:
+    # In a forked child: the lifeline's write end must not stay open here, or the parent's
+    # children would outlive a SIGKILLed parent for as long as this child lives. The read end is
+    # dropped, not closed: under the fork start method it is the very object the new worker
+    # watches.
     global _lifeline_pair, _lifeline_lock
     _lifeline_lock = threading.Lock()
     pair, _lifeline_pair = _lifeline_pair, None
     if pair is not None:
         pair[1].close()
+    _forget_helper_processes()
 
 
-_lifecycle.on_fork(_forget_lifeline)
+def _forget_helper_processes() -> None:
+    """In a forked child: let go of the parent's fork server.
+
+    multiprocessing keeps it in module globals, which a fork copies: the child would then wait
+    for a process that is not its own (``ChildProcessError`` on the next start), and its copy
+    of the fork server's "alive" pipe would keep that server alive after the parent died. The
+    child starts its own on first use. The resource tracker is left shared, as multiprocessing
+    means it to be (a segment a forked child registers must outlive the child). Private
+    attributes of CPython's ``multiprocessing``: a Python that moved them keeps its behaviour.
+    """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
+        alive = getattr(server, "_forkserver_alive_fd", None)
+        try:
+            if alive is not None:
+                os.close(alive)
+        except OSError:
+            pass
+        for name in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid"):
+            if hasattr(server, name):
+                setattr(server, name, None)
+        if hasattr(server, "_lock"):
+            server._lock = threading.Lock()
+
+
+_lifecycle.on_fork(_after_fork)
