@@ -83,7 +83,7 @@ def test_crash_result_fails_to_unpickle_in_parent(ex: Executor) -> None:
 def test_crash_segfault(ex: Executor) -> None:
     err = _check_crash(ex, WorkerCrashedError, helpers.segfault)
     assert isinstance(err, WorkerCrashedError)
-    assert err.signal == "SIGSEGV"
+    assert err.signal == signal.SIGSEGV
     assert err.exitcode == -signal.SIGSEGV
 
 
@@ -101,7 +101,7 @@ def test_crash_sigkill_from_outside(ex: Executor) -> None:
     os.kill(ex.worker_pids[0], signal.SIGKILL)
     with pytest.raises(WorkerCrashedError, match="memory may have run out") as info:
         fut.result(timeout=30)
-    assert info.value.signal == "SIGKILL"
+    assert info.value.signal == signal.SIGKILL
     assert info.value.pid is not None
     _still_usable(ex)
 
@@ -132,7 +132,7 @@ def test_crash_error_pickles() -> None:
 
     err = WorkerCrashedError("died", exitcode=-9, pid=123)
     copy = pickle.loads(pickle.dumps(err))
-    assert (copy.exitcode, copy.signal, copy.pid, str(copy)) == (-9, "SIGKILL", 123, "died")
+    assert (copy.exitcode, copy.signal, copy.pid, str(copy)) == (-9, signal.SIGKILL, 123, "died")
 
 
 # ---- timeouts ------------------------------------------------------------------------------

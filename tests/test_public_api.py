@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import signal
 import types
 from collections.abc import Callable
 from typing import Any
@@ -145,4 +146,6 @@ def test_errors_keep_their_stdlib_bases() -> None:
 def test_worker_crashed_error_decodes_the_signal() -> None:
     err = pickle.loads(pickle.dumps(_make("WorkerCrashedError")))
     assert isinstance(err, hybridexec.WorkerCrashedError)
-    assert (err.exitcode, err.signal, err.pid) == (-9, "SIGKILL", 4242)
+    assert (err.exitcode, err.signal, err.pid) == (-9, signal.SIGKILL, 4242)
+    assert err.signal is not None
+    assert err.signal.name == "SIGKILL"

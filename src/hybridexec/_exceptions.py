@@ -63,19 +63,31 @@ def signal_name(exitcode: int | None) -> str | None:
         return f"signal {-exitcode}"
 
 
+def _signal_of(exitcode: int | None) -> signal.Signals | None:
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode)
+    except ValueError:  # a real-time signal without a name
+        return None
+
+
 class WorkerCrashedError(BrokenExecutorError, BrokenProcessPool):
     """Raised on a task's future when the worker process running it died.
 
     Attributes:
         exitcode: The worker's exit code (negative: killed by that signal number).
-        signal: The name of the signal that killed it (``"SIGKILL"``), or None.
+        signal: The signal that killed it, a ``signal.Signals`` member
+            (``err.signal == signal.SIGKILL``; ``err.signal.name == "SIGKILL"``), or None.
         pid: The worker's process id.
+
+    .. versionchanged:: 0.3 ``signal`` is a ``signal.Signals`` member, not its name.
     """
 
     def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None):
         self.exitcode: int | None = exitcode
         self.pid: int | None = pid
-        self.signal: str | None = signal_name(exitcode)
+        self.signal: signal.Signals | None = _signal_of(exitcode)
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -32,6 +34,16 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("hybridexec")
+
+
+def _usable_cpus() -> int:
+    count = getattr(os, "process_cpu_count", None)  # 3.13+: honours the affinity mask
+    if count is not None:
+        return int(count() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _check_count(name: str, value: int | None) -> int | None:
@@ -80,6 +92,9 @@ class Executor(concurrent.futures.Executor):
         remote: With ``backend``: ``"process"`` (default) sends the work routed to
             processes to the cluster and keeps I/O-bound work on local threads; ``"all"``
             sends every task to the cluster.
+        max_workers: As in ``ThreadPoolExecutor`` and ``ProcessPoolExecutor``: at most this
+            many tasks at once, in each lane (``max_threads`` and ``max_processes``, when
+            given, take precedence for their lane).
 
     Raises:
         ValueError: a worker count below 1, an unknown ``kind``, ``start_method``,
@@ -90,6 +105,7 @@ class Executor(concurrent.futures.Executor):
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 ``backend``, ``backend_options`` and ``remote``.
+    .. versionchanged:: 0.3 ``max_workers``.
     """
 
     def __init__(
@@ -109,9 +125,19 @@ class Executor(concurrent.futures.Executor):
         shm_threshold: int | None = DEFAULT_THRESHOLD,
         backend_options: Mapping[str, Any] | None = None,
         remote: str = "process",
+        max_workers: int | None = None,
     ) -> None:
         max_threads = _check_count("max_threads", max_threads)
         max_processes = _check_count("max_processes", max_processes)
+        max_workers = _check_count("max_workers", max_workers)
+        if max_workers is not None:
+            # What ThreadPoolExecutor(max_workers=) and ProcessPoolExecutor(max_workers=) users
+            # mean: no more than that many tasks at once, in either lane.
+            max_threads = max_threads if max_threads is not None else max_workers
+            max_processes = max_processes if max_processes is not None else max_workers
+        # Read by code written for the standard pools (dask's threaded scheduler sizes its
+        # work by it): how many tasks this executor runs at once for CPU work.
+        self._max_workers: int = max_workers or max_processes or _usable_cpus()
         _check_count("max_tasks_per_child", max_tasks_per_child)
         _check_count("max_memory_per_child", max_memory_per_child)
         if idle_timeout is not None:
@@ -182,18 +208,25 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[R]:
         """Like ``builtins.map`` but concurrent; results come back in order.
 
-        All items are submitted at once, in chunks of ``chunksize`` calls. ``timeout`` bounds
-        the whole iteration, as in the standard library.
+        As in the standard library, every call is submitted at once (in chunks of
+        ``chunksize`` calls) unless ``buffersize`` bounds the chunks submitted and not yet
+        yielded: then the input is read as results are consumed, so an endless or huge iterable
+        is fine. ``timeout`` bounds the whole iteration. A subclass that overrides ``submit``
+        sees every call go through it, as the standard library documents.
 
         Raises:
-            TypeError: ``fn`` is not callable.
-            ValueError: ``chunksize`` below 1.
+            TypeError: ``fn`` is not callable, or ``buffersize`` is not an int.
+            ValueError: ``chunksize`` or ``buffersize`` below 1.
             TimeoutError: (while iterating) results not ready within ``timeout``.
+
+        .. versionchanged:: 0.3 ``buffersize`` (as in Python 3.14); no iterable gives an empty
+            iterator; the input is not copied into a list first.
         """
-        return self._map(fn, iterables, timeout, chunksize, self._options)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, self._options)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work and release the workers.
@@ -292,25 +325,43 @@ class Executor(concurrent.futures.Executor):
         iterables: tuple[Iterable[Any], ...],
         timeout: float | None,
         chunksize: int,
+        buffersize: int | None,
         opts: Options,
     ) -> Iterator[R]:
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        router = self._router
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError(f"buffersize must be an int or None, not {buffersize!r}")
+            if buffersize < 1:
+                raise ValueError(f"buffersize must be None or at least 1, not {buffersize}")
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
+        if self._router.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
         end_time = None if timeout is None else time.monotonic() + timeout
-        args_list = list(zip(*iterables))  # noqa: B905 - stops at the shortest, as map does
-        futures: list[tuple[Future[Any], bool]] = []
-        for start in range(0, len(args_list), chunksize):
-            chunk = args_list[start : start + chunksize]
+        calls = zip(*iterables)  # noqa: B905 - stops at the shortest, as map does
+        if type(self).submit is not Executor.submit and opts is self._options:
+            # A subclass counts, traces or wraps submit: every call goes through it.
+            def submit_one() -> tuple[Future[Any], bool] | None:
+                args = next(calls, None)
+                return None if args is None else (self.submit(fn, *args), False)
+
+            return results(submit_one, buffersize, end_time)
+        router = self._router
+
+        def submit_chunk() -> tuple[Future[Any], bool] | None:
+            chunk = list(itertools.islice(calls, chunksize))
+            if not chunk:
+                return None
             decision, call_opts = router.decide(fn, chunk[0], {}, opts)
             items: Items = [(args, {}) for args in chunk]
             future, _ = router.submit_task(
                 fn, items, decision, call_opts.timeout, batch=chunksize > 1
             )
-            futures.append((future, chunksize > 1))
-        return results(futures, end_time)
+            return future, chunksize > 1
+
+        return results(submit_chunk, buffersize, end_time)
 
     # ---- actors ---------------------------------------------------------------------------
     def spawn(

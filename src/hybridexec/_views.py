@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -19,31 +20,77 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def results(futures: list[tuple[Future[Any], bool]], end_time: float | None) -> Iterator[Any]:
+def results(
+    submit_next: Callable[[], tuple[Future[Any], bool] | None],
+    buffersize: int | None,
+    end_time: float | None,
+) -> Iterator[Any]:
     """The iterator behind ``Executor.map``: results in order, ``end_time`` for them all.
 
-    A generator apart from ``map()`` so that ``map()`` raises bad input at once, not on
-    iteration. Leaving it early cancels the futures not yet consumed.
+    ``submit_next()`` submits the next call or chunk and returns its future (and whether it is
+    a batch), or None when the input is exhausted. Without ``buffersize`` everything is
+    submitted now, as the standard library does; with it, at most that many chunks are in
+    flight and not yet yielded. Leaving the iterator early cancels the futures not consumed.
+    Consumed results are not kept: the iterator holds only what it has not yielded yet.
     """
-    try:
-        futures.reverse()
-        while futures:
-            future, batch = futures[-1]
-            if end_time is None:
-                value = future.result()
+    pending: collections.deque[tuple[Future[Any], bool]] = collections.deque()
+    exhausted = False
+
+    def fill(limit: int | None) -> None:
+        nonlocal exhausted
+        while not exhausted and (limit is None or len(pending) < limit):
+            submitted = submit_next()
+            if submitted is None:
+                exhausted = True
             else:
-                value = future.result(end_time - time.monotonic())
-            futures.pop()
+                pending.append(submitted)
+
+    try:
+        fill(buffersize)
+    except BaseException:
+        for future, _ in pending:
+            future.cancel()
+        raise
+    return _iterate(pending, fill, buffersize, end_time)
+
+
+def _iterate(
+    pending: collections.deque[tuple[Future[Any], bool]],
+    fill: Callable[[int | None], None],
+    buffersize: int | None,
+    end_time: float | None,
+) -> Iterator[Any]:
+    # A generator apart from results() so that map() raises bad input at once and submits
+    # its work before the first next(), as the standard library does.
+    try:
+        while pending:
+            batch = pending[0][1]  # no local for the future: it would keep its result alive
+            timeout = None if end_time is None else end_time - time.monotonic()
+            # In a list popped as it is yielded: a local would keep the result alive for as
+            # long as the consumer holds this generator.
+            held = [_take(pending, timeout)]
+            if buffersize is not None:
+                fill(buffersize)  # the next call goes out before this result is yielded
             if not batch:
-                yield value
+                yield held.pop()
                 continue
-            values, error = split_outcomes(value)
-            yield from values
+            values, error = split_outcomes(held.pop())
+            values.reverse()
+            while values:
+                yield values.pop()
             if error is not None:
                 raise error
     finally:
-        for future, _ in futures:
+        for future, _ in pending:
             future.cancel()
+        pending.clear()
+
+
+def _take(pending: collections.deque[tuple[Future[Any], bool]], timeout: float | None) -> Any:
+    """The first pending future's result, popped so the iterator keeps no reference to it."""
+    value = pending[0][0].result(timeout)
+    pending.popleft()
+    return value
 
 
 class ExecutorOptions:
@@ -69,9 +116,10 @@ class ExecutorOptions:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[R]:
         """``Executor.map`` with these options."""
-        return self._executor._map(fn, iterables, timeout, chunksize, self._opts)
+        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._opts)
 
     def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
         """Narrow these options further."""
