@@ -702,9 +702,9 @@ def _collected(ref: weakref.ref[Any], timeout: float = 0.5) -> bool:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("thread", marks=_xfail(12, "map keeps the last consumed result")),
-        pytest.param("process", marks=_xfail(12, "map keeps the last consumed result")),
-        pytest.param("auto", marks=_xfail(12, "map keeps the last consumed result")),
+        pytest.param("thread", marks=_xfail(12, "the thread lane keeps the last result")),
+        "process",
+        pytest.param("auto", marks=_xfail(12, "the thread lane keeps the last result")),
     ],
 )
 def test_map_iterator_lets_go_of_consumed_results(ex: hx.Executor, kind: str) -> None:

@@ -96,12 +96,6 @@ def test_dask_config_scheduler_executor(dask_ex: hx.Executor) -> None:
     assert sum(dask_ex.stats()["submitted"].values()) >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="dask's threaded scheduler reads pool._max_workers, which Executor lacks "
-    "(the drop-in issue adds it)",
-)
 def test_dask_config_pool_executor(dask_ex: hx.Executor) -> None:
     import dask
     from dask.delayed import delayed
