@@ -360,7 +360,6 @@ def test_thread_timeout_never_fires_inside_done_callbacks(ex: hx.Executor) -> No
 # ---- defect 4: automatic shared-memory placement hands out a stale copy -----------------------
 
 
-@_xfail(4, "the second task computes on the copy placed for the first (old data)")
 def test_placement_never_hands_stale_array(ex: hx.Executor) -> None:
     np = pytest.importorskip("numpy")
     array = np.zeros(1 << 18)  # 2 MiB: placed in shared memory automatically

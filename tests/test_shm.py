@@ -509,6 +509,62 @@ def test_a_changed_array_is_placed_again(np: Any) -> None:
     placement.close()
 
 
+def test_an_array_changed_anywhere_in_flight_is_placed_again(np: Any) -> None:
+    # I2: one changed element, wherever it is, makes the next task get a copy of its own.
+    placement = Placement()
+    array = np.zeros(MiB // 8 + 3)  # a length that is not a multiple of the compare chunk
+    futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in "ab"]
+    first = encode_call(array_sum, [((array,), {})], False, placement, futures[0])
+    array[-1] = 7.0
+    second = encode_call(array_sum, [((array,), {})], False, placement, futures[1])
+    assert placement.stats == {"placed": 2, "reused": 0, "by_reference": 0, "pool_hits": 0}
+    assert pickle.loads(first)[1][0][0][0][-1] == 0.0
+    assert pickle.loads(second)[1][0][0][0][-1] == 7.0
+    for future in futures:
+        future.set_result(None)
+    assert not placement._placed
+    placement.close()
+
+
+def test_a_reshaped_or_non_contiguous_array_is_placed_again(np: Any) -> None:
+    placement = Placement()
+    array = np.arange(MiB // 4, dtype=np.float64)
+    futures: list[concurrent.futures.Future[Any]] = [concurrent.futures.Future() for _ in "abcd"]
+    encode_call(array_sum, [((array,), {})], False, placement, futures[0])
+    array.shape = (2, MiB // 8)  # the same object and bytes, another layout
+    encode_call(array_sum, [((array,), {})], False, placement, futures[1])
+    strided = array[:, ::2]
+    encode_call(array_sum, [((strided,), {})], False, placement, futures[2])
+    encode_call(array_sum, [((strided,), {})], False, placement, futures[3])
+    assert placement.stats["placed"] == 4  # a strided array is never compared: copied again
+    for future in futures:
+        future.set_result(None)
+    placement.close()
+
+
+def test_only_provably_unchanging_objects_are_reused_without_a_comparison(np: Any) -> None:
+    from hybridexec._shm import Copies, unchanging
+    from hybridexec._shm._reuse import same_bytes
+
+    owned = np.zeros(16)
+    owned.flags.writeable = False  # can be switched back on: not proof
+    frozen = np.frombuffer(bytes(128), dtype=np.float64)
+    assert all(unchanging(obj) for obj in (b"x", frozen, frozen[2:]))
+    changeable = (owned, owned[2:], bytearray(3), np.frombuffer(bytearray(128)))
+    assert not any(unchanging(obj) for obj in changeable)
+    copies: Copies[str] = Copies()
+    shares = [copies.add(obj, "copy") for obj in (owned, frozen)]
+    assert copies.find(owned) is None  # the remote lanes: a changeable object is sent again
+    assert copies.find(owned, compared=True) is shares[0]  # placement: compared by the caller
+    assert copies.find(frozen) is shares[1]
+    assert [copies.release(s) for s in shares * 2] == [False, False, True, True]
+    assert not copies
+    nan = np.array([np.nan, -0.0, 1.0])
+    assert same_bytes(nan, nan.copy())  # memory, not values: a NaN equals its copy
+    assert not same_bytes(nan, np.array([np.nan, 0.0, 1.0]))
+    assert not same_bytes(nan[::2], nan[::2].copy())  # not contiguous: never trusted
+
+
 def test_a_view_of_a_shared_array_is_sent_by_reference(np: Any, process_ex: Executor) -> None:
     with SharedArray.zeros((4, MiB // 8)) as shared:
         row = shared.array[2]

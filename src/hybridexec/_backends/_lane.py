@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from .._futures import Outcome, Task
+from .._shm import Copies, Share
 from .._threads import Timers
 from ._wire import LARGE_BYTES, encode, extract_large, outcomes_to_future, timeout_error
 
@@ -31,7 +32,7 @@ class Entry:
         self.token = token
         self.task = task
         self.handle: Any = None  # the engine's future or reference, once sent
-        self.shared: list[Any] = []  # large objects this task holds a share of
+        self.shared: list[Share[Any]] = []  # copies of large objects this task holds a share of
         self.where: str | None = None  # the worker running it, when the engine told us
         self.stopped = False
 
@@ -57,7 +58,7 @@ class RemoteLane:
         self._idle = threading.Condition(self._lock)
         self._share_lock = threading.Lock()
         self._inflight: dict[str, Entry] = {}
-        self._shared: dict[int, list[Any]] = {}  # id(obj) -> [obj, handle, users]
+        self._shared: Copies[Any] = Copies()  # engine handles of large objects in flight
         self._aborts: list[Entry] = []
         self._closed = False
         self._torn_down = False
@@ -181,28 +182,23 @@ class RemoteLane:
 
     def _share(self, obj: Any, entry: Entry) -> Any:
         # One copy per object while tasks that use it are in flight; dropped after the last.
+        # Only an object that cannot have changed since is sent once (I2: no stale data).
         with self._share_lock:
             with self._lock:
-                record = self._shared.get(id(obj))
-                if record is not None:
-                    record[2] += 1
-                    entry.shared.append(obj)
-                    return record[1]
+                share = self._shared.find(obj)
+                if share is not None:
+                    entry.shared.append(share)
+                    return share.copy
             handle = self._put(obj)
             with self._lock:
-                self._shared[id(obj)] = [obj, handle, 1]
-                entry.shared.append(obj)
+                entry.shared.append(self._shared.add(obj, handle))
                 self.stats["shared"] += 1
             return handle
 
     def _release(self, entry: Entry) -> None:
         # Called with self._lock held.
-        for obj in entry.shared:
-            record = self._shared.get(id(obj))
-            if record is not None:
-                record[2] -= 1
-                if record[2] <= 0:
-                    del self._shared[id(obj)]
+        for share in entry.shared:
+            self._shared.release(share)
         entry.shared = []
 
     def _stop(self, token: str, error: BaseException | None) -> None:

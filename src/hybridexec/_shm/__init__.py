@@ -9,6 +9,7 @@ Layers inside the room (each imports only those above it)::
     _segment    Segment: create, attach, ownership; the per-process registry of mappings
     _objects    SharedBuffer, SharedArray (numpy optional)
     _list       SharedList
+    _reuse      Copies: when a copy made for one task may stand for the same object again
     _place      Placement: large numpy arguments of process tasks through shared memory
     _reply      the worker side: large numpy results through shared memory
 """
@@ -33,17 +34,22 @@ if TYPE_CHECKING:
     from ._place import check_threshold as check_threshold
     from ._reply import dumps_reply as dumps_reply
     from ._reply import reply_policy as reply_policy
+    from ._reuse import Copies as Copies
+    from ._reuse import Share as Share
+    from ._reuse import unchanging as unchanging
     from ._segment import Segment as Segment
     from ._segment import mapping_of as mapping_of
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "Copies",
     "SHM_DIR",
     "Placement",
     "Segment",
     "SharedArray",
     "SharedBuffer",
     "SharedHandle",
+    "Share",
     "SharedList",
     "check_threshold",
     "cleanup_shared_memory",
@@ -52,15 +58,18 @@ __all__ = [
     "mapping_of",
     "owner_pid_of",
     "reply_policy",
+    "unchanging",
 ]
 
 __getattr__, __dir__ = exports(
     __name__,
     {
+        "Copies": "._reuse",
         "DEFAULT_THRESHOLD": "._place",
         "SHM_DIR": "._names",
         "Placement": "._place",
         "Segment": "._segment",
+        "Share": "._reuse",
         "SharedArray": "._objects",
         "SharedBuffer": "._objects",
         "SharedHandle": "._objects",
@@ -72,5 +81,6 @@ __getattr__, __dir__ = exports(
         "mapping_of": "._segment",
         "owner_pid_of": "._names",
         "reply_policy": "._reply",
+        "unchanging": "._reuse",
     },
 )
