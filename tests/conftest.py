@@ -27,14 +27,17 @@ EXEMPT_TREES: set[int] = set()
 
 
 def _infrastructure(proc: psutil.Process) -> bool:
-    # multiprocessing's forkserver and resource tracker live for the whole session.
+    # multiprocessing's forkserver and resource tracker, and hybridexec's guardian (which kills
+    # the children of a SIGKILLed parent), live for the whole session.
     try:
         cmdline = " ".join(proc.cmdline())
         if EXEMPT_TREES and any(p.pid in EXEMPT_TREES for p in proc.parents()):
             return True
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return True
-    return "forkserver" in cmdline or "resource_tracker" in cmdline
+    return any(
+        name in cmdline for name in ("forkserver", "resource_tracker", "hybridexec-guardian")
+    )
 
 
 def _children() -> set[int]:

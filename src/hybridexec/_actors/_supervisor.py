@@ -15,9 +15,10 @@ import threading
 from collections import deque
 from typing import Any
 
+from .. import _faults
 from .._exceptions import SerializationError, WorkerCrashedError, signal_name
 from .._futures import Future
-from .._process import FrameReader, lifeline, signal_tree
+from .._process import FrameReader, guard, lifeline, signal_tree
 from .._serialize import unpack_exception
 from .._shm import Placement, cleanup_shared_memory
 from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, describe, logger
@@ -103,6 +104,8 @@ class Supervisor(CoreBase):
             name=f"hybridexec-actor-{self.name}",
         )
         try:
+            if _faults.ACTIVE:
+                _faults.hit("actor.start")
             process.start()
         except BaseException as exc:
             for conn in (req_r, req_w, rep_r, rep_w):
@@ -115,6 +118,7 @@ class Supervisor(CoreBase):
             return False
         req_r.close()
         rep_w.close()
+        guard(process.pid)  # killed with its tree if this process dies, GIL or not (I4)
         with self.lock:
             self._pid = process.pid
             self.conn = req_w

@@ -8,7 +8,8 @@ Layers inside the room (each imports only those above it)::
     _child      the child side shared by workers and actors: process group, death signal,
                 lifeline watcher (``enter_child``)
     _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe,
-                process-tree kill, ``Child`` (start, reap, kill that never signals a recycled pid)
+                the guardian that kills children when the parent dies, process-tree kill,
+                ``Child`` (start, reap, kill that never signals a recycled pid)
     _wire       the lane's messages: calls and replies
     _worker     the lane's child entry: a plain loop over the worker's private pipe
     _manager    the lane's manager thread: the only code that touches worker pipes
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
     from ._supervise import default_start_method as default_start_method
     from ._supervise import get_context as get_context
+    from ._supervise import guard as guard
     from ._supervise import lifeline as lifeline
     from ._supervise import signal_tree as signal_tree
 
@@ -49,6 +51,7 @@ __all__ = [
     "default_start_method",
     "enter_child",
     "get_context",
+    "guard",
     "lifeline",
     "resident_memory",
     "signal_tree",
@@ -64,6 +67,7 @@ __getattr__, __dir__ = exports(
         "default_start_method": "._supervise",
         "enter_child": "._child",
         "get_context": "._supervise",
+        "guard": "._supervise",
         "lifeline": "._supervise",
         "resident_memory": "._child",
         "signal_tree": "._supervise",

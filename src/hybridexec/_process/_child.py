@@ -68,8 +68,34 @@ def watch_lifeline(lifeline: Any) -> threading.Thread:
     return thread
 
 
+def let_go_of_fork_server() -> None:
+    """Close the fork server's "alive" pipe that multiprocessing handed this child.
+
+    A child started by a fork server receives the write end of the server's "alive" pipe (so
+    that it could start processes through the same server). The server exits only when every
+    write end is closed: while any child held one, a SIGKILLed parent left the server alive,
+    and with it the children's death signal, which the server's exit sends. A child that
+    starts processes of its own starts its own fork server.
+    """
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is None:
+        return
+    try:
+        os.close(alive)
+    except OSError:
+        pass
+    for name in ("_forkserver_alive_fd", "_forkserver_address", "_forkserver_pid"):
+        if hasattr(server, name):
+            setattr(server, name, None)
+
+
 def enter_child(lifeline: Any, death_signal: bool) -> None:
     """The prelude of every child: own process group, death signal, Ctrl-C ignored, lifeline.
+
+    The parent registers the child with its guardian (``_supervise.guard``), which kills the
+    child's process group when the parent dies even while a task holds the GIL in C code.
 
     Args:
         lifeline: The read end of the parent's lifeline pipe.
@@ -79,6 +105,7 @@ def enter_child(lifeline: Any, death_signal: bool) -> None:
             fork it would fire at the same instant as the lifeline and orphan them.
     """
     become_group_leader()
+    let_go_of_fork_server()
     if death_signal:
         set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle

@@ -1,19 +1,34 @@
 """The parent side of every hybridexec child process (lane workers and actors alike).
 
-Start methods, the lifeline pipe by which every child notices that this process died, and
-killing a child with its whole process tree.
+Start methods, the lifeline pipe by which every child notices that this process died, the
+guardian that kills every child's process tree when this process dies, and killing a child
+with its whole process tree.
+
+Why a guardian (I4: a SIGKILLed parent leaves no descendant after 1 s): a child watches the
+lifeline from a thread, and that thread needs the GIL to act on the EOF. A task stuck in C code
+that holds the GIL (a catastrophic regex) never lets it run. ``PR_SET_PDEATHSIG`` does not need
+the GIL, but it kills the child alone (its own children are orphaned), fires when the *thread*
+that started the child ends, and under forkserver comes from the fork server, which lived as
+long as any child held its "alive" pipe: the children did (see ``_child.py``). So one small
+guardian process per parent, started with the first child, reads a pipe only this process
+writes (the pid of every child it starts); at EOF, that is when this process is gone however
+it ended, it SIGKILLs each child's process group. It runs no user code: it always gets to run.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.context
 import os
+import subprocess
 import sys
 import threading
 from typing import Any
 
 from .. import _lifecycle
+
+logger = logging.getLogger("hybridexec")
 
 DEFAULT_GRACE = 0.2
 """Seconds between SIGTERM and SIGKILL when a worker is killed."""
@@ -97,16 +112,113 @@ def lifeline() -> tuple[Any, Any]:
         return _lifeline_pair
 
 
+# The guardian: ``python -I -S -c GUARDIAN hybridexec-guardian`` (the last word names it in
+# process listings). It reads pids from stdin; at EOF it kills their process groups. A pid is
+# only killed while it is the process registered (same start time in /proc), or when no process
+# has it any more but its group still has members (the kernel never reuses a pid that is still
+# a group id, so that group is ours). Entries whose process and group are both gone are pruned.
+GUARDIAN = """
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+def started(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+def ours(pid, when):
+    now = started(pid)
+    return now is None or when is None or now == when
+def group_alive(pid):
+    try:
+        os.killpg(pid, 0)
+        return True
+    except OSError:
+        return False
+pids = {}
+rest = b""
+while True:
+    chunk = os.read(0, 4096)
+    if not chunk:
+        break
+    *lines, rest = (rest + chunk).split(b"\\n")
+    for line in lines:
+        pids[int(line)] = started(int(line))
+    if len(pids) > 64:
+        pids = {p: w for p, w in pids.items() if started(p) == w or group_alive(p)}
+for pid, when in pids.items():
+    if ours(pid, when):
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+                break
+            except OSError:
+                pass
+"""
+
+_guardian_lock = threading.Lock()
+_guardian: subprocess.Popen[bytes] | None = None
+
+
+def guard(pid: int) -> None:
+    """Have the guardian kill ``pid``'s process tree when this process dies, however it dies.
+
+    Called by whoever starts a child, right after the start. Best effort: if the guardian
+    cannot be started, the child's lifeline thread and death signal remain.
+    """
+    global _guardian
+    if os.name != "posix":
+        return
+    with _guardian_lock:
+        try:
+            if _guardian is None or _guardian.poll() is not None:
+                _guardian = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", GUARDIAN, "hybridexec-guardian"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,  # no Ctrl-C nor group signal meant for us
+                )
+                _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
+            assert _guardian.stdin is not None
+            os.write(_guardian.stdin.fileno(), b"%d\n" % pid)
+        except OSError as exc:
+            logger.warning("hybridexec: no guardian for child %d: %r", pid, exc)
+
+
+def _stop_guardian() -> None:
+    # At exit, after the lanes and actors stopped their children: EOF makes the guardian kill
+    # whatever is still registered and alive, and exit; it takes milliseconds.
+    global _guardian
+    with _guardian_lock:
+        guardian, _guardian = _guardian, None
+    if guardian is None:
+        return
+    if guardian.stdin is not None:
+        guardian.stdin.close()
+    try:
+        guardian.wait(1.0)
+    except subprocess.TimeoutExpired:
+        guardian.kill()
+        guardian.wait()
+
+
 def _after_fork() -> None:
-    # In a forked child: the lifeline's write end must not stay open here, or the parent's
-    # children would outlive a SIGKILLed parent for as long as this child lives. The read end is
-    # dropped, not closed: under the fork start method it is the very object the new worker
-    # watches.
-    global _lifeline_pair, _lifeline_lock
+    # In a forked child: the lifeline's and the guardian's write ends must not stay open here,
+    # or the parent's children would outlive a SIGKILLed parent for as long as this child
+    # lives. The lifeline's read end is dropped, not closed: under the fork start method it is
+    # the very object the new worker watches. The guardian stays the parent's (this child
+    # starts its own with its first child); its Popen is dropped without a wait.
+    global _lifeline_pair, _lifeline_lock, _guardian, _guardian_lock
     _lifeline_lock = threading.Lock()
     pair, _lifeline_pair = _lifeline_pair, None
     if pair is not None:
         pair[1].close()
+    _guardian_lock = threading.Lock()
+    guardian, _guardian = _guardian, None
+    if guardian is not None and guardian.stdin is not None:
+        guardian.stdin.close()
+        guardian.returncode = 0  # not ours to reap: keeps Popen.__del__ from tracking it
     _forget_helper_processes()
 
 

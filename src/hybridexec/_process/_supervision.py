@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
 from .._futures import Future, Outcome, Task
 from .._shm import cleanup_shared_memory
-from ._supervise import signal_tree
+from ._supervise import guard, signal_tree
 from ._wire import STOP, encode_call
 from ._worker import worker_main
 
@@ -112,6 +112,7 @@ class Supervision:
             return None
         self.starting = None
         child_conn.close()
+        guard(process.pid)  # killed with its tree if this process dies, GIL or not (I4)
         worker = WorkerRecord(process, parent_conn)
         self.workers[worker.pid] = worker
         self.by_object[worker.conn] = worker
