@@ -583,7 +583,6 @@ def test_exit_with_unnamed_process_executor_runs_work_to_completion(run_script: 
 # ---- defect 8: killing an actor whose constructor never returns ---------------------------------
 
 
-@_xfail(8, "kill() deadlocks behind a blocking write under the actor lock")
 def test_kill_of_actor_whose_constructor_never_returns(run_script: Any) -> None:
     s = run_script(
         """

@@ -21,10 +21,11 @@ the *thread* that started a process ends, and this thread lives exactly as long 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._futures import Future
@@ -50,6 +51,15 @@ from ._child import (
 from ._supervisor import Entry, Supervisor
 
 _REF_CACHE_SIZE = 256
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """Release ``lock``, acquired by the caller, when the block ends."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class ProcessCore(Supervisor, CoreBase):
@@ -86,6 +96,10 @@ class ProcessCore(Supervisor, CoreBase):
         self.budget = 0
         self.parent_ends: tuple[Any, ...] = ()  # this side's pipe ends of the current child
         self._pid: int | None = None
+        # Guards clearing ``_pid``, which happens before the child is reaped: a pid read under
+        # it can be signalled (it is not recycled). Never held across a blocking call.
+        self.pid_lock = threading.Lock()
+        self.killing = False  # kill() began: a death seen from now on is no crash to restart
         self.wakeup = threading.Event()  # cuts a restart backoff short (kill)
         self.supervisor = threading.Thread(
             target=self.supervise, name=f"hybridexec-actor-{name}", daemon=True
@@ -102,6 +116,7 @@ class ProcessCore(Supervisor, CoreBase):
         self.conn = None
         self.fd = -1
         self._pid = None  # never signal the parent's actor process from here
+        self.pid_lock = threading.Lock()
         self.inflight.clear()
         self.overflow.clear()
 
@@ -215,27 +230,38 @@ class ProcessCore(Supervisor, CoreBase):
             self.drop(future)
 
     def kill(self) -> None:
-        with self.lock:
+        if not self.lock.acquire(blocking=False):
+            # A sender may hold the lock in a write the child does not read (a message larger
+            # than the pipe, sent while the constructor runs): the lock comes back only once the
+            # child is gone, so signal it first, and harder after the grace.
+            self.killing = True
+            self._signal(signal.SIGTERM)
+            if not self.lock.acquire(timeout=DEFAULT_GRACE):
+                self._signal(signal.SIGKILL)
+                self.lock.acquire()
+        with _held(self.lock):
             if self.done.is_set() or self.state == KILLED:
                 return
             self.state = KILLED
             dropped = [entry for _, entry in self.overflow if entry is not None]
             self.overflow.clear()
             self.space.notify_all()
-            pid = self._pid
         self.wakeup.set()
         for future, _, _ in dropped:
             self.drop(future)
-        if pid is not None:
-            signal_tree(pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         if self.in_actor() or self.supervisor.ident is None:
             return
         if not self.done.wait(DEFAULT_GRACE):
-            with self.lock:
-                pid = self._pid  # None once reaped: the pid may belong to someone else now
-                if pid is not None:
-                    signal_tree(pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
         self.supervisor.join()
+
+    def _signal(self, sig: int) -> None:
+        # Under pid_lock: the supervisor clears _pid under it before reaping, so the pid read
+        # here is still our child's, never a recycled one.
+        with self.pid_lock:
+            if self._pid is not None:
+                signal_tree(self._pid, sig)
 
     def join(self, timeout: float | None) -> bool:
         if self.in_actor():

@@ -13,6 +13,7 @@ import select
 import signal
 import threading
 from collections import deque
+from multiprocessing.connection import wait
 from typing import Any
 
 from .. import _faults
@@ -55,6 +56,8 @@ class Supervisor(CoreBase):
     budget: int
     parent_ends: tuple[Any, ...]
     _pid: int | None
+    pid_lock: threading.Lock
+    killing: bool
     wakeup: threading.Event
     placement: Placement
 
@@ -71,9 +74,9 @@ class Supervisor(CoreBase):
                     self.restarts += 1
         except BaseException as exc:  # never leave a future waiting
             logger.exception("the supervisor of actor %s failed", self.name)
-            pid = self._pid
-            if pid is not None:
-                signal_tree(pid, signal.SIGKILL)
+            with self.pid_lock:
+                if self._pid is not None:
+                    signal_tree(self._pid, signal.SIGKILL)
             with self.lock:
                 if self.state not in DEAD:
                     self.state = BROKEN
@@ -131,6 +134,9 @@ class Supervisor(CoreBase):
             signal_tree(process.pid, signal.SIGKILL)
         try:
             self._serve(process, rep_r)
+            wait([process.sentinel])
+            with self.pid_lock:  # from now on nobody signals this pid: it is reaped below
+                self._pid = None
             process.join()
         finally:
             rep_r.close()
@@ -230,7 +236,7 @@ class Supervisor(CoreBase):
             if self.mailbox_size is not None:
                 self.finished(len(lost))
             state = self.state
-            restart = state == OPEN and self.restarts < self.max_restarts
+            restart = state == OPEN and not self.killing and self.restarts < self.max_restarts
             if (state == OPEN and not restart) or (state == STOPPING and (exitcode or lost)):
                 self.state = BROKEN
                 self.reason = crash
