@@ -654,3 +654,49 @@ def test_a_process_actor_writes_into_a_shared_array(np: Any) -> None:
             assert float(shared.array.sum()) == 20.0
     finally:
         ref.stop()
+
+
+# ---- a full /dev/shm (fault injection) ----------------------------------------------------
+@pytest.fixture
+def shm_full() -> Iterator[None]:
+    import errno
+
+    from hybridexec import _faults
+
+    _faults.inject("shm.create", _faults.Fault("raise", OSError(errno.ENOSPC, "No space left")))
+    try:
+        yield
+    finally:
+        _faults.clear()
+
+
+def _ours() -> list[str]:
+    return [n for n in os.listdir(SHM_DIR) if owner_pid_of(n) == os.getpid()]
+
+
+@pytest.mark.usefixtures("shm_full")
+def test_a_full_dev_shm_fails_creation_precisely_and_leaves_nothing_half_made(np: Any) -> None:
+    before = _ours()
+    for make in (lambda: SharedBuffer(MiB), lambda: SharedArray.zeros((16,), "f8")):
+        with pytest.raises(SharedMemoryError, match="not enough shared memory"):
+            make()
+    assert _ours() == before
+
+
+def test_a_full_dev_shm_makes_placement_pickle_and_the_lane_recovers(
+    np: Any, process_ex: Executor
+) -> None:
+    import errno
+
+    from hybridexec import _faults
+
+    array = np.arange(MiB // 4, dtype=np.float64)  # 2 MiB: placed when there is space
+    placement = process_ex._router.processes.placement
+    _faults.inject("shm.create", _faults.Fault("raise", OSError(errno.ENOSPC, "full"), times=2))
+    try:
+        assert process_ex.submit(array_sum, array).result(timeout=30) == float(array.sum())
+        assert placement.stats["placed"] == 0  # pickled instead (I6: only this task touched)
+    finally:
+        _faults.clear()
+    assert process_ex.submit(array_sum, array + 1).result(timeout=30) == float((array + 1).sum())
+    assert placement.stats["placed"] == 1  # space again: placed again

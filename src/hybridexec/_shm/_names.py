@@ -13,6 +13,7 @@ import sys
 from importlib import import_module
 from typing import Any
 
+from .. import _faults
 from .._exceptions import SharedMemoryError
 
 PREFIX = "hx"
@@ -51,6 +52,8 @@ def open_segment(name: str, flags: int) -> int:
 
 def unlink(name: str) -> bool:
     """Remove the segment ``name``; return False when it was already gone."""
+    if _faults.ACTIVE:
+        _faults.hit("shm.unlink")
     try:
         if LINUX:
             os.unlink(os.path.join(SHM_DIR, name))

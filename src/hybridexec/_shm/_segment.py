@@ -28,7 +28,7 @@ import sys
 import weakref
 from typing import Any
 
-from .. import _lifecycle
+from .. import _faults, _lifecycle
 from .._exceptions import SharedMemoryError
 from ._janitor import cleanup_shared_memory
 from ._names import (
@@ -196,6 +196,8 @@ class Segment:
             except OSError as exc:
                 raise SharedMemoryError(f"cannot create a shared-memory segment: {exc}") from exc
             try:
+                if _faults.ACTIVE:  # after the name exists: a failure must remove it
+                    _faults.hit("shm.create")
                 reserve(fd, mapped)
                 mm = mmap.mmap(fd, mapped)
             except OSError as exc:
@@ -242,6 +244,8 @@ class Segment:
                 return cls(name, known.size if size is None else size, mm, known.writable, False)
         flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
+            if _faults.ACTIVE:
+                _faults.hit("shm.attach")
             fd = open_segment(name, flags)
         except FileNotFoundError:
             raise SharedMemoryError(
