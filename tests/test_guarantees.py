@@ -205,7 +205,6 @@ def _cmdline(p: psutil.Process) -> str:
 # ---- defect 1: a worker that cannot start (EAGAIN) ---------------------------------------------
 
 
-@_xfail(1, "a failed worker start fails an unrelated queued task")
 def test_worker_start_failure_fails_no_unrelated_task(run_script: Any) -> None:
     # The worker of `crash` dies; its replacement cannot start for 0.5 s (EAGAIN). `other`,
     # queued behind, has nothing to do with the crash: it must run once starts work again.
@@ -228,7 +227,6 @@ def test_worker_start_failure_fails_no_unrelated_task(run_script: Any) -> None:
     assert out["other"] == ["ok", 49], out
 
 
-@_xfail(1, "while starts fail, queued futures never resolve and shutdown(wait=True) hangs")
 def test_worker_start_failures_resolve_every_future_and_the_lane_recovers(
     run_script: Any,
 ) -> None:
@@ -257,7 +255,6 @@ def test_worker_start_failures_resolve_every_future_and_the_lane_recovers(
 # ---- defect 2: EMFILE while making a worker's pipe ----------------------------------------------
 
 
-@_xfail(2, "EMFILE from ctx.Pipe() breaks the process lane for good")
 def test_pipe_creation_failure_fails_only_touched_tasks_and_lane_recovers(
     run_script: Any,
 ) -> None:
@@ -524,10 +521,7 @@ def test_shutdown_without_wait_returns_within_50ms_with_work_running() -> None:
 @pytest.mark.parametrize(
     "state",
     [
-        pytest.param(
-            "lingering",
-            marks=_xfail(7, "kill_workers() while the manager stops idle workers blocks 10 s"),
-        ),
+        "lingering",
         "idle",
         "busy",
     ],
@@ -561,7 +555,6 @@ def test_kill_workers_during_shutdown_is_prompt(run_script: Any, state: str) -> 
     assert out["fut"][0] != "pending", out  # the task ended (result, cancelled or failed)
 
 
-@_xfail(7, "the unnamed executor's process work is cancelled and exit stalls 10 s")
 def test_exit_with_unnamed_process_executor_runs_work_to_completion(run_script: Any) -> None:
     s = run_script(
         """
@@ -663,7 +656,6 @@ def test_ctrl_c_exits_130_with_executor_open(run_script: Any, which: str) -> Non
 # ---- defect 11: the kill path must never signal a pid after its process was reaped ----------
 
 
-@_xfail(11, "os.kill() fallback signals the worker's pid after the worker was reaped")
 @pytest.mark.parametrize("how", ["timeout", "cancel"])
 def test_kill_path_never_signals_a_reaped_pid(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     # A signal sent to a pid whose process is gone would hit whatever process got that pid

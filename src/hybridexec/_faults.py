@@ -14,7 +14,10 @@ a child process (the ``worker.*`` and ``actor.*`` points) travel to the child wi
 arguments (``snapshot()`` in the parent, ``install()`` in the child), only while faults are on.
 
 ``times`` bounds how often a fault fires (then it is spent: a transient fault); ``after`` skips
-that many hits first.
+that many hits first. A fault that travels to children counts its ``times`` in each process
+on its own, unless ``shared`` names a path prefix: then every fire, in any process, claims one
+token file ``<shared>-<n>`` (``n < times``), so a fault that kills its worker fires ``times`` times
+in all and the replacement workers live (``fired(shared)`` counts them).
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ POINTS: dict[str, str] = {
     "lane.send": "writing a call to a worker's pipe",
     "lane.unpickle_reply": "unpickling a worker's reply in the manager thread",
     "lane.loop": "each turn of the manager thread's loop",
-    # child side, process lane
-    "worker.before_call": "in the worker, before a call runs",
-    "worker.after_call": "in the worker, after a call returned, before the reply",
-    "worker.pickle_reply": "in the worker, pickling the reply",
+    # child side, process lane (raise: the item fails; after_call raise: the worker crashes)
+    "worker.before_call": "in the worker, before each call of a task runs",
+    "worker.after_call": "in the worker, after the task's calls returned, before the reply",
+    "worker.pickle_reply": "in the worker, pickling the reply (falls back item by item)",
     # threads and futures
     "thread.before_call": "on a lane thread, before a call runs",
     "future.callback": "running a future's done-callbacks",
@@ -59,13 +62,18 @@ class Fault:
     arg: Any = None
     times: int | None = None
     after: int = 0
+    shared: str | None = None
     hits: int = field(default=0, compare=False)
 
     def fire(self) -> None:
+        """Act as ``kind`` says, unless skipped (``after``) or spent (``times``)."""
         self.hits += 1
         if self.hits <= self.after:
             return
-        if self.times is not None:
+        if self.shared is not None and self.times is not None:
+            if not _claim(self.shared, self.times):
+                return
+        elif self.times is not None:
             if self.times <= 0:
                 return
             self.times -= 1
@@ -76,11 +84,28 @@ class Fault:
             time.sleep(float(self.arg))
         elif self.kind == "kill":
             os.kill(os.getpid(), int(self.arg or signal.SIGKILL))
-            time.sleep(5.0)  # the signal lands on its own time
+            while True:  # a signal sent to oneself lands at once; a caught one may take a moment
+                time.sleep(0.01)
         elif self.kind == "exit":
             os._exit(int(self.arg or 1))
         else:
             raise ValueError(f"unknown fault kind {self.kind!r}")
+
+
+def _claim(prefix: str, times: int) -> bool:
+    for n in range(times):
+        try:
+            os.close(os.open(f"{prefix}-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            continue
+        return True
+    return False
+
+
+def fired(shared: str) -> int:
+    """How many times the faults sharing the token prefix ``shared`` fired, in all processes."""
+    directory, base = os.path.split(shared)
+    return sum(1 for name in os.listdir(directory or ".") if name.startswith(base + "-"))
 
 
 ACTIVE: dict[str, Fault] = {}

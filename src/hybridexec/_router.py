@@ -101,11 +101,15 @@ class Router:
             self.loop.shutdown(wait=True)
 
     def release(self) -> None:
-        """The executor was dropped without ``shutdown()``: let the workers go."""
+        """The executor was dropped without ``shutdown()``: let the workers go.
+
+        Its queued work still runs, as with a dropped standard-library pool: the caller may
+        hold the futures (``hx.Executor().submit(fn).result()`` drops the executor at once).
+        """
         if self.generation != _lifecycle.generation():
             return
         for lane in (self.threads, self.processes, self.loop):
-            lane.shutdown(wait=False, cancel_futures=True)
+            lane.shutdown(wait=False, cancel_futures=False)
 
     def record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
         # Called on the process lane's manager thread for each finished task.

@@ -1,7 +1,11 @@
 """The front of the process lane: records work for the manager thread and wakes it.
 
 Nothing here touches a worker; see ``_manager.py`` for the thread that does. At interpreter
-exit and in a forked child, ``_lifecycle`` calls the hooks at the end of this module.
+exit and in a forked child, ``_lifecycle`` calls the hooks near the top of this module.
+
+At interpreter exit a lane behaves as the standard library's pools do: its queued work is
+cancelled, its running work runs to completion, then its workers exit (those that linger are
+killed after a short grace). No wait here has a fixed multi-second bound (I5).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import _lifecycle
+from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._serialize import dumps
@@ -28,17 +32,19 @@ _live_lock = threading.Lock()
 
 
 def kill_live_lanes() -> None:
-    """Stop every process lane still alive in this process, killing its workers.
+    """Stop every process lane still alive in this process.
 
-    Runs at interpreter exit (after the default executor finished its running work), and in
-    a worker process before it exits, for executors that a task started.
+    Queued work is cancelled; running work runs to completion (as the standard library does
+    at exit); then the workers exit. Runs at interpreter exit (after the default executor
+    finished its running work), and in a worker process before it exits, for executors that
+    a task started.
     """
     with _live_lock:
         lanes = list(_live_lanes)
     for lane in lanes:
         lane.shutdown(wait=False, cancel_futures=True)
-        lane.kill_workers()
-        lane.join(timeout=5.0)
+    for lane in lanes:
+        lane.join()
 
 
 def _forget_lanes_after_fork() -> None:
@@ -91,6 +97,7 @@ class ProcessLane:
             "kills": 0,
         }
         self.shutting_down = False
+        self.closed = False  # the manager thread has exited: commands are not served
         self.broken: BaseException | None = None
         self._lock = threading.Lock()
         self._manager: Manager | None = None
@@ -106,9 +113,14 @@ class ProcessLane:
         except BlockingIOError:
             pass
 
-    def command(self, name: str, arg: Any = None) -> None:
-        self.commands.append((name, arg))
+    def command(self, name: str, arg: Any = None) -> bool:
+        """Queue a command for the manager; False when no manager will ever serve it."""
+        with self._lock:
+            if self.closed or self._manager is None:
+                return False
+            self.commands.append((name, arg))
         self._wake()
+        return True
 
     def record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
         if self._timing_hook is not None:
@@ -132,6 +144,8 @@ class ProcessLane:
         Raises:
             SerializationError: the callable or an argument cannot be pickled.
         """
+        if _faults.ACTIVE:
+            _faults.hit("lane.pickle_call")
         task.payload = encode_call(task.fn, task.items, task.batch, self.placement, task.future)
 
     def submit(self, task: Task) -> None:
@@ -201,11 +215,16 @@ class ProcessLane:
     def close_pipes(self) -> None:
         """Called by the manager thread as it exits."""
         with self._lock:
-            if self.wake_r < 0:
-                return
-            for fd in (self.wake_r, self.wake_w):
-                os.close(fd)
+            self.closed = True
+            commands = list(self.commands)
+            self.commands.clear()
+            if self.wake_r >= 0:
+                for fd in (self.wake_r, self.wake_w):
+                    os.close(fd)
             self.wake_r = self.wake_w = -1
+        for name, arg in commands:  # nobody will serve them: release their waiters
+            if name == "kill-all":
+                arg[1].set()
         with _live_lock:
             _live_lanes.discard(self)
 
@@ -243,9 +262,10 @@ class ProcessLane:
 
     def _kill_all(self, sig: int) -> None:
         manager = self._manager
-        if self.foreign or manager is None or not manager.is_alive():
+        if self.foreign or manager is None:
             return
         done = threading.Event()
-        self.command("kill-all", (sig, done))
-        if manager is not threading.current_thread():
-            done.wait(10.0)  # the manager acts at once; the bound only guards a broken lane
+        # The manager serves commands on every turn (shutdown included) and releases them all
+        # as it exits: the wait needs no bound of its own.
+        if self.command("kill-all", (sig, done)) and manager is not threading.current_thread():
+            done.wait()

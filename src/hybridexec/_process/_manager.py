@@ -4,11 +4,19 @@ It sleeps in ``multiprocessing.connection.wait`` on the wake-up pipe, every work
 every worker's sentinel, with the nearest deadline as timeout: no polling loop. On each wake it
 runs commands from other threads, reads replies, reaps dead workers, enforces deadlines,
 dispatches pending tasks to idle workers (starting workers as needed) and retires workers that
-are idle too long, too old or too big.
+are idle too long, too old or too big. At shutdown it keeps turning (commands such as
+``kill_workers()`` are served at once) until the last worker it told to stop has exited.
+
+A turn that raises (a transient ``OSError`` from ``wait()``, a bug) fails no task by itself:
+the turn is retried after a short pause. Only when turns keep failing for ``TURN_GIVE_UP``
+seconds are the tasks in flight and queued failed (``BrokenExecutorError``, cause chained) and
+the workers killed; the lane stays open. Every path that fails queued tasks takes the lane's
+lock, so a racing ``submit`` is either refused or served, never lost.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -18,6 +26,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
+from .. import _faults
 from .._exceptions import (
     BrokenExecutorError,
     SerializationError,
@@ -25,8 +34,8 @@ from .._exceptions import (
 )
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
-from ._supervise import DEFAULT_GRACE, signal_tree
-from ._supervision import BUSY, IDLE, Supervision, WorkerRecord
+from ._supervise import DEFAULT_GRACE
+from ._supervision import BUSY, IDLE, START_GIVE_UP, Supervision, WorkerRecord
 from ._wire import Reply
 from ._worker import unwrap
 
@@ -34,6 +43,9 @@ if TYPE_CHECKING:
     from ._lane import ProcessLane
 
 logger = logging.getLogger("hybridexec")
+
+TURN_GIVE_UP = 1.0
+"""Seconds of failing manager turns after which the work in flight fails (the lane lives on)."""
 
 
 class Manager(Supervision, threading.Thread):
@@ -48,6 +60,12 @@ class Manager(Supervision, threading.Thread):
         self.seq = itertools.count()
         self.grace = DEFAULT_GRACE
         self.starting: Any = None  # the parent's end of the pipe of a worker being started
+        # Worker starts that fail (see Supervision._start_worker) and turns that fail.
+        self.start_error: BaseException | None = None
+        self.failing_since: float | None = None
+        self.retry_at = 0.0
+        self.backoff = 0.0
+        self.turns_failing_since: float | None = None
 
     def forget_after_fork(self) -> None:
         """In a forked child: close this side's worker pipes; the workers are the parent's."""
@@ -73,29 +91,86 @@ class Manager(Supervision, threading.Thread):
             self.lane.close_pipes()
 
     def _loop(self) -> None:
-        lane = self.lane
         while True:
-            self._run_commands()
-            self._dispatch()
-            if lane.shutting_down and not lane.pending and not self._busy():
-                self._stop_workers()
-                return
-            timeout = self._next_timeout()
-            objects: list[Any] = [lane.wake_r]
-            objects.extend(self.by_object)
-            ready = wait(objects, timeout)
-            for obj in ready:
-                if obj is lane.wake_r:
-                    lane.drain_wakeups()
-                    continue
-                worker = self.by_object.get(obj)
-                if worker is None:
-                    continue  # reaped by an earlier object in this round
-                if obj is worker.conn:
-                    self._receive(worker)
-                else:
-                    self._reap(worker)
-            self._enforce_times()
+            try:
+                if _faults.ACTIVE:
+                    _faults.hit("lane.loop")
+                if self._turn():
+                    return
+            except Exception as exc:
+                self._turn_failed(exc)
+            else:
+                self.turns_failing_since = None
+
+    def _turn(self) -> bool:
+        """One wake-up's work; True when the lane is shut down and every worker has gone."""
+        lane = self.lane
+        self._run_commands()
+        self._dispatch()
+        err = self._starts_given_up()
+        if err is not None:
+            self._fail_pending(err)
+        if lane.shutting_down and not lane.pending:
+            for w in list(self.workers.values()):
+                if w.state == IDLE:
+                    self._retire(w, "shutdown")
+            if not self.workers:
+                return True
+        timeout = self._next_timeout()
+        objects: list[Any] = [lane.wake_r]
+        objects.extend(self.by_object)
+        ready = wait(objects, timeout)
+        for obj in ready:
+            if obj is lane.wake_r:
+                lane.drain_wakeups()
+                continue
+            worker = self.by_object.get(obj)
+            if worker is None:
+                continue  # reaped by an earlier object in this round
+            if obj is worker.conn:
+                self._receive(worker)
+            else:
+                self._reap(worker)
+        self._enforce_times()
+        return False
+
+    def _turn_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        since = self.turns_failing_since
+        if since is None:
+            self.turns_failing_since = now
+            logger.warning("hybridexec process manager: a turn failed (%r); retrying", exc)
+        elif now - since >= TURN_GIVE_UP:
+            logger.error(
+                "hybridexec process manager: turns failed for %g s (%r); failing the work in "
+                "flight and replacing the workers",
+                TURN_GIVE_UP,
+                exc,
+            )
+            self.turns_failing_since = None
+            err = BrokenExecutorError(f"the process lane's manager kept failing: {exc!r}")
+            err.__cause__ = exc
+            try:
+                for w in list(self.workers.values()):
+                    task, w.task = w.task, None
+                    if task is not None:
+                        task.future.settle(False, err)
+                    self._kill(w, "the manager kept failing", sig=signal.SIGKILL)
+            finally:
+                self._fail_pending(err)
+        try:  # pause a little (a submit wakes it): a failing turn must not spin
+            wait([self.lane.wake_r], 0.01)
+        except Exception:
+            pass
+
+    def _fail_pending(self, err: BaseException) -> None:
+        lane = self.lane
+        with lane._lock:  # a submit racing this is refused or served, never lost
+            tasks = list(lane.pending)
+            lane.pending.clear()
+        for task in tasks:
+            if task.future.set_running_or_notify_cancel():
+                task.future.settle(False, err)
 
     def _busy(self) -> bool:
         return any(w.state == BUSY for w in self.workers.values())
@@ -106,6 +181,9 @@ class Manager(Supervision, threading.Thread):
             heapq.heappop(self.deadlines)
         if self.deadlines:
             times.append(self.deadlines[0][0])
+        if self.failing_since is not None and self.lane.pending:
+            times.append(self.retry_at)  # the next start, and the moment waiting tasks fail
+            times.append(self.failing_since + START_GIVE_UP)
         idle_timeout = self.lane.idle_timeout
         for w in self.workers.values():
             if w.kill_at is not None:
@@ -131,13 +209,15 @@ class Manager(Supervision, threading.Thread):
                         self._kill(w, "its task was cancelled")
             elif name == "kill-all":
                 sig, done = arg
-                for w in list(self.workers.values()):
-                    task = w.task
-                    w.task = None
-                    if task is not None:
-                        task.future.cancel()
-                    self._kill(w, "terminate/kill requested", sig=sig)
-                done.set()
+                try:
+                    for w in list(self.workers.values()):
+                        task = w.task
+                        w.task = None
+                        if task is not None:
+                            task.future.cancel()
+                        self._kill(w, "terminate/kill requested", sig=sig)
+                finally:
+                    done.set()
 
     # ---- dispatch -------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -173,12 +253,24 @@ class Manager(Supervision, threading.Thread):
             heapq.heappush(self.deadlines, (task.deadline, next(self.seq), task))
         # Cancelling a running task kills its worker (for a batch: the whole batch, which only
         # happens when a map is abandoned).
-        task.future._hx_stop = lambda t=task: self.lane.command("stop-task", t)
+        task.future._hx_stop = functools.partial(self._stop_task, task)
         assert task.payload is not None
         try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.send")
             worker.conn.send_bytes(task.payload)
-        except OSError:
+        except (BrokenPipeError, ConnectionResetError):
             pass  # the worker died; its sentinel fires next and fails the task precisely
+        except OSError as exc:
+            # The call may be half written: this task fails and the worker goes (I6).
+            worker.task = None
+            err = BrokenExecutorError(f"the task could not be sent to its worker: {exc!r}")
+            err.__cause__ = exc
+            task.future.settle(False, err)
+            self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
+
+    def _stop_task(self, task: Task) -> None:
+        self.lane.command("stop-task", task)  # False once the manager is gone: nothing to stop
 
     # ---- replies --------------------------------------------------------------------------
     def _receive(self, worker: WorkerRecord) -> None:
@@ -198,18 +290,23 @@ class Manager(Supervision, threading.Thread):
         worker.tasks_done += 1
         lane = self.lane
         lane.stats["tasks_done"] += 1
+        count = len(task.items) if task.batch else 1
         try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.unpickle_reply")
             reply = Reply(*loads(data))
-        except SerializationError as exc:
-            err = SerializationError(f"the task's result could not be unpickled: {exc}")
-            err.__cause__ = exc.__cause__
-            count = len(task.items) if task.batch else 1
-            reply = Reply([(False, err)] * count, 0.0, 0.0, None)
-            outcomes = list(reply.outcomes)
-        else:
             outcomes = [_decode(ok, value) for ok, value in reply.outcomes]
+        except Exception as exc:  # the task's own failure: never the manager's, never lost
+            cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
+            err = SerializationError(f"the task's result could not be unpickled: {exc}")
+            err.__cause__ = cause
+            reply = Reply([], 0.0, 0.0, None)
+            outcomes = [(False, err)] * count
         task.elapsed = reply.elapsed
-        lane.record_timing(task, reply.elapsed, reply.cpu)
+        try:
+            lane.record_timing(task, reply.elapsed, reply.cpu)
+        except Exception:  # the router's figures must not lose the task
+            logger.exception("hybridexec: recording a task's timing failed")
         if task.batch:
             task.future.settle(True, outcomes)
         else:
@@ -250,7 +347,7 @@ class Manager(Supervision, threading.Thread):
         idle_timeout = self.lane.idle_timeout
         for w in list(self.workers.values()):
             if w.kill_at is not None and w.kill_at <= now:
-                signal_tree(w.pid, signal.SIGKILL)
+                self._signal(w, signal.SIGKILL)
                 w.kill_at = None
             elif (
                 idle_timeout is not None and w.state == IDLE and now - w.idle_since >= idle_timeout
@@ -258,40 +355,19 @@ class Manager(Supervision, threading.Thread):
                 self._retire(w, f"idle for {idle_timeout:g} s")
 
     # ---- the end --------------------------------------------------------------------------
-    def _stop_workers(self) -> None:
-        for w in list(self.workers.values()):
-            if w.state == IDLE:
-                self._retire(w, "shutdown")
-        deadline = time.monotonic() + 5.0
-        while self.workers:
-            remaining = deadline - time.monotonic()
-            sentinels = [w.sentinel for w in self.workers.values()]
-            if remaining <= 0:
-                for w in list(self.workers.values()):
-                    self._kill(w, "did not exit at shutdown", sig=signal.SIGKILL)
-                deadline = time.monotonic() + 5.0
-                remaining = 5.0
-            for s in wait(sentinels, min(remaining, 0.5)):
-                worker = self.by_object.get(s)
-                if worker is not None:
-                    self._reap(worker)
-            self._enforce_times()
-
     def _break(self, exc: BaseException) -> None:
         lane = self.lane
-        lane.broken = exc
         err = BrokenExecutorError(f"the process lane broke: {exc!r}")
         err.__cause__ = exc
+        with lane._lock:  # from here a submit is refused: nothing queued after this is lost
+            lane.broken = exc
         for w in list(self.workers.values()):
             task = w.task
             w.task = None
             if task is not None:
                 task.future.settle(False, err)
-            signal_tree(w.pid, signal.SIGKILL)
-        while lane.pending:
-            task = lane.pending.popleft()
-            if task.future.set_running_or_notify_cancel():
-                task.future.settle(False, err)
+            self._signal(w, signal.SIGKILL)
+        self._fail_pending(err)
         for w in list(self.workers.values()):
             w.process.join(1.0)
             self._forget(w)

@@ -1,23 +1,34 @@
 """Supervision of the lane's workers: start, retire, reap, replace and kill them.
 
 A mixin of the manager thread (``_manager.py``): the methods here run on that thread only.
-A worker's pid is signalled only while the manager still owns it (until it is reaped): after
-that the pid may belong to another process, so nothing here falls back to ``os.kill`` on it.
+
+A worker's pid is signalled only while the manager still owns it: the worker itself through a
+pidfd opened as it started (a pidfd never reaches another process, even once the pid is
+recycled), its process group with ``killpg`` only before the worker is reaped (a group's id
+cannot be reused while a member lives). Nothing here signals a bare pid after ``join``.
+
+A worker that cannot start (EAGAIN from fork at a container's ``pids.max``, EMFILE making its
+pipe) fails no task: starts are retried with a short backoff, and only when no worker could be
+started for ``START_GIVE_UP`` seconds while none is alive do the waiting tasks fail (a
+``BrokenExecutorError`` with the start error as its cause). The lane stays open and starts
+workers again as soon as it can.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import _faults
 from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
 from .._futures import Future, Outcome, Task
 from .._shm import cleanup_shared_memory
-from ._supervise import guard, signal_tree
+from ._supervise import guard
 from ._wire import STOP, encode_call
 from ._worker import worker_main
 
@@ -28,6 +39,23 @@ logger = logging.getLogger("hybridexec")
 
 IDLE, BUSY, RETIRING, DYING = "idle", "busy", "retiring", "dying"
 
+RETIRE_GRACE = 0.5
+"""Seconds a worker told to stop may take to exit before it is killed (a thread it was left
+with can hold it up); short, since exit waits for it (I5)."""
+
+START_BACKOFF = (0.01, 0.25)
+"""First and longest pause between retries of a worker start that failed."""
+
+START_GIVE_UP = 1.0
+"""Seconds of failed starts, with no worker alive, after which the waiting tasks fail."""
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or out of descriptors
+        return None
+
 
 class WorkerRecord:
     """What the manager knows about one worker process."""
@@ -37,6 +65,7 @@ class WorkerRecord:
         "idle_since",
         "kill_at",
         "pid",
+        "pidfd",
         "process",
         "sentinel",
         "state",
@@ -49,6 +78,7 @@ class WorkerRecord:
         self.conn = conn
         self.pid: int = process.pid
         self.sentinel: int = process.sentinel
+        self.pidfd = _open_pidfd(self.pid)
         self.task: Task | None = None
         self.state = IDLE
         self.tasks_done = 0
@@ -64,6 +94,10 @@ class Supervision:
     by_object: dict[Any, WorkerRecord]
     grace: float
     starting: Any
+    start_error: BaseException | None
+    failing_since: float | None
+    retry_at: float
+    backoff: float
 
     def _handle_reply(self, worker: WorkerRecord, data: bytes) -> None:
         raise NotImplementedError  # the manager reads replies
@@ -75,44 +109,51 @@ class Supervision:
             self._start_worker()
 
     def _start_worker(self) -> WorkerRecord | None:
+        now = time.monotonic()
+        if now < self.retry_at:
+            return None  # the last start failed: retried when the backoff ends
         lane = self.lane
         ctx = lane.context
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.starting = parent_conn  # closed by forget_after_fork in a fork-started worker
-        process = ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main,
-            args=(
-                child_conn,
-                lane.lifeline_r,
-                lane.initializer,
-                lane.report_memory,
-                # Under forkserver the kernel's parent-death signal comes from the forkserver,
-                # which exits a little after us: the lifeline thread first kills the worker's
-                # children, and the signal still stops a worker stuck in C holding the GIL.
-                # Under spawn and fork it would fire at the same instant as the lifeline and
-                # orphan the worker's children, so the lifeline alone guards those.
-                lane.start_method == "forkserver",
-            ),
-            name=f"{lane.name}-worker",
-        )
+        parent_conn = child_conn = None
         try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.pipe")
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            self.starting = parent_conn  # closed by forget_after_fork in a fork-started worker
+            process = ctx.Process(  # type: ignore[attr-defined]
+                target=worker_main,
+                args=(
+                    child_conn,
+                    lane.lifeline_r,
+                    lane.initializer,
+                    lane.report_memory,
+                    # Under forkserver the kernel's parent-death signal comes from the
+                    # forkserver, which exits a little after us: the lifeline thread first kills
+                    # the worker's children, and the signal still stops a worker stuck in C
+                    # holding the GIL. Under spawn and fork it would fire at the same instant
+                    # as the lifeline and orphan the worker's children, so the lifeline alone
+                    # guards those.
+                    lane.start_method == "forkserver",
+                    _faults.snapshot(),
+                ),
+                name=f"{lane.name}-worker",
+            )
+            if _faults.ACTIVE:
+                _faults.hit("lane.start")
             process.start()
-        except Exception as exc:
+        except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None
-            parent_conn.close()
-            child_conn.close()
-            try:
-                task: Task | None = lane.pending.popleft()
-            except IndexError:  # drained by shutdown meanwhile
-                task = None
-            if task is not None and task.future.set_running_or_notify_cancel():
-                err = BrokenExecutorError(f"could not start a worker process: {exc!r}")
-                err.__cause__ = exc
-                task.future.settle(False, err)
+            for conn in (parent_conn, child_conn):
+                if conn is not None:
+                    conn.close()
+            self._start_failed(exc)
             return None
         self.starting = None
         child_conn.close()
         guard(process.pid)  # killed with its tree if this process dies, GIL or not (I4)
+        if self.failing_since is not None:
+            logger.warning("hybridexec: worker processes start again")
+        self.failing_since = self.start_error = None
         worker = WorkerRecord(process, parent_conn)
         self.workers[worker.pid] = worker
         self.by_object[worker.conn] = worker
@@ -121,10 +162,43 @@ class Supervision:
         logger.debug("started worker pid %d (%s)", worker.pid, lane.start_method)
         return worker
 
+    def _start_failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+            self.backoff = START_BACKOFF[0]
+            logger.warning("hybridexec: could not start a worker process (%r); retrying", exc)
+        else:
+            self.backoff = min(self.backoff * 2, START_BACKOFF[1])
+        self.start_error = exc
+        self.retry_at = now + self.backoff
+
+    def _live(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state in (IDLE, BUSY))
+
+    def _starts_given_up(self) -> BaseException | None:
+        """The error that waiting tasks fail with now that starts failed too long, or None."""
+        since = self.failing_since
+        if since is None or self._live() or time.monotonic() - since < START_GIVE_UP:
+            return None
+        exc = self.start_error
+        self.failing_since = None  # tasks submitted later get a fresh window
+        logger.error(
+            "hybridexec: no worker process could be started for %g s (%r); failing the tasks "
+            "waiting for one",
+            START_GIVE_UP,
+            exc,
+        )
+        err = BrokenExecutorError(
+            f"no worker process could be started for {START_GIVE_UP:g} s: {exc!r}"
+        )
+        err.__cause__ = exc
+        return err
+
     def _retire(self, worker: WorkerRecord, why: str) -> None:
         logger.debug("retiring worker pid %d: %s", worker.pid, why)
         worker.state = RETIRING
-        worker.kill_at = time.monotonic() + 5.0  # a retiring worker that lingers is killed
+        worker.kill_at = time.monotonic() + RETIRE_GRACE  # a worker that lingers is killed
         try:
             worker.conn.send_bytes(STOP)
         except OSError:
@@ -138,11 +212,17 @@ class Supervision:
                     self._handle_reply(worker, worker.conn.recv_bytes())
             except (EOFError, OSError):
                 pass
-        worker.process.join(1.0)
+        # Children it left behind go too, before the join (not even ``exitcode``, which reaps):
+        # until then its group id is reserved (under fork and spawn the worker is our zombie),
+        # so the signal cannot reach a stranger. Under forkserver the server reaps it; the id
+        # stays reserved while a member of the group lives, and an empty group is ESRCH.
+        try:
+            os.killpg(worker.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        worker.process.join(1.0)  # its sentinel fired: it has exited, the join is prompt
         exitcode = worker.process.exitcode
         self._forget(worker)
-        if worker.state == DYING or exitcode is None or exitcode < 0:
-            signal_tree(worker.pid, signal.SIGKILL)  # children left behind go too
         if worker.state == DYING or worker.task is not None or exitcode != 0:
             # A worker killed or crashed with a large result in flight leaves its segment
             # behind (named after its pid, now dead): remove it now, not at the next start.
@@ -162,9 +242,32 @@ class Supervision:
         self.by_object.pop(worker.conn, None)
         self.by_object.pop(worker.sentinel, None)
         worker.conn.close()
+        if worker.pidfd is not None:
+            os.close(worker.pidfd)
+            worker.pidfd = None
         try:
             worker.process.close()
         except ValueError:
+            pass
+
+    def _signal(self, worker: WorkerRecord, sig: int) -> None:
+        """Signal a worker the manager still owns, and its process group.
+
+        The worker itself is reached through its pidfd (never another process, even if the
+        pid was recycled); its group only while the worker is not reaped.
+        """
+        if worker.pid not in self.workers:
+            return  # reaped: the pid may be another process's now
+        try:
+            os.killpg(worker.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # no group yet (killed before it made one) or gone: the process alone below
+        try:
+            if worker.pidfd is not None:
+                signal.pidfd_send_signal(worker.pidfd, sig)
+            elif worker.process.exitcode is None:  # not reaped (exitcode polls, never blocks)
+                os.kill(worker.pid, sig)
+        except (ProcessLookupError, PermissionError, ValueError):
             pass
 
     def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
@@ -237,4 +340,4 @@ class Supervision:
         self.lane.stats["kills"] += 1
         worker.state = DYING
         worker.kill_at = time.monotonic() + self.grace
-        signal_tree(worker.pid, sig)
+        self._signal(worker, sig)

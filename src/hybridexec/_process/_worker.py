@@ -7,7 +7,7 @@ import pickle
 import time
 from typing import Any
 
-from .. import _lifecycle
+from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
 from .._shm import dumps_reply
@@ -23,9 +23,14 @@ def worker_main(
     initializer: bytes | None,
     report_memory: bool,
     death_signal: bool,
+    faults: dict[str, _faults.Fault] | None = None,
 ) -> None:
-    """Run calls sent over ``conn`` until told to stop or the parent goes away."""
+    """Run calls sent over ``conn`` until told to stop or the parent goes away.
+
+    ``faults`` are the tests' injected faults (``hybridexec._faults``); None outside them.
+    """
     enter_child(lifeline, death_signal)
+    _faults.install(faults)
 
     init_error: bytes | None = None
     if initializer is not None:
@@ -61,6 +66,8 @@ def _serve(conn: Any, init_error: bytes | None, report_memory: bool) -> None:
             conn.send_bytes(_encode_reply(_fail_all(data, init_error), 0.0, 0.0, None))
             return
         outcomes, elapsed, cpu = _run(data, functions)
+        if _faults.ACTIVE:
+            _faults.hit("worker.after_call")  # raising here ends the worker: a crash
         if _in_forked_child:
             # The task forked and its child returned into this loop: only the worker itself
             # may answer on the pipe.
@@ -110,6 +117,8 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
     append = outcomes.append
     for args, kwargs in items:
         try:
+            if _faults.ACTIVE:
+                _faults.hit("worker.before_call")
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
             append((False, pack_exception(exc)))
@@ -123,6 +132,8 @@ def _encode_reply(
 ) -> bytes:
     reply = Reply(outcomes, elapsed, cpu, rss)
     try:
+        if _faults.ACTIVE:
+            _faults.hit("worker.pickle_reply")
         return dumps_reply(tuple(reply))  # large numpy results go through shared memory
     except Exception:
         pass
