@@ -181,9 +181,11 @@ class Manager(Supervision, threading.Thread):
             heapq.heappop(self.deadlines)
         if self.deadlines:
             times.append(self.deadlines[0][0])
-        if self.failing_since is not None and self.lane.pending:
-            times.append(self.retry_at)  # the next start, and the moment waiting tasks fail
-            times.append(self.failing_since + START_GIVE_UP)
+        if self.lane.pending:
+            if self.retry_at > time.monotonic():
+                times.append(self.retry_at)  # the next start (a backoff outlives a give-up)
+            if self.failing_since is not None:
+                times.append(self.failing_since + START_GIVE_UP)  # waiting tasks fail then
         idle_timeout = self.lane.idle_timeout
         for w in self.workers.values():
             if w.kill_at is not None:
