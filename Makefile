@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench clean docs test-all test-others typecheck-public test-ray
+.PHONY: chaos demo test lint typecheck pytest bench clean docs test-all test-others typecheck-public test-ray
 
 # The stamp files record which extras are installed; pyproject changes reinstall.
 $(VENV)/.stamp-base: pyproject.toml
@@ -70,6 +70,12 @@ typecheck-public: $(VENV)/.stamp-dev
 		npm install --silent --no-audit --no-fund --prefix $(VENV)/node pyright
 	cd $(VENV) && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" \
 		node/node_modules/.bin/pyright --verifytypes hybridexec --ignoreexternal
+
+# The long seeded soak: races under random injected faults for HX_SOAK_SECONDS (default 300),
+# then the chaos run. Each prints its seed (HX_SOAK_SEED / HYBRIDEXEC_CHAOS_SEED replay it).
+chaos: $(VENV)/.stamp-dev
+	HX_SOAK_SECONDS=$${HX_SOAK_SECONDS:-300} $(PY) -m pytest -s -q \
+		tests/test_sweep.py::test_soak tests/test_chaos.py $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-bench
 	$(PY) -m benchmarks

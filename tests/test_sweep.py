@@ -295,8 +295,13 @@ class Op:
     cancelled_by_us: bool = False
 
 
-def run_races(seed: int, steps: int = 40) -> dict[str, int]:
-    """One seeded interleaving; returns counts of what happened. Raises on a broken invariant."""
+def run_races(
+    seed: int, steps: int = 40, faulted: tuple[type[BaseException], ...] = ()
+) -> dict[str, int]:
+    """One seeded interleaving; returns counts of what happened. Raises on a broken invariant.
+
+    ``faulted``: errors an injected fault may add to any task (or raise from a submit).
+    """
     rng = random.Random(seed)
     ex = hx.Executor(max_processes=2, max_threads=4)
     lane = ex.options(kind="process")
@@ -306,43 +311,10 @@ def run_races(seed: int, steps: int = 40) -> dict[str, int]:
     counts = {"tasks": 0, "cancels": 0, "kills": 0, "timeouts": 0, "crashes": 0}
     try:
         for _ in range(steps):
-            r = rng.random()
-            if r < 0.35:
-                x = rng.randrange(1000)
-                ops.append(Op(Watched.of(lane.submit(helpers.square, x), x * x), ()))
-            elif r < 0.5:
-                d = rng.choice([0.0, 0.01, 0.05, 0.1])
-                fut = lane.submit(helpers.sleep_then, d, d)
-                ops.append(Op(Watched.of(fut, d), ()))
-            elif r < 0.58:
-                fut = ex.options(kind="process", timeout=0.05).submit(helpers.sleep_then, 2, 1)
-                ops.append(Op(Watched.of(fut, 1), (hx.TaskTimeoutError,)))
-                counts["timeouts"] += 1
-            elif r < 0.63:
-                fut = lane.submit(helpers.exit_now, 3)
-                ops.append(Op(Watched.of(fut, None), CRASH))
-                counts["crashes"] += 1
-            elif r < 0.68:
-                x = rng.randrange(100)
-                fut = ex.options(kind="thread").submit(helpers.add, x, 1)
-                ops.append(Op(Watched.of(fut, x + 1), ()))
-            elif r < 0.8 and ops:
-                op = rng.choice(ops)
-                op.cancelled_by_us |= op.watched.future.cancel()
-                counts["cancels"] += 1
-            elif r < 0.86:
-                pids = ex.worker_pids
-                if pids:
-                    try:
-                        os.kill(rng.choice(pids), signal.SIGKILL)  # the test's own worker
-                        kills += 1
-                    except ProcessLookupError:
-                        pass
-            elif ops:
-                try:
-                    rng.choice(ops).watched.future.exception(timeout=rng.choice([0, 0.01, 0.05]))
-                except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-                    pass
+            try:
+                kills += _race_step(rng, ex, lane, ops, counts)
+            except faulted:  # (an empty tuple catches nothing)
+                counts["refused"] = counts.get("refused", 0) + 1
         how = rng.random()
         if how < 0.4:
             ex.shutdown(wait=True, cancel_futures=cancel_pending_at_shutdown)
@@ -363,7 +335,7 @@ def run_races(seed: int, steps: int = 40) -> dict[str, int]:
             if exc is None:
                 assert fut.result() == op.watched.expected, (seed, fut)  # I2
             else:
-                allowed = op.errors + (CRASH if kills else ())
+                allowed = op.errors + (CRASH if kills else ()) + faulted
                 assert isinstance(exc, allowed), (seed, exc)
         counts["tasks"] = len(ops)
         counts["kills"] = kills
@@ -373,8 +345,89 @@ def run_races(seed: int, steps: int = 40) -> dict[str, int]:
     return counts
 
 
+def _race_step(
+    rng: random.Random, ex: hx.Executor, lane: Any, ops: list[Op], counts: dict[str, int]
+) -> int:
+    """One random step of a race; returns 1 if it SIGKILLed a worker."""
+    kills = 0
+    r = rng.random()
+    if r < 0.35:
+        x = rng.randrange(1000)
+        ops.append(Op(Watched.of(lane.submit(helpers.square, x), x * x), ()))
+    elif r < 0.5:
+        d = rng.choice([0.0, 0.01, 0.05, 0.1])
+        fut = lane.submit(helpers.sleep_then, d, d)
+        ops.append(Op(Watched.of(fut, d), ()))
+    elif r < 0.58:
+        fut = ex.options(kind="process", timeout=0.05).submit(helpers.sleep_then, 2, 1)
+        ops.append(Op(Watched.of(fut, 1), (hx.TaskTimeoutError,)))
+        counts["timeouts"] += 1
+    elif r < 0.63:
+        fut = lane.submit(helpers.exit_now, 3)
+        ops.append(Op(Watched.of(fut, None), CRASH))
+        counts["crashes"] += 1
+    elif r < 0.68:
+        x = rng.randrange(100)
+        fut = ex.options(kind="thread").submit(helpers.add, x, 1)
+        ops.append(Op(Watched.of(fut, x + 1), ()))
+    elif r < 0.8 and ops:
+        op = rng.choice(ops)
+        op.cancelled_by_us |= op.watched.future.cancel()
+        counts["cancels"] += 1
+    elif r < 0.86:
+        pids = ex.worker_pids
+        if pids:
+            try:
+                os.kill(rng.choice(pids), signal.SIGKILL)  # the test's own worker
+                kills = 1
+            except ProcessLookupError:
+                pass
+    elif ops:
+        try:
+            rng.choice(ops).watched.future.exception(timeout=rng.choice([0, 0.01, 0.05]))
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            pass
+    return kills
+
+
 @pytest.mark.parametrize("seed", _seeds())
 def test_seeded_races(seed: int, fd_baseline: set[int]) -> None:
     print(f"\nrace seed {seed} (HX_SWEEP_SEED={seed} replays it)")
     run_races(seed)
     _fds_back(fd_baseline)
+
+
+# ---- the soak (make chaos) -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("HX_SOAK_SECONDS" not in os.environ, reason="make chaos sets HX_SOAK_SECONDS")
+@pytest.mark.timeout(0)
+def test_soak(tmp_path: Path, fd_baseline: set[int]) -> None:
+    """Seeded races with a random transient fault at a random point, until time runs out."""
+    seconds = float(os.environ["HX_SOAK_SECONDS"])
+    seed = int(os.environ.get("HX_SOAK_SEED", str(random.randrange(1 << 32))))
+    print(f"\nsoak seed {seed} (HX_SOAK_SEED={seed} replays it), {seconds:g} s")
+    rng = random.Random(seed)
+    rows = [r for r in SWEEP if r.lane == "process" and not r.persistent and _wired(r.point)]
+    started = time.monotonic()
+    totals = {"runs": 0, "tasks": 0, "faults": 0, "cancels": 0, "kills": 0}
+    while time.monotonic() - started < seconds:
+        row = rng.choice(rows)
+        shared = str(tmp_path / f"fired-{totals['runs']}")
+        _faults.inject(row.point, row.fault(shared))
+        run_seed = rng.randrange(1 << 32)
+        try:
+            counts = run_races(run_seed, faulted=row.errors)
+        except BaseException:
+            print(f"failed: run seed {run_seed} with {row.id} (HX_SWEEP_SEED={run_seed})")
+            raise
+        finally:
+            _faults.clear()
+        totals["runs"] += 1
+        totals["faults"] += _faults.fired(shared)
+        for key in ("tasks", "cancels", "kills"):
+            totals[key] += counts[key]
+    took = time.monotonic() - started
+    _fds_back(fd_baseline)
+    print(f"soak: {totals} in {took:.1f} s; leaks: 0 (processes, threads, fds, segments)")
