@@ -241,8 +241,8 @@ def test_sweep_point_fault(row: Row, tmp_path: Path, fd_baseline: set[int]) -> N
             if w.future.exception() is None:
                 assert w.future.result() == w.expected  # I2
         for w in failed:
-            exc = w.future.exception()
-            assert isinstance(exc, row.errors), f"{row.id}: unexpected {exc!r}"
+            error = w.future.exception()
+            assert isinstance(error, row.errors), f"{row.id}: unexpected {error!r}"
         touched = len(failed) + len(refused)
         allowed = TASKS if row.persistent else row.fails * max(fired, 0)
         assert touched <= allowed, (
