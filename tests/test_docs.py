@@ -209,6 +209,18 @@ def test_api_reference_lists_every_public_name() -> None:
     assert not missing, f"add {missing} to a `members:` list in docs/api.md"
 
 
+def test_api_index_names_every_public_name_once() -> None:
+    # docs/api.md must read on GitHub too, where the mkdocstrings directives render as nothing.
+    import hybridexec
+
+    api = (DOCS / "api.md").read_text(encoding="utf-8")
+    indexed = re.findall(r"^\| \[`hx\.(\w+)`\]\(#hybridexec\.(\w+)\) \| \S", api, flags=re.M)
+    assert all(name == anchor for name, anchor in indexed), indexed
+    names = [name for name, _ in indexed]
+    assert len(names) == len(set(names)), names
+    assert set(names) == set(hybridexec.__all__) - {"__version__"}
+
+
 # ---- the block parser itself ---------------------------------------------------------------
 
 
