@@ -26,7 +26,9 @@ what does not pass, each entry with its reason:
 - ``DIFFERS``: where hybridexec deliberately behaves otherwise (to be defended on the
   ``docs/migrating.md`` page that issue 14 asks for).
 - ``XFAIL`` (strict, grouped by gap in ``GAPS``): what hybridexec should do but does not yet;
-  fixing a gap turns its tests into XPASS failures, and the entry is removed.
+  fixing a gap turns its tests into XPASS failures, and the entry is removed. Two more lists
+  of the same gaps: ``XFAIL_NOT_RUN`` (tests that would hang or leak for seconds today) and
+  ``XFAIL_FLAKY`` (tests that fail only sometimes today).
 
 Where this Python has no ``test.test_concurrent_futures`` (some builds strip the test package)
 the module is skipped with that reason.
@@ -291,8 +293,8 @@ DIFFERS: dict[str, str] = {
 
 # Gaps hybridexec should close (issue 14): gap -> what is missing.
 GAPS: dict[str, str] = {
-    "max_workers": "hx.Executor takes no max_workers= (TypeError), and its count errors name "
-    "max_threads/max_processes, not max_workers",
+    "max_workers": "hx.Executor(max_workers=0) says 'max_workers must be at least 1, not 0'; "
+    "the stdlib says 'max_workers must be greater than 0', which its tests (and users) match",
     "retention": "a finished task's function, arguments or result stay referenced (I3)",
     "initargs": "initargs are pickled once in the constructor, so a multiprocessing.Queue or "
     "Lock (inheritable only) is refused with SerializationError",
@@ -307,12 +309,21 @@ GAPS: dict[str, str] = {
 # (variant or "*", suite or "*", test) -> gap
 XFAIL: dict[tuple[str, str, str], str] = {
     ("*", "*", "test_max_workers_negative"): "max_workers",
-    ("*", "*", "test_free_reference"): "retention",
+    ("Thread", "*", "test_free_reference"): "retention",
+    ("Auto", "*", "test_free_reference"): "retention",
     ("Forkserver", "FailingInitializerMixin", "test_initializer"): "initargs",
     ("Spawn", "FailingInitializerMixin", "test_initializer"): "initargs",
     ("Fork", "FailingInitializerMixin", "test_initializer"): "initargs",
     ("Thread", "FailingInitializerMixin", "test_initializer"): "broken-initializer",
     ("Auto", "FailingInitializerMixin", "test_initializer"): "broken-initializer",
+}
+
+# Gaps whose tests fail only sometimes today (timing): xfail, not strict, until fixed.
+XFAIL_FLAKY: dict[str, str] = {
+    # The parent keeps the task's argument (an object whose __del__ talks to a Manager) past
+    # the task's end; when it is collected only after the test shut the Manager down, the
+    # __del__ blocks gc.collect() in tearDown. Seen on 3.10 under load (timeout at 30 s).
+    "test_ressources_gced_in_workers": "retention",
 }
 
 # Gaps whose tests hang today: marked xfail but not run (each would spend its whole timeout).
@@ -373,6 +384,12 @@ def _build(suite_name: str, variant: str) -> type[Any]:
                 _copy(getattr(probe, test))
             )
             continue
+        if test in XFAIL_FLAKY:
+            gap = XFAIL_FLAKY[test]
+            attrs[test] = pytest.mark.xfail(strict=False, reason=f"{gap} (flaky): {GAPS[gap]}")(
+                _copy(getattr(probe, test))
+            )
+            continue
         reason = _xfail_reason(variant, suite_name, test)
         if reason is not None:
             attrs[test] = pytest.mark.xfail(strict=True, reason=reason)(_copy(getattr(probe, test)))
@@ -426,10 +443,6 @@ GAPS["exit-drops-work"] = (
     "at interpreter exit an executor left open, or shut down with wait=False, drops its "
     "running work (threads abandoned, worker processes killed); the stdlib finishes it"
 )
-GAPS["slow-exit"] = (
-    "a process executor left open makes `python -c` take about 10 s to exit (I5: at most "
-    "the running work plus 1 s)"
-)
 
 
 @pytest.mark.parametrize("lane", _lanes(dict.fromkeys(LANES, "exit-drops-work")))
@@ -444,7 +457,7 @@ def test_interpreter_exit_finishes_running_work(lane: str) -> None:
     assert (result.stdout.strip(), result.stderr) == ("apple", "")
 
 
-@pytest.mark.parametrize("lane", _lanes({"process": "slow-exit"}))
+@pytest.mark.parametrize("lane", list(LANES))
 def test_submit_after_interpreter_exit_raises(lane: str) -> None:
     # CPython's test_submit_after_interpreter_shutdown.
     result = _python(f"""
@@ -522,9 +535,9 @@ def test_no_stale_references(lane: str) -> None:
 @pytest.mark.xfail(strict=True, reason=f"max_workers: {GAPS['max_workers']}")
 def test_max_workers_is_accepted() -> None:
     # What every stdlib user writes; dask.threaded reads pool._max_workers.
-    with hx.Executor(max_workers=3) as ex:  # type: ignore[call-arg]
+    with hx.Executor(max_workers=3) as ex:
         assert ex.submit(pow, 2, 5).result() == 32
-        assert ex._max_workers == 3  # type: ignore[attr-defined]
+        assert ex._max_workers == 3
     for bad in (0, -1):
         with pytest.raises(ValueError, match="max_workers must be greater than 0"):
-            hx.Executor(max_workers=bad)  # type: ignore[call-arg]
+            hx.Executor(max_workers=bad)
