@@ -293,8 +293,6 @@ DIFFERS: dict[str, str] = {
 
 # Gaps hybridexec should close (issue 14): gap -> what is missing.
 GAPS: dict[str, str] = {
-    "max_workers": "hx.Executor(max_workers=0) says 'max_workers must be at least 1, not 0'; "
-    "the stdlib says 'max_workers must be greater than 0', which its tests (and users) match",
     "retention": "a finished task's function, arguments or result stay referenced (I3)",
     "initargs": "initargs are pickled once in the constructor, so a multiprocessing.Queue or "
     "Lock (inheritable only) is refused with SerializationError",
@@ -308,7 +306,6 @@ GAPS: dict[str, str] = {
 
 # (variant or "*", suite or "*", test) -> gap
 XFAIL: dict[tuple[str, str, str], str] = {
-    ("*", "*", "test_max_workers_negative"): "max_workers",
     ("Thread", "*", "test_free_reference"): "retention",
     ("Auto", "*", "test_free_reference"): "retention",
     ("Forkserver", "FailingInitializerMixin", "test_initializer"): "initargs",
@@ -532,7 +529,6 @@ def test_no_stale_references(lane: str) -> None:
         assert ref() is None
 
 
-@pytest.mark.xfail(strict=True, reason=f"max_workers: {GAPS['max_workers']}")
 def test_max_workers_is_accepted() -> None:
     # What every stdlib user writes; dask.threaded reads pool._max_workers.
     with hx.Executor(max_workers=3) as ex:

@@ -20,6 +20,7 @@ constructor arguments implements ``__reduce__``.
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 import signal
 import sys
 from concurrent.futures import BrokenExecutor
@@ -109,8 +110,11 @@ else:  # pragma: no cover - Python 3.10
         """Raised on a task's future when its deadline passed; a process worker was killed."""
 
 
-class SerializationError(HybridExecError):
-    """Raised when a task, its arguments or its result cannot be pickled or unpickled."""
+class SerializationError(HybridExecError, pickle.PicklingError):
+    """Raised when a task, its arguments or its result cannot be pickled or unpickled.
+
+    A ``pickle.PicklingError``, as code written for the standard pools expects.
+    """
 
 
 class ActorError(HybridExecError):

@@ -52,7 +52,8 @@ def _check_count(name: str, value: int | None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int or None, not {value!r}")
     if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value}")
+        # The standard pools' wording, which code written for them may match.
+        raise ValueError(f"{name} must be greater than 0, not {value}")
     return value
 
 
@@ -95,6 +96,8 @@ class Executor(concurrent.futures.Executor):
         max_workers: As in ``ThreadPoolExecutor`` and ``ProcessPoolExecutor``: at most this
             many tasks at once, in each lane (``max_threads`` and ``max_processes``, when
             given, take precedence for their lane).
+        mp_context: As in ``ProcessPoolExecutor``: a ``multiprocessing`` context whose start
+            method the worker processes use (same as ``start_method=``).
 
     Raises:
         ValueError: a worker count below 1, an unknown ``kind``, ``start_method``,
@@ -105,7 +108,7 @@ class Executor(concurrent.futures.Executor):
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 ``backend``, ``backend_options`` and ``remote``.
-    .. versionchanged:: 0.3 ``max_workers``.
+    .. versionchanged:: 0.3 ``max_workers`` and ``mp_context``.
     """
 
     def __init__(
@@ -126,10 +129,19 @@ class Executor(concurrent.futures.Executor):
         backend_options: Mapping[str, Any] | None = None,
         remote: str = "process",
         max_workers: int | None = None,
+        mp_context: Any = None,
     ) -> None:
         max_threads = _check_count("max_threads", max_threads)
         max_processes = _check_count("max_processes", max_processes)
         max_workers = _check_count("max_workers", max_workers)
+        if mp_context is not None:
+            # ProcessPoolExecutor(mp_context=...): its start method is what matters here.
+            method = getattr(mp_context, "get_start_method", None)
+            if not callable(method):
+                raise TypeError(f"mp_context must be a multiprocessing context, not {mp_context!r}")
+            if start_method is not None and start_method != method():
+                raise ValueError("give start_method or mp_context, not both")
+            start_method = method()
         if max_workers is not None:
             # What ThreadPoolExecutor(max_workers=) and ProcessPoolExecutor(max_workers=) users
             # mean: no more than that many tasks at once, in either lane.
