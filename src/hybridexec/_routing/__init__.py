@@ -6,10 +6,12 @@ Layers inside the room (each imports only those above it)::
 
     _rules       options, hints (@io_bound, @cpu_bound, @task), the rules, Decision,
                  Explanation, the Classifier protocol, TimedTask (a measured thread task)
+    _sched       the scheduler's view of a thread: run-queue wait, runnable or asleep
     _measure     the figures of one measured call (Window) and their maths (Measurement)
     _probe       the GIL probe: the helper thread that samples open windows
-    _verdicts    the thresholds and the verdict rule
-    _classifier  LearningClassifier: learner state per function, feedback, re-checks
+    _verdicts    the thresholds, the verdict rule, the keys (size bucket, argument shape)
+    _entry       what the classifier keeps per key
+    _classifier  LearningClassifier: learner state per key, feedback, re-checks
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """The learning classifier: measure each function once, route it, and keep checking.
 
-Per function (key: module + qualname, plus a bucket of the arguments' size, so ``sorted`` of
-ten items and of a million are learned apart):
+Per function and argument *shape* (key: module + qualname; a bucket of the arguments' size, so
+``sorted`` of ten items and of a million are learned apart; and small hashes of the argument
+types and of flag-like values, so ``convert(path, mode="io")`` and ``mode="cpu"`` are learned
+apart; see ``shape``). At most ``VARIANTS_MAX`` shapes per function and size bucket are
+learned apart; further shapes share one overflow key:
 
 1. **Learning.** The first call runs on a thread inside a GIL-probe window (``_probe.py``) of
    at most ``WINDOW_SECONDS``. Calls of the same function that arrive meanwhile wait for the
@@ -40,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._entry import Entry
 from ._measure import Measurement
 from ._probe import PROBE
 from ._rules import Decision, Explanation, ms
@@ -52,15 +56,18 @@ from ._verdicts import (
     FEEDBACK_MIN_CALLS,
     FLIP_AFTER,
     GIL_SECONDS_MIN,
+    OVERFLOW,
     RECHECK_FIRST,
     RECHECK_MAX,
     RECHECK_WINDOW_SECONDS,
     SUSPECT_GAP_FIRST,
+    VARIANTS_MAX,
     WAIT_SECONDS,
     WINDOW_SECONDS,
     Key,
     contrary,
     function_name,
+    shape,
     size_bucket,
     verdict,
 )
@@ -68,77 +75,12 @@ from ._verdicts import (
 logger = logging.getLogger("hybridexec")
 
 
-class _Entry:
-    """What the classifier knows about one function (and argument-size bucket)."""
-
-    __slots__ = (
-        "calls",
-        "changes",
-        "claimed_at",
-        "contrary",
-        "decision",
-        "key",
-        "measurement",
-        "name",
-        "per_lane",
-        "proc_cpu",
-        "proc_ratio",
-        "proc_samples",
-        "recheck",
-        "recheck_every",
-        "rechecking",
-        "since_check",
-        "since_recheck",
-        "suspect_gap",
-        "wall",
-        "window_open",
-    )
-
-    def __init__(self, key: Key) -> None:
-        self.key = key
-        self.name = f"{key[0]}.{key[1]}"
-        self.decision: Decision | None = None
-        self.measurement: Measurement | None = None
-        self.claimed_at: float | None = None
-        self.window_open = False
-        self.recheck = False
-        self.rechecking = False
-        self.contrary = 0
-        self.changes = 0
-        self.calls = 0
-        self.per_lane: dict[str, int] = {"thread": 0, "process": 0}
-        self.wall: float | None = None
-        self.proc_cpu = self.proc_ratio = 0.0
-        self.proc_samples = 0
-        self.since_check = self.since_recheck = 0
-        self.recheck_every = RECHECK_FIRST
-        self.suspect_gap = SUSPECT_GAP_FIRST
-
-    def explanation(self) -> Explanation:
-        m = self.measurement
-        d = self.decision
-        return Explanation(
-            function=self.name,
-            kind=d.kind if d is not None else "thread",
-            reason=d.reason if d is not None else "learning: the first call is being measured",
-            learned=m is not None,
-            gil_fraction=m.gil_fraction if m is not None else None,
-            gil_share=m.gil_share if m is not None else None,
-            cpu_ratio=m.cpu_ratio if m is not None else None,
-            gil_seconds=m.gil_seconds if m is not None else None,
-            wall_seconds=self.wall,
-            calls=self.calls,
-            per_lane=dict(self.per_lane),
-            changes=self.changes,
-        )
-
-
 class _Ticket:
     """The ``Probe`` of one measured call (see ``routing.Probe``)."""
 
     __slots__ = ("_claims", "entry", "owner", "recheck")
 
-    def __init__(self, owner: LearningClassifier, entry: _Entry, recheck: bool) -> None:
+    def __init__(self, owner: LearningClassifier, entry: Entry, recheck: bool) -> None:
         self.owner = owner
         self.entry = entry
         self.recheck = recheck
@@ -172,14 +114,16 @@ class LearningClassifier:
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._entries: dict[Key, _Entry] = {}
+        self._entries: dict[Key, Entry] = {}
+        # function + size bucket -> positional shape -> keyword shapes learned apart
+        self._shapes: dict[tuple[str, str, int, int], dict[int, list[int]]] = {}
 
     # ---- the Classifier protocol ----------------------------------------------------------
     def classify(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Decision:
         """Return the lane for this call: the verdict, or a measurement while learning."""
-        key = (*function_name(fn), size_bucket(args))
+        key = (*function_name(fn), size_bucket(args), *shape(args, kwargs))
         entry = self._entries.get(key)
         if entry is not None:
             decision = entry.decision
@@ -196,9 +140,15 @@ class LearningClassifier:
         *,
         calls: int = 1,
         args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
-        """Update the live figures of ``fn`` and re-check or demote it when they disagree."""
-        entry = self._entries.get((*function_name(fn), size_bucket(args)))
+        """Update the live figures of ``fn`` and re-check or demote it when they disagree.
+
+        ``kwargs`` (not in the ``Classifier`` protocol) picks the entry of a function learned
+        apart by its keyword arguments; without it, the one entry with these positional
+        arguments is used, if there is just one.
+        """
+        entry = self._find(fn, args, kwargs)
         if entry is None or calls < 1:
             return
         wall, cpu = elapsed / calls, cpu / calls
@@ -228,12 +178,17 @@ class LearningClassifier:
                     entry.recheck = True
 
     # ---- visibility -----------------------------------------------------------------------
-    def explain(self, fn: Callable[..., Any], args: tuple[Any, ...] | None = None) -> Explanation:
-        """What the classifier knows of ``fn``; without ``args``, its most used size bucket."""
+    def explain(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Explanation:
+        """What the classifier knows of ``fn``; without ``args``, its most used key."""
         name = function_name(fn)
         with self._cond:
             if args is not None:
-                entry = self._entries.get((*name, size_bucket(args)))
+                entry = self._find(fn, args, kwargs)
                 candidates = [entry] if entry is not None else []
             else:
                 candidates = [e for k, e in self._entries.items() if k[:3] == name]
@@ -256,6 +211,7 @@ class LearningClassifier:
                 {
                     "function": e.function,
                     "size_bucket": entry.key[3],
+                    "shape": entry.key[4:],
                     "kind": e.kind,
                     "learned": e.learned,
                     "gil_fraction": e.gil_fraction,
@@ -272,13 +228,39 @@ class LearningClassifier:
         return rows
 
     # ---- internals ------------------------------------------------------------------------
+    def _find(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> Entry | None:
+        base = (*function_name(fn), size_bucket(args))
+        positional, keyword = shape(args, kwargs)
+        entry = self._entries.get((*base, positional, keyword))
+        if entry is None and kwargs is None:
+            # Keyword arguments unknown: the one entry with these positional arguments.
+            keys = self._shapes.get(base, {}).get(positional, ())
+            if len(keys) == 1:
+                entry = self._entries.get((*base, positional, keys[0]))
+        if entry is None:
+            entry = self._entries.get((*base, OVERFLOW, OVERFLOW))
+        return entry
+
+    def _new_key(self, key: Key) -> Key:
+        # With the lock held: the key of a shape seen for the first time, within the bound.
+        base = key[:4]
+        shapes = self._shapes.setdefault(base, {})
+        if sum(len(k) for k in shapes.values()) >= VARIANTS_MAX:
+            return (*base, OVERFLOW, OVERFLOW)
+        shapes.setdefault(key[4], []).append(key[5])
+        return key
+
     def _classify_slow(self, fn: Callable[..., Any], key: Key) -> Decision:
         deadline: float | None = None
         with self._cond:
+            if key not in self._entries:
+                key = self._new_key(key)
             while True:
                 entry = self._entries.get(key)
                 if entry is None:
-                    entry = self._entries[key] = _Entry(key)
+                    entry = self._entries[key] = Entry(key)
                     if inspect.iscoroutinefunction(fn):
                         entry.decision = Decision(
                             "thread", "async def: a call only creates a coroutine; not measured"
@@ -306,12 +288,12 @@ class LearningClassifier:
                 self._cond.wait(min(deadline - now, CLAIM_SECONDS))
 
     @staticmethod
-    def _stale(entry: _Entry, now: float) -> bool:
+    def _stale(entry: Entry, now: float) -> bool:
         # A measurement handed out but never started (its task was cancelled, say).
         claimed = entry.claimed_at
         return not entry.window_open and claimed is not None and now - claimed > CLAIM_SECONDS
 
-    def _conclude(self, entry: _Entry, m: Measurement, recheck: bool) -> None:
+    def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
         kind, reason = verdict(m)
         with self._cond:
             entry.window_open = False
@@ -345,7 +327,7 @@ class LearningClassifier:
                 return
             self._change(entry, Decision(kind, f"{reason} (re-checked)"), m)
 
-    def _process_feedback(self, entry: _Entry, wall: float, cpu: float) -> None:
+    def _process_feedback(self, entry: Entry, wall: float, cpu: float) -> None:
         ratio = cpu / wall if wall > 0 else 0.0
         if entry.proc_samples == 0:
             entry.proc_cpu, entry.proc_ratio = cpu, ratio
@@ -363,7 +345,7 @@ class LearningClassifier:
             return
         self._change(entry, Decision("thread", f"{why} (feedback)"), entry.measurement)
 
-    def _change(self, entry: _Entry, decision: Decision, m: Measurement | None) -> None:
+    def _change(self, entry: Entry, decision: Decision, m: Measurement | None) -> None:
         # Called with the lock held.
         old = entry.decision
         entry.decision = decision

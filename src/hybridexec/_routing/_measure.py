@@ -8,12 +8,12 @@ behind each figure are explained at the top of ``_probe.py``.
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from ._sched import ThreadSched
 
 PROBE_SLEEP = 0.001
 """Seconds the probe sleeps per cycle; its lateness on waking measures GIL contention."""
@@ -35,14 +35,26 @@ MIN_STALL_SECONDS = 0.0005
 """Stall time below which the stall comparison is not trusted (lateness is used instead)."""
 IDLE_CPU_RATIO = 0.05
 """A call using less CPU than this share of its wall time waits: it holds no GIL to speak of."""
-MIN_STATE_SAMPLES = 3
-"""Decisive stalls needed before they decide ``gil_share``."""
+MIN_STATE_SAMPLES = 1
+"""Decisive stalls needed before they decide ``gil_share``. One is telling: GIL-bound code
+cannot progress while the probe holds the GIL, and a blocked sample needs the thread to have
+run just before and to sleep (not wait for a CPU) during the stall."""
+WANT_STATE_SAMPLES = 2
+"""A window on a thread that could still run is kept open (up to ``REPORT_CAP``) until it
+has this many decisive stalls: on a loaded machine the summed clocks are a poorer guide."""
 ACTIVE_RATE = 0.3
 """A control interval in which the thread used this share of a CPU counts as active..."""
 PROGRESS_RATE = 0.1
 """...and a stall in which it (or the process) used this share of a CPU as progress."""
 BUSY_RATE = 0.5
 """Below this CPU rate outside stalls, the process's clock is compared instead of the thread's."""
+HELPED = 1.5
+"""Process CPU above this many times the thread's own means other threads do its work."""
+QUEUED_SHARE = 0.5
+"""A stall in which the thread waited this share of the time on a run queue says nothing."""
+REPORT_CAP = 4.0
+"""A window reports after ``report_after`` seconds the thread could run, at most this many
+times ``report_after`` of wall time (on a loaded machine the thread gets a CPU part-time)."""
 
 clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
 perf_counter = time.perf_counter
@@ -61,20 +73,6 @@ def _gil_holding_sleep() -> Callable[[float], None] | None:
         usleep(int(seconds * 1e6))
 
     return sleep
-
-
-def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
-    try:
-        pread = ctypes.PyDLL(None).pread
-    except (OSError, AttributeError):
-        return None
-    pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
-    pread.restype = ctypes.c_ssize_t
-    return pread
-
-
-_pread = _gil_holding_pread()
-_STAT_BUFFER = 512
 
 
 def _spin(seconds: float) -> None:
@@ -104,9 +102,14 @@ class Measurement:
         stalls_blocked: Decisive stalls (after an active control interval) in which the
             thread used no CPU and slept: blocked on the GIL.
         stalls_free: Decisive stalls in which the thread (or the process) used CPU.
-        late: Seconds the probe woke late while the window was open (GIL busy).
+        late: Seconds the probe woke late while the window was open (GIL busy), not counting
+            the time the probe itself waited for a CPU.
         span: Seconds of probe sleep cycles the lateness was measured over.
         complete: True when the window covered the whole call.
+        runq: Seconds the measured thread was runnable but had no CPU (another process, or
+            other threads, used every core): neither running nor waiting.
+        ctrl_runq: The part of ``runq`` that fell in the control intervals.
+        stall_runq: The part of ``runq`` that fell in the stalls.
     """
 
     wall: float
@@ -123,11 +126,24 @@ class Measurement:
     late: float = 0.0
     span: float = 0.0
     complete: bool = True
+    runq: float = 0.0
+    ctrl_runq: float = 0.0
+    stall_runq: float = 0.0
+
+    @property
+    def run_wall(self) -> float:
+        """Seconds the measured thread could have run: the wall time less its run-queue wait.
+
+        Time spent runnable without a CPU says nothing about the call (a busy machine, not
+        the function): every ratio below is taken over this, not over the wall time.
+        """
+        return max(self.cpu, self.wall - self.runq)
 
     @property
     def cpu_ratio(self) -> float:
-        """CPU seconds per wall second of the measured thread."""
-        return self.cpu / self.wall if self.wall > 0 else 0.0
+        """CPU seconds per second the measured thread could run (run-queue waits left out)."""
+        run = self.run_wall
+        return self.cpu / run if run > 0 else 0.0
 
     @property
     def gil_busy(self) -> float | None:
@@ -139,18 +155,24 @@ class Measurement:
     @property
     def gil_share(self) -> float:
         """Share of the call's CPU work that needs the GIL (0: GIL-free C code or waiting)."""
-        if self.cpu <= IDLE_CPU_RATIO * self.wall:
+        if self.cpu <= IDLE_CPU_RATIO * self.run_wall:
             return 0.0
         decisive = self.stalls_blocked + self.stalls_free
         if decisive >= MIN_STATE_SAMPLES:
             return self.stalls_blocked / decisive
-        if self.stall_wall >= MIN_STALL_SECONDS and self.ctrl_wall > 0:
-            ctrl_cpu, stall_cpu = self.ctrl_cpu, self.stall_cpu
-            if ctrl_cpu / self.ctrl_wall < BUSY_RATE and self.proc_ctrl_cpu > ctrl_cpu:
-                ctrl_cpu, stall_cpu = self.proc_ctrl_cpu, self.proc_stall_cpu
-            ctrl_rate = ctrl_cpu / self.ctrl_wall
+        stall_run = self.stall_wall - self.stall_runq
+        ctrl_run = self.ctrl_wall - self.ctrl_runq
+        if stall_run >= MIN_STALL_SECONDS and ctrl_run > 0:
+            # Capped: the kernel books a run-queue wait when it ends, sometimes in the
+            # interval after the one it fell in.
+            ctrl_rate = min(1.0, self.ctrl_cpu / ctrl_run)
+            stall_rate = min(1.0, self.stall_cpu / stall_run)
+            if ctrl_rate < BUSY_RATE and self.proc_ctrl_cpu > HELPED * self.ctrl_cpu:
+                # Mostly off the CPU while other threads of the process work: its work is
+                # on them (BLAS helpers), and their progress during stalls is its own.
+                ctrl_rate = self.proc_ctrl_cpu / self.ctrl_wall
+                stall_rate = self.proc_stall_cpu / self.stall_wall
             if ctrl_rate > 0:
-                stall_rate = stall_cpu / self.stall_wall
                 return 1.0 - min(1.0, max(0.0, stall_rate / ctrl_rate))
         busy = self.gil_busy
         if busy is not None:
@@ -166,21 +188,23 @@ class Measurement:
     def gil_fraction(self) -> float:
         """Share of the call's running time (not counting waits for the GIL) holding the GIL.
 
-        Time off the CPU is either waiting (I/O, sleep) or waiting for the GIL. The GIL wait
-        is estimated from what the probe saw: the CPU time the call would have used during
-        the probe's stalls, and the share of the remaining off-CPU time the GIL was busy.
+        Time off the CPU, run-queue waits left out, is either waiting (I/O, sleep) or waiting
+        for the GIL. The GIL wait is estimated from what the probe saw: the CPU time the call
+        would have used during the probe's stalls, and the share of the remaining off-CPU
+        time the GIL was busy.
         """
         held = self.gil_seconds
         if held <= 0:
             return 0.0
         share = self.gil_share
-        off_cpu = max(0.0, self.wall - self.cpu)
-        outside_wall = self.wall - self.stall_wall
+        run_wall = self.run_wall
+        off_cpu = max(0.0, run_wall - self.cpu)
+        outside_wall = run_wall - max(0.0, self.stall_wall - self.stall_runq)
         outside_rate = (self.cpu - self.stall_cpu) / outside_wall if outside_wall > 0 else 0.0
         stalled = min(off_cpu, share * self.stall_wall * min(1.0, outside_rate))
         busy = self.gil_busy or 0.0
         waited = min(off_cpu, stalled + busy * (off_cpu - stalled))
-        running = max(held, self.wall - waited, 1e-9)
+        running = max(held, run_wall - waited, 1e-9)
         return min(1.0, held / running)
 
 
@@ -192,6 +216,7 @@ class Window:
         "closed",
         "cpu_open",
         "ctrl_cpu",
+        "ctrl_runq",
         "ctrl_wall",
         "late",
         "on_report",
@@ -199,12 +224,15 @@ class Window:
         "proc_open",
         "proc_stall_cpu",
         "report_after",
+        "runq_close",
+        "runq_open",
+        "sched",
         "span",
         "stall_cpu",
+        "stall_runq",
         "stall_wall",
         "stalls_blocked",
         "stalls_free",
-        "stat_fd",
         "t_open",
     )
 
@@ -218,17 +246,13 @@ class Window:
         self.report_after = report_after
         self.on_report = on_report
         self.closed = False  # reported already, by close() or by the probe
-        self.stall_wall = self.stall_cpu = self.proc_stall_cpu = 0.0
-        self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = 0.0
+        self.stall_wall = self.stall_cpu = self.proc_stall_cpu = self.stall_runq = 0.0
+        self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = self.ctrl_runq = 0.0
         self.late = self.span = 0.0
         self.stalls_blocked = self.stalls_free = 0
-        self.stat_fd: int | None = None
-        if _pread is not None and clock is not None:
-            try:
-                path = f"/proc/self/task/{threading.get_native_id()}/stat"
-                self.stat_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                self.stat_fd = None
+        self.sched = ThreadSched(threading.get_native_id())
+        self.runq_open = self.sched.waited() or 0.0
+        self.runq_close: float | None = None  # read before the handles are let go
         self.cpu_open = self.read_cpu() or 0.0
         self.proc_open = time.process_time()
         self.t_open = perf_counter()
@@ -242,20 +266,21 @@ class Window:
         except OSError:  # the thread is gone
             return None
 
+    def read_runq(self) -> float | None:
+        """The measured thread's run-queue wait since the window opened; None if unknown."""
+        if self.runq_close is not None:
+            return self.runq_close
+        waited = self.sched.waited()
+        return None if waited is None else max(0.0, waited - self.runq_open)
+
     def runnable(self) -> bool | None:
         """Whether the measured thread is runnable now; read without releasing the GIL."""
-        fd = self.stat_fd
-        if fd is None or _pread is None:
-            return None
-        buf = ctypes.create_string_buffer(_STAT_BUFFER)
-        n = _pread(fd, buf, _STAT_BUFFER, 0)
-        if n <= 0:
-            return None
-        data = buf.raw[:n]
-        end = data.rfind(b")")  # the thread name may hold spaces and parentheses
-        if end < 0 or end + 2 >= n:
-            return None
-        return data[end + 2 : end + 3] == b"R"
+        return self.sched.runnable()
+
+    def detach(self) -> list[int]:
+        """Take the last run-queue figure, then give up the handles (see ``ThreadSched``)."""
+        self.runq_close = self.read_runq()
+        return self.sched.detach()
 
     def measurement(self, now: float, cpu: float, complete: bool) -> Measurement:
         return Measurement(
@@ -273,4 +298,7 @@ class Window:
             late=self.late,
             span=self.span,
             complete=complete,
+            runq=self.read_runq() or 0.0,
+            ctrl_runq=self.ctrl_runq,
+            stall_runq=self.stall_runq,
         )

@@ -62,14 +62,18 @@ from ._measure import (
     LINGER_SECONDS,
     PROBE_SLEEP,
     PROGRESS_RATE,
+    QUEUED_SHARE,
+    REPORT_CAP,
     STALL_SECONDS,
     STALL_SLACK,
+    WANT_STATE_SAMPLES,
     Measurement,
     Window,
     clock_of,
     perf_counter,
     stall_sleep,
 )
+from ._sched import ThreadSched
 
 
 class GilProbe:
@@ -142,6 +146,14 @@ class GilProbe:
         return window.measurement(now, cpu, complete=True)
 
     def _run(self) -> None:
+        own = ThreadSched(threading.get_native_id())
+        try:
+            self._loop(own)
+        finally:
+            for fd in own.detach():
+                os.close(fd)
+
+    def _loop(self, own: ThreadSched) -> None:
         while True:
             self._close_retired()
             with self._cond:
@@ -164,55 +176,51 @@ class GilProbe:
             if woken:
                 # Woken by open(), which set the expected wake to its own open time: the
                 # wake-up itself is a lateness sample.
-                self._account(perf_counter())
+                self._account(perf_counter(), 0.0)
                 continue
             # Control interval: the GIL is free for others, as it is outside any stall.
             ctrl0 = [w.read_cpu() for w in windows]
+            runq0 = [w.read_runq() for w in windows]
             proc0 = time.process_time()
+            own0 = own.waited()
             time.sleep(PROBE_SLEEP)
             woke = perf_counter()
-            self._account(woke)
+            own1 = own.waited()
+            # Time the probe itself sat on a run queue after its timer fired is a busy
+            # machine, not a busy GIL: it is not lateness.
+            self._account(woke, own1 - own0 if own0 is not None and own1 is not None else 0.0)
             if clock_of is None:
                 continue
             # Stall: the GIL is held (asleep in C), only GIL-free work can progress. Timed
             # from before the clock reads: losing the GIL there shows as a long stall.
             stall_start = perf_counter()
             ctrl1 = [w.read_cpu() for w in windows]
+            runq1 = [w.read_runq() for w in windows]
             proc1 = time.process_time()
             stall_sleep(STALL_SECONDS)
             states = [w.runnable() for w in windows]
+            runq2 = [w.read_runq() for w in windows]
             proc2 = time.process_time()
             ctrl2 = [w.read_cpu() for w in windows]
             stall_stop = perf_counter()
             if stall_stop - stall_start <= STALL_SECONDS + STALL_SLACK:
                 # Else the probe lost the GIL or its CPU meanwhile: not a clean stall.
-                ctrl_wall, stall_wall = stall_start - start, stall_stop - stall_start
-                proc_ctrl, proc_stall = proc1 - proc0, proc2 - proc1
-                samples = zip(windows, ctrl0, ctrl1, ctrl2, states, strict=True)
+                sample = _Cycle(stall_start - start, stall_stop - stall_start)
+                sample.proc_ctrl, sample.proc_stall = proc1 - proc0, proc2 - proc1
+                rows = zip(windows, ctrl0, ctrl1, ctrl2, runq0, runq1, runq2, states, strict=True)
                 with self._cond:
-                    for w, c0, c1, c2, state in samples:
+                    for w, c0, c1, c2, r0, r1, r2, state in rows:
                         if w.closed or c0 is None or c1 is None or c2 is None:
                             continue
-                        ctrl, stall = max(0.0, c1 - c0), max(0.0, c2 - c1)
-                        if ctrl >= ACTIVE_RATE * ctrl_wall:
-                            used = proc_stall if ctrl < BUSY_RATE * ctrl_wall else stall
-                            if used >= PROGRESS_RATE * stall_wall:
-                                w.stalls_free += 1
-                            elif state is False:
-                                w.stalls_blocked += 1
-                        w.ctrl_wall += ctrl_wall
-                        w.ctrl_cpu += ctrl
-                        w.proc_ctrl_cpu += max(0.0, proc_ctrl)
-                        w.stall_wall += stall_wall
-                        w.stall_cpu += stall
-                        w.proc_stall_cpu += max(0.0, proc_stall)
+                        queued = (
+                            None if r0 is None or r1 is None or r2 is None else (r1 - r0, r2 - r1)
+                        )
+                        sample.add(w, max(0.0, c1 - c0), max(0.0, c2 - c1), queued, state)
             self._report_due(windows)
 
     def _retire(self, window: Window) -> None:
-        # With the lock held. The probe may be reading the fd right now: it closes it later.
-        if window.stat_fd is not None:
-            self._retired.append(window.stat_fd)
-            window.stat_fd = None
+        # With the lock held. The probe may be reading the fds right now: it closes them later.
+        self._retired.extend(window.detach())
 
     def _close_retired(self) -> None:
         with self._cond:
@@ -220,14 +228,16 @@ class GilProbe:
         for fd in fds:
             os.close(fd)
 
-    def _account(self, woke: float) -> None:
-        # Lateness of one wake-up, shared by every window open at the time.
+    def _account(self, woke: float, queued: float) -> None:
+        # Lateness of one wake-up, shared by every window open at the time; ``queued`` is
+        # the time the probe waited for a CPU meanwhile.
         with self._cond:
             expected = self._expected if self._expected is not None else woke
             cycle_start = self._cycle_start
             self._expected = None
             for w in self._windows:
-                w.late += max(0.0, woke - max(expected, w.t_open) - LATE_NOISE)
+                late = woke - max(expected, w.t_open) - LATE_NOISE - max(0.0, queued)
+                w.late += max(0.0, late)
                 w.span += max(0.0, woke - max(cycle_start, w.t_open))
 
     def _report_due(self, windows: list[Window]) -> None:
@@ -236,13 +246,20 @@ class GilProbe:
             if w.report_after is None:
                 continue
             elapsed = now - w.t_open
-            if elapsed < w.report_after:
-                # A short (first-call) window on a thread that has hardly run: it waits (I/O,
-                # sleep, a lock). Say so now; the submitters waiting for the verdict go on.
-                if w.report_after > EARLY_WINDOW_MAX or elapsed < EARLY_IDLE_SECONDS:
+            # Run-queue time is the machine's, not the call's: the window lasts until the
+            # thread could have run ``report_after`` seconds (within a cap on wall time).
+            runnable = elapsed - (w.read_runq() or 0.0)
+            undecided = w.stalls_blocked + w.stalls_free < WANT_STATE_SAMPLES
+            if (runnable < w.report_after or (undecided and clock_of is not None)) and (
+                elapsed < REPORT_CAP * w.report_after
+            ):
+                # A short (first-call) window on a thread that has hardly run though it could
+                # have: it waits (I/O, sleep, a lock). Say so now; the submitters waiting for
+                # the verdict go on.
+                if w.report_after > EARLY_WINDOW_MAX or runnable < EARLY_IDLE_SECONDS:
                     continue
                 cpu = w.read_cpu()
-                if cpu is None or cpu - w.cpu_open > EARLY_IDLE_CPU_RATIO * elapsed:
+                if cpu is None or cpu - w.cpu_open > EARLY_IDLE_CPU_RATIO * runnable:
                     continue
             else:
                 cpu = w.read_cpu()
@@ -255,6 +272,61 @@ class GilProbe:
                 m = w.measurement(now, cpu, complete=False)
             if w.on_report is not None:
                 w.on_report(m)
+
+
+class _Cycle:
+    """One clean control interval + stall of the probe, judged for each open window."""
+
+    __slots__ = ("ctrl_wall", "proc_ctrl", "proc_stall", "stall_wall")
+
+    def __init__(self, ctrl_wall: float, stall_wall: float) -> None:
+        self.ctrl_wall, self.stall_wall = ctrl_wall, stall_wall
+        self.proc_ctrl = self.proc_stall = 0.0
+
+    def add(
+        self,
+        w: Window,
+        ctrl: float,
+        stall: float,
+        queued: tuple[float, float] | None,
+        state: bool | None,
+    ) -> None:
+        """Add this cycle's figures to ``w`` and judge its stall (with the probe's lock held).
+
+        Args:
+            w: The window.
+            ctrl: CPU seconds the thread used in the control interval.
+            stall: CPU seconds it used in the stall.
+            queued: Its run-queue seconds in the control interval and in the stall, or None
+                where the kernel does not say.
+            state: Whether it was runnable at the end of the stall (None: unknown).
+        """
+        ctrl_wall, stall_wall = self.ctrl_wall, self.stall_wall
+        ctrl_q, stall_q = queued if queued is not None else (0.0, 0.0)
+        ctrl_q, stall_q = min(max(0.0, ctrl_q), ctrl_wall), min(max(0.0, stall_q), stall_wall)
+        ctrl_run = ctrl_wall - ctrl_q  # the time it could have run
+        # Active: it wanted a CPU (ran, or queued for one) for a good part of the interval,
+        # so it was not waiting for I/O just before the stall.
+        if ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
+            # Mostly off the CPU though it could run: its work is on other threads (BLAS
+            # helpers), whose progress shows on the process's clock.
+            own = ctrl >= BUSY_RATE * ctrl_run
+            used = stall if own else self.proc_stall
+            if used >= PROGRESS_RATE * (stall_wall - stall_q):
+                w.stalls_free += 1  # GIL-bound code cannot progress while the GIL is held
+            elif state is False and stall_q < QUEUED_SHARE * stall_wall:
+                # It ran, then slept while the GIL was held: blocked on the GIL. A runnable
+                # thread merely lacked a CPU (the kernel adds a wait to schedstat only when
+                # it ends, so the state at the end of the stall is read too): no sign.
+                w.stalls_blocked += 1
+        w.ctrl_wall += ctrl_wall
+        w.ctrl_cpu += ctrl
+        w.ctrl_runq += ctrl_q
+        w.proc_ctrl_cpu += max(0.0, self.proc_ctrl)
+        w.stall_wall += stall_wall
+        w.stall_cpu += stall
+        w.stall_runq += stall_q
+        w.proc_stall_cpu += max(0.0, self.proc_stall)
 
 
 PROBE = GilProbe()

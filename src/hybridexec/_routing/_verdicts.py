@@ -6,8 +6,9 @@ Read with ``_classifier.py``, which keeps the learner's state per function and c
 
 from __future__ import annotations
 
+import enum
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._measure import Measurement
@@ -48,8 +49,19 @@ FLIP_AFTER = 2
 SIZE_BUCKET_BITS = 6
 """Arguments whose total size differs by less than 2**6 = 64x share a verdict."""
 
+VARIANTS_MAX = 8
+"""Argument shapes (see ``shape``) learned apart per function and size bucket; the rest share
+one overflow key, so a function called with ever new flag values cannot grow the table."""
+FLAG_CHARS = 16
+"""A ``str`` argument this short or shorter counts by its value (a mode, a file suffix)."""
+SHAPE_ARGS = 4
+"""Positional (and, separately, keyword) arguments looked at for the shape."""
+OVERFLOW = -1
+"""The shape of calls past ``VARIANTS_MAX`` distinct shapes."""
+
 _SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset, memoryview)
-Key = tuple[str, str, int, int]
+Key = tuple[str, str, int, int, int, int]
+"""module, qualname, first line, size bucket, positional shape, keyword shape."""
 
 
 def verdict(m: Measurement) -> tuple[str, str]:
@@ -123,3 +135,38 @@ def size_bucket(args: tuple[Any, ...]) -> int:
             if isinstance(nbytes, int):
                 size += nbytes
     return size.bit_length() // SIZE_BUCKET_BITS
+
+
+def _token(arg: Any) -> object:
+    # What of one argument may change the cost: a flag's value, else only its type. Numbers
+    # count by type alone (a count or a size changes the cost by degree, which the size
+    # bucket and feedback follow, not by kind); hashing every int would key each call apart.
+    if arg is None or isinstance(arg, bool):
+        return arg
+    if isinstance(arg, enum.Enum):
+        return (type(arg).__qualname__, arg.name)
+    if isinstance(arg, str) and len(arg) <= FLAG_CHARS:
+        return ("str", arg)
+    cls = type(arg)
+    return (cls.__module__, cls.__qualname__)
+
+
+def shape(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """Small hashes of what usually changes a call's cost beyond its size.
+
+    Argument types (a path or an open file, a list or an array) and the values of flag-like
+    arguments: ``None``, booleans, enum members, short strings (``mode="io"``). Numbers and
+    long strings count by type only.
+
+    Args:
+        args: The positional arguments (the first ``SHAPE_ARGS``).
+        kwargs: The keyword arguments; None when unknown.
+
+    Returns:
+        ``(positional, keyword)``; ``keyword`` is 0 without keyword arguments.
+    """
+    positional = hash(tuple(_token(a) for a in args[:SHAPE_ARGS])) & 0xFFFFFF
+    if not kwargs:
+        return positional, 0
+    names = sorted(kwargs)[:SHAPE_ARGS]
+    return positional, (hash(tuple((n, _token(kwargs[n])) for n in names)) & 0xFFFFFF) or 1

@@ -1,0 +1,72 @@
+"""What the learning classifier keeps per key (function, size bucket, argument shape)."""
+
+from __future__ import annotations
+
+from ._measure import Measurement
+from ._rules import Decision, Explanation
+from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key
+
+
+class Entry:
+    """What the classifier knows about one function (and argument-size bucket)."""
+
+    __slots__ = (
+        "calls",
+        "changes",
+        "claimed_at",
+        "contrary",
+        "decision",
+        "key",
+        "measurement",
+        "name",
+        "per_lane",
+        "proc_cpu",
+        "proc_ratio",
+        "proc_samples",
+        "recheck",
+        "recheck_every",
+        "rechecking",
+        "since_check",
+        "since_recheck",
+        "suspect_gap",
+        "wall",
+        "window_open",
+    )
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.name = f"{key[0]}.{key[1]}"
+        self.decision: Decision | None = None
+        self.measurement: Measurement | None = None
+        self.claimed_at: float | None = None
+        self.window_open = False
+        self.recheck = False
+        self.rechecking = False
+        self.contrary = 0
+        self.changes = 0
+        self.calls = 0
+        self.per_lane: dict[str, int] = {"thread": 0, "process": 0}
+        self.wall: float | None = None
+        self.proc_cpu = self.proc_ratio = 0.0
+        self.proc_samples = 0
+        self.since_check = self.since_recheck = 0
+        self.recheck_every = RECHECK_FIRST
+        self.suspect_gap = SUSPECT_GAP_FIRST
+
+    def explanation(self) -> Explanation:
+        m = self.measurement
+        d = self.decision
+        return Explanation(
+            function=self.name,
+            kind=d.kind if d is not None else "thread",
+            reason=d.reason if d is not None else "learning: the first call is being measured",
+            learned=m is not None,
+            gil_fraction=m.gil_fraction if m is not None else None,
+            gil_share=m.gil_share if m is not None else None,
+            cpu_ratio=m.cpu_ratio if m is not None else None,
+            gil_seconds=m.gil_seconds if m is not None else None,
+            wall_seconds=self.wall,
+            calls=self.calls,
+            per_lane=dict(self.per_lane),
+            changes=self.changes,
+        )

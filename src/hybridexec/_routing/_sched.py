@@ -1,0 +1,105 @@
+"""What the kernel's scheduler says about one thread: run-queue wait and state.
+
+A thread off the CPU is in one of two very different situations:
+
+- **runnable** (state ``R``), waiting on a run queue because every core is busy (another
+  process hogs the CPU, BLAS helper threads still spin after a matrix product): it *could not
+  get a CPU*. Linux counts that time in the second field of
+  ``/proc/self/task/<tid>/schedstat`` (nanoseconds spent waiting on a run queue);
+- **sleeping** (``S``/``D``): it waits for something: the GIL (a futex), I/O, a timer.
+
+The GIL probe must not confuse the first with the second: a CPU-bound thread denied a CPU
+looks, by its CPU clock alone, exactly like one that waits for I/O or for the GIL. The figures
+here let it discount run-queue time before judging.
+
+Reads go through ``pread`` called with the GIL held (``ctypes.PyDLL``): the probe reads them
+while it stalls the GIL on purpose, and a read that released the GIL would end the stall. Where
+``/proc`` or ``pread`` is missing (macOS), every read returns None and the probe works without
+(as it did before these figures existed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from typing import Any
+
+_BUFFER = 512
+
+
+def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
+    try:
+        pread = ctypes.PyDLL(None).pread
+    except (OSError, AttributeError):
+        return None
+    pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
+    pread.restype = ctypes.c_ssize_t
+    return pread
+
+
+_pread = _gil_holding_pread()
+
+
+def _read(fd: int | None) -> bytes | None:
+    if fd is None or _pread is None:
+        return None
+    buf = ctypes.create_string_buffer(_BUFFER)
+    n = _pread(fd, buf, _BUFFER, 0)
+    return buf.raw[:n] if n > 0 else None
+
+
+def _open(path: str) -> int | None:
+    if _pread is None:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class ThreadSched:
+    """Open handles on one thread's scheduler figures; readable from any thread of the process.
+
+    Args:
+        tid: The thread's native id (``threading.get_native_id()`` on that thread).
+    """
+
+    __slots__ = ("sched_fd", "stat_fd")
+
+    def __init__(self, tid: int) -> None:
+        self.stat_fd = _open(f"/proc/self/task/{tid}/stat")
+        self.sched_fd = _open(f"/proc/self/task/{tid}/schedstat")
+
+    def waited(self) -> float | None:
+        """Seconds the thread has spent runnable on a run queue without a CPU, since it began.
+
+        Returns:
+            The figure, or None where the kernel does not provide it.
+        """
+        data = _read(self.sched_fd)
+        if data is None:
+            return None
+        fields = data.split()
+        if len(fields) < 2:
+            return None
+        try:
+            return int(fields[1]) / 1e9
+        except ValueError:
+            return None
+
+    def runnable(self) -> bool | None:
+        """Whether the thread is runnable (state ``R``) now; None if it cannot be read."""
+        data = _read(self.stat_fd)
+        if data is None:
+            return None
+        end = data.rfind(b")")  # the thread name may hold spaces and parentheses
+        if end < 0 or end + 2 >= len(data):
+            return None
+        return data[end + 2 : end + 3] == b"R"
+
+    def detach(self) -> list[int]:
+        """Forget the handles and return them, for whoever closes them once no read runs."""
+        fds = [fd for fd in (self.stat_fd, self.sched_fd) if fd is not None]
+        self.stat_fd = self.sched_fd = None
+        return fds
