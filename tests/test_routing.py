@@ -585,7 +585,7 @@ def test_blas_threads_are_limited_inside_a_worker(start_method: str) -> None:
     import numpy  # noqa: F401  # loaded in the parent: under fork only threadpoolctl helps
 
     env = thread_limit_env(2, environ={})
-    with hybridexec.Executor(max_processes=1, start_method=start_method) as ex:
+    with hybridexec.Executor(max_processes=2, start_method=start_method) as ex:
         seen, pools = ex.options(kind="process").submit(_blas_threads_after, env).result(60)
     want = max(1, usable_cores() // 2)
     assert seen == {name: str(want) for name in LIMIT_VARIABLES}
