@@ -560,7 +560,9 @@ def _blas_threads_after(env: dict[str, str]) -> tuple[dict[str, str | None], lis
     import os
 
     import numpy as np
-    from threadpoolctl import threadpool_info
+
+    # threadpoolctl ships no type hints (pyproject.toml lists no override for it).
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     apply_thread_limits(env)
     np.matmul(np.ones((64, 64)), np.ones((64, 64)))
@@ -595,7 +597,9 @@ def test_blas_threads_are_limited_inside_a_worker(start_method: str) -> None:
 
 def _worker_blas_threads() -> list[int]:
     import numpy  # noqa: F401
-    from threadpoolctl import threadpool_info
+
+    # threadpoolctl ships no type hints (pyproject.toml lists no override for it).
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     return [int(pool["num_threads"]) for pool in threadpool_info()]
 

@@ -82,7 +82,8 @@ def apply_thread_limits(env: Mapping[str, str]) -> None:
     if not any(name in sys.modules for name in _LOADED_HINTS):
         return  # nothing loaded yet: the variables are enough, and importing costs ~10 ms
     try:
-        from threadpoolctl import threadpool_limits
+        # threadpoolctl ships no type hints (pyproject.toml lists no override for it).
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return
     threads = min(int(value) for value in env.values())
