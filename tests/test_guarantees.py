@@ -327,7 +327,6 @@ def test_every_accepted_submit_resolves_when_the_lane_faults(run_script: Any) ->
 # ---- defect 3: a thread task's deadline firing inside its done-callbacks ----------------------
 
 
-@_xfail(3, "the thread deadline timer interrupts done-callbacks; later callbacks never run")
 def test_thread_timeout_never_fires_inside_done_callbacks(ex: hx.Executor) -> None:
     # The task ends well before its 0.5 s deadline; its first callback is still running when
     # the deadline passes. The task succeeded: no timeout may reach its callbacks.
@@ -608,7 +607,6 @@ def test_kill_of_actor_whose_constructor_never_returns(run_script: Any) -> None:
 # ---- defect 9: exit after a measured first call that never returns -----------------------------
 
 
-@_xfail(9, "interpreter exit waits forever for the measuring thread")
 def test_exit_bounded_when_measured_first_call_never_returns(run_script: Any) -> None:
     s = run_script(
         """
@@ -630,7 +628,6 @@ def test_exit_bounded_when_measured_first_call_never_returns(run_script: Any) ->
 
 
 @pytest.mark.parametrize("which", ["default", "explicit"])
-@_xfail(10, "Ctrl-C exits with status 1 while an executor is open")
 def test_ctrl_c_exits_130_with_executor_open(run_script: Any, which: str) -> None:
     s = run_script(
         """
@@ -711,9 +708,9 @@ def test_map_iterator_lets_go_of_consumed_results(ex: hx.Executor, kind: str) ->
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("thread", marks=_xfail(12, "a finished thread task's argument is kept")),
+        "thread",
         "process",
-        pytest.param("auto", marks=_xfail(12, "a finished auto task's argument is kept")),
+        "auto",
     ],
 )
 def test_finished_task_releases_fn_args_result(ex: hx.Executor, kind: str) -> None:
@@ -729,9 +726,9 @@ def test_finished_task_releases_fn_args_result(ex: hx.Executor, kind: str) -> No
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("thread", marks=_xfail(12, "a finished thread task's result is kept")),
+        "thread",
         "process",
-        pytest.param("auto", marks=_xfail(12, "a finished auto task's result is kept")),
+        "auto",
     ],
 )
 def test_finished_task_releases_result_with_its_future(ex: hx.Executor, kind: str) -> None:
@@ -744,11 +741,9 @@ def test_finished_task_releases_result_with_its_future(ex: hx.Executor, kind: st
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param(
-            "thread", marks=_xfail(12, "a bound method stays referenced after its result")
-        ),
+        "thread",
         "process",
-        pytest.param("auto", marks=_xfail(12, "a bound method stays referenced after its result")),
+        "auto",
     ],
 )
 def test_finished_task_releases_bound_method(ex: hx.Executor, kind: str) -> None:

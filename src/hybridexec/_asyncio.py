@@ -128,13 +128,14 @@ class LoopLane:
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the loop once its tasks finish (or are cancelled)."""
-        import asyncio  # on use: importing it costs ~20 ms
-
         with self._lock:
             self._closed = True
             loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        # Only now, and then it is loaded already: importing asyncio at interpreter exit
+        # (an executor released then) would cost Ctrl-C its exit status 130 (see _lifecycle).
+        import asyncio
 
         async def drain() -> None:
             tasks = set(self._tasks)

@@ -45,13 +45,29 @@ def default_executor() -> Executor:
         return _default
 
 
+EXIT_BOUND = 1.0
+"""Seconds interpreter exit waits for work the library chose to run on a thread (I5)."""
+
+
 def shutdown_default() -> None:
-    """Shut down the default executor if it was started; pending work is cancelled."""
+    """Shut down the default executor if it was started; pending work is cancelled.
+
+    At interpreter exit the running work is awaited, except that the measured first call of a
+    function (a thread the user did not ask for, which cannot be killed) is awaited at most
+    ``EXIT_BOUND`` seconds, and no thread work is awaited after Ctrl-C: the user asked to stop.
+    """
     global _default
     with _lock:
         executor, _default = _default, None
-    if executor is not None:
+    if executor is None:
+        return
+    if not _lifecycle.exiting():
         executor.shutdown(wait=True, cancel_futures=True)
+        return
+    executor.shutdown(wait=False, cancel_futures=True)
+    # After Ctrl-C no thread work is awaited (the threads are daemons); the process lane
+    # still stops in order (its workers got the SIGINT too, as the terminal's group).
+    executor._router.join_at_exit(EXIT_BOUND, threads=not _lifecycle.interrupted())
 
 
 def _forget_after_fork() -> None:

@@ -5,11 +5,17 @@ be cancelled while running when its lane can stop the work (a process worker is 
 
 A ``Task`` is one call, or a batch of calls of the same function. A batch resolves its single
 future to a list of ``Outcome`` pairs so that one failing item never hides the others.
+
+Done-callbacks run one by one; one that raises (or is interrupted) is logged and the others
+still run, so a lane thread or the process manager that settles a future never dies of a
+user's callback.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures._base import (
@@ -21,7 +27,11 @@ from concurrent.futures._base import (
 )
 from typing import Any, Generic, TypeVar
 
+from . import _faults
+
 T = TypeVar("T")
+
+logger = logging.getLogger("hybridexec")
 
 Outcome = tuple[bool, Any]
 """``(True, value)`` or ``(False, exception)``: how one item of a batch ended."""
@@ -68,7 +78,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         if stop is None:
             return super().cancel()
         stop()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True
 
     def settle(self, ok: bool, value: Any) -> None:
@@ -88,7 +98,21 @@ class Future(concurrent.futures.Future[T], Generic[T]):
                 else:
                     waiter.add_exception(self)
             self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
+
+    def _invoke_callbacks(self) -> None:
+        # The stdlib's loop, with the fault point, and BaseException caught too: a callback
+        # that raises SystemExit (or is hit by a stray asynchronous exception) must neither
+        # end the thread that settles futures nor keep the next callbacks from running.
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+            try:
+                if _faults.ACTIVE:
+                    _faults.hit("future.callback")
+                callback(self)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt) and _in_main_thread():
+                    raise  # Ctrl-C stops the program, not just this callback
+                logger.exception("exception calling callback for %r", self)
 
     def is_pending(self) -> bool:
         """Return True while the task has not started and was not cancelled."""
@@ -98,7 +122,17 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 class Task:
     """One call or a batch of calls, with the future that reports how it ended."""
 
-    __slots__ = ("batch", "deadline", "elapsed", "fn", "future", "items", "payload", "timeout")
+    __slots__ = (
+        "batch",
+        "chosen",
+        "deadline",
+        "elapsed",
+        "fn",
+        "future",
+        "items",
+        "payload",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -117,29 +151,47 @@ class Task:
         self.deadline: float | None = None
         self.payload: bytes | None = None  # pickled call, for the process lane
         self.elapsed = 0.0  # seconds the call(s) took where they ran
+        # True when the library, not the user, chose the lane: interpreter exit waits for
+        # such work on a thread only a short while (it cannot be killed; see ThreadLane).
+        self.chosen = False
 
     def start_clock(self) -> None:
         if self.timeout is not None:
             self.deadline = time.monotonic() + self.timeout
 
-    def run_here(self) -> None:
-        """Run the call(s) in the current thread and resolve the future."""
+    def call(self) -> Outcome:
+        """Run the calls in the current thread; return how they ended (no future touched).
+
+        A batch ends as ``(True, outcomes)``. Lanes settle the future themselves, after they
+        have marked the task finished (a deadline timer must not fire into done-callbacks).
+        """
         fn = self.fn
         started = time.perf_counter()
-        if not self.batch:
-            args, kwargs = self.items[0]
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:  # SystemExit in a task must not end the worker
-                self.elapsed = time.perf_counter() - started
-                self.future.settle(False, exc)
-                return
+        try:
+            if not self.batch:
+                args, kwargs = self.items[0]
+                try:
+                    return True, fn(*args, **kwargs)
+                except BaseException as exc:  # SystemExit in a task must not end the worker
+                    return False, exc
+            return True, run_items(fn, self.items)
+        finally:
             self.elapsed = time.perf_counter() - started
-            self.future.settle(True, result)
-            return
-        outcomes = run_items(fn, self.items)
-        self.elapsed = time.perf_counter() - started
-        self.future.settle(True, outcomes)
+
+    def run_here(self) -> None:
+        """Run the call(s) in the current thread and resolve the future."""
+        ok, value = self.call()
+        self.future.settle(ok, value)
+
+    def release(self) -> None:
+        """Let go of the callable, the arguments and the pickled call: the task has ended.
+
+        What ran must not outlive its future being done (I3): a finished task may stay
+        referenced a while (a worker thread's loop, a ``map``'s bookkeeping, a timer).
+        """
+        self.fn = _released
+        self.items = []
+        self.payload = None
 
 
 def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
@@ -152,3 +204,12 @@ def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
         except BaseException as exc:  # SystemExit in one item must not lose the batch
             append((False, exc))
     return outcomes
+
+
+def _released(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the callable of a finished task (see ``Task.release``)."""
+    raise RuntimeError("this task has ended: its callable was released")
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()

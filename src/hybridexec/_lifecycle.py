@@ -9,6 +9,12 @@ Exit: one ``atexit`` callback runs the hooks phase by phase, in this order::
     ACTORS     actors still alive are stopped, then killed after a short grace
     SEGMENTS   shared-memory segments this process owns are removed
 
+After Ctrl-C (the main script ended with an uncaught ``KeyboardInterrupt``) nothing waits
+for running work: the hooks stop what runs and the interpreter exits with status 130. CPython
+exits with 130 only if a flag set when the script ended is still set at the very end, and any
+``exec()`` of a string during exit clears it (``namedtuple``, ``dataclass`` and the import of
+many modules do that): the hooks re-arm it once they ran (``_rearm_keyboard_interrupt``).
+
 It is registered after ``multiprocessing.util`` is imported, so it runs before
 multiprocessing's own exit hook (``atexit`` is last in, first out), which joins child processes
 and would wait forever for a live worker.
@@ -29,6 +35,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -55,6 +62,12 @@ def generation() -> int:
 def exiting() -> bool:
     """True once interpreter exit started running the hooks."""
     return _exiting
+
+
+def interrupted() -> bool:
+    """True when the interpreter is exiting because Ctrl-C ended the main script."""
+    # Set by PyErr_Print, which reports the exception that ended the main script.
+    return _exiting and isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
 
 
 def on_exit(phase: int, hook: Callable[[], None]) -> None:
@@ -88,6 +101,8 @@ def run_exit_hooks() -> None:
         with _lock:
             todo = sorted(e for e in _exit_hooks if e[1] not in done)
         if not todo:
+            if interrupted():
+                _rearm_keyboard_interrupt()
             return
         _, seq, hook = todo[0]
         done.add(seq)
@@ -95,6 +110,16 @@ def run_exit_hooks() -> None:
             hook()
         except BaseException:  # one failing hook must not keep the others from running
             logger.exception("hybridexec exit hook %r failed", hook)
+
+
+def _rearm_keyboard_interrupt() -> None:
+    # CPython sets its "unhandled KeyboardInterrupt" flag (exit status 130, by re-raising
+    # SIGINT) when code run from a *string* ends with KeyboardInterrupt, and clears it each
+    # time such code starts; running this restores it (3.10 to 3.14).
+    try:
+        exec("raise KeyboardInterrupt", {})
+    except KeyboardInterrupt:
+        pass
 
 
 def _after_fork_in_child() -> None:

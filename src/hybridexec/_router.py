@@ -100,6 +100,20 @@ class Router:
             self.processes.shutdown(wait=True)
             self.loop.shutdown(wait=True)
 
+    def join_at_exit(self, bound: float, *, threads: bool = True) -> None:
+        """At interpreter exit, after ``shutdown(wait=False)``: wait for the running work.
+
+        Process and event-loop work is waited for; thread work too (unless ``threads`` is
+        False), except that work the library chose to put on a thread is waited for at most
+        ``bound`` seconds.
+        """
+        if self.generation != _lifecycle.generation():
+            return
+        self.processes.shutdown(wait=True)
+        self.loop.shutdown(wait=True)
+        if threads:
+            self.threads.join_at_exit(bound)
+
     def release(self) -> None:
         """The executor was dropped without ``shutdown()``: let the workers go.
 
@@ -211,6 +225,9 @@ class Router:
             task = TimedTask(
                 task.fn, items, future, self.classifier, probe, batch=batch, timeout=timeout
             )
+        # The measured first call of a function runs on a thread the user did not ask for:
+        # exit waits for it only a short while (see ThreadLane.join_at_exit).
+        task.chosen = probe is not None
         logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         self.counts[kind] += 1
         self.lanes[kind].submit(task)

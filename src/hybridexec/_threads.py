@@ -9,7 +9,17 @@ the lane starts a thread whenever a task arrives and no thread is idle, up to ``
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
 blocked in C sees it only when it returns to Python). The thread counts as busy until it has
-really finished.
+really finished. The task is marked finished *before* its future is settled, so a deadline that
+passes while done-callbacks run never reaches them: the timer interrupts a thread only inside
+the task's own call.
+
+A finished task lets go of its callable and arguments at once (``Task.release``), and the
+deadline timer keeps only a small record that forgets the task when it ends.
+
+Interpreter exit: lane threads are daemons (``threading._shutdown`` does not wait for them).
+``join_at_exit`` waits for the work the user put on threads, then at most a short bound for
+work the library chose to run here (the measured first call of a new function), and names
+what is still running in a warning: that work cannot be killed, and the interpreter exits.
 """
 
 from __future__ import annotations
@@ -18,17 +28,21 @@ import ctypes
 import functools
 import heapq
 import itertools
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from . import _faults
 from ._exceptions import TaskTimeoutError
-from ._futures import Task
+from ._futures import Future, Task
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
+
+logger = logging.getLogger("hybridexec")
 
 
 class TaskInterrupted(BaseException):
@@ -46,16 +60,39 @@ def interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
 
 
 class _Running:
-    """A task running on a thread, as seen by the deadline timer."""
+    """A task running on a thread with a deadline, as seen by the deadline timer.
 
-    __slots__ = ("done", "ident", "interrupted", "lock", "task")
+    Holds the future and the timeout only, and drops the future when the task ends: the
+    timer's heap keeps this record until the deadline passes, and must not keep the result.
+    """
 
-    def __init__(self, task: Task, ident: int) -> None:
-        self.task = task
+    __slots__ = ("done", "future", "ident", "interrupted", "lock", "timeout")
+
+    def __init__(self, future: Future[Any], timeout: float, ident: int) -> None:
+        self.future: Future[Any] | None = future
+        self.timeout = timeout
         self.ident = ident
         self.lock = threading.Lock()
         self.done = False
         self.interrupted = False
+
+    def finish(self) -> bool:
+        """Mark the call ended (in its own thread); return True if the deadline came first.
+
+        Once this returns, no interruption is pending for the thread or can come later.
+        """
+        while True:
+            try:
+                with self.lock:
+                    self.done = True
+                    self.future = None
+                    if self.interrupted:
+                        interrupt_thread(self.ident, None)  # withdraw it if not yet raised
+                    return self.interrupted
+            except TaskInterrupted:
+                # Raised between the call's end and the withdrawal: the timer settled the
+                # future already. Loop to withdraw under the lock (nothing else is pending).
+                continue
 
 
 class Timers:
@@ -126,6 +163,7 @@ class ThreadLane:
         self._idle = threading.Semaphore(0)  # one permit per idle thread
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
+        self._busy: dict[threading.Thread, Task] = {}  # what each thread runs now
         self._closed = False
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
@@ -201,8 +239,51 @@ class ThreadLane:
                 with self._lock:
                     self._threads.discard(me)
                 return
-            self._run(task)
+            with self._lock:
+                self._busy[me] = task  # before the future says running (join_at_exit reads it)
+            try:
+                self._run(task, me)
+            except BaseException:  # never from the task (captured); a lane bug must not
+                logger.exception("the thread lane failed running %r", task)  # lose a thread
+            # The idle thread must not keep the last task (its callable, arguments, result)
+            # alive until its idle timeout.
+            del task
             self._idle.release()
+
+    def join_at_exit(self, bound: float) -> None:
+        """At interpreter exit: wait for running work, bounded for work the library chose.
+
+        Work the user put on threads is waited for as long as it runs (as the standard
+        library does). Work the library chose to run on a thread (the measured first call of
+        a new function) is waited for at most ``bound`` seconds after that; then a warning
+        names it and the interpreter exits anyway (lane threads are daemons).
+        """
+        me = threading.current_thread()
+        deadline: float | None = None
+        while True:
+            with self._lock:
+                busy = dict(self._busy)
+                alive = [t for t in self._threads if t is not me and t.is_alive()]
+            if not alive:
+                return
+            users = [t for t in alive if t not in busy or not busy[t].chosen]
+            if users:
+                # In slices: a thread between two tasks counts as the user's until it says
+                # what it runs, and may turn out to run library-chosen work.
+                users[0].join(0.1)
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + bound
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = sorted({_name_of(task.fn) for task in busy.values()})
+                logger.warning(
+                    "hybridexec: exiting while %s still runs on a thread the library chose "
+                    "(it cannot be killed); give it a timeout or kind='process' to stop it",
+                    ", ".join(names),
+                )
+                return
+            alive[0].join(remaining)
 
     def _fail_queue_after_init_error(self, exc: BaseException) -> None:
         from ._exceptions import BrokenExecutorError
@@ -216,38 +297,67 @@ class ThreadLane:
             err.__cause__ = exc
             task.future.settle(False, err)
 
-    def _run(self, task: Task) -> None:
-        if not task.future.set_running_or_notify_cancel():
+    def _run(self, task: Task, me: threading.Thread) -> None:
+        future = task.future
+        if not future.set_running_or_notify_cancel():
+            with self._lock:
+                self._busy.pop(me, None)
+            task.release()
             return
         self.tasks_started += 1
         running: _Running | None = None
         try:
             if task.timeout is not None:
                 task.start_clock()
-                running = _Running(task, threading.get_ident())
+                running = _Running(future, task.timeout, threading.get_ident())
                 assert task.deadline is not None
                 self._timers.call_at(task.deadline, functools.partial(_on_deadline, running))
-            task.run_here()
-        except TaskInterrupted:
-            pass  # the future already holds TaskTimeoutError
-        finally:
-            if running is not None:
+            ok: bool = False
+            value: Any = None
+            try:
                 try:
-                    with running.lock:
-                        running.done = True
-                        if running.interrupted:
-                            interrupt_thread(running.ident, None)
+                    if _faults.ACTIVE:
+                        _faults.hit("thread.before_call")
+                    ok, value = task.call()
                 except TaskInterrupted:
-                    pass  # raised between the task's end and the lock: already handled
+                    raise
+                except BaseException as exc:  # a fault injected before the call: it fails
+                    ok, value = False, exc
+                # Finished before settling: a deadline passing from here on is ignored, and
+                # no interruption can reach the done-callbacks that settle() runs.
+                timed_out = running is not None and running.finish()
+            except TaskInterrupted:
+                # The deadline's interruption landed outside the call (the timer raises it
+                # once, and settled the future): nothing more is pending for this thread.
+                timed_out = True
+                if running is not None:
+                    running.finish()
+            if not timed_out:
+                future.settle(ok, value)
+            del value
+        finally:
+            with self._lock:
+                self._busy.pop(me, None)
+            task.release()
 
 
 def _on_deadline(running: _Running) -> None:
-    task = running.task
     with running.lock:
-        if running.done:
+        future = running.future
+        if running.done or future is None:
             return
         running.interrupted = True
-        task.future.settle(
-            False, TaskTimeoutError(f"task exceeded its {task.timeout:g} s timeout in a thread")
-        )
+        running.future = None
         interrupt_thread(running.ident, TaskInterrupted)
+    # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
+    future.settle(
+        False, TaskTimeoutError(f"task exceeded its {running.timeout:g} s timeout in a thread")
+    )
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}" if module else name

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeVar, overload
 
-from .._futures import Future, Items, Task
+from .._futures import Future, Items, Outcome, Task
 
 KINDS = ("auto", "thread", "process")
 Kind = Literal["auto", "thread", "process"]
@@ -378,14 +378,17 @@ class TimedTask(Task):
         self.classifier = classifier
         self.probe = probe
 
-    def run_here(self) -> None:
-        """Run the call(s) here and report the figures."""
+    def call(self) -> Outcome:
+        """Run the calls here, report the figures, and return how they ended."""
         cpu_started = time.thread_time()
         started = time.perf_counter()
-        if self.probe is None:
-            Task.run_here(self)
+        probe, self.probe = self.probe, None  # one measurement; the task keeps no probe
+        if probe is None:
+            outcome = Task.call(self)
         else:
-            self.probe.run(functools.partial(Task.run_here, self))
+            box: list[Outcome] = []
+            probe.run(functools.partial(_call_into, self, box))
+            outcome = box[0]
         elapsed = time.perf_counter() - started
         cpu = time.thread_time() - cpu_started
         calls = len(self.items) if self.batch else 1
@@ -395,3 +398,8 @@ class TimedTask(Task):
             )
         except Exception:  # a broken classifier must not kill the worker thread
             logger.exception("the classifier failed to record a finished task")
+        return outcome
+
+
+def _call_into(task: Task, box: list[Outcome]) -> None:
+    box.append(Task.call(task))
