@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import hybridexec
-from hybridexec import Executor
+from hybridexec import Executor, _faults
 
-from . import helpers
+from . import guarantee_scripts, helpers, thread_faults
 from .conftest import wait_until
 
 KINDS = ["thread", "process"]
@@ -335,3 +337,85 @@ def test_default_executor_finishes_running_work_at_exit(tmp_path: Any) -> None:
         cwd=root,
     )
     assert path.read_text() == "done"
+
+
+# ---- issue 13: faults at the thread lane's points, a timer against done-callbacks --------------
+
+
+@pytest.mark.parametrize("case", thread_faults.CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_thread_lane_fault_ends_each_task_once(
+    executor: Executor, case: thread_faults.Case, timeout: float | None
+) -> None:
+    lane = executor.options(kind="thread", timeout=timeout)
+    ends: list[object] = []
+    second_callback = threading.Event()
+    _faults.inject(case.point, case.fault())
+    try:
+        fut = lane.submit(helpers.square, 3)
+        fut.add_done_callback(ends.append)
+        fut.add_done_callback(lambda _f: second_callback.set())
+        try:
+            outcome: object = fut.result(timeout=10)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+    finally:
+        _faults.clear()
+    assert outcome == (9 if case.expect == "ok" else case.expect)
+    assert second_callback.wait(10), "a done-callback after the faulty one never ran"
+    # ends exactly once (I1); the first callback may be the one the fault hit
+    assert len(ends) <= 1
+    assert fut.done()
+    # the lane still works (no thread lost)
+    assert lane.submit(helpers.square, 4).result(timeout=10) == 16
+
+
+def test_raising_done_callback_keeps_the_thread_lane_whole() -> None:
+    with Executor(max_threads=1) as ex:
+        lane = ex.options(kind="thread")
+        for _ in range(3):
+            fut = lane.submit(helpers.square, 2)
+            fut.add_done_callback(lambda _f: (_ for _ in ()).throw(SystemExit(3)))
+            assert fut.result(timeout=10) == 4
+        assert lane.submit(helpers.square, 5).result(timeout=10) == 25
+        assert ex.stats()["threads"] == 1
+
+
+def test_deadline_after_the_call_never_reaches_callbacks(executor: Executor) -> None:
+    # Many short timed tasks whose callbacks outlast the deadline: none may see a timeout.
+    lane = executor.options(kind="thread", timeout=0.05)
+    seen: list[str] = []
+    futures = []
+    for _ in range(5):
+        fut = lane.submit(helpers.square, 2)
+        fut.add_done_callback(lambda _f: time.sleep(0.1))  # outlasts the deadline
+        fut.add_done_callback(lambda f: seen.append(repr(f.result())))
+        futures.append(fut)
+    assert [f.result(timeout=10) for f in futures] == [4] * 5
+    assert wait_until(lambda: len(seen) == 5, 10), seen
+
+
+@pytest.mark.parametrize("kind", ["thread", "auto"])
+def test_thread_task_releases_callable_args_and_result(executor: Executor, kind: str) -> None:
+    arg = guarantee_scripts.Dummy(1)
+    arg_ref, method_ref = weakref.ref(arg), weakref.ref(arg)
+    assert executor.options(kind=kind).submit(guarantee_scripts.value_of, arg).result(30) == 1
+    method = executor.options(kind=kind).submit(arg.method)  # a bound method holds its object
+    assert method.result(timeout=30) == 2
+    del arg
+    assert wait_until(lambda: gc.collect() is not None and arg_ref() is None, 2)
+    assert method_ref() is None
+    made = executor.options(kind=kind).submit(guarantee_scripts.make_dummy, 3)
+    result_ref = weakref.ref(made.result(timeout=30))
+    del made
+    assert wait_until(lambda: gc.collect() is not None and result_ref() is None, 2)
+
+
+def test_timed_thread_task_releases_its_future_before_the_deadline(executor: Executor) -> None:
+    # The timer keeps a record of each deadline until it passes (an hour here).
+    fut = executor.options(kind="thread", timeout=3600).submit(guarantee_scripts.make_dummy, 1)
+    ref = weakref.ref(fut.result(timeout=30))
+    fut_ref = weakref.ref(fut)
+    del fut
+    assert wait_until(lambda: gc.collect() is not None and fut_ref() is None, 2)
+    assert ref() is None

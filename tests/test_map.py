@@ -12,7 +12,7 @@ import pytest
 import hybridexec
 from hybridexec import Executor
 
-from . import helpers
+from . import guarantee_scripts, helpers
 
 KINDS = ["thread", "process"]
 
@@ -170,3 +170,25 @@ def test_timeout_with_chunksize_stays_per_item(executor: Executor) -> None:
         helpers.sleep_then, [0.2] * 6, kind="process", chunksize=6, timeout=1.0, executor=executor
     )
     assert results == [None] * 6
+
+
+@pytest.mark.parametrize("kind", ["thread", "process", "auto"])
+@pytest.mark.parametrize("chunksize", [None, 1, 3])
+def test_imap_lets_go_of_consumed_results(
+    executor: Executor, kind: str, chunksize: int | None
+) -> None:
+    # CPython's test_free_reference, for hybridexec.imap (issue 13 defect 12).
+    import gc
+    import weakref
+
+    from .conftest import wait_until
+
+    it = hybridexec.imap(
+        guarantee_scripts.make_dummy, range(8), kind=kind, chunksize=chunksize, executor=executor
+    )
+    for obj in it:
+        ref = weakref.ref(obj)
+        del obj
+        assert wait_until(lambda r=ref: gc.collect() is not None and r() is None, 2), (
+            f"a consumed result of imap on {kind} is still referenced"
+        )

@@ -84,18 +84,26 @@ class MapIterator(Iterator[R]):
 
     def __init__(self, gen: Generator[list[R], None, None], state: _MapState) -> None:
         self._gen = gen  # yields the values of each finished batch, in order
-        self._flat = itertools.chain.from_iterable(gen)
+        # Values of the current batch not yet handed out: popped one by one, so a consumed
+        # result is not kept alive by its batch (a list iterator would hold them all).
+        self._buf: deque[R] = deque()
         self._state = state
 
     def __iter__(self) -> MapIterator[R]:
         return self
 
     def __next__(self) -> R:
-        return next(self._flat)
+        buf = self._buf
+        while not buf:
+            buf.extend(next(self._gen))
+        return buf.popleft()
 
     def collect(self) -> list[R]:
         """Return all the remaining results as a list (at C speed, batch by batch)."""
-        return list(self._flat)
+        out = list(self._buf)
+        self._buf.clear()
+        out.extend(itertools.chain.from_iterable(self._gen))
+        return out
 
     def close(self) -> None:
         """Stop: cancel the work in flight (killing running process work)."""
@@ -234,9 +242,10 @@ def _run(
     try:
         while in_flight or not exhausted:
             if probing:
-                done, _ = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+                done = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED").done
                 timed = next(b for b in in_flight if b.future in done)
                 per_call = timed.task.elapsed
+                del done, timed  # hold no finished future (their results) while suspended
                 size = _batch_size(per_call, kind, remaining, lane_width)
                 probing = False
                 if size > 1:
@@ -263,9 +272,10 @@ def _run(
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
             else:
-                done, _ = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+                done = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED").done
                 batch = next(b for b in in_flight if b.future in done)
                 in_flight.remove(batch)
+                del done
             waiting.discard(batch.future)
             outcomes: list[Outcome] = batch.future.result()
             if adaptive and batch.size:
@@ -276,7 +286,11 @@ def _run(
             if report is not None:
                 report.update(len(outcomes), batch.future.kind)
             values, error = split_outcomes(outcomes)
-            yield values
+            # Suspended at the yield, this frame must hold neither the values (handed to the
+            # consumer, who lets each go once consumed) nor the batch and its future.
+            box = [values]
+            del values, outcomes, batch
+            yield box.pop()
             if error is not None:
                 raise error
     finally:
@@ -325,7 +339,9 @@ def _run_inline(
         router.counts["inline"] = router.counts.get("inline", 0) + len(items)
         if report is not None:
             report.update(len(values) + (error is not None), "inline")
-        yield values
+        box = [values]
+        del values, items, append
+        yield box.pop()
         if error is not None:
             raise error
 

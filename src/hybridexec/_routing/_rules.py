@@ -387,7 +387,7 @@ class TimedTask(Task):
             outcome = Task.call(self)
         else:
             box: list[Outcome] = []
-            probe.run(functools.partial(_call_into, self, box))
+            probe.run(lambda: box.append(Task.call(self)))
             outcome = box[0]
         elapsed = time.perf_counter() - started
         cpu = time.thread_time() - cpu_started
@@ -399,7 +399,3 @@ class TimedTask(Task):
         except Exception:  # a broken classifier must not kill the worker thread
             logger.exception("the classifier failed to record a finished task")
         return outcome
-
-
-def _call_into(task: Task, box: list[Outcome]) -> None:
-    box.append(Task.call(task))
