@@ -692,9 +692,9 @@ def _collected(ref: weakref.ref[Any], timeout: float = 0.5) -> bool:
 @pytest.mark.parametrize(
     "kind",
     [
-        pytest.param("thread", marks=_xfail(12, "the thread lane keeps the last result")),
+        "thread",
         "process",
-        pytest.param("auto", marks=_xfail(12, "the thread lane keeps the last result")),
+        "auto",
     ],
 )
 def test_map_iterator_lets_go_of_consumed_results(ex: hx.Executor, kind: str) -> None:
