@@ -106,9 +106,9 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         # end the thread that settles futures nor keep the next callbacks from running.
         for callback in self._done_callbacks:  # type: ignore[attr-defined]
             try:
-                if _faults.ACTIVE:
-                    _faults.hit("future.callback")
                 callback(self)
+                if _faults.ACTIVE:  # as if this callback raised (or stalled) as it ended
+                    _faults.hit("future.callback")
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt) and _in_main_thread():
                     raise  # Ctrl-C stops the program, not just this callback
