@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
-import os
 import threading
 import time
 import weakref
@@ -17,6 +16,7 @@ from typing_extensions import ParamSpec, Self
 from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
 from ._backends import check_remote, open_lane
 from ._futures import Future, Items
+from ._process import usable_cpus
 from ._router import Router
 from ._routing import (
     Classifier,
@@ -34,16 +34,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("hybridexec")
-
-
-def _usable_cpus() -> int:
-    count = getattr(os, "process_cpu_count", None)  # 3.13+: honours the affinity mask
-    if count is not None:
-        return int(count() or 1)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_count(name: str, value: int | None) -> int | None:
@@ -134,14 +124,11 @@ class Executor(concurrent.futures.Executor):
         max_threads = _check_count("max_threads", max_threads)
         max_processes = _check_count("max_processes", max_processes)
         max_workers = _check_count("max_workers", max_workers)
-        if mp_context is not None:
-            # ProcessPoolExecutor(mp_context=...): its start method is what matters here.
-            method = getattr(mp_context, "get_start_method", None)
-            if not callable(method):
-                raise TypeError(f"mp_context must be a multiprocessing context, not {mp_context!r}")
-            if start_method is not None and start_method != method():
+        if mp_context is not None:  # ProcessPoolExecutor(mp_context=): its start method
+            method = mp_context.get_start_method()
+            if start_method not in (None, method):
                 raise ValueError("give start_method or mp_context, not both")
-            start_method = method()
+            start_method = method
         if max_workers is not None:
             # What ThreadPoolExecutor(max_workers=) and ProcessPoolExecutor(max_workers=) users
             # mean: no more than that many tasks at once, in either lane.
@@ -149,7 +136,7 @@ class Executor(concurrent.futures.Executor):
             max_processes = max_processes if max_processes is not None else max_workers
         # Read by code written for the standard pools (dask's threaded scheduler sizes its
         # work by it): how many tasks this executor runs at once for CPU work.
-        self._max_workers: int = max_workers or max_processes or _usable_cpus()
+        self._max_workers: int = max_workers or max_processes or usable_cpus()
         _check_count("max_tasks_per_child", max_tasks_per_child)
         _check_count("max_memory_per_child", max_memory_per_child)
         if idle_timeout is not None:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._supervise import guard as guard
     from ._supervise import lifeline as lifeline
     from ._supervise import signal_tree as signal_tree
+    from ._supervise import usable_cpus as usable_cpus
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -55,6 +56,7 @@ __all__ = [
     "lifeline",
     "resident_memory",
     "signal_tree",
+    "usable_cpus",
     "write_frame",
 ]
 
@@ -71,6 +73,7 @@ __getattr__, __dir__ = exports(
         "lifeline": "._supervise",
         "resident_memory": "._child",
         "signal_tree": "._supervise",
+        "usable_cpus": "._supervise",
         "write_frame": "._frames",
     },
 )

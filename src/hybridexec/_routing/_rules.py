@@ -330,8 +330,7 @@ def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> 
     if timeout:
         return Decision("process", "a task with a timeout runs where it can be killed")
     if default_kind != "auto":
-        # Executor(kind="process") is a request for processes, as ProcessPoolExecutor is: a
-        # call that cannot be pickled fails (SerializationError) rather than run on a thread.
+        # Asked for, as ProcessPoolExecutor is: what will not pickle fails, not a thread.
         return Decision(
             default_kind, f"the executor's default kind is {default_kind!r}", explicit=True
         )
