@@ -88,7 +88,7 @@ __all__ = [
     "task",
 ]
 
-__getattr__, __dir__ = _exports(
+_getattr, _dir = _exports(
     __name__,
     {
         "ActorBrokenError": "._exceptions",
@@ -128,5 +128,17 @@ __getattr__, __dir__ = _exports(
     },
     public=True,
 )
+
+
+
+def __getattr__(name: str) -> object:
+    """Load a public name on first use (PEP 562)."""
+    return _getattr(name)
+
+
+def __dir__() -> list[str]:
+    """Every public name, loaded or not."""
+    return _dir()
+
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())

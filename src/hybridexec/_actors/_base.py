@@ -65,7 +65,7 @@ class CoreBase:
         self.on_error = on_error
         self.lock: threading.Lock = threading.Lock()
         self.space: threading.Condition = threading.Condition(self.lock)  # senders wait here
-        self.state = OPEN
+        self.state: str = OPEN
         self.reason: BaseException | None = None  # why it broke (chained as the cause)
         self.unfinished: int = 0  # messages accepted and not finished (bounded mailboxes only)
         self.restarts = 0
