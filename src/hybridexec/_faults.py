@@ -22,6 +22,7 @@ in all and the replacement workers live (``fired(shared)`` counts them).
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import threading
@@ -79,7 +80,9 @@ class Fault:
             self.times -= 1
         if self.kind == "raise":
             exc = self.arg
-            raise exc if isinstance(exc, BaseException) else exc()
+            # A fresh copy each time: raising one instance again and again chains its
+            # tracebacks (and their frames) without end, until pickling it recurses too deep.
+            raise copy.copy(exc).with_traceback(None) if isinstance(exc, BaseException) else exc()
         if self.kind == "delay":
             time.sleep(float(self.arg))
         elif self.kind == "kill":
