@@ -130,7 +130,6 @@ _getattr, _dir = _exports(
 )
 
 
-
 def __getattr__(name: str) -> object:
     """Load a public name on first use (PEP 562)."""
     return _getattr(name)

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, overload
 
-from typing_extensions import ParamSpec
+from typing_extensions import ParamSpec, Unpack
 
 from . import _lifecycle
 from ._executor import Executor
 from ._futures import Future
-from ._mapping import MapIterator
 from ._mapping import imap as _imap
 from ._routing import Options, check_kind, check_timeout
-from ._views import ExecutorOptions
+from ._views import ExecutorOptions, MapIterator, progress_report
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 
 _lock = threading.Lock()
 _default: Executor | None = None
@@ -93,25 +95,79 @@ def submit(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R
     return default_executor().submit(fn, *args, **kwargs)
 
 
+class MapOptions(TypedDict, total=False):
+    """The keyword arguments that ``map`` and ``imap`` share (see :func:`imap`)."""
+
+    kind: str
+    ordered: bool
+    chunksize: int | None
+    timeout: float | None
+    progress: bool | Callable[[int, int | None], object]
+    limit: int | None
+    executor: Executor | None
+
+
+# Typed like builtins.map: one or two iterables are checked against fn's parameters, more
+# fall back to Callable[..., R]; return_exceptions=True adds Exception to the item type (a
+# bool only known at run time: Any).
+@overload
 def imap(
-    fn: Callable[[Any], R],
-    items: Iterable[Any],
-    *,
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> MapIterator[R]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
+    return_exceptions: Literal[False] = ..., **options: Unpack[MapOptions],
+) -> MapIterator[R]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> MapIterator[R]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[True],
+    **options: Unpack[MapOptions],
+) -> MapIterator[R | Exception]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
+    return_exceptions: Literal[True], **options: Unpack[MapOptions],
+) -> MapIterator[R | Exception]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[True],
+    **options: Unpack[MapOptions],
+) -> MapIterator[R | Exception]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[..., Any], /, *iterables: Iterable[Any], return_exceptions: bool,
+    **options: Unpack[MapOptions],
+) -> MapIterator[Any]: ...  # fmt: skip
+def imap(
+    fn: Callable[..., Any],
+    /,
+    *iterables: Iterable[Any],
     kind: str = "auto",
     ordered: bool = True,
     chunksize: int | None = None,
     timeout: float | None = None,
     progress: bool | Callable[[int, int | None], object] = False,
+    limit: int | None = None,
+    return_exceptions: bool = False,
     executor: Executor | None = None,
-) -> MapIterator[R]:
-    """Apply ``fn`` to each item lazily, with bounded work in flight.
+) -> MapIterator[Any]:
+    """Apply ``fn`` to the items of ``iterables`` lazily, with bounded work in flight.
 
-    Items are read as workers become free, so an endless or huge iterable is fine. Calls are
-    batched automatically from measured per-call times unless ``chunksize`` is given.
+    Like ``builtins.map``: with several iterables, ``fn`` takes one argument from each, and
+    the shortest iterable ends the map. Items are read as workers become free, so an endless
+    or huge iterable is fine. Calls are batched automatically from measured per-call times
+    unless ``chunksize`` is given.
 
     Args:
-        fn: A function of one argument.
-        items: Any iterable.
+        fn: A function taking one argument per iterable.
+        *iterables: Any iterables, zipped lazily.
         kind: ``"auto"``, ``"thread"`` or ``"process"``.
         ordered: Yield in input order (True) or as results arrive (False).
         chunksize: Calls per task; None sizes batches from measured times. Ignored with a
@@ -120,59 +176,103 @@ def imap(
             ``TaskTimeoutError`` when its result is reached.
         progress: True for a tqdm bar (extra ``progress``), or a callback
             ``progress(done, total)``.
+        limit: At most this many calls of this map in flight at once (a server with a small
+            listen backlog, a rate-limited API). A batch counts as its number of calls, so
+            batches are sized to share the limit; calls run inline in this thread run one
+            at a time.
+        return_exceptions: Put each failed call's exception in its place among the results
+            and carry on, instead of raising the first one. Cancellation, ``KeyboardInterrupt``
+            and ``SystemExit`` still end the map.
         executor: The Executor to use; the default one when None.
 
     Returns:
-        An iterator of results. The first failed call raises when its turn comes, and the
-        work still in flight is cancelled.
+        An iterator of results. Unless ``return_exceptions``, the first failed call raises
+        when its turn comes, and the work still in flight is cancelled.
 
     Raises:
-        TypeError: ``fn`` is not callable.
-        ValueError: unknown ``kind``, bad ``chunksize`` or ``timeout``.
+        TypeError: ``fn`` is not callable, or ``limit`` is not an int.
+        ValueError: unknown ``kind``, bad ``chunksize`` or ``timeout``, ``limit`` below 1 or
+            below ``chunksize``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4 several iterables, ``limit`` and ``return_exceptions``.
     """
     options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
     ex = executor if executor is not None else default_executor()
-    return _imap(ex, fn, items, options, ordered=ordered, chunksize=chunksize, progress=progress)
+    run, state = _imap(
+        ex,
+        fn,
+        iterables,
+        options,
+        ordered=ordered,
+        chunksize=chunksize,
+        progress=functools.partial(progress_report, progress),
+        limit=limit,
+        return_exceptions=return_exceptions,
+    )
+    return MapIterator(run, state)
 
 
+@overload
 def map(
-    fn: Callable[[Any], R],
-    items: Iterable[Any],
-    *,
-    kind: str = "auto",
-    ordered: bool = True,
-    chunksize: int | None = None,
-    timeout: float | None = None,
-    progress: bool | Callable[[int, int | None], object] = False,
-    executor: Executor | None = None,
-) -> list[R]:
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
+    return_exceptions: Literal[False] = ..., **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[True],
+    **options: Unpack[MapOptions],
+) -> list[R | Exception]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
+    return_exceptions: Literal[True], **options: Unpack[MapOptions],
+) -> list[R | Exception]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[True],
+    **options: Unpack[MapOptions],
+) -> list[R | Exception]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[..., Any], /, *iterables: Iterable[Any], return_exceptions: bool,
+    **options: Unpack[MapOptions],
+) -> list[Any]: ...  # fmt: skip
+def map(
+    fn: Callable[..., Any],
+    /,
+    *iterables: Iterable[Any],
+    return_exceptions: bool = False,
+    **options: Unpack[MapOptions],
+) -> list[Any]:
     """Apply ``fn`` to every item concurrently and return the list of results.
 
     The one-liner: fast for tiny calls (batched automatically) and for slow ones (spread over
-    threads or processes). Arguments as for :func:`imap`.
+    threads or processes). Arguments as for :func:`imap`; several iterables are zipped, as by
+    ``builtins.map``.
 
     Returns:
-        The results, in input order unless ``ordered=False``.
+        The results, in input order unless ``ordered=False``; with ``return_exceptions``, a
+        failed call's exception stands in its place.
 
     Raises:
-        Exception: the first failed call's exception; the rest of the work is cancelled.
+        Exception: the first failed call's exception (unless ``return_exceptions``); the rest
+            of the work is cancelled.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4 several iterables, ``limit`` and ``return_exceptions``.
     """
-    return (
-        imap(
-            fn,
-            items,
-            kind=kind,
-            ordered=ordered,
-            chunksize=chunksize,
-            timeout=timeout,
-            progress=progress,
-            executor=executor,
-        )
-    ).collect()
+    return imap(fn, *iterables, return_exceptions=return_exceptions, **options).collect()
 
 
 async def arun(
@@ -200,45 +300,65 @@ async def arun(
     return await asyncio.wrap_future(future)
 
 
+@overload
 async def amap(
-    fn: Callable[[Any], R],
-    items: Iterable[Any],
-    *,
-    kind: str = "auto",
-    chunksize: int | None = None,
-    timeout: float | None = None,
-    executor: Executor | None = None,
-) -> list[R]:
-    """Await ``hybridexec.map(fn, items, ...)`` without blocking the event loop.
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+async def amap(
+    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+async def amap(
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[True],
+    **options: Unpack[MapOptions],
+) -> list[R | Exception]: ...  # fmt: skip
+@overload
+async def amap(
+    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[True],
+    **options: Unpack[MapOptions],
+) -> list[R | Exception]: ...  # fmt: skip
+@overload
+async def amap(
+    fn: Callable[..., Any], /, *iterables: Iterable[Any], return_exceptions: bool,
+    **options: Unpack[MapOptions],
+) -> list[Any]: ...  # fmt: skip
+async def amap(
+    fn: Callable[..., Any],
+    /,
+    *iterables: Iterable[Any],
+    return_exceptions: bool = False,
+    **options: Unpack[MapOptions],
+) -> list[Any]:
+    """Await ``hybridexec.map(fn, *iterables, ...)`` without blocking the event loop.
 
-    The work is batched as in :func:`hybridexec.map`. Cancelling the awaiting task cancels the
-    work still in flight (killing what runs in processes).
+    Arguments as for :func:`imap`; the work is batched as in :func:`hybridexec.map`.
+    Cancelling the awaiting task cancels the work still in flight (killing what runs in
+    processes).
 
     Returns:
-        The results in input order.
+        The results in input order (unless ``ordered=False``); with ``return_exceptions``, a
+        failed call's exception stands in its place.
 
     Raises:
-        Exception: the first failed call's exception.
+        Exception: the first failed call's exception (unless ``return_exceptions``).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4 several iterables, ``limit``, ``return_exceptions`` and the
+        other options of :func:`imap`.
     """
     import asyncio  # on use: importing it costs ~20 ms
 
     control = _MapControl()
-    results = imap(
-        fn,
-        items,
-        kind=kind,
-        chunksize=chunksize,
-        timeout=timeout,
-        executor=executor,
-    )
+    results = imap(fn, *iterables, return_exceptions=return_exceptions, **options)
     loop = asyncio.get_running_loop()
-    done: concurrent.futures.Future[list[R]] = concurrent.futures.Future()
+    done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
 
     def consume() -> None:
         try:
-            out: list[R] = []
+            out: list[Any] = []
             for value in results:
                 out.append(value)
                 if control.stopped:

@@ -28,7 +28,7 @@ from ._routing import (
     route_rules,
 )
 from ._shm import DEFAULT_THRESHOLD, check_threshold, cleanup_shared_memory
-from ._views import ExecutorOptions, results
+from ._views import ExecutorOptions, Submitted, check_map_args, results
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -208,6 +208,7 @@ class Executor(concurrent.futures.Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        limit: int | None = None,
     ) -> Iterator[R]:
         """Like ``builtins.map`` but concurrent; results come back in order.
 
@@ -217,15 +218,20 @@ class Executor(concurrent.futures.Executor):
         is fine. ``timeout`` bounds the whole iteration. A subclass that overrides ``submit``
         sees every call go through it, as the standard library documents.
 
+        ``limit`` (hybridexec's): at most that many calls of this map at once, a chunk counting
+        as ``chunksize`` calls; the input is then read as calls finish, while you iterate.
+
         Raises:
-            TypeError: ``fn`` is not callable, or ``buffersize`` is not an int.
-            ValueError: ``chunksize`` or ``buffersize`` below 1.
+            TypeError: ``fn`` is not callable, or ``buffersize`` or ``limit`` is not an int.
+            ValueError: ``chunksize``, ``buffersize`` or ``limit`` below 1, or ``chunksize``
+                above ``limit``.
             TimeoutError: (while iterating) results not ready within ``timeout``.
 
         .. versionchanged:: 0.3 ``buffersize`` (as in Python 3.14); no iterable gives an empty
             iterator; the input is not copied into a list first.
+        .. versionchanged:: 0.4 ``limit``.
         """
-        return self._map(fn, iterables, timeout, chunksize, buffersize, self._options)
+        return self._map(fn, iterables, timeout, chunksize, buffersize, self._options, limit)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work and release the workers.
@@ -326,14 +332,9 @@ class Executor(concurrent.futures.Executor):
         chunksize: int,
         buffersize: int | None,
         opts: Options,
+        limit: int | None = None,
     ) -> Iterator[R]:
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-            raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
-        if buffersize is not None:
-            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-                raise TypeError(f"buffersize must be an int or None, not {buffersize!r}")
-            if buffersize < 1:
-                raise ValueError(f"buffersize must be None or at least 1, not {buffersize}")
+        check_map_args(chunksize, buffersize, limit)
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
         if self._router.closed:
@@ -342,14 +343,14 @@ class Executor(concurrent.futures.Executor):
         calls = zip(*iterables)  # noqa: B905 - stops at the shortest, as map does
         if type(self).submit is not Executor.submit and opts is self._options:
             # A subclass counts, traces or wraps submit: every call goes through it.
-            def submit_one() -> tuple[Future[Any], bool] | None:
+            def submit_one() -> Submitted | None:
                 args = next(calls, None)
-                return None if args is None else (self.submit(fn, *args), False)
+                return None if args is None else (self.submit(fn, *args), False, 1)
 
-            return results(submit_one, buffersize, end_time)
+            return results(submit_one, buffersize, end_time, limit)
         router = self._router
 
-        def submit_chunk() -> tuple[Future[Any], bool] | None:
+        def submit_chunk() -> Submitted | None:
             chunk = list(itertools.islice(calls, chunksize))
             if not chunk:
                 return None
@@ -358,9 +359,9 @@ class Executor(concurrent.futures.Executor):
             future, _ = router.submit_task(
                 fn, items, decision, call_opts.timeout, batch=chunksize > 1
             )
-            return future, chunksize > 1
+            return future, chunksize > 1, len(chunk)
 
-        return results(submit_chunk, buffersize, end_time)
+        return results(submit_chunk, buffersize, end_time, limit, chunksize)
 
     # ---- actors ---------------------------------------------------------------------------
     def spawn(

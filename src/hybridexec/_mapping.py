@@ -17,12 +17,9 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
-import os
-import sys
-import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._asyncio import is_async_callable
 from ._futures import Future, Items, Outcome, Task
@@ -38,142 +35,77 @@ THREAD_BATCH_SECONDS = 0.005
 TINY_CALL_SECONDS = 50e-6
 MAX_BATCH = 50_000
 THREAD_PROBES = 4
+PROBE_TRUST_SECONDS = 0.01
 
 
 def imap(
     executor: Executor,
-    fn: Callable[..., R],
-    iterable: Iterable[Any],
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
     options: Options,
     *,
     ordered: bool = True,
     chunksize: int | None = None,
-    progress: bool | Callable[[int, int | None], object] = False,
-) -> MapIterator[R]:
-    """Validate now, then return the lazy iterator of results."""
+    progress: Callable[[int | None], Report | None] | None = None,
+    limit: int | None = None,
+    return_exceptions: bool = False,
+) -> tuple[Generator[list[Any], None, None], MapState]:
+    """Validate now; return the lazy run of ``fn`` over the zipped input, and its state.
+
+    The run yields the values of each finished batch (``_views.MapIterator`` hands them out).
+    """
     if chunksize is not None and (
         isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
     ):
         raise ValueError(f"chunksize must be an int of at least 1 or None, not {chunksize!r}")
+    limit = check_limit(limit)
+    if limit is not None and chunksize is not None and chunksize > limit:
+        # A batch counts as its number of calls (see _run): a bigger one could never start.
+        raise ValueError(f"chunksize ({chunksize}) must not exceed limit ({limit})")
     if not callable(fn):
         raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
     if executor._router.closed:
         raise RuntimeError("cannot schedule new futures after shutdown")
     try:
-        total: int | None = len(iterable)  # type: ignore[arg-type]
+        total: int | None = min((len(i) for i in iterables), default=0)  # type: ignore[arg-type]
     except TypeError:
         total = None
-    it = iter(iterable)
-    state = _MapState()
-    report = _progress(progress, total)
-    return MapIterator(
-        _run(executor, fn, it, total, options, ordered, chunksize, report, state), state
-    )
+    # One iterable: items are the arguments themselves (the fast path, no tuple per item);
+    # several: zipped lazily into argument tuples, stopping at the shortest, like builtins.map.
+    star = len(iterables) != 1
+    it = zip(*iterables) if star else iter(iterables[0])  # noqa: B905 - shortest, as map does
+    state = MapState(star, limit, return_exceptions)
+    report = None if progress is None else progress(total)
+    return _run(executor, fn, it, total, options, ordered, chunksize, report, state), state
 
 
-class _MapState:
-    """What a running map shares with its iterator's ``cancel()``."""
+def check_limit(limit: int | None) -> int | None:
+    """Return ``limit`` if it is None or an int of at least 1; raise otherwise."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int or None, not {limit!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be None or at least 1, not {limit}")
+    return limit
 
-    def __init__(self) -> None:
+
+class Report(Protocol):
+    """Where a map reports its finished calls (a progress bar or callback, in ``_views``)."""
+
+    def update(self, n: int, lane: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class MapState:
+    """How a map runs, and what it shares with its iterator's ``cancel()``."""
+
+    def __init__(self, star: bool, limit: int | None, keep_errors: bool) -> None:
+        self.star = star  # items are argument tuples (several iterables)
+        self.limit = limit  # calls of this map in flight at most
+        self.keep_errors = keep_errors  # return_exceptions=True
         self.waiting: set[Future[Any]] = set()
         self.cancelled = False
-
-
-class MapIterator(Iterator[R]):
-    """The results of ``imap``: an iterator that can also cancel the work in flight."""
-
-    def __init__(self, gen: Generator[list[R], None, None], state: _MapState) -> None:
-        self._gen = gen  # yields the values of each finished batch, in order
-        # Values of the current batch not yet handed out: popped one by one, so a consumed
-        # result is not kept alive by its batch (a list iterator would hold them all).
-        self._buf: deque[R] = deque()
-        self._state = state
-
-    def __iter__(self) -> MapIterator[R]:
-        return self
-
-    def __next__(self) -> R:
-        buf = self._buf
-        while not buf:
-            buf.extend(next(self._gen))
-        return buf.popleft()
-
-    def collect(self) -> list[R]:
-        """Return all the remaining results as a list (at C speed, batch by batch)."""
-        out = list(self._buf)
-        self._buf.clear()
-        out.extend(itertools.chain.from_iterable(self._gen))
-        return out
-
-    def close(self) -> None:
-        """Stop: cancel the work in flight (killing running process work)."""
-        self._gen.close()
-
-    def cancel(self) -> None:
-        """Cancel the work in flight from any thread; the consumer sees ``CancelledError``."""
-        self._state.cancelled = True
-        for future in list(self._state.waiting):
-            future.cancel()
-
-
-class _Progress:
-    """Reports finished calls to a ``progress(done, total)`` callback or a tqdm bar."""
-
-    def __init__(
-        self, callback: Callable[[int, int | None], object] | None, bar: Any, total: int | None
-    ) -> None:
-        self._callback = callback
-        self._bar = bar
-        self._total = total
-        self._done = 0
-        self._lanes: list[str] = []
-
-    def update(self, n: int, lane: str) -> None:
-        self._done += n
-        if self._callback is not None:
-            self._callback(self._done, self._total)
-            return
-        if lane not in self._lanes:
-            self._lanes.append(lane)
-            self._bar.set_postfix_str("+".join(self._lanes), refresh=False)
-        self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _progress(
-    progress: bool | Callable[[int, int | None], object], total: int | None
-) -> _Progress | None:
-    if progress is False or progress is None:
-        return None
-    if callable(progress):
-        return _Progress(progress, None, total)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn(
-            "progress=True needs tqdm: pip install 'hybridexec[progress]'; running without a bar",
-            RuntimeWarning,
-            stacklevel=_caller_level(),
-        )
-        return None
-    # The postfix names the lanes in use: "thread", "process" or "thread+process".
-    return _Progress(None, tqdm(total=total, unit="task", dynamic_ncols=True), total)
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` that makes a warning point at the first frame outside hybridexec."""
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame = sys._getframe(1)
-    level = 1
-    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-        package
-    ):
-        frame = frame.f_back
-        level += 1
-    return level
 
 
 class _Batch:
@@ -193,8 +125,8 @@ def _run(
     options: Options,
     ordered: bool,
     chunksize: int | None,
-    report: _Progress | None,
-    state: _MapState,
+    report: Report | None,
+    state: MapState,
 ) -> Generator[list[Any], None, None]:
     first = list(itertools.islice(it, 1))
     if not first:
@@ -202,20 +134,28 @@ def _run(
             report.close()
         return
     router = executor._router
-    decision, opts = router.decide(fn, (first[0],), {}, options)
+    star, max_calls = state.star, state.limit
+    decision, opts = router.decide(fn, first[0] if star else (first[0],), {}, options)
     kind = decision.kind
     lane_width = router.processes.max_processes if kind == "process" else router.threads.max_threads
     in_flight: deque[_Batch] | set[_Batch] = deque() if ordered else set()
     waiting = state.waiting
     remaining = None if total is None else total
+    # Calls submitted and not yet collected. `limit` bounds this sum, a batch counting as its
+    # number of calls: a batch runs its calls one after another, but one whose worker
+    # crashed is retried item by item on several workers at once (see _process).
+    in_calls = 0
 
     def submit(items: list[Any]) -> None:
-        nonlocal remaining
+        nonlocal remaining, in_calls
         if state.cancelled or router.closed:
             # Cancelled by the consumer, or the executor shut down under a running map: the
             # rest of the work is cancelled, as shutdown(cancel_futures=True) says.
             raise concurrent.futures.CancelledError()
-        calls: Items = [((item,), _NO_KWARGS) for item in items]
+        if star:
+            calls: Items = [(args, _NO_KWARGS) for args in items]
+        else:
+            calls = [((item,), _NO_KWARGS) for item in items]
         future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
         batch = _Batch(future, task, len(items))
         if isinstance(in_flight, deque):
@@ -223,6 +163,7 @@ def _run(
         else:
             in_flight.add(batch)
         waiting.add(future)
+        in_calls += len(items)
         if remaining is not None:
             remaining -= len(items)
 
@@ -233,33 +174,53 @@ def _run(
     per_call = float("inf")
     inline = False
     probes = min(lane_width, THREAD_PROBES) if kind == "thread" else lane_width
+    # Under a limit, batches share it among the tasks that run at once, so that the
+    # limit does not serialise them; without one, batches are sized by time alone.
+    cap = (
+        MAX_BATCH
+        if max_calls is None
+        else max(1, max_calls // (4 if kind == "thread" else lane_width))
+    )
+    if max_calls is not None:
+        probes = min(probes, max_calls)
     submit(first)
     if probing:
         for item in itertools.islice(it, probes - 1):
             submit([item])
-    limit = lane_width * 2 if kind == "process" else lane_width
+    window = lane_width * 2 if kind == "process" else lane_width
     exhausted = False
     try:
         while in_flight or not exhausted:
             if probing:
-                done = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED").done
-                timed = next(b for b in in_flight if b.future in done)
-                per_call = timed.task.elapsed
-                del done, timed  # hold no finished future (their results) while suspended
-                size = _batch_size(per_call, kind, remaining, lane_width)
+                concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+                if _fastest(in_flight) < PROBE_TRUST_SECONDS:
+                    # Cheap calls: one time can mislead (the first call warms up; on a busy
+                    # machine it counts time spent waiting for a CPU) and would send the rest
+                    # one call per task. The other probes end within moments: use them too.
+                    concurrent.futures.wait(waiting, timeout=PROBE_TRUST_SECONDS)
+                per_call = _fastest(in_flight)
+                size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 probing = False
                 if size > 1:
-                    limit = max(lane_width * 2, 4) if kind == "process" else 4
-                # Calls far cheaper than a hand-off gain nothing from another thread (they
-                # hold the GIL or are done before it switches): run them here, in batches,
-                # once the probes are in. An explicit kind="thread" keeps its lane.
-                inline = (
-                    kind == "thread"
-                    and not decision.explicit
-                    and per_call < TINY_CALL_SECONDS
-                    and not is_async_callable(fn)
-                )
-            while not exhausted and not inline and len(in_flight) < limit:
+                    window = max(lane_width * 2, 4) if kind == "process" else 4
+            # Calls far cheaper than a hand-off gain nothing from another thread (they hold
+            # the GIL or are done before it switches): run them here, in batches, once the
+            # work in flight is in. An explicit kind="thread" keeps its lane. Checked again
+            # as estimates improve: the first call pays for warm-up, and on a busy machine
+            # its wall time counts the time it waited for a CPU.
+            inline = (
+                kind == "thread"
+                and adaptive
+                and not decision.explicit
+                and per_call < TINY_CALL_SECONDS
+                and not is_async_callable(fn)
+            )
+            while (
+                not exhausted
+                and not inline
+                and len(in_flight) < window
+                and (max_calls is None or in_calls + size <= max_calls)
+            ):
                 items = list(itertools.islice(it, size))
                 if not items:
                     exhausted = True
@@ -267,7 +228,7 @@ def _run(
                 submit(items)
             if not in_flight:
                 if inline and not exhausted:
-                    yield from _run_inline(executor, fn, it, size, report, state)
+                    yield from _run_inline(executor, fn, it, max(size, 1), report, state)
                 break
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
@@ -277,15 +238,18 @@ def _run(
                 in_flight.remove(batch)
                 del done
             waiting.discard(batch.future)
-            outcomes: list[Outcome] = batch.future.result()
+            outcomes = _outcomes(batch, state.keep_errors)
+            in_calls -= batch.size
             if adaptive and batch.size:
                 # Refine the estimate: first calls pay for warm-up (imports, caches), so the
                 # fastest per-call time seen is the best guide for the batches still to come.
                 per_call = min(per_call, batch.task.elapsed / batch.size)
-                size = _batch_size(per_call, kind, remaining, lane_width)
+                size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
+                if size > 1 and kind == "thread":
+                    window = 4
             if report is not None:
                 report.update(len(outcomes), batch.future.kind)
-            values, error = split_outcomes(outcomes)
+            values, error = split_outcomes(outcomes, keep_errors=state.keep_errors)
             # Suspended at the yield, this frame must hold neither the values (handed to the
             # consumer, who lets each go once consumed) nor the batch and its future.
             box = [values]
@@ -300,12 +264,45 @@ def _run(
             report.close()
 
 
-def split_outcomes(outcomes: list[Outcome]) -> tuple[list[Any], BaseException | None]:
-    """Split a batch into the values up to its first failure, and that failure (or None)."""
+def _fastest(in_flight: Iterable[_Batch]) -> float:
+    """The least time per call among the finished batches (that ran)."""
+    times = [b.task.elapsed / b.size for b in in_flight if b.future.done() and b.task.elapsed]
+    return min(times, default=float("inf"))
+
+
+def _outcomes(batch: _Batch, keep_errors: bool) -> list[Outcome]:
+    """The outcomes of a finished batch; a failure of the whole task stands for each item."""
+    try:
+        outcomes: list[Outcome] = batch.future.result()
+    except concurrent.futures.CancelledError:
+        raise  # the map was cancelled: that ends it, return_exceptions or not
+    except Exception as exc:
+        # The task failed as a whole (a timeout, a crash of a single call, arguments that
+        # cannot be pickled): with return_exceptions, each of its items gets the error.
+        if not keep_errors:
+            raise
+        outcomes = [(False, exc)] * batch.size
+    return outcomes
+
+
+def split_outcomes(
+    outcomes: list[Outcome], *, keep_errors: bool = False
+) -> tuple[list[Any], BaseException | None]:
+    """Split a batch into its values and the failure that ends the map (or None).
+
+    Without ``keep_errors`` the values stop at the first failure. With it (a map's
+    ``return_exceptions=True``) each ``Exception`` stands in its item's place; only a
+    ``BaseException`` that is not one (``KeyboardInterrupt``, ``SystemExit``) still ends it.
+    """
     if not outcomes:
         return [], None
     oks, values = zip(*outcomes, strict=True)  # C speed: tiny calls come by the ten thousand
     if all(oks):
+        return list(values), None
+    if keep_errors:
+        for index, (ok, value) in enumerate(outcomes):
+            if not ok and not isinstance(value, Exception):
+                return list(values[:index]), value
         return list(values), None
     failed = oks.index(False)
     return list(values[:failed]), values[failed]
@@ -316,8 +313,8 @@ def _run_inline(
     fn: Callable[..., Any],
     it: Iterator[Any],
     size: int,
-    report: _Progress | None,
-    state: _MapState,
+    report: Report | None,
+    state: MapState,
 ) -> Generator[list[Any], None, None]:
     router = executor._router
     while True:
@@ -326,24 +323,40 @@ def _run_inline(
         items = list(itertools.islice(it, size))
         if not items:
             return
-        # The leanest loop there is: no argument or outcome tuples (tiny calls come by the
-        # ten thousand, and every allocation also feeds the garbage collector).
-        values: list[Any] = []
-        append = values.append
-        error: BaseException | None = None
-        try:
-            for item in items:
-                append(fn(item))
-        except BaseException as exc:  # raised after the values before it are delivered
-            error = exc
+        values, error = _call_each(fn, items, state.star, state.keep_errors)
         router.counts["inline"] = router.counts.get("inline", 0) + len(items)
         if report is not None:
             report.update(len(values) + (error is not None), "inline")
         box = [values]
-        del values, items, append
+        del values, items
         yield box.pop()
         if error is not None:
             raise error
+
+
+def _call_each(
+    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool
+) -> tuple[list[Any], BaseException | None]:
+    # The leanest loops there are: no argument or outcome tuples (tiny calls come by the
+    # ten thousand, and every allocation also feeds the garbage collector).
+    values: list[Any] = []
+    append = values.append
+    try:
+        if keep_errors:
+            for item in items:
+                try:
+                    append(fn(*item) if star else fn(item))
+                except Exception as exc:  # return_exceptions: in its place, and go on
+                    append(exc)
+        elif star:
+            for args in items:
+                append(fn(*args))
+        else:
+            for item in items:
+                append(fn(item))
+    except BaseException as exc:  # raised after the values before it are delivered
+        return values, exc
+    return values, None
 
 
 _NO_KWARGS: dict[str, Any] = {}  # shared: calls unpack it with **, never mutate it

@@ -1,16 +1,25 @@
-"""Views of an executor: ``ExecutorOptions`` and the iterator behind ``Executor.map``."""
+"""Views of an executor and of its maps.
+
+``ExecutorOptions`` (``ex.options(...)``), the iterator behind ``Executor.map``, and the
+progress report (a callback or a tqdm bar) of ``hybridexec.map(progress=...)``.
+"""
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import itertools
+import os
+import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
 from ._futures import Future
-from ._mapping import split_outcomes
+from ._mapping import MapState, check_limit, split_outcomes
 from ._routing import Options, check_kind, check_timeout
 
 if TYPE_CHECKING:
@@ -20,44 +29,93 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def check_map_args(chunksize: int, buffersize: int | None, limit: int | None) -> None:
+    """Raise for a bad ``chunksize``, ``buffersize`` or ``limit`` of ``Executor.map``."""
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
+    if buffersize is not None:
+        if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+            raise TypeError(f"buffersize must be an int or None, not {buffersize!r}")
+        if buffersize < 1:
+            raise ValueError(f"buffersize must be None or at least 1, not {buffersize}")
+    if check_limit(limit) is not None and chunksize > limit:  # type: ignore[operator]
+        # A chunk counts as its number of calls: a bigger one could never start.
+        raise ValueError(f"chunksize ({chunksize}) must not exceed limit ({limit})")
+
+
+Submitted = tuple[Future[Any], bool, int]
+"""What ``Executor.map`` submitted: the future, whether it is a batch, and how many calls."""
+
+
 def results(
-    submit_next: Callable[[], tuple[Future[Any], bool] | None],
+    submit_next: Callable[[], Submitted | None],
     buffersize: int | None,
     end_time: float | None,
+    limit: int | None = None,
+    chunk: int = 1,
 ) -> Iterator[Any]:
     """The iterator behind ``Executor.map``: results in order, ``end_time`` for them all.
 
-    ``submit_next()`` submits the next call or chunk and returns its future (and whether it is
-    a batch), or None when the input is exhausted. Without ``buffersize`` everything is
-    submitted now, as the standard library does; with it, at most that many chunks are in
-    flight and not yet yielded. Leaving the iterator early cancels the futures not consumed.
-    Consumed results are not kept: the iterator holds only what it has not yielded yet.
+    ``submit_next()`` submits the next call or chunk (of at most ``chunk`` calls), or returns
+    None when the input is exhausted. Without ``buffersize`` or ``limit`` everything is
+    submitted now, as the standard library does; with ``buffersize``, at most that many chunks
+    are in flight and not yet yielded; with ``limit``, at most that many calls are submitted
+    and not finished, the next ones going out as those finish while the consumer iterates.
+    Leaving the iterator early cancels the futures not consumed. Consumed results are not
+    kept: the iterator holds only what it has not yielded yet.
     """
     pending: collections.deque[tuple[Future[Any], bool]] = collections.deque()
+    # With a limit: the futures not seen finished yet, and their calls (a chunk counts as its
+    # number of calls: one whose worker crashed is retried call by call, all at once).
+    running: dict[Future[Any], int] = {}
+    in_calls = 0
     exhausted = False
 
-    def fill(limit: int | None) -> None:
-        nonlocal exhausted
-        while not exhausted and (limit is None or len(pending) < limit):
+    def fill() -> None:
+        nonlocal exhausted, in_calls
+        for future in [f for f in running if f.done()]:
+            in_calls -= running.pop(future)
+        while (
+            not exhausted
+            and (buffersize is None or len(pending) < buffersize)
+            and (limit is None or in_calls + chunk <= limit)
+        ):
             submitted = submit_next()
             if submitted is None:
                 exhausted = True
-            else:
-                pending.append(submitted)
+                break
+            pending.append(submitted[:2])
+            if limit is not None:
+                running[submitted[0]] = submitted[2]
+                in_calls += submitted[2]
+            del submitted  # no local for a future: it would keep its result alive
+
+    def wait_head(timeout: float | None) -> None:
+        # Under a limit, the calls behind the head go out as others finish, not only when
+        # the head is taken (a slow head would otherwise hold the whole map back).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while running and not pending[0][0].done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return  # the result() that follows raises TimeoutError
+            concurrent.futures.wait(running, left, concurrent.futures.FIRST_COMPLETED)
+            fill()
 
     try:
-        fill(buffersize)
+        fill()
     except BaseException:
         for future, _ in pending:
             future.cancel()
         raise
-    return _iterate(pending, fill, buffersize, end_time)
+    top_up = fill if buffersize is not None or limit is not None else None
+    return _iterate(pending, running, top_up, wait_head if limit is not None else None, end_time)
 
 
 def _iterate(
     pending: collections.deque[tuple[Future[Any], bool]],
-    fill: Callable[[int | None], None],
-    buffersize: int | None,
+    running: dict[Future[Any], int],
+    fill: Callable[[], None] | None,
+    wait_head: Callable[[float | None], None] | None,
     end_time: float | None,
 ) -> Iterator[Any]:
     # A generator apart from results() so that map() raises bad input at once and submits
@@ -66,11 +124,16 @@ def _iterate(
         while pending:
             batch = pending[0][1]  # no local for the future: it would keep its result alive
             timeout = None if end_time is None else end_time - time.monotonic()
+            if wait_head is not None:
+                wait_head(timeout)
+                timeout = None if end_time is None else end_time - time.monotonic()
             # In a list popped as it is yielded: a local would keep the result alive for as
             # long as the consumer holds this generator.
             held = [_take(pending, timeout)]
-            if buffersize is not None:
-                fill(buffersize)  # the next call goes out before this result is yielded
+            if fill is not None:
+                # The next calls go out before this result is yielded; a limit's count
+                # lets go of the finished futures, this one included.
+                fill()
             if not batch:
                 yield held.pop()
                 continue
@@ -84,6 +147,7 @@ def _iterate(
         for future, _ in pending:
             future.cancel()
         pending.clear()
+        running.clear()
 
 
 def _take(pending: collections.deque[tuple[Future[Any], bool]], timeout: float | None) -> Any:
@@ -91,6 +155,43 @@ def _take(pending: collections.deque[tuple[Future[Any], bool]], timeout: float |
     value = pending[0][0].result(timeout)
     pending.popleft()
     return value
+
+
+class MapIterator(Iterator[R]):
+    """The results of ``imap``: an iterator that can also cancel the work in flight."""
+
+    def __init__(self, gen: Generator[list[R], None, None], state: MapState) -> None:
+        self._gen = gen  # yields the values of each finished batch, in order
+        # Values of the current batch not yet handed out: popped one by one, so a consumed
+        # result is not kept alive by its batch (a list iterator would hold them all).
+        self._buf: collections.deque[R] = collections.deque()
+        self._state = state
+
+    def __iter__(self) -> MapIterator[R]:
+        return self
+
+    def __next__(self) -> R:
+        buf = self._buf
+        while not buf:
+            buf.extend(next(self._gen))
+        return buf.popleft()
+
+    def collect(self) -> list[R]:
+        """Return all the remaining results as a list (at C speed, batch by batch)."""
+        out = list(self._buf)
+        self._buf.clear()
+        out.extend(itertools.chain.from_iterable(self._gen))
+        return out
+
+    def close(self) -> None:
+        """Stop: cancel the work in flight (killing running process work)."""
+        self._gen.close()
+
+    def cancel(self) -> None:
+        """Cancel the work in flight from any thread; the consumer sees ``CancelledError``."""
+        self._state.cancelled = True
+        for future in list(self._state.waiting):
+            future.cancel()
 
 
 class ExecutorOptions:
@@ -117,11 +218,76 @@ class ExecutorOptions:
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        limit: int | None = None,
     ) -> Iterator[R]:
-        """``Executor.map`` with these options."""
-        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._opts)
+        """``Executor.map`` with these options.
+
+        .. versionchanged:: 0.4 ``limit``.
+        """
+        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._opts, limit)
 
     def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
         """Narrow these options further."""
         options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
         return ExecutorOptions(self._executor, options.merged(self._opts))
+
+
+class _Progress:
+    """Reports finished calls to a ``progress(done, total)`` callback or a tqdm bar."""
+
+    def __init__(
+        self, callback: Callable[[int, int | None], object] | None, bar: Any, total: int | None
+    ) -> None:
+        self._callback = callback
+        self._bar = bar
+        self._total = total
+        self._done = 0
+        self._lanes: list[str] = []
+
+    def update(self, n: int, lane: str) -> None:
+        self._done += n
+        if self._callback is not None:
+            self._callback(self._done, self._total)
+            return
+        if lane not in self._lanes:
+            self._lanes.append(lane)
+            self._bar.set_postfix_str("+".join(self._lanes), refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def progress_report(
+    progress: bool | Callable[[int, int | None], object], total: int | None
+) -> _Progress | None:
+    """The report of a map's ``progress=`` argument: a callback, a tqdm bar, or None."""
+    if progress is False or progress is None:
+        return None
+    if callable(progress):
+        return _Progress(progress, None, total)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        warnings.warn(
+            "progress=True needs tqdm: pip install 'hybridexec[progress]'; running without a bar",
+            RuntimeWarning,
+            stacklevel=_caller_level(),
+        )
+        return None
+    # The postfix names the lanes in use: "thread", "process" or "thread+process".
+    return _Progress(None, tqdm(total=total, unit="task", dynamic_ncols=True), total)
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside hybridexec."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
