@@ -132,3 +132,25 @@ def test_imap_iterator_cancel_from_another_thread(executor: Executor) -> None:
     thread.join(10)
     assert isinstance(outcome[0], concurrent.futures.CancelledError)
     assert wait_until(lambda: executor.stats()["process_lane"]["kills"] >= 1, 10)
+
+
+def test_amap_takes_several_iterables_a_limit_and_return_exceptions(executor: Executor) -> None:
+    async def main() -> tuple[list[int], list[int | Exception]]:
+        powers = await hybridexec.amap(pow, [2, 3, 4], [5, 6], limit=2, executor=executor)
+        kept = await hybridexec.amap(
+            helpers.fail_at, range(10), [4] * 10, return_exceptions=True, executor=executor
+        )
+        return powers, kept
+
+    powers, kept = asyncio.run(main())
+    assert powers == [32, 729]
+    assert str(kept[4]) == "item 4 fails"
+    assert kept[:4] + kept[5:] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+
+
+def test_amap_bad_limit_raises_at_the_call(executor: Executor) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="limit"):
+            await hybridexec.amap(helpers.square, [1], limit=0, executor=executor)
+
+    asyncio.run(main())

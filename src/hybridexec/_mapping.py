@@ -36,6 +36,7 @@ TINY_CALL_SECONDS = 50e-6
 MAX_BATCH = 50_000
 THREAD_PROBES = 4
 PROBE_TRUST_SECONDS = 0.01
+PROBE_WAIT_SECONDS = 0.1
 
 
 def imap(
@@ -197,7 +198,7 @@ def _run(
                     # Cheap calls: one time can mislead (the first call warms up; on a busy
                     # machine it counts time spent waiting for a CPU) and would send the rest
                     # one call per task. The other probes end within moments: use them too.
-                    concurrent.futures.wait(waiting, timeout=PROBE_TRUST_SECONDS)
+                    concurrent.futures.wait(waiting, timeout=PROBE_WAIT_SECONDS)
                 per_call = _fastest(in_flight)
                 size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 probing = False
