@@ -9,7 +9,11 @@ run. When the first of them finishes, its time per call sizes the batches for th
   ``THREAD_BATCH_SECONDS``; anything slower goes one call per task, since it likely blocks.
 
 Work in flight is bounded (lazy input never piles up in memory) and results come back in input
-order or, with ``ordered=False``, as they finish.
+order or, with ``ordered=False``, as they finish. Several iterables are zipped lazily, as by
+``builtins.map``. A ``limit`` bounds the calls submitted and not yet collected, a batch counting
+as its number of calls (a batch whose worker crashed is retried item by item, on several
+workers at once); inline calls run one at a time. With ``return_exceptions`` a failed item's
+exception takes its place among the values.
 """
 
 from __future__ import annotations
