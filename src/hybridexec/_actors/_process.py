@@ -31,8 +31,8 @@ from typing import Any
 from .._futures import Future
 from .._process import (
     DEFAULT_GRACE,
+    Child,
     get_context,
-    signal_tree,
     write_frame,
 )
 from .._serialize import dumps, dumps_callable
@@ -95,10 +95,7 @@ class ProcessCore(Supervisor, CoreBase):
         self.fd = -1  # its file descriptor
         self.budget = 0
         self.parent_ends: tuple[Any, ...] = ()  # this side's pipe ends of the current child
-        self._pid: int | None = None
-        # Guards clearing ``_pid``, which happens before the child is reaped: a pid read under
-        # it can be signalled (it is not recycled). Never held across a blocking call.
-        self.pid_lock = threading.Lock()
+        self.child: Child | None = None  # the current incarnation, until it is reaped
         self.killing = False  # kill() began: a death seen from now on is no crash to restart
         self.wakeup = threading.Event()  # cuts a restart backoff short (kill)
         self.supervisor = threading.Thread(
@@ -115,14 +112,14 @@ class ProcessCore(Supervisor, CoreBase):
         self.parent_ends = ()
         self.conn = None
         self.fd = -1
-        self._pid = None  # never signal the parent's actor process from here
-        self.pid_lock = threading.Lock()
+        self.child = None  # never signal the parent's actor process from here
         self.inflight.clear()
         self.overflow.clear()
 
     @property
     def pid(self) -> int | None:
-        return self._pid
+        child = self.child
+        return None if child is None else child.pid
 
     def in_actor(self) -> bool:
         return threading.current_thread() is self.supervisor  # on_error hooks run there
@@ -257,11 +254,9 @@ class ProcessCore(Supervisor, CoreBase):
         self.supervisor.join()
 
     def _signal(self, sig: int) -> None:
-        # Under pid_lock: the supervisor clears _pid under it before reaping, so the pid read
-        # here is still our child's, never a recycled one.
-        with self.pid_lock:
-            if self._pid is not None:
-                signal_tree(self._pid, sig)
+        child = self.child
+        if child is not None:
+            child.signal(sig)  # a no-op once reaped: never a recycled pid
 
     def join(self, timeout: float | None) -> bool:
         if self.in_actor():

@@ -19,7 +19,7 @@ from typing import Any
 from .. import _faults
 from .._exceptions import SerializationError, WorkerCrashedError, signal_name
 from .._futures import Future
-from .._process import FrameReader, guard, lifeline, signal_tree
+from .._process import Child, FrameReader, lifeline
 from .._serialize import unpack_exception
 from .._shm import Placement, cleanup_shared_memory
 from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, describe, logger
@@ -55,8 +55,7 @@ class Supervisor(CoreBase):
     fd: int
     budget: int
     parent_ends: tuple[Any, ...]
-    _pid: int | None
-    pid_lock: threading.Lock
+    child: Child | None
     killing: bool
     wakeup: threading.Event
     placement: Placement
@@ -74,9 +73,9 @@ class Supervisor(CoreBase):
                     self.restarts += 1
         except BaseException as exc:  # never leave a future waiting
             logger.exception("the supervisor of actor %s failed", self.name)
-            with self.pid_lock:
-                if self._pid is not None:
-                    signal_tree(self._pid, signal.SIGKILL)
+            child = self.child
+            if child is not None:
+                child.signal(signal.SIGKILL)
             with self.lock:
                 if self.state not in DEAD:
                     self.state = BROKEN
@@ -121,9 +120,9 @@ class Supervisor(CoreBase):
             return False
         req_r.close()
         rep_w.close()
-        guard(process.pid)  # killed with its tree if this process dies, GIL or not (I4)
+        child = Child(process)
         with self.lock:
-            self._pid = process.pid
+            self.child = child
             self.conn = req_w
             self.fd = req_w.fileno()
             self.budget = _pipe_budget(req_w.fileno())
@@ -131,16 +130,15 @@ class Supervisor(CoreBase):
             if not killed:
                 self._flush()
         if killed:
-            signal_tree(process.pid, signal.SIGKILL)
+            child.signal(signal.SIGKILL)
         try:
             self._serve(process, rep_r)
             wait([process.sentinel])
-            with self.pid_lock:  # from now on nobody signals this pid: it is reaped below
-                self._pid = None
-            process.join()
+            # What it left in its process group goes before the reap frees the group's id.
+            exitcode = child.reap(kill_group=True)
         finally:
             rep_r.close()
-        return self._after_death(process)
+        return self._after_death(child, exitcode)
 
     def _serve(self, process: Any, replies: Any) -> None:
         """Read answers until the child is gone."""
@@ -213,11 +211,10 @@ class Supervisor(CoreBase):
             self.reason = exc
         self.report("the constructor", exc)
 
-    def _after_death(self, process: Any) -> bool:
-        pid, exitcode = process.pid, process.exitcode
-        process.close()
+    def _after_death(self, child: Child, exitcode: int | None) -> bool:
+        pid = child.pid
+        child.close()
         if exitcode != 0:
-            signal_tree(pid, signal.SIGKILL)  # what it left behind in its process group
             # Segments it made (named after its pid, now dead) go now, not at the next start.
             cleanup_shared_memory()
         name = signal_name(exitcode)
@@ -229,7 +226,7 @@ class Supervisor(CoreBase):
             self.conn.close()
             self.conn = None
             self.fd = -1
-            self._pid = None
+            self.child = None
             lost = list(self.inflight)
             self.inflight.clear()
             self.inflight_bytes = 0

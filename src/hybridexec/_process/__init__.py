@@ -8,8 +8,9 @@ Layers inside the room (each imports only those above it)::
     _child      the child side shared by workers and actors: process group, death signal,
                 lifeline watcher (``enter_child``)
     _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe,
-                the guardian that kills children when the parent dies, process-tree kill,
-                ``Child`` (start, reap, kill that never signals a recycled pid)
+                the guardian that kills children when the parent dies, process-tree kill
+    _handle     ``Child``: hold, signal (the whole tree) and reap a child, never a recycled
+                pid; process actors use it (the lane's manager keeps a pidfd of its own)
     _wire       the lane's messages: calls and replies
     _worker     the lane's child entry: a plain loop over the worker's private pipe
     _manager    the lane's manager thread: the only code that touches worker pipes
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ._child import resident_memory as resident_memory
     from ._frames import FrameReader as FrameReader
     from ._frames import write_frame as write_frame
+    from ._handle import Child as Child
     from ._lane import ProcessLane as ProcessLane
     from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
     from ._supervise import default_start_method as default_start_method
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from ._supervise import usable_cpus as usable_cpus
 
 __all__ = [
+    "Child",
     "DEFAULT_GRACE",
     "FrameReader",
     "ProcessLane",
@@ -64,6 +67,7 @@ __getattr__, __dir__ = exports(
     __name__,
     {
         "DEFAULT_GRACE": "._supervise",
+        "Child": "._handle",
         "FrameReader": "._frames",
         "ProcessLane": "._lane",
         "default_start_method": "._supervise",

@@ -1,0 +1,90 @@
+"""``Child``: the one way lanes and actors hold, signal and reap a child process.
+
+A child leads a process group of its own (``enter_child``), so its whole tree is signalled at
+once. Signals reach it only while it is not reaped: once reaped, its pid (and with it its group
+id) may belong to another process. The child itself is signalled through a pidfd where Linux
+has them (5.3+), which names that very process whatever happens to the number; its group while
+its zombie still holds the group id. ``reap`` kills what the child left in its group *before*
+the wait that frees the id, never after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+from ._supervise import guard
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or out of descriptors
+        return None
+
+
+class Child:
+    """A started ``multiprocessing`` process, as its parent keeps it until it is reaped."""
+
+    __slots__ = ("_lock", "pid", "pidfd", "process", "reaped", "sentinel")
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.pid: int = process.pid
+        self.sentinel: int = process.sentinel
+        self.pidfd = _open_pidfd(self.pid)
+        self.reaped = False
+        self._lock = threading.Lock()
+        guard(self.pid)  # killed with its tree if this process dies, GIL or not (I4)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child and its process group, unless it was reaped already."""
+        with self._lock:
+            if self.reaped:
+                return  # the pid may be another process's now
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass  # no group yet (killed before it made one) or gone: the process alone
+            try:
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, sig)
+                elif self.process.exitcode is None:  # not reaped (polls, never blocks)
+                    os.kill(self.pid, sig)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+
+    def reap(self, kill_group: bool, timeout: float | None = None) -> int | None:
+        """Wait for the child to be gone; return its exit code (None if it was not).
+
+        Args:
+            kill_group: SIGKILL what the child left in its process group first, while the
+                group id is still the child's.
+            timeout: Seconds to wait (None: until it is gone; call once its sentinel fired).
+        """
+        if kill_group:
+            with self._lock:
+                if not self.reaped:
+                    try:
+                        os.killpg(self.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        self.process.join(timeout)
+        exitcode: int | None = self.process.exitcode
+        if exitcode is None:
+            return None
+        with self._lock:
+            self.reaped = True
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
+        return exitcode
+
+    def close(self) -> None:
+        """Release the process object (after ``reap``)."""
+        try:
+            self.process.close()
+        except ValueError:
+            pass
