@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import gc
 import itertools
 import signal
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -132,3 +135,109 @@ def test_crash_signal_is_a_signals_member() -> None:
     assert err.signal == signal.SIGSEGV
     assert isinstance(err.signal, signal.Signals)
     assert hx.WorkerCrashedError("exited", exitcode=3).signal is None
+
+
+# ---- contextvars: each task runs in a copy of its submitter's context ------------------------
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+def read_request_id(_: object = None) -> str:
+    return REQUEST_ID.get()
+
+
+def set_request_id(value: str) -> str:
+    REQUEST_ID.set(value)
+    return REQUEST_ID.get()
+
+
+async def read_request_id_async() -> str:
+    await asyncio.sleep(0)
+    return REQUEST_ID.get()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["thread", "auto"])
+def test_task_runs_in_a_copy_of_the_submitters_context(kind: str) -> None:
+    with hx.Executor(kind=kind) as ex:
+        token = REQUEST_ID.set("first")
+        try:
+            first = ex.submit(read_request_id)
+            REQUEST_ID.set("second")  # after submit: the task keeps what it was given
+            second = ex.submit(read_request_id)
+            assert (first.result(timeout=10), second.result(timeout=10)) == ("first", "second")
+        finally:
+            REQUEST_ID.reset(token)
+        assert ex.submit(read_request_id).result(timeout=10) == "unset"
+
+
+@pytest.mark.timeout(30)
+def test_what_a_task_sets_stays_in_its_copy() -> None:
+    with hx.Executor(max_workers=1, kind="thread") as ex:
+        assert ex.submit(set_request_id, "inside").result(timeout=10) == "inside"
+        assert REQUEST_ID.get() == "unset"
+        # The same lane thread runs the next task, which must not see the first one's value.
+        assert ex.submit(read_request_id).result(timeout=10) == "unset"
+
+
+@pytest.mark.timeout(30)
+def test_map_batches_run_in_the_callers_context() -> None:
+    with hx.Executor(kind="thread") as ex:
+        token = REQUEST_ID.set("mapped")
+        try:
+            assert set(ex.map(read_request_id, range(20), chunksize=4)) == {"mapped"}
+        finally:
+            REQUEST_ID.reset(token)
+
+
+@pytest.mark.timeout(30)
+def test_a_thread_started_elsewhere_submits_its_own_context() -> None:
+    with hx.Executor(kind="thread") as ex:
+        results: list[str] = []
+
+        def submitter() -> None:
+            REQUEST_ID.set("from-a-thread")
+            results.append(ex.submit(read_request_id).result(timeout=10))
+
+        thread = threading.Thread(target=submitter)
+        thread.start()
+        thread.join(timeout=20)
+        assert results == ["from-a-thread"]
+
+
+@pytest.mark.timeout(30)
+def test_async_function_runs_in_the_submitters_context() -> None:
+    with hx.Executor() as ex:
+        token = REQUEST_ID.set("async")
+        try:
+            fut = ex.submit(read_request_id_async)
+        finally:
+            REQUEST_ID.reset(token)
+        assert fut.kind == "async"
+        assert fut.result(timeout=10) == "async"
+
+
+@pytest.mark.timeout(30)
+def test_run_in_executor_sees_the_calling_tasks_context() -> None:
+    async def main(ex: hx.Executor) -> list[str]:
+        async def one(value: str) -> str:
+            REQUEST_ID.set(value)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(ex, read_request_id)
+
+        return list(await asyncio.gather(one("a"), one("b"), one("c")))
+
+    with hx.Executor(kind="thread") as ex:
+        assert asyncio.run(main(ex)) == ["a", "b", "c"]
+
+
+@pytest.mark.timeout(60)
+def test_the_context_does_not_cross_into_a_process() -> None:
+    # Documented: a process task runs in the worker's own context.
+    with hx.Executor(max_processes=1) as ex:
+        token = REQUEST_ID.set("parent")
+        try:
+            fut = ex.options(kind="process").submit(read_request_id)
+            assert fut.result(timeout=30) == "unset"
+        finally:
+            REQUEST_ID.reset(token)

@@ -17,7 +17,7 @@ from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
 from ._backends import check_remote, open_lane
 from ._futures import Future, Items
 from ._process import usable_cpus
-from ._router import Router
+from ._router import Router, check_count
 from ._routing import (
     Classifier,
     Explanation,
@@ -34,17 +34,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 logger = logging.getLogger("hybridexec")
-
-
-def _check_count(name: str, value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {value!r}")
-    if value < 1:
-        # The standard pools' wording, which code written for them may match.
-        raise ValueError(f"{name} must be greater than 0, not {value}")
-    return value
 
 
 class Executor(concurrent.futures.Executor):
@@ -121,9 +110,9 @@ class Executor(concurrent.futures.Executor):
         max_workers: int | None = None,
         mp_context: Any = None,
     ) -> None:
-        max_threads = _check_count("max_threads", max_threads)
-        max_processes = _check_count("max_processes", max_processes)
-        max_workers = _check_count("max_workers", max_workers)
+        max_threads = check_count("max_threads", max_threads)
+        max_processes = check_count("max_processes", max_processes)
+        max_workers = check_count("max_workers", max_workers)
         if mp_context is not None:  # ProcessPoolExecutor(mp_context=): its start method
             method = mp_context.get_start_method()
             if start_method not in (None, method):
@@ -137,8 +126,8 @@ class Executor(concurrent.futures.Executor):
         # Read by code written for the standard pools (dask's threaded scheduler sizes its
         # work by it): how many tasks this executor runs at once for CPU work.
         self._max_workers: int = max_workers or max_processes or usable_cpus()
-        _check_count("max_tasks_per_child", max_tasks_per_child)
-        _check_count("max_memory_per_child", max_memory_per_child)
+        check_count("max_tasks_per_child", max_tasks_per_child)
+        check_count("max_memory_per_child", max_memory_per_child)
         if idle_timeout is not None:
             check_timeout(idle_timeout)
         if initializer is not None and not callable(initializer):
@@ -195,9 +184,15 @@ class Executor(concurrent.futures.Executor):
         An ``async def`` function runs on the executor's event loop (``kind == "async"``) and
         the future holds what the coroutine returned.
 
+        A task on a thread or the event loop runs in a copy of the caller's ``contextvars``
+        context as it was at ``submit`` (as ``asyncio.to_thread`` does); a task in a process
+        runs in the worker's own context (a context does not cross processes).
+
         Raises:
             TypeError: ``fn`` is not callable.
             RuntimeError: the executor was shut down.
+
+        .. versionchanged:: 0.3 thread tasks run in a copy of the submitter's context.
         """
         return self._router.submit(fn, args, kwargs, self._options)
 

@@ -4,7 +4,8 @@
 be cancelled while running when its lane can stop the work (a process worker is killed).
 
 A ``Task`` is one call, or a batch of calls of the same function. A batch resolves its single
-future to a list of ``Outcome`` pairs so that one failing item never hides the others.
+future to a list of ``Outcome`` pairs so that one failing item never hides the others. A task
+for a thread carries a copy of its submitter's ``contextvars`` context and runs in it.
 
 Done-callbacks run one by one; one that raises (or is interrupted) is logged and the others
 still run, so a lane thread or the process manager that settles a future never dies of a
@@ -14,6 +15,8 @@ user's callback.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
+import functools
 import logging
 import threading
 import time
@@ -125,6 +128,7 @@ class Task:
     __slots__ = (
         "batch",
         "chosen",
+        "context",
         "deadline",
         "elapsed",
         "fn",
@@ -154,6 +158,9 @@ class Task:
         # True when the library, not the user, chose the lane: interpreter exit waits for
         # such work on a thread only a short while (it cannot be killed; see ThreadLane).
         self.chosen = False
+        # The submitter's context (a copy), for a task run in this process: set by the router
+        # for thread tasks only (a context does not cross processes).
+        self.context: contextvars.Context | None = None
 
     def start_clock(self) -> None:
         if self.timeout is not None:
@@ -166,14 +173,19 @@ class Task:
         have marked the task finished (a deadline timer must not fire into done-callbacks).
         """
         fn = self.fn
+        context = self.context
         started = time.perf_counter()
         try:
             if not self.batch:
                 args, kwargs = self.items[0]
                 try:
-                    return True, fn(*args, **kwargs)
+                    if context is None:
+                        return True, fn(*args, **kwargs)
+                    return True, context.run(fn, *args, **kwargs)
                 except BaseException as exc:  # SystemExit in a task must not end the worker
                     return False, exc
+            if context is not None:  # each item sees what the previous ones set, as in a loop
+                fn = functools.partial(context.run, fn)
             return True, run_items(fn, self.items)
         finally:
             self.elapsed = time.perf_counter() - started
@@ -192,6 +204,7 @@ class Task:
         self.fn = _released
         self.items = []
         self.payload = None
+        self.context = None  # its values may be large, and are the submitter's
 
 
 def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:

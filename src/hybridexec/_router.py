@@ -7,6 +7,12 @@ for a process falls back to threads (unless a process was asked for), ``async de
 go to the executor's event loop, and the distributed backend takes the work routed to
 processes.
 
+Each task that runs in this process (the thread lane, the event loop) runs in a copy of the
+context (``contextvars``) its submitter had at ``submit``, as ``asyncio.to_thread`` and
+``loop.run_in_executor`` users expect; a lane thread's own context never leaks into a task, and
+what a task sets stays in its copy. A process task does not see it: a context does not cross
+processes.
+
 In the child of an ``os.fork()`` the lanes are the parent's (``_lifecycle`` marked them
 foreign): the router builds fresh ones on its next use, so an executor inherited by a forked
 child (a preforking server, a ``fork``-started worker) works there as a new one.
@@ -14,6 +20,7 @@ child (a preforking server, a ``fork``-started worker) works there as a new one.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import weakref
@@ -30,6 +37,18 @@ from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
 from ._threads import ThreadLane
 
 logger = logging.getLogger("hybridexec")
+
+
+def check_count(name: str, value: int | None) -> int | None:
+    """Return a worker count as given (None: the default), or raise as the stdlib pools do."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {value!r}")
+    if value < 1:
+        # The standard pools' wording, which code written for them may match.
+        raise ValueError(f"{name} must be greater than 0, not {value}")
+    return value
 
 
 class Router:
@@ -174,6 +193,8 @@ class Router:
         hinted = hints_of(fn)
         timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
         self.counts["async"] = self.counts.get("async", 0) + 1
+        # The loop lane schedules the coroutine with call_soon_threadsafe, whose handle copies
+        # this thread's context: the coroutine runs in a copy of the submitter's context.
         return self.loop.submit(fn, args, kwargs, timeout or None)
 
     def submit_task(
@@ -228,6 +249,8 @@ class Router:
         # The measured first call of a function runs on a thread the user did not ask for:
         # exit waits for it only a short while (see ThreadLane.join_at_exit).
         task.chosen = probe is not None
+        if kind == "thread":  # a copy: O(1), and what the task sets stays its own
+            task.context = contextvars.copy_context()
         logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         self.counts[kind] += 1
         self.lanes[kind].submit(task)
