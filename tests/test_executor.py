@@ -419,3 +419,91 @@ def test_timed_thread_task_releases_its_future_before_the_deadline(executor: Exe
     del fut
     assert wait_until(lambda: gc.collect() is not None and fut_ref() is None, 2)
     assert ref() is None
+
+
+# ---- issue 14: exit parity for executors left open or dropped ---------------------------------
+
+OPEN_AT_EXIT = """
+import sys, threading, time
+sys.path.insert(0, {root!r})
+import hybridexec as hx
+from tests import helpers
+
+def say(x):
+    time.sleep(0.2)
+    print(x, flush=True)
+
+{body}
+"""
+
+EXIT_CASES = {
+    # Three tasks on one thread: two are still queued when the script ends.
+    "thread-left-open": "ex = hx.Executor(max_workers=1, kind='thread')\n"
+    "for x in 'abc': ex.submit(say, x)",
+    # Dropped at once: its lane still finishes what was submitted.
+    "thread-dropped": "for x in 'abc': hx.Executor(max_workers=1, kind='thread').submit(say, x)",
+    # shutdown(wait=False) lets queued work run, as the standard library does.
+    "thread-no-wait": "ex = hx.Executor(max_workers=1, kind='thread')\n"
+    "for x in 'abc': ex.submit(say, x)\n"
+    "ex.shutdown(wait=False)",
+    # A process lane left open runs its queued work too (the first worker is still starting).
+    "process-left-open": "ex = hx.Executor(max_processes=1, kind='process')\n"
+    "for x in 'abc': ex.submit(say, x)",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(EXIT_CASES))
+def test_work_submitted_before_exit_runs_to_completion(case: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = OPEN_AT_EXIT.format(root=str(root), body=EXIT_CASES[case])
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=root,
+    )
+    assert (out.returncode, sorted(out.stdout.split()), out.stderr) == (0, ["a", "b", "c"], "")
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_does_not_wait_for_running_thread_work() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = OPEN_AT_EXIT.format(
+        root=str(root),
+        body="ex = hx.Executor(kind='thread')\n"
+        "fut = ex.submit(time.sleep, 60)\n"
+        "while not fut.running(): time.sleep(0.005)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert rc in (130, -signal.SIGINT)

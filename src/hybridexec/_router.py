@@ -13,6 +13,13 @@ context (``contextvars``) its submitter had at ``submit``, as ``asyncio.to_threa
 what a task sets stays in its copy. A process task does not see it: a context does not cross
 processes.
 
+Interpreter exit (``finish_at_exit``, in ``_lifecycle``'s ``LANES`` phase, after the default
+executor's own hook and before the process lanes' one): executors still open, and the lanes of
+executors dropped without ``shutdown()``, finish their work as the standard library's pools do
+at exit: queued and running work runs to completion, then the workers go. Work the library
+chose to run on a thread (a measured first call) is waited for at most ``EXIT_BOUND`` seconds.
+After Ctrl-C nothing is waited for here.
+
 In the child of an ``os.fork()`` the lanes are the parent's (``_lifecycle`` marked them
 foreign): the router builds fresh ones on its next use, so an executor inherited by a forked
 child (a preforking server, a ``fork``-started worker) works there as a new one.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +42,46 @@ from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import ProcessLane
 from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
-from ._threads import ThreadLane
+from ._threads import ExitBound, ThreadLane
 
 logger = logging.getLogger("hybridexec")
+
+EXIT_BOUND = 1.0
+"""Seconds interpreter exit waits for work the library chose to run on a thread (I5)."""
+
+# Every lane a router built, weakly: a lane whose executor was dropped lives on while its
+# threads (or its manager thread) still run queued work, and exit waits for that work too.
+_lanes: weakref.WeakSet[ThreadLane | ProcessLane | LoopLane] = weakref.WeakSet()
+_lanes_lock = threading.Lock()
+
+
+def finish_at_exit() -> None:
+    """At interpreter exit: let every lane finish its queued and running work, then stop.
+
+    Process and event-loop lanes are waited for as long as their work runs; thread lanes too,
+    except for the work the library chose (one ``EXIT_BOUND`` for all lanes together).
+    """
+    if _lifecycle.interrupted():
+        return  # Ctrl-C: the user asked to stop; threads are daemons, workers got SIGINT
+    with _lanes_lock:
+        lanes = list(_lanes)
+    for lane in lanes:  # all at once first: each lane's workers finish in parallel
+        lane.shutdown(wait=False, cancel_futures=False)
+    bound = ExitBound(EXIT_BOUND)
+    for lane in lanes:
+        if isinstance(lane, ThreadLane):
+            lane.join_at_exit(bound)
+        else:
+            lane.shutdown(wait=True)
+
+
+def _forget_lanes_after_fork() -> None:
+    global _lanes, _lanes_lock
+    _lanes_lock = threading.Lock()
+    _lanes = weakref.WeakSet()  # the parent's: nothing inherited is waited for here
+
+
+_lifecycle.on_fork(_forget_lanes_after_fork)
 
 
 def check_count(name: str, value: int | None) -> int | None:
@@ -69,6 +114,9 @@ class Router:
         self.closed = False
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
         self._build_lanes()
+        # Registered before any process lane starts its manager (which registers the process
+        # lanes' own hook in the same phase), so it runs first: queued work is not cancelled.
+        _lifecycle.on_exit(_lifecycle.LANES, finish_at_exit)
 
     def _build_lanes(self) -> None:
         opts = self.lane_options
@@ -98,6 +146,8 @@ class Router:
             # router alive, or an executor dropped without shutdown() would never be freed.
             self.processes._timing_hook = _weak_method(self.record_process_timing)
         self.loop = LoopLane()
+        with _lanes_lock:
+            _lanes.update((self.threads, self.processes, self.loop))
 
     def check_fork(self) -> None:
         """Build fresh lanes if this process is a forked child of the one that built them."""

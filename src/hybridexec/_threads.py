@@ -17,9 +17,11 @@ A finished task lets go of its callable and arguments at once (``Task.release``)
 deadline timer keeps only a small record that forgets the task when it ends.
 
 Interpreter exit: lane threads are daemons (``threading._shutdown`` does not wait for them).
-``join_at_exit`` waits for the work the user put on threads, then at most a short bound for
-work the library chose to run here (the measured first call of a new function), and names
-what is still running in a warning: that work cannot be killed, and the interpreter exits.
+``join_at_exit`` (called by the router's exit hook for every lane, as the standard library's
+``_python_exit`` joins its pool threads) waits for the work the user put on threads, queued or
+running, then at most a short bound for work the library chose to run here (the measured first
+call of a new function), and names what is still running in a warning: that work cannot be
+killed, and the interpreter exits.
 """
 
 from __future__ import annotations
@@ -140,6 +142,23 @@ class Timers:
             fn()
 
 
+class ExitBound:
+    """The one bound that interpreter exit waits for library-chosen thread work (I5).
+
+    Shared by the lanes waited for in turn, so that several of them still add up to one
+    bound. The clock starts when a lane first has nothing but such work left.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline: float | None = None
+
+    def remaining(self) -> float:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.seconds
+        return self.deadline - time.monotonic()
+
+
 class ThreadLane:
     """A growing and shrinking pool of threads for blocking work."""
 
@@ -167,6 +186,7 @@ class ThreadLane:
         self._closed = False
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
+        self._joined_at_exit = False
         self.tasks_started = 0
 
     @property
@@ -250,16 +270,21 @@ class ThreadLane:
             del task
             self._idle.release()
 
-    def join_at_exit(self, bound: float) -> None:
+    def join_at_exit(self, bound: float | ExitBound) -> None:
         """At interpreter exit: wait for running work, bounded for work the library chose.
 
         Work the user put on threads is waited for as long as it runs (as the standard
-        library does). Work the library chose to run on a thread (the measured first call of
-        a new function) is waited for at most ``bound`` seconds after that; then a warning
-        names it and the interpreter exits anyway (lane threads are daemons).
+        library does), and so is the work queued before the lane was shut down. Work the
+        library chose to run on a thread (the measured first call of a new function) is
+        waited for at most ``bound`` seconds after that; then a warning names it and the
+        interpreter exits anyway (lane threads are daemons). A lane is waited for once: a
+        second call (the default executor's hook, then the one for every lane) returns.
         """
+        if self._joined_at_exit:
+            return
+        self._joined_at_exit = True
+        clock = bound if isinstance(bound, ExitBound) else ExitBound(bound)
         me = threading.current_thread()
-        deadline: float | None = None
         while True:
             with self._lock:
                 busy = dict(self._busy)
@@ -272,9 +297,7 @@ class ThreadLane:
                 # what it runs, and may turn out to run library-chosen work.
                 users[0].join(0.1)
                 continue
-            if deadline is None:
-                deadline = time.monotonic() + bound
-            remaining = deadline - time.monotonic()
+            remaining = clock.remaining()
             if remaining <= 0:
                 names = sorted({_name_of(task.fn) for task in busy.values()})
                 logger.warning(
