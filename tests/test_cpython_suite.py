@@ -128,6 +128,7 @@ class HxThreadPool(hx.Executor):
     ) -> None:
         super().__init__(
             **_counts(max_workers, "threads"),
+            thread_name_prefix=thread_name_prefix,
             kind="thread",
             initializer=initializer,
             initargs=initargs,
@@ -295,8 +296,6 @@ DIFFERS: dict[str, str] = {
 GAPS: dict[str, str] = {
     "initargs": "initargs are pickled once in the constructor, so a multiprocessing.Queue or "
     "Lock (inheritable only) is refused with SerializationError",
-    "broken-initializer": "a failing initializer fails its tasks but never marks the executor "
-    "broken: later submits do not raise BrokenExecutor",
     "pickling-error-type": "a task or result that fails to pickle raises SerializationError, "
     "which is not a pickle.PicklingError as the stdlib's callers catch",
     "exit-in-manager": "SystemExit raised while the manager thread unpickles a result kills "
@@ -308,8 +307,6 @@ XFAIL: dict[tuple[str, str, str], str] = {
     ("Forkserver", "FailingInitializerMixin", "test_initializer"): "initargs",
     ("Spawn", "FailingInitializerMixin", "test_initializer"): "initargs",
     ("Fork", "FailingInitializerMixin", "test_initializer"): "initargs",
-    ("Thread", "FailingInitializerMixin", "test_initializer"): "broken-initializer",
-    ("Auto", "FailingInitializerMixin", "test_initializer"): "broken-initializer",
 }
 
 # Gaps whose tests fail only sometimes today (timing): xfail, not strict, until fixed.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import gc
 import itertools
@@ -241,3 +242,44 @@ def test_the_context_does_not_cross_into_a_process() -> None:
             assert fut.result(timeout=30) == "unset"
         finally:
             REQUEST_ID.reset(token)
+
+
+# ---- constructor: ThreadPoolExecutor's thread_name_prefix and initializer failure --------------
+
+
+def thread_name(_: object = None) -> str:
+    return threading.current_thread().name
+
+
+@pytest.mark.timeout(30)
+def test_thread_name_prefix_names_the_lanes_threads() -> None:
+    with hx.Executor(max_workers=2, kind="thread", thread_name_prefix="SpecialPool") as ex:
+        names = set(ex.map(thread_name, range(8)))
+    assert names
+    assert all(name.startswith("SpecialPool_") for name in names), names
+    with hx.Executor(kind="thread") as ex:
+        assert ex.submit(thread_name).result(timeout=10).startswith("hybridexec-thread-")
+
+
+def fail_to_initialize() -> None:
+    raise ValueError("error in initializer")
+
+
+@pytest.mark.timeout(30)
+def test_failing_thread_initializer_breaks_the_thread_lane(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As ThreadPoolExecutor: queued work fails, then every submit raises BrokenExecutor.
+    with hx.Executor(kind="thread") as fine:
+        assert fine._broken is False
+    with hx.Executor(max_workers=1, kind="thread", initializer=fail_to_initialize) as ex:
+        futures = [ex.submit(helpers.square, x) for x in range(3)]
+        for fut in futures:
+            with pytest.raises(hx.BrokenExecutorError, match="initializer") as info:
+                fut.result(timeout=10)
+            assert isinstance(info.value, concurrent.futures.BrokenExecutor)
+            assert isinstance(info.value.__cause__, ValueError)
+        assert ex._broken
+        with pytest.raises(concurrent.futures.BrokenExecutor):
+            ex.submit(helpers.square, 2)
+    assert any(r.name == "concurrent.futures" and r.levelname == "CRITICAL" for r in caplog.records)

@@ -17,7 +17,7 @@ from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
 from ._backends import check_remote, open_lane
 from ._futures import Future, Items
 from ._process import usable_cpus
-from ._router import Router, check_count
+from ._router import Router, check_count, resolve_counts
 from ._routing import (
     Classifier,
     Explanation,
@@ -58,7 +58,9 @@ class Executor(concurrent.futures.Executor):
             many bytes after a task.
         idle_timeout: Seconds an idle worker (thread or process) lives; None keeps worker
             processes until shutdown and threads for 10 s.
-        initializer: Called with ``initargs`` in every new worker process and thread.
+        initializer: Called with ``initargs`` in every new worker process and thread. If it
+            raises in a thread, the thread lane is broken, as in ``ThreadPoolExecutor``: its
+            queued tasks and later submits to it fail with ``BrokenExecutorError``.
         initargs: Arguments for ``initializer``.
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
             classifier; ``"thread"`` or ``"process"`` switch the classifier off.
@@ -77,6 +79,8 @@ class Executor(concurrent.futures.Executor):
             given, take precedence for their lane).
         mp_context: As in ``ProcessPoolExecutor``: a ``multiprocessing`` context whose start
             method the worker processes use (same as ``start_method=``).
+        thread_name_prefix: As in ``ThreadPoolExecutor``: the lane's threads are named
+            ``<prefix>_<n>`` (default ``hybridexec-thread-<n>``).
 
     Raises:
         ValueError: a worker count below 1, an unknown ``kind``, ``start_method``,
@@ -87,7 +91,8 @@ class Executor(concurrent.futures.Executor):
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 ``backend``, ``backend_options`` and ``remote``.
-    .. versionchanged:: 0.3 ``max_workers`` and ``mp_context``.
+    .. versionchanged:: 0.3 ``max_workers``, ``mp_context`` and ``thread_name_prefix``; a
+        failing thread initializer breaks the thread lane.
     """
 
     def __init__(
@@ -109,20 +114,14 @@ class Executor(concurrent.futures.Executor):
         remote: str = "process",
         max_workers: int | None = None,
         mp_context: Any = None,
+        thread_name_prefix: str = "",
     ) -> None:
-        max_threads = check_count("max_threads", max_threads)
-        max_processes = check_count("max_processes", max_processes)
-        max_workers = check_count("max_workers", max_workers)
+        max_threads, max_processes = resolve_counts(max_threads, max_processes, max_workers)
         if mp_context is not None:  # ProcessPoolExecutor(mp_context=): its start method
             method = mp_context.get_start_method()
             if start_method not in (None, method):
                 raise ValueError("give start_method or mp_context, not both")
             start_method = method
-        if max_workers is not None:
-            # What ThreadPoolExecutor(max_workers=) and ProcessPoolExecutor(max_workers=) users
-            # mean: no more than that many tasks at once, in either lane.
-            max_threads = max_threads if max_threads is not None else max_workers
-            max_processes = max_processes if max_processes is not None else max_workers
         # Read by code written for the standard pools (dask's threaded scheduler sizes its
         # work by it): how many tasks this executor runs at once for CPU work.
         self._max_workers: int = max_workers or max_processes or usable_cpus()
@@ -153,6 +152,7 @@ class Executor(concurrent.futures.Executor):
             "idle_timeout": idle_timeout,
             "initializer": initializer,
             "initargs": initargs,
+            "thread_name_prefix": str(thread_name_prefix),
             "shm_threshold": check_threshold(shm_threshold),
         }
         remote_lane = open_lane(backend, backend_options, remote) if backend is not None else None
@@ -170,6 +170,10 @@ class Executor(concurrent.futures.Executor):
     @property
     def _closed(self) -> bool:
         return self._router.closed
+
+    @property
+    def _broken(self) -> str | bool:  # as the standard pools have it: False, or why
+        return self._router.broken()
 
     # ---- the concurrent.futures contract --------------------------------------------------
     @overload

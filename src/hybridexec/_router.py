@@ -42,7 +42,7 @@ from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import ProcessLane
 from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
-from ._threads import ExitBound, ThreadLane
+from ._threads import ThreadLane
 
 logger = logging.getLogger("hybridexec")
 
@@ -67,10 +67,10 @@ def finish_at_exit() -> None:
         lanes = list(_lanes)
     for lane in lanes:  # all at once first: each lane's workers finish in parallel
         lane.shutdown(wait=False, cancel_futures=False)
-    bound = ExitBound(EXIT_BOUND)
+    bound = EXIT_BOUND
     for lane in lanes:
         if isinstance(lane, ThreadLane):
-            lane.join_at_exit(bound)
+            bound -= lane.join_at_exit(max(0.0, bound))
         else:
             lane.shutdown(wait=True)
 
@@ -94,6 +94,18 @@ def check_count(name: str, value: int | None) -> int | None:
         # The standard pools' wording, which code written for them may match.
         raise ValueError(f"{name} must be greater than 0, not {value}")
     return value
+
+
+def resolve_counts(
+    max_threads: int | None, max_processes: int | None, max_workers: int | None
+) -> tuple[int | None, int | None]:
+    """The lane caps: ``max_workers`` (the standard pools' word) caps each lane not given."""
+    max_threads = check_count("max_threads", max_threads)
+    max_processes = check_count("max_processes", max_processes)
+    if check_count("max_workers", max_workers) is not None:
+        max_threads = max_workers if max_threads is None else max_threads
+        max_processes = max_workers if max_processes is None else max_processes
+    return max_threads, max_processes
 
 
 class Router:
@@ -126,6 +138,7 @@ class Router:
             idle_timeout=opts["idle_timeout"],
             initializer=opts["initializer"],
             initargs=opts["initargs"],
+            thread_name_prefix=opts.get("thread_name_prefix", ""),
         )
         self.processes = ProcessLane(
             opts["max_processes"],
@@ -148,6 +161,13 @@ class Router:
         self.loop = LoopLane()
         with _lanes_lock:
             _lanes.update((self.threads, self.processes, self.loop))
+
+    def broken(self) -> str | bool:
+        """Why the executor can no longer run work (a lane's initializer failed), or False."""
+        for lane in (self.threads, self.processes):
+            if lane.broken is not None:
+                return f"the {lane.kind} lane is broken: {lane.broken!r}"
+        return False
 
     def check_fork(self) -> None:
         """Build fresh lanes if this process is a forked child of the one that built them."""

@@ -16,12 +16,10 @@ the task's own call.
 A finished task lets go of its callable and arguments at once (``Task.release``), and the
 deadline timer keeps only a small record that forgets the task when it ends.
 
-Interpreter exit: lane threads are daemons (``threading._shutdown`` does not wait for them).
-``join_at_exit`` (called by the router's exit hook for every lane, as the standard library's
-``_python_exit`` joins its pool threads) waits for the work the user put on threads, queued or
-running, then at most a short bound for work the library chose to run here (the measured first
-call of a new function), and names what is still running in a warning: that work cannot be
-killed, and the interpreter exits.
+Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook calls it
+for every lane, as the stdlib's ``_python_exit`` joins its pools) waits for the user's thread
+work, queued or running, then at most a short bound for the work the library chose to run here
+(a measured first call), and names what still runs in a warning: it cannot be killed.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _faults
-from ._exceptions import TaskTimeoutError
+from ._exceptions import BrokenExecutorError, TaskTimeoutError
 from ._futures import Future, Task
 
 DEFAULT_MAX_THREADS = 256
@@ -142,23 +140,6 @@ class Timers:
             fn()
 
 
-class ExitBound:
-    """The one bound that interpreter exit waits for library-chosen thread work (I5).
-
-    Shared by the lanes waited for in turn, so that several of them still add up to one
-    bound. The clock starts when a lane first has nothing but such work left.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.deadline: float | None = None
-
-    def remaining(self) -> float:
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.seconds
-        return self.deadline - time.monotonic()
-
-
 class ThreadLane:
     """A growing and shrinking pool of threads for blocking work."""
 
@@ -172,8 +153,11 @@ class ThreadLane:
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
         name: str = "hybridexec",
+        thread_name_prefix: str = "",
     ) -> None:
         self.max_threads = max_threads or DEFAULT_MAX_THREADS
+        # ThreadPoolExecutor's naming, "<prefix>_<n>", when the user gave a prefix.
+        self._thread_name = f"{thread_name_prefix}_" if thread_name_prefix else f"{name}-thread-"
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
         self._initializer = initializer
         self._initargs = initargs
@@ -188,6 +172,8 @@ class ThreadLane:
         self._serial = itertools.count()
         self._joined_at_exit = False
         self.tasks_started = 0
+        # The initializer's error (as in the stdlib: every thread would fail the same way).
+        self.broken: BaseException | None = None
 
     @property
     def size(self) -> int:
@@ -201,12 +187,14 @@ class ThreadLane:
             RuntimeError: the lane was shut down.
         """
         with self._lock:
+            if self.broken is not None:
+                raise _broken_error(self.broken)
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.put(task)
             if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_threads:
                 thread = threading.Thread(
-                    target=self._work, name=f"{self._name}-thread-{next(self._serial)}", daemon=True
+                    target=self._work, name=f"{self._thread_name}{next(self._serial)}", daemon=True
                 )
                 self._threads.add(thread)
                 thread.start()
@@ -241,7 +229,7 @@ class ThreadLane:
             if self._initializer is not None:
                 self._initializer(*self._initargs)
         except BaseException as exc:
-            self._fail_queue_after_init_error(exc)
+            self._break(exc)
             with self._lock:
                 self._threads.discard(me)
             return
@@ -270,7 +258,7 @@ class ThreadLane:
             del task
             self._idle.release()
 
-    def join_at_exit(self, bound: float | ExitBound) -> None:
+    def join_at_exit(self, bound: float) -> float:
         """At interpreter exit: wait for running work, bounded for work the library chose.
 
         Work the user put on threads is waited for as long as it runs (as the standard
@@ -279,25 +267,30 @@ class ThreadLane:
         waited for at most ``bound`` seconds after that; then a warning names it and the
         interpreter exits anyway (lane threads are daemons). A lane is waited for once: a
         second call (the default executor's hook, then the one for every lane) returns.
+
+        Returns:
+            The seconds of ``bound`` used (the next lane gets the rest: one bound for all).
         """
         if self._joined_at_exit:
-            return
+            return 0.0
         self._joined_at_exit = True
-        clock = bound if isinstance(bound, ExitBound) else ExitBound(bound)
         me = threading.current_thread()
+        deadline: float | None = None
         while True:
             with self._lock:
                 busy = dict(self._busy)
                 alive = [t for t in self._threads if t is not me and t.is_alive()]
             if not alive:
-                return
+                return 0.0 if deadline is None else bound - max(0.0, deadline - time.monotonic())
             users = [t for t in alive if t not in busy or not busy[t].chosen]
             if users:
                 # In slices: a thread between two tasks counts as the user's until it says
                 # what it runs, and may turn out to run library-chosen work.
                 users[0].join(0.1)
                 continue
-            remaining = clock.remaining()
+            if deadline is None:
+                deadline = time.monotonic() + bound
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 names = sorted({_name_of(task.fn) for task in busy.values()})
                 logger.warning(
@@ -305,20 +298,33 @@ class ThreadLane:
                     "(it cannot be killed); give it a timeout or kind='process' to stop it",
                     ", ".join(names),
                 )
-                return
+                return bound
             alive[0].join(remaining)
 
-    def _fail_queue_after_init_error(self, exc: BaseException) -> None:
-        from ._exceptions import BrokenExecutorError
+    def _break(self, exc: BaseException) -> None:
+        """The initializer raised: fail the queued tasks, refuse submits (as the stdlib does).
 
-        try:
-            task = self._queue.get_nowait()
-        except queue.Empty:
-            return
-        if task is not None and task.future.set_running_or_notify_cancel():
-            err = BrokenExecutorError(f"the thread initializer raised {exc!r}")
-            err.__cause__ = exc
-            task.future.settle(False, err)
+        Logged where ``ThreadPoolExecutor`` users look: CRITICAL on ``concurrent.futures``.
+        """
+        logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
+        with self._lock:
+            first = self.broken is None
+            if first:
+                self.broken = exc
+            tasks: list[Task] = []
+            while True:
+                try:
+                    task = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if task is not None:
+                    tasks.append(task)
+            for _ in range(len(self._threads)):  # the other threads leave too
+                self._queue.put(None)
+        for task in tasks:
+            if task.future.set_running_or_notify_cancel():
+                task.future.settle(False, _broken_error(exc))
+            task.release()
 
     def _run(self, task: Task, me: threading.Thread) -> None:
         future = task.future
@@ -362,6 +368,14 @@ class ThreadLane:
             with self._lock:
                 self._busy.pop(me, None)
             task.release()
+
+
+def _broken_error(cause: BaseException) -> BaseException:
+    err = BrokenExecutorError(
+        f"a thread initializer raised {cause!r}: the thread lane is not usable anymore"
+    )
+    err.__cause__ = cause
+    return err
 
 
 def _on_deadline(running: _Running) -> None:
