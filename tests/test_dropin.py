@@ -283,3 +283,70 @@ def test_failing_thread_initializer_breaks_the_thread_lane(
         with pytest.raises(concurrent.futures.BrokenExecutor):
             ex.submit(helpers.square, 2)
     assert any(r.name == "concurrent.futures" and r.levelname == "CRITICAL" for r in caplog.records)
+
+
+# ---- Python 3.14/3.15 and free-threaded code paths, simulated ----------------------------------
+
+
+class FakeForkServer:
+    """A forkserver not started yet, with Python 3.15's ``on_error`` preload setting."""
+
+    def __init__(self, on_error: str | None) -> None:
+        self._forkserver_pid = None
+        self._preload_modules = ["__main__", "mymodule"]
+        if on_error is not None:
+            self._preload_on_error = on_error
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def set_forkserver_preload(self, modules: list[str], **kwargs: str) -> None:
+        self.calls.append((modules, kwargs))
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("on_error", [None, "fail", "warn"])
+def test_forkserver_preload_keeps_the_users_modules_and_on_error(
+    monkeypatch: pytest.MonkeyPatch, on_error: str | None
+) -> None:
+    import multiprocessing.forkserver
+
+    server = FakeForkServer(on_error)
+    monkeypatch.setattr(multiprocessing.forkserver, "_forkserver", server)
+    hx.Executor(start_method="forkserver").shutdown()
+    expected = {} if on_error is None else {"on_error": on_error}
+    assert server.calls == [(["__main__", "mymodule", "hybridexec._process._worker"], expected)]
+
+
+@pytest.mark.timeout(30)
+def test_segment_counts_its_numpy_views_without_getrefcount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Python 3.14 borrows references where it can, so sys.getrefcount no longer tells whether
+    # a mapping is still viewed; the placement pool must not reuse a segment under a view.
+    pytest.importorskip("numpy")
+    import sys
+
+    from hybridexec._shm import Segment
+
+    monkeypatch.setattr(sys, "getrefcount", lambda _obj: 1)
+    segment = Segment.create(4096)
+    other: Segment | None = None
+    try:
+        assert not segment.has_views()
+        view = segment.ndarray((512,), "float64")
+        part = view[10:]  # a view derived from it keeps it, and so the count
+        del view
+        gc.collect()
+        assert segment.has_views()
+        del part
+        gc.collect()
+        assert not segment.has_views()
+        other = Segment.attach(segment.name)  # the same mapping, reused by name
+        seen = other.ndarray((512,), "float64")
+        assert segment.has_views()  # counted per mapping, whichever handle made the view
+        del seen
+        gc.collect()
+        assert not segment.has_views()
+    finally:
+        if other is not None:
+            other.close()
+        segment.close()

@@ -125,6 +125,9 @@ class Router:
         self.remote = remote
         self.closed = False
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
+        # "+= 1" on a dict item is a read and a write: without a GIL (free-threaded builds)
+        # two submitters could lose a count.
+        self._counts_lock = threading.Lock()
         self._build_lanes()
         # Registered before any process lane starts its manager (which registers the process
         # lanes' own hook in the same phase), so it runs first: queued work is not cancelled.
@@ -262,7 +265,7 @@ class Router:
         self.check_fork()
         hinted = hints_of(fn)
         timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
-        self.counts["async"] = self.counts.get("async", 0) + 1
+        self.count("async")
         # The loop lane schedules the coroutine with call_soon_threadsafe, whose handle copies
         # this thread's context: the coroutine runs in a copy of the submitter's context.
         return self.loop.submit(fn, args, kwargs, timeout or None)
@@ -302,7 +305,7 @@ class Router:
                     return future, task
                 kind = "thread"
             else:
-                self.counts[remote.kind] = self.counts.get(remote.kind, 0) + 1
+                self.count(remote.kind)
                 return future, task
         if kind == "process":
             try:
@@ -322,9 +325,14 @@ class Router:
         if kind == "thread":  # a copy: O(1), and what the task sets stays its own
             task.context = contextvars.copy_context()
         logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
-        self.counts[kind] += 1
+        self.count(kind)
         self.lanes[kind].submit(task)
         return future, task
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` tasks sent to ``kind`` (what ``stats()["submitted"]`` shows)."""
+        with self._counts_lock:
+            self.counts[kind] = self.counts.get(kind, 0) + n
 
     @staticmethod
     def refuse_unpicklable(

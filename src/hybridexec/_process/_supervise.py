@@ -74,17 +74,24 @@ def preload_in_forkserver() -> None:
 
     Every worker is then forked with hybridexec already imported, so a replacement worker
     starts in milliseconds instead of paying the package import (~0.1-0.2 s). The user's own
-    preload list is kept: our module is added to it, never substituted.
+    preload list is kept: our module is added to it, never substituted; so is what the user
+    chose for a module that fails to import there (``on_error``, Python 3.15+).
     """
     try:
         import multiprocessing.forkserver as forkserver
 
-        server = forkserver._forkserver
+        server: Any = forkserver._forkserver  # 3.15's on_error is not in the stubs yet
         if getattr(server, "_forkserver_pid", None) is not None:
             return  # already running: its preload list can no longer change
         modules = list(getattr(server, "_preload_modules", ["__main__"]))
         if WORKER_MODULE not in modules:
-            server.set_forkserver_preload([*modules, WORKER_MODULE])
+            # 3.15: set_forkserver_preload(modules, *, on_error="ignore") stores the choice and
+            # a call without it would reset it to "ignore": pass back what was set.
+            on_error = getattr(server, "_preload_on_error", None)
+            if on_error is None:
+                server.set_forkserver_preload([*modules, WORKER_MODULE])
+            else:
+                server.set_forkserver_preload([*modules, WORKER_MODULE], on_error=on_error)
     except Exception:  # a private detail moved: workers just import the package themselves
         pass
 

@@ -309,9 +309,7 @@ class SharedArray(SharedHandle):
         """
         array = self._array
         if array is None:
-            import numpy as np
-
-            array = np.ndarray(self._shape, self._dtype, buffer=self._mapping())
+            array = self._segment.ndarray(self._shape, self._dtype)
             if self._readonly and array.flags.writeable:
                 array.flags.writeable = False
             self._array = array

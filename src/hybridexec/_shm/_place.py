@@ -81,20 +81,17 @@ def _attach_array(
     readonly: bool,
     adopt: bool,
 ) -> npt.NDArray[Any]:
-    import numpy as np
 
     if adopt:
         # A result handed over by a worker: map it, then drop the name at once; the array
         # returned owns the mapping and nothing can leak once it is gone.
         segment = Segment.attach(name, size=size, keep=False)
         segment.adopt()
-        array: npt.NDArray[Any] = np.ndarray(
-            shape, dtype, buffer=segment.require(), offset=offset, strides=strides
-        )
+        array = segment.ndarray(shape, dtype, offset=offset, strides=strides)
         segment.close()
         return array
     segment = Segment.attach(name, readonly=readonly, size=size)
-    array = np.ndarray(shape, dtype, buffer=segment.require(), offset=offset, strides=strides)
+    array = segment.ndarray(shape, dtype, offset=offset, strides=strides)
     if readonly and array.flags.writeable:
         array.flags.writeable = False
     return array
@@ -114,12 +111,23 @@ def _root_buffer(array: npt.NDArray[Any]) -> object:
     return base
 
 
+def _mapping_address(info: MapInfo) -> int:
+    if info.address is None:  # once per mapping: where it starts
+        import numpy as np
+
+        mm = info.mm_ref()
+        assert mm is not None
+        probe = np.frombuffer(mm, dtype=np.uint8, count=1)
+        info.address = int(probe.__array_interface__["data"][0])
+    return info.address
+
+
 def _shared_reference(array: npt.NDArray[Any]) -> tuple[MapInfo, tuple[Any, ...]] | None:
     """The reduce arguments that send ``array`` by name, when it lives in shared memory."""
     info = mapping_of(_root_buffer(array))
     if info is None:
         return None
-    offset = int(array.__array_interface__["data"][0]) - info.address()
+    offset = int(array.__array_interface__["data"][0]) - _mapping_address(info)
     readonly = not (array.flags.writeable and info.writable)
     args = (info.name, info.size, offset, array.shape, array.dtype, array.strides, readonly, False)
     return info, args
@@ -135,11 +143,8 @@ class _Placed:
         self.args = (segment.name, segment.size, 0, array.shape, array.dtype, None, True, False)
 
     def view(self) -> npt.NDArray[Any]:
-        import numpy as np
-
         _, _, _, shape, dtype, _, _, _ = self.args
-        view: npt.NDArray[Any] = np.ndarray(shape, dtype, buffer=self.segment.require())
-        return view
+        return self.segment.ndarray(shape, dtype)
 
 
 class _Lease:
@@ -252,7 +257,7 @@ class Placement:
             except SharedMemoryError as exc:
                 logger.info("not placing a %d-byte array in shared memory: %s", array.nbytes, exc)
                 return None
-        dest = np.ndarray(array.shape, array.dtype, buffer=segment.require())
+        dest = segment.ndarray(array.shape, array.dtype)
         np.copyto(dest, array, casting="no")
         del dest
         return _Placed(array, segment)

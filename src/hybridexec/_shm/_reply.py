@@ -82,7 +82,7 @@ class _ReplyState:
         except SharedMemoryError:
             return None
         self.created.append(segment)
-        dest = np.ndarray(array.shape, array.dtype, buffer=segment.require())
+        dest = segment.ndarray(array.shape, array.dtype)
         np.copyto(dest, array, casting="no")
         del dest
         return (segment.name, segment.size, 0, array.shape, array.dtype, None, False, True)

@@ -24,9 +24,9 @@ import errno
 import logging
 import mmap
 import os
-import sys
+import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _faults, _lifecycle
 from .._exceptions import SharedMemoryError
@@ -42,14 +42,23 @@ from ._names import (
     unlink,
 )
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 logger = logging.getLogger("hybridexec")
 
 
 # ---- the per-process registry of mappings ----------------------------------------------------
+# Guards what reads and then changes _maps, _names, _recent or a view count (no GIL on
+# free-threaded builds; single dict operations are atomic there). Reentrant: a finalizer
+# may run from the garbage collector while this thread holds it.
+_lock = threading.RLock()
+
+
 class MapInfo:
     """What this process knows about one of its mappings."""
 
-    __slots__ = ("_address", "mm_ref", "name", "owned", "segment_ref", "size", "writable")
+    __slots__ = ("address", "mm_ref", "name", "owned", "segment_ref", "size", "views", "writable")
 
     def __init__(self, name: str, size: int, mm: mmap.mmap, writable: bool, owned: bool) -> None:
         self.name = name
@@ -59,18 +68,10 @@ class MapInfo:
         self.mm_ref = weakref.ref(mm)
         # The owning Segment, so that a task sent a view can keep the name alive meanwhile.
         self.segment_ref: weakref.ref[Segment] | None = None
-        self._address: int | None = None
-
-    def address(self) -> int:
-        """The address where the mapping starts (needs numpy; only arrays ask)."""
-        if self._address is None:
-            import numpy as np
-
-            mm = self.mm_ref()
-            assert mm is not None
-            probe = np.frombuffer(mm, dtype=np.uint8, count=1)
-            self._address = int(probe.__array_interface__["data"][0])
-        return self._address
+        self.address: int | None = None  # where the mapping starts (set by _place, with numpy)
+        # Live numpy views (Segment.ndarray): sys.getrefcount cannot tell from 3.14 on, where
+        # references are borrowed.
+        self.views = 0
 
 
 _maps: dict[int, MapInfo] = {}  # id(mmap) -> info, while the mmap lives and the name is valid
@@ -79,26 +80,34 @@ _names: dict[str, MapInfo] = {}  # name -> the best live mapping of it here, for
 
 def _register(info: MapInfo, mm: mmap.mmap) -> None:
     key = id(mm)
-    _maps[key] = info
-    current = _names.get(info.name)
-    if current is None or current.mm_ref() is None or (info.writable and not current.writable):
-        _names[info.name] = info
+    with _lock:
+        _maps[key] = info
+        current = _names.get(info.name)
+        if current is None or current.mm_ref() is None or (info.writable and not current.writable):
+            _names[info.name] = info
     weakref.finalize(mm, _forget_mapping, key, info)
 
 
 def _forget_mapping(key: int, info: MapInfo) -> None:
-    if _maps.get(key) is info:
-        del _maps[key]
-    if _names.get(info.name) is info:
-        del _names[info.name]
+    with _lock:
+        if _maps.get(key) is info:
+            del _maps[key]
+        if _names.get(info.name) is info:
+            del _names[info.name]
+
+
+def _drop_view(info: MapInfo) -> None:
+    with _lock:
+        info.views -= 1
 
 
 def forget_name(name: str) -> None:
     """Stop offering mappings of ``name`` for sharing by name (it was unlinked)."""
-    for key, info in list(_maps.items()):
-        if info.name == name:
-            _maps.pop(key, None)
-    _names.pop(name, None)
+    with _lock:
+        for key, info in list(_maps.items()):
+            if info.name == name:
+                _maps.pop(key, None)
+        _names.pop(name, None)
 
 
 def mapping_of(buffer_owner: object) -> MapInfo | None:
@@ -119,15 +128,16 @@ _recent: collections.OrderedDict[int, tuple[mmap.mmap, str, int]] = collections.
 
 
 def _keep_recent(mm: mmap.mmap, name: str, inode: int) -> None:
-    _recent[id(mm)] = (mm, name, inode)
-    while len(_recent) > RECENT_MAX or sum(len(m) for m, _, _ in _recent.values()) > (
-        RECENT_MAX_BYTES
-    ):
-        _recent.popitem(last=False)
+    with _lock:
+        _recent[id(mm)] = (mm, name, inode)
+        while len(_recent) > RECENT_MAX or sum(len(m) for m, _, _ in _recent.values()) > (
+            RECENT_MAX_BYTES
+        ):
+            _recent.popitem(last=False)
 
 
 def _sweep_recent() -> None:
-    for key, (_, name, inode) in list(_recent.items()):
+    for key, (_, name, inode) in list(_recent.items()):  # a copy: at most RECENT_MAX entries
         try:
             stale = os.stat(os.path.join(SHM_DIR, name)).st_ino != inode
         except OSError:
@@ -137,7 +147,9 @@ def _sweep_recent() -> None:
 
 
 def _reset_after_fork() -> None:
-    # A forked child inherits the registry but owns none of it; its own attachments start anew.
+    # A forked child inherits the registry but owns none of it (only the forking thread runs).
+    global _lock
+    _lock = threading.RLock()
     for info in list(_maps.values()):
         info.owned = False
     _names.clear()
@@ -235,10 +247,10 @@ class Segment:
         """
         if _recent and LINUX:
             _sweep_recent()
-        known = _names.get(name)
-        if known is not None and (known.writable or readonly):
-            mm = known.mm_ref()
-            if mm is not None and not mm.closed:
+        with _lock:
+            known = _names.get(name)
+            mm = None if known is None or not (known.writable or readonly) else known.mm_ref()
+            if known is not None and mm is not None and not mm.closed:
                 if id(mm) in _recent:
                     _recent.move_to_end(id(mm))
                 return cls(name, known.size if size is None else size, mm, known.writable, False)
@@ -288,11 +300,35 @@ class Segment:
             raise SharedMemoryError(f"shared memory {self.name!r} is closed")
         return mm
 
+    def ndarray(
+        self, shape: Any, dtype: Any, *, offset: int = 0, strides: tuple[int, ...] | None = None
+    ) -> npt.NDArray[Any]:
+        """Return a numpy array over the mapping, a view that ``has_views`` counts.
+
+        Every numpy view the package makes of a segment is made here; a view derived from it
+        keeps it alive, and so counted. Raises ``SharedMemoryError`` if it was closed here.
+        """
+        import numpy as np
+
+        mm = self.require()
+        array: npt.NDArray[Any] = np.ndarray(
+            shape, dtype, buffer=mm, offset=offset, strides=strides
+        )
+        with _lock:
+            info = _maps.get(id(mm))
+            if info is not None:
+                info.views += 1
+        if info is not None:
+            weakref.finalize(array, _drop_view, info)
+        return array
+
     def has_views(self) -> bool:
-        """Return True while some object other than this segment holds the mapping."""
+        """Return True while a numpy view of the mapping (``ndarray``) is alive here."""
         mm = self.mm
-        # References: this attribute and the local variable (getrefcount adds its argument).
-        return mm is not None and sys.getrefcount(mm) > 3
+        if mm is None:
+            return False
+        info = _maps.get(id(mm))
+        return info is not None and info.views > 0
 
     def close(self) -> None:
         """Drop this mapping (the owner also unlinks); views taken earlier stay valid."""
@@ -325,12 +361,13 @@ class Segment:
             except OSError:
                 pass  # keep the old name: still valid while the janitor spares it
             else:
-                for mapped in list(_maps.values()):
-                    if mapped.name == self.name:
-                        mapped.name = fresh
-                known = _names.pop(self.name, None)
-                if known is not None:
-                    _names[fresh] = known
+                with _lock:
+                    for mapped in list(_maps.values()):
+                        if mapped.name == self.name:
+                            mapped.name = fresh
+                    known = _names.pop(self.name, None)
+                    if known is not None:
+                        _names[fresh] = known
                 self.name = fresh
         self.owner = True
         self._finalizer = weakref.finalize(self, _unlink_owned, self.name, os.getpid())
