@@ -350,3 +350,82 @@ def test_segment_counts_its_numpy_views_without_getrefcount(
         if other is not None:
             other.close()
         segment.close()
+
+
+class Concurrency:
+    """Counts the calls running at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def spin(self, seconds: float) -> str:
+        import time
+
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:  # CPU work (with the GIL off it would run in parallel)
+            pass
+        with self.lock:
+            self.now -= 1
+        return threading.current_thread().name
+
+
+def sleep_and_name(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return threading.current_thread().name
+
+
+@pytest.fixture
+def gil_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("gil_off")
+def test_gil_off_cpu_work_runs_on_at_most_the_usable_cpus() -> None:
+    from hybridexec._process import usable_cpus
+
+    counter = Concurrency()
+    with hx.Executor() as ex:
+        names = {f.result(timeout=30) for f in [ex.submit(counter.spin, 0.02) for _ in range(24)]}
+        assert ex.stats()["threads"] == 0  # the growing lane never started a thread
+    assert counter.most <= usable_cpus()
+    assert len(names) <= usable_cpus()
+    assert all(name.startswith("hybridexec-cpu-thread-") for name in names), names
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("gil_off")
+def test_gil_off_io_bound_calls_keep_the_growing_lane() -> None:
+    barrier = threading.Barrier(16, timeout=20)
+
+    @hx.io_bound
+    def meet() -> str:
+        barrier.wait()  # only passes if all 16 run at once
+        return threading.current_thread().name
+
+    with hx.Executor() as ex:
+        names = [f.result(timeout=30) for f in [ex.submit(meet) for _ in range(16)]]
+    assert all(name.startswith("hybridexec-thread-") for name in names), names
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("gil_off")
+def test_gil_off_function_seen_to_wait_leaves_the_capped_lane() -> None:
+    import time
+
+    with hx.Executor() as ex:
+        deadline = time.monotonic() + 20
+        name = ex.submit(sleep_and_name, 0.01).result(timeout=30)
+        assert name.startswith("hybridexec-cpu-thread-")  # not known yet: capped
+        while not name.startswith("hybridexec-thread-"):
+            assert time.monotonic() < deadline, "never learned that it waits"
+            name = ex.submit(sleep_and_name, 0.01).result(timeout=30)

@@ -7,18 +7,21 @@ for a process falls back to threads (unless a process was asked for), ``async de
 go to the executor's event loop, and the distributed backend takes the work routed to
 processes.
 
-Each task that runs in this process (the thread lane, the event loop) runs in a copy of the
-context (``contextvars``) its submitter had at ``submit``, as ``asyncio.to_thread`` and
-``loop.run_in_executor`` users expect; a lane thread's own context never leaks into a task, and
-what a task sets stays in its copy. A process task does not see it: a context does not cross
-processes.
+A task run in this process (thread lanes, the event loop) runs in a copy of the ``contextvars``
+context its submitter had at ``submit`` (as ``asyncio.to_thread`` does); what it sets stays in
+its copy. A process task does not see it: a context does not cross processes.
 
 Interpreter exit (``finish_at_exit``, in ``_lifecycle``'s ``LANES`` phase, after the default
-executor's own hook and before the process lanes' one): executors still open, and the lanes of
-executors dropped without ``shutdown()``, finish their work as the standard library's pools do
-at exit: queued and running work runs to completion, then the workers go. Work the library
+executor's hook, before the process lanes' one): the lanes of executors left open or dropped
+finish their queued and running work, as the standard library's pools do at exit. Work the library
 chose to run on a thread (a measured first call) is waited for at most ``EXIT_BOUND`` seconds.
 After Ctrl-C nothing is waited for here.
+
+Free-threaded builds with the GIL off route every call to threads (they run Python in
+parallel): CPU work the router sends there for that reason runs on a second thread lane capped
+at the usable CPUs, not on the growing one (256 threads of CPU work would only thrash). Calls
+marked ``@io_bound``, and functions seen to wait (CPU below half of their wall time on that
+lane), use the growing lane.
 
 In the child of an ``os.fork()`` the lanes are the parent's (``_lifecycle`` marked them
 foreign): the router builds fresh ones on its next use, so an executor inherited by a forked
@@ -31,6 +34,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -40,8 +44,8 @@ from ._asyncio import LoopLane, is_async_callable, run_coroutine
 from ._backends import RemoteLane
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
-from ._process import ProcessLane
-from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
+from ._process import ProcessLane, usable_cpus
+from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route
 from ._threads import ThreadLane
 
 logger = logging.getLogger("hybridexec")
@@ -56,11 +60,7 @@ _lanes_lock = threading.Lock()
 
 
 def finish_at_exit() -> None:
-    """At interpreter exit: let every lane finish its queued and running work, then stop.
-
-    Process and event-loop lanes are waited for as long as their work runs; thread lanes too,
-    except for the work the library chose (one ``EXIT_BOUND`` for all lanes together).
-    """
+    """At exit: every lane finishes its queued and running work (see the module docstring)."""
     if _lifecycle.interrupted():
         return  # Ctrl-C: the user asked to stop; threads are daemons, workers got SIGINT
     with _lanes_lock:
@@ -125,8 +125,7 @@ class Router:
         self.remote = remote
         self.closed = False
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
-        # "+= 1" on a dict item is a read and a write: without a GIL (free-threaded builds)
-        # two submitters could lose a count.
+        # "+= 1" on a dict item reads then writes: without a GIL, counts could be lost.
         self._counts_lock = threading.Lock()
         self._build_lanes()
         # Registered before any process lane starts its manager (which registers the process
@@ -136,13 +135,13 @@ class Router:
     def _build_lanes(self) -> None:
         opts = self.lane_options
         self.generation = _lifecycle.generation()
-        self.threads = ThreadLane(
-            opts["max_threads"],
-            idle_timeout=opts["idle_timeout"],
-            initializer=opts["initializer"],
-            initargs=opts["initargs"],
-            thread_name_prefix=opts.get("thread_name_prefix", ""),
-        )
+        common = {key: opts[key] for key in ("idle_timeout", "initializer", "initargs")}
+        prefix = opts.get("thread_name_prefix", "")
+        self.threads = ThreadLane(opts["max_threads"], thread_name_prefix=prefix, **common)
+        # The capped lane of the free-threaded builds (module docstring): no thread until used.
+        cap = min(usable_cpus(), self.threads.max_threads)
+        self.cpu_threads = ThreadLane(cap, name="hybridexec-cpu", **common)
+        self.waits = _Waits()
         self.processes = ProcessLane(
             opts["max_processes"],
             start_method=opts["start_method"],
@@ -163,7 +162,7 @@ class Router:
             self.processes._timing_hook = _weak_method(self.record_process_timing)
         self.loop = LoopLane()
         with _lanes_lock:
-            _lanes.update((self.threads, self.processes, self.loop))
+            _lanes.update((self.threads, self.cpu_threads, self.processes, self.loop))
 
     def broken(self) -> str | bool:
         """Why the executor can no longer run work (a lane's initializer failed), or False."""
@@ -182,15 +181,13 @@ class Router:
         self.closed = True
         if self.generation != _lifecycle.generation():
             return  # the lanes are the parent's: nothing here to stop
-        self.threads.shutdown(wait=False, cancel_futures=cancel_futures)
-        self.processes.shutdown(wait=False, cancel_futures=cancel_futures)
-        self.loop.shutdown(wait=False, cancel_futures=cancel_futures)
+        for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
+            lane.shutdown(wait=False, cancel_futures=cancel_futures)
         if self.remote is not None:  # distributed backend
             self.remote.shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
-            self.threads.shutdown(wait=True)
-            self.processes.shutdown(wait=True)
-            self.loop.shutdown(wait=True)
+            for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
+                lane.shutdown(wait=True)
 
     def join_at_exit(self, bound: float, *, threads: bool = True) -> None:
         """At interpreter exit, after ``shutdown(wait=False)``: wait for the running work.
@@ -204,7 +201,8 @@ class Router:
         self.processes.shutdown(wait=True)
         self.loop.shutdown(wait=True)
         if threads:
-            self.threads.join_at_exit(bound)
+            bound -= self.threads.join_at_exit(bound)
+            self.cpu_threads.join_at_exit(max(0.0, bound))
 
     def release(self) -> None:
         """The executor was dropped without ``shutdown()``: let the workers go.
@@ -214,7 +212,7 @@ class Router:
         """
         if self.generation != _lifecycle.generation():
             return
-        for lane in (self.threads, self.processes, self.loop):
+        for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
             lane.shutdown(wait=False, cancel_futures=False)
 
     def record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
@@ -326,8 +324,21 @@ class Router:
             task.context = contextvars.copy_context()
         logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         self.count(kind)
-        self.lanes[kind].submit(task)
+        if kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
+            future.add_done_callback(functools.partial(self.waits.learn, _key(fn), task))
+            self.cpu_threads.submit(task)
+        else:
+            self.lanes[kind].submit(task)
         return future, task
+
+    def cpu_capped(self, fn: Callable[..., Any]) -> bool:
+        """True for a call the GIL-off rule sent to threads that is not known to wait."""
+        if gil_enabled():
+            return False
+        hinted = hints_of(fn)
+        return not (hinted is not None and hinted.kind == "thread") and not self.waits.by_key.get(
+            _key(fn), False
+        )
 
     def count(self, kind: str, n: int = 1) -> None:
         """Count ``n`` tasks sent to ``kind`` (what ``stats()["submitted"]`` shows)."""
@@ -346,6 +357,35 @@ class Router:
         logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
         future.kind = "thread"
         return False
+
+
+class _Waits:
+    """Which functions wait (I/O) rather than compute, as seen on the capped CPU lane."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_key: dict[tuple[str, str], bool] = {}
+        self.cpu_seen: dict[int, float] = {}  # lane thread -> its CPU clock after its last task
+
+    def learn(self, key: tuple[str, str], task: Task, future: Future[Any]) -> None:
+        # In the lane thread that ran the task (it settles the future): the CPU that thread
+        # used since its previous task ended is this task's (it slept on an empty queue
+        # meanwhile). A thread's first task has no reading before it: it is not judged.
+        if future.cancelled() or task.elapsed <= 0:
+            return
+        ident, now = threading.get_ident(), time.thread_time()
+        with self.lock:
+            last, self.cpu_seen[ident] = self.cpu_seen.get(ident), now
+            if last is not None:
+                if len(self.by_key) > 4096:  # bounded: functions made on the fly
+                    self.by_key.clear()
+                self.by_key[key] = (now - last) < 0.5 * task.elapsed
+
+
+def _key(fn: Callable[..., Any]) -> tuple[str, str]:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return (getattr(fn, "__module__", "") or "", getattr(fn, "__qualname__", "") or repr(fn))
 
 
 def _weak_method(method: Callable[..., None]) -> Callable[..., None]:
