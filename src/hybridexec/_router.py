@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -45,7 +46,7 @@ from ._backends import RemoteLane
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import ProcessLane, usable_cpus
-from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route
+from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
 from ._threads import ThreadLane
 
 logger = logging.getLogger("hybridexec")
@@ -333,12 +334,12 @@ class Router:
 
     def cpu_capped(self, fn: Callable[..., Any]) -> bool:
         """True for a call the GIL-off rule sent to threads that is not known to wait."""
-        if gil_enabled():
+        check = sys.__dict__.get("_is_gil_enabled")  # getattr() would raise inside: 1 us
+        if check is None or check():
             return False
         hinted = hints_of(fn)
-        return not (hinted is not None and hinted.kind == "thread") and not self.waits.by_key.get(
-            _key(fn), False
-        )
+        io_bound = hinted is not None and hinted.kind == "thread"
+        return not io_bound and not self.waits.by_key.get(_key(fn), False)
 
     def count(self, kind: str, n: int = 1) -> None:
         """Count ``n`` tasks sent to ``kind`` (what ``stats()["submitted"]`` shows)."""
