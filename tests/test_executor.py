@@ -424,14 +424,14 @@ def test_timed_thread_task_releases_its_future_before_the_deadline(executor: Exe
 # ---- issue 14: exit parity for executors left open or dropped ---------------------------------
 
 OPEN_AT_EXIT = """
-import sys, threading, time
+import os, sys, threading, time
 sys.path.insert(0, {root!r})
 import hybridexec as hx
 from tests import helpers
 
 def say(x):
     time.sleep(0.2)
-    print(x, flush=True)
+    os.write(1, f"{{x}}\\n".encode())  # one write: lines from parallel threads never mix
 
 {body}
 """
