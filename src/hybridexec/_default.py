@@ -20,6 +20,7 @@ from . import _lifecycle
 from ._executor import Executor
 from ._futures import Future
 from ._mapping import imap as _imap
+from ._router import EXIT_BOUND
 from ._routing import Options, check_kind, check_timeout
 from ._views import ExecutorOptions, MapIterator, progress_report
 
@@ -47,7 +48,6 @@ def default_executor() -> Executor:
         return _default
 
 
-EXIT_BOUND = 1.0
 """Seconds interpreter exit waits for work the library chose to run on a thread (I5)."""
 
 

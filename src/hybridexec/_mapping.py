@@ -329,7 +329,7 @@ def _run_inline(
         if not items:
             return
         values, error = _call_each(fn, items, state.star, state.keep_errors)
-        router.counts["inline"] = router.counts.get("inline", 0) + len(items)
+        router.count("inline", len(items))
         if report is not None:
             report.update(len(values) + (error is not None), "inline")
         box = [values]
