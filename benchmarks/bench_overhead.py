@@ -1,0 +1,275 @@
+"""Issue 17, process side: per-task overhead of the process lane against its peers and limits.
+
+Three rows, each printed with its peers and the ratio the issue's target is judged on:
+
+- **tiny process tasks submitted one by one**: ``N`` calls of ``x + 1``, each its own
+  ``submit`` (``ex.options(kind="process")``), then every result; peers: pebble's ``schedule``,
+  the stdlib ``ProcessPoolExecutor.submit``, and joblib's ``Parallel`` (which batches by
+  itself). Target: hybridexec >= the best peer.
+- **one process round trip**: submit one call and wait for it, repeated; the median per call.
+  The limit is a raw ``multiprocessing.Pipe`` echo to a child looping on ``recv``/``send``,
+  measured in the same run. Target: hybridexec <= 2x the raw pipe.
+- **cold start**: a fresh interpreter creates the pool and waits for the first process task's
+  result. hybridexec uses its default (forkserver on Linux); the limit is the stdlib pool with
+  ``fork``. Target: hybridexec <= 3x stdlib fork.
+
+Each contender runs in its own fresh interpreter (``isolated``), ``RUNS`` times; a row's
+figure is the median over its runs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from typing import Any
+
+from ._common import (
+    CPUS,
+    Table,
+    fmt_rate,
+    fmt_seconds,
+    isolated,
+    median,
+    peer_available,
+    section,
+    target_line,
+)
+from ._workloads import tiny
+
+RUNS = 3
+TINY_TASKS = 5_000
+ROUND_TRIPS = 2_000
+
+ONE_BY_ONE = ["hybridexec", "pebble", "joblib", "stdlib"]
+ROUND_TRIP = ["hybridexec", "pebble", "stdlib", "raw-pipe"]
+COLD = ["hybridexec", "stdlib-fork", "stdlib-forkserver"]
+
+NAMES = {
+    "hybridexec": "hybridexec kind='process'",
+    "pebble": "pebble ProcessPool.schedule",
+    "joblib": "joblib Parallel (auto-batching)",
+    "stdlib": "stdlib ProcessPoolExecutor.submit",
+    "raw-pipe": "raw multiprocessing.Pipe echo",
+    "stdlib-fork": "stdlib ProcessPoolExecutor (fork)",
+    "stdlib-forkserver": "stdlib ProcessPoolExecutor (forkserver)",
+}
+PEER = {"pebble": "pebble", "joblib": "joblib"}
+
+
+# ---- child side ------------------------------------------------------------------------------
+class _Pool:
+    """One contender's pool: ``submit(fn, x)`` returns something with ``result()``."""
+
+    def __init__(self, name: str, start_method: str | None = None) -> None:
+        self.name = name
+        if name == "hybridexec":
+            import hybridexec
+
+            self.ex: Any = hybridexec.Executor(max_processes=CPUS)
+            self.target: Any = self.ex.options(kind="process")
+        elif name == "pebble":
+            import pebble
+
+            self.ex = pebble.ProcessPool(max_workers=CPUS)
+        elif name == "joblib":
+            import joblib
+
+            self.ex = joblib.Parallel(n_jobs=CPUS)
+            self.ex.__enter__()
+        elif name.startswith("stdlib"):
+            import concurrent.futures
+
+            ctx = multiprocessing.get_context(start_method) if start_method else None
+            self.ex = concurrent.futures.ProcessPoolExecutor(max_workers=CPUS, mp_context=ctx)
+            self.target = self.ex
+        else:
+            raise ValueError(name)
+
+    def submit(self, x: int) -> Any:
+        if self.name == "pebble":
+            return self.ex.schedule(tiny, args=(x,))
+        return self.target.submit(tiny, x)
+
+    def run_tiny(self, n: int) -> None:
+        if self.name == "joblib":
+            import joblib
+
+            out = self.ex(joblib.delayed(tiny)(x) for x in range(n))
+        else:
+            futures = [self.submit(x) for x in range(n)]
+            out = [f.result() for f in futures]
+        assert list(out) == [x + 1 for x in range(n)]
+
+    def close(self) -> None:
+        if self.name == "pebble":
+            self.ex.close()
+            self.ex.join()
+        elif self.name == "joblib":
+            self.ex.__exit__(None, None, None)
+        else:
+            self.ex.shutdown(wait=True)
+
+
+def _echo(conn: Any) -> None:
+    while True:
+        x = conn.recv()
+        if x is None:
+            return
+        conn.send(tiny(x))
+
+
+def measure_one_by_one(contender: str, n: int) -> dict[str, Any]:
+    """Time ``n`` tiny tasks submitted one by one (warm pool); runs in a fresh interpreter."""
+    pool = _Pool(contender)
+    pool.run_tiny(4 * CPUS)  # every worker started, every import done
+    pool.run_tiny(n // 5)
+    start = time.perf_counter()
+    pool.run_tiny(n)
+    elapsed = time.perf_counter() - start
+    pool.close()
+    return {"times": [elapsed]}
+
+
+def measure_round_trip(contender: str, n: int) -> dict[str, Any]:
+    """Median of ``n`` single round trips (submit one, wait for it); fresh interpreter."""
+    times: list[float] = []
+    perf = time.perf_counter
+    if contender == "raw-pipe":
+        parent, child = multiprocessing.Pipe()
+        proc = multiprocessing.get_context("fork").Process(target=_echo, args=(child,))
+        proc.start()
+        child.close()
+        for x in range(n + 200):
+            start = perf()
+            parent.send(x)
+            assert parent.recv() == x + 1
+            times.append(perf() - start)
+        parent.send(None)  # the forked child holds a copy of our end too: no EOF would come
+        proc.join()
+        parent.close()
+    else:
+        pool = _Pool(contender)
+        pool.run_tiny(4 * CPUS)
+        for x in range(n + 200):
+            start = perf()
+            assert pool.submit(x).result() == x + 1
+            times.append(perf() - start)
+        pool.close()
+    return {"times": [median(times[200:])]}
+
+
+def measure_cold(contender: str) -> dict[str, Any]:
+    """Create the pool and wait for the first process task's result; fresh interpreter."""
+    start = time.perf_counter()
+    if contender == "hybridexec":
+        pool = _Pool("hybridexec")
+    else:
+        pool = _Pool("stdlib", contender.partition("-")[2])
+    assert pool.submit(1).result() == 2
+    elapsed = time.perf_counter() - start
+    pool.close()
+    return {"times": [elapsed]}
+
+
+# ---- parent side -----------------------------------------------------------------------------
+def _table(
+    title: str, target: str, contenders: list[str], runs: int, items: int | None, **kw: Any
+) -> Table:
+    table = Table(title, reference=NAMES["hybridexec"], items=items)
+    for name in contenders:
+        peer = PEER.get(name)
+        if peer is not None and not peer_available(peer):
+            table.notes.append(f"{peer} not installed, skipped")
+            continue
+        times: list[float] = []
+        error = ""
+        for _ in range(runs):
+            got = isolated(f"benchmarks.bench_overhead:{target}", 120.0, contender=name, **kw)
+            if got.value is None:
+                error = got.error or "no result"
+                break
+            times.extend(got.value["times"])
+        print(
+            f"  [overhead/{target}] {NAMES[name]}: {fmt_seconds(median(times)) if times else error}",
+            file=sys.stderr,
+            flush=True,
+        )
+        table.add(NAMES[name], times or None, note=error)
+    return table
+
+
+def _best(table: Table, names: list[str]) -> Any:
+    rows = [table.row(NAMES[n]) for n in names]
+    rows = [r for r in rows if r is not None and r.median is not None]
+    return min(rows, key=lambda r: r.median) if rows else None
+
+
+def run(quick: bool) -> None:
+    """Entry point used by ``python -m benchmarks``."""
+    runs = 1 if quick else RUNS
+    n = 1_000 if quick else TINY_TASKS
+    trips = 300 if quick else ROUND_TRIPS
+    section("overhead: the process lane's per-task cost vs its peers and limits (issue 17)")
+    print(f"medians over {runs} run(s), each in a fresh interpreter; {CPUS} processes per pool")
+
+    table = _table(
+        f"tiny process tasks submitted one by one: {n:,} x submit(x + 1), then every result",
+        "measure_one_by_one",
+        ONE_BY_ONE,
+        runs,
+        n,
+        n=n,
+    )
+    table.notes.append("joblib is given the whole list (its Parallel batches by itself)")
+    table.print()
+    hx, best = table.row(NAMES["hybridexec"]), _best(table, ["pebble", "joblib", "stdlib"])
+    if hx and hx.median and best:
+        print(
+            target_line(
+                "tiny process tasks one by one >= the best peer",
+                best.median >= hx.median,
+                f"{fmt_rate(n / hx.median)} vs {best.name} {fmt_rate(n / best.median)} "
+                f"({best.median / hx.median:.2f}x)",
+            )
+        )
+
+    table = _table(
+        f"one process round trip: submit one call, wait for it (median of {trips:,})",
+        "measure_round_trip",
+        ROUND_TRIP,
+        runs,
+        None,
+        n=trips,
+    )
+    table.print()
+    hx, raw = table.row(NAMES["hybridexec"]), table.row(NAMES["raw-pipe"])
+    if hx and hx.median and raw and raw.median:
+        ratio = hx.median / raw.median
+        print(
+            target_line(
+                "one process round trip <= 2x a raw multiprocessing.Pipe echo",
+                ratio <= 2,
+                f"{fmt_seconds(hx.median)} vs {fmt_seconds(raw.median)} ({ratio:.2f}x)",
+            )
+        )
+
+    table = _table(
+        "cold start: create the pool, wait for the first process task's result",
+        "measure_cold",
+        COLD,
+        runs,
+        None,
+    )
+    table.notes.append("hybridexec with its default start method (forkserver on Linux)")
+    table.print()
+    hx, fork = table.row(NAMES["hybridexec"]), table.row(NAMES["stdlib-fork"])
+    if hx and hx.median and fork and fork.median:
+        ratio = hx.median / fork.median
+        print(
+            target_line(
+                "process-lane cold start <= 3x stdlib fork",
+                ratio <= 3,
+                f"{fmt_seconds(hx.median)} vs {fmt_seconds(fork.median)} ({ratio:.2f}x)",
+            )
+        )
