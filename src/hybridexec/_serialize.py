@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import pickle
 import sys
+import threading
 import traceback
+import types
+import weakref
 from typing import Any
 
 from ._exceptions import RemoteTraceback, SerializationError
@@ -56,16 +59,42 @@ def dumps(obj: Any) -> bytes:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
 
+_by_reference: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_by_reference_lock = threading.Lock()
+_BY_REFERENCE_MAX = 256
+
+
 def dumps_callable(fn: Any) -> bytes:
     """Pickle a callable by value where needed (cloudpickle).
+
+    A plain function that its module names (``module.qualname`` finds this very object, and
+    the module is not ``__main__``) pickles by reference: its bytes never change, so they are
+    cached per function object, held weakly (a function that goes away leaves the cache; a
+    new one at the same address is another key). Everything else (lambdas, closures,
+    ``__main__`` functions, bound methods, partials) is pickled by value on every call, since
+    what it captures may have changed since the last one.
 
     Raises:
         SerializationError: the callable cannot be pickled; the cause is chained.
     """
+    cached = _by_reference.get(fn) if type(fn) is types.FunctionType else None
+    if cached is not None:
+        return cached
     try:
-        return _cloudpickle().dumps(fn, PROTOCOL)  # type: ignore[no-any-return]
+        data: bytes = _cloudpickle().dumps(fn, PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
+    if type(fn) is types.FunctionType and fn.__module__ != "__main__":
+        try:
+            by_reference = pickle.dumps(fn, PROTOCOL)
+        except Exception:
+            return data  # not found under its name: pickled by value
+        if by_reference == data:  # cloudpickle agreed: by reference
+            with _by_reference_lock:
+                if len(_by_reference) >= _BY_REFERENCE_MAX:
+                    _by_reference.clear()
+                _by_reference[fn] = data
+    return data
 
 
 def loads(data: bytes) -> Any:
