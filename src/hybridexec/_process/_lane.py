@@ -103,15 +103,23 @@ class ProcessLane:
         self._manager: Manager | None = None
         self._timing_hook: Callable[[Task, float, float], None] | None = None
         self.wake_r = self.wake_w = -1
+        self._wake_pending = False  # a wake-up byte is in the pipe, not yet drained
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
 
     # ---- used by the manager --------------------------------------------------------------
     def drain_wakeups(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
+        """Empty the wake-up pipe, then let the next submit write to it again.
+
+        In that order: a submit between the two sees the flag still set and does not write,
+        and the manager's next turn (which follows) sees its task anyway.
+        """
+        with self._lock:
+            try:
+                while os.read(self.wake_r, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+            self._wake_pending = False
 
     def command(self, name: str, arg: Any = None) -> bool:
         """Queue a command for the manager; False when no manager will ever serve it."""
@@ -119,7 +127,7 @@ class ProcessLane:
             if self.closed or self._manager is None:
                 return False
             self.commands.append((name, arg))
-        self._wake()
+            self._wake_locked()
         return True
 
     def record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
@@ -165,7 +173,8 @@ class ProcessLane:
             self.pending.append(task)
             if self._manager is None:
                 self._start_manager()
-        self._wake()
+            if not self._wake_pending:
+                self._wake_locked()
 
     def _start_manager(self) -> None:
         self.lifeline_r = lifeline()[0]
@@ -179,14 +188,20 @@ class ProcessLane:
             _live_lanes.add(self)
 
     def _wake(self) -> None:
-        # Under the lock: the manager closes the pipe as it exits, and a write to a closed
-        # (and perhaps reused) descriptor number must never happen.
         with self._lock:
-            if self.wake_w >= 0:
-                try:
-                    os.write(self.wake_w, b"x")
-                except (BlockingIOError, OSError):
-                    pass  # the pipe is full: the manager is awake already
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        # Under the lock: the manager closes the pipe as it exits, and a write to a closed
+        # (and perhaps reused) descriptor number must never happen. One write per batch of
+        # submits: each write hands the GIL to the manager thread, which is what a storm of
+        # submits paid most for; the flag stays set until the manager drains the pipe.
+        if self.wake_w >= 0:
+            self._wake_pending = True
+            try:
+                os.write(self.wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full: the manager is awake already
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; the manager finishes running work, then stops the workers."""
@@ -198,7 +213,10 @@ class ProcessLane:
                         task = self.pending.popleft()
                     except IndexError:
                         break
-                    if task.future.cancel():
+                    # A task re-sent after its worker died is running already: its cancel
+                    # notifies waiters by itself.
+                    was_pending = task.future.is_pending()
+                    if task.future.cancel() and was_pending:
                         # Notify waiters, or wait()/as_completed() never see it as done.
                         task.future.set_running_or_notify_cancel()
         self.placement.close()  # pooled segments go now, those in use when their tasks end
