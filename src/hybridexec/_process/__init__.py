@@ -11,18 +11,21 @@ Layers inside the room (each imports only those above it)::
                 the guardian that kills children when the parent dies, process-tree kill
     _handle     ``Child``: hold, signal (the whole tree) and reap a child, never a recycled
                 pid; process actors use it (the lane's manager keeps a pidfd of its own)
-    _wire       the lane's messages: calls and replies
-    _worker     the lane's child entry: a plain loop over the worker's private pipe
+    _worker     the lane's child entry: a plain loop over the worker's private pipes, and
+                the lane's messages (a worker loads only what it needs)
+    _wire       encoding a call in the submitting thread (plain data: the C pickler alone)
+    _supervision  the manager's workers: start, retire, reap, replace, kill
+    _schedule   which worker gets each task; a few short calls sent ahead (pipelining)
     _manager    the lane's manager thread: the only code that touches worker pipes
-    _lane       ProcessLane, the front: records work, wakes the manager
+    _lane       ProcessLane, the front: records work, wakes the manager (once per batch)
 
 Data flow of the lane::
 
     caller threads                manager thread                     worker processes
     --------------                --------------                     ----------------
-    ProcessLane.submit()  ->  pending deque + wake-up pipe  ->  dispatch on the worker's pipe
-                              wait(pipes, sentinels, wake-up,       run the call(s)
-                                   timeout=next deadline)     <-   result / remote traceback
+    ProcessLane.submit()  ->  pending deque + wake-up pipe  ->  frames on the worker's call pipe
+                              wait(reply pipes, sentinels,          run the calls in order,
+                                   wake-up, next deadline)    <-   one reply frame each
     futures resolved  <-      results, crashes, deadlines
 """
 

@@ -1,17 +1,20 @@
 """The one framing of every hybridexec pipe: an 8-byte big-endian length, then the bytes.
 
-Lane workers and actors speak it alike. ``multiprocessing.Connection.recv_bytes`` costs two
-reads and a ``BytesIO`` per message; ``FrameReader`` costs one read per batch of small frames,
-which is what a round trip pays for.
+Lane workers and actors speak it alike, over raw pipe descriptors. ``multiprocessing``'s
+``Connection.recv_bytes`` costs two reads and a ``BytesIO`` per message; ``FrameReader`` costs
+one read per batch of small frames, and ``write_frames`` one write for several small frames,
+which is what a round trip (and a worker fed several tasks at once) pays for.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 
 _HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 16
+HEADER_SIZE = _HEADER.size
 
 
 def write_frame(fd: int, data: bytes) -> None:
@@ -24,6 +27,19 @@ def write_frame(fd: int, data: bytes) -> None:
     _write_all(fd, view)
 
 
+def write_frames(fd: int, frames: Sequence[bytes]) -> None:
+    """Write several frames, the small ones together in one ``write`` call."""
+    if len(frames) == 1:
+        write_frame(fd, frames[0])
+        return
+    pack = _HEADER.pack
+    parts: list[bytes] = []
+    for data in frames:
+        parts.append(pack(len(data)))
+        parts.append(data)
+    _write_all(fd, memoryview(b"".join(parts)))
+
+
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
         view = view[os.write(fd, view) :]
@@ -32,46 +48,69 @@ def _write_all(fd: int, view: memoryview) -> None:
 class FrameReader:
     """Reads length-prefixed frames from a pipe, several per ``read`` call when they queue up.
 
-    ``multiprocessing.Connection.recv_bytes`` costs two reads and a ``BytesIO`` per message;
-    this costs one read per batch of small frames, which is what a round trip pays for.
+    The buffer is consumed through an offset, so taking many small frames out of one read
+    copies each frame once.
     """
 
-    __slots__ = ("buf", "fd")
+    __slots__ = ("buf", "fd", "pos")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = b""
+        self.pos = 0
 
     def has_frame(self) -> bool:
         """True when a whole frame is buffered (``read`` will not block)."""
-        buf = self.buf
-        return len(buf) >= 8 and len(buf) >= 8 + _HEADER.unpack_from(buf)[0]
+        buf, pos = self.buf, self.pos
+        return len(buf) - pos >= 8 and len(buf) >= pos + 8 + _HEADER.unpack_from(buf, pos)[0]
+
+    def buffered(self) -> int:
+        """Bytes read from the pipe and not yet returned as frames."""
+        return len(self.buf) - self.pos
 
     def fill(self) -> None:
         """Read what the pipe holds (blocking if empty). Raises EOFError at the end."""
         chunk = os.read(self.fd, _CHUNK)
         if not chunk:
             raise EOFError
-        self.buf = self.buf + chunk if self.buf else chunk
+        if self.pos < len(self.buf):
+            self.buf = self.buf[self.pos :] + chunk
+        else:
+            self.buf = chunk
+        self.pos = 0
+
+    def next_frame(self) -> bytes | None:
+        """Return a buffered frame without reading; None when no whole frame is buffered.
+
+        A large frame whose start is buffered is read to its end (blocking): it is on its way,
+        and gathering it chunk by chunk through ``fill`` would copy it over and over.
+        Raises EOFError when the pipe ends inside that frame.
+        """
+        buf, pos = self.buf, self.pos
+        if len(buf) - pos < 8:
+            return None
+        end = pos + 8 + _HEADER.unpack_from(buf, pos)[0]
+        if len(buf) >= end:
+            self.pos = end
+            return buf[pos + 8 : end]
+        if end - pos > _CHUNK:
+            return self._read_large(end - pos)
+        return None
 
     def read(self) -> bytes:
         """Return the next frame, blocking until it is whole. Raises EOFError at the end."""
         while True:
-            buf = self.buf
-            if len(buf) >= 8:
-                end = 8 + _HEADER.unpack_from(buf)[0]
-                if len(buf) >= end:
-                    self.buf = buf[end:]
-                    return buf[8:end]
-                if end > _CHUNK:
-                    return self._read_large(end)
+            frame = self.next_frame()
+            if frame is not None:
+                return frame
             self.fill()
 
-    def _read_large(self, end: int) -> bytes:
-        frame = bytearray(end - 8)
-        have = len(self.buf) - 8
-        frame[:have] = self.buf[8:]
+    def _read_large(self, size: int) -> bytes:
+        frame = bytearray(size - 8)
+        have = len(self.buf) - self.pos - 8
+        frame[:have] = self.buf[self.pos + 8 :]
         self.buf = b""
+        self.pos = 0
         view = memoryview(frame)
         while have < len(frame):
             n = os.readv(self.fd, [view[have:]])

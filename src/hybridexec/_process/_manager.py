@@ -1,10 +1,11 @@
 """The manager thread: the only code that touches worker pipes and sentinels.
 
-It sleeps in ``multiprocessing.connection.wait`` on the wake-up pipe, every worker's pipe and
-every worker's sentinel, with the nearest deadline as timeout: no polling loop. On each wake it
-runs commands from other threads, reads replies, reaps dead workers, enforces deadlines,
-dispatches pending tasks to idle workers (starting workers as needed) and retires workers that
-are idle too long, too old or too big. At shutdown it keeps turning (commands such as
+It sleeps in ``multiprocessing.connection.wait`` on the wake-up pipe, every worker's reply pipe
+and every worker's sentinel, with the nearest deadline as timeout: no polling loop. On each wake
+it runs commands from other threads, reads replies, reaps dead workers, enforces deadlines,
+dispatches pending tasks (to idle workers first, starting workers as needed, then a few calls
+ahead to busy workers: see ``_schedule.py``) and retires workers that are idle too long, too
+old or too big. At shutdown it keeps turning (commands such as
 ``kill_workers()`` are served at once) until the last worker it told to stop has exited.
 
 A turn that raises (a transient ``OSError`` from ``wait()``, a bug) fails no task by itself:
@@ -16,7 +17,6 @@ lock, so a racing ``submit`` is either refused or served, never lost.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
@@ -34,10 +34,11 @@ from .._exceptions import (
 )
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
+from ._schedule import Scheduling
 from ._supervise import DEFAULT_GRACE
-from ._supervision import BUSY, IDLE, START_GIVE_UP, Supervision, WorkerRecord
+from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
 from ._wire import Reply
-from ._worker import unwrap
+from ._worker import INIT_FAILED, unwrap
 
 if TYPE_CHECKING:
     from ._lane import ProcessLane
@@ -48,7 +49,12 @@ TURN_GIVE_UP = 1.0
 """Seconds of failing manager turns after which the work in flight fails (the lane lives on)."""
 
 
-class Manager(Supervision, threading.Thread):
+DROP_GRACE = 0.05
+"""Seconds a worker may go on running a call that was cancelled while it waited in the worker
+(a short call, or it would not have been sent ahead) before the worker is killed."""
+
+
+class Manager(Scheduling, threading.Thread):
     """Moves work to workers and results back; one per process lane."""
 
     def __init__(self, lane: ProcessLane) -> None:
@@ -59,19 +65,20 @@ class Manager(Supervision, threading.Thread):
         self.deadlines: list[tuple[float, int, Task]] = []
         self.seq = itertools.count()
         self.grace = DEFAULT_GRACE
-        self.starting: Any = None  # the parent's end of the pipe of a worker being started
+        self.starting: Any = None  # the parent's pipe ends of a worker being started
         # Worker starts that fail (see Supervision._start_worker) and turns that fail.
         self.start_error: BaseException | None = None
         self.failing_since: float | None = None
         self.retry_at = 0.0
         self.backoff = 0.0
         self.turns_failing_since: float | None = None
+        self._init_schedule()
 
     def forget_after_fork(self) -> None:
         """In a forked child: close this side's worker pipes; the workers are the parent's."""
-        conns = [w.conn for w in self.workers.values()]
+        conns = [conn for w in self.workers.values() for conn in w.conns]
         if self.starting is not None:
-            conns.append(self.starting)
+            conns.extend(self.starting)
         for conn in conns:
             try:
                 conn.close()
@@ -117,20 +124,22 @@ class Manager(Supervision, threading.Thread):
             if not self.workers:
                 return True
         timeout = self._next_timeout()
-        objects: list[Any] = [lane.wake_r]
-        objects.extend(self.by_object)
-        ready = wait(objects, timeout)
+        # Descriptors are numbers: one closed by a reap in this round may come back at once
+        # as a new worker's. Each ready number is matched with the worker it had at the wait.
+        watched = dict(self.by_object)
+        wake_r = lane.wake_r
+        ready = wait([wake_r, *watched], timeout)
         for obj in ready:
-            if obj is lane.wake_r:
+            if obj == wake_r:
                 lane.drain_wakeups()
                 continue
-            worker = self.by_object.get(obj)
-            if worker is None:
+            owner = self.by_object.get(obj)
+            if owner is None or owner is not watched[obj]:
                 continue  # reaped by an earlier object in this round
-            if obj is worker.conn:
-                self._receive(worker)
+            if obj == owner.rfd:
+                self._receive(owner)
             else:
-                self._reap(worker)
+                self._reap(owner)
         self._enforce_times()
         return False
 
@@ -152,8 +161,7 @@ class Manager(Supervision, threading.Thread):
             err.__cause__ = exc
             try:
                 for w in list(self.workers.values()):
-                    task, w.task = w.task, None
-                    if task is not None:
+                    for task in w.tasks:
                         task.future.settle(False, err)
                     self._kill(w, "the manager kept failing", sig=signal.SIGKILL)
             finally:
@@ -169,7 +177,7 @@ class Manager(Supervision, threading.Thread):
             tasks = list(lane.pending)
             lane.pending.clear()
         for task in tasks:
-            if task.future.set_running_or_notify_cancel():
+            if self._claim(task):
                 task.future.settle(False, err)
 
     def _busy(self) -> bool:
@@ -190,6 +198,8 @@ class Manager(Supervision, threading.Thread):
         for w in self.workers.values():
             if w.kill_at is not None:
                 times.append(w.kill_at)
+            if w.drop_at is not None:
+                times.append(w.drop_at)
             if idle_timeout is not None and w.state == IDLE:
                 times.append(w.idle_since + idle_timeout)
         if not times:
@@ -197,7 +207,7 @@ class Manager(Supervision, threading.Thread):
         return max(0.0, min(times) - time.monotonic())
 
     def _deadline_live(self, task: Task) -> bool:
-        return any(w.task is task for w in self.workers.values())
+        return not task.future.done() and any(w.task is task for w in self.workers.values())
 
     # ---- commands from other threads ------------------------------------------------------
     def _run_commands(self) -> None:
@@ -206,92 +216,53 @@ class Manager(Supervision, threading.Thread):
             name, arg = commands.popleft()
             if name == "stop-task":
                 for w in list(self.workers.values()):
-                    if w.task is arg:
-                        w.task = None
-                        self._kill(w, "its task was cancelled")
+                    if arg in w.tasks:
+                        # Its future is cancelled already. Running (the first in flight, after
+                        # the replies written so far): the worker goes. Waiting behind another
+                        # call: its reply will be dropped; if it starts, it gets DROP_GRACE.
+                        self._poll_replies(w)
+                        self._check_head(w)
             elif name == "kill-all":
                 sig, done = arg
                 try:
                     for w in list(self.workers.values()):
-                        task = w.task
-                        w.task = None
-                        if task is not None:
+                        for task in w.tasks:  # all of them are running as their futures see it
                             task.future.cancel()
                         self._kill(w, "terminate/kill requested", sig=sig)
                 finally:
                     done.set()
 
-    # ---- dispatch -------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        lane = self.lane
-        pending = lane.pending
-        while pending:
-            worker = self._idle_worker()
-            if worker is None:
-                return
-            try:
-                # shutdown(cancel_futures=True) drains the deque from another thread.
-                task = pending.popleft()
-            except IndexError:
-                return
-            if not task.future.set_running_or_notify_cancel():
-                continue
-            self._send(worker, task)
-
-    def _idle_worker(self) -> WorkerRecord | None:
-        for w in self.workers.values():
-            if w.state == IDLE:
-                return w
-        live = sum(1 for w in self.workers.values() if w.state in (IDLE, BUSY))
-        if live >= self.lane.max_processes:
-            return None
-        return self._start_worker()
-
-    def _send(self, worker: WorkerRecord, task: Task) -> None:
-        worker.task = task
-        worker.state = BUSY
-        task.start_clock()
-        if task.deadline is not None:
-            heapq.heappush(self.deadlines, (task.deadline, next(self.seq), task))
-        # Cancelling a running task kills its worker (for a batch: the whole batch, which only
-        # happens when a map is abandoned).
-        task.future._hx_stop = functools.partial(self._stop_task, task)
-        assert task.payload is not None
-        try:
-            if _faults.ACTIVE:
-                _faults.hit("lane.send")
-            worker.conn.send_bytes(task.payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker died; its sentinel fires next and fails the task precisely
-        except OSError as exc:
-            # The call may be half written: this task fails and the worker goes (I6).
-            worker.task = None
-            err = BrokenExecutorError(f"the task could not be sent to its worker: {exc!r}")
-            err.__cause__ = exc
-            task.future.settle(False, err)
-            self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
-
     def _stop_task(self, task: Task) -> None:
         self.lane.command("stop-task", task)  # False once the manager is gone: nothing to stop
+
+    def _check_head(self, worker: WorkerRecord) -> None:
+        """Kill a worker whose running call was stopped, after DROP_GRACE (see stop-task)."""
+        head = worker.task
+        if head is None or not head.future.done() or worker.state == DYING:
+            worker.drop_at = None
+        elif worker.drop_at is None:
+            worker.drop_at = time.monotonic() + DROP_GRACE
 
     # ---- replies --------------------------------------------------------------------------
     def _receive(self, worker: WorkerRecord) -> None:
         try:
-            data = worker.conn.recv_bytes()
+            worker.reader.fill()  # one read: every reply that came in since the last one
         except (EOFError, OSError):
             # The worker is exiting: stop watching its pipe; its sentinel tells how it ended.
-            self.by_object.pop(worker.conn, None)
-            return
-        self._handle_reply(worker, data)
+            self.by_object.pop(worker.rfd, None)
+        self._handle_frames(worker)
 
     def _handle_reply(self, worker: WorkerRecord, data: bytes) -> None:
-        task = worker.task
-        worker.task = None
-        if task is None:
-            return  # the task was settled already (timed out or cancelled)
+        if not worker.tasks:
+            return  # stray: nothing was sent that this could answer
+        task = worker.tasks.popleft()
+        worker.drop_at = None
         worker.tasks_done += 1
         lane = self.lane
         lane.stats["tasks_done"] += 1
+        if task.future.done():  # settled already (timed out) or cancelled while it waited
+            self._after_task(worker, None)
+            return
         count = len(task.items) if task.batch else 1
         try:
             if _faults.ACTIVE:
@@ -305,10 +276,12 @@ class Manager(Supervision, threading.Thread):
             reply = Reply([], 0.0, 0.0, None)
             outcomes = [(False, err)] * count
         task.elapsed = reply.elapsed
-        try:
-            lane.record_timing(task, reply.elapsed, reply.cpu)
-        except Exception:  # the router's figures must not lose the task
-            logger.exception("hybridexec: recording a task's timing failed")
+        if reply.rss != INIT_FAILED:
+            self._record_cost(task, reply.elapsed)
+            try:
+                lane.record_timing(task, reply.elapsed, reply.cpu)
+            except Exception:  # the router's figures must not lose the task
+                logger.exception("hybridexec: recording a task's timing failed")
         if task.batch:
             task.future.settle(True, outcomes)
         else:
@@ -318,14 +291,22 @@ class Manager(Supervision, threading.Thread):
 
     def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:
         lane = self.lane
-        if lane.max_tasks_per_child is not None and worker.tasks_done >= lane.max_tasks_per_child:
-            self._retire(worker, "max_tasks_per_child reached")
+        if worker.state != BUSY:
+            return  # retiring or dying: it takes nothing more
+        if rss == INIT_FAILED:
+            worker.retire_why = "its initializer failed"
+        elif lane.max_tasks_per_child is not None and worker.tasks_done >= lane.max_tasks_per_child:
+            worker.retire_why = "max_tasks_per_child reached"
         elif (
             lane.max_memory_per_child is not None
             and rss is not None
             and (rss > lane.max_memory_per_child)
         ):
-            self._retire(worker, f"resident memory {rss >> 20} MiB over max_memory_per_child")
+            worker.retire_why = f"resident memory {rss >> 20} MiB over max_memory_per_child"
+        if worker.tasks:
+            self._check_head(worker)
+        elif worker.retire_why is not None:
+            self._retire(worker, worker.retire_why)  # once the calls sent ahead are answered
         else:
             worker.state = IDLE
             worker.idle_since = time.monotonic()
@@ -336,8 +317,7 @@ class Manager(Supervision, threading.Thread):
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, task = heapq.heappop(self.deadlines)
             for w in list(self.workers.values()):
-                if w.task is task:
-                    w.task = None
+                if w.task is task and not task.future.done():
                     task.future.settle(
                         False,
                         TaskTimeoutError(
@@ -348,6 +328,9 @@ class Manager(Supervision, threading.Thread):
                     self._kill(w, f"task exceeded its {task.timeout:g} s timeout")
         idle_timeout = self.lane.idle_timeout
         for w in list(self.workers.values()):
+            if w.drop_at is not None and w.drop_at <= now:
+                w.drop_at = None
+                self._kill(w, "a call it ran was cancelled")
             if w.kill_at is not None and w.kill_at <= now:
                 self._signal(w, signal.SIGKILL)
                 w.kill_at = None
@@ -364,10 +347,9 @@ class Manager(Supervision, threading.Thread):
         with lane._lock:  # from here a submit is refused: nothing queued after this is lost
             lane.broken = exc
         for w in list(self.workers.values()):
-            task = w.task
-            w.task = None
-            if task is not None:
+            for task in w.tasks:
                 task.future.settle(False, err)
+            w.tasks.clear()
             self._signal(w, signal.SIGKILL)
         self._fail_pending(err)
         for w in list(self.workers.values()):

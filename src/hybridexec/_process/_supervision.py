@@ -16,20 +16,21 @@ workers again as soon as it can.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import signal
-import threading
 import time
+from collections import deque
+from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
-from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
-from .._futures import Future, Outcome, Task
+from .._exceptions import BrokenExecutorError
+from .._futures import Task
 from .._shm import cleanup_shared_memory
+from ._frames import FrameReader, write_frame
 from ._supervise import guard
-from ._wire import STOP, encode_call
+from ._wire import STOP
 from ._worker import worker_main
 
 if TYPE_CHECKING:
@@ -50,6 +51,23 @@ START_GIVE_UP = 1.0
 """Seconds of failed starts, with no worker alive, after which the waiting tasks fail."""
 
 
+_F_GETPIPE_SZ = 1032  # Linux; elsewhere a pipe holds at least PIPE_BUF (4096) bytes
+
+
+def _pipe_budget(fd: int) -> int:
+    """Bytes that may wait in a worker's call pipe without a write ever blocking the manager.
+
+    Half the pipe's capacity: calls sent ahead to a busy worker must fit in the pipe, or the
+    manager would block on the write while the worker blocks writing a reply (a deadlock).
+    """
+    try:
+        import fcntl
+
+        return fcntl.fcntl(fd, _F_GETPIPE_SZ) // 2
+    except (ImportError, OSError):
+        return 2048
+
+
 def _open_pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -58,32 +76,54 @@ def _open_pidfd(pid: int) -> int | None:
 
 
 class WorkerRecord:
-    """What the manager knows about one worker process."""
+    """What the manager knows about one worker process.
+
+    ``tasks`` are the calls sent and not yet answered, in the order sent: the worker answers
+    them in that order and writes each answer before it starts the next call, so the first
+    is the one running (or about to), and the others have not started.
+    """
 
     __slots__ = (
-        "conn",
+        "budget",
+        "conns",
+        "drop_at",
+        "fd",
         "idle_since",
         "kill_at",
         "pid",
         "pidfd",
         "process",
+        "reader",
+        "retire_why",
+        "rfd",
         "sentinel",
         "state",
-        "task",
+        "tasks",
         "tasks_done",
     )
 
-    def __init__(self, process: Any, conn: Any) -> None:
+    def __init__(self, process: Any, requests: Any, replies: Any) -> None:
         self.process = process
-        self.conn = conn
+        self.conns = (requests, replies)  # they own the descriptors: closed in _forget
+        self.fd: int = requests.fileno()  # calls go out here, raw frames
+        self.rfd: int = replies.fileno()  # replies come back here
+        self.reader = FrameReader(self.rfd)
+        self.budget = _pipe_budget(self.fd)
         self.pid: int = process.pid
         self.sentinel: int = process.sentinel
         self.pidfd = _open_pidfd(self.pid)
-        self.task: Task | None = None
+        self.tasks: deque[Task] = deque()
         self.state = IDLE
         self.tasks_done = 0
         self.idle_since = time.monotonic()
         self.kill_at: float | None = None
+        self.drop_at: float | None = None  # the running call was stopped: killed at this time
+        self.retire_why: str | None = None  # retired once the calls in flight are answered
+
+    @property
+    def task(self) -> Task | None:
+        """The call running in the worker (or about to run), or None."""
+        return self.tasks[0] if self.tasks else None
 
 
 class Supervision:
@@ -102,6 +142,33 @@ class Supervision:
     def _handle_reply(self, worker: WorkerRecord, data: bytes) -> None:
         raise NotImplementedError  # the manager reads replies
 
+    def _handle_frames(self, worker: WorkerRecord) -> None:
+        """Handle every whole reply buffered from ``worker`` (a large one is read to its end)."""
+        reader = worker.reader
+        while True:
+            try:
+                data = reader.next_frame()
+            except (EOFError, OSError):
+                self.by_object.pop(worker.rfd, None)  # it died mid-reply: its sentinel tells
+                return
+            if data is None:
+                return
+            self._handle_reply(worker, data)
+
+    def _poll_replies(self, worker: WorkerRecord) -> None:
+        """Read and handle the replies ``worker`` has written so far, without blocking."""
+        try:
+            while worker.rfd in self.by_object and wait([worker.rfd], 0):
+                try:
+                    worker.reader.fill()
+                finally:
+                    self._handle_frames(worker)
+        except (EOFError, OSError):
+            self.by_object.pop(worker.rfd, None)
+
+    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
+        raise NotImplementedError  # scheduling fails the task or runs a batch's items again
+
     def _replace(self) -> None:
         # Heal at once after a crash or a kill, so the next task does not wait for a start.
         live = sum(1 for w in self.workers.values() if w.state in (IDLE, BUSY))
@@ -114,16 +181,21 @@ class Supervision:
             return None  # the last start failed: retried when the backoff ends
         lane = self.lane
         ctx = lane.context
-        parent_conn = child_conn = None
+        conns: list[Any] = []
         try:
             if _faults.ACTIVE:
                 _faults.hit("lane.pipe")
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            self.starting = parent_conn  # closed by forget_after_fork in a fork-started worker
+            # Two one-way pipes (the one framing, raw descriptors): calls, then replies. The
+            # Connection objects only carry the descriptors to the child and own them here.
+            conns.extend(ctx.Pipe(duplex=False))  # (worker reads calls, we write them)
+            conns.extend(ctx.Pipe(duplex=False))  # (we read replies, worker writes them)
+            calls_r, calls_w, replies_r, replies_w = conns
+            self.starting = [calls_w, replies_r]  # closed by forget_after_fork in the child
             process = ctx.Process(  # type: ignore[attr-defined]
                 target=worker_main,
                 args=(
-                    child_conn,
+                    calls_r,
+                    replies_w,
                     lane.lifeline_r,
                     lane.initializer,
                     lane.report_memory,
@@ -143,20 +215,20 @@ class Supervision:
             process.start()
         except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None
-            for conn in (parent_conn, child_conn):
-                if conn is not None:
-                    conn.close()
+            for conn in conns:
+                conn.close()
             self._start_failed(exc)
             return None
         self.starting = None
-        child_conn.close()
+        calls_r.close()
+        replies_w.close()
         guard(process.pid)  # killed with its tree if this process dies, GIL or not (I4)
         if self.failing_since is not None:
             logger.warning("hybridexec: worker processes start again")
         self.failing_since = self.start_error = None
-        worker = WorkerRecord(process, parent_conn)
+        worker = WorkerRecord(process, calls_w, replies_r)
         self.workers[worker.pid] = worker
-        self.by_object[worker.conn] = worker
+        self.by_object[worker.rfd] = worker
         self.by_object[worker.sentinel] = worker
         lane.stats["workers_started"] += 1
         logger.debug("started worker pid %d (%s)", worker.pid, lane.start_method)
@@ -200,48 +272,49 @@ class Supervision:
         worker.state = RETIRING
         worker.kill_at = time.monotonic() + RETIRE_GRACE  # a worker that lingers is killed
         try:
-            worker.conn.send_bytes(STOP)
+            write_frame(worker.fd, STOP)  # after the calls in flight: they are answered first
         except OSError:
             pass
 
     def _reap(self, worker: WorkerRecord) -> None:
-        # A worker may have sent its reply just before exiting: read it first.
-        if worker.conn in self.by_object:
-            try:
-                while worker.conn.poll():
-                    self._handle_reply(worker, worker.conn.recv_bytes())
-            except (EOFError, OSError):
-                pass
-        # Children it left behind go too, before the join (not even ``exitcode``, which reaps):
-        # until then its group id is reserved (under fork and spawn the worker is our zombie),
-        # so the signal cannot reach a stranger. Under forkserver the server reaps it; the id
-        # stays reserved while a member of the group lives, and an empty group is ESRCH.
+        # Children it left behind go first, before the join (not even ``exitcode``, which
+        # reaps): until then its group id is reserved (under fork and spawn the worker is our
+        # zombie), so the signal cannot reach a stranger. Under forkserver the server reaps it;
+        # the id stays reserved while a member of the group lives, and an empty group is ESRCH.
         try:
             os.killpg(worker.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        # A worker may have answered calls just before it died: read every reply first, so
+        # that the first call left without one is exactly the one it was running.
+        self._poll_replies(worker)
         worker.process.join(1.0)  # its sentinel fired: it has exited, the join is prompt
         exitcode = worker.process.exitcode
         self._forget(worker)
-        if worker.state == DYING or worker.task is not None or exitcode != 0:
+        tasks, worker.tasks = list(worker.tasks), deque()
+        task = tasks[0] if tasks else None
+        if worker.state == DYING or task is not None or exitcode != 0:
             # A worker killed or crashed with a large result in flight leaves its segment
             # behind (named after its pid, now dead): remove it now, not at the next start.
             cleanup_shared_memory()
-        task = worker.task
-        if task is not None:
+        # The calls behind the running one never started: they are sent again, first in line.
+        again = [t for t in tasks[1:] if not t.future.done()]
+        self.lane.pending.extendleft(reversed(again))
+        if task is not None and not task.future.done():
             self.lane.stats["crashes"] += 1
             self._on_crash(task, worker, exitcode)
             self._replace()
-        elif worker.state == DYING:
+        elif task is not None or again or worker.state == DYING:
             self._replace()
         elif worker.state not in (RETIRING, DYING):
             logger.info("idle worker pid %d exited (exit code %s)", worker.pid, exitcode)
 
     def _forget(self, worker: WorkerRecord) -> None:
         self.workers.pop(worker.pid, None)
-        self.by_object.pop(worker.conn, None)
+        self.by_object.pop(worker.rfd, None)
         self.by_object.pop(worker.sentinel, None)
-        worker.conn.close()
+        for conn in worker.conns:
+            conn.close()
         if worker.pidfd is not None:
             os.close(worker.pidfd)
             worker.pidfd = None
@@ -269,69 +342,6 @@ class Supervision:
                 os.kill(worker.pid, sig)
         except (ProcessLookupError, PermissionError, ValueError):
             pass
-
-    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
-        if task.batch and len(task.items) > 1:
-            # One item of the batch killed the worker, or something outside did: run the items
-            # one by one, so only the culprit fails (it kills its worker a second time).
-            logger.info(
-                "worker pid %d died (exit code %s) running a batch of %d; retrying one by one",
-                worker.pid,
-                exitcode,
-                len(task.items),
-            )
-            self._split(task)
-            return
-        name = signal_name(exitcode)
-        how = f"was killed by {name}" if name else f"exited with code {exitcode}"
-        message = f"the worker process (pid {worker.pid}) running this task {how}"
-        if name == "SIGKILL":
-            message += "; if nothing killed it on purpose, memory may have run out (OOM killer)"
-        logger.info("%s", message)
-        err = WorkerCrashedError(message, exitcode=exitcode, pid=worker.pid)
-        if task.batch:
-            task.future.settle(True, [(False, err)])
-        else:
-            task.future.settle(False, err)
-
-    def _split(self, task: Task) -> None:
-        parent = task.future
-        outcomes: list[Outcome | None] = [None] * len(task.items)
-        remaining = [len(task.items)]
-        lock = threading.Lock()
-        singles: list[Task] = []
-
-        for index, item in enumerate(task.items):
-
-            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
-                if fut.cancelled():
-                    # shutdown(cancel_futures=True) dropped the retries: the batch is cancelled.
-                    parent.cancel()
-                    return
-                if fut.exception() is not None:
-                    outcome: Outcome = (False, fut.exception())
-                else:
-                    outcome = fut.result()[0]
-                with lock:
-                    outcomes[index] = outcome
-                    remaining[0] -= 1
-                    finished = remaining[0] == 0
-                if finished:
-                    parent.settle(True, list(outcomes))
-
-            future: Future[Any] = Future(kind="process")
-            future.add_done_callback(done)
-            single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
-            single.payload = encode_call(task.fn, [item], True)
-            singles.append(single)
-
-        def stop_retries() -> None:
-            # Cancelling the batch (an abandoned map) cancels its retries, killing a running one.
-            for single in singles:
-                single.future.cancel()
-
-        parent._hx_stop = stop_retries
-        self.lane.pending.extendleft(reversed(singles))
 
     def _kill(self, worker: WorkerRecord, why: str, sig: int = signal.SIGTERM) -> None:
         if worker.state == DYING:

@@ -1,33 +1,69 @@
-"""The child side of the process lane: a plain loop over the worker's private pipe."""
+"""The child side of the process lane: a plain loop over the worker's private pipes.
+
+The worker reads calls from one pipe and writes one reply per call to the other, in the order
+the calls came, and writes each reply before it starts the next call. The manager relies on
+that order: it may send a few calls ahead (pipelining), and when a worker dies, the oldest call
+without a reply is the one that was running; the ones behind it never started.
+
+The messages are defined here, with the child, so that a worker loads only what it needs::
+
+    parent -> worker   a call: ``(fn_bytes, items, batch)`` pickled, one frame per call;
+                       ``STOP`` (an empty frame): finish and exit
+    worker -> parent   a reply: ``(outcomes, elapsed, cpu, rss)`` pickled, one frame per call
+"""
 
 from __future__ import annotations
 
 import os
 import pickle
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
 from .._shm import dumps_reply
 from ._child import enter_child, resident_memory
-from ._wire import STOP, Reply
+from ._frames import FrameReader, write_frame
 
 _FN_CACHE_SIZE = 16
 
+STOP = b""
+
+INIT_FAILED = -1
+"""The ``rss`` of a reply from a worker whose initializer failed: retire it."""
+
+
+class Reply(NamedTuple):
+    """How a call or batch ended in a worker.
+
+    ``outcomes`` holds one ``(True, value)`` or ``(False, packed_exception)`` per item;
+    ``elapsed`` and ``cpu`` are the wall and CPU seconds the calls took; ``rss`` the worker's
+    resident memory afterwards (or None). A worker whose initializer failed answers every call
+    with that error, then exits.
+    """
+
+    outcomes: list[tuple[bool, Any]]
+    elapsed: float
+    cpu: float
+    rss: int | None
+
 
 def worker_main(
-    conn: Any,
+    requests: Any,
+    replies: Any,
     lifeline: Any,
     initializer: bytes | None,
     report_memory: bool,
     death_signal: bool,
     faults: dict[str, _faults.Fault] | None = None,
 ) -> None:
-    """Run calls sent over ``conn`` until told to stop or the parent goes away.
+    """Run calls read from ``requests`` until told to stop or the parent goes away.
 
-    ``faults`` are the tests' injected faults (``hybridexec._faults``); None outside them.
+    ``requests`` and ``replies`` are the child's ends of the two pipes (``Connection``
+    objects: they carry the descriptors to the child under every start method, and keep them
+    open while we read and write them raw). ``faults`` are the tests' injected faults
+    (``hybridexec._faults``); None outside them.
     """
     enter_child(lifeline, death_signal)
     _faults.install(faults)
@@ -44,7 +80,7 @@ def worker_main(
 
     _lifecycle.on_fork(_forked)
     try:
-        _serve(conn, init_error, report_memory)
+        _serve(FrameReader(requests.fileno()), replies.fileno(), init_error, report_memory)
     finally:
         # A task may have started executors of its own (the default one included). Their
         # worker processes are our non-daemon children, which multiprocessing joins as this
@@ -52,19 +88,24 @@ def worker_main(
         _lifecycle.run_exit_hooks()
 
 
-def _serve(conn: Any, init_error: bytes | None, report_memory: bool) -> None:
+def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memory: bool) -> None:
     functions: dict[bytes, Any] = {}
     while True:
         try:
-            data = conn.recv_bytes()
+            data = reader.read()
         except (EOFError, OSError):
             return
         if data == STOP:
             return
         if init_error is not None:
-            # Every task sent here fails with the initializer's error; then the worker goes.
-            conn.send_bytes(_encode_reply(_fail_all(data, init_error), 0.0, 0.0, None))
-            return
+            # Every call sent here fails with the initializer's error. The reply says so
+            # (INIT_FAILED), and the manager retires this worker once the calls it already
+            # sent are answered: exiting here could strand calls still in the pipe.
+            try:
+                write_frame(out, _encode_reply(_fail_all(data, init_error), 0.0, 0.0, INIT_FAILED))
+            except OSError:
+                return
+            continue
         outcomes, elapsed, cpu = _run(data, functions)
         if _faults.ACTIVE:
             _faults.hit("worker.after_call")  # raising here ends the worker: a crash
@@ -73,7 +114,10 @@ def _serve(conn: Any, init_error: bytes | None, report_memory: bool) -> None:
             # may answer on the pipe.
             os._exit(0)
         rss = resident_memory() if report_memory else None
-        conn.send_bytes(_encode_reply(outcomes, elapsed, cpu, rss))
+        try:
+            write_frame(out, _encode_reply(outcomes, elapsed, cpu, rss))
+        except OSError:  # the parent is gone (EPIPE): nobody to answer
+            return
 
 
 _in_forked_child = False

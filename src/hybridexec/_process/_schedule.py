@@ -1,0 +1,262 @@
+"""Scheduling of the lane's calls: which worker gets each pending task, and how many at once.
+
+A mixin of the manager thread (``_manager.py``), over ``Supervision``; runs on that thread only.
+
+Pipelining. A worker that answers a call and then waits for the next one idles a full round
+trip (reply read, next call written) between calls; for tiny calls that is most of its time.
+So a few calls may be sent ahead to a busy worker, under these rules:
+
+- idle workers first, then a new worker (while under ``max_processes``), and only then a busy
+  one: calls never queue behind others while a worker could start them now;
+- only calls of functions measured short (``PIPELINE_SECONDS`` per call, from the times the
+  workers report) go ahead, and only behind calls that are short too: a long call would hold
+  up the ones behind it. Up to ``MAX_AHEAD`` calls in flight per worker for tiny ones
+  (``TINY_SECONDS``), two for the others; a function never measured yet gets one at a time;
+- a call with a timeout is never sent ahead nor followed: its clock starts as it is sent, and
+  its worker may be killed at the deadline;
+- what waits in a worker's call pipe stays under half the pipe's capacity, so the manager's
+  write never blocks on a busy worker (which could be blocked writing a reply to us).
+
+Several calls for one worker go out in one write (one frame each: the worker's reader takes
+them all in one read), and every call still ends on its own future. How a call waiting in a
+worker ends when its future is cancelled, and what a crash does to the calls behind the one
+running: see ``_manager.py`` and ``_supervision.py``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import heapq
+import logging
+import signal
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from .. import _faults
+from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
+from .._futures import Future, Outcome, Task
+from ._frames import HEADER_SIZE, write_frames
+from ._supervision import BUSY, IDLE, Supervision, WorkerRecord
+from ._wire import encode_call
+
+if TYPE_CHECKING:
+    import itertools
+
+logger = logging.getLogger("hybridexec")
+
+PIPELINE_SECONDS = 0.002
+"""Calls measured shorter than this may be sent to a worker that is still busy."""
+
+TINY_SECONDS = 0.0002
+"""Calls measured shorter than this may be ``MAX_AHEAD`` deep in one worker."""
+
+MAX_AHEAD = 4
+"""At most this many calls in flight per worker (the one running included)."""
+
+
+class Scheduling(Supervision):
+    """Dispatch of pending tasks to workers, with pipelining of short calls."""
+
+    deadlines: list[tuple[float, int, Task]]
+    seq: itertools.count[int]
+
+    def _init_schedule(self) -> None:
+        # Seconds per call, by function, as the workers measured them; held weakly, so a
+        # function is not kept alive by its figures (I3).
+        self.costs: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def _stop_task(self, task: Task) -> None:
+        raise NotImplementedError  # the manager queues a command
+
+    # ---- figures ----------------------------------------------------------------------------
+    def _record_cost(self, task: Task, elapsed: float) -> None:
+        per_call = elapsed / max(1, len(task.items))
+        try:
+            old = self.costs.get(task.fn)
+            # Up at once, down slowly: one long call is enough to stop sending calls ahead.
+            self.costs[task.fn] = (
+                per_call if old is None or per_call > old else (0.8 * old + 0.2 * per_call)
+            )
+        except TypeError:  # not weakly referenceable (a builtin): never sent ahead
+            pass
+
+    def _cost(self, task: Task) -> float | None:
+        """Expected seconds of ``task`` in a worker; None when unknown or never short."""
+        if task.timeout is not None:
+            return None
+        try:
+            per_call = self.costs.get(task.fn)
+        except TypeError:
+            return None
+        return None if per_call is None else per_call * len(task.items)
+
+    # ---- dispatch ---------------------------------------------------------------------------
+    def _claim(self, task: Task) -> bool:
+        """Mark a pending task running; False when it was cancelled (or ended) meanwhile.
+
+        A task sent again after its worker died is running already, as its future sees it.
+        """
+        future = task.future
+        if future.is_pending():
+            return future.set_running_or_notify_cancel()
+        return not future.done()
+
+    def _dispatch(self) -> None:
+        pending = self.lane.pending
+        batches: dict[WorkerRecord, list[Task]] = {}
+        while pending:
+            try:
+                # shutdown(cancel_futures=True) drains the deque from another thread.
+                task = pending[0]
+            except IndexError:
+                break
+            worker = self._idle_worker() or self._busy_worker(task)
+            if worker is None:
+                break
+            try:
+                got = pending.popleft()
+            except IndexError:
+                break
+            if got is not task:  # shutdown(cancel_futures=True) took it meanwhile: look again
+                pending.appendleft(got)
+                continue
+            if not self._claim(task):
+                continue
+            self._assign(worker, task)
+            batches.setdefault(worker, []).append(task)
+        for worker, tasks in batches.items():
+            self._send(worker, tasks)
+
+    def _idle_worker(self) -> WorkerRecord | None:
+        for w in self.workers.values():
+            if w.state == IDLE:
+                return w
+        live = sum(1 for w in self.workers.values() if w.state in (IDLE, BUSY))
+        if live >= self.lane.max_processes:
+            return None
+        return self._start_worker()
+
+    def _busy_worker(self, task: Task) -> WorkerRecord | None:
+        """The busy worker with the fewest calls in flight that may take ``task`` ahead."""
+        cost = self._cost(task)
+        if cost is None or cost > PIPELINE_SECONDS or task.payload is None:
+            return None
+        depth = MAX_AHEAD if cost <= TINY_SECONDS else 2
+        limit = self.lane.max_tasks_per_child
+        best: WorkerRecord | None = None
+        for w in self.workers.values():
+            if (
+                w.state != BUSY
+                or w.retire_why is not None
+                or len(w.tasks) >= depth
+                or (best is not None and len(w.tasks) >= len(best.tasks))
+                or (limit is not None and w.tasks_done + len(w.tasks) >= limit)
+            ):
+                continue
+            if self._fits(w, len(task.payload)):
+                best = w
+        return best
+
+    def _fits(self, worker: WorkerRecord, size: int) -> bool:
+        ahead = size + HEADER_SIZE
+        for index, t in enumerate(worker.tasks):
+            cost = self._cost(t)
+            if cost is None or cost > PIPELINE_SECONDS:
+                return False
+            if index and t.payload is not None:  # the first one is read, or being read
+                ahead += len(t.payload) + HEADER_SIZE
+        return ahead <= worker.budget
+
+    def _assign(self, worker: WorkerRecord, task: Task) -> None:
+        worker.tasks.append(task)
+        worker.state = BUSY
+        task.start_clock()  # only a call sent to an idle worker has a timeout: it starts now
+        if task.deadline is not None:
+            heapq.heappush(self.deadlines, (task.deadline, next(self.seq), task))
+        # Cancelling a running task kills its worker (for a batch: the whole batch, which only
+        # happens when a map is abandoned); one waiting in the worker is dropped.
+        task.future._hx_stop = functools.partial(self._stop_task, task)
+
+    def _send(self, worker: WorkerRecord, tasks: list[Task]) -> None:
+        frames = [t.payload for t in tasks if t.payload is not None]
+        try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.send")
+            write_frames(worker.fd, frames)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker died; its sentinel fires next and fails the task precisely
+        except OSError as exc:
+            # The calls may be half written: these tasks fail and the worker goes (I6). The
+            # calls sent to it before are settled when it is reaped, as after any kill.
+            err = BrokenExecutorError(f"the task could not be sent to its worker: {exc!r}")
+            err.__cause__ = exc
+            for task in tasks:
+                worker.tasks.remove(task)
+                task.future.settle(False, err)
+            self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
+
+    # ---- crashes ----------------------------------------------------------------------------
+    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
+        if task.batch and len(task.items) > 1:
+            # One item of the batch killed the worker, or something outside did: run the items
+            # one by one, so only the culprit fails (it kills its worker a second time).
+            logger.info(
+                "worker pid %d died (exit code %s) running a batch of %d; retrying one by one",
+                worker.pid,
+                exitcode,
+                len(task.items),
+            )
+            self._split(task)
+            return
+        name = signal_name(exitcode)
+        how = f"was killed by {name}" if name else f"exited with code {exitcode}"
+        message = f"the worker process (pid {worker.pid}) running this task {how}"
+        if name == "SIGKILL":
+            message += "; if nothing killed it on purpose, memory may have run out (OOM killer)"
+        logger.info("%s", message)
+        err = WorkerCrashedError(message, exitcode=exitcode, pid=worker.pid)
+        if task.batch:
+            task.future.settle(True, [(False, err)])
+        else:
+            task.future.settle(False, err)
+
+    def _split(self, task: Task) -> None:
+        parent = task.future
+        outcomes: list[Outcome | None] = [None] * len(task.items)
+        remaining = [len(task.items)]
+        lock = threading.Lock()
+        singles: list[Task] = []
+
+        for index, item in enumerate(task.items):
+
+            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
+                if fut.cancelled():
+                    # shutdown(cancel_futures=True) dropped the retries: the batch is cancelled.
+                    parent.cancel()
+                    return
+                if fut.exception() is not None:
+                    outcome: Outcome = (False, fut.exception())
+                else:
+                    outcome = fut.result()[0]
+                with lock:
+                    outcomes[index] = outcome
+                    remaining[0] -= 1
+                    finished = remaining[0] == 0
+                if finished:
+                    parent.settle(True, list(outcomes))
+
+            future: Future[Any] = Future(kind="process")
+            future.add_done_callback(done)
+            single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
+            single.payload = encode_call(task.fn, [item], True)
+            singles.append(single)
+
+        def stop_retries() -> None:
+            # Cancelling the batch (an abandoned map) cancels its retries, killing a running one.
+            for single in singles:
+                single.future.cancel()
+
+        parent._hx_stop = stop_retries
+        self.lane.pending.extendleft(reversed(singles))
