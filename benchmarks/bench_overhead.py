@@ -190,8 +190,9 @@ def _table(
                 error = got.error or "no result"
                 break
             times.extend(got.value["times"])
+        figure = fmt_seconds(median(times)) if times else error
         print(
-            f"  [overhead/{target}] {NAMES[name]}: {fmt_seconds(median(times)) if times else error}",
+            f"  [overhead/{target}] {NAMES[name]}: {figure}",
             file=sys.stderr,
             flush=True,
         )

@@ -75,10 +75,13 @@ class Scheduling(Supervision):
         per_call = elapsed / max(1, len(task.items))
         try:
             old = self.costs.get(task.fn)
-            # Up at once, down slowly: one long call is enough to stop sending calls ahead.
-            self.costs[task.fn] = (
-                per_call if old is None or per_call > old else (0.8 * old + 0.2 * per_call)
-            )
+            # A moving average that rises fast and falls slowly: a few long calls are enough
+            # to stop sending calls ahead, one preempted call on a busy machine is not.
+            if old is None:
+                self.costs[task.fn] = per_call
+            else:
+                weight = 0.5 if per_call > old else 0.2
+                self.costs[task.fn] = old + weight * (per_call - old)
         except TypeError:  # not weakly referenceable (a builtin): never sent ahead
             pass
 
