@@ -167,7 +167,10 @@ class Manager(Scheduling, threading.Thread):
             finally:
                 self._fail_pending(err)
         try:  # pause a little (a submit wakes it): a failing turn must not spin
-            wait([self.lane.wake_r], 0.01)
+            if wait([self.lane.wake_r], 0.01):
+                # Drained, or a wake-up byte left from before the failure would end every
+                # later pause at once (the loop spun ~100k turns a second).
+                self.lane.drain_wakeups()
         except Exception:
             pass
 
