@@ -429,3 +429,27 @@ def test_gil_off_function_seen_to_wait_leaves_the_capped_lane() -> None:
         while not name.startswith("hybridexec-thread-"):
             assert time.monotonic() < deadline, "never learned that it waits"
             name = ex.submit(sleep_and_name, 0.01).result(timeout=30)
+
+
+_LOCK: Any = None
+
+
+def keep_lock(lock: Any) -> None:
+    global _LOCK
+    _LOCK = lock
+
+
+def use_lock() -> bool:
+    assert _LOCK is not None
+    with _LOCK:
+        return True
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_initargs_that_may_only_be_inherited_reach_the_worker(method: str) -> None:
+    # As ProcessPoolExecutor does (tqdm passes its lock this way): pickled as the worker starts.
+    import multiprocessing
+
+    lock = multiprocessing.get_context(method).Lock()
+    with hx.Executor(start_method=method, initializer=keep_lock, initargs=(lock,)) as ex:
+        assert ex.options(kind="process").submit(use_lock).result(timeout=60) is True

@@ -612,9 +612,6 @@ def _worker_blas_threads() -> list[int]:
     return [int(pool["num_threads"]) for pool in threadpool_info()]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the worker start calls apply_thread_limits once the lead wires it"
-)
 def test_workers_start_with_blas_threads_limited() -> None:
     pytest.importorskip("numpy")
     pytest.importorskip("threadpoolctl")

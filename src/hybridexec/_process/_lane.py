@@ -21,11 +21,11 @@ from typing import Any
 from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
-from .._serialize import dumps
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._manager import Manager
-from ._supervise import get_context, lifeline, preload_in_forkserver
+from ._supervise import get_context, lifeline, preload_in_forkserver, usable_cpus
 from ._wire import encode_call
+from ._worker import Initializer
 
 _live_lanes: weakref.WeakSet[ProcessLane] = weakref.WeakSet()
 _live_lock = threading.Lock()
@@ -76,7 +76,7 @@ class ProcessLane:
         name: str = "hybridexec",
         shm_threshold: int | None = DEFAULT_THRESHOLD,
     ) -> None:
-        self.max_processes = max_processes or os.cpu_count() or 1
+        self.max_processes = max_processes or usable_cpus()
         self.context = get_context(start_method)
         self.start_method: str = self.context.get_start_method()
         if self.start_method == "forkserver":
@@ -85,7 +85,9 @@ class ProcessLane:
         self.max_memory_per_child = max_memory_per_child
         self.report_memory = max_memory_per_child is not None
         self.idle_timeout = idle_timeout
-        self.initializer = dumps((initializer, initargs)) if initializer is not None else None
+        # Pickled as each worker starts, as ProcessPoolExecutor does: initargs that may only be
+        # inherited (a multiprocessing.Lock or Queue) travel then, and only then.
+        self.initializer = Initializer(initializer, initargs) if initializer is not None else None
         self.placement = Placement(shm_threshold)  # large numpy arguments via shared memory
         self.name = name
         self.pending: deque[Task] = deque()

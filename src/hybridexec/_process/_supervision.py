@@ -30,6 +30,7 @@ from .._futures import Task
 from .._shm import cleanup_shared_memory
 from ._frames import FrameReader, write_frame
 from ._supervise import guard
+from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
 
@@ -207,6 +208,8 @@ class Supervision:
                     # guards those.
                     lane.start_method == "forkserver",
                     _faults.snapshot(),
+                    # processes x BLAS/OpenMP threads <= cores (issue 15)
+                    thread_limit_env(lane.max_processes),
                 ),
                 name=f"{lane.name}-worker",
             )

@@ -39,11 +39,10 @@ _limits: Any = None  # the threadpoolctl limiter, kept so that its limits stay i
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may run on, at least 1 (``usable_cpus``, one definition)."""
+    from ._supervise import usable_cpus  # parent side only: a worker never loads _supervise
+
+    return max(1, usable_cpus())
 
 
 def thread_limit_env(

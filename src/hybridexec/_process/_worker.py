@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 import pickle
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
-from .._serialize import PROTOCOL, dumps, loads, pack_exception
+from .._serialize import PROTOCOL, dumps, dumps_callable, loads, pack_exception
 from .._shm import dumps_reply
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
+from ._threadlimits import apply_thread_limits
 
 _FN_CACHE_SIZE = 16
 
@@ -49,14 +51,38 @@ class Reply(NamedTuple):
     rss: int | None
 
 
+class Initializer:
+    """A worker initializer and its arguments, pickled only as a worker process starts.
+
+    Under spawn and forkserver, multiprocessing pickles a new process's arguments while it
+    starts it, and only then do objects that may only be inherited (a ``multiprocessing.Lock``
+    or ``Queue``, as tqdm passes) agree to pickle. Under fork nothing is pickled at all.
+    Callables from ``__main__`` and lambdas go by value (cloudpickle), as tasks do.
+    """
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_initializer, (dumps_callable(self.fn), self.args))
+
+
+def _load_initializer(fn_bytes: bytes, args: tuple[Any, ...]) -> Initializer:
+    return Initializer(loads(fn_bytes), args)
+
+
 def worker_main(
     requests: Any,
     replies: Any,
     lifeline: Any,
-    initializer: bytes | None,
+    initializer: Initializer | None,
     report_memory: bool,
     death_signal: bool,
     faults: dict[str, _faults.Fault] | None = None,
+    thread_limits: dict[str, str] | None = None,
 ) -> None:
     """Run calls read from ``requests`` until told to stop or the parent goes away.
 
@@ -67,12 +93,12 @@ def worker_main(
     """
     enter_child(lifeline, death_signal)
     _faults.install(faults)
+    apply_thread_limits(thread_limits or {})  # before the initializer: it may load BLAS
 
     init_error: bytes | None = None
     if initializer is not None:
         try:
-            fn, args = loads(initializer)
-            fn(*args)
+            initializer.fn(*initializer.args)
         except BaseException as exc:
             err = BrokenExecutorError(f"the worker initializer raised {exc!r}")
             err.__cause__ = exc
