@@ -288,38 +288,23 @@ DIFFERS: dict[str, str] = {
     "SerializationError; the pool is not broken",
     "test_error_during_result_unpickle_in_result_handler": "a result that cannot be unpickled "
     "fails its task alone with SerializationError; the pool is not broken",
+    "test_exit_during_result_unpickle_in_result_handler": "a result whose unpickling raises "
+    "SystemExit fails its task alone with SerializationError; the pool is not broken",
     "test_exit_during_result_pickle_on_worker": "SystemExit while pickling a result fails the "
     "task with SerializationError (cause chained) instead of re-raising SystemExit",
 }
 
 # Gaps hybridexec should close (issue 14): gap -> what is missing.
-GAPS: dict[str, str] = {
-    "initargs": "initargs are pickled once in the constructor, so a multiprocessing.Queue or "
-    "Lock (inheritable only) is refused with SerializationError",
-    "pickling-error-type": "a task or result that fails to pickle raises SerializationError, "
-    "which is not a pickle.PicklingError as the stdlib's callers catch",
-    "exit-in-manager": "SystemExit raised while the manager thread unpickles a result kills "
-    "the manager: the future never resolves (hang)",
-}
+GAPS: dict[str, str] = {}
 
 # (variant or "*", suite or "*", test) -> gap
-XFAIL: dict[tuple[str, str, str], str] = {
-    ("Forkserver", "FailingInitializerMixin", "test_initializer"): "initargs",
-    ("Spawn", "FailingInitializerMixin", "test_initializer"): "initargs",
-    ("Fork", "FailingInitializerMixin", "test_initializer"): "initargs",
-}
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 # Gaps whose tests fail only sometimes today (timing): xfail, not strict, until fixed.
 XFAIL_FLAKY: dict[str, str] = {}
 
 # Gaps whose tests hang today: marked xfail but not run (each would spend its whole timeout).
-XFAIL_NOT_RUN: dict[str, str] = {
-    # These two do not hang, but leave the process manager thread alive for about 10 s after
-    # shutdown(wait=True) returned, which the leak check then waits out.
-    "test_error_at_task_pickle": "pickling-error-type",
-    "test_error_during_result_pickle_on_worker": "pickling-error-type",
-    "test_exit_during_result_unpickle_in_result_handler": "exit-in-manager",
-}
+XFAIL_NOT_RUN: dict[str, str] = {}
 
 
 def _xfail_reason(variant: str, suite: str, test: str) -> str | None:

@@ -222,6 +222,15 @@ def test_failing_initializer_fails_tasks_precisely() -> None:
         assert isinstance(info.value.__cause__, hybridexec.RemoteTraceback)
 
 
+def test_failing_initializer_breaks_the_process_lane_as_the_stdlib_does() -> None:
+    with Executor(max_processes=1, kind="process", initializer=helpers.raise_value_error) as ex:
+        with pytest.raises(hybridexec.BrokenExecutorError):
+            ex.submit(helpers.square, 2).result(timeout=30)
+        assert wait_until(lambda: ex._broken, 10)  # what ProcessPoolExecutor users read
+        with pytest.raises(hybridexec.BrokenExecutorError):
+            ex.submit(helpers.square, 3).result(timeout=30)
+
+
 def test_workers_are_reused(executor: Executor) -> None:
     lane = executor.options(kind="process")
     pids = {lane.submit(helpers.pid).result(timeout=30) for _ in range(20)}

@@ -272,7 +272,8 @@ class Manager(Scheduling, threading.Thread):
                 _faults.hit("lane.unpickle_reply")
             reply = Reply(*loads(data))
             outcomes = [_decode(ok, value) for ok, value in reply.outcomes]
-        except Exception as exc:  # the task's own failure: never the manager's, never lost
+        except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
+            # included): never the manager's, never lost
             cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
             err = SerializationError(f"the task's result could not be unpickled: {exc}")
             err.__cause__ = cause
@@ -290,6 +291,12 @@ class Manager(Scheduling, threading.Thread):
         else:
             ok, value = outcomes[0]
             task.future.settle(ok, value)
+        if reply.rss == INIT_FAILED and outcomes and not outcomes[0][0]:
+            # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
+            # queued fails and later submits raise BrokenExecutorError (cause chained).
+            logger.critical("hybridexec: a worker initializer failed: %r", outcomes[0][1])
+            self._break(outcomes[0][1])
+            return
         self._after_task(worker, reply.rss)
 
     def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:

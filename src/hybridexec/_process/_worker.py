@@ -14,6 +14,7 @@ The messages are defined here, with the child, so that a worker loads only what 
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import time
@@ -100,6 +101,10 @@ def worker_main(
         try:
             initializer.fn(*initializer.args)
         except BaseException as exc:
+            # Logged where ProcessPoolExecutor's workers log it, for code that listens there.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
             err = BrokenExecutorError(f"the worker initializer raised {exc!r}")
             err.__cause__ = exc
             init_error = pack_exception(err)
