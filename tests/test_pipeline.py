@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hybridexec import WorkerCrashedError
+from hybridexec import Executor, WorkerCrashedError
 from hybridexec._futures import Future, Task
 from hybridexec._process import ProcessLane
 
@@ -113,3 +113,17 @@ def test_calls_with_a_timeout_are_never_sent_ahead(lane: ProcessLane) -> None:
     assert wait_until(lambda: _in_flight(lane) == 1 and len(lane.pending) == 1, 10)
     assert head.result(timeout=30) == "head"
     assert future.result(timeout=30) == "timed"
+
+
+def test_a_cancelled_waiting_call_is_seen_as_done_at_once() -> None:
+    # A pending future cancelled by its user is seen by wait() and as_completed() at once,
+    # also when the call was already sent ahead to a busy worker (its reply is dropped later).
+    with Executor(max_processes=1) as ex:
+        lane = ex.options(kind="process")
+        for i in range(50):
+            fut = lane.submit(helpers.square, i)
+            if fut.cancel():
+                done, _ = concurrent.futures.wait([fut], timeout=5)
+                assert fut in done
+            else:
+                assert fut.result(timeout=30) == i * i

@@ -79,10 +79,23 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             else:
                 stop = None
         if stop is None:
-            return super().cancel()
+            if not super().cancel():
+                return False
+            # Seen as done by wait() and as_completed() at once, not only when a lane pulls the
+            # task: a task sent ahead to a busy worker may never be pulled again (its reply is
+            # dropped), and waiters must not wait for that.
+            self.set_running_or_notify_cancel()
+            return True
         stop()
         self._invoke_callbacks()
         return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As in the standard library; a future already cancelled and notified returns False."""
+        with self._condition:
+            if self._state == CANCELLED_AND_NOTIFIED:
+                return False
+        return super().set_running_or_notify_cancel()
 
     def settle(self, ok: bool, value: Any) -> None:
         """Resolve with a result or an exception unless it was already resolved or cancelled."""
