@@ -612,9 +612,11 @@ def _worker_blas_threads() -> list[int]:
     return [int(pool["num_threads"]) for pool in threadpool_info()]
 
 
-def test_workers_start_with_blas_threads_limited() -> None:
+def test_workers_start_with_blas_threads_limited(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("numpy")
     pytest.importorskip("threadpoolctl")
+    for name in LIMIT_VARIABLES:  # a limit set earlier in this process would be respected
+        monkeypatch.delenv(name, raising=False)
     processes = 2 * usable_cores()  # more workers than cores: one BLAS thread each
     with hybridexec.Executor(max_processes=processes) as ex:
         pools = ex.options(kind="process").submit(_worker_blas_threads).result(60)

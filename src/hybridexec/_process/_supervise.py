@@ -27,6 +27,7 @@ import threading
 from typing import Any
 
 from .. import _lifecycle
+from ._child import let_go_of_fork_server
 
 logger = logging.getLogger("hybridexec")
 
@@ -250,20 +251,10 @@ def _forget_helper_processes() -> None:
     means it to be (a segment a forked child registers must outlive the child). Private
     attributes of CPython's ``multiprocessing``: a Python that moved them keeps its behaviour.
     """
-    forkserver = sys.modules.get("multiprocessing.forkserver")
-    server = getattr(forkserver, "_forkserver", None)
-    if server is not None and getattr(server, "_forkserver_pid", None) is not None:
-        alive = getattr(server, "_forkserver_alive_fd", None)
-        try:
-            if alive is not None:
-                os.close(alive)
-        except OSError:
-            pass
-        for name in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid"):
-            if hasattr(server, name):
-                setattr(server, name, None)
-        if hasattr(server, "_lock"):
-            server._lock = threading.Lock()
+    let_go_of_fork_server()  # what a fork-server child does as it starts, the same way
+    server = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
+    if server is not None and hasattr(server, "_lock"):
+        server._lock = threading.Lock()  # the forking thread alone is left: never take it
 
 
 _lifecycle.on_fork(_after_fork)
