@@ -173,7 +173,11 @@ class Measurement:
                 ctrl_rate = self.proc_ctrl_cpu / self.ctrl_wall
                 stall_rate = self.proc_stall_cpu / self.stall_wall
             if ctrl_rate > 0:
-                return 1.0 - min(1.0, max(0.0, stall_rate / ctrl_rate))
+                share = 1.0 - min(1.0, max(0.0, stall_rate / ctrl_rate))
+                # Few stalls fell inside the call when C code held the GIL without ever letting
+                # the probe in (a long sort): the probe's lateness says more then.
+                busy = self.gil_busy
+                return share if busy is None or busy <= share else busy
         busy = self.gil_busy
         if busy is not None:
             return busy
