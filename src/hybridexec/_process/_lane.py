@@ -207,20 +207,18 @@ class ProcessLane:
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; the manager finishes running work, then stops the workers."""
+        dropped: list[Task] = []
         with self._lock:
             self.shutting_down = True
             if cancel_futures:
-                while self.pending:
-                    try:
-                        task = self.pending.popleft()
-                    except IndexError:
-                        break
-                    # A task re-sent after its worker died is running already: its cancel
-                    # notifies waiters by itself.
-                    was_pending = task.future.is_pending()
-                    if task.future.cancel() and was_pending:
-                        # Notify waiters, or wait()/as_completed() never see it as done.
-                        task.future.set_running_or_notify_cancel()
+                dropped = list(self.pending)
+                self.pending.clear()
+        # Cancelled outside the lock: a task re-sent after its worker died is running
+        # already, and its cancel() asks the manager (through this lock) to stop it.
+        kept = [task for task in dropped if not task.future.cancel()]  # notified at once
+        if kept:  # could not be cancelled (running already): they still run, never lost (I1)
+            with self._lock:
+                self.pending.extendleft(reversed(kept))
         self.placement.close()  # pooled segments go now, those in use when their tasks end
         self._wake()
         if wait:
