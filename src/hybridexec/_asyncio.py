@@ -131,6 +131,10 @@ class LoopLane:
         with self._lock:
             self._closed = True
             loop, thread = self._loop, self._thread
+            # One drain only: a second, scheduled while the first stops the loop, would never
+            # run (and warn "never awaited").
+            first = not getattr(self, "_draining", False)
+            self._draining = True
         if loop is None or thread is None:
             return
         # Only now, and then it is loaded already: importing asyncio at interpreter exit
@@ -146,7 +150,7 @@ class LoopLane:
                 await asyncio.gather(*tasks, return_exceptions=True)
             loop.stop()
 
-        if not loop.is_closed() and thread.is_alive():
+        if first and not loop.is_closed() and thread.is_alive():
             try:
                 asyncio.run_coroutine_threadsafe(drain(), loop)
             except RuntimeError:
