@@ -8,9 +8,9 @@ Layers inside the room (each imports only those above it)::
     _child      the child side shared by workers and actors: process group, death signal,
                 lifeline watcher (``enter_child``)
     _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe,
-                the guardian that kills children when the parent dies, process-tree kill
+                the guardian that kills children when the parent dies
     _handle     ``Child``: hold, signal (the whole tree) and reap a child, never a recycled
-                pid; process actors use it (the lane's manager keeps a pidfd of its own)
+                pid; the lane's workers and process actors alike
     _worker     the lane's child entry: a plain loop over the worker's private pipes, and
                 the lane's messages (a worker loads only what it needs)
     _wire       encoding a call in the submitting thread (plain data: the C pickler alone)
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from ._supervise import get_context as get_context
     from ._supervise import guard as guard
     from ._supervise import lifeline as lifeline
-    from ._supervise import signal_tree as signal_tree
     from ._supervise import usable_cpus as usable_cpus
 
 __all__ = [
@@ -61,7 +60,6 @@ __all__ = [
     "guard",
     "lifeline",
     "resident_memory",
-    "signal_tree",
     "usable_cpus",
     "write_frame",
 ]
@@ -79,7 +77,6 @@ __getattr__, __dir__ = exports(
         "guard": "._supervise",
         "lifeline": "._supervise",
         "resident_memory": "._child",
-        "signal_tree": "._supervise",
         "usable_cpus": "._supervise",
         "write_frame": "._frames",
     },

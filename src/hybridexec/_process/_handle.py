@@ -83,8 +83,13 @@ class Child:
         return exitcode
 
     def close(self) -> None:
-        """Release the process object (after ``reap``)."""
+        """Release the pidfd and the process object (after ``reap``, or giving up on it)."""
+        with self._lock:
+            self.reaped = True  # signalled no more from here
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+                self.pidfd = None
         try:
             self.process.close()
-        except ValueError:
+        except ValueError:  # not reaped: its object goes with the last reference
             pass

@@ -363,7 +363,7 @@ class Manager(Scheduling, threading.Thread):
             self._signal(w, signal.SIGKILL)
         self._fail_pending(err)
         for w in list(self.workers.values()):
-            w.process.join(1.0)
+            w.child.reap(kill_group=True, timeout=1.0)
             self._forget(w)
 
 

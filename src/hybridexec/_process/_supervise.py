@@ -1,8 +1,7 @@
 """The parent side of every hybridexec child process (lane workers and actors alike).
 
 Start methods, the lifeline pipe by which every child notices that this process died, the
-guardian that kills every child's process tree when this process dies, and killing a child
-with its whole process tree.
+guardian that kills every child's process tree when this process dies.
 
 Why a guardian (I4: a SIGKILLed parent leaves no descendant after 1 s): a child watches the
 lifeline from a thread, and that thread needs the GIL to act on the EOF. A task stuck in C code
@@ -94,23 +93,6 @@ def preload_in_forkserver() -> None:
             else:
                 server.set_forkserver_preload([*modules, WORKER_MODULE], on_error=on_error)
     except Exception:  # a private detail moved: workers just import the package themselves
-        pass
-
-
-def signal_tree(pid: int, sig: int) -> None:
-    """Send ``sig`` to the process group led by ``pid`` (the worker and its children).
-
-    Workers make themselves group leaders as they start; a worker killed before it got that far
-    has no group yet, so the signal then goes to the process alone.
-    """
-    try:
-        os.killpg(pid, sig)
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
         pass
 
 

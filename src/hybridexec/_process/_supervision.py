@@ -2,10 +2,9 @@
 
 A mixin of the manager thread (``_manager.py``): the methods here run on that thread only.
 
-A worker's pid is signalled only while the manager still owns it: the worker itself through a
-pidfd opened as it started (a pidfd never reaches another process, even once the pid is
-recycled), its process group with ``killpg`` only before the worker is reaped (a group's id
-cannot be reused while a member lives). Nothing here signals a bare pid after ``join``.
+A worker is signalled and reaped only through its ``Child`` handle (``_handle.py``, shared with
+process actors): through a pidfd, and its process group only before the reap, so nothing here
+ever signals a recycled pid.
 
 A worker that cannot start (EAGAIN from fork at a container's ``pids.max``, EMFILE making its
 pipe) fails no task: starts are retried with a short backoff, and only when no worker could be
@@ -17,7 +16,6 @@ workers again as soon as it can.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from collections import deque
@@ -29,7 +27,7 @@ from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._shm import cleanup_shared_memory
 from ._frames import FrameReader, write_frame
-from ._supervise import guard
+from ._handle import Child
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
@@ -69,13 +67,6 @@ def _pipe_budget(fd: int) -> int:
         return 2048
 
 
-def _open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3, or out of descriptors
-        return None
-
-
 class WorkerRecord:
     """What the manager knows about one worker process.
 
@@ -86,14 +77,13 @@ class WorkerRecord:
 
     __slots__ = (
         "budget",
+        "child",
         "conns",
         "drop_at",
         "fd",
         "idle_since",
         "kill_at",
         "pid",
-        "pidfd",
-        "process",
         "reader",
         "retire_why",
         "rfd",
@@ -103,16 +93,15 @@ class WorkerRecord:
         "tasks_done",
     )
 
-    def __init__(self, process: Any, requests: Any, replies: Any) -> None:
-        self.process = process
+    def __init__(self, child: Child, requests: Any, replies: Any) -> None:
+        self.child = child  # signalled and reaped only through it: never a recycled pid
         self.conns = (requests, replies)  # they own the descriptors: closed in _forget
         self.fd: int = requests.fileno()  # calls go out here, raw frames
         self.rfd: int = replies.fileno()  # replies come back here
         self.reader = FrameReader(self.rfd)
         self.budget = _pipe_budget(self.fd)
-        self.pid: int = process.pid
-        self.sentinel: int = process.sentinel
-        self.pidfd = _open_pidfd(self.pid)
+        self.pid: int = child.pid
+        self.sentinel: int = child.sentinel
         self.tasks: deque[Task] = deque()
         self.state = IDLE
         self.tasks_done = 0
@@ -225,11 +214,10 @@ class Supervision:
         self.starting = None
         calls_r.close()
         replies_w.close()
-        guard(process.pid)  # killed with its tree if this process dies, GIL or not (I4)
         if self.failing_since is not None:
             logger.warning("hybridexec: worker processes start again")
         self.failing_since = self.start_error = None
-        worker = WorkerRecord(process, calls_w, replies_r)
+        worker = WorkerRecord(Child(process), calls_w, replies_r)
         self.workers[worker.pid] = worker
         self.by_object[worker.rfd] = worker
         self.by_object[worker.sentinel] = worker
@@ -280,19 +268,11 @@ class Supervision:
             pass
 
     def _reap(self, worker: WorkerRecord) -> None:
-        # Children it left behind go first, before the join (not even ``exitcode``, which
-        # reaps): until then its group id is reserved (under fork and spawn the worker is our
-        # zombie), so the signal cannot reach a stranger. Under forkserver the server reaps it;
-        # the id stays reserved while a member of the group lives, and an empty group is ESRCH.
-        try:
-            os.killpg(worker.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         # A worker may have answered calls just before it died: read every reply first, so
-        # that the first call left without one is exactly the one it was running.
+        # that the first call left without one is exactly the one it was running. Then the
+        # children it left behind go, before the join frees its group's id (Child.reap).
         self._poll_replies(worker)
-        worker.process.join(1.0)  # its sentinel fired: it has exited, the join is prompt
-        exitcode = worker.process.exitcode
+        exitcode = worker.child.reap(kill_group=True, timeout=1.0)  # its sentinel fired
         self._forget(worker)
         tasks, worker.tasks = list(worker.tasks), deque()
         task = tasks[0] if tasks else None
@@ -318,33 +298,11 @@ class Supervision:
         self.by_object.pop(worker.sentinel, None)
         for conn in worker.conns:
             conn.close()
-        if worker.pidfd is not None:
-            os.close(worker.pidfd)
-            worker.pidfd = None
-        try:
-            worker.process.close()
-        except ValueError:
-            pass
+        worker.child.close()
 
     def _signal(self, worker: WorkerRecord, sig: int) -> None:
-        """Signal a worker the manager still owns, and its process group.
-
-        The worker itself is reached through its pidfd (never another process, even if the
-        pid was recycled); its group only while the worker is not reaped.
-        """
-        if worker.pid not in self.workers:
-            return  # reaped: the pid may be another process's now
-        try:
-            os.killpg(worker.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass  # no group yet (killed before it made one) or gone: the process alone below
-        try:
-            if worker.pidfd is not None:
-                signal.pidfd_send_signal(worker.pidfd, sig)
-            elif worker.process.exitcode is None:  # not reaped (exitcode polls, never blocks)
-                os.kill(worker.pid, sig)
-        except (ProcessLookupError, PermissionError, ValueError):
-            pass
+        """Signal a worker the manager still owns, and its process group (see ``Child``)."""
+        worker.child.signal(sig)
 
     def _kill(self, worker: WorkerRecord, why: str, sig: int = signal.SIGTERM) -> None:
         if worker.state == DYING:
