@@ -335,6 +335,20 @@ def _ndarray_type() -> type | None:
     return None if np is None else np.ndarray
 
 
+def _placed(obj: Any, ndarray: type | None, placement: Placement, lease: _Lease) -> Any:
+    """What both call picklers do: a large array goes by shared memory, a handle is kept.
+
+    Returns the array's reduction, or None to pickle ``obj`` as the pickler would.
+    """
+    array: Any = obj  # an ndarray when the type test below holds (numpy stays optional)
+    if type(obj) is ndarray:
+        args = placement.place(array, lease)
+        return None if args is None else (_attach_array, args)
+    if isinstance(obj, SharedHandle):
+        lease.keep.append(obj)
+    return None
+
+
 class _CallPickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
         super().__init__(file, PROTOCOL)
@@ -343,13 +357,8 @@ class _CallPickler(pickle.Pickler):
         self._ndarray = _ndarray_type()
 
     def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind is self._ndarray:
-            args = self._placement.place(obj, self._lease)
-            return NotImplemented if args is None else (_attach_array, args)
-        if isinstance(obj, SharedHandle):
-            self._lease.keep.append(obj)
-        return NotImplemented
+        placed = _placed(obj, self._ndarray, self._placement, self._lease)
+        return NotImplemented if placed is None else placed
 
 
 class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -360,14 +369,8 @@ class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._ndarray = _ndarray_type()
 
     def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind is self._ndarray:
-            args = self._placement.place(obj, self._lease)
-            if args is not None:
-                return (_attach_array, args)
-        elif isinstance(obj, SharedHandle):
-            self._lease.keep.append(obj)
-        return super().reducer_override(obj)
+        placed = _placed(obj, self._ndarray, self._placement, self._lease)
+        return super().reducer_override(obj) if placed is None else placed
 
 
 def _dump(
