@@ -318,12 +318,12 @@ class Router:
             task = TimedTask(
                 task.fn, items, future, self.classifier, probe, batch=batch, timeout=timeout
             )
-        # The measured first call of a function runs on a thread the user did not ask for:
-        # exit waits for it only a short while (see ThreadLane.join_at_exit).
+        # A measured first call runs where the user did not ask: exit waits for it briefly.
         task.chosen = probe is not None
         if kind == "thread":  # a copy: O(1), and what the task sets stays its own
             task.context = contextvars.copy_context()
-        logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
+        if logger.isEnabledFor(logging.DEBUG):  # the arguments cost a lookup per submit
+            logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         self.count(kind)
         if kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
             future.add_done_callback(functools.partial(self.waits.learn, _key(fn), task))
