@@ -453,3 +453,28 @@ def test_initargs_that_may_only_be_inherited_reach_the_worker(method: str) -> No
     lock = multiprocessing.get_context(method).Lock()
     with hx.Executor(start_method=method, initializer=keep_lock, initargs=(lock,)) as ex:
         assert ex.options(kind="process").submit(use_lock).result(timeout=60) is True
+
+
+def test_mp_context_chooses_the_start_method_as_in_process_pool_executor() -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with hx.Executor(max_workers=1, mp_context=context) as ex:
+        assert ex._router.processes.start_method == "spawn"
+        assert ex.options(kind="process").submit(helpers.square, 6).result(timeout=60) == 36
+    with pytest.raises(ValueError, match="not both"):
+        hx.Executor(start_method="fork", mp_context=context)
+
+
+def test_what_will_not_pickle_fails_a_process_executor_with_a_pickling_error() -> None:
+    # ProcessPoolExecutor callers catch pickle.PicklingError; Executor(kind="process") is a
+    # request for processes, so the call fails instead of running on a thread.
+    import pickle
+    import threading
+
+    with hx.Executor(kind="process") as ex:
+        fut = ex.submit(id, threading.Lock())
+        with pytest.raises(pickle.PicklingError) as info:
+            fut.result(timeout=30)
+        assert isinstance(info.value, hx.SerializationError)
+        assert fut.kind == "process"
