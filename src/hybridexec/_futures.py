@@ -203,11 +203,6 @@ class Task:
         finally:
             self.elapsed = time.perf_counter() - started
 
-    def run_here(self) -> None:
-        """Run the call(s) in the current thread and resolve the future."""
-        ok, value = self.call()
-        self.future.settle(ok, value)
-
     def release(self) -> None:
         """Let go of the callable, the arguments and the pickled call: the task has ended.
 

@@ -120,15 +120,6 @@ def _describe(obj: Any) -> str:
     return f"{name} ({text})" if name not in text else text
 
 
-def is_picklable(obj: Any) -> bool:
-    """Return True when ``obj`` pickles with the C pickler or cloudpickle."""
-    try:
-        dumps(obj)
-    except SerializationError:
-        return False
-    return True
-
-
 def pack_exception(exc: BaseException) -> bytes:
     """Pickle an exception with its formatted traceback; never raises.
 

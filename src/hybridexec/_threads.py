@@ -171,7 +171,6 @@ class ThreadLane:
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
         self._joined_at_exit = False
-        self.tasks_started = 0
         # The initializer's error (as in the stdlib: every thread would fail the same way).
         self.broken: BaseException | None = None
 
@@ -333,7 +332,6 @@ class ThreadLane:
                 self._busy.pop(me, None)
             task.release()
             return
-        self.tasks_started += 1
         running: _Running | None = None
         try:
             if task.timeout is not None:

@@ -64,10 +64,6 @@ class FrameReader:
         buf, pos = self.buf, self.pos
         return len(buf) - pos >= 8 and len(buf) >= pos + 8 + _HEADER.unpack_from(buf, pos)[0]
 
-    def buffered(self) -> int:
-        """Bytes read from the pipe and not yet returned as frames."""
-        return len(self.buf) - self.pos
-
     def fill(self) -> None:
         """Read what the pipe holds (blocking if empty). Raises EOFError at the end."""
         chunk = os.read(self.fd, _CHUNK)
