@@ -23,7 +23,7 @@ from hybridexec._process._threadlimits import (
     LIMIT_VARIABLES,
     apply_thread_limits,
     thread_limit_env,
-    usable_cores,
+    usable_cpus,
 )
 from hybridexec._routing import Decision, LearningClassifier, Options, route
 from hybridexec._routing import _verdicts as _classifier
@@ -579,7 +579,7 @@ def _blas_threads_after(env: dict[str, str]) -> tuple[dict[str, str | None], lis
 
 
 def test_thread_limit_env_splits_the_cores_and_keeps_what_the_user_set() -> None:
-    cores = usable_cores()
+    cores = usable_cpus()
     env = thread_limit_env(cores, environ={})
     assert set(env) == set(LIMIT_VARIABLES)
     assert set(env.values()) == {"1"}
@@ -597,7 +597,7 @@ def test_blas_threads_are_limited_inside_a_worker(start_method: str) -> None:
     env = thread_limit_env(2, environ={})
     with hybridexec.Executor(max_processes=2, start_method=start_method) as ex:
         seen, pools = ex.options(kind="process").submit(_blas_threads_after, env).result(60)
-    want = max(1, usable_cores() // 2)
+    want = max(1, usable_cpus() // 2)
     assert seen == {name: str(want) for name in LIMIT_VARIABLES}
     assert pools
     assert all(n <= want for n in pools), pools
@@ -617,7 +617,7 @@ def test_workers_start_with_blas_threads_limited(monkeypatch: pytest.MonkeyPatch
     pytest.importorskip("threadpoolctl")
     for name in LIMIT_VARIABLES:  # a limit set earlier in this process would be respected
         monkeypatch.delenv(name, raising=False)
-    processes = 2 * usable_cores()  # more workers than cores: one BLAS thread each
+    processes = 2 * usable_cpus()  # more workers than cores: one BLAS thread each
     with hybridexec.Executor(max_processes=processes) as ex:
         pools = ex.options(kind="process").submit(_worker_blas_threads).result(60)
     assert pools

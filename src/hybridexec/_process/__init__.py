@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from ._supervise import get_context as get_context
     from ._supervise import guard as guard
     from ._supervise import lifeline as lifeline
-    from ._supervise import usable_cpus as usable_cpus
+    from ._threadlimits import usable_cpus as usable_cpus
 
 __all__ = [
     "Child",
@@ -77,7 +77,7 @@ __getattr__, __dir__ = exports(
         "guard": "._supervise",
         "lifeline": "._supervise",
         "resident_memory": "._child",
-        "usable_cpus": "._supervise",
+        "usable_cpus": "._threadlimits",
         "write_frame": "._frames",
     },
 )

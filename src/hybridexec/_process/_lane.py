@@ -23,7 +23,8 @@ from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._manager import Manager
-from ._supervise import get_context, lifeline, preload_in_forkserver, usable_cpus
+from ._supervise import get_context, lifeline, preload_in_forkserver
+from ._threadlimits import usable_cpus
 from ._wire import encode_call
 from ._worker import Initializer
 

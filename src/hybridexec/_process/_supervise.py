@@ -36,17 +36,6 @@ DEFAULT_GRACE = 0.2
 START_METHODS = ("fork", "forkserver", "spawn")
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may use: ``os.process_cpu_count()`` (3.13+), else the affinity."""
-    count = getattr(os, "process_cpu_count", None)
-    if count is not None:
-        return int(count() or 1)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def default_start_method() -> str:
     """``forkserver`` on Linux (``fork`` with threads running can deadlock), else ``spawn``."""
     return "forkserver" if sys.platform.startswith("linux") else "spawn"

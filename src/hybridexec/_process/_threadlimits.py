@@ -38,11 +38,15 @@ _LOADED_HINTS = ("numpy", "scipy", "numexpr", "sklearn", "torch")
 _limits: Any = None  # the threadpoolctl limiter, kept so that its limits stay in force
 
 
-def usable_cores() -> int:
-    """Cores this process may run on, at least 1 (``usable_cpus``, one definition)."""
-    from ._supervise import usable_cpus  # parent side only: a worker never loads _supervise
-
-    return max(1, usable_cpus())
+def usable_cpus() -> int:
+    """The CPUs this process may use: ``os.process_cpu_count()`` (3.13+), else the affinity."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        return int(count() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def thread_limit_env(
@@ -56,10 +60,10 @@ def thread_limit_env(
 
     Returns:
         Each variable of ``LIMIT_VARIABLES`` that ``environ`` does not set, mapped to
-        ``max(1, usable_cores() // max_processes)``.
+        ``max(1, usable_cpus() // max_processes)``.
     """
     env = os.environ if environ is None else environ
-    threads = str(max(1, usable_cores() // max(1, max_processes)))
+    threads = str(max(1, usable_cpus() // max(1, max_processes)))
     return {name: threads for name in LIMIT_VARIABLES if name not in env}
 
 
