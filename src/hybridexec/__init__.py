@@ -30,6 +30,7 @@ if _TYPE_CHECKING:
     from ._exceptions import BackendUnavailableError as BackendUnavailableError
     from ._exceptions import BrokenExecutorError as BrokenExecutorError
     from ._exceptions import HybridExecError as HybridExecError
+    from ._exceptions import MemoryLimitError as MemoryLimitError
     from ._exceptions import RemoteTraceback as RemoteTraceback
     from ._exceptions import SerializationError as SerializationError
     from ._exceptions import SharedMemoryError as SharedMemoryError
@@ -66,6 +67,7 @@ __all__ = [
     "Future",
     "HybridExecError",
     "LearningClassifier",
+    "MemoryLimitError",
     "RemoteTraceback",
     "SerializationError",
     "SharedArray",
@@ -105,6 +107,7 @@ _getattr, _dir = _exports(
         "Future": "._futures",
         "HybridExecError": "._exceptions",
         "LearningClassifier": "._routing",
+        "MemoryLimitError": "._exceptions",
         "RemoteTraceback": "._exceptions",
         "SerializationError": "._exceptions",
         "SharedArray": "._shm",

@@ -5,6 +5,7 @@ HybridExecError(Exception)
 ├── BrokenExecutorError(HybridExecError, concurrent.futures.BrokenExecutor)
 │   └── WorkerCrashedError(BrokenExecutorError, concurrent.futures.process.BrokenProcessPool)
 ├── TaskTimeoutError(HybridExecError, TimeoutError)
+├── MemoryLimitError(HybridExecError, MemoryError)   a task went over its max_memory
 ├── SerializationError(HybridExecError)
 ├── ActorError(HybridExecError)
 │   ├── ActorClosedError      you stopped it
@@ -34,6 +35,7 @@ __all__ = [
     "BackendUnavailableError",
     "BrokenExecutorError",
     "HybridExecError",
+    "MemoryLimitError",
     "RemoteTraceback",
     "SerializationError",
     "SharedMemoryError",
@@ -108,6 +110,33 @@ else:  # pragma: no cover - Python 3.10
 
     class TaskTimeoutError(HybridExecError, concurrent.futures.TimeoutError, TimeoutError):
         """Raised on a task's future when its deadline passed; a process worker was killed."""
+
+
+class MemoryLimitError(HybridExecError, MemoryError):
+    """Raised on a task's future when the task went over its ``max_memory``.
+
+    Its worker process is replaced (retired, or killed when the memory grew where no
+    ``MemoryError`` could be raised); the other tasks go on. A ``MemoryError``, as code that
+    handles running out of memory expects.
+
+    Attributes:
+        limit: The task's ``max_memory``, in bytes.
+        function: ``module.qualname`` of the task's function.
+
+    .. versionadded:: 0.5
+    """
+
+    def __init__(self, message: str, *, limit: int | None = None, function: str | None = None):
+        self.limit: int | None = limit
+        self.function: str | None = function
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_memory, (str(self), self.limit, self.function))
+
+
+def _rebuild_memory(message: str, limit: int | None, function: str | None) -> MemoryLimitError:
+    return MemoryLimitError(message, limit=limit, function=function)
 
 
 class SerializationError(HybridExecError, pickle.PicklingError):

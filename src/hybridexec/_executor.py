@@ -25,6 +25,7 @@ from ._routing import (
     Options,
     check_kind,
     check_timeout,
+    checked_options,
     route_rules,
 )
 from ._shm import DEFAULT_THRESHOLD, check_threshold, cleanup_shared_memory
@@ -127,8 +128,7 @@ class Executor(concurrent.futures.Executor):
         self._max_workers: int = max_workers or max_processes or usable_cpus()
         check_count("max_tasks_per_child", max_tasks_per_child)
         check_count("max_memory_per_child", max_memory_per_child)
-        if idle_timeout is not None:
-            check_timeout(idle_timeout)
+        check_timeout(idle_timeout)  # None passes
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         # ---- distributed backend (issue 7, see _backends/): checked before any lane starts
@@ -138,7 +138,6 @@ class Executor(concurrent.futures.Executor):
                 kind = "process"  # every call goes to the cluster: nothing to measure
         elif backend_options is not None or remote != "process":
             raise ValueError("backend_options and remote apply only with a backend")
-        # ---- end distributed backend
         self._options = Options()
         default_kind = check_kind(kind)
         if classifier is None and default_kind == "auto":
@@ -252,16 +251,18 @@ class Executor(concurrent.futures.Executor):
         return self
 
     # ---- hybridexec additions -------------------------------------------------------------
-    def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
-        """Return a view of this executor that applies ``kind`` and ``timeout`` to each call.
+    def options(
+        self, *, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
+    ) -> ExecutorOptions:
+        """Return a view of this executor that applies these options to each call.
 
-        Example: ``ex.options(kind="process", timeout=2.0).submit(fn, x)``.
+        Example: ``ex.options(kind="process", timeout=2.0).submit(fn, x)``. ``max_memory`` (0.5):
+        bytes a call may add to its worker's memory, or it fails with ``MemoryLimitError``.
 
         Raises:
-            ValueError: unknown ``kind`` or a timeout that is not positive.
+            ValueError: a bad value (TypeError: a wrong type), or ``max_memory`` on a thread.
         """
-        options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
-        return ExecutorOptions(self, options.merged(self._options))
+        return ExecutorOptions(self, checked_options(kind, timeout, max_memory, self._options))
 
     def terminate_workers(self) -> None:
         """Shut down without waiting and SIGTERM every worker process; running tasks cancel."""

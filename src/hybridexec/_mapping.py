@@ -13,7 +13,9 @@ order or, with ``ordered=False``, as they finish. Several iterables are zipped l
 ``builtins.map``. A ``limit`` bounds the calls submitted and not yet collected, a batch counting
 as its number of calls (a batch whose worker crashed is retried item by item, on several
 workers at once); inline calls run one at a time. With ``return_exceptions`` a failed item's
-exception takes its place among the values.
+exception takes its place among the values. An item whose worker was killed by SIGKILL (the
+OOM killer's signal) runs once more, alone, and the map's tasks in flight are halved from then
+on (see ``_process/_oom.py``); killed again, its ``WorkerCrashedError`` stands.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._asyncio import is_async_callable
 from ._futures import Future, Items, Outcome, Task
+from ._process import oom_killed, retry_killed
 from ._routing import Options
 
 if TYPE_CHECKING:
@@ -114,12 +117,13 @@ class MapState:
 
 
 class _Batch:
-    __slots__ = ("future", "size", "task")
+    __slots__ = ("crashes", "future", "size", "task")
 
-    def __init__(self, future: Future[Any], task: Task, size: int) -> None:
+    def __init__(self, future: Future[Any], task: Task, size: int, crashes: int) -> None:
         self.future = future
         self.task = task
         self.size = size
+        self.crashes = crashes  # the process lane's count of worker crashes at the submit
 
 
 def _run(
@@ -150,6 +154,12 @@ def _run(
     # number of calls: a batch runs its calls one after another, but one whose worker
     # crashed is retried item by item on several workers at once (see _process).
     in_calls = 0
+    crashes = router.processes.stats  # no crash since a batch's submit: no item to retry
+
+    def resubmit(item: Any) -> Future[Any]:  # an item killed by SIGKILL, alone
+        if state.cancelled or router.closed:
+            raise concurrent.futures.CancelledError()
+        return router.submit_task(fn, [item], decision, opts.timeout, batch=True)[0]
 
     def submit(items: list[Any]) -> None:
         nonlocal remaining, in_calls
@@ -162,7 +172,7 @@ def _run(
         else:
             calls = [((item,), _NO_KWARGS) for item in items]
         future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
-        batch = _Batch(future, task, len(items))
+        batch = _Batch(future, task, len(items), crashes["crashes"])
         if isinstance(in_flight, deque):
             in_flight.append(batch)
         else:
@@ -193,6 +203,7 @@ def _run(
         for item in itertools.islice(it, probes - 1):
             submit([item])
     window = lane_width * 2 if kind == "process" else lane_width
+    oom_cap = MAX_BATCH  # tasks in flight at most: halved by each item killed by SIGKILL
     exhausted = False
     try:
         while in_flight or not exhausted:
@@ -223,7 +234,7 @@ def _run(
             while (
                 not exhausted
                 and not inline
-                and len(in_flight) < window
+                and len(in_flight) < min(window, oom_cap)
                 and (max_calls is None or in_calls + size <= max_calls)
             ):
                 items = list(itertools.islice(it, size))
@@ -245,6 +256,11 @@ def _run(
             waiting.discard(batch.future)
             outcomes = _outcomes(batch, state.keep_errors)
             in_calls -= batch.size
+            killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
+            if killed and any(map(oom_killed, outcomes)):
+                oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
+                concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
+                outcomes = retry_killed(outcomes, batch.task.items, resubmit)
             if adaptive and batch.size:
                 # Refine the estimate: first calls pay for warm-up (imports, caches), so the
                 # fastest per-call time seen is the best guide for the batches still to come.

@@ -45,7 +45,7 @@ from ._asyncio import LoopLane, is_async_callable, run_coroutine
 from ._backends import RemoteLane
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
-from ._process import ProcessLane, usable_cpus
+from ._process import MemoryLimited, ProcessLane, usable_cpus
 from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
 from ._threads import ThreadLane
 
@@ -238,11 +238,7 @@ class Router:
         return route(fn, args, kwargs, opts, self.classifier, self.default_kind), opts
 
     def submit(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        opts: Options,
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> Future[Any]:
         if is_async_callable(fn) and self.async_on_loop(fn, opts):
             return self.submit_async(fn, args, kwargs, opts)
@@ -250,11 +246,11 @@ class Router:
         return self.submit_task(fn, [(args, kwargs)], decision, opts.timeout, batch=False)[0]
 
     def async_on_loop(self, fn: Callable[..., Any], opts: Options) -> bool:
-        # An async def runs on the executor's loop unless a lane was chosen for it; then it
-        # runs there under asyncio.run (see _submit_task).
+        # An async def runs on the executor's loop unless a lane was chosen for it (or a
+        # max_memory, a process); then it runs there under asyncio.run (see _submit_task).
         hinted = hints_of(fn)
         chosen = opts.kind if opts.kind != "auto" else (hinted.kind if hinted else "auto")
-        return chosen == "auto"
+        return chosen == "auto" and opts.merged(hinted).max_memory is None
 
     def submit_async(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
@@ -294,6 +290,7 @@ class Router:
         future: Future[Any] = Future(kind)
         if is_async_callable(fn):
             fn = functools.partial(run_coroutine, fn)
+        fn = fn if decision.max_memory is None else MemoryLimited(fn, decision.max_memory)
         task = Task(fn, items, future, batch=batch, timeout=timeout)
         remote = self.remote  # distributed backend (issue 7): process work, or all, goes there
         if remote is not None and probe is None and remote.takes(kind):

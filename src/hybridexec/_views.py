@@ -20,7 +20,7 @@ from typing_extensions import ParamSpec
 
 from ._futures import Future
 from ._mapping import MapState, check_limit, split_outcomes
-from ._routing import Options, check_kind, check_timeout
+from ._routing import Options, checked_options
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -226,10 +226,15 @@ class ExecutorOptions:
         """
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._opts, limit)
 
-    def options(self, *, kind: str = "auto", timeout: float | None = None) -> ExecutorOptions:
-        """Narrow these options further."""
-        options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
-        return ExecutorOptions(self._executor, options.merged(self._opts))
+    def options(
+        self, *, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
+    ) -> ExecutorOptions:
+        """Narrow these options further (arguments as for ``Executor.options``).
+
+        .. versionchanged:: 0.5 ``max_memory``.
+        """
+        options = checked_options(kind, timeout, max_memory, self._opts)
+        return ExecutorOptions(self._executor, options)
 
 
 class _Progress:

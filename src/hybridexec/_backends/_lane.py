@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from .._futures import Outcome, Task
+from .._process import MemoryLimited
 from .._shm import Copies, Share
 from .._threads import Timers
 from ._wire import LARGE_BYTES, encode, extract_large, outcomes_to_future, timeout_error
@@ -79,7 +80,11 @@ class RemoteLane:
         Raises:
             SerializationError: the call cannot be pickled (nothing was sent).
             RuntimeError: the lane was shut down.
+            ValueError: the task has a ``max_memory`` (its limit would bind a whole engine
+                worker, whose other tasks run on its threads).
         """
+        if type(task.fn) is MemoryLimited:
+            raise ValueError("max_memory is not supported on a distributed backend")
         items, large = extract_large(task.items)
         payload = encode(task, items)
         if self._closed:

@@ -13,6 +13,8 @@ Layers inside the room (each imports only those above it)::
                 pid; the lane's workers and process actors alike
     _worker     the lane's child entry: a plain loop over the worker's private pipes, and
                 the lane's messages (a worker loads only what it needs)
+    _memory     per-task memory limits in the worker (``MemoryLimited``), and their errors
+    _oom        map items killed by SIGKILL (the OOM killer): found, and run again alone
     _wire       encoding a call in the submitting thread (plain data: the C pickler alone)
     _supervision  the manager's workers: start, retire, reap, replace, kill
     _schedule   which worker gets each task; a few short calls sent ahead (pipelining)
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     from ._frames import write_frame as write_frame
     from ._handle import Child as Child
     from ._lane import ProcessLane as ProcessLane
+    from ._memory import MemoryLimited as MemoryLimited
+    from ._oom import oom_killed as oom_killed
+    from ._oom import retry_killed as retry_killed
     from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
     from ._supervise import default_start_method as default_start_method
     from ._supervise import get_context as get_context
@@ -53,13 +58,16 @@ __all__ = [
     "Child",
     "DEFAULT_GRACE",
     "FrameReader",
+    "MemoryLimited",
     "ProcessLane",
     "default_start_method",
     "enter_child",
     "get_context",
     "guard",
     "lifeline",
+    "oom_killed",
     "resident_memory",
+    "retry_killed",
     "usable_cpus",
     "write_frame",
 ]
@@ -70,13 +78,16 @@ __getattr__, __dir__ = exports(
         "DEFAULT_GRACE": "._supervise",
         "Child": "._handle",
         "FrameReader": "._frames",
+        "MemoryLimited": "._memory",
         "ProcessLane": "._lane",
         "default_start_method": "._supervise",
         "enter_child": "._child",
         "get_context": "._supervise",
         "guard": "._supervise",
         "lifeline": "._supervise",
+        "oom_killed": "._oom",
         "resident_memory": "._child",
+        "retry_killed": "._oom",
         "usable_cpus": "._threadlimits",
         "write_frame": "._frames",
     },

@@ -34,6 +34,7 @@ from .._exceptions import (
 )
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
+from ._memory import went_over
 from ._schedule import Scheduling
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
@@ -291,6 +292,8 @@ class Manager(Scheduling, threading.Thread):
         else:
             ok, value = outcomes[0]
             task.future.settle(ok, value)
+        if went_over(task.fn, outcomes):  # a MemoryError can leave C libraries in a poor state
+            worker.retire_why = "a call went over its max_memory"
         if reply.rss == INIT_FAILED and outcomes and not outcomes[0][0]:
             # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
             # queued fails and later submits raise BrokenExecutorError (cause chained).

@@ -38,6 +38,7 @@ from .. import _faults
 from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
 from .._futures import Future, Outcome, Task
 from ._frames import HEADER_SIZE, write_frames
+from ._memory import crash_error
 from ._supervision import BUSY, IDLE, Supervision, WorkerRecord
 from ._wire import encode_call
 
@@ -219,7 +220,9 @@ class Scheduling(Supervision):
         if name == "SIGKILL":
             message += "; if nothing killed it on purpose, memory may have run out (OOM killer)"
         logger.info("%s", message)
-        err = WorkerCrashedError(message, exitcode=exitcode, pid=worker.pid)
+        err = crash_error(task.fn, exitcode) or WorkerCrashedError(  # over its max_memory?
+            message, exitcode=exitcode, pid=worker.pid
+        )
         if task.batch:
             task.future.settle(True, [(False, err)])
         else:

@@ -4,7 +4,8 @@ What the rest of the package may use is named here; everything else in the room 
 
 Layers inside the room (each imports only those above it)::
 
-    _rules       options, hints (@io_bound, @cpu_bound, @task), the rules, Decision,
+    _options     Options and the checks of kind, timeout and max_memory
+    _rules       hints (@io_bound, @cpu_bound, @task), the rules, Decision,
                  Explanation, the Classifier protocol, TimedTask (a measured thread task)
     _sched       the scheduler's view of a thread: run-queue wait, runnable or asleep
     _measure     the figures of one measured call (Window) and their maths (Measurement)
@@ -22,15 +23,17 @@ from .._lazy import exports
 
 if TYPE_CHECKING:
     from ._classifier import LearningClassifier as LearningClassifier
-    from ._rules import KINDS as KINDS
+    from ._options import KINDS as KINDS
+    from ._options import Kind as Kind
+    from ._options import Options as Options
+    from ._options import check_kind as check_kind
+    from ._options import check_max_memory as check_max_memory
+    from ._options import check_timeout as check_timeout
+    from ._options import checked_options as checked_options
     from ._rules import Classifier as Classifier
     from ._rules import Decision as Decision
     from ._rules import Explanation as Explanation
-    from ._rules import Kind as Kind
-    from ._rules import Options as Options
     from ._rules import TimedTask as TimedTask
-    from ._rules import check_kind as check_kind
-    from ._rules import check_timeout as check_timeout
     from ._rules import cpu_bound as cpu_bound
     from ._rules import gil_enabled as gil_enabled
     from ._rules import hints_of as hints_of
@@ -49,7 +52,9 @@ __all__ = [
     "Options",
     "TimedTask",
     "check_kind",
+    "check_max_memory",
     "check_timeout",
+    "checked_options",
     "cpu_bound",
     "gil_enabled",
     "hints_of",
@@ -59,8 +64,13 @@ __all__ = [
     "task",
 ]
 
+_OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
+_OPTIONS |= {"check_kind", "check_max_memory", "check_timeout"}
+_ELSEWHERE = {"LearningClassifier", *_OPTIONS}
+
 __getattr__, __dir__ = exports(
     __name__,
-    {name: "._rules" for name in __all__ if name != "LearningClassifier"}
-    | {"LearningClassifier": "._classifier"},
+    {name: "._rules" for name in __all__ if name not in _ELSEWHERE}
+    | {"LearningClassifier": "._classifier"}
+    | dict.fromkeys(_OPTIONS, "._options"),
 )

@@ -8,8 +8,8 @@ Precedence, first match wins:
    Python in parallel, unless a timeout asks for a killable worker;
 3. a hint on the function: ``@io_bound`` (threads), ``@cpu_bound`` (processes),
    ``@task(kind=...)``;
-4. rules: a task with a timeout goes to a process (only a process can be stopped) when it can
-   be pickled; a callable or arguments that cannot be pickled stay on threads;
+4. rules: a task with a timeout or a ``max_memory`` goes to a process (only a process can be
+   stopped or limited) when it can be pickled; what cannot be pickled stays on threads;
 5. the executor's default kind when it is not ``"auto"`` (``Executor(kind="thread")`` switches
    the classifier off);
 6. the classifier (see ``Classifier``; by default ``LearningClassifier`` measures each
@@ -27,64 +27,17 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, TypeVar, overload
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, overload
 
 from .._futures import Future, Items, Outcome, Task
-
-KINDS = ("auto", "thread", "process")
-Kind = Literal["auto", "thread", "process"]
+from ._options import Kind, Options, checked_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger("hybridexec")
 
 _HINT_ATTR = "__hybridexec_options__"
-
-
-@dataclass(frozen=True)
-class Options:
-    """Per-call options: where to run and how long a call may take."""
-
-    kind: str = "auto"
-    timeout: float | None = None
-
-    def merged(self, other: Options | None) -> Options:
-        """Return these options with the fields ``other`` sets explicitly filled in."""
-        if other is None:
-            return self
-        return replace(
-            self,
-            kind=self.kind if self.kind != "auto" else other.kind,
-            timeout=self.timeout if self.timeout is not None else other.timeout,
-        )
-
-
-def check_kind(kind: object) -> str:
-    """Validate ``kind``.
-
-    Raises:
-        ValueError: not one of ``"auto"``, ``"thread"``, ``"process"``.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    return str(kind)
-
-
-def check_timeout(timeout: object) -> float | None:
-    """Validate a per-task timeout.
-
-    Raises:
-        TypeError: not a number.
-        ValueError: not positive.
-    """
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive, not {timeout!r}")
-    return float(timeout)
 
 
 def hints_of(fn: Callable[..., Any]) -> Options | None:
@@ -145,9 +98,16 @@ def cpu_bound(fn: F) -> F:
 @overload
 def task(fn: F, /) -> F: ...
 @overload
-def task(*, kind: Kind = "auto", timeout: float | None = None) -> Callable[[F], F]: ...
 def task(
-    fn: F | None = None, /, *, kind: Kind = "auto", timeout: float | None = None
+    *, kind: Kind = "auto", timeout: float | None = None, max_memory: int | None = None
+) -> Callable[[F], F]: ...
+def task(
+    fn: F | None = None,
+    /,
+    *,
+    kind: Kind = "auto",
+    timeout: float | None = None,
+    max_memory: int | None = None,
 ) -> F | Callable[[F], F]:
     """Attach default options to a function: ``@task(kind="process", timeout=5.0)``.
 
@@ -157,16 +117,21 @@ def task(
         fn: The function, when used bare as ``@task``.
         kind: ``"auto"``, ``"thread"`` or ``"process"``.
         timeout: Seconds each call may run before it fails with ``TaskTimeoutError``.
+        max_memory: Bytes each call may add to its worker process's memory before it fails
+            with ``MemoryLimitError`` (see ``Executor.options``); the calls run in processes.
 
     Returns:
         The function itself, or a decorator.
 
     Raises:
-        ValueError: unknown ``kind`` or a timeout that is not positive.
+        TypeError: ``max_memory`` is not an int.
+        ValueError: unknown ``kind``, a timeout or ``max_memory`` that is not positive, or
+            ``kind="thread"`` with ``max_memory``.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.5 ``max_memory``.
     """
-    options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
+    options = checked_options(kind, timeout, max_memory)
     if fn is not None:
         return _attach(fn, options)
     return lambda f: _attach(f, options)
@@ -199,12 +164,14 @@ class Decision:
         reason: Why, in words.
         explicit: The user asked for this lane: no silent fallback.
         probe: Set by a classifier that wants this call measured on a thread.
+        max_memory: The call's memory limit in bytes (set only with kind ``"process"``).
     """
 
     kind: str
     reason: str
     explicit: bool = False
     probe: Probe | None = field(default=None, repr=False, compare=False)
+    max_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -316,10 +283,23 @@ def gil_enabled() -> bool:
 
 
 def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> Decision | None:
-    """Apply options, the free-threading rule, hints and rules; None if the classifier decides."""
+    """Apply options, the free-threading rule, hints and rules; None if the classifier decides.
+
+    Raises:
+        ValueError: ``max_memory`` (given or from a hint) on a call that must run on a thread.
+    """
+    hinted = hints_of(fn)
+    memory = options.max_memory
+    if memory is None and hinted is not None:
+        memory = hinted.max_memory
+    if memory is not None:  # only a process can be limited: never a silent thread
+        kind = options.kind if options.kind != "auto" or hinted is None else hinted.kind
+        if kind == "thread":
+            raise ValueError("max_memory needs a process: it cannot apply with kind='thread'")
+        why = "kind='process' was requested" if kind == "process" else "a task with max_memory"
+        return Decision("process", f"{why} (runs limited)", explicit=True, max_memory=memory)
     if options.kind != "auto":
         return Decision(options.kind, f"kind={options.kind!r} was requested", explicit=True)
-    hinted = hints_of(fn)
     timeout = options.timeout is not None or (hinted is not None and hinted.timeout is not None)
     if not timeout and not gil_enabled():
         return Decision(

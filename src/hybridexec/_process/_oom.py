@@ -1,0 +1,47 @@
+"""Map items whose worker process was killed by SIGKILL: found, then run again one at a time.
+
+SIGKILL is what the kernel's OOM killer sends: the item may have run out of memory only
+because others of its map ran beside it. ``_mapping`` runs such an item once more when nothing
+else of its map is in flight, and halves the map's work in flight from then on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from .._exceptions import WorkerCrashedError
+from .._futures import Future, Items, Outcome
+
+
+def oom_killed(outcome: Outcome) -> bool:
+    """True for the outcome of an item whose worker process was killed by SIGKILL."""
+    ok, value = outcome
+    return not ok and type(value) is WorkerCrashedError and value.signal == signal.SIGKILL
+
+
+def retry_killed(
+    outcomes: list[Outcome], items: Items, submit: Callable[[Any], Future[Any]]
+) -> list[Outcome]:
+    """Run each item of ``items`` whose outcome is ``oom_killed`` once more, one at a time.
+
+    ``submit(item)`` sends one item as a batch of one. Returns the outcomes with the retried
+    items' new ones in their places: a value, or the failure of the second run.
+
+    Raises:
+        concurrent.futures.CancelledError: a retry was cancelled (the map or the executor
+            was): that ends the map.
+    """
+    outcomes = list(outcomes)
+    for index, outcome in enumerate(outcomes):
+        if oom_killed(outcome):
+            future = submit(items[index])
+            try:
+                outcomes[index] = future.result()[0]
+            except concurrent.futures.CancelledError:
+                raise
+            except Exception as exc:  # the retry failed as a whole
+                outcomes[index] = (False, exc)
+    return outcomes

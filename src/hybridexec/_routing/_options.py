@@ -1,0 +1,93 @@
+"""Per-call options (``kind``, ``timeout``, ``max_memory``) and their validation.
+
+The functions here check what a user passed at the call that passed it: ``submit``, ``map``,
+``options()``, ``@task``. Where the options route a call: ``_rules.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+KINDS = ("auto", "thread", "process")
+Kind = Literal["auto", "thread", "process"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-call options: where to run, how long a call may take, how much memory it may add."""
+
+    kind: str = "auto"
+    timeout: float | None = None
+    max_memory: int | None = None
+
+    def merged(self, other: Options | None) -> Options:
+        """Return these options with the fields ``other`` sets explicitly filled in."""
+        if other is None:
+            return self
+        return replace(
+            self,
+            kind=self.kind if self.kind != "auto" else other.kind,
+            timeout=self.timeout if self.timeout is not None else other.timeout,
+            max_memory=self.max_memory if self.max_memory is not None else other.max_memory,
+        )
+
+
+def check_kind(kind: object) -> str:
+    """Validate ``kind``.
+
+    Raises:
+        ValueError: not one of ``"auto"``, ``"thread"``, ``"process"``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    return str(kind)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """Validate a per-task timeout.
+
+    Raises:
+        TypeError: not a number.
+        ValueError: not positive.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout!r}")
+    return float(timeout)
+
+
+def check_max_memory(max_memory: object) -> int | None:
+    """Validate a per-task memory limit in bytes.
+
+    Raises:
+        TypeError: not an int (a bool is not one).
+        ValueError: not positive.
+    """
+    if max_memory is None:
+        return None
+    if isinstance(max_memory, bool) or not isinstance(max_memory, int):
+        raise TypeError(f"max_memory must be an int (bytes) or None, not {max_memory!r}")
+    if max_memory < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes, not {max_memory!r}")
+    return max_memory
+
+
+def checked_options(
+    kind: object, timeout: object, max_memory: object = None, under: Options | None = None
+) -> Options:
+    """``Options`` from what a caller passed, merged over ``under``; raise on bad values.
+
+    Raises:
+        TypeError: a timeout or ``max_memory`` of the wrong type.
+        ValueError: a bad value, or ``max_memory`` on a call asked to run on a thread (only a
+            process can be limited).
+    """
+    options = Options(check_kind(kind), check_timeout(timeout), check_max_memory(max_memory))
+    options = options.merged(under)
+    if options.kind == "thread" and options.max_memory is not None:
+        raise ValueError("max_memory needs a process: it cannot apply with kind='thread'")
+    return options
