@@ -5,18 +5,21 @@ the wrapper travels to the worker inside the pickled call, so the lane's message
 change, and only a worker that runs such a task loads this module. Around each call, in the
 worker:
 
-- ``RLIMIT_AS`` (where the platform has and enforces it: Linux) is lowered to the worker's
-  address space as the call starts plus ``max_memory``, and put back as the call ends. An
-  allocation past it fails at once: Python and numpy raise ``MemoryError``, which the wrapper
-  turns into ``MemoryLimitError``. The limit counts address space, not resident pages: each
-  thread the call starts reserves its stack (8 MiB by default), and memory mapped but not
-  touched counts in full.
+- on Linux, ``RLIMIT_DATA`` is lowered to the worker's private writable memory as the call
+  starts (``data`` of ``/proc/self/statm``) plus ``max_memory``, and put back as the call
+  ends. An allocation past it fails at once: Python and numpy raise ``MemoryError``, which
+  the wrapper turns into ``MemoryLimitError``. Since Linux 4.7 that limit counts what a call
+  allocates (heap, anonymous maps, the stacks of threads it starts: 8 MiB each by default)
+  even before it is touched, and not what ``RLIMIT_AS`` would also count: address space
+  reserved but inaccessible (glibc reserves 64 MiB per thread's malloc arena that way: under
+  a 256 MiB ``RLIMIT_AS`` a call could start 7 threads, then not allocate 128 MiB; under
+  ``RLIMIT_DATA``, 30 threads and then the 128 MiB), shared memory, mapped files.
 - a watchdog thread reads the worker's resident memory every ``WATCH_SECONDS``; when it is
-  ``max_memory`` over what it was as the call started (memory the address-space limit does
-  not see: pages already reserved before the call and touched during it, or a platform
-  without ``RLIMIT_AS``), the worker exits at once with ``EXIT_OVER_LIMIT``, and the manager
-  fails the task with ``MemoryLimitError``. The watchdog is Python code: it runs while the
-  call runs bytecode or releases the GIL, not inside C code that holds the GIL throughout.
+  ``max_memory`` over what it was as the call started (memory the data limit does not see:
+  shared memory the call maps, pages reserved before the call and touched during it, or a
+  platform without the limit), the worker exits at once with ``EXIT_OVER_LIMIT``, and the
+  manager fails the task with ``MemoryLimitError``. The watchdog is Python code: it runs
+  while the call runs bytecode or releases the GIL, not inside C code that holds the GIL.
 
 Either way the worker is replaced (a ``MemoryError`` can leave C libraries in a poor state):
 a worker whose call went over is retired once it has answered, or has exited already.
@@ -25,6 +28,7 @@ a worker whose call went over is retired once it has answered, or has exited alr
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -33,9 +37,9 @@ from .._exceptions import MemoryLimitError
 from .._serialize import dumps_callable, loads
 from ._child import resident_memory
 
-try:
+if sys.platform.startswith("linux"):
     import resource
-except ImportError:  # pragma: no cover - Windows: the watchdog alone
+else:  # macOS does not enforce RLIMIT_DATA (nor RLIMIT_AS); Windows has neither: the watchdog
     resource = None  # type: ignore[assignment]
 
 EXIT_OVER_LIMIT = 0x6D
@@ -117,41 +121,39 @@ def went_over(fn: Callable[..., Any], outcomes: list[tuple[bool, Any]]) -> bool:
 _INFINITY = getattr(resource, "RLIM_INFINITY", -1)
 
 
-def _address_space() -> int | None:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[0]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _enter(limit: int) -> tuple[int, int] | None:
-    """Arm the watchdog and lower ``RLIMIT_AS``; return the limits to restore (or None)."""
-    _watchdog.arm(limit)
-    size = _address_space()
-    if resource is None or size is None:
+    """Arm the watchdog and lower ``RLIMIT_DATA``; return the limits to restore (or None)."""
+    usage = _watchdog.arm(limit)
+    if resource is None or usage is None:
         return None
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        new = size + limit
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        new = usage[1] + limit
         if soft != _INFINITY:
             new = min(new, soft)  # a limit already lower (an outer call's, the user's) holds
         if hard != _INFINITY:
             new = min(new, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (new, hard))
-    except (OSError, ValueError):  # not enforced here (macOS): the watchdog alone
+        resource.setrlimit(resource.RLIMIT_DATA, (new, hard))
+    except (OSError, ValueError):  # refused: the watchdog alone
         return None
     return soft, hard
 
 
 def _leave(before: tuple[int, int] | None) -> None:
     if before is not None:
-        resource.setrlimit(resource.RLIMIT_AS, before)
+        resource.setrlimit(resource.RLIMIT_DATA, before)
     _watchdog.disarm()
 
 
 class _Watchdog:
-    """One thread per worker, started by its first limited call (before any limit is set)."""
+    """One thread per worker, started by its first limited call (before any limit is set).
+
+    It polls every ``WATCH_SECONDS`` while limited calls run, and for ``IDLE_SECONDS`` after
+    the last one ended; then it sleeps until the next one, so that a stream of short limited
+    calls does not wake it once per call.
+    """
+
+    IDLE_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
@@ -159,40 +161,69 @@ class _Watchdog:
         # limited function calling another), the innermost last and never above the outer.
         self.ceilings: list[int | None] = []
         self.pid = 0
+        self.fd = -1  # /proc/self/statm, open: a read costs a fraction of an open and a read
+        self.sleeping = False
 
-    def arm(self, limit: int) -> None:
-        rss = resident_memory()
+    def usage(self) -> tuple[int, int] | None:
+        """Resident and private writable (``data``) bytes of this process, or None."""
+        try:
+            fields = os.pread(self.fd, 256, 0).split()
+            return int(fields[1]) * _PAGE, int(fields[5]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            rss = resident_memory()  # no /proc: psutil, if it is installed
+            return None if rss is None else (rss, -1)
+
+    def arm(self, limit: int) -> tuple[int, int] | None:
+        """Watch a call that may add ``limit`` bytes; return the usage as it starts."""
         with self.cond:
             if self.pid != os.getpid():  # the first limited call here (or in a forked child)
-                self.pid = os.getpid()
-                self.ceilings = []
-                threading.Thread(
-                    target=self._watch, name="hybridexec-memory-watchdog", daemon=True
-                ).start()
-            ceiling = None if rss is None else rss + limit
+                self._start()
+            usage = self.usage()
+            ceiling = None if usage is None else usage[0] + limit
             outer = self.ceilings[-1] if self.ceilings else None
             if outer is not None and (ceiling is None or outer < ceiling):
                 ceiling = outer
             self.ceilings.append(ceiling)
-            self.cond.notify()
+            if self.sleeping:
+                self.cond.notify()
+        return None if usage is None or usage[1] < 0 else usage
 
     def disarm(self) -> None:
         with self.cond:
             if self.ceilings:
                 self.ceilings.pop()
 
+    def _start(self) -> None:
+        self.pid = os.getpid()
+        self.ceilings = []
+        try:
+            self.fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.fd = -1
+        self.sleeping = False
+        threading.Thread(target=self._watch, name="hybridexec-memory-watchdog", daemon=True).start()
+
     def _watch(self) -> None:
         cond = self.cond
+        idle_polls = int(self.IDLE_SECONDS / WATCH_SECONDS)
+        quiet = 0
         with cond:
             while True:
                 ceiling = self.ceilings[-1] if self.ceilings else None
-                if ceiling is None:
-                    cond.wait()
-                    continue
-                rss = resident_memory()
-                if rss is not None and rss > ceiling:
-                    # Under the lock: the call cannot end (disarm) and its reply go out now.
-                    os._exit(EXIT_OVER_LIMIT)
+                if ceiling is not None:
+                    quiet = 0
+                    usage = self.usage()
+                    if usage is not None and usage[0] > ceiling:
+                        # Under the lock: the call cannot end (disarm) and its reply go out now.
+                        os._exit(EXIT_OVER_LIMIT)
+                elif not self.ceilings:
+                    quiet += 1
+                    if quiet > idle_polls:
+                        self.sleeping = True
+                        cond.wait()  # until a limited call starts
+                        self.sleeping = False
+                        quiet = 0
+                        continue
                 cond.wait(WATCH_SECONDS)
 
 
