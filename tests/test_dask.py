@@ -92,6 +92,13 @@ def test_process_work_runs_on_the_cluster(ex: hx.Executor, client: Any) -> None:
     assert ex.stats()["submitted"]["dask"] == 1
 
 
+def test_max_memory_is_refused_on_the_cluster(ex: hx.Executor) -> None:
+    # Its limit would bind a whole Dask worker, whose other tasks run on its threads.
+    with pytest.raises(ValueError, match="distributed backend"):
+        ex.options(max_memory=1 << 30).submit(square, 3)
+    assert ex.submit(square, 3).result(timeout=20) == 9
+
+
 def test_io_bound_work_stays_on_local_threads(ex: hx.Executor) -> None:
     future = ex.submit(local_pid)
     assert future.result(timeout=20) == os.getpid()

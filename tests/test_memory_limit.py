@@ -7,11 +7,13 @@ killer does: simulated by the item killing its own worker) runs once more, alone
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import pickle
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,21 @@ def kill_always(item: tuple[int, str]) -> int:
             f.write("k")
         os.kill(os.getpid(), signal.SIGKILL)
     return x * 2
+
+
+def timed_kill_once(item: tuple[int, str]) -> tuple[float, float]:
+    """Sleep a little and return when this call ran; item 2 SIGKILLs its worker once."""
+    x, marker = item
+    started = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+    if x == 2 and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return started, time.monotonic()
+
+
+async def grab_async(nbytes: int) -> int:
+    return len(bytearray(nbytes))
 
 
 _reserved: list[mmap.mmap] = []
@@ -247,3 +264,31 @@ def test_amap_retries_a_killed_item(ex: hx.Executor, tmp_path: Path) -> None:
     items = [(i, marker) for i in range(6)]
     out = asyncio.run(hx.amap(kill_once, items, executor=ex, kind="process"))
     assert out == [i * 2 for i in range(6)]
+
+
+@pytest.mark.timeout(60)
+def test_after_a_kill_the_map_runs_fewer_items_at_once(tmp_path: Path) -> None:
+    marker = str(tmp_path / "killed")
+    with hx.Executor(max_processes=2) as ex:
+        spans = hx.map(
+            timed_kill_once, [(i, marker) for i in range(14)], executor=ex, kind="process"
+        )
+    retried_start, retried_end = spans[2]
+    for index, (start, end) in enumerate(spans):  # nothing else of the map beside the retry
+        assert index == 2 or end <= retried_start or start >= retried_end, index
+    later = sorted(span for span in spans if span[0] > retried_end)
+    assert len(later) >= 4  # the items after the retry ...
+    for (_, end), (start, _) in itertools.pairwise(later):
+        assert start >= end  # ... ran one at a time: 2 workers, halved to 1
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_limited_async_function_and_thread_requests(ex: hx.Executor) -> None:
+    future = ex.options(max_memory=LIMIT).submit(grab_async, MiB)
+    assert future.result() == MiB
+    assert future.kind == "process"  # not the event loop: only a process can be limited
+    with pytest.raises(hx.MemoryLimitError):
+        ex.options(max_memory=LIMIT).submit(grab_async, 4 * LIMIT).result()
+    with pytest.raises(ValueError, match="thread"):
+        hx.map(grab_hinted, [1, 2], executor=ex, kind="thread")
