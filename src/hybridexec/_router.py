@@ -250,7 +250,7 @@ class Router:
         # max_memory, a process); then it runs there under asyncio.run (see _submit_task).
         hinted = hints_of(fn)
         chosen = opts.kind if opts.kind != "auto" else (hinted.kind if hinted else "auto")
-        return chosen == "auto" and opts.merged(hinted).max_memory is None
+        return chosen == "auto" and opts.max_memory is None and not (hinted and hinted.max_memory)
 
     def submit_async(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
