@@ -21,26 +21,41 @@ table alone).
 from __future__ import annotations
 
 import bz2
+import collections
 import concurrent.futures as cf
 import hashlib
 import json
+import os
 import pickle
 import random
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hybridexec
 from hybridexec._routing import LearningClassifier
 
 from ._common import CPUS, Table, fmt_seconds, measure, section, target_line
-from ._workloads import calibrate_cpu_loop, cpu_loop, io_sleep, tiny, warm
+from ._workloads import (
+    calibrate_cpu_loop,
+    cpu_loop,
+    drift_task,
+    io_sleep,
+    mode_task,
+    socket_call,
+    start_server,
+    stop_server,
+    tiny,
+    warm,
+)
 
 IO_TASKS = 200
 IO_SECONDS = 0.02
@@ -151,13 +166,21 @@ def bench_against_lane(
 
 
 # ---- verdict accuracy ------------------------------------------------------------------------
-def _accuracy_cases() -> list[tuple[str, Callable[..., Any], tuple[Any, ...], str]]:
+Case = tuple[str, Callable[..., Any], tuple[Any, ...], str]
+DRIFT = "drift"  # the case name of the function that changes behaviour over time
+DRIFT_PLAN = (("io", 2), ("cpu", 5), ("io", 3))  # (behaviour, waves), in order
+DRIFT_ROWS = {1: ("drift io->cpu", "process"), 2: ("drift cpu->io", "thread")}
+DRIFT_IO_SECONDS = 0.02
+
+
+def _accuracy_cases(port: int) -> list[Case]:
     rng = random.Random(4)
     words = " ".join(f"user{i}@host{i % 97}.com w{i}" for i in range(40_000))
     event = threading.Event()
-    cases: list[tuple[str, Callable[..., Any], tuple[Any, ...], str]] = [
+    cases: list[Case] = [
         ("time.sleep", time.sleep, (0.03,), "thread"),
         ("Event.wait", event.wait, (0.03,), "thread"),
+        ("socket recv", socket_call, (port, 30, 200_000), "thread"),
         ("python loop", cpu_loop, (calibrate_cpu_loop(0.04),), "process"),
         ("json.loads", json.loads, (json.dumps([{"k": i} for i in range(60_000)]),), "process"),
         ("sorted", sorted, ([rng.random() for _ in range(300_000)],), "process"),
@@ -171,33 +194,32 @@ def _accuracy_cases() -> list[tuple[str, Callable[..., Any], tuple[Any, ...], st
         ("hashlib.sha256", hashlib.sha256, (b"x" * 40_000_000,), "thread"),
         ("zlib.compress", zlib.compress, (bytes(range(256)) * 20_000,), "thread"),
         ("bz2.compress", bz2.compress, (bytes(range(256)) * 4_000,), "thread"),
+        ("mode='io'", mode_task, ("io", 30_000), "thread"),
+        ("mode='cpu'", mode_task, ("cpu", 3_000_000), "process"),
     ]
     try:
         import numpy as np
 
         a = np.random.default_rng(1).random((600, 600))
+        big = np.random.default_rng(3).random(8_000_000)
         cases.append(("numpy matmul", np.matmul, (a, a), "thread"))
         cases.append(
             ("numpy sort", np.sort, (np.random.default_rng(2).random(2_000_000),), "thread")
         )
+        cases.append(("numpy sum (8M)", np.sum, (big,), "thread"))
+        cases.append(("numpy std (8M)", np.std, (big,), "thread"))
+        loop = calibrate_cpu_loop(0.04)
+        cases.append(("loop after matmul", cpu_loop, (loop,), "process"))
     except ImportError:
         pass
     return cases
 
 
-def mode_task(mode: str, n: int) -> int:
-    """An argument-dependent function: ``"io"`` sleeps ``n`` us, ``"cpu"`` loops ``n`` times."""
-    if mode == "io":
-        time.sleep(n / 1e6)
-        return 0
-    total = 0
-    for i in range(n):
-        total += i
-    return total
-
-
 def _first_wave(clf: LearningClassifier, fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
-    """Measure the first call on a thread; return the lane of the next call (the first wave)."""
+    """Measure the first call on a thread; return the lane of the next call (the first wave).
+
+    Every call of the first wave gets this same decision: it is the learned verdict, looked up.
+    """
     decision = clf.classify(fn, args, {})
     probe = decision.probe
     if probe is None:  # an earlier call settled this key already
@@ -209,7 +231,8 @@ def _first_wave(clf: LearningClassifier, fn: Callable[..., Any], args: tuple[Any
     return clf.classify(fn, args, {}).kind
 
 
-def _judge(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+def _judge(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, str]:
+    """The first-wave lane of ``fn(*args)`` with a fresh classifier, and the explanation."""
     clf = LearningClassifier()
     if name.startswith("mode="):
         # Learned apart from the other mode, which the classifier saw first.
@@ -218,63 +241,146 @@ def _judge(name: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
     elif name.startswith("loop after matmul"):
         fn_before, args_before = _MATMUL
         fn_before(*args_before)  # BLAS helper threads still spin while fn is measured
-    return _first_wave(clf, fn, args)
+    return _first_wave(clf, fn, args), str(clf.explain(fn, args))
 
 
 _MATMUL: tuple[Callable[..., Any], tuple[Any, ...]] = (lambda: None, ())
 
 
+def _drift_run(cpu_n: int) -> tuple[dict[str, bool], str, dict[str, str]]:
+    """One run of ``drift_task`` through a fresh executor, in waves of ``2 * CPUS`` calls.
+
+    It sleeps for the first phase, loops in Python for the second, sleeps again for the third
+    (``DRIFT_PLAN``); each wave is submitted at once and awaited. A change is handled right
+    when every call of every wave of the new phase from its second wave on went to the right
+    lane: the wave in which the change happens cannot know it, the next one must.
+
+    Returns ``{row: right}``, the lanes of every wave (``"tt|tt pppp|..."``) and the
+    explanation given after each judged wave.
+    """
+    fd, path = tempfile.mkstemp(prefix="hx-drift-")
+    os.close(fd)
+    phases: list[str] = []
+    reasons: dict[str, str] = {}
+    right: dict[str, bool] = {}
+    try:
+        with hybridexec.Executor(max_processes=CPUS) as ex:
+            for index, (behaviour, waves) in enumerate(DRIFT_PLAN):
+                Path(path).write_text(behaviour)
+                lanes: list[str] = []
+                for _ in range(waves):
+                    futures = [
+                        ex.submit(drift_task, path, cpu_n, DRIFT_IO_SECONDS)
+                        for _ in range(2 * CPUS)
+                    ]
+                    for f in futures:
+                        f.result()
+                    lanes.append("".join(f.kind[0] for f in futures))
+                    if index in DRIFT_ROWS and len(lanes) == 2:
+                        row = DRIFT_ROWS[index][0]
+                        reasons[row] = str(ex.explain(drift_task, path, cpu_n, DRIFT_IO_SECONDS))
+                phases.append("|".join(lanes))
+                if index in DRIFT_ROWS:
+                    row, expected = DRIFT_ROWS[index]
+                    right[row] = all(set(w) == {expected[0]} for w in lanes[1:])
+    finally:
+        os.unlink(path)
+    return right, " ".join(phases), reasons
+
+
 def _accuracy_round(
-    cases: list[tuple[str, Callable[..., Any], tuple[Any, ...], str]], runs: int, seed: int
-) -> dict[str, int]:
-    order = [case for case in cases for _ in range(runs)]
+    cases: list[Case], runs: int, seed: int
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Judge every case ``runs`` times in one shuffled order; return rights and evidence."""
+    order = [case[0] for case in cases for _ in range(runs)] + [DRIFT] * runs
     random.Random(seed).shuffle(order)
+    by_name = {case[0]: case for case in cases}
     right: dict[str, int] = {name: 0 for name, *_ in cases}
-    for name, fn, args, expected in order:
-        right[name] += _judge(name, fn, args) == expected
-    return right
+    right.update({row: 0 for row, _ in DRIFT_ROWS.values()})
+    wrong: dict[str, str] = {}  # first explanation of a wrong verdict per row
+    patterns: collections.Counter[str] = collections.Counter()
+    drift_n = calibrate_cpu_loop(0.03)
+    for name in order:
+        if name == DRIFT:
+            rights, pattern, reasons = _drift_run(drift_n)
+            patterns[pattern] += 1
+            for row, ok in rights.items():
+                right[row] += ok
+                if not ok:
+                    wrong.setdefault(row, f"waves {pattern}; after the 2nd wave: {reasons[row]}")
+            continue
+        _, fn, args, expected = by_name[name]
+        kind, why = _judge(name, fn, args)
+        right[name] += kind == expected
+        if kind != expected:
+            wrong.setdefault(name, why)
+    return right, {"wrong": wrong, "patterns": patterns}
 
 
 def bench_accuracy(runs: int) -> None:
     global _MATMUL
-    cases = _accuracy_cases()
-    loop = calibrate_cpu_loop(0.04)
-    cases.append(("mode='io'", mode_task, ("io", 30_000), "thread"))
-    cases.append(("mode='cpu'", mode_task, ("cpu", 3_000_000), "process"))
+    server, port = start_server()
     try:
-        import numpy as np
-
-        a = np.random.default_rng(1).random((500, 500))
-        _MATMUL = (np.matmul, (a, a))
-        cases.append(("loop after matmul", cpu_loop, (loop,), "process"))
-    except ImportError:
-        pass
-    print(
-        f"\n### verdict accuracy on the FIRST wave after the first measured call: "
-        f"{len(cases)} function kinds x {runs} shuffled runs, fresh classifier each"
-    )
-    results: dict[str, dict[str, int]] = {}
-    for label in ("idle", "CPU hog"):
-        hog = None
-        if label == "CPU hog":
-            hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        cases = _accuracy_cases(port)
         try:
-            results[label] = _accuracy_round(cases, runs, seed=7)
-        finally:
-            if hog is not None:
-                hog.kill()
-                hog.wait()
+            import numpy as np
+
+            a = np.random.default_rng(1).random((500, 500))
+            _MATMUL = (np.matmul, (a, a))
+        except ImportError:
+            pass
+        rows = [(name, expected) for name, _, _, expected in cases]
+        rows += list(DRIFT_ROWS.values())
+        print(
+            f"\n### verdict accuracy on the FIRST wave after the first measured call: "
+            f"{len(rows)} rows x {runs} shuffled runs, fresh classifier each"
+        )
+        print(
+            f"  drift rows: drift_task changes behaviour over time (io -> cpu -> io, waves of "
+            f"{2 * CPUS} calls at once, a fresh executor per run); right = every wave of the "
+            "new phase from its 2nd wave on went to the right lane"
+        )
+        results: dict[str, dict[str, int]] = {}
+        evidence: dict[str, dict[str, Any]] = {}
+        for label in ("idle", "CPU hog"):
+            hog = None
+            if label == "CPU hog":
+                hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                results[label], evidence[label] = _accuracy_round(cases, runs, seed=7)
+            finally:
+                if hog is not None:
+                    hog.kill()
+                    hog.wait()
+    finally:
+        stop_server(server)
     print(f"  {'function':20} {'expected':8} {'idle':>6} {'CPU hog':>8}")
-    for name, _, _, expected in cases:
+    for name, expected in rows:
         idle, hogged = results["idle"][name], results["CPU hog"][name]
         print(f"  {name:20} {expected:8} {idle:3}/{runs:<2} {hogged:4}/{runs:<2}")
+    for label, ev in evidence.items():
+        for pattern, count in ev["patterns"].most_common(2):
+            print(f"  drift lanes per wave ({label}, {count}/{runs} runs): {pattern}")
+        for name, why in ev["wrong"].items():
+            print(f"  wrong ({label}) {name}: e.g. {why}")
+    total_rows = len(rows) * runs
     for label, right in results.items():
-        total = sum(right.values()) / (len(cases) * runs)
+        total = sum(right.values()) / total_rows
         print(
             target_line(
                 f"first-wave accuracy >= 95% ({label})",
                 total >= 0.95,
-                f"{total:.1%} of {len(cases) * runs} verdicts",
+                f"{total:.1%} of {total_rows} verdicts",
+            )
+        )
+    changing = ["mode='io'", "mode='cpu'", *(row for row, _ in DRIFT_ROWS.values())]
+    for label, right in results.items():
+        share = sum(right[n] for n in changing) / (len(changing) * runs)
+        print(
+            target_line(
+                f"argument-dependent and switching rows right within one wave ({label})",
+                share >= 0.95,
+                f"{share:.1%} of {len(changing) * runs}",
             )
         )
 
