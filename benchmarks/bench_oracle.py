@@ -1,0 +1,468 @@
+"""Issue 15: automatic routing against a hand-routed oracle, every fixed pool, and memory.
+
+Workloads (built in every child from the same seed, sizes calibrated once by the parent):
+
+- mixed, interleaved: socket requests to a local server (in its own process: 30 ms latency,
+  64 KB answers), pure-Python loops, GIL-free C (``sha256`` of 8 MB, ``zlib`` of 2 MB,
+  BLAS 400 x 400 products) and the argument-dependent ``mode_task`` (``"io"``: 20 ms asleep,
+  ``"cpu"``: a Python loop), shuffled with a fixed seed and submitted at once;
+- mixed, grouped: the same calls in blocks, one function after the other (bursts of a new
+  function: its first call is measured while the rest of the burst waits for the verdict);
+- pure CPU: 8 Python loops, against serial (no pool) and the stdlib process pool;
+- GIL-free C: ``sha256``, ``zlib`` and BLAS products, against the stdlib thread pool;
+- numpy chunks: 8 arrays of 16 MB (4 MB in ``--quick``), each sorted (GIL-free C) by one task;
+  peak memory of the whole process tree.
+
+**The oracle** is the same calls, each sent by hand to the lane known to be best for it:
+sockets, sleeps (``mode_task("io")``) and GIL-free C to threads, Python loops (``cpu_loop``,
+``mode_task("cpu")``) to processes. It is measured twice: on hybridexec's own lanes
+(``ex.options(kind=...)``: the same dispatch costs, so the ratio is the cost of routing
+alone) and on a ``ThreadPoolExecutor()`` beside a ``ProcessPoolExecutor(cpus)``. The target
+is judged against the faster of the two (by median).
+
+Contenders each run in a fresh interpreter (``isolated``), one per contender and round, the
+order rotating between rounds so a load change on the shared machine hits all of them. Each
+workload gets a fresh pool, warm (every worker started) before timing, then is timed twice:
+fixed pools count both runs; hybridexec's first run (learning included: a fresh executor
+that has never seen the functions) is the judged row, its second run is shown as "learned".
+
+Memory: the chunks are created first, then the pool (as a user would: no warm-up), and all
+8 tasks are submitted at once. A thread of the child samples every 5 ms the resident set
+size (RSS, ``psutil``) of the child and all its descendants (workers, fork server, resource
+tracker) and keeps the largest sum: "peak RSS of the process tree". Shared pages count once
+per process, as RSS does.
+
+Run: ``python -m benchmarks --only oracle`` or ``python -m benchmarks.bench_oracle [--quick]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._common import CPUS, Table, isolated, missing_peers_note, report, section, target_line
+from ._peers import available, make
+from ._workloads import (
+    calibrate_cpu_loop,
+    cpu_loop,
+    matmul_trace,
+    mode_task,
+    sha256_hex,
+    socket_call,
+    sorted_median,
+    start_server,
+    stop_server,
+    warm,
+    zlib_size,
+)
+
+Call = tuple[str, Callable[..., Any], tuple[Any, ...], str]
+"""``(label, fn, args, best lane)``."""
+
+FIXED = ["stdlib-threads", "stdlib-processes", "loky", "pebble", "mpire", "joblib"]
+ORACLES = ["oracle-hybridexec", "oracle-stdlib"]
+NAMES = {
+    "hybridexec": "hybridexec",
+    "oracle-hybridexec": "oracle: hybridexec lanes",
+    "oracle-stdlib": "oracle: stdlib pools",
+    "stdlib-threads": "stdlib threads",
+    "stdlib-processes": "stdlib processes",
+    "loky": "loky",
+    "pebble": "pebble",
+    "mpire": "mpire",
+    "joblib": "joblib",
+    "serial": "serial (no pool)",
+}
+LEARNED = "hybridexec, learned"
+MIXED = ("mixed", "grouped")
+ROUNDS = 2
+
+
+def _sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"sockets": 24, "loops": 4, "c": 2, "mode_io": 6, "mode_cpu": 2, "pure": 4}
+    return {"sockets": 40, "loops": 4, "c": 4, "mode_io": 10, "mode_cpu": 2, "pure": 8}
+
+
+def build_calls(workload: str, quick: bool, port: int, cpu_n: int, mode_n: int) -> list[Call]:
+    """The calls of ``workload``, the same in every child."""
+    size = _sizes(quick)
+    data = bytes(random.Random(1).getrandbits(8) for _ in range(1 << 16)) * 128  # 8 MB
+    blob = (bytes(range(256)) * 64 + data[:16_384]) * 64  # 2 MB, compressible
+    calls: list[Call] = []
+    if workload in ("gilfree", *MIXED):
+        import numpy as np
+
+        a = np.random.default_rng(1).random((400, 400))
+        n = size["c"] if workload != "gilfree" else 8
+        calls += [("sha256", sha256_hex, (data,), "thread")] * n
+        calls += [("zlib", zlib_size, (blob,), "thread")] * n
+        calls += [("matmul", matmul_trace, (a,), "thread")] * n
+    if workload == "gilfree":
+        return calls
+    if workload == "cpu":
+        return [("python loop", cpu_loop, (cpu_n,), "process")] * size["pure"]
+    loops = [("python loop", cpu_loop, (cpu_n,), "process")] * size["loops"]
+    sockets = [("socket", socket_call, (port, 30, 65_536), "thread")] * size["sockets"]
+    modes = [("mode='io'", mode_task, ("io", 20_000), "thread")] * size["mode_io"]
+    modes += [("mode='cpu'", mode_task, ("cpu", mode_n), "process")] * size["mode_cpu"]
+    if workload == "grouped":
+        return loops + sockets + calls + modes
+    calls = loops + sockets + calls + modes
+    random.Random(15).shuffle(calls)
+    return calls
+
+
+# ---- in the child -----------------------------------------------------------------------------
+def _warm_hybrid(ex: Any) -> None:
+    list(ex.options(kind="process").map(warm, [0.05] * (2 * CPUS)))
+    list(ex.options(kind="thread").map(warm, [0.01] * 4))
+
+
+def _lanes(futures: list[tuple[str, Any]]) -> dict[str, dict[str, int]]:
+    lanes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for label, f in futures:
+        lanes[label][f.kind] += 1
+    return {label: dict(c) for label, c in lanes.items()}
+
+
+def _run_hybrid(calls: list[Call], oracle: bool) -> dict[str, Any]:
+    import hybridexec
+
+    times: list[float] = []
+    lanes: list[dict[str, dict[str, int]]] = []
+    explain: dict[str, str] = {}
+    with hybridexec.Executor(max_processes=CPUS) as ex:
+        _warm_hybrid(ex)
+        by_lane = {k: ex.options(kind=k) for k in ("thread", "process")}
+        for _ in range(2):
+            start = time.perf_counter()
+            futures = [
+                (label, (by_lane[best] if oracle else ex).submit(fn, *args))
+                for label, fn, args, best in calls
+            ]
+            for _, f in futures:
+                f.result()
+            times.append(time.perf_counter() - start)
+            lanes.append(_lanes(futures))
+        if not oracle:
+            for label, fn, args, _ in {c[0]: c for c in calls}.values():
+                explain[label] = str(ex.explain(fn, *args))
+    return {"times": times, "lanes": lanes, "explain": explain}
+
+
+def _run_oracle_stdlib(calls: list[Call]) -> dict[str, Any]:
+    times = []
+    with cf.ThreadPoolExecutor() as threads, cf.ProcessPoolExecutor(CPUS) as procs:
+        list(procs.map(warm, [0.05] * (2 * CPUS)))
+        list(threads.map(warm, [0.01] * 4))
+        pools: dict[str, cf.Executor] = {"thread": threads, "process": procs}
+        for _ in range(2):
+            start = time.perf_counter()
+            futures = [pools[best].submit(fn, *args) for _, fn, args, best in calls]
+            for f in futures:
+                f.result()
+            times.append(time.perf_counter() - start)
+    return {"times": times}
+
+
+def _run_peer(name: str, calls: list[Call]) -> dict[str, Any]:
+    contender = make(name)
+    contender.start()
+    try:
+        plain = [(fn, args, None) for _, fn, args, _ in calls]
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            contender.run_calls(plain)
+            times.append(time.perf_counter() - start)
+    finally:
+        contender.close()
+    return {"times": times}
+
+
+def contender_child(
+    contender: str, workloads: list[str], quick: bool, port: int, cpu_n: int, mode_n: int
+) -> None:
+    """In a fresh interpreter: time ``contender`` on each workload; report one dict each."""
+    for workload in workloads:
+        calls = build_calls(workload, quick, port, cpu_n, mode_n)
+        if contender in ("hybridexec", "oracle-hybridexec"):
+            result = _run_hybrid(calls, oracle=contender != "hybridexec")
+        elif contender == "oracle-stdlib":
+            result = _run_oracle_stdlib(calls)
+        else:
+            result = _run_peer(contender, calls)
+        report({"workload": workload, **result})
+
+
+class _TreePeak:
+    """Samples the summed RSS of this process and all its descendants every 5 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        import psutil
+
+        total = 0
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass  # it ended meanwhile
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> _TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+
+def memory_child(contender: str, quick: bool) -> None:
+    """In a fresh interpreter: peak tree RSS while ``contender`` sorts 8 numpy chunks."""
+    import numpy as np
+
+    length = 500_000 if quick else 2_000_000
+    rng = np.random.default_rng(8)
+    chunks = [rng.random(length) for _ in range(8)]
+    calls = [(sorted_median, (chunk,), None) for chunk in chunks]
+    tree = _TreePeak()
+    baseline = tree.now()
+    pool = make(contender)
+    with tree:
+        pool.create()
+        start = time.perf_counter()
+        pool.run_calls(calls)
+        seconds = time.perf_counter() - start
+    pool.close()
+    report({"peak": tree.peak, "baseline": baseline, "seconds": seconds, "lanes": pool.ran_on(8)})
+
+
+# ---- in the parent ----------------------------------------------------------------------------
+def _plan(quick: bool) -> dict[str, list[str]]:
+    if quick:
+        plan = {
+            "hybridexec": ["mixed", "cpu", "gilfree"],
+            "oracle-hybridexec": ["mixed"],
+            "stdlib-threads": ["mixed", "gilfree"],
+            "stdlib-processes": ["mixed", "cpu"],
+            "serial": ["cpu"],
+        }
+    else:
+        plan = {name: list(MIXED) for name in ["hybridexec", *ORACLES, *FIXED]}
+        plan["hybridexec"] += ["cpu", "gilfree"]
+        plan["stdlib-threads"].append("gilfree")
+        plan["stdlib-processes"].append("cpu")
+        plan["serial"] = ["cpu"]
+    present, _ = available(plan)
+    return {name: plan[name] for name in present}
+
+
+def _collect(
+    quick: bool, rounds: int, port: int, cpu_n: int, mode_n: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[dict[str, Any]]], list[str]]:
+    plan = _plan(quick)
+    names = list(plan)
+    times: dict[str, dict[str, list[float]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    hybrid: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    errors: list[str] = []
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            got = isolated(
+                "benchmarks.bench_oracle:contender_child",
+                60 if quick else 180,
+                contender=name,
+                workloads=plan[name],
+                quick=quick,
+                port=port,
+                cpu_n=cpu_n,
+                mode_n=mode_n,
+            )
+            if got.error:
+                errors.append(f"{NAMES[name]}: {got.error}")
+            for value in got.values:
+                workload, runs = value["workload"], value["times"]
+                if name == "hybridexec":
+                    times[workload][NAMES[name]].append(runs[0])
+                    times[workload][LEARNED].append(runs[1])
+                    hybrid[workload].append(value)
+                else:
+                    times[workload][NAMES[name]].extend(runs)
+    return times, hybrid, errors
+
+
+def _table(title: str, rows: dict[str, list[float]]) -> Table:
+    table = Table(title, reference="hybridexec")
+    for name, samples in rows.items():
+        note = ""
+        if name == "hybridexec":
+            note = "fresh executor: learning included (judged)"
+        elif name == LEARNED:
+            note = "same executor, second run"
+        table.add(name, samples, note=note)
+    table.print()
+    return table
+
+
+def _lanes_line(values: list[dict[str, Any]]) -> None:
+    total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for value in values:
+        for label, lanes in value["lanes"][0].items():
+            total[label].update(lanes)
+    text = "; ".join(
+        f"{label} " + " ".join(f"{k}:{n}" for k, n in sorted(c.items()))
+        for label, c in total.items()
+    )
+    print(f"  hybridexec lanes, learning run, all rounds: {text}")
+
+
+def _explain_lines(values: list[dict[str, Any]]) -> None:
+    if values:
+        for label, why in values[-1]["explain"].items():
+            print(f"    explain({label}): {why}")
+
+
+def _judge_mixed(workload: str, rows: dict[str, list[float]], values: list[Any]) -> None:
+    med = {name: statistics.median(s) for name, s in rows.items() if s}
+    hx = med.get("hybridexec")
+    if hx is None:
+        print(target_line(f"{workload}: hybridexec measured", False, "no figures"))
+        return
+    _lanes_line(values)
+    _explain_lines(values)
+    oracles = {n: med[n] for n in (NAMES[o] for o in ORACLES) if n in med}
+    if oracles:
+        best = min(oracles, key=oracles.__getitem__)
+        ratio = hx / oracles[best]
+        others = ", ".join(f"{hx / v:.2f}x of {n}" for n, v in oracles.items())
+        print(target_line(f"{workload}: within 1.15x of the oracle", ratio <= 1.15, others))
+    fixed = {n: med[n] for n in (NAMES[f] for f in FIXED) if n in med}
+    if fixed:
+        closest = min(fixed, key=fixed.__getitem__)
+        print(
+            target_line(
+                f"{workload}: faster than every fixed pool ({len(fixed)})",
+                hx < fixed[closest],
+                f"closest {closest}: {fixed[closest] / hx:.2f}x slower than hybridexec",
+            )
+        )
+
+
+def _memory(quick: bool) -> None:
+    names, _ = available(
+        ["hybridexec", "stdlib-threads", "stdlib-processes"] if quick else ["hybridexec", *FIXED]
+    )
+    mb = 4 if quick else 16
+    print(
+        f"\n### peak memory: 8 numpy chunks of {mb} MB sorted at once (cold pool); "
+        "sum of RSS of the process tree, sampled every 5 ms"
+    )
+    peaks: dict[str, float] = {}
+    for name in names:
+        got = isolated(
+            "benchmarks.bench_oracle:memory_child",
+            60 if quick else 120,
+            contender=name,
+            quick=quick,
+        )
+        if got.error or not isinstance(got.value, dict):
+            print(f"  {NAMES[name]:20} failed: {got.error}")
+            continue
+        v = got.value
+        peaks[NAMES[name]] = v["peak"] / 2**20
+        print(
+            f"  {NAMES[name]:20} peak {v['peak'] / 2**20:7.0f} MB   before the pool "
+            f"{v['baseline'] / 2**20:5.0f} MB   {v['seconds']:.2f} s   ran on {v['lanes']}"
+        )
+    fixed = {n: p for n, p in peaks.items() if n != "hybridexec"}
+    if "hybridexec" in peaks and fixed:
+        best = min(fixed, key=fixed.__getitem__)
+        ratio = peaks["hybridexec"] / fixed[best]
+        print(
+            target_line(
+                "numpy chunks: peak memory within 1.3x of the best fixed pool",
+                ratio <= 1.3,
+                f"{ratio:.2f}x of {best}",
+            )
+        )
+
+
+def run(quick: bool) -> None:
+    section("bench_oracle: routing against a hand-routed oracle and every fixed pool (issue 15)")
+    cpu_seconds = 0.04 if quick else 0.1
+    cpu_n = calibrate_cpu_loop(cpu_seconds)
+    start = time.perf_counter()
+    mode_task("cpu", 200_000)
+    mode_n = int(200_000 * 0.1 / (time.perf_counter() - start))
+    size = _sizes(quick)
+    print(
+        f"python loop ~{cpu_seconds * 1e3:.0f} ms; mode_task('cpu') ~100 ms, ('io') 20 ms asleep; "
+        f"sockets: 30 ms server latency, 64 KB answers; "
+        f"mixed = {size['sockets']} sockets + {size['loops']} loops + {size['c']} each of "
+        f"sha256 8 MB / zlib 2 MB / matmul 400x400 + {size['mode_io']} io + "
+        f"{size['mode_cpu']} cpu mode_task calls"
+    )
+    note = missing_peers_note()
+    if note:
+        print(f"note: {note}")
+    rounds = 1 if quick else ROUNDS
+    server, port = start_server()
+    try:
+        times, hybrid, errors = _collect(quick, rounds, port, cpu_n, mode_n)
+    finally:
+        stop_server(server)
+    for error in errors:
+        print(f"  [FAILED] {error}")
+    print(f"\n{rounds} round(s), each contender in a fresh interpreter per round")
+    for workload, title in (
+        ("mixed", "mixed, interleaved, submitted at once"),
+        ("grouped", "mixed, grouped in bursts of one function, submitted at once"),
+    ):
+        if workload in times:
+            _table(title, times[workload])
+            _judge_mixed(workload, times[workload], hybrid[workload])
+    if "cpu" in times:
+        rows = times["cpu"]
+        _table(f"pure CPU: {size['pure']} Python loops", rows)
+        if rows.get("hybridexec") and rows.get(NAMES["serial"]):
+            speed = statistics.median(rows[NAMES["serial"]]) / statistics.median(rows["hybridexec"])
+            print(target_line(f">= 1.95x serial on {CPUS} cores", speed >= 1.95, f"{speed:.2f}x"))
+        _explain_lines(hybrid["cpu"])
+    if "gilfree" in times:
+        rows = times["gilfree"]
+        _table("GIL-free C: 8 each of sha256 8 MB, zlib 2 MB, matmul 400x400", rows)
+        if rows.get("hybridexec") and rows.get(NAMES["stdlib-threads"]):
+            ratio = statistics.median(rows["hybridexec"]) / statistics.median(
+                rows[NAMES["stdlib-threads"]]
+            )
+            print(target_line("within 1.1x of stdlib threads", ratio <= 1.1, f"{ratio:.2f}x"))
+        _lanes_line(hybrid["gilfree"])
+    _memory(quick)
+
+
+if __name__ == "__main__":
+    run("--quick" in sys.argv[1:])
