@@ -373,9 +373,7 @@ def _judge_mixed(workload: str, rows: dict[str, list[float]], values: list[Any])
 
 
 def _memory(quick: bool) -> None:
-    names, _ = available(
-        ["hybridexec", "stdlib-threads", "stdlib-processes"] if quick else ["hybridexec", *FIXED]
-    )
+    names, _ = available(["hybridexec", "stdlib-threads"] if quick else ["hybridexec", *FIXED])
     mb = 4 if quick else 16
     print(
         f"\n### peak memory: 8 numpy chunks of {mb} MB sorted at once (cold pool); "
@@ -447,7 +445,7 @@ def run(quick: bool) -> None:
             _judge_mixed(workload, times[workload], hybrid[workload])
     if "cpu" in times:
         rows = times["cpu"]
-        _table(f"pure CPU: {size['pure']} Python loops", rows)
+        _table(f"pure CPU against serial: {size['pure']} Python loops", rows)
         if rows.get("hybridexec") and rows.get(NAMES["serial"]):
             speed = statistics.median(rows[NAMES["serial"]]) / statistics.median(rows["hybridexec"])
             print(target_line(f">= 1.95x serial on {CPUS} cores", speed >= 1.95, f"{speed:.2f}x"))
