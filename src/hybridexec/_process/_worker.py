@@ -31,6 +31,9 @@ from ._threadlimits import apply_thread_limits
 
 _FN_CACHE_SIZE = 16
 
+CPU_CLOCK_MIN = 0.0001
+"""Seconds per call under which a function's calls are not timed on the CPU clock."""
+
 STOP = b""
 
 INIT_FAILED = -1
@@ -172,22 +175,28 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
     """Run a call or batch; return its outcomes and the wall and CPU seconds of the calls.
 
     The times leave out unpickling (a first call imports the function's module), since they
-    size later batches and feed the router.
+    size later batches and feed the router. The CPU clock is a system call (about a
+    microsecond, twice per call): for a function whose last call here took under
+    ``CPU_CLOCK_MIN`` it is not read, and the CPU time is reported equal to the wall time
+    (the router demotes such calls from processes whatever their CPU share).
     """
     try:
         fn_bytes, items, _batch = loads(data)
-        fn = functions.get(fn_bytes)
-        if fn is None:
-            fn = loads(fn_bytes)
+        entry = functions.get(fn_bytes)
+        if entry is None:
+            entry = [loads(fn_bytes), None]
             if len(functions) >= _FN_CACHE_SIZE:
                 functions.clear()
-            functions[fn_bytes] = fn
+            functions[fn_bytes] = entry
     except BaseException as exc:
         err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
         err.__cause__ = exc
         return [(False, pack_exception(err))], 0.0, 0.0
+    fn = entry[0]
+    last = entry[1]
+    clock = last is None or last >= CPU_CLOCK_MIN
     started = time.perf_counter()
-    cpu_started = time.process_time()
+    cpu_started = time.process_time() if clock else 0.0
     outcomes: list[tuple[bool, Any]] = []
     append = outcomes.append
     for args, kwargs in items:
@@ -199,17 +208,19 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
             append((False, pack_exception(exc)))
         if _in_forked_child:
             break
-    return outcomes, time.perf_counter() - started, time.process_time() - cpu_started
+    elapsed = time.perf_counter() - started
+    entry[1] = elapsed / len(items) if items else 0.0
+    return outcomes, elapsed, (time.process_time() - cpu_started) if clock else elapsed
 
 
 def _encode_reply(
     outcomes: list[tuple[bool, Any]], elapsed: float, cpu: float, rss: int | None
 ) -> bytes:
-    reply = Reply(outcomes, elapsed, cpu, rss)
     try:
         if _faults.ACTIVE:
             _faults.hit("worker.pickle_reply")
-        return dumps_reply(tuple(reply))  # large numpy results go through shared memory
+        # A Reply, as a plain tuple; large numpy results go through shared memory.
+        return dumps_reply((outcomes, elapsed, cpu, rss))
     except Exception:
         pass
     # Some result does not pickle with the C pickler: find which, item by item, so the others
