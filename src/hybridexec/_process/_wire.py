@@ -65,6 +65,14 @@ def encode_call(
 def _plain(items: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> bool:
     """True when the arguments are plain data only (no arrays, handles, classes, functions)."""
     scalars, containers = _SCALARS, _CONTAINERS
+    if len(items) == 1:  # the common case, one call of scalars: no walk
+        args, kwargs = items[0]
+        if not kwargs and type(args) is tuple:
+            for arg in args:
+                if type(arg) not in scalars:
+                    break
+            else:
+                return True
     stack: list[Any] = [items]
     budget = _PLAIN_BUDGET
     while stack:
