@@ -24,6 +24,7 @@ from .._futures import Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._manager import Manager
 from ._supervise import get_context, lifeline, preload_in_forkserver
+from ._supervision import WorkerRecord
 from ._threadlimits import usable_cpus
 from ._wire import encode_call
 from ._worker import Initializer
@@ -107,6 +108,10 @@ class ProcessLane:
         self._timing_hook: Callable[[Task, float, float], None] | None = None
         self.wake_r = self.wake_w = -1
         self._wake_pending = False  # a wake-up byte is in the pipe, not yet drained
+        # Under the lock: idle workers the sleeping manager lets submits write to (the direct
+        # path, see Scheduling.send_direct), and the writes that failed there, for the manager.
+        self.ready: list[WorkerRecord] = []
+        self.send_failures: list[tuple[WorkerRecord, Task, OSError]] = []
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
 
     # ---- used by the manager --------------------------------------------------------------
@@ -118,8 +123,7 @@ class ProcessLane:
         """
         with self._lock:
             try:
-                while os.read(self.wake_r, 4096):
-                    pass
+                os.read(self.wake_r, 4096)  # what is left (a storm of commands) wakes it again
             except BlockingIOError:
                 pass
             self._wake_pending = False
@@ -173,11 +177,15 @@ class ProcessLane:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self.broken is not None:
                 raise BrokenExecutorError(f"the process lane is broken: {self.broken!r}")
-            self.pending.append(task)
-            if self._manager is None:
+            manager = self._manager
+            if manager is None:
+                self.pending.append(task)
                 self._start_manager()
-            if not self._wake_pending:
                 self._wake_locked()
+            elif not (self.ready and manager.send_direct(task)):
+                self.pending.append(task)
+                if not self._wake_pending:
+                    self._wake_locked()
 
     def _start_manager(self) -> None:
         self.lifeline_r = lifeline()[0]
@@ -235,6 +243,7 @@ class ProcessLane:
         """Called by the manager thread as it exits."""
         with self._lock:
             self.closed = True
+            self.ready = []
             commands = list(self.commands)
             self.commands.clear()
             if self.wake_r >= 0:
@@ -265,6 +274,8 @@ class ProcessLane:
                 except OSError:
                     pass
         self.wake_r = self.wake_w = -1
+        self.ready = []
+        self.send_failures = []
         manager, self._manager = self._manager, None
         if manager is not None:
             manager.forget_after_fork()

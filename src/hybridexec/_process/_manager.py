@@ -38,7 +38,6 @@ from ._memory import went_over
 from ._schedule import Scheduling
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
-from ._wire import Reply
 from ._worker import INIT_FAILED, unwrap
 
 if TYPE_CHECKING:
@@ -129,7 +128,11 @@ class Manager(Scheduling, threading.Thread):
         # as a new worker's. Each ready number is matched with the worker it had at the wait.
         watched = dict(self.by_object)
         wake_r = lane.wake_r
-        ready = wait([wake_r, *watched], timeout)
+        self._offer_idle()  # from here until _reclaim, no worker is touched on this thread
+        try:
+            ready = wait([wake_r, *watched], timeout)
+        finally:
+            self._reclaim()
         for obj in ready:
             if obj == wake_r:
                 lane.drain_wakeups()
@@ -145,6 +148,7 @@ class Manager(Scheduling, threading.Thread):
         return False
 
     def _turn_failed(self, exc: Exception) -> None:
+        self._reclaim()
         now = time.monotonic()
         since = self.turns_failing_since
         if since is None:
@@ -267,26 +271,21 @@ class Manager(Scheduling, threading.Thread):
         if task.future.done():  # settled already (timed out) or cancelled while it waited
             self._after_task(worker, None)
             return
-        count = len(task.items) if task.batch else 1
         try:
             if _faults.ACTIVE:
                 _faults.hit("lane.unpickle_reply")
-            reply = Reply(*loads(data))
-            outcomes = [_decode(ok, value) for ok, value in reply.outcomes]
+            raw, elapsed, cpu, rss = loads(data)
+            outcomes = [_decode(ok, value) for ok, value in raw]
         except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
             # included): never the manager's, never lost
             cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
             err = SerializationError(f"the task's result could not be unpickled: {exc}")
             err.__cause__ = cause
-            reply = Reply([], 0.0, 0.0, None)
-            outcomes = [(False, err)] * count
-        task.elapsed = reply.elapsed
-        if reply.rss != INIT_FAILED:
-            self._record_cost(task, reply.elapsed)
-            try:
-                lane.record_timing(task, reply.elapsed, reply.cpu)
-            except Exception:  # the router's figures must not lose the task
-                logger.exception("hybridexec: recording a task's timing failed")
+            elapsed = cpu = 0.0
+            rss = None
+            outcomes = [(False, err)] * (len(task.items) if task.batch else 1)
+        task.elapsed = elapsed
+        # The future first: its waiter wakes while the figures below are recorded.
         if task.batch:
             task.future.settle(True, outcomes)
         else:
@@ -294,13 +293,20 @@ class Manager(Scheduling, threading.Thread):
             task.future.settle(ok, value)
         if went_over(task.fn, outcomes):  # a MemoryError can leave C libraries in a poor state
             worker.retire_why = "a call went over its max_memory"
-        if reply.rss == INIT_FAILED and outcomes and not outcomes[0][0]:
-            # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
-            # queued fails and later submits raise BrokenExecutorError (cause chained).
-            logger.critical("hybridexec: a worker initializer failed: %r", outcomes[0][1])
-            self._break(outcomes[0][1])
-            return
-        self._after_task(worker, reply.rss)
+        if rss == INIT_FAILED:
+            if outcomes and not outcomes[0][0]:
+                # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
+                # queued fails and later submits raise BrokenExecutorError (cause chained).
+                logger.critical("hybridexec: a worker initializer failed: %r", outcomes[0][1])
+                self._break(outcomes[0][1])
+                return
+        else:
+            self._record_cost(task, elapsed)
+            try:
+                lane.record_timing(task, elapsed, cpu)
+            except Exception:  # the router's figures must not lose the task
+                logger.exception("hybridexec: recording a task's timing failed")
+        self._after_task(worker, rss)
 
     def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:
         lane = self.lane
@@ -359,6 +365,7 @@ class Manager(Scheduling, threading.Thread):
         err.__cause__ = exc
         with lane._lock:  # from here a submit is refused: nothing queued after this is lost
             lane.broken = exc
+        self._reclaim()
         for w in list(self.workers.values()):
             for task in w.tasks:
                 task.future.settle(False, err)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _faults
 from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
 from .._futures import Future, Outcome, Task
-from ._frames import HEADER_SIZE, write_frames
+from ._frames import HEADER_SIZE, write_frame, write_frames
 from ._memory import crash_error
 from ._supervision import BUSY, IDLE, Supervision, WorkerRecord
 from ._wire import encode_call
@@ -64,9 +64,16 @@ class Scheduling(Supervision):
     seq: itertools.count[int]
 
     def _init_schedule(self) -> None:
-        # Seconds per call, by function, as the workers measured them; held weakly, so a
-        # function is not kept alive by its figures (I3).
-        self.costs: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        # Seconds per call, by function, as the workers measured them: by id, with a weak
+        # reference that removes the entry when the function goes, so a function is not kept
+        # alive by its figures (I3). A lookup allocates nothing (a WeakKeyDictionary makes a
+        # weak reference per lookup, and the dispatch looks up several times per task).
+        self.costs: dict[int, list[Any]] = {}  # id(fn) -> [weakref to fn, seconds per call]
+
+    def _forget_cost(self, key: int, ref: weakref.ref[Any]) -> None:
+        entry = self.costs.get(key)
+        if entry is not None and entry[0] is ref:  # not a later function with the same id
+            self.costs.pop(key, None)
 
     def _stop_task(self, task: Task) -> None:
         raise NotImplementedError  # the manager queues a command
@@ -74,27 +81,30 @@ class Scheduling(Supervision):
     # ---- figures ----------------------------------------------------------------------------
     def _record_cost(self, task: Task, elapsed: float) -> None:
         per_call = elapsed / max(1, len(task.items))
-        try:
-            old = self.costs.get(task.fn)
-            # A moving average that rises fast and falls slowly: a few long calls are enough
-            # to stop sending calls ahead, one preempted call on a busy machine is not.
-            if old is None:
-                self.costs[task.fn] = per_call
-            else:
-                weight = 0.5 if per_call > old else 0.2
-                self.costs[task.fn] = old + weight * (per_call - old)
-        except TypeError:  # not weakly referenceable (a builtin): never sent ahead
-            pass
+        fn = task.fn
+        entry = self.costs.get(id(fn))
+        if entry is None or entry[0]() is not fn:
+            try:
+                ref = weakref.ref(fn, functools.partial(self._forget_cost, id(fn)))
+            except TypeError:  # not weakly referenceable (a builtin): never sent ahead
+                return
+            self.costs[id(fn)] = [ref, per_call]
+            return
+        old = entry[1]
+        # A moving average that rises fast and falls slowly: a few long calls are enough to
+        # stop sending calls ahead, one preempted call on a busy machine is not.
+        entry[1] = old + (0.5 if per_call > old else 0.2) * (per_call - old)
 
     def _cost(self, task: Task) -> float | None:
         """Expected seconds of ``task`` in a worker; None when unknown or never short."""
         if task.timeout is not None:
             return None
-        try:
-            per_call = self.costs.get(task.fn)
-        except TypeError:
+        fn = task.fn
+        entry = self.costs.get(id(fn))
+        if entry is None or entry[0]() is not fn:
             return None
-        return None if per_call is None else per_call * len(task.items)
+        per_call: float = entry[1]
+        return per_call * len(task.items)
 
     # ---- dispatch ---------------------------------------------------------------------------
     def _claim(self, task: Task) -> bool:
@@ -192,14 +202,86 @@ class Scheduling(Supervision):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the worker died; its sentinel fires next and fails the task precisely
         except OSError as exc:
-            # The calls may be half written: these tasks fail and the worker goes (I6). The
-            # calls sent to it before are settled when it is reaped, as after any kill.
-            err = BrokenExecutorError(f"the task could not be sent to its worker: {exc!r}")
-            err.__cause__ = exc
-            for task in tasks:
+            self._send_failed(worker, tasks, exc)
+
+    def _send_failed(self, worker: WorkerRecord, tasks: list[Task], exc: OSError) -> None:
+        # The calls may be half written: these tasks fail and the worker goes (I6). The calls
+        # sent to it before are settled when it is reaped, as after any kill.
+        err = BrokenExecutorError(f"the task could not be sent to its worker: {exc!r}")
+        err.__cause__ = exc
+        for task in tasks:
+            if task in worker.tasks:
                 worker.tasks.remove(task)
-                task.future.settle(False, err)
-            self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
+            task.future.settle(False, err)
+        self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
+
+    # ---- the direct path: the submitting thread writes to an idle worker ----------------------
+    def _offer_idle(self) -> None:
+        """Before the manager sleeps: let submits write straight to the idle workers.
+
+        While nothing is queued, a submit under the lane's lock takes one of these workers and
+        writes its call itself (``send_direct``): no wake-up of the manager, no thread switch
+        before the call leaves. The manager takes the workers back (``_reclaim``) under the
+        same lock before it touches any worker again, so a worker is only ever changed by one
+        thread at a time.
+        """
+        lane = self.lane
+        if lane.pending or lane.shutting_down:
+            return
+        # Only while no call is in flight anywhere: in a stream of submits, the manager's
+        # batches (several calls per write, calls sent ahead) are cheaper than one write per
+        # call from the submitting thread.
+        ready: list[WorkerRecord] = []
+        for w in self.workers.values():
+            if w.state != IDLE:
+                if w.tasks:
+                    return
+            elif w.retire_why is None:
+                ready.append(w)
+        if ready:
+            with lane._lock:
+                if not lane.pending and not lane.shutting_down:
+                    lane.ready = ready
+
+    def _reclaim(self) -> None:
+        """After the manager's sleep: take back the offered workers; settle failed writes."""
+        lane = self.lane
+        with lane._lock:
+            lane.ready = []
+            failed, lane.send_failures = lane.send_failures, []
+        for worker, task, exc in failed:
+            self._send_failed(worker, [task], exc)
+
+    def send_direct(self, task: Task) -> bool:
+        """Send ``task`` to an offered idle worker from the submitting thread; False if none.
+
+        Runs in the caller's thread under the lane's lock, while the manager sleeps (the
+        worker was offered by ``_offer_idle``). Calls with a timeout go through the manager
+        (their deadline is its business), and so do large ones (a write that could block must
+        not hold the lane's lock). A write that fails is settled by the manager.
+        """
+        lane = self.lane
+        payload = task.payload
+        if not lane.ready or task.timeout is not None or payload is None:
+            return False
+        worker = lane.ready[-1]
+        if len(payload) + HEADER_SIZE > worker.budget:
+            return False
+        lane.ready.pop()
+        if not self._claim(task):
+            lane.ready.append(worker)
+            return True  # cancelled meanwhile: it ends as such
+        self._assign(worker, task)
+        try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.send")
+            write_frame(worker.fd, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker died; its sentinel fires and fails the task, as in _send
+        except OSError as exc:
+            lane.send_failures.append((worker, task, exc))
+            lane._wake_locked()
+        return True
 
     # ---- crashes ----------------------------------------------------------------------------
     def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
