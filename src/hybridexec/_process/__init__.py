@@ -18,14 +18,16 @@ Layers inside the room (each imports only those above it)::
     _wire       encoding a call in the submitting thread (plain data: the C pickler alone)
     _supervision  the manager's workers: start, retire, reap, replace, kill
     _schedule   which worker gets each task; a few short calls sent ahead (pipelining)
-    _manager    the lane's manager thread: the only code that touches worker pipes
-    _lane       ProcessLane, the front: records work, wakes the manager (once per batch)
+    _manager    the lane's manager thread: reads every worker pipe, owns the bookkeeping
+    _lane       ProcessLane, the front: records work, wakes the manager (once per batch),
+                or writes a call to an idle worker the sleeping manager offered (direct path)
 
 Data flow of the lane::
 
     caller threads                manager thread                     worker processes
     --------------                --------------                     ----------------
     ProcessLane.submit()  ->  pending deque + wake-up pipe  ->  frames on the worker's call pipe
+      (nothing in flight: the call frame straight to an offered idle worker)
                               wait(reply pipes, sentinels,          run the calls in order,
                                    wake-up, next deadline)    <-   one reply frame each
     futures resolved  <-      results, crashes, deadlines

@@ -1,4 +1,9 @@
-"""The manager thread: the only code that touches worker pipes and sentinels.
+"""The manager thread: reads every worker pipe, watches the sentinels, keeps the bookkeeping.
+
+It is the only code that reads worker pipes and the only code that changes a worker's records,
+save one exception: before it sleeps, while no call is in flight, it offers its idle workers
+to submits, which may write one call each to them under the lane's lock (the direct path,
+``Scheduling.send_direct``); it takes them back under that lock as it wakes.
 
 It sleeps in ``multiprocessing.connection.wait`` on the wake-up pipe, every worker's reply pipe
 and every worker's sentinel, with the nearest deadline as timeout: no polling loop. On each wake

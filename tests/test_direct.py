@@ -1,0 +1,156 @@
+"""The process lane's direct path: a submit writes its call to an idle worker itself.
+
+While no call is in flight, the manager offers its idle workers before it sleeps, and a submit
+writes the call frame under the lane's lock (no wake-up of the manager). These drive a
+``ProcessLane`` directly (one worker) to see which path a call took: the manager is woken
+through ``_wake_locked``, which the direct path never calls. Each call must still end exactly
+as through the manager: result, crash, cancel, timeout, a write that fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hybridexec as hx
+from hybridexec import _faults
+from hybridexec._exceptions import BrokenExecutorError, TaskTimeoutError, WorkerCrashedError
+from hybridexec._faults import Fault
+from hybridexec._futures import Future, Task
+from hybridexec._process import ProcessLane
+
+from . import helpers
+from .conftest import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Lane:
+    """A one-worker lane that counts the manager's wake-ups by submits."""
+
+    def __init__(self) -> None:
+        self.lane = ProcessLane(1, name="hx-test-direct")
+        self.wakes = 0
+        wake = self.lane._wake_locked
+
+        def counting() -> None:
+            self.wakes += 1
+            wake()
+
+        self.lane._wake_locked = counting  # type: ignore[method-assign]
+
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, timeout: float | None = None
+    ) -> Future[Any]:
+        future: Future[Any] = Future(kind="process")
+        self.lane.submit(Task(fn, [(args, {})], future, timeout=timeout))
+        return future
+
+    def offered(self) -> bool:
+        """Wait until the manager sleeps with its idle worker offered."""
+        return wait_until(lambda: bool(self.lane.ready), 10)
+
+
+@pytest.fixture
+def lane() -> Iterator[Lane]:
+    lane = Lane()
+    assert lane.submit(helpers.square, 3).result(timeout=30) == 9  # the worker is up
+    yield lane
+    _faults.clear()
+    lane.lane.shutdown(wait=True, cancel_futures=True)
+
+
+def test_a_call_to_an_idle_worker_goes_without_waking_the_manager(lane: Lane) -> None:
+    for x in range(20):
+        assert lane.offered()
+        wakes = lane.wakes
+        future = lane.submit(helpers.square, x)
+        assert lane.wakes == wakes  # written by this thread
+        assert not lane.lane.pending
+        assert future.running() or future.done()
+        assert future.result(timeout=30) == x * x
+    assert lane.lane.stats["workers_started"] == 1
+
+
+def test_a_second_call_while_one_is_in_flight_goes_through_the_manager(lane: Lane) -> None:
+    assert lane.offered()
+    first = lane.submit(helpers.sleep_then, 0.3, "first")
+    wakes = lane.wakes
+    second = lane.submit(helpers.square, 4)
+    assert lane.wakes == wakes + 1
+    assert first.result(timeout=30) == "first"
+    assert second.result(timeout=30) == 16
+
+
+def test_a_crash_of_a_directly_sent_call_fails_it_alone(lane: Lane) -> None:
+    assert lane.offered()
+    wakes = lane.wakes
+    crashed = lane.submit(helpers.exit_now, 3)
+    assert lane.wakes == wakes
+    with pytest.raises(WorkerCrashedError):
+        crashed.result(timeout=30)
+    assert lane.submit(helpers.square, 5).result(timeout=30) == 25
+    assert lane.lane.stats["crashes"] == 1
+
+
+def test_cancel_of_a_directly_sent_call_stops_its_worker(lane: Lane) -> None:
+    assert lane.offered()
+    wakes = lane.wakes
+    running = lane.submit(helpers.sleep_then, 30.0, "never")
+    assert lane.wakes == wakes
+    assert running.running()
+    assert running.cancel()
+    assert running.cancelled()
+    assert wait_until(lambda: lane.lane.stats["kills"] == 1, 10)
+    assert lane.submit(helpers.square, 6).result(timeout=30) == 36
+
+
+def test_a_call_with_a_timeout_goes_through_the_manager_and_times_out(lane: Lane) -> None:
+    assert lane.offered()
+    wakes = lane.wakes
+    timed = lane.submit(helpers.sleep_then, 30.0, "late", timeout=0.3)
+    assert lane.wakes == wakes + 1
+    with pytest.raises(TaskTimeoutError):
+        timed.result(timeout=30)
+    assert lane.submit(helpers.square, 7).result(timeout=30) == 49
+
+
+def test_a_failed_direct_write_fails_that_call_and_replaces_the_worker(
+    lane: Lane, tmp_path: Path
+) -> None:
+    assert lane.offered()
+    eagain = OSError(errno.EAGAIN, "Resource temporarily unavailable (injected)")
+    _faults.inject("lane.send", Fault("raise", eagain, times=1, shared=str(tmp_path / "f")))
+    failed = lane.submit(helpers.square, 8)
+    with pytest.raises(BrokenExecutorError) as info:
+        failed.result(timeout=30)
+    assert isinstance(info.value.__cause__, OSError)
+    assert _faults.fired(str(tmp_path / "f")) == 1
+    _faults.clear()
+    assert lane.submit(helpers.square, 9).result(timeout=30) == 81
+    assert lane.lane.stats["kills"] == 1
+
+
+def test_kill_workers_ends_a_directly_sent_call(lane: Lane) -> None:
+    assert lane.offered()
+    running = lane.submit(helpers.sleep_then, 30.0, "never")
+    assert running.running()
+    lane.lane._kill_all(signal.SIGKILL)
+    assert wait_until(running.done, 10)
+    assert running.cancelled()
+    assert lane.submit(helpers.square, 10).result(timeout=30) == 100
+
+
+def test_round_trips_through_the_public_api_end_each_on_its_own() -> None:
+    with hx.Executor(max_processes=2) as ex:
+        target = ex.options(kind="process")
+        for x in range(300):
+            assert target.submit(helpers.square, x).result(timeout=30) == x * x
+        futures = [target.submit(helpers.add, x, 1) for x in range(300)]
+        assert [f.result(timeout=30) for f in futures] == [x + 1 for x in range(300)]
+        assert ex.stats()["process_lane"]["workers_started"] == 2
