@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import select
 import signal
 import threading
 import time
@@ -77,6 +78,8 @@ class Manager(Scheduling, threading.Thread):
         self.retry_at = 0.0
         self.backoff = 0.0
         self.turns_failing_since: float | None = None
+        self.poller = select.poll()
+        self.polled: tuple[int, Any] = (-1, None)  # what the poller watches
         self._init_schedule()
 
     def forget_after_fork(self) -> None:
@@ -133,9 +136,9 @@ class Manager(Scheduling, threading.Thread):
         # as a new worker's. Each ready number is matched with the worker it had at the wait.
         watched = dict(self.by_object)
         wake_r = lane.wake_r
-        self._offer_idle()  # from here until _reclaim, no worker is touched on this thread
+        self._before_sleep()  # from here until _reclaim, no worker is touched on this thread
         try:
-            ready = wait([wake_r, *watched], timeout)
+            ready = self._wait(wake_r, watched, timeout)
         finally:
             self._reclaim()
         for obj in ready:

@@ -216,27 +216,25 @@ class Scheduling(Supervision):
         self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
 
     # ---- the direct path: the submitting thread writes to an idle worker ----------------------
-    def _offer_idle(self) -> None:
+    def _before_sleep(self) -> None:
         """Before the manager sleeps: let submits write straight to the idle workers.
 
-        While nothing is queued, a submit under the lane's lock takes one of these workers and
-        writes its call itself (``send_direct``): no wake-up of the manager, no thread switch
-        before the call leaves. The manager takes the workers back (``_reclaim``) under the
-        same lock before it touches any worker again, so a worker is only ever changed by one
-        thread at a time.
+        While nothing is in flight, a submit under the lane's lock takes one of these workers
+        and writes its call itself (``send_direct``): no wake-up of the manager, no thread
+        switch before the call leaves. The manager takes the workers back (``_reclaim``) under
+        the same lock before it touches any worker again, so a worker is only ever changed by
+        one thread at a time. Only while nothing is in flight: in a stream of submits, the
+        manager's batches (several calls per write, calls sent ahead) are cheaper than one
+        write per call from the submitting thread.
         """
         lane = self.lane
         if lane.pending or lane.shutting_down:
             return
-        # Only while no call is in flight anywhere: in a stream of submits, the manager's
-        # batches (several calls per write, calls sent ahead) are cheaper than one write per
-        # call from the submitting thread.
         ready: list[WorkerRecord] = []
         for w in self.workers.values():
-            if w.state != IDLE:
-                if w.tasks:
-                    return
-            elif w.retire_why is None:
+            if w.tasks:
+                return
+            if w.state == IDLE and w.retire_why is None:
                 ready.append(w)
         if ready:
             with lane._lock:
@@ -256,7 +254,7 @@ class Scheduling(Supervision):
         """Send ``task`` to an offered idle worker from the submitting thread; False if none.
 
         Runs in the caller's thread under the lane's lock, while the manager sleeps (the
-        worker was offered by ``_offer_idle``). Calls with a timeout go through the manager
+        worker was offered by ``_before_sleep``). Calls with a timeout go through the manager
         (their deadline is its business), and so do large ones (a write that could block must
         not hold the lane's lock). A write that fails is settled by the manager.
         """
