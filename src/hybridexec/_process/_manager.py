@@ -44,7 +44,7 @@ from ._memory import went_over
 from ._schedule import Scheduling
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
-from ._worker import INIT_FAILED, unwrap
+from ._worker import INIT_FAILED, Pickled, unwrap
 
 if TYPE_CHECKING:
     from ._lane import ProcessLane
@@ -283,7 +283,10 @@ class Manager(Scheduling, threading.Thread):
             if _faults.ACTIVE:
                 _faults.hit("lane.unpickle_reply")
             raw, elapsed, cpu, rss = loads(data)
-            outcomes = [_decode(ok, value) for ok, value in raw]
+            outcomes = [
+                (True, value) if ok and type(value) is not Pickled else _decode(ok, value)
+                for ok, value in raw
+            ]
         except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
             # included): never the manager's, never lost
             cause = exc.__cause__ if isinstance(exc, SerializationError) else exc

@@ -120,15 +120,21 @@ class Scheduling(Supervision):
     def _dispatch(self) -> None:
         pending = self.lane.pending
         batches: dict[WorkerRecord, list[Task]] = {}
+        # Bytes waiting behind the running call in each busy worker (-1: a call in flight
+        # is not short, nothing goes ahead of it), figured once per dispatch, not per task.
+        room: dict[WorkerRecord, int] = {}
         while pending:
             try:
                 # shutdown(cancel_futures=True) drains the deque from another thread.
                 task = pending[0]
             except IndexError:
                 break
-            worker = self._idle_worker() or self._busy_worker(task)
+            worker = self._idle_worker()
+            ahead = worker is None
             if worker is None:
-                break
+                worker = self._busy_worker(task, room)
+                if worker is None:
+                    break
             try:
                 got = pending.popleft()
             except IndexError:
@@ -139,6 +145,10 @@ class Scheduling(Supervision):
             if not self._claim(task):
                 continue
             self._assign(worker, task)
+            if not ahead:
+                room.pop(worker, None)  # a call of any length: figured again if needed
+            elif room.get(worker, -1) >= 0 and task.payload is not None:
+                room[worker] += len(task.payload) + HEADER_SIZE
             batches.setdefault(worker, []).append(task)
         for worker, tasks in batches.items():
             self._send(worker, tasks)
@@ -152,13 +162,14 @@ class Scheduling(Supervision):
             return None
         return self._start_worker()
 
-    def _busy_worker(self, task: Task) -> WorkerRecord | None:
+    def _busy_worker(self, task: Task, room: dict[WorkerRecord, int]) -> WorkerRecord | None:
         """The busy worker with the fewest calls in flight that may take ``task`` ahead."""
         cost = self._cost(task)
         if cost is None or cost > PIPELINE_SECONDS or task.payload is None:
             return None
         depth = MAX_AHEAD if cost <= TINY_SECONDS else 2
         limit = self.lane.max_tasks_per_child
+        size = len(task.payload) + HEADER_SIZE
         best: WorkerRecord | None = None
         for w in self.workers.values():
             if (
@@ -169,19 +180,23 @@ class Scheduling(Supervision):
                 or (limit is not None and w.tasks_done + len(w.tasks) >= limit)
             ):
                 continue
-            if self._fits(w, len(task.payload)):
+            ahead = room.get(w)
+            if ahead is None:
+                ahead = room[w] = self._ahead(w)
+            if ahead >= 0 and ahead + size <= w.budget:
                 best = w
         return best
 
-    def _fits(self, worker: WorkerRecord, size: int) -> bool:
-        ahead = size + HEADER_SIZE
+    def _ahead(self, worker: WorkerRecord) -> int:
+        """Bytes of the calls waiting behind the running one; -1 if one in flight is not short."""
+        ahead = 0
         for index, t in enumerate(worker.tasks):
             cost = self._cost(t)
             if cost is None or cost > PIPELINE_SECONDS:
-                return False
+                return -1
             if index and t.payload is not None:  # the first one is read, or being read
                 ahead += len(t.payload) + HEADER_SIZE
-        return ahead <= worker.budget
+        return ahead
 
     def _assign(self, worker: WorkerRecord, task: Task) -> None:
         worker.tasks.append(task)

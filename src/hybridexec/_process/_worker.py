@@ -231,7 +231,7 @@ def _encode_reply(
             fixed.append((ok, value))
             continue
         try:
-            fixed.append((True, _Pickled(dumps(value))))
+            fixed.append((True, Pickled(dumps(value))))
         except SerializationError as exc:
             err = SerializationError(f"the task's result could not be pickled: {exc}")
             err.__cause__ = exc.__cause__
@@ -239,7 +239,7 @@ def _encode_reply(
     return pickle.dumps((fixed, elapsed, cpu, rss), PROTOCOL)
 
 
-class _Pickled:
+class Pickled:
     """A result pickled on its own (by cloudpickle), unwrapped by the parent."""
 
     __slots__ = ("data",)
@@ -248,15 +248,15 @@ class _Pickled:
         self.data = data
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Pickled, (self.data,))
+        return (Pickled, (self.data,))
 
 
 def unwrap(value: Any) -> Any:
-    """Undo ``_Pickled`` on the parent side.
+    """Undo ``Pickled`` on the parent side.
 
     Raises:
         SerializationError: the result could not be unpickled.
     """
-    if type(value) is _Pickled:
+    if type(value) is Pickled:
         return loads(value.data)
     return value
