@@ -10,11 +10,14 @@ as through the manager: result, crash, cancel, timeout, a write that fails.
 from __future__ import annotations
 
 import errno
+import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import hybridexec as hx
@@ -134,6 +137,43 @@ def test_a_failed_direct_write_fails_that_call_and_replaces_the_worker(
     _faults.clear()
     assert lane.submit(helpers.square, 9).result(timeout=30) == 81
     assert lane.lane.stats["kills"] == 1
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_call_written_to_an_offered_worker_that_died_runs_on_its_replacement(
+    lane: Lane,
+) -> None:
+    assert lane.offered()
+    manager = lane.lane._manager
+    assert manager is not None
+    # Hold the manager as it wakes (the worker's death wakes it), before it takes its workers
+    # back: the submit then meets the dead worker's closed pipe.
+    gate = threading.Event()
+    reclaim = manager._reclaim
+
+    def held() -> None:
+        gate.wait(30)
+        reclaim()
+
+    manager._reclaim = held  # type: ignore[method-assign]
+    try:
+        (pid,) = lane.lane.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: _gone(pid), 10)
+        future = lane.submit(helpers.square, 11)
+        assert lane.lane.send_failures  # the write met the closed pipe
+    finally:
+        gate.set()
+        del manager._reclaim
+    assert future.result(timeout=30) == 121  # never started in the dead worker: sent again
+    assert lane.lane.stats["crashes"] == 0
+    assert lane.lane.worker_pids() != [pid]
 
 
 def test_kill_workers_ends_a_directly_sent_call(lane: Lane) -> None:

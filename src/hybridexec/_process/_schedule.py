@@ -263,7 +263,15 @@ class Scheduling(Supervision):
             lane.ready = []
             failed, lane.send_failures = lane.send_failures, []
         for worker, task, exc in failed:
-            self._send_failed(worker, [task], exc)
+            if not isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                self._send_failed(worker, [task], exc)
+                continue
+            # The worker died while offered: the frame did not all go, so the call never
+            # started. It goes again, first in line; the worker is reaped as it ends.
+            if task in worker.tasks:
+                worker.tasks.remove(task)
+            lane.pending.appendleft(task)
+            self._kill(worker, "its call pipe is closed", sig=signal.SIGKILL)
 
     def send_direct(self, task: Task) -> bool:
         """Send ``task`` to an offered idle worker from the submitting thread; False if none.
@@ -289,9 +297,7 @@ class Scheduling(Supervision):
             if _faults.ACTIVE:
                 _faults.hit("lane.send")
             write_frame(worker.fd, payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker died; its sentinel fires and fails the task, as in _send
-        except OSError as exc:
+        except OSError as exc:  # settled by the manager (a closed pipe: the call goes again)
             lane.send_failures.append((worker, task, exc))
             lane._wake_locked()
         return True
