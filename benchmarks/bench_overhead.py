@@ -41,7 +41,7 @@ RUNS = 3
 TINY_TASKS = 5_000
 ROUND_TRIPS = 2_000
 
-ONE_BY_ONE = ["hybridexec", "pebble", "joblib", "stdlib"]
+ONE_BY_ONE = ["hybridexec", "pebble", "joblib", "stdlib", "floor"]
 ROUND_TRIP = ["hybridexec", "pebble", "stdlib", "raw-pipe"]
 COLD = ["hybridexec", "stdlib-fork", "stdlib-forkserver"]
 
@@ -50,6 +50,7 @@ NAMES = {
     "pebble": "pebble ProcessPool.schedule",
     "joblib": "joblib Parallel (auto-batching)",
     "stdlib": "stdlib ProcessPoolExecutor.submit",
+    "floor": "floor: one thread, no IPC, no router",
     "raw-pipe": "raw multiprocessing.Pipe echo",
     "stdlib-fork": "stdlib ProcessPoolExecutor (fork)",
     "stdlib-forkserver": "stdlib ProcessPoolExecutor (forkserver)",
@@ -63,7 +64,9 @@ class _Pool:
 
     def __init__(self, name: str, start_method: str | None = None) -> None:
         self.name = name
-        if name == "hybridexec":
+        if name == "floor":
+            self.ex = None
+        elif name == "hybridexec":
             import hybridexec
 
             self.ex: Any = hybridexec.Executor(max_processes=CPUS)
@@ -92,7 +95,9 @@ class _Pool:
         return self.target.submit(tiny, x)
 
     def run_tiny(self, n: int) -> None:
-        if self.name == "joblib":
+        if self.name == "floor":
+            out = _floor(n)
+        elif self.name == "joblib":
             import joblib
 
             out = self.ex(joblib.delayed(tiny)(x) for x in range(n))
@@ -102,6 +107,8 @@ class _Pool:
         assert list(out) == [x + 1 for x in range(n)]
 
     def close(self) -> None:
+        if self.name == "floor":
+            return
         if self.name == "pebble":
             self.ex.close()
             self.ex.join()
@@ -109,6 +116,40 @@ class _Pool:
             self.ex.__exit__(None, None, None)
         else:
             self.ex.shutdown(wait=True)
+
+
+def _floor(n: int) -> list[Any]:
+    """What a process task costs at least, all in this thread: no pipe, no thread hop, no router.
+
+    Per call: the lane's Future and Task, the call pickled as the lane pickles it, unpickled
+    and run as the worker does, the reply pickled and unpickled, the future settled. What
+    hybridexec pays on top of this per task is the IPC, the manager thread and the router.
+    """
+    import pickle
+
+    from hybridexec._futures import Future, Task
+    from hybridexec._process._wire import encode_call
+    from hybridexec._shm import Placement
+
+    placement = Placement(None)
+    tasks = []
+    for x in range(n):
+        future: Future[Any] = Future("process")
+        task = Task(tiny, [((x,), {})], future)
+        task.payload = encode_call(tiny, task.items, False, placement, future)
+        tasks.append(task)
+    functions: dict[bytes, Any] = {}  # as the worker caches them
+    for task in tasks:
+        assert task.payload is not None
+        fn_bytes, items, _ = pickle.loads(task.payload)
+        fn = functions.get(fn_bytes)
+        if fn is None:
+            fn = functions[fn_bytes] = pickle.loads(fn_bytes)
+        reply = pickle.dumps(([(True, fn(*items[0][0]))], 0.0, 0.0, None), 5)
+        ok, value = pickle.loads(reply)[0][0]
+        task.future.set_running_or_notify_cancel()
+        task.future.settle(ok, value)
+    return [task.future.result() for task in tasks]
 
 
 def _echo(conn: Any) -> None:
@@ -224,6 +265,7 @@ def run(quick: bool) -> None:
     )
     table.notes.append("joblib is given the whole list (its Parallel batches by itself)")
     table.print()
+    table.notes.append("the floor row is a limit, not a peer: see _floor()")
     hx, best = table.row(NAMES["hybridexec"]), _best(table, ["pebble", "joblib", "stdlib"])
     if hx and hx.median and best:
         print(
