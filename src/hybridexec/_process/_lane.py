@@ -2,8 +2,8 @@
 
 The one exception: while nothing is in flight, a submit writes its call to an idle worker the
 sleeping manager offered (the direct path, ``Scheduling.send_direct``). Everything else that
-touches a worker is in ``_manager.py``. At interpreter
-exit and in a forked child, ``_lifecycle`` calls the hooks near the top of this module.
+touches a worker is in ``_manager.py``. At interpreter exit and in a forked child,
+``_lifecycle`` calls the hooks near the top of this module.
 
 At interpreter exit a lane behaves as the standard library's pools do: its queued work is
 cancelled, its running work runs to completion, then its workers exit (those that linger are

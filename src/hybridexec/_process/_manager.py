@@ -5,15 +5,16 @@ save one exception: before it sleeps, while no call is in flight, it offers its 
 to submits, which may write one call each to them under the lane's lock (the direct path,
 ``Scheduling.send_direct``); it takes them back under that lock as it wakes.
 
-It sleeps in ``multiprocessing.connection.wait`` on the wake-up pipe, every worker's reply pipe
-and every worker's sentinel, with the nearest deadline as timeout: no polling loop. On each wake
-it runs commands from other threads, reads replies, reaps dead workers, enforces deadlines,
-dispatches pending tasks (to idle workers first, starting workers as needed, then a few calls
-ahead to busy workers: see ``_schedule.py``) and retires workers that are idle too long, too
-old or too big. At shutdown it keeps turning (commands such as
-``kill_workers()`` are served at once) until the last worker it told to stop has exited.
+It sleeps in ``poll`` (one ``select.poll`` object, rebuilt only when a worker comes or goes) on
+the wake-up pipe, every worker's reply pipe and every worker's sentinel, with the nearest
+deadline as timeout: no polling loop. On each wake it runs commands from other threads, reads
+replies, reaps dead workers, enforces deadlines, dispatches pending tasks (to idle workers
+first, starting workers as needed, then a few calls ahead to busy workers: see
+``_schedule.py``) and retires workers that are idle too long, too old or too big. At shutdown
+it keeps turning (commands such as ``kill_workers()`` are served at once) until the last
+worker it told to stop has exited.
 
-A turn that raises (a transient ``OSError`` from ``wait()``, a bug) fails no task by itself:
+A turn that raises (a transient ``OSError`` from ``poll()``, a bug) fails no task by itself:
 the turn is retried after a short pause. Only when turns keep failing for ``TURN_GIVE_UP``
 seconds are the tasks in flight and queued failed (``BrokenExecutorError``, cause chained) and
 the workers killed; the lane stays open. Every path that fails queued tasks takes the lane's
