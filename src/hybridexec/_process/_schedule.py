@@ -29,6 +29,8 @@ import concurrent.futures
 import functools
 import heapq
 import logging
+import math
+import select
 import signal
 import threading
 import weakref
@@ -62,6 +64,8 @@ class Scheduling(Supervision):
 
     deadlines: list[tuple[float, int, Task]]
     seq: itertools.count[int]
+    poller: select.poll
+    polled: tuple[int, Any]
 
     def _init_schedule(self) -> None:
         # Seconds per call, by function, as the workers measured them: by id, with a weak
@@ -229,6 +233,21 @@ class Scheduling(Supervision):
                 worker.tasks.remove(task)
             task.future.settle(False, err)
         self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
+
+    # ---- the manager's sleep ------------------------------------------------------------------
+    def _wait(self, wake_r: int, watched: dict[Any, WorkerRecord], timeout: float | None) -> Any:
+        """The descriptors among ``wake_r`` and ``watched`` that are ready, within ``timeout``.
+
+        One poll object, rebuilt only when the descriptors change (a worker starts or goes):
+        multiprocessing's wait() builds a selector and registers every descriptor per call.
+        """
+        if self.polled != (wake_r, watched.keys()):
+            self.poller = select.poll()
+            for fd in (wake_r, *watched):
+                self.poller.register(fd, select.POLLIN)
+            self.polled = (wake_r, set(watched))
+        ms = None if timeout is None else math.ceil(timeout * 1000)
+        return [fd for fd, _ in self.poller.poll(ms)]
 
     # ---- the direct path: the submitting thread writes to an idle worker ----------------------
     def _before_sleep(self) -> None:

@@ -16,8 +16,6 @@ workers again as soon as it can.
 from __future__ import annotations
 
 import logging
-import math
-import select
 import signal
 import time
 from collections import deque
@@ -122,8 +120,6 @@ class Supervision:
     """Worker processes of one lane, as the manager thread keeps them."""
 
     lane: ProcessLane
-    poller: select.poll
-    polled: tuple[int, Any]
     workers: dict[int, WorkerRecord]
     by_object: dict[Any, WorkerRecord]
     grace: float
@@ -148,17 +144,6 @@ class Supervision:
             if data is None:
                 return
             self._handle_reply(worker, data)
-
-    def _wait(self, wake_r: int, watched: dict[Any, WorkerRecord], timeout: float | None) -> Any:
-        # One poll object, rebuilt only when the descriptors change (a worker starts or goes):
-        # multiprocessing's wait() builds a selector and registers every descriptor per call.
-        if self.polled != (wake_r, watched.keys()):
-            self.poller = select.poll()
-            for fd in (wake_r, *watched):
-                self.poller.register(fd, select.POLLIN)
-            self.polled = (wake_r, set(watched))
-        ms = None if timeout is None else math.ceil(timeout * 1000)
-        return [fd for fd, _ in self.poller.poll(ms)]
 
     def _poll_replies(self, worker: WorkerRecord) -> None:
         """Read and handle the replies ``worker`` has written so far, without blocking."""
