@@ -141,6 +141,7 @@ class Task:
     __slots__ = (
         "batch",
         "chosen",
+        "computes",
         "context",
         "deadline",
         "elapsed",
@@ -171,6 +172,8 @@ class Task:
         # True when the library, not the user, chose the lane: interpreter exit waits for
         # such work on a thread only a short while (it cannot be killed; see ThreadLane).
         self.chosen = False
+        # Set by the thread lane: the function is known to compute rather than wait.
+        self.computes = False
         # The submitter's context (a copy), for a task run in this process: set by the router
         # for thread tasks only (a context does not cross processes).
         self.context: contextvars.Context | None = None

@@ -2,9 +2,16 @@
 
 The standard library caps a thread pool at ``min(32, cpu + 4)``, which is right for CPU work
 and far too small for I/O: 200 sleeps of 20 ms take 0.7 s on six threads. Work that reaches this
-lane either releases the GIL or blocks (the router sends GIL-bound Python work to processes), so
-the lane starts a thread whenever a task arrives and no thread is idle, up to ``max_threads``
-(256 by default), and lets a thread go after ``idle_timeout`` seconds without work.
+lane mostly blocks or releases the GIL (the router sends GIL-bound Python work to processes),
+so the lane starts a thread whenever a task arrives and no thread is idle, up to
+``max_threads`` (256 by default), and lets a thread go after ``idle_timeout`` seconds without
+work. One exception: a function seen to compute (its calls keep a CPU busy at least half their
+wall time, read on its first calls and then on one call in 64) gains nothing from more threads
+than CPUs. Its task starts a thread only while fewer threads than usable CPUs are free of
+waiting work; a storm of tiny calls is drained by the threads there are instead of starting
+hundreds. Should those threads stop taking tasks (a call that blocks after all), the lane
+starts a thread after ``STALL_SECONDS``. A thread takes the next queued task as soon as it
+finishes one.
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
@@ -38,9 +45,19 @@ from typing import Any
 from . import _faults
 from ._exceptions import BrokenExecutorError, TaskTimeoutError
 from ._futures import Future, Task
+from ._process import usable_cpus
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
+COMPUTE_SHARE = 0.5
+"""A function whose calls use a CPU this share of their wall time or more computes."""
+PROFILE_SAMPLES = 4
+"""Calls whose CPU time is read before a function is judged (then one call in 64)."""
+PROFILES_MAX = 1024
+"""Functions profiled per lane before the profiles start over (functions made on the fly)."""
+STALL_SECONDS = 0.01
+"""After a thread was not started for a computing task, how long until the lane checks that
+its threads still take tasks, and starts one if none did (a call that blocks after all)."""
 
 logger = logging.getLogger("hybridexec")
 
@@ -140,6 +157,34 @@ class Timers:
             fn()
 
 
+class _Profile:
+    """How much of its calls' time one function spends on the CPU, as seen on the lane.
+
+    Lane threads update it unlocked: a lost update only delays what it says.
+    """
+
+    __slots__ = ("calls", "cpu_share", "samples")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.samples = 0
+        self.cpu_share = 0.0
+
+    def computes(self) -> bool:
+        """True once its calls are seen to keep a CPU busy most of their time (no waiting)."""
+        return self.samples >= PROFILE_SAMPLES and self.cpu_share >= COMPUTE_SHARE
+
+    def sample(self) -> bool:
+        """Count a call; True if its CPU time is to be read (the first ones, then 1 in 64)."""
+        self.calls += 1
+        return self.samples < PROFILE_SAMPLES or not self.calls & 63
+
+    def add(self, wall: float, cpu: float) -> None:
+        share = min(1.0, cpu / wall) if wall > 0 else 1.0
+        self.cpu_share += (share - self.cpu_share) * (0.3 if self.samples else 1.0)
+        self.samples += 1
+
+
 class ThreadLane:
     """A growing and shrinking pool of threads for blocking work."""
 
@@ -163,10 +208,15 @@ class ThreadLane:
         self._initargs = initargs
         self._name = name
         self._queue: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)  # one permit per idle thread
         self._lock = threading.Lock()
+        self._idle = 0  # threads gone idle that no submit has counted on yet (under _lock)
         self._threads: set[threading.Thread] = set()
         self._busy: dict[threading.Thread, Task] = {}  # what each thread runs now
+        self._waiting = 0  # threads running a task not known to compute (under _lock)
+        self._cpus = usable_cpus()
+        self._profiles: dict[object, _Profile] = {}  # code object -> what its calls do
+        self._taken = 0  # tasks taken so far (progress, for the stall check; unlocked)
+        self._stall_check = False  # a stall check is scheduled (under _lock)
         self._closed = False
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
@@ -180,23 +230,58 @@ class ThreadLane:
         return len(self._threads)
 
     def submit(self, task: Task) -> None:
-        """Queue a task; start a thread for it when no thread is idle.
+        """Queue a task; start a thread for it unless one is idle or it would not help.
 
         Raises:
             RuntimeError: the lane was shut down.
         """
+        profile = self._profiles.get(_code_of(task.fn))
+        task.computes = profile is not None and profile.computes()
         with self._lock:
             if self.broken is not None:
                 raise _broken_error(self.broken)
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.put(task)
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self.max_threads:
-                thread = threading.Thread(
-                    target=self._work, name=f"{self._thread_name}{next(self._serial)}", daemon=True
-                )
-                self._threads.add(thread)
-                thread.start()
+            if self._idle:
+                self._idle -= 1
+                return
+            threads = len(self._threads)
+            if threads >= self.max_threads:
+                return
+            if task.computes and threads - self._waiting >= self._cpus:
+                # As many threads as CPUs are free to compute: another one would not finish
+                # this sooner. If they stop taking tasks (a call blocks after all), the stall
+                # check starts a thread.
+                self._arm_stall_check()
+                return
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        # With the lock held.
+        thread = threading.Thread(
+            target=self._work, name=f"{self._thread_name}{next(self._serial)}", daemon=True
+        )
+        self._threads.add(thread)
+        thread.start()
+
+    def _arm_stall_check(self) -> None:
+        # With the lock held.
+        if not self._stall_check:
+            self._stall_check = True
+            taken = self._taken
+            check = functools.partial(self._check_stall, taken)
+            self._timers.call_at(time.monotonic() + STALL_SECONDS, check)
+
+    def _check_stall(self, taken: int) -> None:
+        """Start a thread if queued tasks were declined one and no thread took a task since."""
+        with self._lock:
+            self._stall_check = False
+            if self._closed or self._queue.empty() or self.broken is not None:
+                return
+            if self._taken == taken and not self._idle and len(self._threads) < self.max_threads:
+                self._start_thread()
+            self._arm_stall_check()  # work is still queued: look again later
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; optionally cancel what has not started; optionally wait."""
@@ -232,22 +317,28 @@ class ThreadLane:
             with self._lock:
                 self._threads.discard(me)
             return
+        get, lock = self._queue.get_nowait, self._lock
         while True:
             try:
-                task = self._queue.get(timeout=self.idle_timeout)
+                task = get()  # the next task at once, without going idle between tasks
             except queue.Empty:
-                with self._lock:
-                    # Leave only if no submitter counted on us being idle meanwhile.
-                    if self._idle.acquire(blocking=False):
-                        self._threads.discard(me)
-                        return
-                continue
+                with lock:
+                    self._idle += 1
+                try:
+                    task = self._queue.get(timeout=self.idle_timeout)
+                except queue.Empty:
+                    with lock:
+                        # Leave only if no submitter counted on an idle thread meanwhile.
+                        if self._idle:
+                            self._idle -= 1
+                            self._threads.discard(me)
+                            return
+                    continue
             if task is None:
-                with self._lock:
+                with lock:
                     self._threads.discard(me)
                 return
-            with self._lock:
-                self._busy[me] = task  # before the future says running (join_at_exit reads it)
+            self._taken += 1
             try:
                 self._run(task, me)
             except BaseException:  # never from the task (captured); a lane bug must not
@@ -255,7 +346,6 @@ class ThreadLane:
             # The idle thread must not keep the last task (its callable, arguments, result)
             # alive until its idle timeout.
             del task
-            self._idle.release()
 
     def join_at_exit(self, bound: float) -> float:
         """At interpreter exit: wait for running work, bounded for work the library chose.
@@ -327,45 +417,64 @@ class ThreadLane:
 
     def _run(self, task: Task, me: threading.Thread) -> None:
         future = task.future
-        if not future.set_running_or_notify_cancel():
+        computes = task.computes
+        self._busy[me] = task  # before the future says running (join_at_exit reads it)
+        if not computes:
             with self._lock:
-                self._busy.pop(me, None)
-            task.release()
-            return
-        running: _Running | None = None
+                self._waiting += 1
         try:
-            if task.timeout is not None:
-                task.start_clock()
-                running = _Running(future, task.timeout, threading.get_ident())
-                assert task.deadline is not None
-                self._timers.call_at(task.deadline, functools.partial(_on_deadline, running))
-            ok: bool = False
-            value: Any = None
-            try:
-                try:
-                    if _faults.ACTIVE:
-                        _faults.hit("thread.before_call")
-                    ok, value = task.call()
-                except TaskInterrupted:
-                    raise
-                except BaseException as exc:  # a fault injected before the call: it fails
-                    ok, value = False, exc
-                # Finished before settling: a deadline passing from here on is ignored, and
-                # no interruption can reach the done-callbacks that settle() runs.
-                timed_out = running is not None and running.finish()
-            except TaskInterrupted:
-                # The deadline's interruption landed outside the call (the timer raises it
-                # once, and settled the future): nothing more is pending for this thread.
-                timed_out = True
-                if running is not None:
-                    running.finish()
-            if not timed_out:
-                future.settle(ok, value)
-            del value
+            if future.set_running_or_notify_cancel():
+                self._call(task, future)
         finally:
-            with self._lock:
-                self._busy.pop(me, None)
+            self._busy.pop(me, None)
+            if not computes:
+                with self._lock:
+                    self._waiting -= 1
             task.release()
+
+    def _call(self, task: Task, future: Future[Any]) -> None:
+        running: _Running | None = None
+        if task.timeout is not None:
+            task.start_clock()
+            running = _Running(future, task.timeout, threading.get_ident())
+            assert task.deadline is not None
+            self._timers.call_at(task.deadline, functools.partial(_on_deadline, running))
+        code = _code_of(task.fn)
+        profile = self._profiles.get(code) if code is not None else None
+        if profile is None and code is not None:
+            if len(self._profiles) >= PROFILES_MAX:  # bounded: functions made on the fly
+                self._profiles.clear()
+            profile = self._profiles.setdefault(code, _Profile())
+        cpu = -1.0
+        ok: bool = False
+        value: Any = None
+        try:
+            try:
+                if _faults.ACTIVE:
+                    _faults.hit("thread.before_call")
+                if profile is not None and profile.sample():
+                    cpu = time.thread_time()
+                    ok, value = task.call()
+                    cpu = time.thread_time() - cpu
+                else:
+                    ok, value = task.call()
+            except TaskInterrupted:
+                raise
+            except BaseException as exc:  # a fault injected before the call: it fails
+                ok, value = False, exc
+            # Finished before settling: a deadline passing from here on is ignored, and
+            # no interruption can reach the done-callbacks that settle() runs.
+            timed_out = running is not None and running.finish()
+        except TaskInterrupted:
+            # The deadline's interruption landed outside the call (the timer raises it
+            # once, and settled the future): nothing more is pending for this thread.
+            timed_out = True
+            if running is not None:
+                running.finish()
+        if cpu >= 0 and profile is not None:
+            profile.add(task.elapsed, cpu)
+        if not timed_out:
+            future.settle(ok, value)
 
 
 def _broken_error(cause: BaseException) -> BaseException:
@@ -388,6 +497,13 @@ def _on_deadline(running: _Running) -> None:
     future.settle(
         False, TaskTimeoutError(f"task exceeded its {running.timeout:g} s timeout in a thread")
     )
+
+
+def _code_of(fn: Callable[..., Any]) -> object:
+    """What identifies a function across calls (its code object), or None for a builtin."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__code__", None)
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
