@@ -34,6 +34,8 @@ from . import _faults
 
 T = TypeVar("T")
 
+_DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
+
 logger = logging.getLogger("hybridexec")
 
 Outcome = tuple[bool, Any]
@@ -52,11 +54,66 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     kind: str
 
     def __init__(self, kind: str = "thread") -> None:
-        super().__init__()
+        # The standard library's fields, but its Condition and lists are built only when
+        # used (see _condition): most futures are done before anyone waits for them, and
+        # fewer objects per future means fewer for the garbage collector to walk.
+        self._lock = threading.RLock()
+        self._cond: threading.Condition | None = None
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._hx_waiters: list[Any] | None = None
+        self._hx_callbacks: list[Callable[[Future[T]], object]] | None = None
         self.kind = kind
         # Set by a lane while the task runs somewhere it can be stopped; returns True if the
         # lane accepted to stop the work.
         self._hx_stop: Callable[[], None] | None = None
+
+    @property  # the stdlib's attribute, built on first use
+    def _condition(self) -> threading.Condition:
+        """The stdlib's Condition, on this future's lock: what waits and ``wait()`` use.
+
+        Built once, under the lock (two threads must not build two). Every state change
+        happens under the same lock, and notifies it only if it exists: a waiter builds it
+        (holding the lock) before it checks the state and waits.
+        """
+        cond = self._cond
+        if cond is None:
+            with self._lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition(self._lock)
+        return cond
+
+    @_condition.setter
+    def _condition(self, cond: threading.Condition) -> None:
+        self._cond = cond  # nothing sets it; typing wants the stdlib's attribute writable
+
+    @property  # the stdlib's attribute, built on first use
+    def _waiters(self) -> list[Any]:
+        """The stdlib's waiters of ``wait()``/``as_completed()`` (they hold the lock)."""
+        waiters = self._hx_waiters
+        if waiters is None:
+            with self._lock:
+                if self._hx_waiters is None:
+                    self._hx_waiters = []
+                waiters = self._hx_waiters
+        return waiters
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._hx_waiters = waiters
+
+    @property  # the stdlib's attribute, built on first use
+    def _done_callbacks(self) -> list[Callable[[Future[T]], object]]:
+        with self._lock:
+            if self._hx_callbacks is None:
+                self._hx_callbacks = []
+            return self._hx_callbacks
+
+    @_done_callbacks.setter
+    def _done_callbacks(self, callbacks: list[Callable[[Future[T]], object]]) -> None:
+        self._hx_callbacks = callbacks
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f" kind={self.kind}>"
@@ -68,14 +125,15 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         is stopped too: its worker is killed and replaced, and this returns True. A task
         running in a thread cannot be stopped that way and this returns False.
         """
-        with self._condition:
+        with self._lock:
             if self._state == RUNNING and self._hx_stop is not None:
                 stop = self._hx_stop
                 self._hx_stop = None
                 self._state = CANCELLED_AND_NOTIFIED
-                for waiter in self._waiters:
+                for waiter in self._hx_waiters or ():
                     waiter.add_cancelled(self)
-                self._condition.notify_all()
+                if self._cond is not None:
+                    self._cond.notify_all()
             else:
                 stop = None
         if stop is None:
@@ -92,15 +150,25 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
     def set_running_or_notify_cancel(self) -> bool:
         """As in the standard library; a future already cancelled and notified returns False."""
-        with self._condition:
-            if self._state == CANCELLED_AND_NOTIFIED:
+        with self._lock:
+            state = self._state
+            if state == PENDING:
+                self._state = RUNNING
+                return True
+            if state == CANCELLED_AND_NOTIFIED:
                 return False
-        return super().set_running_or_notify_cancel()
+            if state == CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                for waiter in self._hx_waiters or ():
+                    waiter.add_cancelled(self)
+                return False  # cancel() notified the condition already
+        logger.critical("Future %s in unexpected state: %s", id(self), state)
+        raise RuntimeError("Future in unexpected state")
 
     def settle(self, ok: bool, value: Any) -> None:
         """Resolve with a result or an exception unless it was already resolved or cancelled."""
-        with self._condition:
-            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED):
+        with self._lock:
+            if self._state in _DONE:
                 return
             self._hx_stop = None
             if ok:
@@ -108,19 +176,81 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             else:
                 self._exception = value
             self._state = FINISHED
-            for waiter in self._waiters:
+            for waiter in self._hx_waiters or ():
                 if ok:
                     waiter.add_result(self)
                 else:
                     waiter.add_exception(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
+            if self._cond is not None:
+                self._cond.notify_all()
+        if self._hx_callbacks:
+            self._invoke_callbacks()
+
+    def done(self) -> bool:
+        """Return True if the future was cancelled or finished running."""
+        with self._lock:
+            return self._state in _DONE
+
+    def result(self, timeout: float | None = None) -> T:
+        """As in the standard library: the result, or raise the call's exception.
+
+        Raises:
+            CancelledError: the future was cancelled.
+            TimeoutError: not done within ``timeout`` seconds.
+        """
+        try:
+            with self._lock:
+                if self._state != FINISHED:
+                    self._wait(timeout)
+                if self._exception is not None:
+                    raise self._exception
+                result: T = self._result
+                return result
+        finally:
+            self = None  # type: ignore[assignment]  # no cycle with the raised exception
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As in the standard library: the call's exception, or None.
+
+        Raises:
+            CancelledError: the future was cancelled.
+            TimeoutError: not done within ``timeout`` seconds.
+        """
+        with self._lock:
+            if self._state != FINISHED:
+                self._wait(timeout)
+            return self._exception
+
+    def _wait(self, timeout: float | None) -> None:
+        # With the lock held, the future not finished: wait for it as the stdlib does.
+        if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            raise concurrent.futures.CancelledError()
+        self._condition.wait(timeout)
+        if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            raise concurrent.futures.CancelledError()
+        if self._state != FINISHED:
+            raise concurrent.futures.TimeoutError()
+
+    def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
+        """As in the standard library: ``fn(future)`` once done (now if it is done)."""
+        with self._lock:
+            if self._state not in _DONE:
+                if self._hx_callbacks is None:
+                    self._hx_callbacks = []
+                self._hx_callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            logging.getLogger("concurrent.futures").exception(
+                "exception calling callback for %r", self
+            )
 
     def _invoke_callbacks(self) -> None:
         # The stdlib's loop, with the fault point, and BaseException caught too: a callback
         # that raises SystemExit (or is hit by a stray asynchronous exception) must neither
         # end the thread that settles futures nor keep the next callbacks from running.
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+        for callback in self._hx_callbacks or ():
             try:
                 callback(self)
                 if _faults.ACTIVE:  # as if this callback raised (or stalled) as it ended
@@ -141,7 +271,6 @@ class Task:
     __slots__ = (
         "batch",
         "chosen",
-        "computes",
         "context",
         "deadline",
         "elapsed",
@@ -149,6 +278,7 @@ class Task:
         "future",
         "items",
         "payload",
+        "profile",
         "timeout",
     )
 
@@ -172,8 +302,7 @@ class Task:
         # True when the library, not the user, chose the lane: interpreter exit waits for
         # such work on a thread only a short while (it cannot be killed; see ThreadLane).
         self.chosen = False
-        # Set by the thread lane: the function is known to compute rather than wait.
-        self.computes = False
+        self.profile: Any = None  # the thread lane's record of what calls of fn do
         # The submitter's context (a copy), for a task run in this process: set by the router
         # for thread tasks only (a context does not cross processes).
         self.context: contextvars.Context | None = None
