@@ -5,13 +5,11 @@ and far too small for I/O: 200 sleeps of 20 ms take 0.7 s on six threads. Work t
 lane mostly blocks or releases the GIL (the router sends GIL-bound Python work to processes),
 so the lane starts a thread whenever a task arrives and no thread is idle, up to
 ``max_threads`` (256 by default), and lets a thread go after ``idle_timeout`` seconds without
-work. One exception: a function seen to compute (its calls keep a CPU busy at least half their
-wall time, read on its first calls and then on one call in 64) gains nothing from more threads
-than CPUs. Its task starts a thread only while fewer threads than usable CPUs are free of
-waiting work; a storm of tiny calls is drained by the threads there are instead of starting
-hundreds. Should those threads stop taking tasks (a call that blocks after all), the lane
-starts a thread after ``STALL_SECONDS``. A thread takes the next queued task as soon as it
-finishes one.
+work. Except for a function seen to compute (its calls keep a CPU busy at least half their
+wall time, read on its first calls, then on one in 64): more threads than CPUs cannot run it
+sooner, so its task starts a thread only while fewer threads than usable CPUs are free of
+waiting work, and a storm of tiny calls is drained by the threads there are. Should they stop
+taking tasks (a call that blocks after all), a thread starts after ``STALL_SECONDS``.
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
@@ -31,9 +29,7 @@ work, queued or running, then at most a short bound for the work the library cho
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import heapq
 import itertools
 import logging
 import queue
@@ -43,7 +39,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _faults
-from ._exceptions import BrokenExecutorError, TaskTimeoutError
+from ._deadlines import Running, TaskInterrupted, on_deadline
+from ._deadlines import Timers as Timers  # for the remote lanes
+from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remote calls
+from ._exceptions import BrokenExecutorError
 from ._futures import Future, Task
 from ._process import usable_cpus
 
@@ -62,117 +61,18 @@ its threads still take tasks, and starts one if none did (a call that blocks aft
 logger = logging.getLogger("hybridexec")
 
 
-class TaskInterrupted(BaseException):
-    """Raised asynchronously inside a thread whose task passed its deadline."""
-
-
-def interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
-    """Raise ``exc`` asynchronously in the thread ``ident`` at its next bytecode boundary.
-
-    The one async-raise helper of the package (thread-lane deadlines, thread actors' kill,
-    remote calls). With None, a pending (not yet raised) exception is withdrawn.
-    """
-    obj = ctypes.py_object(exc) if exc is not None else None
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
-
-
-class _Running:
-    """A task running on a thread with a deadline, as seen by the deadline timer.
-
-    Holds the future and the timeout only, and drops the future when the task ends: the
-    timer's heap keeps this record until the deadline passes, and must not keep the result.
-    """
-
-    __slots__ = ("done", "future", "ident", "interrupted", "lock", "timeout")
-
-    def __init__(self, future: Future[Any], timeout: float, ident: int) -> None:
-        self.future: Future[Any] | None = future
-        self.timeout = timeout
-        self.ident = ident
-        self.lock = threading.Lock()
-        self.done = False
-        self.interrupted = False
-
-    def finish(self) -> bool:
-        """Mark the call ended (in its own thread); return True if the deadline came first.
-
-        Once this returns, no interruption is pending for the thread or can come later.
-        """
-        while True:
-            try:
-                with self.lock:
-                    self.done = True
-                    self.future = None
-                    if self.interrupted:
-                        interrupt_thread(self.ident, None)  # withdraw it if not yet raised
-                    return self.interrupted
-            except TaskInterrupted:
-                # Raised between the call's end and the withdrawal: the timer settled the
-                # future already. Loop to withdraw under the lock (nothing else is pending).
-                continue
-
-
-class Timers:
-    """One daemon thread that calls functions at deadlines (monotonic clock)."""
-
-    def __init__(self, name: str) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._name = name
-
-    def call_at(self, deadline: float, fn: Callable[[], None]) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), fn))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def close(self, wait: bool = True) -> None:
-        """Stop the timer thread; pending calls are dropped (their tasks ended or will end)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        thread = self._thread
-        if wait and thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed:
-                    if self._heap:
-                        delay = self._heap[0][0] - time.monotonic()
-                        if delay <= 0:
-                            break
-                        self._cond.wait(delay)
-                    else:
-                        self._cond.wait()
-                if self._closed:
-                    return
-                _, _, fn = heapq.heappop(self._heap)
-            fn()
-
-
 class _Profile:
     """How much of its calls' time one function spends on the CPU, as seen on the lane.
 
     Lane threads update it unlocked: a lost update only delays what it says.
     """
 
-    __slots__ = ("calls", "cpu_share", "samples")
+    __slots__ = ("calls", "computes", "cpu_share", "samples")
 
     def __init__(self) -> None:
-        self.calls = 0
-        self.samples = 0
+        self.calls = self.samples = 0
         self.cpu_share = 0.0
-
-    def computes(self) -> bool:
-        """True once its calls are seen to keep a CPU busy most of their time (no waiting)."""
-        return self.samples >= PROFILE_SAMPLES and self.cpu_share >= COMPUTE_SHARE
+        self.computes = False  # its calls keep a CPU busy most of their time (no waiting)
 
     def sample(self) -> bool:
         """Count a call; True if its CPU time is to be read (the first ones, then 1 in 64)."""
@@ -183,6 +83,7 @@ class _Profile:
         share = min(1.0, cpu / wall) if wall > 0 else 1.0
         self.cpu_share += (share - self.cpu_share) * (0.3 if self.samples else 1.0)
         self.samples += 1
+        self.computes = self.samples >= PROFILE_SAMPLES and self.cpu_share >= COMPUTE_SHARE
 
 
 class ThreadLane:
@@ -235,8 +136,13 @@ class ThreadLane:
         Raises:
             RuntimeError: the lane was shut down.
         """
-        profile = self._profiles.get(_code_of(task.fn))
-        task.computes = profile is not None and profile.computes()
+        code = _code_of(task.fn)
+        profile = self._profiles.get(code) if code is not None else None
+        if profile is None and code is not None:
+            if len(self._profiles) >= PROFILES_MAX:  # bounded: functions made on the fly
+                self._profiles.clear()
+            profile = self._profiles.setdefault(code, _Profile())
+        task.profile = profile
         with self._lock:
             if self.broken is not None:
                 raise _broken_error(self.broken)
@@ -249,7 +155,7 @@ class ThreadLane:
             threads = len(self._threads)
             if threads >= self.max_threads:
                 return
-            if task.computes and threads - self._waiting >= self._cpus:
+            if profile is not None and profile.computes and threads - self._waiting >= self._cpus:
                 # As many threads as CPUs are free to compute: another one would not finish
                 # this sooner. If they stop taking tasks (a call blocks after all), the stall
                 # check starts a thread.
@@ -416,35 +322,29 @@ class ThreadLane:
             task.release()
 
     def _run(self, task: Task, me: threading.Thread) -> None:
-        future = task.future
-        computes = task.computes
+        future, profile = task.future, task.profile
+        waits = profile is None or not profile.computes  # counted as such while it runs
         self._busy[me] = task  # before the future says running (join_at_exit reads it)
-        if not computes:
+        if waits:
             with self._lock:
                 self._waiting += 1
         try:
             if future.set_running_or_notify_cancel():
-                self._call(task, future)
+                self._call(task, future, profile)
         finally:
             self._busy.pop(me, None)
-            if not computes:
+            if waits:
                 with self._lock:
                     self._waiting -= 1
             task.release()
 
-    def _call(self, task: Task, future: Future[Any]) -> None:
-        running: _Running | None = None
+    def _call(self, task: Task, future: Future[Any], profile: _Profile | None) -> None:
+        running: Running | None = None
         if task.timeout is not None:
             task.start_clock()
-            running = _Running(future, task.timeout, threading.get_ident())
+            running = Running(future, task.timeout, threading.get_ident())
             assert task.deadline is not None
-            self._timers.call_at(task.deadline, functools.partial(_on_deadline, running))
-        code = _code_of(task.fn)
-        profile = self._profiles.get(code) if code is not None else None
-        if profile is None and code is not None:
-            if len(self._profiles) >= PROFILES_MAX:  # bounded: functions made on the fly
-                self._profiles.clear()
-            profile = self._profiles.setdefault(code, _Profile())
+            self._timers.call_at(task.deadline, functools.partial(on_deadline, running))
         cpu = -1.0
         ok: bool = False
         value: Any = None
@@ -483,20 +383,6 @@ def _broken_error(cause: BaseException) -> BaseException:
     )
     err.__cause__ = cause
     return err
-
-
-def _on_deadline(running: _Running) -> None:
-    with running.lock:
-        future = running.future
-        if running.done or future is None:
-            return
-        running.interrupted = True
-        running.future = None
-        interrupt_thread(running.ident, TaskInterrupted)
-    # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
-    future.settle(
-        False, TaskTimeoutError(f"task exceeded its {running.timeout:g} s timeout in a thread")
-    )
 
 
 def _code_of(fn: Callable[..., Any]) -> object:

@@ -1,0 +1,127 @@
+"""Deadlines of thread work: the one async-raise helper, the timer thread, a running record.
+
+The thread lane (``_threads.py``) fails a task with a timeout at its deadline and interrupts its
+thread with an asynchronous exception; thread actors and remote calls use the same helper.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._exceptions import TaskTimeoutError
+from ._futures import Future
+
+
+class TaskInterrupted(BaseException):
+    """Raised asynchronously inside a thread whose task passed its deadline."""
+
+
+def interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
+    """Raise ``exc`` asynchronously in the thread ``ident`` at its next bytecode boundary.
+
+    The one async-raise helper of the package (thread-lane deadlines, thread actors' kill,
+    remote calls). With None, a pending (not yet raised) exception is withdrawn.
+    """
+    obj = ctypes.py_object(exc) if exc is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
+
+
+class Running:
+    """A task running on a thread with a deadline, as seen by the deadline timer.
+
+    Holds the future and the timeout only, and drops the future when the task ends: the
+    timer's heap keeps this record until the deadline passes, and must not keep the result.
+    """
+
+    __slots__ = ("done", "future", "ident", "interrupted", "lock", "timeout")
+
+    def __init__(self, future: Future[Any], timeout: float, ident: int) -> None:
+        self.future: Future[Any] | None = future
+        self.timeout = timeout
+        self.ident = ident
+        self.lock = threading.Lock()
+        self.done = False
+        self.interrupted = False
+
+    def finish(self) -> bool:
+        """Mark the call ended (in its own thread); return True if the deadline came first.
+
+        Once this returns, no interruption is pending for the thread or can come later.
+        """
+        while True:
+            try:
+                with self.lock:
+                    self.done = True
+                    self.future = None
+                    if self.interrupted:
+                        interrupt_thread(self.ident, None)  # withdraw it if not yet raised
+                    return self.interrupted
+            except TaskInterrupted:
+                # Raised between the call's end and the withdrawal: the timer settled the
+                # future already. Loop to withdraw under the lock (nothing else is pending).
+                continue
+
+
+class Timers:
+    """One daemon thread that calls functions at deadlines (monotonic clock)."""
+
+    def __init__(self, name: str) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._name = name
+
+    def call_at(self, deadline: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), fn))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the timer thread; pending calls are dropped (their tasks ended or will end)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if self._heap:
+                        delay = self._heap[0][0] - time.monotonic()
+                        if delay <= 0:
+                            break
+                        self._cond.wait(delay)
+                    else:
+                        self._cond.wait()
+                if self._closed:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            fn()
+
+
+def on_deadline(running: Running) -> None:
+    with running.lock:
+        future = running.future
+        if running.done or future is None:
+            return
+        running.interrupted = True
+        running.future = None
+        interrupt_thread(running.ident, TaskInterrupted)
+    # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
+    future.settle(
+        False, TaskTimeoutError(f"task exceeded its {running.timeout:g} s timeout in a thread")
+    )
