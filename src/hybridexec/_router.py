@@ -43,10 +43,11 @@ from typing import Any
 from . import _lifecycle
 from ._asyncio import LoopLane, is_async_callable, run_coroutine
 from ._backends import RemoteLane
+from ._decisions import Plans, Sampler
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import MemoryLimited, ProcessLane, usable_cpus
-from ._routing import Classifier, Decision, Options, TimedTask, hints_of, route
+from ._routing import Classifier, Decision, Options, hints_of
 from ._threads import ThreadLane
 
 logger = logging.getLogger("hybridexec")
@@ -128,6 +129,8 @@ class Router:
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
         # "+= 1" on a dict item reads then writes: without a GIL, counts could be lost.
         self._counts_lock = threading.Lock()
+        # Decisions reused, and the classifier's timing sampled (_decisions.py).
+        self.plans, self.sampler = Plans(classifier, default_kind), Sampler()
         self._build_lanes()
         # Registered before any process lane starts its manager (which registers the process
         # lanes' own hook in the same phase), so it runs first: queued work is not cancelled.
@@ -230,12 +233,7 @@ class Router:
     def decide(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> tuple[Decision, Options]:
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
-        hinted = hints_of(fn)
-        if hinted is not None:
-            opts = opts.merged(hinted)
-        return route(fn, args, kwargs, opts, self.classifier, self.default_kind), opts
+        return self.plans.decide(fn, args, kwargs, opts)  # options, hints, rules, classifier
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
@@ -311,10 +309,8 @@ class Router:
                     return future, task
                 kind = "thread"
         if kind == "thread" and self.classifier is not None and timeout is None:
-            # Timed where it runs: the classifier learns from every thread task.
-            task = TimedTask(
-                task.fn, items, future, self.classifier, probe, batch=batch, timeout=timeout
-            )
+            # Timed where it runs: the classifier learns from (a sample of) thread tasks.
+            task = self.sampler.timed(task, self.classifier, decision, probe)
         # A measured first call runs where the user did not ask: exit waits for it briefly.
         task.chosen = probe is not None
         if kind == "thread":  # a copy: O(1), and what the task sets stays its own

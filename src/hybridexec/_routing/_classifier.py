@@ -117,6 +117,9 @@ class LearningClassifier:
         self._entries: dict[Key, Entry] = {}
         # function + size bucket -> positional shape -> keyword shapes learned apart
         self._shapes: dict[tuple[str, str, int, int], dict[int, list[int]]] = {}
+        # Moves (under the lock) whenever an answer of classify() may change: a verdict, or a
+        # re-check coming due. A caller may reuse an answer while it stays the same.
+        self.generation = 0
 
     # ---- the Classifier protocol ----------------------------------------------------------
     def classify(
@@ -164,6 +167,7 @@ class LearningClassifier:
             if entry.since_check >= entry.recheck_every:
                 entry.since_check = 0
                 entry.recheck = True
+                self.generation += 1
             if kind == "process" and decision.kind == "process":
                 self._process_feedback(entry, wall, cpu)
             elif kind == "thread" and decision.kind == "thread" and cpu >= GIL_SECONDS_MIN:
@@ -176,6 +180,7 @@ class LearningClassifier:
                 )
                 if drifted and entry.since_recheck >= entry.suspect_gap:
                     entry.recheck = True
+                    self.generation += 1
 
     # ---- visibility -----------------------------------------------------------------------
     def explain(
@@ -296,6 +301,7 @@ class LearningClassifier:
     def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
         kind, reason = verdict(m)
         with self._cond:
+            self.generation += 1
             entry.window_open = False
             entry.claimed_at = None
             current = entry.decision
@@ -347,6 +353,7 @@ class LearningClassifier:
 
     def _change(self, entry: Entry, decision: Decision, m: Measurement | None) -> None:
         # Called with the lock held.
+        self.generation += 1
         old = entry.decision
         entry.decision = decision
         entry.measurement = m

@@ -1,0 +1,176 @@
+"""The router's per-call costs for functions it has routed before (issue 17).
+
+A storm of tiny calls pays the router on every call; two helpers keep that small:
+
+- ``Plans`` remembers what ``decide`` answered per function, options and argument types, and
+  gives it back while nothing it depends on has moved: the function's hints (looked up on each
+  call), the classifier's ``generation`` (it moves whenever an answer may change: a verdict, a
+  re-check coming due) and whether the GIL is on. A call then costs a look-up instead of the
+  rules and the classifier's key (name, size bucket, argument shape). Only calls whose first
+  arguments are numbers or None, without keyword arguments, are remembered: their key depends
+  on the argument types alone. A classifier's answer is reused only once given twice in a row
+  (one made up while a function is being learned is a new object each time), never one that
+  measures the call; the function is held weakly (what ran must not outlive its future).
+- ``Sampler`` times one call in ``SAMPLE_EVERY`` of a decision (the first one, then every
+  ``SAMPLE_EVERY``-th) and records it as standing for the calls since the last one timed: the
+  classifier's counts, re-checks and averages stay as if each call were timed, at a fraction
+  of the cost (a timed call reads two clocks and takes the classifier's lock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._futures import Task
+from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route_rules
+
+if TYPE_CHECKING:
+    from ._routing._rules import Probe
+
+SAMPLE_EVERY = 16
+"""One thread call in this many of a decision is timed for the classifier."""
+REMEMBERED = 1024
+"""Entries kept by ``Plans`` and by ``Sampler`` before they start over."""
+
+_PLAIN = frozenset((int, float, complex, type(None)))
+"""Argument types whose classifier key is the type alone (no size, no flag value)."""
+
+_NO_CLASSIFIER = Decision("thread", "no hint and no classifier: threads by default")
+
+# weakref to fn, options, hints, (classifier generation, GIL on), decision, merged options,
+# reusable (a rule's answer, or the classifier's given twice in a row)
+_Plan = tuple[
+    Callable[[], object], Options, Options | None, tuple[int, bool], Decision, Options, bool
+]
+
+
+class Plans:
+    """The router's decisions, reused while what they depend on stays the same."""
+
+    __slots__ = ("_learns", "_plans", "classifier", "default_kind")
+
+    def __init__(self, classifier: Classifier | None, default_kind: str) -> None:
+        self.classifier = classifier
+        self.default_kind = default_kind
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        # Its answers are reused only if it says when they may change.
+        self._learns = isinstance(getattr(classifier, "generation", None), int)
+
+    def decide(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> tuple[Decision, Options]:
+        """Where this call goes, and its options merged with the function's hints.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+        """
+        types = tuple(map(type, args[:4]))
+        if kwargs or not _PLAIN.issuperset(types):
+            return self._decide(fn, args, kwargs, opts)[:2]
+        key = (id(fn), id(opts), len(args), *types)
+        plan = self._plans.get(key)
+        hinted = hints_of(fn)
+        learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
+        generation = (learned, gil_enabled())
+        if (
+            plan is not None
+            and plan[6]
+            and plan[3] == generation
+            and plan[2] is hinted
+            and plan[1] is opts
+            and plan[0]() is fn
+        ):
+            return plan[4], plan[5]
+        decision, merged, fixed = self._decide(fn, args, kwargs, opts, hinted)
+        if decision.probe is None:
+            try:
+                ref = weakref.ref(fn)
+            except TypeError:  # a builtin: nothing to hold it weakly by
+                return decision, merged
+            if len(self._plans) >= REMEMBERED:
+                self._plans.clear()
+            same = self._learns and plan is not None and plan[4] is decision and plan[0]() is fn
+            self._plans[key] = (ref, opts, hinted, generation, decision, merged, fixed or same)
+        return decision, merged
+
+    def _decide(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+        hinted: Options | None = None,
+    ) -> tuple[Decision, Options, bool]:
+        # Options, hints and rules (fixed by those), else the classifier (True: fixed).
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
+        hinted = hints_of(fn) if hinted is None else hinted
+        if hinted is not None:
+            opts = opts.merged(hinted)
+        decision = route_rules(fn, opts, self.default_kind)
+        if decision is not None:
+            return decision, opts, True
+        if self.classifier is None:
+            return _NO_CLASSIFIER, opts, True
+        return self.classifier.classify(fn, args, kwargs), opts, False
+
+
+class Sampler:
+    """Which thread calls of a decision are timed, and how many calls each one stands for."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        # id(decision) -> (the decision, kept so that its id is not reused; its call count)
+        self._counts: dict[int, tuple[Decision, itertools.count[int]]] = {}
+
+    def weight(self, decision: Decision) -> int:
+        """How many calls this call's figures stand for; 0 if it is not timed."""
+        seen = self._counts.get(id(decision))
+        if seen is None:
+            if len(self._counts) >= REMEMBERED:  # decisions made for one call each
+                self._counts.clear()
+            seen = self._counts.setdefault(id(decision), (decision, itertools.count()))
+        n = next(seen[1])
+        return 1 if not n else 0 if n % SAMPLE_EVERY else SAMPLE_EVERY
+
+    def timed(
+        self, task: Task, classifier: Classifier, decision: Decision, probe: Probe | None
+    ) -> Task:
+        """The thread task, as a ``TimedTask`` if it is to be timed (always with a probe)."""
+        weight = 1 if task.batch or probe is not None else self.weight(decision)
+        if not weight:
+            return task
+        clf = classifier if weight == 1 else Weighted(classifier, weight)
+        return TimedTask(task.fn, task.items, task.future, clf, probe, batch=task.batch)
+
+
+class Weighted:
+    """The classifier, told that one timed call stands for ``weight`` calls."""
+
+    __slots__ = ("classifier", "weight")
+
+    def __init__(self, classifier: Classifier, weight: int) -> None:
+        self.classifier = classifier
+        self.weight = weight
+
+    def classify(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Decision:
+        return self.classifier.classify(fn, args, kwargs)
+
+    def record(
+        self,
+        fn: Callable[..., Any],
+        kind: str,
+        elapsed: float,
+        cpu: float,
+        *,
+        calls: int = 1,
+        args: tuple[Any, ...] = (),
+    ) -> None:
+        w = self.weight
+        self.classifier.record(fn, kind, elapsed * w, cpu * w, calls=calls * w, args=args)
