@@ -19,16 +19,25 @@ A storm of tiny calls pays the router on every call; two helpers keep that small
 
 from __future__ import annotations
 
+import contextvars
 import itertools
+import logging
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._futures import Task
+from . import _lifecycle
+from ._asyncio import is_async_callable
+from ._futures import Future, Task
 from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route_rules
 
 if TYPE_CHECKING:
+    from ._router import Router
     from ._routing._rules import Probe
+
+logger = logging.getLogger("hybridexec")
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 SAMPLE_EVERY = 16
 """One thread call in this many of a decision is timed for the classifier."""
@@ -41,20 +50,21 @@ _PLAIN = frozenset((int, float, complex, type(None)))
 _NO_CLASSIFIER = Decision("thread", "no hint and no classifier: threads by default")
 
 # weakref to fn, options, hints, (classifier generation, GIL on), decision, merged options,
-# reusable (a rule's answer, or the classifier's given twice in a row)
+# reusable (a rule's answer, or the classifier's given twice in a row), express (see there)
 _Plan = tuple[
-    Callable[[], object], Options, Options | None, tuple[int, bool], Decision, Options, bool
+    Callable[[], object], Options, Options | None, tuple[int, bool], Decision, Options, bool, bool
 ]
 
 
 class Plans:
     """The router's decisions, reused while what they depend on stays the same."""
 
-    __slots__ = ("_learns", "_plans", "classifier", "default_kind")
+    __slots__ = ("_learns", "_plans", "classifier", "default_kind", "express_ok")
 
-    def __init__(self, classifier: Classifier | None, default_kind: str) -> None:
+    def __init__(self, classifier: Classifier | None, default_kind: str, express: bool) -> None:
         self.classifier = classifier
         self.default_kind = default_kind
+        self.express_ok = express  # no distributed backend: thread calls stay here
         self._plans: dict[tuple[Any, ...], _Plan] = {}
         # Its answers are reused only if it says when they may change.
         self._learns = isinstance(getattr(classifier, "generation", None), int)
@@ -70,7 +80,7 @@ class Plans:
         types = tuple(map(type, args[:4]))
         if kwargs or not _PLAIN.issuperset(types):
             return self._decide(fn, args, kwargs, opts)[:2]
-        key = (id(fn), id(opts), len(args), *types)
+        key = (id(fn), id(opts), *types)
         plan = self._plans.get(key)
         hinted = hints_of(fn)
         learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
@@ -93,8 +103,68 @@ class Plans:
             if len(self._plans) >= REMEMBERED:
                 self._plans.clear()
             same = self._learns and plan is not None and plan[4] is decision and plan[0]() is fn
-            self._plans[key] = (ref, opts, hinted, generation, decision, merged, fixed or same)
+            # The express path (``express``): a plain call on the growing thread lane.
+            express = (
+                self.express_ok
+                and decision.kind == "thread"
+                and merged.timeout is None
+                and generation[1]  # the GIL is on: no capped CPU lane to consider
+                and not is_async_callable(fn)
+            )
+            self._plans[key] = (
+                ref,
+                opts,
+                hinted,
+                generation,
+                decision,
+                merged,
+                fixed or same,
+                express,
+            )
         return decision, merged
+
+    def express(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> Decision | None:
+        """The decision for a call remembered as bound to the growing thread lane, or None."""
+        types = tuple(map(type, args[:4]))
+        if kwargs or not _PLAIN.issuperset(types):
+            return None
+        plan = self._plans.get((id(fn), id(opts), *types))
+        if plan is None or not plan[7] or not plan[6]:
+            return None
+        learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
+        if (
+            plan[3] == (learned, gil_enabled())
+            and plan[2] is hints_of(fn)
+            and plan[1] is opts
+            and plan[0]() is fn
+        ):
+            return plan[4]
+        return None
+
+    def submit_thread(
+        self, router: Router, fn: Callable[..., Any], call: Call, decision: Decision
+    ) -> Future[Any]:
+        """``router.submit_task`` for a plain call that ``express`` bound to the thread lane.
+
+        Raises:
+            RuntimeError: the executor was shut down.
+        """
+        if router.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if router.generation != _lifecycle.generation():
+            router.check_fork()
+        future: Future[Any] = Future("thread")
+        task = Task(fn, [call], future)
+        if self.classifier is not None:
+            task = router.sampler.timed(task, self.classifier, decision, None)
+        task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), decision.reason)
+        router.count("thread")
+        router.threads.submit(task)
+        return future
 
     def _decide(
         self,
@@ -141,9 +211,14 @@ class Sampler:
         self, task: Task, classifier: Classifier, decision: Decision, probe: Probe | None
     ) -> Task:
         """The thread task, as a ``TimedTask`` if it is to be timed (always with a probe)."""
-        weight = 1 if task.batch or probe is not None else self.weight(decision)
-        if not weight:
-            return task
+        if task.batch or probe is not None:
+            weight = 1
+        else:  # self.weight(decision), inline: this runs for every thread call
+            seen = self._counts.get(id(decision))
+            n = next(seen[1]) if seen is not None else 0
+            if n % SAMPLE_EVERY:
+                return task
+            weight = self.weight(decision) if seen is None else SAMPLE_EVERY
         clf = classifier if weight == 1 else Weighted(classifier, weight)
         return TimedTask(task.fn, task.items, task.future, clf, probe, batch=task.batch)
 

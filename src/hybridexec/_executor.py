@@ -354,12 +354,13 @@ class Executor(concurrent.futures.Executor):
             chunk = list(itertools.islice(calls, chunksize))
             if not chunk:
                 return None
+            if chunksize == 1 and (plain := router.plans.express(fn, chunk[0], {}, opts)):
+                return router.plans.submit_thread(router, fn, (chunk[0], {}), plain), False, 1
             decision, call_opts = router.decide(fn, chunk[0], {}, opts)
             items: Items = [(args, {}) for args in chunk]
-            future, _ = router.submit_task(
-                fn, items, decision, call_opts.timeout, batch=chunksize > 1
-            )
-            return future, chunksize > 1, len(chunk)
+            batch = chunksize > 1
+            future, _ = router.submit_task(fn, items, decision, call_opts.timeout, batch=batch)
+            return future, batch, len(chunk)
 
         return results(submit_chunk, buffersize, end_time, limit, chunksize)
 

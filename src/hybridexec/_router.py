@@ -130,7 +130,7 @@ class Router:
         # "+= 1" on a dict item reads then writes: without a GIL, counts could be lost.
         self._counts_lock = threading.Lock()
         # Decisions reused, and the classifier's timing sampled (_decisions.py).
-        self.plans, self.sampler = Plans(classifier, default_kind), Sampler()
+        self.plans, self.sampler = Plans(classifier, default_kind, remote is None), Sampler()
         self._build_lanes()
         # Registered before any process lane starts its manager (which registers the process
         # lanes' own hook in the same phase), so it runs first: queued work is not cancelled.
@@ -238,6 +238,9 @@ class Router:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> Future[Any]:
+        decision = self.plans.express(fn, args, kwargs, opts)
+        if decision is not None:  # a plain call already routed to the thread lane
+            return self.plans.submit_thread(self, fn, (args, kwargs), decision)
         if is_async_callable(fn) and self.async_on_loop(fn, opts):
             return self.submit_async(fn, args, kwargs, opts)
         decision, opts = self.decide(fn, args, kwargs, opts)
@@ -317,7 +320,8 @@ class Router:
             task.context = contextvars.copy_context()
         if logger.isEnabledFor(logging.DEBUG):  # the arguments cost a lookup per submit
             logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
-        self.count(kind)
+        with self._counts_lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
         if kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
             future.add_done_callback(functools.partial(self.waits.learn, _key(fn), task))
             self.cpu_threads.submit(task)
