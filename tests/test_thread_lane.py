@@ -1,0 +1,110 @@
+"""The thread lane's submit path (issue 17): growth, the stall check, reused decisions, futures.
+
+Through the public API: an ``Executor``, its futures and ``stats()``/``explain()``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+
+import pytest
+
+import hybridexec
+from hybridexec import Executor
+from tests import helpers
+
+
+def _cpus() -> int:
+    count = getattr(os, "process_cpu_count", None)
+    return int(count() or 1) if count is not None else len(os.sched_getaffinity(0))
+
+
+def noop(x: int | None = None) -> int | None:
+    return x
+
+
+def step(event: threading.Event, wait: bool) -> bool:
+    """Computes (sets an event) or, with ``wait``, blocks until the event is set."""
+    if wait:
+        return event.wait(10)
+    event.set()
+    return True
+
+
+def test_a_storm_of_tiny_calls_starts_about_one_thread_per_cpu() -> None:
+    # Before: a thread per submit while none was idle, up to 256 (190 seen for 20,000 noops).
+    with Executor(kind="thread") as ex:
+        for i in range(20):  # its profile: a call keeps a CPU busy, it does not wait
+            assert ex.submit(noop, i).result(timeout=30) == i
+        futures = [ex.submit(noop, i) for i in range(5000)]
+        assert [f.result(timeout=30) for f in futures] == list(range(5000))
+        assert ex.stats()["threads"] <= _cpus() + 4
+
+
+def test_blocking_calls_still_start_a_thread_each() -> None:
+    with Executor(kind="thread") as ex:
+        for f in [ex.submit(noop, i) for i in range(2000)]:  # tiny calls first
+            f.result(timeout=30)
+        for _ in range(2):  # unknown, then known to wait: both grow at once
+            started = time.monotonic()
+            futures = [ex.submit(helpers.sleep_then, 0.2, i) for i in range(64)]
+            assert [f.result(timeout=30) for f in futures] == list(range(64))
+            assert time.monotonic() - started < 2.0  # 64 x 0.2 s on few threads: 3.2 s or more
+        assert ex.stats()["threads"] >= 32
+
+
+def test_a_computing_function_that_blocks_after_all_gets_a_thread() -> None:
+    # step() is seen to compute, so its tasks do not start threads beyond one per CPU; here
+    # every thread blocks in step(wait=True) until a queued step() sets the event. The stall
+    # check starts a thread for it; without that the waits would run out (and return False).
+    with Executor(kind="thread") as ex:
+        warm = threading.Event()
+        for _ in range(20):
+            assert ex.submit(step, warm, False).result(timeout=30)
+        event = threading.Event()
+        blocked = [ex.submit(step, event, True) for _ in range(_cpus() + 2)]
+        setter = ex.submit(step, event, False)
+        assert setter.result(timeout=30)
+        assert all(f.result(timeout=30) for f in blocked)
+
+
+def test_a_hint_attached_later_changes_the_lane_of_the_next_call(executor: Executor) -> None:
+    fn = helpers.make_cpu_task()  # a fresh function object, picklable by reference
+    assert [executor.submit(fn, 1).kind for _ in range(3)] == ["thread"] * 3
+    hybridexec.cpu_bound(fn)  # marks fn itself
+    assert executor.submit(fn, 1).kind == "process"
+
+
+def test_sampled_timing_keeps_the_classifier_call_count_exact() -> None:
+    # The first call is measured; then one call in 16 is timed and stands for the calls since.
+    with Executor() as ex:
+        for i in range(34):  # 1 measured + 1 + 2 x 16: every call recorded at the 34th
+            assert ex.submit(noop, i).result(timeout=30) == i
+        assert ex.explain(noop, 1).calls == 34
+
+
+def test_futures_wait_and_time_out_as_the_standard_library_does() -> None:
+    with Executor(kind="thread") as ex:
+        gate = threading.Event()
+        slow = ex.submit(step, gate, True)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            slow.result(timeout=0.05)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            slow.exception(timeout=0.05)
+        done, pending = concurrent.futures.wait([slow], timeout=0.05)
+        assert (done, pending) == (set(), {slow})
+        seen: list[object] = []
+        slow.add_done_callback(seen.append)
+        fast = [ex.submit(noop, i) for i in range(50)]
+        assert sorted(f.result() for f in concurrent.futures.as_completed(fast, timeout=30)) == (
+            list(range(50))
+        )
+        gate.set()
+        assert slow.result(timeout=30) is True
+        assert seen == [slow]
+        assert slow.done()
+        assert not slow.cancelled()
+        assert slow.exception() is None
