@@ -1,6 +1,6 @@
-"""Issue 17, process side: per-task overhead of the process lane against its peers and limits.
+"""Issue 17: per-task overhead of the process and thread lanes against their peers and limits.
 
-Three rows, each printed with its peers and the ratio the issue's target is judged on:
+Five rows, each printed with its peers and the ratio the issue's target is judged on:
 
 - **tiny process tasks submitted one by one**: ``N`` calls of ``x + 1``, each its own
   ``submit`` (``ex.options(kind="process")``), then every result; peers: pebble's ``schedule``,
@@ -12,9 +12,18 @@ Three rows, each printed with its peers and the ratio the issue's target is judg
 - **cold start**: a fresh interpreter creates the pool and waits for the first process task's
   result. hybridexec uses its default (forkserver on Linux); the limit is the stdlib pool with
   ``fork``. Target: hybridexec <= 3x stdlib fork.
+- **submit storm** (thread side): ``N`` calls of ``x + 1`` each its own ``submit`` on
+  ``hybridexec.Executor()`` (default routing), then every result; peers: the stdlib
+  ``ThreadPoolExecutor()`` (default size), pebble's ``ThreadPool.schedule`` and joblib's
+  ``Parallel(prefer="threads")`` (given the whole list). Target: >= 2x stdlib ThreadPool.
+- **Executor.map chunksize=1** (thread side): ``list(ex.map(fn, range(N)))``; peers: the
+  stdlib ``ThreadPoolExecutor().map``, pebble's ``ThreadPool.map`` (chunksize 1) and joblib.
+  Target: >= 2x stdlib ThreadPool.
 
 Each contender runs in its own fresh interpreter (``isolated``), ``RUNS`` times; a row's
-figure is the median over its runs.
+figure is the median over its runs. The thread rows time ``THREAD_REPEATS`` rounds per
+interpreter after a warm-up, and the contenders take turns run after run (the machine's load
+falls on all of them alike).
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from ._workloads import tiny
 RUNS = 3
 TINY_TASKS = 5_000
 ROUND_TRIPS = 2_000
+THREAD_TASKS = 20_000
+THREAD_REPEATS = 5
 
 ONE_BY_ONE = ["hybridexec", "pebble", "joblib", "stdlib", "floor"]
 ROUND_TRIP = ["hybridexec", "pebble", "stdlib", "raw-pipe"]
@@ -56,6 +67,22 @@ NAMES = {
     "stdlib-forkserver": "stdlib ProcessPoolExecutor (forkserver)",
 }
 PEER = {"pebble": "pebble", "joblib": "joblib"}
+
+THREADS = ["hybridexec", "stdlib", "pebble", "joblib"]
+THREAD_NAMES = {
+    "storm": {
+        "hybridexec": "hybridexec Executor().submit",
+        "stdlib": "stdlib ThreadPoolExecutor().submit",
+        "pebble": "pebble ThreadPool.schedule",
+        "joblib": "joblib Parallel(prefer='threads')",
+    },
+    "map": {
+        "hybridexec": "hybridexec Executor().map",
+        "stdlib": "stdlib ThreadPoolExecutor().map",
+        "pebble": "pebble ThreadPool.map",
+        "joblib": "joblib Parallel(prefer='threads')",
+    },
+}
 
 
 # ---- child side ------------------------------------------------------------------------------
@@ -213,6 +240,138 @@ def measure_cold(contender: str) -> dict[str, Any]:
     return {"times": [elapsed]}
 
 
+def measure_threads(contender: str, n: int, mode: str, repeats: int) -> dict[str, Any]:
+    """``repeats`` timings of ``n`` tiny calls on a warm thread pool; fresh interpreter.
+
+    ``mode`` ``"storm"``: one ``submit`` per call, then every result; ``"map"``: the pool's
+    ``map`` with chunksize 1, consumed into a list. joblib is given the whole list either way.
+    """
+    run: Any
+    if contender == "joblib":
+        import joblib
+
+        pool: Any = joblib.Parallel(n_jobs=-1, prefer="threads")
+        pool.__enter__()
+
+        def run() -> list[int]:
+            return list(pool(joblib.delayed(tiny)(x) for x in range(n)))
+    elif contender == "pebble":
+        import pebble
+
+        pool = pebble.ThreadPool()
+        if mode == "map":
+
+            def run() -> list[int]:
+                return list(pool.map(tiny, range(n)).result())
+        else:
+
+            def run() -> list[int]:
+                futures = [pool.schedule(tiny, args=(x,)) for x in range(n)]
+                return [f.result() for f in futures]
+    else:
+        if contender == "hybridexec":
+            import hybridexec
+
+            pool = hybridexec.Executor()
+        else:
+            import concurrent.futures
+
+            pool = concurrent.futures.ThreadPoolExecutor()
+        if mode == "map":
+
+            def run() -> list[int]:
+                return list(pool.map(tiny, range(n)))
+        else:
+
+            def run() -> list[int]:
+                futures = [pool.submit(tiny, x) for x in range(n)]
+                return [f.result() for f in futures]
+
+    expected = [x + 1 for x in range(n)]
+    assert run() == expected  # warm-up: threads started, the function learned
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - start)
+        assert out == expected
+    if contender == "joblib":
+        pool.__exit__(None, None, None)
+    elif contender == "pebble":
+        pool.close()
+        pool.join()
+    else:
+        pool.shutdown(wait=True)
+    return {"times": [median(times)]}
+
+
+def _thread_table(mode: str, title: str, runs: int, n: int, repeats: int) -> Table:
+    names = THREAD_NAMES[mode]
+    table = Table(title, reference=names["hybridexec"], items=n)
+    present = [c for c in THREADS if c not in PEER or peer_available(PEER[c])]
+    times: dict[str, list[float]] = {c: [] for c in present}
+    errors: dict[str, str] = {}
+    for turn in range(runs):  # contenders take turns: load changes fall on all of them
+        for name in present[turn % len(present) :] + present[: turn % len(present)]:
+            if name in errors:
+                continue
+            got = isolated(
+                "benchmarks.bench_overhead:measure_threads",
+                120.0,
+                contender=name,
+                n=n,
+                mode=mode,
+                repeats=repeats,
+            )
+            if got.value is None:
+                errors[name] = got.error or "no result"
+                continue
+            times[name].extend(got.value["times"])
+    for name in THREADS:
+        if name not in present:
+            table.notes.append(f"{PEER[name]} not installed, skipped")
+            continue
+        figure = fmt_seconds(median(times[name])) if times[name] else errors.get(name, "")
+        print(f"  [overhead/threads-{mode}] {names[name]}: {figure}", file=sys.stderr, flush=True)
+        table.add(names[name], times[name] or None, note=errors.get(name, ""))
+    table.notes.append(
+        f"each run: the median of {repeats} rounds in a fresh interpreter after a warm-up; "
+        "default pool sizes (joblib: n_jobs=-1, given the whole list)"
+    )
+    return table
+
+
+def _thread_rows(quick: bool) -> None:
+    runs = 1 if quick else RUNS
+    n = 2_000 if quick else THREAD_TASKS
+    repeats = 2 if quick else THREAD_REPEATS
+    for mode, title, label in (
+        (
+            "storm",
+            f"submit storm: {n:,} x submit(x + 1) on threads, then every result",
+            "submit storm >= 2x stdlib ThreadPool",
+        ),
+        (
+            "map",
+            f"Executor.map chunksize=1: list(map(x + 1, range({n:,}))) on threads",
+            "Executor.map chunksize=1 >= 2x stdlib ThreadPool",
+        ),
+    ):
+        table = _thread_table(mode, title, runs, n, repeats)
+        table.print()
+        names = THREAD_NAMES[mode]
+        hx, std = table.row(names["hybridexec"]), table.row(names["stdlib"])
+        if hx and hx.median and std and std.median:
+            ratio = std.median / hx.median
+            print(
+                target_line(
+                    label,
+                    None if quick else ratio >= 2,
+                    f"{fmt_rate(n / hx.median)} vs {fmt_rate(n / std.median)} ({ratio:.2f}x)",
+                )
+            )
+
+
 # ---- parent side -----------------------------------------------------------------------------
 def _table(
     title: str, target: str, contenders: list[str], runs: int, items: int | None, **kw: Any
@@ -252,7 +411,9 @@ def run(quick: bool) -> None:
     runs = 1 if quick else RUNS
     n = 1_000 if quick else TINY_TASKS
     trips = 300 if quick else ROUND_TRIPS
-    section("overhead: the process lane's per-task cost vs its peers and limits (issue 17)")
+    section(
+        "overhead: per-task cost of the process and thread lanes vs peers and limits (issue 17)"
+    )
     print(f"medians over {runs} run(s), each in a fresh interpreter; {CPUS} processes per pool")
 
     table = _table(
@@ -316,3 +477,5 @@ def run(quick: bool) -> None:
                 f"{fmt_seconds(hx.median)} vs {fmt_seconds(fork.median)} ({ratio:.2f}x)",
             )
         )
+
+    _thread_rows(quick)
