@@ -98,7 +98,7 @@ def test_futures_wait_and_time_out_as_the_standard_library_does() -> None:
         assert (done, pending) == (set(), {slow})
         seen: list[object] = []
         slow.add_done_callback(seen.append)
-        fast = [ex.submit(noop, i) for i in range(50)]
+        fast = [ex.submit(helpers.add, i) for i in range(50)]
         assert sorted(f.result() for f in concurrent.futures.as_completed(fast, timeout=30)) == (
             list(range(50))
         )

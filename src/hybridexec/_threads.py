@@ -55,8 +55,7 @@ PROFILE_SAMPLES = 4
 PROFILES_MAX = 1024
 """Functions profiled per lane before the profiles start over (functions made on the fly)."""
 STALL_SECONDS = 0.01
-"""After a thread was not started for a computing task, how long until the lane checks that
-its threads still take tasks, and starts one if none did (a call that blocks after all)."""
+"""After a computing task started no thread: when to start one if no task was taken since."""
 
 logger = logging.getLogger("hybridexec")
 
@@ -136,7 +135,7 @@ class ThreadLane:
         Raises:
             RuntimeError: the lane was shut down.
         """
-        code = _code_of(task.fn)
+        code = getattr(task.fn, "__code__", None) or _code_of(task.fn)
         profile = self._profiles.get(code) if code is not None else None
         if profile is None and code is not None:
             if len(self._profiles) >= PROFILES_MAX:  # bounded: functions made on the fly
@@ -156,10 +155,10 @@ class ThreadLane:
             if threads >= self.max_threads:
                 return
             if profile is not None and profile.computes and threads - self._waiting >= self._cpus:
-                # As many threads as CPUs are free to compute: another one would not finish
-                # this sooner. If they stop taking tasks (a call blocks after all), the stall
-                # check starts a thread.
-                self._arm_stall_check()
+                # As many threads as CPUs are free to compute: one more would not finish this
+                # sooner. If they stop taking tasks (a call blocks), the stall check starts one.
+                if not self._stall_check:
+                    self._arm_stall_check()
                 return
             self._start_thread()
 
@@ -175,8 +174,7 @@ class ThreadLane:
         # With the lock held.
         if not self._stall_check:
             self._stall_check = True
-            taken = self._taken
-            check = functools.partial(self._check_stall, taken)
+            check = functools.partial(self._check_stall, self._taken)
             self._timers.call_at(time.monotonic() + STALL_SECONDS, check)
 
     def _check_stall(self, taken: int) -> None:
@@ -330,7 +328,11 @@ class ThreadLane:
                 self._waiting += 1
         try:
             if future.set_running_or_notify_cancel():
-                self._call(task, future, profile)
+                sample = profile is not None and profile.sample()
+                if sample or task.timeout is not None or _faults.ACTIVE:
+                    self._call(task, future, profile if sample else None)
+                else:  # the common case, inline: no deadline, no fault, no CPU reading
+                    future.settle(*task.call())
         finally:
             self._busy.pop(me, None)
             if waits:
@@ -345,14 +347,12 @@ class ThreadLane:
             running = Running(future, task.timeout, threading.get_ident())
             assert task.deadline is not None
             self._timers.call_at(task.deadline, functools.partial(on_deadline, running))
-        cpu = -1.0
-        ok: bool = False
-        value: Any = None
+        cpu, ok, value = -1.0, False, None
         try:
             try:
                 if _faults.ACTIVE:
                     _faults.hit("thread.before_call")
-                if profile is not None and profile.sample():
+                if profile is not None:  # given when this call's CPU time is read
                     cpu = time.thread_time()
                     ok, value = task.call()
                     cpu = time.thread_time() - cpu
