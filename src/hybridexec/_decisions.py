@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _lifecycle
 from ._asyncio import is_async_callable
-from ._futures import Future, Task
+from ._futures import Future, Items, Task
 from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route_rules
 
 if TYPE_CHECKING:
@@ -107,6 +107,7 @@ class Plans:
             express = (
                 self.express_ok
                 and decision.kind == "thread"
+                and decision.max_memory is None
                 and merged.timeout is None
                 and generation[1]  # the GIL is on: no capped CPU lane to consider
                 and not is_async_callable(fn)
@@ -165,6 +166,21 @@ class Plans:
         router.count("thread")
         router.threads.submit(task)
         return future
+
+    def submit_chunk(
+        self,
+        router: Router,
+        fn: Callable[..., Any],
+        chunk: list[tuple[Any, ...]],
+        opts: Options,
+        batch: bool,
+    ) -> Future[Any]:
+        """Submit a chunk of ``Executor.map``: one task, by the express path if it can."""
+        if not batch and (decision := self.express(fn, chunk[0], {}, opts)) is not None:
+            return self.submit_thread(router, fn, (chunk[0], {}), decision)
+        decision, call_opts = router.decide(fn, chunk[0], {}, opts)
+        items: Items = [(args, {}) for args in chunk]
+        return router.submit_task(fn, items, decision, call_opts.timeout, batch=batch)[0]
 
     def _decide(
         self,

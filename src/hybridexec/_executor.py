@@ -15,7 +15,7 @@ from typing_extensions import ParamSpec, Self
 
 from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
 from ._backends import check_remote, open_lane
-from ._futures import Future, Items
+from ._futures import Future
 from ._process import usable_cpus
 from ._router import Router, check_count, resolve_counts
 from ._routing import (
@@ -354,13 +354,8 @@ class Executor(concurrent.futures.Executor):
             chunk = list(itertools.islice(calls, chunksize))
             if not chunk:
                 return None
-            if chunksize == 1 and (plain := router.plans.express(fn, chunk[0], {}, opts)):
-                return router.plans.submit_thread(router, fn, (chunk[0], {}), plain), False, 1
-            decision, call_opts = router.decide(fn, chunk[0], {}, opts)
-            items: Items = [(args, {}) for args in chunk]
-            batch = chunksize > 1
-            future, _ = router.submit_task(fn, items, decision, call_opts.timeout, batch=batch)
-            return future, batch, len(chunk)
+            future = router.plans.submit_chunk(router, fn, chunk, opts, chunksize > 1)
+            return future, chunksize > 1, len(chunk)
 
         return results(submit_chunk, buffersize, end_time, limit, chunksize)
 
