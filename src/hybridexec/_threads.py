@@ -5,11 +5,11 @@ and far too small for I/O: 200 sleeps of 20 ms take 0.7 s on six threads. Work t
 lane mostly blocks or releases the GIL (the router sends GIL-bound Python work to processes),
 so the lane starts a thread whenever a task arrives and no thread is idle, up to
 ``max_threads`` (256 by default), and lets a thread go after ``idle_timeout`` seconds without
-work. Except for a function seen to compute (its calls keep a CPU busy at least half their
-wall time, read on its first calls, then on one in 64): more threads than CPUs cannot run it
-sooner, so its task starts a thread only while fewer threads than usable CPUs are free of
-waiting work, and a storm of tiny calls is drained by the threads there are. Should they stop
-taking tasks (a call that blocks after all), a thread starts after ``STALL_SECONDS``.
+work. But more threads than CPUs cannot run a function seen to compute (its calls keep a CPU
+busy half their wall time or more: read on its first calls, then one in 64) any sooner: its
+task starts a thread only while fewer threads than usable CPUs are free of waiting work, and a
+storm of tiny calls is drained by the threads there are. Should they stop taking tasks (a
+call blocks after all), a thread starts after ``STALL_SECONDS``.
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
@@ -18,8 +18,8 @@ really finished. The task is marked finished *before* its future is settled, so 
 passes while done-callbacks run never reaches them: the timer interrupts a thread only inside
 the task's own call.
 
-A finished task lets go of its callable and arguments at once (``Task.release``), and the
-deadline timer keeps only a small record that forgets the task when it ends.
+A finished task lets go of its callable and arguments at once (``Task.release``); the
+deadline timer's small record forgets it when it ends.
 
 Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook calls it
 for every lane, as the stdlib's ``_python_exit`` joins its pools) waits for the user's thread
@@ -61,16 +61,12 @@ logger = logging.getLogger("hybridexec")
 
 
 class _Profile:
-    """How much of its calls' time one function spends on the CPU, as seen on the lane.
-
-    Lane threads update it unlocked: a lost update only delays what it says.
-    """
+    """How much of its calls' time a function spends on the CPU; updated unlocked."""
 
     __slots__ = ("calls", "computes", "cpu_share", "samples")
 
     def __init__(self) -> None:
-        self.calls = self.samples = 0
-        self.cpu_share = 0.0
+        self.calls, self.samples, self.cpu_share = 0, 0, 0.0
         self.computes = False  # its calls keep a CPU busy most of their time (no waiting)
 
     def sample(self) -> bool:
@@ -111,7 +107,7 @@ class ThreadLane:
         self._lock = threading.Lock()
         self._idle = 0  # threads gone idle that no submit has counted on yet (under _lock)
         self._threads: set[threading.Thread] = set()
-        self._busy: dict[threading.Thread, Task] = {}  # what each thread runs now
+        self._busy: dict[threading.Thread, Task] = {}  # threads running library-chosen work
         self._waiting = 0  # threads running a task not known to compute (under _lock)
         self._cpus = usable_cpus()
         self._profiles: dict[object, _Profile] = {}  # code object -> what its calls do
@@ -155,8 +151,7 @@ class ThreadLane:
             if threads >= self.max_threads:
                 return
             if profile is not None and profile.computes and threads - self._waiting >= self._cpus:
-                # As many threads as CPUs are free to compute: one more would not finish this
-                # sooner. If they stop taking tasks (a call blocks), the stall check starts one.
+                # CPUs all busy: one more thread would not help (the stall check covers blocks)
                 if not self._stall_check:
                     self._arm_stall_check()
                 return
@@ -322,7 +317,9 @@ class ThreadLane:
     def _run(self, task: Task, me: threading.Thread) -> None:
         future, profile = task.future, task.profile
         waits = profile is None or not profile.computes  # counted as such while it runs
-        self._busy[me] = task  # before the future says running (join_at_exit reads it)
+        chosen = task.chosen  # join_at_exit needs to know only where the library's work runs
+        if chosen:
+            self._busy[me] = task  # before the future says running
         if waits:
             with self._lock:
                 self._waiting += 1
@@ -334,7 +331,8 @@ class ThreadLane:
                 else:  # the common case, inline: no deadline, no fault, no CPU reading
                     future.settle(*task.call())
         finally:
-            self._busy.pop(me, None)
+            if chosen:
+                self._busy.pop(me, None)
             if waits:
                 with self._lock:
                     self._waiting -= 1
