@@ -334,7 +334,7 @@ def _listening_sockets_of_family() -> list[tuple[int, str, str]]:
     unix = _listening_unix_sockets()
     for proc in _family():
         try:
-            cmdline = " ".join(proc.cmdline())
+            cmdline = f"[{proc.name()}] {' '.join(proc.cmdline())}"
             inet = proc.net_connections(kind="inet")
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
@@ -362,9 +362,11 @@ def test_no_listening_socket_is_opened_by_the_library() -> None:
         seen |= set(_listening_sockets_of_family())
     new = seen - before
     # multiprocessing's forkserver (the default start method) listens on a Unix socket; it is
-    # the standard library's, at a path in a private directory, never an abstract address
-    # (which any local user could connect to) and never an inet port.
+    # the standard library's (started as a new interpreter, or forked from us and named
+    # hx-forkserver), at a path in a private directory, never an abstract address (which any
+    # local user could connect to) and never an inet port.
     ours = [s for s in new if "multiprocessing.forkserver" not in s[1]]
+    ours = [s for s in ours if not s[1].startswith("[hx-forkserver]")]
     assert not ours, f"hybridexec opened listening sockets: {ours}"
     for _, _, address in new:
         assert address.startswith("/"), f"the forkserver listens on {address!r}"

@@ -7,6 +7,8 @@ Layers inside the room (each imports only those above it)::
     _frames     the one framing of every pipe (length-prefixed frames)
     _child      the child side shared by workers and actors: process group, death signal,
                 lifeline watcher (``enter_child``)
+    _zygote     the fork server and the guardian forked from this process where that is
+                safe (a cold start without new interpreters)
     _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe,
                 the guardian that kills children when the parent dies
     _handle     ``Child``: hold, signal (the whole tree) and reap a child, never a recycled

@@ -20,13 +20,16 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import os
+import signal
 import subprocess
 import sys
 import threading
+from multiprocessing.connection import wait
 from typing import Any
 
 from .. import _lifecycle
 from ._child import let_go_of_fork_server
+from ._zygote import fork_copy, safe_to_fork, start_fork_server
 
 logger = logging.getLogger("hybridexec")
 
@@ -59,13 +62,26 @@ WORKER_MODULE = "hybridexec._process._worker"
 
 
 def preload_in_forkserver() -> None:
-    """Ask the forkserver, if not started yet, to import the worker module once.
+    """Prepare the fork server, if not started yet: preload the worker module, fork it.
 
-    Every worker is then forked with hybridexec already imported, so a replacement worker
-    starts in milliseconds instead of paying the package import (~0.1-0.2 s). The user's own
-    preload list is kept: our module is added to it, never substituted; so is what the user
-    chose for a module that fails to import there (``on_error``, Python 3.15+).
+    Every worker is forked with hybridexec already imported, so a replacement worker starts in
+    milliseconds instead of paying the package import (~0.1-0.2 s). The user's own preload
+    list is kept: our module is added to it, never substituted; so is what the user chose for
+    a module that fails to import there (``on_error``, Python 3.15+). Where it is safe, the
+    fork server and the guardian are forked from this process now (``_zygote``): they start
+    with every module imported, in about a millisecond each, so even the first worker starts
+    in milliseconds. Otherwise multiprocessing starts the server as a new interpreter on the
+    first worker's start, and ``guard`` the guardian, as before.
     """
+    _set_preload()
+    try:
+        start_guardian_early()
+        start_fork_server()
+    except Exception as exc:  # never worse than multiprocessing's own start
+        logger.debug("fork server not forked: %r", exc)
+
+
+def _set_preload() -> None:
     try:
         import multiprocessing.forkserver as forkserver
 
@@ -147,8 +163,112 @@ for pid, when in pids.items():
                 pass
 """
 
+GUARDIAN_NAME = "hybridexec-guardian"
+"""The last word of the guardian's command line when it is a new interpreter."""
+
+GUARDIAN_COMM = "hx-guardian"
+"""The guardian's process name (``/proc/<pid>/comm``) when it is a copy of this process."""
+
+
+class _Guardian:
+    """The guardian as this process holds it: its pid and the write end of its pipe.
+
+    ``popen`` is the ``Popen`` when it was started as a new interpreter, None when it is a copy
+    of this process (our child all the same).
+    """
+
+    __slots__ = ("fd", "pid", "popen")
+
+    def __init__(self, pid: int, fd: int, popen: subprocess.Popen[bytes] | None) -> None:
+        self.pid = pid
+        self.fd = fd
+        self.popen = popen
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
+
+    def close(self) -> None:
+        """Close our end of its pipe: the guardian kills what is registered, and exits."""
+        if self.popen is not None and self.popen.stdin is not None:
+            self.popen.stdin.close()
+        elif self.popen is None:
+            os.close(self.fd)
+
+    def wait(self, timeout: float) -> None:
+        """Wait for it to exit; kill it after ``timeout`` seconds."""
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+            return
+        if not _wait_child(self.pid, timeout):
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _wait_child(self.pid, None)
+
+
+def _wait_child(pid: int, timeout: float | None) -> bool:
+    """Reap the child ``pid``, waiting at most ``timeout`` seconds; False if it is alive."""
+    if timeout is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            try:
+                wait([pidfd], timeout)
+            finally:
+                os.close(pidfd)
+    try:
+        return os.waitpid(pid, os.WNOHANG if timeout is not None else 0)[0] != 0
+    except ChildProcessError:
+        return True
+
+
 _guardian_lock = threading.Lock()
-_guardian: subprocess.Popen[bytes] | None = None
+_guardian: _Guardian | None = None
+
+
+def start_guardian_early() -> None:
+    """Fork the guardian from this process now, if that is safe (see ``_zygote``).
+
+    A copy of this process starts in about a millisecond and has Python running already; a
+    new interpreter costs several on the first child's path, and tens of milliseconds of CPU
+    that the first worker's start has to share. Where it is not safe, ``guard`` starts the
+    guardian as a new interpreter with the first child, as before.
+    """
+    global _guardian
+    if os.name != "posix":
+        return
+    with _guardian_lock:
+        if _guardian is not None or not safe_to_fork():
+            return
+        read, write = os.pipe()
+
+        def run() -> None:
+            os.setsid()  # no Ctrl-C nor group signal meant for us
+            os.dup2(read, 0)
+            os.close(read)
+            exec(compile(GUARDIAN, "<hybridexec-guardian>", "exec"), {"__name__": "guardian"})
+
+        try:
+            pid = fork_copy(GUARDIAN_COMM, {read}, run)
+        finally:
+            os.close(read)
+        if pid is None:
+            os.close(write)
+            return
+        _guardian = _Guardian(pid, write, None)
+        _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
 
 
 def guard(pid: int) -> None:
@@ -162,16 +282,17 @@ def guard(pid: int) -> None:
         return
     with _guardian_lock:
         try:
-            if _guardian is None or _guardian.poll() is not None:
-                _guardian = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", GUARDIAN, "hybridexec-guardian"],
+            if _guardian is None or not _guardian.alive():
+                popen = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", GUARDIAN, GUARDIAN_NAME],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,  # no Ctrl-C nor group signal meant for us
                 )
+                assert popen.stdin is not None
+                _guardian = _Guardian(popen.pid, popen.stdin.fileno(), popen)
                 _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
-            assert _guardian.stdin is not None
-            os.write(_guardian.stdin.fileno(), b"%d\n" % pid)
+            os.write(_guardian.fd, b"%d\n" % pid)
         except OSError as exc:
             logger.warning("hybridexec: no guardian for child %d: %r", pid, exc)
 
@@ -184,13 +305,8 @@ def _stop_guardian() -> None:
         guardian, _guardian = _guardian, None
     if guardian is None:
         return
-    if guardian.stdin is not None:
-        guardian.stdin.close()
-    try:
-        guardian.wait(1.0)
-    except subprocess.TimeoutExpired:
-        guardian.kill()
-        guardian.wait()
+    guardian.close()
+    guardian.wait(1.0)
 
 
 def _after_fork() -> None:
@@ -198,7 +314,7 @@ def _after_fork() -> None:
     # or the parent's children would outlive a SIGKILLed parent for as long as this child
     # lives. The lifeline's read end is dropped, not closed: under the fork start method it is
     # the very object the new worker watches. The guardian stays the parent's (this child
-    # starts its own with its first child); its Popen is dropped without a wait.
+    # starts its own with its first child); it is dropped without a wait.
     global _lifeline_pair, _lifeline_lock, _guardian, _guardian_lock
     _lifeline_lock = threading.Lock()
     pair, _lifeline_pair = _lifeline_pair, None
@@ -206,9 +322,10 @@ def _after_fork() -> None:
         pair[1].close()
     _guardian_lock = threading.Lock()
     guardian, _guardian = _guardian, None
-    if guardian is not None and guardian.stdin is not None:
-        guardian.stdin.close()
-        guardian.returncode = 0  # not ours to reap: keeps Popen.__del__ from tracking it
+    if guardian is not None:
+        guardian.close()
+        if guardian.popen is not None:
+            guardian.popen.returncode = 0  # not ours to reap: keeps Popen.__del__ from it
     _forget_helper_processes()
 
 

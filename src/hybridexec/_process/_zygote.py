@@ -1,0 +1,208 @@
+"""multiprocessing's fork server, started by a fork of this process instead of a new interpreter.
+
+Under ``forkserver`` (the default on Linux), multiprocessing starts its fork server as a fresh
+interpreter that imports the worker's modules; the first worker can be forked only once that is
+done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork``. When it is
+provably safe, the same fork server (multiprocessing's own loop, ``forkserver.main``, speaking
+its own protocol to its own clients) is instead forked from this process: it starts with every
+module already imported, and each worker is forked from it as before.
+
+Safe means: this process has a single thread, the calling one (a lock held by any other thread
+would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
+module is half imported (workers would find it so), it is small (a large heap would stay pinned
+by the copy, and the fork would copy large page tables), and multiprocessing's fork server is the
+one this code knows (Python 3.10 to 3.13; 3.14 authenticates its clients). Otherwise nothing
+happens and multiprocessing starts its server the usual way, on the first worker's start.
+
+The copy keeps nothing of this process that a worker must not inherit: ``os.fork`` runs the
+package's fork hooks (``_lifecycle``: the lifeline's write end, the lanes' pipes, the guardian's
+pipe are closed), then every descriptor but stdin/stdout/stderr and the server's two is replaced
+by ``/dev/null``. The numbers stay taken: an object that still holds one (a log file's handler)
+writes to ``/dev/null``, never into a pipe that later reuses the number. Signal handlers set in
+Python are reset to the default, as ``exec`` would. The copy holds the "alive" pipe's read end
+only, so it exits as soon as this process is gone, as multiprocessing's server does, and with
+it the death signal of the workers it forked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._child import resident_memory
+
+MAX_RSS = 256 << 20
+"""Above this resident size the fork server is started the usual way (see the docstring)."""
+
+SERVER_NAME = "hx-forkserver"
+"""The fork server's process name (``/proc/<pid>/comm``): its command line is this process's."""
+
+_MAIN_ARGS = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
+
+
+def start_fork_server() -> int | None:
+    """Fork multiprocessing's fork server from this process if that is safe; return its pid.
+
+    Returns None, and changes nothing, when it is not safe, when the server runs already, or
+    when this Python's multiprocessing is not the one this code knows.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import multiprocessing.connection as connection
+        import multiprocessing.forkserver as forkserver
+        import multiprocessing.util as util
+    except ImportError:
+        return None
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if type(server) is not getattr(forkserver, "ForkServer", None):
+        return None  # replaced by someone (a test's stand-in): theirs to start
+    if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
+        return None
+    if not safe_to_fork():
+        return None
+    preload = list(server._preload_modules)
+    with socket.socket(socket.AF_UNIX) as listener:
+        address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+        listener.bind(address)
+        if not util.is_abstract_socket_namespace(address):
+            os.chmod(address, 0o600)
+        listener.listen()
+        listener_fd = listener.fileno()
+        alive_r, alive_w = os.pipe()
+        comm = _read_comm()
+
+        def serve() -> None:
+            # Each worker it forks gets this process's name back (see fork_copy).
+            if comm is not None:
+                os.register_at_fork(after_in_child=lambda: _write_comm(comm))
+            # The modules are imported already (they are this process's) and "__main__" is
+            # ours as it is: the preload list only imports what the user added to it.
+            forkserver.main(listener_fd, alive_r, preload)
+
+        pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
+        os.close(alive_r)
+        if pid is None:
+            os.close(alive_w)
+            return None
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+    return pid
+
+
+def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | None:
+    """Fork a copy of this process that runs ``run()`` then exits; return its pid.
+
+    The caller made sure that it is ``safe_to_fork()``. In the copy, every descriptor but
+    stdin, stdout, stderr and ``keep`` points at ``/dev/null``, handlers set in Python are
+    reset, and the process is named ``name`` (``ps``, ``psutil.Process.name()``). None when the
+    fork failed.
+    """
+    for stream in (sys.stdout, sys.stderr):  # or the copy would write it out a second time
+        try:
+            stream.flush()
+        except (AttributeError, ValueError):  # None, or closed
+            pass
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        return pid
+    try:  # the copy: never returns into the caller's code
+        _blank_descriptors({0, 1, 2, *keep})
+        _reset_signal_handlers()
+        _write_comm(name)
+        run()
+    finally:
+        os._exit(0)
+
+
+def _known_server(forkserver: Any, server: Any) -> bool:
+    # The layout of CPython 3.10-3.13: main()'s parameters, the attributes ensure_running sets,
+    # and no client authentication (3.14 adds it, and a key this code would have to pass).
+    code = getattr(getattr(forkserver, "main", None), "__code__", None)
+    return (
+        code is not None
+        and code.co_varnames[: code.co_argcount] == _MAIN_ARGS
+        and code.co_kwonlyargcount == 0
+        and not hasattr(server, "_forkserver_authkey")
+        and all(
+            hasattr(server, name)
+            for name in ("_forkserver_address", "_forkserver_alive_fd", "_preload_modules")
+        )
+    )
+
+
+def safe_to_fork() -> bool:
+    """True when a fork now copies no lock held by another thread and no half-imported module."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if threading.active_count() != 1:
+        return False
+    try:
+        if len(os.listdir("/proc/self/task")) != 1:  # threads of C libraries count too
+            return False
+    except OSError:
+        return False
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        if getattr(spec, "_initializing", False):
+            return False  # being imported right now (perhaps the module creating the executor)
+    rss = resident_memory()
+    return rss is not None and rss <= MAX_RSS
+
+
+def _reset_signal_handlers() -> None:
+    # As exec would: a handler set in Python goes back to the default; an ignored signal stays
+    # ignored; SIGINT raises KeyboardInterrupt as in any fresh interpreter.
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)  # an event loop's, pointing at a descriptor now blank
+
+
+def _read_comm() -> str | None:
+    try:
+        with open("/proc/self/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _write_comm(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
+def _blank_descriptors(keep: set[int]) -> None:
+    """Point every open descriptor not in ``keep`` at ``/dev/null`` (see the module docstring)."""
+    fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for fd in fds:
+        if fd in keep or fd == null:
+            continue
+        try:
+            os.fstat(fd)  # still open (the listing's own descriptor is not)
+        except OSError:
+            continue
+        try:
+            os.dup2(null, fd, inheritable=False)
+        except OSError:
+            pass
+    os.close(null)
