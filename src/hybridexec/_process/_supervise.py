@@ -75,8 +75,9 @@ def preload_in_forkserver() -> None:
     """
     _set_preload()
     try:
-        start_guardian_early()
-        start_fork_server()
+        if safe_to_fork():
+            start_guardian_early()
+            start_fork_server()
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)
 
@@ -239,7 +240,7 @@ _guardian: _Guardian | None = None
 
 
 def start_guardian_early() -> None:
-    """Fork the guardian from this process now, if that is safe (see ``_zygote``).
+    """Fork the guardian from this process now; the caller made sure that it is safe.
 
     A copy of this process starts in about a millisecond and has Python running already; a
     new interpreter costs several on the first child's path, and tens of milliseconds of CPU
@@ -250,7 +251,7 @@ def start_guardian_early() -> None:
     if os.name != "posix":
         return
     with _guardian_lock:
-        if _guardian is not None or not safe_to_fork():
+        if _guardian is not None:
             return
         read, write = os.pipe()
 

@@ -46,10 +46,11 @@ _MAIN_ARGS = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
 
 
 def start_fork_server() -> int | None:
-    """Fork multiprocessing's fork server from this process if that is safe; return its pid.
+    """Fork multiprocessing's fork server from this process; return its pid.
 
-    Returns None, and changes nothing, when it is not safe, when the server runs already, or
-    when this Python's multiprocessing is not the one this code knows.
+    The caller made sure that it is ``safe_to_fork()``. Returns None, and changes nothing,
+    when the server runs already, or when this Python's multiprocessing is not the one this
+    code knows.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -63,8 +64,6 @@ def start_fork_server() -> int | None:
     if type(server) is not getattr(forkserver, "ForkServer", None):
         return None  # replaced by someone (a test's stand-in): theirs to start
     if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
-        return None
-    if not safe_to_fork():
         return None
     preload = list(server._preload_modules)
     with socket.socket(socket.AF_UNIX) as listener:
@@ -141,7 +140,12 @@ def _known_server(forkserver: Any, server: Any) -> bool:
 
 
 def safe_to_fork() -> bool:
-    """True when a fork now copies no lock held by another thread and no half-imported module."""
+    """True when a fork now copies no lock held by another thread and no half-imported module.
+
+    Check once, then fork what is needed back to back: every page this process writes after a
+    fork is copied once, and a check walking every module between two forks would pay that
+    twice.
+    """
     if threading.current_thread() is not threading.main_thread():
         return False
     if threading.active_count() != 1:

@@ -1,0 +1,158 @@
+"""The process lane's cold start: the fork server and the guardian forked from the parent.
+
+Where the parent has a single thread, no module half imported and a modest size, the fork
+server and the guardian are copies of it (``hybridexec._process._zygote``) instead of new
+interpreters. These tests check, each in a fresh interpreter, that the copies are taken only
+when that is safe, that they hold nothing of the parent's (descriptors, signal handlers,
+buffered output), and that a SIGKILLed parent still leaves nothing behind (I4).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+from .test_guarantees import _after_parent_sigkill, run_script
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the default start method is forkserver on Linux"
+)
+
+__all__ = ["run_script"]  # the fixture, shared with test_guarantees
+
+# What the scripts below report about the fork server, the guardian and a worker.
+HELPERS = """
+import multiprocessing.forkserver as _fs
+from hybridexec._process import _supervise as _sv
+
+def comm(pid):
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+def cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\\0", b" ").decode()
+
+def fds(pid):
+    return sorted(os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd"))
+
+def helpers_of_this_process():
+    return {"server": _fs._forkserver._forkserver_pid, "guardian": _sv._guardian.pid}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_fork_server_and_guardian_are_copies_holding_nothing_of_the_parent(
+    run_script: Any, tmp_path: Any
+) -> None:
+    s = run_script(
+        """
+        secret = open(os.environ["HX_SECRET"], "w")
+        r, w = os.pipe()
+        signal.signal(signal.SIGTERM, lambda *_: None)  # a handler workers must not inherit
+        sys.stdout.write(json.dumps({"early": True}) + "\\n")  # buffered: stdout is a pipe
+        ex = hx.Executor(max_processes=1)
+        lane = ex.options(kind="process")
+        worker = lane.submit(os.getpid).result(timeout=30)
+        handler = lane.submit(signal.getsignal, signal.SIGTERM).result(timeout=30)
+        pids = helpers_of_this_process()
+        say(
+            comms={name: comm(pid) for name, pid in pids.items()},
+            me=comm(os.getpid()),
+            worker=comm(worker),
+            handler=handler == signal.SIG_DFL,
+            fds={name: fds(pid) for name, pid in [*pids.items(), ("worker", worker)]},
+            mine=[os.readlink(f"/proc/self/fd/{fd}") for fd in (secret.fileno(), r, w)],
+        )
+        ex.shutdown()  # the worker exits, flushing its copy of sys.stdout
+        """,
+        setup=HELPERS,
+        env={"HX_SECRET": str(tmp_path / "secret"), "PYTHONUNBUFFERED": ""},
+    )
+    assert s.read(40) == {"early": True}
+    out = s.read(40)
+    assert out["comms"] == {"server": "hx-forkserver", "guardian": "hx-guardian"}
+    assert out["worker"] == out["me"], "a worker keeps the parent's process name"
+    assert out["handler"], "the parent's SIGTERM handler reached a worker"
+    for name, targets in out["fds"].items():
+        leaked = set(targets) & set(out["mine"])
+        assert not leaked, f"the {name} holds the parent's {leaked}"
+    assert s.wait(30) == 0, s.stderr
+    rest = []
+    while (line := s._lines.get(timeout=10)) is not None:  # EOF once every copy is gone
+        rest.append(line)
+    assert not rest, f"output written again by a copy: {rest}"
+
+
+@pytest.mark.timeout(60)
+def test_fork_server_and_guardian_are_new_interpreters_while_another_thread_runs(
+    run_script: Any,
+) -> None:
+    s = run_script(
+        """
+        stop = threading.Event()
+        other = threading.Thread(target=stop.wait)
+        other.start()
+        with hx.Executor(max_processes=1) as ex:
+            assert ex.options(kind="process").submit(helpers.square, 3).result(timeout=30) == 9
+            pids = helpers_of_this_process()
+            say(cmdlines={name: cmdline(pid) for name, pid in pids.items()})
+        stop.set()
+        other.join()
+        """,
+        setup=HELPERS,
+    )
+    out = s.read(40)
+    assert "multiprocessing.forkserver" in out["cmdlines"]["server"]
+    assert "hybridexec-guardian" in out["cmdlines"]["guardian"]
+    assert s.wait(30) == 0, s.stderr
+
+
+@pytest.mark.timeout(60)
+def test_executor_made_while_its_module_is_imported_forks_nothing(
+    run_script: Any, tmp_path: Any
+) -> None:
+    (tmp_path / "hx_module_level.py").write_text(
+        "import multiprocessing.forkserver as fs\n"
+        "import hybridexec as hx\n"
+        "EX = hx.Executor(max_processes=1)\n"
+        "SERVER_AT_IMPORT = fs._forkserver._forkserver_pid\n"
+    )
+    s = run_script(
+        """
+        sys.path.insert(0, os.environ["HX_DIR"])
+        import hx_module_level as m
+        lane = m.EX.options(kind="process")
+        assert lane.submit(helpers.square, 4).result(timeout=30) == 16
+        say(at_import=m.SERVER_AT_IMPORT, server=cmdline(helpers_of_this_process()["server"]))
+        m.EX.shutdown()
+        """,
+        setup=HELPERS,
+        env={"HX_DIR": str(tmp_path)},
+    )
+    out = s.read(40)
+    assert out["at_import"] is None, "forked while a module was half imported"
+    assert "multiprocessing.forkserver" in out["server"]
+    assert s.wait(30) == 0, s.stderr
+
+
+@pytest.mark.timeout(60)
+def test_parent_sigkill_with_forked_fork_server_leaves_no_descendant(run_script: Any) -> None:
+    s = run_script(
+        """
+        ex = hx.Executor(max_processes=2)
+        lane = ex.options(kind="process")
+        busy = [lane.submit(helpers.catastrophic_regex, 40) for _ in range(2)]
+        until(lambda: all(f.running() for f in busy))
+        time.sleep(0.3)  # both workers are inside the regex engine now, holding the GIL
+        say(comms={name: comm(pid) for name, pid in helpers_of_this_process().items()})
+        time.sleep(60)
+        """,
+        setup=HELPERS,
+    )
+    out = s.read(40)
+    assert out["comms"] == {"server": "hx-forkserver", "guardian": "hx-guardian"}
+    left = _after_parent_sigkill(s)
+    assert not left, left
