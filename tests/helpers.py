@@ -139,6 +139,14 @@ def fail_at(x: int, bad: int = 15_000) -> int:
     return x
 
 
+def collect_garbage() -> int:
+    """Run a full collection in this process; return its pid."""
+    import gc
+
+    gc.collect()
+    return os.getpid()
+
+
 def identity(x: Any) -> Any:
     return x
 

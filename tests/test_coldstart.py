@@ -9,6 +9,7 @@ buffered output), and that a SIGKILLed parent still leaves nothing behind (I4).
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -156,3 +157,33 @@ def test_parent_sigkill_with_forked_fork_server_leaves_no_descendant(run_script:
     assert out["comms"] == {"server": "hx-forkserver", "guardian": "hx-guardian"}
     left = _after_parent_sigkill(s)
     assert not left, left
+
+
+@pytest.mark.timeout(60)
+def test_garbage_of_the_parent_is_finalized_by_the_parent_alone(run_script: Any) -> None:
+    s = run_script(
+        """
+        import gc, weakref
+
+        class Cycle:
+            pass
+
+        gc.disable()  # the cycle stays uncollected garbage until the end
+        cycle = Cycle()
+        cycle.me = cycle
+        weakref.finalize(cycle, lambda: say(finalized_in=os.getpid()))
+        del cycle
+        ex = hx.Executor(max_processes=1)
+        worker = ex.options(kind="process").submit(helpers.collect_garbage).result(timeout=30)
+        say(parent=os.getpid(), worker=worker, server=comm(helpers_of_this_process()["server"]))
+        gc.collect()
+        ex.shutdown()
+        """,
+        setup=HELPERS,
+    )
+    assert s.wait(40) == 0, s.stderr
+    lines = [json.loads(line) for line in iter(lambda: s._lines.get(timeout=10), None)]
+    out = next(line for line in lines if "parent" in line)
+    assert out["server"] == "hx-forkserver"
+    finalized = [line["finalized_in"] for line in lines if "finalized_in" in line]
+    assert finalized == [out["parent"]], f"finalized in {finalized}; worker {out['worker']}"

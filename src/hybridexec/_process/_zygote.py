@@ -19,13 +19,16 @@ package's fork hooks (``_lifecycle``: the lifeline's write end, the lanes' pipes
 pipe are closed), then every descriptor but stdin/stdout/stderr and the server's two is replaced
 by ``/dev/null``. The numbers stay taken: an object that still holds one (a log file's handler)
 writes to ``/dev/null``, never into a pipe that later reuses the number. Signal handlers set in
-Python are reset to the default, as ``exec`` would. The copy holds the "alive" pipe's read end
-only, so it exits as soon as this process is gone, as multiprocessing's server does, and with
-it the death signal of the workers it forked.
+Python are reset to the default, as ``exec`` would. Objects copied are frozen (``gc.freeze``):
+garbage of this process that the copy inherited is never finalized there, nor in a worker
+(a finalizer removing a temporary directory would run twice). The copy holds the "alive"
+pipe's read end only, so it exits as soon as this process is gone, as multiprocessing's server
+does, and with it the death signal of the workers it forked.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -100,8 +103,9 @@ def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | Non
 
     The caller made sure that it is ``safe_to_fork()``. In the copy, every descriptor but
     stdin, stdout, stderr and ``keep`` points at ``/dev/null``, handlers set in Python are
-    reset, and the process is named ``name`` (``ps``, ``psutil.Process.name()``). None when the
-    fork failed.
+    reset, the objects copied are frozen (``gc.freeze``: never collected, so never finalized,
+    there nor in the workers it forks), and the process is named ``name`` (``ps``,
+    ``psutil.Process.name()``). None when the fork failed.
     """
     for stream in (sys.stdout, sys.stderr):  # or the copy would write it out a second time
         try:
@@ -115,6 +119,9 @@ def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | Non
     if pid:
         return pid
     try:  # the copy: never returns into the caller's code
+        # Garbage of ours not collected yet (a cycle holding a temporary directory's
+        # finalizer, say) is ours to finalize, never the copy's nor its workers'.
+        gc.freeze()
         _blank_descriptors({0, 1, 2, *keep})
         _reset_signal_handlers()
         _write_comm(name)
