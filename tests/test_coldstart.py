@@ -10,12 +10,14 @@ buffered output), and that a SIGKILLed parent still leaves nothing behind (I4).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from typing import Any
 
 import pytest
 
-from .test_guarantees import _after_parent_sigkill, run_script
+from .test_guarantees import ROOT, _after_parent_sigkill, run_script
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the default start method is forkserver on Linux"
@@ -187,3 +189,44 @@ def test_garbage_of_the_parent_is_finalized_by_the_parent_alone(run_script: Any)
     assert out["server"] == "hx-forkserver"
     finalized = [line["finalized_in"] for line in lines if "finalized_in" in line]
     assert finalized == [out["parent"]], f"finalized in {finalized}; worker {out['worker']}"
+
+
+@pytest.mark.timeout(60)
+def test_script_making_its_executor_at_the_top_finds_classes_defined_below(
+    tmp_path: Any,
+) -> None:
+    # The fork server is forked while the script is half run; its workers still see the
+    # script as multiprocessing's own server shows it: imported afresh, guard not run.
+    script = tmp_path / "late_class.py"
+    script.write_text(
+        "import multiprocessing.forkserver, os, sys\n"
+        "import hybridexec as hx\n"
+        "ex = hx.Executor(max_processes=1)\n\n"
+        "class Point:\n"
+        "    def __init__(self, x):\n"
+        "        self.x = x\n\n"
+        "def norm(p):\n"
+        "    return abs(p.x)\n\n"
+        "if __name__ == '__main__':\n"
+        "    lane = ex.options(kind='process')\n"
+        "    print(lane.submit(norm, Point(-3)).result(timeout=30))\n"
+        "    print(type(lane.submit(Point, 4).result(timeout=30)).__name__)\n"
+        "    server = multiprocessing.forkserver._forkserver._forkserver_pid\n"
+        "    with open(f'/proc/{server}/comm') as f:\n"
+        "        print(f.read().strip())\n"
+        "    ex.shutdown()\n",
+        encoding="utf-8",
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT + "/src", env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "Point", "hx-forkserver"], done.stderr

@@ -29,11 +29,13 @@ does, and with it the death signal of the workers it forked.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import socket
 import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,9 @@ MAX_RSS = 256 << 20
 
 SERVER_NAME = "hx-forkserver"
 """The fork server's process name (``/proc/<pid>/comm``): its command line is this process's."""
+
+_in_copy = False
+"""True in a copy made by ``fork_copy``: it forks no helper of its own."""
 
 _MAIN_ARGS = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
 
@@ -60,6 +65,7 @@ def start_fork_server() -> int | None:
     try:
         import multiprocessing.connection as connection
         import multiprocessing.forkserver as forkserver
+        import multiprocessing.spawn as spawn
         import multiprocessing.util as util
     except ImportError:
         return None
@@ -69,6 +75,8 @@ def start_fork_server() -> int | None:
     if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
         return None
     preload = list(server._preload_modules)
+    # As multiprocessing's server does: the script run as __main__ is imported as __mp_main__.
+    main_path = spawn.get_preparation_data("ignore").get("main_path") if preload else None
     with socket.socket(socket.AF_UNIX) as listener:
         address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
         listener.bind(address)
@@ -83,9 +91,15 @@ def start_fork_server() -> int | None:
             # Each worker it forks gets this process's name back (see fork_copy).
             if comm is not None:
                 os.register_at_fork(after_in_child=lambda: _write_comm(comm))
-            # The modules are imported already (they are this process's) and "__main__" is
-            # ours as it is: the preload list only imports what the user added to it.
-            forkserver.main(listener_fd, alive_r, preload)
+            # Every module is imported already, but "__main__" must not be this process's:
+            # the script may be half run (the executor made at its top, a class defined
+            # below), and workers would find it so. As in multiprocessing's own server, a
+            # blank __main__, then the script imported afresh as __mp_main__ (its guarded part
+            # does not run), or under -m each worker runs the module afresh. The old one stays
+            # referenced (as multiprocessing keeps it): nothing of it is finalized here.
+            spawn.old_main_modules.append(sys.modules["__main__"])
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            forkserver.main(listener_fd, alive_r, preload, main_path)
 
         pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
         os.close(alive_r)
@@ -119,6 +133,8 @@ def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | Non
     if pid:
         return pid
     try:  # the copy: never returns into the caller's code
+        global _in_copy
+        _in_copy = True
         # Garbage of ours not collected yet (a cycle holding a temporary directory's
         # finalizer, say) is ours to finalize, never the copy's nor its workers'.
         gc.freeze()
@@ -153,8 +169,10 @@ def safe_to_fork() -> bool:
     fork is copied once, and a check walking every module between two forks would pay that
     twice.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return False
+    if _in_copy or threading.current_thread() is not threading.main_thread():
+        return False  # a copy never forks helpers of its own
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        return False  # a fork server or spawned child importing the script: not ours to fork
     if threading.active_count() != 1:
         return False
     try:
