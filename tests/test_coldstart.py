@@ -195,8 +195,8 @@ def test_garbage_of_the_parent_is_finalized_by_the_parent_alone(run_script: Any)
 def test_script_making_its_executor_at_the_top_finds_classes_defined_below(
     tmp_path: Any,
 ) -> None:
-    # The fork server is forked while the script is half run; its workers still see the
-    # script as multiprocessing's own server shows it: imported afresh, guard not run.
+    # The fork server is forked while the script is half run; its workers still run the
+    # script afresh, as under multiprocessing's own server, its guarded part excepted.
     script = tmp_path / "late_class.py"
     script.write_text(
         "import multiprocessing.forkserver, os, sys\n"

@@ -75,8 +75,6 @@ def start_fork_server() -> int | None:
     if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
         return None
     preload = list(server._preload_modules)
-    # As multiprocessing's server does: the script run as __main__ is imported as __mp_main__.
-    main_path = spawn.get_preparation_data("ignore").get("main_path") if preload else None
     with socket.socket(socket.AF_UNIX) as listener:
         address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
         listener.bind(address)
@@ -93,13 +91,14 @@ def start_fork_server() -> int | None:
                 os.register_at_fork(after_in_child=lambda: _write_comm(comm))
             # Every module is imported already, but "__main__" must not be this process's:
             # the script may be half run (the executor made at its top, a class defined
-            # below), and workers would find it so. As in multiprocessing's own server, a
-            # blank __main__, then the script imported afresh as __mp_main__ (its guarded part
-            # does not run), or under -m each worker runs the module afresh. The old one stays
-            # referenced (as multiprocessing keeps it): nothing of it is finalized here.
+            # below), and workers would find it so. A blank __main__, as in multiprocessing's
+            # own server (which never imports the script: its ensure_running passes no
+            # main_path), so each worker runs the script afresh as __mp_main__, its guarded
+            # part excepted, as before. The old one stays referenced, as multiprocessing keeps
+            # it: nothing of it is finalized here.
             spawn.old_main_modules.append(sys.modules["__main__"])
             sys.modules["__main__"] = types.ModuleType("__main__")
-            forkserver.main(listener_fd, alive_r, preload, main_path)
+            forkserver.main(listener_fd, alive_r, preload)
 
         pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
         os.close(alive_r)
