@@ -33,10 +33,10 @@ def _infrastructure(proc: psutil.Process) -> bool:
         cmdline = " ".join(proc.cmdline())
         if EXEMPT_TREES and any(p.pid in EXEMPT_TREES for p in proc.parents()):
             return True
-        comm = proc.name()  # the fork server and guardian forked from us: named, same cmdline
+        comm = proc.name()  # the helpers forked from us (_zygote): named, our command line
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return True
-    return comm in ("hx-forkserver", "hx-guardian") or any(
+    return comm in ("hx-forkserver", "hx-guardian", "hx-tracker") or any(
         name in cmdline for name in ("forkserver", "resource_tracker", "hybridexec-guardian")
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import wait_until
 from .test_guarantees import ROOT, _after_parent_sigkill, run_script
 
 pytestmark = pytest.mark.skipif(
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 __all__ = ["run_script"]  # the fixture, shared with test_guarantees
+
+COPIES = {"server": "hx-forkserver", "guardian": "hx-guardian", "tracker": "hx-tracker"}
 
 # What the scripts below report about the fork server, the guardian and a worker.
 HELPERS = """
@@ -42,7 +45,12 @@ def fds(pid):
     return sorted(os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd"))
 
 def helpers_of_this_process():
-    return {"server": _fs._forkserver._forkserver_pid, "guardian": _sv._guardian.pid}
+    from multiprocessing import resource_tracker as _rt
+    return {
+        "server": _fs._forkserver._forkserver_pid,
+        "guardian": _sv._guardian.pid,
+        "tracker": _rt._resource_tracker._pid,
+    }
 """
 
 
@@ -76,7 +84,7 @@ def test_fork_server_and_guardian_are_copies_holding_nothing_of_the_parent(
     )
     assert s.read(40) == {"early": True}
     out = s.read(40)
-    assert out["comms"] == {"server": "hx-forkserver", "guardian": "hx-guardian"}
+    assert out["comms"] == COPIES
     assert out["worker"] == out["me"], "a worker keeps the parent's process name"
     assert out["handler"], "the parent's SIGTERM handler reached a worker"
     for name, targets in out["fds"].items():
@@ -110,6 +118,7 @@ def test_fork_server_and_guardian_are_new_interpreters_while_another_thread_runs
     out = s.read(40)
     assert "multiprocessing.forkserver" in out["cmdlines"]["server"]
     assert "hybridexec-guardian" in out["cmdlines"]["guardian"]
+    assert "resource_tracker" in out["cmdlines"]["tracker"]
     assert s.wait(30) == 0, s.stderr
 
 
@@ -156,7 +165,7 @@ def test_parent_sigkill_with_forked_fork_server_leaves_no_descendant(run_script:
         setup=HELPERS,
     )
     out = s.read(40)
-    assert out["comms"] == {"server": "hx-forkserver", "guardian": "hx-guardian"}
+    assert out["comms"] == COPIES
     left = _after_parent_sigkill(s)
     assert not left, left
 
@@ -230,3 +239,26 @@ def test_script_making_its_executor_at_the_top_finds_classes_defined_below(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "Point", "hx-forkserver"], done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_forked_resource_tracker_still_removes_what_the_program_leaked(run_script: Any) -> None:
+    s = run_script(
+        """
+        import warnings
+        from multiprocessing import shared_memory
+
+        warnings.simplefilter("error")  # the program's filters: the copy reports as a new one
+        with hx.Executor(max_processes=1) as ex:
+            assert ex.options(kind="process").submit(helpers.square, 2).result(timeout=30) == 4
+            leaked = shared_memory.SharedMemory(create=True, size=4096)  # never unlinked
+            say(segment=leaked.name, tracker=comm(helpers_of_this_process()["tracker"]))
+        """,
+        setup=HELPERS,
+    )
+    out = s.read(40)
+    assert out["tracker"] == "hx-tracker"
+    assert s.wait(30) == 0, s.stderr
+    path = os.path.join("/dev/shm", out["segment"].lstrip("/"))
+    assert wait_until(lambda: not os.path.exists(path), 10), f"{path} left behind: {s.stderr}"
+    assert wait_until(lambda: "leaked shared_memory" in s.stderr, 10), s.stderr  # reported

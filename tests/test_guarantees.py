@@ -195,6 +195,14 @@ def _after_parent_sigkill(s: Script, exempt: set[int] = frozenset()) -> list[str
     return [f"{p.pid} {_cmdline(p)} (alive {took:.1f} s after the kill)" for p in left]
 
 
+def _is_tracker(p: psutil.Process) -> bool:
+    """multiprocessing's resource tracker: a new interpreter, or forked from us (_zygote)."""
+    try:
+        return "resource_tracker" in _cmdline(p) or p.name() == "hx-tracker"
+    except psutil.Error:
+        return False
+
+
 def _cmdline(p: psutil.Process) -> str:
     try:
         return " ".join(p.cmdline())[:120]
@@ -443,9 +451,7 @@ def test_parent_sigkill_with_forked_child_alive_leaves_no_orphans(run_script: An
     # The user's child is the user's. multiprocessing's resource tracker is shared with a forked
     # child on purpose (it cleans up after the last process of the family, and the user's child
     # may use what the parent registered): it may live as long as that child, never longer.
-    trackers = {
-        p.pid for p in s.note_descendants() if "resource_tracker" in _cmdline(p) and p.pid != forked
-    }
+    trackers = {p.pid for p in s.note_descendants() if _is_tracker(p) and p.pid != forked}
     left = _after_parent_sigkill(s, exempt={forked} | trackers)
     assert not left, left
     psutil.Process(forked).kill()

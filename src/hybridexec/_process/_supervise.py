@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import _lifecycle
 from ._child import let_go_of_fork_server
-from ._zygote import fork_copy, safe_to_fork, start_fork_server
+from ._zygote import fork_copy, safe_to_fork, start_fork_server, start_resource_tracker
 
 logger = logging.getLogger("hybridexec")
 
@@ -77,6 +77,7 @@ def preload_in_forkserver() -> None:
     try:
         if safe_to_fork():
             start_guardian_early()
+            start_resource_tracker()
             start_fork_server()
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)

@@ -36,6 +36,7 @@ import socket
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,9 @@ from ._child import resident_memory
 
 MAX_RSS = 256 << 20
 """Above this resident size the fork server is started the usual way (see the docstring)."""
+
+TRACKER_NAME = "hx-tracker"
+"""The resource tracker's process name when it is a copy of this process."""
 
 SERVER_NAME = "hx-forkserver"
 """The fork server's process name (``/proc/<pid>/comm``): its command line is this process's."""
@@ -108,6 +112,53 @@ def start_fork_server() -> int | None:
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
+    return pid
+
+
+def start_resource_tracker() -> int | None:
+    """Fork multiprocessing's resource tracker from this process; return its pid.
+
+    The caller made sure that it is ``safe_to_fork()``. Every worker started through the fork
+    server is handed the tracker's pipe, so the first start would otherwise launch it as one
+    more new interpreter. Returns None, and changes nothing, when it runs already or when this
+    Python's tracker is not the one this code knows.
+    """
+    try:
+        import multiprocessing.resource_tracker as resource_tracker
+    except ImportError:
+        return None
+    tracker: Any = getattr(resource_tracker, "_resource_tracker", None)
+    code = getattr(getattr(resource_tracker, "main", None), "__code__", None)
+    if (
+        type(tracker) is not getattr(resource_tracker, "ResourceTracker", None)
+        or getattr(tracker, "_fd", 0) is not None
+        or not hasattr(tracker, "_pid")
+        or code is None
+        or code.co_varnames[: code.co_argcount] != ("fd",)
+    ):
+        return None
+    read, write = os.pipe()
+
+    def run() -> None:
+        # Leaked resources are reported as a new interpreter would: as warnings printed, never
+        # raised (a filter of ours turning them into errors would stop the clean-up).
+        warnings.resetwarnings()
+        resource_tracker.main(read)
+
+    # As multiprocessing does: SIGINT and SIGTERM stay blocked in the copy until its main()
+    # ignores them (Ctrl-C reaches the whole foreground process group).
+    ignored = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, ignored)
+    try:
+        pid = fork_copy(TRACKER_NAME, {read}, run)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored)
+        os.close(read)
+    if pid is None:
+        os.close(write)
+        return None
+    tracker._fd = write
+    tracker._pid = pid
     return pid
 
 
