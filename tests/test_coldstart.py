@@ -262,3 +262,31 @@ def test_forked_resource_tracker_still_removes_what_the_program_leaked(run_scrip
     path = os.path.join("/dev/shm", out["segment"].lstrip("/"))
     assert wait_until(lambda: not os.path.exists(path), 10), f"{path} left behind: {s.stderr}"
     assert wait_until(lambda: "leaked shared_memory" in s.stderr, 10), s.stderr  # reported
+
+
+@pytest.mark.timeout(60)
+def test_forked_guardian_killed_from_outside_is_replaced_and_still_guards(
+    run_script: Any,
+) -> None:
+    s = run_script(
+        """
+        ex = hx.Executor(max_processes=1)
+        lane = ex.options(kind="process")
+        assert lane.submit(helpers.square, 2).result(timeout=30) == 4
+        old = helpers_of_this_process()["guardian"]
+        assert comm(old) == "hx-guardian"
+        os.kill(old, signal.SIGKILL)
+        lane.submit(helpers.exit_now).exception(timeout=30)  # its replacement needs a guardian
+        busy = lane.submit(helpers.catastrophic_regex, 40)
+        until(busy.running)
+        new = helpers_of_this_process()["guardian"]
+        say(old=old, new=new, cmdline=cmdline(new))
+        time.sleep(60)
+        """,
+        setup=HELPERS,
+    )
+    out = s.read(40)
+    assert out["new"] != out["old"]
+    assert "hybridexec-guardian" in out["cmdline"]
+    left = _after_parent_sigkill(s)
+    assert not left, left

@@ -196,10 +196,12 @@ class _Guardian:
 
     def close(self) -> None:
         """Close our end of its pipe: the guardian kills what is registered, and exits."""
-        if self.popen is not None and self.popen.stdin is not None:
-            self.popen.stdin.close()
-        elif self.popen is None:
-            os.close(self.fd)
+        if self.popen is not None:
+            if self.popen.stdin is not None:
+                self.popen.stdin.close()
+        elif self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
     def wait(self, timeout: float) -> None:
         """Wait for it to exit; kill it after ``timeout`` seconds."""
@@ -285,6 +287,8 @@ def guard(pid: int) -> None:
     with _guardian_lock:
         try:
             if _guardian is None or not _guardian.alive():
+                if _guardian is not None:
+                    _guardian.close()  # it died (killed from outside): our end of its pipe too
                 popen = subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", GUARDIAN, GUARDIAN_NAME],
                     stdin=subprocess.PIPE,
