@@ -1,11 +1,14 @@
-"""multiprocessing's fork server, started by a fork of this process instead of a new interpreter.
+"""Helper processes forked from this process instead of started as new interpreters.
 
 Under ``forkserver`` (the default on Linux), multiprocessing starts its fork server as a fresh
 interpreter that imports the worker's modules; the first worker can be forked only once that is
-done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork``. When it is
-provably safe, the same fork server (multiprocessing's own loop, ``forkserver.main``, speaking
-its own protocol to its own clients) is instead forked from this process: it starts with every
-module already imported, and each worker is forked from it as before.
+done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork``. Its resource
+tracker and our guardian (``_supervise``) were two more new interpreters. When it is provably
+safe, the same fork server (multiprocessing's own loop, ``forkserver.main``, speaking its own
+protocol to its own clients) is instead forked from this process, and so are the tracker
+(``resource_tracker.main``) and the guardian: each starts in about a millisecond with every
+module already imported, and each worker is forked from the server as before. The server's
+``__main__`` is a blank module, as in multiprocessing's: each worker runs the script afresh.
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
