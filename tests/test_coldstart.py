@@ -41,6 +41,13 @@ def cmdline(pid):
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\\0", b" ").decode()
 
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return None
+
 def fds(pid):
     return sorted(os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd"))
 
@@ -276,6 +283,7 @@ def test_forked_guardian_killed_from_outside_is_replaced_and_still_guards(
         old = helpers_of_this_process()["guardian"]
         assert comm(old) == "hx-guardian"
         os.kill(old, signal.SIGKILL)
+        until(lambda: state(old) in ("Z", None))  # dead (not reaped: our child)
         lane.submit(helpers.exit_now).exception(timeout=30)  # its replacement needs a guardian
         busy = lane.submit(helpers.catastrophic_regex, 40)
         until(busy.running)
