@@ -500,6 +500,7 @@ def run(quick: bool) -> None:
         )
 
     cold_start(runs)
+    _thread_rows(quick)
 
 
 def cold_start(runs: int) -> None:
@@ -550,5 +551,3 @@ def cold_start(runs: int) -> None:
                 f"{fmt_seconds(hx.median)} vs {fmt_seconds(fork.median)} ({ratio:.2f}x)",
             )
         )
-
-    _thread_rows(quick)
