@@ -26,10 +26,16 @@ from ._routing import (
     check_kind,
     check_timeout,
     checked_options,
-    route_rules,
 )
 from ._shm import DEFAULT_THRESHOLD, check_threshold, cleanup_shared_memory
-from ._views import ExecutorOptions, Submitted, check_map_args, results
+from ._views import (
+    ExecutorOptions,
+    Submitted,
+    check_map_args,
+    executor_stats,
+    explain_call,
+    results,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -275,22 +281,19 @@ class Executor(concurrent.futures.Executor):
         self._router.processes.kill_workers()
 
     def stats(self) -> dict[str, Any]:
-        """Counts per lane, process-lane events and the routing decision table.
+        """Counts per lane, process-lane events, CPU slots and the routing decision table.
 
         Returns:
-            ``submitted`` (tasks per lane), ``threads`` and ``processes`` (workers alive),
-            ``process_lane`` (workers started, crashes, kills) and ``decisions``: one row per
-            function the classifier knows (lane, measured figures, calls, reason).
+            ``submitted`` (tasks per lane, as routed at submit), ``moved`` (tasks that late
+            binding moved before they started, by ``"from->to"`` lane: ``thread``, ``cpu``,
+            ``process``), ``threads`` and ``processes`` (workers alive), ``process_lane``
+            (workers started, crashes, kills), ``slots`` (the CPU slots: ``total``, held by
+            ``processes`` and by ``threads``, ``lent``, ``waiting``) and ``decisions``: one
+            row per function the classifier knows (lane, measured figures, calls, reason).
+
+        .. versionchanged:: 0.4 ``moved`` and ``slots``.
         """
-        router = self._router
-        table = getattr(router.classifier, "table", None)
-        return {
-            "submitted": dict(router.counts),
-            "threads": router.threads.size,
-            "processes": router.processes.size,
-            "process_lane": dict(router.processes.stats),
-            "decisions": table() if callable(table) else [],
-        }
+        return executor_stats(self._router)
 
     def explain(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Explanation:
         """Return where a call of ``fn`` goes now and why, with the measured figures.
@@ -304,20 +307,10 @@ class Executor(concurrent.futures.Executor):
             **kwargs: Keyword arguments of a typical call.
 
         Returns:
-            The lane, the reason in words, the GIL fraction, CPU/wall and call counts.
+            The lane, the reason in words, the GIL fraction, CPU/wall, call counts and the
+            executor's CPU slots now.
         """
-        router = self._router
-        decision = route_rules(fn, self._options, router.default_kind)  # reads the hints too
-        name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
-        if decision is not None:
-            return Explanation(name, decision.kind, decision.reason)
-        if router.classifier is None:
-            return Explanation(name, "thread", "no hint and no classifier: threads by default")
-        explain = getattr(router.classifier, "explain", None)
-        if not callable(explain):
-            return Explanation(name, "?", "the executor's classifier decides at each call")
-        result: Explanation = explain(fn, args if args or kwargs else None)
-        return result
+        return explain_call(self._router, self._options, fn, args, kwargs)
 
     @property
     def worker_pids(self) -> list[int]:

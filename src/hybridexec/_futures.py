@@ -279,6 +279,7 @@ class Task:
         "items",
         "payload",
         "profile",
+        "route",
         "timeout",
     )
 
@@ -306,6 +307,9 @@ class Task:
         # The submitter's context (a copy), for a task run in this process: set by the router
         # for thread tasks only (a context does not cross processes).
         self.context: contextvars.Context | None = None
+        # The classifier's decision an auto-routed task was sent with: until it starts, the
+        # task follows that verdict's successors (late binding, see _routing/_binding.py).
+        self.route: Any = None
 
     def start_clock(self) -> None:
         if self.timeout is not None:

@@ -35,7 +35,6 @@ import functools
 import logging
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +46,7 @@ from ._decisions import Plans, Sampler
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import MemoryLimited, ProcessLane, usable_cpus
-from ._routing import Classifier, Decision, Options, hints_of
+from ._routing import Binding, Classifier, Decision, Governor, Options, Waits, fn_key, hints_of
 from ._threads import ThreadLane
 
 logger = logging.getLogger("hybridexec")
@@ -145,7 +144,7 @@ class Router:
         # The capped lane of the free-threaded builds (module docstring): no thread until used.
         cap = min(usable_cpus(), self.threads.max_threads)
         self.cpu_threads = ThreadLane(cap, name="hybridexec-cpu", **common)
-        self.waits = _Waits()
+        self.waits = Waits()
         self.processes = ProcessLane(
             opts["max_processes"],
             start_method=opts["start_method"],
@@ -164,6 +163,11 @@ class Router:
             # Weakly: the manager thread keeps the lane alive, and the lane must not keep the
             # router alive, or an executor dropped without shutdown() would never be freed.
             self.processes._timing_hook = _weak_method(self.record_process_timing)
+        # CPU slots: the cores, or max_processes if set higher (docs/routing.md, the governor).
+        self.slots = Governor(max(usable_cpus(), self.processes.max_processes))
+        self.binding = Binding(
+            self.slots, self.threads, self.cpu_threads, self.processes, self.classifier
+        )
         self.loop = LoopLane()
         with _lanes_lock:
             _lanes.update((self.threads, self.cpu_threads, self.processes, self.loop))
@@ -322,9 +326,13 @@ class Router:
             logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         with self._counts_lock:
             self.counts[kind] = self.counts.get(kind, 0) + 1
-        if kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
-            future.add_done_callback(functools.partial(self.waits.learn, _key(fn), task))
-            self.cpu_threads.submit(task)
+        if decision.source is not None and probe is None and kind == decision.kind:
+            task.route = decision  # late binding: it follows newer verdicts until it starts
+        if kind == "thread" and decision.cpu_heavy:
+            self.binding.submit_cpu(task)  # it holds a CPU slot while it runs (the governor)
+        elif kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
+            future.add_done_callback(functools.partial(self.waits.learn, fn_key(fn), task))
+            self.binding.submit_cpu(task)
         else:
             self.lanes[kind].submit(task)
         return future, task
@@ -336,7 +344,7 @@ class Router:
             return False
         hinted = hints_of(fn)
         io_bound = hinted is not None and hinted.kind == "thread"
-        return not io_bound and not self.waits.by_key.get(_key(fn), False)
+        return not io_bound and not self.waits.by_key.get(fn_key(fn), False)
 
     def count(self, kind: str, n: int = 1) -> None:
         """Count ``n`` tasks sent to ``kind`` (what ``stats()["submitted"]`` shows)."""
@@ -355,35 +363,6 @@ class Router:
         logger.debug("%r cannot be pickled (%s): running it on a thread", fn, exc)
         future.kind = "thread"
         return False
-
-
-class _Waits:
-    """Which functions wait (I/O) rather than compute, as seen on the capped CPU lane."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.by_key: dict[tuple[str, str], bool] = {}
-        self.cpu_seen: dict[int, float] = {}  # lane thread -> its CPU clock after its last task
-
-    def learn(self, key: tuple[str, str], task: Task, future: Future[Any]) -> None:
-        # In the lane thread that ran the task (it settles the future): the CPU that thread
-        # used since its previous task ended is this task's (it slept on an empty queue
-        # meanwhile). A thread's first task has no reading before it: it is not judged.
-        if future.cancelled() or task.elapsed <= 0:
-            return
-        ident, now = threading.get_ident(), time.thread_time()
-        with self.lock:
-            last, self.cpu_seen[ident] = self.cpu_seen.get(ident), now
-            if last is not None:
-                if len(self.by_key) > 4096:  # bounded: functions made on the fly
-                    self.by_key.clear()
-                self.by_key[key] = (now - last) < 0.5 * task.elapsed
-
-
-def _key(fn: Callable[..., Any]) -> tuple[str, str]:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return (getattr(fn, "__module__", "") or "", getattr(fn, "__qualname__", "") or repr(fn))
 
 
 def _weak_method(method: Callable[..., None]) -> Callable[..., None]:

@@ -117,8 +117,8 @@ class ThreadLane:
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
         self._joined_at_exit = False
-        # The initializer's error (as in the stdlib: every thread would fail the same way).
-        self.broken: BaseException | None = None
+        self.broken: BaseException | None = None  # the initializer's error, as in the stdlib
+        self.gate: Any = None  # set by the router: what a thread asks before and after a task
 
     @property
     def size(self) -> int:
@@ -238,10 +238,14 @@ class ThreadLane:
                     self._threads.discard(me)
                 return
             self._taken += 1
-            try:
-                self._run(task, me)
-            except BaseException:  # never from the task (captured); a lane bug must not
-                logger.exception("the thread lane failed running %r", task)  # lose a thread
+            gate = self.gate  # late binding and CPU slots (_routing/_binding.py)
+            if gate is None or gate.admit(task):  # False: the task moved to another lane
+                try:
+                    self._run(task, me)
+                except BaseException:  # never from the task (captured); a lane bug must not
+                    logger.exception("the thread lane failed running %r", task)  # lose a thread
+                if gate is not None:
+                    gate.leave()
             # The idle thread must not keep the last task (its callable, arguments, result)
             # alive until its idle timeout.
             del task

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import itertools
 import os
 import sys
@@ -20,13 +21,54 @@ from typing_extensions import ParamSpec
 
 from ._futures import Future
 from ._mapping import MapState, check_limit, split_outcomes
-from ._routing import Options, checked_options
+from ._routing import Explanation, Options, checked_options, route_rules
 
 if TYPE_CHECKING:
     from ._executor import Executor
+    from ._router import Router
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def executor_stats(router: Router) -> dict[str, Any]:
+    """What ``Executor.stats`` returns (see there)."""
+    table = getattr(router.classifier, "table", None)
+    return {
+        "submitted": dict(router.counts),
+        "moved": router.binding.stats(),
+        "threads": router.threads.size,
+        "processes": router.processes.size,
+        "process_lane": dict(router.processes.stats),
+        "slots": router.slots.snapshot(),
+        "decisions": table() if callable(table) else [],
+    }
+
+
+def explain_call(
+    router: Router,
+    options: Options,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Explanation:
+    """What ``Executor.explain`` returns (see there): the decision, and the CPU slots now."""
+    decision = route_rules(fn, options, router.default_kind)  # reads the hints too
+    name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
+    slots = router.slots.snapshot()
+    if decision is not None:
+        return Explanation(name, decision.kind, decision.reason, slots=slots)
+    if router.classifier is None:
+        why = "no hint and no classifier: threads by default"
+        return Explanation(name, "thread", why, slots=slots)
+    explain = getattr(router.classifier, "explain", None)
+    if not callable(explain):
+        why = "the executor's classifier decides at each call"
+        return Explanation(name, "?", why, slots=slots)
+    result = explain(fn, args if args or kwargs else None)
+    if not isinstance(result, Explanation):
+        return Explanation(name, "?", str(result), slots=slots)
+    return dataclasses.replace(result, slots=slots)
 
 
 def check_map_args(chunksize: int, buffersize: int | None, limit: int | None) -> None:

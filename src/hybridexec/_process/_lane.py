@@ -108,6 +108,11 @@ class ProcessLane:
         self._lock = threading.Lock()
         self._manager: Manager | None = None
         self._timing_hook: Callable[[Task, float, float], None] | None = None
+        # Set by the router (_routing/_binding.py): the executor's CPU slots (the manager takes
+        # one per busy worker) and late binding (a task about to be dispatched whose verdict
+        # changed lanes leaves the queue: True).
+        self.slots: Any = None
+        self.relocate: Callable[[Task], bool] = _stays
         self.wake_r = self.wake_w = -1
         self._wake_pending = False  # a wake-up byte is in the pipe, not yet drained
         # Under the lock: idle workers the sleeping manager lets submits write to (the direct
@@ -138,6 +143,27 @@ class ProcessLane:
             self.commands.append((name, arg))
             self._wake_locked()
         return True
+
+    def take_slot(self) -> bool:
+        """A CPU slot for a worker about to turn busy (True without a governor); never waits."""
+        return self.slots is None or bool(self.slots.take_process())
+
+    def withdraw(self, task: Task) -> bool:
+        """Take ``task`` from the head of the queue (late binding); False if it is gone."""
+        with self._lock:
+            if self.pending and self.pending[0] is task:
+                self.pending.popleft()
+                return True
+        return False
+
+    def put_back(self, task: Task) -> None:
+        """Return a task ``withdraw`` took (it could not move) to the head of the queue."""
+        with self._lock:
+            self.pending.appendleft(task)
+
+    def wake(self) -> None:
+        """Wake the manager (a CPU slot came free)."""
+        self._wake()
 
     def record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
         if self._timing_hook is not None:
@@ -243,6 +269,8 @@ class ProcessLane:
 
     def close_pipes(self) -> None:
         """Called by the manager thread as it exits."""
+        if self.slots is not None:  # no worker runs anything for us any more
+            self.slots.sync((), None, ())
         with self._lock:
             self.closed = True
             self.ready = []
@@ -301,3 +329,8 @@ class ProcessLane:
         # as it exits: the wait needs no bound of its own.
         if self.command("kill-all", (sig, done)) and manager is not threading.current_thread():
             done.wait()
+
+
+def _stays(task: Task) -> bool:
+    """Late binding's default: a task stays in the process lane."""
+    return False

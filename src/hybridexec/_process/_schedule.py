@@ -122,6 +122,8 @@ class Scheduling(Supervision):
         return not future.done()
 
     def _dispatch(self) -> None:
+        if self.lane.slots is not None:  # idle workers' CPU slots come back (the governor)
+            self.lane.slots.sync(self.workers.values(), BUSY, self.lane.pending)
         pending = self.lane.pending
         batches: dict[WorkerRecord, list[Task]] = {}
         # Bytes waiting behind the running call in each busy worker (-1: a call in flight
@@ -133,6 +135,8 @@ class Scheduling(Supervision):
                 task = pending[0]
             except IndexError:
                 break
+            if task.route is not None and self.lane.relocate(task):  # late binding: it moved
+                continue
             worker = self._idle_worker()
             ahead = worker is None
             if worker is None:
@@ -158,11 +162,12 @@ class Scheduling(Supervision):
             self._send(worker, tasks)
 
     def _idle_worker(self) -> WorkerRecord | None:
+        slot = self.lane.take_slot  # a CPU slot for a worker about to turn busy (the governor)
         for w in self.workers.values():
             if w.state == IDLE:
-                return w
+                return w if slot() else None
         live = sum(1 for w in self.workers.values() if w.state in (IDLE, BUSY))
-        if live >= self.lane.max_processes:
+        if live >= self.lane.max_processes or not slot():
             return None
         return self._start_worker()
 
@@ -246,6 +251,8 @@ class Scheduling(Supervision):
             for fd in (wake_r, *watched):
                 self.poller.register(fd, select.POLLIN)
             self.polled = (wake_r, set(watched))
+        if self.lane.slots is not None:  # while work waits for a slot, a holder may lend one
+            timeout = self.lane.slots.timeout(timeout)
         ms = None if timeout is None else math.ceil(timeout * 1000)
         return [fd for fd, _ in self.poller.poll(ms)]
 
@@ -262,6 +269,8 @@ class Scheduling(Supervision):
         write per call from the submitting thread.
         """
         lane = self.lane
+        if lane.slots is not None:  # idle workers' CPU slots come back (the governor)
+            lane.slots.sync(self.workers.values(), BUSY, lane.pending)
         if lane.pending or lane.shutting_down:
             return
         ready: list[WorkerRecord] = []
@@ -305,11 +314,13 @@ class Scheduling(Supervision):
         if not lane.ready or task.timeout is not None or payload is None:
             return False
         worker = lane.ready[-1]
-        if len(payload) + HEADER_SIZE > worker.budget:
+        if len(payload) + HEADER_SIZE > worker.budget or not lane.take_slot():
             return False
         lane.ready.pop()
         if not self._claim(task):
             lane.ready.append(worker)
+            if lane.slots is not None:
+                lane.slots.untake_process()  # the worker stays idle: its slot goes back
             return True  # cancelled meanwhile: it ends as such
         self._assign(worker, task)
         try:

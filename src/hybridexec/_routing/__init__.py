@@ -6,13 +6,16 @@ Layers inside the room (each imports only those above it)::
 
     _options     Options and the checks of kind, timeout and max_memory
     _rules       hints (@io_bound, @cpu_bound, @task), the rules, Decision,
-                 Explanation, the Classifier protocol, TimedTask (a measured thread task)
+                 Explanation, the Classifier protocol
     _sched       the scheduler's view of a thread: run-queue wait, runnable or asleep
     _measure     the figures of one measured call (Window) and their maths (Measurement)
     _probe       the GIL probe: the helper thread that samples open windows
     _verdicts    the thresholds, the verdict rule, the keys (size bucket, argument shape)
     _entry       what the classifier keeps per key
     _classifier  LearningClassifier: learner state per key, feedback, re-checks
+    _governor    Governor: the CPU slots shared by busy processes and CPU-heavy threads
+    _binding     late binding (a task not started follows the newest verdict), the thread
+                 lanes' gates, TimedTask (a measured thread task), Waits (GIL-off builds)
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from typing import TYPE_CHECKING
 from .._lazy import exports
 
 if TYPE_CHECKING:
+    from ._binding import Binding as Binding
+    from ._binding import TimedTask as TimedTask
+    from ._binding import Waits as Waits
+    from ._binding import fn_key as fn_key
     from ._classifier import LearningClassifier as LearningClassifier
+    from ._governor import Governor as Governor
     from ._options import KINDS as KINDS
     from ._options import Kind as Kind
     from ._options import Options as Options
@@ -33,7 +41,6 @@ if TYPE_CHECKING:
     from ._rules import Classifier as Classifier
     from ._rules import Decision as Decision
     from ._rules import Explanation as Explanation
-    from ._rules import TimedTask as TimedTask
     from ._rules import cpu_bound as cpu_bound
     from ._rules import gil_enabled as gil_enabled
     from ._rules import hints_of as hints_of
@@ -44,18 +51,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "Binding",
     "Classifier",
     "Decision",
     "Explanation",
+    "Governor",
     "Kind",
     "LearningClassifier",
     "Options",
     "TimedTask",
+    "Waits",
     "check_kind",
     "check_max_memory",
     "check_timeout",
     "checked_options",
     "cpu_bound",
+    "fn_key",
     "gil_enabled",
     "hints_of",
     "io_bound",
@@ -66,11 +77,13 @@ __all__ = [
 
 _OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
 _OPTIONS |= {"check_kind", "check_max_memory", "check_timeout"}
-_ELSEWHERE = {"LearningClassifier", *_OPTIONS}
+_BINDING = {"Binding", "TimedTask", "Waits", "fn_key"}
+_ELSEWHERE = {"LearningClassifier", "Governor", *_OPTIONS, *_BINDING}
 
 __getattr__, __dir__ = exports(
     __name__,
     {name: "._rules" for name in __all__ if name not in _ELSEWHERE}
-    | {"LearningClassifier": "._classifier"}
-    | dict.fromkeys(_OPTIONS, "._options"),
+    | {"LearningClassifier": "._classifier", "Governor": "._governor"}
+    | dict.fromkeys(_OPTIONS, "._options")
+    | dict.fromkeys(_BINDING, "._binding"),
 )

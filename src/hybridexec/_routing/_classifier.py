@@ -38,11 +38,13 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._process import usable_cpus
 from ._entry import Entry
 from ._measure import Measurement
 from ._probe import PROBE
@@ -66,6 +68,7 @@ from ._verdicts import (
     WINDOW_SECONDS,
     Key,
     contrary,
+    cpu_heavy,
     function_name,
     shape,
     size_bucket,
@@ -273,14 +276,12 @@ class LearningClassifier:
                 now = time.monotonic()
                 decision = entry.decision
                 if decision is not None:
-                    if entry.recheck and (not entry.rechecking or self._stale(entry, now)):
-                        entry.recheck = False
-                        entry.rechecking = True
-                        entry.claimed_at = now
-                        entry.since_recheck = 0
+                    ticket = self._recheck_locked(entry, now)
+                    if ticket is not None:
                         reason = f"{decision.reason} (re-checking: this call is measured)"
-                        ticket = _Ticket(self, entry, recheck=True)
-                        return Decision(decision.kind, reason, probe=ticket)
+                        # CPU work measured again: it waits for a CPU slot (the governor).
+                        heavy = decision.cpu_heavy or decision.kind == "process"
+                        return Decision(decision.kind, reason, probe=ticket, cpu_heavy=heavy)
                     entry.recheck = False
                     return decision
                 if entry.claimed_at is None or self._stale(entry, now):
@@ -288,9 +289,32 @@ class LearningClassifier:
                     ticket = _Ticket(self, entry, recheck=False)
                     return Decision("thread", "learning: this call is measured", probe=ticket)
                 deadline = now + WAIT_SECONDS if deadline is None else deadline
-                if now >= deadline:
-                    return Decision("thread", "learning: no verdict yet, on a thread meanwhile")
+                if now >= deadline:  # late binding moves it if it has not started then
+                    why = "learning: no verdict yet, on a thread meanwhile"
+                    return Decision("thread", why, source=entry)
                 self._cond.wait(min(deadline - now, CLAIM_SECONDS))
+
+    def recheck_now(self, entry: Entry) -> _Ticket | None:
+        """A measurement for a call of ``entry`` about to start on a thread, if one is due.
+
+        Late binding (``_binding.py``) asks this as a thread lane starts a task: a re-check
+        that feedback asked for while every call was queued already is made on one of them.
+        """
+        if not entry.recheck:  # read without the lock: the common case costs nothing
+            return None
+        with self._cond:
+            return self._recheck_locked(entry, time.monotonic())
+
+    def _recheck_locked(self, entry: Entry, now: float) -> _Ticket | None:
+        if not entry.recheck or entry.decision is None:
+            return None
+        if entry.rechecking and not self._stale(entry, now):
+            return None
+        entry.recheck = False
+        entry.rechecking = True
+        entry.claimed_at = now
+        entry.since_recheck = 0
+        return _Ticket(self, entry, recheck=True)
 
     @staticmethod
     def _stale(entry: Entry, now: float) -> bool:
@@ -306,7 +330,7 @@ class LearningClassifier:
             entry.claimed_at = None
             current = entry.decision
             if current is None:
-                entry.decision = Decision(kind, reason)
+                entry.decision = _verdict(entry, kind, reason, m)
                 entry.measurement = m
                 self._cond.notify_all()
                 logger.debug("routing: %s", entry.explanation())
@@ -317,8 +341,8 @@ class LearningClassifier:
             if not contrary(current.kind, m):
                 entry.contrary = 0
                 entry.measurement = m
-                entry.decision = Decision(
-                    current.kind, reason if kind == current.kind else current.reason
+                entry.decision = _verdict(
+                    entry, current.kind, reason if kind == current.kind else current.reason, m
                 )
                 entry.recheck_every = min(RECHECK_MAX, entry.recheck_every * 2)
                 entry.suspect_gap = min(RECHECK_MAX, entry.suspect_gap * 2)
@@ -331,7 +355,7 @@ class LearningClassifier:
                     "routing: re-check of %s disagrees (%s); checking again", entry.name, reason
                 )
                 return
-            self._change(entry, Decision(kind, f"{reason} (re-checked)"), m)
+            self._change(entry, _verdict(entry, kind, f"{reason} (re-checked)", m), m)
 
     def _process_feedback(self, entry: Entry, wall: float, cpu: float) -> None:
         ratio = cpu / wall if wall > 0 else 0.0
@@ -343,13 +367,14 @@ class LearningClassifier:
         entry.proc_samples += 1
         if entry.proc_samples < FEEDBACK_MIN_CALLS:
             return
-        if entry.proc_ratio < DEMOTE_CPU_RATIO:
+        if entry.proc_ratio < DEMOTE_CPU_RATIO * _cpu_share():
             why = f"in a process it used {entry.proc_ratio:.0%} of a CPU: it mostly waits"
         elif entry.proc_cpu < DEMOTE_GIL_SECONDS:
             why = f"in a process a call used {ms(entry.proc_cpu)} of CPU: cheaper on a thread"
         else:
             return
-        self._change(entry, Decision("thread", f"{why} (feedback)"), entry.measurement)
+        decision = Decision("thread", f"{why} (feedback)", source=entry)
+        self._change(entry, decision, entry.measurement)
 
     def _change(self, entry: Entry, decision: Decision, m: Measurement | None) -> None:
         # Called with the lock held.
@@ -368,6 +393,32 @@ class LearningClassifier:
             old.kind if old is not None else "-",
             entry.explanation(),
         )
+
+
+_HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
+
+
+def _verdict(entry: Entry, kind: str, reason: str, m: Measurement) -> Decision:
+    """A verdict for ``entry``: tasks routed by it follow its successors (late binding)."""
+    heavy = kind == "thread" and cpu_heavy(m)
+    if heavy and not reason.endswith(_HEAVY):
+        reason += _HEAVY
+    return Decision(kind, reason, cpu_heavy=heavy, source=entry)
+
+
+def _cpu_share() -> float:
+    """The share of a CPU a busy process can expect now (1.0 unless the machine is loaded).
+
+    A worker that waits for a CPU (a load of 8 on 2 cores gives each runnable process a
+    quarter of one) must not read as one that waits for I/O: its CPU/wall is judged against
+    this share. Read only when feedback is about to demote a function.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return 1.0
+    cores = usable_cpus()
+    return 1.0 if load <= cores else cores / load
 
 
 def _ewma(old: float, new: float) -> float:

@@ -25,12 +25,10 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, overload
 
-from .._futures import Future, Items, Outcome, Task
 from ._options import Kind, Options, checked_options
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -165,6 +163,12 @@ class Decision:
         explicit: The user asked for this lane: no silent fallback.
         probe: Set by a classifier that wants this call measured on a thread.
         max_memory: The call's memory limit in bytes (set only with kind ``"process"``).
+        cpu_heavy: A thread verdict for work that keeps a CPU busy without the GIL (C code
+            that releases it): it runs on the capped CPU thread lane and holds one of the
+            executor's CPU slots while it runs (see ``docs/routing.md``, the governor).
+        source: Set by a classifier whose verdicts change: an object whose ``decision``
+            attribute is the newest verdict for this call's key. A task that has not started
+            follows it (late binding); None: the task stays where it was sent.
     """
 
     kind: str
@@ -172,6 +176,8 @@ class Decision:
     explicit: bool = False
     probe: Probe | None = field(default=None, repr=False, compare=False)
     max_memory: int | None = None
+    cpu_heavy: bool = False
+    source: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,12 @@ class Explanation:
         calls: Finished calls seen by the classifier.
         per_lane: Finished calls per lane.
         changes: How many times feedback changed the verdict.
+        slots: The executor's CPU slots now (``Executor.explain`` fills it in): ``total``,
+            held by ``processes`` and by CPU-heavy ``threads``, ``lent`` (holders seen
+            waiting, whose slots others may use) and ``waiting`` (thread tasks waiting for one).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.4 ``slots``.
     """
 
     function: str
@@ -209,6 +219,7 @@ class Explanation:
     calls: int = 0
     per_lane: dict[str, int] = field(default_factory=dict)
     changes: int = 0
+    slots: dict[str, int] | None = None
 
     def __str__(self) -> str:
         text = f"{self.function} -> {self.kind}: {self.reason}"
@@ -225,6 +236,12 @@ class Explanation:
         figures.append(f"{self.calls} calls" + (f" ({lanes})" if lanes else ""))
         if self.changes:
             figures.append(f"verdict changed {self.changes} times by feedback")
+        if self.slots:
+            s = self.slots
+            figures.append(
+                f"CPU slots: {s['processes']} of {s['total']} held by processes, "
+                f"{s['threads']} by threads, {s['waiting']} tasks waiting"
+            )
         return f"{text} [{'; '.join(figures)}]"
 
 
@@ -332,49 +349,3 @@ def route(
     if classifier is not None:
         return classifier.classify(fn, args, kwargs)
     return Decision("thread", "no hint and no classifier: threads by default")
-
-
-class TimedTask(Task):
-    """A thread task that reports its wall and CPU time to the classifier when it ends.
-
-    With a probe, the whole task runs inside the probe's measurement window.
-    """
-
-    __slots__ = ("classifier", "probe")
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        items: Items,
-        future: Future[Any],
-        classifier: Classifier,
-        probe: Probe | None,
-        *,
-        batch: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        super().__init__(fn, items, future, batch=batch, timeout=timeout)
-        self.classifier = classifier
-        self.probe = probe
-
-    def call(self) -> Outcome:
-        """Run the calls here, report the figures, and return how they ended."""
-        cpu_started = time.thread_time()
-        started = time.perf_counter()
-        probe, self.probe = self.probe, None  # one measurement; the task keeps no probe
-        if probe is None:
-            outcome = Task.call(self)
-        else:
-            box: list[Outcome] = []
-            probe.run(lambda: box.append(Task.call(self)))
-            outcome = box[0]
-        elapsed = time.perf_counter() - started
-        cpu = time.thread_time() - cpu_started
-        calls = len(self.items) if self.batch else 1
-        try:
-            self.classifier.record(
-                self.fn, "thread", elapsed, cpu, calls=calls, args=self.items[0][0]
-            )
-        except Exception:  # a broken classifier must not kill the worker thread
-            logger.exception("the classifier failed to record a finished task")
-        return outcome

@@ -46,6 +46,9 @@ SUSPECT_GAP_FIRST = 4
 """Calls between two re-checks triggered by drift, doubling when they confirm the verdict."""
 FLIP_AFTER = 2
 """Contrary re-checks in a row needed to change a verdict."""
+HEAVY_CPU_RATIO = 0.5
+"""A thread verdict whose measured call kept its thread on a CPU at least this share of the
+time it could run is CPU-heavy: it takes a CPU slot (the governor) on the capped lane."""
 SIZE_BUCKET_BITS = 6
 """Arguments whose total size differs by less than 2**6 = 64x share a verdict."""
 
@@ -98,6 +101,16 @@ def verdict(m: Measurement) -> tuple[str, str]:
         f"it holds the GIL {m.gil_fraction:.0%} of its running time, "
         f"{ms(m.gil_seconds)} per call: threads would serialise on the GIL"
     )
+
+
+def cpu_heavy(m: Measurement) -> bool:
+    """Whether a call judged for threads keeps a CPU busy (GIL-free C code, not a wait).
+
+    Calls under ``GIL_SECONDS_MIN`` are not: a slot costs more than they do.
+    """
+    if m.complete and m.wall < GIL_SECONDS_MIN:
+        return False
+    return m.cpu_ratio >= HEAVY_CPU_RATIO and m.gil_share < GIL_FRACTION_MIN
 
 
 def contrary(current: str, m: Measurement) -> bool:

@@ -1,0 +1,215 @@
+"""The CPU-slot governor: one budget of cores shared by the process lane and CPU-heavy threads.
+
+An executor has ``total`` CPU slots: the usable cores, or ``max_processes`` when that was set
+higher (the user asked for that many processes at once). Who holds one:
+
+- a worker process while it runs calls (from the call that makes it busy to the reply that
+  leaves it idle: calls sent ahead to it share its slot); the manager thread (or a submit on the
+  process lane's direct path) takes the slot before it hands a call to an idle worker
+  (``take_process``, never blocking), and the manager reports the busy workers before each
+  dispatch and each sleep (``sync``);
+- a thread of the capped CPU lane while it runs a task judged CPU-heavy (GIL-free C code that
+  keeps its thread on a CPU; any CPU work on a free-threaded build with the GIL off): it
+  waits for a slot before it starts the task (``acquire``);
+- a measured first call, on the growing lane, for as long as it runs: it takes one at once,
+  without waiting (``hold``), since nobody knows yet what it is.
+
+Waiting work takes no slot: I/O-bound thread work never asks for one (the growing lane still
+starts a thread for every blocking task). A holder seen waiting rather than computing (its
+thread made no progress, neither running nor waiting for a CPU, for ``LEND_AFTER``: it blocks
+on a lock, on I/O, on the future of another task) *lends* its slot: whoever waits for a slot
+may take it. That is also what keeps nested work from deadlocking: a CPU task that waits for
+another task's result frees its slot for that task. (CPU-heavy work submitted by a task that
+holds a slot does not even wait: it runs on its parent's slot, see ``_binding.py``.)
+
+Processes and threads share the budget first come, first served: when processes hold every
+slot a CPU-heavy thread task waits, and a process task waits (in the manager's queue) while
+threads hold them. A slot given back wakes both sides.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sized
+from typing import Any
+
+LOOK_SECONDS = 0.02
+"""While someone waits for a slot, the holders' CPU clocks are read this often."""
+IDLE_RATE = 0.1
+"""A holder that ran (or waited for a CPU) less than this share of the time between two looks
+made no progress..."""
+LEND_AFTER = 0.2
+"""...and one that made none for this long waits: it lends its slot. Long, because a thread
+waiting for the GIL (behind a thread the loaded machine does not run) looks the same for a
+while, and lending is a way out of a deadlock, not a way to run more at once."""
+
+_clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
+
+
+class _Holder:
+    """A thread that holds a slot, and its clocks at the last look (none before the first)."""
+
+    __slots__ = ("clock", "idle", "moved", "ran", "seen", "tid")
+
+    def __init__(self, ident: int) -> None:
+        clock: int | None = None
+        if _clock_of is not None:
+            try:
+                clock = _clock_of(ident)
+            except OSError:
+                clock = None
+        self.clock = clock
+        self.tid = threading.get_native_id()  # called on the holder's own thread
+        self.ran: float | None = None  # CPU time plus run-queue wait at the last look
+        self.seen = self.moved = 0.0  # the last look; the last look that saw progress
+        self.idle = False
+
+    def busy_time(self) -> float | None:
+        """Seconds the thread ran or was runnable (waiting for a CPU) since it began."""
+        if self.clock is None:
+            return None
+        try:
+            cpu = time.clock_gettime(self.clock)
+        except OSError:  # the thread is gone
+            return None
+        try:  # a thread starved of a CPU by a loaded machine does not wait: it is not idle
+            with open(f"/proc/self/task/{self.tid}/schedstat", "rb") as f:
+                cpu += int(f.read().split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            pass
+        return cpu
+
+
+class Governor:
+    """The CPU slots of one executor (see the module documentation).
+
+    Args:
+        total: The number of slots.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self.processes = 0  # busy worker processes
+        self.waiting = 0  # thread tasks waiting for a slot
+        self.process_waiting = False  # the process lane holds work back for want of a slot
+        self.on_free: Callable[[], None] | None = None  # wakes the process lane's manager
+        self._holders: dict[int, _Holder] = {}  # thread ident -> holder
+        self._cond = threading.Condition(threading.Lock())
+        self._looked = 0.0
+
+    # ---- threads ----------------------------------------------------------------------------
+    def acquire(self, cancelled: Callable[[], bool]) -> bool:
+        """Wait for a slot for the current thread; False if ``cancelled()`` turned True first."""
+        ident = threading.get_ident()
+        with self._cond:
+            if self._free() <= 0:
+                self.waiting += 1
+                try:
+                    while self._free() <= 0:
+                        if cancelled():
+                            return False
+                        self._cond.wait(LOOK_SECONDS)
+                        self._look()
+                finally:
+                    self.waiting -= 1
+            self._holders[ident] = _Holder(ident)
+        return True
+
+    def hold(self) -> None:
+        """Take a slot for the current thread now, even over the budget (a measured call)."""
+        ident = threading.get_ident()
+        with self._cond:
+            self._holders[ident] = _Holder(ident)
+
+    def holds(self) -> bool:
+        """Whether the current thread holds a slot (read without the lock: its own entry)."""
+        return threading.get_ident() in self._holders
+
+    def release(self) -> None:
+        """Give back the current thread's slot (nothing to do if it holds none)."""
+        ident = threading.get_ident()
+        if ident not in self._holders:  # the common case on the growing lane: no lock
+            return
+        with self._cond:
+            if self._holders.pop(ident, None) is None:
+                return
+            self._cond.notify_all()
+            wake = self.on_free if self.process_waiting else None
+        if wake is not None:
+            wake()
+
+    # ---- the process lane's manager ---------------------------------------------------------
+    def take_process(self) -> bool:
+        """A slot for a worker about to run calls; False (never waits) when none is free."""
+        with self._cond:
+            if self._free() <= 0:
+                self._look()
+                if self._free() <= 0:
+                    self.process_waiting = True
+                    return False
+            self.processes += 1
+            self.process_waiting = False
+            return True
+
+    def untake_process(self) -> None:
+        """Give back a slot ``take_process`` gave for a worker that stays idle after all."""
+        with self._cond:
+            self.processes = max(0, self.processes - 1)
+            self._cond.notify_all()
+
+    def sync(self, workers: Iterable[Any], busy: object, pending: Sized) -> None:
+        """The manager's view before a dispatch or a sleep: who holds a slot.
+
+        Workers whose ``state`` is ``busy`` hold one; the others' slots come back. With
+        ``pending`` empty, no process work waits for a slot any more.
+        """
+        held = sum(1 for w in workers if w.state == busy)
+        with self._cond:
+            if held < self.processes:
+                self._cond.notify_all()
+            self.processes = held
+            if not pending:
+                self.process_waiting = False
+
+    def timeout(self, timeout: float | None) -> float | None:
+        """The manager's sleep: at most ``LOOK_SECONDS`` while work waits for a slot."""
+        if not self.process_waiting:
+            return timeout
+        return LOOK_SECONDS if timeout is None else min(timeout, LOOK_SECONDS)
+
+    # ---- figures ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, int]:
+        """``total``, held by ``processes`` and by ``threads``, ``lent``, ``waiting``."""
+        with self._cond:
+            lent = sum(1 for h in self._holders.values() if h.idle)
+            return {
+                "total": self.total,
+                "processes": self.processes,
+                "threads": len(self._holders),
+                "lent": lent,
+                "waiting": self.waiting,
+            }
+
+    # ---- internals (with the lock held) -----------------------------------------------------
+    def _free(self) -> int:
+        busy = sum(1 for h in self._holders.values() if not h.idle)
+        return self.total - self.processes - busy
+
+    def _look(self) -> None:
+        """Read the holders' clocks (at most every ``LOOK_SECONDS``): who waits lends.
+
+        Two looks at least: the first one only reads where a holder's clocks stand.
+        """
+        now = time.monotonic()
+        if now - self._looked < LOOK_SECONDS:
+            return
+        self._looked = now
+        for holder in self._holders.values():
+            ran = holder.busy_time()
+            if ran is None:
+                continue  # no per-thread clock here: never lent
+            if holder.ran is None or ran - holder.ran >= IDLE_RATE * (now - holder.seen):
+                holder.moved = now
+            holder.idle = now - holder.moved >= LEND_AFTER
+            holder.ran, holder.seen = ran, now

@@ -1,0 +1,273 @@
+"""The CPU-slot governor and late binding (issue 15, items 1 and 3), through the public API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import hybridexec
+from hybridexec._process._threadlimits import usable_cpus
+
+from .governor_helpers import GAUGE, numpy_chunk, shifting
+from .helpers import sleep_then
+
+SLOTS = usable_cpus()
+
+
+def _peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an end before an equal start)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+class Fixed:
+    """A classifier with set verdicts: ``numpy_chunk`` is CPU-heavy thread work, the rest
+    goes to processes (the governor's tests do not depend on what a measurement says)."""
+
+    def classify(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if fn in (numpy_chunk, _heavy_then, _heavy_then_process):
+            return hybridexec.Decision("thread", "set: CPU-heavy", cpu_heavy=True)
+        if fn is sleep_then:
+            return hybridexec.Decision("thread", "set: it waits")
+        return hybridexec.Decision("process", "set: Python")
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class Switch:
+    """A classifier whose one verdict the test changes; every decision names it as source."""
+
+    def __init__(self, kind: str, heavy: bool = False) -> None:
+        self.decision = hybridexec.Decision(kind, "first", cpu_heavy=heavy, source=self)
+
+    def flip(self, kind: str, heavy: bool = False) -> None:
+        self.decision = hybridexec.Decision(kind, "flipped", cpu_heavy=heavy, source=self)
+
+    def classify(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return self.decision
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def data() -> Any:
+    np = pytest.importorskip("numpy")
+    return np.random.default_rng(3).random(1_500_000)
+
+
+@pytest.fixture
+def gauge() -> Iterator[None]:
+    GAUGE.peak = GAUGE.now = 0
+    yield
+    GAUGE.peak = GAUGE.now = 0
+
+
+def _learn(ex: hybridexec.Executor, fn: Any, *args: Any, kind: str) -> None:
+    """Call ``fn`` until its verdict is ``kind`` (the first call is measured on a thread)."""
+    deadline = time.monotonic() + 10.0
+    while ex.explain(fn, *args).kind != kind or not ex.explain(fn, *args).learned:
+        assert time.monotonic() < deadline, str(ex.explain(fn, *args))
+        ex.submit(fn, *args).result(timeout=10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("gauge")
+def test_learned_numpy_chunks_never_run_more_than_slots_at_once_on_threads(data: Any) -> None:
+    # The learning classifier: a numpy sort is GIL-free C code that keeps a CPU busy.
+    with hybridexec.Executor() as ex:
+        _learn(ex, numpy_chunk, data, kind="thread")
+        explanation = ex.explain(numpy_chunk, data)
+        if "CPU slot" not in explanation.reason:  # a loaded machine misjudged the first call
+            pytest.skip(f"not judged CPU-heavy here: {explanation}")
+        GAUGE.peak = 0
+        futures = [ex.submit(numpy_chunk, data) for _ in range(8)]
+        intervals = [f.result(timeout=30) for f in futures]
+        assert {f.kind for f in futures} == {"thread"}
+        assert GAUGE.peak <= SLOTS, f"{GAUGE.peak} chunks at once on {SLOTS} slots"
+        assert _peak_overlap(intervals) <= SLOTS
+        slots = ex.stats()["slots"]
+        assert slots["total"] == SLOTS
+        assert slots["threads"] == slots["processes"] == slots["waiting"] == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("gauge")
+def test_cpu_heavy_thread_work_never_runs_on_more_than_the_slots(data: Any) -> None:
+    with hybridexec.Executor(classifier=Fixed()) as ex:
+        futures = [ex.submit(numpy_chunk, data) for _ in range(3 * SLOTS + 2)]
+        intervals = [f.result(timeout=30) for f in futures]
+        assert {f.kind for f in futures} == {"thread"}
+        assert GAUGE.peak <= SLOTS, f"{GAUGE.peak} chunks at once on {SLOTS} slots"
+        assert _peak_overlap(intervals) <= SLOTS
+
+
+@pytest.mark.timeout(90)
+def test_processes_and_cpu_threads_never_exceed_the_slots_together(data: Any) -> None:
+    with hybridexec.Executor(classifier=Fixed()) as ex:
+        futures = []
+        for _ in range(6):
+            futures.append(ex.submit(shifting, 1, 0.06))
+            futures.append(ex.submit(numpy_chunk, data))
+        intervals = [f.result(timeout=60) for f in futures]
+        kinds = [f.kind for f in futures]
+        assert kinds[0::2] == ["process"] * 6
+        assert kinds[1::2] == ["thread"] * 6
+        peak = _peak_overlap(intervals)
+        assert peak <= SLOTS, f"{peak} CPU tasks at once on {SLOTS} slots"
+        assert ex.stats()["slots"]["processes"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_io_sleeps_run_200_at_once_while_processes_hold_every_slot() -> None:
+    with hybridexec.Executor(classifier=Fixed()) as ex:
+        busy = [ex.submit(shifting, 1, 1.0) for _ in range(SLOTS)]
+        deadline = time.monotonic() + 10
+        while ex.stats()["slots"]["processes"] < SLOTS:  # the workers hold every slot
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.perf_counter()
+        sleeps = [ex.submit(sleep_then, 0.2, i) for i in range(200)]
+        assert [f.result(timeout=10) for f in sleeps] == list(range(200))
+        elapsed = time.perf_counter() - started
+        assert not all(f.done() for f in busy)
+        assert elapsed < 1.0, f"200 sleeps of 0.2 s took {elapsed:.2f} s: waiting took slots"
+        for f in busy:
+            f.result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_cpu_heavy_work_submitted_by_a_slot_holder_does_not_wait_behind_it(data: Any) -> None:
+    # Every slot is held by a task that then waits for a CPU-heavy task of the same
+    # executor: the inner tasks run on their parents' slots instead of queueing behind them.
+    with hybridexec.Executor(classifier=Fixed()) as ex:
+        futures = [ex.submit(_heavy_then, ex, data) for _ in range(SLOTS + 1)]
+        assert all(isinstance(f.result(timeout=30), float) for f in futures)
+
+
+@pytest.mark.timeout(60)
+def test_a_slot_holder_waiting_for_a_process_task_lends_its_slot(data: Any) -> None:
+    # CPU-heavy threads hold every slot and wait for process work: the governor sees them
+    # wait (no CPU used) and lends their slots, or nothing would ever finish.
+    with hybridexec.Executor(classifier=Fixed()) as ex:
+        futures = [ex.submit(_heavy_then_process, ex, data) for _ in range(SLOTS)]
+        assert all(isinstance(f.result(timeout=30), float) for f in futures)
+
+
+def _heavy_then(ex: hybridexec.Executor, data: Any) -> float:
+    """Hold a CPU slot (a numpy sort), then wait for a CPU-heavy task of the same executor."""
+    numpy_chunk(data)
+    return ex.submit(numpy_chunk, data).result(timeout=20)[1]
+
+
+def _heavy_then_process(ex: hybridexec.Executor, data: Any) -> float:
+    """Hold a CPU slot (a numpy sort), then wait for a process task of the same executor."""
+    numpy_chunk(data)
+    future = ex.submit(shifting, 1, 0.02)
+    end = future.result(timeout=20)[1]
+    assert future.kind == "process"
+    return end
+
+
+@pytest.mark.timeout(60)
+def test_queued_process_tasks_follow_a_new_verdict_to_threads() -> None:
+    switch = Switch("process")
+    with hybridexec.Executor(max_processes=1, classifier=switch) as ex:
+        blocker = ex.submit(shifting, 1, 0.3)
+        queued = [ex.submit(sleep_then, 0.2, i) for i in range(10)]
+        switch.flip("thread")
+        started = time.perf_counter()
+        assert [f.result(timeout=20) for f in queued] == list(range(10))
+        elapsed = time.perf_counter() - started
+        blocker.result(timeout=20)
+        assert blocker.kind == "process"
+        assert [f.kind for f in queued] == ["thread"] * 10
+        assert ex.stats()["moved"] == {"process->thread": 10}
+        assert elapsed < 1.0, f"{elapsed:.2f} s: the sleeps ran one after the other"
+
+
+@pytest.mark.timeout(60)
+def test_queued_cpu_thread_tasks_follow_a_new_verdict_to_processes(data: Any) -> None:
+    switch = Switch("thread", heavy=True)
+    with hybridexec.Executor(classifier=switch) as ex:
+        futures = [ex.submit(numpy_chunk, data) for _ in range(SLOTS + 6)]
+        switch.flip("process")
+        for f in futures:
+            f.result(timeout=30)
+        kinds = [f.kind for f in futures]
+        assert kinds.count("process") >= 4, kinds
+        moved = ex.stats()["moved"]
+        assert moved == {"cpu->process": kinds.count("process")}
+
+
+def test_started_tasks_and_tasks_with_an_explicit_lane_never_move() -> None:
+    switch = Switch("thread")
+    with hybridexec.Executor(classifier=switch) as ex:
+        fixed = ex.options(kind="thread").submit(sleep_then, 0.05, "fixed")
+        running = ex.submit(sleep_then, 0.2, "running")
+        time.sleep(0.05)
+        switch.flip("process")
+        assert fixed.result(timeout=10) == "fixed"
+        assert running.result(timeout=10) == "running"
+        assert fixed.kind == running.kind == "thread"
+        assert ex.stats()["moved"] == {}
+
+
+@pytest.mark.timeout(60)
+def test_queued_process_work_moves_to_threads_when_its_verdict_changes() -> None:
+    # One key, two behaviours (ints count by type): learned as a Python loop, then called
+    # to sleep. Feedback from the first sleeps in processes demotes it to threads; the calls
+    # queued behind them move there instead of waiting for a worker each.
+    with hybridexec.Executor(max_processes=2) as ex:
+        _learn(ex, shifting, 1, 0.05, kind="process")
+        started = time.perf_counter()
+        futures = [ex.submit(shifting, 0, 0.05) for _ in range(40)]
+        for f in futures:
+            f.result(timeout=30)
+        elapsed = time.perf_counter() - started
+        assert [f.kind for f in futures[:2]] == ["process", "process"]
+        on_threads = sum(f.kind == "thread" for f in futures)
+        assert on_threads >= 25, [f.kind for f in futures]
+        assert ex.stats()["moved"].get("process->thread", 0) >= 25
+        assert ex.explain(shifting, 0, 0.05).kind == "thread"
+        # Two workers alone take 40 x 50 ms / 2 = 1.0 s.
+        assert elapsed < 0.8, f"{elapsed:.2f} s"
+
+
+@pytest.mark.timeout(60)
+def test_queued_thread_work_moves_to_processes_when_it_turns_to_cpu() -> None:
+    # Learned sleeping (threads); then a burst of Python loops queues behind four threads.
+    # Feedback asks for a re-check, the next calls to start are measured, the verdict flips
+    # to processes, and the calls still queued move there.
+    with hybridexec.Executor(max_threads=4, max_processes=2) as ex:
+        _learn(ex, shifting, 0, 0.01, kind="thread")
+        for _ in range(6):
+            ex.submit(shifting, 0, 0.01).result(timeout=10)
+        futures = [ex.submit(shifting, 1, 0.03) for _ in range(32)]
+        for f in futures:
+            f.result(timeout=30)
+        kinds = [f.kind for f in futures]
+        assert kinds[:4] == ["thread"] * 4
+        assert kinds.count("process") >= 8, kinds
+        assert ex.stats()["moved"].get("thread->process", 0) >= 8
+        assert ex.explain(shifting, 1, 0.03).kind == "process"
+
+
+def test_explain_and_stats_show_the_slots(executor: hybridexec.Executor) -> None:
+    executor.submit(sleep_then, 0.01).result(timeout=10)
+    text = str(executor.explain(sleep_then))
+    assert f"of {max(SLOTS, 2)} held by processes" in text
+    slots = executor.explain(sleep_then).slots
+    assert slots is not None
+    assert slots["total"] == max(SLOTS, 2)
+    stats = executor.stats()
+    assert set(stats["slots"]) == {"total", "processes", "threads", "lent", "waiting"}
+    assert stats["moved"] == {}
