@@ -38,13 +38,11 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .._process import usable_cpus
 from ._entry import Entry
 from ._measure import Measurement
 from ._probe import PROBE
@@ -68,7 +66,7 @@ from ._verdicts import (
     WINDOW_SECONDS,
     Key,
     contrary,
-    cpu_heavy,
+    cpu_share,
     function_name,
     shape,
     size_bucket,
@@ -330,7 +328,7 @@ class LearningClassifier:
             entry.claimed_at = None
             current = entry.decision
             if current is None:
-                entry.decision = _verdict(entry, kind, reason, m)
+                entry.decision = entry.verdict(kind, reason, m)
                 entry.measurement = m
                 self._cond.notify_all()
                 logger.debug("routing: %s", entry.explanation())
@@ -341,8 +339,8 @@ class LearningClassifier:
             if not contrary(current.kind, m):
                 entry.contrary = 0
                 entry.measurement = m
-                entry.decision = _verdict(
-                    entry, current.kind, reason if kind == current.kind else current.reason, m
+                entry.decision = entry.verdict(
+                    current.kind, reason if kind == current.kind else current.reason, m
                 )
                 entry.recheck_every = min(RECHECK_MAX, entry.recheck_every * 2)
                 entry.suspect_gap = min(RECHECK_MAX, entry.suspect_gap * 2)
@@ -355,7 +353,7 @@ class LearningClassifier:
                     "routing: re-check of %s disagrees (%s); checking again", entry.name, reason
                 )
                 return
-            self._change(entry, _verdict(entry, kind, f"{reason} (re-checked)", m), m)
+            self._change(entry, entry.verdict(kind, f"{reason} (re-checked)", m), m)
 
     def _process_feedback(self, entry: Entry, wall: float, cpu: float) -> None:
         ratio = cpu / wall if wall > 0 else 0.0
@@ -367,7 +365,7 @@ class LearningClassifier:
         entry.proc_samples += 1
         if entry.proc_samples < FEEDBACK_MIN_CALLS:
             return
-        if entry.proc_ratio < DEMOTE_CPU_RATIO * _cpu_share():
+        if entry.proc_ratio < DEMOTE_CPU_RATIO * cpu_share():
             why = f"in a process it used {entry.proc_ratio:.0%} of a CPU: it mostly waits"
         elif entry.proc_cpu < DEMOTE_GIL_SECONDS:
             why = f"in a process a call used {ms(entry.proc_cpu)} of CPU: cheaper on a thread"
@@ -393,32 +391,6 @@ class LearningClassifier:
             old.kind if old is not None else "-",
             entry.explanation(),
         )
-
-
-_HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
-
-
-def _verdict(entry: Entry, kind: str, reason: str, m: Measurement) -> Decision:
-    """A verdict for ``entry``: tasks routed by it follow its successors (late binding)."""
-    heavy = kind == "thread" and cpu_heavy(m)
-    if heavy and not reason.endswith(_HEAVY):
-        reason += _HEAVY
-    return Decision(kind, reason, cpu_heavy=heavy, source=entry)
-
-
-def _cpu_share() -> float:
-    """The share of a CPU a busy process can expect now (1.0 unless the machine is loaded).
-
-    A worker that waits for a CPU (a load of 8 on 2 cores gives each runnable process a
-    quarter of one) must not read as one that waits for I/O: its CPU/wall is judged against
-    this share. Read only when feedback is about to demote a function.
-    """
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return 1.0
-    cores = usable_cpus()
-    return 1.0 if load <= cores else cores / load
 
 
 def _ewma(old: float, new: float) -> float:

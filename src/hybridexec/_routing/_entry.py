@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ._measure import Measurement
 from ._rules import Decision, Explanation
-from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key
+from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key, cpu_heavy
+
+_HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
 
 
 class Entry:
@@ -52,6 +54,13 @@ class Entry:
         self.since_check = self.since_recheck = 0
         self.recheck_every = RECHECK_FIRST
         self.suspect_gap = SUSPECT_GAP_FIRST
+
+    def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
+        """A verdict for this key: tasks routed by it follow its successors (late binding)."""
+        heavy = kind == "thread" and cpu_heavy(m)
+        if heavy and not reason.endswith(_HEAVY):
+            reason += _HEAVY
+        return Decision(kind, reason, cpu_heavy=heavy, source=self)
 
     def explanation(self) -> Explanation:
         m = self.measurement

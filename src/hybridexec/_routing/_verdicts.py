@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._process import usable_cpus
 from ._measure import Measurement
 from ._rules import ms
 
@@ -111,6 +113,21 @@ def cpu_heavy(m: Measurement) -> bool:
     if m.complete and m.wall < GIL_SECONDS_MIN:
         return False
     return m.cpu_ratio >= HEAVY_CPU_RATIO and m.gil_share < GIL_FRACTION_MIN
+
+
+def cpu_share() -> float:
+    """The share of a CPU a busy process can expect now (1.0 unless the machine is loaded).
+
+    A worker that waits for a CPU (a load of 8 on 2 cores gives each runnable process a
+    quarter of one) must not read as one that waits for I/O: in-process feedback judges its
+    CPU/wall against this share. Read only when feedback is about to demote a function.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return 1.0
+    cores = usable_cpus()
+    return 1.0 if load <= cores else cores / load
 
 
 def contrary(current: str, m: Measurement) -> bool:
