@@ -18,10 +18,12 @@ chose to run on a thread (a measured first call) is waited for at most ``EXIT_BO
 After Ctrl-C nothing is waited for here.
 
 Free-threaded builds with the GIL off route every call to threads (they run Python in
-parallel): CPU work the router sends there for that reason runs on a second thread lane capped
-at the usable CPUs, not on the growing one (256 threads of CPU work would only thrash). Calls
-marked ``@io_bound``, and functions seen to wait (CPU below half of their wall time on that
-lane), use the growing lane.
+parallel): CPU work the router sends there for that reason, and calls the classifier judged
+CPU-heavy (GIL-free C code), run on a second thread lane capped at the usable CPUs, where each
+waits for one of the executor's CPU slots (``_routing/_governor.py``), not on the growing one
+(256 threads of CPU work would only thrash). Calls marked ``@io_bound``, and functions seen to
+wait (CPU below half of their wall time on that lane), use the growing lane. A task routed by
+the classifier follows its newest verdict until it starts (``_routing/_binding.py``).
 
 In the child of an ``os.fork()`` the lanes are the parent's (``_lifecycle`` marked them
 foreign): the router builds fresh ones on its next use, so an executor inherited by a forked
