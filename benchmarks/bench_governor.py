@@ -11,6 +11,7 @@
   without it they wait for a worker each. A fresh executor per repeat (learning included in
   setup, not timed), against stdlib threads and processes.
 
+Each contender runs in a fresh interpreter per round, the contenders taking turns.
 ``python -m benchmarks --only governor [--quick]``. To compare with another checkout, run it
 with that checkout's ``src`` first on ``PYTHONPATH``.
 """
@@ -111,24 +112,42 @@ def phase_child(contender: str, repeats: int) -> None:
     report({"times": times, "moved": moved / repeats})
 
 
-def bench_chunks(repeats: int) -> None:
+def _interleaved(
+    target: str, contenders: tuple[str, ...], rounds: int
+) -> dict[str, list[dict[str, Any]] | str]:
+    """One fresh interpreter per contender and round, the contenders taking turns (the load
+    of a shared machine drifts: each contender sees the same drift)."""
+    got: dict[str, list[dict[str, Any]] | str] = {c: [] for c in contenders}
+    for _ in range(rounds):
+        for contender in contenders:
+            runs = got[contender]
+            if isinstance(runs, str):
+                continue
+            result = isolated(target, 300, contender=contender, repeats=1)
+            if result.ok:
+                runs.append(result.value)
+            else:
+                got[contender] = result.error or "failed"
+    return got
+
+
+def bench_chunks(rounds: int) -> None:
     table = Table(
         f"{CHUNKS} numpy sorts of {CHUNK_FLOATS * 8 >> 20} MiB at once, on {CPUS} cores",
         reference="hybridexec",
         extra_columns=["peak memory"],
     )
+    contenders = ("hybridexec", f"threads-{CPUS}", f"threads-{CHUNKS}")
     peaks: dict[str, float] = {}
-    for contender in ("hybridexec", f"threads-{CPUS}", f"threads-{CHUNKS}"):
-        got = isolated(
-            "benchmarks.bench_governor:chunks_child", 300, contender=contender, repeats=repeats
-        )
-        if not got.ok:
-            table.add(contender, note=got.error or "")
+    for contender, runs in _interleaved(
+        "benchmarks.bench_governor:chunks_child", contenders, rounds
+    ).items():
+        if isinstance(runs, str) or not runs:
+            table.add(contender, note=str(runs))
             continue
-        peaks[contender] = got.value["peak"]
-        table.add(
-            contender, got.value["times"], **{"peak memory": f"{got.value['peak'] >> 20} MiB"}
-        )
+        peaks[contender] = median([r["peak"] for r in runs])
+        times = [t for r in runs for t in r["times"]]
+        table.add(contender, times, **{"peak memory": f"{int(peaks[contender]) >> 20} MiB"})
     table.print()
     if "hybridexec" in peaks and f"threads-{CPUS}" in peaks:
         ratio = peaks["hybridexec"] / max(1, peaks[f"threads-{CPUS}"])
@@ -141,21 +160,22 @@ def bench_chunks(repeats: int) -> None:
         )
 
 
-def bench_phase(repeats: int) -> None:
+def bench_phase(rounds: int) -> None:
     table = Table(
         f"{PHASE_CALLS} sleeps of {PHASE_SLEEP * 1e3:.0f} ms of a function learned as CPU work",
         reference="hybridexec",
         extra_columns=["moved"],
     )
-    for contender in ("hybridexec", "stdlib-threads", "stdlib-processes"):
-        got = isolated(
-            "benchmarks.bench_governor:phase_child", 300, contender=contender, repeats=repeats
-        )
-        if not got.ok:
-            table.add(contender, note=got.error or "")
+    contenders = ("hybridexec", "stdlib-threads", "stdlib-processes")
+    for contender, runs in _interleaved(
+        "benchmarks.bench_governor:phase_child", contenders, rounds
+    ).items():
+        if isinstance(runs, str) or not runs:
+            table.add(contender, note=str(runs))
             continue
-        moved = f"{got.value['moved']:.0f}" if contender == "hybridexec" else ""
-        table.add(contender, got.value["times"], moved=moved)
+        moved = median([r["moved"] for r in runs])
+        times = [t for r in runs for t in r["times"]]
+        table.add(contender, times, moved=f"{moved:.0f}" if contender == "hybridexec" else "")
     table.print()
     ours, procs = table.row("hybridexec"), table.row("stdlib-processes")
     if ours is not None and procs is not None and ours.median and procs.median:
@@ -175,5 +195,5 @@ def run(quick: bool) -> None:
     except ImportError:
         print("numpy is not installed: the numpy chunks table is skipped")
     else:
-        bench_chunks(3 if quick else 7)
-    bench_phase(2 if quick else 5)
+        bench_chunks(3 if quick else 9)
+    bench_phase(2 if quick else 7)

@@ -349,6 +349,7 @@ class Task:
         self.items = []
         self.payload = None
         self.context = None  # its values may be large, and are the submitter's
+        self.route = None
 
 
 def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:

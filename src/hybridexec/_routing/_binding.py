@@ -88,8 +88,8 @@ class Binding:
     def newer(self, task: Task) -> Decision | None:
         """The newest verdict for ``task`` if it changed since the task was routed."""
         routed = task.route
-        current = routed.source.decision
-        if current is routed or current is None:
+        current = getattr(routed.source, "decision", None)  # a custom source may lack it
+        if current is routed or not isinstance(current, Decision):
             return None
         task.route = current
         return current if task.future.is_pending() else None
@@ -106,6 +106,14 @@ class Binding:
 
         Taken from the queue first, then sent: never in two lanes' queues at once.
         """
+        try:
+            return self._from_process(task)
+        except Exception:  # a bug here must not fail the manager's turn: the task stays
+            logger.exception("late binding failed for %r", task)
+            task.route = None
+            return False
+
+    def _from_process(self, task: Task) -> bool:
         current = self.newer(task)
         if current is None or lane_of(current) == "process":
             return False
@@ -161,6 +169,13 @@ class Gate:
 
     def admit(self, task: Task) -> bool:
         """Before ``task`` starts on this lane's thread: False when it moved elsewhere."""
+        try:
+            return self._admit(task)
+        except Exception:  # a bug here must not end the lane's thread: the task runs here
+            logger.exception("the thread lane's gate failed for %r", task)
+            return True
+
+    def _admit(self, task: Task) -> bool:
         routed = task.route is not None
         binding = self.binding
         if routed and binding.from_thread(task, self.lane):
