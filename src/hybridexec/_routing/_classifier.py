@@ -21,7 +21,9 @@ learned apart; further shapes share one overflow key:
      ``FEEDBACK_MIN_CALLS`` calls (moving averages);
    - on threads, a call that now uses ``GIL_SECONDS_MIN`` of CPU or more while its CPU/wall
      differs from the measured profile by ``DRIFT_FACTOR`` (it got heavier, or several calls
-     now serialise on the GIL) triggers a re-check: its next call is measured again;
+     now serialise on the GIL), or while its CPU per call grew by ``DRIFT_FACTOR`` over a
+     measured whole call, triggers a re-check: its next call (or the next queued call to
+     start) is measured again;
    - every ``RECHECK_FIRST`` calls (doubling up to ``RECHECK_MAX`` each time a re-check
      confirms the verdict) one call is re-measured on a thread, which catches GIL-free C code
      sent to processes by mistake;
@@ -178,6 +180,9 @@ class LearningClassifier:
                     (m.complete and m.wall < GIL_SECONDS_MIN)
                     or ratio * DRIFT_FACTOR < profile
                     or ratio > profile * DRIFT_FACTOR
+                    # a call that waited now computes (its CPU/wall may still look low: the
+                    # calls of a GIL-bound function on several threads wait for each other)
+                    or (m.complete and cpu > DRIFT_FACTOR * max(m.cpu, GIL_SECONDS_MIN))
                 )
                 if drifted and entry.since_recheck >= entry.suspect_gap:
                     entry.recheck = True

@@ -24,11 +24,14 @@ holds a slot does not even wait: it runs on its parent's slot, see ``_binding.py
 
 Processes and threads share the budget first come, first served: when processes hold every
 slot a CPU-heavy thread task waits, and a process task waits (in the manager's queue) while
-threads hold them. A slot given back wakes both sides.
+threads hold them. A slot given back goes to the request that has waited longest (the
+process lane counts as one request while it holds work back), so a stream of work on one
+side never starves the other.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sized
@@ -92,9 +95,13 @@ class Governor:
         self.total = max(1, total)
         self.processes = 0  # busy worker processes
         self.waiting = 0  # thread tasks waiting for a slot
-        self.process_waiting = False  # the process lane holds work back for want of a slot
         self.on_free: Callable[[], None] | None = None  # wakes the process lane's manager
         self._holders: dict[int, _Holder] = {}  # thread ident -> holder
+        # Who waits, in order (first come, first served): a ticket per waiting thread task,
+        # and one for the process lane while it holds work back for want of a slot.
+        self._tickets = itertools.count()
+        self._queued: set[int] = set()
+        self._process_ticket: int | None = None
         self._cond = threading.Condition(threading.Lock())
         self._looked = 0.0
 
@@ -103,16 +110,20 @@ class Governor:
         """Wait for a slot for the current thread; False if ``cancelled()`` turned True first."""
         ident = threading.get_ident()
         with self._cond:
-            if self._free() <= 0:
+            if self._free() <= self._ahead(None):
+                ticket = next(self._tickets)
+                self._queued.add(ticket)
                 self.waiting += 1
                 try:
-                    while self._free() <= 0:
+                    while self._free() <= self._ahead(ticket):
                         if cancelled():
                             return False
                         self._cond.wait(LOOK_SECONDS)
                         self._look()
                 finally:
+                    self._queued.discard(ticket)
                     self.waiting -= 1
+                    self._cond.notify_all()  # the next in line may go now
             self._holders[ident] = _Holder(ident)
         return True
 
@@ -135,7 +146,7 @@ class Governor:
             if self._holders.pop(ident, None) is None:
                 return
             self._cond.notify_all()
-            wake = self.on_free if self.process_waiting else None
+            wake = self.on_free if self._process_ticket is not None else None
         if wake is not None:
             wake()
 
@@ -143,13 +154,15 @@ class Governor:
     def take_process(self) -> bool:
         """A slot for a worker about to run calls; False (never waits) when none is free."""
         with self._cond:
-            if self._free() <= 0:
+            ticket = self._process_ticket
+            if self._free() <= self._ahead(ticket):
                 self._look()
-                if self._free() <= 0:
-                    self.process_waiting = True
+                if self._free() <= self._ahead(ticket):
+                    if ticket is None:
+                        self._process_ticket = next(self._tickets)
                     return False
             self.processes += 1
-            self.process_waiting = False
+            self._process_ticket = None
             return True
 
     def untake_process(self) -> None:
@@ -166,15 +179,20 @@ class Governor:
         """
         held = sum(1 for w in workers if w.state == busy)
         with self._cond:
-            if held < self.processes:
+            if held < self.processes or (not pending and self._process_ticket is not None):
                 self._cond.notify_all()
             self.processes = held
             if not pending:
-                self.process_waiting = False
+                self._process_ticket = None
+
+    @property
+    def process_waiting(self) -> bool:
+        """Whether the process lane holds work back for want of a slot."""
+        return self._process_ticket is not None
 
     def timeout(self, timeout: float | None) -> float | None:
         """The manager's sleep: at most ``LOOK_SECONDS`` while work waits for a slot."""
-        if not self.process_waiting:
+        if self._process_ticket is None:
             return timeout
         return LOOK_SECONDS if timeout is None else min(timeout, LOOK_SECONDS)
 
@@ -192,6 +210,15 @@ class Governor:
             }
 
     # ---- internals (with the lock held) -----------------------------------------------------
+    def _ahead(self, ticket: int | None) -> int:
+        """Requests waiting longer than ``ticket`` (None: a new one): they go first."""
+        waiting = list(self._queued)
+        if self._process_ticket is not None:
+            waiting.append(self._process_ticket)
+        if ticket is None:
+            return len(waiting)
+        return sum(1 for t in waiting if t < ticket)
+
     def _free(self) -> int:
         busy = sum(1 for h in self._holders.values() if not h.idle)
         return self.total - self.processes - busy
