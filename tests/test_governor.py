@@ -126,6 +126,18 @@ def test_processes_and_cpu_threads_never_exceed_the_slots_together(data: Any) ->
         assert ex.stats()["slots"]["processes"] == 0
 
 
+@pytest.mark.timeout(90)
+def test_a_stream_of_cpu_thread_work_does_not_starve_the_processes(data: Any) -> None:
+    with hybridexec.Executor(classifier=Fixed()) as ex:
+        chunks = [ex.submit(numpy_chunk, data) for _ in range(12 * SLOTS)]
+        loops = [ex.submit(shifting, 1, 0.02) for _ in range(SLOTS)]
+        chunk_ends = sorted(f.result(timeout=60)[1] for f in chunks)
+        loop_ends = [f.result(timeout=60)[1] for f in loops]
+        # First come, first served: the loops get the slots that come free after they were
+        # submitted, not after the whole stream of chunks.
+        assert max(loop_ends) < chunk_ends[len(chunk_ends) // 2]
+
+
 @pytest.mark.timeout(60)
 def test_io_sleeps_run_200_at_once_while_processes_hold_every_slot() -> None:
     with hybridexec.Executor(classifier=Fixed()) as ex:
