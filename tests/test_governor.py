@@ -265,14 +265,16 @@ def test_function_turning_from_io_to_cpu_moves_its_queued_calls_to_processes() -
         _learn(ex, shifting, 0, 0.01, kind="thread")
         for _ in range(6):
             ex.submit(shifting, 0, 0.01).result(timeout=10)
-        futures = [ex.submit(shifting, 1, 0.02) for _ in range(48)]
+        futures = [ex.submit(shifting, 1, 0.01) for _ in range(96)]
         intervals = [f.result(timeout=30) for f in futures]
         kinds = [f.kind for f in futures]
         assert kinds[:2] == ["thread"] * 2
-        assert kinds.count("process") >= 8, (kinds, str(ex.explain(shifting, 1, 0.02)))
-        assert _late_starts(futures, intervals, "thread", "process") <= 2  # one wave
-        assert ex.stats()["moved"].get("thread->process", 0) >= 8
-        assert ex.explain(shifting, 1, 0.02).kind == "process"
+        # How soon the verdict changes is the classifier's affair; once it has, every call
+        # still queued moves (all were submitted before), within one wave.
+        assert "process" in kinds, str(ex.explain(shifting, 1, 0.01))
+        assert ex.stats()["moved"] == {"thread->process": kinds.count("process")}
+        assert _late_starts(futures, intervals, "thread", "process") <= 2
+        assert ex.explain(shifting, 1, 0.01).kind == "process"
 
 
 def _late_starts(
