@@ -103,10 +103,12 @@ class Plans:
             if len(self._plans) >= REMEMBERED:
                 self._plans.clear()
             same = self._learns and plan is not None and plan[4] is decision and plan[0]() is fn
-            # The express path (``express``): a plain call on the growing thread lane.
+            # The express path (``express``): a plain call on the growing thread lane (not a
+            # CPU-heavy one: that waits for a CPU slot on the capped lane, see submit_task).
             express = (
                 self.express_ok
                 and decision.kind == "thread"
+                and not decision.cpu_heavy
                 and decision.max_memory is None
                 and merged.timeout is None
                 and generation[1]  # the GIL is on: no capped CPU lane to consider
@@ -161,6 +163,8 @@ class Plans:
         if self.classifier is not None:
             task = router.sampler.timed(task, self.classifier, decision, None)
         task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
+        if decision.source is not None:  # late binding: it follows newer verdicts
+            task.route = decision
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), decision.reason)
         router.count("thread")

@@ -100,9 +100,7 @@ class ThreadLane:
         # ThreadPoolExecutor's naming, "<prefix>_<n>", when the user gave a prefix.
         self._thread_name = f"{thread_name_prefix}_" if thread_name_prefix else f"{name}-thread-"
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
-        self._initializer = initializer
-        self._initargs = initargs
-        self._name = name
+        self._initializer, self._initargs, self._name = initializer, initargs, name
         self._queue: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # threads gone idle that no submit has counted on yet (under _lock)
@@ -113,10 +111,9 @@ class ThreadLane:
         self._profiles: dict[object, _Profile] = {}  # code object -> what its calls do
         self._taken = 0  # tasks taken so far (progress, for the stall check; unlocked)
         self._stall_check = False  # a stall check is scheduled (under _lock)
-        self._closed = False
+        self._closed = self._joined_at_exit = False
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
-        self._joined_at_exit = False
         self.broken: BaseException | None = None  # the initializer's error, as in the stdlib
         self.gate: Any = None  # set by the router: what a thread asks before and after a task
 
@@ -238,17 +235,18 @@ class ThreadLane:
                     self._threads.discard(me)
                 return
             self._taken += 1
-            gate = self.gate  # late binding and CPU slots (_routing/_binding.py)
-            if gate is None or gate.admit(task):  # False: the task moved to another lane
+            # Late binding, CPU slots (_routing/_binding.py); quick: no newer verdict, no slot
+            gate, route = self.gate, task.route  # to wait for, not measured (the common case)
+            newer = route is not None and getattr(route.source, "decision", None) is not route
+            quick = gate is None or not (gate.wait or newer or type(task) is not Task)
+            if quick or gate.admit(task):  # admit False: the task moved to another lane
                 try:
                     self._run(task, me)
                 except BaseException:  # never from the task (captured); a lane bug must not
                     logger.exception("the thread lane failed running %r", task)  # lose a thread
-                if gate is not None:
+                if not quick:
                     gate.leave()
-            # The idle thread must not keep the last task (its callable, arguments, result)
-            # alive until its idle timeout.
-            del task
+            del task, route  # an idle thread must not keep them (callable, arguments) alive
 
     def join_at_exit(self, bound: float) -> float:
         """At interpreter exit: wait for running work, bounded for work the library chose.

@@ -84,9 +84,7 @@ class _Ticket:
     __slots__ = ("_claims", "entry", "owner", "recheck")
 
     def __init__(self, owner: LearningClassifier, entry: Entry, recheck: bool) -> None:
-        self.owner = owner
-        self.entry = entry
-        self.recheck = recheck
+        self.owner, self.entry, self.recheck = owner, entry, recheck
         self._claims = itertools.count()
 
     def claim(self) -> bool:
@@ -309,9 +307,8 @@ class LearningClassifier:
             return self._recheck_locked(entry, time.monotonic())
 
     def _recheck_locked(self, entry: Entry, now: float) -> _Ticket | None:
-        if not entry.recheck or entry.decision is None:
-            return None
-        if entry.rechecking and not self._stale(entry, now):
+        due = entry.recheck and entry.decision is not None
+        if not due or (entry.rechecking and not self._stale(entry, now)):
             return None
         entry.recheck = False
         entry.rechecking = True
