@@ -14,10 +14,10 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import hybridexec as hx
@@ -26,6 +26,8 @@ from hybridexec._exceptions import BrokenExecutorError, TaskTimeoutError, Worker
 from hybridexec._faults import Fault
 from hybridexec._futures import Future, Task
 from hybridexec._process import ProcessLane
+from hybridexec._process._frames import FrameReader, FramesWriteError, write_frames
+from hybridexec._process._supervision import WorkerRecord
 
 from . import helpers
 from .conftest import wait_until
@@ -139,11 +141,29 @@ def test_a_failed_direct_write_fails_that_call_and_replaces_the_worker(
     assert lane.lane.stats["kills"] == 1
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def _hold(
+    method: Callable[[], None],
+) -> tuple[Callable[[], None], threading.Event, threading.Event]:
+    """``method`` held at its first call: (the stand-in, set as it is held, set to let it go)."""
+    held, gate = threading.Event(), threading.Event()
+
+    def stand_in() -> None:
+        if not gate.is_set():
+            held.set()
+            gate.wait(30)
+        method()
+
+    return stand_in, held, gate
+
+
+def _ended(worker: WorkerRecord) -> bool:
+    """Whether ``worker`` ended with every thread of it, and so closed its descriptors.
+
+    Not "its pid is a zombie": the main thread shows as one while the worker's other threads
+    still exit, holding the descriptors they share (its end of the call pipe among them, so a
+    write to it still succeeds). The sentinel fires only when the whole process is gone.
+    """
+    return bool(wait([worker.sentinel], 10))
 
 
 def test_a_call_written_to_an_offered_worker_that_died_runs_on_its_replacement(
@@ -152,20 +172,15 @@ def test_a_call_written_to_an_offered_worker_that_died_runs_on_its_replacement(
     assert lane.offered()
     manager = lane.lane._manager
     assert manager is not None
+    (worker,) = manager.workers.values()
     # Hold the manager as it wakes (the worker's death wakes it), before it takes its workers
     # back: the submit then meets the dead worker's closed pipe.
-    gate = threading.Event()
-    reclaim = manager._reclaim
-
-    def held() -> None:
-        gate.wait(30)
-        reclaim()
-
-    manager._reclaim = held  # type: ignore[method-assign]
+    manager._reclaim, held, gate = _hold(manager._reclaim)  # type: ignore[method-assign]
     try:
-        (pid,) = lane.lane.worker_pids()
-        os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: _gone(pid), 10)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert _ended(worker)
+        assert held.wait(10)  # awake, its offer not taken back
+        assert lane.lane.ready == [worker]
         future = lane.submit(helpers.square, 11)
         assert lane.lane.send_failures  # the write met the closed pipe
     finally:
@@ -173,7 +188,62 @@ def test_a_call_written_to_an_offered_worker_that_died_runs_on_its_replacement(
         del manager._reclaim
     assert future.result(timeout=30) == 121  # never started in the dead worker: sent again
     assert lane.lane.stats["crashes"] == 0
-    assert lane.lane.worker_pids() != [pid]
+    assert lane.lane.worker_pids() != [worker.pid]
+
+
+def test_a_call_the_manager_writes_to_a_worker_that_died_runs_on_its_replacement(
+    lane: Lane,
+) -> None:
+    # The same through the manager's own sends: it writes to an idle worker that died before
+    # the manager saw it die (it sees the death only on its next sleep).
+    assert lane.offered()
+    manager = lane.lane._manager
+    assert manager is not None
+    (worker,) = manager.workers.values()
+    manager._dispatch, held, gate = _hold(manager._dispatch)  # type: ignore[method-assign]
+    try:
+        lane.lane._wake()  # the manager takes its worker back and is held as it dispatches
+        assert held.wait(10)
+        os.kill(worker.pid, signal.SIGKILL)
+        assert _ended(worker)
+        wakes = lane.wakes
+        future = lane.submit(helpers.square, 12)
+        assert lane.wakes == wakes + 1  # to the manager
+    finally:
+        gate.set()
+        del manager._dispatch
+    assert future.result(timeout=30) == 144  # never started in the dead worker: sent again
+    assert lane.lane.stats["crashes"] == 0
+    assert lane.lane.worker_pids() != [worker.pid]
+
+
+def test_a_failed_write_of_several_frames_tells_which_went_whole() -> None:
+    r, w = os.pipe()
+    try:
+        os.set_blocking(w, False)
+        frames = [bytes([i]) * 10_000 for i in range(20)]  # more than the pipe holds
+        with pytest.raises(FramesWriteError) as info:
+            write_frames(w, frames)
+        err = info.value
+        assert isinstance(err.error, BlockingIOError)
+        whole = err.whole(frames)
+        assert 0 < whole < len(frames)
+        os.set_blocking(r, False)
+        got = b""
+        while True:
+            try:
+                chunk = os.read(r, 1 << 16)
+            except BlockingIOError:
+                break
+            got += chunk
+        assert len(got) == err.written
+        reader = FrameReader(r)
+        reader.buf = got
+        assert [reader.next_frame() for _ in range(whole)] == frames[:whole]
+        assert reader.next_frame() is None  # the next one did not go whole
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_kill_workers_ends_a_directly_sent_call(lane: Lane) -> None:

@@ -27,17 +27,54 @@ def write_frame(fd: int, data: bytes) -> None:
     _write_all(fd, view)
 
 
+class FramesWriteError(Exception):
+    """``write_frames`` failed: ``error`` stopped it after ``written`` bytes had gone.
+
+    The frames wholly within those bytes went (a reader may have them); the others did not go
+    whole, so no reader ever had them: a reader acts on a frame only once it has all of it.
+    """
+
+    def __init__(self, error: OSError, written: int) -> None:
+        super().__init__(error, written)
+        self.error = error
+        self.written = written
+
+    def whole(self, frames: Sequence[bytes]) -> int:
+        """How many of ``frames`` (as passed to ``write_frames``) went whole."""
+        end = 0
+        for count, data in enumerate(frames):
+            end += HEADER_SIZE + len(data)
+            if end > self.written:
+                return count
+        return len(frames)
+
+
 def write_frames(fd: int, frames: Sequence[bytes]) -> None:
-    """Write several frames, the small ones together in one ``write`` call."""
-    if len(frames) == 1:
-        write_frame(fd, frames[0])
-        return
+    """Write several frames, the small ones together in one ``write`` call.
+
+    Raises:
+        FramesWriteError: a write failed (the ``OSError`` is its ``error``); it tells how
+            many bytes, and so which frames, went whole before.
+    """
     pack = _HEADER.pack
-    parts: list[bytes] = []
-    for data in frames:
-        parts.append(pack(len(data)))
-        parts.append(data)
-    _write_all(fd, memoryview(b"".join(parts)))
+    if len(frames) == 1 and len(frames[0]) > _CHUNK:
+        chunks = [pack(len(frames[0])), frames[0]]  # a large frame is not copied
+    else:
+        parts: list[bytes] = []
+        for data in frames:
+            parts.append(pack(len(data)))
+            parts.append(data)
+        chunks = [b"".join(parts)]
+    written = 0
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                written += n
+                view = view[n:]
+    except OSError as exc:
+        raise FramesWriteError(exc, written) from exc
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -346,9 +346,9 @@ class Manager(Scheduling, threading.Thread):
     def _enforce_times(self) -> None:
         now = time.monotonic()
         while self.deadlines and self.deadlines[0][0] <= now:
-            _, _, task = heapq.heappop(self.deadlines)
-            for w in list(self.workers.values()):
-                if w.task is task and not task.future.done():
+            deadline, _, task = heapq.heappop(self.deadlines)  # not the one of a send that
+            for w in list(self.workers.values()):  # failed: the call went again, a new clock
+                if w.task is task and not task.future.done() and deadline == task.deadline:
                     task.future.settle(
                         False,
                         TaskTimeoutError(

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _faults
 from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
 from .._futures import Future, Outcome, Task
-from ._frames import HEADER_SIZE, write_frame, write_frames
+from ._frames import HEADER_SIZE, FramesWriteError, write_frame, write_frames
 from ._memory import crash_error
 from ._supervision import BUSY, IDLE, Supervision, WorkerRecord
 from ._wire import encode_call
@@ -221,16 +221,33 @@ class Scheduling(Supervision):
         frames = [t.payload for t in tasks if t.payload is not None]
         try:
             if _faults.ACTIVE:
-                _faults.hit("lane.send")
+                _faults.hit("lane.send")  # as a write that fails before its first byte
             write_frames(worker.fd, frames)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker died; its sentinel fires next and fails the task precisely
         except OSError as exc:
-            self._send_failed(worker, tasks, exc)
+            self._send_failed(worker, tasks, exc, 0)
+        except FramesWriteError as err:
+            sent = [t for t in tasks if t.payload is not None]
+            self._send_failed(worker, sent, err.error, err.whole(frames))
 
-    def _send_failed(self, worker: WorkerRecord, tasks: list[Task], exc: OSError) -> None:
-        # The calls may be half written: these tasks fail and the worker goes (I6). The calls
-        # sent to it before are settled when it is reaped, as after any kill.
+    def _send_failed(
+        self, worker: WorkerRecord, tasks: list[Task], exc: OSError, whole: int
+    ) -> None:
+        """A write of ``tasks`` to ``worker`` failed with ``exc`` once ``whole`` of them went."""
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            # The worker's end of the pipe is closed: it died, or is dying. The calls that
+            # went whole stay with it, as calls sent to any worker that dies: the first may
+            # have started, it fails as a crash, and the ones behind it go again as it is
+            # reaped. The calls that did not go whole never reached it (a worker starts a
+            # call only once it has read all of it): they go again now, first in line.
+            unsent = tasks[whole:]
+            for task in unsent:
+                if task in worker.tasks:
+                    worker.tasks.remove(task)
+            self.lane.pending.extendleft(reversed(unsent))
+            self._kill(worker, "its call pipe is closed", sig=signal.SIGKILL)
+            return
+        # Another error: the calls may be half written. These tasks fail and the worker goes
+        # (I6). The calls sent to it before are settled when it is reaped, as after any kill.
         err = BrokenExecutorError(f"the task could not be sent to its worker: {exc!r}")
         err.__cause__ = exc
         for task in tasks:
@@ -290,16 +307,8 @@ class Scheduling(Supervision):
         with lane._lock:
             lane.ready = []
             failed, lane.send_failures = lane.send_failures, []
-        for worker, task, exc in failed:
-            if not isinstance(exc, (BrokenPipeError, ConnectionResetError)):
-                self._send_failed(worker, [task], exc)
-                continue
-            # The worker died while offered: the frame did not all go, so the call never
-            # started. It goes again, first in line; the worker is reaped as it ends.
-            if task in worker.tasks:
-                worker.tasks.remove(task)
-            lane.pending.appendleft(task)
-            self._kill(worker, "its call pipe is closed", sig=signal.SIGKILL)
+        for worker, task, exc in reversed(failed):  # each goes first in line: in their order
+            self._send_failed(worker, [task], exc, 0)  # the one frame did not all go
 
     def send_direct(self, task: Task) -> bool:
         """Send ``task`` to an offered idle worker from the submitting thread; False if none.
