@@ -207,8 +207,10 @@ class ProcessLane:
                 raise BrokenExecutorError(f"the process lane is broken: {self.broken!r}")
             manager = self._manager
             if manager is None:
-                self.pending.append(task)
+                # Started first: if it cannot start (no descriptor or thread left), the call
+                # fails here with nothing queued, and the next submit tries again.
                 self._start_manager()
+                self.pending.append(task)
                 self._wake_locked()
             elif not (self.ready and manager.send_direct(task)):
                 self.pending.append(task)
@@ -216,12 +218,21 @@ class ProcessLane:
                     self._wake_locked()
 
     def _start_manager(self) -> None:
+        """Start the manager thread (under the lock); on failure nothing is left half made."""
         self.lifeline_r = lifeline()[0]
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self._manager = Manager(self)
-        self._manager.start()
+        wake_r, wake_w = os.pipe()
+        manager = Manager(self)
+        try:
+            os.set_blocking(wake_r, False)
+            os.set_blocking(wake_w, False)
+            self.wake_r, self.wake_w = wake_r, wake_w
+            manager.start()
+        except BaseException:
+            self.wake_r = self.wake_w = -1
+            os.close(wake_r)
+            os.close(wake_w)
+            raise
+        self._manager = manager
         _lifecycle.on_exit(_lifecycle.LANES, kill_live_lanes)
         with _live_lock:
             _live_lanes.add(self)
