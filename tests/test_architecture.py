@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"_futures"},
     {"_shm"},
     {"_process"},
-    {"_deadlines"},
+    {"_deadlines", "_profiles"},
     {"_threads"},
     {"_routing"},
     {"_actors"},

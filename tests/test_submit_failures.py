@@ -10,9 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
+
+import hybridexec as hx
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,3 +74,64 @@ def test_a_process_lane_that_cannot_start_refuses_the_call_and_never_runs_it(
     assert lines[0].startswith("refused 24"), out.stdout  # EMFILE, at the call
     assert lines[1] == "second"
     assert lines[2] == "['second']"  # the refused call never ran
+
+
+def _refusing(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    """Threads named ``prefix``... cannot start, as at a thread limit."""
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith(prefix):
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_a_thread_lane_that_cannot_start_a_thread_fails_the_call_and_never_runs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    with hx.Executor(thread_name_prefix="refused") as ex:
+        _refusing(monkeypatch, "refused")
+        with pytest.raises(RuntimeError, match="start new thread"):
+            ex.options(kind="thread").submit(calls.append, 1)
+        monkeypatch.undo()
+        ex.options(kind="thread").submit(calls.append, 2).result(timeout=30)
+    assert calls == [2]  # the refused call never ran
+
+
+def test_a_refused_thread_leaves_the_call_queued_for_the_threads_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = threading.Event()
+    with hx.Executor(thread_name_prefix="few") as ex:
+        target = ex.options(kind="thread")
+        first = target.submit(gate.wait, 30)
+        _refusing(monkeypatch, "few")
+        second = target.submit(lambda: "ran")  # no new thread: waits for the first one's
+        assert not second.done()
+        gate.set()
+        assert first.result(timeout=30) is True
+        assert second.result(timeout=30) == "ran"
+
+
+def test_a_timeout_whose_timer_thread_cannot_start_fails_that_call_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with hx.Executor() as ex:
+        target = ex.options(kind="thread")
+        assert target.submit(lambda: 1).result(timeout=30) == 1  # a lane thread is up
+        _refusing(monkeypatch, "hybridexec-thread-deadlines")
+        failing = target.options(timeout=5.0).submit(lambda: 2)
+        with pytest.raises(RuntimeError, match="start new thread"):
+            failing.result(timeout=30)
+        monkeypatch.undo()
+        # The timer starts now, and only this call's deadline is in it: it fires, and
+        # the refused call's deadline (gone with it) never interrupts another task.
+        started = time.monotonic()
+        slow = target.options(timeout=0.3).submit(time.sleep, 5)
+        with pytest.raises(hx.TaskTimeoutError):
+            slow.result(timeout=30)
+        assert time.monotonic() - started < 3
+        assert target.submit(time.sleep, 0.5).result(timeout=30) is None

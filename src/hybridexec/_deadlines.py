@@ -81,10 +81,17 @@ class Timers:
 
     def call_at(self, deadline: float, fn: Callable[[], None]) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), fn))
+            entry = (deadline, next(self._seq), fn)
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                try:
+                    thread.start()
+                except BaseException:  # refused (a thread limit): the caller's call fails,
+                    self._heap.remove(entry)  # and its deadline must never fire later
+                    heapq.heapify(self._heap)
+                    raise
+                self._thread = thread
             self._cond.notify()
 
     def close(self, wait: bool = True) -> None:

@@ -45,40 +45,14 @@ from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remo
 from ._exceptions import BrokenExecutorError
 from ._futures import Future, Task
 from ._process import usable_cpus
+from ._profiles import PROFILES_MAX, Profile, code_of
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
-COMPUTE_SHARE = 0.5
-"""A function whose calls use a CPU this share of their wall time or more computes."""
-PROFILE_SAMPLES = 4
-"""Calls whose CPU time is read before a function is judged (then one call in 64)."""
-PROFILES_MAX = 1024
-"""Functions profiled per lane before the profiles start over (functions made on the fly)."""
 STALL_SECONDS = 0.01
 """After a computing task started no thread: when to start one if no task was taken since."""
 
 logger = logging.getLogger("hybridexec")
-
-
-class _Profile:
-    """How much of its calls' time a function spends on the CPU; updated unlocked."""
-
-    __slots__ = ("calls", "computes", "cpu_share", "samples")
-
-    def __init__(self) -> None:
-        self.calls, self.samples, self.cpu_share = 0, 0, 0.0
-        self.computes = False  # its calls keep a CPU busy most of their time (no waiting)
-
-    def sample(self) -> bool:
-        """Count a call; True if its CPU time is to be read (the first ones, then 1 in 64)."""
-        self.calls += 1
-        return self.samples < PROFILE_SAMPLES or not self.calls & 63
-
-    def add(self, wall: float, cpu: float) -> None:
-        share = min(1.0, cpu / wall) if wall > 0 else 1.0
-        self.cpu_share += (share - self.cpu_share) * (0.3 if self.samples else 1.0)
-        self.samples += 1
-        self.computes = self.samples >= PROFILE_SAMPLES and self.cpu_share >= COMPUTE_SHARE
 
 
 class ThreadLane:
@@ -108,10 +82,11 @@ class ThreadLane:
         self._busy: dict[threading.Thread, Task] = {}  # threads running library-chosen work
         self._waiting = 0  # threads running a task not known to compute (under _lock)
         self._cpus = usable_cpus()
-        self._profiles: dict[object, _Profile] = {}  # code object -> what its calls do
+        self._profiles: dict[object, Profile] = {}  # code object -> what its calls do
         self._taken = 0  # tasks taken so far (progress, for the stall check; unlocked)
         self._stall_check = False  # a stall check is scheduled (under _lock)
         self._closed = self._joined_at_exit = False
+        self._start_error: BaseException | None = None  # why the last thread did not start
         self._timers = Timers(f"{name}-thread-deadlines")
         self._serial = itertools.count()
         self.broken: BaseException | None = None  # the initializer's error, as in the stdlib
@@ -128,12 +103,12 @@ class ThreadLane:
         Raises:
             RuntimeError: the lane was shut down.
         """
-        code = getattr(task.fn, "__code__", None) or _code_of(task.fn)
+        code = getattr(task.fn, "__code__", None) or code_of(task.fn)
         profile = self._profiles.get(code) if code is not None else None
         if profile is None and code is not None:
             if len(self._profiles) >= PROFILES_MAX:  # bounded: functions made on the fly
                 self._profiles.clear()
-            profile = self._profiles.setdefault(code, _Profile())
+            profile = self._profiles.setdefault(code, Profile())
         task.profile = profile
         with self._lock:
             if self.broken is not None:
@@ -152,15 +127,37 @@ class ThreadLane:
                 if not self._stall_check:
                     self._arm_stall_check()
                 return
-            self._start_thread()
+            if not self._start_thread():
+                self._refused(task)
 
-    def _start_thread(self) -> None:
-        # With the lock held.
+    def _start_thread(self) -> bool:
+        """Start one more thread (lock held); False if the system refused one (a limit)."""
         thread = threading.Thread(
             target=self._work, name=f"{self._thread_name}{next(self._serial)}", daemon=True
         )
         self._threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": threads or memory at a limit
+            self._threads.discard(thread)
+            self._start_error = exc
+            return False
+        return True
+
+    def _refused(self, task: Task) -> None:
+        """No thread could start for ``task`` (lock held).
+
+        Threads alive take it when one is free (the stall check tries to start one again);
+        with none alive it could never run: it is withdrawn (its future cancelled, so it is
+        skipped when dequeued) and the submit fails, as the caller must know it will not run.
+        """
+        if self._threads:
+            logger.warning("hybridexec: cannot start a thread (%s); queued", self._start_error)
+            self._arm_stall_check()
+            return
+        task.future.cancel()
+        err = RuntimeError(f"cannot start a thread to run this task: {self._start_error}")
+        raise err from self._start_error
 
     def _arm_stall_check(self) -> None:
         # With the lock held.
@@ -242,8 +239,11 @@ class ThreadLane:
             if quick or gate.admit(task):  # admit False: the task moved to another lane
                 try:
                     self._run(task, me)
-                except BaseException:  # never from the task (captured); a lane bug must not
-                    logger.exception("the thread lane failed running %r", task)  # lose a thread
+                except BaseException as exc:  # never from the task (captured): a lane bug or
+                    # a refused resource (no timer thread): it must not lose a thread, and the
+                    # task fails with it rather than stay running for ever.
+                    logger.exception("the thread lane failed running %r", task)
+                    task.future.settle(False, exc)
                 if not quick:
                     gate.leave()
             del task, route  # an idle thread must not keep them (callable, arguments) alive
@@ -340,7 +340,7 @@ class ThreadLane:
                     self._waiting -= 1
             task.release()
 
-    def _call(self, task: Task, future: Future[Any], profile: _Profile | None) -> None:
+    def _call(self, task: Task, future: Future[Any], profile: Profile | None) -> None:
         running: Running | None = None
         if task.timeout is not None:
             task.start_clock()
@@ -383,13 +383,6 @@ def _broken_error(cause: BaseException) -> BaseException:
     )
     err.__cause__ = cause
     return err
-
-
-def _code_of(fn: Callable[..., Any]) -> object:
-    """What identifies a function across calls (its code object), or None for a builtin."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return getattr(fn, "__code__", None)
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
