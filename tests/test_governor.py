@@ -11,6 +11,7 @@ import pytest
 import hybridexec
 from hybridexec._process._threadlimits import usable_cpus
 
+from .conftest import wait_until
 from .governor_helpers import GAUGE, numpy_chunk, shifting
 from .helpers import sleep_then
 
@@ -195,6 +196,8 @@ def test_queued_process_tasks_follow_a_new_verdict_to_threads() -> None:
     switch = Switch("process")
     with hybridexec.Executor(max_processes=1, classifier=switch) as ex:
         blocker = ex.submit(shifting, 1, 0.3)
+        # Started before the verdict changes (a task not started yet would move too).
+        assert wait_until(blocker.running, 20)
         queued = [ex.submit(sleep_then, 0.2, i) for i in range(10)]
         switch.flip("thread")
         started = time.perf_counter()
