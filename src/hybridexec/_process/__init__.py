@@ -19,6 +19,7 @@ Layers inside the room (each imports only those above it)::
     _oom        map items killed by SIGKILL (the OOM killer): found, and run again alone
     _wire       encoding a call in the submitting thread (plain data: the C pickler alone)
     _supervision  the manager's workers: start, retire, reap, replace, kill
+    _crashes    how the call a dead worker was running ends (a batch: item by item)
     _schedule   which worker gets each task; a few short calls sent ahead (pipelining)
     _manager    the lane's manager thread: reads every worker pipe, owns the bookkeeping
     _lane       ProcessLane, the front: records work, wakes the manager (once per batch),

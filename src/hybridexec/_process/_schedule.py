@@ -25,24 +25,21 @@ running: see ``_manager.py`` and ``_supervision.py``.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import heapq
 import logging
 import math
 import select
 import signal
-import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
-from .._exceptions import BrokenExecutorError, WorkerCrashedError, signal_name
-from .._futures import Future, Outcome, Task
+from .._exceptions import BrokenExecutorError
+from .._futures import Task
+from ._crashes import Crashes
 from ._frames import HEADER_SIZE, FramesWriteError, write_frame, write_frames
-from ._memory import crash_error
-from ._supervision import BUSY, IDLE, Supervision, WorkerRecord
-from ._wire import encode_call
+from ._supervision import BUSY, IDLE, WorkerRecord
 
 if TYPE_CHECKING:
     import itertools
@@ -59,7 +56,7 @@ MAX_AHEAD = 4
 """At most this many calls in flight per worker (the one running included)."""
 
 
-class Scheduling(Supervision):
+class Scheduling(Crashes):
     """Dispatch of pending tasks to workers, with pipelining of short calls."""
 
     deadlines: list[tuple[float, int, Task]]
@@ -340,69 +337,3 @@ class Scheduling(Supervision):
             lane.send_failures.append((worker, task, exc))
             lane._wake_locked()
         return True
-
-    # ---- crashes ----------------------------------------------------------------------------
-    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
-        if task.batch and len(task.items) > 1:
-            # One item of the batch killed the worker, or something outside did: run the items
-            # one by one, so only the culprit fails (it kills its worker a second time).
-            logger.info(
-                "worker pid %d died (exit code %s) running a batch of %d; retrying one by one",
-                worker.pid,
-                exitcode,
-                len(task.items),
-            )
-            self._split(task)
-            return
-        name = signal_name(exitcode)
-        how = f"was killed by {name}" if name else f"exited with code {exitcode}"
-        message = f"the worker process (pid {worker.pid}) running this task {how}"
-        if name == "SIGKILL":
-            message += "; if nothing killed it on purpose, memory may have run out (OOM killer)"
-        logger.info("%s", message)
-        err = crash_error(task.fn, exitcode) or WorkerCrashedError(  # over its max_memory?
-            message, exitcode=exitcode, pid=worker.pid
-        )
-        if task.batch:
-            task.future.settle(True, [(False, err)])
-        else:
-            task.future.settle(False, err)
-
-    def _split(self, task: Task) -> None:
-        parent = task.future
-        outcomes: list[Outcome | None] = [None] * len(task.items)
-        remaining = [len(task.items)]
-        lock = threading.Lock()
-        singles: list[Task] = []
-
-        for index, item in enumerate(task.items):
-
-            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
-                if fut.cancelled():
-                    # shutdown(cancel_futures=True) dropped the retries: the batch is cancelled.
-                    parent.cancel()
-                    return
-                if fut.exception() is not None:
-                    outcome: Outcome = (False, fut.exception())
-                else:
-                    outcome = fut.result()[0]
-                with lock:
-                    outcomes[index] = outcome
-                    remaining[0] -= 1
-                    finished = remaining[0] == 0
-                if finished:
-                    parent.settle(True, list(outcomes))
-
-            future: Future[Any] = Future(kind="process")
-            future.add_done_callback(done)
-            single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
-            single.payload = encode_call(task.fn, [item], True)
-            singles.append(single)
-
-        def stop_retries() -> None:
-            # Cancelling the batch (an abandoned map) cancels its retries, killing a running one.
-            for single in singles:
-                single.future.cancel()
-
-        parent._hx_stop = stop_retries
-        self.lane.pending.extendleft(reversed(singles))

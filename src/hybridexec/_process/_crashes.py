@@ -1,0 +1,91 @@
+"""What a worker's death does to the call it was running: a mixin of the manager thread.
+
+A call that was running when its worker died fails alone with ``WorkerCrashedError`` (or
+``MemoryLimitError`` when its ``max_memory`` ended it); a batch that was running is run again
+one item at a time, so that only the item that kills its worker fails. The calls sent behind
+the running one had not started: ``_supervision.py`` sends them again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from typing import Any
+
+from .._exceptions import WorkerCrashedError, signal_name
+from .._futures import Future, Outcome, Task
+from ._memory import crash_error
+from ._supervision import Supervision, WorkerRecord
+from ._wire import encode_call
+
+logger = logging.getLogger("hybridexec")
+
+
+class Crashes(Supervision):
+    """How the call a dead worker was running ends."""
+
+    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
+        if task.batch and len(task.items) > 1:
+            # One item of the batch killed the worker, or something outside did: run the items
+            # one by one, so only the culprit fails (it kills its worker a second time).
+            logger.info(
+                "worker pid %d died (exit code %s) running a batch of %d; retrying one by one",
+                worker.pid,
+                exitcode,
+                len(task.items),
+            )
+            self._split(task)
+            return
+        name = signal_name(exitcode)
+        how = f"was killed by {name}" if name else f"exited with code {exitcode}"
+        message = f"the worker process (pid {worker.pid}) running this task {how}"
+        if name == "SIGKILL":
+            message += "; if nothing killed it on purpose, memory may have run out (OOM killer)"
+        logger.info("%s", message)
+        err = crash_error(task.fn, exitcode) or WorkerCrashedError(  # over its max_memory?
+            message, exitcode=exitcode, pid=worker.pid
+        )
+        if task.batch:
+            task.future.settle(True, [(False, err)])
+        else:
+            task.future.settle(False, err)
+
+    def _split(self, task: Task) -> None:
+        parent = task.future
+        outcomes: list[Outcome | None] = [None] * len(task.items)
+        remaining = [len(task.items)]
+        lock = threading.Lock()
+        singles: list[Task] = []
+
+        for index, item in enumerate(task.items):
+
+            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
+                if fut.cancelled():
+                    # shutdown(cancel_futures=True) dropped the retries: the batch is cancelled.
+                    parent.cancel()
+                    return
+                if fut.exception() is not None:
+                    outcome: Outcome = (False, fut.exception())
+                else:
+                    outcome = fut.result()[0]
+                with lock:
+                    outcomes[index] = outcome
+                    remaining[0] -= 1
+                    finished = remaining[0] == 0
+                if finished:
+                    parent.settle(True, list(outcomes))
+
+            future: Future[Any] = Future(kind="process")
+            future.add_done_callback(done)
+            single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
+            single.payload = encode_call(task.fn, [item], True)
+            singles.append(single)
+
+        def stop_retries() -> None:
+            # Cancelling the batch (an abandoned map) cancels its retries, killing a running one.
+            for single in singles:
+                single.future.cancel()
+
+        parent._hx_stop = stop_retries
+        self.lane.pending.extendleft(reversed(singles))
