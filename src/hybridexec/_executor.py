@@ -9,11 +9,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from typing_extensions import ParamSpec, Self
-
-from ._actors import ActorKind, ActorRef, OnError, spawn_actor, stop_actors
+from ._actors import stop_actors
 from ._backends import check_remote, open_lane
 from ._futures import Future
 from ._process import usable_cpus
@@ -36,6 +34,11 @@ from ._views import (
     explain_call,
     results,
 )
+
+if TYPE_CHECKING:  # the actor modules load when an actor is made
+    from typing_extensions import Self
+
+    from ._actors import ActorKind, ActorRef, OnError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -376,6 +379,7 @@ class Executor(concurrent.futures.Executor):
         """
         if self._closed:
             raise RuntimeError("cannot spawn actors after shutdown")
+        from ._actors import spawn_actor  # the actor modules load with the first actor
         return spawn_actor(
             cls,
             args,

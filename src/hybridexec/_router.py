@@ -39,17 +39,19 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _lifecycle
 from ._asyncio import LoopLane, is_async_callable, run_coroutine
-from ._backends import RemoteLane
 from ._decisions import Plans, Sampler
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import MemoryLimited, ProcessLane, usable_cpus
 from ._routing import Binding, Classifier, Decision, Governor, Options, Waits, fn_key, hints_of
 from ._threads import ThreadLane
+
+if TYPE_CHECKING:
+    from ._backends import RemoteLane
 
 logger = logging.getLogger("hybridexec")
 

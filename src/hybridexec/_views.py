@@ -15,16 +15,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, overload
-
-from typing_extensions import ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._futures import Future
-from ._mapping import MapState, check_limit, split_outcomes
 from ._routing import Explanation, Options, checked_options, route_rules
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # _mapping loads with the first map
     from ._executor import Executor
+    from ._mapping import MapState
     from ._router import Router
 
 P = ParamSpec("P")
@@ -73,6 +71,8 @@ def explain_call(
 
 def check_map_args(chunksize: int, buffersize: int | None, limit: int | None) -> None:
     """Raise for a bad ``chunksize``, ``buffersize`` or ``limit`` of ``Executor.map``."""
+    from ._mapping import check_limit
+
     if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
         raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
     if buffersize is not None:
@@ -106,6 +106,8 @@ def results(
     Leaving the iterator early cancels the futures not consumed. Consumed results are not
     kept: the iterator holds only what it has not yielded yet.
     """
+    from ._mapping import split_outcomes
+
     pending: collections.deque[tuple[Future[Any], bool]] = collections.deque()
     # With a limit: the futures not seen finished yet, and their calls (a chunk counts as its
     # number of calls: one whose worker crashed is retried call by call, all at once).

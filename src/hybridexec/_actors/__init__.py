@@ -13,6 +13,7 @@ Layers inside the room (each imports only those above it)::
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from .._lazy import exports
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from ._ref import ActorRef as ActorRef
     from ._ref import spawn as spawn
     from ._ref import spawn_actor as spawn_actor
-    from ._ref import stop_actors as stop_actors
 
 __all__ = ["ActorKind", "ActorRef", "OnError", "spawn", "spawn_actor", "stop_actors"]
 
@@ -35,6 +35,15 @@ __getattr__, __dir__ = exports(
         "OnError": "._base",
         "spawn": "._ref",
         "spawn_actor": "._ref",
-        "stop_actors": "._ref",
     },
 )
+
+
+def stop_actors(owner: object, *, drain: bool = True, wait: bool = True) -> None:
+    """Stop every actor ``owner`` (an Executor) spawned; called by its ``shutdown``.
+
+    Imports nothing: while no actor was ever made, the actor modules are not loaded.
+    """
+    ref = sys.modules.get(f"{__name__}._ref")
+    if ref is not None:
+        ref.stop_actors(owner, drain=drain, wait=wait)

@@ -12,16 +12,21 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BackendUnavailableError
-from ._lane import RemoteLane
+from .._lazy import exports
+
+if TYPE_CHECKING:  # loaded with a backend: a plain executor imports only the checks below
+    from ._lane import RemoteLane
 
 __all__ = ["REMOTE_MODES", "RemoteLane", "check_remote", "open_lane", "parse_backend"]
 
 BACKENDS = ("dask", "ray")
 REMOTE_MODES = ("process", "all")
 _PACKAGES = {"dask": ("dask", "distributed"), "ray": ("ray",)}
+
+__getattr__, __dir__ = exports(__name__, {"RemoteLane": "._lane"})
 
 
 def parse_backend(backend: object) -> tuple[str, Any]:
