@@ -245,6 +245,12 @@ def test_the_checker_sees_a_circle_and_an_upward_import() -> None:
     [("import hybridexec", 8), ("import hybridexec._process._worker", 19)],
 )
 def test_import_loads_few_of_our_modules(statement: str, most: int) -> None:
+    loaded = _loaded_after(statement)
+    assert len(loaded) <= most, loaded
+
+
+def _loaded_after(statement: str) -> list[str]:
+    """Our modules loaded in a fresh interpreter once ``statement`` ran."""
     code = (
         f"import sys; {statement}; "
         "print(sorted(m for m in sys.modules if m == 'hybridexec' or m.startswith('hybridexec.')))"
@@ -252,5 +258,23 @@ def test_import_loads_few_of_our_modules(statement: str, most: int) -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    loaded = eval(out)  # a list literal printed above
-    assert len(loaded) <= most, loaded
+    loaded: list[str] = eval(out)  # a list literal printed above
+    return loaded
+
+
+# What a plain executor never uses loads on first use: actors when one is made, a backend with
+# backend=, map's machinery (and its OOM retries) with the first map, SharedList when made.
+# 48 of our modules today; a few spare.
+_PLAIN_MOST = 52
+_ON_FIRST_USE = ("_actors.", "_backends.", "_mapping", "_oom", "_shm._list")
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_plain_executor_loads_only_what_it_uses(kind: str) -> None:
+    loaded = _loaded_after(
+        "import hybridexec; ex = hybridexec.Executor(); "
+        f"assert ex.options(kind={kind!r}).submit(pow, 2, 3).result(timeout=30) == 8; "
+        "ex.shutdown()"
+    )
+    assert len(loaded) <= _PLAIN_MOST, loaded
+    assert not [m for m in loaded if any(f"hybridexec.{u}" in m for u in _ON_FIRST_USE)], loaded

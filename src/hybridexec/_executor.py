@@ -355,7 +355,6 @@ class Executor(concurrent.futures.Executor):
 
         return results(submit_chunk, buffersize, end_time, limit, chunksize)
 
-    # ---- actors ---------------------------------------------------------------------------
     def spawn(
         self,
         cls: Callable[..., R],
@@ -380,6 +379,7 @@ class Executor(concurrent.futures.Executor):
         if self._closed:
             raise RuntimeError("cannot spawn actors after shutdown")
         from ._actors import spawn_actor  # the actor modules load with the first actor
+
         return spawn_actor(
             cls,
             args,

@@ -106,8 +106,6 @@ def results(
     Leaving the iterator early cancels the futures not consumed. Consumed results are not
     kept: the iterator holds only what it has not yielded yet.
     """
-    from ._mapping import split_outcomes
-
     pending: collections.deque[tuple[Future[Any], bool]] = collections.deque()
     # With a limit: the futures not seen finished yet, and their calls (a chunk counts as its
     # number of calls: one whose worker crashed is retried call by call, all at once).
@@ -164,6 +162,8 @@ def _iterate(
 ) -> Iterator[Any]:
     # A generator apart from results() so that map() raises bad input at once and submits
     # its work before the first next(), as the standard library does.
+    from ._mapping import split_outcomes
+
     try:
         while pending:
             batch = pending[0][1]  # no local for the future: it would keep its result alive
