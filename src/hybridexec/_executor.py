@@ -355,6 +355,7 @@ class Executor(concurrent.futures.Executor):
 
         return results(submit_chunk, buffersize, end_time, limit, chunksize)
 
+    # ---- actors ---------------------------------------------------------------------------
     def spawn(
         self,
         cls: Callable[..., R],
