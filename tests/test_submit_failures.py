@@ -135,3 +135,67 @@ def test_a_timeout_whose_timer_thread_cannot_start_fails_that_call_only(
             slow.result(timeout=30)
         assert time.monotonic() - started < 3
         assert target.submit(time.sleep, 0.5).result(timeout=30) is None
+
+
+FORK_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import os, resource, sys, time
+    import hybridexec as hx
+
+    def slow(x):
+        time.sleep(0.5)
+        return x
+
+    if __name__ == "__main__":
+        ex = hx.Executor(max_processes=2)  # single-threaded here: the forked fork server
+        target = ex.options(kind="process")
+        assert target.submit(slow, 0).result(timeout=30) == 0
+        running = target.submit(slow, 1)
+        while not running.running():
+            time.sleep(0.005)
+        if sys.argv[1] == "few-descriptors":  # starts meet the limit, then it is lifted
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            opened = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (opened + 40, hard))
+            hog = []
+            try:
+                while True:
+                    hog.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                pass
+            for _ in range(5):
+                os.close(hog.pop())
+            more = [target.submit(slow, x) for x in range(2, 8)]
+            time.sleep(1.0)
+            for fd in hog:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            print([f.result(timeout=30) for f in more])
+        print(running.result(timeout=30), target.submit(slow, 9).result(timeout=30))
+        print(ex.stats()["process_lane"]["crashes"])
+        ex.shutdown()
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["few-descriptors"])
+def test_worker_starts_out_of_descriptors_leave_the_fork_server_alive(
+    tmp_path: Path, how: str
+) -> None:
+    # Before: multiprocessing hung up on the fork server mid-request, which died of it
+    # (EOFError), and every worker it had forked with it: finished calls failed as crashes.
+    script = tmp_path / "script.py"
+    script.write_text(FORK_SERVER_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), how],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    if how == "few-descriptors":
+        assert lines.pop(0) == "[2, 3, 4, 5, 6, 7]"
+    assert lines[:2] == ["1 9", "0"], out.stdout + out.stderr  # no worker crashed
+    assert "EOFError" not in out.stderr

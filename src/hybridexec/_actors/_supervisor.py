@@ -132,20 +132,20 @@ class Supervisor(CoreBase):
         if killed:
             child.signal(signal.SIGKILL)
         try:
-            self._serve(process, rep_r)
-            wait([process.sentinel])
+            self._serve(child.sentinel, rep_r)
+            wait([child.sentinel])
             # What it left in its process group goes before the reap frees the group's id.
             exitcode = child.reap(kill_group=True)
         finally:
             rep_r.close()
         return self._after_death(child, exitcode)
 
-    def _serve(self, process: Any, replies: Any) -> None:
+    def _serve(self, sentinel: int, replies: Any) -> None:
         """Read answers until the child is gone."""
         reader = FrameReader(replies.fileno())
         poller = select.poll()
         poller.register(reader.fd, select.POLLIN)
-        poller.register(process.sentinel, select.POLLIN)
+        poller.register(sentinel, select.POLLIN)
         poll = poller.poll
         answer = self._answer
         first = True

@@ -33,8 +33,12 @@ class Child:
     def __init__(self, process: Any) -> None:
         self.process = process
         self.pid: int = process.pid
-        self.sentinel: int = process.sentinel
         self.pidfd = _open_pidfd(self.pid)
+        # What becomes readable when the child ends. The pidfd where there is one: under
+        # forkserver, multiprocessing's sentinel is a pipe from the fork server, which also
+        # "fires" if the fork server dies while the child lives on (it then reads as exit code
+        # 255), and a call still running there would fail as a crash.
+        self.sentinel: int = self.pidfd if self.pidfd is not None else process.sentinel
         self.reaped = False
         self._lock = threading.Lock()
         guard(self.pid)  # killed with its tree if this process dies, GIL or not (I4)

@@ -16,6 +16,7 @@ workers again as soon as it can.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -204,6 +205,8 @@ class Supervision:
             )
             if _faults.ACTIVE:
                 _faults.hit("lane.start")
+            if lane.start_method == "forkserver":
+                _descriptors_to_spare()
             process.start()
         except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None
@@ -312,3 +315,19 @@ class Supervision:
         worker.state = DYING
         worker.kill_at = time.monotonic() + self.grace
         self._signal(worker, sig)
+
+
+def _descriptors_to_spare() -> None:
+    """Raise ``OSError`` (EMFILE) unless a fork server request can get its descriptors.
+
+    multiprocessing connects to the fork server and only then makes the new process's two
+    pipes: out of descriptors there, it hangs up mid-request, and the fork server dies of it
+    (taking every worker it forked along: their parent-death signal). Failing here instead
+    is a start failure like any other: retried with a backoff (I6).
+    """
+    first, second = os.pipe(), os.pipe()
+    try:
+        os.close(os.dup(first[0]))
+    finally:
+        for fd in (*first, *second):
+            os.close(fd)
