@@ -656,6 +656,22 @@ def test_ctrl_c_exits_130_with_executor_open(run_script: Any, which: str) -> Non
     assert rc in (130, -signal.SIGINT), f"exit status {rc}; stderr:\n{s.stderr}"
 
 
+def test_ctrl_c_does_not_wait_for_running_process_work(run_script: Any) -> None:
+    s = run_script(
+        """
+        ex = hx.Executor(max_processes=1)
+        fut = ex.options(kind="process").submit(gs.spin_forever)
+        until(fut.running)
+        say(ready=True)
+        time.sleep(60)
+        """
+    )
+    s.read(40)
+    os.killpg(s.proc.pid, signal.SIGINT)  # the terminal's Ctrl-C
+    rc = s.wait(5)  # before: the exit waited for the spinning call
+    assert rc in (130, -signal.SIGINT), f"exit status {rc}; stderr:\n{s.stderr}"
+
+
 # ---- defect 11: the kill path must never signal a pid after its process was reaped ----------
 
 

@@ -39,14 +39,19 @@ def kill_live_lanes() -> None:
     """Stop every process lane still alive in this process.
 
     Queued work is cancelled; running work runs to completion (as the standard library does
-    at exit); then the workers exit. Runs at interpreter exit (after the default executor
-    finished its running work), and in a worker process before it exits, for executors that
-    a task started.
+    at exit), unless Ctrl-C ended the program: then the workers are killed at once. Runs at
+    interpreter exit (after the default executor finished its running work), and in a worker
+    process before it exits, for executors that a task started.
     """
     with _live_lock:
         lanes = list(_live_lanes)
+    # After Ctrl-C the user asked to stop: running calls are not waited for (their workers
+    # lead process groups of their own, so the terminal's SIGINT never reached them).
+    stop = _lifecycle.interrupted()
     for lane in lanes:
         lane.shutdown(wait=False, cancel_futures=True)
+        if stop:
+            lane._kill_all(signal.SIGKILL)
     for lane in lanes:
         lane.join()
 
