@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"_version", "_lazy", "_exceptions", "_lifecycle", "_faults"},
     {"_serialize"},
     {"_futures"},
+    {"_callbacks"},
     {"_shm"},
     {"_process"},
     {"_deadlines", "_profiles"},

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._callbacks import serve
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
 
@@ -75,7 +76,9 @@ class LoopLane:
                     loop.call_soon(ready.set)
                     loop.run_forever()
 
-                self._thread = threading.Thread(target=run, name=f"{self._name}-loop", daemon=True)
+                self._thread = threading.Thread(
+                    target=serve(run), name=f"{self._name}-loop", daemon=True
+                )
                 self._thread.start()
                 ready.wait()
                 self._loop = loop

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._callbacks import serve
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
 
@@ -84,7 +85,7 @@ class Timers:
             entry = (deadline, next(self._seq), fn)
             heapq.heappush(self._heap, entry)
             if self._thread is None:
-                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread = threading.Thread(target=serve(self._run), name=self._name, daemon=True)
                 try:
                     thread.start()
                 except BaseException:  # refused (a thread limit): the caller's call fails,

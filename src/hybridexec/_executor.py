@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._actors import stop_actors
 from ._backends import check_remote, open_lane
+from ._callbacks import drain
 from ._futures import Future
 from ._process import usable_cpus
 from ._router import Router, check_count, resolve_counts
@@ -255,6 +256,7 @@ class Executor(concurrent.futures.Executor):
         if wait:
             stop_actors(self, drain=not cancel_futures, wait=True)
             router.shutdown(wait=True, cancel_futures=cancel_futures)
+            drain()  # the done-callbacks of what ended have run, as in the standard library
 
     def __enter__(self) -> Self:
         return self

@@ -8,8 +8,9 @@ future to a list of ``Outcome`` pairs so that one failing item never hides the o
 for a thread carries a copy of its submitter's ``contextvars`` context and runs in it.
 
 Done-callbacks run one by one; one that raises (or is interrupted) is logged and the others
-still run, so a lane thread or the process manager that settles a future never dies of a
-user's callback.
+still run. A future settled on a service thread (``_callbacks.serve``: the process manager, a
+deadline timer, the event loop...) hands its callbacks over to the callback threads; elsewhere
+(a thread-lane worker, a caller's ``cancel()``) they run at once, as in the standard library.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ Outcome = tuple[bool, Any]
 Items = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
+# Set by _callbacks: the threads running a ``serve``d function, and where they hand over.
+_service: set[int] = set()
+_hand_over: Callable[[Future[Any]], None] | None = None
+
+
 class Future(concurrent.futures.Future[T], Generic[T]):
     """A ``concurrent.futures.Future`` that knows where it ran.
 
@@ -52,6 +58,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     """
 
     kind: str
+    _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
 
     def __init__(self, kind: str = "thread") -> None:
         # The standard library's fields, but its Condition and lists are built only when
@@ -183,7 +190,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
                     waiter.add_exception(self)
             if self._cond is not None:
                 self._cond.notify_all()
-        if self._hx_callbacks:
+        if self._hx_callbacks or self._hx_inline:
             self._invoke_callbacks()
 
     def done(self) -> bool:
@@ -246,11 +253,33 @@ class Future(concurrent.futures.Future[T], Generic[T]):
                 "exception calling callback for %r", self
             )
 
+    def _hx_add_inline(self, fn: Callable[[Future[T]], object]) -> None:
+        """A library's callback (a split batch, a lease): runs first, in the settling thread."""
+        with self._lock:
+            if self._state not in _DONE:
+                if self._hx_inline is None:
+                    self._hx_inline = []
+                self._hx_inline.append(fn)
+                return
+        self._run_callbacks([fn])
+
     def _invoke_callbacks(self) -> None:
+        # Called once the future is done (by settle, cancel and the stdlib's setters).
+        if self._hx_inline:
+            self._run_callbacks(self._hx_inline)
+        if self._hx_callbacks:
+            if _service and threading.get_ident() in _service and _hand_over is not None:
+                _hand_over(self)
+            else:
+                self._run_callbacks()
+
+    def _run_callbacks(self, callbacks: list[Callable[[Future[T]], object]] | None = None) -> None:
         # The stdlib's loop, with the fault point, and BaseException caught too: a callback
         # that raises SystemExit (or is hit by a stray asynchronous exception) must neither
-        # end the thread that settles futures nor keep the next callbacks from running.
-        for callback in self._hx_callbacks or ():
+        # end the thread that runs it nor keep the next callbacks from running.
+        if callbacks is None:
+            callbacks = self._hx_callbacks or []
+        for callback in callbacks:
             try:
                 callback(self)
                 if _faults.ACTIVE:  # as if this callback raised (or stalled) as it ended

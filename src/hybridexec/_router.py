@@ -335,7 +335,7 @@ class Router:
         if kind == "thread" and decision.cpu_heavy:
             self.binding.submit_cpu(task)  # it holds a CPU slot while it runs (the governor)
         elif kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
-            future.add_done_callback(functools.partial(self.waits.learn, fn_key(fn), task))
+            future._hx_add_inline(functools.partial(self.waits.learn, fn_key(fn), task))
             self.binding.submit_cpu(task)
         else:
             self.lanes[kind].submit(task)

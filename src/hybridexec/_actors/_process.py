@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._callbacks import serve
 from .._futures import Future
 from .._process import (
     DEFAULT_GRACE,
@@ -99,7 +100,7 @@ class ProcessCore(Supervisor, CoreBase):
         self.killing = False  # kill() began: a death seen from now on is no crash to restart
         self.wakeup = threading.Event()  # cuts a restart backoff short (kill)
         self.supervisor = threading.Thread(
-            target=self.supervise, name=f"hybridexec-actor-{name}", daemon=True
+            target=serve(self.supervise), name=f"hybridexec-actor-{name}", daemon=True
         )
 
     def start(self) -> None:

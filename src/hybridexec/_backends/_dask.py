@@ -29,6 +29,7 @@ from typing import Any
 import dask.config
 import distributed as _distributed
 
+from .._callbacks import serve
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from ._lane import Entry, RemoteLane
@@ -108,7 +109,7 @@ class DaskLane(RemoteLane):
         self._cond = threading.Condition()
         self._closing = False
         self._collector = threading.Thread(
-            target=self._collect, name="hybridexec-dask-collector", daemon=True
+            target=serve(self._collect), name="hybridexec-dask-collector", daemon=True
         )
         self._collector.start()
 

@@ -77,7 +77,7 @@ class Crashes(Supervision):
                     parent.settle(True, list(outcomes))
 
             future: Future[Any] = Future(kind="process")
-            future.add_done_callback(done)
+            future._hx_add_inline(done)  # delivers results: never behind a user callback
             single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
             single.payload = encode_call(task.fn, [item], True)
             singles.append(single)

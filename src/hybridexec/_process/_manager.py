@@ -33,7 +33,7 @@ import time
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
-from .. import _faults
+from .. import _callbacks, _faults
 from .._exceptions import (
     BrokenExecutorError,
     SerializationError,
@@ -99,7 +99,7 @@ class Manager(Scheduling, threading.Thread):
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            self._loop()
+            _callbacks.serve(self._loop)()  # done-callbacks run on the callback threads
         except BaseException as exc:  # never leave a future unresolved
             logger.exception("hybridexec process manager failed; the process lane is broken")
             self._break(exc)

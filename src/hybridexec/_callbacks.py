@@ -1,0 +1,176 @@
+"""The callback threads: done-callbacks of futures settled on the library's service threads.
+
+A service thread (the process lane's manager, a deadline timer, the executor's event loop, a
+remote lane's collector, an actor's supervisor) settles the futures of many callers. Were it to
+run their done-callbacks itself, a slow one would hold up every other result, timeout and crash
+of its lane, and one that submits to the same lane and waits would wait forever. Such a thread
+only settles the future (``result()``, ``wait()`` and ``as_completed()`` wake at once) and hands
+it over here (``Future._invoke_callbacks``); the callbacks run on a runner thread of this module.
+
+Order: futures in the order they were handed over, each future's callbacks in the order they
+were added, one future at a time, as on the standard library's single management thread. A
+callback still running after ``STUCK`` seconds stops holding the others: another runner takes
+the next future, up to ``MAX_RUNNERS`` threads in all (daemons, started when first needed; a
+second one waits beside the first as soon as two futures queue up, to notice a stuck one).
+Only when all of them are stuck do later callbacks wait.
+
+``drain()`` waits for the callbacks handed over so far (``Executor.shutdown(wait=True)``); at
+interpreter exit it waits at most ``EXIT_WAIT`` seconds. In a forked child the queue (the
+parent's futures) is dropped and runners start afresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from . import _futures, _lifecycle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+STUCK = 0.2  # seconds a callback may run before the next future goes to another runner
+MAX_RUNNERS = 8
+EXIT_WAIT = 1.0  # seconds interpreter exit waits for queued callbacks
+
+
+class _Runner:
+    __slots__ = ("ident", "seq", "since")
+
+    def __init__(self) -> None:
+        self.ident: int | None = None
+        self.seq = 0  # the future it runs the callbacks of (0: none)
+        self.since = 0.0  # when it started on that future
+
+
+class _State:
+    """Everything a fork replaces (the lock may be held by a thread that is gone)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.queue: deque[tuple[int, Any]] = deque()  # (seq, future)
+        self.runners: list[_Runner] = []
+        self.idle = 0  # runners waiting for work
+        self.drainers = 0  # threads in drain()
+        self.handed = 0  # futures handed over so far (their seq)
+
+
+_state = _State()
+
+
+def serve(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap the main function of a service thread: the futures it settles are handed over.
+
+    The done-callbacks of futures settled (or cancelled) while ``fn`` runs run on the
+    callback threads instead of this one.
+    """
+
+    @functools.wraps(fn)
+    def served(*args: P.args, **kwargs: P.kwargs) -> R:
+        ident = threading.get_ident()
+        if ident in _futures._service:  # already serving (a nested call)
+            return fn(*args, **kwargs)
+        _futures._service.add(ident)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _futures._service.discard(ident)
+
+    return served
+
+
+def hand_over(future: _futures.Future[Any]) -> None:
+    """Queue ``future`` so that a runner calls its ``_run_callbacks()``."""
+    s = _state
+    with s.lock:
+        s.handed += 1
+        s.queue.append((s.handed, future))
+        if s.idle:
+            s.cond.notify_all() if len(s.runners) > 1 else s.cond.notify()
+        elif len(s.runners) < MAX_RUNNERS:
+            runner = _Runner()
+            s.runners.append(runner)
+            threading.Thread(
+                target=_run, args=(s, runner), name="hybridexec-callbacks", daemon=True
+            ).start()
+
+
+def _run(s: _State, me: _Runner) -> None:
+    me.ident = threading.get_ident()
+    with s.lock:
+        while True:
+            while True:
+                timeout = None
+                if s.queue:
+                    # Only one future at a time, unless every busy runner is stuck.
+                    now = time.monotonic()
+                    latest = max((r.since for r in s.runners if r.seq), default=None)
+                    if latest is None or now - latest >= STUCK:
+                        break
+                    timeout = latest + STUCK - now
+                s.idle += 1
+                try:
+                    s.cond.wait(timeout)
+                finally:
+                    s.idle -= 1
+            me.seq, future = s.queue.popleft()
+            me.since = time.monotonic()
+            s.lock.release()
+            try:
+                future._run_callbacks()  # catches and logs what a callback raises
+            finally:
+                future = None
+                s.lock.acquire()
+                me.seq = 0
+                if s.drainers:
+                    s.cond.notify_all()
+
+
+def drain(timeout: float | None = None) -> bool:
+    """Wait until the callbacks of every future handed over so far have run.
+
+    A runner calling this (a callback that shuts an executor down) does not wait for itself.
+    At interpreter exit the wait is bounded by ``EXIT_WAIT``. Returns False on timeout.
+    """
+    if _lifecycle.exiting():
+        timeout = EXIT_WAIT if timeout is None else min(timeout, EXIT_WAIT)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    s = _state
+    me = threading.get_ident()
+    with s.lock:
+        target = s.handed
+        s.drainers += 1
+        try:
+            while (s.queue and s.queue[0][0] <= target) or any(
+                0 < r.seq <= target and r.ident != me for r in s.runners
+            ):
+                if deadline is None:
+                    s.cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    s.cond.wait(left)
+            return True
+        finally:
+            s.drainers -= 1
+
+
+def _drain_at_exit() -> None:
+    drain(EXIT_WAIT)
+
+
+def _after_fork() -> None:
+    global _state
+    _state = _State()  # the parent's futures are the parent's; its runners are not here
+    _futures._service.clear()  # only the forking thread lives, and it serves nothing here
+
+
+_futures._hand_over = hand_over
+_lifecycle.on_fork(_after_fork)
+_lifecycle.on_exit(_lifecycle.ACTORS, _drain_at_exit)
