@@ -10,9 +10,10 @@ it over here (``Future._invoke_callbacks``); the callbacks run on a runner threa
 Order: futures in the order they were handed over, each future's callbacks in the order they
 were added, one future at a time, as on the standard library's single management thread. A
 callback still running after ``STUCK`` seconds stops holding the others: another runner takes
-the next future, up to ``MAX_RUNNERS`` threads in all (daemons, started when first needed; a
-second one waits beside the first as soon as two futures queue up, to notice a stuck one).
-Only when all of them are stuck do later callbacks wait.
+the next future, up to ``MAX_RUNNERS`` threads in all (daemons, started when needed; a second
+one waits beside the first as soon as two futures queue up, to notice a stuck one; a runner
+with nothing to do for ``IDLE_EXIT`` seconds ends). Only when all of them are stuck do later
+callbacks wait.
 
 ``drain()`` waits for the callbacks handed over so far (``Executor.shutdown(wait=True)``); at
 interpreter exit it waits at most ``EXIT_WAIT`` seconds. In a forked child the queue (the
@@ -36,6 +37,7 @@ R = TypeVar("R")
 STUCK = 0.2  # seconds a callback may run before the next future goes to another runner
 MAX_RUNNERS = 8
 EXIT_WAIT = 1.0  # seconds interpreter exit waits for queued callbacks
+IDLE_EXIT = 0.5  # seconds a runner waits for work before its thread ends
 
 
 class _Runner:
@@ -104,15 +106,23 @@ def _run(s: _State, me: _Runner) -> None:
     me.ident = threading.get_ident()
     with s.lock:
         while True:
+            idle_since = None
             while True:
-                timeout = None
+                now = time.monotonic()
                 if s.queue:
                     # Only one future at a time, unless every busy runner is stuck.
-                    now = time.monotonic()
+                    idle_since = None
                     latest = max((r.since for r in s.runners if r.seq), default=None)
                     if latest is None or now - latest >= STUCK:
                         break
                     timeout = latest + STUCK - now
+                elif idle_since is None:
+                    idle_since, timeout = now, IDLE_EXIT
+                elif now - idle_since >= IDLE_EXIT:
+                    s.runners.remove(me)  # no thread lingers in a process that is done
+                    return
+                else:
+                    timeout = idle_since + IDLE_EXIT - now
                 s.idle += 1
                 try:
                     s.cond.wait(timeout)

@@ -203,7 +203,8 @@ class Placement:
             if future is None:
                 self.release(lease)  # nobody will say when the task ends: only pickle
             else:
-                future._hx_add_inline(lambda _f: self.release(lease))
+                on_done = getattr(future, "_hx_add_inline", future.add_done_callback)  # ours: now
+                on_done(lambda _f: self.release(lease))
                 # A future dropped without ever running (submit failed) must free it too.
                 weakref.finalize(future, self.release, lease)
         return data
