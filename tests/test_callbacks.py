@@ -8,6 +8,7 @@ timeouts, nor later callbacks for long. Through the public API only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -114,6 +115,10 @@ def test_a_slow_timeout_callback_does_not_delay_another_thread_tasks_timeout() -
         release.set()
 
 
+def _record(order: list[tuple[int, str]], what: tuple[int, str], _f: Future[Any]) -> None:
+    order.append(what)
+
+
 @pytest.mark.timeout(30)
 def test_callbacks_run_in_settle_order_each_futures_in_the_order_added(tmp_path: Path) -> None:
     gate = tmp_path / "go"
@@ -124,7 +129,7 @@ def test_callbacks_run_in_settle_order_each_futures_in_the_order_added(tmp_path:
         futures = [first] + [p.submit(square, i) for i in range(1, 8)]
         for i, f in enumerate(futures):
             for tag in "abc":
-                f.add_done_callback(lambda _f, i=i, tag=tag: order.append((i, tag)))
+                f.add_done_callback(functools.partial(_record, order, (i, tag)))
         gate.touch()
         assert [f.result(timeout=10) for f in futures] == [i * i for i in range(8)]
     # shutdown(wait=True) returned: every callback ran, in order.
