@@ -94,12 +94,22 @@ def hand_over(future: _futures.Future[Any]) -> None:
         s.queue.append((s.handed, future))
         if s.idle:
             s.cond.notify_all() if len(s.runners) > 1 else s.cond.notify()
-        elif len(s.runners) < MAX_RUNNERS:
-            runner = _Runner()
-            s.runners.append(runner)
+            return
+        if len(s.runners) >= MAX_RUNNERS:
+            return  # all busy: the first that is done takes it
+        runner = _Runner()
+        s.runners.append(runner)
+        try:
             threading.Thread(
                 target=_run, args=(s, runner), name="hybridexec-callbacks", daemon=True
             ).start()
+            return
+        except BaseException:  # refused (a thread limit): never fail the service thread
+            s.runners.remove(runner)
+            if s.runners:
+                return  # a runner busy now takes it later
+            s.queue.pop()
+    future._run_callbacks(future._hx_callbacks)  # no runner at all: here, as before
 
 
 def _run(s: _State, me: _Runner) -> None:
@@ -132,7 +142,7 @@ def _run(s: _State, me: _Runner) -> None:
             me.since = time.monotonic()
             s.lock.release()
             try:
-                future._run_callbacks()  # catches and logs what a callback raises
+                future._run_callbacks(future._hx_callbacks)  # it logs what a callback raises
             finally:
                 future = None
                 s.lock.acquire()

@@ -257,9 +257,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         """A library's callback (a split batch, a lease): runs first, in the settling thread."""
         with self._lock:
             if self._state not in _DONE:
-                if self._hx_inline is None:
-                    self._hx_inline = []
-                self._hx_inline.append(fn)
+                self._hx_inline = [*(self._hx_inline or ()), fn]  # rare: one or two a future
                 return
         self._run_callbacks([fn])
 
@@ -271,15 +269,13 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             if _service and threading.get_ident() in _service and _hand_over is not None:
                 _hand_over(self)
             else:
-                self._run_callbacks()
+                self._run_callbacks(self._hx_callbacks)
 
-    def _run_callbacks(self, callbacks: list[Callable[[Future[T]], object]] | None = None) -> None:
+    def _run_callbacks(self, callbacks: list[Callable[[Future[T]], object]] | None) -> None:
         # The stdlib's loop, with the fault point, and BaseException caught too: a callback
         # that raises SystemExit (or is hit by a stray asynchronous exception) must neither
         # end the thread that runs it nor keep the next callbacks from running.
-        if callbacks is None:
-            callbacks = self._hx_callbacks or []
-        for callback in callbacks:
+        for callback in callbacks or ():
             try:
                 callback(self)
                 if _faults.ACTIVE:  # as if this callback raised (or stalled) as it ended
