@@ -12,8 +12,8 @@ worker:
   allocates (heap, anonymous maps, the stacks of threads it starts: 8 MiB each by default)
   even before it is touched, and not what ``RLIMIT_AS`` would also count: address space
   reserved but inaccessible (glibc reserves 64 MiB per thread's malloc arena that way: under
-  a 256 MiB ``RLIMIT_AS`` a call could start 7 threads, then not allocate 128 MiB; under
-  ``RLIMIT_DATA``, 30 threads and then the 128 MiB), shared memory, mapped files.
+  a 256 MiB ``RLIMIT_AS`` a call could start 7 threads; under ``RLIMIT_DATA``, 30, or 16
+  and then 128 MiB more), shared memory, mapped files.
 - a watchdog thread reads the worker's resident memory every ``WATCH_SECONDS``; when it is
   ``max_memory`` over what it was as the call started (memory the data limit does not see:
   shared memory the call maps, pages reserved before the call and touched during it, or a
