@@ -224,3 +224,21 @@ class Keeper:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def array_when_told(directory: str, n: int) -> Any:
+    """Ignore SIGTERM, say ``started``, wait for the file ``go``, then return a large array.
+
+    Its worker, told to stop (a cancel), lives on for the kill grace and replies meanwhile.
+    """
+    import signal
+
+    import numpy as np
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path = Path(directory)
+    (path / "started").touch()
+    deadline = time.monotonic() + KILL_WAIT_LIMIT
+    while not (path / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return np.full(n, 1.0)

@@ -753,3 +753,19 @@ def test_shutdown_racing_the_manager_leaves_running_tasks_alone(
     finally:
         monkeypatch.undo()
         ex.shutdown(wait=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_reply_to_a_cancelled_task_still_frees_its_result_segment(tmp_path: Path) -> None:
+    # The worker puts a large result in a segment named after this process (its owner-to-be)
+    # before the reply is read. A reply that arrives for a future cancelled meanwhile was dropped
+    # unread: nothing unlinked that segment until this process exited (a chaos run leaked it).
+    with Executor(max_processes=1) as ex:
+        fut = ex.options(kind="process").submit(ch.array_when_told, str(tmp_path), ARRAY_ITEMS)
+        assert wait_until((tmp_path / "started").exists, 30)
+        assert fut.cancel()  # the worker is killed unless it replies within a short grace
+        (tmp_path / "go").touch()  # (SIGTERM is ignored: it replies either way)
+        # One worker: the next task's answer comes after the cancelled one's reply was handled.
+        assert ex.options(kind="process").submit(helpers.square, 4).result(timeout=30) == 16
+        assert fut.cancelled()
+        assert own_segments() == [], "the cancelled task's result segment was left behind"

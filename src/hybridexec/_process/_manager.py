@@ -34,13 +34,10 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _callbacks, _faults
-from .._exceptions import (
-    BrokenExecutorError,
-    SerializationError,
-    TaskTimeoutError,
-)
+from .._exceptions import BrokenExecutorError, SerializationError, TaskTimeoutError
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
+from .._shm import discard_reply
 from ._memory import went_over
 from ._schedule import Scheduling
 from ._supervise import DEFAULT_GRACE
@@ -278,6 +275,7 @@ class Manager(Scheduling, threading.Thread):
         lane = self.lane
         lane.stats["tasks_done"] += 1
         if task.future.done():  # settled already (timed out) or cancelled while it waited
+            discard_reply(data)  # its large results' segments go now, not at our exit
             self._after_task(worker, None)
             return
         try:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._place import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
     from ._place import Placement as Placement
     from ._place import check_threshold as check_threshold
+    from ._reply import discard_reply as discard_reply
     from ._reply import dumps_reply as dumps_reply
     from ._reply import reply_policy as reply_policy
     from ._reuse import Copies as Copies
@@ -53,6 +54,7 @@ __all__ = [
     "SharedList",
     "check_threshold",
     "cleanup_shared_memory",
+    "discard_reply",
     "dumps_reply",
     "free_bytes",
     "mapping_of",
@@ -76,6 +78,7 @@ __getattr__, __dir__ = exports(
         "SharedList": "._list",
         "check_threshold": "._place",
         "cleanup_shared_memory": "._janitor",
+        "discard_reply": "._reply",
         "dumps_reply": "._reply",
         "free_bytes": "._names",
         "mapping_of": "._segment",

@@ -144,3 +144,16 @@ class _ReplyPickler(pickle.Pickler):
             self._state.handles.append(obj)
             return obj._hx_transfer()
         return NotImplemented
+
+
+def discard_reply(data: bytes) -> None:
+    """Unpickle a reply nobody will read, only to free the segments of its large results.
+
+    Such a segment is named after this process (the owner-to-be) and only unpickling it
+    unlinks the name: a reply dropped unread (its task was cancelled or timed out meanwhile)
+    would leave the segment in ``/dev/shm`` until this process exits.
+    """
+    try:
+        pickle.loads(data)
+    except BaseException:  # a task nobody waits for: its failure has no one to go to
+        pass
