@@ -76,6 +76,8 @@ def test_fork_server_and_guardian_are_copies_holding_nothing_of_the_parent(
         worker = lane.submit(os.getpid).result(timeout=30)
         handler = lane.submit(signal.getsignal, signal.SIGTERM).result(timeout=30)
         pids = helpers_of_this_process()
+        # Each copy names itself as it starts: on a loaded machine it may not have run yet.
+        until(lambda: all(comm(pid) != comm(os.getpid()) for pid in pids.values()), 20)
         say(
             comms={name: comm(pid) for name, pid in pids.items()},
             me=comm(os.getpid()),
