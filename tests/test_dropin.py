@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import gc
+import hashlib
 import itertools
 import signal
 import threading
@@ -366,9 +367,13 @@ class Concurrency:
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
+        # CPU work that runs in parallel here too: the GIL is only simulated off (the fixture),
+        # and pure-Python spinning threads would share the real one, each seen using about
+        # half a CPU (read as waiting); hashing a large buffer releases the GIL.
+        data = b"x" * (1 << 20)
         end = time.thread_time() + seconds
-        while time.thread_time() < end:  # CPU work (with the GIL off it would run in parallel)
-            pass
+        while time.thread_time() < end:
+            hashlib.sha256(data).digest()
         with self.lock:
             self.now -= 1
         return threading.current_thread().name

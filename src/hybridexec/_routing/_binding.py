@@ -255,21 +255,33 @@ class Waits:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.by_key: dict[tuple[str, str], bool] = {}
-        self.cpu_seen: dict[int, float] = {}  # lane thread -> its CPU clock after its last task
+        # lane thread -> its CPU clock and run-queue wait after its last task
+        self.cpu_seen: dict[int, tuple[float, float]] = {}
 
     def learn(self, key: tuple[str, str], task: Task, future: Future[Any]) -> None:
         # In the lane thread that ran the task (it settles the future): the CPU that thread
         # used since its previous task ended is this task's (it slept on an empty queue
-        # meanwhile). A thread's first task has no reading before it: it is not judged.
+        # meanwhile), and so is the time it waited for a CPU (a busy machine): that time is
+        # not waiting of its own. A thread's first task has no reading before it: not judged.
         if future.cancelled() or task.elapsed <= 0:
             return
-        ident, now = threading.get_ident(), time.thread_time()
+        ident, now, queued = threading.get_ident(), time.thread_time(), _queued()
         with self.lock:
-            last, self.cpu_seen[ident] = self.cpu_seen.get(ident), now
+            last, self.cpu_seen[ident] = self.cpu_seen.get(ident), (now, queued)
             if last is not None:
                 if len(self.by_key) > 4096:  # bounded: functions made on the fly
                     self.by_key.clear()
-                self.by_key[key] = (now - last) < 0.5 * task.elapsed
+                could_run = max(task.elapsed - (queued - last[1]), 1e-9)
+                self.by_key[key] = (now - last[0]) < 0.5 * could_run
+
+
+def _queued() -> float:
+    """Seconds this thread has waited on a run queue for a CPU (Linux), else 0.0."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def fn_key(fn: Callable[..., Any]) -> tuple[str, str]:
