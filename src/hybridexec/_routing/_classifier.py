@@ -84,7 +84,9 @@ class _Ticket:
     __slots__ = ("_claims", "entry", "owner", "recheck")
 
     def __init__(self, owner: LearningClassifier, entry: Entry, recheck: bool) -> None:
-        self.owner, self.entry, self.recheck = owner, entry, recheck
+        self.owner: LearningClassifier = owner
+        self.entry: Entry = entry
+        self.recheck: bool = recheck
         self._claims = itertools.count()
 
     def claim(self) -> bool:
@@ -118,9 +120,9 @@ class LearningClassifier:
         self._entries: dict[Key, Entry] = {}
         # function + size bucket -> positional shape -> keyword shapes learned apart
         self._shapes: dict[tuple[str, str, int, int], dict[int, list[int]]] = {}
-        # Moves (under the lock) whenever an answer of classify() may change: a verdict, or a
-        # re-check coming due. A caller may reuse an answer while it stays the same.
-        self.generation = 0
+        # Moves (under the lock) when an answer of classify() may change (a verdict, a re-check
+        # due): a caller may reuse an answer while it stays the same.
+        self.generation: int = 0
 
     # ---- the Classifier protocol ----------------------------------------------------------
     def classify(
@@ -377,8 +379,7 @@ class LearningClassifier:
         self._change(entry, decision, entry.measurement)
 
     def _change(self, entry: Entry, decision: Decision, m: Measurement | None) -> None:
-        # Called with the lock held.
-        self.generation += 1
+        self.generation += 1  # called with the lock held
         old = entry.decision
         entry.decision = decision
         entry.measurement = m

@@ -36,24 +36,26 @@ class Entry:
     )
 
     def __init__(self, key: Key) -> None:
-        self.key = key
-        self.name = f"{key[0]}.{key[1]}"
+        self.key: Key = key
+        self.name: str = f"{key[0]}.{key[1]}"
         self.decision: Decision | None = None
         self.measurement: Measurement | None = None
         self.claimed_at: float | None = None
-        self.window_open = False
-        self.recheck = False
-        self.rechecking = False
-        self.contrary = 0
-        self.changes = 0
-        self.calls = 0
+        self.window_open: bool = False
+        self.recheck: bool = False
+        self.rechecking: bool = False
+        self.contrary: int = 0
+        self.changes: int = 0
+        self.calls: int = 0
         self.per_lane: dict[str, int] = {"thread": 0, "process": 0}
         self.wall: float | None = None
-        self.proc_cpu = self.proc_ratio = 0.0
-        self.proc_samples = 0
-        self.since_check = self.since_recheck = 0
-        self.recheck_every = RECHECK_FIRST
-        self.suspect_gap = SUSPECT_GAP_FIRST
+        self.proc_cpu: float = 0.0
+        self.proc_ratio: float = 0.0
+        self.proc_samples: int = 0
+        self.since_check: int = 0
+        self.since_recheck: int = 0
+        self.recheck_every: int = RECHECK_FIRST
+        self.suspect_gap: int = SUSPECT_GAP_FIRST
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
