@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -87,8 +88,11 @@ def test_learned_numpy_chunks_never_run_more_than_slots_at_once_on_threads(data:
     with hybridexec.Executor() as ex:
         _learn(ex, numpy_chunk, data, kind="thread")
         explanation = ex.explain(numpy_chunk, data)
-        if "CPU slot" not in explanation.reason:  # a loaded machine misjudged the first call
-            pytest.skip(f"not judged CPU-heavy here: {explanation}")
+        if "CPU slot" not in explanation.reason:
+            # Only a machine busier than its CPUs may excuse it (a known limit of the probe,
+            # see docs/routing.md); on one that is not, a misjudged sort is a failure.
+            assert os.getloadavg()[0] > usable_cpus(), f"not judged CPU-heavy: {explanation}"
+            pytest.skip(f"loaded machine: not judged CPU-heavy here: {explanation}")
         GAUGE.peak = 0
         futures = [ex.submit(numpy_chunk, data) for _ in range(8)]
         intervals = [f.result(timeout=30) for f in futures]
@@ -299,3 +303,26 @@ def test_explain_and_stats_show_the_slots(executor: hybridexec.Executor) -> None
     stats = executor.stats()
     assert set(stats["slots"]) == {"total", "processes", "threads", "lent", "waiting"}
     assert stats["moved"] == {}
+
+
+@pytest.mark.parametrize(("queued", "waits"), [(0.0, True), (0.9, False)])
+def test_time_denied_a_cpu_is_not_waiting_of_the_function(
+    monkeypatch: pytest.MonkeyPatch, queued: float, waits: bool
+) -> None:
+    # The capped lane's judgement (GIL-off builds): a call that used 0.1 s of CPU in 1 s of
+    # wall time waits, unless 0.9 s of that second it was runnable without a CPU (a busy
+    # machine): then it computed whenever it could.
+    from hybridexec._futures import Future, Task
+    from hybridexec._routing import _binding
+
+    readings = iter([0.0, queued])
+    monkeypatch.setattr(_binding, "queued_seconds", lambda: next(readings))
+    learned = _binding.Waits()
+    task = Task(print, [((), {})], Future())
+    task.elapsed = 1.0
+    learned.learn(("m", "f"), task, task.future)  # the thread's first reading: not judged
+    end = time.thread_time() + 0.1
+    while time.thread_time() < end:
+        pass
+    learned.learn(("m", "f"), task, task.future)
+    assert learned.by_key[("m", "f")] is waits

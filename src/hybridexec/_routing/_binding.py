@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .._futures import Future, Items, Outcome, Task
 from ._governor import Governor
 from ._rules import Classifier, Decision, Probe
+from ._sched import queued_seconds
 
 if TYPE_CHECKING:
     from .._process import ProcessLane
@@ -265,7 +266,8 @@ class Waits:
         # not waiting of its own. A thread's first task has no reading before it: not judged.
         if future.cancelled() or task.elapsed <= 0:
             return
-        ident, now, queued = threading.get_ident(), time.thread_time(), _queued()
+        ident, now = threading.get_ident(), time.thread_time()
+        queued = queued_seconds() or 0.0
         with self.lock:
             last, self.cpu_seen[ident] = self.cpu_seen.get(ident), (now, queued)
             if last is not None:
@@ -273,15 +275,6 @@ class Waits:
                     self.by_key.clear()
                 could_run = max(task.elapsed - (queued - last[1]), 1e-9)
                 self.by_key[key] = (now - last[0]) < 0.5 * could_run
-
-
-def _queued() -> float:
-    """Seconds this thread has waited on a run queue for a CPU (Linux), else 0.0."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def fn_key(fn: Callable[..., Any]) -> tuple[str, str]:

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
+from ._sched import queued_seconds
+
 LOOK_SECONDS = 0.02
 """While someone waits for a slot, the holders' CPU clocks are read this often."""
 IDLE_RATE = 0.1
@@ -76,12 +78,8 @@ class _Holder:
             cpu = time.clock_gettime(self.clock)
         except OSError:  # the thread is gone
             return None
-        try:  # a thread starved of a CPU by a loaded machine does not wait: it is not idle
-            with open(f"/proc/self/task/{self.tid}/schedstat", "rb") as f:
-                cpu += int(f.read().split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
-            pass
-        return cpu
+        # a thread starved of a CPU by a loaded machine does not wait: it is not idle
+        return cpu + (queued_seconds(self.tid) or 0.0)
 
 
 class Governor:

@@ -77,16 +77,7 @@ class ThreadSched:
         Returns:
             The figure, or None where the kernel does not provide it.
         """
-        data = _read(self.sched_fd)
-        if data is None:
-            return None
-        fields = data.split()
-        if len(fields) < 2:
-            return None
-        try:
-            return int(fields[1]) / 1e9
-        except ValueError:
-            return None
+        return _waited(_read(self.sched_fd))
 
     def runnable(self) -> bool | None:
         """Whether the thread is runnable (state ``R``) now; None if it cannot be read."""
@@ -103,3 +94,32 @@ class ThreadSched:
         fds = [fd for fd in (self.stat_fd, self.sched_fd) if fd is not None]
         self.stat_fd = self.sched_fd = None
         return fds
+
+
+def queued_seconds(tid: int | None = None) -> float | None:
+    """Seconds a thread of this process has waited on a run queue without a CPU, so far.
+
+    A one-off read (``ThreadSched`` keeps handles for repeated ones, and reads with the GIL
+    held). Time a busy machine denied a thread a CPU is not time the thread waited of its own.
+
+    Args:
+        tid: The thread's native id; None for the calling thread.
+
+    Returns:
+        The figure, or None where the kernel does not provide it.
+    """
+    path = "/proc/thread-self/schedstat" if tid is None else f"/proc/self/task/{tid}/schedstat"
+    try:
+        with open(path, "rb") as f:
+            return _waited(f.read())
+    except OSError:
+        return None
+
+
+def _waited(data: bytes | None) -> float | None:
+    """The run-queue wait in seconds from a ``schedstat`` line (its second field)."""
+    fields = data.split() if data is not None else []
+    try:
+        return int(fields[1]) / 1e9 if len(fields) >= 2 else None
+    except ValueError:
+        return None
