@@ -59,17 +59,7 @@ SCRIPT = textwrap.dedent(
 def test_a_process_lane_that_cannot_start_refuses_the_call_and_never_runs_it(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
-    marks = tmp_path / "marks.txt"
-    out = subprocess.run(
-        [sys.executable, str(script), str(marks)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr
+    out = _run(tmp_path, SCRIPT, str(tmp_path / "marks.txt"))
     lines = out.stdout.split("\n")
     assert lines[0].startswith("refused 24"), out.stdout  # EMFILE, at the call
     assert lines[1] == "second"
@@ -139,7 +129,7 @@ def test_a_timeout_whose_timer_thread_cannot_start_fails_that_call_only(
 
 FORK_SERVER_SCRIPT = textwrap.dedent(
     """
-    import os, resource, sys, time
+    import os, resource, time
     import hybridexec as hx
 
     def slow(x):
@@ -153,24 +143,24 @@ FORK_SERVER_SCRIPT = textwrap.dedent(
         running = target.submit(slow, 1)
         while not running.running():
             time.sleep(0.005)
-        if sys.argv[1] == "few-descriptors":  # starts meet the limit, then it is lifted
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            opened = len(os.listdir("/proc/self/fd"))
-            resource.setrlimit(resource.RLIMIT_NOFILE, (opened + 40, hard))
-            hog = []
-            try:
-                while True:
-                    hog.append(os.open(os.devnull, os.O_RDONLY))
-            except OSError:
-                pass
-            for _ in range(5):
-                os.close(hog.pop())
-            more = [target.submit(slow, x) for x in range(2, 8)]
-            time.sleep(1.0)
-            for fd in hog:
-                os.close(fd)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            print([f.result(timeout=30) for f in more])
+        # The second worker's start meets the limit (5 descriptors free), then it is lifted.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        opened = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (opened + 40, hard))
+        hog = []
+        try:
+            while True:
+                hog.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        for _ in range(5):
+            os.close(hog.pop())
+        more = [target.submit(slow, x) for x in range(2, 8)]
+        time.sleep(1.0)  # starts tried meanwhile, under the limit
+        for fd in hog:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        print([f.result(timeout=30) for f in more])
         print(running.result(timeout=30), target.submit(slow, 9).result(timeout=30))
         print(ex.stats()["process_lane"]["crashes"])
         ex.shutdown()
@@ -178,24 +168,26 @@ FORK_SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("how", ["few-descriptors"])
-def test_worker_starts_out_of_descriptors_leave_the_fork_server_alive(
-    tmp_path: Path, how: str
-) -> None:
+def test_worker_starts_out_of_descriptors_leave_the_fork_server_alive(tmp_path: Path) -> None:
     # Before: multiprocessing hung up on the fork server mid-request, which died of it
     # (EOFError), and every worker it had forked with it: finished calls failed as crashes.
+    out = _run(tmp_path, FORK_SERVER_SCRIPT)
+    lines = out.stdout.split("\n")
+    assert lines[0] == "[2, 3, 4, 5, 6, 7]", out.stdout + out.stderr
+    assert lines[1:3] == ["1 9", "0"], out.stdout + out.stderr  # no worker crashed
+    assert "EOFError" not in out.stderr
+
+
+def _run(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` as a script in a fresh interpreter; it must exit 0."""
     script = tmp_path / "script.py"
-    script.write_text(FORK_SERVER_SCRIPT)
+    script.write_text(source)
     out = subprocess.run(
-        [sys.executable, str(script), how],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=50,
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.split("\n")
-    if how == "few-descriptors":
-        assert lines.pop(0) == "[2, 3, 4, 5, 6, 7]"
-    assert lines[:2] == ["1 9", "0"], out.stdout + out.stderr  # no worker crashed
-    assert "EOFError" not in out.stderr
+    return out
