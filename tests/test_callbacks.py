@@ -197,6 +197,28 @@ def test_shutdown_wait_returns_after_the_callbacks_ran(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_blocked_callback_of_another_executor_does_not_hold_up_shutdown() -> None:
+    # Shutdown waits for the callbacks of its own futures, as the stdlib's does; one that
+    # never returns in another executor must not make it wait for ever.
+    release = threading.Event()
+    with Executor(max_processes=1) as other:
+        blocked = other.options(kind="process").submit(square, 3)
+        blocked.add_done_callback(lambda _f: release.wait(20))
+        assert blocked.result(timeout=10) == 9
+        ex = Executor(max_processes=1)
+        ran: list[int] = []
+        f = ex.options(kind="process").submit(square, 5)
+        f.add_done_callback(lambda f: ran.append(f.result()))
+        assert f.result(timeout=10) == 25
+        started = time.monotonic()
+        ex.shutdown(wait=True)
+        waited = time.monotonic() - started
+        release.set()
+    assert waited < 5, f"shutdown waited {waited:.1f} s for another executor's callback"
+    assert ran == [25]  # its own callback had run
+
+
+@pytest.mark.timeout(30)
 def test_a_callback_added_after_the_future_is_done_runs_at_once_in_the_adding_thread() -> None:
     with Executor(max_processes=1) as ex:
         f = ex.options(kind="process").submit(square, 4)

@@ -77,7 +77,7 @@ class LoopLane:
                     loop.run_forever()
 
                 self._thread = threading.Thread(
-                    target=serve(run), name=f"{self._name}-loop", daemon=True
+                    target=serve(run, self), name=f"{self._name}-loop", daemon=True
                 )
                 self._thread.start()
                 ready.wait()

@@ -26,7 +26,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ParamSpec, TypeVar
 
 from . import _futures, _lifecycle
@@ -41,11 +41,12 @@ IDLE_EXIT = 0.5  # seconds a runner waits for work before its thread ends
 
 
 class _Runner:
-    __slots__ = ("ident", "seq", "since")
+    __slots__ = ("ident", "owner", "seq", "since")
 
     def __init__(self) -> None:
         self.ident: int | None = None
         self.seq = 0  # the future it runs the callbacks of (0: none)
+        self.owner: object = None  # what settled that future (see serve)
         self.since = 0.0  # when it started on that future
 
 
@@ -55,7 +56,7 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        self.queue: deque[tuple[int, Any]] = deque()  # (seq, future)
+        self.queue: deque[tuple[int, Any, object]] = deque()  # (seq, future, owner)
         self.runners: list[_Runner] = []
         self.idle = 0  # runners waiting for work
         self.drainers = 0  # threads in drain()
@@ -65,11 +66,12 @@ class _State:
 _state = _State()
 
 
-def serve(fn: Callable[P, R]) -> Callable[P, R]:
+def serve(fn: Callable[P, R], owner: object = None) -> Callable[P, R]:
     """Wrap the main function of a service thread: the futures it settles are handed over.
 
     The done-callbacks of futures settled (or cancelled) while ``fn`` runs run on the
-    callback threads instead of this one.
+    callback threads instead of this one. ``owner`` (a lane) is what ``drain(owners)`` names
+    to wait for these callbacks only.
     """
 
     @functools.wraps(fn)
@@ -77,11 +79,11 @@ def serve(fn: Callable[P, R]) -> Callable[P, R]:
         ident = threading.get_ident()
         if ident in _futures._service:  # already serving (a nested call)
             return fn(*args, **kwargs)
-        _futures._service.add(ident)
+        _futures._service[ident] = owner
         try:
             return fn(*args, **kwargs)
         finally:
-            _futures._service.discard(ident)
+            _futures._service.pop(ident, None)
 
     return served
 
@@ -89,9 +91,10 @@ def serve(fn: Callable[P, R]) -> Callable[P, R]:
 def hand_over(future: _futures.Future[Any]) -> None:
     """Queue ``future`` so that a runner calls its ``_run_callbacks()``."""
     s = _state
+    owner = _futures._service.get(threading.get_ident())
     with s.lock:
         s.handed += 1
-        s.queue.append((s.handed, future))
+        s.queue.append((s.handed, future, owner))
         if s.idle:
             s.cond.notify_all() if len(s.runners) > 1 else s.cond.notify()
             return
@@ -138,7 +141,7 @@ def _run(s: _State, me: _Runner) -> None:
                     s.cond.wait(timeout)
                 finally:
                     s.idle -= 1
-            me.seq, future = s.queue.popleft()
+            me.seq, future, me.owner = s.queue.popleft()
             me.since = time.monotonic()
             s.lock.release()
             try:
@@ -146,16 +149,19 @@ def _run(s: _State, me: _Runner) -> None:
             finally:
                 future = None
                 s.lock.acquire()
-                me.seq = 0
+                me.seq, me.owner = 0, None
                 if s.drainers:
                     s.cond.notify_all()
 
 
-def drain(timeout: float | None = None) -> bool:
+def drain(timeout: float | None = None, owners: Collection[object] | None = None) -> bool:
     """Wait until the callbacks of every future handed over so far have run.
 
-    A runner calling this (a callback that shuts an executor down) does not wait for itself.
-    At interpreter exit the wait is bounded by ``EXIT_WAIT``. Returns False on timeout.
+    With ``owners``, only those of futures that these owners' service threads settled (an
+    executor's lanes): a callback of another executor that never returns must not hold up
+    this one's shutdown. A runner calling this (a callback that shuts an executor down) does
+    not wait for itself. At interpreter exit the wait is bounded by ``EXIT_WAIT``. Returns
+    False on timeout.
     """
     if _lifecycle.exiting():
         timeout = EXIT_WAIT if timeout is None else min(timeout, EXIT_WAIT)
@@ -166,8 +172,11 @@ def drain(timeout: float | None = None) -> bool:
         target = s.handed
         s.drainers += 1
         try:
-            while (s.queue and s.queue[0][0] <= target) or any(
-                0 < r.seq <= target and r.ident != me for r in s.runners
+            while any(
+                seq <= target and (owners is None or owner in owners) for seq, _, owner in s.queue
+            ) or any(
+                0 < r.seq <= target and r.ident != me and (owners is None or r.owner in owners)
+                for r in s.runners
             ):
                 if deadline is None:
                     s.cond.wait()

@@ -85,7 +85,9 @@ class Timers:
             entry = (deadline, next(self._seq), fn)
             heapq.heappush(self._heap, entry)
             if self._thread is None:
-                thread = threading.Thread(target=serve(self._run), name=self._name, daemon=True)
+                thread = threading.Thread(
+                    target=serve(self._run, self), name=self._name, daemon=True
+                )
                 try:
                     thread.start()
                 except BaseException:  # refused (a thread limit): the caller's call fails,

@@ -256,7 +256,8 @@ class Executor(concurrent.futures.Executor):
         if wait:
             stop_actors(self, drain=not cancel_futures, wait=True)
             router.shutdown(wait=True, cancel_futures=cancel_futures)
-            drain()  # the done-callbacks of what ended have run, as in the standard library
+            # The done-callbacks of what ended here have run, as in the standard library.
+            drain(owners=router.service_owners())
 
     def __enter__(self) -> Self:
         return self

@@ -46,7 +46,7 @@ Items = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 # Set by _callbacks: the threads running a ``serve``d function, and where they hand over.
-_service: set[int] = set()
+_service: dict[int, object] = {}  # service thread -> what it serves (see _callbacks)
 _hand_over: Callable[[Future[Any]], None] | None = None
 
 

@@ -176,6 +176,11 @@ class Router:
         with _lanes_lock:
             _lanes.update((self.threads, self.cpu_threads, self.processes, self.loop))
 
+    def service_owners(self) -> list[object]:
+        """What the service threads of these lanes serve (``_callbacks.serve``'s owners)."""
+        lanes = (self.processes, self.threads.timers, self.cpu_threads.timers, self.loop)
+        return [*lanes, self.remote] if self.remote is not None else list(lanes)
+
     def broken(self) -> str | bool:
         """Why the executor can no longer run work (a lane's initializer failed), or False."""
         for lane in (self.threads, self.processes):

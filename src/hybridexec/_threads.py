@@ -93,6 +93,11 @@ class ThreadLane:
         self.gate: Any = None  # set by the router: what a thread asks before and after a task
 
     @property
+    def timers(self) -> Timers:
+        """The deadline thread of this lane (it settles the futures of timed-out tasks)."""
+        return self._timers
+
+    @property
     def size(self) -> int:
         """The number of threads alive now."""
         return len(self._threads)

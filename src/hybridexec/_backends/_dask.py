@@ -109,7 +109,7 @@ class DaskLane(RemoteLane):
         self._cond = threading.Condition()
         self._closing = False
         self._collector = threading.Thread(
-            target=serve(self._collect), name="hybridexec-dask-collector", daemon=True
+            target=serve(self._collect, self), name="hybridexec-dask-collector", daemon=True
         )
         self._collector.start()
 

@@ -77,7 +77,7 @@ class RayLane(RemoteLane):
         ref = self._remote_fn.options(name=token).remote(token, payload, *handles)
         if task.timeout is not None:
             self._started(token, None)  # Ray does not report starts: count from now
-        ref.future().add_done_callback(functools.partial(serve(self._on_done), token))
+        ref.future().add_done_callback(functools.partial(serve(self._on_done, self), token))
         return ref
 
     def _on_done(self, token: str, done: concurrent.futures.Future[Any]) -> None:

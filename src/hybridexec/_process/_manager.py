@@ -96,7 +96,7 @@ class Manager(Scheduling, threading.Thread):
     # ---- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            _callbacks.serve(self._loop)()  # done-callbacks run on the callback threads
+            _callbacks.serve(self._loop, self.lane)()  # done-callbacks run on the callback threads
         except BaseException as exc:  # never leave a future unresolved
             logger.exception("hybridexec process manager failed; the process lane is broken")
             self._break(exc)
