@@ -38,7 +38,6 @@ only creates a coroutine.
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import threading
 import time
@@ -47,8 +46,8 @@ from typing import Any
 
 from ._entry import Entry
 from ._measure import Measurement
-from ._probe import PROBE
 from ._rules import Decision, Explanation, ms
+from ._ticket import Ticket
 from ._verdicts import (
     CLAIM_SECONDS,
     DEMOTE_CPU_RATIO,
@@ -61,11 +60,9 @@ from ._verdicts import (
     OVERFLOW,
     RECHECK_FIRST,
     RECHECK_MAX,
-    RECHECK_WINDOW_SECONDS,
     SUSPECT_GAP_FIRST,
     VARIANTS_MAX,
     WAIT_SECONDS,
-    WINDOW_SECONDS,
     Key,
     contrary,
     cpu_share,
@@ -76,35 +73,6 @@ from ._verdicts import (
 )
 
 logger = logging.getLogger("hybridexec")
-
-
-class _Ticket:
-    """The ``Probe`` of one measured call (see ``routing.Probe``)."""
-
-    __slots__ = ("_claims", "entry", "owner", "recheck")
-
-    def __init__(self, owner: LearningClassifier, entry: Entry, recheck: bool) -> None:
-        self.owner: LearningClassifier = owner
-        self.entry: Entry = entry
-        self.recheck: bool = recheck
-        self._claims = itertools.count()
-
-    def claim(self) -> bool:
-        return next(self._claims) == 0  # atomic: itertools.count holds the GIL throughout
-
-    def run(self, call: Callable[[], None]) -> None:
-        owner, entry, recheck = self.owner, self.entry, self.recheck
-        entry.window_open = True
-        window = PROBE.open(
-            RECHECK_WINDOW_SECONDS if recheck else WINDOW_SECONDS,
-            lambda m: owner._conclude(entry, m, recheck),
-        )
-        try:
-            call()
-        finally:
-            m = PROBE.close(window)
-            if m is not None:
-                owner._conclude(entry, m, recheck)
 
 
 class LearningClassifier:
@@ -289,7 +257,7 @@ class LearningClassifier:
                     return decision
                 if entry.claimed_at is None or self._stale(entry, now):
                     entry.claimed_at = now
-                    ticket = _Ticket(self, entry, recheck=False)
+                    ticket = Ticket(self, entry, recheck=False)
                     return Decision("thread", "learning: this call is measured", probe=ticket)
                 deadline = now + WAIT_SECONDS if deadline is None else deadline
                 if now >= deadline:  # late binding moves it if it has not started then
@@ -297,7 +265,7 @@ class LearningClassifier:
                     return Decision("thread", why, source=entry)
                 self._cond.wait(min(deadline - now, CLAIM_SECONDS))
 
-    def recheck_now(self, entry: Entry) -> _Ticket | None:
+    def recheck_now(self, entry: Entry) -> Ticket | None:
         """A measurement for a call of ``entry`` about to start on a thread, if one is due.
 
         Late binding (``_binding.py``) asks this as a thread lane starts a task: a re-check
@@ -308,7 +276,7 @@ class LearningClassifier:
         with self._cond:
             return self._recheck_locked(entry, time.monotonic())
 
-    def _recheck_locked(self, entry: Entry, now: float) -> _Ticket | None:
+    def _recheck_locked(self, entry: Entry, now: float) -> Ticket | None:
         due = entry.recheck and entry.decision is not None
         if not due or (entry.rechecking and not self._stale(entry, now)):
             return None
@@ -316,7 +284,7 @@ class LearningClassifier:
         entry.rechecking = True
         entry.claimed_at = now
         entry.since_recheck = 0
-        return _Ticket(self, entry, recheck=True)
+        return Ticket(self, entry, recheck=True)
 
     @staticmethod
     def _stale(entry: Entry, now: float) -> bool:

@@ -124,6 +124,10 @@ class GilProbe:
                 self._cond.notify()
         return window
 
+    def measuring(self) -> bool:
+        """True while a window is open (read without the lock: a hint)."""
+        return bool(self._windows)
+
     def close(self, window: Window) -> Measurement | None:
         """Close ``window`` on the measured thread.
 

@@ -1,0 +1,128 @@
+"""The ticket of one measured call: its probe window, and a shorter GIL switch interval after.
+
+``Ticket`` is the ``Probe`` a decision carries (see ``routing.Probe``): the lane that runs the
+call runs it inside a probe window, and the classifier concludes from what the window saw.
+
+The first call of a new function is measured on a thread (``_probe.py``); its verdict comes
+``WINDOW_SECONDS`` into the call, but a Python loop sent to processes goes on holding the GIL on
+its thread until it returns. Meanwhile every other thread of the process gets the GIL only
+when the loop is made to drop it, once per switch interval (5 ms by default): the submitters
+waiting for the verdict, then the process lane's manager starting workers and dispatching,
+pay that wait at each step, and the calls the verdict sent to processes started 70-150 ms
+late on 2 cores (measured: eight 140 ms loops took 0.68 s on a fresh executor, 0.56 s with a
+0.5 ms interval while the measured call ran).
+
+So while such a call runs after its verdict, the interval is ``SHORT``; it goes back when the
+call returns. Never while a measurement window is open: the probe reads GIL contention from how
+late it wakes, which depends on the interval (``pause`` ends a boost when a window opens). A
+value the application set meanwhile is left alone. Several boosts nest: the first saves the
+interval, the last puts it back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._measure import Measurement
+from ._probe import PROBE
+from ._verdicts import RECHECK_WINDOW_SECONDS, WINDOW_SECONDS, verdict
+
+if TYPE_CHECKING:
+    from ._classifier import LearningClassifier
+    from ._entry import Entry
+
+SHORT = 0.0005
+"""The switch interval while a GIL-bound measured call runs after its verdict (seconds)."""
+
+_lock = threading.Lock()
+_active: set[Boost] = set()  # boosts in force (under _lock)
+_saved: float | None = None  # the interval before the first boost (under _lock)
+
+
+class Ticket:
+    """The ``Probe`` of one measured call (see ``routing.Probe``)."""
+
+    __slots__ = ("_claims", "entry", "owner", "recheck")
+
+    def __init__(self, owner: LearningClassifier, entry: Entry, recheck: bool) -> None:
+        self.owner: LearningClassifier = owner
+        self.entry: Entry = entry
+        self.recheck: bool = recheck
+        self._claims = itertools.count()
+
+    def claim(self) -> bool:
+        return next(self._claims) == 0  # atomic: itertools.count holds the GIL throughout
+
+    def run(self, call: Callable[[], None]) -> None:
+        owner, entry, recheck = self.owner, self.entry, self.recheck
+        entry.window_open = True
+        boost = Boost()
+
+        def report(m: Measurement) -> None:  # on the probe thread, while the call goes on
+            owner._conclude(entry, m, recheck)
+            if verdict(m)[0] == "process" and not PROBE.measuring():
+                boost.start()  # it goes on holding the GIL: let the other threads in sooner
+
+        window = PROBE.open(RECHECK_WINDOW_SECONDS if recheck else WINDOW_SECONDS, report)
+        pause()  # after opening: a boost started since sees this window and stays off
+        try:
+            call()
+        finally:
+            boost.end()
+            m = PROBE.close(window)
+            if m is not None:
+                owner._conclude(entry, m, recheck)
+
+
+class Boost:
+    """One measured call's claim on the short interval: ``start`` once, ``end`` when it returns."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def start(self) -> None:
+        """Shorten the interval until ``end`` (nothing if the call ended already)."""
+        global _saved
+        with _lock:
+            if self.ended or self in _active:
+                return
+            if not _active:
+                current = sys.getswitchinterval()
+                if current <= SHORT:  # the application runs a short interval: leave it
+                    return
+                _saved = current
+                sys.setswitchinterval(SHORT)
+            _active.add(self)
+
+    def end(self) -> None:
+        """The call returned: the interval goes back once no other boost is in force."""
+        with _lock:
+            self.ended = True
+            if self in _active:
+                _active.discard(self)
+                if not _active:
+                    _restore()
+
+
+def pause() -> None:
+    """A measurement window opens: end every boost (the probe needs the usual interval)."""
+    if not _active:  # read without the lock: the common case costs nothing
+        return
+    with _lock:
+        for boost in _active:
+            boost.ended = True
+        _active.clear()
+        _restore()
+
+
+def _restore() -> None:
+    global _saved
+    if _saved is not None and abs(sys.getswitchinterval() - SHORT) < 1e-9:
+        sys.setswitchinterval(_saved)  # unless the application changed it meanwhile
+    _saved = None
