@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +19,7 @@ import hybridexec
 from hybridexec._routing import _ticket
 
 pytestmark = pytest.mark.timeout(60)
+T = TypeVar("T")
 
 
 def python_loop_seen_interval(seconds: float, set_to: float | None = None) -> tuple[float, float]:
@@ -45,16 +47,13 @@ def interval() -> Iterator[None]:
     sys.setswitchinterval(before)
 
 
-def _first_call(fn: object, *args: object) -> object:
+def _first_call(fn: Callable[..., T], *args: Any) -> T:
     with hybridexec.Executor() as ex:
-        future = ex.submit(fn, *args)  # type: ignore[arg-type]
-        result = future.result(timeout=30)
-        assert ex.explain(fn).kind in ("process", "thread")  # type: ignore[arg-type]
-    return result
+        return ex.submit(fn, *args).result(timeout=30)
 
 
 def test_gil_bound_first_call_runs_with_a_short_interval_after_its_verdict(interval: None) -> None:
-    start, seen = _first_call(python_loop_seen_interval, 0.4)  # type: ignore[misc]
+    start, seen = _first_call(python_loop_seen_interval, 0.4)
     assert start == pytest.approx(0.005)
     assert seen == pytest.approx(_ticket.SHORT)
     assert sys.getswitchinterval() == pytest.approx(0.005)  # back once the call returned
@@ -62,20 +61,21 @@ def test_gil_bound_first_call_runs_with_a_short_interval_after_its_verdict(inter
 
 def test_the_applications_interval_comes_back(interval: None) -> None:
     sys.setswitchinterval(0.002)
-    start, seen = _first_call(python_loop_seen_interval, 0.4)  # type: ignore[misc]
-    assert (start, seen) == (pytest.approx(0.002), pytest.approx(_ticket.SHORT))
+    start, seen = _first_call(python_loop_seen_interval, 0.4)
+    assert start == pytest.approx(0.002)
+    assert seen == pytest.approx(_ticket.SHORT)
     assert sys.getswitchinterval() == pytest.approx(0.002)
 
 
 def test_an_interval_already_short_is_left_alone(interval: None) -> None:
     sys.setswitchinterval(0.0002)
-    _start, seen = _first_call(python_loop_seen_interval, 0.3)  # type: ignore[misc]
+    _start, seen = _first_call(python_loop_seen_interval, 0.3)
     assert seen == pytest.approx(0.0002)
     assert sys.getswitchinterval() == pytest.approx(0.0002)
 
 
 def test_an_interval_the_application_sets_meanwhile_is_kept(interval: None) -> None:
-    _start, seen = _first_call(python_loop_seen_interval, 0.4, 0.003)  # type: ignore[misc]
+    _start, seen = _first_call(python_loop_seen_interval, 0.4, 0.003)
     assert seen == pytest.approx(_ticket.SHORT)
     assert sys.getswitchinterval() == pytest.approx(0.003)
 
