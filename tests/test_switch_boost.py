@@ -8,6 +8,7 @@ the call returns, and a value the application set is respected.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -106,3 +107,22 @@ def test_boosts_nest_and_a_window_opening_ends_them(interval: None) -> None:
     ended.end()
     ended.start()  # its call returned before the verdict came: nothing to shorten
     assert sys.getswitchinterval() == pytest.approx(0.005)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_child_forked_during_a_boost_gets_the_usual_interval(interval: None) -> None:
+    boost = _ticket.Boost()
+    boost.start()
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its interval and leave at once
+            os.write(w, repr(sys.getswitchinterval()).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as got:
+            seen = float(got.read())
+        os.waitpid(pid, 0)
+    finally:
+        boost.end()
+    assert seen == pytest.approx(0.005)

@@ -16,7 +16,7 @@ So while such a call runs after its verdict, the interval is ``SHORT``; it goes 
 call returns. Never while a measurement window is open: the probe reads GIL contention from how
 late it wakes, which depends on the interval (``pause`` ends a boost when a window opens). A
 value the application set meanwhile is left alone. Several boosts nest: the first saves the
-interval, the last puts it back.
+interval, the last puts it back. A child forked meanwhile gets the saved interval back.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import _lifecycle
 from ._measure import Measurement
 from ._probe import PROBE
 from ._verdicts import RECHECK_WINDOW_SECONDS, WINDOW_SECONDS, verdict
@@ -121,8 +122,20 @@ def pause() -> None:
         _restore()
 
 
+def _after_fork_in_child() -> None:
+    # The calls that held boosts do not run in the child: its interval comes back.
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    if _active:
+        _active.clear()
+        _restore()
+
+
 def _restore() -> None:
     global _saved
     if _saved is not None and abs(sys.getswitchinterval() - SHORT) < 1e-9:
         sys.setswitchinterval(_saved)  # unless the application changed it meanwhile
     _saved = None
+
+
+_lifecycle.on_fork(_after_fork_in_child)
