@@ -16,15 +16,17 @@ from ._backends import check_remote, open_lane
 from ._callbacks import drain
 from ._futures import Future
 from ._process import usable_cpus
-from ._router import Router, check_count, resolve_counts
+from ._router import Router
 from ._routing import (
     Classifier,
     Explanation,
     LearningClassifier,
     Options,
+    check_count,
     check_kind,
     check_timeout,
     checked_options,
+    resolve_counts,
 )
 from ._shm import DEFAULT_THRESHOLD, check_threshold, cleanup_shared_memory
 from ._views import (

@@ -47,11 +47,23 @@ from ._decisions import Plans, Sampler
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
 from ._process import MemoryLimited, ProcessLane, usable_cpus
-from ._routing import Binding, Classifier, Decision, Governor, Options, Waits, fn_key, hints_of
+from ._routing import (
+    Binding,
+    Classifier,
+    Decision,
+    Governor,
+    Options,
+    Waits,
+    WouldWait,
+    fn_key,
+    hints_of,
+    no_waiting,
+)
 from ._threads import ThreadLane
 
 if TYPE_CHECKING:
     from ._backends import RemoteLane
+    from ._deferred import Deferrals
 
 logger = logging.getLogger("hybridexec")
 
@@ -89,30 +101,6 @@ def _forget_lanes_after_fork() -> None:
 _lifecycle.on_fork(_forget_lanes_after_fork)
 
 
-def check_count(name: str, value: int | None) -> int | None:
-    """Return a worker count as given (None: the default), or raise as the stdlib pools do."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {value!r}")
-    if value < 1:
-        # The standard pools' wording, which code written for them may match.
-        raise ValueError(f"{name} must be greater than 0, not {value}")
-    return value
-
-
-def resolve_counts(
-    max_threads: int | None, max_processes: int | None, max_workers: int | None
-) -> tuple[int | None, int | None]:
-    """The lane caps: ``max_workers`` (the standard pools' word) caps each lane not given."""
-    max_threads = check_count("max_threads", max_threads)
-    max_processes = check_count("max_processes", max_processes)
-    if check_count("max_workers", max_workers) is not None:
-        max_threads = max_workers if max_threads is None else max_threads
-        max_processes = max_workers if max_processes is None else max_processes
-    return max_threads, max_processes
-
-
 class Router:
     """The lanes of one executor and the rules that pick one for each call."""
 
@@ -129,6 +117,7 @@ class Router:
         self.classifier = classifier
         self.remote = remote
         self.closed = False
+        self.deferrals: Deferrals | None = None  # calls waiting for a verdict, made when needed
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
         # "+= 1" on a dict item reads then writes: without a GIL, counts could be lost.
         self._counts_lock = threading.Lock()
@@ -198,6 +187,8 @@ class Router:
         self.closed = True
         if self.generation != _lifecycle.generation():
             return  # the lanes are the parent's: nothing here to stop
+        if self.deferrals is not None:  # calls waiting for a verdict go to their lanes first
+            (self.deferrals.cancel if cancel_futures else self.deferrals.flush)()
         for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
             lane.shutdown(wait=False, cancel_futures=cancel_futures)
         if self.remote is not None:  # distributed backend
@@ -229,6 +220,8 @@ class Router:
         """
         if self.generation != _lifecycle.generation():
             return
+        if self.deferrals is not None:
+            self.deferrals.flush()
         for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
             lane.shutdown(wait=False, cancel_futures=False)
 
@@ -256,8 +249,27 @@ class Router:
             return self.plans.submit_thread(self, fn, (args, kwargs), decision)
         if is_async_callable(fn) and self.async_on_loop(fn, opts):
             return self.submit_async(fn, args, kwargs, opts)
-        decision, opts = self.decide(fn, args, kwargs, opts)
+        try:
+            with no_waiting():  # a call of a function being learned: placed once its verdict is in
+                decision, opts = self.decide(fn, args, kwargs, opts)
+        except WouldWait:
+            future = self.defer(fn, args, kwargs, opts)
+            if future is not None:
+                return future
+            decision, opts = self.decide(fn, args, kwargs, opts)
         return self.submit_task(fn, [(args, kwargs)], decision, opts.timeout, batch=False)[0]
+
+    def defer(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
+    ) -> Future[Any] | None:
+        """Queue the call until its function's verdict (``_deferred.py``); None: not possible."""
+        if self.closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self.deferrals is None:
+            from ._deferred import Deferrals
+
+            self.deferrals = Deferrals(self)
+        return self.deferrals.add(fn_key(fn), fn, args, kwargs, opts)
 
     def async_on_loop(self, fn: Callable[..., Any], opts: Options) -> bool:
         # An async def runs on the executor's loop unless a lane was chosen for it (or a
@@ -287,8 +299,10 @@ class Router:
         timeout: float | None,
         *,
         batch: bool,
+        future: Future[Any] | None = None,
+        context: contextvars.Context | None = None,
     ) -> tuple[Future[Any], Task]:
-        if self.closed:
+        if self.closed and future is None:  # given: a deferred call, accepted before
             raise RuntimeError("cannot schedule new futures after shutdown")
         if self.generation != _lifecycle.generation():
             self.check_fork()
@@ -301,7 +315,8 @@ class Router:
             if probe is not None and not probe.claim():
                 probe = None
         kind = "thread" if probe is not None else decision.kind
-        future: Future[Any] = Future(kind)
+        future = Future(kind) if future is None else future  # given: a deferred call's
+        future.kind = kind
         if is_async_callable(fn):
             fn = functools.partial(run_coroutine, fn)
         fn = fn if decision.max_memory is None else MemoryLimited(fn, decision.max_memory)
@@ -330,7 +345,7 @@ class Router:
         # A measured first call runs where the user did not ask: exit waits for it briefly.
         task.chosen = probe is not None
         if kind == "thread":  # a copy: O(1), and what the task sets stays its own
-            task.context = contextvars.copy_context()
+            task.context = contextvars.copy_context() if context is None else context
         if logger.isEnabledFor(logging.DEBUG):  # the arguments cost a lookup per submit
             logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
         with self._counts_lock:

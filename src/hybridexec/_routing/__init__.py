@@ -12,6 +12,7 @@ Layers inside the room (each imports only those above it)::
     _probe       the GIL probe: the helper thread that samples open windows
     _verdicts    the thresholds, the verdict rule, the keys (size bucket, argument shape)
     _entry       what the classifier keeps per key
+    _ticket      the ticket of a measured call, the switch-interval boost, WouldWait
     _classifier  LearningClassifier: learner state per key, feedback, re-checks
     _governor    Governor: the CPU slots shared by busy processes and CPU-heavy threads
     _binding     late binding (a task not started follows the newest verdict), the thread
@@ -34,10 +35,12 @@ if TYPE_CHECKING:
     from ._options import KINDS as KINDS
     from ._options import Kind as Kind
     from ._options import Options as Options
+    from ._options import check_count as check_count
     from ._options import check_kind as check_kind
     from ._options import check_max_memory as check_max_memory
     from ._options import check_timeout as check_timeout
     from ._options import checked_options as checked_options
+    from ._options import resolve_counts as resolve_counts
     from ._rules import Classifier as Classifier
     from ._rules import Decision as Decision
     from ._rules import Explanation as Explanation
@@ -48,6 +51,8 @@ if TYPE_CHECKING:
     from ._rules import route as route
     from ._rules import route_rules as route_rules
     from ._rules import task as task
+    from ._ticket import WouldWait as WouldWait
+    from ._ticket import no_waiting as no_waiting
 
 __all__ = [
     "KINDS",
@@ -61,6 +66,8 @@ __all__ = [
     "Options",
     "TimedTask",
     "Waits",
+    "WouldWait",
+    "check_count",
     "check_kind",
     "check_max_memory",
     "check_timeout",
@@ -70,20 +77,24 @@ __all__ = [
     "gil_enabled",
     "hints_of",
     "io_bound",
+    "no_waiting",
+    "resolve_counts",
     "route",
     "route_rules",
     "task",
 ]
 
 _OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
-_OPTIONS |= {"check_kind", "check_max_memory", "check_timeout"}
+_OPTIONS |= {"check_count", "check_kind", "check_max_memory", "check_timeout", "resolve_counts"}
 _BINDING = {"Binding", "TimedTask", "Waits", "fn_key"}
-_ELSEWHERE = {"LearningClassifier", "Governor", *_OPTIONS, *_BINDING}
+_TICKET = {"WouldWait", "no_waiting"}
+_ELSEWHERE = {"LearningClassifier", "Governor", *_OPTIONS, *_BINDING, *_TICKET}
 
 __getattr__, __dir__ = exports(
     __name__,
     {name: "._rules" for name in __all__ if name not in _ELSEWHERE}
     | {"LearningClassifier": "._classifier", "Governor": "._governor"}
     | dict.fromkeys(_OPTIONS, "._options")
-    | dict.fromkeys(_BINDING, "._binding"),
+    | dict.fromkeys(_BINDING, "._binding")
+    | dict.fromkeys(_TICKET, "._ticket"),
 )

@@ -47,7 +47,7 @@ from typing import Any
 from ._entry import Entry
 from ._measure import Measurement
 from ._rules import Decision, Explanation, ms
-from ._ticket import Ticket
+from ._ticket import Ticket, WouldWait, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
     DEMOTE_CPU_RATIO,
@@ -259,6 +259,8 @@ class LearningClassifier:
                     entry.claimed_at = now
                     ticket = Ticket(self, entry, recheck=False)
                     return Decision("thread", "learning: this call is measured", probe=ticket)
+                if waiting_refused():
+                    raise WouldWait  # the router places this call once the verdict is in
                 deadline = now + WAIT_SECONDS if deadline is None else deadline
                 if now >= deadline:  # late binding moves it if it has not started then
                     why = "learning: no verdict yet, on a thread meanwhile"

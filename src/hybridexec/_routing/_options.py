@@ -91,3 +91,27 @@ def checked_options(
     if options.kind == "thread" and options.max_memory is not None:
         raise ValueError("max_memory needs a process: it cannot apply with kind='thread'")
     return options
+
+
+def check_count(name: str, value: int | None) -> int | None:
+    """Return a worker count as given (None: the default), or raise as the stdlib pools do."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {value!r}")
+    if value < 1:
+        # The standard pools' wording, which code written for them may match.
+        raise ValueError(f"{name} must be greater than 0, not {value}")
+    return value
+
+
+def resolve_counts(
+    max_threads: int | None, max_processes: int | None, max_workers: int | None
+) -> tuple[int | None, int | None]:
+    """The lane caps: ``max_workers`` (the standard pools' word) caps each lane not given."""
+    max_threads = check_count("max_threads", max_threads)
+    max_processes = check_count("max_processes", max_processes)
+    if check_count("max_workers", max_workers) is not None:
+        max_threads = max_workers if max_threads is None else max_threads
+        max_processes = max_workers if max_processes is None else max_processes
+    return max_threads, max_processes

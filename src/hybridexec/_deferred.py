@@ -1,0 +1,166 @@
+"""Calls that wait for their function's first verdict, off the caller's thread.
+
+While the first call of a new function is being measured (``_routing/_classifier.py``), further
+calls of it wait for the verdict rather than pile into threads. That wait used to happen inside
+``submit``: a loop submitting a mix of new functions stalled at each one for its window (25-100
+ms; 276 ms of a 40-call mixed batch that took 40 ms once learned). Now ``submit`` returns the
+future at once and the call joins its function's queue here; one placer thread per function
+being learned waits for the verdict and hands the calls, in order, to the lane it names (as
+``submit`` would have), running them in the ``contextvars`` context their submitter had.
+
+Nothing accepted is lost: ``shutdown``, an executor dropped without it, and interpreter exit
+place every queued call first (``flush``), before the lanes stop taking work; a call that cannot
+be placed ends with the error that stopped it. A cancelled call is dropped when its turn comes.
+In a forked child the queues (the parent's calls) are forgotten.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _lifecycle
+from ._futures import Future
+from ._routing import Decision, Options, WouldWait, hints_of, no_waiting
+
+if TYPE_CHECKING:
+    from ._router import Router
+
+logger = logging.getLogger("hybridexec")
+
+FLUSH_WAIT = 1.0
+"""Longest ``flush`` waits for a placer busy with a call (its wait for a verdict is bounded)."""
+
+_Call = tuple[
+    Callable[..., Any], tuple[Any, ...], dict[str, Any], Options, Future[Any], contextvars.Context
+]
+
+_SHUTTING_DOWN = Decision("thread", "learning: the executor shut down before the verdict")
+
+_all: weakref.WeakSet[Deferrals] = weakref.WeakSet()
+
+
+class Deferrals:
+    """The queued calls of one executor's functions being learned, by function."""
+
+    def __init__(self, router: Router) -> None:
+        self._router = weakref.ref(router)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queues: dict[object, deque[_Call]] = {}  # function key -> calls (under _lock)
+        self._busy = 0  # placers running (under _lock)
+        _all.add(self)
+
+    def add(
+        self,
+        key: object,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+    ) -> Future[Any] | None:
+        """Queue a call; its future, or None if no placer thread could start (then decide)."""
+        future: Future[Any] = Future("thread")
+        call = (fn, args, kwargs, opts, future, contextvars.copy_context())
+        with self._lock:
+            queue = self._queues.get(key)
+            if queue is not None:
+                queue.append(call)
+                return future
+            self._queues[key] = deque((call,))
+            self._busy += 1
+            thread = threading.Thread(
+                target=self._run, args=(key,), name="hybridexec-placer", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # no thread left: the caller waits for the verdict itself
+                del self._queues[key]
+                self._busy -= 1
+                return None
+        return future
+
+    def _run(self, key: object) -> None:
+        while True:
+            with self._lock:
+                queue = self._queues.get(key)
+                if not queue:
+                    self._queues.pop(key, None)
+                    self._busy -= 1
+                    self._idle.notify_all()
+                    return
+                call = queue.popleft()
+            self._place(call, hurry=False)
+
+    def _place(self, call: _Call, *, hurry: bool) -> None:
+        fn, args, kwargs, opts, future, context = call
+        if future.cancelled():
+            return
+        router = self._router()
+        try:
+            if router is None:
+                raise RuntimeError("the executor was collected before the call could start")
+            if hurry:  # shutting down: no waiting for a verdict (threads meanwhile)
+                try:
+                    with no_waiting():
+                        decision, opts = router.decide(fn, args, kwargs, opts)
+                except WouldWait:
+                    hinted = hints_of(fn)
+                    opts = opts if hinted is None else opts.merged(hinted)
+                    decision = _SHUTTING_DOWN
+            else:
+                decision, opts = router.decide(fn, args, kwargs, opts)
+            items = [(args, kwargs)]
+            router.submit_task(
+                fn, items, decision, opts.timeout, batch=False, future=future, context=context
+            )
+        except BaseException as exc:  # the call ends with what stopped it, exactly once
+            if not future.done():
+                future.settle(False, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def flush(self) -> None:
+        """Place every queued call now (to threads where no verdict is in yet), before shutdown."""
+        with self._lock:
+            calls = [c for q in self._queues.values() for c in q]
+            for q in self._queues.values():
+                q.clear()
+        for call in calls:
+            self._place(call, hurry=True)
+        with self._lock:  # a placer busy with a call: it ends within the wait for a verdict
+            self._idle.wait_for(lambda: self._busy == 0, FLUSH_WAIT)
+
+    def cancel(self) -> None:
+        """``shutdown(cancel_futures=True)``: cancel the calls still queued."""
+        with self._lock:
+            calls = [c for q in self._queues.values() for c in q]
+            for q in self._queues.values():
+                q.clear()
+        for call in calls:
+            call[4].cancel()
+
+    def _forget_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queues, self._busy = {}, 0
+
+
+def flush_all() -> None:
+    """At interpreter exit (before the lanes stop): every executor's queued calls are placed."""
+    for deferrals in list(_all):
+        deferrals.flush()
+
+
+def _after_fork() -> None:
+    for deferrals in list(_all):
+        deferrals._forget_after_fork()
+
+
+_lifecycle.on_fork(_after_fork)
+_lifecycle.on_exit(_lifecycle.EXECUTORS, flush_all)

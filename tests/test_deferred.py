@@ -1,0 +1,127 @@
+"""Calls of a function being learned: ``submit`` returns at once, the call runs after the verdict.
+
+See ``src/hybridexec/_deferred.py``. The first call is held (an Event) and its window made to
+report only when it returns, so the verdict cannot come before the test lets it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import hybridexec
+from hybridexec._routing import _ticket
+
+pytestmark = pytest.mark.timeout(60)
+
+HELD = 3.0  # the longest the first call is held (the old submit took 0.25 s per call)
+var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+
+def held(gate: threading.Event, x: int) -> tuple[int, str, bool]:
+    """Wait for ``gate`` (the first call only, in effect); return x, the context, and whether
+    the gate opened in time."""
+    opened = gate.wait(HELD)
+    return x, var.get(), opened
+
+
+def failing(gate: threading.Event, x: int) -> int:
+    gate.wait(HELD)
+    raise ValueError(f"item {x}")
+
+
+@pytest.fixture
+def no_early_verdict(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(_ticket, "WINDOW_SECONDS", None)  # the window reports at the call's end
+    yield
+
+
+def test_submit_returns_while_the_first_call_is_measured(no_early_verdict: None) -> None:
+    gate = threading.Event()
+    with hybridexec.Executor() as ex:
+        first = ex.submit(held, gate, 0)
+        futures = [ex.submit(held, gate, i) for i in range(1, 21)]  # was 0.25 s each
+        gate.set()
+        assert first.result(timeout=30) == (0, "unset", True)  # the gate opened in time
+        assert [f.result(timeout=30)[0] for f in futures] == list(range(1, 21))
+        assert all(f.kind == "thread" for f in futures)  # it waits: the verdict is threads
+
+
+def test_deferred_calls_run_in_their_submitters_context(no_early_verdict: None) -> None:
+    gate = threading.Event()
+    with hybridexec.Executor() as ex:
+        first = ex.submit(held, gate, 0)
+        token = var.set("at submit")
+        try:
+            second = ex.submit(held, gate, 1)
+        finally:
+            var.reset(token)
+        gate.set()
+        assert first.result(timeout=30)[1] == "unset"
+        assert second.result(timeout=30)[1] == "at submit"
+
+
+def test_a_deferred_call_can_be_cancelled_and_errors_reach_its_future(
+    no_early_verdict: None,
+) -> None:
+    gate = threading.Event()
+    with hybridexec.Executor() as ex:
+        first = ex.submit(failing, gate, 0)
+        cancelled = ex.submit(failing, gate, 1)
+        second = ex.submit(failing, gate, 2)
+        assert cancelled.cancel()
+        gate.set()
+        with pytest.raises(ValueError, match="item 0"):
+            first.result(timeout=30)
+        with pytest.raises(ValueError, match="item 2"):
+            second.result(timeout=30)
+        assert cancelled.cancelled()
+
+
+def test_shutdown_runs_the_calls_still_waiting_for_a_verdict(no_early_verdict: None) -> None:
+    gate = threading.Event()
+    ex = hybridexec.Executor()
+    first = ex.submit(held, gate, 0)
+    futures = [ex.submit(held, gate, i) for i in range(1, 6)]
+    threading.Timer(0.2, gate.set).start()  # the first call returns while shutdown waits
+    ex.shutdown(wait=True)
+    assert first.done()
+    assert [f.result(timeout=0)[0] for f in futures] == [1, 2, 3, 4, 5]
+
+
+def test_shutdown_cancel_futures_cancels_the_calls_waiting(no_early_verdict: None) -> None:
+    gate = threading.Event()
+    ex = hybridexec.Executor()
+    first = ex.submit(held, gate, 0)
+    futures = [ex.submit(held, gate, i) for i in range(1, 6)]
+    waiting = [f for f in futures if not f.running() and not f.done()]
+    gate.set()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=0)[0] == 0
+    for f in futures:
+        assert f.done()
+    assert waiting and all(f.cancelled() or f.result(timeout=0)[2] for f in waiting)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_does_not_run_the_parents_waiting_calls(no_early_verdict: None) -> None:
+    gate = threading.Event()
+    with hybridexec.Executor() as ex:
+        first = ex.submit(held, gate, 0)
+        second = ex.submit(held, gate, 1)
+        pid = os.fork()
+        if pid == 0:  # the child: its own calls work; the parent's are not its business
+            try:
+                code = 0 if ex.submit(abs, -3).result(timeout=20) == 3 else 1
+            except BaseException:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        gate.set()
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert first.result(timeout=30)[0] == 0
+        assert second.result(timeout=30)[0] == 1
