@@ -54,6 +54,7 @@ class Deferrals:
         self._idle = threading.Condition(self._lock)
         self._queues: dict[object, deque[_Call]] = {}  # function key -> calls (under _lock)
         self._busy = 0  # placers running (under _lock)
+        self._current: dict[object, _Call] = {}  # the call each placer is placing (under _lock)
         _all.add(self)
 
     def add(
@@ -89,12 +90,13 @@ class Deferrals:
         while True:
             with self._lock:
                 queue = self._queues.get(key)
+                self._current.pop(key, None)
                 if not queue:
                     self._queues.pop(key, None)
                     self._busy -= 1
                     self._idle.notify_all()
                     return
-                call = queue.popleft()
+                call = self._current[key] = queue.popleft()
             self._place(call, hurry=False)
 
     def _place(self, call: _Call, *, hurry: bool) -> None:
@@ -115,6 +117,8 @@ class Deferrals:
                     decision = _SHUTTING_DOWN
             else:
                 decision, opts = router.decide(fn, args, kwargs, opts)
+            if future.cancelled():  # while it waited for the verdict
+                return
             items = [(args, kwargs)]
             router.submit_task(
                 fn, items, decision, opts.timeout, batch=False, future=future, context=context
@@ -137,9 +141,10 @@ class Deferrals:
             self._idle.wait_for(lambda: self._busy == 0, FLUSH_WAIT)
 
     def cancel(self) -> None:
-        """``shutdown(cancel_futures=True)``: cancel the calls still queued."""
+        """``shutdown(cancel_futures=True)``: cancel the calls not placed yet."""
         with self._lock:
             calls = [c for q in self._queues.values() for c in q]
+            calls += self._current.values()  # a placer drops a cancelled call
             for q in self._queues.values():
                 q.clear()
         for call in calls:
@@ -148,7 +153,7 @@ class Deferrals:
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queues, self._busy = {}, 0
+        self._queues, self._busy, self._current = {}, 0, {}
 
 
 def flush_all() -> None:
