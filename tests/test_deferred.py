@@ -112,7 +112,12 @@ def test_a_forked_child_does_not_run_the_parents_waiting_calls(no_early_verdict:
         pid = os.fork()
         if pid == 0:  # the child: its own calls work; the parent's are not its business
             try:
-                code = 0 if ex.submit(abs, -3).result(timeout=20) == 3 else 1
+                opened = threading.Event()
+                opened.set()
+                ok = ex.submit(abs, -3).result(timeout=20) == 3
+                # held is being measured in the parent: the child measures it afresh
+                ok = ok and ex.submit(held, opened, 7).result(timeout=20)[0] == 7
+                code = 0 if ok else 1
             except BaseException:
                 code = 2
             os._exit(code)

@@ -41,9 +41,11 @@ import inspect
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .. import _lifecycle
 from ._entry import Entry
 from ._measure import Measurement
 from ._rules import Decision, Explanation, ms
@@ -84,6 +86,7 @@ class LearningClassifier:
     """
 
     def __init__(self) -> None:
+        _live.add(self)
         self._cond = threading.Condition(threading.Lock())
         self._entries: dict[Key, Entry] = {}
         # function + size bucket -> positional shape -> keyword shapes learned apart
@@ -368,3 +371,18 @@ class LearningClassifier:
 
 def _ewma(old: float, new: float) -> float:
     return old + EWMA_ALPHA * (new - old)
+
+
+_live: weakref.WeakSet[LearningClassifier] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held a lock; its measurements in progress do not run here.
+    for classifier in list(_live):
+        classifier._cond = threading.Condition(threading.Lock())
+        for entry in classifier._entries.values():
+            entry.window_open = entry.rechecking = False
+            entry.claimed_at = None
+
+
+_lifecycle.on_fork(_after_fork_in_child)

@@ -47,11 +47,13 @@ stalls and no early reports: the lateness alone is used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Callable
 
+from .. import _lifecycle
 from ._measure import (
     ACTIVE_RATE,
     BUSY_RATE,
@@ -148,6 +150,14 @@ class GilProbe:
                 window.late += now - max(expected, window.t_open)
                 window.span += now - max(self._cycle_start, window.t_open)
         return window.measurement(now, cpu, complete=True)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the probe thread and the measured calls were the parent's."""
+        fds = [fd for w in self._windows for fd in w.detach()] + self._retired
+        self.__init__()  # type: ignore[misc]  # a fresh lock: the parent's may be held
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _run(self) -> None:
         own = ThreadSched(threading.get_native_id())
@@ -334,4 +344,5 @@ class _Cycle:
 
 
 PROBE = GilProbe()
+_lifecycle.on_fork(PROBE.forget_after_fork)
 """The process-wide probe."""
