@@ -431,10 +431,10 @@ def test_each_mode_of_an_argument_dependent_function_is_routed_right_in_the_firs
 ) -> None:
     wave = [("cpu", 3_000_000), ("io", 30_000)] * 4
     futures = [executor.submit(mode_task, mode, n) for mode, n in wave]
+    for f in futures:
+        f.result(timeout=30)  # kinds are final once the tasks started
     kinds = {"cpu": [f.kind for f, (m, _) in zip(futures, wave, strict=True) if m == "cpu"]}
     kinds["io"] = [f.kind for f, (m, _) in zip(futures, wave, strict=True) if m == "io"]
-    for f in futures:
-        f.result(timeout=30)
     assert kinds["io"] == ["thread"] * 4
     assert kinds["cpu"] == ["thread"] + ["process"] * 3  # the first is the measured one
     assert executor.explain(mode_task, "io", 1).kind == "thread"
