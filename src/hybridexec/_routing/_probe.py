@@ -6,7 +6,8 @@ thread (the probe) repeats a two-step cycle:
 1. **Lateness**: it sleeps ``PROBE_SLEEP`` (1 ms) and measures how late it wakes. Waking needs
    the GIL: while another thread holds it, the probe waits about one switch interval (5 ms);
    when the GIL is free it is late by about 0.1 ms. Lateness over time is the share of time
-   *someone* held the GIL (``gil_busy``).
+   *someone* held the GIL (``gil_busy``). Not read while the interval is below
+   ``LATE_INTERVAL_MIN`` (a boost, ``_ticket.py``, or the application's own setting).
 2. **Stall**: it holds the GIL for ``STALL_SECONDS`` and reads the CPU clock of each measured
    thread (``time.pthread_getcpuclockid``) before and after. A thread that needs the GIL
    cannot run during the stall; C code that released the GIL (hashlib, zlib, numpy) keeps
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +78,9 @@ from ._measure import (
     stall_sleep,
 )
 from ._sched import ThreadSched
+
+LATE_INTERVAL_MIN = 0.002
+"""Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
 
 
 class GilProbe:
@@ -126,10 +131,6 @@ class GilProbe:
                 self._cond.notify()
         return window
 
-    def measuring(self) -> bool:
-        """True while a window is open (read without the lock: a hint)."""
-        return bool(self._windows)
-
     def close(self, window: Window) -> Measurement | None:
         """Close ``window`` on the measured thread.
 
@@ -145,7 +146,11 @@ class GilProbe:
             self._windows.remove(window)
             self._retire(window)
             expected = self._expected
-            if expected is not None and now > expected + LATE_NOISE:
+            if (
+                expected is not None
+                and now > expected + LATE_NOISE
+                and sys.getswitchinterval() >= LATE_INTERVAL_MIN
+            ):
                 # The probe should have woken and has not: it waits for the GIL right now.
                 window.late += now - max(expected, window.t_open)
                 window.span += now - max(self._cycle_start, window.t_open)
@@ -249,6 +254,8 @@ class GilProbe:
             expected = self._expected if self._expected is not None else woke
             cycle_start = self._cycle_start
             self._expected = None
+            if sys.getswitchinterval() < LATE_INTERVAL_MIN:
+                return  # a GIL holder lets go too soon for lateness to tell (a boost, _ticket)
             for w in self._windows:
                 late = woke - max(expected, w.t_open) - LATE_NOISE - max(0.0, queued)
                 w.late += max(0.0, late)

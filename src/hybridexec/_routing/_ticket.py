@@ -13,9 +13,9 @@ late on 2 cores (measured: eight 140 ms loops took 0.68 s on a fresh executor, 0
 0.5 ms interval while the measured call ran).
 
 So while such a call runs after its verdict, the interval is ``SHORT``; it goes back when the
-call returns. Never while a measurement window is open: the probe reads GIL contention from how
-late it wakes, which depends on the interval (``pause`` ends a boost when a window opens). A
-value the application set meanwhile is left alone. Several boosts nest: the first saves the
+call returns. Meanwhile the probe does not read GIL contention from how late it wakes (that
+depends on the interval: ``_probe.LATE_INTERVAL_MIN``); its stalls still measure other windows.
+A value the application set meanwhile is left alone. Several boosts nest: the first saves the
 interval, the last puts it back. A child forked meanwhile gets the saved interval back.
 """
 
@@ -93,11 +93,10 @@ class Ticket:
 
         def report(m: Measurement) -> None:  # on the probe thread, while the call goes on
             owner._conclude(entry, m, recheck)
-            if verdict(m)[0] == "process" and not PROBE.measuring():
+            if verdict(m)[0] == "process":
                 boost.start()  # it goes on holding the GIL: let the other threads in sooner
 
         window = PROBE.open(RECHECK_WINDOW_SECONDS if recheck else WINDOW_SECONDS, report)
-        pause()  # after opening: a boost started since sees this window and stays off
         try:
             call()
         finally:
@@ -137,17 +136,6 @@ class Boost:
                 _active.discard(self)
                 if not _active:
                     _restore()
-
-
-def pause() -> None:
-    """A measurement window opens: end every boost (the probe needs the usual interval)."""
-    if not _active:  # read without the lock: the common case costs nothing
-        return
-    with _lock:
-        for boost in _active:
-            boost.ended = True
-        _active.clear()
-        _restore()
 
 
 def _after_fork_in_child() -> None:
