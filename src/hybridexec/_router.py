@@ -119,8 +119,7 @@ class Router:
         self.closed = False
         self.deferrals: Deferrals | None = None  # calls waiting for a verdict, made when needed
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
-        # "+= 1" on a dict item reads then writes: without a GIL, counts could be lost.
-        self._counts_lock = threading.Lock()
+        self._counts_lock = threading.Lock()  # "+= 1" on a dict item is not atomic sans GIL
         # Decisions reused, and the classifier's timing sampled (_decisions.py).
         self.plans, self.sampler = Plans(classifier, default_kind, remote is None), Sampler()
         self._build_lanes()
@@ -268,7 +267,8 @@ class Router:
         if self.deferrals is None:
             from ._deferred import Deferrals
 
-            self.deferrals = Deferrals(self)
+            with self._counts_lock:  # one per executor, whichever submitter comes first
+                self.deferrals = self.deferrals or Deferrals(self)
         return self.deferrals.add(fn_key(fn), fn, args, kwargs, opts)
 
     def async_on_loop(self, fn: Callable[..., Any], opts: Options) -> bool:

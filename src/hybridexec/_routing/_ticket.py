@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from ._classifier import LearningClassifier
     from ._entry import Entry
 
-SHORT = 0.0005
-"""The switch interval while a GIL-bound measured call runs after its verdict (seconds)."""
+SHORT = 0.000499
+"""The switch interval while a GIL-bound measured call runs after its verdict (seconds): an
+odd value, so that one the application sets meanwhile (0.0005, say) is told apart and kept."""
 
 _lock = threading.Lock()
 _active: set[Boost] = set()  # boosts in force (under _lock)
