@@ -253,15 +253,21 @@ def _cpu_fn() -> None:
 
 # ---- layer 2: real measurements --------------------------------------------------------------
 def _learn(fn: Callable[..., Any], *args: Any) -> str:
-    """Measure one call of fn on a thread with a fresh classifier; return the verdict."""
+    """Measure calls of fn on a thread with a fresh classifier until it gives a verdict.
+
+    A measurement in doubt (``Measurement.doubt``) asks for the next call to be measured too,
+    at most ``UNSURE_TRIES`` times.
+    """
     clf = LearningClassifier()
-    decision = clf.classify(fn, args, {})
-    assert decision.probe is not None
-    assert decision.probe.claim()
-    probe = decision.probe
-    worker = threading.Thread(target=lambda: probe.run(lambda: fn(*args)))
-    worker.start()
-    worker.join()
+    for _ in range(1 + _classifier.UNSURE_TRIES):
+        decision = clf.classify(fn, args, {})
+        probe = decision.probe
+        if probe is None:
+            break
+        assert probe.claim()
+        worker = threading.Thread(target=lambda p=probe: p.run(lambda: fn(*args)))
+        worker.start()
+        worker.join()
     explanation = clf.explain(fn, args)
     assert explanation.learned
     return explanation.kind

@@ -63,6 +63,7 @@ from ._verdicts import (
     RECHECK_FIRST,
     RECHECK_MAX,
     SUSPECT_GAP_FIRST,
+    UNSURE_TRIES,
     VARIANTS_MAX,
     WAIT_SECONDS,
     Key,
@@ -71,6 +72,7 @@ from ._verdicts import (
     function_name,
     shape,
     size_bucket,
+    unsure,
     verdict,
 )
 
@@ -148,12 +150,12 @@ class LearningClassifier:
                 ratio = cpu / wall if wall > 0 else 0.0
                 profile = m.cpu_ratio
                 drifted = (
-                    (m.complete and m.wall < GIL_SECONDS_MIN)
+                    (m.complete and m.call_wall < GIL_SECONDS_MIN)
                     or ratio * DRIFT_FACTOR < profile
                     or ratio > profile * DRIFT_FACTOR
                     # a call that waited now computes (its CPU/wall may still look low: the
                     # calls of a GIL-bound function on several threads wait for each other)
-                    or (m.complete and cpu > DRIFT_FACTOR * max(m.cpu, GIL_SECONDS_MIN))
+                    or (m.complete and cpu > DRIFT_FACTOR * max(m.call_cpu, GIL_SECONDS_MIN))
                 )
                 if drifted and entry.since_recheck >= entry.suspect_gap:
                     entry.recheck = True
@@ -186,28 +188,7 @@ class LearningClassifier:
         """The decision table: one row per function and size bucket."""
         with self._cond:
             entries = list(self._entries.values())
-        rows = []
-        for entry in entries:
-            e = entry.explanation()
-            rows.append(
-                {
-                    "function": e.function,
-                    "size_bucket": entry.key[3],
-                    "shape": entry.key[4:],
-                    "kind": e.kind,
-                    "learned": e.learned,
-                    "gil_fraction": e.gil_fraction,
-                    "gil_share": e.gil_share,
-                    "cpu_ratio": e.cpu_ratio,
-                    "gil_seconds": e.gil_seconds,
-                    "wall_seconds": e.wall_seconds,
-                    "calls": e.calls,
-                    "per_lane": e.per_lane,
-                    "changes": e.changes,
-                    "reason": e.reason,
-                }
-            )
-        return rows
+        return [entry.row() for entry in entries]
 
     # ---- internals ------------------------------------------------------------------------
     def _find(
@@ -298,19 +279,33 @@ class LearningClassifier:
         return not entry.window_open and claimed is not None and now - claimed > CLAIM_SECONDS
 
     def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
-        kind, reason = verdict(m)
         with self._cond:
             self.generation += 1
             entry.window_open = False
             entry.claimed_at = None
             current = entry.decision
+            if recheck != (current is not None):
+                return  # a first measurement after a verdict: a late duplicate
+            if entry.pending is not None:  # the figures of the calls measured before
+                m = entry.pending.merged(m)
+            doubt = unsure(m)
+            if doubt is not None and entry.tries < UNSURE_TRIES:
+                # Measure the next call too (a waiting submitter claims it) and judge the
+                # figures of both: a wrong verdict costs more than one more measured call.
+                entry.tries += 1
+                entry.pending = m
+                entry.rechecking = False
+                entry.recheck = recheck
+                self._cond.notify_all()
+                logger.debug("routing: %s not settled (%s): measuring again", entry.name, doubt)
+                return
+            entry.pending, entry.tries = None, 0
+            kind, reason = verdict(m)
             if current is None:
                 entry.decision = entry.verdict(kind, reason, m)
                 entry.measurement = m
                 self._cond.notify_all()
                 logger.debug("routing: %s", entry.explanation())
-                return
-            if not recheck:
                 return
             entry.rechecking = False
             if not contrary(current.kind, m):

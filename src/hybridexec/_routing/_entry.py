@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._measure import Measurement
 from ._rules import Decision, Explanation
 from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key, cpu_heavy
@@ -21,6 +23,7 @@ class Entry:
         "key",
         "measurement",
         "name",
+        "pending",
         "per_lane",
         "proc_cpu",
         "proc_ratio",
@@ -31,6 +34,7 @@ class Entry:
         "since_check",
         "since_recheck",
         "suspect_gap",
+        "tries",
         "wall",
         "window_open",
     )
@@ -56,6 +60,8 @@ class Entry:
         self.since_recheck: int = 0
         self.recheck_every: int = RECHECK_FIRST
         self.suspect_gap: int = SUSPECT_GAP_FIRST
+        self.pending: Measurement | None = None  # figures of calls measured without a verdict
+        self.tries: int = 0  # measurements taken again since the last verdict (at most UNSURE_TRIES)
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
@@ -81,3 +87,23 @@ class Entry:
             per_lane=dict(self.per_lane),
             changes=self.changes,
         )
+
+    def row(self) -> dict[str, Any]:
+        """This key's row of the decision table (``LearningClassifier.table``)."""
+        e = self.explanation()
+        return {
+            "function": e.function,
+            "size_bucket": self.key[3],
+            "shape": self.key[4:],
+            "kind": e.kind,
+            "learned": e.learned,
+            "gil_fraction": e.gil_fraction,
+            "gil_share": e.gil_share,
+            "cpu_ratio": e.cpu_ratio,
+            "gil_seconds": e.gil_seconds,
+            "wall_seconds": e.wall_seconds,
+            "calls": e.calls,
+            "per_lane": e.per_lane,
+            "changes": e.changes,
+            "reason": e.reason,
+        }

@@ -52,6 +52,18 @@ HELPED = 1.5
 """Process CPU above this many times the thread's own means other threads do its work."""
 QUEUED_SHARE = 0.5
 """A stall in which the thread waited this share of the time on a run queue says nothing."""
+OTHERS_LATE = 0.3
+"""A probe late by this share of a control interval saw the GIL busy: a thread mostly off the
+CPU then may be waiting for it, and the process's progress in the stall is not its own."""
+OTHERS_BUSY = 0.3
+"""Other threads of the process using this share of a CPU (outside the measured thread) may
+have held the GIL the probe waited for: its lateness is not the measured call's then."""
+SURE_STALLS = 2
+"""Decisive stalls that settle a measurement on their own; with fewer, a measurement that
+rests on the summed clocks needs ``SURE_STALL_SECONDS`` of stalls..."""
+SURE_STALL_SECONDS = 0.0015
+SURE_SPAN = 0.01
+"""...and one resting on the probe's lateness alone this many seconds of lateness cycles."""
 REPORT_CAP = 4.0
 """A window reports after ``report_after`` seconds the thread could run, at most this many
 times ``report_after`` of wall time (on a loaded machine the thread gets a CPU part-time)."""
@@ -129,6 +141,63 @@ class Measurement:
     runq: float = 0.0
     ctrl_runq: float = 0.0
     stall_runq: float = 0.0
+    calls: int = 1
+
+    def merged(self, other: Measurement) -> Measurement:
+        """These figures and ``other``'s, summed: one measurement of several calls."""
+        sums = {
+            name: getattr(self, name) + getattr(other, name)
+            for name in self.__dataclass_fields__
+            if name != "complete"
+        }
+        return Measurement(**sums, complete=self.complete and other.complete)
+
+    @property
+    def call_wall(self) -> float:
+        """Seconds per measured call."""
+        return self.wall / self.calls
+
+    @property
+    def call_cpu(self) -> float:
+        """CPU seconds per measured call."""
+        return self.cpu / self.calls
+
+    @property
+    def others_busy(self) -> float:
+        """CPUs' worth of work other threads of the process did while the window was open."""
+        return max(0.0, self.proc_cpu - self.cpu) / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def own_busy(self) -> float | None:
+        """The part of ``gil_busy`` the measured thread can have caused.
+
+        Another thread holding the GIL makes the probe late just the same: the CPU other
+        threads used in the window is taken off (a thread runs while it holds the GIL).
+        """
+        busy = self.gil_busy
+        return None if busy is None else max(0.0, busy - self.others_busy)
+
+    @property
+    def doubt(self) -> str | None:
+        """Why ``gil_share`` cannot be trusted yet, or None when it can.
+
+        Too few samples (a short call), or samples that other threads may have caused (the
+        probe's lateness while other threads ran).
+        """
+        if self.cpu <= IDLE_CPU_RATIO * self.run_wall:
+            return None
+        if self.stalls_blocked + self.stalls_free >= SURE_STALLS:
+            return None
+        clocks = self._clock_share() is not None
+        if clocks and self.stall_wall - self.stall_runq >= SURE_STALL_SECONDS:
+            return None
+        if self.stalls_blocked + self.stalls_free >= MIN_STATE_SAMPLES:
+            return None if self.others_busy < OTHERS_BUSY else "one stall sample under load"
+        if self.span < SURE_SPAN:
+            return f"too short to sample ({self.span * 1e3:.1f} ms of probe cycles)"
+        if self.others_busy >= OTHERS_BUSY and (self.gil_busy or 0.0) >= OTHERS_LATE:
+            return f"other threads used {self.others_busy:.0%} of a CPU meanwhile"
+        return None
 
     @property
     def run_wall(self) -> float:
@@ -160,33 +229,45 @@ class Measurement:
         decisive = self.stalls_blocked + self.stalls_free
         if decisive >= MIN_STATE_SAMPLES:
             return self.stalls_blocked / decisive
-        stall_run = self.stall_wall - self.stall_runq
-        ctrl_run = self.ctrl_wall - self.ctrl_runq
-        if stall_run >= MIN_STALL_SECONDS and ctrl_run > 0:
-            # Capped: the kernel books a run-queue wait when it ends, sometimes in the
-            # interval after the one it fell in.
-            ctrl_rate = min(1.0, self.ctrl_cpu / ctrl_run)
-            stall_rate = min(1.0, self.stall_cpu / stall_run)
-            if ctrl_rate < BUSY_RATE and self.proc_ctrl_cpu > HELPED * self.ctrl_cpu:
-                # Mostly off the CPU while other threads of the process work: its work is
-                # on them (BLAS helpers), and their progress during stalls is its own.
-                ctrl_rate = self.proc_ctrl_cpu / self.ctrl_wall
-                stall_rate = self.proc_stall_cpu / self.stall_wall
-            if ctrl_rate > 0:
-                share = 1.0 - min(1.0, max(0.0, stall_rate / ctrl_rate))
-                # Few stalls fell inside the call when C code held the GIL without ever letting
-                # the probe in (a long sort): the probe's lateness says more then.
-                busy = self.gil_busy
-                return share if busy is None or busy <= share else busy
-        busy = self.gil_busy
+        share = self._clock_share()
+        busy = self.own_busy
+        if share is not None:
+            # Few stalls fell inside the call when C code held the GIL without ever letting
+            # the probe in (a long sort): the probe's lateness says more then, the part other
+            # threads may have caused left out.
+            return share if busy is None or busy <= share else busy
         if busy is not None:
             return busy
         return 1.0 if self.cpu_ratio >= 0.5 else 0.0  # no probe figure at all: guess from CPU
 
+    def _clock_share(self) -> float | None:
+        # The stall comparison of summed CPU clocks, or None where it says nothing.
+        stall_run = self.stall_wall - self.stall_runq
+        ctrl_run = self.ctrl_wall - self.ctrl_runq
+        if stall_run < MIN_STALL_SECONDS or ctrl_run <= 0:
+            return None
+        # Capped: the kernel books a run-queue wait when it ends, sometimes in the interval
+        # after the one it fell in.
+        ctrl_rate = min(1.0, self.ctrl_cpu / ctrl_run)
+        stall_rate = min(1.0, self.stall_cpu / stall_run)
+        if ctrl_rate < BUSY_RATE and self.proc_ctrl_cpu > HELPED * self.ctrl_cpu:
+            busy = self.gil_busy
+            if busy is not None and busy >= OTHERS_BUSY:
+                # Mostly off the CPU while other threads work and hold the GIL: it may be
+                # waiting for them, and their progress in stalls is not its own.
+                return None
+            # Mostly off the CPU while other threads of the process work, the GIL mostly
+            # free: its work is on them (BLAS helpers), their progress in stalls is its own.
+            ctrl_rate = self.proc_ctrl_cpu / self.ctrl_wall
+            stall_rate = self.proc_stall_cpu / self.stall_wall
+        if ctrl_rate <= 0:
+            return None
+        return 1.0 - min(1.0, max(0.0, stall_rate / ctrl_rate))
+
     @property
     def gil_seconds(self) -> float:
-        """Seconds of the window the measured call held the GIL."""
-        return self.cpu * self.gil_share
+        """Seconds the measured call held the GIL (per call, over several measured calls)."""
+        return self.call_cpu * self.gil_share
 
     @property
     def gil_fraction(self) -> float:
@@ -207,6 +288,10 @@ class Measurement:
         outside_rate = (self.cpu - self.stall_cpu) / outside_wall if outside_wall > 0 else 0.0
         stalled = min(off_cpu, share * self.stall_wall * min(1.0, outside_rate))
         busy = self.gil_busy or 0.0
+        if busy >= OTHERS_BUSY:
+            # The GIL was busy and other threads ran: a GIL-bound call off the CPU waits for
+            # them, and the probe (which waits for the GIL too) sees only part of it.
+            busy = max(busy, min(1.0, self.others_busy))
         waited = min(off_cpu, stalled + busy * (off_cpu - stalled))
         running = max(held, run_wall - waited, 1e-9)
         return min(1.0, held / running)

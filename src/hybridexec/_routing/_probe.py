@@ -64,6 +64,7 @@ from ._measure import (
     EARLY_WINDOW_MAX,
     LATE_NOISE,
     LINGER_SECONDS,
+    OTHERS_LATE,
     PROBE_SLEEP,
     PROGRESS_RATE,
     QUEUED_SHARE,
@@ -207,7 +208,8 @@ class GilProbe:
             own1 = own.waited()
             # Time the probe itself sat on a run queue after its timer fired is a busy
             # machine, not a busy GIL: it is not lateness.
-            self._account(woke, own1 - own0 if own0 is not None and own1 is not None else 0.0)
+            own_q = own1 - own0 if own0 is not None and own1 is not None else 0.0
+            late = self._account(woke, own_q)
             if clock_of is None:
                 continue
             # Stall: the GIL is held (asleep in C), only GIL-free work can progress. Timed
@@ -222,9 +224,12 @@ class GilProbe:
             proc2 = time.process_time()
             ctrl2 = [w.read_cpu() for w in windows]
             stall_stop = perf_counter()
-            if stall_stop - stall_start <= STALL_SECONDS + STALL_SLACK:
-                # Else the probe lost the GIL or its CPU meanwhile: not a clean stall.
-                sample = _Cycle(stall_start - start, stall_stop - stall_start)
+            own2 = own.waited()
+            # The probe keeps the GIL while it waits for a CPU (a loaded machine): that wait
+            # is still a stall. A longer one means it lost the GIL: not a clean stall.
+            lost = own2 - own1 if own1 is not None and own2 is not None else 0.0
+            if stall_stop - stall_start - max(0.0, lost) <= STALL_SECONDS + STALL_SLACK:
+                sample = _Cycle(stall_start - start, stall_stop - stall_start, late)
                 sample.proc_ctrl, sample.proc_stall = proc1 - proc0, proc2 - proc1
                 rows = zip(windows, ctrl0, ctrl1, ctrl2, runq0, runq1, runq2, states, strict=True)
                 with self._cond:
@@ -247,9 +252,9 @@ class GilProbe:
         for fd in fds:
             os.close(fd)
 
-    def _account(self, woke: float, queued: float) -> None:
+    def _account(self, woke: float, queued: float) -> float:
         # Lateness of one wake-up, shared by every window open at the time; ``queued`` is
-        # the time the probe waited for a CPU meanwhile.
+        # the time the probe waited for a CPU meanwhile. Returns the wake-up's lateness.
         with self._cond:
             expected = self._expected if self._expected is not None else woke
             cycle_start = self._cycle_start
@@ -260,6 +265,7 @@ class GilProbe:
                 late = woke - max(expected, w.t_open) - LATE_NOISE - max(0.0, queued)
                 w.late += max(0.0, late)
                 w.span += max(0.0, woke - max(cycle_start, w.t_open))
+        return max(0.0, woke - expected - LATE_NOISE - max(0.0, queued))
 
     def _report_due(self, windows: list[Window]) -> None:
         now = perf_counter()
@@ -298,10 +304,10 @@ class GilProbe:
 class _Cycle:
     """One clean control interval + stall of the probe, judged for each open window."""
 
-    __slots__ = ("ctrl_wall", "proc_ctrl", "proc_stall", "stall_wall")
+    __slots__ = ("ctrl_wall", "late", "proc_ctrl", "proc_stall", "stall_wall")
 
-    def __init__(self, ctrl_wall: float, stall_wall: float) -> None:
-        self.ctrl_wall, self.stall_wall = ctrl_wall, stall_wall
+    def __init__(self, ctrl_wall: float, stall_wall: float, late: float) -> None:
+        self.ctrl_wall, self.stall_wall, self.late = ctrl_wall, stall_wall, late
         self.proc_ctrl = self.proc_stall = 0.0
 
     def add(
@@ -330,10 +336,14 @@ class _Cycle:
         # so it was not waiting for I/O just before the stall.
         if ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
             # Mostly off the CPU though it could run: its work is on other threads (BLAS
-            # helpers), whose progress shows on the process's clock.
+            # helpers), whose progress shows on the process's clock; but only if the probe
+            # woke on time (the GIL was free): else it may wait for Python threads holding
+            # the GIL, and their GIL-free moments (a socket call) are not its progress.
             own = ctrl >= BUSY_RATE * ctrl_run
             used = stall if own else self.proc_stall
-            if used >= PROGRESS_RATE * (stall_wall - stall_q):
+            if not own and self.late > OTHERS_LATE * ctrl_wall:
+                pass  # no sign either way
+            elif used >= PROGRESS_RATE * (stall_wall - stall_q):
                 w.stalls_free += 1  # GIL-bound code cannot progress while the GIL is held
             elif state is False and stall_q < QUEUED_SHARE * stall_wall:
                 # It ran, then slept while the GIL was held: blocked on the GIL. A runnable

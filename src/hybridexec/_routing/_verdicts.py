@@ -83,8 +83,8 @@ def verdict(m: Measurement) -> tuple[str, str]:
     otherwise                                      process    threads would serialise on GIL
     ============================================  =========  =================================
     """
-    if m.complete and m.wall < GIL_SECONDS_MIN:
-        return "thread", f"a call takes {ms(m.wall)}: cheaper than a process dispatch"
+    if m.complete and m.call_wall < GIL_SECONDS_MIN:
+        return "thread", f"a call takes {ms(m.call_wall)}: cheaper than a process dispatch"
     if m.gil_share == 0.0 and m.cpu_ratio < 0.5:
         return "thread", f"it mostly waits (CPU {m.cpu_ratio:.0%} of wall time)"
     if m.gil_share < GIL_FRACTION_MIN:
@@ -105,12 +105,28 @@ def verdict(m: Measurement) -> tuple[str, str]:
     )
 
 
+UNSURE_TRIES = 2
+"""Measurements that cannot settle a verdict (``Measurement.doubt``) taken again, their
+figures summed, before the verdict is given on what they saw."""
+
+
+def unsure(m: Measurement) -> str | None:
+    """Why ``m`` cannot settle a verdict yet, or None.
+
+    A call cheaper than a process dispatch is judged on its clock alone; one that waits
+    (CPU below ``IDLE_CPU_RATIO`` of its wall time) is never in doubt either.
+    """
+    if m.complete and m.call_wall < GIL_SECONDS_MIN:
+        return None
+    return m.doubt
+
+
 def cpu_heavy(m: Measurement) -> bool:
     """Whether a call judged for threads keeps a CPU busy (GIL-free C code, not a wait).
 
     Calls under ``GIL_SECONDS_MIN`` are not: a slot costs more than they do.
     """
-    if m.complete and m.wall < GIL_SECONDS_MIN:
+    if m.complete and m.call_wall < GIL_SECONDS_MIN:
         return False
     return m.cpu_ratio >= HEAVY_CPU_RATIO and m.gil_share < GIL_FRACTION_MIN
 
