@@ -63,7 +63,6 @@ from ._verdicts import (
     RECHECK_FIRST,
     RECHECK_MAX,
     SUSPECT_GAP_FIRST,
-    UNSURE_TRIES,
     VARIANTS_MAX,
     WAIT_SECONDS,
     Key,
@@ -72,7 +71,6 @@ from ._verdicts import (
     function_name,
     shape,
     size_bucket,
-    unsure,
     verdict,
 )
 
@@ -158,6 +156,9 @@ class LearningClassifier:
                     or (m.complete and cpu > DRIFT_FACTOR * max(m.call_cpu, GIL_SECONDS_MIN))
                 )
                 if drifted and entry.since_recheck >= entry.suspect_gap:
+                    # The finished call disagreed already: it counts as the first of the
+                    # FLIP_AFTER contrary checks (a drift is then followed within one wave).
+                    entry.contrary = max(entry.contrary, FLIP_AFTER - 1)
                     entry.recheck = True
                     self.generation += 1
 
@@ -286,21 +287,23 @@ class LearningClassifier:
             current = entry.decision
             if recheck != (current is not None):
                 return  # a first measurement after a verdict: a late duplicate
-            if entry.pending is not None:  # the figures of the calls measured before
-                m = entry.pending.merged(m)
-            doubt = unsure(m)
-            if doubt is not None and entry.tries < UNSURE_TRIES:
-                # Measure the next call too (a waiting submitter claims it) and judge the
-                # figures of both: a wrong verdict costs more than one more measured call.
-                entry.tries += 1
-                entry.pending = m
-                entry.rechecking = False
-                entry.recheck = recheck
+            m, doubt, again = entry.settle(m)
+            if again:
+                # The next call is measured too (a waiting submitter claims it).
+                entry.rechecking, entry.recheck = False, recheck
                 self._cond.notify_all()
                 logger.debug("routing: %s not settled (%s): measuring again", entry.name, doubt)
                 return
-            entry.pending, entry.tries = None, 0
             kind, reason = verdict(m)
+            if doubt is not None:
+                # Still not settled: keep the provisional lane (threads, or the verdict being
+                # re-checked) and look again soon.
+                entry.recheck_every = min(entry.recheck_every, SUSPECT_GAP_FIRST)
+                if current is None:
+                    kind, reason = "thread", f"not settled ({doubt}): on threads meanwhile"
+                else:
+                    entry.rechecking = False
+                    return
             if current is None:
                 entry.decision = entry.verdict(kind, reason, m)
                 entry.measurement = m

@@ -6,7 +6,7 @@ from typing import Any
 
 from ._measure import Measurement
 from ._rules import Decision, Explanation
-from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key, cpu_heavy
+from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, UNSURE_TRIES, Key, cpu_heavy, unsure
 
 _HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
 
@@ -62,6 +62,21 @@ class Entry:
         self.suspect_gap: int = SUSPECT_GAP_FIRST
         self.pending: Measurement | None = None  # figures of calls measured without a verdict
         self.tries: int = 0  # measurements taken again since the last verdict (at most UNSURE_TRIES)
+
+    def settle(self, m: Measurement) -> tuple[Measurement, str | None, bool]:
+        """Add ``m`` to the figures of the calls measured before it without a verdict.
+
+        Returns:
+            The summed figures; why they are in doubt (None: they are not); and whether the
+            next call is to be measured too (in doubt, at most ``UNSURE_TRIES`` times): a
+            wrong verdict costs more than one more measured call.
+        """
+        if self.pending is not None:
+            m = self.pending.merged(m)
+        doubt = unsure(m)
+        again = doubt is not None and self.tries < UNSURE_TRIES
+        self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
+        return m, doubt, again
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
