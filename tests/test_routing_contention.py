@@ -9,6 +9,8 @@ first disagreeing check.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -102,11 +104,30 @@ def test_numpy_matrix_product_beside_gil_holding_threads_goes_to_threads() -> No
 
 
 # ---- short GIL-free calls: too few samples are doubt, not a verdict --------------------------
-def test_short_gil_free_numpy_calls_go_to_threads() -> None:
+@pytest.fixture
+def cpu_hog() -> Iterator[None]:
+    """Another process keeping one core busy."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+@pytest.mark.usefixtures("cpu_hog")
+def test_short_gil_free_numpy_sums_go_to_threads_under_load() -> None:
     np = pytest.importorskip("numpy")
     big = np.random.default_rng(3).random(8_000_000)  # a sum takes 2-4 ms
-    _majority(np.sum, big, expected="thread")
-    a = np.random.default_rng(1).random((600, 600))
+    # Without doubt, 13-17 of 20 fresh measurements read right beside a CPU hog (9 of 20 at
+    # a load of 7), the others "GIL held 97-100%"; with it 19-20 of 20: 13 of 15 must.
+    kinds = [_learn(np.sum, big)[0] for _ in range(15)]
+    assert kinds.count("thread") >= 13, kinds
+
+
+def test_short_numpy_matrix_products_go_to_threads() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.random.default_rng(1).random((600, 600))  # 5-10 ms, BLAS threads on both cores
     _majority(np.matmul, a, a, expected="thread")
 
 
