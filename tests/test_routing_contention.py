@@ -167,7 +167,7 @@ def test_a_measurement_in_doubt_asks_for_the_next_call_and_sums_the_figures() ->
     entry = next(iter(clf._entries.values()))
     generation = clf.generation
     clf._conclude(entry, BLAMED, recheck=False)
-    assert entry.decision is None  # no verdict yet
+    assert not clf.explain(spin).learned  # no verdict yet
     assert clf.generation > generation
     second = clf.classify(spin, (), {})
     assert second.probe is not None  # the next call is measured
