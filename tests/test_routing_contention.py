@@ -179,6 +179,11 @@ def test_a_measurement_in_doubt_asks_for_the_next_call_and_sums_the_figures() ->
     assert entry.measurement.calls == 2
     assert entry.measurement.wall == pytest.approx(0.06)
     assert entry.measurement.gil_seconds == pytest.approx(0.0275 * entry.measurement.gil_share)
+    two = Measurement(wall=0.02, cpu=0.01, stalls_blocked=2).merged(
+        Measurement(wall=0.02, cpu=0.01, stalls_blocked=2)
+    )
+    assert two.gil_fraction == pytest.approx(Measurement(wall=0.02, cpu=0.01).gil_fraction)
+    assert two.gil_seconds == pytest.approx(0.01)  # per call
 
 
 def test_doubt_that_persists_keeps_the_provisional_lane_and_looks_again_soon() -> None:

@@ -278,7 +278,7 @@ class Measurement:
         would have used during the probe's stalls, and the share of the remaining off-CPU
         time the GIL was busy.
         """
-        held = self.gil_seconds
+        held = self.cpu * self.gil_share  # over all the measured calls, like run_wall
         if held <= 0:
             return 0.0
         share = self.gil_share
