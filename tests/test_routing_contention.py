@@ -132,9 +132,9 @@ def test_short_numpy_matrix_products_go_to_threads() -> None:
 
 
 # ---- the figures, injected -------------------------------------------------------------------
-# The probe was late all along, but other threads used 90% of a CPU meanwhile: the lateness
+# The probe was late all along, but other Python threads used 90% of a CPU meanwhile: the lateness
 # may be theirs. No stall could be read.
-BLAMED = Measurement(wall=0.03, cpu=0.025, proc_cpu=0.052, late=0.028, span=0.03)
+BLAMED = Measurement(wall=0.03, cpu=0.025, others_cpu=0.027, late=0.028, span=0.03)
 
 
 def test_lateness_that_other_threads_may_have_caused_is_doubt() -> None:
@@ -143,7 +143,7 @@ def test_lateness_that_other_threads_may_have_caused_is_doubt() -> None:
     assert BLAMED.doubt is not None
     assert "other threads" in BLAMED.doubt
     assert BLAMED.gil_share < verdicts.GIL_FRACTION_MIN  # not blamed on the call
-    alone = Measurement(wall=0.03, cpu=0.025, proc_cpu=0.0255, late=0.028, span=0.03)
+    alone = Measurement(wall=0.03, cpu=0.025, others_cpu=0.0005, late=0.028, span=0.03)
     assert alone.doubt is None  # nobody else ran: the lateness is the call's own
     assert verdicts.verdict(alone)[0] == "process"
 
@@ -152,11 +152,11 @@ def test_too_few_samples_are_doubt() -> None:
     short = Measurement(wall=0.004, cpu=0.004, late=0.004, span=0.004)
     assert short.doubt is not None
     assert "too short" in short.doubt
-    one_stall = Measurement(wall=0.01, cpu=0.01, proc_cpu=0.02, stalls_blocked=1)
+    one_stall = Measurement(wall=0.01, cpu=0.01, others_cpu=0.01, stalls_blocked=1)
     assert one_stall.doubt is not None
-    settled = Measurement(wall=0.01, cpu=0.01, proc_cpu=0.02, stalls_free=2)
+    settled = Measurement(wall=0.01, cpu=0.01, others_cpu=0.01, stalls_free=2)
     assert settled.doubt is None
-    waiting = Measurement(wall=0.03, cpu=0.0005, proc_cpu=0.03, late=0.03, span=0.03)
+    waiting = Measurement(wall=0.03, cpu=0.0005, others_cpu=0.03, late=0.03, span=0.03)
     assert waiting.doubt is None  # it waits: nothing to doubt
 
 

@@ -7,13 +7,16 @@ behind each figure are explained at the top of ``_probe.py``.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._sched import ThreadSched
+from ._sched import (
+    ThreadSched,
+    others_cpu_since,
+    python_threads_cpu,
+)
 
 PROBE_SLEEP = 0.001
 """Seconds the probe sleeps per cycle; its lateness on waking measures GIL contention."""
@@ -68,32 +71,7 @@ REPORT_CAP = 4.0
 """A window reports after ``report_after`` seconds the thread could run, at most this many
 times ``report_after`` of wall time (on a loaded machine the thread gets a CPU part-time)."""
 
-clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
 perf_counter = time.perf_counter
-
-
-def _gil_holding_sleep() -> Callable[[float], None] | None:
-    # ctypes.PyDLL calls foreign functions without releasing the GIL.
-    try:
-        usleep = ctypes.PyDLL(None).usleep
-    except (OSError, AttributeError):
-        return None
-    usleep.argtypes = [ctypes.c_uint]
-    usleep.restype = ctypes.c_int
-
-    def sleep(seconds: float) -> None:
-        usleep(int(seconds * 1e6))
-
-    return sleep
-
-
-def _spin(seconds: float) -> None:
-    end = perf_counter() + seconds
-    while perf_counter() < end:
-        pass
-
-
-stall_sleep = _gil_holding_sleep() or _spin
 
 
 @dataclass(frozen=True)
@@ -106,6 +84,7 @@ class Measurement:
         stall_wall: Seconds the probe held the GIL (stalls) while the window was open.
         stall_cpu: CPU seconds the measured thread used during those stalls.
         proc_cpu: CPU seconds the whole process used while the window was open.
+        others_cpu: CPU seconds the other Python threads (not the probe's) used meanwhile.
         proc_stall_cpu: CPU seconds the whole process used during the stalls.
         ctrl_wall: Seconds of the control intervals (the probe asleep, GIL free) paired with
             the stalls; each starts, like a stall, right after the probe woke.
@@ -142,6 +121,7 @@ class Measurement:
     ctrl_runq: float = 0.0
     stall_runq: float = 0.0
     calls: int = 1
+    others_cpu: float = 0.0
 
     def merged(self, other: Measurement) -> Measurement:
         """These figures and ``other``'s, summed: one measurement of several calls."""
@@ -164,8 +144,12 @@ class Measurement:
 
     @property
     def others_busy(self) -> float:
-        """CPUs' worth of work other threads of the process did while the window was open."""
-        return max(0.0, self.proc_cpu - self.cpu) / self.wall if self.wall > 0 else 0.0
+        """CPUs' worth of work the process's other Python threads did while the window was open.
+
+        Only they can have held the GIL: threads of C libraries (BLAS helpers, still spinning
+        after a matrix product) cannot, and are left out.
+        """
+        return self.others_cpu / self.wall if self.wall > 0 else 0.0
 
     @property
     def own_busy(self) -> float | None:
@@ -309,6 +293,7 @@ class Window:
         "ctrl_wall",
         "late",
         "on_report",
+        "others",
         "proc_ctrl_cpu",
         "proc_open",
         "proc_stall_cpu",
@@ -344,6 +329,7 @@ class Window:
         self.runq_close: float | None = None  # read before the handles are let go
         self.cpu_open = self.read_cpu() or 0.0
         self.proc_open = time.process_time()
+        self.others = python_threads_cpu()
         self.t_open = perf_counter()
 
     def read_cpu(self) -> float | None:
@@ -378,6 +364,7 @@ class Window:
             stall_wall=self.stall_wall,
             stall_cpu=self.stall_cpu,
             proc_cpu=max(0.0, time.process_time() - self.proc_open),
+            others_cpu=others_cpu_since(self.others),
             proc_stall_cpu=self.proc_stall_cpu,
             ctrl_wall=self.ctrl_wall,
             ctrl_cpu=self.ctrl_cpu,

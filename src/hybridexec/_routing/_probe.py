@@ -74,11 +74,9 @@ from ._measure import (
     WANT_STATE_SAMPLES,
     Measurement,
     Window,
-    clock_of,
     perf_counter,
-    stall_sleep,
 )
-from ._sched import ThreadSched
+from ._sched import PROBE_THREAD, ThreadSched, clock_of, stall_sleep
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
@@ -123,9 +121,7 @@ class GilProbe:
             if self._thread is None:
                 self._cycle_start = window.t_open
                 self._expected = window.t_open
-                self._thread = threading.Thread(
-                    target=self._run, name="hybridexec-gil-probe", daemon=True
-                )
+                self._thread = threading.Thread(target=self._run, name=PROBE_THREAD, daemon=True)
                 self._thread.start()
             elif self._expected is None and len(self._windows) == 1:
                 self._cycle_start = self._expected = window.t_open

@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 _BUFFER = 512
+
+clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
 
 
 def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
@@ -123,3 +127,60 @@ def _waited(data: bytes | None) -> float | None:
         return int(fields[1]) / 1e9 if len(fields) >= 2 else None
     except ValueError:
         return None
+
+
+def _gil_holding_sleep() -> Callable[[float], None] | None:
+    # ctypes.PyDLL calls foreign functions without releasing the GIL.
+    try:
+        usleep = ctypes.PyDLL(None).usleep
+    except (OSError, AttributeError):
+        return None
+    usleep.argtypes = [ctypes.c_uint]
+    usleep.restype = ctypes.c_int
+
+    def sleep(seconds: float) -> None:
+        usleep(int(seconds * 1e6))
+
+    return sleep
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+stall_sleep = _gil_holding_sleep() or _spin
+PROBE_THREAD = "hybridexec-gil-probe"
+
+
+def python_threads_cpu() -> dict[int, tuple[int, float]]:
+    """Clock id and CPU time of each other Python thread (not the caller, not the probe).
+
+    Those are the threads that can hold the GIL; threads of C libraries are not listed.
+    """
+    if clock_of is None:
+        return {}
+    me = threading.get_ident()
+    clocks: dict[int, tuple[int, float]] = {}
+    for t in threading.enumerate():
+        ident = t.ident
+        if ident is None or ident == me or t.name == PROBE_THREAD:
+            continue
+        try:
+            clock = clock_of(ident)
+            clocks[ident] = (clock, time.clock_gettime(clock))
+        except OSError:  # it ended meanwhile
+            continue
+    return clocks
+
+
+def others_cpu_since(clocks: dict[int, tuple[int, float]]) -> float:
+    """CPU seconds the threads of ``python_threads_cpu()`` used since it was read."""
+    total = 0.0
+    for clock, cpu in clocks.values():
+        try:
+            total += max(0.0, time.clock_gettime(clock) - cpu)
+        except OSError:
+            continue
+    return total
