@@ -295,15 +295,11 @@ class LearningClassifier:
                 logger.debug("routing: %s not settled (%s): measuring again", entry.name, doubt)
                 return
             kind, reason = verdict(m)
-            if doubt is not None:
-                # Still not settled: keep the provisional lane (threads, or the verdict being
-                # re-checked) and look again soon.
+            if doubt is not None and current is None:
+                # Still not settled: threads meanwhile, and a look again soon. (A re-check is
+                # judged on its figures: feedback asked for it, the calls disagree already.)
                 entry.recheck_every = min(entry.recheck_every, SUSPECT_GAP_FIRST)
-                if current is None:
-                    kind, reason = "thread", f"not settled ({doubt}): on threads meanwhile"
-                else:
-                    entry.rechecking = False
-                    return
+                kind, reason = "thread", f"not settled ({doubt}): on threads meanwhile"
             if current is None:
                 entry.decision = entry.verdict(kind, reason, m)
                 entry.measurement = m
