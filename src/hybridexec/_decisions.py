@@ -214,8 +214,9 @@ class Sampler:
     __slots__ = ("_counts",)
 
     def __init__(self) -> None:
-        # id(decision) -> (the decision, kept so that its id is not reused; its call count)
-        self._counts: dict[int, tuple[Decision, itertools.count[int]]] = {}
+        # id(decision) -> (the decision, kept so that its id is not reused; its call count;
+        # one call timed in this many)
+        self._counts: dict[int, tuple[Decision, itertools.count[int], int]] = {}
 
     def weight(self, decision: Decision) -> int:
         """How many calls this call's figures stand for; 0 if it is not timed."""
@@ -223,9 +224,13 @@ class Sampler:
         if seen is None:
             if len(self._counts) >= REMEMBERED:  # decisions made for one call each
                 self._counts.clear()
-            seen = self._counts.setdefault(id(decision), (decision, itertools.count()))
+            # The classifier may ask for every call of a long function (its ``timing_every``):
+            # the figures then follow a change of behaviour on its first wave of calls.
+            every = getattr(decision.source, "timing_every", None)
+            every = every if isinstance(every, int) and every >= 1 else SAMPLE_EVERY
+            seen = self._counts.setdefault(id(decision), (decision, itertools.count(), every))
         n = next(seen[1])
-        return 1 if not n else 0 if n % SAMPLE_EVERY else SAMPLE_EVERY
+        return 1 if not n else 0 if n % seen[2] else seen[2]
 
     def timed(
         self, task: Task, classifier: Classifier, decision: Decision, probe: Probe | None
@@ -235,10 +240,12 @@ class Sampler:
             weight = 1
         else:  # self.weight(decision), inline: this runs for every thread call
             seen = self._counts.get(id(decision))
-            n = next(seen[1]) if seen is not None else 0
-            if n % SAMPLE_EVERY:
+            if seen is None:
+                weight = self.weight(decision)
+            elif next(seen[1]) % seen[2]:
                 return task
-            weight = self.weight(decision) if seen is None else SAMPLE_EVERY
+            else:
+                weight = seen[2]
         clf = classifier if weight == 1 else Weighted(classifier, weight)
         return TimedTask(task.fn, task.items, task.future, clf, probe, batch=task.batch)
 

@@ -58,7 +58,6 @@ from ._verdicts import (
     EWMA_ALPHA,
     FEEDBACK_MIN_CALLS,
     FLIP_AFTER,
-    GIL_SECONDS_MIN,
     OVERFLOW,
     RECHECK_FIRST,
     RECHECK_MAX,
@@ -104,7 +103,7 @@ class LearningClassifier:
         entry = self._entries.get(key)
         if entry is not None:
             decision = entry.decision
-            if decision is not None and not entry.recheck:
+            if decision is not None and not entry.recheck and not entry.hold:
                 return decision
         return self._classify_slow(fn, key)
 
@@ -144,23 +143,13 @@ class LearningClassifier:
                 self.generation += 1
             if kind == "process" and decision.kind == "process":
                 self._process_feedback(entry, wall, cpu)
-            elif kind == "thread" and decision.kind == "thread" and cpu >= GIL_SECONDS_MIN:
-                ratio = cpu / wall if wall > 0 else 0.0
-                profile = m.cpu_ratio
-                drifted = (
-                    (m.complete and m.call_wall < GIL_SECONDS_MIN)
-                    or ratio * DRIFT_FACTOR < profile
-                    or ratio > profile * DRIFT_FACTOR
-                    # a call that waited now computes (its CPU/wall may still look low: the
-                    # calls of a GIL-bound function on several threads wait for each other)
-                    or (m.complete and cpu > DRIFT_FACTOR * max(m.call_cpu, GIL_SECONDS_MIN))
-                )
-                if drifted and entry.since_recheck >= entry.suspect_gap:
-                    # The finished call disagreed already: it counts as the first of the
-                    # FLIP_AFTER contrary checks (a drift is then followed within one wave).
-                    entry.contrary = max(entry.contrary, FLIP_AFTER - 1)
-                    entry.recheck = True
-                    self.generation += 1
+            elif kind == "thread" and decision.kind == "thread" and entry.drifted(wall, cpu):
+                # The finished call disagreed already: it counts as the first of the
+                # FLIP_AFTER contrary checks (a drift is then followed within one wave), and
+                # while the next call is measured, the calls submitted meanwhile wait for it.
+                entry.contrary = max(entry.contrary, FLIP_AFTER - 1)
+                entry.recheck = entry.hold = True
+                self.generation += 1
 
     # ---- visibility -----------------------------------------------------------------------
     def explain(
@@ -239,7 +228,18 @@ class LearningClassifier:
                         heavy = decision.cpu_heavy or decision.kind == "process"
                         return Decision(decision.kind, reason, probe=ticket, cpu_heavy=heavy)
                     entry.recheck = False
-                    return decision
+                    if not entry.hold or not entry.rechecking or self._stale(entry, now):
+                        entry.hold = False
+                        return decision
+                    # Its calls disagreed with the verdict and the next one is measured: wait
+                    # for that (a window of WINDOW_SECONDS) rather than follow a stale verdict.
+                    if waiting_refused():
+                        raise WouldWait  # the router places this call once the verdict is in
+                    deadline = now + WAIT_SECONDS if deadline is None else deadline
+                    if now >= deadline:
+                        return decision  # late binding moves it if it has not started then
+                    self._cond.wait(min(deadline - now, CLAIM_SECONDS))
+                    continue
                 if entry.claimed_at is None or self._stale(entry, now):
                     entry.claimed_at = now
                     ticket = Ticket(self, entry, recheck=False)
@@ -291,6 +291,7 @@ class LearningClassifier:
             if again:
                 # The next call is measured too (a waiting submitter claims it).
                 entry.rechecking, entry.recheck = False, recheck
+                entry.hold = entry.hold and recheck
                 self._cond.notify_all()
                 logger.debug("routing: %s not settled (%s): measuring again", entry.name, doubt)
                 return
@@ -307,6 +308,9 @@ class LearningClassifier:
                 logger.debug("routing: %s", entry.explanation())
                 return
             entry.rechecking = False
+            if entry.hold:
+                entry.hold = False
+                self._cond.notify_all()  # the submitters waiting for this re-check
             if not contrary(current.kind, m):
                 entry.contrary = 0
                 entry.measurement = m
@@ -328,8 +332,10 @@ class LearningClassifier:
 
     def _process_feedback(self, entry: Entry, wall: float, cpu: float) -> None:
         ratio = cpu / wall if wall > 0 else 0.0
-        if entry.proc_samples == 0:
-            entry.proc_cpu, entry.proc_ratio = cpu, ratio
+        if entry.proc_samples == 0 or _jump(entry.proc_ratio, ratio):
+            # A call unlike the average (a function that changed behaviour): the averages
+            # start over from it, so FEEDBACK_MIN_CALLS calls of the new kind are enough.
+            entry.proc_cpu, entry.proc_ratio, entry.proc_samples = cpu, ratio, 0
         else:
             entry.proc_cpu = _ewma(entry.proc_cpu, cpu)
             entry.proc_ratio = _ewma(entry.proc_ratio, ratio)
@@ -365,6 +371,12 @@ class LearningClassifier:
 
 def _ewma(old: float, new: float) -> float:
     return old + EWMA_ALPHA * (new - old)
+
+
+def _jump(average: float, new: float) -> bool:
+    # A CPU/wall ratio DRIFT_FACTOR squared away from the average, either way.
+    factor = DRIFT_FACTOR * DRIFT_FACTOR
+    return new * factor < average or new > factor * max(average, 0.05)
 
 
 _live: weakref.WeakSet[LearningClassifier] = weakref.WeakSet()

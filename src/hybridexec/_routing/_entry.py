@@ -6,7 +6,17 @@ from typing import Any
 
 from ._measure import Measurement
 from ._rules import Decision, Explanation
-from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, UNSURE_TRIES, Key, cpu_heavy, unsure
+from ._verdicts import (
+    DRIFT_FACTOR,
+    GIL_SECONDS_MIN,
+    LONG_CALL_SECONDS,
+    RECHECK_FIRST,
+    SUSPECT_GAP_FIRST,
+    UNSURE_TRIES,
+    Key,
+    cpu_heavy,
+    unsure,
+)
 
 _HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
 
@@ -20,6 +30,7 @@ class Entry:
         "claimed_at",
         "contrary",
         "decision",
+        "hold",
         "key",
         "measurement",
         "name",
@@ -34,6 +45,7 @@ class Entry:
         "since_check",
         "since_recheck",
         "suspect_gap",
+        "timing_every",
         "tries",
         "wall",
         "window_open",
@@ -61,7 +73,12 @@ class Entry:
         self.recheck_every: int = RECHECK_FIRST
         self.suspect_gap: int = SUSPECT_GAP_FIRST
         self.pending: Measurement | None = None  # figures of calls measured without a verdict
-        self.tries: int = 0  # measurements taken again since the last verdict (at most UNSURE_TRIES)
+        self.tries: int = 0  # measurements taken again since the last verdict
+        self.hold: bool = False  # submitters wait for the re-check asked by a drift
+        # Read by the router's sampler (``_decisions.Sampler``) once per verdict: time every
+        # call of a function whose calls are long (a drift is seen at once, for under 0.5%
+        # of a call); None: the sampler's default (one call in 16).
+        self.timing_every: int | None = None
 
     def settle(self, m: Measurement) -> tuple[Measurement, str | None, bool]:
         """Add ``m`` to the figures of the calls measured before it without a verdict.
@@ -78,8 +95,30 @@ class Entry:
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again
 
+    def drifted(self, wall: float, cpu: float) -> bool:
+        """Whether a thread call's figures disagree with the measured profile of a thread verdict.
+
+        ``wall`` and ``cpu`` are the finished call's seconds; a re-check must be allowed again
+        (``suspect_gap`` calls since the last one).
+        """
+        m = self.measurement
+        if m is None or cpu < GIL_SECONDS_MIN:
+            return False
+        ratio = cpu / wall if wall > 0 else 0.0
+        profile = m.cpu_ratio
+        drifted = (
+            (m.complete and m.call_wall < GIL_SECONDS_MIN)
+            or ratio * DRIFT_FACTOR < profile
+            or ratio > profile * DRIFT_FACTOR
+            # a call that waited now computes (its CPU/wall may still look low: the calls of
+            # a GIL-bound function on several threads wait for each other)
+            or (m.complete and cpu > DRIFT_FACTOR * max(m.call_cpu, GIL_SECONDS_MIN))
+        )
+        return drifted and self.since_recheck >= self.suspect_gap
+
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
+        self.timing_every = 1 if m.call_wall >= LONG_CALL_SECONDS else None
         heavy = kind == "thread" and cpu_heavy(m)
         if heavy and not reason.endswith(_HEAVY):
             reason += _HEAVY

@@ -97,7 +97,9 @@ class Ticket:
             if verdict(m)[0] == "process":
                 boost.start()  # it goes on holding the GIL: let the other threads in sooner
 
-        window = PROBE.open(RECHECK_WINDOW_SECONDS if recheck else WINDOW_SECONDS, report)
+        # A re-check looks longer (nobody waits for it), unless submitters wait (``hold``).
+        long = recheck and not entry.hold
+        window = PROBE.open(RECHECK_WINDOW_SECONDS if long else WINDOW_SECONDS, report)
         try:
             call()
         finally:

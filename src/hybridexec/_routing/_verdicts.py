@@ -48,6 +48,11 @@ SUSPECT_GAP_FIRST = 4
 """Calls between two re-checks triggered by drift, doubling when they confirm the verdict."""
 FLIP_AFTER = 2
 """Contrary re-checks in a row needed to change a verdict."""
+LONG_CALL_SECONDS = 0.001
+"""Every call of a function whose measured calls last this long is timed for feedback (two
+clock reads and the classifier's lock, a few microseconds): a change of behaviour is seen on
+the first wave of calls that shows it. Shorter calls are timed one in 16."""
+"""Contrary re-checks in a row needed to change a verdict."""
 HEAVY_CPU_RATIO = 0.5
 """A thread verdict whose measured call kept its thread on a CPU at least this share of the
 time it could run is CPU-heavy: it takes a CPU slot (the governor) on the capped lane."""
