@@ -326,3 +326,28 @@ def test_time_denied_a_cpu_is_not_waiting_of_the_function(
         pass
     learned.learn(("m", "f"), task, task.future)
     assert learned.by_key[("m", "f")] is waits
+
+
+def _wave(ex: hybridexec.Executor, cpu: int) -> str:
+    """``2 * SLOTS`` calls of ``shifting`` submitted at once; their lanes' first letters."""
+    futures = [ex.submit(shifting, cpu, 0.02) for _ in range(2 * SLOTS)]
+    for f in futures:
+        f.result(timeout=30)
+    return "".join(f.kind[0] for f in futures)
+
+
+@pytest.mark.timeout(60)
+def test_a_function_that_changes_behaviour_is_followed_within_one_wave() -> None:
+    # Learned sleeping; then it loops in Python (the same key), then sleeps again. The wave
+    # in which it changes cannot know; the next one must: its first call is the re-check,
+    # measured on a thread, and the calls submitted with it wait for that verdict.
+    with hybridexec.Executor(max_processes=SLOTS) as ex:
+        _learn(ex, shifting, 0, 0.02, kind="thread")
+        waves = [_wave(ex, 0), _wave(ex, 0)]
+        waves += [_wave(ex, 1) for _ in range(3)]
+        assert waves[1] == "t" * 2 * SLOTS, waves
+        assert waves[3] == "t" + "p" * (2 * SLOTS - 1), (waves, str(ex.explain(shifting, 1, 0.02)))
+        assert waves[4] == "p" * 2 * SLOTS, waves
+        # And back: the first wave of sleeps in processes is enough feedback.
+        waves += [_wave(ex, 0) for _ in range(2)]
+        assert waves[6] == "t" * 2 * SLOTS, (waves, str(ex.explain(shifting, 0, 0.02)))
