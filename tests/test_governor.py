@@ -277,9 +277,13 @@ def test_function_turning_from_io_to_cpu_moves_its_queued_calls_to_processes() -
         kinds = [f.kind for f in futures]
         assert kinds[:2] == ["thread"] * 2
         # How soon the verdict changes is the classifier's affair; once it has, every call
-        # still queued moves (all were submitted before), within one wave.
+        # still queued moves, within one wave. (The first loops' figures make the next call
+        # a re-check that the submitters wait for: the verdict may change while the calls
+        # are being submitted, and the later ones go to processes at once.)
         assert "process" in kinds, str(ex.explain(shifting, 1, 0.01))
-        assert ex.stats()["moved"] == {"thread->process": kinds.count("process")}
+        moved = ex.stats()["moved"]
+        assert set(moved) <= {"thread->process"}, moved
+        assert moved.get("thread->process", 0) <= kinds.count("process")
         assert _late_starts(futures, intervals, "thread", "process") <= 2
         assert ex.explain(shifting, 1, 0.01).kind == "process"
 

@@ -161,14 +161,18 @@ def test_too_few_samples_are_doubt() -> None:
 
 
 def test_a_long_wait_of_the_probe_settles_a_short_call_on_a_loaded_machine() -> None:
-    # json.loads beside a CPU hog: 10 ms of CPU that never let the probe in, spread over
-    # 25 ms (15 ms on a run queue). The probe waited 24 ms for the GIL: that is telling.
+    # json.loads beside a CPU hog: 9 ms of CPU that never let the probe in, spread over
+    # 25 ms (16 ms on a run queue). The probe waited 24 ms for the GIL: that is telling.
     loaded = Measurement(wall=0.0253, cpu=0.009, runq=0.016, late=0.024, span=0.0252)
     assert loaded.run_wall < 0.01
     assert loaded.doubt is None
     assert verdicts.verdict(loaded)[0] == "process"
     free = Measurement(wall=0.0253, cpu=0.009, runq=0.016, late=0.001, span=0.0252)
     assert free.doubt is not None  # the GIL was free: too few samples to say more
+    # A GIL-free numpy sum preempted (GIL held) before it let the GIL go: the probe waited
+    # as long as the thread waited for a CPU; that is the busy machine, not the call.
+    preempted = Measurement(wall=0.0253, cpu=0.003, runq=0.02, late=0.02, span=0.0252)
+    assert preempted.doubt is not None
 
 
 def test_a_measurement_in_doubt_asks_for_the_next_call_and_sums_the_figures() -> None:

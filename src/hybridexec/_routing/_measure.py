@@ -67,7 +67,9 @@ rests on the summed clocks needs ``SURE_STALL_SECONDS`` of stalls..."""
 SURE_STALL_SECONDS = 0.0015
 SURE_SPAN = 0.01
 """...and one resting on the probe's lateness alone a window this long (run-queue waits left
-out), or this much lateness."""
+out), or one in which the probe waited for the GIL, beyond the thread's run-queue waits, for
+half the call's CPU time and at least ``SURE_HELD``."""
+SURE_HELD = 0.005
 REPORT_CAP = 4.0
 """A window reports after ``report_after`` seconds the thread could run, at most this many
 times ``report_after`` of wall time (on a loaded machine the thread gets a CPU part-time)."""
@@ -178,15 +180,22 @@ class Measurement:
             return None
         if self.stalls_blocked + self.stalls_free >= MIN_STATE_SAMPLES:
             return None if self.others_busy < OTHERS_BUSY else "one stall sample under load"
-        if self.run_wall < SURE_SPAN and self.late < SURE_SPAN:
+        if self.run_wall < SURE_SPAN and not self._held_while_running():
             # A longer window the probe hardly sampled is telling on its own: something held
-            # the GIL all along (other Python threads are looked at next); so is one in which
-            # the probe waited that long for the GIL (on a loaded machine a call of 10 ms of
-            # CPU that never lets the probe in spans 25 ms, most of it on a run queue).
+            # the GIL all along (other Python threads are looked at next).
             return f"too short to sample ({self.run_wall * 1e3:.1f} ms)"
         if self.others_busy >= OTHERS_BUSY and (self.gil_busy or 0.0) >= OTHERS_LATE:
             return f"other threads used {self.others_busy:.0%} of a CPU meanwhile"
         return None
+
+    def _held_while_running(self) -> bool:
+        # The probe waited for the GIL, beyond the measured thread's own waits for a CPU (a
+        # thread preempted while it holds the GIL keeps the probe waiting too: that is a busy
+        # machine), for half the call's CPU time: GIL-holding C code that never let the probe
+        # in (json.loads beside a CPU hog: 10 ms of CPU over 25 ms, 15 of them on a run
+        # queue; the probe 24 ms late). Not when other threads may have held the GIL.
+        held = self.late - self.runq
+        return held >= max(0.5 * self.cpu, SURE_HELD) and self.others_busy < OTHERS_BUSY
 
     @property
     def run_wall(self) -> float:
