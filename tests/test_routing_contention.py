@@ -240,3 +240,32 @@ def test_drift_feedback_counts_as_the_first_disagreeing_check() -> None:
     clf._conclude(entry, gil_bound, recheck=True)
     decision = clf.classify(spin, (), {})
     assert decision.kind == "process", decision.reason
+
+
+def test_only_a_drift_to_more_cpu_holds_the_next_submitters() -> None:
+    # A GIL-free call measured alone (CPU/wall 1.0) reads 0.3 on a busy machine: a re-check,
+    # but the calls submitted meanwhile go on by the verdict. One that computes more than
+    # measured holds them until the re-check's verdict (see the governor's tests).
+    clf = LearningClassifier()
+    probe = clf.classify(spin, (), {}).probe
+    assert probe is not None
+    entry = next(iter(clf._entries.values()))
+    gil_free = Measurement(wall=0.01, cpu=0.01, stalls_free=4, late=0.0, span=0.008)
+    clf._conclude(entry, gil_free, recheck=False)
+    assert clf.classify(spin, (), {}).kind == "thread"
+    for _ in range(verdicts.SUSPECT_GAP_FIRST):
+        clf.record(spin, "thread", 0.01, 0.01)
+    clf.record(spin, "thread", 0.033, 0.01)  # lighter: the machine is busy
+    assert entry.recheck
+    assert not entry.hold
+    check = clf.classify(spin, (), {})
+    assert check.probe is not None
+    meanwhile = clf.classify(spin, (), {})  # returns at once: not held
+    assert meanwhile.probe is None
+    assert meanwhile.kind == "thread"
+    clf._conclude(entry, gil_free, recheck=True)  # the re-check confirms the verdict
+    for _ in range(2 * verdicts.SUSPECT_GAP_FIRST):
+        clf.record(spin, "thread", 0.01, 0.01)
+    clf.record(spin, "thread", 0.05, 0.05)  # heavier: five times the measured CPU
+    assert entry.recheck
+    assert entry.hold

@@ -143,13 +143,17 @@ class LearningClassifier:
                 self.generation += 1
             if kind == "process" and decision.kind == "process":
                 self._process_feedback(entry, wall, cpu)
-            elif kind == "thread" and decision.kind == "thread" and entry.drifted(wall, cpu):
-                # The finished call disagreed already: it counts as the first of the
-                # FLIP_AFTER contrary checks (a drift is then followed within one wave), and
-                # while the next call is measured, the calls submitted meanwhile wait for it.
-                entry.contrary = max(entry.contrary, FLIP_AFTER - 1)
-                entry.recheck = entry.hold = True
-                self.generation += 1
+            elif kind == "thread" and decision.kind == "thread":
+                drift = entry.drifted(wall, cpu)
+                if drift is not None:
+                    # The finished call disagreed already: it counts as the first of the
+                    # FLIP_AFTER contrary checks (a drift is then followed within one wave).
+                    # One that computes more than measured also holds the calls submitted
+                    # while the next call is measured: they wait for its verdict.
+                    entry.contrary = max(entry.contrary, FLIP_AFTER - 1)
+                    entry.recheck = True
+                    entry.hold = entry.hold or drift == "heavier"
+                    self.generation += 1
 
     # ---- visibility -----------------------------------------------------------------------
     def explain(

@@ -95,26 +95,31 @@ class Entry:
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again
 
-    def drifted(self, wall: float, cpu: float) -> bool:
+    def drifted(self, wall: float, cpu: float) -> str | None:
         """Whether a thread call's figures disagree with the measured profile of a thread verdict.
 
         ``wall`` and ``cpu`` are the finished call's seconds; a re-check must be allowed again
         (``suspect_gap`` calls since the last one).
+
+        Returns:
+            None, ``"heavier"`` (it computes more than measured: a busy machine cannot fake
+            that) or ``"lighter"`` (its CPU/wall fell: several calls serialise on the GIL,
+            or the machine is busy).
         """
         m = self.measurement
-        if m is None or cpu < GIL_SECONDS_MIN:
-            return False
+        if m is None or cpu < GIL_SECONDS_MIN or self.since_recheck < self.suspect_gap:
+            return None
         ratio = cpu / wall if wall > 0 else 0.0
         profile = m.cpu_ratio
-        drifted = (
+        if (
             (m.complete and m.call_wall < GIL_SECONDS_MIN)
-            or ratio * DRIFT_FACTOR < profile
             or ratio > profile * DRIFT_FACTOR
             # a call that waited now computes (its CPU/wall may still look low: the calls of
             # a GIL-bound function on several threads wait for each other)
             or (m.complete and cpu > DRIFT_FACTOR * max(m.call_cpu, GIL_SECONDS_MIN))
-        )
-        return drifted and self.since_recheck >= self.suspect_gap
+        ):
+            return "heavier"
+        return "lighter" if ratio * DRIFT_FACTOR < profile else None
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
