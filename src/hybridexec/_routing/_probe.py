@@ -256,7 +256,9 @@ class GilProbe:
             cycle_start = self._cycle_start
             self._expected = None
             if sys.getswitchinterval() < LATE_INTERVAL_MIN:
-                return  # a GIL holder lets go too soon for lateness to tell (a boost, _ticket)
+                # A GIL holder lets go too soon for lateness to tell (a boost, _ticket): no
+                # sign either way (infinite: a stall of a thread off the CPU is not judged).
+                return float("inf")
             for w in self._windows:
                 late = woke - max(expected, w.t_open) - LATE_NOISE - max(0.0, queued)
                 w.late += max(0.0, late)
