@@ -7,7 +7,7 @@ behind each figure are explained at the top of ``_probe.py``.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -60,8 +60,12 @@ clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", N
 perf_counter = time.perf_counter
 
 
+@functools.cache
 def _gil_holding_sleep() -> Callable[[float], None] | None:
-    # ctypes.PyDLL calls foreign functions without releasing the GIL.
+    # ctypes.PyDLL calls foreign functions without releasing the GIL. Made on first use:
+    # importing ctypes costs ~1 ms, and only the probe stalls.
+    import ctypes
+
     try:
         usleep = ctypes.PyDLL(None).usleep
     except (OSError, AttributeError):
@@ -81,7 +85,9 @@ def _spin(seconds: float) -> None:
         pass
 
 
-stall_sleep = _gil_holding_sleep() or _spin
+def stall_sleep(seconds: float) -> None:
+    """Sleep ``seconds`` holding the GIL (a spin where ``usleep`` cannot be called so)."""
+    (_gil_holding_sleep() or _spin)(seconds)
 
 
 @dataclass(frozen=True)

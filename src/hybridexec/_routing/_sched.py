@@ -20,7 +20,7 @@ while it stalls the GIL on purpose, and a read that released the GIL would end t
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +28,10 @@ from typing import Any
 _BUFFER = 512
 
 
+@functools.cache
 def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
+    import ctypes  # on first use: ~1 ms, and only measured calls and the probe read here
+
     try:
         pread = ctypes.PyDLL(None).pread
     except (OSError, AttributeError):
@@ -38,19 +41,19 @@ def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
     return pread
 
 
-_pread = _gil_holding_pread()
-
-
 def _read(fd: int | None) -> bytes | None:
-    if fd is None or _pread is None:
+    pread = _gil_holding_pread()
+    if fd is None or pread is None:
         return None
+    import ctypes
+
     buf = ctypes.create_string_buffer(_BUFFER)
-    n = _pread(fd, buf, _BUFFER, 0)
+    n = pread(fd, buf, _BUFFER, 0)
     return buf.raw[:n] if n > 0 else None
 
 
 def _open(path: str) -> int | None:
-    if _pread is None:
+    if _gil_holding_pread() is None:
         return None
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
