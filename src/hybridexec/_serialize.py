@@ -89,7 +89,7 @@ def dumps_callable(fn: Any) -> bytes:
         # cloudpickle's (nothing can be registered to go by value before cloudpickle is
         # imported): cloudpickle stays unimported (~7 ms) until a callable needs it.
         try:
-            data = pickle.dumps(fn, PROTOCOL)
+            data: bytes = pickle.dumps(fn, PROTOCOL)
         except Exception:
             pass  # a local function, a lambda: by value
         else:

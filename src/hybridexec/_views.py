@@ -18,12 +18,13 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._futures import Future
-from ._routing import Explanation, Options, checked_options, route_rules
+from ._routing import Options, checked_options, route_rules
 
 if TYPE_CHECKING:  # _mapping loads with the first map
     from ._executor import Executor
     from ._mapping import MapState
     from ._router import Router
+    from ._routing import Explanation
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,6 +52,8 @@ def explain_call(
     kwargs: dict[str, Any],
 ) -> Explanation:
     """What ``Executor.explain`` returns (see there): the decision, and the CPU slots now."""
+    from ._routing import Explanation  # on use: a dataclass costs ~1 ms to make
+
     decision = route_rules(fn, options, router.default_kind)  # reads the hints too
     name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
     slots = router.slots.snapshot()

@@ -43,12 +43,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
 from ._entry import Entry
 from ._measure import Measurement
-from ._rules import Decision, Explanation, ms
+from ._rules import Decision, ms
 from ._ticket import Ticket, WouldWait, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
@@ -73,6 +73,9 @@ from ._verdicts import (
     size_bucket,
     verdict,
 )
+
+if TYPE_CHECKING:
+    from ._explain import Explanation
 
 logger = logging.getLogger("hybridexec")
 
@@ -167,6 +170,8 @@ class LearningClassifier:
         kwargs: dict[str, Any] | None = None,
     ) -> Explanation:
         """What the classifier knows of ``fn``; without ``args``, its most used key."""
+        from ._explain import Explanation  # on use: a dataclass costs ~1 ms to make
+
         name = function_name(fn)
         with self._cond:
             if args is not None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._measure import Measurement
-from ._rules import Decision, Explanation
+from ._rules import Decision
 from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key, cpu_heavy
+
+if TYPE_CHECKING:
+    from ._explain import Explanation
 
 _HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
 
@@ -65,6 +70,8 @@ class Entry:
         return Decision(kind, reason, cpu_heavy=heavy, source=self)
 
     def explanation(self) -> Explanation:
+        from ._explain import Explanation  # on use: a dataclass costs ~1 ms to make
+
         m = self.measurement
         d = self.decision
         return Explanation(
