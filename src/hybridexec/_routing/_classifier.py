@@ -46,10 +46,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
-from ._entry import Entry
-from ._measure import Measurement
 from ._rules import Decision, ms
-from ._ticket import Ticket, WouldWait, waiting_refused
+from ._ticket import WouldWait, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
     DEMOTE_CPU_RATIO,
@@ -75,7 +73,10 @@ from ._verdicts import (
 )
 
 if TYPE_CHECKING:
+    from ._entry import Entry
     from ._explain import Explanation
+    from ._measure import Measurement
+    from ._ticket import Ticket
 
 logger = logging.getLogger("hybridexec")
 
@@ -240,6 +241,11 @@ class LearningClassifier:
         return key
 
     def _classify_slow(self, fn: Callable[..., Any], key: Key) -> Decision:
+        # The measuring machinery (entries, tickets, the probe) loads with the first call
+        # classified here, not with the executor: an executor routing by kind= never needs it.
+        from ._entry import Entry
+        from ._ticket import Ticket
+
         deadline: float | None = None
         with self._cond:
             if key not in self._entries:
@@ -294,6 +300,8 @@ class LearningClassifier:
         entry.rechecking = True
         entry.claimed_at = now
         entry.since_recheck = 0
+        from ._ticket import Ticket
+
         return Ticket(self, entry, recheck=True)
 
     @staticmethod

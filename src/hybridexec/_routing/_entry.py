@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._measure import Measurement
 from ._rules import Decision
 from ._verdicts import RECHECK_FIRST, SUSPECT_GAP_FIRST, Key, cpu_heavy
 
 if TYPE_CHECKING:
     from ._explain import Explanation
+    from ._measure import Measurement
 
 _HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
 

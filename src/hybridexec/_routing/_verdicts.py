@@ -10,11 +10,13 @@ import enum
 import functools
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._process import usable_cpus
-from ._measure import Measurement
 from ._rules import ms
+
+if TYPE_CHECKING:
+    from ._measure import Measurement
 
 GIL_FRACTION_MIN = 0.3
 """Processes when a call holds the GIL at least this share of its running time..."""
