@@ -46,8 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
-from ._rules import Decision, ms
-from ._ticket import WouldWait, waiting_refused
+from ._rules import Decision, WouldWait, ms, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
     DEMOTE_CPU_RATIO,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, overload
@@ -178,6 +179,34 @@ class Decision:
     max_memory: int | None = None
     cpu_heavy: bool = False
     source: Any = field(default=None, repr=False, compare=False)
+
+
+class WouldWait(Exception):
+    """Raised by ``classify`` inside ``no_waiting()`` instead of waiting for a verdict."""
+
+
+_local = threading.local()
+
+
+class no_waiting:
+    """Within it, a classifier that would wait for a verdict raises ``WouldWait`` instead.
+
+    The router asks so on a ``submit``: the call is then placed off the caller's thread once
+    the verdict is in (``_deferred.py``), and ``submit`` returns at once.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _local.nowait = True
+
+    def __exit__(self, *exc: object) -> None:
+        _local.nowait = False
+
+
+def waiting_refused() -> bool:
+    """True inside ``no_waiting()`` on this thread."""
+    return getattr(_local, "nowait", False)
 
 
 def ms(seconds: float) -> str:
