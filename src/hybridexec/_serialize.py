@@ -23,6 +23,8 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 def _cloudpickle() -> Any:
     # Imported on first use (~7 ms): a worker that only runs plain functions never needs it.
+    # Called outside the try blocks that make a SerializationError of what pickling raised: an
+    # import that fails for lack of descriptors (EMFILE) raises its OSError to the caller.
     import cloudpickle
 
     return cloudpickle
@@ -53,8 +55,9 @@ def dumps(obj: Any) -> bytes:
             return data
         raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
+        cloudpickle = _cloudpickle()
         try:
-            return _cloudpickle().dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+            return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
         except Exception as exc:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
@@ -96,8 +99,9 @@ def dumps_callable(fn: Any) -> bytes:
             if plain:
                 _remember(fn, data)
             return data
+    cloudpickle = _cloudpickle()
     try:
-        data = _cloudpickle().dumps(fn, PROTOCOL)
+        data = cloudpickle.dumps(fn, PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
     if type(fn) is types.FunctionType and fn.__module__ != "__main__":

@@ -387,9 +387,10 @@ def _dump(obj: Any, placement: Placement, lease: _Lease) -> bytes:
             return data
         raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
+        pickler = _cloud_call_pickler()  # importing cloudpickle may raise OSError (EMFILE)
         buffer = io.BytesIO()
         try:
-            _cloud_call_pickler()(buffer, placement, lease).dump(obj)
+            pickler(buffer, placement, lease).dump(obj)
             return buffer.getvalue()
         except Exception as exc:
             from .._serialize import _describe
