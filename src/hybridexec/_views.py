@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import itertools
 import os
 import sys
@@ -69,6 +68,8 @@ def explain_call(
     result = explain(fn, args if args or kwargs else None)
     if not isinstance(result, Explanation):
         return Explanation(name, "?", str(result), slots=slots)
+    import dataclasses  # Explanation is one: loaded with it
+
     return dataclasses.replace(result, slots=slots)
 
 

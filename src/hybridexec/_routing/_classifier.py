@@ -37,7 +37,6 @@ only creates a coroutine.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -240,8 +239,9 @@ class LearningClassifier:
         return key
 
     def _classify_slow(self, fn: Callable[..., Any], key: Key) -> Decision:
-        # The measuring machinery (entries, tickets, the probe) loads with the first call
-        # classified here, not with the executor: an executor routing by kind= never needs it.
+        # Entries, tickets, the probe load with the first call classified, not the executor.
+        import inspect
+
         from ._entry import Entry
         from ._ticket import Ticket
 
