@@ -6,7 +6,6 @@ thread with an asynchronous exception; thread actors and remote calls use the sa
 
 from __future__ import annotations
 
-import ctypes
 import heapq
 import itertools
 import threading
@@ -29,6 +28,8 @@ def interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
     The one async-raise helper of the package (thread-lane deadlines, thread actors' kill,
     remote calls). With None, a pending (not yet raised) exception is withdrawn.
     """
+    import ctypes  # on first use: ~1 ms that an executor without deadlines never pays
+
     obj = ctypes.py_object(exc) if exc is not None else None
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
 

@@ -19,7 +19,6 @@ from ._process import usable_cpus
 from ._router import Router
 from ._routing import (
     Classifier,
-    Explanation,
     LearningClassifier,
     Options,
     check_count,
@@ -42,6 +41,7 @@ if TYPE_CHECKING:  # the actor modules load when an actor is made
     from typing_extensions import Self
 
     from ._actors import ActorKind, ActorRef, OnError
+    from ._routing import Explanation
 
 P = ParamSpec("P")
 R = TypeVar("R")

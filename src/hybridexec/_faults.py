@@ -27,7 +27,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 POINTS: dict[str, str] = {
@@ -55,16 +54,37 @@ POINTS: dict[str, str] = {
 }
 
 
-@dataclass
 class Fault:
-    """What happens at a point: ``raise`` an exception, ``delay`` seconds, ``kill`` or ``exit``."""
+    """What happens at a point: ``raise`` an exception, ``delay`` seconds, ``kill`` or ``exit``.
 
-    kind: str
-    arg: Any = None
-    times: int | None = None
-    after: int = 0
-    shared: str | None = None
-    hits: int = field(default=0, compare=False)
+    (A plain class, not a dataclass: this module loads with every executor and worker.)
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        arg: Any = None,
+        times: int | None = None,
+        after: int = 0,
+        shared: str | None = None,
+        hits: int = 0,
+    ) -> None:
+        self.kind, self.arg, self.times, self.after = kind, arg, times, after
+        self.shared, self.hits = shared, hits
+
+    def __repr__(self) -> str:
+        return (
+            f"Fault(kind={self.kind!r}, arg={self.arg!r}, times={self.times!r}, "
+            f"after={self.after!r}, shared={self.shared!r}, hits={self.hits!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:  # hits are not compared
+        if not isinstance(other, Fault):
+            return NotImplemented
+        mine = (self.kind, self.arg, self.times, self.after, self.shared)
+        return mine == (other.kind, other.arg, other.times, other.after, other.shared)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     def fire(self) -> None:
         """Act as ``kind`` says, unless skipped (``after``) or spent (``times``)."""

@@ -23,6 +23,8 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 def _cloudpickle() -> Any:
     # Imported on first use (~7 ms): a worker that only runs plain functions never needs it.
+    # Called outside the try blocks that make a SerializationError of what pickling raised: an
+    # import that fails for lack of descriptors (EMFILE) raises its OSError to the caller.
     import cloudpickle
 
     return cloudpickle
@@ -53,8 +55,9 @@ def dumps(obj: Any) -> bytes:
             return data
         raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
+        cloudpickle = _cloudpickle()
         try:
-            return _cloudpickle().dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+            return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
         except Exception as exc:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
@@ -77,11 +80,28 @@ def dumps_callable(fn: Any) -> bytes:
     Raises:
         SerializationError: the callable cannot be pickled; the cause is chained.
     """
-    cached = _by_reference.get(fn) if type(fn) is types.FunctionType else None
+    plain = type(fn) is types.FunctionType
+    cached = _by_reference.get(fn) if plain else None
     if cached is not None:
         return cached
+    if "cloudpickle" not in sys.modules and (
+        (plain and fn.__module__ != "__main__")
+        or (type(fn) is types.BuiltinFunctionType and type(fn.__self__) is types.ModuleType)
+    ):
+        # For a function its module names (or a module's builtin) the C pickler's bytes are
+        # cloudpickle's (nothing can be registered to go by value before cloudpickle is
+        # imported): cloudpickle stays unimported (~7 ms) until a callable needs it.
+        try:
+            data: bytes = pickle.dumps(fn, PROTOCOL)
+        except Exception:
+            pass  # a local function, a lambda: by value
+        else:
+            if plain:
+                _remember(fn, data)
+            return data
+    cloudpickle = _cloudpickle()
     try:
-        data: bytes = _cloudpickle().dumps(fn, PROTOCOL)
+        data = cloudpickle.dumps(fn, PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
     if type(fn) is types.FunctionType and fn.__module__ != "__main__":
@@ -90,11 +110,15 @@ def dumps_callable(fn: Any) -> bytes:
         except Exception:
             return data  # not found under its name: pickled by value
         if by_reference == data:  # cloudpickle agreed: by reference
-            with _by_reference_lock:
-                if len(_by_reference) >= _BY_REFERENCE_MAX:
-                    _by_reference.clear()
-                _by_reference[fn] = data
+            _remember(fn, data)
     return data
+
+
+def _remember(fn: Any, data: bytes) -> None:
+    with _by_reference_lock:
+        if len(_by_reference) >= _BY_REFERENCE_MAX:
+            _by_reference.clear()
+        _by_reference[fn] = data
 
 
 def loads(data: bytes) -> Any:

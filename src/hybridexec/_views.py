@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import itertools
 import os
 import sys
@@ -18,12 +17,13 @@ from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._futures import Future
-from ._routing import Explanation, Options, checked_options, route_rules
+from ._routing import Options, checked_options, route_rules
 
 if TYPE_CHECKING:  # _mapping loads with the first map
     from ._executor import Executor
     from ._mapping import MapState
     from ._router import Router
+    from ._routing import Explanation
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -51,6 +51,8 @@ def explain_call(
     kwargs: dict[str, Any],
 ) -> Explanation:
     """What ``Executor.explain`` returns (see there): the decision, and the CPU slots now."""
+    from ._routing import Explanation  # on use: a dataclass costs ~1 ms to make
+
     decision = route_rules(fn, options, router.default_kind)  # reads the hints too
     name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
     slots = router.slots.snapshot()
@@ -66,6 +68,8 @@ def explain_call(
     result = explain(fn, args if args or kwargs else None)
     if not isinstance(result, Explanation):
         return Explanation(name, "?", str(result), slots=slots)
+    import dataclasses  # Explanation is one: loaded with it
+
     return dataclasses.replace(result, slots=slots)
 
 

@@ -7,10 +7,10 @@ death signal where that is safe, and watch the lifeline pipe whose EOF means the
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 
@@ -35,18 +35,35 @@ def set_parent_death_signal() -> None:
     """
     if not sys.platform.startswith("linux"):
         return
+    prepare_death_signal()
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        _prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     except Exception:
         pass
 
 
-def watch_lifeline(lifeline: Any) -> threading.Thread:
-    """Start a daemon thread that kills this worker's process group when the parent dies.
+_prctl: Any = None
+
+
+def prepare_death_signal() -> None:
+    """Load what ``set_parent_death_signal`` calls: ctypes and ``prctl``.
+
+    That costs 1-2 ms (more on a busy machine): the fork server does it as it starts, so that
+    the workers it forks need not.
+    """
+    global _prctl
+    if _prctl is None and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except Exception:
+            pass
+
+
+def watch_lifeline(lifeline: Any) -> None:
+    """Start a thread that kills this worker's process group when the parent dies.
 
     ``lifeline`` is the read end of a pipe whose write end only the parent holds: when the
     parent exits, for any reason, the read returns EOF.
@@ -63,9 +80,9 @@ def watch_lifeline(lifeline: Any) -> threading.Thread:
         finally:
             os._exit(1)
 
-    thread = threading.Thread(target=watch, name="hybridexec-lifeline", daemon=True)
-    thread.start()
-    return thread
+    # A bare thread, not threading's: Thread.start() waits until the new thread has run, a
+    # wait of milliseconds on a busy machine before the worker takes its first task.
+    _thread.start_new_thread(watch, ())
 
 
 def let_go_of_fork_server() -> None:

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from ._child import resident_memory
+from ._child import prepare_death_signal, resident_memory
 
 MAX_RSS = 256 << 20
 """Above this resident size the fork server is started the usual way (see the docstring)."""
@@ -105,6 +105,7 @@ def start_fork_server() -> int | None:
             # it: nothing of it is finalized here.
             spawn.old_main_modules.append(sys.modules["__main__"])
             sys.modules["__main__"] = types.ModuleType("__main__")
+            prepare_death_signal()  # while the parent prepares the first request
             forkserver.main(listener_fd, alive_r, preload)
 
         pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)

@@ -5,14 +5,15 @@ What the rest of the package may use is named here; everything else in the room 
 Layers inside the room (each imports only those above it)::
 
     _options     Options and the checks of kind, timeout and max_memory
-    _rules       hints (@io_bound, @cpu_bound, @task), the rules, Decision,
-                 Explanation, the Classifier protocol
+    _rules       hints (@io_bound, @cpu_bound, @task), the rules, Decision, the Classifier
+                 protocol and its no_waiting() / WouldWait
+    _explain     Explanation (what Executor.explain returns)
     _sched       the scheduler's view of a thread: run-queue wait, runnable or asleep
     _measure     the figures of one measured call (Window) and their maths (Measurement)
     _probe       the GIL probe: the helper thread that samples open windows
     _verdicts    the thresholds, the verdict rule, the keys (size bucket, argument shape)
     _entry       what the classifier keeps per key
-    _ticket      the ticket of a measured call, the switch-interval boost, WouldWait
+    _ticket      the ticket of a measured call, the switch-interval boost
     _classifier  LearningClassifier: learner state per key, feedback, re-checks
     _governor    Governor: the CPU slots shared by busy processes and CPU-heavy threads
     _binding     late binding (a task not started follows the newest verdict), the thread
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from ._binding import Waits as Waits
     from ._binding import fn_key as fn_key
     from ._classifier import LearningClassifier as LearningClassifier
+    from ._explain import Explanation as Explanation
     from ._governor import Governor as Governor
     from ._options import KINDS as KINDS
     from ._options import Kind as Kind
@@ -43,16 +45,15 @@ if TYPE_CHECKING:
     from ._options import resolve_counts as resolve_counts
     from ._rules import Classifier as Classifier
     from ._rules import Decision as Decision
-    from ._rules import Explanation as Explanation
+    from ._rules import WouldWait as WouldWait
     from ._rules import cpu_bound as cpu_bound
     from ._rules import gil_enabled as gil_enabled
     from ._rules import hints_of as hints_of
     from ._rules import io_bound as io_bound
+    from ._rules import no_waiting as no_waiting
     from ._rules import route as route
     from ._rules import route_rules as route_rules
     from ._rules import task as task
-    from ._ticket import WouldWait as WouldWait
-    from ._ticket import no_waiting as no_waiting
 
 __all__ = [
     "KINDS",
@@ -87,14 +88,13 @@ __all__ = [
 _OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
 _OPTIONS |= {"check_count", "check_kind", "check_max_memory", "check_timeout", "resolve_counts"}
 _BINDING = {"Binding", "TimedTask", "Waits", "fn_key"}
-_TICKET = {"WouldWait", "no_waiting"}
-_ELSEWHERE = {"LearningClassifier", "Governor", *_OPTIONS, *_BINDING, *_TICKET}
+_ELSEWHERE = {"LearningClassifier", "Governor", "Explanation", *_OPTIONS, *_BINDING}
 
 __getattr__, __dir__ = exports(
     __name__,
     {name: "._rules" for name in __all__ if name not in _ELSEWHERE}
     | {"LearningClassifier": "._classifier", "Governor": "._governor"}
+    | {"Explanation": "._explain"}
     | dict.fromkeys(_OPTIONS, "._options")
-    | dict.fromkeys(_BINDING, "._binding")
-    | dict.fromkeys(_TICKET, "._ticket"),
+    | dict.fromkeys(_BINDING, "._binding"),
 )

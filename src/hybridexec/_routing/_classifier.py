@@ -37,25 +37,19 @@ only creates a coroutine.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
-from ._entry import Entry
-from ._measure import Measurement
-from ._rules import Decision, Explanation, ms
-from ._ticket import Ticket, WouldWait, waiting_refused
+from ._rules import Decision, WouldWait, ms, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
     DEMOTE_CPU_RATIO,
     DEMOTE_GIL_SECONDS,
-    DRIFT_FACTOR,
-    EWMA_ALPHA,
     FEEDBACK_MIN_CALLS,
     FLIP_AFTER,
     OVERFLOW,
@@ -67,11 +61,19 @@ from ._verdicts import (
     Key,
     contrary,
     cpu_share,
+    ewma,
     function_name,
+    jumped,
     shape,
     size_bucket,
     verdict,
 )
+
+if TYPE_CHECKING:
+    from ._entry import Entry
+    from ._explain import Explanation
+    from ._measure import Measurement
+    from ._ticket import Ticket
 
 logger = logging.getLogger("hybridexec")
 
@@ -131,7 +133,7 @@ class LearningClassifier:
         with self._cond:
             entry.calls += calls
             entry.per_lane[kind] = entry.per_lane.get(kind, 0) + calls
-            entry.wall = wall if entry.wall is None else _ewma(entry.wall, wall)
+            entry.wall = wall if entry.wall is None else ewma(entry.wall, wall)
             decision, m = entry.decision, entry.measurement
             if decision is None or m is None:
                 return
@@ -163,6 +165,8 @@ class LearningClassifier:
         kwargs: dict[str, Any] | None = None,
     ) -> Explanation:
         """What the classifier knows of ``fn``; without ``args``, its most used key."""
+        from ._explain import Explanation  # on use: a dataclass costs ~1 ms to make
+
         name = function_name(fn)
         with self._cond:
             if args is not None:
@@ -210,6 +214,12 @@ class LearningClassifier:
         return key
 
     def _classify_slow(self, fn: Callable[..., Any], key: Key) -> Decision:
+        # Entries, tickets, the probe load with the first call classified, not the executor.
+        import inspect
+
+        from ._entry import Entry
+        from ._ticket import Ticket
+
         deadline: float | None = None
         with self._cond:
             if key not in self._entries:
@@ -275,6 +285,8 @@ class LearningClassifier:
         entry.rechecking = True
         entry.claimed_at = now
         entry.since_recheck = 0
+        from ._ticket import Ticket
+
         return Ticket(self, entry, recheck=True)
 
     @staticmethod
@@ -336,13 +348,13 @@ class LearningClassifier:
 
     def _process_feedback(self, entry: Entry, wall: float, cpu: float) -> None:
         ratio = cpu / wall if wall > 0 else 0.0
-        if entry.proc_samples == 0 or _jump(entry.proc_ratio, ratio):
+        if entry.proc_samples == 0 or jumped(entry.proc_ratio, ratio):
             # A call unlike the average (a function that changed behaviour): the averages
             # start over from it, so FEEDBACK_MIN_CALLS calls of the new kind are enough.
             entry.proc_cpu, entry.proc_ratio, entry.proc_samples = cpu, ratio, 0
         else:
-            entry.proc_cpu = _ewma(entry.proc_cpu, cpu)
-            entry.proc_ratio = _ewma(entry.proc_ratio, ratio)
+            entry.proc_cpu = ewma(entry.proc_cpu, cpu)
+            entry.proc_ratio = ewma(entry.proc_ratio, ratio)
         entry.proc_samples += 1
         if entry.proc_samples < FEEDBACK_MIN_CALLS:
             return
@@ -371,16 +383,6 @@ class LearningClassifier:
             old.kind if old is not None else "-",
             entry.explanation(),
         )
-
-
-def _ewma(old: float, new: float) -> float:
-    return old + EWMA_ALPHA * (new - old)
-
-
-def _jump(average: float, new: float) -> bool:
-    # A CPU/wall ratio DRIFT_FACTOR squared away from the average, either way.
-    factor = DRIFT_FACTOR * DRIFT_FACTOR
-    return new * factor < average or new > factor * max(average, 0.05)
 
 
 _live: weakref.WeakSet[LearningClassifier] = weakref.WeakSet()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._measure import Measurement
-from ._rules import Decision, Explanation
+from ._rules import Decision
 from ._verdicts import (
     DRIFT_FACTOR,
     GIL_SECONDS_MIN,
@@ -17,6 +16,10 @@ from ._verdicts import (
     cpu_heavy,
     unsure,
 )
+
+if TYPE_CHECKING:
+    from ._explain import Explanation
+    from ._measure import Measurement
 
 _HEAVY = "; it keeps a CPU busy: it holds a CPU slot while it runs"
 
@@ -130,6 +133,8 @@ class Entry:
         return Decision(kind, reason, cpu_heavy=heavy, source=self)
 
     def explanation(self) -> Explanation:
+        from ._explain import Explanation  # on use: a dataclass costs ~1 ms to make
+
         m = self.measurement
         d = self.decision
         return Explanation(

@@ -20,7 +20,7 @@ while it stalls the GIL on purpose, and a read that released the GIL would end t
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import threading
 import time
@@ -32,7 +32,10 @@ _BUFFER = 512
 clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", None)
 
 
+@functools.cache
 def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
+    import ctypes  # on first use: ~1 ms, and only measured calls and the probe read here
+
     try:
         pread = ctypes.PyDLL(None).pread
     except (OSError, AttributeError):
@@ -42,19 +45,19 @@ def _gil_holding_pread() -> Callable[[int, Any, int, int], int] | None:
     return pread
 
 
-_pread = _gil_holding_pread()
-
-
 def _read(fd: int | None) -> bytes | None:
-    if fd is None or _pread is None:
+    pread = _gil_holding_pread()
+    if fd is None or pread is None:
         return None
+    import ctypes
+
     buf = ctypes.create_string_buffer(_BUFFER)
-    n = _pread(fd, buf, _BUFFER, 0)
+    n = pread(fd, buf, _BUFFER, 0)
     return buf.raw[:n] if n > 0 else None
 
 
 def _open(path: str) -> int | None:
-    if _pread is None:
+    if _gil_holding_pread() is None:
         return None
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -129,8 +132,12 @@ def _waited(data: bytes | None) -> float | None:
         return None
 
 
+@functools.cache
 def _gil_holding_sleep() -> Callable[[float], None] | None:
-    # ctypes.PyDLL calls foreign functions without releasing the GIL.
+    # ctypes.PyDLL calls foreign functions without releasing the GIL. Made on first use:
+    # importing ctypes costs ~1 ms, and only the probe stalls.
+    import ctypes
+
     try:
         usleep = ctypes.PyDLL(None).usleep
     except (OSError, AttributeError):
@@ -150,7 +157,11 @@ def _spin(seconds: float) -> None:
         pass
 
 
-stall_sleep = _gil_holding_sleep() or _spin
+def stall_sleep(seconds: float) -> None:
+    """Sleep ``seconds`` holding the GIL (a spin where ``usleep`` cannot be called so)."""
+    (_gil_holding_sleep() or _spin)(seconds)
+
+
 PROBE_THREAD = "hybridexec-gil-probe"
 
 

@@ -45,34 +45,6 @@ _active: set[Boost] = set()  # boosts in force (under _lock)
 _saved: float | None = None  # the interval before the first boost (under _lock)
 
 
-class WouldWait(Exception):
-    """Raised by ``classify`` inside ``no_waiting()`` instead of waiting for a verdict."""
-
-
-_local = threading.local()
-
-
-class no_waiting:
-    """Within it, a classifier that would wait for a verdict raises ``WouldWait`` instead.
-
-    The router asks so on a ``submit``: the call is then placed off the caller's thread once
-    the verdict is in (``_deferred.py``), and ``submit`` returns at once.
-    """
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        _local.nowait = True
-
-    def __exit__(self, *exc: object) -> None:
-        _local.nowait = False
-
-
-def waiting_refused() -> bool:
-    """True inside ``no_waiting()`` on this thread."""
-    return getattr(_local, "nowait", False)
-
-
 class Ticket:
     """The ``Probe`` of one measured call (see ``routing.Probe``)."""
 

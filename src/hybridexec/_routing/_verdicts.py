@@ -10,11 +10,13 @@ import enum
 import functools
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._process import usable_cpus
-from ._measure import Measurement
 from ._rules import ms
+
+if TYPE_CHECKING:
+    from ._measure import Measurement
 
 GIL_FRACTION_MIN = 0.3
 """Processes when a call holds the GIL at least this share of its running time..."""
@@ -221,3 +223,14 @@ def shape(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> tup
         return positional, 0
     names = sorted(kwargs)[:SHAPE_ARGS]
     return positional, (hash(tuple((n, _token(kwargs[n])) for n in names)) & 0xFFFFFF) or 1
+
+
+def ewma(old: float, new: float) -> float:
+    """A moving average's next value (``EWMA_ALPHA`` the newest figure's weight)."""
+    return old + EWMA_ALPHA * (new - old)
+
+
+def jumped(average: float, new: float) -> bool:
+    """A CPU/wall ratio ``DRIFT_FACTOR`` squared away from its average, either way."""
+    factor = DRIFT_FACTOR * DRIFT_FACTOR
+    return new * factor < average or new > factor * max(average, 0.05)

@@ -18,6 +18,7 @@ The worker side (results) is in ``_reply.py``.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import pickle
@@ -25,10 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import cloudpickle
 
 from .._exceptions import SerializationError, SharedMemoryError
 from .._serialize import PROTOCOL, main_by_value
@@ -195,7 +193,7 @@ class Placement:
         """
         lease = _Lease()
         try:
-            data = _dump(obj, _CallPickler, _CloudCallPickler, self, lease)
+            data = _dump(obj, self, lease)
         except BaseException:
             self.release(lease)
             raise
@@ -353,8 +351,7 @@ def _placed(obj: Any, ndarray: type | None, placement: Placement, lease: _Lease)
 class _CallPickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
         super().__init__(file, PROTOCOL)
-        self._placement = placement
-        self._lease = lease
+        self._placement, self._lease = placement, lease
         self._ndarray = _ndarray_type()
 
     def reducer_override(self, obj: Any) -> Any:
@@ -362,37 +359,38 @@ class _CallPickler(pickle.Pickler):
         return NotImplemented if placed is None else placed
 
 
-class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
-        super().__init__(file, PROTOCOL)
-        self._placement = placement
-        self._lease = lease
-        self._ndarray = _ndarray_type()
+@functools.cache
+def _cloud_call_pickler() -> Any:
+    # Made when the C pickler first refuses a call: cloudpickle costs ~7 ms to import.
+    import cloudpickle
 
-    def reducer_override(self, obj: Any) -> Any:
-        placed = _placed(obj, self._ndarray, self._placement, self._lease)
-        return super().reducer_override(obj) if placed is None else placed
+    class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
+        def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
+            super().__init__(file, PROTOCOL)
+            self._placement, self._lease = placement, lease
+            self._ndarray = _ndarray_type()
+
+        def reducer_override(self, obj: Any) -> Any:
+            placed = _placed(obj, self._ndarray, self._placement, self._lease)
+            return super().reducer_override(obj) if placed is None else placed
+
+    return _CloudCallPickler
 
 
-def _dump(
-    obj: Any,
-    fast: Callable[[io.BytesIO, Placement, _Lease], pickle.Pickler],
-    slow: Callable[[io.BytesIO, Placement, _Lease], pickle.Pickler],
-    placement: Placement,
-    lease: _Lease,
-) -> bytes:
+def _dump(obj: Any, placement: Placement, lease: _Lease) -> bytes:
     # The C pickler first, cloudpickle when it refuses: the rules of _serialize.dumps.
     buffer = io.BytesIO()
     try:
-        fast(buffer, placement, lease).dump(obj)
+        _CallPickler(buffer, placement, lease).dump(obj)
         data = buffer.getvalue()
         if not main_by_value(data):
             return data
         raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
+        pickler = _cloud_call_pickler()  # importing cloudpickle may raise OSError (EMFILE)
         buffer = io.BytesIO()
         try:
-            slow(buffer, placement, lease).dump(obj)
+            pickler(buffer, placement, lease).dump(obj)
             return buffer.getvalue()
         except Exception as exc:
             from .._serialize import _describe
