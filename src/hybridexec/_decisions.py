@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import sys
 import weakref
 from collections.abc import Callable
+from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from . import _lifecycle
@@ -47,6 +49,8 @@ REMEMBERED = 1024
 _PLAIN = frozenset((int, float, complex, type(None)))
 """Argument types whose classifier key is the type alone (no size, no flag value)."""
 
+_SYS = sys.__dict__  # gil_enabled(), inline: sys._is_gil_enabled exists on 3.13+ only
+
 _NO_CLASSIFIER = Decision("thread", "no hint and no classifier: threads by default")
 
 # weakref to fn, options, hints, (classifier generation, GIL on), decision, merged options,
@@ -59,13 +63,14 @@ _Plan = tuple[
 class Plans:
     """The router's decisions, reused while what they depend on stays the same."""
 
-    __slots__ = ("_learns", "_plans", "classifier", "default_kind", "express_ok")
+    __slots__ = ("_express", "_learns", "_plans", "classifier", "default_kind", "express_ok")
 
     def __init__(self, classifier: Classifier | None, default_kind: str, express: bool) -> None:
         self.classifier = classifier
         self.default_kind = default_kind
         self.express_ok = express  # no distributed backend: thread calls stay here
         self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._express: dict[tuple[Any, ...], _Express] = {}  # same keys: see submit_express
         # Its answers are reused only if it says when they may change.
         self._learns = isinstance(getattr(classifier, "generation", None), int)
 
@@ -102,6 +107,7 @@ class Plans:
                 return decision, merged
             if len(self._plans) >= REMEMBERED:
                 self._plans.clear()
+            self._express.pop(key, None)  # made again from this plan at its next express call
             same = self._learns and plan is not None and plan[4] is decision and plan[0]() is fn
             # The express path (``express``): a plain call on the growing thread lane (not a
             # CPU-heavy one: that waits for a CPU slot on the capped lane, see submit_task).
@@ -126,50 +132,89 @@ class Plans:
             )
         return decision, merged
 
-    def express(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
-    ) -> Decision | None:
-        """The decision for a call remembered as bound to the growing thread lane, or None."""
-        types = tuple(map(type, args[:4]))
-        if kwargs or not _PLAIN.issuperset(types):
-            return None
-        plan = self._plans.get((id(fn), id(opts), *types))
-        if plan is None or not plan[7] or not plan[6]:
-            return None
-        learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
-        if (
-            plan[3] == (learned, gil_enabled())
-            and plan[2] is hints_of(fn)
-            and plan[1] is opts
-            and plan[0]() is fn
-        ):
-            return plan[4]
-        return None
+    def submit_express(
+        self,
+        router: Router,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+    ) -> Future[Any] | None:
+        """Submit a plain call remembered as bound to the growing thread lane; else None.
 
-    def submit_thread(
-        self, router: Router, fn: Callable[..., Any], call: Call, decision: Decision
-    ) -> Future[Any]:
-        """``router.submit_task`` for a plain call that ``express`` bound to the thread lane.
+        The router's ``submit_task`` for such a call, in one function: a storm of tiny calls
+        pays this per call (issue 17), so it does the checks of ``decide`` without building
+        a key tuple of types, and finds the lane's profile and the sampler's count in its entry.
 
         Raises:
             RuntimeError: the executor was shut down.
         """
+        if kwargs:
+            return None
+        if len(args) == 1:  # the common shape, without a tuple of types
+            kind = type(args[0])
+            if kind not in _PLAIN:
+                return None
+            key: tuple[Any, ...] = (id(fn), id(opts), kind)
+        else:
+            types = tuple(map(type, args[:4]))
+            if not _PLAIN.issuperset(types):
+                return None
+            key = (id(fn), id(opts), *types)
+        entry = self._express.get(key)
+        if entry is None:
+            return self._first_express(router, key, fn, args, opts)
+        learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
+        check = _SYS.get("_is_gil_enabled")  # read at each call (a test may switch it)
+        if (
+            entry.learned != learned
+            or (check is not None and not check())
+            or entry.ref() is not fn  # the entry holds opts: an id match is opts itself
+            or _hints(fn) is not entry.hinted
+        ):
+            return None
         if router.closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if router.generation != _lifecycle.generation():
             router.check_fork()
         future: Future[Any] = Future("thread")
-        task = Task(fn, [call], future)
-        if self.classifier is not None:
-            task = router.sampler.timed(task, self.classifier, decision, None)
+        n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
+        if n % SAMPLE_EVERY or self.classifier is None:
+            task = Task(fn, [(args, kwargs)], future)
+        else:
+            clf = self.classifier if not n else Weighted(self.classifier, SAMPLE_EVERY)
+            task = TimedTask(fn, [(args, kwargs)], future, clf, None)
         task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
-        if decision.source is not None:  # late binding: it follows newer verdicts
-            task.route = decision
+        task.route = entry.route  # late binding: it follows newer verdicts
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), decision.reason)
-        router.count("thread")
-        router.threads.submit(task)
+            logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), entry.reason)
+        router.threads.submit(task, entry.profile, counted=True)
         return future
+
+    def _first_express(
+        self,
+        router: Router,
+        key: tuple[Any, ...],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        opts: Options,
+    ) -> Future[Any] | None:
+        # The express entry of a remembered plan, made at its first express call.
+        plan = self._plans.get(key)
+        if plan is None or not plan[7] or not plan[6] or plan[1] is not opts:
+            return None
+        learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
+        if plan[3] != (learned, gil_enabled()) or plan[2] is not hints_of(fn):
+            return None
+        if plan[0]() is not fn:
+            return None
+        if len(self._express) >= REMEMBERED:
+            self._express.clear()
+        decision = plan[4]
+        self._express[key] = _Express(
+            plan, learned, router.sampler.counter(decision), router.threads.profiles.of(fn)
+        )
+        return self.submit_express(router, fn, args, {}, opts)
 
     def submit_chunk(
         self,
@@ -180,8 +225,9 @@ class Plans:
         batch: bool,
     ) -> Future[Any]:
         """Submit a chunk of ``Executor.map``: one task, by the express path if it can."""
-        if not batch and (decision := self.express(fn, chunk[0], {}, opts)) is not None:
-            return self.submit_thread(router, fn, (chunk[0], {}), decision)
+        future = None if batch else self.submit_express(router, fn, chunk[0], {}, opts)
+        if future is not None:
+            return future
         decision, call_opts = router.decide(fn, chunk[0], {}, opts)
         items: Items = [(args, {}) for args in chunk]
         return router.submit_task(fn, items, decision, call_opts.timeout, batch=batch)[0]
@@ -208,6 +254,28 @@ class Plans:
         return self.classifier.classify(fn, args, kwargs), opts, False
 
 
+class _Express:
+    """A remembered plan bound to the growing thread lane, with what its calls need."""
+
+    __slots__ = ("hinted", "learned", "profile", "reason", "ref", "route", "seen")
+
+    def __init__(
+        self, plan: _Plan, learned: int, seen: itertools.count[int], profile: object
+    ) -> None:
+        self.ref, self.hinted, self.learned = plan[0], plan[2], learned
+        decision = plan[4]
+        self.reason = decision.reason
+        self.route = decision if decision.source is not None else None
+        self.seen, self.profile = seen, profile
+
+
+def _hints(fn: Callable[..., Any]) -> Options | None:
+    """``hints_of(fn)``; a plain function with nothing set on it has none (no look-ups)."""
+    if type(fn) is FunctionType and not fn.__dict__:
+        return None
+    return hints_of(fn)
+
+
 class Sampler:
     """Which thread calls of a decision are timed, and how many calls each one stands for."""
 
@@ -217,6 +285,15 @@ class Sampler:
         # id(decision) -> (the decision, kept so that its id is not reused; its call count;
         # one call timed in this many)
         self._counts: dict[int, tuple[Decision, itertools.count[int], int]] = {}
+
+    def counter(self, decision: Decision) -> itertools.count[int]:
+        """The count of this decision's calls (``timed`` and ``weight`` draw from it)."""
+        seen = self._counts.get(id(decision))
+        if seen is None:
+            if len(self._counts) >= REMEMBERED:
+                self._counts.clear()
+            seen = self._counts.setdefault(id(decision), (decision, itertools.count()))
+        return seen[1]
 
     def weight(self, decision: Decision) -> int:
         """How many calls this call's figures stand for; 0 if it is not timed."""

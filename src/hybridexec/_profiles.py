@@ -45,3 +45,28 @@ def code_of(fn: Callable[..., Any]) -> object:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return getattr(fn, "__code__", None)
+
+
+class Profiles(dict[object, Profile]):
+    """A lane's profiles by code object, bounded (functions made on the fly start it over)."""
+
+    def of(self, fn: Callable[..., Any]) -> Profile | None:
+        """The profile of ``fn``'s calls (None for a builtin: no code to key it on)."""
+        code = getattr(fn, "__code__", None) or code_of(fn)
+        if code is None:
+            return None
+        profile = self.get(code)
+        if profile is None:
+            if len(self) >= PROFILES_MAX:
+                self.clear()
+            profile = self.setdefault(code, Profile())
+        return profile
+
+
+def name_of(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a callable, looking through partials (for warnings)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}" if module else name

@@ -243,9 +243,9 @@ class Router:
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> Future[Any]:
-        decision = self.plans.express(fn, args, kwargs, opts)
-        if decision is not None:  # a plain call already routed to the thread lane
-            return self.plans.submit_thread(self, fn, (args, kwargs), decision)
+        future = self.plans.submit_express(self, fn, args, kwargs, opts)
+        if future is not None:  # a plain call already routed to the thread lane
+            return future
         if is_async_callable(fn) and self.async_on_loop(fn, opts):
             return self.submit_async(fn, args, kwargs, opts)
         try:

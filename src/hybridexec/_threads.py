@@ -13,18 +13,14 @@ call blocks after all), a thread starts after ``STALL_SECONDS``.
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
-blocked in C sees it only when it returns to Python). The thread counts as busy until it has
-really finished. The task is marked finished *before* its future is settled, so a deadline that
-passes while done-callbacks run never reaches them: the timer interrupts a thread only inside
-the task's own call.
+blocked in C sees it only when it returns to Python); it counts as busy until it has really
+finished. The task is marked finished *before* its future is settled: a deadline never reaches
+the done-callbacks. A finished task lets go of its callable and arguments at once.
 
-A finished task lets go of its callable and arguments at once (``Task.release``); the
-deadline timer's small record forgets it when it ends.
-
-Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook calls it
-for every lane, as the stdlib's ``_python_exit`` joins its pools) waits for the user's thread
-work, queued or running, then at most a short bound for the work the library chose to run here
-(a measured first call), and names what still runs in a warning: it cannot be killed.
+Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook, as the
+stdlib's ``_python_exit``) waits for the user's thread work, queued or running, then at most a
+short bound for work the library chose to run here (a measured first call), and names what
+still runs in a warning.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remo
 from ._exceptions import BrokenExecutorError
 from ._futures import Future, Task
 from ._process import usable_cpus
-from ._profiles import PROFILES_MAX, Profile, code_of
+from ._profiles import Profile, Profiles, name_of
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
@@ -82,7 +78,8 @@ class ThreadLane:
         self._busy: dict[threading.Thread, Task] = {}  # threads running library-chosen work
         self._waiting = 0  # threads running a task not known to compute (under _lock)
         self._cpus = usable_cpus()
-        self._profiles: dict[object, Profile] = {}  # code object -> what its calls do
+        self.profiles = Profiles()  # code object -> what its calls do
+        self.submitted = 0  # tasks counted by submit (the express path's; under _lock)
         self._taken = 0  # tasks taken so far (progress, for the stall check; unlocked)
         self._stall_check = False  # a stall check is scheduled (under _lock)
         self._closed = self._joined_at_exit = False
@@ -102,18 +99,17 @@ class ThreadLane:
         """The number of threads alive now."""
         return len(self._threads)
 
-    def submit(self, task: Task) -> None:
+    def submit(self, task: Task, profile: Any = False, *, counted: bool = False) -> None:
         """Queue a task; start a thread for it unless one is idle or it would not help.
+
+        ``profile``: ``profiles.of(task.fn)`` if the caller has it; ``counted``: count it in
+        ``submitted`` (the express path's count, under the lock taken anyway).
 
         Raises:
             RuntimeError: the lane was shut down.
         """
-        code = getattr(task.fn, "__code__", None) or code_of(task.fn)
-        profile = self._profiles.get(code) if code is not None else None
-        if profile is None and code is not None:
-            if len(self._profiles) >= PROFILES_MAX:  # bounded: functions made on the fly
-                self._profiles.clear()
-            profile = self._profiles.setdefault(code, Profile())
+        if profile is False:
+            profile = self.profiles.of(task.fn)
         task.profile = profile
         with self._lock:
             if self.broken is not None:
@@ -121,6 +117,8 @@ class ThreadLane:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.put(task)
+            if counted:
+                self.submitted += 1
             if self._idle:
                 self._idle -= 1
                 return
@@ -185,15 +183,10 @@ class ThreadLane:
         """Stop taking work; optionally cancel what has not started; optionally wait."""
         with self._lock:
             self._closed = True
-            if cancel_futures:
-                while True:
-                    try:
-                        task = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if task is not None and task.future.cancel():
-                        # Notify waiters, or wait()/as_completed() never see it as done.
-                        task.future.set_running_or_notify_cancel()
+            for task in self._drain() if cancel_futures else ():
+                if task.future.cancel():
+                    # Notify waiters, or wait()/as_completed() never see it as done.
+                    task.future.set_running_or_notify_cancel()
             for _ in range(len(self._threads)):
                 self._queue.put(None)
             threads = list(self._threads)
@@ -244,9 +237,8 @@ class ThreadLane:
             if quick or gate.admit(task):  # admit False: the task moved to another lane
                 try:
                     self._run(task, me)
-                except BaseException as exc:  # never from the task (captured): a lane bug or
-                    # a refused resource (no timer thread): it must not lose a thread, and the
-                    # task fails with it rather than stay running for ever.
+                except BaseException as exc:  # never the task's (captured): a lane bug or a
+                    # refused timer thread; the task fails rather than stay running for ever.
                     logger.exception("the thread lane failed running %r", task)
                     task.future.settle(False, exc)
                 if not quick:
@@ -287,7 +279,7 @@ class ThreadLane:
                 deadline = time.monotonic() + bound
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                names = sorted({_name_of(task.fn) for task in busy.values()})
+                names = sorted({name_of(task.fn) for task in busy.values()})
                 logger.warning(
                     "hybridexec: exiting while %s still runs on a thread the library chose "
                     "(it cannot be killed); give it a timeout or kind='process' to stop it",
@@ -306,20 +298,24 @@ class ThreadLane:
             first = self.broken is None
             if first:
                 self.broken = exc
-            tasks: list[Task] = []
-            while True:
-                try:
-                    task = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if task is not None:
-                    tasks.append(task)
+            tasks = self._drain()
             for _ in range(len(self._threads)):  # the other threads leave too
                 self._queue.put(None)
         for task in tasks:
             if task.future.set_running_or_notify_cancel():
                 task.future.settle(False, _broken_error(exc))
             task.release()
+
+    def _drain(self) -> list[Task]:
+        """Take every queued task (lock held)."""
+        tasks: list[Task] = []
+        while True:
+            try:
+                task = self._queue.get_nowait()
+            except queue.Empty:
+                return tasks
+            if task is not None:
+                tasks.append(task)
 
     def _run(self, task: Task, me: threading.Thread) -> None:
         future, profile = task.future, task.profile
@@ -335,7 +331,21 @@ class ThreadLane:
                 sample = profile is not None and profile.sample()
                 if sample or task.timeout is not None or _faults.ACTIVE:
                     self._call(task, future, profile if sample else None)
-                else:  # the common case, inline: no deadline, no fault, no CPU reading
+                elif type(task) is Task and not task.batch and future._hx_inline is None:
+                    # The common case, inline: one call in its context, untimed (its time is
+                    # read by the sampled path and by the library's inline callbacks only).
+                    args, kwargs = task.items[0]
+                    context = task.context
+                    try:
+                        if context is None:
+                            value, ok = task.fn(*args, **kwargs), True
+                        else:
+                            value, ok = context.run(task.fn, *args, **kwargs), True
+                    except BaseException as exc:  # SystemExit must not end the thread
+                        value, ok = exc, False
+                    del args, kwargs
+                    future.settle(ok, value)
+                else:  # no deadline, no fault, no CPU reading
                     future.settle(*task.call())
         finally:
             if chosen:
@@ -388,11 +398,3 @@ def _broken_error(cause: BaseException) -> BaseException:
     )
     err.__cause__ = cause
     return err
-
-
-def _name_of(fn: Callable[..., Any]) -> str:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    module = getattr(fn, "__module__", None)
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{name}" if module else name

@@ -32,8 +32,10 @@ R = TypeVar("R")
 def executor_stats(router: Router) -> dict[str, Any]:
     """What ``Executor.stats`` returns (see there)."""
     table = getattr(router.classifier, "table", None)
+    submitted = dict(router.counts)
+    submitted["thread"] += router.threads.submitted  # the express path counts in the lane
     return {
-        "submitted": dict(router.counts),
+        "submitted": submitted,
         "moved": router.binding.stats(),
         "threads": router.threads.size,
         "processes": router.processes.size,
