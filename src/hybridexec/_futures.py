@@ -61,10 +61,12 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
 
     def __init__(self, kind: str = "thread") -> None:
-        # The standard library's fields, but its Condition and lists are built only when
-        # used (see _condition): most futures are done before anyone waits for them, and
-        # fewer objects per future means fewer for the garbage collector to walk.
-        self._lock = threading.RLock()
+        # The stdlib's fields, but its Condition and lists are built only when used (see
+        # _condition): most futures are done before anyone waits for them, and fewer objects
+        # per future means fewer for the garbage collector to walk. A plain Lock, not an
+        # RLock (one object less for the collector): nothing takes it twice (the stdlib's
+        # users of _waiters and _done_callbacks hold it: those lists are built unlocked).
+        self._lock = threading.Lock()
         self._cond: threading.Condition | None = None
         self._state = PENDING
         self._result: Any = None
@@ -80,9 +82,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def _condition(self) -> threading.Condition:
         """The stdlib's Condition, on this future's lock: what waits and ``wait()`` use.
 
-        Built once, under the lock (two threads must not build two). Every state change
-        happens under the same lock, and notifies it only if it exists: a waiter builds it
-        (holding the lock) before it checks the state and waits.
+        Built once, under the lock (two threads must not build two); never read with the
+        lock held (``_wait`` builds it itself). Every state change happens under the same
+        lock, and notifies it only if it exists: a waiter builds it (holding the lock)
+        before it checks the state and waits.
         """
         cond = self._cond
         if cond is None:
@@ -99,13 +102,9 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     @property  # the stdlib's attribute, built on first use
     def _waiters(self) -> list[Any]:
         """The stdlib's waiters of ``wait()``/``as_completed()`` (they hold the lock)."""
-        waiters = self._hx_waiters
-        if waiters is None:
-            with self._lock:
-                if self._hx_waiters is None:
-                    self._hx_waiters = []
-                waiters = self._hx_waiters
-        return waiters
+        if self._hx_waiters is None:
+            self._hx_waiters = []
+        return self._hx_waiters
 
     @_waiters.setter
     def _waiters(self, waiters: list[Any]) -> None:
@@ -113,10 +112,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
     @property  # the stdlib's attribute, built on first use
     def _done_callbacks(self) -> list[Callable[[Future[T]], object]]:
-        with self._lock:
-            if self._hx_callbacks is None:
-                self._hx_callbacks = []
-            return self._hx_callbacks
+        """The stdlib's done-callbacks (its callers hold the lock)."""
+        if self._hx_callbacks is None:
+            self._hx_callbacks = []
+        return self._hx_callbacks
 
     @_done_callbacks.setter
     def _done_callbacks(self, callbacks: list[Callable[[Future[T]], object]]) -> None:
@@ -232,7 +231,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         # With the lock held, the future not finished: wait for it as the stdlib does.
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise concurrent.futures.CancelledError()
-        self._condition.wait(timeout)
+        cond = self._cond  # not the property: it takes the lock held here
+        if cond is None:
+            cond = self._cond = threading.Condition(self._lock)
+        cond.wait(timeout)
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise concurrent.futures.CancelledError()
         if self._state != FINISHED:
