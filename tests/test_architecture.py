@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"_actors"},
     {"_backends"},
     {"_asyncio"},
-    {"_mapping", "_decisions", "_deferred"},
+    {"_mapping", "_decisions", "_deferred", "_groups"},
     {"_router"},
     {"_views"},
     {"_executor"},

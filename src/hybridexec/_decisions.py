@@ -34,6 +34,7 @@ from ._futures import Future, Items, Task
 from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route_rules
 
 if TYPE_CHECKING:
+    from ._profiles import Profile
     from ._router import Router
     from ._routing._rules import Probe
 
@@ -142,9 +143,39 @@ class Plans:
     ) -> Future[Any] | None:
         """Submit a plain call remembered as bound to the growing thread lane; else None.
 
-        The router's ``submit_task`` for such a call, in one function: a storm of tiny calls
-        pays this per call (issue 17), so it does the checks of ``decide`` without building
-        a key tuple of types, and finds the lane's profile and the sampler's count in its entry.
+        The router's ``submit_task`` for such a call, in two functions: a storm of tiny calls
+        pays this per call (issue 17), so ``entry`` does the checks of ``decide`` without a
+        key tuple of types, and finds the lane's profile and the sampler's count in its entry.
+
+        Raises:
+            RuntimeError: the executor was shut down.
+        """
+        entry = self.entry(router, fn, args, kwargs, opts)
+        if entry is None:
+            return None
+        future: Future[Any] = Future("thread")
+        n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
+        if n % SAMPLE_EVERY or self.classifier is None:
+            task = Task(fn, [(args, kwargs)], future)
+        else:
+            clf = self.classifier if not n else Weighted(self.classifier, SAMPLE_EVERY)
+            task = TimedTask(fn, [(args, kwargs)], future, clf, None)
+        task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
+        task.route = entry.route  # late binding: it follows newer verdicts
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), entry.reason)
+        router.threads.submit(task, entry.profile, counted=1)
+        return future
+
+    def entry(
+        self,
+        router: Router,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options,
+    ) -> _Express | None:
+        """The express entry for this call if it is still valid, else None.
 
         Raises:
             RuntimeError: the executor was shut down.
@@ -163,7 +194,9 @@ class Plans:
             key = (id(fn), id(opts), *types)
         entry = self._express.get(key)
         if entry is None:
-            return self._first_express(router, key, fn, args, opts)
+            entry = self._first_express(router, key, fn, opts)
+            if entry is None:
+                return None
         learned = self.classifier.generation if self._learns else 0  # type: ignore[union-attr]
         check = _SYS.get("_is_gil_enabled")  # read at each call (a test may switch it)
         if (
@@ -177,28 +210,11 @@ class Plans:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if router.generation != _lifecycle.generation():
             router.check_fork()
-        future: Future[Any] = Future("thread")
-        n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
-        if n % SAMPLE_EVERY or self.classifier is None:
-            task = Task(fn, [(args, kwargs)], future)
-        else:
-            clf = self.classifier if not n else Weighted(self.classifier, SAMPLE_EVERY)
-            task = TimedTask(fn, [(args, kwargs)], future, clf, None)
-        task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
-        task.route = entry.route  # late binding: it follows newer verdicts
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), entry.reason)
-        router.threads.submit(task, entry.profile, counted=True)
-        return future
+        return entry
 
     def _first_express(
-        self,
-        router: Router,
-        key: tuple[Any, ...],
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        opts: Options,
-    ) -> Future[Any] | None:
+        self, router: Router, key: tuple[Any, ...], fn: Callable[..., Any], opts: Options
+    ) -> _Express | None:
         # The express entry of a remembered plan, made at its first express call.
         plan = self._plans.get(key)
         if plan is None or not plan[7] or not plan[6] or plan[1] is not opts:
@@ -210,11 +226,11 @@ class Plans:
             return None
         if len(self._express) >= REMEMBERED:
             self._express.clear()
-        decision = plan[4]
-        self._express[key] = _Express(
-            plan, learned, router.sampler.counter(decision), router.threads.profiles.of(fn)
+        entry = _Express(
+            plan, learned, router.sampler.counter(plan[4]), router.threads.profiles.of(fn)
         )
-        return self.submit_express(router, fn, args, {}, opts)
+        self._express[key] = entry
+        return entry
 
     def submit_chunk(
         self,
@@ -260,7 +276,7 @@ class _Express:
     __slots__ = ("hinted", "learned", "profile", "reason", "ref", "route", "seen")
 
     def __init__(
-        self, plan: _Plan, learned: int, seen: itertools.count[int], profile: object
+        self, plan: _Plan, learned: int, seen: itertools.count[int], profile: Profile | None
     ) -> None:
         self.ref, self.hinted, self.learned = plan[0], plan[2], learned
         decision = plan[4]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import logging
 import threading
 import time
@@ -349,16 +348,10 @@ class Executor(concurrent.futures.Executor):
                 return None if args is None else (self.submit(fn, *args), False, 1)
 
             return results(submit_one, buffersize, end_time, limit)
-        router = self._router
+        from ._groups import submitter  # tiny calls in groups where nothing observable changes
 
-        def submit_chunk() -> Submitted | None:
-            chunk = list(itertools.islice(calls, chunksize))
-            if not chunk:
-                return None
-            future = router.plans.submit_chunk(router, fn, chunk, opts, chunksize > 1)
-            return future, chunksize > 1, len(chunk)
-
-        return results(submit_chunk, buffersize, end_time, limit, chunksize)
+        submit_next = submitter(self._router, fn, calls, opts, chunksize, buffersize, limit)
+        return results(submit_next, buffersize, end_time, limit, chunksize)
 
     # ---- actors ---------------------------------------------------------------------------
     def spawn(

@@ -99,10 +99,10 @@ class ThreadLane:
         """The number of threads alive now."""
         return len(self._threads)
 
-    def submit(self, task: Task, profile: Any = False, *, counted: bool = False) -> None:
+    def submit(self, task: Task, profile: Any = False, *, counted: int = 0) -> None:
         """Queue a task; start a thread for it unless one is idle or it would not help.
 
-        ``profile``: ``profiles.of(task.fn)`` if the caller has it; ``counted``: count it in
+        ``profile``: ``profiles.of(task.fn)`` if the caller has it; ``counted``: calls to add to
         ``submitted`` (the express path's count, under the lock taken anyway).
 
         Raises:
@@ -117,8 +117,7 @@ class ThreadLane:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._queue.put(task)
-            if counted:
-                self.submitted += 1
+            self.submitted += counted
             if self._idle:
                 self._idle -= 1
                 return

@@ -1,0 +1,166 @@
+"""``Executor.map`` with ``chunksize=1``: calls of a computing function run in groups.
+
+The standard library's ``map`` submits one task per call, and so does ours by default; for
+a storm of tiny calls the lane's per-task costs (a task, a queue hand-off, a thread's loop)
+are most of the time (issue 17). Where nothing observable changes, consecutive calls share one
+lane task, a ``Group``, and each still has its own future, started and settled as that call
+runs and ends: results come in order, each as soon as its call ended; an exception stays at
+its position; a call cancelled (the iterator closed, ``shutdown(cancel_futures=True)``) is
+skipped; each call runs in its own copy of the submitter's context.
+
+Grouped only when every call is read at once anyway (no ``buffersize``, no ``limit``: the
+standard library reads the whole input there too), the function's calls were seen to keep a
+CPU busy (the thread lane's profile: more threads could not run them sooner, see
+``_threads.py``), and each call is one the express path would send to the growing thread lane
+(``Plans.entry``). A group is at most ``GROUP_MAX`` calls and leaves at least
+``GROUPS_PER_CPU`` groups per usable CPU, so the calls still spread over the CPUs. A
+function waiting on I/O, or not measured yet, goes call by call: each may need its own thread.
+A group runs where it was sent (no late binding: its calls are measured as they run).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._futures import Future, Outcome, Task
+from ._process import usable_cpus
+
+if TYPE_CHECKING:
+    from ._router import Router
+    from ._routing import Classifier, Options
+
+GROUP_MAX = 32
+"""Calls in one group at most."""
+GROUPS_PER_CPU = 8
+"""Groups per usable CPU at least: a map of few calls is not grouped."""
+
+Submitted = tuple[Future[Any], bool, int]
+
+
+class Group(Task):
+    """Calls of one function run by one lane task, each settling its own future.
+
+    The task's own future is the library's: cancelled (a shutdown cancelling what is queued)
+    it cancels the calls not started; failed (the lane's error) it fails them.
+    """
+
+    __slots__ = ("calls", "classifier")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[Future[Any], tuple[Any, ...]]],
+        classifier: Classifier | None,
+    ) -> None:
+        super().__init__(fn, [(calls[0][1], {})], Future("thread"))
+        self.calls = calls
+        self.classifier = classifier
+        self.future._hx_add_inline(self._ended)
+
+    def call(self) -> Outcome:
+        """Run the calls in order in this thread, each settling its future as it ends."""
+        fn, context, calls, self.calls = self.fn, self.context, self.calls, []
+        assert context is not None  # set by submit_group before the lane has it
+        started, cpu = time.perf_counter(), time.thread_time()
+        ran = 0
+        for future, args in calls:
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled: skipped, as a cancelled task is
+            try:
+                value, ok = context.copy().run(fn, *args), True
+            except BaseException as exc:  # SystemExit in one call must not end the others
+                value, ok = exc, False
+            future.settle(ok, value)
+            del value
+            ran += 1
+        self.elapsed = time.perf_counter() - started
+        if self.classifier is not None and ran:
+            try:
+                cpu = time.thread_time() - cpu
+                self.classifier.record(fn, "thread", self.elapsed, cpu, calls=ran, args=calls[0][1])
+            except Exception:  # a broken classifier must not fail calls that ended
+                pass
+        return True, None
+
+    def _ended(self, future: Future[Any]) -> None:
+        # The group's future is done: after its calls ran (nothing left), or cancelled or
+        # failed before or while they ran (the calls not started follow it).
+        calls, self.calls = self.calls, []
+        error = None if future.cancelled() else future.exception()
+        for call, _ in calls:
+            if error is None:
+                call.cancel()
+            elif call.set_running_or_notify_cancel():
+                call.settle(False, error)
+
+
+def submitter(
+    router: Router,
+    fn: Callable[..., Any],
+    calls: Iterator[tuple[Any, ...]],
+    opts: Options,
+    chunksize: int,
+    buffersize: int | None,
+    limit: int | None,
+) -> Callable[[], Submitted | None]:
+    """``submit_next`` of ``Executor.map`` for ``results()`` (see there).
+
+    Raises:
+        RuntimeError: the executor was shut down (what was submitted is cancelled).
+    """
+    if chunksize == 1 and buffersize is None and limit is None:
+        return _grouped(router, fn, calls, opts)
+
+    def submit_chunk() -> Submitted | None:
+        chunk = list(itertools.islice(calls, chunksize))
+        if not chunk:
+            return None
+        future = router.plans.submit_chunk(router, fn, chunk, opts, chunksize > 1)
+        return future, chunksize > 1, len(chunk)
+
+    return submit_chunk
+
+
+def _grouped(
+    router: Router, fn: Callable[..., Any], calls: Iterator[tuple[Any, ...]], opts: Options
+) -> Callable[[], Submitted | None]:
+    # Every call submitted now, in groups where it can.
+    todo = list(calls)
+    futures: collections.deque[Future[Any]] = collections.deque()
+    plans, size = router.plans, min(GROUP_MAX, len(todo) // (usable_cpus() * GROUPS_PER_CPU))
+    try:
+        i, n = 0, len(todo)
+        while i < n:
+            args = todo[i]
+            entry = plans.entry(router, fn, args, {}, opts) if size > 1 else None
+            profile = None if entry is None else entry.profile
+            if profile is None or not profile.computes:
+                futures.append(plans.submit_chunk(router, fn, [args], opts, False))
+                i += 1
+                continue
+            kinds = tuple(map(type, args))
+            end = min(n, i + size)
+            j = i + 1
+            while j < end and tuple(map(type, todo[j])) == kinds:
+                j += 1
+            group = [(Future[Any]("thread"), todo[k]) for k in range(i, j)]
+            task = Group(fn, group, plans.classifier)
+            task.context = contextvars.copy_context()
+            router.threads.submit(task, profile, counted=len(group))
+            futures.extend(future for future, _ in group)
+            i = j
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    del todo
+
+    def submit_next() -> Submitted | None:
+        return (futures.popleft(), False, 1) if futures else None
+
+    return submit_next
