@@ -143,12 +143,18 @@ def _grouped(
                 futures.append(plans.submit_chunk(router, fn, [args], opts, False))
                 i += 1
                 continue
-            kinds = tuple(map(type, args))
-            end = min(n, i + size)
-            j = i + 1
-            while j < end and tuple(map(type, todo[j])) == kinds:
-                j += 1
-            group = [(Future[Any]("thread"), todo[k]) for k in range(i, j)]
+            end, j = min(n, i + size), i + 1
+            if len(args) == 1:  # the common shape: the calls of one group take the same type
+                kind = type(args[0])
+                while j < end and len(todo[j]) == 1 and type(todo[j][0]) is kind:
+                    j += 1
+            else:
+                kinds = tuple(map(type, args))
+                while j < end and tuple(map(type, todo[j])) == kinds:
+                    j += 1
+            group: list[tuple[Future[Any], tuple[Any, ...]]] = [
+                (Future("thread"), call) for call in todo[i:j]
+            ]
             task = Group(fn, group, plans.classifier)
             task.context = contextvars.copy_context()
             router.threads.submit(task, profile, counted=len(group))
