@@ -10,7 +10,7 @@ import concurrent.futures
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
@@ -126,6 +126,7 @@ def test_closing_the_iterator_cancels_calls_not_started(groups: list[int]) -> No
         groups.clear()
         counter.calls = 0
         it = ex.map(counter.spin, range(5000))  # ~1 s of CPU
+        assert isinstance(it, Generator)
         assert next(it) == 1
         it.close()  # as the standard library's: what has not started is cancelled
     assert groups
