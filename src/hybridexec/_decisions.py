@@ -203,7 +203,11 @@ class Plans:
             entry.learned != learned
             or (check is not None and not check())
             or entry.ref() is not fn  # the entry holds opts: an id match is opts itself
-            or _hints(fn) is not entry.hinted
+            or (
+                # hints_of(fn), inline: a plain function with nothing set on it has none
+                None if type(fn) is FunctionType and not fn.__dict__ else hints_of(fn)
+            )
+            is not entry.hinted
         ):
             return None
         if router.closed:
@@ -283,13 +287,6 @@ class _Express:
         self.reason = decision.reason
         self.route = decision if decision.source is not None else None
         self.seen, self.profile = seen, profile
-
-
-def _hints(fn: Callable[..., Any]) -> Options | None:
-    """``hints_of(fn)``; a plain function with nothing set on it has none (no look-ups)."""
-    if type(fn) is FunctionType and not fn.__dict__:
-        return None
-    return hints_of(fn)
 
 
 class Sampler:

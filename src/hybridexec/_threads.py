@@ -1,15 +1,14 @@
 """The thread lane: a pool sized for blocking work.
 
-The standard library caps a thread pool at ``min(32, cpu + 4)``, which is right for CPU work
-and far too small for I/O: 200 sleeps of 20 ms take 0.7 s on six threads. Work that reaches this
-lane mostly blocks or releases the GIL (the router sends GIL-bound Python work to processes),
-so the lane starts a thread whenever a task arrives and no thread is idle, up to
-``max_threads`` (256 by default), and lets a thread go after ``idle_timeout`` seconds without
-work. But more threads than CPUs cannot run a function seen to compute (its calls keep a CPU
-busy half their wall time or more: read on its first calls, then one in 64) any sooner: its
-task starts a thread only while fewer threads than usable CPUs are free of waiting work, and a
-storm of tiny calls is drained by the threads there are. Should they stop taking tasks (a
-call blocks after all), a thread starts after ``STALL_SECONDS``.
+The standard library caps a thread pool at ``min(32, cpu + 4)``: far too small for I/O (200
+sleeps of 20 ms take 0.7 s on six threads). Work that reaches this lane mostly blocks or
+releases the GIL, so a task wakes an idle thread (the last gone idle) or starts one, up to
+``max_threads`` (256 by default); a thread leaves after ``idle_timeout`` seconds idle. But more
+threads than CPUs cannot run a function seen to compute (CPU time half its calls' wall time or
+more: read on its first calls, then one in 64) any sooner: while as many threads as usable
+CPUs run work that is not waiting, its task wakes or starts none (a storm of tiny calls is
+drained by the threads at work, which take the next task without a wake-up). Should they
+stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_SECONDS``.
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
@@ -25,10 +24,11 @@ still runs in a warning.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -71,9 +71,10 @@ class ThreadLane:
         self._thread_name = f"{thread_name_prefix}_" if thread_name_prefix else f"{name}-thread-"
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
         self._initializer, self._initargs, self._name = initializer, initargs, name
-        self._queue: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        # Appended under _lock, taken without it (deque: thread-safe appends and pops).
+        self._queue: collections.deque[Task | None] = collections.deque()
         self._lock = threading.Lock()
-        self._idle = 0  # threads gone idle that no submit has counted on yet (under _lock)
+        self._idle: list[Any] = []  # the wake locks of idle threads, last idle last (_lock)
         self._threads: set[threading.Thread] = set()
         self._busy: dict[threading.Thread, Task] = {}  # threads running library-chosen work
         self._waiting = 0  # threads running a task not known to compute (under _lock)
@@ -116,18 +117,20 @@ class ThreadLane:
                 raise _broken_error(self.broken)
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.put(task)
+            self._queue.append(task)
             self.submitted += counted
-            if self._idle:
-                self._idle -= 1
-                return
             threads = len(self._threads)
-            if threads >= self.max_threads:
-                return
-            if profile is not None and profile.computes and threads - self._waiting >= self._cpus:
-                # CPUs all busy: one more thread would not help (the stall check covers blocks)
+            computing = threads - len(self._idle) - self._waiting  # threads at work, on a CPU
+            if profile is not None and profile.computes and computing >= self._cpus:
+                # CPUs all busy: no thread woken or started, the threads at work take it next
+                # (without a wake-up per task); the stall check covers a call that blocks.
                 if not self._stall_check:
                     self._arm_stall_check()
+                return
+            if self._idle:
+                self._idle.pop().release()  # the last thread gone idle: its cache is warm
+                return
+            if threads >= self.max_threads:
                 return
             if not self._start_thread():
                 self._refused(task)
@@ -149,9 +152,8 @@ class ThreadLane:
     def _refused(self, task: Task) -> None:
         """No thread could start for ``task`` (lock held).
 
-        Threads alive take it when one is free (the stall check tries to start one again);
-        with none alive it could never run: it is withdrawn (its future cancelled, so it is
-        skipped when dequeued) and the submit fails, as the caller must know it will not run.
+        Threads alive take it when one is free (the stall check tries again); with none alive
+        it could never run: it is withdrawn (its future cancelled) and the submit fails.
         """
         if self._threads:
             logger.warning("hybridexec: cannot start a thread (%s); queued", self._start_error)
@@ -161,21 +163,23 @@ class ThreadLane:
         err = RuntimeError(f"cannot start a thread to run this task: {self._start_error}")
         raise err from self._start_error
 
-    def _arm_stall_check(self) -> None:
-        # With the lock held.
+    def _arm_stall_check(self) -> None:  # with the lock held
         if not self._stall_check:
             self._stall_check = True
             check = functools.partial(self._check_stall, self._taken)
             self._timers.call_at(time.monotonic() + STALL_SECONDS, check)
 
     def _check_stall(self, taken: int) -> None:
-        """Start a thread if queued tasks were declined one and no thread took a task since."""
+        """Wake or start a thread if tasks were declined one and none was taken since."""
         with self._lock:
             self._stall_check = False
-            if self._closed or self._queue.empty() or self.broken is not None:
+            if self._closed or not self._queue or self.broken is not None:
                 return
-            if self._taken == taken and not self._idle and len(self._threads) < self.max_threads:
-                self._start_thread()
+            if self._taken == taken:
+                if self._idle:
+                    self._idle.pop().release()
+                elif len(self._threads) < self.max_threads:
+                    self._start_thread()
             self._arm_stall_check()  # work is still queued: look again later
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -186,8 +190,7 @@ class ThreadLane:
                 if task.future.cancel():
                     # Notify waiters, or wait()/as_completed() never see it as done.
                     task.future.set_running_or_notify_cancel()
-            for _ in range(len(self._threads)):
-                self._queue.put(None)
+            self._stop_threads()
             threads = list(self._threads)
             if not self._threads:
                 self._timers.close(wait=False)
@@ -207,23 +210,24 @@ class ThreadLane:
             with self._lock:
                 self._threads.discard(me)
             return
-        get, lock = self._queue.get_nowait, self._lock
+        take, lock, queued = self._queue.popleft, self._lock, self._queue
         while True:
             try:
-                task = get()  # the next task at once, without going idle between tasks
-            except queue.Empty:
+                task = take()  # the next task at once, without going idle between tasks
+            except IndexError:
                 with lock:
-                    self._idle += 1
-                try:
-                    task = self._queue.get(timeout=self.idle_timeout)
-                except queue.Empty:
+                    if queued:  # appended since (under the lock): take it
+                        continue
+                    wake = threading.Lock()
+                    wake.acquire()
+                    self._idle.append(wake)  # a submit releases it to wake this thread
+                if not wake.acquire(timeout=self.idle_timeout):
                     with lock:
-                        # Leave only if no submitter counted on an idle thread meanwhile.
-                        if self._idle:
-                            self._idle -= 1
+                        if wake in self._idle:  # not woken meanwhile: leave
+                            self._idle.remove(wake)
                             self._threads.discard(me)
                             return
-                    continue
+                continue
             if task is None:
                 with lock:
                     self._threads.discard(me)
@@ -247,12 +251,11 @@ class ThreadLane:
     def join_at_exit(self, bound: float) -> float:
         """At interpreter exit: wait for running work, bounded for work the library chose.
 
-        Work the user put on threads is waited for as long as it runs (as the standard
-        library does), and so is the work queued before the lane was shut down. Work the
-        library chose to run on a thread (the measured first call of a new function) is
-        waited for at most ``bound`` seconds after that; then a warning names it and the
-        interpreter exits anyway (lane threads are daemons). A lane is waited for once: a
-        second call (the default executor's hook, then the one for every lane) returns.
+        The user's thread work, running or queued before shutdown, is waited for as long as
+        it runs (as in the standard library); work the library chose to run on a thread (a
+        measured first call) at most ``bound`` seconds more, then a warning names it and the
+        interpreter exits anyway (daemon threads). A second call (the default executor's
+        hook, then the one for every lane) returns at once.
 
         Returns:
             The seconds of ``bound`` used (the next lane gets the rest: one bound for all).
@@ -269,20 +272,17 @@ class ThreadLane:
             if not alive:
                 return 0.0 if deadline is None else bound - max(0.0, deadline - time.monotonic())
             users = [t for t in alive if t not in busy or not busy[t].chosen]
-            if users:
-                # In slices: a thread between two tasks counts as the user's until it says
-                # what it runs, and may turn out to run library-chosen work.
+            if users:  # in slices: a thread between tasks may turn to library-chosen work
                 users[0].join(0.1)
                 continue
             if deadline is None:
                 deadline = time.monotonic() + bound
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                names = sorted({name_of(task.fn) for task in busy.values()})
                 logger.warning(
                     "hybridexec: exiting while %s still runs on a thread the library chose "
                     "(it cannot be killed); give it a timeout or kind='process' to stop it",
-                    ", ".join(names),
+                    ", ".join(sorted({name_of(task.fn) for task in busy.values()})),
                 )
                 return bound
             alive[0].join(remaining)
@@ -294,27 +294,28 @@ class ThreadLane:
         """
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
         with self._lock:
-            first = self.broken is None
-            if first:
+            if self.broken is None:
                 self.broken = exc
             tasks = self._drain()
-            for _ in range(len(self._threads)):  # the other threads leave too
-                self._queue.put(None)
+            self._stop_threads()  # the other threads leave too
         for task in tasks:
             if task.future.set_running_or_notify_cancel():
                 task.future.settle(False, _broken_error(exc))
             task.release()
 
     def _drain(self) -> list[Task]:
-        """Take every queued task (lock held)."""
-        tasks: list[Task] = []
-        while True:
-            try:
-                task = self._queue.get_nowait()
-            except queue.Empty:
-                return tasks
-            if task is not None:
-                tasks.append(task)
+        tasks: list[Task] = []  # every queued task (lock held)
+        while self._queue:  # threads take tasks meanwhile (without the lock)
+            with contextlib.suppress(IndexError):
+                if (task := self._queue.popleft()) is not None:
+                    tasks.append(task)
+        return tasks
+
+    def _stop_threads(self) -> None:
+        """One stop per thread, and every idle thread woken to take its stop (lock held)."""
+        self._queue.extend([None] * len(self._threads))
+        while self._idle:
+            self._idle.pop().release()
 
     def _run(self, task: Task, me: threading.Thread) -> None:
         future, profile = task.future, task.profile
