@@ -155,10 +155,11 @@ class Plans:
             return None
         future: Future[Any] = Future("thread")
         n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
-        if n % SAMPLE_EVERY or self.classifier is None:
+        if (n and n % entry.every) or self.classifier is None:
             task = Task(fn, [(args, kwargs)], future)
         else:
-            clf = self.classifier if not n else Weighted(self.classifier, SAMPLE_EVERY)
+            every = entry.every
+            clf = self.classifier if not n or every == 1 else Weighted(self.classifier, every)
             task = TimedTask(fn, [(args, kwargs)], future, clf, None)
         task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
         task.route = entry.route  # late binding: it follows newer verdicts
@@ -277,16 +278,20 @@ class Plans:
 class _Express:
     """A remembered plan bound to the growing thread lane, with what its calls need."""
 
-    __slots__ = ("hinted", "learned", "profile", "reason", "ref", "route", "seen")
+    __slots__ = ("every", "hinted", "learned", "profile", "reason", "ref", "route", "seen")
 
     def __init__(
-        self, plan: _Plan, learned: int, seen: itertools.count[int], profile: Profile | None
+        self,
+        plan: _Plan,
+        learned: int,
+        seen: tuple[itertools.count[int], int],
+        profile: Profile | None,
     ) -> None:
         self.ref, self.hinted, self.learned = plan[0], plan[2], learned
         decision = plan[4]
         self.reason = decision.reason
         self.route = decision if decision.source is not None else None
-        self.seen, self.profile = seen, profile
+        (self.seen, self.every), self.profile = seen, profile
 
 
 class Sampler:
@@ -299,17 +304,8 @@ class Sampler:
         # one call timed in this many)
         self._counts: dict[int, tuple[Decision, itertools.count[int], int]] = {}
 
-    def counter(self, decision: Decision) -> itertools.count[int]:
-        """The count of this decision's calls (``timed`` and ``weight`` draw from it)."""
-        seen = self._counts.get(id(decision))
-        if seen is None:
-            if len(self._counts) >= REMEMBERED:
-                self._counts.clear()
-            seen = self._counts.setdefault(id(decision), (decision, itertools.count()))
-        return seen[1]
-
-    def weight(self, decision: Decision) -> int:
-        """How many calls this call's figures stand for; 0 if it is not timed."""
+    def counter(self, decision: Decision) -> tuple[itertools.count[int], int]:
+        """The count of this decision's calls and its period: one call timed in so many."""
         seen = self._counts.get(id(decision))
         if seen is None:
             if len(self._counts) >= REMEMBERED:  # decisions made for one call each
@@ -319,8 +315,13 @@ class Sampler:
             every = getattr(decision.source, "timing_every", None)
             every = every if isinstance(every, int) and every >= 1 else SAMPLE_EVERY
             seen = self._counts.setdefault(id(decision), (decision, itertools.count(), every))
-        n = next(seen[1])
-        return 1 if not n else 0 if n % seen[2] else seen[2]
+        return seen[1], seen[2]
+
+    def weight(self, decision: Decision) -> int:
+        """How many calls this call's figures stand for; 0 if it is not timed."""
+        count, every = self.counter(decision)
+        n = next(count)
+        return 1 if not n else 0 if n % every else every
 
     def timed(
         self, task: Task, classifier: Classifier, decision: Decision, probe: Probe | None
