@@ -59,6 +59,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
     kind: str
     _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
+    _hx_before_wait: Callable[[float | None], float | None] | None = None  # see result()
 
     def __init__(self, kind: str = "thread") -> None:
         # The stdlib's fields, but its Condition and lists are built only when used (see
@@ -74,8 +75,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         self._hx_waiters: list[Any] | None = None
         self._hx_callbacks: list[Callable[[Future[T]], object]] | None = None
         self.kind = kind
-        # Set by a lane while the task runs somewhere it can be stopped; returns True if the
-        # lane accepted to stop the work.
+        # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
         self._hx_stop: Callable[[], None] | None = None
 
     @property  # the stdlib's attribute, built on first use
@@ -176,7 +176,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._state in _DONE:
                 return
-            self._hx_stop = None
+            self._hx_stop = self._hx_before_wait = None
             if ok:
                 self._result = value
             else:
@@ -204,6 +204,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             CancelledError: the future was cancelled.
             TimeoutError: not done within ``timeout`` seconds.
         """
+        if self._hx_before_wait is not None:  # a lane may fetch the result in this thread
+            timeout = self._hx_before_wait(timeout)  # (a process reply: see _process/_direct)
         try:
             with self._lock:
                 if self._state != FINISHED:

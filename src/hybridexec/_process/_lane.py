@@ -1,9 +1,9 @@
 """The front of the process lane: records work for the manager thread and wakes it.
 
 The one exception: while nothing is in flight, a submit writes its call to an idle worker the
-sleeping manager offered (the direct path, ``Scheduling.send_direct``). Everything else that
-touches a worker is in ``_manager.py``. At interpreter exit and in a forked child,
-``_lifecycle`` calls the hooks near the top of this module.
+sleeping manager offered, and its caller may read the reply (the direct path, ``_direct.py``).
+Everything else that touches a worker is in ``_manager.py``. At interpreter exit and in a
+forked child, ``_lifecycle`` calls the hooks near the top of this module.
 
 At interpreter exit a lane behaves as the standard library's pools do: its queued work is
 cancelled, its running work runs to completion, then its workers exit (those that linger are
@@ -121,9 +121,16 @@ class ProcessLane:
         self.wake_r = self.wake_w = -1
         self._wake_pending = False  # a wake-up byte is in the pipe, not yet drained
         # Under the lock: idle workers the sleeping manager lets submits write to (the direct
-        # path, see Scheduling.send_direct), and the writes that failed there, for the manager.
+        # path, see _direct.py), and the writes that failed there, for the manager.
         self.ready: list[WorkerRecord] = []
         self.send_failures: list[tuple[WorkerRecord, Task, OSError]] = []
+        # Under the lock: the workers written to that way since the manager slept, with the
+        # epoch of that sleep; those a caller reads its reply from (see _direct.py), and the
+        # condition the waking manager waits on for them.
+        self.lent: dict[WorkerRecord, int] = {}
+        self.reading: set[WorkerRecord] = set()
+        self.epoch = 0
+        self.returned = threading.Condition(self._lock)
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
 
     # ---- used by the manager --------------------------------------------------------------
@@ -290,6 +297,8 @@ class ProcessLane:
         with self._lock:
             self.closed = True
             self.ready = []
+            self.epoch += 1
+            self.lent.clear()
             commands = list(self.commands)
             self.commands.clear()
             if self.wake_r >= 0:
@@ -309,6 +318,9 @@ class ProcessLane:
         signalled or stopped from here.
         """
         self._lock = threading.Lock()
+        self.returned = threading.Condition(self._lock)
+        self.lent = {}
+        self.reading = set()
         self.foreign = True
         self.broken = RuntimeError(
             "this process lane was inherited through os.fork(); it belongs to the parent"

@@ -1,18 +1,16 @@
 """The manager thread: reads every worker pipe, watches the sentinels, keeps the bookkeeping.
 
-It is the only code that reads worker pipes and the only code that changes a worker's records,
-save one exception: before it sleeps, while no call is in flight, it offers its idle workers
-to submits, which may write one call each to them under the lane's lock (the direct path,
-``Scheduling.send_direct``); it takes them back under that lock as it wakes.
+It is the only code that reads worker pipes and changes a worker's records, save one exception:
+before it sleeps, while no call is in flight, it offers its idle workers to submits, which may
+write one call each to them under the lane's lock, and whose callers may then read its reply
+(the direct path, ``_direct.py``); it takes them back under that lock as it wakes.
 
-It sleeps in ``poll`` (one ``select.poll`` object, rebuilt only when a worker comes or goes) on
-the wake-up pipe, every worker's reply pipe and every worker's sentinel, with the nearest
-deadline as timeout: no polling loop. On each wake it runs commands from other threads, reads
-replies, reaps dead workers, enforces deadlines, dispatches pending tasks (to idle workers
-first, starting workers as needed, then a few calls ahead to busy workers: see
-``_schedule.py``) and retires workers that are idle too long, too old or too big. At shutdown
-it keeps turning (commands such as ``kill_workers()`` are served at once) until the last
-worker it told to stop has exited.
+It sleeps in ``epoll`` on the wake-up pipe, every worker's reply pipe and sentinel, with the
+nearest deadline as timeout: no polling loop. On each wake it runs commands from other threads,
+reads replies, reaps dead workers, enforces deadlines, dispatches pending tasks (to idle workers
+first, starting workers as needed, then a few calls ahead to busy ones: ``_schedule.py``) and
+retires workers that are idle too long, too old or too big. At shutdown it keeps turning
+(``kill_workers()`` is served at once) until the last worker it told to stop has exited.
 
 A turn that raises (a transient ``OSError`` from ``poll()``, a bug) fails no task by itself:
 the turn is retried after a short pause. Only when turns keep failing for ``TURN_GIVE_UP``
@@ -26,7 +24,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import select
 import signal
 import threading
 import time
@@ -38,8 +35,8 @@ from .._exceptions import BrokenExecutorError, SerializationError, TaskTimeoutEr
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
 from .._shm import discard_reply
+from ._direct import Direct
 from ._memory import went_over
-from ._schedule import Scheduling
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
 from ._worker import INIT_FAILED, Pickled, unwrap
@@ -58,7 +55,7 @@ DROP_GRACE = 0.05
 (a short call, or it would not have been sent ahead) before the worker is killed."""
 
 
-class Manager(Scheduling, threading.Thread):
+class Manager(Direct, threading.Thread):
     """Moves work to workers and results back; one per process lane."""
 
     def __init__(self, lane: ProcessLane) -> None:
@@ -76,9 +73,8 @@ class Manager(Scheduling, threading.Thread):
         self.retry_at = 0.0
         self.backoff = 0.0
         self.turns_failing_since: float | None = None
-        self.poller = select.poll()
-        self.polled: tuple[int, Any] = (-1, None)  # what the poller watches
         self._init_schedule()
+        self._init_direct()
 
     def forget_after_fork(self) -> None:
         """In a forked child: close this side's worker pipes; the workers are the parent's."""
@@ -90,6 +86,7 @@ class Manager(Scheduling, threading.Thread):
                 conn.close()
             except OSError:
                 pass
+        self.close_poller()
         self.workers.clear()
         self.by_object.clear()
 
@@ -102,6 +99,7 @@ class Manager(Scheduling, threading.Thread):
             self._break(exc)
         finally:
             self.lane.close_pipes()
+            self.close_poller()
 
     def _loop(self) -> None:
         while True:
@@ -132,20 +130,23 @@ class Manager(Scheduling, threading.Thread):
         timeout = self._next_timeout()
         # Descriptors are numbers: one closed by a reap in this round may come back at once
         # as a new worker's. Each ready number is matched with the worker it had at the wait.
-        watched = dict(self.by_object)
+        watched: dict[Any, WorkerRecord] = dict(self.by_object)
         wake_r = lane.wake_r
+        self._watch(wake_r, watched)
         self._before_sleep()  # from here until _reclaim, no worker is touched on this thread
         try:
-            ready = self._wait(wake_r, watched, timeout)
+            ready = self._wait(timeout)
         finally:
-            self._reclaim()
+            self._reclaim()  # waits for the callers reading replies (see _direct.py)
         for obj in ready:
             if obj == wake_r:
                 lane.drain_wakeups()
                 continue
             owner = self.by_object.get(obj)
-            if owner is None or owner is not watched[obj]:
+            if owner is None or owner is not watched.get(obj):
                 continue  # reaped by an earlier object in this round
+            if obj == owner.rfd and self._stale(owner):
+                continue  # a caller took the reply meanwhile
             if obj == owner.rfd:
                 self._receive(owner)
             else:
@@ -247,6 +248,7 @@ class Manager(Scheduling, threading.Thread):
                     done.set()
 
     def _stop_task(self, task: Task) -> None:
+        task.future._hx_before_wait = None  # its caller does not read the reply: it may not come
         self.lane.command("stop-task", task)  # False once the manager is gone: nothing to stop
 
     def _check_head(self, worker: WorkerRecord) -> None:

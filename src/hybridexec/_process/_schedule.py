@@ -28,8 +28,6 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
-import math
-import select
 import signal
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -38,7 +36,7 @@ from .. import _faults
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from ._crashes import Crashes
-from ._frames import HEADER_SIZE, FramesWriteError, write_frame, write_frames
+from ._frames import HEADER_SIZE, FramesWriteError, write_frames
 from ._supervision import BUSY, IDLE, WorkerRecord
 
 if TYPE_CHECKING:
@@ -61,8 +59,6 @@ class Scheduling(Crashes):
 
     deadlines: list[tuple[float, int, Task]]
     seq: itertools.count[int]
-    poller: select.poll
-    polled: tuple[int, Any]
 
     def _init_schedule(self) -> None:
         # Seconds per call, by function, as the workers measured them: by id, with a weak
@@ -252,88 +248,3 @@ class Scheduling(Crashes):
                 worker.tasks.remove(task)
             task.future.settle(False, err)
         self._kill(worker, "a call could not be sent to it", sig=signal.SIGKILL)
-
-    # ---- the manager's sleep ------------------------------------------------------------------
-    def _wait(self, wake_r: int, watched: dict[Any, WorkerRecord], timeout: float | None) -> Any:
-        """The descriptors among ``wake_r`` and ``watched`` that are ready, within ``timeout``.
-
-        One poll object, rebuilt only when the descriptors change (a worker starts or goes):
-        multiprocessing's wait() builds a selector and registers every descriptor per call.
-        """
-        if self.polled != (wake_r, watched.keys()):
-            self.poller = select.poll()
-            for fd in (wake_r, *watched):
-                self.poller.register(fd, select.POLLIN)
-            self.polled = (wake_r, set(watched))
-        if self.lane.slots is not None:  # while work waits for a slot, a holder may lend one
-            timeout = self.lane.slots.timeout(timeout)
-        ms = None if timeout is None else math.ceil(timeout * 1000)
-        return [fd for fd, _ in self.poller.poll(ms)]
-
-    # ---- the direct path: the submitting thread writes to an idle worker ----------------------
-    def _before_sleep(self) -> None:
-        """Before the manager sleeps: let submits write straight to the idle workers.
-
-        While nothing is in flight, a submit under the lane's lock takes one of these workers
-        and writes its call itself (``send_direct``): no wake-up of the manager, no thread
-        switch before the call leaves. The manager takes the workers back (``_reclaim``) under
-        the same lock before it touches any worker again, so a worker is only ever changed by
-        one thread at a time. Only while nothing is in flight: in a stream of submits, the
-        manager's batches (several calls per write, calls sent ahead) are cheaper than one
-        write per call from the submitting thread.
-        """
-        lane = self.lane
-        if lane.slots is not None:  # idle workers' CPU slots come back (the governor)
-            lane.slots.sync(self.workers.values(), BUSY, lane.pending)
-        if lane.pending or lane.shutting_down:
-            return
-        ready: list[WorkerRecord] = []
-        for w in self.workers.values():
-            if w.tasks:
-                return
-            if w.state == IDLE and w.retire_why is None:
-                ready.append(w)
-        if ready:
-            with lane._lock:
-                if not lane.pending and not lane.shutting_down:
-                    lane.ready = ready
-
-    def _reclaim(self) -> None:
-        """After the manager's sleep: take back the offered workers; settle failed writes."""
-        lane = self.lane
-        with lane._lock:
-            lane.ready = []
-            failed, lane.send_failures = lane.send_failures, []
-        for worker, task, exc in reversed(failed):  # each goes first in line: in their order
-            self._send_failed(worker, [task], exc, 0)  # the one frame did not all go
-
-    def send_direct(self, task: Task) -> bool:
-        """Send ``task`` to an offered idle worker from the submitting thread; False if none.
-
-        Runs in the caller's thread under the lane's lock, while the manager sleeps (the
-        worker was offered by ``_before_sleep``). Calls with a timeout go through the manager
-        (their deadline is its business), and so do large ones (a write that could block must
-        not hold the lane's lock). A write that fails is settled by the manager.
-        """
-        lane = self.lane
-        payload = task.payload
-        if not lane.ready or task.timeout is not None or payload is None:
-            return False
-        worker = lane.ready[-1]
-        if len(payload) + HEADER_SIZE > worker.budget or not lane.take_slot():
-            return False
-        lane.ready.pop()
-        if not self._claim(task):
-            lane.ready.append(worker)
-            if lane.slots is not None:
-                lane.slots.untake_process()  # the worker stays idle: its slot goes back
-            return True  # cancelled meanwhile: it ends as such
-        self._assign(worker, task)
-        try:
-            if _faults.ACTIVE:
-                _faults.hit("lane.send")
-            write_frame(worker.fd, payload)
-        except OSError as exc:  # settled by the manager (a closed pipe: the call goes again)
-            lane.send_failures.append((worker, task, exc))
-            lane._wake_locked()
-        return True
