@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,6 +39,12 @@ STOP = b""
 
 INIT_FAILED = -1
 """The ``rss`` of a reply from a worker whose initializer failed: retire it."""
+
+SPIN_SECONDS = 0.0001
+"""After a tiny call, seconds a worker watches its pipe for the next call before it sleeps."""
+
+SPIN_CALL_MAX = 0.0002
+"""Calls shorter than this (seconds) are tiny: the next call may follow at once."""
 
 
 class Reply(NamedTuple):
@@ -124,11 +131,24 @@ def worker_main(
 
 def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memory: bool) -> None:
     functions: dict[bytes, Any] = {}
+    # Waking a sleeping process costs tens of microseconds on a small VM, as much as a tiny
+    # call's whole round trip. After a tiny call the next one often follows at once (a caller
+    # waiting for each result in turn): watch the pipe a moment before sleeping in read(),
+    # while the last gap between a reply and the next call was that short (CPU spent here
+    # is bounded, and stops when calls stop coming back to back).
+    probe = select.poll()
+    probe.register(reader.fd, select.POLLIN)
+    sent = 0.0  # when the last call's reply went, if that call was tiny
+    short = True  # the last gap between a reply and the next call was short
     while True:
+        if sent and short and not reader.has_frame():
+            _watch(probe, sent + SPIN_SECONDS)
         try:
             data = reader.read()
         except (EOFError, OSError):
             return
+        if sent:
+            short = time.perf_counter() - sent <= 2 * SPIN_SECONDS
         if data == STOP:
             return
         if init_error is not None:
@@ -152,6 +172,14 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             write_frame(out, _encode_reply(outcomes, elapsed, cpu, rss))
         except OSError:  # the parent is gone (EPIPE): nobody to answer
             return
+        sent = time.perf_counter() if elapsed < SPIN_CALL_MAX else 0.0
+
+
+def _watch(probe: select.poll, until: float) -> None:
+    """Return when a call is in the pipe, or at ``until`` (``time.perf_counter``)."""
+    clock, yield_cpu = time.perf_counter, os.sched_yield
+    while not probe.poll(0) and clock() < until:
+        yield_cpu()  # whoever else waits for this CPU (the caller, on a small machine) first
 
 
 _in_forked_child = False
