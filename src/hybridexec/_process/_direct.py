@@ -205,18 +205,25 @@ class Direct(Scheduling):
             return True  # cancelled meanwhile: it ends as such
         self._assign(worker, task)
         lane.lent[worker] = lane.epoch
+        cost = self._cost(task)
+        # Its reply comes soon: its caller may read it, and the worker expects the next call
+        # at once (the frame's flag: it watches its pipe a moment after a tiny call).
+        soon = (
+            cost is not None
+            and cost <= PIPELINE_SECONDS
+            and self.epoll is not None
+            and lane.initializer is None
+        )
         try:
             if _faults.ACTIVE:
                 _faults.hit("lane.send")
-            write_frame(worker.fd, payload)
+            write_frame(worker.fd, payload, soon)
         except OSError as exc:  # settled by the manager (a closed pipe: the call goes again)
             lane.send_failures.append((worker, task, exc))
             lane._wake_locked()
             return True
-        if self.epoll is not None and lane.initializer is None:
-            cost = self._cost(task)
-            if cost is not None and cost <= PIPELINE_SECONDS:  # its reply comes soon
-                task.future._hx_before_wait = functools.partial(self.read_reply, worker, task)
+        if soon:
+            task.future._hx_before_wait = functools.partial(self.read_reply, worker, task)
         return True
 
     def read_reply(self, worker: WorkerRecord, task: Task, timeout: float | None) -> float | None:

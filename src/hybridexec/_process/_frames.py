@@ -1,5 +1,8 @@
 """The one framing of every hybridexec pipe: an 8-byte big-endian length, then the bytes.
 
+The length's top bit is a flag the writer may set (the reader sees it as ``flagged``): the
+process lane marks a call its caller waits for at once (see ``_worker._serve``).
+
 Lane workers and actors speak it alike, over raw pipe descriptors. ``multiprocessing``'s
 ``Connection.recv_bytes`` costs two reads and a ``BytesIO`` per message; ``FrameReader`` costs
 one read per batch of small frames, and ``write_frames`` one write for several small frames,
@@ -14,15 +17,18 @@ from collections.abc import Sequence
 
 _HEADER = struct.Struct("!Q")
 _CHUNK = 1 << 16
+_FLAG = 1 << 63
+_LENGTH = _FLAG - 1
 HEADER_SIZE = _HEADER.size
 
 
-def write_frame(fd: int, data: bytes) -> None:
-    """Write one length-prefixed frame; one ``write`` call for small frames."""
+def write_frame(fd: int, data: bytes, flag: bool = False) -> None:
+    """Write one length-prefixed frame (``flag``: set the flag); one ``write`` if small."""
+    header = _HEADER.pack(len(data) | _FLAG if flag else len(data))
     if len(data) <= _CHUNK:
-        view = memoryview(_HEADER.pack(len(data)) + data)
+        view = memoryview(header + data)
     else:
-        _write_all(fd, memoryview(_HEADER.pack(len(data))))
+        _write_all(fd, memoryview(header))
         view = memoryview(data)
     _write_all(fd, view)
 
@@ -89,17 +95,21 @@ class FrameReader:
     copies each frame once.
     """
 
-    __slots__ = ("buf", "fd", "pos")
+    __slots__ = ("buf", "fd", "flagged", "pos")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = b""
         self.pos = 0
+        self.flagged = False  # the flag of the last frame returned
 
     def has_frame(self) -> bool:
         """True when a whole frame is buffered (``read`` will not block)."""
         buf, pos = self.buf, self.pos
-        return len(buf) - pos >= 8 and len(buf) >= pos + 8 + _HEADER.unpack_from(buf, pos)[0]
+        if len(buf) - pos < 8:
+            return False
+        length: int = _HEADER.unpack_from(buf, pos)[0] & _LENGTH
+        return len(buf) >= pos + 8 + length
 
     def fill(self) -> None:
         """Read what the pipe holds (blocking if empty). Raises EOFError at the end."""
@@ -122,7 +132,9 @@ class FrameReader:
         buf, pos = self.buf, self.pos
         if len(buf) - pos < 8:
             return None
-        end = pos + 8 + _HEADER.unpack_from(buf, pos)[0]
+        header = _HEADER.unpack_from(buf, pos)[0]
+        end = pos + 8 + (header & _LENGTH)
+        self.flagged = header >= _FLAG
         if len(buf) >= end:
             self.pos = end
             return buf[pos + 8 : end]

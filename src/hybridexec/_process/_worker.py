@@ -41,10 +41,10 @@ INIT_FAILED = -1
 """The ``rss`` of a reply from a worker whose initializer failed: retire it."""
 
 SPIN_SECONDS = 0.0001
-"""After a tiny call, seconds a worker watches its pipe for the next call before it sleeps."""
+"""After a tiny call its caller waits for, seconds a worker watches its pipe before sleeping."""
 
 SPIN_CALL_MAX = 0.0002
-"""Calls shorter than this (seconds) are tiny: the next call may follow at once."""
+"""Calls shorter than this (seconds) are tiny."""
 
 
 class Reply(NamedTuple):
@@ -132,14 +132,15 @@ def worker_main(
 def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memory: bool) -> None:
     functions: dict[bytes, Any] = {}
     # Waking a sleeping process costs tens of microseconds on a small VM, as much as a tiny
-    # call's whole round trip. After a tiny call the next one often follows at once (a caller
-    # waiting for each result in turn): watch the pipe a moment before sleeping in read(),
-    # while the last gap between a reply and the next call was that short (CPU spent here
-    # is bounded, and stops when calls stop coming back to back).
+    # call's whole round trip. A call whose frame is flagged has a caller waiting for it
+    # alone (the lane's direct path): after a tiny one, that caller's next call often follows
+    # at once, so the pipe is watched a moment before sleeping in read(), while the last such
+    # gap was that short (the CPU spent here is bounded, and stops when calls stop coming
+    # back to back). Calls of a stream (not flagged) never make it watch.
     probe = select.poll()
     probe.register(reader.fd, select.POLLIN)
-    sent = 0.0  # when the last call's reply went, if that call was tiny
-    short = True  # the last gap between a reply and the next call was short
+    sent = 0.0  # when the reply to the last call went, if that call was flagged and tiny
+    short = True  # the last gap between such a reply and the next call was short
     while True:
         if sent and short and not reader.has_frame():
             _watch(probe, sent + SPIN_SECONDS)
@@ -149,6 +150,7 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             return
         if sent:
             short = time.perf_counter() - sent <= 2 * SPIN_SECONDS
+        flagged = reader.flagged
         if data == STOP:
             return
         if init_error is not None:
@@ -172,7 +174,7 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             write_frame(out, _encode_reply(outcomes, elapsed, cpu, rss))
         except OSError:  # the parent is gone (EPIPE): nobody to answer
             return
-        sent = time.perf_counter() if elapsed < SPIN_CALL_MAX else 0.0
+        sent = time.perf_counter() if flagged and elapsed < SPIN_CALL_MAX else 0.0
 
 
 def _watch(probe: select.poll, until: float) -> None:
