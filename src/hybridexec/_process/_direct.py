@@ -218,10 +218,14 @@ class Direct(Scheduling):
             if _faults.ACTIVE:
                 _faults.hit("lane.send")
             write_frame(worker.fd, payload, soon)
-        except OSError as exc:  # settled by the manager (a closed pipe: the call goes again)
-            lane.send_failures.append((worker, task, exc))
+        except BaseException as exc:  # settled by the manager (a closed pipe: the call goes
+            # again); interrupted (Ctrl-C), the frame may be half written: the call fails
+            failed = exc if isinstance(exc, OSError) else InterruptedError("write interrupted")
+            lane.send_failures.append((worker, task, failed))
             lane._wake_locked()
-            return True
+            if failed is exc:
+                return True
+            raise
         if soon:
             task.future._hx_before_wait = functools.partial(self.read_reply, worker, task)
         return True
@@ -282,7 +286,11 @@ class Direct(Scheduling):
                 return False
         try:
             with self.books:
-                self.handle_served(worker, data)
+                self.on_caller = True
+                try:
+                    self.handle_served(worker, data)
+                finally:
+                    self.on_caller = False
         except BaseException:
             self._repair(worker, task, data)
             raise

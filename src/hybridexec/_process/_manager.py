@@ -151,6 +151,7 @@ class Manager(Direct, threading.Thread):
                 self._receive(owner)
             else:
                 self._reap(owner)
+        self._flush_timings()
         self._enforce_times()
         return False
 
@@ -314,10 +315,7 @@ class Manager(Direct, threading.Thread):
                 return
         else:
             self._record_cost(task, elapsed)
-            try:
-                lane.record_timing(task, elapsed, cpu)
-            except Exception:  # the router's figures must not lose the task
-                logger.exception("hybridexec: recording a task's timing failed")
+            self._record_timing(task, elapsed, cpu)
         self._after_task(worker, rss)
 
     def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:

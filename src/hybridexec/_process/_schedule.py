@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _faults
 from .._exceptions import BrokenExecutorError
-from .._futures import Task
+from .._futures import Future, Task
 from ._crashes import Crashes
 from ._frames import HEADER_SIZE, FramesWriteError, write_frames
 from ._supervision import BUSY, IDLE, WorkerRecord
@@ -53,6 +53,9 @@ TINY_SECONDS = 0.0002
 MAX_AHEAD = 4
 """At most this many calls in flight per worker (the one running included)."""
 
+_NUMBERS = frozenset({int, float, complex})  # the router keys a call by their types alone
+_NO_FUTURE: Future[Any] = Future("process")  # of the batches that carry summed figures
+
 
 class Scheduling(Crashes):
     """Dispatch of pending tasks to workers, with pipelining of short calls."""
@@ -66,6 +69,10 @@ class Scheduling(Crashes):
         # alive by its figures (I3). A lookup allocates nothing (a WeakKeyDictionary makes a
         # weak reference per lookup, and the dispatch looks up several times per task).
         self.costs: dict[int, list[Any]] = {}  # id(fn) -> [weakref to fn, seconds per call]
+        # The figures of this turn's calls for the router, summed by function and argument
+        # types: (id(fn), types) -> [fn, args, calls, elapsed, cpu] (see _record_timing).
+        self.timings: dict[tuple[int, tuple[type, ...]], list[Any]] = {}
+        self.on_caller = False  # a caller handles a reply (the manager sleeps meanwhile)
 
     def _forget_cost(self, key: int, ref: weakref.ref[Any]) -> None:
         entry = self.costs.get(key)
@@ -91,6 +98,43 @@ class Scheduling(Crashes):
         # A moving average that rises fast and falls slowly: a few long calls are enough to
         # stop sending calls ahead, one preempted call on a busy machine is not.
         entry[1] = old + (0.5 if per_call > old else 0.2) * (per_call - old)
+
+    def _record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
+        """Give the router a call's figures; on the manager's thread, summed over the turn.
+
+        A stream's tiny calls would each cost the router as much as the call itself: calls of
+        one function whose arguments are numbers only (the router tells them apart by their
+        types alone) are summed and given at the end of the manager's turn as one batch's
+        figures, as ``map`` batches give theirs. Anything else, and a caller handling its own
+        reply (see ``_direct.py``), gives them at once.
+        """
+        items = task.items
+        if len(items) == 1 and not task.batch and not items[0][1]:
+            args = items[0][0]
+            kinds = tuple(map(type, args))
+            if _NUMBERS.issuperset(kinds) and not self.on_caller:
+                key = (id(task.fn), kinds)
+                entry = self.timings.get(key)
+                if entry is None:
+                    self.timings[key] = [task.fn, args, 1, elapsed, cpu]
+                else:
+                    entry[2] += 1
+                    entry[3] += elapsed
+                    entry[4] += cpu
+                return
+        self._give_timing(task, elapsed, cpu)
+
+    def _flush_timings(self) -> None:
+        """Give the router the figures summed during this turn (the functions go with them)."""
+        timings, self.timings = self.timings, {}
+        for fn, args, calls, elapsed, cpu in timings.values():
+            self._give_timing(Task(fn, [(args, {})] * calls, _NO_FUTURE, batch=True), elapsed, cpu)
+
+    def _give_timing(self, task: Task, elapsed: float, cpu: float) -> None:
+        try:
+            self.lane.record_timing(task, elapsed, cpu)
+        except Exception:  # the router's figures must not lose the task
+            logger.exception("hybridexec: recording a task's timing failed")
 
     def _cost(self, task: Task) -> float | None:
         """Expected seconds of ``task`` in a worker; None when unknown or never short."""
