@@ -265,9 +265,9 @@ def _loaded_after(statement: str) -> list[str]:
 
 # What a plain executor never uses loads on first use: actors when one is made, a backend with
 # backend=, map's machinery (and its OOM retries) with the first map, SharedList when made.
-# 50 of our modules today (the classifier's measuring machinery and Explanation load with the
-# first call measured or explained: tests/test_cold_imports.py); two spare.
-_PLAIN_MOST = 52
+# 51 of our modules today (the classifier's measuring machinery and Explanation load with the
+# first call measured or explained: tests/test_cold_imports.py; _process/_direct is the 51st).
+_PLAIN_MOST = 53
 _ON_FIRST_USE = ("_actors.", "_backends.", "_mapping", "_oom", "_shm._list")
 
 
