@@ -44,6 +44,7 @@ import time
 from typing import Any
 
 from .. import _callbacks, _faults
+from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from ._frames import HEADER_SIZE, write_frame
 from ._schedule import PIPELINE_SECONDS, Scheduling
@@ -297,14 +298,20 @@ class Direct(Scheduling):
         return True
 
     def _repair(self, worker: WorkerRecord, task: Task, data: bytes) -> None:
-        """The caller was interrupted (Ctrl-C) as it handled its reply: leave it whole."""
-        if worker.tasks and worker.tasks[0] is task:  # not taken yet: the manager takes it
+        """The caller was interrupted (Ctrl-C) as it handled its reply: leave it whole.
+
+        Not taken yet, the reply goes back to the worker's buffer for the manager; taken, the
+        call ends (with that error if it was not settled yet) and the worker is idle again.
+        """
+        if worker.tasks and worker.tasks[0] is task:
             reader = worker.reader
             reader.buf = len(data).to_bytes(HEADER_SIZE, "big") + data + reader.buf[reader.pos :]
             reader.pos = 0
-        elif worker.state == BUSY and not worker.tasks:
-            worker.state = IDLE
-            worker.idle_since = time.monotonic()
+        else:
+            task.future.settle(False, BrokenExecutorError("interrupted as its reply was read"))
+            if worker.state == BUSY and not worker.tasks:
+                worker.state = IDLE
+                worker.idle_since = time.monotonic()
         self.lane.wake()
 
     def _give_back(self, worker: WorkerRecord, handled: bool) -> None:
