@@ -63,10 +63,9 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
     def __init__(self, kind: str = "thread") -> None:
         # The stdlib's fields, but its Condition and lists are built only when used (see
-        # _condition): most futures are done before anyone waits for them, and fewer objects
-        # per future means fewer for the garbage collector to walk. A plain Lock, not an
-        # RLock (one object less for the collector): nothing takes it twice (the stdlib's
-        # users of _waiters and _done_callbacks hold it: those lists are built unlocked).
+        # _condition): most futures are done before anyone waits, and fewer objects mean
+        # less for the garbage collector. A Lock, not an RLock: nothing takes it twice (the
+        # stdlib's users of _waiters and _done_callbacks hold it: built unlocked).
         self._lock = threading.Lock()
         self._cond: threading.Condition | None = None
         self._state = PENDING
@@ -333,8 +332,7 @@ class Task:
         # such work on a thread only a short while (it cannot be killed; see ThreadLane).
         self.chosen = False
         self.profile: Any = None  # the thread lane's record of what calls of fn do
-        # The submitter's context (a copy), for a task run in this process: set by the router
-        # for thread tasks only (a context does not cross processes).
+        # The submitter's context (a copy): thread tasks only (none crosses processes).
         self.context: contextvars.Context | None = None
         # The classifier's decision an auto-routed task was sent with: until it starts, the
         # task follows that verdict's successors (late binding, see _routing/_binding.py).
