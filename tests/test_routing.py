@@ -8,7 +8,6 @@ import logging
 import random
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,8 @@ from hybridexec._routing._verdicts import verdict
 
 from .conftest import wait_until
 from .helpers import sleep_then, spin
+from .routing_helpers import cpu_hog as cpu_hog  # a fixture
+from .routing_helpers import first_to, learn
 
 # ---- decisions from injected measurements (no timing involved) ------------------------------
 GIL_BOUND = Measurement(wall=0.025, cpu=0.022, stalls_blocked=6, late=0.018, span=0.02)
@@ -253,35 +254,12 @@ def _cpu_fn() -> None:
 
 # ---- layer 2: real measurements --------------------------------------------------------------
 def _learn(fn: Callable[..., Any], *args: Any) -> str:
-    """Measure calls of fn on a thread with a fresh classifier until it gives a verdict.
-
-    A measurement in doubt (``Measurement.doubt``) asks for the next call to be measured too,
-    at most ``UNSURE_TRIES`` times.
-    """
-    clf = LearningClassifier()
-    for _ in range(1 + _classifier.UNSURE_TRIES):
-        decision = clf.classify(fn, args, {})
-        probe = decision.probe
-        if probe is None:
-            break
-        assert probe.claim()
-        worker = threading.Thread(target=lambda p=probe: p.run(lambda: fn(*args)))
-        worker.start()
-        worker.join()
-    explanation = clf.explain(fn, args)
-    assert explanation.learned
-    return explanation.kind
+    return learn(fn, *args)[0]
 
 
 def _majority(fn: Callable[..., Any], *args: Any, expected: str) -> None:
-    # The machine may be shared and loaded: a verdict must hold in three measurements of five
-    # (a fresh classifier each time); it stops as soon as the outcome is settled.
-    got: list[str] = []
-    for _ in range(5):
-        got.append(_learn(fn, *args))
-        if got.count(expected) >= 3 or len(got) - got.count(expected) >= 3:
-            break
-    assert got.count(expected) >= 3, got
+    # A verdict must hold in three fresh measurements of five; it stops once settled.
+    first_to(fn, *args, expected=expected, right=3, wrong=3)
 
 
 @pytest.fixture(scope="module")
@@ -359,17 +337,6 @@ def test_numpy_matrix_product_goes_to_threads() -> None:
     # such a call is sometimes promoted to processes; see the routing docs).
     a = np.random.default_rng(1).random((1000, 1000))
     _majority(np.matmul, a, a, expected="thread")
-
-
-@pytest.fixture
-def cpu_hog() -> Iterator[None]:
-    """Another process keeping one core busy."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        hog.kill()
-        hog.wait()
 
 
 @pytest.mark.usefixtures("cpu_hog")

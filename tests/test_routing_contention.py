@@ -9,8 +9,6 @@ first disagreeing check.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -23,47 +21,15 @@ from hybridexec._routing import _verdicts as verdicts
 from hybridexec._routing._measure import Measurement
 
 from .helpers import spin
+from .routing_helpers import cpu_hog as cpu_hog  # a fixture
+from .routing_helpers import first_to
 
 HOLDERS = 4
 """Threads holding the GIL in pure Python beside the measured call."""
 
 
-def _learn(fn: Callable[..., Any], *args: Any) -> tuple[str, str]:
-    """Measure calls of ``fn`` on a thread with a fresh classifier until it gives a verdict.
-
-    Returns:
-        The verdict's lane and reason.
-    """
-    clf = LearningClassifier()
-    for _ in range(1 + getattr(verdicts, "UNSURE_TRIES", 0)):
-        probe = clf.classify(fn, args, {}).probe
-        if probe is None:
-            break
-        assert probe.claim()
-        worker = threading.Thread(target=lambda p=probe: p.run(lambda: fn(*args)))
-        worker.start()
-        worker.join()
-    explanation = clf.explain(fn, args)
-    assert explanation.learned, explanation
-    return explanation.kind, explanation.reason
-
-
-def _first_to(fn: Callable[..., Any], *args: Any, expected: str, right: int, wrong: int) -> None:
-    # The machine may be shared and loaded, and a verdict read beside contention is a sample:
-    # fresh measurements until ``right`` agree with ``expected`` (passes) or ``wrong`` do not
-    # (fails). With 90% of single measurements right, 4-before-4 fails 3 runs in 1000; with the
-    # 50-75% main read before the change, it failed most runs.
-    got: list[tuple[str, str]] = []
-    while True:
-        got.append(_learn(fn, *args))
-        hits = sum(kind == expected for kind, _ in got)
-        if hits >= right:
-            return
-        assert len(got) - hits < wrong, got
-
-
 def _majority(fn: Callable[..., Any], *args: Any, expected: str) -> None:
-    _first_to(fn, *args, expected=expected, right=4, wrong=4)
+    first_to(fn, *args, expected=expected, right=4, wrong=4)
 
 
 @pytest.fixture
@@ -111,24 +77,13 @@ def test_numpy_matrix_product_beside_gil_holding_threads_goes_to_threads() -> No
 
 
 # ---- short GIL-free calls: too few samples are doubt, not a verdict --------------------------
-@pytest.fixture
-def cpu_hog() -> Iterator[None]:
-    """Another process keeping one core busy."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        hog.kill()
-        hog.wait()
-
-
 @pytest.mark.usefixtures("cpu_hog")
 def test_short_gil_free_numpy_sums_go_to_threads_under_load() -> None:
     np = pytest.importorskip("numpy")
     big = np.random.default_rng(3).random(8_000_000)  # a sum takes 2-4 ms
     # Without doubt, 13-17 of 20 fresh measurements read right beside a CPU hog (9 of 20 at
     # a load of 7), the others "GIL held 97-100%"; with it 17-20 of 20: 10 right before 5 wrong.
-    _first_to(np.sum, big, expected="thread", right=10, wrong=5)
+    first_to(np.sum, big, expected="thread", right=10, wrong=5)
 
 
 def test_short_numpy_matrix_products_go_to_threads() -> None:
