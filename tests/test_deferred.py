@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+from typing import Any
 
 import pytest
 
 import hybridexec
-from hybridexec._routing import _ticket
+from hybridexec._routing import Decision, LearningClassifier, WouldWait, _ticket
+from hybridexec._routing._rules import waiting_refused
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -126,3 +128,28 @@ def test_a_forked_child_does_not_run_the_parents_waiting_calls(no_early_verdict:
         assert os.waitstatus_to_exitcode(status) == 0
         assert first.result(timeout=30)[0] == 0
         assert second.result(timeout=30)[0] == 1
+
+
+class _ExitOnce(LearningClassifier):
+    """Would wait on the submitter's thread; its first answer to a placer is a SystemExit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = 0
+
+    def classify(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Decision:
+        if waiting_refused():
+            raise WouldWait
+        self.answers += 1
+        if self.answers == 1:
+            raise SystemExit("from the classifier")
+        return Decision("thread", "test: threads")
+
+
+def test_a_base_exception_ends_its_call_and_the_placer_goes_on() -> None:
+    with hybridexec.Executor(classifier=_ExitOnce()) as ex:
+        first, second = ex.submit(abs, -1), ex.submit(abs, -2)
+        with pytest.raises(SystemExit, match="from the classifier"):
+            first.result(timeout=30)
+        assert second.result(timeout=30) == 2  # was queued behind it: not stranded
+        assert ex.submit(abs, -3).result(timeout=30) == 3

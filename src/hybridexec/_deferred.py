@@ -97,7 +97,10 @@ class Deferrals:
                     self._idle.notify_all()
                     return
                 call = self._current[key] = queue.popleft()
-            self._place(call, hurry=False)
+            try:
+                self._place(call, hurry=False)
+            except BaseException:  # SystemExit, say: it ended that call; the placer goes on
+                logger.debug("a deferred call ended with a BaseException", exc_info=True)
 
     def _place(self, call: _Call, *, hurry: bool) -> None:
         fn, args, kwargs, opts, future, context = call
