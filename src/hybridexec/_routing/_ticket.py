@@ -9,8 +9,8 @@ its thread until it returns. Meanwhile every other thread of the process gets th
 when the loop is made to drop it, once per switch interval (5 ms by default): the submitters
 waiting for the verdict, then the process lane's manager starting workers and dispatching,
 pay that wait at each step, and the calls the verdict sent to processes started 70-150 ms
-late on 2 cores (measured: eight 140 ms loops took 0.68 s on a fresh executor, 0.56 s with a
-0.5 ms interval while the measured call ran).
+late on 2 cores (eight 150 ms loops on a fresh executor: 0.70 s without the boost, 0.63 s
+with it, medians of 5 interleaved pairs; figures in docs/routing.md).
 
 So while such a call runs after its verdict, the interval is ``SHORT``; it goes back when the
 call returns. Meanwhile the probe does not read GIL contention from how late it wakes (that
