@@ -52,8 +52,8 @@ class Deferrals:
         self._router = weakref.ref(router)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queues: dict[object, deque[_Call]] = {}  # function key -> calls (under _lock)
-        self._busy = 0  # placers running (under _lock)
+        # function key -> calls (under _lock): a key is there while its placer thread runs
+        self._queues: dict[object, deque[_Call]] = {}
         self._current: dict[object, _Call] = {}  # the call each placer is placing (under _lock)
         _all.add(self)
 
@@ -74,7 +74,6 @@ class Deferrals:
                 queue.append(call)
                 return future
             self._queues[key] = deque((call,))
-            self._busy += 1
             thread = threading.Thread(
                 target=self._run, args=(key,), name="hybridexec-placer", daemon=True
             )
@@ -82,7 +81,6 @@ class Deferrals:
                 thread.start()
             except RuntimeError:  # no thread left: the caller waits for the verdict itself
                 del self._queues[key]
-                self._busy -= 1
                 return None
         return future
 
@@ -93,7 +91,6 @@ class Deferrals:
                 self._current.pop(key, None)
                 if not queue:
                     self._queues.pop(key, None)
-                    self._busy -= 1
                     self._idle.notify_all()
                     return
                 call = self._current[key] = queue.popleft()
@@ -134,29 +131,28 @@ class Deferrals:
 
     def flush(self) -> None:
         """Place every queued call now (to threads where no verdict is in yet), before shutdown."""
-        with self._lock:
-            calls = [c for q in self._queues.values() for c in q]
-            for q in self._queues.values():
-                q.clear()
-        for call in calls:
+        for call in self._take():
             self._place(call, hurry=True)
         with self._lock:  # a placer busy with a call: it ends within the wait for a verdict
-            self._idle.wait_for(lambda: self._busy == 0, FLUSH_WAIT)
+            self._idle.wait_for(lambda: not self._queues, FLUSH_WAIT)
 
     def cancel(self) -> None:
         """``shutdown(cancel_futures=True)``: cancel the calls not placed yet."""
+        for call in self._take(placing=True):  # a placer drops a call cancelled meanwhile
+            call[4].cancel()
+
+    def _take(self, placing: bool = False) -> list[_Call]:
+        # The queued calls, taken out (and, if asked, those the placers are placing).
         with self._lock:
             calls = [c for q in self._queues.values() for c in q]
-            calls += self._current.values()  # a placer drops a cancelled call
             for q in self._queues.values():
                 q.clear()
-        for call in calls:
-            call[4].cancel()
+            return calls + list(self._current.values()) if placing else calls
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queues, self._busy, self._current = {}, 0, {}
+        self._queues, self._current = {}, {}
 
 
 def flush_all() -> None:
