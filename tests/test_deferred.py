@@ -153,3 +153,23 @@ def test_a_base_exception_ends_its_call_and_the_placer_goes_on() -> None:
             first.result(timeout=30)
         assert second.result(timeout=30) == 2  # was queued behind it: not stranded
         assert ex.submit(abs, -3).result(timeout=30) == 3
+
+
+def test_no_thread_for_a_placer_means_the_submitter_waits_as_before(
+    no_early_verdict: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = threading.Thread.start
+
+    def refuse_placers(self: threading.Thread) -> None:
+        if self.name == "hybridexec-placer":
+            raise RuntimeError("can't start new thread")  # what EAGAIN looks like
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_placers)
+    gate = threading.Event()
+    with hybridexec.Executor() as ex:
+        first = ex.submit(held, gate, 0)
+        threading.Timer(0.1, gate.set).start()  # the call waits for the verdict, then runs
+        second = ex.submit(held, gate, 1)
+        assert second.result(timeout=30)[0] == 1
+        assert first.result(timeout=30) == (0, "unset", True)
