@@ -144,7 +144,7 @@ class LearningClassifier:
                 entry.recheck = True
                 self.generation += 1
             if kind == "process" and decision.kind == "process":
-                self._process_feedback(entry, wall, cpu)
+                self._process_feedback(entry, wall, cpu, calls)
             elif kind == "thread" and decision.kind == "thread":
                 drift = entry.drifted(wall, cpu)
                 if drift is not None:
@@ -346,7 +346,7 @@ class LearningClassifier:
                 return
             self._change(entry, entry.verdict(kind, f"{reason} (re-checked)", m), m)
 
-    def _process_feedback(self, entry: Entry, wall: float, cpu: float) -> None:
+    def _process_feedback(self, entry: Entry, wall: float, cpu: float, calls: int) -> None:
         ratio = cpu / wall if wall > 0 else 0.0
         if entry.proc_samples == 0 or jumped(entry.proc_ratio, ratio):
             # A call unlike the average (a function that changed behaviour): the averages
@@ -355,7 +355,7 @@ class LearningClassifier:
         else:
             entry.proc_cpu = ewma(entry.proc_cpu, cpu)
             entry.proc_ratio = ewma(entry.proc_ratio, ratio)
-        entry.proc_samples += 1
+        entry.proc_samples += calls  # a record may sum several calls (the manager's turn)
         if entry.proc_samples < FEEDBACK_MIN_CALLS:
             return
         if entry.proc_ratio < DEMOTE_CPU_RATIO * cpu_share():
