@@ -67,7 +67,7 @@ _by_reference_lock = threading.Lock()
 _BY_REFERENCE_MAX = 256
 
 
-def dumps_callable(fn: Any) -> bytes:
+def dumps_callable(fn: Any, main_imported: bool = False) -> bytes:
     """Pickle a callable by value where needed (cloudpickle).
 
     A plain function that its module names (``module.qualname`` finds this very object, and
@@ -77,6 +77,12 @@ def dumps_callable(fn: Any) -> bytes:
     ``__main__`` functions, bound methods, partials) is pickled by value on every call, since
     what it captures may have changed since the last one.
 
+    With ``main_imported`` (the receiver imported the script as ``__main__``, as a process
+    lane's worker does, its guarded part excepted), a function the script defines at its top
+    level goes by reference too, as ``concurrent.futures`` sends it: the worker's own copy of
+    the script then runs it, so an initializer and the tasks share the script's globals
+    (by value, each call would carry a copy of them of its own).
+
     Raises:
         SerializationError: the callable cannot be pickled; the cause is chained.
     """
@@ -84,6 +90,19 @@ def dumps_callable(fn: Any) -> bytes:
     cached = _by_reference.get(fn) if plain else None
     if cached is not None:
         return cached
+    if main_imported and plain and fn.__module__ == "__main__":
+        cached = _main_references.get(fn)
+        if cached is not None:
+            return cached
+        if _top_level_in_main(fn):
+            try:
+                ref: bytes = pickle.dumps(fn, PROTOCOL)
+            except Exception:
+                pass  # by value after all
+            else:
+                with _by_reference_lock:
+                    _main_references[fn] = ref
+                return ref
     if "cloudpickle" not in sys.modules and (
         (plain and fn.__module__ != "__main__")
         or (type(fn) is types.BuiltinFunctionType and type(fn.__self__) is types.ModuleType)
@@ -112,6 +131,46 @@ def dumps_callable(fn: Any) -> bytes:
         if by_reference == data:  # cloudpickle agreed: by reference
             _remember(fn, data)
     return data
+
+
+_main_references: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_main_defs: dict[str, dict[str, set[int]]] = {}  # script path -> top-level def name -> lines
+
+
+def _top_level_in_main(fn: types.FunctionType) -> bool:
+    """Whether ``fn`` is a top-level ``def`` of the ``__main__`` script (in no block).
+
+    That is the one a worker that imports the script finds under its name.
+
+    The script is parsed once (``ast``); a function defined in the ``if __name__ ==
+    "__main__":`` block, in any other block, or redefined after, does not qualify.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    name = fn.__name__
+    if not isinstance(path, str) or fn.__qualname__ != name or getattr(main, name, None) is not fn:
+        return False
+    defs = _main_defs.get(path)
+    if defs is None:
+        defs = _main_defs[path] = _parse_top_level_defs(path)
+    return fn.__code__.co_firstlineno in defs.get(name, ())
+
+
+def _parse_top_level_defs(path: str) -> dict[str, set[int]]:
+    import ast  # on first use: only scripts that send their own functions to processes
+
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return {}  # nothing qualifies: by value, as before
+    defs: dict[str, set[int]] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # co_firstlineno is the first decorator's line, if any
+            lines = {node.lineno, *(d.lineno for d in node.decorator_list)}
+            defs.setdefault(node.name, set()).update(lines)
+    return defs
 
 
 def _remember(fn: Any, data: bytes) -> None:

@@ -62,7 +62,7 @@ class MemoryLimited:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The function pickled as every task's is (by reference and cached where it can be).
-        return (_load, (dumps_callable(self.fn), self.max_memory))
+        return (_load, (dumps_callable(self.fn, main_imported=True), self.max_memory))
 
     def __repr__(self) -> str:
         return f"<{name_of(self.fn)} with max_memory={self.max_memory}>"

@@ -68,7 +68,8 @@ class Initializer:
     Under spawn and forkserver, multiprocessing pickles a new process's arguments while it
     starts it, and only then do objects that may only be inherited (a ``multiprocessing.Lock``
     or ``Queue``, as tqdm passes) agree to pickle. Under fork nothing is pickled at all.
-    Callables from ``__main__`` and lambdas go by value (cloudpickle), as tasks do.
+    Callables go as tasks do (``_serialize.dumps_callable``: a script's top-level functions by
+    reference, lambdas and the like by value).
     """
 
     __slots__ = ("args", "fn")
@@ -78,7 +79,7 @@ class Initializer:
         self.args = args
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_initializer, (dumps_callable(self.fn), self.args))
+        return (_load_initializer, (dumps_callable(self.fn, main_imported=True), self.args))
 
 
 def _load_initializer(fn_bytes: bytes, args: tuple[Any, ...]) -> Initializer:
