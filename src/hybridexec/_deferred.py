@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hybridexec")
 
 FLUSH_WAIT = 1.0
-"""Longest ``flush`` waits for a placer busy with a call (its wait for a verdict is bounded)."""
+"""Longest ``flush`` waits for a placer handing a call to its lane (a verdict is not awaited)."""
 
 _Call = tuple[
     Callable[..., Any], tuple[Any, ...], dict[str, Any], Options, Future[Any], contextvars.Context
@@ -55,6 +55,7 @@ class Deferrals:
         # function key -> calls (under _lock): a key is there while its placer thread runs
         self._queues: dict[object, deque[_Call]] = {}
         self._current: dict[object, _Call] = {}  # the call each placer is placing (under _lock)
+        self._placing: set[object] = set()  # placers handing their call to a lane (under _lock)
         _all.add(self)
 
     def add(
@@ -89,17 +90,23 @@ class Deferrals:
             with self._lock:
                 queue = self._queues.get(key)
                 self._current.pop(key, None)
+                self._placing.discard(key)
+                self._idle.notify_all()
                 if not queue:
                     self._queues.pop(key, None)
-                    self._idle.notify_all()
                     return
                 call = self._current[key] = queue.popleft()
             try:
-                self._place(call, hurry=False)
+                self._place(call, key)
             except BaseException:  # SystemExit, say: it ended that call; the placer goes on
                 logger.debug("a deferred call ended with a BaseException", exc_info=True)
 
-    def _place(self, call: _Call, *, hurry: bool) -> None:
+    def _place(self, call: _Call, key: object | None) -> None:
+        """Decide and submit ``call``: a placer's (``key``), or in a hurry (None: shutting down).
+
+        A placer waits for the verdict without holding its call: a ``flush`` meanwhile takes
+        the call over (threads meanwhile), and the placer drops it when its wait ends.
+        """
         fn, args, kwargs, opts, future, context = call
         if future.cancelled():
             return
@@ -107,7 +114,7 @@ class Deferrals:
         try:
             if router is None:
                 raise RuntimeError("the executor was collected before the call could start")
-            if hurry:  # shutting down: no waiting for a verdict (threads meanwhile)
+            if key is None:  # shutting down: no waiting for a verdict (threads meanwhile)
                 try:
                     with no_waiting():
                         decision, opts = router.decide(fn, args, kwargs, opts)
@@ -117,6 +124,10 @@ class Deferrals:
                     decision = _SHUTTING_DOWN
             else:
                 decision, opts = router.decide(fn, args, kwargs, opts)
+                with self._lock:
+                    if self._current.get(key) is not call:
+                        return  # a flush took it over while the verdict was awaited
+                    self._placing.add(key)  # a flush waits for this: it is quick
             if future.cancelled():  # while it waited for the verdict
                 return
             items = [(args, kwargs)]
@@ -129,30 +140,64 @@ class Deferrals:
             if not isinstance(exc, Exception):
                 raise
 
+    def stop_later(
+        self, stop: Callable[[bool], None], cancel_futures: bool
+    ) -> threading.Thread | None:
+        """``shutdown(wait=False)``: ``stop(cancel_futures)`` (this, then the lanes) now.
+
+        Done on a thread of its own while calls wait here: placing them takes the GIL many
+        times, perhaps beside a measured call holding it (5 ms each time), and the caller
+        does not wait. Returns that thread, or None when it was done here.
+        """
+        with self._lock:
+            busy = bool(self._queues)
+        if busy:
+            thread = threading.Thread(
+                target=stop, args=(cancel_futures,), name="hybridexec-shutdown", daemon=True
+            )
+            try:
+                thread.start()
+                return thread
+            except RuntimeError:  # no thread left: here, then
+                pass
+        stop(cancel_futures)
+        return None
+
     def flush(self) -> None:
-        """Place every queued call now (to threads where no verdict is in yet), before shutdown."""
-        for call in self._take():
-            self._place(call, hurry=True)
-        with self._lock:  # a placer busy with a call: it ends within the wait for a verdict
-            self._idle.wait_for(lambda: not self._queues, FLUSH_WAIT)
+        """Place every queued call now (to threads where no verdict is in yet), before shutdown.
+
+        Calls whose placers still wait for a verdict are taken over too, so this never waits
+        for a verdict; it waits only for placers that are handing a call to its lane.
+        """
+        for call in self._take(placing=True):
+            self._place(call, None)
+        self._wait_placing()
 
     def cancel(self) -> None:
         """``shutdown(cancel_futures=True)``: cancel the calls not placed yet."""
-        for call in self._take(placing=True):  # a placer drops a call cancelled meanwhile
+        for call in self._take(placing=True):
             call[4].cancel()
+        self._wait_placing()  # the lanes cancel what those hand them as they shut down
+
+    def _wait_placing(self) -> None:
+        with self._lock:
+            self._idle.wait_for(lambda: not self._placing, FLUSH_WAIT)
 
     def _take(self, placing: bool = False) -> list[_Call]:
-        # The queued calls, taken out (and, if asked, those the placers are placing).
+        # The queued calls, taken out, and (if asked) those whose placers await a verdict.
         with self._lock:
             calls = [c for q in self._queues.values() for c in q]
             for q in self._queues.values():
                 q.clear()
-            return calls + list(self._current.values()) if placing else calls
+            if placing:
+                for key in [k for k in self._current if k not in self._placing]:
+                    calls.append(self._current.pop(key))
+            return calls
 
     def _forget_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queues, self._current = {}, {}
+        self._queues, self._current, self._placing = {}, {}, set()
 
 
 def flush_all() -> None:

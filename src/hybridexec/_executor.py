@@ -253,7 +253,7 @@ class Executor(concurrent.futures.Executor):
         with self._shutdown_lock:
             router.closed = True
         stop_actors(self, drain=not cancel_futures, wait=False)  # actors it spawned
-        router.shutdown(wait=False, cancel_futures=cancel_futures)
+        router.shutdown(wait=False, cancel_futures=cancel_futures, background=not wait)
         if wait:
             stop_actors(self, drain=not cancel_futures, wait=True)
             router.shutdown(wait=True, cancel_futures=cancel_futures)

@@ -118,6 +118,7 @@ class Router:
         self.remote = remote
         self.closed = False
         self.deferrals: Deferrals | None = None  # calls waiting for a verdict, made when needed
+        self._closer: threading.Thread | None = None  # stops the lanes for shutdown(wait=False)
         self.counts: dict[str, int] = {"thread": 0, "process": 0}
         self._counts_lock = threading.Lock()  # "+= 1" on a dict item is not atomic sans GIL
         # Decisions reused, and the classifier's timing sampled (_decisions.py).
@@ -182,26 +183,35 @@ class Router:
             logger.debug("executor used in a forked child: starting fresh lanes")
             self._build_lanes()
 
-    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+    def shutdown(self, wait: bool, cancel_futures: bool, background: bool = False) -> None:
+        # background: shutdown(wait=False) from the user, who does not wait; neither does this
         self.closed = True
         if self.generation != _lifecycle.generation():
             return  # the lanes are the parent's: nothing here to stop
-        if self.deferrals is not None:  # calls waiting for a verdict go to their lanes first
-            (self.deferrals.cancel if cancel_futures else self.deferrals.flush)()
-        for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
-            lane.shutdown(wait=False, cancel_futures=cancel_futures)
+        if self._closer is not None and self._closer.is_alive():  # a shutdown(wait=False)'s
+            if wait:
+                self._closer.join()
+        elif background and self.deferrals is not None:  # off the caller's time if need be
+            self._closer = self.deferrals.stop_later(self._stop_lanes, cancel_futures)
+        else:
+            self._stop_lanes(cancel_futures)
         if self.remote is not None:  # distributed backend
             self.remote.shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
                 lane.shutdown(wait=True)
 
+    def _stop_lanes(self, cancel_futures: bool) -> None:
+        if self.deferrals is not None:  # calls waiting for a verdict go to their lanes first
+            (self.deferrals.cancel if cancel_futures else self.deferrals.flush)()
+        for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
+            lane.shutdown(wait=False, cancel_futures=cancel_futures)
+
     def join_at_exit(self, bound: float, *, threads: bool = True) -> None:
         """At interpreter exit, after ``shutdown(wait=False)``: wait for the running work.
 
-        Process and event-loop work is waited for; thread work too (unless ``threads`` is
-        False), except that work the library chose to put on a thread is waited for at most
-        ``bound`` seconds.
+        Process, event-loop and (unless ``threads`` is False) thread work; work the library
+        chose to put on a thread is waited for at most ``bound`` seconds.
         """
         if self.generation != _lifecycle.generation():
             return
@@ -217,12 +227,8 @@ class Router:
         Its queued work still runs, as with a dropped standard-library pool: the caller may
         hold the futures (``hx.Executor().submit(fn).result()`` drops the executor at once).
         """
-        if self.generation != _lifecycle.generation():
-            return
-        if self.deferrals is not None:
-            self.deferrals.flush()
-        for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
-            lane.shutdown(wait=False, cancel_futures=False)
+        if self.generation == _lifecycle.generation():
+            self._stop_lanes(cancel_futures=False)
 
     def record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
         # Called on the process lane's manager thread for each finished task.
@@ -391,10 +397,4 @@ class Router:
 
 def _weak_method(method: Callable[..., None]) -> Callable[..., None]:
     ref = weakref.WeakMethod(method)
-
-    def call(*args: Any) -> None:
-        target = ref()
-        if target is not None:
-            target(*args)
-
-    return call
+    return lambda *args: None if (target := ref()) is None else target(*args)
