@@ -70,6 +70,8 @@ SURE_SPAN = 0.01
 out), or one in which the probe waited for the GIL, beyond the thread's run-queue waits, for
 half the call's CPU time and at least ``SURE_HELD``."""
 SURE_HELD = 0.005
+RETURN_CPU = 0.0003
+"""A call that used less CPU than this after a stall that found it blocked was returning."""
 REPORT_CAP = 4.0
 """A window reports after ``report_after`` seconds the thread could run, at most this many
 times ``report_after`` of wall time (on a loaded machine the thread gets a CPU part-time)."""
@@ -305,6 +307,7 @@ class Window:
         "ctrl_cpu",
         "ctrl_runq",
         "ctrl_wall",
+        "last_blocked",
         "late",
         "on_report",
         "others",
@@ -338,6 +341,9 @@ class Window:
         self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = self.ctrl_runq = 0.0
         self.late = self.span = 0.0
         self.stalls_blocked = self.stalls_free = 0
+        # The last stall, if it found the thread blocked: (CPU clock after, wall, run-queue
+        # seconds, CPU seconds), taken back if the call was returning (``_probe``).
+        self.last_blocked: tuple[float, float, float, float] | None = None
         self.sched = ThreadSched(threading.get_native_id())
         self.runq_open = self.sched.waited() or 0.0
         self.runq_close: float | None = None  # read before the handles are let go

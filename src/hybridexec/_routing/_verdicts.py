@@ -112,6 +112,9 @@ def verdict(m: Measurement) -> tuple[str, str]:
     )
 
 
+SURE_BLOCKED = 2
+"""A process verdict resting on stalls that found the thread blocked, when others found it
+running GIL-free, needs this many blocked ones (else the next call is measured too)."""
 UNSURE_TRIES = 2
 """Measurements that cannot settle a verdict (``Measurement.doubt``) taken again, their
 figures summed, before the verdict is given on what they saw."""
@@ -125,7 +128,18 @@ def unsure(m: Measurement) -> str | None:
     """
     if m.complete and m.call_wall < GIL_SECONDS_MIN:
         return None
-    return m.doubt
+    doubt = m.doubt
+    # GIL-free C code takes the GIL back now and then (to return, to grow an output buffer)
+    # and a stall may find it asleep on the GIL: one such sample among free ones must not
+    # send its calls to processes, where they pay for their arguments.
+    if (
+        doubt is None
+        and m.stalls_free > 0
+        and m.stalls_blocked < SURE_BLOCKED
+        and verdict(m)[0] == "process"
+    ):
+        return f"{m.stalls_blocked} blocked stall beside {m.stalls_free} free"
+    return doubt
 
 
 def cpu_heavy(m: Measurement) -> bool:
