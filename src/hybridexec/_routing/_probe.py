@@ -334,15 +334,16 @@ class _Cycle:
         ctrl_q, stall_q = queued if queued is not None else (0.0, 0.0)
         ctrl_q, stall_q = min(max(0.0, ctrl_q), ctrl_wall), min(max(0.0, stall_q), stall_wall)
         ctrl_run = ctrl_wall - ctrl_q  # the time it could have run
-        if state is True and stall < PROGRESS_RATE * (stall_wall - stall_q):
-            # Runnable at the end of a stall in which it hardly ran: it could not get a CPU
-            # (a GIL waiter sleeps). The kernel books that wait only when it ends, so the
-            # stall counts as run-queue time here, for the summed clocks too.
+        # Runnable at the end of a stall in which it hardly ran: it lacked a CPU (the kernel
+        # books that wait only when it ends), or it was preempted on its way to sleep on the
+        # GIL. No sign either way, and the stall counts as run-queue time for the clocks.
+        queued_out = state is True and stall < PROGRESS_RATE * (stall_wall - stall_q)
+        if queued_out:
             stall_q = stall_wall
         w.last_blocked = None
         # Active: it wanted a CPU (ran, or queued for one) for a good part of the interval,
         # so it was not waiting for I/O just before the stall.
-        if ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
+        if not queued_out and ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
             # Mostly off the CPU though it could run: its work is on other threads (BLAS
             # helpers), whose progress shows on the process's clock; but only if the probe
             # woke on time (the GIL was free): else it may wait for Python threads holding
