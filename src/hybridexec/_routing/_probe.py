@@ -27,7 +27,10 @@ also judged on its own, with the thread's scheduler state read at its end from
 - the thread (or, for a thread mostly off the CPU, the process) used CPU during the stall:
   GIL-free work, since GIL-bound code cannot run then;
 - it used none and sleeps ("S"): it is blocked, on the GIL (it was running just before);
-- it used none but is runnable ("R"): it merely lacked a CPU; the sample is dropped.
+- it used none but is runnable ("R"): it merely lacked a CPU; the sample is dropped (a
+  first verdict for processes that rests on summed clocks with such stalls is in doubt);
+- the last stall of a call found it blocked and the call returned at once: GIL-free C code
+  taking the GIL back to return; that stall is left out.
 
 Where enough samples are decisive, ``gil_share`` is the share of blocked samples; else the
 summed clocks decide.
@@ -69,7 +72,6 @@ from ._measure import (
     PROGRESS_RATE,
     QUEUED_SHARE,
     REPORT_CAP,
-    RETURN_CPU,
     STALL_SECONDS,
     STALL_SLACK,
     WANT_STATE_SAMPLES,
@@ -81,6 +83,8 @@ from ._sched import PROBE_THREAD, ThreadSched, clock_of, stall_sleep
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
+RETURN_CPU = 0.0003
+"""A call that used less CPU than this after a stall that found it blocked was returning."""
 
 
 class GilProbe:
@@ -334,16 +338,10 @@ class _Cycle:
         ctrl_q, stall_q = queued if queued is not None else (0.0, 0.0)
         ctrl_q, stall_q = min(max(0.0, ctrl_q), ctrl_wall), min(max(0.0, stall_q), stall_wall)
         ctrl_run = ctrl_wall - ctrl_q  # the time it could have run
-        # Runnable at the end of a stall in which it hardly ran: it lacked a CPU (the kernel
-        # books that wait only when it ends), or it was preempted on its way to sleep on the
-        # GIL. No sign either way, and the stall counts as run-queue time for the clocks.
-        queued_out = state is True and stall < PROGRESS_RATE * (stall_wall - stall_q)
-        if queued_out:
-            stall_q = stall_wall
         w.last_blocked = None
         # Active: it wanted a CPU (ran, or queued for one) for a good part of the interval,
         # so it was not waiting for I/O just before the stall.
-        if not queued_out and ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
+        if ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
             # Mostly off the CPU though it could run: its work is on other threads (BLAS
             # helpers), whose progress shows on the process's clock; but only if the probe
             # woke on time (the GIL was free): else it may wait for Python threads holding
@@ -360,6 +358,11 @@ class _Cycle:
                 # it ends, so the state at the end of the stall is read too): no sign.
                 w.stalls_blocked += 1
                 w.last_blocked = (cpu_end, stall_wall, stall_q, stall)
+            elif state is True:
+                # Runnable but idle: it lacked a CPU (the kernel books that wait only when it
+                # ends), or it was preempted on its way to sleep on the GIL. No sign; the
+                # summed clocks count the stall all the same (see ``verdicts.unsure``).
+                w.stalls_queued += 1
         w.ctrl_wall += ctrl_wall
         w.ctrl_cpu += ctrl
         w.ctrl_runq += ctrl_q

@@ -123,26 +123,28 @@ UNSURE_TRIES = 2
 figures summed, before the verdict is given on what they saw."""
 
 
-def unsure(m: Measurement) -> str | None:
+def unsure(m: Measurement, first: bool = False) -> str | None:
     """Why ``m`` cannot settle a verdict yet, or None.
 
     A call cheaper than a process dispatch is judged on its clock alone; one that waits
-    (CPU below ``IDLE_CPU_RATIO`` of its wall time) is never in doubt either.
+    (CPU below ``IDLE_CPU_RATIO`` of its wall time) is never in doubt either. A ``first``
+    verdict (no verdict yet: not a re-check that feedback asked for) for processes needs
+    more: its calls would pay for their arguments, and nothing moves GIL-free C code back
+    from processes before the next routine re-check.
     """
     if m.complete and m.call_wall < GIL_SECONDS_MIN:
         return None
     doubt = m.doubt
+    if doubt is not None or not first or verdict(m)[0] != "process":
+        return doubt
     # GIL-free C code takes the GIL back now and then (to return, to grow an output buffer)
-    # and a stall may find it asleep on the GIL: one such sample among free ones must not
-    # send its calls to processes, where they pay for their arguments.
-    if (
-        doubt is None
-        and m.stalls_free > 0
-        and m.stalls_blocked < SURE_BLOCKED
-        and verdict(m)[0] == "process"
-    ):
+    # and a stall may find it asleep on the GIL: one such sample among free ones is not
+    # enough. Nor are summed clocks that include stalls the thread spent without a CPU.
+    if m.stalls_free > 0 and m.stalls_blocked < SURE_BLOCKED:
         return f"{m.stalls_blocked} blocked stall beside {m.stalls_free} free"
-    return doubt
+    if m.stalls_blocked + m.stalls_free == 0 and m.stalls_queued > 0:
+        return f"{m.stalls_queued} stall(s) without a CPU"
+    return None
 
 
 def cpu_heavy(m: Measurement) -> bool:
