@@ -59,10 +59,12 @@ from ._verdicts import (
     VARIANTS_MAX,
     WAIT_SECONDS,
     Key,
+    Lazy,
     contrary,
     cpu_share,
     ewma,
     function_name,
+    is_coroutine_function,
     jumped,
     shape,
     size_bucket,
@@ -215,8 +217,6 @@ class LearningClassifier:
 
     def _classify_slow(self, fn: Callable[..., Any], key: Key) -> Decision:
         # Entries, tickets, the probe load with the first call classified, not the executor.
-        import inspect
-
         from ._entry import Entry
         from ._ticket import Ticket
 
@@ -228,7 +228,7 @@ class LearningClassifier:
                 entry = self._entries.get(key)
                 if entry is None:
                     entry = self._entries[key] = Entry(key)
-                    if inspect.iscoroutinefunction(fn):
+                    if is_coroutine_function(fn):
                         entry.decision = Decision(
                             "thread", "async def: a call only creates a coroutine; not measured"
                         )
@@ -321,7 +321,7 @@ class LearningClassifier:
                 entry.decision = entry.verdict(kind, reason, m)
                 entry.measurement = m
                 self._cond.notify_all()
-                logger.debug("routing: %s", entry.explanation())
+                logger.debug("routing: %s", Lazy(entry.explanation))
                 return
             entry.rechecking = False
             if entry.hold:
@@ -335,7 +335,7 @@ class LearningClassifier:
                 )
                 entry.recheck_every = min(RECHECK_MAX, entry.recheck_every * 2)
                 entry.suspect_gap = min(RECHECK_MAX, entry.suspect_gap * 2)
-                logger.debug("routing: re-check confirms %s", entry.explanation())
+                logger.debug("routing: re-check confirms %s", Lazy(entry.explanation))
                 return
             entry.contrary += 1
             if entry.contrary < FLIP_AFTER:
@@ -381,7 +381,7 @@ class LearningClassifier:
             "routing: %s changed from %s: %s",
             entry.name,
             old.kind if old is not None else "-",
-            entry.explanation(),
+            Lazy(entry.explanation),
         )
 
 

@@ -93,7 +93,7 @@ class Entry:
         """
         if self.pending is not None:
             m = self.pending.merged(m)
-        doubt = unsure(m)
+        doubt = unsure(m, first=self.decision is None)
         again = doubt is not None and self.tries < UNSURE_TRIES
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again

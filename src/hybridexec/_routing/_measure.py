@@ -96,6 +96,7 @@ class Measurement:
         stalls_blocked: Decisive stalls (after an active control interval) in which the
             thread used no CPU and slept: blocked on the GIL.
         stalls_free: Decisive stalls in which the thread (or the process) used CPU.
+        stalls_queued: Stalls that ended with the thread runnable and idle: no sign.
         late: Seconds the probe woke late while the window was open (GIL busy), not counting
             the time the probe itself waited for a CPU.
         span: Seconds of probe sleep cycles the lateness was measured over.
@@ -117,6 +118,7 @@ class Measurement:
     proc_ctrl_cpu: float = 0.0
     stalls_blocked: int = 0
     stalls_free: int = 0
+    stalls_queued: int = 0
     late: float = 0.0
     span: float = 0.0
     complete: bool = True
@@ -305,6 +307,7 @@ class Window:
         "ctrl_cpu",
         "ctrl_runq",
         "ctrl_wall",
+        "last_blocked",
         "late",
         "on_report",
         "others",
@@ -321,6 +324,7 @@ class Window:
         "stall_wall",
         "stalls_blocked",
         "stalls_free",
+        "stalls_queued",
         "t_open",
     )
 
@@ -337,7 +341,8 @@ class Window:
         self.stall_wall = self.stall_cpu = self.proc_stall_cpu = self.stall_runq = 0.0
         self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = self.ctrl_runq = 0.0
         self.late = self.span = 0.0
-        self.stalls_blocked = self.stalls_free = 0
+        self.stalls_blocked = self.stalls_free = self.stalls_queued = 0
+        self.last_blocked: tuple[float, float, float, float] | None = None  # see _unblock_end
         self.sched = ThreadSched(threading.get_native_id())
         self.runq_open = self.sched.waited() or 0.0
         self.runq_close: float | None = None  # read before the handles are let go
@@ -385,6 +390,7 @@ class Window:
             proc_ctrl_cpu=self.proc_ctrl_cpu,
             stalls_blocked=self.stalls_blocked,
             stalls_free=self.stalls_free,
+            stalls_queued=self.stalls_queued,
             late=self.late,
             span=self.span,
             complete=complete,

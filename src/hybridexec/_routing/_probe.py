@@ -27,7 +27,10 @@ also judged on its own, with the thread's scheduler state read at its end from
 - the thread (or, for a thread mostly off the CPU, the process) used CPU during the stall:
   GIL-free work, since GIL-bound code cannot run then;
 - it used none and sleeps ("S"): it is blocked, on the GIL (it was running just before);
-- it used none but is runnable ("R"): it merely lacked a CPU; the sample is dropped.
+- it used none but is runnable ("R"): it merely lacked a CPU; the sample is dropped (a
+  first verdict for processes that rests on summed clocks with such stalls is in doubt);
+- the last stall of a call found it blocked and the call returned at once: GIL-free C code
+  taking the GIL back to return; that stall is left out.
 
 Where enough samples are decisive, ``gil_share`` is the share of blocked samples; else the
 summed clocks decide.
@@ -80,6 +83,8 @@ from ._sched import PROBE_THREAD, ThreadSched, clock_of, stall_sleep
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
+RETURN_CPU = 0.0003
+"""A call that used less CPU than this after a stall that found it blocked was returning."""
 
 
 class GilProbe:
@@ -151,6 +156,7 @@ class GilProbe:
                 # The probe should have woken and has not: it waits for the GIL right now.
                 window.late += now - max(expected, window.t_open)
                 window.span += now - max(self._cycle_start, window.t_open)
+            _unblock_end(window, cpu)
         return window.measurement(now, cpu, complete=True)
 
     def forget_after_fork(self) -> None:
@@ -235,7 +241,7 @@ class GilProbe:
                         queued = (
                             None if r0 is None or r1 is None or r2 is None else (r1 - r0, r2 - r1)
                         )
-                        sample.add(w, max(0.0, c1 - c0), max(0.0, c2 - c1), queued, state)
+                        sample.add(w, max(0.0, c1 - c0), c2, max(0.0, c2 - c1), queued, state)
             self._report_due(windows)
 
     def _retire(self, window: Window) -> None:
@@ -312,6 +318,7 @@ class _Cycle:
         self,
         w: Window,
         ctrl: float,
+        cpu_end: float,
         stall: float,
         queued: tuple[float, float] | None,
         state: bool | None,
@@ -321,6 +328,7 @@ class _Cycle:
         Args:
             w: The window.
             ctrl: CPU seconds the thread used in the control interval.
+            cpu_end: Its CPU clock at the end of the stall.
             stall: CPU seconds it used in the stall.
             queued: Its run-queue seconds in the control interval and in the stall, or None
                 where the kernel does not say.
@@ -330,6 +338,7 @@ class _Cycle:
         ctrl_q, stall_q = queued if queued is not None else (0.0, 0.0)
         ctrl_q, stall_q = min(max(0.0, ctrl_q), ctrl_wall), min(max(0.0, stall_q), stall_wall)
         ctrl_run = ctrl_wall - ctrl_q  # the time it could have run
+        w.last_blocked = None
         # Active: it wanted a CPU (ran, or queued for one) for a good part of the interval,
         # so it was not waiting for I/O just before the stall.
         if ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
@@ -348,6 +357,12 @@ class _Cycle:
                 # thread merely lacked a CPU (the kernel adds a wait to schedstat only when
                 # it ends, so the state at the end of the stall is read too): no sign.
                 w.stalls_blocked += 1
+                w.last_blocked = (cpu_end, stall_wall, stall_q, stall)
+            elif state is True:
+                # Runnable but idle: it lacked a CPU (the kernel books that wait only when it
+                # ends), or it was preempted on its way to sleep on the GIL. No sign; the
+                # summed clocks count the stall all the same (see ``verdicts.unsure``).
+                w.stalls_queued += 1
         w.ctrl_wall += ctrl_wall
         w.ctrl_cpu += ctrl
         w.ctrl_runq += ctrl_q
@@ -356,6 +371,21 @@ class _Cycle:
         w.stall_cpu += stall
         w.stall_runq += stall_q
         w.proc_stall_cpu += max(0.0, self.proc_stall)
+
+
+def _unblock_end(w: Window, cpu: float) -> None:
+    # A call whose last stall found it blocked and that hardly ran after it was returning: a
+    # GIL-free C call takes the GIL back to return, and a stall then finds it asleep on the
+    # GIL. That says nothing of its work: the stall is left out (with the probe's lock held).
+    last = w.last_blocked
+    if last is None or cpu - last[0] > RETURN_CPU:
+        return
+    _, wall, queued, used = last
+    w.stalls_blocked -= 1
+    w.stall_wall -= wall
+    w.stall_runq -= queued
+    w.stall_cpu -= used
+    w.last_blocked = None
 
 
 PROBE = GilProbe()

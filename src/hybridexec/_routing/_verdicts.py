@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,8 @@ SHAPE_ARGS = 4
 OVERFLOW = -1
 """The shape of calls past ``VARIANTS_MAX`` distinct shapes."""
 
+_CO_COROUTINE = 0x80
+"""``inspect.CO_COROUTINE``: the code flag of an ``async def`` function."""
 _SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset, memoryview)
 Key = tuple[str, str, int, int, int, int]
 """module, qualname, first line, size bucket, positional shape, keyword shape."""
@@ -112,20 +115,36 @@ def verdict(m: Measurement) -> tuple[str, str]:
     )
 
 
+SURE_BLOCKED = 2
+"""A process verdict resting on stalls that found the thread blocked, when others found it
+running GIL-free, needs this many blocked ones (else the next call is measured too)."""
 UNSURE_TRIES = 2
 """Measurements that cannot settle a verdict (``Measurement.doubt``) taken again, their
 figures summed, before the verdict is given on what they saw."""
 
 
-def unsure(m: Measurement) -> str | None:
+def unsure(m: Measurement, first: bool = False) -> str | None:
     """Why ``m`` cannot settle a verdict yet, or None.
 
     A call cheaper than a process dispatch is judged on its clock alone; one that waits
-    (CPU below ``IDLE_CPU_RATIO`` of its wall time) is never in doubt either.
+    (CPU below ``IDLE_CPU_RATIO`` of its wall time) is never in doubt either. A ``first``
+    verdict (no verdict yet: not a re-check that feedback asked for) for processes needs
+    more: its calls would pay for their arguments, and nothing moves GIL-free C code back
+    from processes before the next routine re-check.
     """
     if m.complete and m.call_wall < GIL_SECONDS_MIN:
         return None
-    return m.doubt
+    doubt = m.doubt
+    if doubt is not None or not first or verdict(m)[0] != "process":
+        return doubt
+    # GIL-free C code takes the GIL back now and then (to return, to grow an output buffer)
+    # and a stall may find it asleep on the GIL: one such sample among free ones is not
+    # enough. Nor are summed clocks that include stalls the thread spent without a CPU.
+    if m.stalls_free > 0 and m.stalls_blocked < SURE_BLOCKED:
+        return f"{m.stalls_blocked} blocked stall beside {m.stalls_free} free"
+    if m.stalls_blocked + m.stalls_free == 0 and m.stalls_queued > 0:
+        return f"{m.stalls_queued} stall(s) without a CPU"
+    return None
 
 
 def cpu_heavy(m: Measurement) -> bool:
@@ -175,6 +194,38 @@ def function_name(fn: Callable[..., Any]) -> tuple[str, str, int]:
         module = type(getattr(target, "__self__", None)).__module__
     code = getattr(target, "__code__", None)
     return module, qualname, code.co_firstlineno if code is not None else 0
+
+
+def is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction`` without importing ``inspect`` (2-5 ms on a first call).
+
+    Until something imported ``inspect``, nothing can have marked a function as a coroutine
+    function (``inspect.markcoroutinefunction``): its code flags are enough then.
+    """
+    inspect = sys.modules.get("inspect")
+    if inspect is not None:
+        return bool(inspect.iscoroutinefunction(fn))
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    code = getattr(getattr(target, "__func__", target), "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
+class Lazy:
+    """A log argument made into text only when the record is emitted.
+
+    ``Lazy(entry.explanation)``: an explanation costs a dataclass (and ~1 ms to import on a
+    first verdict), for a debug record that is usually dropped.
+    """
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], object]) -> None:
+        self.make = make
+
+    def __str__(self) -> str:
+        return str(self.make())
 
 
 def size_bucket(args: tuple[Any, ...]) -> int:
