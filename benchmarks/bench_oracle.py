@@ -32,13 +32,15 @@ size (RSS, ``psutil``) of the child and all its descendants (workers, fork serve
 tracker) and keeps the largest sum: "peak RSS of the process tree". Shared pages count once
 per process, as RSS does.
 
-Run: ``python -m benchmarks --only oracle`` or ``python -m benchmarks.bench_oracle [--quick]``.
+Run: ``python -m benchmarks --only oracle`` or ``python -m benchmarks.bench_oracle [--quick]``;
+``HX_BENCH_WORKLOADS=gilfree,cpu`` (say) runs only those workloads (and ``memory``, the peak).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import os
 import random
 import statistics
 import sys
@@ -276,8 +278,17 @@ def _plan(quick: bool) -> dict[str, list[str]]:
         plan["stdlib-threads"].append("gilfree")
         plan["stdlib-processes"].append("cpu")
         plan["serial"] = ["cpu"]
-    present, _ = available(plan)
+    wanted = _wanted()
+    plan = {name: [w for w in ws if w in wanted] for name, ws in plan.items()}
+    present, _ = available({name: ws for name, ws in plan.items() if ws})
     return {name: plan[name] for name in present}
+
+
+def _wanted() -> set[str]:
+    """The workloads to run: ``HX_BENCH_WORKLOADS`` (comma-separated: mixed, grouped, cpu,
+    gilfree, memory), all of them when it is unset."""
+    raw = os.environ.get("HX_BENCH_WORKLOADS", "")
+    return {w.strip() for w in raw.split(",") if w.strip()} or {*MIXED, "cpu", "gilfree", "memory"}
 
 
 def _collect(
@@ -486,7 +497,8 @@ def run(quick: bool) -> None:
             )
             print(target_line("within 1.1x of stdlib threads", ratio <= 1.1, f"{ratio:.2f}x"))
         _lanes_line(hybrid["gilfree"])
-    _memory(quick)
+    if "memory" in _wanted():
+        _memory(quick)
 
 
 if __name__ == "__main__":
