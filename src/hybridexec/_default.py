@@ -179,7 +179,8 @@ def imap(
         limit: At most this many calls of this map in flight at once (a server with a small
             listen backlog, a rate-limited API). A batch counts as its number of calls, so
             batches are sized to share the limit; calls run inline in this thread run one
-            at a time.
+            at a time. A call that timed out on a thread goes on (threads cannot be
+            killed) and no longer counts.
         return_exceptions: Put each failed call's exception in its place among the results
             and carry on, instead of raising the first one. Cancellation, ``KeyboardInterrupt``
             and ``SystemExit`` still end the map.

@@ -228,7 +228,8 @@ class Executor(concurrent.futures.Executor):
         sees every call go through it, as the standard library documents.
 
         ``limit`` (hybridexec's): at most that many calls of this map at once, a chunk counting
-        as ``chunksize`` calls; the input is then read as calls finish, while you iterate.
+        as ``chunksize`` calls; the input is then read as calls finish, while you iterate. A
+        call that timed out on a thread goes on (threads cannot be killed), no longer counted.
 
         Raises:
             TypeError: ``fn`` is not callable, or ``buffersize`` or ``limit`` is not an int.
