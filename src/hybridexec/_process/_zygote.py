@@ -41,6 +41,7 @@ import threading
 import types
 import warnings
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from ._child import prepare_death_signal, resident_memory
@@ -105,7 +106,9 @@ def start_fork_server() -> int | None:
             # it: nothing of it is finalized here.
             spawn.old_main_modules.append(sys.modules["__main__"])
             sys.modules["__main__"] = types.ModuleType("__main__")
-            prepare_death_signal()  # while the parent prepares the first request
+            # Loaded before its first fork, not as it starts: the first worker is seldom its
+            # (see run_as_copy), and ctypes' import (2-3 ms of CPU) would compete with it.
+            os.register_at_fork(before=prepare_death_signal)
             forkserver.main(listener_fd, alive_r, preload)
 
         pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
@@ -164,6 +167,35 @@ def start_resource_tracker() -> int | None:
     tracker._fd = write
     tracker._pid = pid
     return pid
+
+
+def run_as_copy(main: Callable[..., object], *args: Any) -> None:
+    """Run ``main(*args)`` in a child forked from this process as a fork server's would run.
+
+    The target of a ``fork`` context process: the lane's first worker, forked straight from
+    the submitting thread while ``safe_to_fork()`` held, rather than asked of the fork server
+    (a round trip through a process that may not have run yet). What it keeps of this process
+    is what ``fork_copy`` keeps (descriptors but stdio, the connections in ``args`` and
+    multiprocessing's parent sentinel point at ``/dev/null``; handlers set in Python are reset;
+    the objects copied are frozen), and ``__main__`` is what a fork server's worker finds: a
+    blank module, then the script run afresh as ``__mp_main__`` (its guarded part excepted).
+    """
+    global _in_copy
+    _in_copy = True
+    gc.freeze()
+    keep = {arg.fileno() for arg in args if isinstance(arg, Connection)}
+    sentinel = getattr(multiprocessing.parent_process(), "_sentinel", None)
+    if isinstance(sentinel, int):
+        keep.add(sentinel)
+    _blank_descriptors({0, 1, 2, *keep})
+    _reset_signal_handlers()
+    import multiprocessing.spawn as spawn
+
+    data = spawn.get_preparation_data(multiprocessing.current_process().name)
+    spawn.old_main_modules.append(sys.modules["__main__"])
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    spawn.prepare(data)
+    main(*args)
 
 
 def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | None:
@@ -234,10 +266,16 @@ def safe_to_fork() -> bool:
             return False
     except OSError:
         return False
-    for module in list(sys.modules.values()):
-        spec = getattr(module, "__spec__", None)
-        if getattr(spec, "_initializing", False):
-            return False  # being imported right now (perhaps the module creating the executor)
+    # A module is executed by the thread importing it, this one: a module being imported
+    # right now (perhaps the one creating the executor) has its body on this stack. Reading
+    # the stack, not every module: each read would copy a page the helpers forked share.
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            module = sys.modules.get(frame.f_globals.get("__name__", ""))
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                return False
+        frame = frame.f_back
     rss = resident_memory()
     return rss is not None and rss <= MAX_RSS
 
