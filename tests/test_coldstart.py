@@ -197,7 +197,9 @@ def test_garbage_of_the_parent_is_finalized_by_the_parent_alone(run_script: Any)
         del cycle
         ex = hx.Executor(max_processes=1)
         worker = ex.options(kind="process").submit(helpers.collect_garbage).result(timeout=30)
-        say(parent=os.getpid(), worker=worker, server=comm(helpers_of_this_process()["server"]))
+        server = helpers_of_this_process()["server"]
+        until(lambda: comm(server) != comm(os.getpid()), 20)  # it names itself as it starts
+        say(parent=os.getpid(), worker=worker, server=comm(server))
         gc.collect()
         ex.shutdown()
         """,
@@ -287,7 +289,7 @@ def test_forked_guardian_killed_from_outside_is_replaced_and_still_guards(
         lane = ex.options(kind="process")
         assert lane.submit(helpers.square, 2).result(timeout=30) == 4
         old = helpers_of_this_process()["guardian"]
-        assert comm(old) == "hx-guardian"
+        until(lambda: comm(old) == "hx-guardian", 20)  # it names itself as it starts
         os.kill(old, signal.SIGKILL)
         until(lambda: state(old) in ("Z", None))  # dead (not reaped: our child)
         lane.submit(helpers.exit_now).exception(timeout=30)  # its replacement needs a guardian

@@ -77,9 +77,9 @@ def preload_in_forkserver() -> bool:
     _set_preload()
     try:
         if safe_to_fork():
-            start_guardian_early()
+            start_fork_server()  # first: what it makes (a socket, a temporary directory) is
+            start_guardian_early()  # written before any fork makes its pages copy-on-write
             start_resource_tracker()
-            start_fork_server()
             return True
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)
