@@ -9,6 +9,8 @@ protocol to its own clients) is instead forked from this process, and so are the
 (``resource_tracker.main``) and the guardian: each starts in about a millisecond with every
 module already imported, and each worker is forked from the server as before. The server's
 ``__main__`` is a blank module, as in multiprocessing's: each worker runs the script afresh.
+A lane's first worker, at the first process task, is such a copy too when it is safe then
+(``run_as_copy``): the first task waits for no process but its own worker to get to run.
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
