@@ -147,7 +147,9 @@ def test_executor_made_while_its_module_is_imported_forks_nothing(
         import hx_module_level as m
         lane = m.EX.options(kind="process")
         assert lane.submit(helpers.square, 4).result(timeout=30) == 16
-        say(at_import=m.SERVER_AT_IMPORT, server=cmdline(helpers_of_this_process()["server"]))
+        pids = helpers_of_this_process()
+        until(lambda: all(comm(pid) != comm(os.getpid()) for pid in pids.values()), 20)
+        say(at_import=m.SERVER_AT_IMPORT, comms={name: comm(pid) for name, pid in pids.items()})
         m.EX.shutdown()
         """,
         setup=HELPERS,
@@ -155,7 +157,7 @@ def test_executor_made_while_its_module_is_imported_forks_nothing(
     )
     out = s.read(40)
     assert out["at_import"] is None, "forked while a module was half imported"
-    assert "multiprocessing.forkserver" in out["server"]
+    assert out["comms"] == COPIES, "the helpers are forked with the first worker, once it is safe"
     assert s.wait(30) == 0, s.stderr
 
 
@@ -195,7 +197,9 @@ def test_garbage_of_the_parent_is_finalized_by_the_parent_alone(run_script: Any)
         del cycle
         ex = hx.Executor(max_processes=1)
         worker = ex.options(kind="process").submit(helpers.collect_garbage).result(timeout=30)
-        say(parent=os.getpid(), worker=worker, server=comm(helpers_of_this_process()["server"]))
+        server = helpers_of_this_process()["server"]
+        until(lambda: comm(server) != comm(os.getpid()), 20)  # it names itself as it starts
+        say(parent=os.getpid(), worker=worker, server=comm(server))
         gc.collect()
         ex.shutdown()
         """,
@@ -261,7 +265,9 @@ def test_forked_resource_tracker_still_removes_what_the_program_leaked(run_scrip
         with hx.Executor(max_processes=1) as ex:
             assert ex.options(kind="process").submit(helpers.square, 2).result(timeout=30) == 4
             leaked = shared_memory.SharedMemory(create=True, size=4096)  # never unlinked
-            say(segment=leaked.name, tracker=comm(helpers_of_this_process()["tracker"]))
+            tracker = helpers_of_this_process()["tracker"]
+            until(lambda: comm(tracker) != comm(os.getpid()), 20)  # it names itself as it starts
+            say(segment=leaked.name, tracker=comm(tracker))
         """,
         setup=HELPERS,
     )
@@ -283,7 +289,7 @@ def test_forked_guardian_killed_from_outside_is_replaced_and_still_guards(
         lane = ex.options(kind="process")
         assert lane.submit(helpers.square, 2).result(timeout=30) == 4
         old = helpers_of_this_process()["guardian"]
-        assert comm(old) == "hx-guardian"
+        until(lambda: comm(old) == "hx-guardian", 20)  # it names itself as it starts
         os.kill(old, signal.SIGKILL)
         until(lambda: state(old) in ("Z", None))  # dead (not reaped: our child)
         lane.submit(helpers.exit_now).exception(timeout=30)  # its replacement needs a guardian

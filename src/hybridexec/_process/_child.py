@@ -49,8 +49,8 @@ _prctl: Any = None
 def prepare_death_signal() -> None:
     """Load what ``set_parent_death_signal`` calls: ctypes and ``prctl``.
 
-    That costs 1-2 ms (more on a busy machine): the fork server does it as it starts, so that
-    the workers it forks need not.
+    That costs 1-2 ms (more on a busy machine): the fork server does it before its first
+    fork, so that the workers it forks need not.
     """
     global _prctl
     if _prctl is None and sys.platform.startswith("linux"):

@@ -24,6 +24,7 @@ from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._shm import DEFAULT_THRESHOLD, Placement
+from ._frames import HEADER_SIZE
 from ._manager import Manager
 from ._supervise import get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
@@ -88,8 +89,6 @@ class ProcessLane:
         self.max_processes = max_processes or usable_cpus()
         self.context = get_context(start_method)
         self.start_method: str = self.context.get_start_method()
-        if self.start_method == "forkserver":
-            preload_in_forkserver()
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
         self.report_memory = max_memory_per_child is not None
@@ -132,6 +131,8 @@ class ProcessLane:
         self.epoch = 0
         self.returned = threading.Condition(self._lock)
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
+        if self.start_method == "forkserver":  # last: a fork makes later writes here dearer
+            preload_in_forkserver()
 
     # ---- used by the manager --------------------------------------------------------------
     def drain_wakeups(self) -> None:
@@ -221,19 +222,27 @@ class ProcessLane:
             if manager is None:
                 # Started first: if it cannot start (no descriptor or thread left), the call
                 # fails here with nothing queued, and the next submit tries again.
-                self._start_manager()
-                self.pending.append(task)
-                self._wake_locked()
+                if not self._start_manager(task):
+                    self.pending.append(task)
+                    self._wake_locked()
             elif not (self.ready and manager.send_direct(task)):
                 self.pending.append(task)
                 if not self._wake_pending:
                     self._wake_locked()
 
-    def _start_manager(self) -> None:
-        """Start the manager thread (under the lock); on failure nothing is left half made."""
+    def _start_manager(self, task: Task) -> bool:
+        """Start the manager thread (under the lock); on failure nothing is left half made.
+
+        True when ``task`` went to a worker forked here (``_fork_first_worker``), else the
+        caller queues it.
+        """
         self.lifeline_r = lifeline()[0]
-        wake_r, wake_w = os.pipe()
         manager = Manager(self)
+        # The helpers not forked with the executor (it was made while a module was half
+        # imported) are forked first: the guardian registers the worker as it starts.
+        copy = self.start_method == "forkserver" and self.initializer is None
+        sent = copy and preload_in_forkserver() and _fork_first_worker(manager, task)
+        wake_r, wake_w = os.pipe()
         try:
             os.set_blocking(wake_r, False)
             os.set_blocking(wake_w, False)
@@ -243,11 +252,15 @@ class ProcessLane:
             self.wake_r = self.wake_w = -1
             os.close(wake_r)
             os.close(wake_w)
+            manager.abandon()
+            if sent:  # the call fails with the start (I1), as if it had not gone
+                task.future.settle(False, RuntimeError("the process lane could not start"))
             raise
         self._manager = manager
         _lifecycle.on_exit(_lifecycle.LANES, kill_live_lanes)
         with _live_lock:
             _live_lanes.add(self)
+        return sent
 
     def _wake(self) -> None:
         with self._lock:
@@ -357,6 +370,25 @@ class ProcessLane:
         # as it exits: the wait needs no bound of its own.
         if self.command("kill-all", (sig, done)) and manager is not threading.current_thread():
             done.wait()
+
+
+def _fork_first_worker(manager: Manager, task: Task) -> bool:
+    """Fork the lane's first worker from this thread and send it ``task``; True if it went.
+
+    The caller made sure that it is safe (no other thread yet). The worker is a copy as the
+    fork server's would be (``_zygote.run_as_copy``): no round trip through a process that
+    may not have run yet. The call goes as the manager's dispatch would send it, and runs
+    while the manager thread starts.
+    """
+    worker, payload = manager._start_worker(copy=True), task.payload
+    if worker is None or payload is None or len(payload) + HEADER_SIZE > worker.budget:
+        return False
+    if not manager.lane.take_slot():
+        return False  # queued: the manager sends it once a CPU slot is free
+    if manager._claim(task):  # False: cancelled meanwhile, nothing to send
+        manager._assign(worker, task)
+        manager._send(worker, [task])
+    return True
 
 
 def _stays(task: Task) -> bool:

@@ -61,7 +61,7 @@ def get_context(start_method: str | None) -> multiprocessing.context.BaseContext
 WORKER_MODULE = "hybridexec._process._worker"
 
 
-def preload_in_forkserver() -> None:
+def preload_in_forkserver() -> bool:
     """Prepare the fork server, if not started yet: preload the worker module, fork it.
 
     Every worker is forked with hybridexec already imported, so a replacement worker starts in
@@ -71,16 +71,19 @@ def preload_in_forkserver() -> None:
     fork server and the guardian are forked from this process now (``_zygote``): they start
     with every module imported, in about a millisecond each, so even the first worker starts
     in milliseconds. Otherwise multiprocessing starts the server as a new interpreter on the
-    first worker's start, and ``guard`` the guardian, as before.
+    first worker's start, and ``guard`` the guardian, as before. Each helper is forked once:
+    a later call forks only those missing. True when it was safe (it still is on return).
     """
     _set_preload()
     try:
         if safe_to_fork():
-            start_guardian_early()
+            start_fork_server()  # first: what it makes (a socket, a temporary directory) is
+            start_guardian_early()  # written before any fork makes its pages copy-on-write
             start_resource_tracker()
-            start_fork_server()
+            return True
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)
+    return False
 
 
 def _set_preload() -> None:

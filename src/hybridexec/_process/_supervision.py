@@ -16,6 +16,7 @@ workers again as soon as it can.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ from ._handle import Child
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
+from ._zygote import run_as_copy
 
 if TYPE_CHECKING:
     from ._lane import ProcessLane
@@ -166,12 +168,18 @@ class Supervision:
         if not self.lane.shutting_down and live < self.lane.max_processes:
             self._start_worker()
 
-    def _start_worker(self) -> WorkerRecord | None:
+    def _start_worker(self, copy: bool = False) -> WorkerRecord | None:
+        """Start a worker; ``copy``: fork it from this thread (``_zygote.run_as_copy``).
+
+        The caller of a copy made sure that it is ``safe_to_fork()``; a copy that fails is
+        not a failed start (the next start asks the fork server).
+        """
         now = time.monotonic()
         if now < self.retry_at:
             return None  # the last start failed: retried when the backoff ends
         lane = self.lane
-        ctx = lane.context
+        ctx = multiprocessing.get_context("fork") if copy else lane.context
+        server = lane.start_method == "forkserver" and not copy
         conns: list[Any] = []
         try:
             if _faults.ACTIVE:
@@ -182,37 +190,39 @@ class Supervision:
             conns.extend(ctx.Pipe(duplex=False))  # (we read replies, worker writes them)
             calls_r, calls_w, replies_r, replies_w = conns
             self.starting = [calls_w, replies_r]  # closed by forget_after_fork in the child
+            args = (
+                calls_r,
+                replies_w,
+                lane.lifeline_r,
+                lane.initializer,
+                lane.report_memory,
+                # Under forkserver the kernel's parent-death signal comes from the
+                # forkserver, which exits a little after us: the lifeline thread first kills
+                # the worker's children, and the signal still stops a worker stuck in C
+                # holding the GIL. Under spawn and fork it would fire at the same instant
+                # as the lifeline and orphan the worker's children, so the lifeline alone
+                # guards those.
+                server,
+                _faults.snapshot(),
+                # processes x BLAS/OpenMP threads <= cores (issue 15)
+                thread_limit_env(lane.max_processes),
+            )
             process = ctx.Process(  # type: ignore[attr-defined]
-                target=worker_main,
-                args=(
-                    calls_r,
-                    replies_w,
-                    lane.lifeline_r,
-                    lane.initializer,
-                    lane.report_memory,
-                    # Under forkserver the kernel's parent-death signal comes from the
-                    # forkserver, which exits a little after us: the lifeline thread first kills
-                    # the worker's children, and the signal still stops a worker stuck in C
-                    # holding the GIL. Under spawn and fork it would fire at the same instant
-                    # as the lifeline and orphan the worker's children, so the lifeline alone
-                    # guards those.
-                    lane.start_method == "forkserver",
-                    _faults.snapshot(),
-                    # processes x BLAS/OpenMP threads <= cores (issue 15)
-                    thread_limit_env(lane.max_processes),
-                ),
+                target=run_as_copy if copy else worker_main,
+                args=(worker_main, *args) if copy else args,
                 name=f"{lane.name}-worker",
             )
             if _faults.ACTIVE:
                 _faults.hit("lane.start")
-            if lane.start_method == "forkserver":
+            if server:
                 _descriptors_to_spare()
             process.start()
         except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None
             for conn in conns:
                 conn.close()
-            self._start_failed(exc)
+            if not copy:
+                self._start_failed(exc)
             return None
         self.starting = None
         calls_r.close()
@@ -302,6 +312,13 @@ class Supervision:
         for conn in worker.conns:
             conn.close()
         worker.child.close()
+
+    def abandon(self) -> None:
+        """The manager thread could not start: kill and reap the workers started for it (I3)."""
+        for w in list(self.workers.values()):
+            self._signal(w, signal.SIGKILL)
+            w.child.reap(kill_group=True, timeout=1.0)
+            self._forget(w)
 
     def _signal(self, worker: WorkerRecord, sig: int) -> None:
         """Signal a worker the manager still owns, and its process group (see ``Child``)."""

@@ -9,6 +9,8 @@ protocol to its own clients) is instead forked from this process, and so are the
 (``resource_tracker.main``) and the guardian: each starts in about a millisecond with every
 module already imported, and each worker is forked from the server as before. The server's
 ``__main__`` is a blank module, as in multiprocessing's: each worker runs the script afresh.
+A lane's first worker, at the first process task, is such a copy too when it is safe then
+(``run_as_copy``): the first task waits for no process but its own worker to get to run.
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
@@ -41,6 +43,7 @@ import threading
 import types
 import warnings
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from ._child import prepare_death_signal, resident_memory
@@ -105,7 +108,9 @@ def start_fork_server() -> int | None:
             # it: nothing of it is finalized here.
             spawn.old_main_modules.append(sys.modules["__main__"])
             sys.modules["__main__"] = types.ModuleType("__main__")
-            prepare_death_signal()  # while the parent prepares the first request
+            # Loaded before its first fork, not as it starts: the first worker is seldom its
+            # (see run_as_copy), and ctypes' import (2-3 ms of CPU) would compete with it.
+            os.register_at_fork(before=prepare_death_signal)
             forkserver.main(listener_fd, alive_r, preload)
 
         pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
@@ -164,6 +169,35 @@ def start_resource_tracker() -> int | None:
     tracker._fd = write
     tracker._pid = pid
     return pid
+
+
+def run_as_copy(main: Callable[..., object], *args: Any) -> None:
+    """Run ``main(*args)`` in a child forked from this process as a fork server's would run.
+
+    The target of a ``fork`` context process: the lane's first worker, forked straight from
+    the submitting thread while ``safe_to_fork()`` held, rather than asked of the fork server
+    (a round trip through a process that may not have run yet). What it keeps of this process
+    is what ``fork_copy`` keeps (descriptors but stdio, the connections in ``args`` and
+    multiprocessing's parent sentinel point at ``/dev/null``; handlers set in Python are reset;
+    the objects copied are frozen), and ``__main__`` is what a fork server's worker finds: a
+    blank module, then the script run afresh as ``__mp_main__`` (its guarded part excepted).
+    """
+    global _in_copy
+    _in_copy = True
+    gc.freeze()
+    keep = {arg.fileno() for arg in args if isinstance(arg, Connection)}
+    sentinel = getattr(multiprocessing.parent_process(), "_sentinel", None)
+    if isinstance(sentinel, int):
+        keep.add(sentinel)
+    _blank_descriptors({0, 1, 2, *keep})
+    _reset_signal_handlers()
+    import multiprocessing.spawn as spawn
+
+    data = spawn.get_preparation_data(multiprocessing.current_process().name)
+    spawn.old_main_modules.append(sys.modules["__main__"])
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    spawn.prepare(data)
+    main(*args)
 
 
 def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | None:
@@ -234,10 +268,16 @@ def safe_to_fork() -> bool:
             return False
     except OSError:
         return False
-    for module in list(sys.modules.values()):
-        spec = getattr(module, "__spec__", None)
-        if getattr(spec, "_initializing", False):
-            return False  # being imported right now (perhaps the module creating the executor)
+    # A module is executed by the thread importing it, this one: a module being imported
+    # right now (perhaps the one creating the executor) has its body on this stack. Reading
+    # the stack, not every module: each read would copy a page the helpers forked share.
+    frame: types.FrameType | None = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            module = sys.modules.get(frame.f_globals.get("__name__", ""))
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                return False
+        frame = frame.f_back
     rss = resident_memory()
     return rss is not None and rss <= MAX_RSS
 
@@ -245,7 +285,9 @@ def safe_to_fork() -> bool:
 def _reset_signal_handlers() -> None:
     # As exec would: a handler set in Python goes back to the default; an ignored signal stays
     # ignored; SIGINT raises KeyboardInterrupt as in any fresh interpreter.
-    for sig in signal.valid_signals():
+    # Numbers, not valid_signals(): no enum member made per signal (a tenth of a millisecond
+    # in each copy, right after its fork).
+    for sig in range(1, signal.NSIG):
         try:
             handler = signal.getsignal(sig)
             if callable(handler) and handler is not signal.default_int_handler:
