@@ -126,7 +126,11 @@ class Entry:
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
-        self.timing_every = 1 if m.call_wall >= LONG_CALL_SECONDS else None
+        # Long by its own time: not the time it waited while other Python threads held the
+        # GIL (the probe late, their CPU) or for a CPU (a tiny call of a submit storm can
+        # wait 50 ms: timing all its calls then costs more than they do).
+        own = max(m.cpu, m.wall - m.runq - max(m.late, min(m.others_cpu, m.wall)))
+        self.timing_every = 1 if own >= LONG_CALL_SECONDS * m.calls else None
         heavy = kind == "thread" and cpu_heavy(m)
         if heavy and not reason.endswith(_HEAVY):
             reason += _HEAVY
