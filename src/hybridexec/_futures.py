@@ -53,22 +53,24 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     kind: str
     _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
     _hx_before_wait: Callable[[float | None], float | None] | None = None  # see result()
+    # The stdlib's fields, but its Condition and lists are built only when used (see
+    # _condition): most futures are done before anyone waits, and fewer objects mean less
+    # for the garbage collector. Defaults here, set on the instance when they change: a
+    # storm of submits makes each future in fewer steps.
+    _cond: threading.Condition | None = None
+    _result: Any = None
+    _exception: BaseException | None = None
+    _hx_waiters: list[Any] | None = None
+    _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
+    # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
+    _hx_stop: Callable[[], None] | None = None
 
     def __init__(self, kind: str = "thread") -> None:
-        # The stdlib's fields, but its Condition and lists are built only when used (see
-        # _condition): most futures are done before anyone waits, and fewer objects mean
-        # less for the garbage collector. A Lock, not an RLock: nothing takes it twice (the
-        # stdlib's users of _waiters and _done_callbacks hold it: built unlocked).
+        # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and
+        # _done_callbacks hold it: built unlocked).
         self._lock = threading.Lock()
-        self._cond: threading.Condition | None = None
         self._state = PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._hx_waiters: list[Any] | None = None
-        self._hx_callbacks: list[Callable[[Future[T]], object]] | None = None
         self.kind = kind
-        # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
-        self._hx_stop: Callable[[], None] | None = None
 
     @property  # the stdlib's attribute, built on first use
     def _condition(self) -> threading.Condition:
