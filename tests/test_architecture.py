@@ -24,6 +24,7 @@ ROOT = Path(hybridexec.__file__).parent
 LAYERS: list[set[str]] = [
     {"_version", "_lazy", "_exceptions", "_lifecycle", "_faults"},
     {"_serialize"},
+    {"_task"},
     {"_futures"},
     {"_callbacks"},
     {"_shm"},

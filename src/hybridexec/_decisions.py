@@ -156,11 +156,11 @@ class Plans:
         future: Future[Any] = Future("thread")
         n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
         if (n and n % entry.every) or self.classifier is None:
-            task = Task(fn, [(args, kwargs)], future)
+            task = Task(fn, (args, kwargs), future)
         else:
             every = entry.every
             clf = self.classifier if not n or every == 1 else Weighted(self.classifier, every)
-            task = TimedTask(fn, [(args, kwargs)], future, clf, None)
+            task = TimedTask(fn, (args, kwargs), future, clf, None)
         task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
         task.route = entry.route  # late binding: it follows newer verdicts
         if logger.isEnabledFor(logging.DEBUG):

@@ -1,11 +1,7 @@
-"""Futures and the unit of work that lanes run.
+"""Futures (and, from ``_task``, the unit of work that lanes run).
 
 ``Future`` is a ``concurrent.futures.Future`` that also records where it ran (``kind``) and can
 be cancelled while running when its lane can stop the work (a process worker is killed).
-
-A ``Task`` is one call, or a batch of calls of the same function. A batch resolves its single
-future to a list of ``Outcome`` pairs so that one failing item never hides the others. A task
-for a thread carries a copy of its submitter's ``contextvars`` context and runs in it.
 
 Done-callbacks run one by one; one that raises (or is interrupted) is logged and the others
 still run. A future settled on a service thread (``_callbacks.serve``: the process manager, a
@@ -16,11 +12,8 @@ deadline timer, the event loop...) hands its callbacks over to the callback thre
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
-import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures._base import (
     CANCELLED,
@@ -32,17 +25,17 @@ from concurrent.futures._base import (
 from typing import Any, Generic, TypeVar
 
 from . import _faults
+from ._task import Call as Call
+from ._task import Items as Items
+from ._task import Outcome as Outcome
+from ._task import Task as Task
+from ._task import run_items as run_items
 
 T = TypeVar("T")
 
 _DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
 
 logger = logging.getLogger("hybridexec")
-
-Outcome = tuple[bool, Any]
-"""``(True, value)`` or ``(False, exception)``: how one item of a batch ended."""
-
-Items = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 # Set by _callbacks: the threads running a ``serve``d function, and where they hand over.
@@ -60,22 +53,24 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     kind: str
     _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
     _hx_before_wait: Callable[[float | None], float | None] | None = None  # see result()
+    # The stdlib's fields, but its Condition and lists are built only when used (see
+    # _condition): most futures are done before anyone waits, and fewer objects mean less
+    # for the garbage collector. Defaults here, set on the instance when they change: a
+    # storm of submits makes each future in fewer steps.
+    _cond: threading.Condition | None = None
+    _result: Any = None
+    _exception: BaseException | None = None
+    _hx_waiters: list[Any] | None = None
+    _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
+    # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
+    _hx_stop: Callable[[], None] | None = None
 
     def __init__(self, kind: str = "thread") -> None:
-        # The stdlib's fields, but its Condition and lists are built only when used (see
-        # _condition): most futures are done before anyone waits, and fewer objects mean
-        # less for the garbage collector. A Lock, not an RLock: nothing takes it twice (the
-        # stdlib's users of _waiters and _done_callbacks hold it: built unlocked).
+        # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and
+        # _done_callbacks hold it: built unlocked).
         self._lock = threading.Lock()
-        self._cond: threading.Condition | None = None
         self._state = PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._hx_waiters: list[Any] | None = None
-        self._hx_callbacks: list[Callable[[Future[T]], object]] | None = None
         self.kind = kind
-        # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
-        self._hx_stop: Callable[[], None] | None = None
 
     @property  # the stdlib's attribute, built on first use
     def _condition(self) -> threading.Condition:
@@ -291,109 +286,6 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def is_pending(self) -> bool:
         """Return True while the task has not started and was not cancelled."""
         return self._state == PENDING
-
-
-class Task:
-    """One call or a batch of calls, with the future that reports how it ended."""
-
-    __slots__ = (
-        "batch",
-        "chosen",
-        "context",
-        "deadline",
-        "elapsed",
-        "fn",
-        "future",
-        "items",
-        "payload",
-        "profile",
-        "route",
-        "timeout",
-    )
-
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        items: Items,
-        future: Future[Any],
-        *,
-        batch: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        self.fn = fn
-        self.items = items
-        self.future = future
-        self.batch = batch
-        self.timeout = timeout
-        self.deadline: float | None = None
-        self.payload: bytes | None = None  # pickled call, for the process lane
-        self.elapsed = 0.0  # seconds the call(s) took where they ran
-        # True when the library, not the user, chose the lane: interpreter exit waits for
-        # such work on a thread only a short while (it cannot be killed; see ThreadLane).
-        self.chosen = False
-        self.profile: Any = None  # the thread lane's record of what calls of fn do
-        # The submitter's context (a copy): thread tasks only (none crosses processes).
-        self.context: contextvars.Context | None = None
-        # The classifier's decision an auto-routed task was sent with: until it starts, the
-        # task follows that verdict's successors (late binding, see _routing/_binding.py).
-        self.route: Any = None
-
-    def start_clock(self) -> None:
-        if self.timeout is not None:
-            self.deadline = time.monotonic() + self.timeout
-
-    def call(self) -> Outcome:
-        """Run the calls in the current thread; return how they ended (no future touched).
-
-        A batch ends as ``(True, outcomes)``. Lanes settle the future themselves, after they
-        have marked the task finished (a deadline timer must not fire into done-callbacks).
-        """
-        fn = self.fn
-        context = self.context
-        started = time.perf_counter()
-        try:
-            if not self.batch:
-                args, kwargs = self.items[0]
-                try:
-                    if context is None:
-                        return True, fn(*args, **kwargs)
-                    return True, context.run(fn, *args, **kwargs)
-                except BaseException as exc:  # SystemExit in a task must not end the worker
-                    return False, exc
-            if context is not None:  # each item sees what the previous ones set, as in a loop
-                fn = functools.partial(context.run, fn)
-            return True, run_items(fn, self.items)
-        finally:
-            self.elapsed = time.perf_counter() - started
-
-    def release(self) -> None:
-        """Let go of the callable, the arguments and the pickled call: the task has ended.
-
-        What ran must not outlive its future being done (I3): a finished task may stay
-        referenced a while (a worker thread's loop, a ``map``'s bookkeeping, a timer).
-        """
-        self.fn = _released
-        self.items = []
-        self.payload = None
-        self.context = None  # its values may be large, and are the submitter's
-        self.route = None
-
-
-def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
-    """Run each item, capturing its result or exception."""
-    outcomes: list[Outcome] = []
-    append = outcomes.append
-    for args, kwargs in items:
-        try:
-            append((True, fn(*args, **kwargs)))
-        except BaseException as exc:  # SystemExit in one item must not lose the batch
-            append((False, exc))
-    return outcomes
-
-
-def _released(*args: Any, **kwargs: Any) -> Any:
-    """Stands in for the callable of a finished task (see ``Task.release``)."""
-    raise RuntimeError("this task has ended: its callable was released")
 
 
 def _in_main_thread() -> bool:

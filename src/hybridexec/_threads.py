@@ -334,16 +334,14 @@ class ThreadLane:
                 elif type(task) is Task and not task.batch and future._hx_inline is None:
                     # The common case, inline: one call in its context, untimed (its time is
                     # read by the sampled path and by the library's inline callbacks only).
-                    args, kwargs = task.items[0]
                     context = task.context
                     try:
                         if context is None:
-                            value, ok = task.fn(*args, **kwargs), True
+                            value, ok = task.fn(*task.args, **task.kwargs), True
                         else:
-                            value, ok = context.run(task.fn, *args, **kwargs), True
+                            value, ok = context.run(task.fn, *task.args, **task.kwargs), True
                     except BaseException as exc:  # SystemExit must not end the thread
                         value, ok = exc, False
-                    del args, kwargs
                     future.settle(ok, value)
                 else:  # no deadline, no fault, no CPU reading
                     future.settle(*task.call())

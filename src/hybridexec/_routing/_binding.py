@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._futures import Future, Items, Outcome, Task
+from .._futures import Call, Future, Items, Outcome, Task
 from ._governor import Governor
 from ._rules import Classifier, Decision, Probe
 from ._sched import queued_seconds
@@ -211,7 +211,7 @@ class TimedTask(Task):
     def __init__(
         self,
         fn: Callable[..., Any],
-        items: Items,
+        items: Items | Call,
         future: Future[Any],
         classifier: Classifier,
         probe: Probe | None,
@@ -238,9 +238,7 @@ class TimedTask(Task):
         cpu = time.thread_time() - cpu_started
         calls = len(self.items) if self.batch else 1
         try:
-            self.classifier.record(
-                self.fn, "thread", elapsed, cpu, calls=calls, args=self.items[0][0]
-            )
+            self.classifier.record(self.fn, "thread", elapsed, cpu, calls=calls, args=self.args)
         except Exception:  # a broken classifier must not kill the worker thread
             logger.exception("the classifier failed to record a finished task")
         return outcome

@@ -141,9 +141,8 @@ class LearningClassifier:
                 return
             entry.since_check += calls
             entry.since_recheck += calls
-            if entry.since_check >= entry.recheck_every:
-                entry.since_check = 0
-                entry.recheck = True
+            if entry.since_check >= entry.recheck_every and entry.routine_due():
+                entry.since_check, entry.recheck = 0, True
                 self.generation += 1
             if kind == "process" and decision.kind == "process":
                 self._process_feedback(entry, wall, cpu, calls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._rules import Decision
@@ -10,6 +11,7 @@ from ._verdicts import (
     GIL_SECONDS_MIN,
     LONG_CALL_SECONDS,
     RECHECK_FIRST,
+    RECHECK_MIN_SECONDS,
     SUSPECT_GAP_FIRST,
     UNSURE_TRIES,
     Key,
@@ -44,6 +46,7 @@ class Entry:
         "proc_samples",
         "recheck",
         "recheck_every",
+        "rechecked_at",
         "rechecking",
         "since_check",
         "since_recheck",
@@ -74,6 +77,7 @@ class Entry:
         self.since_check: int = 0
         self.since_recheck: int = 0
         self.recheck_every: int = RECHECK_FIRST
+        self.rechecked_at: float = 0.0  # when the last routine re-check was asked for
         self.suspect_gap: int = SUSPECT_GAP_FIRST
         self.pending: Measurement | None = None  # figures of calls measured without a verdict
         self.tries: int = 0  # measurements taken again since the last verdict
@@ -97,6 +101,17 @@ class Entry:
         again = doubt is not None and self.tries < UNSURE_TRIES
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again
+
+    def routine_due(self) -> bool:
+        """Whether a routine re-check may be asked for now; if so, its time is noted.
+
+        At most one per ``RECHECK_MIN_SECONDS`` (called with the classifier's lock held).
+        """
+        now = time.monotonic()
+        if now - self.rechecked_at < RECHECK_MIN_SECONDS:
+            return False
+        self.rechecked_at = now
+        return True
 
     def drifted(self, wall: float, cpu: float) -> str | None:
         """Whether a thread call's figures disagree with the measured profile of a thread verdict.
@@ -126,7 +141,11 @@ class Entry:
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
-        self.timing_every = 1 if m.call_wall >= LONG_CALL_SECONDS else None
+        # Long by its own time: not the time it waited while other Python threads held the
+        # GIL (the probe late, their CPU) or for a CPU (a tiny call of a submit storm can
+        # wait 50 ms: timing all its calls then costs more than they do).
+        own = max(m.cpu, m.wall - m.runq - max(m.late, min(m.others_cpu, m.wall)))
+        self.timing_every = 1 if own >= LONG_CALL_SECONDS * m.calls else None
         heavy = kind == "thread" and cpu_heavy(m)
         if heavy and not reason.endswith(_HEAVY):
             reason += _HEAVY

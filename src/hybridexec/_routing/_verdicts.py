@@ -47,6 +47,10 @@ RECHECK_FIRST = 64
 """Calls between two routine re-checks, at first..."""
 RECHECK_MAX = 1024
 """...doubling each time a re-check confirms the verdict, up to this."""
+RECHECK_MIN_SECONDS = 0.25
+"""...and at most one routine re-check of a function in this long: a re-check costs ~1-2 ms
+(the probe thread, the measurement window, a new verdict), and a 5 us call re-checked every
+1024 calls spent a fifth of a submit storm's time on it. Drift re-checks are not limited."""
 SUSPECT_GAP_FIRST = 4
 """Calls between two re-checks triggered by drift, doubling when they confirm the verdict."""
 FLIP_AFTER = 2

@@ -1,0 +1,143 @@
+"""The unit of work that lanes run: one call, or a batch of calls of the same function.
+
+A batch resolves its single future to a list of ``Outcome`` pairs so that one failing item never
+hides the others. A task for a thread carries a copy of its submitter's ``contextvars`` context
+and runs in it. A single call is kept as its ``args`` and ``kwargs`` (no list of items made for
+it: a storm of submits makes fewer objects for the garbage collector to walk).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._futures import Future
+
+Outcome = tuple[bool, Any]
+"""``(True, value)`` or ``(False, exception)``: how one item of a batch ended."""
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+"""One call's ``(args, kwargs)``."""
+Items = list[Call]
+
+
+class Task:
+    """One call or a batch of calls, with the future that reports how it ended."""
+
+    __slots__ = (
+        "_items",
+        "args",
+        "batch",
+        "chosen",
+        "context",
+        "deadline",
+        "elapsed",
+        "fn",
+        "future",
+        "kwargs",
+        "payload",
+        "profile",
+        "route",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        items: Items | Call,
+        future: Future[Any],
+        *,
+        batch: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        self.fn = fn
+        # One call given as its (args, kwargs) pair is kept as both (no list, no pair: a storm
+        # of submits makes fewer objects for the garbage collector to walk); ``items`` then
+        # builds the list when asked.
+        if type(items) is tuple:
+            self._items: Items | None = None
+            self.args, self.kwargs = items
+        else:
+            self._items = items  # type: ignore[assignment]
+            self.args, self.kwargs = items[0] if items else ((), {})  # a batch: its first
+        self.future = future
+        self.batch = batch
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.payload: bytes | None = None  # pickled call, for the process lane
+        self.elapsed = 0.0  # seconds the call(s) took where they ran
+        # True when the library, not the user, chose the lane: interpreter exit waits for
+        # such work on a thread only a short while (it cannot be killed; see ThreadLane).
+        self.chosen = False
+        self.profile: Any = None  # the thread lane's record of what calls of fn do
+        # The submitter's context (a copy): thread tasks only (none crosses processes).
+        self.context: contextvars.Context | None = None
+        # The classifier's decision an auto-routed task was sent with: until it starts, the
+        # task follows that verdict's successors (late binding, see _routing/_binding.py).
+        self.route: Any = None
+
+    @property
+    def items(self) -> Items:
+        """The calls: a list of ``(args, kwargs)`` pairs (one unless ``batch``)."""
+        items = self._items
+        return [(self.args, self.kwargs)] if items is None else items
+
+    def start_clock(self) -> None:
+        if self.timeout is not None:
+            self.deadline = time.monotonic() + self.timeout
+
+    def call(self) -> Outcome:
+        """Run the calls in the current thread; return how they ended (no future touched).
+
+        A batch ends as ``(True, outcomes)``. Lanes settle the future themselves, after they
+        have marked the task finished (a deadline timer must not fire into done-callbacks).
+        """
+        fn = self.fn
+        context = self.context
+        started = time.perf_counter()
+        try:
+            if not self.batch:
+                try:
+                    if context is None:
+                        return True, fn(*self.args, **self.kwargs)
+                    return True, context.run(fn, *self.args, **self.kwargs)
+                except BaseException as exc:  # SystemExit in a task must not end the worker
+                    return False, exc
+            if context is not None:  # each item sees what the previous ones set, as in a loop
+                fn = functools.partial(context.run, fn)
+            return True, run_items(fn, self.items)
+        finally:
+            self.elapsed = time.perf_counter() - started
+
+    def release(self) -> None:
+        """Let go of the callable, the arguments and the pickled call: the task has ended.
+
+        What ran must not outlive its future being done (I3): a finished task may stay
+        referenced a while (a worker thread's loop, a ``map``'s bookkeeping, a timer).
+        """
+        self.fn = _released
+        self._items, self.args, self.kwargs = [], (), {}
+        self.payload = None
+        self.context = None  # its values may be large, and are the submitter's
+        self.route = None
+
+
+def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
+    """Run each item, capturing its result or exception."""
+    outcomes: list[Outcome] = []
+    append = outcomes.append
+    for args, kwargs in items:
+        try:
+            append((True, fn(*args, **kwargs)))
+        except BaseException as exc:  # SystemExit in one item must not lose the batch
+            append((False, exc))
+    return outcomes
+
+
+def _released(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the callable of a finished task (see ``Task.release``)."""
+    raise RuntimeError("this task has ended: its callable was released")
