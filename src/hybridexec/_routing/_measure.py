@@ -12,11 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._sched import (
-    ThreadSched,
-    others_cpu_since,
-    python_threads_cpu,
-)
+from ._sched import ThreadSched, others_cpu_since, python_threads_cpu
 
 PROBE_SLEEP = 0.001
 """Seconds the probe sleeps per cycle; its lateness on waking measures GIL contention."""
@@ -26,12 +22,9 @@ STALL_SLACK = 0.0005
 """A stall longer than ``STALL_SECONDS`` plus this is discarded."""
 LATE_NOISE = 0.0002
 """Lateness ignored per wake-up: an idle ``sleep(1 ms)`` on Linux oversleeps 50-150 us."""
-EARLY_IDLE_SECONDS = 0.004
-"""A first-call window whose thread used almost no CPU this long reports early: it waits."""
-EARLY_IDLE_CPU_RATIO = 0.05
-"""'Almost no CPU': below this share of the window's wall time."""
 EARLY_WINDOW_MAX = 0.05
-"""Only windows reporting within this long (first calls, not re-checks) report early."""
+"""Only windows reporting within this long (first calls, not re-checks) report early (see
+``_verdicts.early``)."""
 LINGER_SECONDS = 0.05
 """The probe thread exits after this long without an open window."""
 MIN_STALL_SECONDS = 0.0005
@@ -96,6 +89,7 @@ class Measurement:
         stalls_blocked: Decisive stalls (after an active control interval) in which the
             thread used no CPU and slept: blocked on the GIL.
         stalls_free: Decisive stalls in which the thread (or the process) used CPU.
+        stalls_own: Free stalls in which the thread itself ran: no other thread fakes those.
         stalls_queued: Stalls that ended with the thread runnable and idle: no sign.
         late: Seconds the probe woke late while the window was open (GIL busy), not counting
             the time the probe itself waited for a CPU.
@@ -119,6 +113,7 @@ class Measurement:
     stalls_blocked: int = 0
     stalls_free: int = 0
     stalls_queued: int = 0
+    stalls_own: int = 0
     late: float = 0.0
     span: float = 0.0
     complete: bool = True
@@ -181,7 +176,9 @@ class Measurement:
         if clocks and self.stall_wall - self.stall_runq >= SURE_STALL_SECONDS:
             return None
         if self.stalls_blocked + self.stalls_free >= MIN_STATE_SAMPLES:
-            return None if self.others_busy < OTHERS_BUSY else "one stall sample under load"
+            # Other threads cannot make the thread itself run while the probe holds the GIL.
+            own = self.stalls_own > 0 and self.stalls_blocked == 0
+            return None if own or self.others_busy < OTHERS_BUSY else "one stall sample under load"
         if self.run_wall < SURE_SPAN and not self._held_while_running():
             # A longer window the probe hardly sampled is telling on its own: something held
             # the GIL all along (other Python threads are looked at next).
@@ -307,6 +304,7 @@ class Window:
         "ctrl_cpu",
         "ctrl_runq",
         "ctrl_wall",
+        "early",
         "last_blocked",
         "late",
         "on_report",
@@ -324,6 +322,7 @@ class Window:
         "stall_wall",
         "stalls_blocked",
         "stalls_free",
+        "stalls_own",
         "stalls_queued",
         "t_open",
     )
@@ -333,15 +332,16 @@ class Window:
         clock: int | None,
         report_after: float | None,
         on_report: Callable[[Measurement], None] | None,
+        early: bool = False,
     ) -> None:
-        self.clock = clock
+        self.clock, self.early = clock, early  # early: a first call, see ``_verdicts.early``
         self.report_after = report_after
         self.on_report = on_report
         self.closed = False  # reported already, by close() or by the probe
         self.stall_wall = self.stall_cpu = self.proc_stall_cpu = self.stall_runq = 0.0
         self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = self.ctrl_runq = 0.0
         self.late = self.span = 0.0
-        self.stalls_blocked = self.stalls_free = self.stalls_queued = 0
+        self.stalls_blocked = self.stalls_free = self.stalls_queued = self.stalls_own = 0
         self.last_blocked: tuple[float, float, float, float] | None = None  # see _unblock_end
         self.sched = ThreadSched(threading.get_native_id())
         self.runq_open = self.sched.waited() or 0.0
@@ -367,10 +367,6 @@ class Window:
         waited = self.sched.waited()
         return None if waited is None else max(0.0, waited - self.runq_open)
 
-    def runnable(self) -> bool | None:
-        """Whether the measured thread is runnable now; read without releasing the GIL."""
-        return self.sched.runnable()
-
     def detach(self) -> list[int]:
         """Take the last run-queue figure, then give up the handles (see ``ThreadSched``)."""
         self.runq_close = self.read_runq()
@@ -391,6 +387,7 @@ class Window:
             stalls_blocked=self.stalls_blocked,
             stalls_free=self.stalls_free,
             stalls_queued=self.stalls_queued,
+            stalls_own=self.stalls_own,
             late=self.late,
             span=self.span,
             complete=complete,

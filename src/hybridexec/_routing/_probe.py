@@ -62,8 +62,6 @@ from .. import _lifecycle
 from ._measure import (
     ACTIVE_RATE,
     BUSY_RATE,
-    EARLY_IDLE_CPU_RATIO,
-    EARLY_IDLE_SECONDS,
     EARLY_WINDOW_MAX,
     LATE_NOISE,
     LINGER_SECONDS,
@@ -80,6 +78,7 @@ from ._measure import (
     perf_counter,
 )
 from ._sched import PROBE_THREAD, ThreadSched, clock_of, stall_sleep
+from ._verdicts import early
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
@@ -106,6 +105,7 @@ class GilProbe:
         self,
         report_after: float | None = None,
         on_report: Callable[[Measurement], None] | None = None,
+        early: bool = False,
     ) -> Window:
         """Open a window on the calling thread; call ``close`` from the same thread.
 
@@ -113,6 +113,8 @@ class GilProbe:
             report_after: Seconds after which the probe thread reports a partial measurement
                 to ``on_report`` and stops sampling; ``close`` then returns None.
             on_report: Receives that partial measurement, on the probe thread.
+            early: A first call's window: it reports as soon as it clearly runs GIL-free C
+                code (``_verdicts.early``), not only as soon as it clearly waits.
         """
         clock = None
         if clock_of is not None:
@@ -120,7 +122,7 @@ class GilProbe:
                 clock = clock_of(threading.get_ident())
             except OSError:
                 clock = None
-        window = Window(clock, report_after, on_report)
+        window = Window(clock, report_after, on_report, early)
         with self._cond:
             self._windows.append(window)
             if self._thread is None:
@@ -221,7 +223,7 @@ class GilProbe:
             runq1 = [w.read_runq() for w in windows]
             proc1 = time.process_time()
             stall_sleep(STALL_SECONDS)
-            states = [w.runnable() for w in windows]
+            states = [w.sched.runnable() for w in windows]
             runq2 = [w.read_runq() for w in windows]
             proc2 = time.process_time()
             ctrl2 = [w.read_cpu() for w in windows]
@@ -284,13 +286,12 @@ class GilProbe:
             if (runnable < w.report_after or (undecided and clock_of is not None)) and (
                 elapsed < REPORT_CAP * w.report_after
             ):
-                # A short (first-call) window on a thread that has hardly run though it could
-                # have: it waits (I/O, sleep, a lock). Say so now; the submitters waiting for
-                # the verdict go on.
-                if w.report_after > EARLY_WINDOW_MAX or runnable < EARLY_IDLE_SECONDS:
+                # A short (first-call) window says so now if its call clearly waits or runs
+                # GIL-free C code (``early``); the submitters waiting for the verdict go on.
+                if w.report_after > EARLY_WINDOW_MAX:
                     continue
                 cpu = w.read_cpu()
-                if cpu is None or cpu - w.cpu_open > EARLY_IDLE_CPU_RATIO * runnable:
+                if cpu is None or not early(w, cpu - w.cpu_open, runnable):
                     continue
             else:
                 cpu = w.read_cpu()
@@ -352,6 +353,7 @@ class _Cycle:
                 pass  # no sign either way
             elif used >= PROGRESS_RATE * (stall_wall - stall_q):
                 w.stalls_free += 1  # GIL-bound code cannot progress while the GIL is held
+                w.stalls_own += own
             elif state is False and stall_q < QUEUED_SHARE * stall_wall:
                 # It ran, then slept while the GIL was held: blocked on the GIL. A runnable
                 # thread merely lacked a CPU (the kernel adds a wait to schedstat only when

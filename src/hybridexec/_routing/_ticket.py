@@ -73,7 +73,7 @@ class Ticket:
 
         # A re-check looks longer (nobody waits for it), unless submitters wait (``hold``).
         long = recheck and not entry.hold
-        window = PROBE.open(RECHECK_WINDOW_SECONDS if long else WINDOW_SECONDS, report)
+        window = PROBE.open(RECHECK_WINDOW_SECONDS if long else WINDOW_SECONDS, report, not recheck)
         try:
             call()
         finally:

@@ -17,7 +17,7 @@ from .._process import usable_cpus
 from ._rules import ms
 
 if TYPE_CHECKING:
-    from ._measure import Measurement
+    from ._measure import Measurement, Window
 
 GIL_FRACTION_MIN = 0.3
 """Processes when a call holds the GIL at least this share of its running time..."""
@@ -116,6 +116,39 @@ def verdict(m: Measurement) -> tuple[str, str]:
     return "process", (
         f"it holds the GIL {m.gil_fraction:.0%} of its running time, "
         f"{ms(m.gil_seconds)} per call: threads would serialise on the GIL"
+    )
+
+
+EARLY_IDLE_SECONDS = 0.004
+"""A first-call window whose thread used almost no CPU this long reports early: it waits."""
+EARLY_IDLE_CPU_RATIO = 0.05
+"""'Almost no CPU': below this share of the window's wall time."""
+EARLY_FREE_STALLS = 2
+"""A first call found running on its own in this many stalls (``Measurement.stalls_own``),
+never blocked in one, reports early: GIL-free C code..."""
+EARLY_FREE_CPU_RATIO = 0.5
+"""...when it also kept a CPU busy this share of the time it could run."""
+
+
+def early(w: Window, cpu: float, runnable: float) -> bool:
+    """Whether a short window (``_measure.EARLY_WINDOW_MAX``) reports before its time.
+
+    The submitters waiting for the verdict go on then. Two cases are clear soon: a thread that
+    has hardly run though it could have (``cpu`` seconds in ``runnable`` seconds off a run
+    queue) waits (I/O, sleep, a lock); and, on a first call (``w.early``), one that kept a
+    CPU busy and ran in ``EARLY_FREE_STALLS`` stalls while the probe held the GIL, never
+    found blocked on it, runs GIL-free C code (GIL-bound code cannot run in a stall, whatever
+    else runs: a CPU hog only makes such stalls rarer, and the window then runs its course).
+    """
+    if runnable < EARLY_IDLE_SECONDS:
+        return False
+    if cpu <= EARLY_IDLE_CPU_RATIO * runnable:
+        return True
+    return (
+        w.early
+        and w.stalls_own >= EARLY_FREE_STALLS
+        and w.stalls_blocked == 0
+        and cpu >= EARLY_FREE_CPU_RATIO * runnable
     )
 
 
