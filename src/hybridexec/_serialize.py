@@ -100,8 +100,7 @@ def dumps_callable(fn: Any, main_imported: bool = False) -> bytes:
             except Exception:
                 pass  # by value after all
             else:
-                with _by_reference_lock:
-                    _main_references[fn] = ref
+                _remember(fn, ref, _main_references)
                 return ref
     if "cloudpickle" not in sys.modules and (
         (plain and fn.__module__ != "__main__")
@@ -173,11 +172,15 @@ def _parse_top_level_defs(path: str) -> dict[str, set[int]]:
     return defs
 
 
-def _remember(fn: Any, data: bytes) -> None:
+def _remember(
+    fn: Any, data: bytes, cache: weakref.WeakKeyDictionary[Any, bytes] | None = None
+) -> None:
+    # Bounded: a program that makes functions on the fly does not grow it for ever.
+    cache = _by_reference if cache is None else cache
     with _by_reference_lock:
-        if len(_by_reference) >= _BY_REFERENCE_MAX:
-            _by_reference.clear()
-        _by_reference[fn] = data
+        if len(cache) >= _BY_REFERENCE_MAX:
+            cache.clear()
+        cache[fn] = data
 
 
 def loads(data: bytes) -> Any:
