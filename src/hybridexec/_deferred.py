@@ -169,8 +169,15 @@ class Deferrals:
         Calls whose placers still wait for a verdict are taken over too, so this never waits
         for a verdict; it waits only for placers that are handing a call to its lane.
         """
-        for call in self._take(placing=True):
-            self._place(call, None)
+        token = object()  # another flush (at exit, say) waits for these placements too
+        calls = self._take(placing=True, token=token)
+        try:
+            for call in calls:
+                self._place(call, None)
+        finally:
+            with self._lock:
+                self._placing.discard(token)
+                self._idle.notify_all()
         self._wait_placing()
 
     def cancel(self) -> None:
@@ -183,9 +190,12 @@ class Deferrals:
         with self._lock:
             self._idle.wait_for(lambda: not self._placing, FLUSH_WAIT)
 
-    def _take(self, placing: bool = False) -> list[_Call]:
-        # The queued calls, taken out, and (if asked) those whose placers await a verdict.
+    def _take(self, placing: bool = False, token: object = None) -> list[_Call]:
+        # The queued calls, taken out, and (if asked) those whose placers await a verdict;
+        # ``token`` counts as a placer until the caller has placed them.
         with self._lock:
+            if token is not None:
+                self._placing.add(token)
             calls = [c for q in self._queues.values() for c in q]
             for q in self._queues.values():
                 q.clear()
