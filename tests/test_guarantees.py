@@ -460,6 +460,30 @@ def test_parent_sigkill_with_forked_child_alive_leaves_no_orphans(run_script: An
     ]
 
 
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_parent_sigkill_frees_its_segments_and_its_workers_without_a_janitor(
+    run_script: Any, method: str
+) -> None:
+    # Before: the segments of a SIGKILLed parent (and of the workers killed with it) stayed in
+    # /dev/shm until some later Executor ran the janitor. The guardian now unlinks them.
+    s = run_script(
+        f"""
+        ex = hx.Executor(max_processes=1, start_method={method!r})
+        mine = hx.SharedBuffer(4096)
+        worker = ex.options(kind="process").submit(gs.make_segment_then, "keep")
+        say(parent=os.getpid(), worker=int(worker.result(timeout=30)))
+        time.sleep(60)
+        """
+    )
+    out = s.read(60)
+    parent, worker = out["parent"], out["worker"]
+    assert _segments_of(parent), out
+    assert _segments_of(worker), out
+    assert _after_parent_sigkill(s) == []
+    gone = wait_until(lambda: not _segments_of(parent) and not _segments_of(worker), 3.0)
+    assert gone, (_segments_of(parent), _segments_of(worker))
+
+
 # ---- I4: parent SIGKILL in other states ---------------------------------------------------------
 
 

@@ -128,9 +128,15 @@ def lifeline() -> tuple[Any, Any]:
 # only killed while it is the process registered (same start time in /proc), or when no process
 # has it any more but its group still has members (the kernel never reuses a pid that is still
 # a group id, so that group is ours). Entries whose process and group are both gone are pruned.
+# Then the shared-memory segments of this process (its parent) and of those it killed go, once
+# they are dead (names ``hx<pid>_<16 hex>``): nothing else would unlink them until the next
+# Executor's janitor. EOF comes as the kernel closes a dying parent's files, before it is dead:
+# the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this process is alive
+# and unlinks its own. A live owner's segments are never touched, nor a pid no longer ours.
 GUARDIAN = """
-import os, signal
+import os, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
+owner = os.getppid()
 def started(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
@@ -149,13 +155,17 @@ def group_alive(pid):
         return False
 pids = {}
 rest = b""
+orderly = False
 while True:
     chunk = os.read(0, 4096)
     if not chunk:
         break
     *lines, rest = (rest + chunk).split(b"\\n")
     for line in lines:
-        pids[int(line)] = started(int(line))
+        if line == b"x":
+            orderly = True
+        else:
+            pids[int(line)] = started(int(line))
     if len(pids) > 64:
         pids = {p: w for p, w in pids.items() if started(p) == w or group_alive(p)}
 for pid, when in pids.items():
@@ -166,6 +176,34 @@ for pid, when in pids.items():
                 break
             except OSError:
                 pass
+def dead(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:][:1] in (b"Z", b"X")
+owners = {pid for pid, when in pids.items() if ours(pid, when)}
+if not orderly:
+    owners.add(owner)
+deadline = time.monotonic() + 1.0
+while not all(dead(pid) for pid in owners) and time.monotonic() < deadline:
+    time.sleep(0.01)
+owners = {pid for pid in owners if dead(pid)}
+try:
+    names = os.listdir("/dev/shm")
+except OSError:
+    names = []
+for name in names:
+    pid, _, rest = name[2:].partition("_")
+    if name[:2] == "hx" and pid.isdigit() and int(pid) in owners and len(rest) == 16:
+        try:
+            if os.lstat("/dev/shm/" + name).st_uid == os.getuid():
+                os.unlink("/dev/shm/" + name)
+        except OSError:
+            pass
 """
 
 GUARDIAN_NAME = "hybridexec-guardian"
@@ -314,6 +352,10 @@ def _stop_guardian() -> None:
         guardian, _guardian = _guardian, None
     if guardian is None:
         return
+    try:
+        os.write(guardian.fd, b"x\n")  # orderly: it must not wait for us to die
+    except OSError:
+        pass  # it died: nothing to tell
     guardian.close()
     guardian.wait(1.0)
 

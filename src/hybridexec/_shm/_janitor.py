@@ -32,9 +32,11 @@ def _pid_alive(pid: int) -> bool:
 def cleanup_shared_memory() -> list[str]:
     """Remove hybridexec shared-memory segments whose owner process is dead.
 
-    Segments are named after the pid of the process that owns them. When a whole process group
-    is SIGKILLed, nothing runs to unlink its segments and they stay in ``/dev/shm`` for good;
-    this removes them. It runs when an ``Executor`` starts; call it yourself after a crash.
+    Segments are named after the pid of the process that owns them. When a process is SIGKILLed
+    and no guardian outlived it (the guardian starts with the first worker or process actor and
+    unlinks the segments of a dead parent and of the workers it kills), nothing runs to unlink
+    its segments and they stay in ``/dev/shm`` for good; this removes them. It runs when an
+    ``Executor`` starts; call it yourself after a crash.
     Only segments of the current user are touched. A live owner's segments are never touched.
 
     Returns:
