@@ -8,6 +8,7 @@ so the parent can chain it as ``__cause__``.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
 import threading
@@ -67,21 +68,17 @@ _by_reference_lock = threading.Lock()
 _BY_REFERENCE_MAX = 256
 
 
-def dumps_callable(fn: Any, main_imported: bool = False) -> bytes:
+def dumps_callable(fn: Any) -> bytes:
     """Pickle a callable by value where needed (cloudpickle).
 
     A plain function that its module names (``module.qualname`` finds this very object, and
     the module is not ``__main__``) pickles by reference: its bytes never change, so they are
     cached per function object, held weakly (a function that goes away leaves the cache; a
     new one at the same address is another key). Everything else (lambdas, closures,
-    ``__main__`` functions, bound methods, partials) is pickled by value on every call, since
-    what it captures may have changed since the last one.
-
-    With ``main_imported`` (the receiver imported the script as ``__main__``, as a process
-    lane's worker does, its guarded part excepted), a function the script defines at its top
-    level goes by reference too, as ``concurrent.futures`` sends it: the worker's own copy of
-    the script then runs it, so an initializer and the tasks share the script's globals
-    (by value, each call would carry a copy of them of its own).
+    ``__main__`` functions, bound methods, partials) is pickled by value on every call, with
+    the values of the globals it uses as they are now: what a thread would see if the call ran
+    here (guarantee I2, whichever lane the router picks). A global that a worker's initializer
+    touched is the worker's own, as with ``concurrent.futures`` (``adopt``).
 
     Raises:
         SerializationError: the callable cannot be pickled; the cause is chained.
@@ -90,18 +87,6 @@ def dumps_callable(fn: Any, main_imported: bool = False) -> bytes:
     cached = _by_reference.get(fn) if plain else None
     if cached is not None:
         return cached
-    if main_imported and plain and fn.__module__ == "__main__":
-        cached = _main_references.get(fn)
-        if cached is not None:
-            return cached
-        if _top_level_in_main(fn):
-            try:
-                ref: bytes = pickle.dumps(fn, PROTOCOL)
-            except Exception:
-                pass  # by value after all
-            else:
-                _remember(fn, ref, _main_references)
-                return ref
     if "cloudpickle" not in sys.modules and (
         (plain and fn.__module__ != "__main__")
         or (type(fn) is types.BuiltinFunctionType and type(fn.__self__) is types.ModuleType)
@@ -132,44 +117,60 @@ def dumps_callable(fn: Any, main_imported: bool = False) -> bytes:
     return data
 
 
-_main_references: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-_main_defs: dict[str, dict[str, set[int]]] = {}  # script path -> top-level def name -> lines
+# ---- a worker's side: the globals its initializer set -----------------------------------------
+# A ``__main__`` function arrives by value with a globals dict of its own, holding the parent's
+# values of the globals it uses. The stdlib idiom "the initializer sets a global, the tasks read
+# it" needs the worker's values of what its initializer touched: ``run_initializer`` keeps them,
+# and ``adopt`` lays them over each task's globals as the task is unpickled.
+
+_initialized: dict[str, Any] = {}
 
 
-def _top_level_in_main(fn: types.FunctionType) -> bool:
-    """Whether ``fn`` is a top-level ``def`` of the ``__main__`` script (in no block).
+def _by_value_globals(fn: Any) -> dict[str, Any] | None:
+    """The globals of a ``__main__`` function that came by value, or None.
 
-    That is the one a worker that imports the script finds under its name.
-
-    The script is parsed once (``ast``); a function defined in the ``if __name__ ==
-    "__main__":`` block, in any other block, or redefined after, does not qualify.
+    Partials and bound methods are looked through.
     """
+    for _ in range(8):  # a partial of a partial of ...
+        inner = getattr(fn, "func", None) if type(fn) is functools.partial else None
+        if inner is None and type(fn) is types.MethodType:
+            inner = fn.__func__
+        if inner is None:
+            break
+        fn = inner
+    if type(fn) is not types.FunctionType:
+        return None
+    found: dict[str, Any] = fn.__globals__
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    name = fn.__name__
-    if not isinstance(path, str) or fn.__qualname__ != name or getattr(main, name, None) is not fn:
-        return False
-    defs = _main_defs.get(path)
-    if defs is None:
-        defs = _main_defs[path] = _parse_top_level_defs(path)
-    return fn.__code__.co_firstlineno in defs.get(name, ())
+    if found.get("__name__") != "__main__" or found is getattr(main, "__dict__", None):
+        return None
+    return found
 
 
-def _parse_top_level_defs(path: str) -> dict[str, set[int]]:
-    import ast  # on first use: only scripts that send their own functions to processes
+def run_initializer(fn: Any, args: tuple[Any, ...]) -> None:
+    """Run a worker's initializer; keep the ``__main__`` globals it set or used, for ``adopt``.
 
-    try:
-        with open(path, "rb") as f:
-            tree = ast.parse(f.read(), path)
-    except (OSError, SyntaxError, ValueError):
-        return {}  # nothing qualifies: by value, as before
-    defs: dict[str, set[int]] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            # co_firstlineno is the first decorator's line, if any
-            lines = {node.lineno, *(d.lineno for d in node.decorator_list)}
-            defs.setdefault(node.name, set()).update(lines)
-    return defs
+    Raises:
+        BaseException: what the initializer raised.
+    """
+    fn(*args)
+    found = _by_value_globals(fn)
+    if found is not None:
+        _initialized.update(
+            (name, value) for name, value in found.items() if not name.startswith("__")
+        )
+
+
+def adopt(fn: Any) -> Any:
+    """Lay the globals this worker's initializer set over those ``fn`` brought; return ``fn``.
+
+    Called once per callable unpickled in a worker (the worker caches them by their bytes).
+    """
+    if _initialized:
+        found = _by_value_globals(fn)
+        if found is not None:
+            found.update(_initialized)
+    return fn
 
 
 def _remember(

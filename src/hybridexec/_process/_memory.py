@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import MemoryLimitError
-from .._serialize import dumps_callable, loads
+from .._serialize import adopt, dumps_callable, loads
 from ._child import resident_memory
 
 if sys.platform.startswith("linux"):
@@ -62,7 +62,7 @@ class MemoryLimited:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The function pickled as every task's is (by reference and cached where it can be).
-        return (_load, (dumps_callable(self.fn, main_imported=True), self.max_memory))
+        return (_load, (dumps_callable(self.fn), self.max_memory))
 
     def __repr__(self) -> str:
         return f"<{name_of(self.fn)} with max_memory={self.max_memory}>"
@@ -82,7 +82,7 @@ class MemoryLimited:
 
 
 def _load(fn_bytes: bytes, max_memory: int) -> MemoryLimited:
-    return MemoryLimited(loads(fn_bytes), max_memory)
+    return MemoryLimited(adopt(loads(fn_bytes)), max_memory)
 
 
 def name_of(fn: Callable[..., Any]) -> str:

@@ -48,7 +48,7 @@ def encode_call(
     Raises:
         SerializationError: the callable or an argument cannot be pickled.
     """
-    fn_bytes = dumps_callable(fn, main_imported=True)  # workers import the script
+    fn_bytes = dumps_callable(fn)
     try:
         if placement is None:
             return dumps((fn_bytes, items, batch))

@@ -24,7 +24,15 @@ from typing import Any, NamedTuple
 
 from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
-from .._serialize import PROTOCOL, dumps, dumps_callable, loads, pack_exception
+from .._serialize import (
+    PROTOCOL,
+    adopt,
+    dumps,
+    dumps_callable,
+    loads,
+    pack_exception,
+    run_initializer,
+)
 from .._shm import dumps_reply
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
@@ -68,8 +76,8 @@ class Initializer:
     Under spawn and forkserver, multiprocessing pickles a new process's arguments while it
     starts it, and only then do objects that may only be inherited (a ``multiprocessing.Lock``
     or ``Queue``, as tqdm passes) agree to pickle. Under fork nothing is pickled at all.
-    Callables go as tasks do (``_serialize.dumps_callable``: a script's top-level functions by
-    reference, lambdas and the like by value).
+    Callables go as tasks do (``_serialize.dumps_callable``); the ``__main__`` globals an
+    initializer sent by value set are laid over the tasks' (``_serialize.run_initializer``).
     """
 
     __slots__ = ("args", "fn")
@@ -79,7 +87,7 @@ class Initializer:
         self.args = args
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_load_initializer, (dumps_callable(self.fn, main_imported=True), self.args))
+        return (_load_initializer, (dumps_callable(self.fn), self.args))
 
 
 def _load_initializer(fn_bytes: bytes, args: tuple[Any, ...]) -> Initializer:
@@ -110,7 +118,7 @@ def worker_main(
     init_error: bytes | None = None
     if initializer is not None:
         try:
-            initializer.fn(*initializer.args)
+            run_initializer(initializer.fn, initializer.args)
         except BaseException as exc:
             # Logged where ProcessPoolExecutor's workers log it, for code that listens there.
             logging.getLogger("concurrent.futures").critical(
@@ -215,7 +223,7 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
         fn_bytes, items, _batch = loads(data)
         entry = functions.get(fn_bytes)
         if entry is None:
-            entry = [loads(fn_bytes), None]
+            entry = [adopt(loads(fn_bytes)), None]
             if len(functions) >= _FN_CACHE_SIZE:
                 functions.clear()
             functions[fn_bytes] = entry
