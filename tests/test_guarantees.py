@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -482,6 +483,57 @@ def test_parent_sigkill_frees_its_segments_and_its_workers_without_a_janitor(
     assert _after_parent_sigkill(s) == []
     gone = wait_until(lambda: not _segments_of(parent) and not _segments_of(worker), 3.0)
     assert gone, (_segments_of(parent), _segments_of(worker))
+
+
+KILLED_PARENT = textwrap.dedent(
+    """
+    import time
+    import hybridexec as hx
+
+    if __name__ == "__main__":
+        ex = hx.Executor(max_processes=1)
+        ex.options(kind="process").submit(abs, -1).result(30)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_parent_sigkill_leaves_no_multiprocessing_temp_dir(tmp_path: Path) -> None:
+    # Outside tester, round 5, defect 9 (I3/I4 spirit: "nothing left in /tmp"). The fork
+    # server's /tmp/pymp-XXXX directory (its listener socket) stayed after the parent was
+    # SIGKILLed, though the guardian ended every descendant; 1300 of them piled up on the test
+    # machine. (The stdlib pool leaves it too.) The guardian now removes it.
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    script = tmp_path / "job.py"
+    script.write_text(KILLED_PARENT)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        assert [p.name for p in tmpdir.iterdir() if p.name.startswith("pymp-")]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 3.0
+        left = [p.name for p in tmpdir.iterdir()]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling for the cleanup, bounded
+            left = [p.name for p in tmpdir.iterdir()]
+        assert left == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # ---- I4: parent SIGKILL in other states ---------------------------------------------------------

@@ -133,6 +133,8 @@ def lifeline() -> tuple[Any, Any]:
 # Executor's janitor. EOF comes as the kernel closes a dying parent's files, before it is dead:
 # the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this process is alive
 # and unlinks its own. A live owner's segments are never touched, nor a pid no longer ours.
+# Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork server's
+# socket), which its exit would have removed; ``d<path>`` lines name it.
 GUARDIAN = """
 import os, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -156,6 +158,7 @@ def group_alive(pid):
 pids = {}
 rest = b""
 orderly = False
+tempdirs = set()
 while True:
     chunk = os.read(0, 4096)
     if not chunk:
@@ -164,6 +167,8 @@ while True:
     for line in lines:
         if line == b"x":
             orderly = True
+        elif line[:1] == b"d":
+            tempdirs.add(line[1:])
         else:
             pids[int(line)] = started(int(line))
     if len(pids) > 64:
@@ -204,6 +209,19 @@ for name in names:
                 os.unlink("/dev/shm/" + name)
         except OSError:
             pass
+if owner in owners:
+    for top in tempdirs:
+        if os.path.basename(top).startswith(b"pymp-"):
+            for root, dirs, files in os.walk(top, topdown=False):
+                for name in files + dirs:
+                    try:
+                        (os.rmdir if name in dirs else os.unlink)(os.path.join(root, name))
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(top)
+            except OSError:
+                pass
 """
 
 GUARDIAN_NAME = "hybridexec-guardian"
@@ -313,6 +331,10 @@ def start_guardian_early() -> None:
             os.close(write)
             return
         _guardian = _Guardian(pid, write, None)
+        try:
+            _tell_tempdir(write)  # the fork server's, when it was forked first
+        except OSError:
+            pass  # it died already: guard() starts another
         _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
 
 
@@ -340,8 +362,29 @@ def guard(pid: int) -> None:
                 _guardian = _Guardian(popen.pid, popen.stdin.fileno(), popen)
                 _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
             os.write(_guardian.fd, b"%d\n" % pid)
+            _tell_tempdir(_guardian.fd)
         except OSError as exc:
             logger.warning("hybridexec: no guardian for child %d: %r", pid, exc)
+
+
+_tempdir_told: str | None = None
+_tempdir_inherited: str | None = None  # a forked child's copy of its parent's: never to remove
+
+
+def _tempdir() -> str | None:
+    # multiprocessing's per-process temporary directory, if made (``util.get_temp_dir`` makes it).
+    config = getattr(multiprocessing.current_process(), "_config", None)
+    tempdir = config.get("tempdir") if isinstance(config, dict) else None
+    return tempdir if isinstance(tempdir, str) else None
+
+
+def _tell_tempdir(fd: int) -> None:
+    """Name multiprocessing's temporary directory to the guardian, once: it is ours to remove."""
+    global _tempdir_told
+    tempdir = _tempdir()
+    if tempdir is not None and tempdir not in (_tempdir_told, _tempdir_inherited):
+        os.write(fd, b"d" + os.fsencode(tempdir) + b"\n")
+        _tempdir_told = tempdir
 
 
 def _stop_guardian() -> None:
@@ -366,7 +409,8 @@ def _after_fork() -> None:
     # lives. The lifeline's read end is dropped, not closed: under the fork start method it is
     # the very object the new worker watches. The guardian stays the parent's (this child
     # starts its own with its first child); it is dropped without a wait.
-    global _lifeline_pair, _lifeline_lock, _guardian, _guardian_lock
+    global _lifeline_pair, _lifeline_lock, _guardian, _guardian_lock, _tempdir_inherited
+    _tempdir_inherited = _tempdir()  # the parent's: this child's guardian must never remove it
     _lifeline_lock = threading.Lock()
     pair, _lifeline_pair = _lifeline_pair, None
     if pair is not None:
