@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._rules import Decision
+from ._rules import Decision, ms
 from ._verdicts import (
+    DEMOTE_CPU_RATIO,
+    DEMOTE_GIL_SECONDS,
     DRIFT_FACTOR,
+    FEEDBACK_MIN_CALLS,
     GIL_SECONDS_MIN,
     LONG_CALL_SECONDS,
     RECHECK_FIRST,
@@ -16,6 +19,9 @@ from ._verdicts import (
     UNSURE_TRIES,
     Key,
     cpu_heavy,
+    cpu_share,
+    ewma,
+    jumped,
     unsure,
 )
 
@@ -138,6 +144,30 @@ class Entry:
         ):
             return "heavier"
         return "lighter" if ratio * DRIFT_FACTOR < profile else None
+
+    def process_feedback(self, wall: float, cpu: float, calls: int) -> Decision | None:
+        """Add the figures of calls run in a process; a thread verdict if they say it waits.
+
+        With the classifier's lock held. ``wall`` and ``cpu`` are seconds per call.
+        """
+        ratio = cpu / wall if wall > 0 else 0.0
+        if self.proc_samples == 0 or jumped(self.proc_ratio, ratio):
+            # A call unlike the average (a function that changed behaviour): the averages
+            # start over from it, so FEEDBACK_MIN_CALLS calls of the new kind are enough.
+            self.proc_cpu, self.proc_ratio, self.proc_samples = cpu, ratio, 0
+        else:
+            self.proc_cpu = ewma(self.proc_cpu, cpu)
+            self.proc_ratio = ewma(self.proc_ratio, ratio)
+        self.proc_samples += calls  # a record may sum several calls (the manager's turn)
+        if self.proc_samples < FEEDBACK_MIN_CALLS:
+            return None
+        if self.proc_ratio < DEMOTE_CPU_RATIO * cpu_share():
+            why = f"in a process it used {self.proc_ratio:.0%} of a CPU: it mostly waits"
+        elif self.proc_cpu < DEMOTE_GIL_SECONDS:
+            why = f"in a process a call used {ms(self.proc_cpu)} of CPU: cheaper on a thread"
+        else:
+            return None
+        return Decision("thread", f"{why} (feedback)", source=self)
 
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
