@@ -15,6 +15,7 @@ from ._verdicts import (
     LONG_CALL_SECONDS,
     RECHECK_FIRST,
     RECHECK_MIN_SECONDS,
+    SETTLED_EVERY,
     SUSPECT_GAP_FIRST,
     UNSURE_TRIES,
     Key,
@@ -90,7 +91,8 @@ class Entry:
         self.hold: bool = False  # submitters wait for the re-check asked by a drift
         # Read by the router's sampler (``_decisions.Sampler``) once per verdict: time every
         # call of a function whose calls are long (a drift is seen at once, for under 0.5%
-        # of a call); None: the sampler's default (one call in 16).
+        # of a call); None: the sampler's default (one call in 16); SETTLED_EVERY for short
+        # calls of a verdict that re-checks confirmed.
         self.timing_every: int | None = None
 
     def settle(self, m: Measurement) -> tuple[Measurement, str | None, bool]:
@@ -175,7 +177,10 @@ class Entry:
         # GIL (the probe late, their CPU) or for a CPU (a tiny call of a submit storm can
         # wait 50 ms: timing all its calls then costs more than they do).
         own = max(m.cpu, m.wall - m.runq - max(m.late, min(m.others_cpu, m.wall)))
-        self.timing_every = 1 if own >= LONG_CALL_SECONDS * m.calls else None
+        if own >= LONG_CALL_SECONDS * m.calls:
+            self.timing_every = 1
+        else:  # short calls: the sampler's default, fewer once re-checks confirmed the verdict
+            self.timing_every = SETTLED_EVERY if self.recheck_every > RECHECK_FIRST else None
         heavy = kind == "thread" and cpu_heavy(m)
         if heavy and not reason.endswith(_HEAVY):
             reason += _HEAVY

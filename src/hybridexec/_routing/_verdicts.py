@@ -59,7 +59,10 @@ LONG_CALL_SECONDS = 0.001
 """Every call of a function whose measured calls last this long is timed for feedback (two
 clock reads and the classifier's lock, a few microseconds): a change of behaviour is seen on
 the first wave of calls that shows it. Shorter calls are timed one in 16."""
-"""Contrary re-checks in a row needed to change a verdict."""
+SETTLED_EVERY = 64
+"""Shorter calls are timed one in 16 (``_decisions.SAMPLE_EVERY``), and one in this many once
+a re-check confirmed their verdict: a timed call costs 2-3 us, a quarter of a tiny call's
+whole submit (issue 17's storm), and the figures stand for the calls not timed."""
 HEAVY_CPU_RATIO = 0.5
 """A thread verdict whose measured call kept its thread on a CPU at least this share of the
 time it could run is CPU-heavy: it takes a CPU slot (the governor) on the capped lane."""
