@@ -23,6 +23,7 @@ from ._verdicts import (
     cpu_share,
     ewma,
     jumped,
+    threads_meanwhile,
     unsure,
 )
 
@@ -105,8 +106,10 @@ class Entry:
         """
         if self.pending is not None:
             m = self.pending.merged(m)
-        doubt = unsure(m, first=self.decision is None)
+        first = self.decision is None
+        doubt = unsure(m, first=first)
         again = doubt is not None and self.tries < UNSURE_TRIES
+        again = again and not (first and threads_meanwhile(m))
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again
 

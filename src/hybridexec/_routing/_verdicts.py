@@ -187,6 +187,26 @@ def unsure(m: Measurement, first: bool = False) -> str | None:
     return None
 
 
+def threads_meanwhile(m: Measurement) -> bool:
+    """Whether a first measurement in doubt goes to threads at once, without a second look.
+
+    A whole call too short for the probe to sample (under ``_measure.SURE_SPAN``), never
+    found blocked on the GIL, whose figures lean to threads: a second measured call would
+    hold every call submitted with it for one more call's length, only to confirm threads
+    (sha256 of 8 MB, 5 ms: issue 15's GIL-free row); GIL-bound code leans to processes
+    (the probe wakes late), and keeps its second look. The verdict is marked unsettled
+    and re-checked within ``SUSPECT_GAP_FIRST`` calls (``LearningClassifier._conclude``).
+    """
+    from ._measure import SURE_SPAN  # loaded with the first measured call
+
+    return (
+        m.complete
+        and m.stalls_blocked == 0
+        and m.run_wall < SURE_SPAN
+        and verdict(m)[0] == "thread"
+    )
+
+
 def cpu_heavy(m: Measurement) -> bool:
     """Whether a call judged for threads keeps a CPU busy (GIL-free C code, not a wait).
 
