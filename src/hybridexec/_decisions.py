@@ -12,9 +12,11 @@ A storm of tiny calls pays the router on every call; two helpers keep that small
   (one made up while a function is being learned is a new object each time), never one that
   measures the call; the function is held weakly (what ran must not outlive its future).
 - ``Sampler`` times one call in ``SAMPLE_EVERY`` of a decision (the first one, then every
-  ``SAMPLE_EVERY``-th) and records it as standing for the calls since the last one timed: the
-  classifier's counts, re-checks and averages stay as if each call were timed, at a fraction
-  of the cost (a timed call reads two clocks and takes the classifier's lock).
+  ``SAMPLE_EVERY``-th; or the period the classifier asks for: every call of a long function,
+  one in 64 once re-checks confirmed a verdict) and records it as standing for the calls since
+  the last one timed: the classifier's counts, re-checks and averages stay as if each call
+  were timed, at a fraction of the cost (a timed call reads two clocks and takes the
+  classifier's lock; it goes straight to the entry of its verdict, ``Weighted``).
 """
 
 from __future__ import annotations
