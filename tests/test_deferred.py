@@ -17,6 +17,8 @@ import hybridexec
 from hybridexec._routing import Decision, LearningClassifier, WouldWait, _ticket
 from hybridexec._routing._rules import waiting_refused
 
+from .conftest import wait_until
+
 pytestmark = pytest.mark.timeout(60)
 
 HELD = 3.0  # the longest the first call is held (the old submit took 0.25 s per call)
@@ -173,3 +175,38 @@ def test_no_thread_for_a_placer_means_the_submitter_waits_as_before(
         second = ex.submit(held, gate, 1)
         assert second.result(timeout=30)[0] == 1
         assert first.result(timeout=30) == (0, "unset", True)
+
+
+def also_held(gate: threading.Event, x: int) -> tuple[int, str, bool]:
+    """A second function being learned (its own key)."""
+    return held(gate, x)
+
+
+def test_the_next_function_learned_is_handed_to_a_spare_placer_not_a_new_thread(
+    no_early_verdict: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The submitter waits in Thread.start until a new thread runs: 2-11 ms while measured
+    # calls hold the GIL. A spare placer, started by the first one, takes the next key.
+    gate = threading.Event()
+    with hybridexec.Executor() as ex:
+        futures = [ex.submit(held, gate, 0), ex.submit(held, gate, 1)]  # a placer, a spare
+        deferrals = ex._router.deferrals
+        assert deferrals is not None
+        assert wait_until(lambda: deferrals._spares == 1, 10.0)
+        started: list[str] = []
+        start = threading.Thread.start
+
+        def counted(thread: threading.Thread) -> None:
+            if threading.current_thread() is threading.main_thread():
+                started.append(thread.name)
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", counted)
+        futures += [ex.submit(also_held, gate, 2), ex.submit(also_held, gate, 3)]
+        assert "hybridexec-placer" not in started
+        gate.set()
+        assert [f.result(timeout=30)[0] for f in futures] == [0, 1, 2, 3]
+        # Nothing left to learn: the spares end.
+        assert wait_until(
+            lambda: not any(t.name == "hybridexec-placer" for t in threading.enumerate()), 10.0
+        )

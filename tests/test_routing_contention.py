@@ -162,6 +162,34 @@ def test_a_measurement_in_doubt_asks_for_the_next_call_and_sums_the_figures() ->
     assert two.gil_seconds == pytest.approx(0.01)  # per call
 
 
+def test_a_short_whole_call_leaning_to_threads_gets_threads_at_once_and_a_look_soon() -> None:
+    # sha256 of 8 MB: 5 ms, over before the probe took a decisive stall; the GIL was free.
+    short_free = Measurement(wall=0.005, cpu=0.005, late=0.0002, span=0.004)
+    assert short_free.doubt is not None
+    assert verdicts.threads_meanwhile(short_free)
+    clf = LearningClassifier()
+    assert clf.classify(spin, (), {}).probe is not None
+    entry = next(iter(clf._entries.values()))
+    clf._conclude(entry, short_free, recheck=False)
+    decision = clf.classify(spin, (), {})
+    assert decision.probe is None  # no second measured call: its submitters go on now
+    assert decision.kind == "thread"
+    assert "not settled" in decision.reason
+    assert entry.recheck_every == verdicts.SUSPECT_GAP_FIRST
+    # Leaning to processes (the probe woke late), cut short by the window, or found blocked
+    # once: the second look stays.
+    short_held = Measurement(wall=0.005, cpu=0.005, late=0.004, span=0.004)
+    assert not verdicts.threads_meanwhile(short_held)
+    cut = Measurement(wall=0.005, cpu=0.005, late=0.0002, span=0.004, complete=False)
+    assert not verdicts.threads_meanwhile(cut)
+    blocked = Measurement(wall=0.005, cpu=0.005, stalls_blocked=1, stalls_free=1)
+    assert not verdicts.threads_meanwhile(blocked)
+    clf = LearningClassifier()
+    assert clf.classify(spin, (), {}).probe is not None
+    clf._conclude(next(iter(clf._entries.values())), short_held, recheck=False)
+    assert clf.classify(spin, (), {}).probe is not None
+
+
 def test_doubt_that_persists_gives_threads_meanwhile_and_looks_again_soon() -> None:
     clf = LearningClassifier()
     for _ in range(1 + verdicts.UNSURE_TRIES):

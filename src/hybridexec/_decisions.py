@@ -12,9 +12,11 @@ A storm of tiny calls pays the router on every call; two helpers keep that small
   (one made up while a function is being learned is a new object each time), never one that
   measures the call; the function is held weakly (what ran must not outlive its future).
 - ``Sampler`` times one call in ``SAMPLE_EVERY`` of a decision (the first one, then every
-  ``SAMPLE_EVERY``-th) and records it as standing for the calls since the last one timed: the
-  classifier's counts, re-checks and averages stay as if each call were timed, at a fraction
-  of the cost (a timed call reads two clocks and takes the classifier's lock).
+  ``SAMPLE_EVERY``-th; or the period the classifier asks for: every call of a long function,
+  one in 64 once re-checks confirmed a verdict) and records it as standing for the calls since
+  the last one timed: the classifier's counts, re-checks and averages stay as if each call
+  were timed, at a fraction of the cost (a timed call reads two clocks and takes the
+  classifier's lock; it goes straight to the entry of its verdict, ``Weighted``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hybridexec")
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]
+_Seen = tuple["Decision", "itertools.count[int]", int, "Weighted | None", "Weighted | None"]
+"""A decision's sampler entry (``Sampler.counter``)."""
 
 SAMPLE_EVERY = 16
 """One thread call in this many of a decision is timed for the classifier."""
@@ -155,11 +159,10 @@ class Plans:
             return None
         future: Future[Any] = Future("thread")
         n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
-        if (n and n % entry.every) or self.classifier is None:
+        clf = None if n and n % entry.every else entry.rest if n else entry.first
+        if clf is None:  # not timed (or no classifier)
             task = Task(fn, (args, kwargs), future)
         else:
-            every = entry.every
-            clf = self.classifier if not n or every == 1 else Weighted(self.classifier, every)
             task = TimedTask(fn, (args, kwargs), future, clf, None)
         task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
         task.route = entry.route  # late binding: it follows newer verdicts
@@ -231,9 +234,8 @@ class Plans:
             return None
         if len(self._express) >= REMEMBERED:
             self._express.clear()
-        entry = _Express(
-            plan, learned, router.sampler.counter(plan[4]), router.threads.profiles.of(fn)
-        )
+        seen = router.sampler.counter(plan[4], self.classifier)
+        entry = _Express(plan, learned, seen, router.threads.profiles.of(fn))
         self._express[key] = entry
         return entry
 
@@ -278,20 +280,25 @@ class Plans:
 class _Express:
     """A remembered plan bound to the growing thread lane, with what its calls need."""
 
-    __slots__ = ("every", "hinted", "learned", "profile", "reason", "ref", "route", "seen")
+    __slots__ = (
+        "every",
+        "first",
+        "hinted",
+        "learned",
+        "profile",
+        "reason",
+        "ref",
+        "rest",
+        "route",
+        "seen",
+    )
 
-    def __init__(
-        self,
-        plan: _Plan,
-        learned: int,
-        seen: tuple[itertools.count[int], int],
-        profile: Profile | None,
-    ) -> None:
+    def __init__(self, plan: _Plan, learned: int, seen: _Seen, profile: Profile | None) -> None:
         self.ref, self.hinted, self.learned = plan[0], plan[2], learned
         decision = plan[4]
         self.reason = decision.reason
         self.route = decision if decision.source is not None else None
-        (self.seen, self.every), self.profile = seen, profile
+        (_, self.seen, self.every, self.first, self.rest), self.profile = seen, profile
 
 
 class Sampler:
@@ -301,54 +308,66 @@ class Sampler:
 
     def __init__(self) -> None:
         # id(decision) -> (the decision, kept so that its id is not reused; its call count;
-        # one call timed in this many)
-        self._counts: dict[int, tuple[Decision, itertools.count[int], int]] = {}
+        # one call timed in this many; who records the first call; who records the others)
+        self._counts: dict[int, _Seen] = {}
 
-    def counter(self, decision: Decision) -> tuple[itertools.count[int], int]:
-        """The count of this decision's calls and its period: one call timed in so many."""
+    def counter(self, decision: Decision, classifier: Classifier | None) -> _Seen:
+        """This decision's entry: its call count, period, and who records its timed calls.
+
+        The recorders are made once per decision (None without a classifier): a timed call
+        then costs the classifier's update alone (``Weighted``).
+        """
         seen = self._counts.get(id(decision))
         if seen is None:
             if len(self._counts) >= REMEMBERED:  # decisions made for one call each
                 self._counts.clear()
             # The classifier may ask for every call of a long function (its ``timing_every``):
             # the figures then follow a change of behaviour on its first wave of calls.
-            every = getattr(decision.source, "timing_every", None)
+            source = decision.source
+            every = getattr(source, "timing_every", None)
             every = every if isinstance(every, int) and every >= 1 else SAMPLE_EVERY
-            seen = self._counts.setdefault(id(decision), (decision, itertools.count(), every))
-        return seen[1], seen[2]
-
-    def weight(self, decision: Decision) -> int:
-        """How many calls this call's figures stand for; 0 if it is not timed."""
-        count, every = self.counter(decision)
-        n = next(count)
-        return 1 if not n else 0 if n % every else every
+            first = rest = None
+            if classifier is not None:
+                first = Weighted(classifier, 1, source)
+                rest = first if every == 1 else Weighted(classifier, every, source)
+            made = (decision, itertools.count(), every, first, rest)
+            seen = self._counts.setdefault(id(decision), made)
+        return seen
 
     def timed(
         self, task: Task, classifier: Classifier, decision: Decision, probe: Probe | None
     ) -> Task:
         """The thread task, as a ``TimedTask`` if it is to be timed (always with a probe)."""
-        if task.batch or probe is not None:
-            weight = 1
-        else:  # self.weight(decision), inline: this runs for every thread call
+        clf: Classifier | None = classifier
+        if not task.batch and probe is None:  # else: several calls, or a measured one
             seen = self._counts.get(id(decision))
             if seen is None:
-                weight = self.weight(decision)
-            elif next(seen[1]) % seen[2]:
+                seen = self.counter(decision, classifier)
+            n = next(seen[1])
+            if n % seen[2]:
                 return task
-            else:
-                weight = seen[2]
-        clf = classifier if weight == 1 else Weighted(classifier, weight)
+            clf = seen[4] if n else seen[3]
+        if clf is None:
+            return task
         return TimedTask(task.fn, task.items, task.future, clf, probe, batch=task.batch)
 
 
 class Weighted:
-    """The classifier, told that one timed call stands for ``weight`` calls."""
+    """The classifier, told that one timed call stands for ``weight`` calls of ``source``.
 
-    __slots__ = ("classifier", "weight")
+    ``source`` is the decision's (``Decision.source``): for the learning classifier, the entry
+    of the calls' key, whose figures it updates without computing the key again
+    (``record_entry``); other classifiers are given ``record`` as usual.
+    """
 
-    def __init__(self, classifier: Classifier, weight: int) -> None:
+    __slots__ = ("classifier", "fast", "source", "weight")
+
+    def __init__(self, classifier: Classifier, weight: int, source: object = None) -> None:
         self.classifier = classifier
         self.weight = weight
+        self.source = source
+        fast = getattr(classifier, "record_entry", None) if source is not None else None
+        self.fast: Callable[..., None] | None = fast if callable(fast) else None
 
     def classify(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -366,4 +385,7 @@ class Weighted:
         args: tuple[Any, ...] = (),
     ) -> None:
         w = self.weight
-        self.classifier.record(fn, kind, elapsed * w, cpu * w, calls=calls * w, args=args)
+        if self.fast is not None:
+            self.fast(self.source, kind, elapsed * w, cpu * w, calls * w)
+        else:
+            self.classifier.record(fn, kind, elapsed * w, cpu * w, calls=calls * w, args=args)

@@ -5,17 +5,25 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._rules import Decision
+from ._rules import Decision, ms
 from ._verdicts import (
+    DEMOTE_CPU_RATIO,
+    DEMOTE_GIL_SECONDS,
     DRIFT_FACTOR,
+    FEEDBACK_MIN_CALLS,
     GIL_SECONDS_MIN,
     LONG_CALL_SECONDS,
     RECHECK_FIRST,
     RECHECK_MIN_SECONDS,
+    SETTLED_EVERY,
     SUSPECT_GAP_FIRST,
     UNSURE_TRIES,
     Key,
     cpu_heavy,
+    cpu_share,
+    ewma,
+    jumped,
+    threads_meanwhile,
     unsure,
 )
 
@@ -84,7 +92,8 @@ class Entry:
         self.hold: bool = False  # submitters wait for the re-check asked by a drift
         # Read by the router's sampler (``_decisions.Sampler``) once per verdict: time every
         # call of a function whose calls are long (a drift is seen at once, for under 0.5%
-        # of a call); None: the sampler's default (one call in 16).
+        # of a call); None: the sampler's default (one call in 16); SETTLED_EVERY for short
+        # calls of a verdict that re-checks confirmed.
         self.timing_every: int | None = None
 
     def settle(self, m: Measurement) -> tuple[Measurement, str | None, bool]:
@@ -97,8 +106,10 @@ class Entry:
         """
         if self.pending is not None:
             m = self.pending.merged(m)
-        doubt = unsure(m, first=self.decision is None)
+        first = self.decision is None
+        doubt = unsure(m, first=first)
         again = doubt is not None and self.tries < UNSURE_TRIES
+        again = again and not (first and threads_meanwhile(m))
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again
 
@@ -139,13 +150,40 @@ class Entry:
             return "heavier"
         return "lighter" if ratio * DRIFT_FACTOR < profile else None
 
+    def process_feedback(self, wall: float, cpu: float, calls: int) -> Decision | None:
+        """Add the figures of calls run in a process; a thread verdict if they say it waits.
+
+        With the classifier's lock held. ``wall`` and ``cpu`` are seconds per call.
+        """
+        ratio = cpu / wall if wall > 0 else 0.0
+        if self.proc_samples == 0 or jumped(self.proc_ratio, ratio):
+            # A call unlike the average (a function that changed behaviour): the averages
+            # start over from it, so FEEDBACK_MIN_CALLS calls of the new kind are enough.
+            self.proc_cpu, self.proc_ratio, self.proc_samples = cpu, ratio, 0
+        else:
+            self.proc_cpu = ewma(self.proc_cpu, cpu)
+            self.proc_ratio = ewma(self.proc_ratio, ratio)
+        self.proc_samples += calls  # a record may sum several calls (the manager's turn)
+        if self.proc_samples < FEEDBACK_MIN_CALLS:
+            return None
+        if self.proc_ratio < DEMOTE_CPU_RATIO * cpu_share():
+            why = f"in a process it used {self.proc_ratio:.0%} of a CPU: it mostly waits"
+        elif self.proc_cpu < DEMOTE_GIL_SECONDS:
+            why = f"in a process a call used {ms(self.proc_cpu)} of CPU: cheaper on a thread"
+        else:
+            return None
+        return Decision("thread", f"{why} (feedback)", source=self)
+
     def verdict(self, kind: str, reason: str, m: Measurement) -> Decision:
         """A verdict for this key: tasks routed by it follow its successors (late binding)."""
         # Long by its own time: not the time it waited while other Python threads held the
         # GIL (the probe late, their CPU) or for a CPU (a tiny call of a submit storm can
         # wait 50 ms: timing all its calls then costs more than they do).
         own = max(m.cpu, m.wall - m.runq - max(m.late, min(m.others_cpu, m.wall)))
-        self.timing_every = 1 if own >= LONG_CALL_SECONDS * m.calls else None
+        if own >= LONG_CALL_SECONDS * m.calls:
+            self.timing_every = 1
+        else:  # short calls: the sampler's default, fewer once re-checks confirmed the verdict
+            self.timing_every = SETTLED_EVERY if self.recheck_every > RECHECK_FIRST else None
         heavy = kind == "thread" and cpu_heavy(m)
         if heavy and not reason.endswith(_HEAVY):
             reason += _HEAVY

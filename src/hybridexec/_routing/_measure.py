@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._sched import ThreadSched, others_cpu_since, python_threads_cpu
 
@@ -70,9 +70,12 @@ times ``report_after`` of wall time (on a loaded machine the thread gets a CPU p
 perf_counter = time.perf_counter
 
 
-@dataclass(frozen=True)
-class Measurement:
+class Measurement(NamedTuple):
     """What one window saw of one call (or of its first ``report_after`` seconds).
+
+    A named tuple rather than a frozen dataclass: made in 0.3 ms instead of ~2 ms (and
+    ``dataclasses`` not imported, ~2-7 ms), on the path of the first call of the first
+    function an executor measures.
 
     Attributes:
         wall: Seconds the window was open.
@@ -125,11 +128,7 @@ class Measurement:
 
     def merged(self, other: Measurement) -> Measurement:
         """These figures and ``other``'s, summed: one measurement of several calls."""
-        sums = {
-            name: getattr(self, name) + getattr(other, name)
-            for name in self.__dataclass_fields__
-            if name != "complete"
-        }
+        sums = {name: getattr(self, name) + getattr(other, name) for name in _SUMMED}
         return Measurement(**sums, complete=self.complete and other.complete)
 
     @property
@@ -292,6 +291,9 @@ class Measurement:
         waited = min(off_cpu, stalled + busy * (off_cpu - stalled))
         running = max(held, run_wall - waited, 1e-9)
         return min(1.0, held / running)
+
+
+_SUMMED = tuple(name for name in Measurement._fields if name != "complete")
 
 
 class Window:

@@ -59,7 +59,10 @@ LONG_CALL_SECONDS = 0.001
 """Every call of a function whose measured calls last this long is timed for feedback (two
 clock reads and the classifier's lock, a few microseconds): a change of behaviour is seen on
 the first wave of calls that shows it. Shorter calls are timed one in 16."""
-"""Contrary re-checks in a row needed to change a verdict."""
+SETTLED_EVERY = 64
+"""Shorter calls are timed one in 16 (``_decisions.SAMPLE_EVERY``), and one in this many once
+a re-check confirmed their verdict: a timed call costs 2-3 us, a quarter of a tiny call's
+whole submit (issue 17's storm), and the figures stand for the calls not timed."""
 HEAVY_CPU_RATIO = 0.5
 """A thread verdict whose measured call kept its thread on a CPU at least this share of the
 time it could run is CPU-heavy: it takes a CPU slot (the governor) on the capped lane."""
@@ -182,6 +185,26 @@ def unsure(m: Measurement, first: bool = False) -> str | None:
     if m.stalls_blocked + m.stalls_free == 0 and m.stalls_queued > 0:
         return f"{m.stalls_queued} stall(s) without a CPU"
     return None
+
+
+def threads_meanwhile(m: Measurement) -> bool:
+    """Whether a first measurement in doubt goes to threads at once, without a second look.
+
+    A whole call too short for the probe to sample (under ``_measure.SURE_SPAN``), never
+    found blocked on the GIL, whose figures lean to threads: a second measured call would
+    hold every call submitted with it for one more call's length, only to confirm threads
+    (sha256 of 8 MB, 5 ms: issue 15's GIL-free row); GIL-bound code leans to processes
+    (the probe wakes late), and keeps its second look. The verdict is marked unsettled
+    and re-checked within ``SUSPECT_GAP_FIRST`` calls (``LearningClassifier._conclude``).
+    """
+    from ._measure import SURE_SPAN  # loaded with the first measured call
+
+    return (
+        m.complete
+        and m.stalls_blocked == 0
+        and m.run_wall < SURE_SPAN
+        and verdict(m)[0] == "thread"
+    )
 
 
 def cpu_heavy(m: Measurement) -> bool:
