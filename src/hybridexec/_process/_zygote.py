@@ -285,11 +285,12 @@ def safe_to_fork() -> bool:
 def _reset_signal_handlers() -> None:
     # As exec would: a handler set in Python goes back to the default; an ignored signal stays
     # ignored; SIGINT raises KeyboardInterrupt as in any fresh interpreter.
-    # Numbers, not valid_signals(): no enum member made per signal (a tenth of a millisecond
-    # in each copy, right after its fork).
+    # Numbers, not valid_signals(), and _signal's getsignal, not signal's: no enum member made
+    # per signal (a tenth of a millisecond in each copy, right after its fork).
+    getsignal = getattr(signal, "_signal", signal).getsignal
     for sig in range(1, signal.NSIG):
         try:
-            handler = signal.getsignal(sig)
+            handler = getsignal(sig)
             if callable(handler) and handler is not signal.default_int_handler:
                 signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
