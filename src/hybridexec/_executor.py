@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from . import _lifecycle
 from ._callbacks import drain
 from ._futures import Future
 from ._process import usable_cpus
@@ -254,10 +255,13 @@ class Executor(concurrent.futures.Executor):
         router = self._router
         with self._shutdown_lock:
             router.closed = True
-        _stop_actors(self, drain=not cancel_futures, wait=False)  # actors it spawned
+        actors = sys.modules.get("hybridexec._actors")  # loaded with the first actor only
+        if actors is not None:  # the actors it spawned
+            actors.stop_actors(self, drain=not cancel_futures, wait=False)
         router.shutdown(wait=False, cancel_futures=cancel_futures, background=not wait)
         if wait:
-            _stop_actors(self, drain=not cancel_futures, wait=True)
+            if actors is not None:
+                actors.stop_actors(self, drain=not cancel_futures, wait=True)
             router.shutdown(wait=True, cancel_futures=cancel_futures)
             # The done-callbacks of what ended here have run, as in the standard library.
             drain(owners=router.service_owners())
@@ -381,6 +385,8 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot spawn actors after shutdown")
         from ._actors import spawn_actor  # the actor modules load with the first actor
 
+        _lifecycle.starting_thread()  # the helpers forked first, while it is safe
+
         return spawn_actor(
             cls,
             args,
@@ -392,9 +398,3 @@ class Executor(concurrent.futures.Executor):
             start_method=self._router.processes.start_method,
             owner=self,
         )
-
-
-def _stop_actors(owner: Executor, *, drain: bool, wait: bool) -> None:
-    actors = sys.modules.get("hybridexec._actors")  # loaded with the first actor: none before
-    if actors is not None:
-        actors.stop_actors(owner, drain=drain, wait=wait)

@@ -131,8 +131,8 @@ class ProcessLane:
         self.epoch = 0
         self.returned = threading.Condition(self._lock)
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
-        if self.start_method == "forkserver":  # last: a fork makes later writes here dearer
-            preload_in_forkserver()
+        if self.start_method == "forkserver":  # the helpers: see preload_in_forkserver
+            _lifecycle.before_first_thread(preload_in_forkserver)
 
     # ---- used by the manager --------------------------------------------------------------
     def drain_wakeups(self) -> None:
@@ -238,10 +238,10 @@ class ProcessLane:
         """
         self.lifeline_r = lifeline()[0]
         manager = Manager(self)
-        # The helpers not forked with the executor (it was made while a module was half
-        # imported) are forked first: the guardian registers the worker as it starts.
+        # The helpers not forked yet are forked with the worker: the guardian first (it
+        # registers the worker as it starts), the others once the call was sent.
         copy = self.start_method == "forkserver" and self.initializer is None
-        sent = copy and preload_in_forkserver() and _fork_first_worker(manager, task)
+        sent = copy and preload_in_forkserver(lambda: _fork_first_worker(manager, task))
         wake_r, wake_w = os.pipe()
         try:
             os.set_blocking(wake_r, False)
