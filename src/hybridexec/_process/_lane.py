@@ -26,7 +26,7 @@ from .._futures import Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._frames import HEADER_SIZE
 from ._manager import Manager
-from ._supervise import get_context, lifeline, preload_in_forkserver
+from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
 from ._threadlimits import usable_cpus
 from ._wire import encode_call
@@ -132,6 +132,7 @@ class ProcessLane:
         self.returned = threading.Condition(self._lock)
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
         if self.start_method == "forkserver":  # the helpers: see preload_in_forkserver
+            _set_preload()  # the worker module joins the user's list now, as it always did
             _lifecycle.before_first_thread(preload_in_forkserver)
 
     # ---- used by the manager --------------------------------------------------------------
