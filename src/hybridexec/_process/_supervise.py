@@ -30,7 +30,13 @@ from typing import Any
 
 from .. import _lifecycle
 from ._child import let_go_of_fork_server
-from ._zygote import fork_copy, safe_to_fork, start_fork_server, start_resource_tracker
+from ._zygote import (
+    fork_copy,
+    prepare_fork_server,
+    safe_to_fork,
+    start_fork_server,
+    start_resource_tracker,
+)
 
 logger = logging.getLogger("hybridexec")
 
@@ -95,6 +101,7 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     try:
         safe = safe_to_fork()
         if safe and first is not None:
+            prepare_fork_server()  # its socket made before any fork: no page faults then
             start_guardian_early()  # the worker is registered with it as it starts (I4)
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)
