@@ -87,10 +87,9 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     costs a fault (~8 us on a small VM), so the forks come together and late.
 
     Args:
-        first: Called right after the guardian is forked, before the others, when it is
-            safe: the lane's first worker forked from this thread (``_lane``), its call sent,
-            so the server and the tracker start while that call runs. Its exceptions
-            propagate.
+        first: Called first when it is safe: the lane's first worker forked from this thread
+            (``_lane``, the guardian right before it), its call sent, so the server and the
+            tracker start while that call runs. Its exceptions propagate.
 
     Returns:
         ``first()`` when it was called, else True when it was safe (it still is on return).
@@ -101,8 +100,9 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     try:
         safe = safe_to_fork()
         if safe and first is not None:
-            prepare_fork_server()  # its socket made before any fork: no page faults then
-            start_guardian_early()  # the worker is registered with it as it starts (I4)
+            # Made before any fork: no page faults then. The guardian is forked just before
+            # the worker, which it registers as it starts (I4): _supervision._start_worker.
+            prepare_fork_server()
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)
         safe = False
