@@ -551,3 +551,9 @@ def cold_start(runs: int) -> None:
                 f"{fmt_seconds(hx.median)} vs {fmt_seconds(fork.median)} ({ratio:.2f}x)",
             )
         )
+
+
+if __name__ == "__main__":  # the cold-start row alone: python -m benchmarks.bench_overhead cold [N]
+    if sys.argv[1:2] != ["cold"]:
+        raise SystemExit("usage: python -m benchmarks.bench_overhead cold [runs]")
+    cold_start(int(sys.argv[2]) if len(sys.argv) > 2 else COLD_RUNS)

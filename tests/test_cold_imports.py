@@ -4,7 +4,8 @@ Each module below was loaded by every executor once, and costs a cold start ~1 m
 cloudpickle (with uuid and platform) until a callable or call needs it, ctypes until a
 measurement or a thread deadline, the classifier's measuring machinery until a call is
 classified, ``Explanation`` until something is explained, inspect and dataclasses (no
-dataclass is made on the way). A fresh interpreter runs one
+dataclass is made on the way), ``concurrent.futures.process`` until a worker crashes, the
+shared-memory segments until an array or a handle needs them. A fresh interpreter runs one
 process task and reports what it and its worker loaded, so the gain cannot slip away.
 """
 
@@ -28,6 +29,16 @@ ON_FIRST_USE = [
     "hybridexec._routing._explain",
     "inspect",  # and dataclasses, which imports it: ~5 ms between them in a fresh interpreter
     "dataclasses",
+    # WorkerCrashedError's base, with queue and multiprocessing.queues: ~1.3 ms until a crash
+    "concurrent.futures.process",
+    "queue",
+    # shared-memory segments (with mmap) and handles, until an array or a handle needs them
+    "hybridexec._shm._segment",
+    "hybridexec._shm._objects",
+    "mmap",
+    "resource",  # memory limits, until a call has a max_memory
+    "hybridexec._actors",  # until an actor is made
+    "hybridexec._backends",  # until a distributed backend is asked for
 ]
 PARENT_ONLY = ["ctypes"]  # the fork server loads it for its workers' death signal
 

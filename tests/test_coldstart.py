@@ -162,6 +162,38 @@ def test_executor_made_while_its_module_is_imported_forks_nothing(
 
 
 @pytest.mark.timeout(60)
+def test_helpers_are_forked_before_the_first_thread_not_with_the_executor(
+    run_script: Any,
+) -> None:
+    s = run_script(
+        """
+        import multiprocessing.forkserver as fs
+        ex = hx.Executor(max_processes=1)
+        made = {"server": fs._forkserver._forkserver_pid, "guardian": _sv._guardian}
+        # Default routing: the first call is measured on a thread, the lane's first thread.
+        assert ex.submit(helpers.square, 3).result(timeout=30) == 9
+        threads = threading.active_count()
+        assert ex.options(kind="process").submit(helpers.square, 4).result(timeout=30) == 16
+        pids = helpers_of_this_process()
+        until(lambda: all(comm(pid) != comm(os.getpid()) for pid in pids.values()), 20)
+        say(
+            made=made,
+            threads=threads,
+            comms={name: comm(pid) for name, pid in pids.items()},
+        )
+        ex.shutdown()
+        """,
+        setup=HELPERS,
+    )
+    out = s.read(40)
+    assert out["made"] == {"server": None, "guardian": None}, "forked with the executor"
+    assert out["threads"] > 1, "the measured call ran on no thread: nothing was checked"
+    # Copies, not new interpreters: forked before the thread lane's first thread started.
+    assert out["comms"] == COPIES
+    assert s.wait(30) == 0, s.stderr
+
+
+@pytest.mark.timeout(60)
 def test_parent_sigkill_with_forked_fork_server_leaves_no_descendant(run_script: Any) -> None:
     s = run_script(
         """

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _lifecycle
 from ._callbacks import serve
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
@@ -83,6 +84,7 @@ class LoopLane:
                     loop.call_soon(ready.set)
                     loop.run_forever()
 
+                _lifecycle.starting_thread()  # the helpers forked first, while it is safe
                 self._thread = threading.Thread(
                     target=serve(run, self), name=f"{self._name}-loop", daemon=True
                 )

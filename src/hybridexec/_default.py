@@ -373,6 +373,7 @@ async def amap(
         finally:
             results.close()
 
+    _lifecycle.starting_thread()  # the helpers forked first, while it is safe
     thread = threading.Thread(target=consume, name="hybridexec-amap", daemon=True)
     control.results = results
     thread.start()

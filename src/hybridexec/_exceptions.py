@@ -24,9 +24,12 @@ import concurrent.futures
 import pickle
 import signal
 import sys
+import threading
 from concurrent.futures import BrokenExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "ActorBrokenError",
@@ -75,30 +78,69 @@ def _signal_of(exitcode: int | None) -> signal.Signals | None:
         return None
 
 
-class WorkerCrashedError(BrokenExecutorError, BrokenProcessPool):
-    """Raised on a task's future when the worker process running it died.
+if TYPE_CHECKING:  # what type checkers see; made by _worker_crashed_error() at first use
 
-    Attributes:
-        exitcode: The worker's exit code (negative: killed by that signal number).
-        signal: The signal that killed it, a ``signal.Signals`` member
-            (``err.signal == signal.SIGKILL``; ``err.signal.name == "SIGKILL"``), or None.
-        pid: The worker's process id.
+    class WorkerCrashedError(BrokenExecutorError, BrokenProcessPool):
+        exitcode: int | None
+        pid: int | None
+        signal: signal.Signals | None
 
-    .. versionchanged:: 0.3 ``signal`` is a ``signal.Signals`` member, not its name.
-    """
+        def __init__(
+            self, message: str, *, exitcode: int | None = None, pid: int | None = None
+        ) -> None: ...
 
-    def __init__(self, message: str, *, exitcode: int | None = None, pid: int | None = None):
-        self.exitcode: int | None = exitcode
-        self.pid: int | None = pid
-        self.signal: signal.Signals | None = _signal_of(exitcode)
-        super().__init__(message)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_crash, (str(self), self.exitcode, self.pid))
+def _worker_crashed_error() -> type[WorkerCrashedError]:
+    # Made on first use: its base, BrokenProcessPool, is defined in concurrent.futures.process,
+    # whose import (with queue and multiprocessing.queues) cost a cold start ~1.3 ms while no
+    # worker had crashed. Made once, under a lock: one class, whichever thread asks first.
+    with _crash_lock:
+        made = globals().get("WorkerCrashedError")
+        if made is not None:
+            return made  # type: ignore[no-any-return]
+        from concurrent.futures.process import BrokenProcessPool
+
+        class WorkerCrashedError(BrokenExecutorError, BrokenProcessPool):
+            """Raised on a task's future when the worker process running it died.
+
+            Attributes:
+                exitcode: The worker's exit code (negative: killed by that signal number).
+                signal: The signal that killed it, a ``signal.Signals`` member
+                    (``err.signal == signal.SIGKILL``; ``err.signal.name == "SIGKILL"``), or
+                    None.
+                pid: The worker's process id.
+
+            .. versionchanged:: 0.3 ``signal`` is a ``signal.Signals`` member, not its name.
+            """
+
+            def __init__(
+                self, message: str, *, exitcode: int | None = None, pid: int | None = None
+            ):
+                self.exitcode: int | None = exitcode
+                self.pid: int | None = pid
+                self.signal: signal.Signals | None = _signal_of(exitcode)
+                super().__init__(message)
+
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (_rebuild_crash, (str(self), self.exitcode, self.pid))
+
+        WorkerCrashedError.__qualname__ = "WorkerCrashedError"  # pickled by reference
+        globals()["WorkerCrashedError"] = WorkerCrashedError
+        return WorkerCrashedError  # type: ignore[return-value]  # the class declared above
+
+
+_crash_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """``WorkerCrashedError`` is made on first use (see ``_worker_crashed_error``)."""
+    if name == "WorkerCrashedError":
+        return _worker_crashed_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _rebuild_crash(message: str, exitcode: int | None, pid: int | None) -> WorkerCrashedError:
-    return WorkerCrashedError(message, exitcode=exitcode, pid=pid)
+    return _worker_crashed_error()(message, exitcode=exitcode, pid=pid)
 
 
 if sys.version_info >= (3, 11):  # concurrent.futures.TimeoutError is TimeoutError since 3.11

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._actors import stop_actors
-from ._backends import check_remote, open_lane
+from . import _lifecycle
 from ._callbacks import drain
 from ._futures import Future
 from ._process import usable_cpus
@@ -144,6 +144,8 @@ class Executor(concurrent.futures.Executor):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         # ---- distributed backend (issue 7, see _backends/): checked before any lane starts
         if backend is not None:
+            from ._backends import check_remote, open_lane  # loaded for a backend only
+
             check_remote(backend, remote)
             if remote == "all" and classifier is None and kind == "auto":
                 kind = "process"  # every call goes to the cluster: nothing to measure
@@ -253,10 +255,13 @@ class Executor(concurrent.futures.Executor):
         router = self._router
         with self._shutdown_lock:
             router.closed = True
-        stop_actors(self, drain=not cancel_futures, wait=False)  # actors it spawned
+        actors = sys.modules.get("hybridexec._actors")  # loaded with the first actor only
+        if actors is not None:  # the actors it spawned
+            actors.stop_actors(self, drain=not cancel_futures, wait=False)
         router.shutdown(wait=False, cancel_futures=cancel_futures, background=not wait)
         if wait:
-            stop_actors(self, drain=not cancel_futures, wait=True)
+            if actors is not None:
+                actors.stop_actors(self, drain=not cancel_futures, wait=True)
             router.shutdown(wait=True, cancel_futures=cancel_futures)
             # The done-callbacks of what ended here have run, as in the standard library.
             drain(owners=router.service_owners())
@@ -379,6 +384,8 @@ class Executor(concurrent.futures.Executor):
         if self._closed:
             raise RuntimeError("cannot spawn actors after shutdown")
         from ._actors import spawn_actor  # the actor modules load with the first actor
+
+        _lifecycle.starting_thread()  # the helpers forked first, while it is safe
 
         return spawn_actor(
             cls,

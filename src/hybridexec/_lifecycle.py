@@ -28,6 +28,11 @@ take locks another thread may have held at the fork; they replace them.
 
 ``generation()`` counts forks since this interpreter started: an object that records it at
 creation knows it was inherited when the number differs.
+
+Threads: what may be done only while this process has a single thread (``os.fork`` of a helper
+process: a lock held by another thread would stay held in the copy) waits for ``starting_thread``,
+which the package calls just before it starts a thread of its own: the hooks registered with
+``before_first_thread`` run then, once, while it is still safe, and only if they are ever needed.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ logger = logging.getLogger("hybridexec")
 _lock = threading.Lock()
 _exit_hooks: list[tuple[int, int, Callable[[], None]]] = []
 _fork_hooks: list[Callable[[], None]] = []
+_thread_hooks: list[Callable[[], object]] = []
 _atexit_registered = False
 _exiting = False
 _generation = 0
@@ -92,6 +98,27 @@ def on_fork(hook: Callable[[], None]) -> None:
             _fork_hooks.append(hook)
 
 
+def before_first_thread(hook: Callable[[], object]) -> None:
+    """Run ``hook`` once, at the next ``starting_thread()`` (see the module docstring)."""
+    with _lock:
+        if all(h is not hook for h in _thread_hooks):
+            _thread_hooks.append(hook)
+
+
+def starting_thread() -> None:
+    """Called just before the package starts a thread: runs the ``before_first_thread`` hooks."""
+    if not _thread_hooks:  # the common case: nothing waits (a read, no lock)
+        return
+    with _lock:
+        hooks = list(_thread_hooks)
+        _thread_hooks.clear()
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # a helper not made now is made later, the slow way
+            logger.exception("hybridexec thread hook %r failed", hook)
+
+
 def run_exit_hooks() -> None:
     """Run the exit hooks now (at interpreter exit, and as a worker process ends)."""
     global _exiting
@@ -126,6 +153,7 @@ def _after_fork_in_child() -> None:
     global _generation, _lock
     _generation += 1
     _lock = threading.Lock()
+    _thread_hooks.clear()  # the parent's: its lanes are foreign here
     for hook in list(_fork_hooks):
         try:
             hook()

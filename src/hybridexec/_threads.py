@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _faults
+from . import _faults, _lifecycle
 from ._deadlines import Running, TaskInterrupted, on_deadline
 from ._deadlines import Timers as Timers  # for the remote lanes
 from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remote calls
@@ -112,6 +112,8 @@ class ThreadLane:
         if profile is False:
             profile = self.profiles.of(task.fn)
         task.profile = profile
+        if not self._threads:  # about to start this process's first thread, perhaps
+            _lifecycle.starting_thread()
         with self._lock:
             if self.broken is not None:
                 raise _broken_error(self.broken)

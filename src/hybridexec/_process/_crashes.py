@@ -13,7 +13,8 @@ import logging
 import threading
 from typing import Any
 
-from .._exceptions import WorkerCrashedError, signal_name
+from .. import _exceptions
+from .._exceptions import signal_name
 from .._futures import Future, Outcome, Task
 from ._memory import crash_error
 from ._supervision import Supervision, WorkerRecord
@@ -43,7 +44,7 @@ class Crashes(Supervision):
         if name == "SIGKILL":
             message += "; if nothing killed it on purpose, memory may have run out (OOM killer)"
         logger.info("%s", message)
-        err = crash_error(task.fn, exitcode) or WorkerCrashedError(  # over its max_memory?
+        err = crash_error(task.fn, exitcode) or _exceptions.WorkerCrashedError(  # max_memory?
             message, exitcode=exitcode, pid=worker.pid
         )
         if task.batch:

@@ -26,7 +26,7 @@ from .._futures import Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._frames import HEADER_SIZE
 from ._manager import Manager
-from ._supervise import get_context, lifeline, preload_in_forkserver
+from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
 from ._threadlimits import usable_cpus
 from ._wire import encode_call
@@ -131,8 +131,9 @@ class ProcessLane:
         self.epoch = 0
         self.returned = threading.Condition(self._lock)
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
-        if self.start_method == "forkserver":  # last: a fork makes later writes here dearer
-            preload_in_forkserver()
+        if self.start_method == "forkserver":  # the helpers: see preload_in_forkserver
+            _set_preload()  # the worker module joins the user's list now, as it always did
+            _lifecycle.before_first_thread(preload_in_forkserver)
 
     # ---- used by the manager --------------------------------------------------------------
     def drain_wakeups(self) -> None:
@@ -238,10 +239,10 @@ class ProcessLane:
         """
         self.lifeline_r = lifeline()[0]
         manager = Manager(self)
-        # The helpers not forked with the executor (it was made while a module was half
-        # imported) are forked first: the guardian registers the worker as it starts.
+        # The helpers not forked yet are forked with the worker: the guardian first (it
+        # registers the worker as it starts), the others once the call was sent.
         copy = self.start_method == "forkserver" and self.initializer is None
-        sent = copy and preload_in_forkserver() and _fork_first_worker(manager, task)
+        sent = copy and preload_in_forkserver(lambda: _fork_first_worker(manager, task))
         wake_r, wake_w = os.pipe()
         try:
             os.set_blocking(wake_r, False)

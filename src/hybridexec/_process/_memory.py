@@ -37,10 +37,9 @@ from .._exceptions import MemoryLimitError
 from .._serialize import adopt, dumps_callable, loads
 from ._child import resident_memory
 
-if sys.platform.startswith("linux"):
-    import resource
-else:  # macOS does not enforce RLIMIT_DATA (nor RLIMIT_AS); Windows has neither: the watchdog
-    resource = None  # type: ignore[assignment]
+# macOS does not enforce RLIMIT_DATA (nor RLIMIT_AS); Windows has neither: the watchdog alone.
+# ``resource`` is imported by the first limited call, not with every lane (a cold start's cost).
+_RLIMITS = sys.platform.startswith("linux")
 
 EXIT_OVER_LIMIT = 0x6D
 """Exit code of a worker that the watchdog ended: its call went over its ``max_memory``."""
@@ -118,20 +117,19 @@ def went_over(fn: Callable[..., Any], outcomes: list[tuple[bool, Any]]) -> bool:
 
 
 # ---- in the worker -------------------------------------------------------------------------
-_INFINITY = getattr(resource, "RLIM_INFINITY", -1)
-
-
 def _enter(limit: int) -> tuple[int, int] | None:
     """Arm the watchdog and lower ``RLIMIT_DATA``; return the limits to restore (or None)."""
     usage = _watchdog.arm(limit)
-    if resource is None or usage is None:
+    if not _RLIMITS or usage is None:
         return None
+    import resource
+
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         new = usage[1] + limit
-        if soft != _INFINITY:
+        if soft != resource.RLIM_INFINITY:
             new = min(new, soft)  # a limit already lower (an outer call's, the user's) holds
-        if hard != _INFINITY:
+        if hard != resource.RLIM_INFINITY:
             new = min(new, hard)
         resource.setrlimit(resource.RLIMIT_DATA, (new, hard))
     except (OSError, ValueError):  # refused: the watchdog alone
@@ -141,6 +139,8 @@ def _enter(limit: int) -> tuple[int, int] | None:
 
 def _leave(before: tuple[int, int] | None) -> None:
     if before is not None:
+        import resource
+
         resource.setrlimit(resource.RLIMIT_DATA, before)
     _watchdog.disarm()
 

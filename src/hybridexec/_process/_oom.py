@@ -12,14 +12,16 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from .._exceptions import WorkerCrashedError
+from .. import _exceptions
 from .._futures import Future, Items, Outcome
 
 
 def oom_killed(outcome: Outcome) -> bool:
     """True for the outcome of an item whose worker process was killed by SIGKILL."""
     ok, value = outcome
-    return not ok and type(value) is WorkerCrashedError and value.signal == signal.SIGKILL
+    if ok:  # WorkerCrashedError is made when first used: not for each outcome of a map
+        return False
+    return type(value) is _exceptions.WorkerCrashedError and value.signal == signal.SIGKILL
 
 
 def retry_killed(

@@ -24,12 +24,19 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
 from .. import _lifecycle
 from ._child import let_go_of_fork_server
-from ._zygote import fork_copy, safe_to_fork, start_fork_server, start_resource_tracker
+from ._zygote import (
+    fork_copy,
+    prepare_fork_server,
+    safe_to_fork,
+    start_fork_server,
+    start_resource_tracker,
+)
 
 logger = logging.getLogger("hybridexec")
 
@@ -61,38 +68,64 @@ def get_context(start_method: str | None) -> multiprocessing.context.BaseContext
 WORKER_MODULE = "hybridexec._process._worker"
 
 
-def preload_in_forkserver() -> bool:
+def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     """Prepare the fork server, if not started yet: preload the worker module, fork it.
 
     Every worker is forked with hybridexec already imported, so a replacement worker starts in
     milliseconds instead of paying the package import (~0.1-0.2 s). The user's own preload
     list is kept: our module is added to it, never substituted; so is what the user chose for
     a module that fails to import there (``on_error``, Python 3.15+). Where it is safe, the
-    fork server and the guardian are forked from this process now (``_zygote``): they start
-    with every module imported, in about a millisecond each, so even the first worker starts
-    in milliseconds. Otherwise multiprocessing starts the server as a new interpreter on the
-    first worker's start, and ``guard`` the guardian, as before. Each helper is forked once:
-    a later call forks only those missing. True when it was safe (it still is on return).
+    fork server, the guardian and the resource tracker are forked from this process now
+    (``_zygote``): they start with every module imported, in about a millisecond each, so even
+    the first worker starts in milliseconds. Otherwise multiprocessing starts the server as a
+    new interpreter on the first worker's start, and ``guard`` the guardian, as before. Each
+    helper is forked once: a later call forks only those missing.
+
+    The forks are made back to back, after the process lane's first task or before the
+    package's first thread (never with the executor: ``_lifecycle.before_first_thread``): each
+    fork makes every page of this process copy-on-write, and each page written afterwards
+    costs a fault (~8 us on a small VM), so the forks come together and late.
+
+    Args:
+        first: Called first when it is safe: the lane's first worker forked from this thread
+            (``_lane``, the guardian right before it), its call sent, so the server and the
+            tracker start while that call runs. Its exceptions propagate.
+
+    Returns:
+        ``first()`` when it was called, else True when it was safe (it still is on return).
     """
-    _set_preload()
+    running = _set_preload()
+    if first is None and running and _guardian is not None:
+        return True  # forked already (the thread hook, after the lane's first task)
     try:
-        if safe_to_fork():
-            start_fork_server()  # first: what it makes (a socket, a temporary directory) is
-            start_guardian_early()  # written before any fork makes its pages copy-on-write
-            start_resource_tracker()
-            return True
+        safe = safe_to_fork()
+        if safe and first is not None:
+            # Made before any fork: no page faults then. The guardian is forked just before
+            # the worker, which it registers as it starts (I4): _supervision._start_worker.
+            prepare_fork_server()
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)
-    return False
+        safe = False
+    if not safe:
+        return False
+    went = first() if first is not None else True
+    try:
+        start_fork_server()  # before the guardian and the tracker when there is no worker:
+        start_guardian_early()  # what the server makes (a socket, a temporary directory) is
+        start_resource_tracker()  # written before any fork makes its pages copy-on-write
+    except Exception as exc:
+        logger.debug("fork server not forked: %r", exc)
+    return went
 
 
-def _set_preload() -> None:
+def _set_preload() -> bool:
+    # True when the server runs already: its preload list can no longer change.
     try:
         import multiprocessing.forkserver as forkserver
 
         server: Any = forkserver._forkserver  # 3.15's on_error is not in the stubs yet
         if getattr(server, "_forkserver_pid", None) is not None:
-            return  # already running: its preload list can no longer change
+            return True
         modules = list(getattr(server, "_preload_modules", ["__main__"]))
         if WORKER_MODULE not in modules:
             # 3.15: set_forkserver_preload(modules, *, on_error="ignore") stores the choice and
@@ -104,6 +137,7 @@ def _set_preload() -> None:
                 server.set_forkserver_preload([*modules, WORKER_MODULE], on_error=on_error)
     except Exception:  # a private detail moved: workers just import the package themselves
         pass
+    return False
 
 
 _lifeline_lock = threading.Lock()

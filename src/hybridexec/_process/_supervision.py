@@ -30,6 +30,7 @@ from .._futures import Task
 from .._shm import cleanup_shared_memory
 from ._frames import FrameReader, write_frame
 from ._handle import Child
+from ._supervise import start_guardian_early
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
@@ -216,6 +217,8 @@ class Supervision:
                 _faults.hit("lane.start")
             if server:
                 _descriptors_to_spare()
+            if copy:  # the guardian registers the worker; forked last, after what was made
+                start_guardian_early()  # above, which a fork would make copy-on-write
             process.start()
         except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None

@@ -11,6 +11,11 @@ module already imported, and each worker is forked from the server as before. Th
 ``__main__`` is a blank module, as in multiprocessing's: each worker runs the script afresh.
 A lane's first worker, at the first process task, is such a copy too when it is safe then
 (``run_as_copy``): the first task waits for no process but its own worker to get to run.
+The helpers are forked then too (the guardian before the worker, the server and the tracker
+once its call was sent), or just before the package starts its first thread, never as the
+executor is made: every fork makes each page of this process copy-on-write, and each page
+written afterwards costs a fault (~8 us on a small VM), so the forks come together and late
+(``_supervise.preload_in_forkserver``).
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
@@ -46,6 +51,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import _lifecycle
 from ._child import prepare_death_signal, resident_memory
 
 MAX_RSS = 256 << 20
@@ -62,6 +68,64 @@ _in_copy = False
 
 _MAIN_ARGS = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
 
+_listener: tuple[socket.socket, str] | None = None
+"""The fork server's socket and address, made by ``prepare_fork_server`` before the forks."""
+
+
+def prepare_fork_server() -> None:
+    """Make the fork server's listening socket (and its temporary directory) now.
+
+    Called before the first fork of a series: what it writes then is not copy-on-write yet,
+    while after a fork each page written costs a fault (~8 us on a small VM, ~150 of them
+    here). ``start_fork_server`` uses it; a forked child drops it (``_forget_listener``).
+    """
+    global _listener
+    if _listener is None and _startable() is not None:
+        _listener = _make_listener()
+
+
+def _forget_listener() -> None:
+    global _listener
+    prepared, _listener = _listener, None
+    if prepared is not None:
+        prepared[0].close()  # this child's descriptor: the parent's socket stays open
+
+
+_lifecycle.on_fork(_forget_listener)
+
+
+def _startable() -> Any:
+    # multiprocessing's fork server when it is the one this code knows and not running yet.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import multiprocessing.forkserver as forkserver
+    except ImportError:
+        return None
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if type(server) is not getattr(forkserver, "ForkServer", None):
+        return None  # replaced by someone (a test's stand-in): theirs to start
+    if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
+        return None
+    return server
+
+
+def _make_listener() -> tuple[socket.socket, str]:
+    import multiprocessing.connection as connection
+    import multiprocessing.util as util
+
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+        listener.bind(address)
+        if not util.is_abstract_socket_namespace(address):
+            os.chmod(address, 0o600)
+        listener.listen()
+    except BaseException:
+        listener.close()
+        raise
+    return listener, address
+
 
 def start_fork_server() -> int | None:
     """Fork multiprocessing's fork server from this process; return its pid.
@@ -70,27 +134,17 @@ def start_fork_server() -> int | None:
     when the server runs already, or when this Python's multiprocessing is not the one this
     code knows.
     """
-    if not sys.platform.startswith("linux"):
+    global _listener
+    server = _startable()
+    if server is None:
         return None
-    try:
-        import multiprocessing.connection as connection
-        import multiprocessing.forkserver as forkserver
-        import multiprocessing.spawn as spawn
-        import multiprocessing.util as util
-    except ImportError:
-        return None
-    server: Any = getattr(forkserver, "_forkserver", None)
-    if type(server) is not getattr(forkserver, "ForkServer", None):
-        return None  # replaced by someone (a test's stand-in): theirs to start
-    if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
-        return None
+    import multiprocessing.forkserver as forkserver
+    import multiprocessing.spawn as spawn
+
     preload = list(server._preload_modules)
-    with socket.socket(socket.AF_UNIX) as listener:
-        address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
-        listener.bind(address)
-        if not util.is_abstract_socket_namespace(address):
-            os.chmod(address, 0o600)
-        listener.listen()
+    prepared, _listener = _listener, None
+    listener, address = prepared if prepared is not None else _make_listener()
+    with listener:
         listener_fd = listener.fileno()
         alive_r, alive_w = os.pipe()
         comm = _read_comm()
@@ -285,11 +339,12 @@ def safe_to_fork() -> bool:
 def _reset_signal_handlers() -> None:
     # As exec would: a handler set in Python goes back to the default; an ignored signal stays
     # ignored; SIGINT raises KeyboardInterrupt as in any fresh interpreter.
-    # Numbers, not valid_signals(): no enum member made per signal (a tenth of a millisecond
-    # in each copy, right after its fork).
+    # Numbers, not valid_signals(), and _signal's getsignal, not signal's: no enum member made
+    # per signal (a tenth of a millisecond in each copy, right after its fork).
+    getsignal = getattr(signal, "_signal", signal).getsignal
     for sig in range(1, signal.NSIG):
         try:
-            handler = signal.getsignal(sig)
+            handler = getsignal(sig)
             if callable(handler) and handler is not signal.default_int_handler:
                 signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):

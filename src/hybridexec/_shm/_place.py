@@ -11,9 +11,7 @@ Parent -> worker (``Placement.dumps_call``, used by the process lane for every t
 - Released segments go to a small pool and are reused: copying into fresh shared memory is
   dominated by page faults (about 60 ms per 100 MB), into a reused one by memcpy (about 6 ms).
 - Shared-memory handles in the arguments are kept alive until the task ends, so passing a
-  temporary ``SharedArray`` to ``submit`` is safe.
-
-The worker side (results) is in ``_reply.py``.
+  temporary ``SharedArray`` to ``submit`` is safe. (The worker side, results: ``_reply.py``.)
 """
 
 from __future__ import annotations
@@ -31,16 +29,15 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import SerializationError, SharedMemoryError
 from .._serialize import PROTOCOL, main_by_value
 from ._names import free_bytes
-from ._objects import SharedHandle
-from ._segment import MapInfo, Segment, mapping_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
     import concurrent.futures
 
     import numpy as np
     import numpy.typing as npt
 
     from ._reuse import Copies, Share
+    from ._segment import MapInfo, Segment
 
 logger = logging.getLogger("hybridexec")
 
@@ -79,6 +76,7 @@ def _attach_array(
     readonly: bool,
     adopt: bool,
 ) -> npt.NDArray[Any]:
+    from ._segment import Segment
 
     if adopt:
         # A result handed over by a worker: map it, then drop the name at once; the array
@@ -122,6 +120,8 @@ def _mapping_address(info: MapInfo) -> int:
 
 def _shared_reference(array: npt.NDArray[Any]) -> tuple[MapInfo, tuple[Any, ...]] | None:
     """The reduce arguments that send ``array`` by name, when it lives in shared memory."""
+    from ._segment import mapping_of
+
     info = mapping_of(_root_buffer(array))
     if info is None:
         return None
@@ -171,8 +171,7 @@ class Placement:
     def __init__(self, threshold: int | None = DEFAULT_THRESHOLD) -> None:
         self.threshold = check_threshold(threshold)
         self._lock = threading.Lock()
-        # Imported here: workers load this module for _attach_array alone, and their import
-        # budget is counted (tests/test_architecture.py).
+        # Here: workers load this module for _attach_array alone (tests/test_architecture.py)
         from ._reuse import Copies
 
         self._placed: Copies[_Placed] = Copies()  # copies of arrays, while tasks use them
@@ -251,6 +250,8 @@ class Placement:
         import numpy as np
 
         if segment is None:
+            from ._segment import Segment
+
             try:
                 segment = Segment.create(-(-max(array.nbytes, 1) // _PAGE) * _PAGE)
             except SharedMemoryError as exc:
@@ -328,7 +329,6 @@ class Placement:
             segment.close()
 
 
-# ---- picklers ------------------------------------------------------------------------------
 def _ndarray_type() -> type | None:
     np = sys.modules.get("numpy")
     return None if np is None else np.ndarray
@@ -343,7 +343,8 @@ def _placed(obj: Any, ndarray: type | None, placement: Placement, lease: _Lease)
     if type(obj) is ndarray:
         args = placement.place(array, lease)
         return None if args is None else (_attach_array, args)
-    if isinstance(obj, SharedHandle):
+    objects = sys.modules.get("hybridexec._shm._objects")  # not loaded: no handle exists
+    if objects is not None and isinstance(obj, objects.SharedHandle):
         lease.keep.append(obj)
     return None
 

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import SharedMemoryError
 from .._serialize import PROTOCOL
-from . import _segment
-from ._objects import SharedHandle
 from ._place import DEFAULT_THRESHOLD, _attach_array, _ndarray_type, _shared_reference
-from ._segment import Segment
 
 if TYPE_CHECKING:
     import numpy.typing as npt
+
+    from ._objects import SharedHandle
+    from ._segment import Segment
 
 _reply_threshold: int | None = DEFAULT_THRESHOLD  # in a worker: set by its executor's calls
 
@@ -78,6 +78,8 @@ class _ReplyState:
         shared = _shared_reference(array)
         if shared is not None and not shared[0].owned:
             return shared[1]  # a view of a task input: the parent owns it
+        from ._segment import Segment
+
         try:
             segment = Segment.create(array.nbytes, owner_pid=self.owner_pid, owner=False)
         except SharedMemoryError:
@@ -126,7 +128,9 @@ def dumps_reply(obj: Any) -> bytes:
 
 
 def _handles_exist() -> bool:
-    return bool(_segment._maps)  # an import statement here cost ~1 us per reply
+    # A lookup, not an import statement (~1 us per reply); not loaded: no segment mapped here.
+    segments = sys.modules.get("hybridexec._shm._segment")
+    return segments is not None and bool(segments._maps)
 
 
 class _ReplyPickler(pickle.Pickler):
@@ -140,7 +144,8 @@ class _ReplyPickler(pickle.Pickler):
         if kind is self._ndarray:
             args = self._state.place(obj)
             return NotImplemented if args is None else (_attach_array, args)
-        if isinstance(obj, SharedHandle) and obj.owner and not obj.closed:
+        objects = sys.modules.get("hybridexec._shm._objects")  # not loaded: no handle exists
+        if objects and isinstance(obj, objects.SharedHandle) and obj.owner and not obj.closed:
             self._state.handles.append(obj)
             return obj._hx_transfer()
         return NotImplemented
