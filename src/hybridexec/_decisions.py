@@ -110,15 +110,16 @@ class Plans:
                 self._plans.clear()
             self._express.pop(key, None)  # made again from this plan at its next express call
             same = self._learns and plan is not None and plan[4] is decision and plan[0]() is fn
-            # The express path (``express``): a plain call on the growing thread lane (not a
-            # CPU-heavy one: that waits for a CPU slot on the capped lane, see submit_task).
+            # The express path (``express``): a plain call on the process lane or the growing
+            # thread lane (not a CPU-heavy one: it waits for a CPU slot, see submit_task).
             express = (
                 self.express_ok
-                and decision.kind == "thread"
-                and not decision.cpu_heavy
+                and (
+                    (decision.kind == "thread" and not decision.cpu_heavy and generation[1])
+                    or decision.kind == "process"  # (generation[1] False: threads by rule)
+                )
                 and decision.max_memory is None
                 and merged.timeout is None
-                and generation[1]  # the GIL is on: no capped CPU lane to consider
                 and not is_async_callable(fn)
             )
             self._plans[key] = (
@@ -153,6 +154,8 @@ class Plans:
         entry = self.entry(router, fn, args, kwargs, opts)
         if entry is None:
             return None
+        if entry.process:
+            return _submit_process(router, entry, fn, args, kwargs)
         future: Future[Any] = Future("thread")
         n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
         if (n and n % entry.every) or self.classifier is None:
@@ -231,9 +234,8 @@ class Plans:
             return None
         if len(self._express) >= REMEMBERED:
             self._express.clear()
-        entry = _Express(
-            plan, learned, router.sampler.counter(plan[4]), router.threads.profiles.of(fn)
-        )
+        profile = router.threads.profiles.of(fn) if plan[4].kind == "thread" else None
+        entry = _Express(plan, learned, router.sampler.counter(plan[4]), profile)
         self._express[key] = entry
         return entry
 
@@ -275,10 +277,37 @@ class Plans:
         return self.classifier.classify(fn, args, kwargs), opts, False
 
 
-class _Express:
-    """A remembered plan bound to the growing thread lane, with what its calls need."""
+def _submit_process(
+    router: Router,
+    entry: _Express,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Future[Any] | None:
+    # The router's submit_task for a plain call on the process lane (None: it will not pickle)
+    future = router.processes.submit_call(fn, args, kwargs, entry.route)
+    if future is not None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> process: %s", getattr(fn, "__qualname__", fn), entry.reason)
+        with router._counts_lock:
+            router.counts["process"] = router.counts.get("process", 0) + 1
+    return future
 
-    __slots__ = ("every", "hinted", "learned", "profile", "reason", "ref", "route", "seen")
+
+class _Express:
+    """A remembered plan bound to the growing thread lane (or processes), and what it needs."""
+
+    __slots__ = (
+        "every",
+        "hinted",
+        "learned",
+        "process",
+        "profile",
+        "reason",
+        "ref",
+        "route",
+        "seen",
+    )
 
     def __init__(
         self,
@@ -290,6 +319,7 @@ class _Express:
         self.ref, self.hinted, self.learned = plan[0], plan[2], learned
         decision = plan[4]
         self.reason = decision.reason
+        self.process = decision.kind == "process"
         self.route = decision if decision.source is not None else None
         (self.seen, self.every), self.profile = seen, profile
 

@@ -21,10 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _faults, _lifecycle
-from .._exceptions import BrokenExecutorError
-from .._futures import Task
+from .._exceptions import BrokenExecutorError, SerializationError
+from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
+from ._direct import fork_first_worker
 from ._frames import HEADER_SIZE
+from ._group import defer
 from ._manager import Manager
 from ._supervise import get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
@@ -195,14 +197,36 @@ class ProcessLane:
         return list(manager.workers) if manager is not None else []
 
     def prepare(self, task: Task) -> None:
-        """Pickle the call in the caller's thread.
+        """Pickle the call in the caller's thread, or only its callable (see ``_group.py``).
 
         Raises:
             SerializationError: the callable or an argument cannot be pickled.
         """
         if _faults.ACTIVE:
             _faults.hit("lane.pickle_call")
+        if defer(task, self.placement):
+            return
         task.payload = encode_call(task.fn, task.items, task.batch, self.placement, task.future)
+        task.size = len(task.payload) + HEADER_SIZE
+
+    def submit_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], route: Any
+    ) -> Future[Any] | None:
+        """Submit one call (``route``: the router's decision); None if it will not pickle.
+
+        Raises:
+            RuntimeError: the lane was shut down.
+            BrokenExecutorError: the lane broke earlier.
+        """
+        future: Future[Any] = Future("process")
+        task = Task(fn, (args, kwargs), future)
+        try:
+            self.prepare(task)
+        except SerializationError:
+            return None
+        task.route = route
+        self.submit(task)
+        return future
 
     def submit(self, task: Task) -> None:
         """Queue a prepared task and wake the manager.
@@ -211,7 +235,7 @@ class ProcessLane:
             RuntimeError: the lane was shut down.
             BrokenExecutorError: the lane broke earlier.
         """
-        if task.payload is None:
+        if task.payload is None and task.wire is None:
             self.prepare(task)
         with self._lock:
             if self.shutting_down:
@@ -233,15 +257,15 @@ class ProcessLane:
     def _start_manager(self, task: Task) -> bool:
         """Start the manager thread (under the lock); on failure nothing is left half made.
 
-        True when ``task`` went to a worker forked here (``_fork_first_worker``), else the
+        True when ``task`` went to a worker forked here (``_direct.fork_first_worker``), else the
         caller queues it.
         """
         self.lifeline_r = lifeline()[0]
         manager = Manager(self)
-        # The helpers not forked with the executor (it was made while a module was half
-        # imported) are forked first: the guardian registers the worker as it starts.
+        # The helpers not forked with the executor (made while a module was half imported)
+        # are forked first: the guardian registers the worker as it starts.
         copy = self.start_method == "forkserver" and self.initializer is None
-        sent = copy and preload_in_forkserver() and _fork_first_worker(manager, task)
+        sent = copy and preload_in_forkserver() and fork_first_worker(manager, task)
         wake_r, wake_w = os.pipe()
         try:
             os.set_blocking(wake_r, False)
@@ -372,25 +396,5 @@ class ProcessLane:
             done.wait()
 
 
-def _fork_first_worker(manager: Manager, task: Task) -> bool:
-    """Fork the lane's first worker from this thread and send it ``task``; True if it went.
-
-    The caller made sure that it is safe (no other thread yet). The worker is a copy as the
-    fork server's would be (``_zygote.run_as_copy``): no round trip through a process that
-    may not have run yet. The call goes as the manager's dispatch would send it, and runs
-    while the manager thread starts.
-    """
-    worker, payload = manager._start_worker(copy=True), task.payload
-    if worker is None or payload is None or len(payload) + HEADER_SIZE > worker.budget:
-        return False
-    if not manager.lane.take_slot():
-        return False  # queued: the manager sends it once a CPU slot is free
-    if manager._claim(task):  # False: cancelled meanwhile, nothing to send
-        manager._assign(worker, task)
-        manager._send(worker, [task])
-    return True
-
-
-def _stays(task: Task) -> bool:
-    """Late binding's default: a task stays in the process lane."""
+def _stays(task: Task) -> bool:  # late binding's default: a task stays here
     return False
