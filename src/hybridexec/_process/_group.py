@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import pickle
 import types
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from .._serialize import PROTOCOL, dumps_callable
 from .._shm import reply_policy
@@ -42,14 +43,18 @@ GROUP_MAX = 512
 WIRE_MAX = 512
 """Callables whose pickled bytes are longer than this are not deferred (they go by value)."""
 
+_WIRES_MAX = 256
 _STRING_MAX = 256
 _INT_BOUND = 1 << 62
 _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
 _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and arguments
 
 
-def defer(task: Task, placement: Placement) -> bool:
+def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:
     """Mark ``task`` for pickling on the manager's thread if it qualifies; False if not.
+
+    ``wires`` is the lane's cache of callables pickled by reference (their bytes never change;
+    ``dumps_callable`` pickles the others again on every call): ``id(fn) -> (weakref, bytes)``.
 
     Raises:
         SerializationError: the callable cannot be pickled.
@@ -73,10 +78,20 @@ def defer(task: Task, placement: Placement) -> bool:
             size += 4 * len(arg) + 9
         else:
             return False
-    wire = dumps_callable(fn, main_imported=True)  # workers import the script
-    wire = reply_policy(wire, placement.threshold)
-    if len(wire) > WIRE_MAX:
-        return False
+    cached = wires.get(id(fn))
+    if cached is not None and cached[0]() is fn:
+        wire = cached[1]
+    else:
+        wire = dumps_callable(fn, main_imported=True)  # workers import the script
+        if len(wire) > WIRE_MAX:
+            return False
+        if dumps_callable(fn, main_imported=True) is wire:  # by reference: cached there
+            if len(wires) >= _WIRES_MAX:
+                wires.clear()
+            wire = reply_policy(wire, placement.threshold)
+            wires[id(fn)] = (weakref.ref(fn), wire)
+        else:
+            wire = reply_policy(wire, placement.threshold)
     task.wire = wire
     task.size = size + len(wire) + HEADER_SIZE
     return True

@@ -95,10 +95,11 @@ class ProcessLane:
         self.max_memory_per_child = max_memory_per_child
         self.report_memory = max_memory_per_child is not None
         self.idle_timeout = idle_timeout
-        # Pickled as each worker starts, as ProcessPoolExecutor does: initargs that may only be
-        # inherited (a multiprocessing.Lock or Queue) travel then, and only then.
+        # Pickled as each worker starts, as ProcessPoolExecutor does: initargs that may only
+        # be inherited (a multiprocessing.Lock or Queue) travel then.
         self.initializer = Initializer(initializer, initargs) if initializer is not None else None
         self.placement = Placement(shm_threshold)  # large numpy arguments via shared memory
+        self.wires: dict[int, tuple[Any, bytes]] = {}  # callables' bytes (see _group.defer)
         self.name = name
         self.pending: deque[Task] = deque()
         self.commands: deque[tuple[str, Any]] = deque()
@@ -204,7 +205,7 @@ class ProcessLane:
         """
         if _faults.ACTIVE:
             _faults.hit("lane.pickle_call")
-        if defer(task, self.placement):
+        if defer(task, self.placement, self.wires):
             return
         task.payload = encode_call(task.fn, task.items, task.batch, self.placement, task.future)
         task.size = len(task.payload) + HEADER_SIZE
@@ -215,8 +216,7 @@ class ProcessLane:
         """Submit one call (``route``: the router's decision); None if it will not pickle.
 
         Raises:
-            RuntimeError: the lane was shut down.
-            BrokenExecutorError: the lane broke earlier.
+            RuntimeError: the lane was shut down (BrokenExecutorError: it broke earlier).
         """
         future: Future[Any] = Future("process")
         task = Task(fn, (args, kwargs), future)
