@@ -78,10 +78,13 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
             size += 4 * len(arg) + 9
         else:
             return False
+    # A callable pickled by reference is one object, written once per frame (the pickler's
+    # memo): the first call of a frame pays for it (``first_cost``); others pay each.
     cached = wires.get(id(fn))
     if cached is not None and cached[0]() is fn:
         wire = cached[1]
     else:
+        size += 2 * WIRE_MAX
         wire = dumps_callable(fn, main_imported=True)  # workers import the script
         if len(wire) > WIRE_MAX:
             return False
@@ -93,7 +96,7 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
         else:
             wire = reply_policy(wire, placement.threshold)
     task.wire = wire
-    task.size = size + len(wire) + HEADER_SIZE
+    task.size = size
     return True
 
 
@@ -107,11 +110,17 @@ def seal(task: Task) -> bytes | None:
     return task.payload
 
 
+def first_cost(task: Task) -> int:
+    """Bytes ``task`` takes in a worker's call pipe as the first call of its frame."""
+    return task.size + (HEADER_SIZE + len(task.wire) if task.wire is not None else 0)
+
+
 def encode_group(tasks: list[Task]) -> bytes:
     """One frame for deferred calls; each records the calls of it still without a reply."""
     group = [len(tasks)]
     for task in tasks:
         task.group = group
+    tasks[0].size = first_cost(tasks[0])  # what waits in the pipe, for later dispatches
     return pickle.dumps([(task.wire, task.args) for task in tasks], PROTOCOL)
 
 

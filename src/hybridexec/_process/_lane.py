@@ -103,12 +103,9 @@ class ProcessLane:
         self.name = name
         self.pending: deque[Task] = deque()
         self.commands: deque[tuple[str, Any]] = deque()
-        self.stats: dict[str, int] = {
-            "workers_started": 0,
-            "tasks_done": 0,
-            "crashes": 0,
-            "kills": 0,
-        }
+        # "groups": frames that carried several calls (_group.py).
+        keys = ("workers_started", "tasks_done", "crashes", "kills", "groups")
+        self.stats: dict[str, int] = dict.fromkeys(keys, 0)
         self.shutting_down = False
         self.closed = False  # the manager thread has exited: commands are not served
         self.broken: BaseException | None = None

@@ -113,27 +113,34 @@ class Replies(Scheduling):
         # Figures summed by function (its cost) and argument types (the router's key).
         costs: dict[int, list[Any]] = {}
         timings: dict[tuple[int, Any], list[Any]] = {}
+        figures = rss != INIT_FAILED
+        last: Any = None  # the entry of the call before, and its function and argument type
+        last_fn = last_kind = None
         for task, (ok, value), elapsed in zip(tasks, raw, seconds, strict=False):  # short: stray
             group = task.group
             if group is not None:
                 group[0] -= 1
-            if task.future.done():  # cancelled while it waited: its value goes
-                continue
             if errors is not None:
-                value = errors
+                ok, value = False, errors
             elif not ok or type(value) is Pickled:
                 ok, value = _decode(ok, value)
             task.elapsed = elapsed
-            task.future.settle(ok, value)
-            if rss != INIT_FAILED:
-                args = task.args
-                key = (id(task.fn), type(args[0]) if len(args) == 1 else tuple(map(type, args)))
-                entry = timings.get(key)
-                if entry is None:
-                    timings[key] = [task, elapsed, 1]
-                else:
-                    entry[1] += elapsed
-                    entry[2] += 1
+            task.future.settle(ok, value)  # a call cancelled while it waited: its value goes
+            if not figures:
+                continue
+            fn, args = task.fn, task.args
+            if fn is last_fn and len(args) == 1 and type(args[0]) is last_kind:
+                last[1] += elapsed  # a run of calls alike: no key to make
+                last[2] += 1
+                continue
+            kind = type(args[0]) if len(args) == 1 else tuple(map(type, args))
+            last = timings.get((id(fn), kind))
+            if last is None:
+                last = timings[id(fn), kind] = [task, elapsed, 1]
+            else:
+                last[1] += elapsed
+                last[2] += 1
+            last_fn, last_kind = fn, kind
         share = cpu / (sum(seconds) or 1.0)  # the CPU time, shared as the wall time was
         for task, elapsed, calls in timings.values():
             self._record_timing(task, elapsed, elapsed * share, calls)

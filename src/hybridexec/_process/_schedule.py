@@ -31,6 +31,7 @@ import heapq
 import logging
 import signal
 import weakref
+from concurrent.futures._base import PENDING
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
@@ -38,7 +39,7 @@ from .._exceptions import BrokenExecutorError
 from .._futures import Future, Task
 from ._crashes import Crashes
 from ._frames import FramesWriteError, write_frames
-from ._group import frame_of
+from ._group import first_cost, frame_of
 from ._supervision import BUSY, IDLE, WorkerRecord
 
 if TYPE_CHECKING:
@@ -200,7 +201,7 @@ class Scheduling(Crashes):
             if not ahead:
                 room.pop(worker, None)  # a call of any length: figured again if needed
             elif room.get(worker, -1) >= 0:
-                room[worker] += task.size
+                room[worker] += first_cost(task)
             batch = batches.setdefault(worker, [])
             batch.append(task)
             if task.wire is not None and pending:
@@ -232,7 +233,7 @@ class Scheduling(Crashes):
             ahead = room[worker] = self._ahead(worker)
         if ahead < 0:
             return
-        budget, fn, stop, claim = worker.budget, task.fn, self._stop_task, self._claim
+        budget, fn, stop = worker.budget, task.fn, self._stop_task
         tasks = worker.tasks
         while count > 0:
             try:
@@ -251,7 +252,11 @@ class Scheduling(Crashes):
                 pending.appendleft(got)
                 break
             count -= 1
-            if not claim(following):
+            future = following.future  # _claim, inline
+            if future._state == PENDING:
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled meanwhile
+            elif future.done():  # sent again after its worker died: running, unless cancelled
                 continue
             tasks.append(following)  # _assign, for a call without a timeout
             following.future._hx_stop = functools.partial(stop, following)
@@ -276,7 +281,7 @@ class Scheduling(Crashes):
             return None
         depth = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(cost, 1e-6))))
         limit = self.lane.max_tasks_per_child
-        size = task.size
+        size = first_cost(task)
         best: WorkerRecord | None = None
         for w in self.workers.values():
             if (
@@ -323,6 +328,8 @@ class Scheduling(Crashes):
         start = 0
         while start < len(tasks):
             frame, end = frame_of(tasks, start)
+            if end - start > 1:
+                self.lane.stats["groups"] += 1
             if frame is not None:
                 frames.append(frame)
                 sent.extend(tasks[start:end])
