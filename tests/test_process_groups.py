@@ -159,15 +159,19 @@ def test_bad_input_fails_at_the_call_that_caused_it(ex: Executor) -> None:
     more = [process.submit(helpers.identity, x) for x in range(20)]
     assert isinstance(bad.exception(timeout=60), SerializationError)
     assert [f.result(timeout=60) for f in good + more] == list(range(20)) * 2
-    # A result that will not pickle inside a group fails that call only.
-    _warm(ex, maybe_unpicklable, 0)
-    futures = _in_one_frame(ex, maybe_unpicklable, [(x,) for x in range(CALLS)])
+    # A result that will not pickle (30), or not unpickle here (40), inside a group fails
+    # that call only.
+    parent = os.getpid()
+    _warm(ex, maybe_unpicklable, 0, parent)
+    futures = _in_one_frame(ex, maybe_unpicklable, [(x, parent) for x in range(CALLS)])
     for x, future in enumerate(futures):
-        if x == 30:
-            assert isinstance(future.exception(), SerializationError)
+        if x in (30, 40):
+            assert isinstance(future.exception(), SerializationError), x
         else:
             assert future.result() == x
 
 
-def maybe_unpicklable(x: int) -> Any:
-    return helpers.Unpicklable() if x == 30 else x
+def maybe_unpicklable(x: int, parent: int) -> Any:
+    if x == 30:
+        return helpers.Unpicklable()
+    return helpers.FailsToUnpickleIn(parent) if x == 40 else x

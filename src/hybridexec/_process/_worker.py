@@ -358,7 +358,7 @@ def _encode_reply(
     # still arrive.
     fixed: list[tuple[bool, Any]] = []
     for ok, value in outcomes:
-        if not ok:
+        if not ok or type(value) is Pickled:  # pickled alone already (_alone)
             fixed.append((ok, value))
             continue
         try:
