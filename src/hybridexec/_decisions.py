@@ -285,12 +285,9 @@ def _submit_process(
     kwargs: dict[str, Any],
 ) -> Future[Any] | None:
     # The router's submit_task for a plain call on the process lane (None: it will not pickle)
-    future = router.processes.submit_call(fn, args, kwargs, entry.route)
-    if future is not None:
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s -> process: %s", getattr(fn, "__qualname__", fn), entry.reason)
-        with router._counts_lock:
-            router.counts["process"] = router.counts.get("process", 0) + 1
+    future = router.processes.submit_call(fn, args, kwargs, entry.route)  # counted there
+    if future is not None and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s -> process: %s", getattr(fn, "__qualname__", fn), entry.reason)
     return future
 
 

@@ -102,6 +102,7 @@ class ProcessLane:
         self.wires: dict[int, tuple[Any, bytes]] = {}  # callables' bytes (see _group.defer)
         self.name = name
         self.pending: deque[Task] = deque()
+        self.submitted = 0  # tasks counted by submit (the express path's; under _lock)
         self.commands: deque[tuple[str, Any]] = deque()
         # "groups": frames that carried several calls (_group.py).
         keys = ("workers_started", "tasks_done", "crashes", "kills", "groups")
@@ -222,11 +223,11 @@ class ProcessLane:
         except SerializationError:
             return None
         task.route = route
-        self.submit(task)
+        self.submit(task, 1)
         return future
 
-    def submit(self, task: Task) -> None:
-        """Queue a prepared task and wake the manager.
+    def submit(self, task: Task, counted: int = 0) -> None:
+        """Queue a prepared task and wake the manager (``counted``: add to ``submitted``).
 
         Raises:
             RuntimeError: the lane was shut down.
@@ -239,6 +240,7 @@ class ProcessLane:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self.broken is not None:
                 raise BrokenExecutorError(f"the process lane is broken: {self.broken!r}")
+            self.submitted += counted
             manager = self._manager
             if manager is None:
                 # Started first: if it cannot start (no descriptor or thread left), the call

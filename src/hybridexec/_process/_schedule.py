@@ -31,7 +31,7 @@ import heapq
 import logging
 import signal
 import weakref
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import PENDING, RUNNING
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
@@ -253,11 +253,12 @@ class Scheduling(Crashes):
                 break
             count -= 1
             future = following.future  # _claim, inline
-            if future._state == PENDING:
-                if not future.set_running_or_notify_cancel():
-                    continue  # cancelled meanwhile
-            elif future.done():  # sent again after its worker died: running, unless cancelled
-                continue
+            with future._lock:
+                claimed = future._state == PENDING
+                if claimed:
+                    future._state = RUNNING
+            if not claimed and not self._claim(following):
+                continue  # cancelled meanwhile (or sent again after its worker died: running)
             tasks.append(following)  # _assign, for a call without a timeout
             following.future._hx_stop = functools.partial(stop, following)
             ahead += following.size
