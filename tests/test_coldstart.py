@@ -31,7 +31,7 @@ COPIES = {"server": "hx-forkserver", "guardian": "hx-guardian", "tracker": "hx-t
 # What the scripts below report about the fork server, the guardian and a worker.
 HELPERS = """
 import multiprocessing.forkserver as _fs
-from hybridexec._process import _supervise as _sv
+from hybridexec._process import _guardian as _gd
 
 def comm(pid):
     with open(f"/proc/{pid}/comm") as f:
@@ -55,7 +55,7 @@ def helpers_of_this_process():
     from multiprocessing import resource_tracker as _rt
     return {
         "server": _fs._forkserver._forkserver_pid,
-        "guardian": _sv._guardian.pid,
+        "guardian": _gd._guardian.pid,
         "tracker": _rt._resource_tracker._pid,
     }
 """
@@ -169,7 +169,7 @@ def test_helpers_are_forked_before_the_first_thread_not_with_the_executor(
         """
         import multiprocessing.forkserver as fs
         ex = hx.Executor(max_processes=1)
-        made = {"server": fs._forkserver._forkserver_pid, "guardian": _sv._guardian}
+        made = {"server": fs._forkserver._forkserver_pid, "guardian": _gd._guardian}
         # Default routing: the first call is measured on a thread, the lane's first thread.
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9
         threads = threading.active_count()

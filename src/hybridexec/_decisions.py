@@ -114,15 +114,16 @@ class Plans:
                 self._plans.clear()
             self._express.pop(key, None)  # made again from this plan at its next express call
             same = self._learns and plan is not None and plan[4] is decision and plan[0]() is fn
-            # The express path (``express``): a plain call on the growing thread lane (not a
-            # CPU-heavy one: that waits for a CPU slot on the capped lane, see submit_task).
+            # The express path (``express``): a plain call on the process lane or the growing
+            # thread lane (not a CPU-heavy one: it waits for a CPU slot, see submit_task).
             express = (
                 self.express_ok
-                and decision.kind == "thread"
-                and not decision.cpu_heavy
+                and (
+                    (decision.kind == "thread" and not decision.cpu_heavy and generation[1])
+                    or decision.kind == "process"  # (generation[1] False: threads by rule)
+                )
                 and decision.max_memory is None
                 and merged.timeout is None
-                and generation[1]  # the GIL is on: no capped CPU lane to consider
                 and not is_async_callable(fn)
             )
             self._plans[key] = (
@@ -157,6 +158,11 @@ class Plans:
         entry = self.entry(router, fn, args, kwargs, opts)
         if entry is None:
             return None
+        if entry.process:  # submit_task's work for a plain process call (counted there)
+            process = router.processes.submit_call(fn, args, kwargs, entry.route)
+            if process is not None and logger.isEnabledFor(logging.DEBUG):
+                logger.debug("%s -> process: %s", getattr(fn, "__qualname__", fn), entry.reason)
+            return process  # None: it will not pickle
         future: Future[Any] = Future("thread")
         n = next(entry.seen)  # the sampler's count for this decision (Sampler.timed, inline)
         clf = None if n and n % entry.every else entry.rest if n else entry.first
@@ -234,8 +240,9 @@ class Plans:
             return None
         if len(self._express) >= REMEMBERED:
             self._express.clear()
+        profile = router.threads.profiles.of(fn) if plan[4].kind == "thread" else None
         seen = router.sampler.counter(plan[4], self.classifier)
-        entry = _Express(plan, learned, seen, router.threads.profiles.of(fn))
+        entry = _Express(plan, learned, seen, profile)
         self._express[key] = entry
         return entry
 
@@ -278,13 +285,14 @@ class Plans:
 
 
 class _Express:
-    """A remembered plan bound to the growing thread lane, with what its calls need."""
+    """A remembered plan bound to the growing thread lane (or processes), and what it needs."""
 
     __slots__ = (
         "every",
         "first",
         "hinted",
         "learned",
+        "process",
         "profile",
         "reason",
         "ref",
@@ -297,6 +305,7 @@ class _Express:
         self.ref, self.hinted, self.learned = plan[0], plan[2], learned
         decision = plan[4]
         self.reason = decision.reason
+        self.process = decision.kind == "process"
         self.route = decision if decision.source is not None else None
         (_, self.seen, self.every, self.first, self.rest), self.profile = seen, profile
 

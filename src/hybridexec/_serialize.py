@@ -117,6 +117,11 @@ def dumps_callable(fn: Any) -> bytes:
     return data
 
 
+def cached_callable(fn: Any) -> bytes | None:
+    """The bytes ``dumps_callable`` keeps for ``fn`` (pickled by reference), or None."""
+    return _by_reference.get(fn) if type(fn) is types.FunctionType else None
+
+
 # ---- a worker's side: the globals its initializer set -----------------------------------------
 # A ``__main__`` function arrives by value with a globals dict of its own, holding the parent's
 # values of the globals it uses. The stdlib idiom "the initializer sets a global, the tasks read

@@ -38,11 +38,14 @@ class Task:
         "elapsed",
         "fn",
         "future",
+        "group",
         "kwargs",
         "payload",
         "profile",
         "route",
+        "size",
         "timeout",
+        "wire",
     )
 
     def __init__(
@@ -69,6 +72,12 @@ class Task:
         self.timeout = timeout
         self.deadline: float | None = None
         self.payload: bytes | None = None  # pickled call, for the process lane
+        # The process lane's deferred call (plain small arguments, pickled by the manager in a
+        # frame with others): the pickled callable, the bytes it may take on the wire, and the
+        # calls sent in one frame with it that have no reply yet (see _process/_group.py).
+        self.wire: bytes | None = None
+        self.size = 0
+        self.group: list[int] | None = None
         self.elapsed = 0.0  # seconds the call(s) took where they ran
         # True when the library, not the user, chose the lane: interpreter exit waits for
         # such work on a thread only a short while (it cannot be killed; see ThreadLane).
@@ -121,7 +130,7 @@ class Task:
         """
         self.fn = _released
         self._items, self.args, self.kwargs = [], (), {}
-        self.payload = None
+        self.payload = self.wire = self.group = None
         self.context = None  # its values may be large, and are the submitter's
         self.route = None
 

@@ -34,6 +34,7 @@ def executor_stats(router: Router) -> dict[str, Any]:
     table = getattr(router.classifier, "table", None)
     submitted = dict(router.counts)
     submitted["thread"] += router.threads.submitted  # the express path counts in the lane
+    submitted["process"] += router.processes.submitted
     return {
         "submitted": submitted,
         "moved": router.binding.stats(),

@@ -9,8 +9,9 @@ Layers inside the room (each imports only those above it)::
                 lifeline watcher (``enter_child``)
     _zygote     the fork server and the guardian forked from this process where that is
                 safe (a cold start without new interpreters)
-    _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe,
-                the guardian that kills children when the parent dies
+    _guardian   the guardian process that kills children when the parent dies, and then
+                unlinks its segments and temporary directory
+    _supervise  the parent side shared by lanes and actors: start methods, the lifeline pipe
     _handle     ``Child``: hold, signal (the whole tree) and reap a child, never a recycled
                 pid; the lane's workers and process actors alike
     _worker     the lane's child entry: a plain loop over the worker's private pipes, and
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ._child import resident_memory as resident_memory
     from ._frames import FrameReader as FrameReader
     from ._frames import write_frame as write_frame
+    from ._guardian import guard as guard
     from ._handle import Child as Child
     from ._lane import ProcessLane as ProcessLane
     from ._memory import MemoryLimited as MemoryLimited
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
     from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
     from ._supervise import default_start_method as default_start_method
     from ._supervise import get_context as get_context
-    from ._supervise import guard as guard
     from ._supervise import lifeline as lifeline
     from ._threadlimits import usable_cpus as usable_cpus
 
@@ -88,7 +89,7 @@ __getattr__, __dir__ = exports(
         "default_start_method": "._supervise",
         "enter_child": "._child",
         "get_context": "._supervise",
-        "guard": "._supervise",
+        "guard": "._guardian",
         "lifeline": "._supervise",
         "oom_killed": "._oom",
         "resident_memory": "._child",

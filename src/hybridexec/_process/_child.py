@@ -111,7 +111,7 @@ def let_go_of_fork_server() -> None:
 def enter_child(lifeline: Any, death_signal: bool) -> None:
     """The prelude of every child: own process group, death signal, Ctrl-C ignored, lifeline.
 
-    The parent registers the child with its guardian (``_supervise.guard``), which kills the
+    The parent registers the child with its guardian (``_guardian.guard``), which kills the
     child's process group when the parent dies even while a task holds the GIL in C code.
 
     Args:

@@ -16,6 +16,8 @@ from typing import Any
 from .. import _exceptions
 from .._exceptions import signal_name
 from .._futures import Future, Outcome, Task
+from ._frames import HEADER_SIZE
+from ._group import seal
 from ._memory import crash_error
 from ._supervision import Supervision, WorkerRecord
 from ._wire import encode_call
@@ -27,6 +29,26 @@ class Crashes(Supervision):
     """How the call a dead worker was running ends."""
 
     def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
+        group = task.group
+        if group is not None and group[0] > 1:
+            # It went in one frame with others that had no reply yet either (_group.py): which
+            # one killed the worker is not known. Each goes again alone, first in line (they
+            # are at the head of the queue already, in order), so only the culprit fails.
+            logger.info(
+                "worker pid %d died (exit code %s) running a group of %d calls; retrying "
+                "them one by one",
+                worker.pid,
+                exitcode,
+                group[0],
+            )
+            pending = self.lane.pending
+            for other in list(pending):  # a snapshot: shutdown() may clear it meanwhile
+                if other.group is not group:
+                    break
+                seal(other)
+            seal(task)
+            pending.appendleft(task)
+            return
         if task.batch and len(task.items) > 1:
             # One item of the batch killed the worker, or something outside did: run the items
             # one by one, so only the culprit fails (it kills its worker a second time).
@@ -81,6 +103,7 @@ class Crashes(Supervision):
             future._hx_add_inline(done)  # delivers results: never behind a user callback
             single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
             single.payload = encode_call(task.fn, [item], True)
+            single.size = len(single.payload) + HEADER_SIZE
             singles.append(single)
 
         def stop_retries() -> None:

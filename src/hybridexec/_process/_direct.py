@@ -47,7 +47,9 @@ from .. import _callbacks, _faults
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from ._frames import HEADER_SIZE, write_frame
-from ._schedule import PIPELINE_SECONDS, Scheduling
+from ._group import seal
+from ._replies import Replies
+from ._schedule import PIPELINE_SECONDS
 from ._supervision import BUSY, IDLE, WorkerRecord
 
 READ_BOUND = 0.01
@@ -59,7 +61,7 @@ _IN = select.POLLIN
 _ABSENT = object()
 
 
-class Direct(Scheduling):
+class Direct(Replies):
     """The manager's sleep, the offers of idle workers and the callers' own reads."""
 
     def _init_direct(self) -> None:
@@ -192,8 +194,10 @@ class Direct(Scheduling):
         that fails is settled by the manager.
         """
         lane = self.lane
-        payload = task.payload
-        if not lane.ready or task.timeout is not None or payload is None:
+        if not lane.ready or task.timeout is not None:
+            return False
+        payload = seal(task)  # nothing in flight: the call goes alone
+        if payload is None:
             return False
         worker = lane.ready[-1]
         if len(payload) + HEADER_SIZE > worker.budget or not lane.take_slot():
@@ -337,3 +341,22 @@ class Direct(Scheduling):
                 lane.ready.append(worker)  # offered again: the next call goes direct
             elif not lane._wake_pending:
                 lane._wake_locked()  # retiring (a deadline to keep), or work waits
+
+
+def fork_first_worker(manager: Direct, task: Task) -> bool:
+    """Fork the lane's first worker from this thread and send it ``task``; True if it went.
+
+    The caller made sure that it is safe (no other thread yet). The worker is a copy as the
+    fork server's would be (``_zygote.run_as_copy``): no round trip through a process that
+    may not have run yet. The call goes as the manager's dispatch would send it, and runs
+    while the manager thread starts.
+    """
+    worker, payload = manager._start_worker(copy=True), seal(task)
+    if worker is None or payload is None or len(payload) + HEADER_SIZE > worker.budget:
+        return False
+    if not manager.lane.take_slot():
+        return False  # queued: the manager sends it once a CPU slot is free
+    if manager._claim(task):  # False: cancelled meanwhile, nothing to send
+        manager._assign(worker, task)
+        manager._send(worker, [task])
+    return True

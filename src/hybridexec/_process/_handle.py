@@ -15,7 +15,7 @@ import signal
 import threading
 from typing import Any
 
-from ._supervise import guard
+from ._guardian import guard
 
 
 def _open_pidfd(pid: int) -> int | None:

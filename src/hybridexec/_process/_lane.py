@@ -21,10 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _faults, _lifecycle
-from .._exceptions import BrokenExecutorError
-from .._futures import Task
+from .._exceptions import BrokenExecutorError, SerializationError
+from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
+from ._direct import fork_first_worker
 from ._frames import HEADER_SIZE
+from ._group import defer
 from ._manager import Manager
 from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
@@ -93,19 +95,18 @@ class ProcessLane:
         self.max_memory_per_child = max_memory_per_child
         self.report_memory = max_memory_per_child is not None
         self.idle_timeout = idle_timeout
-        # Pickled as each worker starts, as ProcessPoolExecutor does: initargs that may only be
-        # inherited (a multiprocessing.Lock or Queue) travel then, and only then.
+        # Pickled as each worker starts, as ProcessPoolExecutor does: initargs that may only
+        # be inherited (a multiprocessing.Lock or Queue) travel then.
         self.initializer = Initializer(initializer, initargs) if initializer is not None else None
         self.placement = Placement(shm_threshold)  # large numpy arguments via shared memory
+        self.wires: dict[int, tuple[Any, bytes]] = {}  # callables' bytes (see _group.defer)
         self.name = name
         self.pending: deque[Task] = deque()
+        self.submitted = 0  # tasks counted by submit (the express path's; under _lock)
         self.commands: deque[tuple[str, Any]] = deque()
-        self.stats: dict[str, int] = {
-            "workers_started": 0,
-            "tasks_done": 0,
-            "crashes": 0,
-            "kills": 0,
-        }
+        # "groups": frames that carried several calls (_group.py).
+        keys = ("workers_started", "tasks_done", "crashes", "kills", "groups")
+        self.stats: dict[str, int] = dict.fromkeys(keys, 0)
         self.shutting_down = False
         self.closed = False  # the manager thread has exited: commands are not served
         self.broken: BaseException | None = None
@@ -196,29 +197,51 @@ class ProcessLane:
         return list(manager.workers) if manager is not None else []
 
     def prepare(self, task: Task) -> None:
-        """Pickle the call in the caller's thread.
+        """Pickle the call in the caller's thread, or only its callable (see ``_group.py``).
 
         Raises:
             SerializationError: the callable or an argument cannot be pickled.
         """
         if _faults.ACTIVE:
             _faults.hit("lane.pickle_call")
+        if defer(task, self.placement, self.wires):
+            return
         task.payload = encode_call(task.fn, task.items, task.batch, self.placement, task.future)
+        task.size = len(task.payload) + HEADER_SIZE
 
-    def submit(self, task: Task) -> None:
-        """Queue a prepared task and wake the manager.
+    def submit_call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], route: Any
+    ) -> Future[Any] | None:
+        """Submit one call (``route``: the router's decision); None if it will not pickle.
+
+        Raises:
+            RuntimeError: the lane was shut down (BrokenExecutorError: it broke earlier).
+        """
+        future: Future[Any] = Future("process")
+        task = Task(fn, (args, kwargs), future)
+        try:
+            self.prepare(task)
+        except SerializationError:
+            return None
+        task.route = route
+        self.submit(task, 1)
+        return future
+
+    def submit(self, task: Task, counted: int = 0) -> None:
+        """Queue a prepared task and wake the manager (``counted``: add to ``submitted``).
 
         Raises:
             RuntimeError: the lane was shut down.
             BrokenExecutorError: the lane broke earlier.
         """
-        if task.payload is None:
+        if task.payload is None and task.wire is None:
             self.prepare(task)
         with self._lock:
             if self.shutting_down:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self.broken is not None:
                 raise BrokenExecutorError(f"the process lane is broken: {self.broken!r}")
+            self.submitted += counted
             manager = self._manager
             if manager is None:
                 # Started first: if it cannot start (no descriptor or thread left), the call
@@ -234,7 +257,7 @@ class ProcessLane:
     def _start_manager(self, task: Task) -> bool:
         """Start the manager thread (under the lock); on failure nothing is left half made.
 
-        True when ``task`` went to a worker forked here (``_fork_first_worker``), else the
+        True when ``task`` went to a worker forked here (``_direct.fork_first_worker``), else the
         caller queues it.
         """
         self.lifeline_r = lifeline()[0]
@@ -242,7 +265,7 @@ class ProcessLane:
         # The helpers not forked yet are forked with the worker: the guardian first (it
         # registers the worker as it starts), the others once the call was sent.
         copy = self.start_method == "forkserver" and self.initializer is None
-        sent = copy and preload_in_forkserver(lambda: _fork_first_worker(manager, task))
+        sent = copy and preload_in_forkserver(lambda: fork_first_worker(manager, task))
         wake_r, wake_w = os.pipe()
         try:
             os.set_blocking(wake_r, False)
@@ -373,25 +396,5 @@ class ProcessLane:
             done.wait()
 
 
-def _fork_first_worker(manager: Manager, task: Task) -> bool:
-    """Fork the lane's first worker from this thread and send it ``task``; True if it went.
-
-    The caller made sure that it is safe (no other thread yet). The worker is a copy as the
-    fork server's would be (``_zygote.run_as_copy``): no round trip through a process that
-    may not have run yet. The call goes as the manager's dispatch would send it, and runs
-    while the manager thread starts.
-    """
-    worker, payload = manager._start_worker(copy=True), task.payload
-    if worker is None or payload is None or len(payload) + HEADER_SIZE > worker.budget:
-        return False
-    if not manager.lane.take_slot():
-        return False  # queued: the manager sends it once a CPU slot is free
-    if manager._claim(task):  # False: cancelled meanwhile, nothing to send
-        manager._assign(worker, task)
-        manager._send(worker, [task])
-    return True
-
-
-def _stays(task: Task) -> bool:
-    """Late binding's default: a task stays in the process lane."""
+def _stays(task: Task) -> bool:  # late binding's default: a task stays here
     return False

@@ -31,15 +31,11 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _callbacks, _faults
-from .._exceptions import BrokenExecutorError, SerializationError, TaskTimeoutError
-from .._futures import Outcome, Task
-from .._serialize import loads, unpack_exception
-from .._shm import discard_reply
+from .._exceptions import BrokenExecutorError, TaskTimeoutError
+from .._futures import Task
 from ._direct import Direct
-from ._memory import went_over
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
-from ._worker import INIT_FAILED, Pickled, unwrap
 
 if TYPE_CHECKING:
     from ._lane import ProcessLane
@@ -260,86 +256,6 @@ class Manager(Direct, threading.Thread):
         elif worker.drop_at is None:
             worker.drop_at = time.monotonic() + DROP_GRACE
 
-    # ---- replies --------------------------------------------------------------------------
-    def _receive(self, worker: WorkerRecord) -> None:
-        try:
-            worker.reader.fill()  # one read: every reply that came in since the last one
-        except (EOFError, OSError):
-            # The worker is exiting: stop watching its pipe; its sentinel tells how it ended.
-            self.by_object.pop(worker.rfd, None)
-        self._handle_frames(worker)
-
-    def _handle_reply(self, worker: WorkerRecord, data: bytes) -> None:
-        if not worker.tasks:
-            return  # stray: nothing was sent that this could answer
-        task = worker.tasks.popleft()
-        worker.drop_at = None
-        worker.tasks_done += 1
-        lane = self.lane
-        lane.stats["tasks_done"] += 1
-        if task.future.done():  # settled already (timed out) or cancelled while it waited
-            discard_reply(data)  # its large results' segments go now, not at our exit
-            self._after_task(worker, None)
-            return
-        try:
-            if _faults.ACTIVE:
-                _faults.hit("lane.unpickle_reply")
-            raw, elapsed, cpu, rss = loads(data)
-            outcomes = [
-                (True, value) if ok and type(value) is not Pickled else _decode(ok, value)
-                for ok, value in raw
-            ]
-        except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
-            # included): never the manager's, never lost
-            cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
-            err = SerializationError(f"the task's result could not be unpickled: {exc}")
-            err.__cause__ = cause
-            elapsed = cpu = 0.0
-            rss = None
-            outcomes = [(False, err)] * (len(task.items) if task.batch else 1)
-        task.elapsed = elapsed
-        # The future first: its waiter wakes while the figures below are recorded.
-        if task.batch:
-            task.future.settle(True, outcomes)
-        else:
-            ok, value = outcomes[0]
-            task.future.settle(ok, value)
-        if went_over(task.fn, outcomes):  # a MemoryError can leave C libraries in a poor state
-            worker.retire_why = "a call went over its max_memory"
-        if rss == INIT_FAILED:
-            if outcomes and not outcomes[0][0]:
-                # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
-                # queued fails and later submits raise BrokenExecutorError (cause chained).
-                logger.critical("hybridexec: a worker initializer failed: %r", outcomes[0][1])
-                self._break(outcomes[0][1])
-                return
-        else:
-            self._record_cost(task, elapsed)
-            self._record_timing(task, elapsed, cpu)
-        self._after_task(worker, rss)
-
-    def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:
-        lane = self.lane
-        if worker.state != BUSY:
-            return  # retiring or dying: it takes nothing more
-        if rss == INIT_FAILED:
-            worker.retire_why = "its initializer failed"
-        elif lane.max_tasks_per_child is not None and worker.tasks_done >= lane.max_tasks_per_child:
-            worker.retire_why = "max_tasks_per_child reached"
-        elif (
-            lane.max_memory_per_child is not None
-            and rss is not None
-            and (rss > lane.max_memory_per_child)
-        ):
-            worker.retire_why = f"resident memory {rss >> 20} MiB over max_memory_per_child"
-        if worker.tasks:
-            self._check_head(worker)
-        elif worker.retire_why is not None:
-            self._retire(worker, worker.retire_why)  # once the calls sent ahead are answered
-        else:
-            worker.state = IDLE
-            worker.idle_since = time.monotonic()
-
     # ---- deaths, kills, deadlines ---------------------------------------------------------
     def _enforce_times(self) -> None:
         now = time.monotonic()
@@ -385,14 +301,3 @@ class Manager(Direct, threading.Thread):
         for w in list(self.workers.values()):
             w.child.reap(kill_group=True, timeout=1.0)
             self._forget(w)
-
-
-def _decode(ok: bool, value: Any) -> Outcome:
-    if not ok:
-        return (False, unpack_exception(value))
-    try:
-        return (True, unwrap(value))
-    except SerializationError as exc:
-        err = SerializationError(f"the task's result could not be unpickled: {exc}")
-        err.__cause__ = exc.__cause__
-        return (False, err)

@@ -31,13 +31,15 @@ import heapq
 import logging
 import signal
 import weakref
+from concurrent.futures._base import PENDING, RUNNING
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
 from .._exceptions import BrokenExecutorError
 from .._futures import Future, Task
 from ._crashes import Crashes
-from ._frames import HEADER_SIZE, FramesWriteError, write_frames
+from ._frames import FramesWriteError, write_frames
+from ._group import first_cost, frame_of
 from ._supervision import BUSY, IDLE, WorkerRecord
 
 if TYPE_CHECKING:
@@ -53,8 +55,9 @@ AHEAD_SECONDS = 0.002
 ahead. Deep, because the worker's reply and the manager's next write cost tens of microseconds
 each: 5,000 tiny calls took 23k/s four deep, 48k/s 64 deep (2 cores, 2 workers)."""
 
-MAX_AHEAD = 64
-"""At most this many calls in flight per worker (the one running included)."""
+MAX_AHEAD = 1024
+"""At most this many calls in flight per worker (the one running included): deferred calls
+travel many to a frame (``_group.py``), so a worker is fed in few writes."""
 
 _NUMBERS = frozenset({int, float, complex})  # the router keys a call by their types alone
 _NO_FUTURE: Future[Any] = Future("process")  # of the batches that carry summed figures
@@ -87,8 +90,9 @@ class Scheduling(Crashes):
 
     # ---- figures ----------------------------------------------------------------------------
     def _record_cost(self, task: Task, elapsed: float) -> None:
-        per_call = elapsed / max(1, len(task.items))
-        fn = task.fn
+        self._note_cost(task.fn, elapsed / max(1, len(task.items)))
+
+    def _note_cost(self, fn: Any, per_call: float) -> None:
         entry = self.costs.get(id(fn))
         if entry is None or entry[0]() is not fn:
             try:
@@ -102,7 +106,7 @@ class Scheduling(Crashes):
         # stop sending calls ahead, one preempted call on a busy machine is not.
         entry[1] = old + (0.5 if per_call > old else 0.2) * (per_call - old)
 
-    def _record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
+    def _record_timing(self, task: Task, elapsed: float, cpu: float, calls: int = 1) -> None:
         """Give the router a call's figures; on the manager's thread, summed over the turn.
 
         A stream's tiny calls would each cost the router as much as the call itself: calls of
@@ -111,20 +115,21 @@ class Scheduling(Crashes):
         figures, as ``map`` batches give theirs. Anything else, and a caller handling its own
         reply (see ``_direct.py``), gives them at once.
         """
-        items = task.items
-        if len(items) == 1 and not task.batch and not items[0][1]:
-            args = items[0][0]
+        if not task.batch and not task.kwargs:
+            args = task.args
             kinds = tuple(map(type, args))
             if _NUMBERS.issuperset(kinds) and not self.on_caller:
                 key = (id(task.fn), kinds)
                 entry = self.timings.get(key)
                 if entry is None:
-                    self.timings[key] = [task.fn, args, 1, elapsed, cpu]
+                    self.timings[key] = [task.fn, args, calls, elapsed, cpu]
                 else:
-                    entry[2] += 1
+                    entry[2] += calls
                     entry[3] += elapsed
                     entry[4] += cpu
                 return
+        if calls > 1:  # calls of one function with arguments of the same types
+            task = Task(task.fn, [(task.args, task.kwargs)] * calls, _NO_FUTURE, batch=True)
         self._give_timing(task, elapsed, cpu)
 
     def _flush_timings(self) -> None:
@@ -195,11 +200,70 @@ class Scheduling(Crashes):
             self._assign(worker, task)
             if not ahead:
                 room.pop(worker, None)  # a call of any length: figured again if needed
-            elif room.get(worker, -1) >= 0 and task.payload is not None:
-                room[worker] += len(task.payload) + HEADER_SIZE
-            batches.setdefault(worker, []).append(task)
+            elif room.get(worker, -1) >= 0:
+                room[worker] += first_cost(task)
+            batch = batches.setdefault(worker, [])
+            batch.append(task)
+            if task.wire is not None and pending:
+                self._follow(worker, task, room, batch)
         for worker, tasks in batches.items():
             self._send(worker, tasks)
+
+    def _follow(
+        self, worker: WorkerRecord, task: Task, room: dict[WorkerRecord, int], batch: list[Task]
+    ) -> None:
+        """Send the deferred calls of ``task``'s function queued right behind it along with it.
+
+        The rules of ``_busy_worker`` for the whole run at once (one look at the workers for
+        all of them): short calls only, as deep as ``AHEAD_SECONDS`` of work, within the pipe's
+        budget; and at most an equal share of the queue per worker, so that the other workers
+        get theirs.
+        """
+        cost = self._cost(task)
+        if cost is None or cost > PIPELINE_SECONDS or worker.retire_why is not None:
+            return
+        lane = self.lane
+        pending = lane.pending
+        depth = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(cost, 1e-6))))
+        count = min(depth - len(worker.tasks), len(pending) // lane.max_processes + 1)
+        if lane.max_tasks_per_child is not None:
+            count = min(count, lane.max_tasks_per_child - worker.tasks_done - len(worker.tasks))
+        ahead = room.get(worker)
+        if ahead is None:
+            ahead = room[worker] = self._ahead(worker)
+        if ahead < 0:
+            return
+        budget, fn, stop = worker.budget, task.fn, self._stop_task
+        tasks = worker.tasks
+        while count > 0:
+            try:
+                following = pending[0]
+            except IndexError:
+                break
+            if (
+                following.fn is not fn
+                or following.wire is None
+                or following.route is not None
+                or ahead + following.size > budget
+            ):
+                break
+            got = pending.popleft()
+            if got is not following:  # shutdown(cancel_futures=True) took it meanwhile
+                pending.appendleft(got)
+                break
+            count -= 1
+            future = following.future  # _claim, inline
+            with future._lock:
+                claimed = future._state == PENDING
+                if claimed:
+                    future._state = RUNNING
+            if not claimed and not self._claim(following):
+                continue  # cancelled meanwhile (or sent again after its worker died: running)
+            tasks.append(following)  # _assign, for a call without a timeout
+            following.future._hx_stop = functools.partial(stop, following)
+            ahead += following.size
+            batch.append(following)
+        room[worker] = ahead
 
     def _idle_worker(self) -> WorkerRecord | None:
         slot = self.lane.take_slot  # a CPU slot for a worker about to turn busy (the governor)
@@ -214,11 +278,11 @@ class Scheduling(Crashes):
     def _busy_worker(self, task: Task, room: dict[WorkerRecord, int]) -> WorkerRecord | None:
         """The busy worker with the fewest calls in flight that may take ``task`` ahead."""
         cost = self._cost(task)
-        if cost is None or cost > PIPELINE_SECONDS or task.payload is None:
+        if cost is None or cost > PIPELINE_SECONDS or not task.size:
             return None
         depth = max(2, min(MAX_AHEAD, int(AHEAD_SECONDS / max(cost, 1e-6))))
         limit = self.lane.max_tasks_per_child
-        size = len(task.payload) + HEADER_SIZE
+        size = first_cost(task)
         best: WorkerRecord | None = None
         for w in self.workers.values():
             if (
@@ -243,8 +307,8 @@ class Scheduling(Crashes):
             cost = self._cost(t)
             if cost is None or cost > PIPELINE_SECONDS:
                 return -1
-            if index and t.payload is not None:  # the first one is read, or being read
-                ahead += len(t.payload) + HEADER_SIZE
+            if index:  # the first one is read, or being read (a group: an upper bound)
+                ahead += t.size
         return ahead
 
     def _assign(self, worker: WorkerRecord, task: Task) -> None:
@@ -258,16 +322,29 @@ class Scheduling(Crashes):
         task.future._hx_stop = functools.partial(self._stop_task, task)
 
     def _send(self, worker: WorkerRecord, tasks: list[Task]) -> None:
-        frames = [t.payload for t in tasks if t.payload is not None]
+        # Deferred calls next to each other go in one frame (a group, see _group.py).
+        frames: list[bytes] = []
+        sent: list[Task] = []
+        ends: list[int] = []  # for each frame, how many of ``sent`` went with it and before
+        start = 0
+        while start < len(tasks):
+            frame, end = frame_of(tasks, start)
+            if end - start > 1:
+                self.lane.stats["groups"] += 1
+            if frame is not None:
+                frames.append(frame)
+                sent.extend(tasks[start:end])
+                ends.append(len(sent))
+            start = end
         try:
             if _faults.ACTIVE:
                 _faults.hit("lane.send")  # as a write that fails before its first byte
             write_frames(worker.fd, frames)
         except OSError as exc:
-            self._send_failed(worker, tasks, exc, 0)
+            self._send_failed(worker, sent, exc, 0)
         except FramesWriteError as err:
-            sent = [t for t in tasks if t.payload is not None]
-            self._send_failed(worker, sent, err.error, err.whole(frames))
+            whole = err.whole(frames)
+            self._send_failed(worker, sent, err.error, ends[whole - 1] if whole else 0)
 
     def _send_failed(
         self, worker: WorkerRecord, tasks: list[Task], exc: OSError, whole: int

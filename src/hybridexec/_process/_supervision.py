@@ -29,8 +29,8 @@ from .._exceptions import BrokenExecutorError
 from .._futures import Task
 from .._shm import cleanup_shared_memory
 from ._frames import FrameReader, write_frame
+from ._guardian import start_guardian_early
 from ._handle import Child
-from ._supervise import start_guardian_early
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main

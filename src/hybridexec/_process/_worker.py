@@ -10,6 +10,9 @@ The messages are defined here, with the child, so that a worker loads only what 
     parent -> worker   a call: ``(fn_bytes, items, batch)`` pickled, one frame per call;
                        ``STOP`` (an empty frame): finish and exit
     worker -> parent   a reply: ``(outcomes, elapsed, cpu, rss)`` pickled, one frame per call
+    parent -> worker   a group: ``[(fn_bytes, args), ...]`` pickled, several calls in one frame
+    worker -> parent   its replies: flagged frames, each a 4-byte count of the calls it answers
+                       then ``(outcomes, seconds per call, cpu, rss)`` pickled (``_group.py``)
 """
 
 from __future__ import annotations
@@ -24,21 +27,15 @@ from typing import Any, NamedTuple
 
 from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
-from .._serialize import (
-    PROTOCOL,
-    adopt,
-    dumps,
-    dumps_callable,
-    loads,
-    pack_exception,
-    run_initializer,
-)
+from .._serialize import PROTOCOL, adopt, dumps, dumps_callable, loads, pack_exception
+from .._serialize import run_initializer as run_initializer_
 from .._shm import dumps_reply
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
 from ._threadlimits import apply_thread_limits
 
 _FN_CACHE_SIZE = 16
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 CPU_CLOCK_MIN = 0.0001
 """Seconds per call under which a function's calls are not timed on the CPU clock."""
@@ -53,6 +50,9 @@ SPIN_SECONDS = 0.0001
 
 SPIN_CALL_MAX = 0.0002
 """Calls shorter than this (seconds) are tiny."""
+
+FLUSH_SECONDS = 0.0005
+"""While running a group of calls, the worker answers those done at least this often."""
 
 
 class Reply(NamedTuple):
@@ -118,7 +118,7 @@ def worker_main(
     init_error: bytes | None = None
     if initializer is not None:
         try:
-            run_initializer(initializer.fn, initializer.args)
+            run_initializer_(initializer.fn, initializer.args)
         except BaseException as exc:
             # Logged where ProcessPoolExecutor's workers log it, for code that listens there.
             logging.getLogger("concurrent.futures").critical(
@@ -166,12 +166,27 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             # Every call sent here fails with the initializer's error. The reply says so
             # (INIT_FAILED), and the manager retires this worker once the calls it already
             # sent are answered: exiting here could strand calls still in the pipe.
+            failed = _fail_all(data, init_error)
             try:
-                write_frame(out, _encode_reply(_fail_all(data, init_error), 0.0, 0.0, INIT_FAILED))
+                if failed[1]:
+                    count = len(failed[0])
+                    reply = _encode_group_reply(failed[0], [0.0] * count, 0.0, INIT_FAILED)
+                    write_frame(out, reply, True)
+                else:
+                    write_frame(out, _encode_reply(failed[0], 0.0, 0.0, INIT_FAILED))
             except OSError:
                 return
             continue
-        outcomes, elapsed, cpu = _run(data, functions)
+        try:
+            ran = _run(data, functions, out, report_memory)
+        except EOFError:  # a group's reply found the parent gone
+            return
+        if ran is None:  # a group: its replies are written
+            if _in_forked_child:
+                os._exit(0)
+            sent = 0.0
+            continue
+        outcomes, elapsed, cpu = ran
         if _faults.ACTIVE:
             _faults.hit("worker.after_call")  # raising here ends the worker: a crash
         if _in_forked_child:
@@ -201,16 +216,93 @@ def _forked() -> None:
     _in_forked_child = True
 
 
-def _fail_all(data: bytes, packed: bytes) -> list[tuple[bool, Any]]:
+def _fail_all(data: bytes, packed: bytes) -> tuple[list[tuple[bool, Any]], bool]:
+    """Every call of a frame failing with ``packed``; True for a group frame."""
     try:
-        _, items, _ = pickle.loads(data)
+        message = pickle.loads(data)
+        if type(message) is list:
+            return [(False, packed)] * len(message), True
+        _, items, _ = message
         count = len(items)
     except Exception:
         count = 1
-    return [(False, packed)] * count
+    return [(False, packed)] * count, False
 
 
-def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any]], float, float]:
+def _load_function(fn_bytes: bytes, functions: dict[bytes, Any]) -> list[Any]:
+    entry = functions.get(fn_bytes)
+    if entry is None:
+        entry = [adopt(loads(fn_bytes)), None]
+        if len(functions) >= _FN_CACHE_SIZE:
+            functions.clear()
+        functions[fn_bytes] = entry
+    return entry
+
+
+def _run_group(
+    calls: list[tuple[Any, ...]], functions: dict[bytes, Any], out: int, report_memory: bool
+) -> None:
+    """Run a group's calls in order; answer those done every ``FLUSH_SECONDS`` and at the end.
+
+    Each call is timed alone (it sizes later groups and feeds the router); the CPU clock is
+    read once per reply. A call whose function will not unpickle fails alone.
+    """
+    clock = time.perf_counter
+    outcomes: list[tuple[bool, Any]] = []
+    seconds: list[float] = []
+    cpu_started = time.process_time()
+    flushed = clock()
+    last = len(calls) - 1
+    for index, call in enumerate(calls):
+        started = clock()
+        try:
+            fn = _load_function(call[0], functions)[0]
+        except BaseException as exc:
+            err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
+            err.__cause__ = exc
+            outcomes.append((False, pack_exception(err)))
+        else:
+            try:
+                if _faults.ACTIVE:
+                    _faults.hit("worker.before_call")
+                value = fn(*call[1])
+                outcomes.append((True, value if type(value) in _PLAIN else _alone(value)))
+            except BaseException as exc:  # SystemExit in a task ends the task only
+                outcomes.append((False, pack_exception(exc)))
+        ended = clock()
+        seconds.append(ended - started)
+        if _in_forked_child:
+            return  # the task forked: only the worker itself answers (see _serve)
+        if _faults.ACTIVE:
+            _faults.hit("worker.after_call")  # raising here ends the worker: a crash
+        if index == last or ended - flushed >= FLUSH_SECONDS:
+            cpu = time.process_time()
+            rss = resident_memory() if report_memory else None
+            try:
+                reply = _encode_group_reply(outcomes, seconds, cpu - cpu_started, rss)
+                write_frame(out, reply, True)
+            except OSError:  # the parent is gone (EPIPE): nobody to answer
+                raise EOFError from None
+            outcomes, seconds, cpu_started, flushed = [], [], cpu, clock()
+
+
+def _alone(value: Any) -> Any:
+    """A result pickled on its own: if it will not unpickle in the parent, it fails alone."""
+    try:
+        return Pickled(dumps_reply(value))
+    except Exception:
+        return value  # it does not pickle here: _encode_reply finds it, item by item
+
+
+def _encode_group_reply(
+    outcomes: list[tuple[bool, Any]], seconds: list[float], cpu: float, rss: int | None
+) -> bytes:
+    return len(outcomes).to_bytes(4, "big") + _encode_reply(outcomes, seconds, cpu, rss)
+
+
+def _run(
+    data: bytes, functions: dict[bytes, Any], out: int, report_memory: bool
+) -> tuple[list[tuple[bool, Any]], float, float] | None:
     """Run a call or batch; return its outcomes and the wall and CPU seconds of the calls.
 
     The times leave out unpickling (a first call imports the function's module), since they
@@ -220,13 +312,14 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
     (the router demotes such calls from processes whatever their CPU share).
     """
     try:
-        fn_bytes, items, _batch = loads(data)
-        entry = functions.get(fn_bytes)
-        if entry is None:
-            entry = [adopt(loads(fn_bytes)), None]
-            if len(functions) >= _FN_CACHE_SIZE:
-                functions.clear()
-            functions[fn_bytes] = entry
+        message = loads(data)
+        if type(message) is list:  # a group (see _group.py): it answers for itself
+            _run_group(message, functions, out, report_memory)
+            return None
+        fn_bytes, items, _batch = message
+        entry = _load_function(fn_bytes, functions)
+    except EOFError:
+        raise
     except BaseException as exc:
         err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
         err.__cause__ = exc
@@ -253,7 +346,7 @@ def _run(data: bytes, functions: dict[bytes, Any]) -> tuple[list[tuple[bool, Any
 
 
 def _encode_reply(
-    outcomes: list[tuple[bool, Any]], elapsed: float, cpu: float, rss: int | None
+    outcomes: list[tuple[bool, Any]], elapsed: float | list[float], cpu: float, rss: int | None
 ) -> bytes:
     try:
         if _faults.ACTIVE:
@@ -266,7 +359,7 @@ def _encode_reply(
     # still arrive.
     fixed: list[tuple[bool, Any]] = []
     for ok, value in outcomes:
-        if not ok:
+        if not ok or type(value) is Pickled:  # pickled alone already (_alone)
             fixed.append((ok, value))
             continue
         try:

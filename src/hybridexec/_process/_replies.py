@@ -1,0 +1,200 @@
+"""The lane's replies: how each call's reply (or a group's) ends its future.
+
+A mixin of the manager thread (``_manager.py``), over ``Scheduling``; a caller reading its own
+reply (``_direct.py``) runs it too, one at a time. Replies come in the order the calls were
+sent: a call's reply answers the first call without one, a group's reply (``_group.py``) the
+first ``count`` of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .. import _faults
+from .._exceptions import SerializationError
+from .._futures import Outcome
+from .._serialize import loads, unpack_exception
+from .._shm import discard_reply
+from ._group import split_reply
+from ._memory import went_over
+from ._schedule import Scheduling
+from ._supervision import BUSY, IDLE, WorkerRecord
+from ._worker import INIT_FAILED, Pickled, unwrap
+
+logger = logging.getLogger("hybridexec")
+
+
+class Replies(Scheduling):
+    """Reading worker pipes and settling futures from what they say."""
+
+    def _break(self, exc: BaseException) -> None:
+        raise NotImplementedError  # the manager breaks the lane
+
+    def _check_head(self, worker: WorkerRecord) -> None:
+        raise NotImplementedError  # the manager times a cancelled running call
+
+    def _receive(self, worker: WorkerRecord) -> None:
+        try:
+            worker.reader.fill()  # one read: every reply that came in since the last one
+        except (EOFError, OSError):
+            # The worker is exiting: stop watching its pipe; its sentinel tells how it ended.
+            self.by_object.pop(worker.rfd, None)
+        self._handle_frames(worker)
+
+    def _handle_reply(self, worker: WorkerRecord, data: bytes) -> None:
+        if not worker.tasks:
+            return  # stray: nothing was sent that this could answer
+        if worker.reader.flagged:  # a group's reply
+            self._handle_group(worker, data)
+            return
+        task = worker.tasks.popleft()
+        worker.drop_at = None
+        worker.tasks_done += 1
+        lane = self.lane
+        lane.stats["tasks_done"] += 1
+        if task.future.done():  # settled already (timed out) or cancelled while it waited
+            discard_reply(data)  # its large results' segments go now, not at our exit
+            self._after_task(worker, None)
+            return
+        try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.unpickle_reply")
+            raw, elapsed, cpu, rss = loads(data)
+            outcomes = [
+                (True, value) if ok and type(value) is not Pickled else _decode(ok, value)
+                for ok, value in raw
+            ]
+        except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
+            # included): never the manager's, never lost
+            err = _unpickle_error(exc)
+            elapsed = cpu = 0.0
+            rss = None
+            outcomes = [(False, err)] * (len(task.items) if task.batch else 1)
+        task.elapsed = elapsed
+        # The future first: its waiter wakes while the figures below are recorded.
+        if task.batch:
+            task.future.settle(True, outcomes)
+        else:
+            ok, value = outcomes[0]
+            task.future.settle(ok, value)
+        if went_over(task.fn, outcomes):  # a MemoryError can leave C libraries in a poor state
+            worker.retire_why = "a call went over its max_memory"
+        if rss == INIT_FAILED:
+            if outcomes and not outcomes[0][0]:
+                # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
+                # queued fails and later submits raise BrokenExecutorError (cause chained).
+                logger.critical("hybridexec: a worker initializer failed: %r", outcomes[0][1])
+                self._break(outcomes[0][1])
+                return
+        else:
+            self._record_cost(task, elapsed)
+            self._record_timing(task, elapsed, cpu)
+        self._after_task(worker, rss)
+
+    def _handle_group(self, worker: WorkerRecord, data: bytes) -> None:
+        """A reply to the first ``count`` calls in flight, sent in one frame (``_group.py``)."""
+        count, rest = split_reply(data)
+        queue = worker.tasks
+        tasks = [queue.popleft() for _ in range(min(count, len(queue)))]
+        worker.drop_at = None
+        worker.tasks_done += len(tasks)
+        self.lane.stats["tasks_done"] += len(tasks)
+        try:
+            if _faults.ACTIVE:
+                _faults.hit("lane.unpickle_reply")
+            raw, seconds, cpu, rss = loads(rest)  # type: ignore[arg-type]  # a memoryview
+        except BaseException as exc:  # those calls fail, each on its own future
+            errors: SerializationError | None = _unpickle_error(exc)
+            raw, seconds, cpu, rss = [(False, None)] * len(tasks), [0.0] * len(tasks), 0.0, None
+        else:
+            errors = None
+        # Figures summed by function (its cost) and argument types (the router's key).
+        costs: dict[int, list[Any]] = {}
+        timings: dict[tuple[int, Any], list[Any]] = {}
+        figures = rss != INIT_FAILED
+        last: Any = None  # the entry of the call before, and its function and argument type
+        last_fn = last_kind = None
+        for task, (ok, value), elapsed in zip(tasks, raw, seconds, strict=False):  # short: stray
+            group = task.group
+            if group is not None:
+                group[0] -= 1
+            if errors is not None:
+                ok, value = False, errors
+            elif not ok or type(value) is Pickled:
+                ok, value = _decode(ok, value)
+            task.elapsed = elapsed
+            task.future.settle(ok, value)  # a call cancelled while it waited: its value goes
+            if not figures:
+                continue
+            fn, args = task.fn, task.args
+            if fn is last_fn and len(args) == 1 and type(args[0]) is last_kind:
+                last[1] += elapsed  # a run of calls alike: no key to make
+                last[2] += 1
+                continue
+            kind = type(args[0]) if len(args) == 1 else tuple(map(type, args))
+            last = timings.get((id(fn), kind))
+            if last is None:
+                last = timings[id(fn), kind] = [task, elapsed, 1]
+            else:
+                last[1] += elapsed
+                last[2] += 1
+            last_fn, last_kind = fn, kind
+        share = cpu / (sum(seconds) or 1.0)  # the CPU time, shared as the wall time was
+        for task, elapsed, calls in timings.values():
+            self._record_timing(task, elapsed, elapsed * share, calls)
+            cost = costs.get(id(task.fn))
+            if cost is None:
+                costs[id(task.fn)] = [task.fn, elapsed, calls]
+            else:
+                cost[1] += elapsed
+                cost[2] += calls
+        for fn, elapsed, calls in costs.values():
+            self._note_cost(fn, elapsed / calls)
+        if rss == INIT_FAILED and raw and not raw[0][0]:
+            err = errors if errors is not None else unpack_exception(raw[0][1])
+            logger.critical("hybridexec: a worker initializer failed: %r", err)
+            self._break(err)
+            return
+        self._after_task(worker, rss)
+
+    def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:
+        lane = self.lane
+        if worker.state != BUSY:
+            return  # retiring or dying: it takes nothing more
+        if rss == INIT_FAILED:
+            worker.retire_why = "its initializer failed"
+        elif lane.max_tasks_per_child is not None and worker.tasks_done >= lane.max_tasks_per_child:
+            worker.retire_why = "max_tasks_per_child reached"
+        elif (
+            lane.max_memory_per_child is not None
+            and rss is not None
+            and (rss > lane.max_memory_per_child)
+        ):
+            worker.retire_why = f"resident memory {rss >> 20} MiB over max_memory_per_child"
+        if worker.tasks:
+            self._check_head(worker)
+        elif worker.retire_why is not None:
+            self._retire(worker, worker.retire_why)  # once the calls sent ahead are answered
+        else:
+            worker.state = IDLE
+            worker.idle_since = time.monotonic()
+
+
+def _unpickle_error(exc: BaseException) -> SerializationError:
+    cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
+    err = SerializationError(f"the task's result could not be unpickled: {exc}")
+    err.__cause__ = cause
+    return err
+
+
+def _decode(ok: bool, value: Any) -> Outcome:
+    if not ok:
+        return (False, unpack_exception(value))
+    try:
+        return (True, unwrap(value))
+    except SerializationError as exc:
+        err = SerializationError(f"the task's result could not be unpickled: {exc}")
+        err.__cause__ = exc.__cause__
+        return (False, err)

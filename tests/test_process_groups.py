@@ -1,0 +1,177 @@
+"""Several process calls in one frame (issue 17): each still ends on its own future.
+
+A call of a plain function with a few small plain arguments is pickled by the manager with the
+others it sends a worker at once, and the worker answers them in one frame (see
+``hybridexec/_process/_group.py``). These go through the public API (``submit`` on a
+``kind="process"`` executor with one worker) and check that groups really formed (the lane's
+``groups`` count), so that a test cannot pass on the one-call-per-frame path alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hybridexec import (
+    Executor,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+
+from . import helpers
+from .conftest import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+CALLS = 60
+
+
+def tiny(x: int) -> int:
+    """Short; raises for multiples of 7 (each call ends as itself)."""
+    if x % 7 == 3:
+        raise ValueError(f"bad {x}")
+    return x * 2
+
+
+def hold_on(x: int, slow: int, seconds: float) -> int:
+    """Short, but ``seconds`` long for ``x == slow``."""
+    if x == slow:
+        time.sleep(seconds)
+    return x
+
+
+def exit_on(x: int, bad: int) -> int:
+    """Short; kills its worker for ``x == bad`` (as a segfault would)."""
+    if x == bad:
+        os._exit(7)
+    return x
+
+
+def pid_of(x: int) -> int:
+    return os.getpid()
+
+
+@pytest.fixture
+def ex() -> Iterator[Executor]:
+    with Executor(max_processes=1) as executor:
+        yield executor
+
+
+def _groups(ex: Executor) -> int:
+    return ex._router.processes.stats["groups"]
+
+
+def _warm(ex: Executor, fn: Any, *args: Any) -> None:
+    # A few calls one at a time: the lane learns that ``fn`` is short (calls of a function
+    # never measured go alone).
+    process = ex.options(kind="process")
+    for _ in range(6):
+        process.submit(fn, *args).result(timeout=60)
+
+
+def _in_one_frame(ex: Executor, fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Submit ``calls`` while the worker is busy, so that they queue and go together."""
+    process = ex.options(kind="process")
+    _warm(ex, hold_on, 0, -1, 0.0)
+    before = _groups(ex)
+    busy = process.submit(hold_on, 0, 0, 0.3)  # holds the worker while the calls queue
+    futures = [process.submit(fn, *args) for args in calls]
+    assert busy.result(timeout=60) == 0
+    concurrent.futures.wait(futures, timeout=60)
+    assert _groups(ex) > before, "the calls did not travel in a group"
+    return futures
+
+
+def test_each_call_of_a_group_ends_on_its_own_future_in_order(ex: Executor) -> None:
+    _warm(ex, tiny, 1)
+    futures = _in_one_frame(ex, tiny, [(x,) for x in range(CALLS)])
+    for x, future in enumerate(futures):
+        if x % 7 == 3:
+            with pytest.raises(ValueError, match=f"bad {x}$"):
+                future.result()
+        else:
+            assert future.result() == x * 2
+        assert future.kind == "process"
+
+
+def test_a_crash_inside_a_group_fails_only_the_call_that_crashed(ex: Executor) -> None:
+    _warm(ex, exit_on, 0, -1)
+    futures = _in_one_frame(ex, exit_on, [(x, 25) for x in range(CALLS)])
+    for x, future in enumerate(futures):
+        if x == 25:
+            with pytest.raises(WorkerCrashedError) as info:
+                future.result()
+            assert info.value.exitcode == 7
+        else:
+            assert future.result() == x
+    # The lane lives on: the next calls run in the replacement worker.
+    assert ex.options(kind="process").submit(tiny, 4).result(timeout=60) == 8
+
+
+def test_cancel_of_a_call_waiting_inside_a_group_cancels_only_it(ex: Executor) -> None:
+    process = ex.options(kind="process")
+    _warm(ex, hold_on, 0, -1, 0.0)
+    worker = process.submit(pid_of, 0).result(timeout=60)
+    before = _groups(ex)
+    # The first call of the group holds the worker; the others wait behind it in the worker.
+    futures = [process.submit(hold_on, x, 0, 0.5) for x in range(CALLS)]
+    lane = ex._router.processes
+    assert wait_until(lambda: not lane.pending and _groups(ex) > before, 30)
+    assert futures[10].cancel()
+    assert futures[10].cancelled()
+    assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 10] == [
+        x for x in range(CALLS) if x != 10
+    ]
+    assert process.submit(pid_of, 0).result(timeout=60) == worker  # never killed
+
+
+def test_a_timeout_never_waits_behind_a_group(ex: Executor) -> None:
+    # A call with a timeout goes alone (its clock starts as it is sent): the slow call at the
+    # head of the group in the worker does not count against it, and the group does not die
+    # with it when it times out.
+    process = ex.options(kind="process")
+    timed = ex.options(kind="process", timeout=0.4)
+    _warm(ex, hold_on, 0, -1, 0.0)
+    futures = [process.submit(hold_on, x, 0, 0.3) for x in range(CALLS)]
+    ok = timed.submit(hold_on, 1, -1, 0.0)
+    late = timed.submit(helpers.sleep_then, 5.0)
+    after = [process.submit(hold_on, x, -1, 0.0) for x in range(CALLS)]
+    assert ok.result(timeout=60) == 1
+    with pytest.raises(TaskTimeoutError):
+        late.result(timeout=60)
+    assert [f.result(timeout=60) for f in futures] == list(range(CALLS))
+    assert [f.result(timeout=60) for f in after] == list(range(CALLS))
+
+
+def test_bad_input_fails_at_the_call_that_caused_it(ex: Executor) -> None:
+    process = ex.options(kind="process")
+    _warm(ex, helpers.identity, 0)
+    # An argument that will not pickle is pickled at submit: that call fails, alone.
+    good = [process.submit(helpers.identity, x) for x in range(20)]
+    bad = process.submit(helpers.identity, threading.Lock())
+    more = [process.submit(helpers.identity, x) for x in range(20)]
+    assert isinstance(bad.exception(timeout=60), SerializationError)
+    assert [f.result(timeout=60) for f in good + more] == list(range(20)) * 2
+    # A result that will not pickle (30), or not unpickle here (40), inside a group fails
+    # that call only.
+    parent = os.getpid()
+    _warm(ex, maybe_unpicklable, 0, parent)
+    futures = _in_one_frame(ex, maybe_unpicklable, [(x, parent) for x in range(CALLS)])
+    for x, future in enumerate(futures):
+        if x in (30, 40):
+            assert isinstance(future.exception(), SerializationError), x
+        else:
+            assert future.result() == x
+
+
+def maybe_unpicklable(x: int, parent: int) -> Any:
+    if x == 30:
+        return helpers.Unpicklable()
+    return helpers.FailsToUnpickleIn(parent) if x == 40 else x
