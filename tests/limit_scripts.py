@@ -1,0 +1,150 @@
+"""Child scripts and task functions for ``test_limit_faults.py`` (issue 15, items 4 and 6).
+
+Each script runs as ``python -m tests.limit_scripts NAME ARGS...`` with the repository root on
+``PYTHONPATH``: resource limits (open files, processes) are set in that child only, never in
+the test runner. A script prints one JSON line, what the test asserts on. Task functions live
+here so that worker processes import them by reference under every start method.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+ITEMS = 24
+
+
+def square(x: int) -> int:
+    """The task of every map here."""
+    return x * x
+
+
+def held_in_place(x: int, directory: str, hold: float) -> int:
+    """Mark this call running in ``directory`` (a file named after the pid) for ``hold`` s."""
+    path = os.path.join(directory, f"running-{os.getpid()}-{x}")
+    with open(path, "w"):
+        pass
+    names = [n for n in os.listdir(directory) if n.startswith("running-")]
+    running = [n for n in names if _alive(int(n.split("-")[1]))]
+    with open(os.path.join(directory, "seen"), "a") as seen:
+        seen.write(f"{len(running)}\n")
+    time.sleep(hold)  # in C: a process call is stopped only by its kill
+    os.unlink(path)
+    return x
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a killed worker not yet reaped is a zombie: not running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _outcome(value: Any) -> Any:
+    """A result as JSON: the value, or the exception's class name and message."""
+    if isinstance(value, BaseException):
+        return {"error": type(value).__name__, "message": str(value)[:200]}
+    return value
+
+
+def _map_every_kind(kinds: list[str], return_exceptions: bool, **options: Any) -> dict[str, Any]:
+    """Map ``square`` once per kind; what each map returned or raised."""
+    import hybridexec as hx
+
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        with hx.Executor(max_processes=2) as ex:
+            try:
+                got = hx.map(
+                    square, range(ITEMS), kind=kind, executor=ex,
+                    return_exceptions=return_exceptions, **options,
+                )  # fmt: skip
+                out[kind] = {"results": [_outcome(v) for v in got]}
+            except Exception as exc:
+                out[kind] = {"raised": _outcome(exc)}
+    return out
+
+
+def few_descriptors(free: int, return_exceptions: bool) -> dict[str, Any]:
+    """Maps with ``free`` descriptors to spare (RLIMIT_NOFILE just above those in use)."""
+    import hybridexec  # noqa: F401 - its modules loaded before the limit: not what is tested
+
+    in_use = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + free, hard))
+    try:
+        out = _map_every_kind(["thread", "process", "auto"], return_exceptions, limit=4)
+    finally:
+        # multiprocessing's exit handlers need descriptors to remove their temporary files.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return out
+
+
+_CAP_SYS_ADMIN, _CAP_SYS_RESOURCE = 21, 24
+
+
+def _limit_processes(spare: int) -> str | None:
+    """Allow ``spare`` more processes or threads for this user; None, or why it cannot.
+
+    RLIMIT_NPROC does not bind root. As root, the real user becomes ``nobody`` (the effective
+    one stays root: files stay readable) and the two capabilities that lift the limit go,
+    from this process and everything it starts.
+    """
+    uid = 65534
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (_CAP_SYS_ADMIN, _CAP_SYS_RESOURCE):
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                return f"cannot drop capability {cap}: errno {ctypes.get_errno()}"
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
+        data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; x2 (64 bits)
+        if libc.capget(header, data) != 0:
+            return "capget failed"
+        for cap in (_CAP_SYS_ADMIN, _CAP_SYS_RESOURCE):
+            for field in (0, 1):  # effective, permitted
+                data[field] &= ~(1 << cap)
+        if libc.capset(header, data) != 0:
+            return f"capset failed: errno {ctypes.get_errno()}"
+        os.setresuid(uid, 0, 0)
+    else:
+        uid = os.getuid()
+    tasks = 0  # processes and threads of this user: what the limit counts
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == uid or int(pid) == os.getpid():
+                    tasks += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                pass
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks + spare, tasks + spare))
+    return None
+
+
+def few_processes(spare: int, return_exceptions: bool) -> dict[str, Any]:
+    """Maps with ``spare`` processes or threads to spare for this user (RLIMIT_NPROC)."""
+    import hybridexec  # noqa: F401 - loaded before the limit
+
+    why = _limit_processes(spare)
+    if why is not None:
+        return {"skip": why}
+    return _map_every_kind(["thread", "process", "auto"], return_exceptions, limit=4)
+
+
+if __name__ == "__main__":
+    name, *args = sys.argv[1:]
+    started = time.monotonic()
+    if name == "few_descriptors":
+        result = few_descriptors(int(args[0]), args[1] == "1")
+    elif name == "few_processes":
+        result = few_processes(int(args[0]), args[1] == "1")
+    else:
+        raise SystemExit(f"unknown script {name}")
+    result["seconds"] = time.monotonic() - started
+    print(json.dumps(result), flush=True)
