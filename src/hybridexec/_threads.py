@@ -13,8 +13,8 @@ stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_S
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
 blocked in C sees it only when it returns to Python); it counts as busy until it has really
-finished. The task is marked finished *before* its future is settled: a deadline never reaches
-the done-callbacks. A finished task lets go of its callable and arguments at once.
+finished (``late_end`` tells a map's limit when). It is marked finished *before* its future
+is settled: a deadline never reaches the done-callbacks. It lets go of its callable at once.
 
 Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook, as the
 stdlib's ``_python_exit``) waits for the user's thread work, queued or running, then at most a
@@ -388,6 +388,8 @@ class ThreadLane:
             profile.add(task.elapsed, cpu)
         if not timed_out:
             future.settle(ok, value)
+        elif running is not None:
+            running.returned()  # failed at its deadline, its code ends only now (late_end)
 
 
 def _broken_error(cause: BaseException) -> BaseException:
