@@ -54,18 +54,36 @@ def _outcome(value: Any) -> Any:
     return value
 
 
+_loops: list[Any] = []
+
+
+def _loop() -> Any:
+    """The event loop of ``amap``: made before the limit (it needs descriptors itself)."""
+    import asyncio
+
+    if not _loops:
+        _loops.append(asyncio.new_event_loop())
+    return _loops[0]
+
+
 def _map_every_kind(kinds: list[str], return_exceptions: bool, **options: Any) -> dict[str, Any]:
     """Map ``square`` once per kind; what each map returned or raised."""
     import hybridexec as hx
 
     out: dict[str, Any] = {}
-    for kind in kinds:
+    for kind in [*kinds, "amap"]:
         with hx.Executor(max_processes=2) as ex:
             try:
-                got = hx.map(
-                    square, range(ITEMS), kind=kind, executor=ex,
-                    return_exceptions=return_exceptions, **options,
-                )  # fmt: skip
+                if kind == "amap":  # its map is consumed by a thread of its own
+                    got = _loop().run_until_complete(
+                        hx.amap(square, range(ITEMS), executor=ex,
+                                return_exceptions=return_exceptions, **options)
+                    )  # fmt: skip
+                else:
+                    got = hx.map(
+                        square, range(ITEMS), kind=kind, executor=ex,
+                        return_exceptions=return_exceptions, **options,
+                    )  # fmt: skip
                 out[kind] = {"results": [_outcome(v) for v in got]}
             except Exception as exc:
                 out[kind] = {"raised": _outcome(exc)}
@@ -76,6 +94,7 @@ def few_descriptors(free: int, return_exceptions: bool) -> dict[str, Any]:
     """Maps with ``free`` descriptors to spare (RLIMIT_NOFILE just above those in use)."""
     import hybridexec  # noqa: F401 - its modules loaded before the limit: not what is tested
 
+    _loop()
     in_use = len(os.listdir("/proc/self/fd"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + free, hard))
@@ -85,6 +104,37 @@ def few_descriptors(free: int, return_exceptions: bool) -> dict[str, Any]:
         # multiprocessing's exit handlers need descriptors to remove their temporary files.
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return out
+
+
+def _executor_maps() -> dict[str, Any]:
+    """``Executor.map`` per lane and shape: the values it gave, then what it raised."""
+    import hybridexec as hx
+
+    out: dict[str, Any] = {}
+    for kind in ("thread", "process"):
+        for shape in ({}, {"limit": 4}, {"chunksize": 3, "limit": 6}, {"buffersize": 2}):
+            values: list[int] = []
+            with hx.Executor(max_processes=2) as ex:
+                try:
+                    values.extend(ex.options(kind=kind).map(square, range(ITEMS), **shape))
+                    error = None
+                except Exception as exc:
+                    error = _outcome(exc)
+            out[f"{kind} {shape}"] = {"values": values, "raised": error}
+    return out
+
+
+def executor_map_few_descriptors(free: int) -> dict[str, Any]:
+    """``Executor.map`` with ``free`` descriptors to spare."""
+    import hybridexec  # noqa: F401 - loaded before the limit
+
+    in_use = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + free, hard))
+    try:
+        return _executor_maps()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 _CAP_SYS_ADMIN, _CAP_SYS_RESOURCE = 21, 24
@@ -131,6 +181,7 @@ def few_processes(spare: int, return_exceptions: bool) -> dict[str, Any]:
     """Maps with ``spare`` processes or threads to spare for this user (RLIMIT_NPROC)."""
     import hybridexec  # noqa: F401 - loaded before the limit
 
+    _loop()
     why = _limit_processes(spare)
     if why is not None:
         return {"skip": why}
@@ -142,6 +193,8 @@ if __name__ == "__main__":
     started = time.monotonic()
     if name == "few_descriptors":
         result = few_descriptors(int(args[0]), args[1] == "1")
+    elif name == "executor_map_few_descriptors":
+        result = executor_map_few_descriptors(int(args[0]))
     elif name == "few_processes":
         result = few_processes(int(args[0]), args[1] == "1")
     else:

@@ -176,7 +176,7 @@ def _in_session(sid: int) -> list[int]:
 def _check_in_place(answer: dict[str, Any], keep_errors: bool) -> set[str]:
     """Assert each map ended right; return the errors met."""
     errors: set[str] = set()
-    for kind in ("thread", "process", "auto"):
+    for kind in ("thread", "process", "auto", "amap"):
         got = answer[kind]
         if keep_errors:
             assert "results" in got, f"{kind}: the map raised {got.get('raised')}"
@@ -214,3 +214,19 @@ def test_map_with_few_processes_fails_only_the_items_touched(spare: int, keep_er
     if "skip" in answer:
         pytest.skip(f"cannot set RLIMIT_NPROC here: {answer['skip']}")
     assert _check_in_place(answer, keep_errors) <= RESOURCE_ERRORS
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("free", [0, 2, 6])
+def test_executor_map_raises_a_submit_error_in_its_place(free: int) -> None:
+    # Executor.map has no return_exceptions: the values before the failed call, then its
+    # error (the input read lazily under limit= or buffersize=, or all at once).
+    answer = _run("executor_map_few_descriptors", free)
+    del answer["seconds"]
+    for shape, got in answer.items():
+        values, raised = got["values"], got["raised"]
+        assert values == [x * x for x in range(len(values))], shape
+        if raised is None:
+            assert len(values) == limit_scripts.ITEMS, shape
+        else:
+            assert raised["error"] in RESOURCE_ERRORS, (shape, raised)

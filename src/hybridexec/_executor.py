@@ -229,7 +229,9 @@ class Executor(concurrent.futures.Executor):
 
         ``limit`` (hybridexec's): at most that many calls of this map at once, a chunk counting
         as ``chunksize`` calls; the input is then read as calls finish, while you iterate. A
-        call that timed out on a thread goes on (threads cannot be killed), no longer counted.
+        call that timed out on a thread (which cannot be killed) counts until its code returns.
+        A call that could not be sent (no descriptor, thread or process to spare) raises its
+        error in its place, after the results before it.
 
         Raises:
             TypeError: ``fn`` is not callable, or ``buffersize`` or ``limit`` is not an int.
