@@ -24,6 +24,15 @@ def square(x: int) -> int:
     return x * x
 
 
+CALLS: list[int] = []  # the items square_counted ran, in this process
+
+
+def square_counted(x: int) -> int:
+    """``square``, counting its calls (the thread lane runs it in this process)."""
+    CALLS.append(x)
+    return x * x
+
+
 def held_in_place(x: int, directory: str, hold: float) -> int:
     """Mark this call running in ``directory`` (a file named after the pid) for ``hold`` s."""
     path = os.path.join(directory, f"running-{os.getpid()}-{x}")
@@ -72,6 +81,7 @@ def _map_every_kind(kinds: list[str], return_exceptions: bool, **options: Any) -
 
     out: dict[str, Any] = {}
     for kind in [*kinds, "amap"]:
+        began = time.monotonic()
         with hx.Executor(max_processes=2) as ex:
             try:
                 if kind == "amap":  # its map is consumed by a thread of its own
@@ -80,13 +90,18 @@ def _map_every_kind(kinds: list[str], return_exceptions: bool, **options: Any) -
                                 return_exceptions=return_exceptions, **options)
                     )  # fmt: skip
                 else:
+                    fn = square_counted if kind == "thread" else square
                     got = hx.map(
-                        square, range(ITEMS), kind=kind, executor=ex,
+                        fn, range(ITEMS), kind=kind, executor=ex,
                         return_exceptions=return_exceptions, **options,
                     )  # fmt: skip
                 out[kind] = {"results": [_outcome(v) for v in got]}
             except Exception as exc:
                 out[kind] = {"raised": _outcome(exc)}
+        out[kind]["seconds"] = round(time.monotonic() - began, 2)
+        # Every thread gone (the executor's shutdown waited): no call can still run.
+        out[kind]["ran"] = [CALLS.count(x) for x in range(ITEMS)]
+        CALLS.clear()
     return out
 
 
@@ -140,8 +155,10 @@ def executor_map_few_descriptors(free: int) -> dict[str, Any]:
 _CAP_SYS_ADMIN, _CAP_SYS_RESOURCE = 21, 24
 
 
-def _limit_processes(spare: int) -> str | None:
+def _limit_processes(spare: int, later: int = 0) -> str | None:
     """Allow ``spare`` more processes or threads for this user; None, or why it cannot.
+
+    ``later``: how many more the soft limit may be raised to afterwards (the hard limit).
 
     RLIMIT_NPROC does not bind root. As root, the real user becomes ``nobody`` (the effective
     one stays root: files stay readable) and the two capabilities that lift the limit go,
@@ -173,7 +190,7 @@ def _limit_processes(spare: int) -> str | None:
                     tasks += len(os.listdir(f"/proc/{pid}/task"))
             except OSError:
                 pass
-    resource.setrlimit(resource.RLIMIT_NPROC, (tasks + spare, tasks + spare))
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks + spare, tasks + spare + later))
     return None
 
 

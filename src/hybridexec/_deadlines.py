@@ -120,6 +120,14 @@ class Timers:
                 self._thread = thread
             self._cond.notify()
 
+    def try_call_at(self, deadline: float, fn: Callable[[], None]) -> bool:
+        """``call_at``, or False if the timer thread cannot start (a thread limit)."""
+        try:
+            self.call_at(deadline, fn)
+        except RuntimeError:
+            return False
+        return True
+
     def close(self, wait: bool = True) -> None:
         """Stop the timer thread; pending calls are dropped (their tasks ended or will end)."""
         with self._cond:

@@ -164,10 +164,9 @@ class ThreadLane:
         raise err from self._start_error
 
     def _arm_stall_check(self) -> None:  # with the lock held
-        if not self._stall_check:
-            self._stall_check = True
+        if not self._stall_check:  # no timer thread (a thread limit): threads at work take it
             check = functools.partial(self._check_stall, self._taken)
-            self._timers.call_at(time.monotonic() + STALL_SECONDS, check)
+            self._stall_check = self._timers.try_call_at(time.monotonic() + STALL_SECONDS, check)
 
     def _check_stall(self, taken: int) -> None:
         """Wake or start a thread if tasks were declined one and none was taken since."""
