@@ -10,6 +10,7 @@ for ``return_exceptions=True``. Resource limits are set in child scripts
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -114,6 +115,28 @@ def test_timed_out_thread_call_holds_its_slot_until_it_returns(
     assert all(isinstance(v, TaskTimeoutError) or v in range(6) for v in out)
     assert gauge.peak == 2  # reached, never passed, the late calls' slots freed as they ended
     assert gauge.started == 6
+
+
+@pytest.mark.timeout(60)
+def test_cancel_wakes_a_map_waiting_for_late_calls(executor: Executor) -> None:
+    # Every slot held by calls that timed out and still run: cancel() still ends the map.
+    gauge = Blocker(limit=2)
+    results = hybridexec.imap(
+        gauge, range(6), kind="thread", limit=2, timeout=0.05, return_exceptions=True,
+        progress=gauge.progress, executor=executor,
+    )  # fmt: skip
+    thread, out = _in_background(lambda: list(results))
+    try:
+        assert gauge.timed_out.wait(30), "the first two calls never timed out"
+        results.cancel()
+        thread.join(10)
+        assert not thread.is_alive(), "cancel() did not wake the map"
+    finally:
+        gauge.release.set()
+        thread.join(30)
+    assert len(out) == 1
+    assert isinstance(out[0], concurrent.futures.CancelledError)
+    assert gauge.started == 2
 
 
 @pytest.mark.timeout(90)

@@ -62,9 +62,22 @@ class Slots:
                 self.used -= self.late.pop(ended)
         return self.limit is None or self.used + calls <= self.limit
 
-    def wait_late(self, timeout: float | None = None) -> None:
-        """Wait until the code of a call that timed out returns (or ``timeout`` passes)."""
-        concurrent.futures.wait(self.late, timeout, concurrent.futures.FIRST_COMPLETED)
+    def wait_late(self, state: MapState) -> None:
+        """Wait until the code of a call that timed out returns; the map's cancel() wakes it.
+
+        Raises:
+            concurrent.futures.CancelledError: the map was cancelled.
+        """
+        stop: Future[Any] = Future("map")  # cancelled with the map's futures (see MapState)
+        state.waiting.add(stop)
+        try:
+            if not state.cancelled:  # set before the futures are cancelled: one of them wins
+                wait = [*self.late, stop]
+                concurrent.futures.wait(wait, None, concurrent.futures.FIRST_COMPLETED)
+        finally:
+            state.waiting.discard(stop)
+        if state.cancelled:
+            raise concurrent.futures.CancelledError()
 
 
 def failed(fn: Callable[..., Any], items: Items, kind: str, error: BaseException) -> Task:

@@ -263,7 +263,7 @@ def _run(
                 submit(items)
             if not in_flight:
                 if slots.late and not exhausted and not inline:
-                    slots.wait_late()  # calls that timed out on threads hold the limit
+                    slots.wait_late(state)  # calls that timed out on threads hold the limit
                     continue
                 if inline and not exhausted:
                     yield from run_inline(executor, fn, it, max(size, 1), report, state)
