@@ -194,7 +194,7 @@ def _limit_processes(spare: int, later: int = 0) -> str | None:
     return None
 
 
-def few_processes(spare: int, return_exceptions: bool) -> dict[str, Any]:
+def few_processes(spare: int, return_exceptions: bool, kinds: list[str]) -> dict[str, Any]:
     """Maps with ``spare`` processes or threads to spare for this user (RLIMIT_NPROC)."""
     import hybridexec  # noqa: F401 - loaded before the limit
 
@@ -202,7 +202,7 @@ def few_processes(spare: int, return_exceptions: bool) -> dict[str, Any]:
     why = _limit_processes(spare)
     if why is not None:
         return {"skip": why}
-    return _map_every_kind(["thread", "process", "auto"], return_exceptions, limit=4)
+    return _map_every_kind(kinds, return_exceptions, limit=4)
 
 
 if __name__ == "__main__":
@@ -213,7 +213,7 @@ if __name__ == "__main__":
     elif name == "executor_map_few_descriptors":
         result = executor_map_few_descriptors(int(args[0]))
     elif name == "few_processes":
-        result = few_processes(int(args[0]), args[1] == "1")
+        result = few_processes(int(args[0]), args[1] == "1", args[2].split(","))
     else:
         raise SystemExit(f"unknown script {name}")
     result["seconds"] = time.monotonic() - started

@@ -87,6 +87,7 @@ def failed(fn: Callable[..., Any], items: Items, kind: str, error: BaseException
     future.settle(False, error)
     task = Task(fn, items, future, batch=True)
     task.release()  # nothing of it runs, nothing of it is kept
+    task.elapsed = float("inf")  # no time of a call to size the next batches on
     return task
 
 

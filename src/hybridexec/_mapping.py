@@ -283,7 +283,7 @@ def _run(
                 oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
                 concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
                 outcomes = retry_killed(outcomes, batch.task.items, resubmit)
-            if adaptive and batch.size and batch.task.elapsed:  # it ran (or never went)
+            if adaptive and batch.size:
                 # Refine the estimate: first calls pay for warm-up (imports, caches), so the
                 # fastest per-call time seen is the best guide for the batches still to come.
                 per_call = min(per_call, batch.task.elapsed / batch.size)
