@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"_actors"},
     {"_backends"},
     {"_asyncio"},
+    {"_mapitems"},
     {"_mapping", "_decisions", "_deferred", "_groups"},
     {"_router"},
     {"_views"},
@@ -271,7 +272,7 @@ def _loaded_after(statement: str) -> list[str]:
 # _process/_group and _process/_replies, several calls per frame, came with issue 17;
 # _process/_guardian was split from _supervise).
 _PLAIN_MOST = 56
-_ON_FIRST_USE = ("_actors.", "_backends.", "_mapping", "_oom", "_shm._list")
+_ON_FIRST_USE = ("_actors.", "_backends.", "_mapping", "_mapitems", "_oom", "_shm._list")
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])

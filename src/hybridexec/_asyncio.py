@@ -4,14 +4,17 @@
 thread of its own, started on first use. Their futures say ``kind == "async"``; cancelling one
 cancels the coroutine; a timeout cancels it and fails the future with ``TaskTimeoutError``.
 
-``arun`` and ``amap`` (in ``_default.py``) are for code already inside an event loop.
+``arun`` and ``amap`` (in ``_default.py``) are for code already inside an event loop; ``amap``
+consumes its map in a thread of its own (``collect_in_thread``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import functools
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _lifecycle
@@ -171,3 +174,65 @@ class LoopLane:
             thread.join()
             if not loop.is_closed():
                 loop.close()
+
+
+async def collect_in_thread(
+    results: Any, iterables: tuple[Iterable[Any], ...], keep_errors: bool
+) -> list[Any]:
+    """Consume a map's ``results`` (an ``imap`` iterator) in a thread; await the list.
+
+    Cancelling the awaiting task cancels the work still in flight. With no thread to spare
+    (RLIMIT_NPROC), no item could run: each gets that error if ``keep_errors``, else it is
+    raised.
+    """
+    import asyncio  # on use: importing it costs ~20 ms
+
+    control = _MapControl()
+    loop = asyncio.get_running_loop()
+    done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+
+    def consume() -> None:
+        try:
+            out: list[Any] = []
+            for value in results:
+                out.append(value)
+                if control.stopped:
+                    break
+        except BaseException as exc:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # awaiter gone
+                done.set_exception(exc)
+        else:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                done.set_result(out)
+        finally:
+            results.close()
+
+    _lifecycle.starting_thread()  # the helpers forked first, while it is safe
+    thread = threading.Thread(target=consume, name="hybridexec-amap", daemon=True)
+    control.results = results
+    try:
+        thread.start()
+    except RuntimeError as exc:  # "can't start new thread": nothing of the map ran
+        results.close()
+        if not keep_errors:
+            raise
+        return [exc for _ in zip(*iterables)]  # noqa: B905 - the shortest ends it, as in map
+    try:
+        return await asyncio.wrap_future(done, loop=loop)
+    except asyncio.CancelledError:
+        control.stop()
+        await asyncio.to_thread(thread.join)
+        raise
+
+
+class _MapControl:
+    """Stops an ``amap`` whose awaiting task was cancelled."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.results: Any = None
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.results is not None:
+            self.results.cancel()

@@ -2,10 +2,16 @@
 
 The thread lane (``_threads.py``) fails a task with a timeout at its deadline and interrupts its
 thread with an asynchronous exception; thread actors and remote calls use the same helper.
+
+The interruption is best effort (code blocked in C sees it only when it returns to Python), so
+a task can fail with ``TaskTimeoutError`` while its code still runs: the future then carries a
+second one, ``late_end(future)``, done when that code really returns. A map's ``limit`` counts
+the call until then (``_mapitems.Slots``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import itertools
 import threading
@@ -41,7 +47,7 @@ class Running:
     timer's heap keeps this record until the deadline passes, and must not keep the result.
     """
 
-    __slots__ = ("done", "future", "ident", "interrupted", "lock", "timeout")
+    __slots__ = ("done", "ended", "future", "ident", "interrupted", "lock", "timeout")
 
     def __init__(self, future: Future[Any], timeout: float, ident: int) -> None:
         self.future: Future[Any] | None = future
@@ -50,6 +56,7 @@ class Running:
         self.lock = threading.Lock()
         self.done = False
         self.interrupted = False
+        self.ended: concurrent.futures.Future[None] | None = None  # see late_end()
 
     def finish(self) -> bool:
         """Mark the call ended (in its own thread); return True if the deadline came first.
@@ -68,6 +75,21 @@ class Running:
                 # Raised between the call's end and the withdrawal: the timer settled the
                 # future already. Loop to withdraw under the lock (nothing else is pending).
                 continue
+
+    def returned(self) -> None:
+        """The call's code returned (in its own thread), after ``finish()``: its late end."""
+        ended, self.ended = self.ended, None
+        if ended is not None:
+            ended.set_result(None)
+
+
+def late_end(future: Future[Any]) -> concurrent.futures.Future[None] | None:
+    """The late end of a done ``future``: done when its call's code really returns.
+
+    None unless the call timed out on a thread and its code still runs.
+    """
+    ended = future._hx_ended
+    return None if ended is None or ended.done() else ended
 
 
 class Timers:
@@ -97,6 +119,14 @@ class Timers:
                     raise
                 self._thread = thread
             self._cond.notify()
+
+    def try_call_at(self, deadline: float, fn: Callable[[], None]) -> bool:
+        """``call_at``, or False if the timer thread cannot start (a thread limit)."""
+        try:
+            self.call_at(deadline, fn)
+        except RuntimeError:
+            return False
+        return True
 
     def close(self, wait: bool = True) -> None:
         """Stop the timer thread; pending calls are dropped (their tasks ended or will end)."""
@@ -131,6 +161,8 @@ def on_deadline(running: Running) -> None:
             return
         running.interrupted = True
         running.future = None
+        # Before the future is done: whoever sees it done sees that its code may still run.
+        running.ended = future._hx_ended = concurrent.futures.Future()
         interrupt_thread(running.ident, TaskInterrupted)
     # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
     future.settle(

@@ -7,8 +7,6 @@ so the child's first call starts a default executor of its own.
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterable
@@ -17,6 +15,7 @@ from typing import Any, Literal, TypedDict, TypeVar, overload
 from typing_extensions import ParamSpec, Unpack
 
 from . import _lifecycle
+from ._asyncio import collect_in_thread
 from ._executor import Executor
 from ._futures import Future
 from ._mapping import imap as _imap
@@ -179,11 +178,12 @@ def imap(
         limit: At most this many calls of this map in flight at once (a server with a small
             listen backlog, a rate-limited API). A batch counts as its number of calls, so
             batches are sized to share the limit; calls run inline in this thread run one
-            at a time. A call that timed out on a thread goes on (threads cannot be
-            killed) and no longer counts.
+            at a time. A call that timed out on a thread (which cannot be killed) counts
+            until its code returns.
         return_exceptions: Put each failed call's exception in its place among the results
-            and carry on, instead of raising the first one. Cancellation, ``KeyboardInterrupt``
-            and ``SystemExit`` still end the map.
+            and carry on, instead of raising the first one; a call that could not be sent
+            (``EMFILE``, ``EAGAIN``: no descriptor, thread or process to spare) gets that
+            error. Cancellation, ``KeyboardInterrupt`` and ``SystemExit`` still end the map.
         executor: The Executor to use; the default one when None.
 
     Returns:
@@ -350,49 +350,5 @@ async def amap(
     .. versionchanged:: 0.4 several iterables, ``limit``, ``return_exceptions`` and the
         other options of :func:`imap`.
     """
-    import asyncio  # on use: importing it costs ~20 ms
-
-    control = _MapControl()
     results = imap(fn, *iterables, return_exceptions=return_exceptions, **options)
-    loop = asyncio.get_running_loop()
-    done: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
-
-    def consume() -> None:
-        try:
-            out: list[Any] = []
-            for value in results:
-                out.append(value)
-                if control.stopped:
-                    break
-        except BaseException as exc:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # awaiter gone
-                done.set_exception(exc)
-        else:
-            with contextlib.suppress(concurrent.futures.InvalidStateError):
-                done.set_result(out)
-        finally:
-            results.close()
-
-    _lifecycle.starting_thread()  # the helpers forked first, while it is safe
-    thread = threading.Thread(target=consume, name="hybridexec-amap", daemon=True)
-    control.results = results
-    thread.start()
-    try:
-        return await asyncio.wrap_future(done, loop=loop)
-    except asyncio.CancelledError:
-        control.stop()
-        await asyncio.to_thread(thread.join)
-        raise
-
-
-class _MapControl:
-    """Stops an ``amap`` whose awaiting task was cancelled."""
-
-    def __init__(self) -> None:
-        self.stopped = False
-        self.results: Any = None
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.results is not None:
-            self.results.cancel()
+    return await collect_in_thread(results, iterables, return_exceptions)

@@ -229,9 +229,9 @@ class Executor(concurrent.futures.Executor):
         is fine. ``timeout`` bounds the whole iteration. A subclass that overrides ``submit``
         sees every call go through it, as the standard library documents.
 
-        ``limit`` (hybridexec's): at most that many calls of this map at once, a chunk counting
-        as ``chunksize`` calls; the input is then read as calls finish, while you iterate. A
-        call that timed out on a thread goes on (threads cannot be killed), no longer counted.
+        ``limit`` (hybridexec's): at most that many calls of this map at once (a chunk counts
+        ``chunksize``; a call timed out on a thread, until its code returns), the input read
+        as calls finish. A call not sent (no descriptor, thread or process) raises in place.
 
         Raises:
             TypeError: ``fn`` is not callable, or ``buffersize`` or ``limit`` is not an int.

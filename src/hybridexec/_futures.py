@@ -64,6 +64,9 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
     # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
     _hx_stop: Callable[[], None] | None = None
+    # Set by the thread lane when a deadline failed the task while its code still runs: done
+    # when that code returns (a map's limit counts the call until then; see _deadlines).
+    _hx_ended: concurrent.futures.Future[None] | None = None
 
     def __init__(self, kind: str = "thread") -> None:
         # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and

@@ -120,7 +120,10 @@ def submitter(
         chunk = list(itertools.islice(calls, chunksize))
         if not chunk:
             return None
-        future = router.plans.submit_chunk(router, fn, chunk, opts, chunksize > 1)
+        try:
+            future = router.plans.submit_chunk(router, fn, chunk, opts, chunksize > 1)
+        except Exception as exc:
+            future = _failed(router, fn, chunk, exc)
         return future, chunksize > 1, len(chunk)
 
     return submit_chunk
@@ -140,7 +143,10 @@ def _grouped(
             entry = plans.entry(router, fn, args, {}, opts) if size > 1 else None
             profile = None if entry is None else entry.profile
             if profile is None or not profile.computes:
-                futures.append(plans.submit_chunk(router, fn, [args], opts, False))
+                try:
+                    futures.append(plans.submit_chunk(router, fn, [args], opts, False))
+                except Exception as exc:
+                    futures.append(_failed(router, fn, [args], exc))
                 i += 1
                 continue
             end, j = min(n, i + size), i + 1
@@ -157,7 +163,13 @@ def _grouped(
             ]
             task = Group(fn, group, plans.classifier)
             task.context = contextvars.copy_context()
-            router.threads.submit(task, profile, counted=len(group))
+            try:
+                router.threads.submit(task, profile, counted=len(group))
+            except Exception as exc:  # its calls fail with it, in their places
+                error = _failed(router, fn, [args], exc).exception()
+                for future, _ in group:
+                    future.set_running_or_notify_cancel()
+                    future.settle(False, error)
             futures.extend(future for future, _ in group)
             i = j
     except BaseException:
@@ -170,3 +182,18 @@ def _grouped(
         return (futures.popleft(), False, 1) if futures else None
 
     return submit_next
+
+
+def _failed(
+    router: Router, fn: Callable[..., Any], calls: list[tuple[Any, ...]], error: Exception
+) -> Future[Any]:
+    """A future failed with the resource error (EMFILE, EAGAIN...) its submit raised.
+
+    In the calls' place: the iterator raises it in turn, after the results before it, as a
+    call's own exception. After a shutdown the submit's ``RuntimeError`` is raised at once.
+    """
+    if router.closed:
+        raise error
+    from ._mapitems import failed
+
+    return failed(fn, [(args, {}) for args in calls], "thread", error).future

@@ -25,10 +25,12 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._asyncio import is_async_callable
 from ._futures import Future, Items, Outcome, Task
+from ._mapitems import Report, Slots, failed, run_inline
+from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
 from ._process import oom_killed, retry_killed
 from ._routing import Options
 
@@ -98,13 +100,6 @@ def check_limit(limit: int | None) -> int | None:
     return limit
 
 
-class Report(Protocol):
-    """Where a map reports its finished calls (a progress bar or callback, in ``_views``)."""
-
-    def update(self, n: int, lane: str) -> None: ...
-    def close(self) -> None: ...
-
-
 class MapState:
     """How a map runs, and what it shares with its iterator's ``cancel()``."""
 
@@ -137,32 +132,50 @@ def _run(
     report: Report | None,
     state: MapState,
 ) -> Generator[list[Any], None, None]:
-    first = list(itertools.islice(it, 1))
-    if not first:
-        if report is not None:
-            report.close()
-        return
     router = executor._router
     star, max_calls = state.star, state.limit
-    decision, opts = router.decide(fn, first[0] if star else (first[0],), {}, options)
+    remaining = None if total is None else total
+    while True:
+        first = list(itertools.islice(it, 1))
+        if not first:
+            if report is not None:
+                report.close()
+            return
+        try:
+            decision, opts = router.decide(fn, first[0] if star else (first[0],), {}, options)
+            break
+        except Exception as exc:  # no lane for it (a lazy import of the routing hit EMFILE)
+            if not state.keep_errors or router.closed:
+                if report is not None:
+                    report.close()
+                raise
+            remaining = None if remaining is None else remaining - 1
+            if report is not None:
+                report.update(1, "inline")
+            yield [exc]  # in its place; the next item asks again
     kind = decision.kind
     lane_width = router.processes.max_processes if kind == "process" else router.threads.max_threads
     in_flight: deque[_Batch] | set[_Batch] = deque() if ordered else set()
     waiting = state.waiting
-    remaining = None if total is None else total
-    # Calls submitted and not yet collected. `limit` bounds this sum, a batch counting as its
-    # number of calls: a batch runs its calls one after another, but one whose worker
-    # crashed is retried item by item on several workers at once (see _process).
-    in_calls = 0
+    # Calls submitted and not yet collected (or timed out on a thread and still running).
+    # `limit` bounds this sum, a batch counting as its number of calls: a batch runs its
+    # calls one after another, but one whose worker crashed is retried item by item on
+    # several workers at once (see _process).
+    slots = Slots(max_calls)
     crashes = router.processes.stats  # no crash since a batch's submit: no item to retry
 
     def resubmit(item: Any) -> Future[Any]:  # an item killed by SIGKILL, alone
         if state.cancelled or router.closed:
             raise concurrent.futures.CancelledError()
-        return router.submit_task(fn, [item], decision, opts.timeout, batch=True)[0]
+        try:
+            return router.submit_task(fn, [item], decision, opts.timeout, batch=True)[0]
+        except Exception as exc:
+            if router.closed:
+                raise concurrent.futures.CancelledError() from exc
+            return failed(fn, [item], kind, exc).future
 
     def submit(items: list[Any]) -> None:
-        nonlocal remaining, in_calls
+        nonlocal remaining
         if state.cancelled or router.closed:
             # Cancelled by the consumer, or the executor shut down under a running map: the
             # rest of the work is cancelled, as shutdown(cancel_futures=True) says.
@@ -171,14 +184,20 @@ def _run(
             calls: Items = [(args, _NO_KWARGS) for args in items]
         else:
             calls = [((item,), _NO_KWARGS) for item in items]
-        future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
+        try:
+            future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
+        except Exception as exc:  # a resource error (EMFILE, EAGAIN, MemoryError...): it
+            if router.closed:  # fails these items, in their place (or raised in turn)
+                raise concurrent.futures.CancelledError() from exc
+            task = failed(fn, calls, kind, exc)
+            future = task.future
         batch = _Batch(future, task, len(items), crashes["crashes"])
         if isinstance(in_flight, deque):
             in_flight.append(batch)
         else:
             in_flight.add(batch)
         waiting.add(future)
-        in_calls += len(items)
+        slots.take(len(items))
         if remaining is not None:
             remaining -= len(items)
 
@@ -235,7 +254,7 @@ def _run(
                 not exhausted
                 and not inline
                 and len(in_flight) < min(window, oom_cap)
-                and (max_calls is None or in_calls + size <= max_calls)
+                and slots.fit(size)
             ):
                 items = list(itertools.islice(it, size))
                 if not items:
@@ -243,8 +262,11 @@ def _run(
                     break
                 submit(items)
             if not in_flight:
+                if slots.late and not exhausted and not inline:
+                    slots.wait_late(state)  # calls that timed out on threads hold the limit
+                    continue
                 if inline and not exhausted:
-                    yield from _run_inline(executor, fn, it, max(size, 1), report, state)
+                    yield from run_inline(executor, fn, it, max(size, 1), report, state)
                 break
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
@@ -255,7 +277,7 @@ def _run(
                 del done
             waiting.discard(batch.future)
             outcomes = _outcomes(batch, state.keep_errors)
-            in_calls -= batch.size
+            slots.give_back(batch.future, batch.size)
             killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
             if killed and any(map(oom_killed, outcomes)):
                 oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
@@ -304,80 +326,6 @@ def _outcomes(batch: _Batch, keep_errors: bool) -> list[Outcome]:
             raise
         outcomes = [(False, exc)] * batch.size
     return outcomes
-
-
-def split_outcomes(
-    outcomes: list[Outcome], *, keep_errors: bool = False
-) -> tuple[list[Any], BaseException | None]:
-    """Split a batch into its values and the failure that ends the map (or None).
-
-    Without ``keep_errors`` the values stop at the first failure. With it (a map's
-    ``return_exceptions=True``) each ``Exception`` stands in its item's place; only a
-    ``BaseException`` that is not one (``KeyboardInterrupt``, ``SystemExit``) still ends it.
-    """
-    if not outcomes:
-        return [], None
-    oks, values = zip(*outcomes, strict=True)  # C speed: tiny calls come by the ten thousand
-    if all(oks):
-        return list(values), None
-    if keep_errors:
-        for index, (ok, value) in enumerate(outcomes):
-            if not ok and not isinstance(value, Exception):
-                return list(values[:index]), value
-        return list(values), None
-    failed = oks.index(False)
-    return list(values[:failed]), values[failed]
-
-
-def _run_inline(
-    executor: Executor,
-    fn: Callable[..., Any],
-    it: Iterator[Any],
-    size: int,
-    report: Report | None,
-    state: MapState,
-) -> Generator[list[Any], None, None]:
-    router = executor._router
-    while True:
-        if state.cancelled or router.closed:
-            raise concurrent.futures.CancelledError()
-        items = list(itertools.islice(it, size))
-        if not items:
-            return
-        values, error = _call_each(fn, items, state.star, state.keep_errors)
-        router.count("inline", len(items))
-        if report is not None:
-            report.update(len(values) + (error is not None), "inline")
-        box = [values]
-        del values, items
-        yield box.pop()
-        if error is not None:
-            raise error
-
-
-def _call_each(
-    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool
-) -> tuple[list[Any], BaseException | None]:
-    # The leanest loops there are: no argument or outcome tuples (tiny calls come by the
-    # ten thousand, and every allocation also feeds the garbage collector).
-    values: list[Any] = []
-    append = values.append
-    try:
-        if keep_errors:
-            for item in items:
-                try:
-                    append(fn(*item) if star else fn(item))
-                except Exception as exc:  # return_exceptions: in its place, and go on
-                    append(exc)
-        elif star:
-            for args in items:
-                append(fn(*args))
-        else:
-            for item in items:
-                append(fn(item))
-    except BaseException as exc:  # raised after the values before it are delivered
-        return values, exc
-    return values, None
 
 
 _NO_KWARGS: dict[str, Any] = {}  # shared: calls unpack it with **, never mutate it

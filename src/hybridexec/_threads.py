@@ -13,13 +13,12 @@ stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_S
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
 blocked in C sees it only when it returns to Python); it counts as busy until it has really
-finished. The task is marked finished *before* its future is settled: a deadline never reaches
-the done-callbacks. A finished task lets go of its callable and arguments at once.
+finished (``late_end`` tells a map's limit when); marked finished *before* its future is
+settled, so a deadline never reaches the done-callbacks. It lets go of its callable at once.
 
 Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook, as the
-stdlib's ``_python_exit``) waits for the user's thread work, queued or running, then at most a
-short bound for work the library chose to run here (a measured first call), and names what
-still runs in a warning.
+stdlib's ``_python_exit``) waits for the user's thread work, queued or running, then briefly
+for work the library chose to run here (a measured first call), naming what still runs.
 """
 
 from __future__ import annotations
@@ -166,10 +165,9 @@ class ThreadLane:
         raise err from self._start_error
 
     def _arm_stall_check(self) -> None:  # with the lock held
-        if not self._stall_check:
-            self._stall_check = True
+        if not self._stall_check:  # no timer thread (a thread limit): threads at work take it
             check = functools.partial(self._check_stall, self._taken)
-            self._timers.call_at(time.monotonic() + STALL_SECONDS, check)
+            self._stall_check = self._timers.try_call_at(time.monotonic() + STALL_SECONDS, check)
 
     def _check_stall(self, taken: int) -> None:
         """Wake or start a thread if tasks were declined one and none was taken since."""
@@ -390,6 +388,8 @@ class ThreadLane:
             profile.add(task.elapsed, cpu)
         if not timed_out:
             future.settle(ok, value)
+        elif running is not None:
+            running.returned()  # failed at its deadline, its code ends only now (late_end)
 
 
 def _broken_error(cause: BaseException) -> BaseException:

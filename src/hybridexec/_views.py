@@ -113,21 +113,24 @@ def results(
     Leaving the iterator early cancels the futures not consumed. Consumed results are not
     kept: the iterator holds only what it has not yielded yet.
     """
+    from ._mapitems import Slots
+
     pending: collections.deque[tuple[Future[Any], bool]] = collections.deque()
     # With a limit: the futures not seen finished yet, and their calls (a chunk counts as its
-    # number of calls: one whose worker crashed is retried call by call, all at once).
+    # number of calls: one whose worker crashed is retried call by call, all at once); a
+    # call that timed out on a thread keeps its slot until its code returns (Slots).
     running: dict[Future[Any], int] = {}
-    in_calls = 0
+    slots = Slots(limit)
     exhausted = False
 
     def fill() -> None:
-        nonlocal exhausted, in_calls
+        nonlocal exhausted
         for future in [f for f in running if f.done()]:
-            in_calls -= running.pop(future)
+            slots.give_back(future, running.pop(future))
         while (
             not exhausted
             and (buffersize is None or len(pending) < buffersize)
-            and (limit is None or in_calls + chunk <= limit)
+            and (limit is None or slots.fit(chunk))
         ):
             submitted = submit_next()
             if submitted is None:
@@ -136,7 +139,7 @@ def results(
             pending.append(submitted[:2])
             if limit is not None:
                 running[submitted[0]] = submitted[2]
-                in_calls += submitted[2]
+                slots.take(submitted[2])
             del submitted  # no local for a future: it would keep its result alive
 
     def wait_head(timeout: float | None) -> None:
@@ -147,7 +150,8 @@ def results(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return  # the result() that follows raises TimeoutError
-            concurrent.futures.wait(running, left, concurrent.futures.FIRST_COMPLETED)
+            late: list[Any] = list(slots.late)
+            concurrent.futures.wait([*running, *late], left, concurrent.futures.FIRST_COMPLETED)
             fill()
 
     try:

@@ -1,0 +1,166 @@
+"""What a map does with its items besides sending them: its limit's slots, failures in place.
+
+- ``Slots``: the calls of a map that count against its ``limit``. A call counts from its submit
+  until it is collected, and longer when it timed out on a thread: a thread cannot be stopped,
+  so its code may still run after its future failed with ``TaskTimeoutError``; its slot frees
+  when that code returns (``_deadlines.late_end``). A call that timed out in a process frees
+  its slot at the kill (its future fails as its worker is killed).
+- ``failed``: a task that could not even be submitted (no descriptor, thread or process to
+  spare: EMFILE, EAGAIN, MemoryError) becomes a future failed with that error, in the place of
+  its items: the map puts it there (``return_exceptions``) or raises it in turn.
+- ``split_outcomes`` and the inline runs of calls too cheap for a hand-off.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._deadlines import late_end
+from ._futures import Future, Items, Outcome, Task
+
+if TYPE_CHECKING:
+    from ._executor import Executor
+    from ._mapping import MapState
+
+
+class Report(Protocol):
+    """Where a map reports its finished calls (a progress bar or callback, in ``_views``)."""
+
+    def update(self, n: int, lane: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class Slots:
+    """The calls of one map counted against its ``limit`` (None: no limit, only counted)."""
+
+    __slots__ = ("late", "limit", "used")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.used = 0  # calls submitted and not given back, late ones included
+        self.late: dict[concurrent.futures.Future[None], int] = {}  # late end -> its calls
+
+    def take(self, calls: int) -> None:
+        """``calls`` more were submitted."""
+        self.used += calls
+
+    def give_back(self, future: Future[Any], calls: int) -> None:
+        """``future`` (of ``calls`` calls) is done: free its slots, or when its code returns."""
+        ended = late_end(future)
+        if ended is None:
+            self.used -= calls
+        else:
+            self.late[ended] = calls
+
+    def fit(self, calls: int) -> bool:
+        """True if ``calls`` more may be submitted now."""
+        if self.late:
+            for ended in [e for e in self.late if e.done()]:
+                self.used -= self.late.pop(ended)
+        return self.limit is None or self.used + calls <= self.limit
+
+    def wait_late(self, state: MapState) -> None:
+        """Wait until the code of a call that timed out returns; the map's cancel() wakes it.
+
+        Raises:
+            concurrent.futures.CancelledError: the map was cancelled.
+        """
+        stop: Future[Any] = Future("map")  # cancelled with the map's futures (see MapState)
+        state.waiting.add(stop)
+        try:
+            if not state.cancelled:  # set before the futures are cancelled: one of them wins
+                wait = [*self.late, stop]
+                concurrent.futures.wait(wait, None, concurrent.futures.FIRST_COMPLETED)
+        finally:
+            state.waiting.discard(stop)
+        if state.cancelled:
+            raise concurrent.futures.CancelledError()
+
+
+def failed(fn: Callable[..., Any], items: Items, kind: str, error: BaseException) -> Task:
+    """A task that was never submitted: its future (done) failed with ``error``."""
+    future: Future[Any] = Future(kind)
+    future.set_running_or_notify_cancel()
+    future.settle(False, error)
+    task = Task(fn, items, future, batch=True)
+    task.release()  # nothing of it runs, nothing of it is kept
+    task.elapsed = float("inf")  # no time of a call to size the next batches on
+    return task
+
+
+def split_outcomes(
+    outcomes: list[Outcome], *, keep_errors: bool = False
+) -> tuple[list[Any], BaseException | None]:
+    """Split a batch into its values and the failure that ends the map (or None).
+
+    Without ``keep_errors`` the values stop at the first failure. With it (a map's
+    ``return_exceptions=True``) each ``Exception`` stands in its item's place; only a
+    ``BaseException`` that is not one (``KeyboardInterrupt``, ``SystemExit``) still ends it.
+    """
+    if not outcomes:
+        return [], None
+    oks, values = zip(*outcomes, strict=True)  # C speed: tiny calls come by the ten thousand
+    if all(oks):
+        return list(values), None
+    if keep_errors:
+        for index, (ok, value) in enumerate(outcomes):
+            if not ok and not isinstance(value, Exception):
+                return list(values[:index]), value
+        return list(values), None
+    failed_at = oks.index(False)
+    return list(values[:failed_at]), values[failed_at]
+
+
+def run_inline(
+    executor: Executor,
+    fn: Callable[..., Any],
+    it: Iterator[Any],
+    size: int,
+    report: Report | None,
+    state: MapState,
+) -> Generator[list[Any], None, None]:
+    """Run the rest of a map's calls in the consuming thread, ``size`` at a time."""
+    router = executor._router
+    while True:
+        if state.cancelled or router.closed:
+            raise concurrent.futures.CancelledError()
+        items = list(itertools.islice(it, size))
+        if not items:
+            return
+        values, error = _call_each(fn, items, state.star, state.keep_errors)
+        router.count("inline", len(items))
+        if report is not None:
+            report.update(len(values) + (error is not None), "inline")
+        box = [values]
+        del values, items
+        yield box.pop()
+        if error is not None:
+            raise error
+
+
+def _call_each(
+    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool
+) -> tuple[list[Any], BaseException | None]:
+    # The leanest loops there are: no argument or outcome tuples (tiny calls come by the
+    # ten thousand, and every allocation also feeds the garbage collector).
+    values: list[Any] = []
+    append = values.append
+    try:
+        if keep_errors:
+            for item in items:
+                try:
+                    append(fn(*item) if star else fn(item))
+                except Exception as exc:  # return_exceptions: in its place, and go on
+                    append(exc)
+        elif star:
+            for args in items:
+                append(fn(*args))
+        else:
+            for item in items:
+                append(fn(item))
+    except BaseException as exc:  # raised after the values before it are delivered
+        return values, exc
+    return values, None
