@@ -27,6 +27,7 @@ from typing import Any
 from .._exceptions import SerializationError
 from .._process import FrameReader, enter_child, write_frame
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
+from .._shm import note_lent
 
 # Control messages and constant answers: one byte, never a valid pickle (those start b"\x80").
 STOP = b"s"
@@ -90,7 +91,8 @@ def _serve(instance: Any, requests: Any, replies: Any) -> bool:
                 if data == STOP_NOW:
                     _discard(backlog, out)
                 return True
-            write_frame(out, _handle(instance, cls, data, handlers))
+            # What is still alive of the message once it is handled, the actor kept.
+            write_frame(out, note_lent(_handle(instance, cls, data, handlers)))
             # Take in what arrived while the handler ran: a STOP_NOW behind it must be seen
             # before the next handler starts.
             while True:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -138,8 +139,11 @@ class ProcessCore(Supervisor, CoreBase):
             ref = self._wire_ref(fn)
         if future is not None:
             # Large numpy arguments of an ask travel through shared memory, held until its
-            # answer arrives. A tell has no answer to say when it was handled: it pickles them.
+            # answer arrives. A tell has no answer to say when it was handled: it pickles them
+            # (views of shared objects still go by name, so that the handler's writes are seen).
             data = self.placement.dumps_call((ref, args, kwargs, True), future)
+        elif "numpy" in sys.modules:
+            data = self.placement.dumps_call((ref, args, kwargs, False), None, copies=False)
         else:
             data = dumps((ref, args, kwargs, False))
         entry: Entry = (future, len(data) + 8, fn)

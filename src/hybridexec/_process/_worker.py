@@ -29,7 +29,7 @@ from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, adopt, dumps, dumps_callable, loads, pack_exception
 from .._serialize import run_initializer as run_initializer_
-from .._shm import dumps_reply
+from .._shm import dumps_reply, note_lent
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
 from ._threadlimits import apply_thread_limits
@@ -194,8 +194,10 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             # may answer on the pipe.
             os._exit(0)
         rss = resident_memory() if report_memory else None
+        reply = _encode_reply(outcomes, elapsed, cpu, rss)
+        del outcomes  # then what is still alive of the call was kept by the task (note_lent)
         try:
-            write_frame(out, _encode_reply(outcomes, elapsed, cpu, rss))
+            write_frame(out, note_lent(reply))
         except OSError:  # the parent is gone (EPIPE): nobody to answer
             return
         sent = time.perf_counter() if flagged and elapsed < SPIN_CALL_MAX else 0.0

@@ -10,8 +10,9 @@ Layers inside the room (each imports only those above it)::
     _objects    SharedBuffer, SharedArray (numpy optional)
     _list       SharedList
     _reuse      Copies: when a copy made for one task may stand for the same object again
+    _reply      references to arrays in shared memory; the worker side: large numpy results
+                through shared memory, and which placed arguments a task kept
     _place      Placement: large numpy arguments of process tasks through shared memory
-    _reply      the worker side: large numpy results through shared memory
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ if TYPE_CHECKING:
     from ._objects import SharedArray as SharedArray
     from ._objects import SharedBuffer as SharedBuffer
     from ._objects import SharedHandle as SharedHandle
-    from ._place import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
     from ._place import Placement as Placement
     from ._place import check_threshold as check_threshold
+    from ._reply import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
     from ._reply import discard_reply as discard_reply
     from ._reply import dumps_reply as dumps_reply
+    from ._reply import note_lent as note_lent
     from ._reply import reply_policy as reply_policy
     from ._reuse import Copies as Copies
     from ._reuse import Share as Share
@@ -58,6 +60,7 @@ __all__ = [
     "dumps_reply",
     "free_bytes",
     "mapping_of",
+    "note_lent",
     "owner_pid_of",
     "reply_policy",
     "unchanging",
@@ -67,7 +70,7 @@ __getattr__, __dir__ = exports(
     __name__,
     {
         "Copies": "._reuse",
-        "DEFAULT_THRESHOLD": "._place",
+        "DEFAULT_THRESHOLD": "._reply",
         "SHM_DIR": "._names",
         "Placement": "._place",
         "Segment": "._segment",
@@ -82,6 +85,7 @@ __getattr__, __dir__ = exports(
         "dumps_reply": "._reply",
         "free_bytes": "._names",
         "mapping_of": "._segment",
+        "note_lent": "._reply",
         "owner_pid_of": "._names",
         "reply_policy": "._reply",
         "unchanging": "._reuse",

@@ -3,15 +3,20 @@
 Parent -> worker (``Placement.dumps_call``, used by the process lane for every task):
 
 - An array that already lives in hybridexec shared memory (a ``SharedArray``'s array, or any
-  view of one) is sent as a reference: name, offset, shape, strides. No copy at all.
+  view of one, whatever its size) is sent as a reference: name, offset, shape, strides. No
+  copy at all, and the task's writes are seen.
 - Any other array of at least ``threshold`` bytes is copied once into a segment the lane owns
   and sent as a reference; the worker maps it read-only. The same array object passed to
   several tasks in flight is placed once, as long as it still holds the same bytes (compared
   in full, see ``_reuse``), and the segment is released when the last of those tasks ends.
 - Released segments go to a small pool and are reused: copying into fresh shared memory is
   dominated by page faults (about 60 ms per 100 MB), into a reused one by memcpy (about 6 ms).
+  A segment a worker kept a view of (the task stored its argument; the reply says so, see
+  ``_reply.note_lent``) is never reused: its name goes, its memory stays the worker's.
 - Shared-memory handles in the arguments are kept alive until the task ends, so passing a
-  temporary ``SharedArray`` to ``submit`` is safe. (The worker side, results: ``_reply.py``.)
+  temporary ``SharedArray`` to ``submit`` is safe.
+
+References (what a placed array pickles to) and the worker side are in ``_reply.py``.
 """
 
 from __future__ import annotations
@@ -29,20 +34,18 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import SerializationError, SharedMemoryError
 from .._serialize import PROTOCOL, main_by_value
 from ._names import free_bytes
+from ._reply import DEFAULT_THRESHOLD, _attach_array, _ndarray_type, _shared_reference
 
 if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
     import concurrent.futures
 
-    import numpy as np
     import numpy.typing as npt
 
     from ._reuse import Copies, Share
-    from ._segment import MapInfo, Segment
+    from ._segment import Segment
 
 logger = logging.getLogger("hybridexec")
 
-DEFAULT_THRESHOLD = 1 << 20
-"""Numpy arrays of this many bytes or more go through shared memory by default (1 MiB)."""
 
 POOL_MAX_BYTES = 1 << 30
 POOL_IDLE_SECONDS = 30.0
@@ -65,72 +68,6 @@ def check_threshold(threshold: int | None) -> int | None:
     return threshold
 
 
-# ---- references: what a placed array pickles to ----------------------------------------------
-def _attach_array(
-    name: str,
-    size: int,
-    offset: int,
-    shape: tuple[int, ...],
-    dtype: np.dtype[Any],
-    strides: tuple[int, ...] | None,
-    readonly: bool,
-    adopt: bool,
-) -> npt.NDArray[Any]:
-    from ._segment import Segment
-
-    if adopt:
-        # A result handed over by a worker: map it, then drop the name at once; the array
-        # returned owns the mapping and nothing can leak once it is gone.
-        segment = Segment.attach(name, size=size, keep=False)
-        segment.adopt()
-        array = segment.ndarray(shape, dtype, offset=offset, strides=strides)
-        segment.close()
-        return array
-    segment = Segment.attach(name, readonly=readonly, size=size)
-    array = segment.ndarray(shape, dtype, offset=offset, strides=strides)
-    if readonly and array.flags.writeable:
-        array.flags.writeable = False
-    return array
-
-
-def _root_buffer(array: npt.NDArray[Any]) -> object:
-    import numpy as np
-
-    base: object = array
-    while isinstance(base, np.ndarray):
-        nxt = base.base
-        if nxt is None:
-            return base  # owns its memory
-        base = nxt
-    if isinstance(base, memoryview):
-        base = base.obj
-    return base
-
-
-def _mapping_address(info: MapInfo) -> int:
-    if info.address is None:  # once per mapping: where it starts
-        import numpy as np
-
-        mm = info.mm_ref()
-        assert mm is not None
-        probe = np.frombuffer(mm, dtype=np.uint8, count=1)
-        info.address = int(probe.__array_interface__["data"][0])
-    return info.address
-
-
-def _shared_reference(array: npt.NDArray[Any]) -> tuple[MapInfo, tuple[Any, ...]] | None:
-    """The reduce arguments that send ``array`` by name, when it lives in shared memory."""
-    from ._segment import mapping_of
-
-    info = mapping_of(_root_buffer(array))
-    if info is None:
-        return None
-    offset = int(array.__array_interface__["data"][0]) - _mapping_address(info)
-    readonly = not (array.flags.writeable and info.writable)
-    args = (info.name, info.size, offset, array.shape, array.dtype, array.strides, readonly, False)
-    return info, args
-
-
 class _Placed:
     """A lane-owned segment holding a copy of one array, and the reduce arguments naming it."""
 
@@ -148,12 +85,13 @@ class _Placed:
 class _Lease:
     """What one task holds until it ends: placed arrays and handles kept alive."""
 
-    __slots__ = ("__weakref__", "keep", "placed", "released")
+    __slots__ = ("__weakref__", "copies", "keep", "placed", "released")
 
-    def __init__(self) -> None:
+    def __init__(self, copies: bool) -> None:
         self.placed: list[Share[_Placed]] = []
         self.keep: list[object] = []
         self.released = False
+        self.copies = copies  # whether arrays may be copied into the lane's segments
 
     def __bool__(self) -> bool:
         return bool(self.placed or self.keep)
@@ -171,7 +109,8 @@ class Placement:
     def __init__(self, threshold: int | None = DEFAULT_THRESHOLD) -> None:
         self.threshold = check_threshold(threshold)
         self._lock = threading.Lock()
-        # Here: workers load this module for _attach_array alone (tests/test_architecture.py)
+        # Imported here: workers load this module for _attach_array alone, and their import
+        # budget is counted (tests/test_architecture.py).
         from ._reuse import Copies
 
         self._placed: Copies[_Placed] = Copies()  # copies of arrays, while tasks use them
@@ -181,16 +120,21 @@ class Placement:
         self.pool_max = POOL_MAX_BYTES if total is None else min(POOL_MAX_BYTES, total // 8)
         # placed: copies made (pool_hits of them into reused segments); reused: tasks that
         # shared a copy made for an earlier task in flight; by_reference: views of shared
-        # memory sent by name without a copy.
-        self.stats = {"placed": 0, "reused": 0, "by_reference": 0, "pool_hits": 0}
+        # memory sent by name without a copy; lent: copies a worker kept, never pooled.
+        self.stats = {"placed": 0, "reused": 0, "by_reference": 0, "pool_hits": 0, "lent": 0}
 
-    def dumps_call(self, obj: Any, future: concurrent.futures.Future[Any] | None) -> bytes:
+    def dumps_call(
+        self, obj: Any, future: concurrent.futures.Future[Any] | None, *, copies: bool = True
+    ) -> bytes:
         """Pickle a call, placing large arrays; release them when ``future`` is done.
+
+        Views of shared memory go by name whatever their size. With ``copies`` False (a call
+        nothing will say the end of, such as an actor's tell) other arrays are pickled.
 
         Raises:
             SerializationError: the call cannot be pickled.
         """
-        lease = _Lease()
+        lease = _Lease(copies)
         try:
             data = _dump(obj, self, lease)
         except BaseException:
@@ -208,9 +152,7 @@ class Placement:
 
     def place(self, array: npt.NDArray[Any], lease: _Lease) -> tuple[Any, ...] | None:
         """Return reduce arguments for ``array``, or None to pickle it by value."""
-        if self.threshold is None or array.nbytes < self.threshold or array.dtype.hasobject:
-            return None
-        shared = _shared_reference(array)
+        shared = _shared_reference(array)  # any size: a task's writes must be seen
         if shared is not None:
             info, args = shared
             owner = info.segment_ref() if info.segment_ref is not None else None
@@ -218,6 +160,11 @@ class Placement:
                 lease.keep.append(owner)  # the owner's handle keeps the name alive meanwhile
                 self.stats["by_reference"] += 1
                 return args
+        threshold = self.threshold
+        if threshold is None or array.nbytes < threshold or array.dtype.hasobject:
+            return None
+        if not lease.copies:
+            return None
         with self._lock:
             if self._closed:
                 return None
@@ -250,9 +197,9 @@ class Placement:
         import numpy as np
 
         if segment is None:
-            from ._segment import Segment
-
             try:
+                from ._segment import Segment
+
                 segment = Segment.create(-(-max(array.nbytes, 1) // _PAGE) * _PAGE)
             except SharedMemoryError as exc:
                 logger.info("not placing a %d-byte array in shared memory: %s", array.nbytes, exc)
@@ -273,7 +220,7 @@ class Placement:
         if best is None:
             return None
         self._free.remove(best)
-        if best[1].has_views():  # pragma: no cover - checked when pooled
+        if best[1].has_views() or best[1].lent:  # pragma: no cover - checked when pooled
             best[1].close()
             return None
         self.stats["pool_hits"] += 1
@@ -304,6 +251,9 @@ class Placement:
 
     def _pool(self, segment: Segment) -> list[Segment]:
         # Under the lock: keep ``segment`` for reuse when nothing maps it here and it fits.
+        if segment.lent:  # a worker keeps a view of it (_reply.note_lent): never reuse it
+            self.stats["lent"] += 1
+            return [segment]
         if self._closed or segment.size > self.pool_max or segment.has_views():
             return [segment]
         now = time.monotonic()
@@ -329,11 +279,7 @@ class Placement:
             segment.close()
 
 
-def _ndarray_type() -> type | None:
-    np = sys.modules.get("numpy")
-    return None if np is None else np.ndarray
-
-
+# ---- picklers ------------------------------------------------------------------------------
 def _placed(obj: Any, ndarray: type | None, placement: Placement, lease: _Lease) -> Any:
     """What both call picklers do: a large array goes by shared memory, a handle is kept.
 

@@ -8,6 +8,16 @@
 
 The worker learns its executor's threshold from the pickled callable (``reply_policy``), so the
 wire format of calls stays ``(fn_bytes, items, batch)``.
+
+What a task keeps (guarantee I2): the parent pools the segment of a placed argument once the
+task ends, and copies the next task's array into it. So the worker checks, after the call and
+once its reply no longer holds anything, which read-only arrays it attached for the call are
+still alive (a global cache, an actor's state), and the reply says so (``note_lent``): the
+parent never reuses those segments. A result that is, or views, a read-only argument is copied:
+the caller gets memory of its own, writable, that no later task overwrites.
+
+This module also holds the references both sides use (``_attach_array``: what an array in
+shared memory pickles to), so that a worker loads it and not the parent's placement.
 """
 
 from __future__ import annotations
@@ -17,18 +27,109 @@ import multiprocessing
 import os
 import pickle
 import sys
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import SharedMemoryError
 from .._serialize import PROTOCOL
-from ._place import DEFAULT_THRESHOLD, _attach_array, _ndarray_type, _shared_reference
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
+    import numpy as np
     import numpy.typing as npt
 
     from ._objects import SharedHandle
+    from ._segment import MapInfo, Segment
+
+DEFAULT_THRESHOLD = 1 << 20
+"""Numpy arrays of this many bytes or more go through shared memory by default (1 MiB)."""
+
+
+def _ndarray_type() -> type | None:
+    np = sys.modules.get("numpy")
+    return None if np is None else np.ndarray
+
+
+# ---- references: what a placed array pickles to ----------------------------------------------
+def _attach_array(
+    name: str,
+    size: int,
+    offset: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    strides: tuple[int, ...] | None,
+    readonly: bool,
+    adopt: bool,
+) -> npt.NDArray[Any]:
+
+    if adopt:
+        # A result handed over by a worker: map it, then drop the name at once; the array
+        # returned owns the mapping and nothing can leak once it is gone.
+        from ._segment import Segment
+
+        segment = Segment.attach(name, size=size, keep=False)
+        segment.adopt()
+        array = segment.ndarray(shape, dtype, offset=offset, strides=strides)
+        segment.close()
+        return array
     from ._segment import Segment
 
+    segment = Segment.attach(name, readonly=readonly, size=size)
+    array = segment.ndarray(shape, dtype, offset=offset, strides=strides)
+    if readonly:
+        array.flags.writeable = False
+        # Maybe a copy the sender pools once the task ends: ``note_lent`` tells it when the
+        # task kept the array. Pruned here too, where nothing drains the list (a parent).
+        global _prune_at
+        if len(_attached) >= _prune_at:
+            _attached[:] = [entry for entry in _attached if entry[0]() is not None]
+            _prune_at = max(64, 2 * len(_attached))
+        _attached.append((weakref.ref(array), name))
+    return array
+
+
+_attached: list[tuple[weakref.ref[Any], str]] = []  # read-only arrays attached since the reply
+_prune_at = 64
+
+
+def _root_buffer(array: npt.NDArray[Any]) -> object:
+    import numpy as np
+
+    base: object = array
+    while isinstance(base, np.ndarray):
+        nxt = base.base
+        if nxt is None:
+            return base  # owns its memory
+        base = nxt
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base
+
+
+def _mapping_address(info: MapInfo) -> int:
+    if info.address is None:  # once per mapping: where it starts
+        import numpy as np
+
+        mm = info.mm_ref()
+        assert mm is not None
+        probe = np.frombuffer(mm, dtype=np.uint8, count=1)
+        info.address = int(probe.__array_interface__["data"][0])
+    return info.address
+
+
+def _shared_reference(array: npt.NDArray[Any]) -> tuple[MapInfo, tuple[Any, ...]] | None:
+    """The reduce arguments that send ``array`` by name, when it lives in shared memory."""
+    from ._segment import mapping_of
+
+    info = mapping_of(_root_buffer(array))
+    if info is None:
+        return None
+    offset = int(array.__array_interface__["data"][0]) - _mapping_address(info)
+    readonly = not (array.flags.writeable and info.writable)
+    args = (info.name, info.size, offset, array.shape, array.dtype, array.strides, readonly, False)
+    return info, args
+
+
+# ---- the worker side ---------------------------------------------------------------------
 _reply_threshold: int | None = DEFAULT_THRESHOLD  # in a worker: set by its executor's calls
 
 
@@ -76,11 +177,13 @@ class _ReplyState:
         if threshold is None or array.nbytes < threshold or array.dtype.hasobject:
             return None
         shared = _shared_reference(array)
-        if shared is not None and not shared[0].owned:
-            return shared[1]  # a view of a task input: the parent owns it
-        from ._segment import Segment
-
+        if shared is not None and not shared[0].owned and shared[0].writable:
+            return shared[1]  # a view of a shared object the parent owns (a SharedArray)
+        # Anything else is copied, views of a placed argument included: that segment goes
+        # back to the parent's pool when this task ends.
         try:
+            from ._segment import Segment
+
             segment = Segment.create(array.nbytes, owner_pid=self.owner_pid, owner=False)
         except SharedMemoryError:
             return None
@@ -143,12 +246,68 @@ class _ReplyPickler(pickle.Pickler):
         kind = type(obj)
         if kind is self._ndarray:
             args = self._state.place(obj)
-            return NotImplemented if args is None else (_attach_array, args)
+            if args is not None:
+                return (_attach_array, args)
+            if not obj.flags.writeable and _handles_exist() and _read_only_shared(obj):
+                # A small view of a placed argument: pickled read-only, it would arrive
+                # read-only. A copy arrives as any result does, writable.
+                return obj.copy().__reduce_ex__(PROTOCOL)
+            return NotImplemented
         objects = sys.modules.get("hybridexec._shm._objects")  # not loaded: no handle exists
         if objects and isinstance(obj, objects.SharedHandle) and obj.owner and not obj.closed:
             self._state.handles.append(obj)
             return obj._hx_transfer()
         return NotImplemented
+
+
+def _read_only_shared(array: npt.NDArray[Any]) -> bool:
+    from ._segment import mapping_of
+
+    info = mapping_of(_root_buffer(array))
+    return info is not None and not info.writable
+
+
+def note_lent(reply: bytes) -> bytes:
+    """Return ``reply``, telling the parent which placed arguments the task kept, if any.
+
+    Call it once the call is over and its reply pickled, with nothing of the call held any
+    more: the read-only arrays attached meanwhile that are still alive were kept by the task
+    (a cache, an actor's state). The parent must then never reuse their segments; unpickling
+    the reply it gets marks them (``_lent``). Costs nothing when no array was attached.
+    """
+    if not _attached:
+        return reply
+    names = sorted({name for ref, name in _attached if ref() is not None})
+    _attached.clear()
+    if not names or reply[:1] != b"\x80":  # nothing kept, or no pickle (an actor's ACK)
+        return reply
+    return pickle.dumps(_Lent(names, reply), PROTOCOL)
+
+
+class _Lent:
+    """Unpickles as the reply it wraps, marking the segments a worker kept first."""
+
+    __slots__ = ("names", "reply")
+
+    def __init__(self, names: list[str], reply: bytes) -> None:
+        self.names = names
+        self.reply = reply
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_lent, (self.names, self.reply))
+
+
+def _lent(names: list[str], reply: bytes) -> Any:
+    # In the parent, before the task's future is settled and its lease released.
+    from . import _segment
+
+    for name in names:
+        with _segment._lock:
+            info = _segment._names.get(name)
+            segment = None if info is None or info.segment_ref is None else info.segment_ref()
+        if segment is not None:
+            segment.lent = True
+    return pickle.loads(reply)
 
 
 def discard_reply(data: bytes) -> None:

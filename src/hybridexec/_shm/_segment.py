@@ -170,7 +170,7 @@ class Segment:
         owner: Whether this process created it and must unlink it.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "mm", "name", "owner", "size", "writable")
+    __slots__ = ("__weakref__", "_finalizer", "lent", "mm", "name", "owner", "size", "writable")
 
     def __init__(self, name: str, size: int, mm: mmap.mmap, writable: bool, owner: bool) -> None:
         self.name = name
@@ -178,6 +178,7 @@ class Segment:
         self.mm: mmap.mmap | None = mm
         self.writable = writable
         self.owner = owner
+        self.lent = False  # another process keeps a view of it: its memory is theirs too
         self._finalizer: weakref.finalize[Any, Any] | None = None
         if owner:
             # Unlink when the handle is collected without close(); also runs at exit.
