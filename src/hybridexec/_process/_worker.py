@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import _faults, _lifecycle
+from .. import _faults, _lifecycle, _serialize
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import PROTOCOL, adopt, dumps, dumps_callable, loads, pack_exception
-from .._serialize import run_initializer as run_initializer_
 from .._shm import dumps_reply, note_lent
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
@@ -118,7 +117,7 @@ def worker_main(
     init_error: bytes | None = None
     if initializer is not None:
         try:
-            run_initializer_(initializer.fn, initializer.args)
+            _serialize.run_initializer(initializer.fn, initializer.args)
         except BaseException as exc:
             # Logged where ProcessPoolExecutor's workers log it, for code that listens there.
             logging.getLogger("concurrent.futures").critical(
