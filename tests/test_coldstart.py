@@ -51,12 +51,29 @@ def state(pid):
 def fds(pid):
     return sorted(os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd"))
 
-def helpers_of_this_process():
+def tracker_pid():
+    # Forked by the fork server (an orphan, not our child: multiprocessing knows no pid), or
+    # by us: the process that holds the other end of the tracker's pipe, once it runs.
     from multiprocessing import resource_tracker as _rt
+    tracker = _rt._resource_tracker
+    if tracker._pid is not None:
+        return tracker._pid
+    pipe = os.readlink(f"/proc/self/fd/{tracker._fd}")
+    for _ in range(2000):
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                if comm(pid) == "hx-tracker" and pipe in fds(pid):
+                    return pid
+            except OSError:
+                pass
+        time.sleep(0.01)
+    raise AssertionError("no resource tracker holds " + pipe)
+
+def helpers_of_this_process():
     return {
         "server": _fs._forkserver._forkserver_pid,
         "guardian": _gd._guardian.pid,
-        "tracker": _rt._resource_tracker._pid,
+        "tracker": tracker_pid(),
     }
 """
 

@@ -143,3 +143,58 @@ def resident_memory() -> int | None:
         return int(psutil.Process().memory_info().rss)
     except Exception:
         return None
+
+
+def reset_signal_handlers() -> None:
+    """In a copy of this process (``_zygote``): signal handlers set in Python to the default."""
+    # As exec would: a handler set in Python goes back to the default; an ignored signal stays
+    # ignored; SIGINT raises KeyboardInterrupt as in any fresh interpreter.
+    # Numbers, not valid_signals(), and _signal's getsignal, not signal's: no enum member made
+    # per signal (a tenth of a millisecond in each copy, right after its fork).
+    getsignal = getattr(signal, "_signal", signal).getsignal
+    for sig in range(1, signal.NSIG):
+        try:
+            handler = getsignal(sig)
+            if callable(handler) and handler is not signal.default_int_handler:
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.set_wakeup_fd(-1)  # an event loop's, pointing at a descriptor now blank
+
+
+def read_comm() -> str | None:
+    """This process's name (``/proc/self/comm``), or None where it cannot be read."""
+    try:
+        with open("/proc/self/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def write_comm(name: str) -> None:
+    """Name this process ``name`` (``ps``, ``psutil.Process.name()``), where it can be."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
+
+
+def blank_descriptors(keep: set[int]) -> None:
+    """Point every open descriptor not in ``keep`` at ``/dev/null`` (see ``_zygote``)."""
+    fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    for fd in fds:
+        if fd in keep or fd == null:
+            continue
+        try:
+            os.fstat(fd)  # still open (the listing's own descriptor is not)
+        except OSError:
+            continue
+        try:
+            os.dup2(null, fd, inheritable=False)
+        except OSError:
+            pass
+    os.close(null)

@@ -65,8 +65,9 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     milliseconds instead of paying the package import (~0.1-0.2 s). The user's own preload
     list is kept: our module is added to it, never substituted; so is what the user chose for
     a module that fails to import there (``on_error``, Python 3.15+). Where it is safe, the
-    fork server, the guardian and the resource tracker are forked from this process now
-    (``_zygote``): they start with every module imported, in about a millisecond each, so even
+    fork server and the guardian are forked from this process now, and the resource tracker
+    from the server (``_zygote``): they start with every module imported, in about a
+    millisecond each, so even
     the first worker starts in milliseconds. Otherwise multiprocessing starts the server as a
     new interpreter on the first worker's start, and ``guard`` the guardian, as before. Each
     helper is forked once: a later call forks only those missing.
@@ -78,8 +79,8 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
 
     Args:
         first: Called first when it is safe: the lane's first worker forked from this thread
-            (``_lane``, the guardian right before it), its call sent, so the server and the
-            tracker start while that call runs. Its exceptions propagate.
+            (``_lane``, the guardian right before it), its call sent, so the server (and
+            the tracker it forks) start while that call runs. Its exceptions propagate.
 
     Returns:
         ``first()`` when it was called, else True when it was safe (it still is on return).
@@ -100,9 +101,10 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
         return False
     went = first() if first is not None else True
     try:
-        start_fork_server()  # before the guardian and the tracker when there is no worker:
-        start_guardian_early()  # what the server makes (a socket, a temporary directory) is
-        start_resource_tracker()  # written before any fork makes its pages copy-on-write
+        start_fork_server()  # before the guardian when there is no worker: what the server
+        start_guardian_early()  # makes (a socket, a temporary directory) is written before
+        start_resource_tracker()  # any fork makes its pages copy-on-write; the tracker only
+        # where the server could not fork it (it runs already: nothing is done then)
     except Exception as exc:
         logger.debug("fork server not forked: %r", exc)
     return went

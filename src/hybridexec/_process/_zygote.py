@@ -5,16 +5,18 @@ interpreter that imports the worker's modules; the first worker can be forked on
 done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork``. Its resource
 tracker and our guardian (``_supervise``) were two more new interpreters. When it is provably
 safe, the same fork server (multiprocessing's own loop, ``forkserver.main``, speaking its own
-protocol to its own clients) is instead forked from this process, and so are the tracker
-(``resource_tracker.main``) and the guardian: each starts in about a millisecond with every
-module already imported, and each worker is forked from the server as before. The server's
-``__main__`` is a blank module, as in multiprocessing's: each worker runs the script afresh.
-A lane's first worker, at the first process task, is such a copy too when it is safe then
-(``run_as_copy``): the first task waits for no process but its own worker to get to run.
-The helpers are forked then too (the guardian before the worker, the server and the tracker
-once its call was sent), or just before the package starts its first thread, never as the
-executor is made: every fork makes each page of this process copy-on-write, and each page
-written afterwards costs a fault (~8 us on a small VM), so the forks come together and late
+protocol to its own clients) is instead forked from this process, and so is the guardian;
+the tracker (``resource_tracker.main``) is forked by the server as it starts, a copy of a
+copy: each starts in about a millisecond with every module already imported, and each worker
+is forked from the server as before. The server's ``__main__`` is a blank module, as in
+multiprocessing's: each worker runs the script afresh. A lane's first worker, at the first
+process task, is such a copy too when it is safe then (``run_as_copy``): the first task waits
+for no process but its own worker to get to run. The helpers are forked then too (the
+guardian before the worker, the server once its call was sent), or just before the package
+starts its first thread, never as the executor is made: every fork makes each page of this
+process copy-on-write, each page written afterwards costs a fault (~8 us on a small VM), and
+on a busy machine each fork may hand the CPU away (the tracker forked here as well cost the
+first result ~10% under load), so the forks are few, together and late
 (``_supervise.preload_in_forkserver``).
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
@@ -52,7 +54,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import _lifecycle
-from ._child import prepare_death_signal, resident_memory
+from ._child import (
+    blank_descriptors,
+    prepare_death_signal,
+    read_comm,
+    reset_signal_handlers,
+    resident_memory,
+    write_comm,
+)
 
 MAX_RSS = 256 << 20
 """Above this resident size the fork server is started the usual way (see the docstring)."""
@@ -132,7 +141,8 @@ def start_fork_server() -> int | None:
 
     The caller made sure that it is ``safe_to_fork()``. Returns None, and changes nothing,
     when the server runs already, or when this Python's multiprocessing is not the one this
-    code knows.
+    code knows. The resource tracker, when not running yet, is forked by the server as it
+    starts (``_fork_tracker``): one fork of this process fewer on the first task's path.
     """
     global _listener
     server = _startable()
@@ -142,17 +152,21 @@ def start_fork_server() -> int | None:
     import multiprocessing.spawn as spawn
 
     preload = list(server._preload_modules)
+    tracker = _startable_tracker()
     prepared, _listener = _listener, None
     listener, address = prepared if prepared is not None else _make_listener()
     with listener:
         listener_fd = listener.fileno()
         alive_r, alive_w = os.pipe()
-        comm = _read_comm()
+        tracker_r, tracker_w = os.pipe() if tracker is not None else (-1, -1)
+        comm = read_comm()
 
         def serve() -> None:
+            if tracker_r >= 0:  # first: the hooks registered below are the server's alone
+                _fork_tracker(tracker_r)
             # Each worker it forks gets this process's name back (see fork_copy).
             if comm is not None:
-                os.register_at_fork(after_in_child=lambda: _write_comm(comm))
+                os.register_at_fork(after_in_child=lambda: write_comm(comm))
             # Every module is imported already, but "__main__" must not be this process's:
             # the script may be half run (the executor made at its top, a class defined
             # below), and workers would find it so. A blank __main__, as in multiprocessing's
@@ -167,25 +181,29 @@ def start_fork_server() -> int | None:
             os.register_at_fork(before=prepare_death_signal)
             forkserver.main(listener_fd, alive_r, preload)
 
-        pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
+        keep = {listener_fd, alive_r} | ({tracker_r} if tracker_r >= 0 else set())
+        pid = fork_copy(SERVER_NAME, keep, serve)
         os.close(alive_r)
+        if tracker_r >= 0:
+            os.close(tracker_r)  # the tracker's now, or nobody's (its fork failed: see below)
         if pid is None:
             os.close(alive_w)
+            if tracker_w >= 0:
+                os.close(tracker_w)
             return None
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
+    if tracker is not None:
+        # Not our child but the server's orphan: its pid stays None, multiprocessing's own
+        # case of a tracker another process started. Should the server fail to fork it,
+        # the pipe has no reader, and the first use finds it dead and starts a new one.
+        tracker._fd = tracker_w
     return pid
 
 
-def start_resource_tracker() -> int | None:
-    """Fork multiprocessing's resource tracker from this process; return its pid.
-
-    The caller made sure that it is ``safe_to_fork()``. Every worker started through the fork
-    server is handed the tracker's pipe, so the first start would otherwise launch it as one
-    more new interpreter. Returns None, and changes nothing, when it runs already or when this
-    Python's tracker is not the one this code knows.
-    """
+def _startable_tracker() -> Any:
+    # multiprocessing's resource tracker when it is the one this code knows and not running.
     try:
         import multiprocessing.resource_tracker as resource_tracker
     except ImportError:
@@ -200,20 +218,66 @@ def start_resource_tracker() -> int | None:
         or code.co_varnames[: code.co_argcount] != ("fd",)
     ):
         return None
+    return tracker
+
+
+def _run_tracker(read: int) -> None:
+    import multiprocessing.resource_tracker as resource_tracker
+
+    # Leaked resources are reported as a new interpreter would: as warnings printed, never
+    # raised (a filter of ours turning them into errors would stop the clean-up).
+    warnings.resetwarnings()
+    resource_tracker.main(read)
+
+
+def _fork_tracker(read: int) -> None:
+    """In the fork server as it starts: fork the resource tracker, reading ``read``.
+
+    Forked twice (the middle process exits at once), so that it is not the server's child:
+    the server's loop would warn of a pid it did not fork when the tracker exits. As
+    multiprocessing does, SIGINT and SIGTERM stay blocked in it until its main() ignores them.
+    """
+    ignored = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, ignored)
+    try:
+        middle = os.fork()
+    except OSError:
+        middle = -1
+    if middle == 0:
+        try:
+            if os.fork() == 0:
+                blank_descriptors({0, 1, 2, read})
+                write_comm(TRACKER_NAME)
+                _run_tracker(read)
+        finally:
+            os._exit(0)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored)
+    os.close(read)
+    if middle > 0:
+        try:
+            os.waitpid(middle, 0)
+        except ChildProcessError:
+            pass
+
+
+def start_resource_tracker() -> int | None:
+    """Fork multiprocessing's resource tracker from this process; return its pid.
+
+    The caller made sure that it is ``safe_to_fork()``. Every worker started through the fork
+    server is handed the tracker's pipe, so the first start would otherwise launch it as one
+    more new interpreter. Returns None, and changes nothing, when it runs already (perhaps
+    forked by the fork server) or when this Python's tracker is not the one this code knows.
+    """
+    tracker = _startable_tracker()
+    if tracker is None:
+        return None
     read, write = os.pipe()
-
-    def run() -> None:
-        # Leaked resources are reported as a new interpreter would: as warnings printed, never
-        # raised (a filter of ours turning them into errors would stop the clean-up).
-        warnings.resetwarnings()
-        resource_tracker.main(read)
-
     # As multiprocessing does: SIGINT and SIGTERM stay blocked in the copy until its main()
     # ignores them (Ctrl-C reaches the whole foreground process group).
     ignored = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, ignored)
     try:
-        pid = fork_copy(TRACKER_NAME, {read}, run)
+        pid = fork_copy(TRACKER_NAME, {read}, lambda: _run_tracker(read))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored)
         os.close(read)
@@ -243,8 +307,8 @@ def run_as_copy(main: Callable[..., object], *args: Any) -> None:
     sentinel = getattr(multiprocessing.parent_process(), "_sentinel", None)
     if isinstance(sentinel, int):
         keep.add(sentinel)
-    _blank_descriptors({0, 1, 2, *keep})
-    _reset_signal_handlers()
+    blank_descriptors({0, 1, 2, *keep})
+    reset_signal_handlers()
     import multiprocessing.spawn as spawn
 
     data = spawn.get_preparation_data(multiprocessing.current_process().name)
@@ -280,9 +344,9 @@ def fork_copy(name: str, keep: set[int], run: Callable[[], object]) -> int | Non
         # Garbage of ours not collected yet (a cycle holding a temporary directory's
         # finalizer, say) is ours to finalize, never the copy's nor its workers'.
         gc.freeze()
-        _blank_descriptors({0, 1, 2, *keep})
-        _reset_signal_handlers()
-        _write_comm(name)
+        blank_descriptors({0, 1, 2, *keep})
+        reset_signal_handlers()
+        write_comm(name)
         run()
     finally:
         os._exit(0)
@@ -334,55 +398,3 @@ def safe_to_fork() -> bool:
         frame = frame.f_back
     rss = resident_memory()
     return rss is not None and rss <= MAX_RSS
-
-
-def _reset_signal_handlers() -> None:
-    # As exec would: a handler set in Python goes back to the default; an ignored signal stays
-    # ignored; SIGINT raises KeyboardInterrupt as in any fresh interpreter.
-    # Numbers, not valid_signals(), and _signal's getsignal, not signal's: no enum member made
-    # per signal (a tenth of a millisecond in each copy, right after its fork).
-    getsignal = getattr(signal, "_signal", signal).getsignal
-    for sig in range(1, signal.NSIG):
-        try:
-            handler = getsignal(sig)
-            if callable(handler) and handler is not signal.default_int_handler:
-                signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    if callable(signal.getsignal(signal.SIGINT)):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.set_wakeup_fd(-1)  # an event loop's, pointing at a descriptor now blank
-
-
-def _read_comm() -> str | None:
-    try:
-        with open("/proc/self/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def _write_comm(name: str) -> None:
-    try:
-        with open("/proc/self/comm", "w") as f:
-            f.write(name[:15])
-    except OSError:
-        pass
-
-
-def _blank_descriptors(keep: set[int]) -> None:
-    """Point every open descriptor not in ``keep`` at ``/dev/null`` (see the module docstring)."""
-    fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    for fd in fds:
-        if fd in keep or fd == null:
-            continue
-        try:
-            os.fstat(fd)  # still open (the listing's own descriptor is not)
-        except OSError:
-            continue
-        try:
-            os.dup2(null, fd, inheritable=False)
-        except OSError:
-            pass
-    os.close(null)
