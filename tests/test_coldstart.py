@@ -52,10 +52,11 @@ def fds(pid):
     return sorted(os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd"))
 
 def tracker_pid():
-    # Forked by the fork server (an orphan, not our child: multiprocessing knows no pid), or
-    # by us: the process that holds the other end of the tracker's pipe, once it runs.
+    # Forked by the guardian once needed (an orphan, not our child: multiprocessing knows no
+    # pid): the process that holds the other end of the tracker's pipe, once it runs.
     from multiprocessing import resource_tracker as _rt
     tracker = _rt._resource_tracker
+    tracker.ensure_running()  # its check that the tracker runs is the first use of one
     if tracker._pid is not None:
         return tracker._pid
     pipe = os.readlink(f"/proc/self/fd/{tracker._fd}")
@@ -355,3 +356,41 @@ def test_forked_guardian_killed_from_outside_is_replaced_and_still_guards(
     assert "hybridexec-guardian" in out["cmdline"]
     left = _after_parent_sigkill(s)
     assert not left, left
+
+
+@pytest.mark.timeout(60)
+def test_resource_tracker_is_forked_by_the_guardian_once_it_is_needed(run_script: Any) -> None:
+    # Not with the first worker: a process more competing with the first task (issue 17).
+    s = run_script(
+        """
+        from multiprocessing import resource_tracker as _rt, shared_memory
+
+        def holders(pipe):  # the other processes holding an end of the tracker's pipe
+            found = []
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    if pid != os.getpid() and pipe in fds(pid):
+                        found.append(comm(pid))
+                except OSError:
+                    pass
+            return found
+
+        with hx.Executor(max_processes=1) as ex:
+            assert ex.options(kind="process").submit(helpers.square, 2).result(timeout=30) == 4
+            guardian = _gd._guardian.pid
+            until(lambda: comm(guardian) == "hx-guardian", 20)  # it names itself as it starts
+            pipe = os.readlink(f"/proc/self/fd/{_rt._resource_tracker._fd}")
+            early = holders(pipe)
+            segment = shared_memory.SharedMemory(create=True, size=4096)  # a first use
+            until(lambda: "hx-tracker" in holders(pipe), 20)
+            say(pid=_rt._resource_tracker._pid, early=early, late=holders(pipe))
+            segment.close()
+            segment.unlink()
+        """,
+        setup=HELPERS,
+    )
+    out = s.read(40)
+    assert out["early"] == ["hx-guardian"], "a tracker ran before anything needed it"
+    assert out["late"] == ["hx-tracker"], "the guardian still holds the tracker's pipe"
+    assert out["pid"] is None  # not our child: multiprocessing's case of another's tracker
+    assert s.wait(30) == 0, s.stderr

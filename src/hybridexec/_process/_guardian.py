@@ -21,9 +21,10 @@ import subprocess
 import sys
 import threading
 from multiprocessing.connection import wait
+from typing import Any
 
 from .. import _lifecycle
-from ._zygote import fork_copy
+from ._zygote import adopt_tracker, fork_copy, fork_tracker, tracker_pipe
 
 logger = logging.getLogger("hybridexec")
 
@@ -38,9 +39,11 @@ logger = logging.getLogger("hybridexec")
 # the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this process is alive
 # and unlinks its own. A live owner's segments are never touched, nor a pid no longer ours.
 # Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork server's
-# socket), which its exit would have removed; ``d<path>`` lines name it.
+# socket), which its exit would have removed; ``d<path>`` lines name it. A copy of this process
+# also holds the resource tracker's pipe (``TRACKER``: its read end, and what forks the tracker
+# on it): the tracker is forked as the first message to it arrives (``_zygote.tracker_pipe``).
 GUARDIAN = """
-import os, signal, time
+import os, select, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 owner = os.getppid()
 def started(pid):
@@ -63,7 +66,12 @@ pids = {}
 rest = b""
 orderly = False
 tempdirs = set()
+tracker = globals().get("TRACKER")
 while True:
+    if tracker is not None and tracker[0] in select.select([0, tracker[0]], [], [])[0]:
+        tracker[1](tracker[0])
+        tracker = None
+        continue
     chunk = os.read(0, 4096)
     if not chunk:
         break
@@ -77,6 +85,8 @@ while True:
             pids[int(line)] = started(int(line))
     if len(pids) > 64:
         pids = {p: w for p, w in pids.items() if started(p) == w or group_alive(p)}
+if tracker is not None:  # never needed: forked all the same, for what comes after us
+    tracker[1](tracker[0])
 for pid, when in pids.items():
     if ours(pid, when):
         for kill in (os.killpg, os.kill):
@@ -211,7 +221,8 @@ def start_guardian_early() -> None:
     A copy of this process starts in about a millisecond and has Python running already; a
     new interpreter costs several on the first child's path, and tens of milliseconds of CPU
     that the first worker's start has to share. Where it is not safe, ``guard`` starts the
-    guardian as a new interpreter with the first child, as before.
+    guardian as a new interpreter with the first child, as before. The copy also holds the
+    resource tracker's pipe, and forks the tracker once it is needed (``tracker_pipe``).
     """
     global _guardian
     if os.name != "posix":
@@ -220,20 +231,30 @@ def start_guardian_early() -> None:
         if _guardian is not None:
             return
         read, write = os.pipe()
+        tracker = tracker_pipe()
+        names: dict[str, Any] = {"__name__": "guardian"}
+        if tracker is not None:
+            names["TRACKER"] = (tracker[0], fork_tracker)
 
         def run() -> None:
             os.setsid()  # no Ctrl-C nor group signal meant for us
             os.dup2(read, 0)
             os.close(read)
-            exec(compile(GUARDIAN, "<hybridexec-guardian>", "exec"), {"__name__": "guardian"})
+            exec(compile(GUARDIAN, "<hybridexec-guardian>", "exec"), names)
 
         try:
-            pid = fork_copy(GUARDIAN_COMM, {read}, run)
+            pid = fork_copy(GUARDIAN_COMM, {read} | ({tracker[0]} if tracker else set()), run)
         finally:
             os.close(read)
+            if tracker is not None:
+                os.close(tracker[0])
         if pid is None:
             os.close(write)
+            if tracker is not None:
+                os.close(tracker[1])
             return
+        if tracker is not None:
+            adopt_tracker(tracker[1])
         _guardian = _Guardian(pid, write, None)
         try:
             _tell_tempdir(write)  # the fork server's, when it was forked first

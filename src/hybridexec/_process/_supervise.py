@@ -21,12 +21,7 @@ from .. import _lifecycle
 from . import _guardian
 from ._child import let_go_of_fork_server
 from ._guardian import start_guardian_early
-from ._zygote import (
-    prepare_fork_server,
-    safe_to_fork,
-    start_fork_server,
-    start_resource_tracker,
-)
+from ._zygote import prepare_fork_server, safe_to_fork, start_fork_server
 
 logger = logging.getLogger("hybridexec")
 
@@ -66,8 +61,8 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     list is kept: our module is added to it, never substituted; so is what the user chose for
     a module that fails to import there (``on_error``, Python 3.15+). Where it is safe, the
     fork server and the guardian are forked from this process now, and the resource tracker
-    from the server (``_zygote``): they start with every module imported, in about a
-    millisecond each, so even
+    from the guardian once it is needed (``_zygote``): they start with every module imported,
+    in about a millisecond each, so even
     the first worker starts in milliseconds. Otherwise multiprocessing starts the server as a
     new interpreter on the first worker's start, and ``guard`` the guardian, as before. Each
     helper is forked once: a later call forks only those missing.
@@ -79,8 +74,8 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
 
     Args:
         first: Called first when it is safe: the lane's first worker forked from this thread
-            (``_lane``, the guardian right before it), its call sent, so the server (and
-            the tracker it forks) start while that call runs. Its exceptions propagate.
+            (``_lane``, the guardian right before it), its call sent, so the server starts
+            while that call runs. Its exceptions propagate.
 
     Returns:
         ``first()`` when it was called, else True when it was safe (it still is on return).
@@ -103,8 +98,7 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     try:
         start_fork_server()  # before the guardian when there is no worker: what the server
         start_guardian_early()  # makes (a socket, a temporary directory) is written before
-        start_resource_tracker()  # any fork makes its pages copy-on-write; the tracker only
-        # where the server could not fork it (it runs already: nothing is done then)
+        # any fork makes its pages copy-on-write. The guardian forks the tracker when needed.
     except Exception as exc:
         logger.debug("fork server not forked: %r", exc)
     return went

@@ -6,18 +6,17 @@ done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork`
 tracker and our guardian (``_supervise``) were two more new interpreters. When it is provably
 safe, the same fork server (multiprocessing's own loop, ``forkserver.main``, speaking its own
 protocol to its own clients) is instead forked from this process, and so is the guardian;
-the tracker (``resource_tracker.main``) is forked by the server as it starts, a copy of a
-copy: each starts in about a millisecond with every module already imported, and each worker
-is forked from the server as before. The server's ``__main__`` is a blank module, as in
+the tracker (``resource_tracker.main``) is forked by the guardian once it is needed, a copy
+of a copy: each starts in about a millisecond with every module already imported, and each
+worker is forked from the server as before. The server's ``__main__`` is a blank module, as in
 multiprocessing's: each worker runs the script afresh. A lane's first worker, at the first
 process task, is such a copy too when it is safe then (``run_as_copy``): the first task waits
 for no process but its own worker to get to run. The helpers are forked then too (the
 guardian before the worker, the server once its call was sent), or just before the package
 starts its first thread, never as the executor is made: every fork makes each page of this
 process copy-on-write, each page written afterwards costs a fault (~8 us on a small VM), and
-on a busy machine each fork may hand the CPU away (the tracker forked here as well cost the
-first result ~10% under load), so the forks are few, together and late
-(``_supervise.preload_in_forkserver``).
+on a busy machine each process started competes with the first task (``tracker_pipe``), so
+the forks are few, together and late (``_supervise.preload_in_forkserver``).
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
@@ -141,8 +140,7 @@ def start_fork_server() -> int | None:
 
     The caller made sure that it is ``safe_to_fork()``. Returns None, and changes nothing,
     when the server runs already, or when this Python's multiprocessing is not the one this
-    code knows. The resource tracker, when not running yet, is forked by the server as it
-    starts (``_fork_tracker``): one fork of this process fewer on the first task's path.
+    code knows.
     """
     global _listener
     server = _startable()
@@ -152,18 +150,14 @@ def start_fork_server() -> int | None:
     import multiprocessing.spawn as spawn
 
     preload = list(server._preload_modules)
-    tracker = _startable_tracker()
     prepared, _listener = _listener, None
     listener, address = prepared if prepared is not None else _make_listener()
     with listener:
         listener_fd = listener.fileno()
         alive_r, alive_w = os.pipe()
-        tracker_r, tracker_w = os.pipe() if tracker is not None else (-1, -1)
         comm = read_comm()
 
         def serve() -> None:
-            if tracker_r >= 0:  # first: the hooks registered below are the server's alone
-                _fork_tracker(tracker_r)
             # Each worker it forks gets this process's name back (see fork_copy).
             if comm is not None:
                 os.register_at_fork(after_in_child=lambda: write_comm(comm))
@@ -181,25 +175,42 @@ def start_fork_server() -> int | None:
             os.register_at_fork(before=prepare_death_signal)
             forkserver.main(listener_fd, alive_r, preload)
 
-        keep = {listener_fd, alive_r} | ({tracker_r} if tracker_r >= 0 else set())
-        pid = fork_copy(SERVER_NAME, keep, serve)
+        pid = fork_copy(SERVER_NAME, {listener_fd, alive_r}, serve)
         os.close(alive_r)
-        if tracker_r >= 0:
-            os.close(tracker_r)  # the tracker's now, or nobody's (its fork failed: see below)
         if pid is None:
             os.close(alive_w)
-            if tracker_w >= 0:
-                os.close(tracker_w)
             return None
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
-    if tracker is not None:
-        # Not our child but the server's orphan: its pid stays None, multiprocessing's own
-        # case of a tracker another process started. Should the server fail to fork it,
-        # the pipe has no reader, and the first use finds it dead and starts a new one.
-        tracker._fd = tracker_w
     return pid
+
+
+def tracker_pipe() -> tuple[int, int] | None:
+    """Make the pipe of multiprocessing's resource tracker; a copy forks the tracker later.
+
+    The caller made sure that it is ``safe_to_fork()``, hands the read end to a copy of this
+    process (the guardian), which forks the tracker (``fork_tracker``) as the first message
+    arrives (a resource to track, or a fork server start's check that it runs), and gives
+    the write end to multiprocessing (``adopt_tracker``). Until then no process runs for it:
+    a cold start that never needs it pays nothing (a tracker forked with the first worker
+    cost its first result ~15% on a busy machine), and the pipe holds what is written
+    meanwhile. None when the tracker runs already or is not the one this code knows.
+    """
+    return os.pipe() if _startable_tracker() is not None else None
+
+
+def adopt_tracker(write: int) -> None:
+    """Make ``write`` multiprocessing's pipe to its resource tracker (see ``tracker_pipe``).
+
+    Its pid stays None: not our child, multiprocessing's own case of a tracker that another
+    process started.
+    """
+    tracker = _startable_tracker()
+    if tracker is None:  # started meanwhile: ours is not needed
+        os.close(write)
+    else:
+        tracker._fd = write
 
 
 def _startable_tracker() -> Any:
@@ -230,12 +241,13 @@ def _run_tracker(read: int) -> None:
     resource_tracker.main(read)
 
 
-def _fork_tracker(read: int) -> None:
-    """In the fork server as it starts: fork the resource tracker, reading ``read``.
+def fork_tracker(read: int) -> None:
+    """In a copy (the guardian): fork the resource tracker, reading ``read``, then close it.
 
-    Forked twice (the middle process exits at once), so that it is not the server's child:
-    the server's loop would warn of a pid it did not fork when the tracker exits. As
-    multiprocessing does, SIGINT and SIGTERM stay blocked in it until its main() ignores them.
+    Forked twice (the middle process exits at once): an orphan, never a zombie of the copy.
+    As multiprocessing does, SIGINT and SIGTERM stay blocked in it until its main() ignores
+    them. If the fork fails the pipe has no reader left: multiprocessing, finding the tracker
+    dead at its next use, starts a new one (with a warning).
     """
     ignored = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, ignored)
@@ -246,7 +258,7 @@ def _fork_tracker(read: int) -> None:
     if middle == 0:
         try:
             if os.fork() == 0:
-                blank_descriptors({0, 1, 2, read})
+                blank_descriptors({1, 2, read})  # 0: the guardian's pipe
                 write_comm(TRACKER_NAME)
                 _run_tracker(read)
         finally:
@@ -258,35 +270,6 @@ def _fork_tracker(read: int) -> None:
             os.waitpid(middle, 0)
         except ChildProcessError:
             pass
-
-
-def start_resource_tracker() -> int | None:
-    """Fork multiprocessing's resource tracker from this process; return its pid.
-
-    The caller made sure that it is ``safe_to_fork()``. Every worker started through the fork
-    server is handed the tracker's pipe, so the first start would otherwise launch it as one
-    more new interpreter. Returns None, and changes nothing, when it runs already (perhaps
-    forked by the fork server) or when this Python's tracker is not the one this code knows.
-    """
-    tracker = _startable_tracker()
-    if tracker is None:
-        return None
-    read, write = os.pipe()
-    # As multiprocessing does: SIGINT and SIGTERM stay blocked in the copy until its main()
-    # ignores them (Ctrl-C reaches the whole foreground process group).
-    ignored = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, ignored)
-    try:
-        pid = fork_copy(TRACKER_NAME, {read}, lambda: _run_tracker(read))
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, ignored)
-        os.close(read)
-    if pid is None:
-        os.close(write)
-        return None
-    tracker._fd = write
-    tracker._pid = pid
-    return pid
 
 
 def run_as_copy(main: Callable[..., object], *args: Any) -> None:
