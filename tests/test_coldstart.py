@@ -271,7 +271,7 @@ def test_script_making_its_executor_at_the_top_finds_classes_defined_below(
     # script afresh, as under multiprocessing's own server, its guarded part excepted.
     script = tmp_path / "late_class.py"
     script.write_text(
-        "import multiprocessing.forkserver, os, sys\n"
+        "import multiprocessing.forkserver, os, sys, time\n"
         "import hybridexec as hx\n"
         "ex = hx.Executor(max_processes=1)\n\n"
         "class Point:\n"
@@ -284,8 +284,13 @@ def test_script_making_its_executor_at_the_top_finds_classes_defined_below(
         "    print(lane.submit(norm, Point(-3)).result(timeout=30))\n"
         "    print(type(lane.submit(Point, 4).result(timeout=30)).__name__)\n"
         "    server = multiprocessing.forkserver._forkserver._forkserver_pid\n"
-        "    with open(f'/proc/{server}/comm') as f:\n"
-        "        print(f.read().strip())\n"
+        "    for _ in range(2000):  # it names itself as it starts: a busy machine is slow\n"
+        "        with open(f'/proc/{server}/comm') as f:\n"
+        "            comm = f.read().strip()\n"
+        "        if comm == 'hx-forkserver':\n"
+        "            break\n"
+        "        time.sleep(0.01)\n"
+        "    print(comm)\n"
         "    ex.shutdown()\n",
         encoding="utf-8",
     )
@@ -377,8 +382,9 @@ def test_resource_tracker_is_forked_by_the_guardian_once_it_is_needed(run_script
 
         with hx.Executor(max_processes=1) as ex:
             assert ex.options(kind="process").submit(helpers.square, 2).result(timeout=30) == 4
-            guardian = _gd._guardian.pid
-            until(lambda: comm(guardian) == "hx-guardian", 20)  # it names itself as it starts
+            copies = (_gd._guardian.pid, _fs._forkserver._forkserver_pid)
+            # Each names itself as it starts, its inherited descriptors blank by then.
+            until(lambda: [comm(pid) for pid in copies] == ["hx-guardian", "hx-forkserver"], 20)
             pipe = os.readlink(f"/proc/self/fd/{_rt._resource_tracker._fd}")
             early = holders(pipe)
             segment = shared_memory.SharedMemory(create=True, size=4096)  # a first use
