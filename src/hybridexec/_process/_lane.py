@@ -262,8 +262,8 @@ class ProcessLane:
         """
         self.lifeline_r = lifeline()[0]
         manager = Manager(self)
-        # The helpers not forked yet are forked with the worker: the guardian right after it
-        # (it registers the worker before its call goes), the server once the call was sent.
+        # The helpers not forked yet are forked with the worker: the guardian first (it
+        # registers the worker as it starts), the others once the call was sent.
         copy = self.start_method == "forkserver" and self.initializer is None
         sent = copy and preload_in_forkserver(lambda: fork_first_worker(manager, task))
         wake_r, wake_w = os.pipe()

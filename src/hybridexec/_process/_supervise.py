@@ -74,7 +74,7 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
 
     Args:
         first: Called first when it is safe: the lane's first worker forked from this thread
-            (``_lane``, the guardian right after it), its call sent, so the server starts
+            (``_lane``, the guardian right before it), its call sent, so the server starts
             while that call runs. Its exceptions propagate.
 
     Returns:
@@ -86,8 +86,8 @@ def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
     try:
         safe = safe_to_fork()
         if safe and first is not None:
-            # Made before any fork: no page faults then. The guardian is forked right after
-            # the worker, which it registers before its call is sent (I4): _start_worker.
+            # Made before any fork: no page faults then. The guardian is forked just before
+            # the worker, which it registers as it starts (I4): _supervision._start_worker.
             prepare_fork_server()
     except Exception as exc:  # never worse than multiprocessing's own start
         logger.debug("fork server not forked: %r", exc)

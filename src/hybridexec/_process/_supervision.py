@@ -217,6 +217,8 @@ class Supervision:
                 _faults.hit("lane.start")
             if server:
                 _descriptors_to_spare()
+            if copy:  # the guardian registers the worker; forked last, after what was made
+                start_guardian_early()  # above, which a fork would make copy-on-write
             process.start()
         except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None
@@ -228,8 +230,6 @@ class Supervision:
         self.starting = None
         calls_r.close()
         replies_w.close()
-        if copy:  # after the worker, which starts meanwhile; before its call and Child's guard
-            start_guardian_early()
         if self.failing_since is not None:
             logger.warning("hybridexec: worker processes start again")
         self.failing_since = self.start_error = None

@@ -12,12 +12,11 @@ worker is forked from the server as before. The server's ``__main__`` is a blank
 multiprocessing's: each worker runs the script afresh. A lane's first worker, at the first
 process task, is such a copy too when it is safe then (``run_as_copy``): the first task waits
 for no process but its own worker to get to run. The helpers are forked then too (the
-guardian right after the worker, before its call: the worker starts one fork earlier; the
-server once the call was sent), or just before the package starts its first thread, never
-as the executor is made: every fork makes each page of this process copy-on-write, each page
-written afterwards costs a fault (~8 us on a small VM), and on a busy machine each process
-started competes with the first task (``tracker_pipe``), so the forks are few, together and
-late (``_supervise.preload_in_forkserver``).
+guardian before the worker, the server once its call was sent), or just before the package
+starts its first thread, never as the executor is made: every fork makes each page of this
+process copy-on-write, each page written afterwards costs a fault (~8 us on a small VM), and
+on a busy machine each process started competes with the first task (``tracker_pipe``), so
+the forks are few, together and late (``_supervise.preload_in_forkserver``).
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
