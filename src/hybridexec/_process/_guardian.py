@@ -67,8 +67,12 @@ rest = b""
 orderly = False
 tempdirs = set()
 tracker = globals().get("TRACKER")
+if tracker is not None:
+    ready = select.poll()  # not select(): the inherited descriptor may be past FD_SETSIZE
+    ready.register(0, select.POLLIN)
+    ready.register(tracker[0], select.POLLIN)
 while True:
-    if tracker is not None and tracker[0] in select.select([0, tracker[0]], [], [])[0]:
+    if tracker is not None and tracker[0] in [fd for fd, _ in ready.poll()]:
         tracker[1](tracker[0])
         tracker = None
         continue
