@@ -194,7 +194,7 @@ def tracker_pipe() -> tuple[int, int] | None:
     arrives (a resource to track, or a fork server start's check that it runs), and gives
     the write end to multiprocessing (``adopt_tracker``). Until then no process runs for it:
     a cold start that never needs it pays nothing (a tracker forked with the first worker
-    cost its first result ~15% on a busy machine), and the pipe holds what is written
+    cost ~10% of what follows the import, at load 15), and the pipe holds what is written
     meanwhile. None when the tracker runs already or is not the one this code knows.
     """
     return os.pipe() if _startable_tracker() is not None else None
