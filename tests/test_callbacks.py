@@ -165,7 +165,10 @@ def test_an_exception_in_a_callback_is_logged_and_the_next_callbacks_run(
     def bad(_f: Future[Any]) -> None:
         raise ValueError("callback failed")
 
-    with caplog.at_level(logging.ERROR, logger="hybridexec"), Executor(max_processes=1) as ex:
+    with (
+        caplog.at_level(logging.ERROR, logger="concurrent.futures"),
+        Executor(max_processes=1) as ex,
+    ):
         f = ex.options(kind="process").submit(square_when, str(gate), 3)
         f.add_done_callback(bad)
         f.add_done_callback(lambda fut: after.append(fut.result()))

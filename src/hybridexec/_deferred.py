@@ -264,8 +264,16 @@ class Deferrals:
 
 
 def flush_all() -> None:
-    """At interpreter exit (before the lanes stop): every executor's queued calls are placed."""
+    """At interpreter exit (before the lanes stop): every executor's queued calls are placed.
+
+    Not those of an executor already shut down: its own shutdown places or cancels them (the
+    default executor's, done in the phase before this one, cancels them: placing them here
+    would start them on threads of the exiting program).
+    """
     for deferrals in list(_all):
+        router = deferrals._router()
+        if router is None or router.closed:
+            continue
         deferrals.flush()
 
 
@@ -275,4 +283,4 @@ def _after_fork() -> None:
 
 
 _lifecycle.on_fork(_after_fork)
-_lifecycle.on_exit(_lifecycle.EXECUTORS, flush_all)
+_lifecycle.on_exit(_lifecycle.QUEUED, flush_all)

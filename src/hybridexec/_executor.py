@@ -176,8 +176,8 @@ class Executor(concurrent.futures.Executor):
         )
         self._shutdown_lock = threading.Lock()
         cleanup_shared_memory()  # segments left by processes that were SIGKILLed
-        # An executor dropped without shutdown() still lets its workers go.
-        weakref.finalize(self, self._router.release)
+        # Dropped without shutdown(), it still lets its workers go; at exit _lifecycle's hooks do.
+        weakref.finalize(self, self._router.release).atexit = False
 
     @property
     def _closed(self) -> bool:

@@ -284,7 +284,12 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt) and _in_main_thread():
                     raise  # Ctrl-C stops the program, not just this callback
-                logger.exception("exception calling callback for %r", self)
+                # On the stdlib's logger, as the stdlib does: with no logging configured it
+                # reaches stderr (logging's last resort), where "hybridexec" (NullHandler) would
+                # keep it silent; filters set up for concurrent.futures keep working.
+                logging.getLogger("concurrent.futures").exception(
+                    "exception calling callback for %r", self
+                )
 
     def is_pending(self) -> bool:
         """Return True while the task has not started and was not cancelled."""

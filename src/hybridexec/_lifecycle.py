@@ -5,6 +5,7 @@ Rooms register hooks here; nothing imports upward to reach another room at exit 
 Exit: one ``atexit`` callback runs the hooks phase by phase, in this order::
 
     EXECUTORS  the default executor finishes its running work (pending work is cancelled)
+    QUEUED     other executors' calls still waiting for a verdict are placed on their lanes
     LANES      process lanes still open lose their workers, at once
     ACTORS     actors still alive are stopped, then killed after a short grace
     SEGMENTS   shared-memory segments this process owns are removed
@@ -45,9 +46,10 @@ import threading
 from collections.abc import Callable
 
 EXECUTORS = 0
-LANES = 1
-ACTORS = 2
-SEGMENTS = 3
+QUEUED = 1
+LANES = 2
+ACTORS = 3
+SEGMENTS = 4
 
 logger = logging.getLogger("hybridexec")
 

@@ -30,6 +30,7 @@ class Task:
 
     __slots__ = (
         "_items",
+        "ahead",  # a process batch's first outcomes, come ahead of its reply (set if any)
         "args",
         "batch",
         "chosen",

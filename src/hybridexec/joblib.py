@@ -26,6 +26,8 @@ How a ``Parallel`` call maps onto hybridexec:
   own process backend. With a ``timeout``, every call is a batch of its own.
 - **Timeouts.** ``Parallel(timeout=t)`` gives each call a hybridexec timeout of ``t``: the call
   runs in a process and is killed at its deadline (``TaskTimeoutError``, a ``TimeoutError``).
+  joblib keeps a clock of its own, from dispatch: when it runs out first, ``Parallel`` raises
+  ``multiprocessing.TimeoutError`` (not a built-in ``TimeoutError``), as with its own backends.
   When joblib gives up on a call (a timeout or any error), the calls still running are
   cancelled, which kills those in processes.
 - **Crashes.** A worker that dies fails the calls of its batch with ``WorkerCrashedError``;

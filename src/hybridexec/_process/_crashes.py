@@ -75,13 +75,18 @@ class Crashes(Supervision):
             task.future.settle(False, err)
 
     def _split(self, task: Task) -> None:
+        # The items whose outcomes came ahead of the reply (_worker: a batch's first outcomes
+        # go every FLUSH_SECONDS) keep them: they ran; only the others run again.
         parent = task.future
-        outcomes: list[Outcome | None] = [None] * len(task.items)
-        remaining = [len(task.items)]
+        ahead: list[Outcome] = getattr(task, "ahead", None) or []
+        outcomes: list[Outcome | None] = [*ahead, *[None] * (len(task.items) - len(ahead))]
+        remaining = [len(task.items) - len(ahead)]
         lock = threading.Lock()
         singles: list[Task] = []
 
         for index, item in enumerate(task.items):
+            if index < len(ahead):
+                continue
 
             def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
                 if fut.cancelled():

@@ -21,7 +21,7 @@ from ._group import split_reply
 from ._memory import went_over
 from ._schedule import Scheduling
 from ._supervision import BUSY, IDLE, WorkerRecord
-from ._worker import INIT_FAILED, Pickled, unwrap
+from ._worker import AHEAD, INIT_FAILED, Pickled, unwrap
 
 logger = logging.getLogger("hybridexec")
 
@@ -75,7 +75,8 @@ class Replies(Scheduling):
         task.elapsed = elapsed
         # The future first: its waiter wakes while the figures below are recorded.
         if task.batch:
-            task.future.settle(True, outcomes)
+            ahead = getattr(task, "ahead", None)
+            task.future.settle(True, ahead + outcomes if ahead else outcomes)
         else:
             ok, value = outcomes[0]
             task.future.settle(ok, value)
@@ -93,10 +94,28 @@ class Replies(Scheduling):
             self._record_timing(task, elapsed, cpu)
         self._after_task(worker, rss)
 
+    def _handle_ahead(self, worker: WorkerRecord, data: Any, count: int) -> None:
+        """The next ``count`` outcomes of the batch running: kept until its reply, or its end."""
+        task = worker.tasks[0] if worker.tasks else None
+        if task is None or task.future.done():
+            discard_reply(data)
+            return
+        try:
+            outcomes = [
+                (True, value) if ok and type(value) is not Pickled else _decode(ok, value)
+                for ok, value in loads(data)[0]
+            ]
+        except BaseException as exc:  # those items fail, each in its place
+            outcomes = [(False, _unpickle_error(exc))] * count
+        task.ahead = [*getattr(task, "ahead", ()), *outcomes]
+
     def _handle_group(self, worker: WorkerRecord, data: bytes) -> None:
         """A reply to the first ``count`` calls in flight, sent in one frame (``_group.py``)."""
         count, rest = split_reply(data)
         queue = worker.tasks
+        if count & AHEAD:  # the first outcomes of the batch running, ahead of its reply
+            self._handle_ahead(worker, rest, count ^ AHEAD)
+            return
         tasks = [queue.popleft() for _ in range(min(count, len(queue)))]
         worker.drop_at = None
         worker.tasks_done += len(tasks)

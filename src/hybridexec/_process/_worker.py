@@ -13,6 +13,8 @@ The messages are defined here, with the child, so that a worker loads only what 
     parent -> worker   a group: ``[(fn_bytes, args), ...]`` pickled, several calls in one frame
     worker -> parent   its replies: flagged frames, each a 4-byte count of the calls it answers
                        then ``(outcomes, seconds per call, cpu, rss)`` pickled (``_group.py``)
+    worker -> parent   a batch's first outcomes, ahead: a flagged frame, count ``n | AHEAD``;
+                       the batch's reply has the rest
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ from ._threadlimits import apply_thread_limits
 _FN_CACHE_SIZE = 16
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
-CPU_CLOCK_MIN = 0.0001
-"""Seconds per call under which a function's calls are not timed on the CPU clock."""
+CPU_CLOCK_MIN = 0.0001  # seconds per call under which calls are not timed on the CPU clock
 
 STOP = b""
 
@@ -50,18 +51,15 @@ SPIN_SECONDS = 0.0001
 SPIN_CALL_MAX = 0.0002
 """Calls shorter than this (seconds) are tiny."""
 
+AHEAD = 1 << 31
+"""The top bit of a group reply's count: the frame has the first outcomes of a running batch."""
+
 FLUSH_SECONDS = 0.0005
-"""While running a group of calls, the worker answers those done at least this often."""
+"""While running a group of calls (or a batch), the worker answers those done this often."""
 
 
 class Reply(NamedTuple):
-    """How a call or batch ended in a worker.
-
-    ``outcomes`` holds one ``(True, value)`` or ``(False, packed_exception)`` per item;
-    ``elapsed`` and ``cpu`` are the wall and CPU seconds the calls took; ``rss`` the worker's
-    resident memory afterwards (or None). A worker whose initializer failed answers every call
-    with that error, then exits.
-    """
+    """How a call or batch ended: ``(ok, value or packed exception)`` per item, seconds, RSS."""
 
     outcomes: list[tuple[bool, Any]]
     elapsed: float
@@ -72,10 +70,8 @@ class Reply(NamedTuple):
 class Initializer:
     """A worker initializer and its arguments, pickled only as a worker process starts.
 
-    Under spawn and forkserver, multiprocessing pickles a new process's arguments while it
-    starts it, and only then do objects that may only be inherited (a ``multiprocessing.Lock``
-    or ``Queue``, as tqdm passes) agree to pickle. Under fork nothing is pickled at all.
-    Callables go as tasks do (``_serialize.dumps_callable``); the ``__main__`` globals an
+    Only then do objects that may only be inherited (a ``multiprocessing.Lock`` or ``Queue``,
+    as tqdm passes) agree to pickle. Callables go as tasks do; the ``__main__`` globals an
     initializer sent by value set are laid over the tasks' (``_serialize.run_initializer``).
     """
 
@@ -105,10 +101,8 @@ def worker_main(
 ) -> None:
     """Run calls read from ``requests`` until told to stop or the parent goes away.
 
-    ``requests`` and ``replies`` are the child's ends of the two pipes (``Connection``
-    objects: they carry the descriptors to the child under every start method, and keep them
-    open while we read and write them raw). ``faults`` are the tests' injected faults
-    (``hybridexec._faults``); None outside them.
+    ``requests``/``replies``: the child's pipe ends (``Connection``s, which every start method
+    carries); ``faults``: the tests' injected faults, or None.
     """
     enter_child(lifeline, death_signal)
     _faults.install(faults)
@@ -131,9 +125,8 @@ def worker_main(
     try:
         _serve(FrameReader(requests.fileno()), replies.fileno(), init_error, report_memory)
     finally:
-        # A task may have started executors of its own (the default one included). Their
-        # worker processes are our non-daemon children, which multiprocessing joins as this
-        # worker exits: the exit hooks stop them first, as at any interpreter exit.
+        # A task may have started executors of its own: their workers are our non-daemon
+        # children, which multiprocessing joins as this worker exits; exit hooks stop them.
         _lifecycle.run_exit_hooks()
 
 
@@ -304,13 +297,11 @@ def _encode_group_reply(
 def _run(
     data: bytes, functions: dict[bytes, Any], out: int, report_memory: bool
 ) -> tuple[list[tuple[bool, Any]], float, float] | None:
-    """Run a call or batch; return its outcomes and the wall and CPU seconds of the calls.
+    """Run a call or batch; return its outcomes (those not sent ahead), wall and CPU seconds.
 
-    The times leave out unpickling (a first call imports the function's module), since they
-    size later batches and feed the router. The CPU clock is a system call (about a
-    microsecond, twice per call): for a function whose last call here took under
-    ``CPU_CLOCK_MIN`` it is not read, and the CPU time is reported equal to the wall time
-    (the router demotes such calls from processes whatever their CPU share).
+    The times leave out unpickling (a first call imports the function's module): they size
+    later batches and feed the router. The CPU clock (a system call) is not read for a
+    function whose last call took under ``CPU_CLOCK_MIN``: CPU time is then the wall time.
     """
     try:
         message = loads(data)
@@ -328,11 +319,13 @@ def _run(
     fn = entry[0]
     last = entry[1]
     clock = last is None or last >= CPU_CLOCK_MIN
-    started = time.perf_counter()
+    started = mark = time.perf_counter()
     cpu_started = time.process_time() if clock else 0.0
     outcomes: list[tuple[bool, Any]] = []
     append = outcomes.append
-    for args, kwargs in items:
+    sent = 0  # outcomes of this batch sent ahead of its reply
+    last_index = len(items) - 1
+    for index, (args, kwargs) in enumerate(items):
         try:
             if _faults.ACTIVE:
                 _faults.hit("worker.before_call")
@@ -341,8 +334,20 @@ def _run(
             append((False, pack_exception(exc)))
         if _in_forked_child:
             break
+        if index < last_index and time.perf_counter() - mark >= FLUSH_SECONDS:
+            # Should the worker die later in the batch, only the items the parent has no
+            # outcome for run again: these go ahead (a count with AHEAD answers no call).
+            try:
+                ahead = (len(outcomes) - sent) | AHEAD
+                reply = _encode_reply(outcomes[sent:], 0.0, 0.0, None)
+                write_frame(out, note_lent(ahead.to_bytes(4, "big") + reply), True)
+            except OSError:
+                pass  # the parent is gone: the reply's write finds it too
+            sent, mark = len(outcomes), time.perf_counter()
     elapsed = time.perf_counter() - started
     entry[1] = elapsed / len(items) if items else 0.0
+    if sent:
+        outcomes = outcomes[sent:]
     return outcomes, elapsed, (time.process_time() - cpu_started) if clock else elapsed
 
 
