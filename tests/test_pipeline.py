@@ -7,8 +7,10 @@ behind another: the lane sends a call ahead only once the function was measured 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +25,16 @@ from .conftest import wait_until
 pytestmark = pytest.mark.timeout(60)
 
 
-def nap(seconds: float, value: Any = None) -> Any:
-    """Sleep ``seconds`` (not at all for 0: ``sleep(0)`` yields the CPU, slow under load)."""
-    if seconds:
+def nap(seconds: float | str, value: Any = None) -> Any:
+    """Sleep ``seconds`` (not at all for 0: ``sleep(0)`` yields the CPU, slow under load).
+
+    A path instead: wait until that file exists (the test says when, whatever the load).
+    """
+    if isinstance(seconds, str):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(seconds) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    elif seconds:
         time.sleep(seconds)
     return value
 
@@ -83,13 +92,17 @@ def test_crash_fails_the_running_call_and_sends_the_ones_behind_again(lane: Proc
     assert lane.stats["crashes"] == 2
 
 
-def test_cancel_of_a_call_waiting_in_a_worker_keeps_the_worker(lane: ProcessLane) -> None:
+def test_cancel_of_a_call_waiting_in_a_worker_keeps_the_worker(
+    lane: ProcessLane, tmp_path: Path
+) -> None:
     _measure_short(lane, nap, 0.0, 0)
-    head = _submit(lane, nap, 0.3, "head")
+    gate = tmp_path / "go"
+    head = _submit(lane, nap, str(gate), "head")  # runs until the cancel is done, however slow
     waiting = _submit(lane, nap, 0.0, "dropped")
     assert wait_until(lambda: _in_flight(lane) == 2, 10)
     assert waiting.cancel()
     assert waiting.cancelled()
+    gate.touch()
     assert head.result(timeout=30) == "head"  # the worker running it was not killed
     assert _submit(lane, nap, 0.0, "after").result(timeout=30) == "after"
     assert lane.stats["kills"] == 0
