@@ -409,6 +409,25 @@ def test_blas_calls_on_cpu_threads_share_the_cores_and_get_them_back() -> None:
         assert wait_until(lambda: _blas_threads() == found), _blas_threads()
 
 
+@pytest.mark.timeout(60)
+def test_the_last_blas_task_running_gets_every_thread_back() -> None:
+    found = _blas_found()
+    barrier = threading.Barrier(2, timeout=30)
+
+    def short() -> int:
+        barrier.wait()  # both hold a slot
+        return _blas_threads()
+
+    def long() -> bool:
+        barrier.wait()
+        return wait_until(lambda: _blas_threads() == found)  # once the short one is done
+
+    with hybridexec.Executor(classifier=Heavy()) as ex:
+        first, last = ex.submit(short), ex.submit(long)
+        assert first.result(timeout=30) == max(1, min(found, SLOTS // 2))
+        assert last.result(timeout=30)
+
+
 def test_the_smallest_blas_count_asked_is_in_force_until_none_asks() -> None:
     found = _blas_found()
     pools, a, b = LocalPools({}), object(), object()

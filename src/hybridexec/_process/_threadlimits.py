@@ -131,6 +131,7 @@ class LocalPools:
         self._saved: list[tuple[Any, int]] = []  # (pool, its count) before narrowing
         self._wants: dict[object, int] = {}  # who asks for how many threads per call
         self._target: int | None = None  # the smallest count asked for (None: the ones found)
+        self._later: dict[object, tuple[int, float]] = {}  # higher counts asked: (count, when)
         self._setter: threading.Thread | None = None  # sets the counts (see _set)
         self._cond = threading.Condition(threading.Lock())
 
@@ -149,16 +150,28 @@ class LocalPools:
                 self._libs, self._seen = libs, loaded
         return bool(self._libs)
 
-    def narrow(self, owner: object, threads: int) -> None:
-        """``owner`` asks for at most ``threads`` threads per call (until ``release``)."""
+    def narrow(self, owner: object, threads: int, later: float = 0.0) -> None:
+        """``owner`` asks for at most ``threads`` threads per call (until ``release``).
+
+        A count higher than ``owner`` asked for before takes effect ``later`` seconds from now
+        if not asked otherwise meanwhile: a slot given back between two tasks of a stream, taken
+        again at once, changes nothing.
+        """
         with self._cond:
-            if self._wants.get(owner) != threads:
+            asked = self._wants.get(owner)
+            if later > 0 and asked is not None and threads > asked:
+                self._later[owner] = (threads, time.monotonic() + later)
+                self._cond.notify_all()  # the setter thread lives: a count is narrowed
+                return
+            self._later.pop(owner, None)
+            if asked != threads:
                 self._wants[owner] = threads
                 self._post(min(self._wants.values()))
 
     def release(self, owner: object) -> None:
         """``owner`` asks for nothing any more: the smallest count left, or the ones found."""
         with self._cond:
+            self._later.pop(owner, None)
             if self._wants.pop(owner, None) is not None:
                 self._post(min(self._wants.values(), default=None))
 
@@ -191,13 +204,21 @@ class LocalPools:
         """
         with self._cond:
             while True:
+                now, due = time.monotonic(), None
+                for owner, (threads, when) in list(self._later.items()):
+                    if when <= now:  # a higher count asked for long enough: it holds now
+                        del self._later[owner]
+                        self._wants[owner] = threads
+                        self._target = min(self._wants.values())
+                    elif due is None or when < due:
+                        due = when
                 target = self._target
                 if target == self.threads:
                     if target is None:  # the counts found are back: nothing left to do
                         self._setter = None
                         self._cond.notify_all()
                         return
-                    self._cond.wait()
+                    self._cond.wait(None if due is None else due - now)
                     continue
                 self._apply(target)
                 self._cond.notify_all()

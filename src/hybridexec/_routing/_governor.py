@@ -163,9 +163,12 @@ class Governor:
         with self._cond:
             if self._holders.pop(ident, None) is None:
                 return
-            if not self._holders and self._narrowed:
-                self._narrowed = False
-                self.pools.release(self)
+            if self._narrowed:
+                if self._holders:  # fewer holders: more threads each, unless one comes soon
+                    self._fit(later=LOOK_SECONDS)
+                else:
+                    self._narrowed = False
+                    self.pools.release(self)
             self._cond.notify_all()
             wake = self.on_free if self._process_ticket is not None else None
         if wake is not None:
@@ -240,10 +243,10 @@ class Governor:
             return False
         return self.pools.prepare()
 
-    def _fit(self) -> None:
+    def _fit(self, later: float = 0.0) -> None:
         """Each BLAS call: the cores the processes do not hold, shared by the holders."""
         free = max(1, self._cores - self.processes)
-        self.pools.narrow(self, max(1, free // max(1, len(self._holders))))
+        self.pools.narrow(self, max(1, free // max(1, len(self._holders))), later)
         self._narrowed = True
 
     def _ahead(self, ticket: int | None) -> int:
