@@ -99,6 +99,9 @@ class Governor:
     def __init__(self, total: int, pools: LocalPools | None = None) -> None:
         self.total = max(1, total)
         self.pools = local_pools() if pools is None else pools
+        # Found now if a library with a pool is loaded (once per process, ~5 ms): the scan
+        # holds the GIL, and later it would fall inside the windows of measured first calls.
+        self.pools.prepare()
         self._narrowed = False  # this governor asked the pools for fewer threads
         self._cores = usable_cpus()
         self.processes = 0  # busy worker processes
