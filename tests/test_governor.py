@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 import hybridexec
-from hybridexec._process._threadlimits import usable_cpus
+from hybridexec._process._threadlimits import LocalPools, usable_cpus
 
 from .conftest import wait_until
 from .governor_helpers import GAUGE, numpy_chunk, shifting
@@ -355,3 +356,102 @@ def test_a_function_that_changes_behaviour_is_followed_within_one_wave() -> None
         # And back: the first wave of sleeps in processes is enough feedback.
         waves += [_wave(ex, 0) for _ in range(2)]
         assert waves[6] == "t" * 2 * SLOTS, (waves, str(ex.explain(shifting, 0, 0.02)))
+
+
+# ---- BLAS pools in this process: lane threads share the cores (issue 15, item 1) -----------
+def _blas_threads() -> int:
+    """The threads a BLAS call of this process would start now."""
+    # threadpoolctl ships no type hints (pyproject.toml lists no override for it).
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    return min(int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas")
+
+
+def _blas_found() -> int:
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("numpy")
+    found = _blas_threads()
+    if found < 2 or SLOTS < 2:
+        pytest.skip(f"BLAS runs {found} thread(s) on {SLOTS} core(s): nothing to share")
+    return found
+
+
+class Heavy:
+    """Every call is CPU-heavy thread work (it waits for a CPU slot)."""
+
+    def classify(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return hybridexec.Decision("thread", "set: CPU-heavy", cpu_heavy=True)
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _seen_together(ex: hybridexec.Executor) -> list[int]:
+    """The BLAS threads each of two CPU-heavy thread tasks sees while both hold a slot."""
+    barrier = threading.Barrier(2, timeout=30)
+
+    def seen() -> int:
+        barrier.wait()  # both hold a slot now...
+        threads = _blas_threads()
+        barrier.wait()  # ...and neither gives it back before the other looked
+        return threads
+
+    return [f.result(timeout=30) for f in [ex.submit(seen) for _ in range(2)]]
+
+
+@pytest.mark.timeout(60)
+def test_blas_calls_on_cpu_threads_share_the_cores_and_get_them_back() -> None:
+    found = _blas_found()
+    with hybridexec.Executor(classifier=Heavy()) as ex:
+        assert ex.submit(_blas_threads).result(timeout=30) == found  # alone: every thread
+        shared = max(1, min(found, SLOTS // 2))
+        assert _seen_together(ex) == [shared, shared]
+        assert wait_until(lambda: _blas_threads() == found), _blas_threads()
+
+
+@pytest.mark.timeout(60)
+def test_the_last_blas_task_running_gets_every_thread_back() -> None:
+    found = _blas_found()
+    barrier = threading.Barrier(2, timeout=30)
+
+    def short() -> int:
+        barrier.wait()  # both hold a slot
+        return _blas_threads()
+
+    def long() -> bool:
+        barrier.wait()
+        return wait_until(lambda: _blas_threads() == found)  # once the short one is done
+
+    with hybridexec.Executor(classifier=Heavy()) as ex:
+        first, last = ex.submit(short), ex.submit(long)
+        assert first.result(timeout=30) == max(1, min(found, SLOTS // 2))
+        assert last.result(timeout=30)
+
+
+def test_the_smallest_blas_count_asked_is_in_force_until_none_asks() -> None:
+    found = _blas_found()
+    pools, a, b = LocalPools({}), object(), object()
+    assert pools.prepare()
+
+    def asked(ask: Any, owner: object, *threads: int) -> int:
+        ask(owner, *threads)
+        pools.settle()  # set by the pools' own thread
+        return _blas_threads()
+
+    assert asked(pools.narrow, a, 1) == 1
+    assert asked(pools.narrow, b, found) == 1
+    assert asked(pools.release, a) == found
+    assert asked(pools.narrow, a, 1) == 1
+    assert asked(pools.release, b) == 1
+    assert asked(pools.release, a) == found
+    assert pools.threads is None
+
+
+@pytest.mark.timeout(60)
+def test_blas_pools_are_left_alone_when_the_user_chose_a_count() -> None:
+    found = _blas_found()
+    pools = LocalPools({"OPENBLAS_NUM_THREADS": str(found)})
+    assert not pools.prepare()
+    with hybridexec.Executor(classifier=Heavy()) as ex:
+        ex._router.slots.pools = pools  # as for an executor made under that environment
+        assert _seen_together(ex) == [found, found]

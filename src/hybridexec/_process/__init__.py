@@ -58,12 +58,15 @@ if TYPE_CHECKING:
     from ._supervise import default_start_method as default_start_method
     from ._supervise import get_context as get_context
     from ._supervise import lifeline as lifeline
+    from ._threadlimits import LocalPools as LocalPools
+    from ._threadlimits import local_pools as local_pools
     from ._threadlimits import usable_cpus as usable_cpus
 
 __all__ = [
     "Child",
     "DEFAULT_GRACE",
     "FrameReader",
+    "LocalPools",
     "MemoryLimited",
     "ProcessLane",
     "default_start_method",
@@ -71,6 +74,7 @@ __all__ = [
     "get_context",
     "guard",
     "lifeline",
+    "local_pools",
     "oom_killed",
     "resident_memory",
     "retry_killed",
@@ -84,6 +88,7 @@ __getattr__, __dir__ = exports(
         "DEFAULT_GRACE": "._supervise",
         "Child": "._handle",
         "FrameReader": "._frames",
+        "LocalPools": "._threadlimits",
         "MemoryLimited": "._memory",
         "ProcessLane": "._lane",
         "default_start_method": "._supervise",
@@ -91,6 +96,7 @@ __getattr__, __dir__ = exports(
         "get_context": "._supervise",
         "guard": "._guardian",
         "lifeline": "._supervise",
+        "local_pools": "._threadlimits",
         "oom_killed": "._oom",
         "resident_memory": "._child",
         "retry_killed": "._oom",

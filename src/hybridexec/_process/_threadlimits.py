@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,3 +101,162 @@ def apply_thread_limits(env: Mapping[str, str]) -> None:
         _limits = threadpool_limits(limits=threads, user_api=user_api)
     except Exception:  # a broken introspection of some library must not stop the worker
         _limits = None
+
+
+class LocalPools:
+    """This process's BLAS/OpenMP thread pools, narrowed while lane threads compute.
+
+    A BLAS call starts, by default, one compute thread per core. On the thread lanes that
+    oversubscribes the cores as soon as two calls run at once, and it is slow besides:
+    OpenBLAS runs one multithreaded call at a time (the others wait on a lock, each holding a
+    CPU slot and doing nothing), and its helper threads spin on a core for a while after each
+    call. So while ``h`` threads hold CPU slots, the governor asks that each BLAS/OpenMP call
+    get ``cores not held by processes // h`` threads (``narrow``): 2 lane threads on 2 cores
+    run 2 single-threaded products side by side. One object per process (``local_pools``):
+    with several executors the smallest count asked for is in force, and the counts found
+    before come back when none asks any more (``release``).
+
+    The pools are process-wide: a call outside the lanes (the main thread's) gets the same
+    count meanwhile. Nothing is narrowed when the user chose a count (one of
+    ``LIMIT_VARIABLES`` set) or without ``threadpoolctl``; a count the user sets with
+    ``threadpoolctl`` while lane threads compute is overwritten when they stop.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.chosen = any(name in env for name in LIMIT_VARIABLES)  # the user's own count
+        self.threads: int | None = None  # the count in force (None: the counts found)
+        self._libs: list[Any] = []  # threadpoolctl's controllers of the pools found
+        self._seen: frozenset[str] = frozenset()  # the hint modules loaded at the last look
+        self._saved: list[tuple[Any, int]] = []  # (pool, its count) before narrowing
+        self._wants: dict[object, int] = {}  # who asks for how many threads per call
+        self._target: int | None = None  # the smallest count asked for (None: the ones found)
+        self._later: dict[object, tuple[int, float]] = {}  # higher counts asked: (count, when)
+        self._setter: threading.Thread | None = None  # sets the counts (see _set)
+        self._cond = threading.Condition(threading.Lock())
+
+    def prepare(self) -> bool:
+        """Look for pools if a library that may bring one was loaded since the last look.
+
+        Slow the first time (threadpoolctl scans the loaded libraries: ~5 ms): call it outside
+        other locks. Returns whether there is a pool to narrow.
+        """
+        if self.chosen:
+            return False
+        loaded = frozenset(name for name in _LOADED_HINTS if name in sys.modules)
+        if loaded != self._seen:
+            libs = _find_pools()  # outside the lock: narrow() must not wait for a scan
+            with self._cond:  # pools found while narrowed are narrowed from the next time on
+                self._libs, self._seen = libs, loaded
+        return bool(self._libs)
+
+    def narrow(self, owner: object, threads: int, later: float = 0.0) -> None:
+        """``owner`` asks for at most ``threads`` threads per call (until ``release``).
+
+        A count higher than ``owner`` asked for before takes effect ``later`` seconds from now
+        if not asked otherwise meanwhile: a slot given back between two tasks of a stream, taken
+        again at once, changes nothing.
+        """
+        with self._cond:
+            asked = self._wants.get(owner)
+            if later > 0 and asked is not None and threads > asked:
+                self._later[owner] = (threads, time.monotonic() + later)
+                self._cond.notify_all()  # the setter thread lives: a count is narrowed
+                return
+            self._later.pop(owner, None)
+            if asked != threads:
+                self._wants[owner] = threads
+                self._post(min(self._wants.values()))
+
+    def release(self, owner: object) -> None:
+        """``owner`` asks for nothing any more: the smallest count left, or the ones found."""
+        with self._cond:
+            self._later.pop(owner, None)
+            if self._wants.pop(owner, None) is not None:
+                self._post(min(self._wants.values(), default=None))
+
+    def settle(self, timeout: float = 1.0) -> None:
+        """Wait (outside other locks) until the count last asked for is in force."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._setter is not None and self.threads != self._target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def _post(self, threads: int | None) -> None:  # with the lock held
+        self._target = threads
+        if self._setter is not None:
+            self._cond.notify_all()
+        elif threads != self.threads and self._libs:
+            self._setter = threading.Thread(target=self._set, name="hybridexec-blas", daemon=True)
+            try:
+                self._setter.start()
+            except RuntimeError:  # no thread to be had: leave the pools alone
+                self._setter, self._libs = None, []
+
+    def _set(self) -> None:
+        """The setter thread: every count set from one thread, for as long as one is narrowed.
+
+        OpenBLAS ignores a count raised by a thread other than the one that lowered it while
+        that one lives (0.3.31): lane threads live on, so none of them sets a count itself.
+        """
+        with self._cond:
+            while True:
+                now, due = time.monotonic(), None
+                for owner, (threads, when) in list(self._later.items()):
+                    if when <= now:  # a higher count asked for long enough: it holds now
+                        del self._later[owner]
+                        self._wants[owner] = threads
+                        self._target = min(self._wants.values())
+                    elif due is None or when < due:
+                        due = when
+                target = self._target
+                if target == self.threads:
+                    if target is None:  # the counts found are back: nothing left to do
+                        self._setter = None
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait(None if due is None else due - now)
+                    continue
+                self._apply(target)
+                self._cond.notify_all()
+
+    def _apply(self, threads: int | None) -> None:  # on the setter thread, with the lock held
+        try:
+            if self.threads is None:
+                self._saved = [(lib, n) for lib in self._libs if (n := lib.get_num_threads())]
+            for lib, found in self._saved:
+                lib.set_num_threads(found if threads is None else max(1, min(found, threads)))
+        except Exception:  # a broken library controller: leave the pools alone from now on
+            self._libs = []
+        self.threads = threads
+
+
+_local: list[LocalPools] = []
+_local_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # the parent's setter thread is not in the child
+    os.register_at_fork(after_in_child=_local.clear)
+
+
+def local_pools() -> LocalPools:
+    """The ``LocalPools`` of this process (made on first use; a forked child makes its own)."""
+    if not _local:
+        with _local_lock:
+            if not _local:
+                _local.append(LocalPools())
+    return _local[0]
+
+
+def _find_pools() -> list[Any]:
+    """The controllers (threadpoolctl's) of the BLAS and OpenMP pools loaded; none without it."""
+    try:
+        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return []
+    try:
+        libs = ThreadpoolController().lib_controllers
+    except Exception:  # as in apply_thread_limits
+        return []
+    return [lib for lib in libs if lib.user_api in ("blas", "openmp")]

@@ -27,6 +27,11 @@ slot a CPU-heavy thread task waits, and a process task waits (in the manager's q
 threads hold them. A slot given back goes to the request that has waited longest (the
 process lane counts as one request while it holds work back), so a stream of work on one
 side never starves the other.
+
+BLAS/OpenMP pools count too. A worker process starts with its share of the cores
+(``_process/_threadlimits.py``); in this process, while ``h`` threads hold slots, each BLAS
+call gets the cores not held by processes divided by ``h`` (at least 1): the count is set when
+a thread takes a slot and put back when the last one gives its slot back (``LocalPools``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import time
 from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
+from .._process import LocalPools, local_pools, usable_cpus
 from ._sched import queued_seconds
 
 LOOK_SECONDS = 0.02
@@ -87,10 +93,17 @@ class Governor:
 
     Args:
         total: The number of slots.
+        pools: This process's BLAS/OpenMP pools (default: ``local_pools()``).
     """
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, pools: LocalPools | None = None) -> None:
         self.total = max(1, total)
+        self.pools = local_pools() if pools is None else pools
+        # Found now if a library with a pool is loaded (once per process, ~5 ms): the scan
+        # holds the GIL, and later it would fall inside the windows of measured first calls.
+        self.pools.prepare()
+        self._narrowed = False  # this governor asked the pools for fewer threads
+        self._cores = usable_cpus()
         self.processes = 0  # busy worker processes
         self.waiting = 0  # thread tasks waiting for a slot
         self.on_free: Callable[[], None] | None = None  # wakes the process lane's manager
@@ -107,6 +120,7 @@ class Governor:
     def acquire(self, cancelled: Callable[[], bool]) -> bool:
         """Wait for a slot for the current thread; False if ``cancelled()`` turned True first."""
         ident = threading.get_ident()
+        pools = self._prepare()
         with self._cond:
             if self._free() <= self._ahead(None):
                 ticket = next(self._tickets)
@@ -123,13 +137,22 @@ class Governor:
                     self.waiting -= 1
                     self._cond.notify_all()  # the next in line may go now
             self._holders[ident] = _Holder(ident)
+            if pools:
+                self._fit()
+        if pools:
+            self.pools.settle()
         return True
 
     def hold(self) -> None:
         """Take a slot for the current thread now, even over the budget (a measured call)."""
         ident = threading.get_ident()
+        pools = self._prepare()
         with self._cond:
             self._holders[ident] = _Holder(ident)
+            if pools:
+                self._fit()
+        if pools:
+            self.pools.settle()
 
     def holds(self) -> bool:
         """Whether the current thread holds a slot (read without the lock: its own entry)."""
@@ -143,6 +166,12 @@ class Governor:
         with self._cond:
             if self._holders.pop(ident, None) is None:
                 return
+            if self._narrowed:
+                if self._holders:  # fewer holders: more threads each, unless one comes soon
+                    self._fit(later=LOOK_SECONDS)
+                else:
+                    self._narrowed = False
+                    self.pools.release(self)
             self._cond.notify_all()
             wake = self.on_free if self._process_ticket is not None else None
         if wake is not None:
@@ -207,7 +236,22 @@ class Governor:
                 "waiting": self.waiting,
             }
 
-    # ---- internals (with the lock held) -----------------------------------------------------
+    # ---- internals (with the lock held, but _prepare) ----------------------------------------
+    def _prepare(self) -> bool:
+        """Whether BLAS pools may need narrowing: looked for only once a second holder may come.
+
+        A task alone keeps every BLAS thread (and pays no look: slow the first time).
+        """
+        if not (self._holders or self.processes or self._narrowed):
+            return False
+        return self.pools.prepare()
+
+    def _fit(self, later: float = 0.0) -> None:
+        """Each BLAS call: the cores the processes do not hold, shared by the holders."""
+        free = max(1, self._cores - self.processes)
+        self.pools.narrow(self, max(1, free // max(1, len(self._holders))), later)
+        self._narrowed = True
+
     def _ahead(self, ticket: int | None) -> int:
         """Requests waiting longer than ``ticket`` (None: a new one): they go first."""
         waiting = list(self._queued)
