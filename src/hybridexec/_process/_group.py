@@ -10,9 +10,11 @@ bytes written once thanks to the pickler's memo), and the worker runs them in or
 answers with one frame for all of them, or for those done so far every ``FLUSH_SECONDS``
 (``_worker._run_group``). Every call still ends on its own future.
 
-A group frame is a pickled list of ``(fn_bytes, args)``. Its reply is a flagged frame: a 4-byte
-count of the calls it answers, then a pickled ``(outcomes, seconds per call, cpu, rss)``; the
-count lets the manager fail exactly those calls if the rest will not unpickle.
+A group frame is a pickled ``[fn_bytes per call, args per call]`` (two lists: no pair per call
+to build and pickle; the callable's bytes are one object, written once). Its reply is a flagged
+frame: a 4-byte count of the calls it answers, then a pickled ``(values, failures, seconds per
+call, cpu, rss)``, ``failures`` None or ``{index: packed exception}``; the count lets the
+manager fail exactly those calls if the rest will not unpickle.
 
 Which call of a group killed its worker is not known when more than one of the group had no
 reply (the worker answers a group's calls together): those calls are then sent again one per
@@ -121,7 +123,7 @@ def encode_group(tasks: list[Task]) -> bytes:
     for task in tasks:
         task.group = group
     tasks[0].size = first_cost(tasks[0])  # what waits in the pipe, for later dispatches
-    return pickle.dumps([(task.wire, task.args) for task in tasks], PROTOCOL)
+    return pickle.dumps([[t.wire for t in tasks], [t.args for t in tasks]], PROTOCOL)
 
 
 def split_reply(data: bytes) -> tuple[int, memoryview]:
