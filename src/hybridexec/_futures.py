@@ -58,6 +58,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     # for the garbage collector. Defaults here, set on the instance when they change: a
     # storm of submits makes each future in fewer steps.
     _cond: threading.Condition | None = None
+    _state: str = PENDING
     _result: Any = None
     _exception: BaseException | None = None
     _hx_waiters: list[Any] | None = None
@@ -72,8 +73,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and
         # _done_callbacks hold it: built unlocked).
         self._lock = threading.Lock()
-        self._state = PENDING
-        self.kind = kind
+        self.kind = kind  # _state: PENDING, the class's until it changes
 
     @property  # the stdlib's attribute, built on first use
     def _condition(self) -> threading.Condition:

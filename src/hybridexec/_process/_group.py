@@ -31,6 +31,7 @@ import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .. import _faults
 from .._serialize import PROTOCOL, cached_callable, dumps_callable
 from .._shm import reply_policy
 from ._frames import HEADER_SIZE
@@ -50,6 +51,21 @@ _STRING_MAX = 256
 _INT_BOUND = 1 << 62
 _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
 _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and arguments
+
+
+def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
+    """``defer`` for a storm's usual call: one small int, no keywords, a cached callable.
+
+    The same outcome in fewer steps; False (nothing done) for any other call.
+    """
+    cached = wires.get(id(task.fn))
+    if cached is None or cached[0]() is not task.fn or task.kwargs or _faults.ACTIVE:
+        return False  # (a cached callable is a plain function: ``defer`` checked it)
+    if not -_INT_BOUND <= task.args[0] < _INT_BOUND or task.timeout is not None or task.batch:
+        return False
+    task.wire = cached[1]
+    task.size = _CALL_COST + 9
+    return True
 
 
 def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:
