@@ -66,8 +66,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
     # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
     _hx_stop: Callable[[], None] | None = None
-    # Or, the same set once per lane rather than per call, called with the future: it is
-    # never cleared (it holds nothing of the call) and counts only while the task runs.
+    # Or the same, called with the future: one for every call of a lane (no object per call).
     _hx_stop_with: Callable[[Future[Any]], None] | None = None
     # Set by the thread lane when a deadline failed the task while its code still runs: done
     # when that code returns (a map's limit counts the call until then; see _deadlines).
@@ -179,7 +178,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._state in _DONE:
                 return
-            self._hx_stop = self._hx_before_wait = None
+            self._hx_stop = self._hx_stop_with = self._hx_before_wait = None  # hold the lane
             if ok:
                 self._result = value
             else:
