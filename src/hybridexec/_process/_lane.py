@@ -141,14 +141,14 @@ class ProcessLane:
         """Empty the wake-up pipe, then let the next submit write to it again.
 
         In that order: a submit between the two sees the flag still set and does not write,
-        and the manager's next turn (which follows) sees its task anyway.
+        and the manager's next turn (which follows) sees its task anyway. Without the lock (a
+        stream's submits hold it often): only this thread reads or closes the pipe.
         """
-        with self._lock:
-            try:
-                os.read(self.wake_r, 4096)  # what is left (a storm of commands) wakes it again
-            except BlockingIOError:
-                pass
-            self._wake_pending = False
+        try:
+            os.read(self.wake_r, 4096)  # what is left (a storm of commands) wakes it again
+        except BlockingIOError:
+            pass
+        self._wake_pending = False
 
     def command(self, name: str, arg: Any = None) -> bool:
         """Queue a command for the manager; False when no manager will ever serve it."""
