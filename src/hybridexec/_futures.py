@@ -59,14 +59,14 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     # for the garbage collector. Defaults here, set on the instance when they change: a
     # storm of submits makes each future in fewer steps.
     _cond: threading.Condition | None = None
-    _state: str = PENDING
     _result: Any = None
     _exception: BaseException | None = None
     _hx_waiters: list[Any] | None = None
     _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
     # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
     _hx_stop: Callable[[], None] | None = None
-    # Or the same, called with the future: one for every call of a lane (no object per call).
+    # Or the same, called with the future: one for every call of a lane (no object per call);
+    # it holds nothing of the call nor the lane itself, and counts only while the task runs.
     _hx_stop_with: Callable[[Future[Any]], None] | None = None
     # Set by the thread lane when a deadline failed the task while its code still runs: done
     # when that code returns (a map's limit counts the call until then; see _deadlines).
@@ -76,7 +76,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and
         # _done_callbacks hold it: built unlocked).
         self._lock = threading.Lock()
-        self.kind = kind  # _state: PENDING, the class's until it changes
+        self._state = PENDING
+        self.kind = kind
 
     @property  # the stdlib's attribute, built on first use
     def _condition(self) -> threading.Condition:
@@ -178,7 +179,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._state in _DONE:
                 return
-            self._hx_stop = self._hx_stop_with = self._hx_before_wait = None  # hold the lane
+            self._hx_stop = self._hx_before_wait = None
             if ok:
                 self._result = value
             else:

@@ -63,6 +63,23 @@ _NUMBERS = frozenset({int, float, complex})  # the router keys a call by their t
 _NO_FUTURE: Future[Any] = Future("process")  # of the batches that carry summed figures
 
 
+class _Stopper:
+    """Stops a running call's task, given its future (``Future._hx_stop_with``).
+
+    It holds the manager weakly: a future kept after its executor went keeps nothing of it.
+    """
+
+    __slots__ = ("manager",)
+
+    def __init__(self, manager: Scheduling) -> None:
+        self.manager = weakref.ref(manager)
+
+    def __call__(self, future: Future[Any]) -> None:
+        manager = self.manager()
+        if manager is not None:
+            manager._stop_future(future)
+
+
 class Scheduling(Crashes):
     """Dispatch of pending tasks to workers, with pipelining of short calls."""
 
@@ -80,9 +97,9 @@ class Scheduling(Crashes):
         self.timings: dict[tuple[int, tuple[type, ...]], list[Any]] = {}
         self.on_caller = False  # a caller handles a reply (the manager sleeps meanwhile)
         # Cancelling a running task kills its worker (for a batch: the whole batch, which only
-        # happens when a map is abandoned); one waiting in the worker is dropped. One bound
-        # method for every future (their _hx_stop_with): no object made per call.
-        self.stop_with = self._stop_future
+        # happens when a map is abandoned); one waiting in the worker is dropped. One stopper
+        # for every future (their _hx_stop_with): no object made per call.
+        self.stop_with = _Stopper(self)
 
     def _forget_cost(self, key: int, ref: weakref.ref[Any]) -> None:
         entry = self.costs.get(key)
