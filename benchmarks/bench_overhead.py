@@ -68,7 +68,7 @@ NAMES = {
     "pebble": "pebble ProcessPool.schedule",
     "joblib": "joblib Parallel (auto-batching)",
     "stdlib": "stdlib ProcessPoolExecutor.submit",
-    "floor": "floor: one thread, no IPC, no router",
+    "floor": "floor: one thread, no IPC, no router, grouped pickles",
     "raw-pipe": "raw multiprocessing.Pipe echo",
     "stdlib-fork": "stdlib ProcessPoolExecutor (fork)",
     "stdlib-forkserver": "stdlib ProcessPoolExecutor (forkserver)",
@@ -155,34 +155,43 @@ class _Pool:
 def _floor(n: int) -> list[Any]:
     """What a process task costs at least, all in this thread: no pipe, no thread hop, no router.
 
-    Per call: the lane's Future and Task, the call pickled as the lane pickles it, unpickled
-    and run as the worker does, the reply pickled and unpickled, the future settled. What
-    hybridexec pays on top of this per task is the IPC, the manager thread and the router.
+    Per call: the lane's Future and Task, the call run as the worker runs it, its future
+    settled with its own value. Per group of calls (as the lane sends a storm of tiny calls:
+    ``_process/_group.py``, at most ``GROUP_MAX`` to a frame): one pickle of the calls (the
+    callable's bytes and each call's arguments), unpickled as the worker does, and one pickle
+    of the replies (the values, no failures, a time per call), unpickled as the lane does.
+    What hybridexec pays on top of this per task is the IPC, the manager thread, the router,
+    the clocks read per call and the bookkeeping of calls in flight.
     """
     import pickle
 
     from hybridexec._futures import Future, Task
-    from hybridexec._process._wire import encode_call
-    from hybridexec._shm import Placement
+    from hybridexec._process._group import GROUP_MAX
+    from hybridexec._serialize import dumps_callable
 
-    placement = Placement(None)
+    wire = dumps_callable(tiny)
     tasks = []
     for x in range(n):
         future: Future[Any] = Future("process")
-        task = Task(tiny, [((x,), {})], future)
-        task.payload = encode_call(tiny, task.items, False, placement, future)
+        task = Task(tiny, ((x,), {}), future)
+        task.wire = wire
         tasks.append(task)
     functions: dict[bytes, Any] = {}  # as the worker caches them
-    for task in tasks:
-        assert task.payload is not None
-        fn_bytes, items, _ = pickle.loads(task.payload)
-        fn = functions.get(fn_bytes)
-        if fn is None:
-            fn = functions[fn_bytes] = pickle.loads(fn_bytes)
-        reply = pickle.dumps(([(True, fn(*items[0][0]))], 0.0, 0.0, None), 5)
-        ok, value = pickle.loads(reply)[0][0]
-        task.future.set_running_or_notify_cancel()
-        task.future.settle(ok, value)
+    for start in range(0, n, GROUP_MAX):
+        group = tasks[start : start + GROUP_MAX]
+        frame = pickle.dumps([[t.wire for t in group], [t.args for t in group]], 5)
+        wires, arglists = pickle.loads(frame)
+        values = []
+        for fn_bytes, args in zip(wires, arglists, strict=True):
+            fn = functions.get(fn_bytes)
+            if fn is None:
+                fn = functions[fn_bytes] = pickle.loads(fn_bytes)
+            values.append(fn(*args))
+        reply = pickle.dumps((values, None, [0.0] * len(values), 0.0, None), 5)
+        values = pickle.loads(reply)[0]
+        for task, value in zip(group, values, strict=True):
+            task.future.set_running_or_notify_cancel()
+            task.future.settle(True, value)
     return [task.future.result() for task in tasks]
 
 

@@ -175,3 +175,46 @@ def maybe_unpicklable(x: int, parent: int) -> Any:
     if x == 30:
         return helpers.Unpicklable()
     return helpers.FailsToUnpickleIn(parent) if x == 40 else x
+
+
+def test_a_group_reply_carries_each_value_and_each_failure_in_its_place() -> None:
+    # The worker's side of a group, over a real pipe: values in order, a failure (a call that
+    # raised, a result that will not pickle, a callable that will not unpickle) in its own
+    # place, and the count of calls answered ahead of the pickled rest.
+    from hybridexec._process._frames import FrameReader
+    from hybridexec._process._outcomes import unwrap
+    from hybridexec._process._worker import _run_group
+    from hybridexec._serialize import dumps_callable, loads, unpack_exception
+
+    good, bad_fn = dumps_callable(tiny), b"not a pickle"
+    unpicklable = dumps_callable(maybe_unpicklable)
+    wires = [good, good, bad_fn, good, unpicklable, unpicklable]
+    arglists: list[tuple[Any, ...]] = [(1,), (3,), (5,), (4,), (30, 0), (2, 0)]
+    read, write = os.pipe()
+    try:
+        _run_group([wires, arglists], {}, write, False)
+        os.close(write)
+        write = -1
+        reader = FrameReader(read)
+        data = reader.read()
+        assert reader.flagged
+        count = int.from_bytes(data[:4], "big")
+        values, failures, seconds, _, rss = loads(data[4:])
+        while count < len(wires):  # answered in several replies if the calls ran long
+            data = reader.read()
+            more, fails, secs, _, _ = loads(data[4:])
+            failures = {**(failures or {}), **{count + i: f for i, f in (fails or {}).items()}}
+            values, seconds, count = values + more, seconds + secs, count + len(more)
+    finally:
+        os.close(read)
+        if write >= 0:
+            os.close(write)
+    assert count == len(wires) == len(values) == len(seconds)
+    assert rss is None
+    # (the result that will not pickle made the others go one by one, each pickled alone)
+    assert [unwrap(values[i]) for i in (0, 3, 5)] == [2, 8, 2]
+    assert sorted(failures) == [1, 2, 4]
+    assert all(values[i] is None for i in failures)
+    assert isinstance(unpack_exception(failures[1]), ValueError)  # raised by the call
+    assert isinstance(unpack_exception(failures[2]), SerializationError)  # fn did not unpickle
+    assert isinstance(unpack_exception(failures[4]), SerializationError)  # result did not pickle

@@ -12,6 +12,7 @@ deadline timer, the event loop...) hands its callbacks over to the callback thre
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -64,6 +65,9 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
     # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
     _hx_stop: Callable[[], None] | None = None
+    # Or the same, called with the future: one for every call of a lane (no object per call);
+    # it holds nothing of the call nor the lane itself, and counts only while the task runs.
+    _hx_stop_with: Callable[[Future[Any]], None] | None = None
     # Set by the thread lane when a deadline failed the task while its code still runs: done
     # when that code returns (a map's limit counts the call until then; see _deadlines).
     _hx_ended: concurrent.futures.Future[None] | None = None
@@ -129,9 +133,11 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         running in a thread cannot be stopped that way and this returns False.
         """
         with self._lock:
-            if self._state == RUNNING and self._hx_stop is not None:
-                stop = self._hx_stop
-                self._hx_stop = None
+            stop, stop_with = self._hx_stop, self._hx_stop_with
+            if stop is None and stop_with is not None:
+                stop = functools.partial(stop_with, self)
+            if self._state == RUNNING and stop is not None:
+                self._hx_stop = self._hx_stop_with = None
                 self._state = CANCELLED_AND_NOTIFIED
                 for waiter in self._hx_waiters or ():
                     waiter.add_cancelled(self)

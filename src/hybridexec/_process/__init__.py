@@ -16,6 +16,7 @@ Layers inside the room (each imports only those above it)::
                 pid; the lane's workers and process actors alike
     _worker     the lane's child entry: a plain loop over the worker's private pipes, and
                 the lane's messages (a worker loads only what it needs)
+    _outcomes   how a worker's replies are pickled (a result that will not pickle fails alone)
     _memory     per-task memory limits in the worker (``MemoryLimited``), and their errors
     _oom        map items killed by SIGKILL (the OOM killer): found, and run again alone
     _wire       encoding a call in the submitting thread (plain data: the C pickler alone)

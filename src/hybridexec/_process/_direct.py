@@ -69,6 +69,7 @@ class Direct(Replies):
         self.poller = select.poll()  # without epoll
         self.polled: dict[int, Any] = {}  # descriptor -> its owner, as registered
         self.recheck: list[WorkerRecord] = []  # lent during the last sleep
+        self.offered = False  # workers were offered before the last sleep (see _reclaim)
         self.books = threading.Lock()  # callers handle their replies one at a time
         self.handle_served = _callbacks.serve(self._handle_reply, self.lane)
 
@@ -161,6 +162,7 @@ class Direct(Replies):
             with lane._lock:
                 if not lane.pending and not lane.shutting_down:
                     lane.ready = ready
+                    self.offered = True
 
     def _reclaim(self) -> None:
         """After the manager's sleep: end the offers and take the lent workers back.
@@ -169,6 +171,13 @@ class Direct(Replies):
         worker's buffer handled.
         """
         lane = self.lane
+        if not self.offered:
+            # Nothing offered, so nothing lent, failed or given back: the lane's lock is not
+            # taken (in a stream, a submit holds it often; waiting for it here would hand the
+            # GIL to that thread and back on every turn).
+            self.recheck = []
+            return
+        self.offered = False
         with lane._lock:
             lane.ready = []
             lent: list[WorkerRecord] = []

@@ -10,9 +10,11 @@ bytes written once thanks to the pickler's memo), and the worker runs them in or
 answers with one frame for all of them, or for those done so far every ``FLUSH_SECONDS``
 (``_worker._run_group``). Every call still ends on its own future.
 
-A group frame is a pickled list of ``(fn_bytes, args)``. Its reply is a flagged frame: a 4-byte
-count of the calls it answers, then a pickled ``(outcomes, seconds per call, cpu, rss)``; the
-count lets the manager fail exactly those calls if the rest will not unpickle.
+A group frame is a pickled ``[fn_bytes per call, args per call]`` (two lists: no pair per call
+to build and pickle; the callable's bytes are one object, written once). Its reply is a flagged
+frame: a 4-byte count of the calls it answers, then a pickled ``(values, failures, seconds per
+call, cpu, rss)``, ``failures`` None or ``{index: packed exception}``; the count lets the
+manager fail exactly those calls if the rest will not unpickle.
 
 Which call of a group killed its worker is not known when more than one of the group had no
 reply (the worker answers a group's calls together): those calls are then sent again one per
@@ -29,6 +31,7 @@ import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from .. import _faults
 from .._serialize import PROTOCOL, cached_callable, dumps_callable
 from .._shm import reply_policy
 from ._frames import HEADER_SIZE
@@ -48,6 +51,21 @@ _STRING_MAX = 256
 _INT_BOUND = 1 << 62
 _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
 _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and arguments
+
+
+def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
+    """``defer`` for a storm's usual call: one small int, no keywords, a cached callable.
+
+    The same outcome in fewer steps; False (nothing done) for any other call.
+    """
+    cached = wires.get(id(task.fn))
+    if cached is None or cached[0]() is not task.fn or task.kwargs or _faults.ACTIVE:
+        return False  # (a cached callable is a plain function: ``defer`` checked it)
+    if not -_INT_BOUND <= task.args[0] < _INT_BOUND or task.timeout is not None or task.batch:
+        return False
+    task.wire = cached[1]
+    task.size = _CALL_COST + 9
+    return True
 
 
 def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:
@@ -121,7 +139,7 @@ def encode_group(tasks: list[Task]) -> bytes:
     for task in tasks:
         task.group = group
     tasks[0].size = first_cost(tasks[0])  # what waits in the pipe, for later dispatches
-    return pickle.dumps([(task.wire, task.args) for task in tasks], PROTOCOL)
+    return pickle.dumps([[t.wire for t in tasks], [t.args for t in tasks]], PROTOCOL)
 
 
 def split_reply(data: bytes) -> tuple[int, memoryview]:

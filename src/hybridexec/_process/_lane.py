@@ -26,7 +26,7 @@ from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._direct import fork_first_worker
 from ._frames import HEADER_SIZE
-from ._group import defer
+from ._group import defer, defer_int
 from ._manager import Manager
 from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
@@ -141,14 +141,14 @@ class ProcessLane:
         """Empty the wake-up pipe, then let the next submit write to it again.
 
         In that order: a submit between the two sees the flag still set and does not write,
-        and the manager's next turn (which follows) sees its task anyway.
+        and the manager's next turn (which follows) sees its task anyway. Without the lock (a
+        stream's submits hold it often): only this thread reads or closes the pipe.
         """
-        with self._lock:
-            try:
-                os.read(self.wake_r, 4096)  # what is left (a storm of commands) wakes it again
-            except BlockingIOError:
-                pass
-            self._wake_pending = False
+        try:
+            os.read(self.wake_r, 4096)  # what is left (a storm of commands) wakes it again
+        except BlockingIOError:
+            pass
+        self._wake_pending = False
 
     def command(self, name: str, arg: Any = None) -> bool:
         """Queue a command for the manager; False when no manager will ever serve it."""
@@ -217,15 +217,15 @@ class ProcessLane:
         Raises:
             RuntimeError: the lane was shut down (BrokenExecutorError: it broke earlier).
         """
-        future: Future[Any] = Future("process")
-        task = Task(fn, (args, kwargs), future)
-        try:
-            self.prepare(task)
-        except SerializationError:
-            return None
+        task = Task(fn, (args, kwargs), Future("process"))
+        if not (len(args) == 1 and type(args[0]) is int and defer_int(task, self.wires)):
+            try:
+                self.prepare(task)
+            except SerializationError:
+                return None
         task.route = route
         self.submit(task, 1)
-        return future
+        return task.future
 
     def submit(self, task: Task, counted: int = 0) -> None:
         """Queue a prepared task and wake the manager (``counted``: add to ``submitted``).

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _callbacks, _faults
 from .._exceptions import BrokenExecutorError, TaskTimeoutError
-from .._futures import Task
+from .._futures import Future, Task
 from ._direct import Direct
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
@@ -228,7 +228,7 @@ class Manager(Direct, threading.Thread):
             name, arg = commands.popleft()
             if name == "stop-task":
                 for w in list(self.workers.values()):
-                    if arg in w.tasks:
+                    if any(task.future is arg for task in w.tasks):
                         # Its future is cancelled already. Running (the first in flight, after
                         # the replies written so far): the worker goes. Waiting behind another
                         # call: its reply will be dropped; if it starts, it gets DROP_GRACE.
@@ -244,9 +244,9 @@ class Manager(Direct, threading.Thread):
                 finally:
                     done.set()
 
-    def _stop_task(self, task: Task) -> None:
-        task.future._hx_before_wait = None  # its caller does not read the reply: it may not come
-        self.lane.command("stop-task", task)  # False once the manager is gone: nothing to stop
+    def _stop_future(self, future: Future[Any]) -> None:
+        future._hx_before_wait = None  # its caller does not read the reply: it may not come
+        self.lane.command("stop-task", future)  # False once the manager is gone: nothing to stop
 
     def _check_head(self, worker: WorkerRecord) -> None:
         """Kill a worker whose running call was stopped, after DROP_GRACE (see stop-task)."""

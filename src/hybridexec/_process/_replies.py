@@ -8,22 +8,26 @@ first ``count`` of them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
 
 from .. import _faults
 from .._exceptions import SerializationError
-from .._futures import Outcome
+from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
 from .._shm import discard_reply
 from ._group import split_reply
 from ._memory import went_over
+from ._outcomes import Pickled, unwrap
 from ._schedule import Scheduling
 from ._supervision import BUSY, IDLE, WorkerRecord
-from ._worker import AHEAD, INIT_FAILED, Pickled, unwrap
+from ._worker import AHEAD, INIT_FAILED
 
 logger = logging.getLogger("hybridexec")
+
+_ALL_OK = itertools.repeat(True)  # a group's calls when none failed
 
 
 class Replies(Scheduling):
@@ -120,33 +124,43 @@ class Replies(Scheduling):
         worker.drop_at = None
         worker.tasks_done += len(tasks)
         self.lane.stats["tasks_done"] += len(tasks)
+        oks: Any = _ALL_OK
         try:
             if _faults.ACTIVE:
                 _faults.hit("lane.unpickle_reply")
-            raw, seconds, cpu, rss = loads(rest)  # type: ignore[arg-type]  # a memoryview
+            values, failures, seconds, cpu, rss = loads(rest)  # type: ignore[arg-type]
         except BaseException as exc:  # those calls fail, each on its own future
-            errors: SerializationError | None = _unpickle_error(exc)
-            raw, seconds, cpu, rss = [(False, None)] * len(tasks), [0.0] * len(tasks), 0.0, None
+            err = _unpickle_error(exc)
+            values, oks = [err] * len(tasks), [False] * len(tasks)
+            seconds, cpu, rss = [0.0] * len(tasks), 0.0, None
         else:
-            errors = None
-        # Figures summed by function (its cost) and argument types (the router's key).
-        costs: dict[int, list[Any]] = {}
-        timings: dict[tuple[int, Any], list[Any]] = {}
-        figures = rss != INIT_FAILED
-        last: Any = None  # the entry of the call before, and its function and argument type
-        last_fn = last_kind = None
-        for task, (ok, value), elapsed in zip(tasks, raw, seconds, strict=False):  # short: stray
-            group = task.group
+            if failures:
+                oks = [index not in failures for index in range(len(values))]
+                for index, packed in failures.items():
+                    values[index] = unpack_exception(packed)
+        for task, value, ok, elapsed in zip(tasks, values, oks, seconds, strict=False):
+            group = task.group  # (short: a stray reply)
             if group is not None:
                 group[0] -= 1
-            if errors is not None:
-                ok, value = False, errors
-            elif not ok or type(value) is Pickled:
-                ok, value = _decode(ok, value)
+            if ok and type(value) is Pickled:
+                ok, value = _decode(True, value)
             task.elapsed = elapsed
             task.future.settle(ok, value)  # a call cancelled while it waited: its value goes
-            if not figures:
-                continue
+        if rss == INIT_FAILED and oks is not _ALL_OK and not oks[0]:
+            logger.critical("hybridexec: a worker initializer failed: %r", values[0])
+            self._break(values[0])
+            return
+        if rss != INIT_FAILED:
+            self._group_figures(tasks, seconds, cpu)
+        self._after_task(worker, rss)
+
+    def _group_figures(self, tasks: list[Task], seconds: list[float], cpu: float) -> None:
+        """The figures of a group's calls, summed by function (its cost) and argument types."""
+        costs: dict[int, list[Any]] = {}
+        timings: dict[tuple[int, Any], list[Any]] = {}
+        last: Any = None  # the entry of the call before, and its function and argument type
+        last_fn = last_kind = None
+        for task, elapsed in zip(tasks, seconds, strict=False):
             fn, args = task.fn, task.args
             if fn is last_fn and len(args) == 1 and type(args[0]) is last_kind:
                 last[1] += elapsed  # a run of calls alike: no key to make
@@ -171,12 +185,6 @@ class Replies(Scheduling):
                 cost[2] += calls
         for fn, elapsed, calls in costs.values():
             self._note_cost(fn, elapsed / calls)
-        if rss == INIT_FAILED and raw and not raw[0][0]:
-            err = errors if errors is not None else unpack_exception(raw[0][1])
-            logger.critical("hybridexec: a worker initializer failed: %r", err)
-            self._break(err)
-            return
-        self._after_task(worker, rss)
 
     def _after_task(self, worker: WorkerRecord, rss: int | None) -> None:
         lane = self.lane

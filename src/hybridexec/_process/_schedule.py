@@ -63,6 +63,23 @@ _NUMBERS = frozenset({int, float, complex})  # the router keys a call by their t
 _NO_FUTURE: Future[Any] = Future("process")  # of the batches that carry summed figures
 
 
+class _Stopper:
+    """Stops a running call's task, given its future (``Future._hx_stop_with``).
+
+    It holds the manager weakly: a future kept after its executor went keeps nothing of it.
+    """
+
+    __slots__ = ("manager",)
+
+    def __init__(self, manager: Scheduling) -> None:
+        self.manager = weakref.ref(manager)
+
+    def __call__(self, future: Future[Any]) -> None:
+        manager = self.manager()
+        if manager is not None:
+            manager._stop_future(future)
+
+
 class Scheduling(Crashes):
     """Dispatch of pending tasks to workers, with pipelining of short calls."""
 
@@ -79,13 +96,17 @@ class Scheduling(Crashes):
         # types: (id(fn), types) -> [fn, args, calls, elapsed, cpu] (see _record_timing).
         self.timings: dict[tuple[int, tuple[type, ...]], list[Any]] = {}
         self.on_caller = False  # a caller handles a reply (the manager sleeps meanwhile)
+        # Cancelling a running task kills its worker (for a batch: the whole batch, which only
+        # happens when a map is abandoned); one waiting in the worker is dropped. One stopper
+        # for every future (their _hx_stop_with): no object made per call.
+        self.stop_with = _Stopper(self)
 
     def _forget_cost(self, key: int, ref: weakref.ref[Any]) -> None:
         entry = self.costs.get(key)
         if entry is not None and entry[0] is ref:  # not a later function with the same id
             self.costs.pop(key, None)
 
-    def _stop_task(self, task: Task) -> None:
+    def _stop_future(self, future: Future[Any]) -> None:
         raise NotImplementedError  # the manager queues a command
 
     # ---- figures ----------------------------------------------------------------------------
@@ -233,7 +254,7 @@ class Scheduling(Crashes):
             ahead = room[worker] = self._ahead(worker)
         if ahead < 0:
             return
-        budget, fn, stop = worker.budget, task.fn, self._stop_task
+        budget, fn, stop = worker.budget, task.fn, self.stop_with
         tasks = worker.tasks
         while count > 0:
             try:
@@ -260,7 +281,7 @@ class Scheduling(Crashes):
             if not claimed and not self._claim(following):
                 continue  # cancelled meanwhile (or sent again after its worker died: running)
             tasks.append(following)  # _assign, for a call without a timeout
-            following.future._hx_stop = functools.partial(stop, following)
+            future._hx_stop_with = stop
             ahead += following.size
             batch.append(following)
         room[worker] = ahead
@@ -317,9 +338,7 @@ class Scheduling(Crashes):
         task.start_clock()  # only a call sent to an idle worker has a timeout: it starts now
         if task.deadline is not None:
             heapq.heappush(self.deadlines, (task.deadline, next(self.seq), task))
-        # Cancelling a running task kills its worker (for a batch: the whole batch, which only
-        # happens when a map is abandoned); one waiting in the worker is dropped.
-        task.future._hx_stop = functools.partial(self._stop_task, task)
+        task.future._hx_stop_with = self.stop_with  # see _init_schedule
 
     def _send(self, worker: WorkerRecord, tasks: list[Task]) -> None:
         # Deferred calls next to each other go in one frame (a group, see _group.py).

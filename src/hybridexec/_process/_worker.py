@@ -10,11 +10,12 @@ The messages are defined here, with the child, so that a worker loads only what 
     parent -> worker   a call: ``(fn_bytes, items, batch)`` pickled, one frame per call;
                        ``STOP`` (an empty frame): finish and exit
     worker -> parent   a reply: ``(outcomes, elapsed, cpu, rss)`` pickled, one frame per call
-    parent -> worker   a group: ``[(fn_bytes, args), ...]`` pickled, several calls in one frame
+    parent -> worker   a group: ``[fn_bytes per call, args per call]`` pickled, in one frame
     worker -> parent   its replies: flagged frames, each a 4-byte count of the calls it answers
-                       then ``(outcomes, seconds per call, cpu, rss)`` pickled (``_group.py``)
-    worker -> parent   a batch's first outcomes, ahead: a flagged frame, count ``n | AHEAD``;
-                       the batch's reply has the rest
+                       then ``(values, failures, seconds per call, cpu, rss)`` pickled
+                       (``failures``: None, or ``{index: packed exception}``; ``_group.py``)
+    worker -> parent   a batch's first outcomes, ahead: a flagged frame, count ``n | AHEAD``,
+                       then a reply's pickle; the batch's reply has the rest
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from typing import Any, NamedTuple
 
 from .. import _faults, _lifecycle, _serialize
 from .._exceptions import BrokenExecutorError, SerializationError
-from .._serialize import PROTOCOL, adopt, dumps, dumps_callable, loads, pack_exception
-from .._shm import dumps_reply, note_lent
+from .._serialize import adopt, dumps_callable, loads, pack_exception
+from .._shm import note_lent
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
+from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply
 from ._threadlimits import apply_thread_limits
 
 _FN_CACHE_SIZE = 16
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 CPU_CLOCK_MIN = 0.0001  # seconds per call under which calls are not timed on the CPU clock
 
@@ -158,14 +159,16 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             # Every call sent here fails with the initializer's error. The reply says so
             # (INIT_FAILED), and the manager retires this worker once the calls it already
             # sent are answered: exiting here could strand calls still in the pipe.
-            failed = _fail_all(data, init_error)
+            count, group = _fail_all(data)
             try:
-                if failed[1]:
-                    count = len(failed[0])
-                    reply = _encode_group_reply(failed[0], [0.0] * count, 0.0, INIT_FAILED)
+                if group:
+                    failures = dict.fromkeys(range(count), init_error)
+                    seconds = [0.0] * count
+                    reply = encode_group_reply([None] * count, failures, seconds, 0.0, INIT_FAILED)
                     write_frame(out, reply, True)
                 else:
-                    write_frame(out, _encode_reply(failed[0], 0.0, 0.0, INIT_FAILED))
+                    failed = [(False, init_error)] * count
+                    write_frame(out, encode_reply(failed, 0.0, 0.0, INIT_FAILED))
             except OSError:
                 return
             continue
@@ -186,7 +189,7 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             # may answer on the pipe.
             os._exit(0)
         rss = resident_memory() if report_memory else None
-        reply = _encode_reply(outcomes, elapsed, cpu, rss)
+        reply = encode_reply(outcomes, elapsed, cpu, rss)
         del outcomes  # then what is still alive of the call was kept by the task (note_lent)
         try:
             write_frame(out, note_lent(reply))
@@ -210,17 +213,15 @@ def _forked() -> None:
     _in_forked_child = True
 
 
-def _fail_all(data: bytes, packed: bytes) -> tuple[list[tuple[bool, Any]], bool]:
-    """Every call of a frame failing with ``packed``; True for a group frame."""
+def _fail_all(data: bytes) -> tuple[int, bool]:
+    """How many calls a frame holds; True for a group frame."""
     try:
         message = pickle.loads(data)
         if type(message) is list:
-            return [(False, packed)] * len(message), True
-        _, items, _ = message
-        count = len(items)
+            return len(message[1]), True
+        return len(message[1]), False
     except Exception:
-        count = 1
-    return [(False, packed)] * count, False
+        return 1, False
 
 
 def _load_function(fn_bytes: bytes, functions: dict[bytes, Any]) -> list[Any]:
@@ -234,35 +235,46 @@ def _load_function(fn_bytes: bytes, functions: dict[bytes, Any]) -> list[Any]:
 
 
 def _run_group(
-    calls: list[tuple[Any, ...]], functions: dict[bytes, Any], out: int, report_memory: bool
+    calls: list[list[Any]], functions: dict[bytes, Any], out: int, report_memory: bool
 ) -> None:
     """Run a group's calls in order; answer those done every ``FLUSH_SECONDS`` and at the end.
 
     Each call is timed alone (it sizes later groups and feeds the router); the CPU clock is
-    read once per reply. A call whose function will not unpickle fails alone.
+    read once per reply. A call whose function will not unpickle fails alone. The reply holds
+    the values in a list and the failures apart: no pair per call to make and unpickle.
     """
+    wires, arglists = calls
     clock = time.perf_counter
-    outcomes: list[tuple[bool, Any]] = []
+    values: list[Any] = []
+    failures: dict[int, bytes] | None = None
     seconds: list[float] = []
     cpu_started = time.process_time()
     flushed = clock()
-    last = len(calls) - 1
-    for index, call in enumerate(calls):
+    last = len(arglists) - 1
+    wire: bytes | None = None  # the callable's bytes loaded last (a group repeats them)
+    fn: Any = None
+    for index, args in enumerate(arglists):
         started = clock()
         try:
-            fn = _load_function(call[0], functions)[0]
-        except BaseException as exc:
-            err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
-            err.__cause__ = exc
-            outcomes.append((False, pack_exception(err)))
-        else:
-            try:
-                if _faults.ACTIVE:
-                    _faults.hit("worker.before_call")
-                value = fn(*call[1])
-                outcomes.append((True, value if type(value) in _PLAIN else _alone(value)))
-            except BaseException as exc:  # SystemExit in a task ends the task only
-                outcomes.append((False, pack_exception(exc)))
+            if wires[index] is not wire:
+                wire = None
+                fn = _load_function(wires[index], functions)[0]
+                wire = wires[index]
+            if _faults.ACTIVE:
+                _faults.hit("worker.before_call")
+            value = fn(*args)
+            values.append(value if type(value) in PLAIN else alone(value))
+        except BaseException as exc:  # SystemExit in a task ends the task only
+            if wire is None:  # the function did not unpickle
+                err: BaseException = SerializationError(
+                    f"the worker could not unpickle the task: {exc!r}"
+                )
+                err.__cause__ = exc
+                exc = err
+            if failures is None:
+                failures = {}
+            failures[len(values)] = pack_exception(exc)
+            values.append(None)
         ended = clock()
         seconds.append(ended - started)
         if _in_forked_child:
@@ -273,25 +285,11 @@ def _run_group(
             cpu = time.process_time()
             rss = resident_memory() if report_memory else None
             try:
-                reply = _encode_group_reply(outcomes, seconds, cpu - cpu_started, rss)
+                reply = encode_group_reply(values, failures, seconds, cpu - cpu_started, rss)
                 write_frame(out, reply, True)
             except OSError:  # the parent is gone (EPIPE): nobody to answer
                 raise EOFError from None
-            outcomes, seconds, cpu_started, flushed = [], [], cpu, clock()
-
-
-def _alone(value: Any) -> Any:
-    """A result pickled on its own: if it will not unpickle in the parent, it fails alone."""
-    try:
-        return Pickled(dumps_reply(value))
-    except Exception:
-        return value  # it does not pickle here: _encode_reply finds it, item by item
-
-
-def _encode_group_reply(
-    outcomes: list[tuple[bool, Any]], seconds: list[float], cpu: float, rss: int | None
-) -> bytes:
-    return len(outcomes).to_bytes(4, "big") + _encode_reply(outcomes, seconds, cpu, rss)
+            values, failures, seconds, cpu_started, flushed = [], None, [], cpu, clock()
 
 
 def _run(
@@ -339,7 +337,7 @@ def _run(
             # outcome for run again: these go ahead (a count with AHEAD answers no call).
             try:
                 ahead = (len(outcomes) - sent) | AHEAD
-                reply = _encode_reply(outcomes[sent:], 0.0, 0.0, None)
+                reply = encode_reply(outcomes[sent:], 0.0, 0.0, None)
                 write_frame(out, note_lent(ahead.to_bytes(4, "big") + reply), True)
             except OSError:
                 pass  # the parent is gone: the reply's write finds it too
@@ -349,52 +347,3 @@ def _run(
     if sent:
         outcomes = outcomes[sent:]
     return outcomes, elapsed, (time.process_time() - cpu_started) if clock else elapsed
-
-
-def _encode_reply(
-    outcomes: list[tuple[bool, Any]], elapsed: float | list[float], cpu: float, rss: int | None
-) -> bytes:
-    try:
-        if _faults.ACTIVE:
-            _faults.hit("worker.pickle_reply")
-        # A Reply, as a plain tuple; large numpy results go through shared memory.
-        return dumps_reply((outcomes, elapsed, cpu, rss))
-    except Exception:
-        pass
-    # Some result does not pickle with the C pickler: find which, item by item, so the others
-    # still arrive.
-    fixed: list[tuple[bool, Any]] = []
-    for ok, value in outcomes:
-        if not ok or type(value) is Pickled:  # pickled alone already (_alone)
-            fixed.append((ok, value))
-            continue
-        try:
-            fixed.append((True, Pickled(dumps(value))))
-        except SerializationError as exc:
-            err = SerializationError(f"the task's result could not be pickled: {exc}")
-            err.__cause__ = exc.__cause__
-            fixed.append((False, pack_exception(err)))
-    return pickle.dumps((fixed, elapsed, cpu, rss), PROTOCOL)
-
-
-class Pickled:
-    """A result pickled on its own (by cloudpickle), unwrapped by the parent."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Pickled, (self.data,))
-
-
-def unwrap(value: Any) -> Any:
-    """Undo ``Pickled`` on the parent side.
-
-    Raises:
-        SerializationError: the result could not be unpickled.
-    """
-    if type(value) is Pickled:
-        return loads(value.data)
-    return value

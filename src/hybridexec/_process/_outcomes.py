@@ -1,0 +1,108 @@
+"""How a worker's replies are pickled, and what the parent unwraps of them.
+
+A result that is not a plain value is pickled alone first (``alone``): if it will not unpickle
+in the parent, only its call fails. A reply that the C pickler refuses is pickled again value
+by value, so that only the calls whose results do not pickle fail. Message layouts: see
+``_worker.py``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from .. import _faults
+from .._exceptions import SerializationError
+from .._serialize import PROTOCOL, dumps, loads, pack_exception
+from .._shm import dumps_reply
+
+PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+"""Result types sent as they are (nothing in them can fail to unpickle)."""
+
+
+def alone(value: Any) -> Any:
+    """A result pickled on its own: if it will not unpickle in the parent, it fails alone."""
+    try:
+        return Pickled(dumps_reply(value))
+    except Exception:
+        return value  # it does not pickle here: _encode_reply finds it, item by item
+
+
+def encode_group_reply(
+    values: list[Any],
+    failures: dict[int, bytes] | None,
+    seconds: list[float],
+    cpu: float,
+    rss: int | None,
+) -> bytes:
+    head = len(values).to_bytes(4, "big")
+    try:
+        if _faults.ACTIVE:
+            _faults.hit("worker.pickle_reply")
+        return head + dumps_reply((values, failures, seconds, cpu, rss))
+    except Exception:
+        pass
+    # A value does not pickle with the C pickler: find which, so the others still arrive.
+    failures = dict(failures or {})
+    fixed: list[Any] = []
+    for index, value in enumerate(values):
+        if index in failures or type(value) is Pickled:  # pickled alone already (_alone)
+            fixed.append(value)
+            continue
+        try:
+            fixed.append(Pickled(dumps(value)))
+        except SerializationError as exc:
+            err = SerializationError(f"the task's result could not be pickled: {exc}")
+            err.__cause__ = exc.__cause__
+            failures[index] = pack_exception(err)
+            fixed.append(None)
+    return head + pickle.dumps((fixed, failures or None, seconds, cpu, rss), PROTOCOL)
+
+
+def encode_reply(
+    outcomes: list[tuple[bool, Any]], elapsed: float | list[float], cpu: float, rss: int | None
+) -> bytes:
+    try:
+        if _faults.ACTIVE:
+            _faults.hit("worker.pickle_reply")
+        # A Reply, as a plain tuple; large numpy results go through shared memory.
+        return dumps_reply((outcomes, elapsed, cpu, rss))
+    except Exception:
+        pass
+    # Some result does not pickle with the C pickler: find which, item by item, so the others
+    # still arrive.
+    fixed: list[tuple[bool, Any]] = []
+    for ok, value in outcomes:
+        if not ok or type(value) is Pickled:  # pickled alone already (_alone)
+            fixed.append((ok, value))
+            continue
+        try:
+            fixed.append((True, Pickled(dumps(value))))
+        except SerializationError as exc:
+            err = SerializationError(f"the task's result could not be pickled: {exc}")
+            err.__cause__ = exc.__cause__
+            fixed.append((False, pack_exception(err)))
+    return pickle.dumps((fixed, elapsed, cpu, rss), PROTOCOL)
+
+
+class Pickled:
+    """A result pickled on its own (by cloudpickle), unwrapped by the parent."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Pickled, (self.data,))
+
+
+def unwrap(value: Any) -> Any:
+    """Undo ``Pickled`` on the parent side.
+
+    Raises:
+        SerializationError: the result could not be unpickled.
+    """
+    if type(value) is Pickled:
+        return loads(value.data)
+    return value
