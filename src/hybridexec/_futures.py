@@ -57,26 +57,30 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     # futures were made before the first was settled, ``_result`` and the others no longer
     # fitted, and every future after that built a dict of its own (one more object for the
     # garbage collector, slower settles): some interpreters ran a storm of submits slower.
+    # (Slots are also read faster than class defaults, which 3.11 does not specialize.)
     __slots__ = (
         "_cond",
         "_exception",
         "_hx_before_wait",
+        "_hx_callbacks",
+        "_hx_inline",
         "_hx_stop",
+        "_hx_waiters",
         "_lock",
         "_result",
         "_state",
         "kind",
     )
     kind: str
-    _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
+    _hx_inline: list[Callable[[Future[T]], object]] | None  # the library's, quick
     # The stdlib's fields, but its Condition and lists are built only when used (see
     # _condition): most futures are done before anyone waits, and fewer objects mean less
     # for the garbage collector.
     _cond: threading.Condition | None
     _result: Any
     _exception: BaseException | None
-    _hx_waiters: list[Any] | None = None
-    _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
+    _hx_waiters: list[Any] | None
+    _hx_callbacks: list[Callable[[Future[T]], object]] | None
     _hx_before_wait: Callable[[float | None], float | None] | None  # see result()
     # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
     _hx_stop: Callable[[], None] | None
@@ -91,6 +95,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         self._state = PENDING
         self.kind = kind
         self._cond = self._result = self._exception = self._hx_stop = self._hx_before_wait = None
+        self._hx_waiters = self._hx_callbacks = self._hx_inline = None
 
     @property  # the stdlib's attribute, built on first use
     def _condition(self) -> threading.Condition:
