@@ -144,7 +144,12 @@ def test_the_stall_check_backs_off_while_tasks_are_taken_and_ends_when_nothing_m
 
     lane = ThreadLane()
     armed: list[Any] = []
-    monkeypatch.setattr(lane.timers, "try_call_at", lambda _when, fn: armed.append(fn) or True)
+
+    def record(_when: float, fn: Any) -> bool:
+        armed.append(fn)
+        return True
+
+    monkeypatch.setattr(lane.timers, "try_call_at", record)
     try:
         lane._taken = 5
         lane._check_stall(4, STALL_SECONDS)  # tasks taken, none queued now: later, less often
