@@ -1,14 +1,18 @@
 """The thread lane's submit path (issue 17): growth, the stall check, reused decisions, futures.
 
-Through the public API: an ``Executor``, its futures and ``stats()``/``explain()``.
+Through the public API: an ``Executor``, its futures and ``stats()``/``explain()``; the stall
+check's timing and the futures' layout in a fresh interpreter are checked on the parts.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
+import subprocess
+import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -108,3 +112,61 @@ def test_futures_wait_and_time_out_as_the_standard_library_does() -> None:
         assert slow.done()
         assert not slow.cancelled()
         assert slow.exception() is None
+
+
+def test_futures_made_before_any_is_settled_build_no_dict_of_their_own() -> None:
+    # CPython 3.11 shares one key table per class, which takes new names only while the first
+    # few dozen instances are made: with the fields as plain attributes, futures made before
+    # the first was settled left no room for _result, and each future then built a dict (one
+    # more object for the garbage collector per future). A fresh interpreter shows it.
+    script = (
+        "import gc\n"
+        "from hybridexec._futures import Future\n"
+        "futures = [Future('thread') for _ in range(64)]\n"
+        "for f in futures:\n"
+        "    f.set_running_or_notify_cancel()\n"
+        "    f.settle(True, 1)\n"
+        "print(sum(any(type(r) is dict for r in gc.get_referents(f)) for f in futures))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["0"]
+
+
+def test_the_stall_check_backs_off_while_tasks_are_taken_and_ends_when_nothing_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A storm empties the queue often: the check must not end there (each new arm wakes the
+    # timer thread, which takes the GIL), only once no task was taken since the last look.
+    from hybridexec._futures import Future, Task
+    from hybridexec._threads import STALL_MAX, STALL_SECONDS, ThreadLane
+
+    lane = ThreadLane()
+    armed: list[Any] = []
+
+    def record(_when: float, fn: Any) -> bool:
+        armed.append(fn)
+        return True
+
+    monkeypatch.setattr(lane.timers, "try_call_at", record)
+    try:
+        lane._taken = 5
+        lane._check_stall(4, STALL_SECONDS)  # tasks taken, none queued now: later, less often
+        assert [fn.args for fn in armed] == [(5, 2 * STALL_SECONDS)]
+        lane._stall_check = False
+        lane._check_stall(4, STALL_MAX)
+        assert armed[-1].args == (5, STALL_MAX)  # never less often than STALL_MAX
+        lane._stall_check = False
+        armed.clear()
+        lane._check_stall(5, STALL_MAX)  # nothing taken, nothing queued: the check ends
+        assert armed == []
+        assert not lane._stall_check
+        assert lane.size == 0
+        future: Future[Any] = Future("thread")
+        lane._queue.append(Task(noop, ((1,), {}), future))
+        lane._check_stall(5, STALL_MAX)  # nothing taken, a task queued: a thread, look soon
+        assert [fn.args[1] for fn in armed] == [STALL_SECONDS]  # (the thread may take it first)
+        assert future.result(timeout=30) == 1
+    finally:
+        lane.shutdown(wait=True)

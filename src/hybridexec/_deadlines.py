@@ -118,7 +118,8 @@ class Timers:
                     heapq.heapify(self._heap)
                     raise
                 self._thread = thread
-            self._cond.notify()
+            if self._heap[0] is entry:  # a later deadline: the thread need not wake (and
+                self._cond.notify()  # take the GIL) now; a storm arms many
 
     def try_call_at(self, deadline: float, fn: Callable[[], None]) -> bool:
         """``call_at``, or False if the timer thread cannot start (a thread limit)."""

@@ -35,6 +35,7 @@ from ._task import run_items as run_items
 T = TypeVar("T")
 
 _DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
+_allocate_lock = threading.Lock  # one global lookup per future, not two
 
 logger = logging.getLogger("hybridexec")
 
@@ -51,23 +52,43 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         kind: ``"thread"`` or ``"process"`` (or a backend name): the lane the task went to.
     """
 
+    # What every future sets lives in slots (issue 17). As instance attributes of a class
+    # without slots they share one key table per class on CPython 3.11, which takes new
+    # names only while the first few dozen instances are made: in a process where ~30
+    # futures were made before the first was settled, ``_result`` and the others no longer
+    # fitted, and every future after that built a dict of its own (one more object for the
+    # garbage collector, slower settles): some interpreters ran a storm of submits slower.
+    # (Slots are also read faster than class defaults, which 3.11 does not specialize.)
+    __slots__ = (
+        "_cond",
+        "_exception",
+        "_hx_before_wait",
+        "_hx_callbacks",
+        "_hx_inline",
+        "_hx_stop",
+        "_hx_stop_with",
+        "_hx_waiters",
+        "_lock",
+        "_result",
+        "_state",
+        "kind",
+    )
     kind: str
-    _hx_inline: list[Callable[[Future[T]], object]] | None = None  # the library's, quick
-    _hx_before_wait: Callable[[float | None], float | None] | None = None  # see result()
+    _hx_inline: list[Callable[[Future[T]], object]] | None  # the library's, quick
     # The stdlib's fields, but its Condition and lists are built only when used (see
     # _condition): most futures are done before anyone waits, and fewer objects mean less
-    # for the garbage collector. Defaults here, set on the instance when they change: a
-    # storm of submits makes each future in fewer steps.
-    _cond: threading.Condition | None = None
-    _result: Any = None
-    _exception: BaseException | None = None
-    _hx_waiters: list[Any] | None = None
-    _hx_callbacks: list[Callable[[Future[T]], object]] | None = None
+    # for the garbage collector.
+    _cond: threading.Condition | None
+    _result: Any
+    _exception: BaseException | None
+    _hx_waiters: list[Any] | None
+    _hx_callbacks: list[Callable[[Future[T]], object]] | None
+    _hx_before_wait: Callable[[float | None], float | None] | None  # see result()
     # Set by a lane while the task runs somewhere it can be stopped (cancel() stops it).
-    _hx_stop: Callable[[], None] | None = None
+    _hx_stop: Callable[[], None] | None
     # Or the same, called with the future: one for every call of a lane (no object per call);
     # it holds nothing of the call nor the lane itself, and counts only while the task runs.
-    _hx_stop_with: Callable[[Future[Any]], None] | None = None
+    _hx_stop_with: Callable[[Future[Any]], None] | None
     # Set by the thread lane when a deadline failed the task while its code still runs: done
     # when that code returns (a map's limit counts the call until then; see _deadlines).
     _hx_ended: concurrent.futures.Future[None] | None = None
@@ -75,9 +96,11 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def __init__(self, kind: str = "thread") -> None:
         # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and
         # _done_callbacks hold it: built unlocked).
-        self._lock = threading.Lock()
+        self._lock = _allocate_lock()
         self._state = PENDING
         self.kind = kind
+        self._cond = self._result = self._exception = self._hx_stop = self._hx_before_wait = None
+        self._hx_waiters = self._hx_callbacks = self._hx_inline = self._hx_stop_with = None
 
     @property  # the stdlib's attribute, built on first use
     def _condition(self) -> threading.Condition:
@@ -179,7 +202,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._state in _DONE:
                 return
-            self._hx_stop = self._hx_before_wait = None
+            if self._hx_stop is not None or self._hx_before_wait is not None:
+                self._hx_stop = self._hx_before_wait = None
             if ok:
                 self._result = value
             else:

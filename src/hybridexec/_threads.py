@@ -8,7 +8,10 @@ threads than CPUs cannot run a function seen to compute (CPU time half its calls
 more: read on its first calls, then one in 64) any sooner: while as many threads as usable
 CPUs run work that is not waiting, its task wakes or starts none (a storm of tiny calls is
 drained by the threads at work, which take the next task without a wake-up). Should they
-stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_SECONDS``.
+stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_SECONDS``. While
+they take tasks that check looks again twice as late each time (up to ``STALL_MAX``), queue
+empty or not, and ends once nothing moves: a storm does not re-arm it at each emptied queue
+(each look wakes the timer thread, which takes the GIL).
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
@@ -44,8 +47,8 @@ from ._profiles import Profile, Profiles, name_of
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
-STALL_SECONDS = 0.01
-"""After a computing task started no thread: when to start one if no task was taken since."""
+STALL_SECONDS = 0.01  # a computing task started no thread: look again after this long
+STALL_MAX = 0.08  # the longest interval of the stall check while tasks are being taken
 
 logger = logging.getLogger("hybridexec")
 
@@ -102,8 +105,7 @@ class ThreadLane:
     def submit(self, task: Task, profile: Any = False, *, counted: int = 0) -> None:
         """Queue a task; start a thread for it unless one is idle or it would not help.
 
-        ``profile``: ``profiles.of(task.fn)`` if the caller has it; ``counted``: calls to add to
-        ``submitted`` (the express path's count, under the lock taken anyway).
+        ``profile``: ``profiles.of(task.fn)`` if known; ``counted``: calls to add to ``submitted``.
 
         Raises:
             RuntimeError: the lane was shut down.
@@ -123,8 +125,7 @@ class ThreadLane:
             threads = len(self._threads)
             computing = threads - len(self._idle) - self._waiting  # threads at work, on a CPU
             if profile is not None and profile.computes and computing >= self._cpus:
-                # CPUs all busy: no thread woken or started, the threads at work take it next
-                # (without a wake-up per task); the stall check covers a call that blocks.
+                # CPUs all busy: the threads at work take it next (no wake-up per task).
                 if not self._stall_check:
                     self._arm_stall_check()
                 return
@@ -164,23 +165,27 @@ class ThreadLane:
         err = RuntimeError(f"cannot start a thread to run this task: {self._start_error}")
         raise err from self._start_error
 
-    def _arm_stall_check(self) -> None:  # with the lock held
+    def _arm_stall_check(self, after: float = STALL_SECONDS) -> None:  # with the lock held
         if not self._stall_check:  # no timer thread (a thread limit): threads at work take it
-            check = functools.partial(self._check_stall, self._taken)
-            self._stall_check = self._timers.try_call_at(time.monotonic() + STALL_SECONDS, check)
+            check = functools.partial(self._check_stall, self._taken, after)
+            self._stall_check = self._timers.try_call_at(time.monotonic() + after, check)
 
-    def _check_stall(self, taken: int) -> None:
+    def _check_stall(self, taken: int, after: float) -> None:
         """Wake or start a thread if tasks were declined one and none was taken since."""
         with self._lock:
             self._stall_check = False
-            if self._closed or not self._queue or self.broken is not None:
+            if self._closed or self.broken is not None:
                 return
-            if self._taken == taken:
-                if self._idle:
-                    self._idle.pop().release()
-                elif len(self._threads) < self.max_threads:
-                    self._start_thread()
-            self._arm_stall_check()  # work is still queued: look again later
+            if self._taken != taken:  # progress: look again later, less often
+                self._arm_stall_check(min(2 * after, STALL_MAX))
+                return
+            if not self._queue:
+                return
+            if self._idle:
+                self._idle.pop().release()
+            elif len(self._threads) < self.max_threads:
+                self._start_thread()
+            self._arm_stall_check()  # work is still queued: look again soon
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; optionally cancel what has not started; optionally wait."""
@@ -240,8 +245,8 @@ class ThreadLane:
             if quick or gate.admit(task):  # admit False: the task moved to another lane
                 try:
                     self._run(task, me)
-                except BaseException as exc:  # never the task's (captured): a lane bug or a
-                    # refused timer thread; the task fails rather than stay running for ever.
+                except BaseException as exc:  # a lane bug or a refused timer thread (never
+                    # the task's): the task fails rather than stay running for ever.
                     logger.exception("the thread lane failed running %r", task)
                     task.future.settle(False, exc)
                 if not quick:
@@ -254,8 +259,7 @@ class ThreadLane:
         The user's thread work, running or queued before shutdown, is waited for as long as
         it runs (as in the standard library); work the library chose to run on a thread (a
         measured first call) at most ``bound`` seconds more, then a warning names it and the
-        interpreter exits anyway (daemon threads). A second call (the default executor's
-        hook, then the one for every lane) returns at once.
+        interpreter exits anyway (daemon threads). A second call returns at once.
 
         Returns:
             The seconds of ``bound`` used (the next lane gets the rest: one bound for all).
@@ -288,10 +292,8 @@ class ThreadLane:
             alive[0].join(remaining)
 
     def _break(self, exc: BaseException) -> None:
-        """The initializer raised: fail the queued tasks, refuse submits (as the stdlib does).
-
-        Logged where ``ThreadPoolExecutor`` users look: CRITICAL on ``concurrent.futures``.
-        """
+        """The initializer raised: fail the queued tasks, refuse submits (as the stdlib does)."""
+        # Logged where ThreadPoolExecutor users look: CRITICAL on concurrent.futures.
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
         with self._lock:
             if self.broken is None:
@@ -332,8 +334,7 @@ class ThreadLane:
                 if sample or task.timeout is not None or _faults.ACTIVE:
                     self._call(task, future, profile if sample else None)
                 elif type(task) is Task and not task.batch and future._hx_inline is None:
-                    # The common case, inline: one call in its context, untimed (its time is
-                    # read by the sampled path and by the library's inline callbacks only).
+                    # The common case, inline: one call in its context, untimed.
                     context = task.context
                     try:
                         if context is None:
@@ -379,8 +380,7 @@ class ThreadLane:
             # no interruption can reach the done-callbacks that settle() runs.
             timed_out = running is not None and running.finish()
         except TaskInterrupted:
-            # The deadline's interruption landed outside the call (the timer raises it
-            # once, and settled the future): nothing more is pending for this thread.
+            # The deadline's interruption landed outside the call (raised once; settled).
             timed_out = True
             if running is not None:
                 running.finish()
