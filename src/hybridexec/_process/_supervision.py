@@ -25,9 +25,9 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
-from .._exceptions import BrokenExecutorError
+from .._exceptions import BrokenExecutorError, TaskTimeoutError
 from .._futures import Task
-from .._shm import cleanup_shared_memory
+from .._shm import cleanup_shared_memory, discard_reply
 from ._frames import FrameReader, write_frame
 from ._guardian import start_guardian_early
 from ._handle import Child
@@ -84,6 +84,7 @@ class WorkerRecord:
         "child",
         "conns",
         "drop_at",
+        "expired",
         "fd",
         "idle_since",
         "kill_at",
@@ -113,6 +114,8 @@ class WorkerRecord:
         self.kill_at: float | None = None
         self.drop_at: float | None = None  # the running call was stopped: killed at this time
         self.retire_why: str | None = None  # retired once the calls in flight are answered
+        # The running call's deadline passed: it fails with this once the worker is gone.
+        self.expired: BaseException | None = None
 
     @property
     def task(self) -> Task | None:
@@ -147,6 +150,12 @@ class Supervision:
                 return
             if data is None:
                 return
+            if worker.expired is not None:
+                # The timed-out call's reply, written before the kill landed: the call fails
+                # with its timeout as its worker is reaped (a timed call goes alone).
+                if not reader.flagged:
+                    discard_reply(data)
+                continue
             self._handle_reply(worker, data)
 
     def _poll_replies(self, worker: WorkerRecord) -> None:
@@ -299,7 +308,10 @@ class Supervision:
         # The calls behind the running one never started: they are sent again, first in line.
         again = [t for t in tasks[1:] if not t.future.done()]
         self.lane.pending.extendleft(reversed(again))
-        if task is not None and not task.future.done():
+        if task is not None and not task.future.done() and worker.expired is not None:
+            task.future.settle(False, worker.expired)  # now that its code is stopped (_expire)
+            self._replace()
+        elif task is not None and not task.future.done():
             self.lane.stats["crashes"] += 1
             self._on_crash(task, worker, exitcode)
             self._replace()
@@ -326,6 +338,18 @@ class Supervision:
     def _signal(self, worker: WorkerRecord, sig: int) -> None:
         """Signal a worker the manager still owns, and its process group (see ``Child``)."""
         worker.child.signal(sig)
+
+    def _expire(self, worker: WorkerRecord, task: Task) -> None:
+        """The deadline of the call ``worker`` runs passed: kill the worker, fail the call.
+
+        The call fails when the worker is reaped, not before: a caller that sees its
+        ``TaskTimeoutError`` knows that the call's code runs no more (no side effect after).
+        """
+        timeout = f"{task.timeout:g} s timeout"
+        worker.expired = TaskTimeoutError(
+            f"task exceeded its {timeout}; worker pid {worker.pid} was killed"
+        )
+        self._kill(worker, f"task exceeded its {timeout}")
 
     def _kill(self, worker: WorkerRecord, why: str, sig: int = signal.SIGTERM) -> None:
         if worker.state == DYING:
