@@ -27,22 +27,23 @@ from ._zygote import fork_copy
 
 logger = logging.getLogger("hybridexec")
 
-# The guardian: ``python -I -S -c GUARDIAN hybridexec-guardian`` (the last word names it in
-# process listings). It reads pids from stdin; at EOF it kills their process groups. A pid is
-# only killed while it is the process registered (same start time in /proc), or when no process
-# has it any more but its group still has members (the kernel never reuses a pid that is still
-# a group id, so that group is ours). Entries whose process and group are both gone are pruned.
-# Then the shared-memory segments of this process (its parent) and of those it killed go, once
-# they are dead (names ``hx<pid>_<16 hex>``): nothing else would unlink them until the next
-# Executor's janitor. EOF comes as the kernel closes a dying parent's files, before it is dead:
-# the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this process is alive
-# and unlinks its own. A live owner's segments are never touched, nor a pid no longer ours.
-# Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork server's
-# socket), which its exit would have removed; ``d<path>`` lines name it.
+# The guardian: ``python -I -S -c GUARDIAN <our pid> hybridexec-guardian`` (the last word names it
+# in process listings), or a copy of this process given OWNER. It reads pids from stdin; at EOF it
+# kills their process groups. A pid is only killed while it is the process registered (same start
+# time in /proc), or when no process has it any more but its group still has members (the kernel
+# never reuses a pid that is still a group id, so that group is ours). Entries whose process and
+# group are both gone are pruned. Then the shared-memory segments of this process (its parent) and
+# of those it killed go, once they are dead (names ``hx<pid>_<16 hex>``): nothing else would unlink
+# them until the next Executor's janitor. EOF comes as the kernel closes a dying parent's files,
+# before it is dead: the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this
+# process is alive and unlinks its own. A live owner's segments are never touched, nor a pid no
+# longer ours. Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork
+# server's socket), which its exit would have removed; ``d<path>`` lines name it.
 GUARDIAN = """
 import os, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-owner = os.getppid()
+# Not getppid(): a guardian slow to start may find its parent dead already (then it is 1).
+owner = OWNER if "OWNER" in globals() else int(__import__("sys").argv[1])
 def started(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
@@ -213,19 +214,21 @@ def start_guardian_early() -> None:
     that the first worker's start has to share. Where it is not safe, ``guard`` starts the
     guardian as a new interpreter with the first child, as before.
     """
-    global _guardian
+    global _guardian, _tempdir_told
     if os.name != "posix":
         return
     with _guardian_lock:
         if _guardian is not None:
             return
         read, write = os.pipe()
+        owner = os.getpid()
 
         def run() -> None:
             os.setsid()  # no Ctrl-C nor group signal meant for us
             os.dup2(read, 0)
             os.close(read)
-            exec(compile(GUARDIAN, "<hybridexec-guardian>", "exec"), {"__name__": "guardian"})
+            code = compile(GUARDIAN, "<hybridexec-guardian>", "exec")
+            exec(code, {"__name__": "guardian", "OWNER": owner})
 
         try:
             pid = fork_copy(GUARDIAN_COMM, {read}, run)
@@ -235,6 +238,7 @@ def start_guardian_early() -> None:
             os.close(write)
             return
         _guardian = _Guardian(pid, write, None)
+        _tempdir_told = None
         try:
             _tell_tempdir(write)  # the fork server's, when it was forked first
         except OSError:
@@ -248,7 +252,7 @@ def guard(pid: int) -> None:
     Called by whoever starts a child, right after the start. Best effort: if the guardian
     cannot be started, the child's lifeline thread and death signal remain.
     """
-    global _guardian
+    global _guardian, _tempdir_told
     if os.name != "posix":
         return
     with _guardian_lock:
@@ -257,13 +261,14 @@ def guard(pid: int) -> None:
                 if _guardian is not None:
                     _guardian.close()  # it died (killed from outside): our end of its pipe too
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", GUARDIAN, GUARDIAN_NAME],
+                    [sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpid()), GUARDIAN_NAME],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,  # no Ctrl-C nor group signal meant for us
                 )
                 assert popen.stdin is not None
                 _guardian = _Guardian(popen.pid, popen.stdin.fileno(), popen)
+                _tempdir_told = None  # named to the new guardian below, as to the one before
                 _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
             os.write(_guardian.fd, b"%d\n" % pid)
             _tell_tempdir(_guardian.fd)
