@@ -7,7 +7,8 @@ process actors): through a pidfd, and its process group only before the reap, so
 ever signals a recycled pid.
 
 A worker that cannot start (EAGAIN from fork at a container's ``pids.max``, EMFILE making its
-pipe) fails no task: starts are retried with a short backoff, and only when no worker could be
+pipe) fails no task: starts are retried with a short backoff (a longer one while other workers
+run the tasks: the lane degrades to the workers it has), and only when no worker could be
 started for ``START_GIVE_UP`` seconds while none is alive do the waiting tasks fail (a
 ``BrokenExecutorError`` with the start error as its cause). The lane stays open and starts
 workers again as soon as it can.
@@ -49,6 +50,9 @@ with can hold it up); short, since exit waits for it (I5)."""
 
 START_BACKOFF = (0.01, 0.25)
 """First and longest pause between retries of a worker start that failed."""
+
+SERVED_BACKOFF = (1.0, 4.0)
+"""The same while other workers are alive to run the waiting tasks."""
 
 START_GIVE_UP = 1.0
 """Seconds of failed starts, with no worker alive, after which the waiting tasks fail."""
@@ -186,7 +190,11 @@ class Supervision:
         """
         now = time.monotonic()
         if now < self.retry_at:
-            return None  # the last start failed: retried when the backoff ends
+            if self._live() or self.retry_at - now <= START_BACKOFF[1]:
+                return None  # the last start failed: retried when the backoff ends
+            # The workers that served the queue while starts failed are gone: try now, and
+            # the waiting tasks get a fresh START_GIVE_UP window.
+            self.failing_since = now
         lane = self.lane
         ctx = multiprocessing.get_context("fork") if copy else lane.context
         server = lane.start_method == "forkserver" and not copy
@@ -257,7 +265,12 @@ class Supervision:
             self.backoff = START_BACKOFF[0]
             logger.warning("hybridexec: could not start a worker process (%r); retrying", exc)
         else:
-            self.backoff = min(self.backoff * 2, START_BACKOFF[1])
+            self.backoff *= 2
+        # While workers serve the queue, starts are retried seldom: a failed start can take
+        # the manager most of a second (a fork server that died of EAGAIN is started again, a
+        # new interpreter, only to die of it again), and the lane runs on the workers it has.
+        low, high = SERVED_BACKOFF if self._live() else START_BACKOFF
+        self.backoff = min(max(self.backoff, low), high)
         self.start_error = exc
         self.retry_at = now + self.backoff
 

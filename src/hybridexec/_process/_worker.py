@@ -110,8 +110,8 @@ def worker_main(
     open while we read and write them raw). ``faults`` are the tests' injected faults
     (``hybridexec._faults``); None outside them.
     """
+    _faults.install(faults)  # first: enter_child has a point of its own
     enter_child(lifeline, death_signal)
-    _faults.install(faults)
     apply_thread_limits(thread_limits or {})  # before the initializer: it may load BLAS
 
     init_error: bytes | None = None
