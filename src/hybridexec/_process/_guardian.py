@@ -27,22 +27,22 @@ from ._zygote import fork_copy
 
 logger = logging.getLogger("hybridexec")
 
-# The guardian: ``python -I -S -c GUARDIAN <our pid> hybridexec-guardian`` (the last word names it
-# in process listings), or a copy of this process given OWNER. It reads pids from stdin; at EOF it
-# kills their process groups. A pid is only killed while it is the process registered (same start
-# time in /proc), or when no process has it any more but its group still has members (the kernel
-# never reuses a pid that is still a group id, so that group is ours). Entries whose process and
-# group are both gone are pruned. Then the shared-memory segments of this process (its parent) and
-# of those it killed go, once they are dead (names ``hx<pid>_<16 hex>``): nothing else would unlink
-# them until the next Executor's janitor. EOF comes as the kernel closes a dying parent's files,
-# before it is dead: the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this
-# process is alive and unlinks its own. A live owner's segments are never touched, nor a pid no
-# longer ours. Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork
-# server's socket), which its exit would have removed; ``d<path>`` lines name it.
+# The guardian: ``python -I -S -c GUARDIAN PID hybridexec-guardian`` (the last word names it in
+# process listings). It reads pids from stdin; at EOF it kills their process groups. A pid is
+# only killed while it is the process registered (same start time in /proc), or when no process
+# has it any more but its group still has members (the kernel never reuses a pid that is still
+# a group id, so that group is ours). Entries whose process and group are both gone are pruned.
+# Then the shared-memory segments of this process (its parent) and of those it killed go, once
+# they are dead (names ``hx<pid>_<16 hex>``): nothing else would unlink them until the next
+# Executor's janitor. EOF comes as the kernel closes a dying parent's files, before it is dead:
+# the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this process is alive
+# and unlinks its own. A live owner's segments are never touched, nor a pid no longer ours.
+# Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork server's
+# socket), which its exit would have removed; ``d<path>`` lines name it.
 GUARDIAN = """
 import os, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-# Not getppid(): a guardian slow to start may find its parent dead already (then it is 1).
+# PID is ours (OWNER in a copy), not getppid(): started late, it may find us dead already.
 owner = OWNER if "OWNER" in globals() else int(__import__("sys").argv[1])
 def started(pid):
     try:
