@@ -141,6 +141,9 @@ def isolated(target: str, timeout: float, **kwargs: Any) -> Isolated:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONWARNINGS", "ignore")
+    # The child ends with os._exit and its session is SIGKILLed: multiprocessing's exit never
+    # removes its pymp-* directories (a peer's fork server socket). Its own TMPDIR goes after.
+    env["TMPDIR"] = tmpdir = tempfile.mkdtemp(prefix="hxb-")
     code = "from benchmarks._common import child_main; child_main()"
     started = time.perf_counter()
     # Files, not pipes: workers a peer leaves behind would hold pipes open after the child
@@ -164,6 +167,7 @@ def isolated(target: str, timeout: float, **kwargs: Any) -> Isolated:
         _kill_session(proc.pid)  # the child, and workers a peer left behind in its session
         proc.wait()
         _sweep_peer_leftovers()
+        shutil.rmtree(tmpdir, ignore_errors=True)
         out_f.seek(0)
         err_f.seek(0)
         out, err = out_f.read(), err_f.read()

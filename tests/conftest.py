@@ -1,9 +1,14 @@
-"""Shared fixtures: every test is checked for leaked processes, threads and /dev/shm segments."""
+"""Shared fixtures: every test is checked for leaked processes, threads and /dev/shm segments;
+the run as a whole for multiprocessing temporary directories (``pymp-*``) left behind."""
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -82,13 +87,85 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01)
         time.sleep(interval)
 
 
+# ---- multiprocessing temporary directories --------------------------------------------------
+# multiprocessing makes one ``pymp-*`` directory per process that needs one (a fork server's
+# socket) in TMPDIR, and removes it at that process's exit; a process that is SIGKILLed or
+# ends with os._exit leaves it, unless hybridexec's guardian removes it. The run sets TMPDIR
+# (and ``tempfile.tempdir`` here) to a directory of its own: every process of the run (this
+# one, child scripts, workers) makes its directories there, so the check below counts the
+# run's alone, whatever else runs on the machine.
+
+RUN_TMPDIR: str | None = None
+"""The run's TMPDIR while the session runs."""
+
+_PYMP_FIRST_SEEN: dict[str, str] = {}  # directory -> the test during which it appeared
+
+
+def _pymp_dirs() -> set[str]:
+    if RUN_TMPDIR is None:
+        return set()
+    own = _own_pymp_dir()
+    try:
+        names = os.listdir(RUN_TMPDIR)
+    except OSError:
+        return set()
+    return {n for n in names if n.startswith("pymp-") and os.path.join(RUN_TMPDIR, n) != own}
+
+
+def _own_pymp_dir() -> str | None:
+    # This process's, which multiprocessing removes as it exits (after the session).
+    config = getattr(multiprocessing.current_process(), "_config", {})
+    tempdir = config.get("tempdir")
+    return tempdir if isinstance(tempdir, str) else None
+
+
+def _remove_run_tmpdir(path: str, pid: int) -> None:
+    if os.getpid() == pid:  # never in a forked child exiting
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_pymp_dirs_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the run if it leaves ``pymp-*`` directories behind (see the comment above)."""
+    global RUN_TMPDIR
+    tmp_path_factory.getbasetemp()  # pytest's own directories stay where they were
+    run_dir = tempfile.mkdtemp(prefix="hx-run-")  # short: AF_UNIX paths end at 107 bytes
+    saved_env, saved_tempdir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = RUN_TMPDIR = run_dir
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved_tempdir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        wait_until(lambda: not _pymp_dirs(), 5)  # a guardian at work for a killed script
+        left = sorted(_pymp_dirs())
+        RUN_TMPDIR = None
+        own = _own_pymp_dir()
+        for name in os.listdir(run_dir):
+            path = os.path.join(run_dir, name)
+            if path != own:
+                shutil.rmtree(path, ignore_errors=True)
+        # The directory itself goes after multiprocessing removed this process's (-100).
+        multiprocessing.util.Finalize(
+            None, _remove_run_tmpdir, args=(run_dir, os.getpid()), exitpriority=-200
+        )
+        where = [f"{name} (appeared in {_PYMP_FIRST_SEEN.get(name, '?')})" for name in left]
+        assert not left, f"the run left multiprocessing temporary directories: {where}"
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves child processes, threads or shared-memory segments behind."""
     children = _children()
     threads = _threads()
     segments = _segments()
+    pymp = _pymp_dirs()
     yield
+    for name in _pymp_dirs() - pymp:  # the run fails if it stays (no_pymp_dirs_left)
+        _PYMP_FIRST_SEEN.setdefault(name, request.node.nodeid)
     if _default._default is not None:
         _default._default.shutdown(wait=True, cancel_futures=True)
         _default._default = None

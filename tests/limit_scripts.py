@@ -160,11 +160,13 @@ def _limit_processes(spare: int, later: int = 0) -> str | None:
 
     ``later``: how many more the soft limit may be raised to afterwards (the hard limit).
 
-    RLIMIT_NPROC does not bind root. As root, the real user becomes ``nobody`` (the effective
-    one stays root: files stay readable) and the two capabilities that lift the limit go,
-    from this process and everything it starts.
+    RLIMIT_NPROC does not bind root. As root, the real user becomes one that no process has
+    (the effective one stays root: files stay readable) and the two capabilities that lift the
+    limit go, from this process and everything it starts. A user of its own: processes of
+    another run of these scripts (``nobody``'s, as it was) counted against the limit, and
+    came and went while the map ran.
     """
-    uid = 65534
+    uid = _unused_uid()
     if os.geteuid() == 0:
         libc = ctypes.CDLL(None, use_errno=True)
         for cap in (_CAP_SYS_ADMIN, _CAP_SYS_RESOURCE):
@@ -192,6 +194,21 @@ def _limit_processes(spare: int, later: int = 0) -> str | None:
                 pass
     resource.setrlimit(resource.RLIMIT_NPROC, (tasks + spare, tasks + spare + later))
     return None
+
+
+def _unused_uid() -> int:
+    """A user id that no process has now, different in each script (see _limit_processes)."""
+    taken = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                taken.add(os.stat(f"/proc/{pid}").st_uid)
+            except OSError:
+                pass
+    uid = 100_000 + os.getpid() % 100_000
+    while uid in taken:
+        uid += 1
+    return uid
 
 
 def few_processes(spare: int, return_exceptions: bool, kinds: list[str]) -> dict[str, Any]:

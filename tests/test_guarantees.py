@@ -131,17 +131,25 @@ class Script:
         return [p for p in self.seen.values() if _running(p)]
 
     def close(self) -> None:
-        """Kill the script and everything it started; release the pipes."""
+        """Kill the script, then what it started that is still there; release the pipes.
+
+        The script goes first and alone, as after any SIGKILL: its guardian ends what it
+        started and removes its segments and its ``pymp-*`` directory. Killed along with the
+        script, the guardian left that directory in /tmp, once per script.
+        """
         self.note_descendants()
-        for p in [self.ps, *self.seen.values()]:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed above
             pass
+        wait_until(lambda: not self.alive(), 3)  # the guardian's work: I4 gives it 1 s
+        for p in self.seen.values():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
         wait_until(lambda: not self.alive(), 5)  # (psutil's wait polls slowly)
         for reader in self._readers:
             reader.join(10)
@@ -534,6 +542,37 @@ def test_parent_sigkill_leaves_no_multiprocessing_temp_dir(tmp_path: Path) -> No
             proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_guardian_started_late_still_removes_its_dead_owners_temp_dir(tmp_path: Path) -> None:
+    # A guardian (a new interpreter) may get to run after its parent was SIGKILLed: getppid()
+    # then names init, which never dies, and the parent's pymp-* directory stayed. It is told
+    # its owner instead. Here the owner is another process than its parent, so that it can
+    # be dead before the guardian reads a line.
+    from hybridexec._process._guardian import GUARDIAN
+
+    top = tmp_path / "pymp-test"
+    top.mkdir()
+    (top / "listener-x").write_text("")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    guardian = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", GUARDIAN, str(owner.pid), "hybridexec-guardian"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert guardian.stdin is not None
+        guardian.stdin.write(b"d" + os.fsencode(top) + b"\n")
+        guardian.stdin.flush()
+        owner.kill()
+        owner.wait(10)
+        guardian.stdin.close()  # EOF: the owner is gone
+        assert guardian.wait(10) == 0
+        assert not top.exists()
+    finally:
+        for proc in (owner, guardian):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
 
 # ---- I4: parent SIGKILL in other states ---------------------------------------------------------

@@ -10,8 +10,9 @@ tests). Nothing in the public API reaches this module; tests import ``hybridexec
 
 A fault is declarative (``Fault("raise", OSError(errno.EAGAIN))``, ``Fault("delay", 0.2)``,
 ``Fault("kill", signal.SIGKILL)``, ``Fault("exit", 3)``) so that it pickles: points that fire in
-a child process (the ``worker.*`` and ``actor.*`` points) travel to the child with its start
-arguments (``snapshot()`` in the parent, ``install()`` in the child), only while faults are on.
+a child process (the ``worker.*``, ``child.*`` and ``actor.*`` points) travel to the child with
+its start arguments (``snapshot()`` in the parent, ``install()`` in the child), only while faults
+are on.
 
 ``times`` bounds how often a fault fires (then it is spent: a transient fault); ``after`` skips
 that many hits first. A fault that travels to children counts its ``times`` in each process
@@ -41,6 +42,7 @@ POINTS: dict[str, str] = {
     "worker.before_call": "in the worker, before each call of a task runs",
     "worker.after_call": "in the worker, after the task's calls returned, before the reply",
     "worker.pickle_reply": "in the worker, pickling the reply (falls back item by item)",
+    "child.lifeline": "in the worker, starting its lifeline thread (RuntimeError: no thread)",
     # threads and futures
     "thread.before_call": "on a lane thread, before a call runs",
     "future.callback": "running a future's done-callbacks",

@@ -13,6 +13,8 @@ import signal
 import sys
 from typing import Any
 
+from .. import _faults
+
 
 def become_group_leader() -> None:
     """Called in a worker: lead a process group so the parent can kill the whole tree.
@@ -62,11 +64,12 @@ def prepare_death_signal() -> None:
             pass
 
 
-def watch_lifeline(lifeline: Any) -> None:
+def watch_lifeline(lifeline: Any) -> bool:
     """Start a thread that kills this worker's process group when the parent dies.
 
     ``lifeline`` is the read end of a pipe whose write end only the parent holds: when the
-    parent exits, for any reason, the read returns EOF.
+    parent exits, for any reason, the read returns EOF. Returns False when no thread can be
+    started.
     """
 
     def watch() -> None:
@@ -82,7 +85,17 @@ def watch_lifeline(lifeline: Any) -> None:
 
     # A bare thread, not threading's: Thread.start() waits until the new thread has run, a
     # wait of milliseconds on a busy machine before the worker takes its first task.
-    _thread.start_new_thread(watch, ())
+    try:
+        if _faults.ACTIVE:
+            _faults.hit("child.lifeline")
+        _thread.start_new_thread(watch, ())
+    except RuntimeError:
+        # No thread to spare (RLIMIT_NPROC, a container's pids.max). Exiting would fail the
+        # call this worker was started for, and its replacement would meet the same limit:
+        # the guardian (and the death signal, under forkserver) guard it alone; an idle
+        # worker also exits at its call pipe's EOF.
+        return False
+    return True
 
 
 def let_go_of_fork_server() -> None:

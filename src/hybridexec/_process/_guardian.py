@@ -28,7 +28,7 @@ from ._zygote import adopt_tracker, fork_copy, fork_tracker, tracker_pipe
 
 logger = logging.getLogger("hybridexec")
 
-# The guardian: ``python -I -S -c GUARDIAN hybridexec-guardian`` (the last word names it in
+# The guardian: ``python -I -S -c GUARDIAN PID hybridexec-guardian`` (the last word names it in
 # process listings). It reads pids from stdin; at EOF it kills their process groups. A pid is
 # only killed while it is the process registered (same start time in /proc), or when no process
 # has it any more but its group still has members (the kernel never reuses a pid that is still
@@ -45,7 +45,8 @@ logger = logging.getLogger("hybridexec")
 GUARDIAN = """
 import os, select, signal, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-owner = os.getppid()
+# PID is ours (OWNER in a copy), not getppid(): started late, it may find us dead already.
+owner = OWNER if "OWNER" in globals() else int(__import__("sys").argv[1])
 def started(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
@@ -228,7 +229,7 @@ def start_guardian_early() -> None:
     guardian as a new interpreter with the first child, as before. The copy also holds the
     resource tracker's pipe, and forks the tracker once it is needed (``tracker_pipe``).
     """
-    global _guardian
+    global _guardian, _tempdir_told
     if os.name != "posix":
         return
     with _guardian_lock:
@@ -236,7 +237,7 @@ def start_guardian_early() -> None:
             return
         read, write = os.pipe()
         tracker = tracker_pipe()
-        names: dict[str, Any] = {"__name__": "guardian"}
+        names: dict[str, Any] = {"__name__": "guardian", "OWNER": os.getpid()}
         if tracker is not None:
             names["TRACKER"] = (tracker[0], fork_tracker)
 
@@ -260,6 +261,7 @@ def start_guardian_early() -> None:
         if tracker is not None:
             adopt_tracker(tracker[1])
         _guardian = _Guardian(pid, write, None)
+        _tempdir_told = None
         try:
             _tell_tempdir(write)  # the fork server's, when it was forked first
         except OSError:
@@ -273,7 +275,7 @@ def guard(pid: int) -> None:
     Called by whoever starts a child, right after the start. Best effort: if the guardian
     cannot be started, the child's lifeline thread and death signal remain.
     """
-    global _guardian
+    global _guardian, _tempdir_told
     if os.name != "posix":
         return
     with _guardian_lock:
@@ -282,13 +284,14 @@ def guard(pid: int) -> None:
                 if _guardian is not None:
                     _guardian.close()  # it died (killed from outside): our end of its pipe too
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", GUARDIAN, GUARDIAN_NAME],
+                    [sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpid()), GUARDIAN_NAME],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,  # no Ctrl-C nor group signal meant for us
                 )
                 assert popen.stdin is not None
                 _guardian = _Guardian(popen.pid, popen.stdin.fileno(), popen)
+                _tempdir_told = None  # named to the new guardian below, as to the one before
                 _lifecycle.on_exit(_lifecycle.SEGMENTS, _stop_guardian)
             os.write(_guardian.fd, b"%d\n" % pid)
             _tell_tempdir(_guardian.fd)

@@ -31,7 +31,7 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _callbacks, _faults
-from .._exceptions import BrokenExecutorError, TaskTimeoutError
+from .._exceptions import BrokenExecutorError
 from .._futures import Future, Task
 from ._direct import Direct
 from ._supervise import DEFAULT_GRACE
@@ -263,14 +263,7 @@ class Manager(Direct, threading.Thread):
             deadline, _, task = heapq.heappop(self.deadlines)  # not the one of a send that
             for w in list(self.workers.values()):  # failed: the call went again, a new clock
                 if w.task is task and not task.future.done() and deadline == task.deadline:
-                    task.future.settle(
-                        False,
-                        TaskTimeoutError(
-                            f"task exceeded its {task.timeout:g} s timeout; "
-                            f"worker pid {w.pid} was killed"
-                        ),
-                    )
-                    self._kill(w, f"task exceeded its {task.timeout:g} s timeout")
+                    self._expire(w, task)  # settled once the worker is gone
         idle_timeout = self.lane.idle_timeout
         for w in list(self.workers.values()):
             if w.drop_at is not None and w.drop_at <= now:

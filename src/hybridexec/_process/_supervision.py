@@ -7,7 +7,8 @@ process actors): through a pidfd, and its process group only before the reap, so
 ever signals a recycled pid.
 
 A worker that cannot start (EAGAIN from fork at a container's ``pids.max``, EMFILE making its
-pipe) fails no task: starts are retried with a short backoff, and only when no worker could be
+pipe) fails no task: starts are retried with a short backoff (a longer one while other workers
+run the tasks: the lane degrades to the workers it has), and only when no worker could be
 started for ``START_GIVE_UP`` seconds while none is alive do the waiting tasks fail (a
 ``BrokenExecutorError`` with the start error as its cause). The lane stays open and starts
 workers again as soon as it can.
@@ -25,9 +26,9 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 from .. import _faults
-from .._exceptions import BrokenExecutorError
+from .._exceptions import BrokenExecutorError, TaskTimeoutError
 from .._futures import Task
-from .._shm import cleanup_shared_memory
+from .._shm import cleanup_shared_memory, discard_reply
 from ._frames import FrameReader, write_frame
 from ._guardian import start_guardian_early
 from ._handle import Child
@@ -49,6 +50,9 @@ with can hold it up); short, since exit waits for it (I5)."""
 
 START_BACKOFF = (0.01, 0.25)
 """First and longest pause between retries of a worker start that failed."""
+
+SERVED_BACKOFF = (1.0, 4.0)
+"""The same while other workers are alive to run the waiting tasks."""
 
 START_GIVE_UP = 1.0
 """Seconds of failed starts, with no worker alive, after which the waiting tasks fail."""
@@ -84,6 +88,7 @@ class WorkerRecord:
         "child",
         "conns",
         "drop_at",
+        "expired",
         "fd",
         "idle_since",
         "kill_at",
@@ -113,6 +118,8 @@ class WorkerRecord:
         self.kill_at: float | None = None
         self.drop_at: float | None = None  # the running call was stopped: killed at this time
         self.retire_why: str | None = None  # retired once the calls in flight are answered
+        # The running call's deadline passed: it fails with this once the worker is gone.
+        self.expired: BaseException | None = None
 
     @property
     def task(self) -> Task | None:
@@ -147,6 +154,12 @@ class Supervision:
                 return
             if data is None:
                 return
+            if worker.expired is not None:
+                # The timed-out call's reply, written before the kill landed: the call fails
+                # with its timeout as its worker is reaped (a timed call goes alone).
+                if not reader.flagged:
+                    discard_reply(data)
+                continue
             self._handle_reply(worker, data)
 
     def _poll_replies(self, worker: WorkerRecord) -> None:
@@ -177,7 +190,11 @@ class Supervision:
         """
         now = time.monotonic()
         if now < self.retry_at:
-            return None  # the last start failed: retried when the backoff ends
+            if self._live() or self.retry_at - now <= START_BACKOFF[1]:
+                return None  # the last start failed: retried when the backoff ends
+            # The workers that served the queue while starts failed are gone: try now, and
+            # the waiting tasks get a fresh START_GIVE_UP window.
+            self.failing_since = now
         lane = self.lane
         ctx = multiprocessing.get_context("fork") if copy else lane.context
         server = lane.start_method == "forkserver" and not copy
@@ -248,7 +265,12 @@ class Supervision:
             self.backoff = START_BACKOFF[0]
             logger.warning("hybridexec: could not start a worker process (%r); retrying", exc)
         else:
-            self.backoff = min(self.backoff * 2, START_BACKOFF[1])
+            self.backoff *= 2
+        # While workers serve the queue, starts are retried seldom: a failed start can take
+        # the manager most of a second (a fork server that died of EAGAIN is started again, a
+        # new interpreter, only to die of it again), and the lane runs on the workers it has.
+        low, high = SERVED_BACKOFF if self._live() else START_BACKOFF
+        self.backoff = min(max(self.backoff, low), high)
         self.start_error = exc
         self.retry_at = now + self.backoff
 
@@ -299,7 +321,10 @@ class Supervision:
         # The calls behind the running one never started: they are sent again, first in line.
         again = [t for t in tasks[1:] if not t.future.done()]
         self.lane.pending.extendleft(reversed(again))
-        if task is not None and not task.future.done():
+        if task is not None and not task.future.done() and worker.expired is not None:
+            task.future.settle(False, worker.expired)  # now that its code is stopped (_expire)
+            self._replace()
+        elif task is not None and not task.future.done():
             self.lane.stats["crashes"] += 1
             self._on_crash(task, worker, exitcode)
             self._replace()
@@ -326,6 +351,18 @@ class Supervision:
     def _signal(self, worker: WorkerRecord, sig: int) -> None:
         """Signal a worker the manager still owns, and its process group (see ``Child``)."""
         worker.child.signal(sig)
+
+    def _expire(self, worker: WorkerRecord, task: Task) -> None:
+        """The deadline of the call ``worker`` runs passed: kill the worker, fail the call.
+
+        The call fails when the worker is reaped, not before: a caller that sees its
+        ``TaskTimeoutError`` knows that the call's code runs no more (no side effect after).
+        """
+        timeout = f"{task.timeout:g} s timeout"
+        worker.expired = TaskTimeoutError(
+            f"task exceeded its {timeout}; worker pid {worker.pid} was killed"
+        )
+        self._kill(worker, f"task exceeded its {timeout}")
 
     def _kill(self, worker: WorkerRecord, why: str, sig: int = signal.SIGTERM) -> None:
         if worker.state == DYING:

@@ -105,8 +105,8 @@ def worker_main(
     ``requests``/``replies``: the child's pipe ends (``Connection``s, which every start method
     carries); ``faults``: the tests' injected faults, or None.
     """
+    _faults.install(faults)  # first: enter_child has a point of its own
     enter_child(lifeline, death_signal)
-    _faults.install(faults)
     apply_thread_limits(thread_limits or {})  # before the initializer: it may load BLAS
 
     init_error: bytes | None = None
