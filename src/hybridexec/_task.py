@@ -30,7 +30,7 @@ class Task:
 
     __slots__ = (
         "_items",
-        "ahead",  # a process batch's first outcomes, come ahead of its reply (set if any)
+        "ahead",
         "args",
         "batch",
         "chosen",
@@ -48,6 +48,7 @@ class Task:
         "timeout",
         "wire",
     )
+    ahead: list[Outcome]  # set only on a process batch whose first outcomes came ahead
 
     def __init__(
         self,
