@@ -1,31 +1,29 @@
 """Pickled callables kept per callable, reused only while the pickle would come out the same.
 
 A function its module names goes by reference: its bytes never change (``remember``). One no
-worker can import by name (a ``__main__`` script's functions, lambdas, closures, partials of
-them) goes by value with cloudpickle: its code, defaults, closure cells, ``__dict__``,
-annotations and the values of the globals its code uses, and so on for the functions it reaches
-that go by value too (~30 us a call). Those bytes change only when one of those objects does.
-So next to them this module records every object the pickle was made of, and reuses the bytes
-while each is still the very same object: identity checks in C loops (``map(operator.is_,
-...)``), a small fraction of a pickle. A rebound global, a redefined helper, a changed default
-or closure cell: a new pickle at once.
+worker can import by name (``__main__``'s functions, lambdas, closures, partials of them) goes
+by value with cloudpickle: its code, defaults, closure cells, ``__dict__``, annotations and the
+globals its code uses, and so on for the functions it reaches by value (~30 us a call). So next
+to the bytes this module records every object the pickle was made of, and reuses the bytes
+while each is still the very same object: identity checks in C loops, a fraction of a pickle.
+A rebound global, a redefined helper, a changed default or closure cell: a new pickle at once.
 
-Being the same object means pickling the same only for objects immutable in depth. Accepted:
-``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``...``, tuples and
-frozensets of such, ``list[int]``-style aliases, modules, functions, builtins and classes that
-pickle by reference (their module's attribute of that name: checked on every call too), and
-functions that pickle by value and pass the same checks. Anything else (a list, a dict, an
-instance, an array, a ``__main__`` class) leaves the callable uncached for good: pickled on
-every call as before, so a worker sees a mutable global as it is at each call, as a thread would
-(guarantee I2). Also checked, as cloudpickle's output depends on them: the count of modules in
-``sys.modules`` for a callable that uses a package (cloudpickle sends the submodules imported
-so far), and the modules registered with ``cloudpickle.register_pickle_by_value``.
+Same object means same pickle only for objects immutable in depth. Accepted: ``None``,
+``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``...``, tuples and frozensets of
+such, ``list[int]``-style aliases, modules, functions, builtins and classes that pickle by
+reference (their module's attribute of that name, checked on every call too), and functions
+by value that pass the same checks. Anything else (a list, a dict, an instance, an array, a
+``__main__`` class) leaves the callable uncached for good: pickled on every call, so a worker
+sees a mutable global as it is at each call, as a thread would (guarantee I2). Also checked,
+as cloudpickle's output depends on them: the modules registered with
+``cloudpickle.register_pickle_by_value``, and for a callable using a package, the count of
+``sys.modules`` (cloudpickle sends the package's submodules imported so far; a count is cheap,
+one module removed and another added in between would go unseen).
 
-A callable is cached from its second pickle on (a lambda made for one call costs one entry,
-not the making of checks). Entries hold the objects they check, at most ``MAX_ENTRIES``
-callables (the cache starts again empty when full). The one race left: while the pickle that
-fills an entry is made, another thread rebinds a global and then binds the very same object
-back.
+A callable is kept from its second pickle on (a lambda made for one call costs one entry, not
+the making of checks). Entries hold the objects they check, for at most ``MAX_ENTRIES``
+callables. The one race left: while the pickle that fills an entry is made, another thread
+rebinds a global and then binds the very same object back.
 """
 
 from __future__ import annotations
