@@ -170,8 +170,6 @@ class _Entry:
     """The objects one pickle was made of, to find again, the very same, on the next call."""
 
     __slots__ = (
-        "absent",
-        "empty",
         "expected",
         "getters",
         "head",
@@ -190,8 +188,6 @@ class _Entry:
         self.getters: list[Callable[[Any], Iterable[Any]]] = []
         self.objects: list[Any] = []
         self.expected: list[Any] = []
-        self.absent: list[tuple[Any, frozenset[Any]]] = []  # (keys view, names not in it)
-        self.empty: list[dict[Any, Any]] = []  # dicts pickled whole that were empty
         self.modules = -1  # len(sys.modules) when a package is used
         self.registry = registry
         self.snapshot = frozenset(registry)
@@ -199,17 +195,16 @@ class _Entry:
         self.wholes: set[int] = set()
 
     def valid(self, fn: Any) -> bool:
-        """True while every recorded object is still the one the pickle was made of."""
+        """True while every recorded object is still the one the pickle was made of.
+
+        Each probe gives an iterable of objects; all of them, end to end, must be the very
+        objects recorded (a dict that grew gives more of them).
+        """
         try:
             now = [*self.root(fn), *chain.from_iterable(map(_call, self.getters, self.objects))]
-            if len(now) != len(self.expected) or not all(map(_is, now, self.expected)):
-                return False
-            if any(map(len, self.empty)):
-                return False
-            for keys, names in self.absent:
-                if not keys.isdisjoint(names):
-                    return False
         except Exception:  # an emptied cell, a key gone: pickle again
+            return False
+        if len(now) != len(self.expected) or not all(map(_is, now, self.expected)):
             return False
         if self.modules >= 0 and len(sys.modules) != self.modules:
             return False
@@ -243,9 +238,11 @@ class _Entry:
             if present:
                 keys = present if len(present) > 1 else present * 2  # itemgetter: a tuple
                 self.probe(operator.itemgetter(*keys), space, [found[key] for key in keys])
-            absent = frozenset(key for key, value in found.items() if value is _MISSING)
-            if absent:
-                self.absent.append((space.keys(), absent))
+            absent = [key for key, value in found.items() if value is _MISSING]
+            if absent:  # space.__contains__ of each: False, False, ...
+                self.probe(
+                    functools.partial(map, space.__contains__), absent, [False] * len(absent)
+                )
         self.expected[:0] = self.head
 
     def whole(self, obj: Any, seen: dict[int, Any]) -> bool:
@@ -255,7 +252,7 @@ class _Entry:
         if type(obj) is not dict or id(obj) in self.spaces:
             return False
         if not obj:
-            self.empty.append(obj)
+            self.probe(tuple, obj, ())  # any key added makes the probe longer
             return True
         if id(obj) in self.wholes:
             return True  # met before (a partial reached twice)
