@@ -28,7 +28,6 @@ rebinds a global and then binds the very same object back.
 
 from __future__ import annotations
 
-import dis
 import functools
 import operator
 import sys
@@ -48,18 +47,14 @@ _SEEN = object()  # pickled once by value: cached from the next pickle on
 _NEVER = object()  # reaches something mutable: pickled on every call
 
 _SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis)})
-_GLOBAL_OPS = frozenset(
-    dis.opmap[name]
-    for name in (
-        "LOAD_GLOBAL",
-        "STORE_GLOBAL",
-        "DELETE_GLOBAL",
-        "LOAD_NAME",  # a class body inside the function: more names than cloudpickle sends
-        "STORE_NAME",
-        "DELETE_NAME",
-        "LOAD_FROM_DICT_OR_GLOBALS",
-    )
-    if name in dis.opmap
+_GLOBAL_OPNAMES = (
+    "LOAD_GLOBAL",
+    "STORE_GLOBAL",
+    "DELETE_GLOBAL",
+    "LOAD_NAME",  # a class body inside the function: more names than cloudpickle sends
+    "STORE_NAME",
+    "DELETE_NAME",
+    "LOAD_FROM_DICT_OR_GLOBALS",
 )
 _MODULE_KEYS = ("__package__", "__name__", "__path__", "__file__")  # sent with any function
 
@@ -387,9 +382,10 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
     """The global names ``code`` and the functions it defines read, write or delete."""
     names = _names.get(code)
     if names is None:
-        found = {
-            ins.argval: None for ins in dis.get_instructions(code) if ins.opcode in _GLOBAL_OPS
-        }
+        import dis  # ~3 ms, not on a worker's way: only when a pickle is first kept
+
+        ops = {dis.opmap[name] for name in _GLOBAL_OPNAMES if name in dis.opmap}
+        found = {ins.argval: None for ins in dis.get_instructions(code) if ins.opcode in ops}
         for const in code.co_consts:
             if type(const) is types.CodeType:
                 found.update(dict.fromkeys(_global_names(const)))
