@@ -277,3 +277,29 @@ def test_threads_rebinding_a_global_end_with_the_right_pickle(
         for thread in threads:
             thread.join(10)
     assert dumps_callable(scaled) == _fresh(scaled)
+
+
+def test_a_global_rebound_before_every_call_does_not_cost_a_check_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A loop rebinding a global the function reads makes every kept pickle stale before its
+    # first use: the checks are then made ever less often (at most 1 in BACKOFF_MAX calls),
+    # and every call still gets the pickle of the moment.
+    def scaled(x: int) -> int:
+        return x * SCALE
+
+    builds = []
+    build = _fncache._build
+
+    def counted(fn: Any) -> Any:
+        builds.append(fn)
+        return build(fn)
+
+    monkeypatch.setattr(_fncache, "_build", counted)
+    for value in range(400):
+        monkeypatch.setattr(THIS, "SCALE", value + 1000)
+        assert dumps_callable(scaled) == _fresh(scaled)
+    assert len(builds) <= 20
+    # Left alone, it is kept again within BACKOFF_MAX calls, and right.
+    sends = [dumps_callable(scaled) for _ in range(_fncache.BACKOFF_MAX + 2)]
+    assert sends[-1] is sends[-2] == _fresh(scaled)

@@ -40,8 +40,9 @@ from typing import Any
 
 MAX_ENTRIES = 256
 """Callables remembered at most."""
+BACKOFF_MAX = 64
+"""A pickle that went stale before its first use is kept again only after up to this many."""
 
-_ROOT = object()
 _MISSING = object()  # a global name not bound (a builtin, or not defined yet)
 _SEEN = object()  # pickled once by value: cached from the next pickle on
 _NEVER = object()  # reaches something mutable: pickled on every call
@@ -86,7 +87,8 @@ def _cells(cells: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(map(_contents, cells))  # ValueError for a cell emptied since
 
 
-# id(callable) -> [weak reference, bytes, check]; check None: by reference (always right).
+# id(callable) -> [weak reference, bytes, check, pickles to make before keeping one, backoff];
+# check None: by reference (always right).
 _cache: dict[int, list[Any]] = {}
 _lock = threading.Lock()
 _names: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = weakref.WeakKeyDictionary()
@@ -99,6 +101,8 @@ def cached(fn: Any) -> bytes | None:
         return None
     check = slot[2]
     if check is None or (type(check) is _Entry and check.valid(fn)):
+        if check is not None:
+            check.used = True
         data: bytes = slot[1]
         return data
     return None
@@ -138,22 +142,31 @@ def dumps(fn: Any, pickler: Callable[[Any], bytes]) -> bytes:
         return data
     if state is _NEVER or state is None:  # None: by reference (kept, so not called for)
         return pickler(fn)
-    # Seen before, or the kept pickle is stale: record what the pickle is made of, pickle,
-    # then check that none of it changed meanwhile.
+    assert slot is not None
+    backoff = slot[4]
+    if type(state) is _Entry:  # stale; if it never served, its globals change call by call:
+        backoff = 1 if state.used else min(2 * backoff, BACKOFF_MAX)  # keep one less often
+        if backoff > 1:
+            _store(fn, b"", _SEEN, backoff - 1, backoff)
+            return pickler(fn)
+    elif slot[3] > 0:
+        slot[3] -= 1
+        return pickler(fn)
+    # Record what the pickle is made of, pickle, then check that none of it changed meanwhile.
     entry = _build(fn)
     data = pickler(fn)
     if entry is None:
         _store(fn, b"", _NEVER)
     elif entry.valid(fn):
-        _store(fn, data, entry)
+        _store(fn, data, entry, 0, backoff)
     return data
 
 
-def _store(fn: Any, data: bytes, check: Any) -> None:
+def _store(fn: Any, data: bytes, check: Any, wait: int = 0, backoff: int = 1) -> None:
     with _lock:
         if len(_cache) >= MAX_ENTRIES and id(fn) not in _cache:
             _cache.clear()  # bounded: a program making functions on the fly does not grow it
-        _cache[id(fn)] = [weakref.ref(fn), data, check]
+        _cache[id(fn)] = [weakref.ref(fn), data, check, wait, backoff]
 
 
 def _registry() -> Any:
@@ -164,21 +177,9 @@ def _registry() -> Any:
 class _Entry:
     """The objects one pickle was made of, to find again, the very same, on the next call."""
 
-    __slots__ = (
-        "expected",
-        "getters",
-        "head",
-        "modules",
-        "objects",
-        "registry",
-        "root",
-        "snapshot",
-        "spaces",
-        "wholes",
-    )
-
     def __init__(self, registry: Any) -> None:
         self.root: Callable[[Any], tuple[Any, ...]] = _fn_state
+        self.used = False  # served a call from the cache
         self.head: tuple[Any, ...] = ()  # what root(fn) gave
         self.getters: list[Callable[[Any], Iterable[Any]]] = []
         self.objects: list[Any] = []
