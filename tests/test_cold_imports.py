@@ -37,6 +37,7 @@ ON_FIRST_USE = [
     "hybridexec._shm._objects",
     "mmap",
     "resource",  # memory limits, until a call has a max_memory
+    "dis",  # until a callable pickled by value is kept (_fncache), ~3 ms
     "hybridexec._actors",  # until an actor is made
     "hybridexec._backends",  # until a distributed backend is asked for
 ]

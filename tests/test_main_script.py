@@ -218,3 +218,80 @@ def test_package_main_functions_run_in_processes(tmp_path: Path) -> None:
     (pkg / "__main__.py").write_text(PKG_MAIN)
     got = _run([sys.executable, "-m", "app"], tmp_path)
     assert got == {"direct": [sum(range(1000))], "auto": [sum(range(300_000))] * 4}
+
+
+# ---- issue 17: the pickle of a script function is kept, and made again when it would differ ---
+
+CHANGES = textwrap.dedent(
+    """
+    import json
+    import hybridexec as hx
+    from hybridexec._serialize import dumps_callable
+
+    SCALE = 1
+    SEEN = []
+
+    def helper(x):
+        return x + 1
+
+    def work(x, k=0):
+        return helper(x) * SCALE + k
+
+    def listed(x):
+        return x + len(SEEN)
+
+    def make(step):
+        def counted(x):
+            return x + step
+        def set_step(v):
+            nonlocal step
+            step = v
+        return counted, set_step
+
+    def pure(x):
+        return x * SCALE
+
+    if __name__ == "__main__":
+        counted, set_step = make(1)
+        got, expected = [], []
+        def both(fn, *args):
+            expected.append(fn(*args))  # what a thread sees now
+            got.append(ex.submit(fn, *args).result(60))
+        with hx.Executor(kind="process", max_processes=1) as ex:
+            for change in range(7):
+                for _ in range(3):
+                    both(work, 1)
+                    both(counted, 1)
+                    both(listed, 1)
+                if change == 0:
+                    SCALE = 10
+                elif change == 1:
+                    def helper(x):
+                        return x + 100
+                elif change == 2:
+                    work.__defaults__ = (1000,)
+                elif change == 3:
+                    set_step(50)
+                elif change == 4:
+                    SEEN.append("mutable, seen as it is")
+                elif change == 5:
+                    SCALE = 20
+        kept = dumps_callable(pure), dumps_callable(pure), dumps_callable(pure)
+        print(json.dumps({"got": got, "expected": expected, "kept": kept[1] is kept[2]}))
+    """
+)
+
+
+def test_script_functions_see_each_change_between_calls(tmp_path: Path) -> None:
+    # The bytes of a script function are kept between calls (issue 17); a rebound global, a
+    # redefined helper, a changed default, a closure cell set again and a mutable global
+    # filled in place each reach the worker on the next call, as a thread sees them.
+    script = tmp_path / "job.py"
+    script.write_text(CHANGES)
+    got = _run([sys.executable, str(script)], tmp_path)
+    # (work(1), counted(1), listed(1)) after each change: each one alters an answer.
+    answers = [(2, 2, 1), (20, 2, 1), (1010, 2, 1), (2010, 2, 1), (2010, 51, 1), (2010, 51, 2)]
+    answers.append((3020, 51, 2))
+    assert got["expected"] == [n for pair in answers for n in pair * 3]
+    assert got["got"] == got["expected"]
+    assert got["kept"] is True

@@ -11,12 +11,11 @@ from __future__ import annotations
 import functools
 import pickle
 import sys
-import threading
 import traceback
 import types
-import weakref
 from typing import Any
 
+from . import _fncache
 from ._exceptions import RemoteTraceback, SerializationError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -63,30 +62,26 @@ def dumps(obj: Any) -> bytes:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
 
-_by_reference: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-_by_reference_lock = threading.Lock()
-_BY_REFERENCE_MAX = 256
-
-
 def dumps_callable(fn: Any) -> bytes:
-    """Pickle a callable by value where needed (cloudpickle).
+    """Pickle a callable, by value where needed (cloudpickle); the bytes are kept per callable.
 
     A plain function that its module names (``module.qualname`` finds this very object, and
-    the module is not ``__main__``) pickles by reference: its bytes never change, so they are
-    cached per function object, held weakly (a function that goes away leaves the cache; a
-    new one at the same address is another key). Everything else (lambdas, closures,
-    ``__main__`` functions, bound methods, partials) is pickled by value on every call, with
-    the values of the globals it uses as they are now: what a thread would see if the call ran
-    here (guarantee I2, whichever lane the router picks). A global that a worker's initializer
-    touched is the worker's own, as with ``concurrent.futures`` (``adopt``).
+    the module is not ``__main__``) pickles by reference: its bytes never change. Everything
+    else (lambdas, closures, ``__main__`` functions, bound methods, partials) is pickled by
+    value, with the values of the globals it uses as they are now: what a thread would see if
+    the call ran here (guarantee I2, whichever lane the router picks). Those bytes are reused
+    only while everything they were made of is still the same immutable object
+    (``_fncache``): a function that reaches a mutable global is pickled again on every call.
+    A global that a worker's initializer touched is the worker's own, as with
+    ``concurrent.futures`` (``adopt``).
 
     Raises:
         SerializationError: the callable cannot be pickled; the cause is chained.
     """
+    data = _fncache.cached(fn)
+    if data is not None:
+        return data
     plain = type(fn) is types.FunctionType
-    cached = _by_reference.get(fn) if plain else None
-    if cached is not None:
-        return cached
     if "cloudpickle" not in sys.modules and (
         (plain and fn.__module__ != "__main__")
         or (type(fn) is types.BuiltinFunctionType and type(fn.__self__) is types.ModuleType)
@@ -95,31 +90,36 @@ def dumps_callable(fn: Any) -> bytes:
         # cloudpickle's (nothing can be registered to go by value before cloudpickle is
         # imported): cloudpickle stays unimported (~7 ms) until a callable needs it.
         try:
-            data: bytes = pickle.dumps(fn, PROTOCOL)
+            data = pickle.dumps(fn, PROTOCOL)
         except Exception:
             pass  # a local function, a lambda: by value
         else:
             if plain:
-                _remember(fn, data)
+                _fncache.remember(fn, data)
             return data
-    cloudpickle = _cloudpickle()
+    _cloudpickle()  # imported outside the try below (an OSError is not a pickling error)
     try:
-        data = cloudpickle.dumps(fn, PROTOCOL)
+        data = _fncache.dumps(fn, _by_value)
     except Exception as exc:
         raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
-    if type(fn) is types.FunctionType and fn.__module__ != "__main__":
+    if plain and fn.__module__ != "__main__":
         try:
             by_reference = pickle.dumps(fn, PROTOCOL)
         except Exception:
             return data  # not found under its name: pickled by value
         if by_reference == data:  # cloudpickle agreed: by reference
-            _remember(fn, data)
+            _fncache.remember(fn, data)
+    return data
+
+
+def _by_value(fn: Any) -> bytes:
+    data: bytes = sys.modules["cloudpickle"].dumps(fn, PROTOCOL)
     return data
 
 
 def cached_callable(fn: Any) -> bytes | None:
-    """The bytes ``dumps_callable`` keeps for ``fn`` (pickled by reference), or None."""
-    return _by_reference.get(fn) if type(fn) is types.FunctionType else None
+    """The bytes ``dumps_callable`` keeps for ``fn`` if it pickles by reference, or None."""
+    return _fncache.by_reference(fn) if type(fn) is types.FunctionType else None
 
 
 # ---- a worker's side: the globals its initializer set -----------------------------------------
@@ -176,17 +176,6 @@ def adopt(fn: Any) -> Any:
         if found is not None:
             found.update(_initialized)
     return fn
-
-
-def _remember(
-    fn: Any, data: bytes, cache: weakref.WeakKeyDictionary[Any, bytes] | None = None
-) -> None:
-    # Bounded: a program that makes functions on the fly does not grow it for ever.
-    cache = _by_reference if cache is None else cache
-    with _by_reference_lock:
-        if len(cache) >= _BY_REFERENCE_MAX:
-            cache.clear()
-        cache[fn] = data
 
 
 def loads(data: bytes) -> Any:
