@@ -185,7 +185,7 @@ def _gil_holding_write() -> Callable[[int, bytes, int], int] | None:
         return None
     write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     write.restype = ctypes.c_ssize_t
-    return write  # type: ignore[no-any-return]
+    return write
 
 
 def queued_seconds(tid: int | None = None) -> float | None:
