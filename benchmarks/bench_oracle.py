@@ -146,7 +146,8 @@ def _timeline(futures: list[tuple[str, Any]], start: float) -> dict[str, str]:
     rows: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
     for label, f in futures:
         run = getattr(f, "_t_run", start)
-        rows[label].append(((run - start) * 1e3, (f._t_done - start) * 1e3, f.kind))
+        done = getattr(f, "_t_done", run)  # a callback may run after result() returned
+        rows[label].append(((run - start) * 1e3, (done - start) * 1e3, f.kind))
     out = {}
     for label, r in rows.items():
         waits, ends = [w for w, _, _ in r], [e for _, e, _ in r]
@@ -197,6 +198,7 @@ def _run_hybrid(calls: list[Call], oracle: bool) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
             lanes.append(_lanes(futures))
             if timeline:
+                time.sleep(0.05)  # untimed: the last done callbacks run
                 timelines.append(_timeline(futures, start))
         if not oracle:
             for label, fn, args, _ in {c[0]: c for c in calls}.values():
