@@ -173,9 +173,11 @@ class Measurement(NamedTuple):
             return None
         if self.stalls_blocked + self.stalls_free >= SURE_STALLS:
             return None
-        if self.stalls_end and not self.stalls_blocked + self.stalls_free:
+        decisive = self.stalls_blocked + self.stalls_free
+        if self.stalls_end and not decisive and not self._held_while_running():
             # Its one decisive stall came as it returned: a GIL-free C call taking the GIL
             # back, or a Python loop that ended just then (it is left out; nothing is left).
+            # C code that held the GIL all along (json.loads) kept the probe waiting: settled.
             return "its only decisive stall came as it returned"
         clocks = self._clock_share() is not None
         if clocks and self.stall_wall - self.stall_runq >= SURE_STALL_SECONDS:
