@@ -190,9 +190,6 @@ class Measurement(NamedTuple):
             # A longer window the probe hardly sampled is telling on its own: something held
             # the GIL all along (other Python threads are looked at next).
             return f"too short to sample ({self.run_wall * 1e3:.1f} ms)"
-        if self.span < SURE_SPAN and not self.stall_wall and not self._held_while_running():
-            # The probe hardly ran (a loaded machine: no CPU for it), not for want of the GIL.
-            return f"the probe sampled {self.span * 1e3:.1f} ms of it, no stall"
         if self.others_busy >= OTHERS_BUSY and (self.gil_busy or 0.0) >= OTHERS_LATE:
             return f"other threads used {self.others_busy:.0%} of a CPU meanwhile"
         return None
