@@ -137,9 +137,47 @@ def _lanes(futures: list[tuple[str, Any]]) -> dict[str, dict[str, int]]:
     return {label: dict(c) for label, c in lanes.items()}
 
 
+def _timeline(futures: list[tuple[str, Any]], start: float) -> dict[str, str]:
+    """Per label: lanes, and medians/maxima of the wait before running and of the end (ms).
+
+    ``HX_BENCH_TIMELINE=1``: each future notes when it started running (``_t_run``, set by a
+    wrapper of ``set_running_or_notify_cancel`` in this child only) and when it was done.
+    """
+    rows: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
+    for label, f in futures:
+        run = getattr(f, "_t_run", start)
+        done = getattr(f, "_t_done", run)  # a callback may run after result() returned
+        rows[label].append(((run - start) * 1e3, (done - start) * 1e3, f.kind))
+    out = {}
+    for label, r in rows.items():
+        waits, ends = [w for w, _, _ in r], [e for _, e, _ in r]
+        lanes = collections.Counter(k for _, _, k in r)
+        out[label] = (
+            f"{dict(lanes)} start med {statistics.median(waits):.0f} max {max(waits):.0f}, "
+            f"done med {statistics.median(ends):.0f} max {max(ends):.0f}"
+        )
+    return out
+
+
+def _note_times() -> None:
+    from hybridexec import _futures
+
+    running = _futures.Future.set_running_or_notify_cancel
+
+    def note(self: Any) -> bool:
+        self._t_run = time.perf_counter()
+        return running(self)
+
+    _futures.Future.set_running_or_notify_cancel = note  # type: ignore[method-assign]
+
+
 def _run_hybrid(calls: list[Call], oracle: bool) -> dict[str, Any]:
     import hybridexec
 
+    timeline = os.environ.get("HX_BENCH_TIMELINE") == "1"
+    if timeline:
+        _note_times()
+    timelines: list[dict[str, str]] = []
     times: list[float] = []
     lanes: list[dict[str, dict[str, int]]] = []
     explain: dict[str, str] = {}
@@ -153,13 +191,19 @@ def _run_hybrid(calls: list[Call], oracle: bool) -> dict[str, Any]:
                 for label, fn, args, best in calls
             ]
             for _, f in futures:
+                if timeline:
+                    f.add_done_callback(lambda f: setattr(f, "_t_done", time.perf_counter()))
+            for _, f in futures:
                 f.result()
             times.append(time.perf_counter() - start)
             lanes.append(_lanes(futures))
+            if timeline:
+                time.sleep(0.05)  # untimed: the last done callbacks run
+                timelines.append(_timeline(futures, start))
         if not oracle:
             for label, fn, args, _ in {c[0]: c for c in calls}.values():
                 explain[label] = str(ex.explain(fn, *args))
-    return {"times": times, "lanes": lanes, "explain": explain}
+    return {"times": times, "lanes": lanes, "explain": explain, "timelines": timelines}
 
 
 def _run_oracle_stdlib(calls: list[Call]) -> dict[str, Any]:
@@ -370,6 +414,11 @@ def _explain_lines(values: list[dict[str, Any]]) -> None:
     if values:
         for label, why in values[-1]["explain"].items():
             print(f"    explain({label}): {why}")
+        for value in values:
+            for n, timeline in enumerate(value.get("timelines", [])):
+                print(f"    timeline ({'learning' if n == 0 else 'learned'} run, ms):")
+                for label, text in timeline.items():
+                    print(f"      {label:12} {text}")
 
 
 def _judge_mixed(workload: str, rows: dict[str, list[float]], values: list[Any]) -> None:

@@ -14,10 +14,11 @@ import threading
 from typing import Any
 
 import hybridexec
-from hybridexec._routing import LearningClassifier, _probe
+from hybridexec._routing import LearningClassifier, _stalls
 from hybridexec._routing import _verdicts as verdicts
 from hybridexec._routing._entry import Entry
-from hybridexec._routing._measure import Measurement, Window
+from hybridexec._routing._measure import Measurement
+from hybridexec._routing._stalls import Window
 
 DATA = bytes(range(256)) * (1 << 18)  # 64 MB: sha256 takes ~40 ms, longer than the window
 
@@ -85,7 +86,7 @@ def _window(early: bool = True) -> Window:
 
 def _cycle(w: Window, *, stall_cpu: float, state: bool, ctrl: float = 0.001) -> None:
     # A 1 ms control interval in which the thread ran ``ctrl`` seconds, then a 1 ms stall.
-    _probe._Cycle(0.001, 0.001, 0.0).add(w, ctrl, 1.0, stall_cpu, (0.0, 0.0), state)
+    _stalls.Cycle(0.001, 0.001, 0.0).add(w, ctrl, 1.0, stall_cpu, (0.0, 0.0), state)
 
 
 def test_two_stalls_the_thread_ran_through_report_early() -> None:
@@ -117,7 +118,7 @@ def test_progress_of_other_threads_in_a_stall_does_not_report_early() -> None:
     # other threads' C code): free stalls, but not the thread's own.
     w = _window()
     for _ in range(3):
-        cycle = _probe._Cycle(0.001, 0.001, 0.0)
+        cycle = _stalls.Cycle(0.001, 0.001, 0.0)
         cycle.proc_stall = 0.001
         cycle.add(w, 0.0002, 1.0, 0.0, (0.0005, 0.0), True)
     assert w.stalls_free == 3

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 import hybridexec
-from hybridexec._routing import _probe
+from hybridexec._routing import _stalls
 from hybridexec._routing import _verdicts as verdicts
-from hybridexec._routing._measure import PROGRESS_RATE, Measurement, Window
-from hybridexec._routing._probe import RETURN_CPU
+from hybridexec._routing._measure import PROGRESS_RATE, Measurement
+from hybridexec._routing._stalls import RETURN_CPU, Window
 
 
 def _window() -> Window:
@@ -27,7 +27,7 @@ def _window() -> Window:
 
 def _cycle(w: Window, *, stall_cpu: float, state: bool, cpu_end: float = 1.0) -> None:
     # One control interval of 1 ms in which the thread ran, then a 1 ms stall.
-    _probe._Cycle(0.001, 0.001, 0.0).add(w, 0.001, cpu_end, stall_cpu, (0.0, 0.0), state)
+    _stalls.Cycle(0.001, 0.001, 0.0).add(w, 0.001, cpu_end, stall_cpu, (0.0, 0.0), state)
 
 
 def test_a_stall_that_ends_runnable_and_idle_gives_no_sign() -> None:
@@ -61,17 +61,17 @@ def test_a_blocked_stall_as_the_call_returns_is_left_out() -> None:
     w = _window()
     _cycle(w, stall_cpu=0.0, state=False, cpu_end=1.0)
     assert w.stalls_blocked == 1
-    _probe._unblock_end(w, 1.0 + RETURN_CPU / 2)  # it returned right after the stall
+    _stalls.unblock_end(w, 1.0 + RETURN_CPU / 2)  # it returned right after the stall
     assert w.stalls_blocked == 0
     assert w.stall_wall == pytest.approx(0.0)
     # A call that computed on after the stall keeps the sample.
     _cycle(w, stall_cpu=0.0, state=False, cpu_end=2.0)
-    _probe._unblock_end(w, 2.0 + 0.01)
+    _stalls.unblock_end(w, 2.0 + 0.01)
     assert w.stalls_blocked == 1
     # So does one whose last stall found it running.
     _cycle(w, stall_cpu=0.0, state=False, cpu_end=3.0)
     _cycle(w, stall_cpu=0.001, state=True, cpu_end=3.001)
-    _probe._unblock_end(w, 3.001)
+    _stalls.unblock_end(w, 3.001)
     assert w.stalls_blocked == 2
 
 

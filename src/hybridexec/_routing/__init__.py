@@ -8,8 +8,9 @@ Layers inside the room (each imports only those above it)::
     _rules       hints (@io_bound, @cpu_bound, @task), the rules, Decision, the Classifier
                  protocol and its no_waiting() / WouldWait
     _explain     Explanation (what Executor.explain returns)
-    _sched       the scheduler's view of a thread: run-queue wait, runnable or asleep
-    _measure     the figures of one measured call (Window) and their maths (Measurement)
+    _sched       the scheduler's view of a thread: run-queue wait, runnable, asleep on the GIL
+    _measure     the thresholds of the probe and the maths of a measurement (Measurement)
+    _stalls      the figures of one measured call (Window), the judgement of each stall
     _probe       the GIL probe: the helper thread that samples open windows
     _verdicts    the thresholds, the verdict rule, the keys (size bucket, argument shape)
     _entry       what the classifier keeps per key

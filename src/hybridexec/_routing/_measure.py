@@ -1,18 +1,14 @@
-"""What the GIL probe measures: the figures of one window and the maths that reads them.
+"""What the GIL probe measures: the thresholds, and the maths that reads a window's figures.
 
-``Window`` holds the raw figures of one measured call as the probe thread (``_probe.py``)
-collects them; ``Measurement`` turns them into the shares the classifier judges by. The reasons
-behind each figure are explained at the top of ``_probe.py``.
+``Window`` (``_stalls.py``) holds the raw figures of one measured call as the probe thread
+(``_probe.py``) collects them; ``Measurement`` turns them into the shares the classifier judges
+by. The reasons behind each figure are explained at the top of ``_probe.py``.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import NamedTuple
-
-from ._sched import ThreadSched, others_cpu_since, python_threads_cpu
 
 PROBE_SLEEP = 0.001
 """Seconds the probe sleeps per cycle; its lateness on waking measures GIL contention."""
@@ -94,6 +90,9 @@ class Measurement(NamedTuple):
         stalls_free: Decisive stalls in which the thread (or the process) used CPU.
         stalls_own: Free stalls in which the thread itself ran: no other thread fakes those.
         stalls_queued: Stalls that ended with the thread runnable and idle: no sign.
+        stalls_gil: Stalls at whose end the thread slept on the GIL (``_sched``), active
+            before or not; ``stalls_io``: those at whose end it slept on anything else.
+        stalls_end: Blocked stalls left out as the call returning (``_stalls.unblock_end``).
         late: Seconds the probe woke late while the window was open (GIL busy), not counting
             the time the probe itself waited for a CPU.
         span: Seconds of probe sleep cycles the lateness was measured over.
@@ -117,6 +116,9 @@ class Measurement(NamedTuple):
     stalls_free: int = 0
     stalls_queued: int = 0
     stalls_own: int = 0
+    stalls_gil: int = 0
+    stalls_io: int = 0
+    stalls_end: int = 0
     late: float = 0.0
     span: float = 0.0
     complete: bool = True
@@ -167,10 +169,16 @@ class Measurement(NamedTuple):
         Too few samples (a short call), or samples that other threads may have caused (the
         probe's lateness while other threads ran).
         """
-        if self.cpu <= IDLE_CPU_RATIO * self.run_wall:
+        if self.cpu <= IDLE_CPU_RATIO * (self.run_wall - self.gil_waited):
             return None
         if self.stalls_blocked + self.stalls_free >= SURE_STALLS:
             return None
+        decisive = self.stalls_blocked + self.stalls_free
+        if self.stalls_end and not decisive and not self._held_while_running():
+            # Its one decisive stall came as it returned: a GIL-free C call taking the GIL
+            # back, or a Python loop that ended just then (it is left out; nothing is left).
+            # C code that held the GIL all along (json.loads) kept the probe waiting: settled.
+            return "its only decisive stall came as it returned"
         clocks = self._clock_share() is not None
         if clocks and self.stall_wall - self.stall_runq >= SURE_STALL_SECONDS:
             return None
@@ -205,6 +213,19 @@ class Measurement(NamedTuple):
         return max(self.cpu, self.wall - self.runq)
 
     @property
+    def gil_waited(self) -> float:
+        """Seconds of ``run_wall`` off the CPU waiting for the GIL, as the stalls found it.
+
+        Each stall's end that found the thread asleep tells on what: the GIL or anything else
+        (``_sched.ThreadSched.on_gil``); its time off the CPU is split in that proportion.
+        Zero where that is not known.
+        """
+        asleep = self.stalls_gil + self.stalls_io
+        if not asleep:
+            return 0.0
+        return max(0.0, self.run_wall - self.cpu) * self.stalls_gil / asleep
+
+    @property
     def cpu_ratio(self) -> float:
         """CPU seconds per second the measured thread could run (run-queue waits left out)."""
         run = self.run_wall
@@ -220,7 +241,7 @@ class Measurement(NamedTuple):
     @property
     def gil_share(self) -> float:
         """Share of the call's CPU work that needs the GIL (0: GIL-free C code or waiting)."""
-        if self.cpu <= IDLE_CPU_RATIO * self.run_wall:
+        if self.cpu <= IDLE_CPU_RATIO * (self.run_wall - self.gil_waited):
             return 0.0
         decisive = self.stalls_blocked + self.stalls_free
         if decisive >= MIN_STATE_SAMPLES:
@@ -288,112 +309,9 @@ class Measurement(NamedTuple):
             # The GIL was busy and other threads ran: a GIL-bound call off the CPU waits for
             # them, and the probe (which waits for the GIL too) sees only part of it.
             busy = max(busy, min(1.0, self.others_busy))
-        waited = min(off_cpu, stalled + busy * (off_cpu - stalled))
+        waited = max(self.gil_waited, min(off_cpu, stalled + busy * (off_cpu - stalled)))
         running = max(held, run_wall - waited, 1e-9)
         return min(1.0, held / running)
 
 
 _SUMMED = tuple(name for name in Measurement._fields if name != "complete")
-
-
-class Window:
-    """One measured call, as seen by the probe. Made by ``GilProbe.open``."""
-
-    __slots__ = (
-        "clock",
-        "closed",
-        "cpu_open",
-        "ctrl_cpu",
-        "ctrl_runq",
-        "ctrl_wall",
-        "early",
-        "last_blocked",
-        "late",
-        "on_report",
-        "others",
-        "proc_ctrl_cpu",
-        "proc_open",
-        "proc_stall_cpu",
-        "report_after",
-        "runq_close",
-        "runq_open",
-        "sched",
-        "span",
-        "stall_cpu",
-        "stall_runq",
-        "stall_wall",
-        "stalls_blocked",
-        "stalls_free",
-        "stalls_own",
-        "stalls_queued",
-        "t_open",
-    )
-
-    def __init__(
-        self,
-        clock: int | None,
-        report_after: float | None,
-        on_report: Callable[[Measurement], None] | None,
-        early: bool = False,
-    ) -> None:
-        self.clock, self.early = clock, early  # early: a first call, see ``_verdicts.early``
-        self.report_after = report_after
-        self.on_report = on_report
-        self.closed = False  # reported already, by close() or by the probe
-        self.stall_wall = self.stall_cpu = self.proc_stall_cpu = self.stall_runq = 0.0
-        self.ctrl_wall = self.ctrl_cpu = self.proc_ctrl_cpu = self.ctrl_runq = 0.0
-        self.late = self.span = 0.0
-        self.stalls_blocked = self.stalls_free = self.stalls_queued = self.stalls_own = 0
-        self.last_blocked: tuple[float, float, float, float] | None = None  # see _unblock_end
-        self.sched = ThreadSched(threading.get_native_id())
-        self.runq_open = self.sched.waited() or 0.0
-        self.runq_close: float | None = None  # read before the handles are let go
-        self.cpu_open = self.read_cpu() or 0.0
-        self.proc_open = time.process_time()
-        self.others = python_threads_cpu()
-        self.t_open = perf_counter()
-
-    def read_cpu(self) -> float | None:
-        """The measured thread's CPU clock, from any thread; None if it cannot be read."""
-        if self.clock is None:
-            return None
-        try:
-            return time.clock_gettime(self.clock)
-        except OSError:  # the thread is gone
-            return None
-
-    def read_runq(self) -> float | None:
-        """The measured thread's run-queue wait since the window opened; None if unknown."""
-        if self.runq_close is not None:
-            return self.runq_close
-        waited = self.sched.waited()
-        return None if waited is None else max(0.0, waited - self.runq_open)
-
-    def detach(self) -> list[int]:
-        """Take the last run-queue figure, then give up the handles (see ``ThreadSched``)."""
-        self.runq_close = self.read_runq()
-        return self.sched.detach()
-
-    def measurement(self, now: float, cpu: float, complete: bool) -> Measurement:
-        return Measurement(
-            wall=now - self.t_open,
-            cpu=max(0.0, cpu - self.cpu_open),
-            stall_wall=self.stall_wall,
-            stall_cpu=self.stall_cpu,
-            proc_cpu=max(0.0, time.process_time() - self.proc_open),
-            others_cpu=others_cpu_since(self.others),
-            proc_stall_cpu=self.proc_stall_cpu,
-            ctrl_wall=self.ctrl_wall,
-            ctrl_cpu=self.ctrl_cpu,
-            proc_ctrl_cpu=self.proc_ctrl_cpu,
-            stalls_blocked=self.stalls_blocked,
-            stalls_free=self.stalls_free,
-            stalls_queued=self.stalls_queued,
-            stalls_own=self.stalls_own,
-            late=self.late,
-            span=self.span,
-            complete=complete,
-            runq=self.read_runq() or 0.0,
-            ctrl_runq=self.ctrl_runq,
-            stall_runq=self.stall_runq,
-        )

@@ -60,30 +60,23 @@ from collections.abc import Callable
 
 from .. import _lifecycle
 from ._measure import (
-    ACTIVE_RATE,
-    BUSY_RATE,
     EARLY_WINDOW_MAX,
     LATE_NOISE,
     LINGER_SECONDS,
-    OTHERS_LATE,
     PROBE_SLEEP,
-    PROGRESS_RATE,
-    QUEUED_SHARE,
     REPORT_CAP,
     STALL_SECONDS,
     STALL_SLACK,
     WANT_STATE_SAMPLES,
     Measurement,
-    Window,
     perf_counter,
 )
-from ._sched import PROBE_THREAD, ThreadSched, clock_of, stall_sleep
+from ._sched import PROBE_THREAD, ThreadSched, clock_of, gil_futex, stall_sleep
+from ._stalls import Cycle, Window, unblock_end
 from ._verdicts import early
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
-RETURN_CPU = 0.0003
-"""A call that used less CPU than this after a stall that found it blocked was returning."""
 
 
 class GilProbe:
@@ -158,7 +151,7 @@ class GilProbe:
                 # The probe should have woken and has not: it waits for the GIL right now.
                 window.late += now - max(expected, window.t_open)
                 window.span += now - max(self._cycle_start, window.t_open)
-            _unblock_end(window, cpu)
+            unblock_end(window, cpu)
         return window.measurement(now, cpu, complete=True)
 
     def forget_after_fork(self) -> None:
@@ -170,7 +163,8 @@ class GilProbe:
                 os.close(fd)
 
     def _run(self) -> None:
-        own = ThreadSched(threading.get_native_id())
+        own = ThreadSched(threading.get_native_id(), syscall=False)
+        gil_futex()  # once per process: the address GIL waits sleep on (see _sched)
         try:
             self._loop(own)
         finally:
@@ -224,6 +218,10 @@ class GilProbe:
             proc1 = time.process_time()
             stall_sleep(STALL_SECONDS)
             states = [w.sched.runnable() for w in windows]
+            gils = [
+                w.sched.on_gil() if s is False else None
+                for w, s in zip(windows, states, strict=True)
+            ]
             runq2 = [w.read_runq() for w in windows]
             proc2 = time.process_time()
             ctrl2 = [w.read_cpu() for w in windows]
@@ -233,17 +231,19 @@ class GilProbe:
             # is still a stall. A longer one means it lost the GIL: not a clean stall.
             lost = own2 - own1 if own1 is not None and own2 is not None else 0.0
             if stall_stop - stall_start - max(0.0, lost) <= STALL_SECONDS + STALL_SLACK:
-                sample = _Cycle(stall_start - start, stall_stop - stall_start, late)
+                sample = Cycle(stall_start - start, stall_stop - stall_start, late)
                 sample.proc_ctrl, sample.proc_stall = proc1 - proc0, proc2 - proc1
-                rows = zip(windows, ctrl0, ctrl1, ctrl2, runq0, runq1, runq2, states, strict=True)
+                rows = zip(
+                    windows, ctrl0, ctrl1, ctrl2, runq0, runq1, runq2, states, gils, strict=True
+                )
                 with self._cond:
-                    for w, c0, c1, c2, r0, r1, r2, state in rows:
+                    for w, c0, c1, c2, r0, r1, r2, state, gil in rows:
                         if w.closed or c0 is None or c1 is None or c2 is None:
                             continue
                         queued = (
                             None if r0 is None or r1 is None or r2 is None else (r1 - r0, r2 - r1)
                         )
-                        sample.add(w, max(0.0, c1 - c0), c2, max(0.0, c2 - c1), queued, state)
+                        sample.add(w, max(0.0, c1 - c0), c2, max(0.0, c2 - c1), queued, state, gil)
             self._report_due(windows)
 
     def _retire(self, window: Window) -> None:
@@ -304,90 +304,6 @@ class GilProbe:
                 m = w.measurement(now, cpu, complete=False)
             if w.on_report is not None:
                 w.on_report(m)
-
-
-class _Cycle:
-    """One clean control interval + stall of the probe, judged for each open window."""
-
-    __slots__ = ("ctrl_wall", "late", "proc_ctrl", "proc_stall", "stall_wall")
-
-    def __init__(self, ctrl_wall: float, stall_wall: float, late: float) -> None:
-        self.ctrl_wall, self.stall_wall, self.late = ctrl_wall, stall_wall, late
-        self.proc_ctrl = self.proc_stall = 0.0
-
-    def add(
-        self,
-        w: Window,
-        ctrl: float,
-        cpu_end: float,
-        stall: float,
-        queued: tuple[float, float] | None,
-        state: bool | None,
-    ) -> None:
-        """Add this cycle's figures to ``w`` and judge its stall (with the probe's lock held).
-
-        Args:
-            w: The window.
-            ctrl: CPU seconds the thread used in the control interval.
-            cpu_end: Its CPU clock at the end of the stall.
-            stall: CPU seconds it used in the stall.
-            queued: Its run-queue seconds in the control interval and in the stall, or None
-                where the kernel does not say.
-            state: Whether it was runnable at the end of the stall (None: unknown).
-        """
-        ctrl_wall, stall_wall = self.ctrl_wall, self.stall_wall
-        ctrl_q, stall_q = queued if queued is not None else (0.0, 0.0)
-        ctrl_q, stall_q = min(max(0.0, ctrl_q), ctrl_wall), min(max(0.0, stall_q), stall_wall)
-        ctrl_run = ctrl_wall - ctrl_q  # the time it could have run
-        w.last_blocked = None
-        # Active: it wanted a CPU (ran, or queued for one) for a good part of the interval,
-        # so it was not waiting for I/O just before the stall.
-        if ctrl + ctrl_q >= ACTIVE_RATE * ctrl_wall:
-            # Mostly off the CPU though it could run: its work is on other threads (BLAS
-            # helpers), whose progress shows on the process's clock; but only if the probe
-            # woke on time (the GIL was free): else it may wait for Python threads holding
-            # the GIL, and their GIL-free moments (a socket call) are not its progress.
-            own = ctrl >= BUSY_RATE * ctrl_run
-            used = stall if own else self.proc_stall
-            if not own and self.late > OTHERS_LATE * ctrl_wall:
-                pass  # no sign either way
-            elif used >= PROGRESS_RATE * (stall_wall - stall_q):
-                w.stalls_free += 1  # GIL-bound code cannot progress while the GIL is held
-                w.stalls_own += own
-            elif state is False and stall_q < QUEUED_SHARE * stall_wall:
-                # It ran, then slept while the GIL was held: blocked on the GIL. A runnable
-                # thread merely lacked a CPU (the kernel adds a wait to schedstat only when
-                # it ends, so the state at the end of the stall is read too): no sign.
-                w.stalls_blocked += 1
-                w.last_blocked = (cpu_end, stall_wall, stall_q, stall)
-            elif state is True:
-                # Runnable but idle: it lacked a CPU (the kernel books that wait only when it
-                # ends), or it was preempted on its way to sleep on the GIL. No sign; the
-                # summed clocks count the stall all the same (see ``verdicts.unsure``).
-                w.stalls_queued += 1
-        w.ctrl_wall += ctrl_wall
-        w.ctrl_cpu += ctrl
-        w.ctrl_runq += ctrl_q
-        w.proc_ctrl_cpu += max(0.0, self.proc_ctrl)
-        w.stall_wall += stall_wall
-        w.stall_cpu += stall
-        w.stall_runq += stall_q
-        w.proc_stall_cpu += max(0.0, self.proc_stall)
-
-
-def _unblock_end(w: Window, cpu: float) -> None:
-    # A call whose last stall found it blocked and that hardly ran after it was returning: a
-    # GIL-free C call takes the GIL back to return, and a stall then finds it asleep on the
-    # GIL. That says nothing of its work: the stall is left out (with the probe's lock held).
-    last = w.last_blocked
-    if last is None or cpu - last[0] > RETURN_CPU:
-        return
-    _, wall, queued, used = last
-    w.stalls_blocked -= 1
-    w.stall_wall -= wall
-    w.stall_runq -= queued
-    w.stall_cpu -= used
-    w.last_blocked = None
 
 
 PROBE = GilProbe()

@@ -12,6 +12,13 @@ The GIL probe must not confuse the first with the second: a CPU-bound thread den
 looks, by its CPU clock alone, exactly like one that waits for I/O or for the GIL. The figures
 here let it discount run-queue time before judging.
 
+A sleeping thread may wait for the GIL or for anything else. ``/proc/self/task/<tid>/syscall``
+tells: a thread waiting for the GIL sleeps in ``futex`` on the GIL's condition variable (or its
+mutex), one fixed address per interpreter, found once per process by ``gil_futex`` (a helper
+thread that wants the GIL while the prober holds it). Other threads of the process running
+beside a measured call (Python loops holding the GIL in turns, preempted while holding it) then
+cannot pass its waits for the GIL off as I/O, nor its waits for I/O as GIL waits.
+
 Reads go through ``pread`` called with the GIL held (``ctypes.PyDLL``): the probe reads them
 while it stalls the GIL on purpose, and a read that released the GIL would end the stall. Where
 ``/proc`` or ``pread`` is missing (macOS), every read returns None and the probe works without
@@ -72,11 +79,12 @@ class ThreadSched:
         tid: The thread's native id (``threading.get_native_id()`` on that thread).
     """
 
-    __slots__ = ("sched_fd", "stat_fd")
+    __slots__ = ("sched_fd", "stat_fd", "sys_fd")
 
-    def __init__(self, tid: int) -> None:
+    def __init__(self, tid: int, syscall: bool = True) -> None:
         self.stat_fd = _open(f"/proc/self/task/{tid}/stat")
         self.sched_fd = _open(f"/proc/self/task/{tid}/schedstat")
+        self.sys_fd = _open(f"/proc/self/task/{tid}/syscall") if syscall else None
 
     def waited(self) -> float | None:
         """Seconds the thread has spent runnable on a run queue without a CPU, since it began.
@@ -96,11 +104,88 @@ class ThreadSched:
             return None
         return data[end + 2 : end + 3] == b"R"
 
+    def on_gil(self) -> bool | None:
+        """Whether the thread, asleep, waits for the GIL (None: unknown, or it is not asleep).
+
+        Read while the caller holds the GIL (the probe's stall): a thread that wants the GIL
+        then sleeps on it for sure.
+        """
+        gil = _GIL[0]
+        if gil is None or self.sys_fd is None:
+            return None
+        return _futex_near(_read(self.sys_fd), gil)
+
     def detach(self) -> list[int]:
         """Forget the handles and return them, for whoever closes them once no read runs."""
-        fds = [fd for fd in (self.stat_fd, self.sched_fd) if fd is not None]
-        self.stat_fd = self.sched_fd = None
+        fds = [fd for fd in (self.stat_fd, self.sched_fd, self.sys_fd) if fd is not None]
+        self.stat_fd = self.sched_fd = self.sys_fd = None
         return fds
+
+
+_FUTEX = {"x86_64": b"202", "aarch64": b"98"}.get(os.uname().machine)
+"""The ``futex`` system call's number, as ``/proc/<tid>/syscall`` shows it."""
+GIL_SPAN = 256
+"""Bytes either side of the calibrated futex that belong to the GIL (its condition variables
+and mutexes, one struct of about 200 bytes)."""
+_GIL: list[int | None] = [None]  # the calibrated address, once ``gil_futex`` found it
+
+
+def _futex_near(data: bytes | None, address: int) -> bool | None:
+    # True: asleep in futex within GIL_SPAN of ``address``; False: another wait; None: running.
+    fields = data.split() if data is not None else []
+    if len(fields) < 2 or fields[0] == b"running":
+        return None
+    try:
+        return fields[0] == _FUTEX and abs(int(fields[1], 16) - address) <= GIL_SPAN
+    except ValueError:
+        return False
+
+
+def gil_futex() -> int | None:
+    """Find (once) the futex address a thread waiting for the GIL sleeps on; call holding it.
+
+    A helper thread waits in ``read`` on a pipe (the GIL let go); the caller, keeping the GIL,
+    writes to it: the helper wakes and sleeps on the GIL, where ``/proc`` shows it. A thread
+    start and a stall of about 0.2 ms, once per process, on the probe thread (tried again at
+    its next start, a few times, if the helper got no CPU meanwhile on a loaded machine).
+    """
+    write = _gil_holding_write()
+    if _GIL[0] is not None or _FUTEX is None or write is None or _TRIES[0] <= 0:
+        return _GIL[0]
+    _TRIES[0] -= 1
+    r, w = os.pipe()
+    helper = threading.Thread(target=os.read, args=(r, 1), name=PROBE_THREAD, daemon=True)
+    helper.start()
+    fd = _open(f"/proc/self/task/{helper.native_id}/syscall")
+    try:
+        write(w, b"x", 1)  # the GIL kept: the helper's read returns, then it waits for the GIL
+        for _ in range(10):
+            stall_sleep(0.0002)
+            fields = (_read(fd) or b"").split()
+            if len(fields) >= 2 and fields[0] == _FUTEX:  # its only possible futex: the GIL
+                _GIL[0] = int(fields[1], 16)
+                break
+    finally:
+        helper.join()
+        for f in (r, w) if fd is None else (r, w, fd):
+            os.close(f)
+    return _GIL[0]
+
+
+_TRIES = [3]
+
+
+@functools.cache
+def _gil_holding_write() -> Callable[[int, bytes, int], int] | None:
+    import ctypes
+
+    try:
+        write = ctypes.PyDLL(None).write
+    except (OSError, AttributeError):
+        return None
+    write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    write.restype = ctypes.c_ssize_t
+    return write
 
 
 def queued_seconds(tid: int | None = None) -> float | None:

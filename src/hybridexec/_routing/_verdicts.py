@@ -17,7 +17,8 @@ from .._process import usable_cpus
 from ._rules import ms
 
 if TYPE_CHECKING:
-    from ._measure import Measurement, Window
+    from ._measure import Measurement
+    from ._stalls import Window
 
 GIL_FRACTION_MIN = 0.3
 """Processes when a call holds the GIL at least this share of its running time..."""
