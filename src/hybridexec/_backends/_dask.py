@@ -178,6 +178,9 @@ class DaskLane(RemoteLane):
                     self.client.unsubscribe_topic(topic)
                 except Exception:
                     pass  # the client is closed already
+                # unsubscribe_topic keeps the handler: drop it, or the client keeps this lane
+                # alive and the next lane on it would not hear of deaths.
+                getattr(self.client, "_event_handlers", {}).pop(topic, None)
         if self._owns_client:
             self.client.close(timeout=CALL_BOUND)
         if self._cluster is not None:
