@@ -4,8 +4,16 @@ Submit: ``client.submit(_run_dask, token, topic, payload, *shared, key=token, pu
 Every call gets its own key (Dask would otherwise merge identical calls) named after the
 user's function, so the dashboard reads well; the user's arguments are inside ``payload``.
 
-Results: one collector thread iterates a ``distributed.as_completed`` and fetches the results
-of every finished batch with one ``client.gather``, then settles the futures.
+Results: each call is watched by a coroutine on the client's event loop that awaits its
+``gather`` (concurrent gathers go out as one request) and hands the outcome to one collector
+thread, which settles the futures. Nothing waits on a call from a thread: a call whose result
+was lost with its worker is computed again by Dask while the others are delivered, and a call
+that keeps killing its workers ends with Dask's ``KilledWorker``. A batch of several items
+whose worker died is run again item by item (``RemoteLane._retry_one_by_one``), so only the
+culprit fails: at the first death when the lane hears of it (the scheduler's ``remove-worker``
+event, on its ``all`` topic unless the client has a handler there already), else once Dask
+gives up on the batch. Fewer deaths matter: a LocalCluster closes for good a nanny whose
+worker is away when its ``lost-worker-timeout`` (15 s) after a death runs out.
 
 Timeouts count from the moment the call starts on a worker: a task with a timeout reports its
 start through a Dask event topic (``Worker.log_event``); the deadline then runs on the lane's
@@ -41,6 +49,10 @@ logger = logging.getLogger("hybridexec")
 distributed: Any = _distributed
 
 ADDRESS_VARIABLE = "DASK_SCHEDULER_ADDRESS"
+CLUSTER_TOPIC = "all"  # the scheduler logs a worker's removal here
+DIED = object()  # an outcome: a worker died while it had this batch
+CALL_BOUND = 30.0
+"""Seconds a blocking call into ``distributed`` may take (a dead or stuck peer never answers)."""
 CLUSTER_DEFAULTS: dict[str, Any] = {
     "processes": True,
     "host": "127.0.0.1",
@@ -105,9 +117,11 @@ class DaskLane(RemoteLane):
         self._cluster = cluster
         self._owns_client = owns_client
         self._topic = ""
-        self._ac = distributed.as_completed(loop=client.loop)
         self._cond = threading.Condition()
+        self._ended: list[tuple[str, bool, Any]] = []  # (token, ok, value or exception)
         self._closing = False
+        self._batches: set[str] = set()  # batches of several items in flight (on the loop)
+        self._deaths = False  # whether this lane hears of worker deaths (``_watch_deaths``)
         self._collector = threading.Thread(
             target=serve(self._collect, self), name="hybridexec-dask-collector", daemon=True
         )
@@ -116,11 +130,11 @@ class DaskLane(RemoteLane):
     @property
     def width(self) -> int:
         """Worker threads in the cluster now."""
-        return sum(self.client.nthreads().values()) or 1
+        return sum(self.client.nthreads(callback_timeout=CALL_BOUND).values()) or 1
 
     # ---- RemoteLane hooks -------------------------------------------------------------------
     def _put(self, obj: Any) -> Any:
-        return self.client.scatter(obj, hash=False)
+        return self.client.scatter(obj, hash=False, timeout=CALL_BOUND)
 
     def _send(self, token: str, task: Task, payload: Any, handles: list[Any]) -> Any:
         topic = ""
@@ -129,17 +143,28 @@ class DaskLane(RemoteLane):
         future = self.client.submit(
             _run_dask, token, topic, payload, *handles, key=token, pure=False
         )
-        with self._cond:
-            self._ac.add(future)
-            self._cond.notify()
+        several = task.batch and len(task.items) > 1
+        if several and not self._deaths:
+            self._watch_deaths()
+        self.client.loop.add_callback(self._watch, future, several)
         return future
 
     def _abort(self, entries: list[Entry]) -> None:
         # Workers first: a call queued on a worker must not start once its key is released.
+        # Bounded: a worker whose event loop is stuck (a task holding the GIL) may never answer.
         tokens = [entry.token for entry in entries]
         where = {entry.where for entry in entries}
         workers = None if None in where else sorted(w for w in where if w is not None)
-        self.client.run(_interrupt_all, tokens, workers=workers, on_error="ignore")
+        try:
+            self.client.run(
+                _interrupt_all,
+                tokens,
+                workers=workers,
+                on_error="ignore",
+                callback_timeout=CALL_BOUND,  # taken by the client, not passed to the function
+            )
+        except Exception as exc:  # best effort: the keys are released below all the same
+            logger.info("hybridexec: interrupting %d Dask task(s) failed: %r", len(tokens), exc)
         self.client.cancel([entry.handle for entry in entries])
 
     def _close_engine(self) -> None:
@@ -147,15 +172,19 @@ class DaskLane(RemoteLane):
             self._closing = True
             self._cond.notify()
         self._collector.join()
-        if self._topic:
-            try:
-                self.client.unsubscribe_topic(self._topic)
-            except Exception:
-                pass  # the client is closed already
+        for topic in (self._topic, CLUSTER_TOPIC if self._deaths else ""):
+            if topic:
+                try:
+                    self.client.unsubscribe_topic(topic)
+                except Exception:
+                    pass  # the client is closed already
+                # unsubscribe_topic keeps the handler: drop it, or the client keeps this lane
+                # alive and the next lane on it would not hear of deaths.
+                getattr(self.client, "_event_handlers", {}).pop(topic, None)
         if self._owns_client:
-            self.client.close()
+            self.client.close(timeout=CALL_BOUND)
         if self._cluster is not None:
-            self._cluster.close()
+            self._cluster.close(timeout=CALL_BOUND)
 
     # ---- internals --------------------------------------------------------------------------
     def _start_topic(self) -> str:
@@ -170,47 +199,76 @@ class DaskLane(RemoteLane):
         token, where = event[1]
         self._started(token, where)
 
+    def _watch_deaths(self) -> None:
+        # A handler that is there already stays: the client has one per topic (a user's, or
+        # another lane's), and Dask's own retries end the batch all the same.
+        with self._cond:
+            if self._deaths or CLUSTER_TOPIC in getattr(self.client, "_event_handlers", {}):
+                return
+            self._deaths = True
+            self.client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        # On the client's event loop.
+        msg = event[1]
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        if msg.get("expected") or not self._batches:
+            return
+        hit = self._batches.intersection(msg.get("processing-tasks") or ())
+        if hit:
+            self._batches.difference_update(hit)
+            self._hand_over([(token, False, DIED) for token in hit])
+
+    async def _watch(self, future: Any, several: bool) -> None:
+        # On the client's event loop, one per call: waits without holding anything up. A result
+        # lost with its worker before it was fetched makes the gather wait for Dask to compute
+        # it again (or to give up with KilledWorker); it raises the call's error, if any.
+        if several:
+            self._batches.add(future.key)
+        try:
+            value = await self.client.gather(future, asynchronous=True)
+        except BaseException as exc:  # handed over: the collector decides
+            ended = (future.key, False, exc)
+        else:
+            ended = (future.key, True, value)
+        self._batches.discard(future.key)
+        self._hand_over([ended])
+
+    def _hand_over(self, ended: list[tuple[str, bool, Any]]) -> None:
+        with self._cond:
+            first = not self._ended
+            self._ended.extend(ended)
+            if first:
+                self._cond.notify()
+
     def _collect(self) -> None:
-        ac = self._ac
+        # Settles futures off the event loop: callbacks, retries and their submits may block.
         while True:
             with self._cond:
-                while ac.is_empty() and not self._closing:
+                while not self._ended and not self._closing:
                     self._cond.wait()
-                if ac.is_empty():
-                    return
-            try:
-                batch = ac.next_batch(block=True)
-            except StopIteration:
-                continue
-            try:
-                self._deliver(batch)
-            except Exception:  # never let the collector die: futures would hang
-                logger.exception("hybridexec: delivering Dask results failed")
+                if not self._ended:
+                    return  # closing, and idle: no entry is waiting for an outcome
+                ended, self._ended = self._ended, []
+            for token, ok, value in ended:
+                try:
+                    self._deliver(token, ok, value)
+                except Exception:  # never let the collector die: futures would hang
+                    logger.exception("hybridexec: delivering a Dask result failed")
 
-    def _deliver(self, batch: list[Any]) -> None:
-        finished = [f for f in batch if f.status == "finished"]
-        results: list[Any] | None = None
-        if finished:
-            try:
-                results = self.client.gather(finished)
-            except Exception:
-                results = None  # a result went missing meanwhile: fetch one by one
-        if results is not None:
-            for future, outcomes in zip(finished, results, strict=True):
-                self._complete(future.key, outcomes)
-            done = {f.key for f in finished}
-            batch = [f for f in batch if f.key not in done]
-        for future in batch:
-            self._deliver_one(future)
-
-    def _deliver_one(self, future: Any) -> None:
-        try:
-            outcomes = future.result()
-        except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:
-            err = BrokenExecutorError(f"the Dask cluster cancelled the task: {exc}")
-            err.__cause__ = exc
-            self._fail(future.key, err)
-        except BaseException as exc:  # e.g. KilledWorker, or a result that did not pickle
-            self._fail(future.key, exc)
-        else:
-            self._complete(future.key, outcomes)
+    def _deliver(self, token: str, ok: bool, value: Any) -> None:
+        if ok:
+            self._complete(token, value)
+        elif value is DIED:
+            # Its items go again one by one now, not after Dask has run it on 3 more workers.
+            with self._lock:
+                entry = self._inflight.get(token)
+            if entry is not None and entry.handle is not None and self._retry_one_by_one(token):
+                self._queue_abort(entry)  # Dask sent it to another worker already, maybe
+        elif isinstance(value, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+            err = BrokenExecutorError(f"the Dask cluster cancelled the task: {value}")
+            err.__cause__ = value
+            self._fail(token, err)
+        elif not (isinstance(value, distributed.KilledWorker) and self._retry_one_by_one(token)):
+            self._fail(token, value)  # e.g. KilledWorker, or a result that did not unpickle

@@ -7,6 +7,7 @@ and the engine calls that cancel work, so ``Future.cancel()`` never waits for a 
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import logging
@@ -15,7 +16,7 @@ import time
 import uuid
 from typing import Any
 
-from .._futures import Outcome, Task
+from .._futures import Future, Outcome, Task
 from .._process import MemoryLimited
 from .._shm import Copies, Share
 from .._threads import Timers
@@ -89,6 +90,9 @@ class RemoteLane:
         payload = encode(task, items)
         if self._closed:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        self._launch(task, payload, large)
+
+    def _launch(self, task: Task, payload: bytes, large: list[Any]) -> None:
         name = getattr(task.fn, "__name__", None) or type(task.fn).__name__
         token = f"{name}-{self._prefix}-{next(self._serial)}"
         future = task.future
@@ -173,6 +177,69 @@ class RemoteLane:
         entry = self._pop(token)
         if entry is not None:
             entry.task.future.settle(False, exc)
+
+    def _retry_one_by_one(self, token: str) -> bool:
+        """Run the items of the batch ``token`` again, one call each: its worker died in it.
+
+        Which item killed the worker is not known: alone, only the culprit fails (with the
+        engine's error), as on the local process lane. The new calls are in flight before the
+        batch leaves, so a shutdown waiting for the lane to be idle waits for them too.
+
+        Returns:
+            False when ``token`` is not a batch of several items still in flight.
+        """
+        with self._lock:
+            entry = self._inflight.get(token)
+            if entry is None or not entry.task.batch or len(entry.task.items) < 2:
+                return False
+        task = entry.task
+        parent = task.future
+        outcomes: list[Outcome | None] = [None] * len(task.items)
+        remaining = [len(task.items)]
+        lock = threading.Lock()
+        singles: list[Task] = []
+        logger.info(
+            "a %s worker died running a batch of %d; retrying one by one",
+            self.kind,
+            len(task.items),
+        )
+
+        for index, item in enumerate(task.items):
+
+            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
+                if fut.cancelled():
+                    parent.cancel()  # shutdown(cancel_futures=True) or a retry cancelled
+                    return
+                exc = fut.exception()
+                outcome: Outcome = (False, exc) if exc is not None else fut.result()[0]
+                with lock:
+                    outcomes[index] = outcome
+                    remaining[0] -= 1
+                    finished = remaining[0] == 0
+                if finished:
+                    parent.settle(True, list(outcomes))
+
+            future: Future[Any] = Future(kind=self.kind)
+            future._hx_add_inline(done)  # delivers results: never behind a user callback
+            singles.append(Task(task.fn, [item], future, batch=True, timeout=task.timeout))
+
+        def stop_retries() -> None:
+            # Cancelling the batch (an abandoned map) cancels its retries, stopping a running one.
+            for single in singles:
+                single.future.cancel()
+
+        parent._hx_stop = stop_retries
+        for single in singles:
+            try:
+                items, large = extract_large(single.items)
+                payload = encode(single, items)
+            except BaseException as exc:
+                single.future.set_running_or_notify_cancel()
+                single.future.settle(False, exc)
+                continue
+            self._launch(single, payload, large)  # even after shutdown(): it waits for these
+        self._pop(token)
+        return True
 
     # ---- internals --------------------------------------------------------------------------
     def _pop(self, token: str) -> Entry | None:
