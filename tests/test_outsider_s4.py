@@ -13,7 +13,7 @@ import pytest
 
 import hybridexec as hx
 from hybridexec import _deferred
-from hybridexec._routing import _ticket
+from hybridexec._routing import _classifier, _ticket
 
 from .conftest import wait_until
 
@@ -55,8 +55,10 @@ def test_shutdown_without_wait_is_prompt_while_a_verdict_is_held(
     # Defect 1, deterministic: the first call's window reports only when it returns (the
     # private knob test_deferred.py uses), so the placer of the second call is busy waiting.
     # No clock: the calls are held until shutdown has returned (or a watchdog gives up), and
-    # a placer is waited for 30 s, so any wait for the held verdict would show.
+    # the placer waits for the verdict (and a flush for a placer) 30 s, not 0.25 s (1 s): a
+    # shutdown that waited for either would return only once the watchdog opened the gate.
     monkeypatch.setattr(_ticket, "WINDOW_SECONDS", None)
+    monkeypatch.setattr(_classifier, "WAIT_SECONDS", 30.0)
     monkeypatch.setattr(_deferred, "FLUSH_WAIT", 30.0)
     gate = threading.Event()
     watchdog = threading.Timer(10.0, gate.set)
