@@ -25,6 +25,20 @@ def sleep_then(seconds: float, value: Any = None) -> Any:
     return value
 
 
+def gated(path: str, value: Any = None) -> Any:
+    """Return ``value`` once the file ``path`` exists: the test says when, whatever the load.
+
+    With the file there it returns at once, without a sleep (``sleep(0)`` yields the CPU: a
+    short call measured long on a loaded machine). It gives up after 30 seconds.
+    """
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {path} never opened")
+        time.sleep(0.001)
+    return value
+
+
 def raise_value_error(message: str = "boom") -> None:
     raise ValueError(message)
 

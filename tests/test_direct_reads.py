@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,9 @@ import pytest
 import hybridexec as hx
 from hybridexec._exceptions import WorkerCrashedError
 from hybridexec._futures import Future, Task
-from hybridexec._process import ProcessLane
+from hybridexec._process import ProcessLane, _direct
 from hybridexec._process._direct import READ_BOUND
+from hybridexec._process._schedule import PIPELINE_SECONDS
 from hybridexec._process._supervision import WorkerRecord
 
 from . import helpers
@@ -184,27 +186,57 @@ def test_cancel_from_another_thread_while_the_caller_waits_stops_the_call(lane: 
     assert lane.submit(helpers.square, 6).result(timeout=30) == 36
 
 
-def test_an_interrupted_read_leaves_the_reply_to_the_manager(lane: Lane) -> None:
-    lane.learn(helpers.sleep_then, 0.0, "quick")
-    submitted = 3  # the first, two to learn
-    # The caller must get to its read before the reply, and the reply come within the time it
-    # reads for; on a loaded machine either may miss (the manager then reads it, and nothing is
-    # interrupted), so the call is tried until a read by the caller was interrupted.
-    for _ in range(20):
+def test_an_interrupted_read_leaves_the_reply_to_the_manager(
+    lane: Lane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Driven by events, not by the machine's speed: the call waits in the worker for a gate the
+    # test opens once the caller holds the read token, and the caller reads for as long as it
+    # takes (READ_BOUND raised). A gated call measured long is not offered to its caller's
+    # read (cost above PIPELINE_SECONDS), so the lane learns it short first, gate open.
+    monkeypatch.setattr(_direct, "READ_BOUND", 30.0)
+    manager = lane.lane._manager
+    assert manager is not None
+    opened = tmp_path / "open"
+    opened.touch()
+    submitted = 1  # the first
+    for attempt in range(5):
+        for _ in range(200):  # a call preempted on a loaded machine is measured long
+            lane.learn(helpers.gated, str(opened), "quick")
+            submitted += 2
+            cost = manager._cost(Task(helpers.gated, [((), {})], Future()))
+            if cost is not None and cost <= PIPELINE_SECONDS:
+                break
         assert lane.offered()
-        future = lane.submit(helpers.sleep_then, READ_BOUND / 4, "value")
+        gate = tmp_path / f"gate{attempt}"
+        future = lane.submit(helpers.gated, str(gate), "value")
         submitted += 1
+        if future._hx_before_wait is None:  # not sent direct: the manager woke meanwhile
+            gate.touch()
+            assert future.result(timeout=30) == "value"
+            continue
+        opener = threading.Thread(target=_open_when_read, args=(lane, gate))
+        opener.start()
         lane.fail_next = KeyboardInterrupt()  # as Ctrl-C would, once the reply is in hand
         try:
-            assert future.result(timeout=30) == "value"  # the manager read it: try again
+            assert future.result(timeout=30) == "value"
         except KeyboardInterrupt:
             break
+        finally:
+            opener.join(30)
+        # The manager woke and took the worker back before the caller read (it may): again.
+        lane.fail_next = None
     else:
-        pytest.fail("the caller never read a reply itself in 20 tries")
+        pytest.fail("the caller never read a reply itself in 5 tries")
     assert not lane.by_caller  # it raised before handling anything
     assert future.result(timeout=30) == "value"  # the manager handled it
     assert lane.submit(helpers.square, 9).result(timeout=30) == 81
     assert lane.lane.stats["tasks_done"] == submitted + 1  # each once
+
+
+def _open_when_read(lane: Lane, gate: Path) -> None:
+    """Open ``gate`` once a caller holds the read token (or after 10 s: nobody read)."""
+    wait_until(lambda: bool(lane.lane.reading), 10, interval=0.001)
+    gate.touch()
 
 
 def test_round_trips_from_several_threads_beside_a_stream_end_each_once() -> None:

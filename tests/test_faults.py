@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -187,7 +188,17 @@ def test_task_decorator_timeout(ex: Executor) -> None:
         fut.result(timeout=30)
 
 
-def test_map_timeout_is_per_item(ex: Executor) -> None:
+def test_map_timeout_is_per_item(ex: Executor, tmp_path: Path) -> None:
+    # A timeout counts a worker's start-up (docs/timeouts-and-killing.md): under a CPU hog a
+    # cold worker importing this module took longer than the 0.5 s. Both workers start first,
+    # each holding a call until both are up.
+    gate = tmp_path / "go"
+    process = ex.options(kind="process")
+    warm = [process.submit(helpers.gated, str(gate), n) for n in range(2)]
+    lane = ex._router.processes
+    assert wait_until(lambda: lane.stats["workers_started"] == 2, 30)
+    gate.touch()
+    assert [f.result(timeout=30) for f in warm] == [0, 1]
     results = hybridexec.imap(
         helpers.sleep_then, [0.0, 30.0, 0.0], kind="process", timeout=0.5, executor=ex
     )

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,8 @@ from hybridexec import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from hybridexec._futures import Future, Task
+from hybridexec._process._schedule import AHEAD_SECONDS, PIPELINE_SECONDS
 
 from . import helpers
 from .conftest import wait_until
@@ -40,10 +43,13 @@ def tiny(x: int) -> int:
     return x * 2
 
 
-def hold_on(x: int, slow: int, seconds: float) -> int:
-    """Short, but ``seconds`` long for ``x == slow``."""
+def hold_on(x: int, slow: int, seconds: float | str) -> int:
+    """Short, but ``seconds`` long for ``x == slow`` (a path: until that file exists)."""
     if x == slow:
-        time.sleep(seconds)
+        if isinstance(seconds, str):
+            helpers.gated(seconds)
+        else:
+            time.sleep(seconds)
     return x
 
 
@@ -76,22 +82,23 @@ def _warm(ex: Executor, fn: Any, *args: Any) -> None:
         process.submit(fn, *args).result(timeout=60)
 
 
-def _in_one_frame(ex: Executor, fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+def _in_one_frame(ex: Executor, fn: Any, calls: list[tuple[Any, ...]], gate: Path) -> list[Any]:
     """Submit ``calls`` while the worker is busy, so that they queue and go together."""
     process = ex.options(kind="process")
     _warm(ex, hold_on, 0, -1, 0.0)
     before = _groups(ex)
-    busy = process.submit(hold_on, 0, 0, 0.3)  # holds the worker while the calls queue
+    busy = process.submit(hold_on, 0, 0, str(gate))  # holds the worker while the calls queue
     futures = [process.submit(fn, *args) for args in calls]
+    gate.touch()  # all queued, however slow the machine
     assert busy.result(timeout=60) == 0
     concurrent.futures.wait(futures, timeout=60)
     assert _groups(ex) > before, "the calls did not travel in a group"
     return futures
 
 
-def test_each_call_of_a_group_ends_on_its_own_future_in_order(ex: Executor) -> None:
+def test_each_call_of_a_group_ends_on_its_own_future_in_order(ex: Executor, tmp_path: Path) -> None:
     _warm(ex, tiny, 1)
-    futures = _in_one_frame(ex, tiny, [(x,) for x in range(CALLS)])
+    futures = _in_one_frame(ex, tiny, [(x,) for x in range(CALLS)], tmp_path / "go")
     for x, future in enumerate(futures):
         if x % 7 == 3:
             with pytest.raises(ValueError, match=f"bad {x}$"):
@@ -101,9 +108,11 @@ def test_each_call_of_a_group_ends_on_its_own_future_in_order(ex: Executor) -> N
         assert future.kind == "process"
 
 
-def test_a_crash_inside_a_group_fails_only_the_call_that_crashed(ex: Executor) -> None:
+def test_a_crash_inside_a_group_fails_only_the_call_that_crashed(
+    ex: Executor, tmp_path: Path
+) -> None:
     _warm(ex, exit_on, 0, -1)
-    futures = _in_one_frame(ex, exit_on, [(x, 25) for x in range(CALLS)])
+    futures = _in_one_frame(ex, exit_on, [(x, 25) for x in range(CALLS)], tmp_path / "go")
     for x, future in enumerate(futures):
         if x == 25:
             with pytest.raises(WorkerCrashedError) as info:
@@ -115,21 +124,54 @@ def test_a_crash_inside_a_group_fails_only_the_call_that_crashed(ex: Executor) -
     assert ex.options(kind="process").submit(tiny, 4).result(timeout=60) == 8
 
 
-def test_cancel_of_a_call_waiting_inside_a_group_cancels_only_it(ex: Executor) -> None:
+def test_cancel_of_a_call_waiting_inside_a_group_cancels_only_it(
+    ex: Executor, tmp_path: Path
+) -> None:
     process = ex.options(kind="process")
-    _warm(ex, hold_on, 0, -1, 0.0)
+    manager = _warm_short(ex)
     worker = process.submit(pid_of, 0).result(timeout=60)
     before = _groups(ex)
-    # The first call of the group holds the worker; the others wait behind it in the worker.
-    futures = [process.submit(hold_on, x, 0, 0.5) for x in range(CALLS)]
-    lane = ex._router.processes
-    assert wait_until(lambda: not lane.pending and _groups(ex) > before, 30)
-    assert futures[10].cancel()
-    assert futures[10].cancelled()
-    assert [f.result(timeout=60) for i, f in enumerate(futures) if i != 10] == [
-        x for x in range(CALLS) if x != 10
+    # The first call holds the worker until the cancel is done (a gate: under load a nap ended
+    # first); the calls sent behind it in groups wait in the worker. How many go depends on
+    # the measured cost: the test cancels one that is there, once it is.
+    gate = tmp_path / "go"
+    futures = [process.submit(hold_on, x, 0, str(gate)) for x in range(CALLS)]
+    try:
+        assert wait_until(lambda: len(_in_worker(manager)) > 1 and _groups(ex) > before, 30)
+        victim = _in_worker(manager)[-1]
+        assert victim is not futures[0]
+        assert victim.cancel()
+        assert victim.cancelled()
+    finally:
+        gate.touch()
+    index = futures.index(victim)
+    assert [f.result(timeout=60) for i, f in enumerate(futures) if i != index] == [
+        x for x in range(CALLS) if x != index
     ]
     assert process.submit(pid_of, 0).result(timeout=60) == worker  # never killed
+
+
+def _warm_short(ex: Executor) -> Any:
+    """Warm ``hold_on`` until the lane sends its calls ahead several deep, in groups.
+
+    Calls go ahead of a running one when measured short (``PIPELINE_SECONDS``), as many as
+    make ``AHEAD_SECONDS`` of work: a quarter of that each, and a few go together. A call
+    preempted on a loaded machine is measured long; the cost falls back as calls run.
+    """
+    probe = Task(hold_on, [((), {})], Future())
+    for _ in range(50):
+        _warm(ex, hold_on, 0, -1, 0.0)
+        manager = ex._router.processes._manager
+        assert manager is not None
+        cost = manager._cost(probe)
+        if cost is not None and cost <= min(PIPELINE_SECONDS, AHEAD_SECONDS / 4):
+            return manager
+    pytest.fail(f"hold_on never measured short: {cost}")
+
+
+def _in_worker(manager: Any) -> list[Any]:
+    """The futures of the calls sent to the lane's workers (the running one first)."""
+    return [t.future for w in list(manager.workers.values()) for t in list(w.tasks)]
 
 
 def test_a_timeout_never_waits_behind_a_group(ex: Executor) -> None:
@@ -150,7 +192,7 @@ def test_a_timeout_never_waits_behind_a_group(ex: Executor) -> None:
     assert [f.result(timeout=60) for f in after] == list(range(CALLS))
 
 
-def test_bad_input_fails_at_the_call_that_caused_it(ex: Executor) -> None:
+def test_bad_input_fails_at_the_call_that_caused_it(ex: Executor, tmp_path: Path) -> None:
     process = ex.options(kind="process")
     _warm(ex, helpers.identity, 0)
     # An argument that will not pickle is pickled at submit: that call fails, alone.
@@ -163,7 +205,8 @@ def test_bad_input_fails_at_the_call_that_caused_it(ex: Executor) -> None:
     # that call only.
     parent = os.getpid()
     _warm(ex, maybe_unpicklable, 0, parent)
-    futures = _in_one_frame(ex, maybe_unpicklable, [(x, parent) for x in range(CALLS)])
+    calls = [(x, parent) for x in range(CALLS)]
+    futures = _in_one_frame(ex, maybe_unpicklable, calls, tmp_path / "go")
     for x, future in enumerate(futures):
         if x in (30, 40):
             assert isinstance(future.exception(), SerializationError), x
