@@ -8,6 +8,7 @@ on a hang the test kills it and its cluster together; the last line it prints is
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
@@ -91,7 +92,15 @@ def test_a_batch_whose_worker_dies_is_retried_item_by_item(tmp_path: Path) -> No
             return [r if isinstance(r, int) else type(r).__name__ for r in got]
         """,
     )
-    assert lines[-2:] == ["[0, 2, 4, 6, 8, 'KilledWorker', 12, 14]", "closed"], lines
+    assert lines[-1] == "closed", lines
+    got = ast.literal_eval(lines[-2])
+    assert got[5] == "KilledWorker", got
+    # Dask counts a worker's death against every task on that worker, so on a loaded machine
+    # one innocent single can land beside the culprit's run too often (client.map has the same
+    # exposure; docs/distributed.md): at most one. Before the split, all of 4-7 failed.
+    innocent = [i for i, r in enumerate(got) if i != 5 and r != 2 * i]
+    assert len(innocent) <= 1, got
+    assert all(got[i] == "KilledWorker" for i in innocent), got
 
 
 @pytest.mark.timeout(200)

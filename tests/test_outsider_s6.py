@@ -219,7 +219,10 @@ if __name__ == "__main__":
     client = distributed.Client(cluster)
     with hx.Executor(backend=client) as ex:
         got = hx.map(item, range(20), executor=ex, return_exceptions=True)
-    others = [r for i, r in enumerate(got) if i != 9] == [i * 2 for i in range(20) if i != 9]
+    wrong = [(i, r) for i, r in enumerate(got) if i != 9 and r != i * 2]
+    # Dask counts a death against every task on the dying worker: on a loaded machine one
+    # innocent item may end with KilledWorker too, as with client.map (docs/distributed.md).
+    others = len(wrong) <= 1 and all(type(r).__name__ == "KilledWorker" for _, r in wrong)
     print(len(got), others, isinstance(got[9], Exception), flush=True)
     client.close()
     cluster.close()

@@ -328,3 +328,44 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def split_batch(task: Task, kind: str, ahead: list[Outcome] | None = None) -> list[Task]:
+    """A batch's items as tasks of one item each, whose outcomes settle the batch's future.
+
+    Lanes use it when a batch's worker died: each item goes again alone, so only the culprit
+    fails. ``ahead``: the outcomes of the batch's first items, known already (they get no task).
+    The batch's future settles once every single has; cancelling it cancels the singles (their
+    lane stops a running one); a single cancelled (a shutdown dropped it) cancels the batch.
+    """
+    parent, items = task.future, task.items
+    known = list(ahead or ())
+    outcomes: list[Outcome | None] = [*known, *[None] * (len(items) - len(known))]
+    remaining = [len(items) - len(known)]
+    lock = threading.Lock()
+    singles: list[Task] = []
+    for index in range(len(known), len(items)):
+
+        def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
+            if fut.cancelled():
+                parent.cancel()
+                return
+            exc = fut.exception()
+            outcome: Outcome = (False, exc) if exc is not None else fut.result()[0]
+            with lock:
+                outcomes[index] = outcome
+                remaining[0] -= 1
+                finished = remaining[0] == 0
+            if finished:
+                parent.settle(True, list(outcomes))
+
+        future: Future[Any] = Future(kind=kind)
+        future._hx_add_inline(done)  # delivers results: never behind a user callback
+        singles.append(Task(task.fn, [items[index]], future, batch=True, timeout=task.timeout))
+
+    def stop_singles() -> None:
+        for single in singles:
+            single.future.cancel()
+
+    parent._hx_stop = stop_singles
+    return singles

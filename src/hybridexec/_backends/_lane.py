@@ -7,7 +7,6 @@ and the engine calls that cancel work, so ``Future.cancel()`` never waits for a 
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import itertools
 import logging
@@ -16,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from .._futures import Future, Outcome, Task
+from .._futures import Outcome, Task, split_batch
 from .._process import MemoryLimited
 from .._shm import Copies, Share
 from .._threads import Timers
@@ -193,42 +192,12 @@ class RemoteLane:
             if entry is None or not entry.task.batch or len(entry.task.items) < 2:
                 return False
         task = entry.task
-        parent = task.future
-        outcomes: list[Outcome | None] = [None] * len(task.items)
-        remaining = [len(task.items)]
-        lock = threading.Lock()
-        singles: list[Task] = []
         logger.info(
             "a %s worker died running a batch of %d; retrying one by one",
             self.kind,
             len(task.items),
         )
-
-        for index, item in enumerate(task.items):
-
-            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
-                if fut.cancelled():
-                    parent.cancel()  # shutdown(cancel_futures=True) or a retry cancelled
-                    return
-                exc = fut.exception()
-                outcome: Outcome = (False, exc) if exc is not None else fut.result()[0]
-                with lock:
-                    outcomes[index] = outcome
-                    remaining[0] -= 1
-                    finished = remaining[0] == 0
-                if finished:
-                    parent.settle(True, list(outcomes))
-
-            future: Future[Any] = Future(kind=self.kind)
-            future._hx_add_inline(done)  # delivers results: never behind a user callback
-            singles.append(Task(task.fn, [item], future, batch=True, timeout=task.timeout))
-
-        def stop_retries() -> None:
-            # Cancelling the batch (an abandoned map) cancels its retries, stopping a running one.
-            for single in singles:
-                single.future.cancel()
-
-        parent._hx_stop = stop_retries
+        singles = split_batch(task, self.kind)
         for single in singles:
             try:
                 items, large = extract_large(single.items)

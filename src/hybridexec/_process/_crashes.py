@@ -8,14 +8,11 @@ the running one had not started: ``_supervision.py`` sends them again.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import threading
-from typing import Any
 
 from .. import _exceptions
 from .._exceptions import signal_name
-from .._futures import Future, Outcome, Task
+from .._futures import Task, split_batch
 from ._frames import HEADER_SIZE
 from ._group import seal
 from ._memory import crash_error
@@ -77,44 +74,8 @@ class Crashes(Supervision):
     def _split(self, task: Task) -> None:
         # The items whose outcomes came ahead of the reply (_worker: a batch's first outcomes
         # go every FLUSH_SECONDS) keep them: they ran; only the others run again.
-        parent = task.future
-        ahead: list[Outcome] = getattr(task, "ahead", None) or []
-        outcomes: list[Outcome | None] = [*ahead, *[None] * (len(task.items) - len(ahead))]
-        remaining = [len(task.items) - len(ahead)]
-        lock = threading.Lock()
-        singles: list[Task] = []
-
-        for index, item in enumerate(task.items):
-            if index < len(ahead):
-                continue
-
-            def done(fut: concurrent.futures.Future[Any], index: int = index) -> None:
-                if fut.cancelled():
-                    # shutdown(cancel_futures=True) dropped the retries: the batch is cancelled.
-                    parent.cancel()
-                    return
-                if fut.exception() is not None:
-                    outcome: Outcome = (False, fut.exception())
-                else:
-                    outcome = fut.result()[0]
-                with lock:
-                    outcomes[index] = outcome
-                    remaining[0] -= 1
-                    finished = remaining[0] == 0
-                if finished:
-                    parent.settle(True, list(outcomes))
-
-            future: Future[Any] = Future(kind="process")
-            future._hx_add_inline(done)  # delivers results: never behind a user callback
-            single = Task(task.fn, [item], future, batch=True, timeout=task.timeout)
-            single.payload = encode_call(task.fn, [item], True)
+        singles = split_batch(task, "process", getattr(task, "ahead", None))
+        for single in singles:
+            single.payload = encode_call(task.fn, single.items, True)
             single.size = len(single.payload) + HEADER_SIZE
-            singles.append(single)
-
-        def stop_retries() -> None:
-            # Cancelling the batch (an abandoned map) cancels its retries, killing a running one.
-            for single in singles:
-                single.future.cancel()
-
-        parent._hx_stop = stop_retries
         self.lane.pending.extendleft(reversed(singles))
