@@ -23,7 +23,7 @@ from hybridexec._routing._measure import PROGRESS_RATE, Measurement
 from hybridexec._routing._stalls import GIL_TAIL, RETURN_CPU, Window
 
 from .helpers import spin
-from .routing_helpers import first_to
+from .routing_helpers import learn
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux") or _sched.gil_futex() is None,
@@ -156,7 +156,20 @@ def test_a_python_loop_beside_a_python_thread_goes_to_processes() -> None:
     beside = threading.Thread(target=other)
     beside.start()
     try:
-        first_to(spin, 0.05, expected="process", right=6, wrong=3)
+        # A measurement the probe leaves unsettled (other threads took much of a CPU meanwhile:
+        # the call stays on threads and the next one is measured) is no verdict: it is skipped,
+        # as the classifier does, up to 30 in all. Wrong verdicts are what this test counts.
+        got: list[tuple[str, str]] = []
+        for _ in range(30):
+            kind, reason = learn(spin, 0.05)
+            if not reason.startswith("not settled"):
+                got.append((kind, reason))
+            settled = [k for k, _ in got]
+            if settled.count("process") >= 6:
+                break
+            assert len(settled) - settled.count("process") < 3, got
+        else:
+            pytest.fail(f"no verdict in 30 measurements: {got}")
     finally:
         stop.set()
         beside.join()
