@@ -223,6 +223,15 @@ class LocalPools:
                 self._apply(target)
                 self._cond.notify_all()
 
+    def restore_in_child(self) -> None:
+        """In a forked child: give the pools this process's parent narrowed their counts back."""
+        for lib, found in list(self._saved):
+            try:
+                lib.set_num_threads(found)
+            except Exception:  # a broken library controller: the count stays as it was
+                pass
+        self.threads = None
+
     def _apply(self, threads: int | None) -> None:  # on the setter thread, with the lock held
         try:
             if self.threads is None:
@@ -236,8 +245,21 @@ class LocalPools:
 
 _local: list[LocalPools] = []
 _local_lock = threading.Lock()
-if hasattr(os, "register_at_fork"):  # the parent's setter thread is not in the child
-    os.register_at_fork(after_in_child=_local.clear)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's setter thread is not in the child: the child makes its own LocalPools. Pools
+    # the parent had narrowed get their counts back first, or the child (a user's os.fork(), a
+    # fork-method Pool) would run its BLAS calls on one thread for good, with no one to raise
+    # the count. No lock: the parent's may have been held at the fork; the child has one thread.
+    old = _local[0] if _local else None
+    _local.clear()
+    if old is not None and old.threads is not None:
+        old.restore_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def local_pools() -> LocalPools:
