@@ -201,6 +201,13 @@ class Scheduling(Crashes):
                 task = pending[0]
             except IndexError:
                 break
+            if task.future.cancelled():  # dropped with no worker or CPU slot taken (that slot
+                got = pending.popleft() if pending else None  # came back a turn later only)
+                if got is task:
+                    self._claim(task)  # False: the future's waiters hear it is cancelled
+                elif got is not None:  # shutdown(cancel_futures=True) took it meanwhile
+                    pending.appendleft(got)
+                continue
             if task.route is not None and self.lane.relocate(task):  # late binding: it moved
                 continue
             worker = self._idle_worker()
