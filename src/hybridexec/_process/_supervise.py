@@ -164,13 +164,17 @@ def _forget_helper_processes() -> None:
     for a process that is not its own (``ChildProcessError`` on the next start), and its copy
     of the fork server's "alive" pipe would keep that server alive after the parent died. The
     child starts its own on first use. The resource tracker is left shared, as multiprocessing
-    means it to be (a segment a forked child registers must outlive the child). Private
+    means it to be (a segment a forked child registers must outlive the child), but not its
+    lock: a thread that held either lock at the fork (our manager starting a worker) is not in
+    the child, and the child's first worker start would wait for it for ever. Private
     attributes of CPython's ``multiprocessing``: a Python that moved them keeps its behaviour.
     """
     let_go_of_fork_server()  # what a fork-server child does as it starts, the same way
-    server = getattr(sys.modules.get("multiprocessing.forkserver"), "_forkserver", None)
-    if server is not None and hasattr(server, "_lock"):
-        server._lock = threading.Lock()  # the forking thread alone is left: never take it
+    for module, name in (("forkserver", "_forkserver"), ("resource_tracker", "_resource_tracker")):
+        helper: Any = getattr(sys.modules.get(f"multiprocessing.{module}"), name, None)
+        lock = getattr(helper, "_lock", None)
+        if lock is not None:  # the forking thread alone is left: a new lock of the same kind
+            helper._lock = threading.RLock() if "RLock" in type(lock).__name__ else threading.Lock()
 
 
 _lifecycle.on_fork(_after_fork)
