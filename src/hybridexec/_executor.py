@@ -63,13 +63,12 @@ class Executor(concurrent.futures.Executor):
             ``distributed.Client``, ``"ray"`` or a Ray address (``"ray://host:10001"``).
             Futures of remote tasks have ``kind == "dask"`` or ``"ray"``.
         max_tasks_per_child: Replace a worker process after this many tasks.
-        max_memory_per_child: Replace a worker process whose resident memory exceeds this
-            many bytes after a task.
+        max_memory_per_child: Replace a worker whose resident memory is over this after a task.
         idle_timeout: Seconds an idle worker (thread or process) lives; None keeps worker
             processes until shutdown and threads for 10 s.
         initializer: Called with ``initargs`` in every new worker process and thread. If it
-            raises in a thread, the thread lane is broken, as in ``ThreadPoolExecutor``: its
-            queued tasks and later submits to it fail with ``BrokenExecutorError``.
+            raises in a thread, the thread lane is broken (as in ``ThreadPoolExecutor``: its
+            queued tasks and later submits fail with ``BrokenExecutorError``).
         initargs: Arguments for ``initializer``.
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
             classifier; ``"thread"`` or ``"process"`` switch the classifier off.
@@ -83,9 +82,8 @@ class Executor(concurrent.futures.Executor):
         remote: With ``backend``: ``"process"`` (default) sends the work routed to
             processes to the cluster and keeps I/O-bound work on local threads; ``"all"``
             sends every task to the cluster.
-        max_workers: As in ``ThreadPoolExecutor`` and ``ProcessPoolExecutor``: at most this
-            many tasks at once, in each lane (``max_threads`` and ``max_processes``, when
-            given, take precedence for their lane).
+        max_workers: As in the standard pools: at most this many tasks at once in each lane
+            (``max_threads`` and ``max_processes``, when given, win for their lane).
         mp_context: As in ``ProcessPoolExecutor``: a ``multiprocessing`` context whose start
             method the worker processes use (same as ``start_method=``).
         thread_name_prefix: As in ``ThreadPoolExecutor``: the lane's threads are named
@@ -100,8 +98,9 @@ class Executor(concurrent.futures.Executor):
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 ``backend``, ``backend_options`` and ``remote``.
-    .. versionchanged:: 0.3 ``max_workers``, ``mp_context`` and ``thread_name_prefix``; a
-        failing thread initializer breaks the thread lane.
+    .. versionchanged:: 0.3 ``max_workers``, ``mp_context``, ``thread_name_prefix``; a failing
+        thread initializer breaks the thread lane.
+    .. versionchanged:: 0.5 Ctrl-C leaving a ``with`` block does not wait for running calls.
     """
 
     def __init__(
@@ -131,8 +130,7 @@ class Executor(concurrent.futures.Executor):
             if start_method not in (None, method):
                 raise ValueError("give start_method or mp_context, not both")
             start_method = method
-        # Read by code written for the standard pools (dask's threaded scheduler sizes its
-        # work by it): how many tasks this executor runs at once for CPU work.
+        # Read by code written for the standard pools (dask's threaded scheduler): CPU width.
         self._max_workers: int = max_workers or max_processes or usable_cpus()
         check_count("max_tasks_per_child", max_tasks_per_child)
         check_count("max_memory_per_child", max_memory_per_child)
@@ -268,6 +266,11 @@ class Executor(concurrent.futures.Executor):
     def __enter__(self) -> Self:
         return self
 
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # Ctrl-C: queued calls cancelled, running ones not waited for (killed at exit).
+        stop = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=not stop, cancel_futures=stop)
+
     # ---- hybridexec additions -------------------------------------------------------------
     def options(
         self, *, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
@@ -314,13 +317,12 @@ class Executor(concurrent.futures.Executor):
 
         Args:
             fn: The function.
-            *args: Arguments of a typical call (they select the argument-size bucket);
-                without them, the bucket with the most calls is described.
+            *args: Arguments of a typical call (they select the argument-size bucket; without
+                them, the bucket with the most calls).
             **kwargs: Keyword arguments of a typical call.
 
         Returns:
-            The lane, the reason in words, the GIL fraction, CPU/wall, call counts and the
-            executor's CPU slots now.
+            The lane, the reason, GIL fraction, CPU/wall, call counts and the CPU slots now.
         """
         return explain_call(self._router, self._options, fn, args, kwargs)
 
@@ -372,8 +374,8 @@ class Executor(concurrent.futures.Executor):
     ) -> ActorRef[R]:
         """Start an actor owned by this executor; arguments as for :func:`hybridexec.spawn`.
 
-        Process actors use this executor's start method. ``shutdown()`` stops the actors
-        (draining their mailboxes unless ``cancel_futures``, waiting for them if ``wait``).
+        Process actors use this executor's start method; ``shutdown()`` stops the actors
+        (drains their mailboxes unless ``cancel_futures``; waits for them if ``wait``).
 
         Raises:
             RuntimeError: the executor was shut down.
@@ -385,7 +387,6 @@ class Executor(concurrent.futures.Executor):
         from ._actors import spawn_actor  # the actor modules load with the first actor
 
         _lifecycle.starting_thread()  # the helpers forked first, while it is safe
-
         return spawn_actor(
             cls,
             args,
