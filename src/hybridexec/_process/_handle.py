@@ -80,10 +80,11 @@ class Child:
         if exitcode is None:
             return None
         with self._lock:
+            # The pidfd stays open until ``close``: a manager takes it off its epoll first. Were
+            # it closed while registered, a copy held by a child forked meanwhile would keep it
+            # on the epoll, ready for good, and reported under its number: a new worker's once
+            # the number came back (taken for dead while it ran; outsider7 D2).
             self.reaped = True
-            if self.pidfd is not None:
-                os.close(self.pidfd)
-                self.pidfd = None
         return exitcode
 
     def close(self) -> None:
