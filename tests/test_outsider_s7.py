@@ -7,14 +7,18 @@ interpreter, in a session of its own, killed with everything it started when it 
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+
+import hybridexec as hx
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,3 +173,31 @@ def test_fork_while_workers_recycle_fails_no_parent_task(tmp_path: Path) -> None
     """
     done = run_script(tmp_path, FORK_WHILE_RECYCLING, timeout=60)
     assert "failures []" in done.stdout, (done.stdout, done.stderr[-3000:])
+
+
+# ---- D3: cancelling a long queue of pending process tasks stalls the lane --------------------
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_process_lane_runs_new_work_after_its_queue_was_cancelled() -> None:
+    """D3: cancel 2000 pending process tasks (tiny calls) and the lane never runs the next
+    task: its manager waits with nothing in flight (stalled in 6 runs of 6 with 1000-2000
+    queued; scratch s_storm2.py). Cancelling pending work must leave the lane usable.
+    """
+    ex = hx.Executor(max_processes=2)
+    try:
+        run = ex.options(kind="process")
+        assert run.submit(_nap, 0.0).result(timeout=30) == 0.0
+        futures = [run.submit(_nap, 0.0) for _ in range(2000)]
+        time.sleep(0.05)
+        for fut in futures:
+            fut.cancel()
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert not not_done
+        assert run.submit(_nap, 0.0).result(timeout=10) == 0.0
+    finally:
+        ex.kill_workers()
