@@ -201,3 +201,65 @@ def test_process_lane_runs_new_work_after_its_queue_was_cancelled() -> None:
         assert run.submit(_nap, 0.0).result(timeout=10) == 0.0
     finally:
         ex.kill_workers()
+
+
+# ---- D4: Ctrl-C inside ``with Executor()`` waits for the running process work ----------------
+
+CTRL_C_IN_WITH = """
+import time
+import hybridexec as hx
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+if __name__ == "__main__":
+    with hx.Executor(max_processes=1) as ex:
+        fut = ex.options(kind="process").submit(nap, 60)
+        while not fut.running():
+            time.sleep(0.01)
+        print("ready", flush=True)
+        fut.result()
+"""
+
+
+def test_ctrl_c_in_a_with_block_does_not_wait_for_running_process_work(tmp_path: Path) -> None:
+    """D4: SIGINT to the pid while the README's ``with hx.Executor() as ex: ... .result()``
+    waits on a running process task exits only when that task ends (60 s here; 30.9 s for a
+    30 s task in scratch s_kbi2.py): ``__exit__`` runs ``shutdown(wait=True)`` with the
+    KeyboardInterrupt in flight. (SIGINT to the whole process group, as a terminal sends,
+    exits at once; an executor left open, without ``with``, exits at once either way.) docs/timeouts-and-killing.md: "If it ends the program, nothing is waited for at exit:
+    the workers still running a call are killed, and the exit status is 130" (it holds for an
+    executor left open, not for the ``with`` form the docs use everywhere).
+    """
+    path = tmp_path / "scenario.py"
+    path.write_text(CTRL_C_IN_WITH, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, path.name],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(proc.pid, signal.SIGINT)  # `kill -INT pid`, a Jupyter interrupt: the pid only
+        started = time.monotonic()
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc in (130, -signal.SIGINT), f"exit status {rc} {time.monotonic() - started:.1f} s"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
