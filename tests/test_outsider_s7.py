@@ -90,7 +90,8 @@ if __name__ == "__main__":
             ok = ex.options(kind="process").submit(double, 21).result(timeout=15) == 42
             with hx.Executor(max_processes=1, max_tasks_per_child=1) as own:
                 for i in range(3):
-                    ok = ok and own.options(kind="process").submit(double, i).result(timeout=15) == 2 * i
+                    got = own.options(kind="process").submit(double, i).result(timeout=15)
+                    ok = ok and got == 2 * i
             os._exit(0 if ok else 4)
         except BaseException:
             os._exit(3)
@@ -196,7 +197,7 @@ def test_process_lane_runs_new_work_after_its_queue_was_cancelled() -> None:
         time.sleep(0.05)
         for fut in futures:
             fut.cancel()
-        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        _, not_done = concurrent.futures.wait(futures, timeout=30)
         assert not not_done
         assert run.submit(_nap, 0.0).result(timeout=10) == 0.0
     finally:
@@ -230,9 +231,10 @@ def test_ctrl_c_in_a_with_block_does_not_wait_for_running_process_work(tmp_path:
     waits on a running process task exits only when that task ends (60 s here; 30.9 s for a
     30 s task in scratch s_kbi2.py): ``__exit__`` runs ``shutdown(wait=True)`` with the
     KeyboardInterrupt in flight. (SIGINT to the whole process group, as a terminal sends,
-    exits at once; an executor left open, without ``with``, exits at once either way.) docs/timeouts-and-killing.md: "If it ends the program, nothing is waited for at exit:
-    the workers still running a call are killed, and the exit status is 130" (it holds for an
-    executor left open, not for the ``with`` form the docs use everywhere).
+    exits at once; an executor left open, without ``with``, exits at once either way.)
+    docs/timeouts-and-killing.md: "If it ends the program, nothing is waited for at exit: the
+    workers still running a call are killed, and the exit status is 130"; the ``with`` form,
+    which the docs use everywhere, waits.
     """
     path = tmp_path / "scenario.py"
     path.write_text(CTRL_C_IN_WITH, encoding="utf-8")
