@@ -270,5 +270,8 @@ class DaskLane(RemoteLane):
             err = BrokenExecutorError(f"the Dask cluster cancelled the task: {value}")
             err.__cause__ = value
             self._fail(token, err)
-        elif not (isinstance(value, distributed.KilledWorker) and self._retry_one_by_one(token)):
+        elif not (
+            isinstance(value, distributed.KilledWorker)
+            and (self._retry_one_by_one(token) or self._retry_single(token))
+        ):
             self._fail(token, value)  # e.g. KilledWorker, or a result that did not unpickle
