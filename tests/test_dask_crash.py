@@ -4,6 +4,12 @@ Each scenario runs in its own interpreter with its own two-worker LocalCluster o
 worker deaths would otherwise disturb the shared cluster of ``test_dask.py`` (LocalCluster
 closes a nanny whose worker stays away too long). The child runs in its own session, so that
 on a hang the test kills it and its cluster together; the last line it prints is checked.
+
+A culprit kills up to 8 workers here (Dask's 4 per key, and its second run). A LocalCluster
+closes for good a nanny whose worker is away (restarting) when ``lost-worker-timeout`` (15 s)
+after one of its deaths runs out; with 2 CPUs under load a restart takes 3-5 s, so the cluster
+lost both nannies in some runs and the calls left waited for ever. The scenarios raise it: what
+they test is the lane, not that LocalCluster policy.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PRELUDE = """
 import logging, os, sys
+import dask
 import distributed
 import hybridexec as hx
 
@@ -44,6 +51,7 @@ def main(ex, client):
 
 
 if __name__ == "__main__":
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"})
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                        host="127.0.0.1", dashboard_address=None,
                                        silence_logs=logging.CRITICAL)
