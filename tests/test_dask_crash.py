@@ -4,6 +4,12 @@ Each scenario runs in its own interpreter with its own two-worker LocalCluster o
 worker deaths would otherwise disturb the shared cluster of ``test_dask.py`` (LocalCluster
 closes a nanny whose worker stays away too long). The child runs in its own session, so that
 on a hang the test kills it and its cluster together; the last line it prints is checked.
+
+A culprit kills up to 8 workers here (Dask's 4 per key, and its second run). A LocalCluster
+closes for good a nanny whose worker is away (restarting) when ``lost-worker-timeout`` (15 s)
+after one of its deaths runs out; with 2 CPUs under load a restart takes 3-5 s, so the cluster
+lost both nannies in some runs and the calls left waited for ever. The scenarios raise it: what
+they test is the lane, not that LocalCluster policy.
 """
 
 from __future__ import annotations
@@ -24,13 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PRELUDE = """
 import logging, os, sys
+import dask
 import distributed
 import hybridexec as hx
+
+RUNS = os.path.abspath("culprit-runs")  # one byte per run of item 5
 
 
 @hx.cpu_bound
 def item(i):
     if i == 5:
+        with open(RUNS, "ab") as runs:
+            runs.write(b"x")
         os._exit(1)
     return i * 2
 
@@ -40,6 +51,7 @@ def main(ex, client):
 
 
 if __name__ == "__main__":
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"})
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                        host="127.0.0.1", dashboard_address=None,
                                        silence_logs=logging.CRITICAL)
@@ -94,13 +106,9 @@ def test_a_batch_whose_worker_dies_is_retried_item_by_item(tmp_path: Path) -> No
     )
     assert lines[-1] == "closed", lines
     got = ast.literal_eval(lines[-2])
-    assert got[5] == "KilledWorker", got
-    # Dask counts a worker's death against every task on that worker, so on a loaded machine
-    # one innocent single can land beside the culprit's run too often (client.map has the same
-    # exposure; docs/distributed.md): at most one. Before the split, all of 4-7 failed.
-    innocent = [i for i, r in enumerate(got) if i != 5 and r != 2 * i]
-    assert len(innocent) <= 1, got
-    assert all(got[i] == "KilledWorker" for i in innocent), got
+    expected = [i * 2 for i in range(8)]
+    expected[5] = "KilledWorker"  # type: ignore[call-overload]
+    assert got == expected, got
 
 
 @pytest.mark.timeout(200)
@@ -114,10 +122,17 @@ def test_submit_after_a_killed_worker_runs_and_shutdown_ends(tmp_path: Path) -> 
             except Exception as exc:
                 first = f"{type(exc).__name__} names it: {'KilledWorker' in repr(exc)}"
             after = ex.options(kind="process").submit(item, 3).result(timeout=100)
-            return f"{first}; then {after}"
+            with open(RUNS, "rb") as runs:
+                return f"{first}; then {after}; runs: {len(runs.read())}"
         """,
     )
-    assert lines[-2:] == ["KilledWorker names it: True; then 6", "closed"], lines
+    assert lines[-1] == "closed", lines
+    head, runs = lines[-2].split("; runs: ")
+    assert head == "KilledWorker names it: True; then 6", lines
+    # Dask runs a key until allowed-failures + 1 = 4 workers died in it; the lane runs a single
+    # call blamed so once more under a new key (an innocent travelled beside a culprit, maybe),
+    # and never a third time.
+    assert 5 <= int(runs) <= 8, lines
 
 
 @pytest.mark.timeout(200)

@@ -201,6 +201,7 @@ def test_sigkilled_map_item_retry_runs_no_other_item_twice(tmp_path: Path) -> No
 
 DASK_WORKER_DIES = """
 import logging, os
+import dask
 import distributed
 import hybridexec as hx
 
@@ -213,22 +214,23 @@ def item(i):
 
 
 if __name__ == "__main__":
+    # The culprit kills up to 8 workers: keep LocalCluster from closing a restarting nanny.
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"})
     cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                        host="127.0.0.1", dashboard_address=None,
                                        silence_logs=logging.CRITICAL)
     client = distributed.Client(cluster)
     with hx.Executor(backend=client) as ex:
         got = hx.map(item, range(20), executor=ex, return_exceptions=True)
-    wrong = [(i, r) for i, r in enumerate(got) if i != 9 and r != i * 2]
-    # Dask counts a death against every task on the dying worker: on a loaded machine one
-    # innocent item may end with KilledWorker too, as with client.map (docs/distributed.md).
-    others = len(wrong) <= 1 and all(type(r).__name__ == "KilledWorker" for _, r in wrong)
+    # An innocent that Dask blamed (KilledWorker) runs again: none ends so (docs/distributed.md).
+    others = all(r == i * 2 for i, r in enumerate(got) if i != 9)
     print(len(got), others, isinstance(got[9], Exception), flush=True)
     client.close()
     cluster.close()
 """
 
 
+@pytest.mark.timeout(240)  # the culprit kills up to 8 workers, 3-5 s per restart under load
 def test_dask_map_with_an_item_that_kills_its_worker_ends_and_loses_no_other(
     tmp_path: Path,
 ) -> None:
@@ -253,11 +255,11 @@ def test_dask_map_with_an_item_that_kills_its_worker_ends_and_loses_no_other(
         start_new_session=True,  # on a hang, its cluster is killed with it
     )
     try:
-        stdout, stderr = proc.communicate(timeout=90)
+        stdout, stderr = proc.communicate(timeout=200)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail("hx.map on the Dask cluster still ran after 90 s")
+        pytest.fail("hx.map on the Dask cluster still ran after 200 s")
     assert proc.returncode == 0, stderr
     # 20 results; the 19 others right; item 9 an exception (the docs do not say which).
     assert stdout.strip().splitlines()[-1] == "20 True True", stdout

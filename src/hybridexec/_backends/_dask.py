@@ -8,7 +8,9 @@ Results: each call is watched by a coroutine on the client's event loop that awa
 ``gather`` (concurrent gathers go out as one request) and hands the outcome to one collector
 thread, which settles the futures. Nothing waits on a call from a thread: a call whose result
 was lost with its worker is computed again by Dask while the others are delivered, and a call
-that keeps killing its workers ends with Dask's ``KilledWorker``. A batch of several items
+that keeps killing its workers ends with Dask's ``KilledWorker``: run again once under a new
+key if it is a single call (``RemoteLane._retry_single``), since Dask blames a worker's death
+on every task the worker held, queued or just finished. A batch of several items
 whose worker died is run again item by item (``RemoteLane._retry_one_by_one``), so only the
 culprit fails: at the first death when the lane hears of it (the scheduler's ``remove-worker``
 event, on its ``all`` topic unless the client has a handler there already), else once Dask
@@ -270,5 +272,8 @@ class DaskLane(RemoteLane):
             err = BrokenExecutorError(f"the Dask cluster cancelled the task: {value}")
             err.__cause__ = value
             self._fail(token, err)
-        elif not (isinstance(value, distributed.KilledWorker) and self._retry_one_by_one(token)):
+        elif not (
+            isinstance(value, distributed.KilledWorker)
+            and (self._retry_one_by_one(token) or self._retry_single(token))
+        ):
             self._fail(token, value)  # e.g. KilledWorker, or a result that did not unpickle

@@ -7,6 +7,7 @@ and the engine calls that cancel work, so ``Future.cancel()`` never waits for a 
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -27,7 +28,7 @@ logger = logging.getLogger("hybridexec")
 class Entry:
     """A task handed to the engine and not yet settled."""
 
-    __slots__ = ("handle", "shared", "stopped", "task", "token", "where")
+    __slots__ = ("handle", "retried", "shared", "stopped", "task", "token", "where")
 
     def __init__(self, token: str, task: Task) -> None:
         self.token = token
@@ -35,6 +36,7 @@ class Entry:
         self.handle: Any = None  # the engine's future or reference, once sent
         self.shared: list[Share[Any]] = []  # copies of large objects this task holds a share of
         self.where: str | None = None  # the worker running it, when the engine told us
+        self.retried = False  # the second run of a call (``_retry_single``)
         self.stopped = False
 
 
@@ -68,6 +70,8 @@ class RemoteLane:
         self._timers = Timers(f"hybridexec-{self.kind}-control")
         self._prefix = uuid.uuid4().hex[:16]  # task keys: unique per lane, cheap per task
         self._serial = itertools.count()
+        self._retries: collections.deque[tuple[str, bytes, list[Any]]] = collections.deque()
+        self._retrying = False  # a second run (``_retry_single``) is in flight
 
     # ---- what the executor calls ------------------------------------------------------------
     def takes(self, kind: str) -> bool:
@@ -91,15 +95,20 @@ class RemoteLane:
             raise RuntimeError("cannot schedule new futures after shutdown")
         self._launch(task, payload, large)
 
-    def _launch(self, task: Task, payload: bytes, large: list[Any]) -> None:
+    def _launch(self, task: Task, payload: bytes, large: list[Any], *, retry: bool = False) -> bool:
+        # Returns whether the call went in flight (it may have failed to send since).
         name = getattr(task.fn, "__name__", None) or type(task.fn).__name__
         token = f"{name}-{self._prefix}-{next(self._serial)}"
         future = task.future
         future.kind = self.kind
         future._hx_stop = functools.partial(self._stop, token, None)
-        if not future.set_running_or_notify_cancel():
-            return
+        if retry:  # running already; a cancel before the line above stopped the first run
+            if future.done():
+                return False
+        elif not future.set_running_or_notify_cancel():
+            return False
         entry = Entry(token, task)
+        entry.retried = retry
         with self._lock:
             self._inflight[token] = entry
             self.stats["tasks"] += 1
@@ -109,12 +118,13 @@ class RemoteLane:
             handle = self._send(token, task, sent, handles)
         except BaseException as exc:
             self._fail(token, exc)
-            return
+            return True
         with self._lock:
             entry.handle = handle
             if not entry.stopped:
-                return
+                return True
         self._queue_abort(entry)  # cancelled while it was being sent
+        return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; optionally cancel every unfinished task; optionally wait.
@@ -210,6 +220,52 @@ class RemoteLane:
         self._pop(token)
         return True
 
+    def _retry_single(self, token: str) -> bool:
+        """Run the single call ``token`` again under a new key, once: it may be innocent.
+
+        For an engine that blames a worker's death on every call the worker held (Dask's
+        ``KilledWorker`` counts the calls queued on it, and the call that finished just before
+        the culprit when its report died with the worker): such a verdict on a single call is
+        not precise. The call runs once more; a second run is never run again, so a culprit
+        runs twice and then keeps the verdict. Second runs go one at a time: two of them never
+        travel together again. The first run stays in flight until its second is sent, so a
+        shutdown waits for it.
+
+        Returns:
+            False when ``token`` is not a single call in flight that did not run twice already.
+        """
+        with self._lock:
+            entry = self._inflight.get(token)
+            if entry is None or entry.retried:
+                return False
+            if entry.task.batch and len(entry.task.items) > 1:
+                return False
+        try:
+            items, large = extract_large(entry.task.items)
+            payload = encode(entry.task, items)
+        except BaseException:  # it was encoded once: keep the engine's verdict then
+            return False
+        with self._lock:
+            self._retries.append((token, payload, large))
+        self._next_retry()
+        return True
+
+    def _next_retry(self) -> None:
+        while True:
+            with self._lock:
+                if self._retrying or not self._retries:
+                    return
+                token, payload, large = self._retries.popleft()
+                entry = self._inflight.get(token)
+                self._retrying = entry is not None
+            if entry is None:
+                continue  # cancelled while it waited
+            logger.info("a %s call was blamed for a worker's death: run again", self.kind)
+            if not self._launch(entry.task, payload, large, retry=True):
+                with self._lock:
+                    self._retrying = False
+            self._pop(token)  # the first run, once the second is in flight
+
     # ---- internals --------------------------------------------------------------------------
     def _pop(self, token: str) -> Entry | None:
         with self._lock:
@@ -219,6 +275,10 @@ class RemoteLane:
             self._release(entry)
             if not self._inflight:
                 self._idle.notify_all()
+            if entry.retried:
+                self._retrying = False
+        if entry.retried:
+            self._next_retry()
         return entry
 
     def _share(self, obj: Any, entry: Entry) -> Any:
