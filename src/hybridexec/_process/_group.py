@@ -35,6 +35,7 @@ from .. import _faults
 from .._serialize import PROTOCOL, cached_callable, dumps_callable
 from .._shm import reply_policy
 from ._frames import HEADER_SIZE
+from ._wire import encode_call
 
 if TYPE_CHECKING:
     from .._futures import Task
@@ -47,6 +48,7 @@ WIRE_MAX = 512
 """Callables whose pickled bytes are longer than this are not deferred (they go by value)."""
 
 _WIRES_MAX = 256
+_KEPT: dict[tuple[int, int | None], tuple[Any, bytes, bytes | None]] = {}  # see _kept_wire
 _STRING_MAX = 256
 _INT_BOUND = 1 << 62
 _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
@@ -72,7 +74,9 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
     """Mark ``task`` for pickling on the manager's thread if it qualifies; False if not.
 
     ``wires`` is the lane's cache of callables pickled by reference (their bytes never change;
-    ``dumps_callable`` pickles the others again on every call): ``id(fn) -> (weakref, bytes)``.
+    ``dumps_callable`` checks the others on every call): ``id(fn) -> (weakref, bytes)``. A call
+    whose callable's bytes are too long to travel in a group is pickled here at once (True),
+    with the bytes found, not pickled (or checked) a second time.
 
     Raises:
         SerializationError: the callable cannot be pickled.
@@ -102,19 +106,48 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
     if cached is not None and cached[0]() is fn:
         wire = cached[1]
     else:
-        size += 2 * WIRE_MAX
-        wire = dumps_callable(fn)
-        if len(wire) > WIRE_MAX:
-            return False
-        if cached_callable(fn) is wire:  # by reference: cached there
+        raw = dumps_callable(fn)
+        if cached_callable(fn) is raw:  # by reference: cached there
+            if len(raw) > WIRE_MAX:
+                return _alone(task, raw, placement)
             if len(wires) >= _WIRES_MAX:
                 wires.clear()
-            wire = reply_policy(wire, placement.threshold)
+            wire = reply_policy(raw, placement.threshold)
             wires[id(fn)] = (weakref.ref(fn), wire)
         else:
-            wire = reply_policy(wire, placement.threshold)
+            wire = _kept_wire(fn, raw, placement.threshold)
+            if wire is None:  # pickled anew for this call: its own bytes in every frame
+                if len(raw) > WIRE_MAX:
+                    return _alone(task, raw, placement)
+                size += 2 * WIRE_MAX
+                wire = reply_policy(raw, placement.threshold)
     task.wire = wire
     task.size = size
+    return True
+
+
+def _kept_wire(fn: Any, raw: bytes, threshold: int | None) -> bytes | None:
+    """The wire bytes of a callable pickled by value, if they are the ones kept last time.
+
+    ``_fncache`` gives back the very bytes object it keeps while pickling ``fn`` again would
+    give the same bytes (checked on every call): then its wire bytes are one object too,
+    written once per frame whatever their length, as a callable pickled by reference is.
+    """
+    key = (id(fn), threshold)
+    kept = _KEPT.get(key)
+    if kept is not None and kept[0]() is fn and kept[1] is raw:
+        return kept[2]
+    if len(_KEPT) >= _WIRES_MAX:
+        _KEPT.clear()
+    # Seen once, the bytes are not taken as kept yet: a pickle made for one call is not.
+    _KEPT[key] = (weakref.ref(fn), raw, reply_policy(raw, threshold))
+    return None
+
+
+def _alone(task: Task, raw: bytes, placement: Placement) -> bool:
+    """Pickle ``task`` now with the callable's bytes ``raw`` (not pickled a second time)."""
+    task.payload = encode_call(task.fn, task.items, task.batch, placement, task.future, raw)
+    task.size = len(task.payload) + HEADER_SIZE
     return True
 
 
