@@ -281,6 +281,15 @@ def test_a_callable_kept_by_value_travels_in_groups_whatever_its_length(
     _warm(ex, shifted, 1)
     futures = _in_one_frame(ex, shifted, [(x,) for x in range(CALLS)], tmp_path / "go")
     assert [f.result() for f in futures] == [x + 399 for x in range(CALLS)]
+    # Checked on every call still: a call sees the closure as it is when it is submitted (I2).
+    process = ex.options(kind="process")
+    assert shifted.__closure__ is not None
+    shifted.__closure__[0].cell_contents = (7,)
+    assert process.submit(shifted, 1).result(timeout=60) == 8
+    shifted.__closure__[0].cell_contents = (1000,)
+    assert [f.result(timeout=60) for f in [process.submit(shifted, 1) for _ in range(5)]] == [
+        1001
+    ] * 5
 
 
 def test_a_long_callable_pickled_anew_is_pickled_once_per_submit(

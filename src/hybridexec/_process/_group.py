@@ -31,7 +31,7 @@ import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _faults
+from .. import _faults, _fncache
 from .._serialize import PROTOCOL, cached_callable, dumps_callable
 from .._shm import reply_policy
 from ._frames import HEADER_SIZE
@@ -48,7 +48,6 @@ WIRE_MAX = 512
 """Callables whose pickled bytes are longer than this are not deferred (they go by value)."""
 
 _WIRES_MAX = 256
-_KEPT: dict[tuple[int, int | None], tuple[Any, bytes, bytes | None]] = {}  # see _kept_wire
 _STRING_MAX = 256
 _INT_BOUND = 1 << 62
 _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
@@ -58,7 +57,8 @@ _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and a
 def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
     """``defer`` for a storm's usual call: one small int, no keywords, a cached callable.
 
-    The same outcome in fewer steps; False (nothing done) for any other call.
+    The same outcome in fewer steps; False (nothing done) for any other call. (A callable
+    pickled by value is checked on the way: ``_Kept``.)
     """
     cached = wires.get(id(task.fn))
     if cached is None or cached[0]() is not task.fn or task.kwargs or _faults.ACTIVE:
@@ -73,8 +73,8 @@ def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
 def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:
     """Mark ``task`` for pickling on the manager's thread if it qualifies; False if not.
 
-    ``wires`` is the lane's cache of callables pickled by reference (their bytes never change;
-    ``dumps_callable`` checks the others on every call): ``id(fn) -> (weakref, bytes)``. A call
+    ``wires`` is the lane's cache of the callables whose bytes ``_fncache`` keeps: ``id(fn) ->
+    (weakref, bytes)`` (for one pickled by value, a ``_Kept`` that checks them). A call
     whose callable's bytes are too long to travel in a group is pickled here at once (True),
     with the bytes found, not pickled (or checked) a second time.
 
@@ -100,48 +100,46 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
             size += 4 * len(arg) + 9
         else:
             return False
-    # A callable pickled by reference is one object, written once per frame (the pickler's
-    # memo): the first call of a frame pays for it (``first_cost``); others pay each.
+    # A callable whose bytes are kept (by reference; by value while they are right) is one
+    # object, written once per frame (the pickler's memo): the first call of a frame pays for
+    # it (``first_cost``). One pickled anew for each call has its own bytes in every frame.
     cached = wires.get(id(fn))
     if cached is not None and cached[0]() is fn:
         wire = cached[1]
     else:
         raw = dumps_callable(fn)
-        if cached_callable(fn) is raw:  # by reference: cached there
-            if len(raw) > WIRE_MAX:
-                return _alone(task, raw, placement)
+        kept = _fncache.kept(fn, raw)
+        if len(raw) > WIRE_MAX and not kept:
+            return _alone(task, raw, placement)
+        wire = reply_policy(raw, placement.threshold)
+        if not kept:
+            size += 2 * WIRE_MAX
+        else:
             if len(wires) >= _WIRES_MAX:
                 wires.clear()
-            wire = reply_policy(raw, placement.threshold)
-            wires[id(fn)] = (weakref.ref(fn), wire)
-        else:
-            wire = _kept_wire(fn, raw, placement.threshold)
-            if wire is None:  # pickled anew for this call: its own bytes in every frame
-                if len(raw) > WIRE_MAX:
-                    return _alone(task, raw, placement)
-                size += 2 * WIRE_MAX
-                wire = reply_policy(raw, placement.threshold)
+            by_reference = cached_callable(fn) is raw
+            wires[id(fn)] = (weakref.ref(fn) if by_reference else _Kept(fn, raw), wire)
     task.wire = wire
     task.size = size
     return True
 
 
-def _kept_wire(fn: Any, raw: bytes, threshold: int | None) -> bytes | None:
-    """The wire bytes of a callable pickled by value, if they are the ones kept last time.
+class _Kept:
+    """The ``wires`` entry of a callable pickled by value, in place of its weak reference.
 
-    ``_fncache`` gives back the very bytes object it keeps while pickling ``fn`` again would
-    give the same bytes (checked on every call): then its wire bytes are one object too,
-    written once per frame whatever their length, as a callable pickled by reference is.
+    Called, it gives the callable back while ``_fncache`` keeps the same bytes for it (checked
+    on each call: a rebound global makes a new pickle, guarantee I2), else None.
     """
-    key = (id(fn), threshold)
-    kept = _KEPT.get(key)
-    if kept is not None and kept[0]() is fn and kept[1] is raw:
-        return kept[2]
-    if len(_KEPT) >= _WIRES_MAX:
-        _KEPT.clear()
-    # Seen once, the bytes are not taken as kept yet: a pickle made for one call is not.
-    _KEPT[key] = (weakref.ref(fn), raw, reply_policy(raw, threshold))
-    return None
+
+    __slots__ = ("raw", "ref")
+
+    def __init__(self, fn: Any, raw: bytes) -> None:
+        self.ref = weakref.ref(fn)
+        self.raw = raw
+
+    def __call__(self) -> Any:
+        fn = self.ref()
+        return fn if fn is not None and _fncache.cached(fn) is self.raw else None
 
 
 def _alone(task: Task, raw: bytes, placement: Placement) -> bool:
