@@ -261,3 +261,55 @@ def test_a_group_reply_carries_each_value_and_each_failure_in_its_place() -> Non
     assert isinstance(unpack_exception(failures[1]), ValueError)  # raised by the call
     assert isinstance(unpack_exception(failures[2]), SerializationError)  # fn did not unpickle
     assert isinstance(unpack_exception(failures[4]), SerializationError)  # result did not pickle
+
+
+def _closure_over(table: tuple[int, ...]) -> Any:
+    def shifted(x: int) -> int:  # a local function: it pickles by value (cloudpickle)
+        return x + table[-1]
+
+    return shifted
+
+
+def test_a_callable_kept_by_value_travels_in_groups_whatever_its_length(
+    ex: Executor, tmp_path: Path
+) -> None:
+    from hybridexec._process._group import WIRE_MAX
+    from hybridexec._serialize import dumps_callable
+
+    shifted = _closure_over(tuple(range(400)))  # its bytes: far over WIRE_MAX, kept (immutable)
+    assert len(dumps_callable(shifted)) > WIRE_MAX
+    _warm(ex, shifted, 1)
+    futures = _in_one_frame(ex, shifted, [(x,) for x in range(CALLS)], tmp_path / "go")
+    assert [f.result() for f in futures] == [x + 399 for x in range(CALLS)]
+    # Checked on every call still: a call sees the closure as it is when it is submitted (I2).
+    process = ex.options(kind="process")
+    assert shifted.__closure__ is not None
+    shifted.__closure__[0].cell_contents = (7,)
+    assert process.submit(shifted, 1).result(timeout=60) == 8
+    shifted.__closure__[0].cell_contents = (1000,)
+    assert [f.result(timeout=60) for f in [process.submit(shifted, 1) for _ in range(5)]] == [
+        1001
+    ] * 5
+
+
+def test_a_long_callable_pickled_anew_is_pickled_once_per_submit(
+    ex: Executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hybridexec import _serialize
+    from hybridexec._process import _group, _wire
+
+    table = list(range(400))  # mutable: pickled anew on every call (guarantee I2)
+    shifted = _closure_over(table)  # type: ignore[arg-type]
+    made: list[Any] = []
+
+    def counted(fn: Any) -> bytes:
+        made.append(fn)
+        return _serialize.dumps_callable(fn)
+
+    monkeypatch.setattr(_group, "dumps_callable", counted)
+    monkeypatch.setattr(_wire, "dumps_callable", counted)
+    process = ex.options(kind="process")
+    for x in range(3):
+        table[-1] = x  # each call sees the list as it was when it was submitted
+        assert process.submit(shifted, 1).result(timeout=60) == 1 + x
+    assert [fn is shifted for fn in made] == [True] * 3

@@ -108,6 +108,12 @@ def cached(fn: Any) -> bytes | None:
     return None
 
 
+def kept(fn: Any, data: bytes) -> bool:
+    """Whether ``data`` are the very bytes kept for ``fn`` (``cached`` gives them back)."""
+    slot = _cache.get(id(fn))
+    return slot is not None and slot[1] is data and slot[0]() is fn
+
+
 def by_reference(fn: Any) -> bytes | None:
     """The bytes kept for ``fn`` when it pickles by reference (they never change), or None."""
     slot = _cache.get(id(fn))

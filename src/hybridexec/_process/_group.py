@@ -31,10 +31,11 @@ import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from .. import _faults
+from .. import _faults, _fncache
 from .._serialize import PROTOCOL, cached_callable, dumps_callable
 from .._shm import reply_policy
 from ._frames import HEADER_SIZE
+from ._wire import encode_call
 
 if TYPE_CHECKING:
     from .._futures import Task
@@ -56,7 +57,8 @@ _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and a
 def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
     """``defer`` for a storm's usual call: one small int, no keywords, a cached callable.
 
-    The same outcome in fewer steps; False (nothing done) for any other call.
+    The same outcome in fewer steps; False (nothing done) for any other call. (A callable
+    pickled by value is checked on the way: ``_Kept``.)
     """
     cached = wires.get(id(task.fn))
     if cached is None or cached[0]() is not task.fn or task.kwargs or _faults.ACTIVE:
@@ -71,8 +73,10 @@ def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
 def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:
     """Mark ``task`` for pickling on the manager's thread if it qualifies; False if not.
 
-    ``wires`` is the lane's cache of callables pickled by reference (their bytes never change;
-    ``dumps_callable`` pickles the others again on every call): ``id(fn) -> (weakref, bytes)``.
+    ``wires`` is the lane's cache of the callables whose bytes ``_fncache`` keeps: ``id(fn) ->
+    (weakref, bytes)`` (for one pickled by value, a ``_Kept`` that checks them). A call
+    whose callable's bytes are too long to travel in a group is pickled here at once (True),
+    with the bytes found, not pickled (or checked) a second time.
 
     Raises:
         SerializationError: the callable cannot be pickled.
@@ -96,25 +100,52 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
             size += 4 * len(arg) + 9
         else:
             return False
-    # A callable pickled by reference is one object, written once per frame (the pickler's
-    # memo): the first call of a frame pays for it (``first_cost``); others pay each.
+    # A callable whose bytes are kept (by reference; by value while they are right) is one
+    # object, written once per frame (the pickler's memo): the first call of a frame pays for
+    # it (``first_cost``). One pickled anew for each call has its own bytes in every frame.
     cached = wires.get(id(fn))
     if cached is not None and cached[0]() is fn:
         wire = cached[1]
     else:
-        size += 2 * WIRE_MAX
-        wire = dumps_callable(fn)
-        if len(wire) > WIRE_MAX:
-            return False
-        if cached_callable(fn) is wire:  # by reference: cached there
+        raw = dumps_callable(fn)
+        kept = _fncache.kept(fn, raw)
+        if len(raw) > WIRE_MAX and not kept:
+            return _alone(task, raw, placement)
+        wire = reply_policy(raw, placement.threshold)
+        if not kept:
+            size += 2 * WIRE_MAX
+        else:
             if len(wires) >= _WIRES_MAX:
                 wires.clear()
-            wire = reply_policy(wire, placement.threshold)
-            wires[id(fn)] = (weakref.ref(fn), wire)
-        else:
-            wire = reply_policy(wire, placement.threshold)
+            by_reference = cached_callable(fn) is raw
+            wires[id(fn)] = (weakref.ref(fn) if by_reference else _Kept(fn, raw), wire)
     task.wire = wire
     task.size = size
+    return True
+
+
+class _Kept:
+    """The ``wires`` entry of a callable pickled by value, in place of its weak reference.
+
+    Called, it gives the callable back while ``_fncache`` keeps the same bytes for it (checked
+    on each call: a rebound global makes a new pickle, guarantee I2), else None.
+    """
+
+    __slots__ = ("raw", "ref")
+
+    def __init__(self, fn: Any, raw: bytes) -> None:
+        self.ref = weakref.ref(fn)
+        self.raw = raw
+
+    def __call__(self) -> Any:
+        fn = self.ref()
+        return fn if fn is not None and _fncache.cached(fn) is self.raw else None
+
+
+def _alone(task: Task, raw: bytes, placement: Placement) -> bool:
+    """Pickle ``task`` now with the callable's bytes ``raw`` (not pickled a second time)."""
+    task.payload = encode_call(task.fn, task.items, task.batch, placement, task.future, raw)
+    task.size = len(task.payload) + HEADER_SIZE
     return True
 
 

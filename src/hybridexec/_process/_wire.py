@@ -39,16 +39,19 @@ def encode_call(
     batch: bool,
     placement: Placement | None = None,
     future: concurrent.futures.Future[Any] | None = None,
+    fn_bytes: bytes | None = None,
 ) -> bytes:
     """Pickle a call in the caller's thread, so that pickling errors reach the right future.
 
     With a ``placement``, large numpy arguments go through shared memory (held until
     ``future`` is done) and the worker learns the lane's threshold for its results.
+    ``fn_bytes``: ``fn`` as ``dumps_callable`` gave it just now (it is not pickled again).
 
     Raises:
         SerializationError: the callable or an argument cannot be pickled.
     """
-    fn_bytes = dumps_callable(fn)
+    if fn_bytes is None:
+        fn_bytes = dumps_callable(fn)
     try:
         if placement is None:
             return dumps((fn_bytes, items, batch))
