@@ -347,7 +347,8 @@ def _collect(
     )
     hybrid: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     errors: list[str] = []
-    for r in range(rounds):
+    # Only the memory workload asked for: no contender times anything (and no rotation).
+    for r in range(rounds if names else 0):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             got = isolated(
                 "benchmarks.bench_oracle:contender_child",
