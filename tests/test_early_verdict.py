@@ -113,6 +113,23 @@ def test_a_probe_on_time_does_not_report_early() -> None:
     assert not _held(w, 0.012)
 
 
+def test_under_a_short_switch_interval_lateness_does_not_count() -> None:
+    # A boost (``_ticket.SHORT``) or the application's own short interval: the probe does not
+    # read lateness then (``_probe.LATE_INTERVAL_MIN``), so it cannot be the second sign.
+    w = _window()
+    _blocked(w)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        _late(w, 0.001)  # a full short interval and more
+        assert not _held(w, 0.012)
+    finally:
+        sys.setswitchinterval(before)
+    assert _held(w, 0.012) is False  # 1 ms late is not most of a 5 ms interval either
+    _late(w, before)
+    assert _held(w, 0.012)
+
+
 def test_a_stall_the_thread_ran_through_keeps_the_window_open() -> None:
     w = _window()
     _late(w, sys.getswitchinterval())

@@ -344,7 +344,9 @@ def held_early(w: Window, now: float, cpu: float, runnable: float) -> bool:
     if gil_known() and not w.stalls_gil:
         return False  # blocked, but asleep on something else than the GIL
     m = w.measurement(now, cpu, complete=False)
-    if m.late < EARLY_HELD_LATE * sys.getswitchinterval() or m.others_busy >= OTHERS_BUSY:
+    # Under a short interval (a boost) lateness is not read: the window runs its course.
+    interval = max(sys.getswitchinterval(), LATE_INTERVAL_MIN)
+    if m.late < EARLY_HELD_LATE * interval or m.others_busy >= OTHERS_BUSY:
         return False  # the probe was not kept waiting for the GIL, or not by this call
     return unsure(m, first=True) is None and verdict(m)[0] == "process"
 
