@@ -45,8 +45,11 @@ lateness alone cannot tell which thread held the GIL.
 
 A window reports once: when its call returns, or from the probe thread once it has been open
 ``report_after`` seconds (the submitters waiting for a verdict do not wait for a long call to
-end; the probe stops sampling it then). Without ``pthread_getcpuclockid`` (macOS) there are no
-stalls and no early reports: the lateness alone is used.
+end; the probe stops sampling it then). A first call's window reports sooner when its call
+clearly waits or runs GIL-free C code (``_verdicts.early``) or clearly holds the GIL
+(``held_early``: a Python loop is known after one or two cycles). Without
+``pthread_getcpuclockid`` (macOS) there are no stalls and no early reports: the lateness
+alone is used.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from ._measure import (
     EARLY_WINDOW_MAX,
     LATE_NOISE,
     LINGER_SECONDS,
+    OTHERS_BUSY,
     PROBE_SLEEP,
     REPORT_CAP,
     STALL_SECONDS,
@@ -71,12 +75,22 @@ from ._measure import (
     Measurement,
     perf_counter,
 )
-from ._sched import PROBE_THREAD, ThreadSched, clock_of, gil_futex, stall_sleep
+from ._sched import PROBE_THREAD, ThreadSched, clock_of, gil_futex, gil_known, stall_sleep
 from ._stalls import Cycle, Window, unblock_end
-from ._verdicts import early
+from ._verdicts import early, unsure, verdict
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
+EARLY_HELD_SECONDS = 0.008
+"""A first call found holding the GIL reports after it could run this long (``held_early``)..."""
+EARLY_HELD_STALLS = 1
+"""...and this many stalls found it blocked on the GIL, none running (one is telling: GIL-bound
+code cannot run while the probe holds the GIL, and GIL-free C code sleeps on the GIL only as
+it returns)..."""
+EARLY_HELD_LATE = 0.8
+"""...and the probe, waking, waited for the GIL this share of a switch interval at least (its
+own waits for a CPU left out), other Python threads idle: a second sign, apart from the
+stall, that this call holds the GIL until made to let go."""
 
 
 class GilProbe:
@@ -115,6 +129,12 @@ class GilProbe:
                 clock = clock_of(threading.get_ident())
             except OSError:
                 clock = None
+        if self._thread is None:
+            # Found here, before the call starts, not by the probe thread: there it contends
+            # for the GIL with the measured call (a Python loop lets go once per switch
+            # interval), and its thread start, pipe write and /proc reads took 8-47 ms of
+            # the first window on 2 loaded cores (the verdict came 45-95 ms in, not 25).
+            gil_futex()
         window = Window(clock, report_after, on_report, early)
         with self._cond:
             self._windows.append(window)
@@ -164,7 +184,7 @@ class GilProbe:
 
     def _run(self) -> None:
         own = ThreadSched(threading.get_native_id(), syscall=False)
-        gil_futex()  # once per process: the address GIL waits sleep on (see _sched)
+        gil_futex()  # found already by open(), unless that failed (tried a few times)
         try:
             self._loop(own)
         finally:
@@ -291,7 +311,9 @@ class GilProbe:
                 if w.report_after > EARLY_WINDOW_MAX:
                     continue
                 cpu = w.read_cpu()
-                if cpu is None or not early(w, cpu - w.cpu_open, runnable):
+                if cpu is None or not (
+                    early(w, cpu - w.cpu_open, runnable) or held_early(w, now, cpu, runnable)
+                ):
                     continue
             else:
                 cpu = w.read_cpu()
@@ -304,6 +326,29 @@ class GilProbe:
                 m = w.measurement(now, cpu, complete=False)
             if w.on_report is not None:
                 w.on_report(m)
+
+
+def held_early(w: Window, now: float, cpu: float, runnable: float) -> bool:
+    """Whether a first call's window reports now because its call clearly holds the GIL.
+
+    A Python loop sent to processes is known after a few probe cycles; its window need not
+    run its course (``WINDOW_SECONDS``) while the calls submitted with it wait for the
+    verdict. It reports once it could run ``EARLY_HELD_SECONDS``, was found blocked in
+    ``EARLY_HELD_STALLS`` stalls and never running in one, and its figures so far settle a
+    process verdict on their own (the same judgement as at the window's end).
+    """
+    if not w.early or runnable < EARLY_HELD_SECONDS:
+        return False
+    if w.stalls_blocked < EARLY_HELD_STALLS or w.stalls_free:
+        return False
+    if gil_known() and not w.stalls_gil:
+        return False  # blocked, but asleep on something else than the GIL
+    m = w.measurement(now, cpu, complete=False)
+    # Under a short interval (a boost) lateness is not read: the window runs its course.
+    interval = max(sys.getswitchinterval(), LATE_INTERVAL_MIN)
+    if m.late < EARLY_HELD_LATE * interval or m.others_busy >= OTHERS_BUSY:
+        return False  # the probe was not kept waiting for the GIL, or not by this call
+    return unsure(m, first=True) is None and verdict(m)[0] == "process"
 
 
 PROBE = GilProbe()

@@ -175,6 +175,11 @@ def gil_futex() -> int | None:
 _TRIES = [3]
 
 
+def gil_known() -> bool:
+    """Whether ``gil_futex`` found the GIL's futex: ``ThreadSched.on_gil`` can tell then."""
+    return _GIL[0] is not None
+
+
 @functools.cache
 def _gil_holding_write() -> Callable[[int, bytes, int], int] | None:
     import ctypes

@@ -1,0 +1,179 @@
+"""An early process verdict for a first call that clearly holds the GIL (issue 15: pure CPU).
+
+The calls of a new function submitted together wait for the verdict of its first call,
+measured on a thread. A Python loop used to keep them waiting for the whole window
+(``WINDOW_SECONDS`` of time it could run; 45-95 ms on 2 loaded cores, the probe thread first
+finding the GIL's futex against the loop). Now its window reports after one stall that found
+it asleep on the GIL, with the probe kept waiting for the GIL meanwhile
+(``_probe.held_early``), and the futex is found before the call starts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+import hybridexec
+from hybridexec._routing import LearningClassifier, _probe, _stalls
+from hybridexec._routing import _verdicts as verdicts
+from hybridexec._routing._entry import Entry
+from hybridexec._routing._measure import Measurement
+from hybridexec._routing._probe import EARLY_HELD_SECONDS, held_early
+from hybridexec._routing._stalls import Window
+
+
+def python_loop(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+class _Recording(LearningClassifier):
+    """Keeps the measurements the verdicts come from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Measurement] = []
+        self.lock = threading.Lock()
+
+    def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
+        with self.lock:
+            self.seen.append(m)
+        super()._conclude(entry, m, recheck)
+
+
+def _first(fn: Any, args: list[Any]) -> tuple[Measurement, list[str]]:
+    clf = _Recording()
+    with hybridexec.Executor(max_threads=4, max_processes=2, classifier=clf) as ex:
+        futures = [ex.submit(fn, a) for a in args]
+        for f in futures:
+            f.result(timeout=60)
+        with clf.lock:
+            return clf.seen[0], [f.kind for f in futures]
+
+
+def test_a_python_loop_gets_its_process_verdict_before_the_window_ends() -> None:
+    # Up to 3 fresh classifiers: on a loaded machine the probe may get no CPU for a while
+    # (its stalls come late, and the window's own rule answers first); one must be early.
+    seen = []
+    for _ in range(3):
+        m, kinds = _first(python_loop, [4_000_000] * 4)
+        assert verdicts.verdict(m)[0] == "process", m
+        assert kinds[1:] == ["process"] * 3
+        assert m.stalls_free == 0, m
+        seen.append(m)
+        if not m.complete and m.stalls_blocked >= 1 and m.run_wall < verdicts.WINDOW_SECONDS:
+            return
+    pytest.fail(f"no early process verdict: {seen}")
+
+
+# ---- the rule, on windows fed by hand -----------------------------------------------------------
+def _window(early: bool = True) -> Window:
+    return Window(None, None, None, early)
+
+
+def _blocked(w: Window, gil: bool | None = True) -> None:
+    # A 1 ms control interval the thread ran through, then a 1 ms stall it slept through.
+    _stalls.Cycle(0.001, 0.001, 0.005).add(w, 0.001, 1.0, 0.0, (0.0, 0.0), False, gil)
+
+
+def _free(w: Window) -> None:
+    _stalls.Cycle(0.001, 0.001, 0.0).add(w, 0.001, 1.0, 0.0009, (0.0, 0.0), True)
+
+
+def _late(w: Window, seconds: float) -> None:
+    w.late += seconds  # as the probe's wake-ups add it (``GilProbe._account``)
+    w.span += seconds + 0.002
+
+
+def _held(w: Window, runnable: float) -> bool:
+    return held_early(w, w.t_open + runnable, 0.9 * runnable, runnable)
+
+
+def test_one_blocked_stall_and_a_late_probe_report_early() -> None:
+    w = _window()
+    _late(w, sys.getswitchinterval())
+    assert not _held(w, 0.012)  # no stall yet
+    _blocked(w)
+    assert w.stalls_blocked == 1
+    assert _held(w, 0.012)
+    assert not _held(w, 0.5 * EARLY_HELD_SECONDS)  # too soon
+
+
+def test_a_probe_on_time_does_not_report_early() -> None:
+    w = _window()
+    _blocked(w)
+    _late(w, 0.2 * sys.getswitchinterval())
+    assert not _held(w, 0.012)
+
+
+def test_under_a_short_switch_interval_lateness_does_not_count() -> None:
+    # A boost (``_ticket.SHORT``) or the application's own short interval: the probe does not
+    # read lateness then (``_probe.LATE_INTERVAL_MIN``), so it cannot be the second sign.
+    w = _window()
+    _blocked(w)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        _late(w, 0.001)  # a full short interval and more
+        assert not _held(w, 0.012)
+    finally:
+        sys.setswitchinterval(before)
+    assert _held(w, 0.012) is False  # 1 ms late is not most of a 5 ms interval either
+    _late(w, before)
+    assert _held(w, 0.012)
+
+
+def test_a_stall_the_thread_ran_through_keeps_the_window_open() -> None:
+    w = _window()
+    _late(w, sys.getswitchinterval())
+    _blocked(w)
+    _blocked(w)
+    _free(w)  # GIL-free C code now and then: the window runs its course
+    assert not _held(w, 0.012)
+
+
+def test_a_recheck_window_does_not_report_early() -> None:
+    w = _window(early=False)
+    _late(w, sys.getswitchinterval())
+    _blocked(w)
+    assert not _held(w, 0.012)
+
+
+def test_asleep_but_not_on_the_gil_does_not_report_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_probe, "gil_known", lambda: True)
+    w = _window()
+    _late(w, sys.getswitchinterval())
+    _blocked(w, gil=None)  # asleep, on what unknown: blocked, but not seen on the GIL
+    assert w.stalls_blocked == 1
+    assert w.stalls_gil == 0
+    assert not _held(w, 0.012)
+
+
+def test_the_gil_futex_is_found_before_the_measured_call_starts() -> None:
+    # In a fresh interpreter: the first window's opener looks for it, not the probe thread.
+    script = textwrap.dedent(
+        """
+        import threading
+        from hybridexec._routing import _probe
+        found = _probe.gil_futex
+        callers = []
+        def spy():
+            callers.append(threading.current_thread().name)
+            return found()
+        _probe.gil_futex = spy
+        w = _probe.PROBE.open(0.025, None, True)
+        print(callers[0] if callers else "none")
+        _probe.PROBE.close(w)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["MainThread"], out
