@@ -59,7 +59,33 @@ def _segments() -> set[str]:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return set()
-    return {n for n in names if n.startswith(SHM_PREFIXES) and not _foreign(n)}
+    found = {n for n in names if n.startswith(SHM_PREFIXES) and not _foreign(n)}
+    return found - _held_elsewhere({n for n in found if n.startswith("psm_")})
+
+
+def _held_elsewhere(names: set[str]) -> set[str]:
+    """Those of ``names`` (in /dev/shm) mapped by live processes outside this process's tree
+    and by none in it: another program's (another test run on the machine), as
+    multiprocessing's ``psm_*`` names carry no owner. One that nobody maps counts as ours."""
+    if not names:
+        return set()
+    inodes: dict[int, str] = {}
+    for name in names:
+        try:
+            inodes[os.stat(os.path.join(SHM_DIR, name)).st_ino] = name
+        except OSError:
+            continue
+    tree = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    ours: set[int] = set()
+    others: set[int] = set()
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                held = {int(line.split()[4]) for line in maps if f" {SHM_DIR}/" in line}
+        except (OSError, ValueError, IndexError):
+            continue
+        (ours if pid in tree else others).update(held & inodes.keys())
+    return {inodes[ino] for ino in others - ours}
 
 
 def _foreign(name: str) -> bool:
