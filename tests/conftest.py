@@ -1,8 +1,10 @@
-"""Shared fixtures: every test is checked for leaked processes, threads and /dev/shm segments;
-the run as a whole for multiprocessing temporary directories (``pymp-*``) left behind."""
+"""Shared fixtures: every test is checked for leaked processes, threads, /dev/shm segments and
+named semaphores; the run as a whole for multiprocessing temporary directories (``pymp-*``) and
+semaphores left behind."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import multiprocessing.util
 import os
@@ -21,6 +23,7 @@ from hybridexec import _default
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIXES = ("hx", "psm_")
+SEM_PREFIX = "sem."  # POSIX named semaphores: multiprocessing's (sem.mp-*), loky's, ...
 SETTLE_SECONDS = 10.0
 
 
@@ -56,7 +59,33 @@ def _segments() -> set[str]:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return set()
-    return {n for n in names if n.startswith(SHM_PREFIXES) and not _foreign(n)}
+    found = {n for n in names if n.startswith(SHM_PREFIXES) and not _foreign(n)}
+    return found - _held_elsewhere({n for n in found if n.startswith("psm_")})
+
+
+def _held_elsewhere(names: set[str]) -> set[str]:
+    """Those of ``names`` (in /dev/shm) mapped by live processes outside this process's tree
+    and by none in it: another program's (another test run on the machine), as
+    multiprocessing's ``psm_*`` names carry no owner. One that nobody maps counts as ours."""
+    if not names:
+        return set()
+    inodes: dict[int, str] = {}
+    for name in names:
+        try:
+            inodes[os.stat(os.path.join(SHM_DIR, name)).st_ino] = name
+        except OSError:
+            continue
+    tree = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    ours: set[int] = set()
+    others: set[int] = set()
+    for pid in psutil.pids():
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                held = {int(line.split()[4]) for line in maps if f" {SHM_DIR}/" in line}
+        except (OSError, ValueError, IndexError):
+            continue
+        (ours if pid in tree else others).update(held & inodes.keys())
+    return {inodes[ino] for ino in others - ours}
 
 
 def _foreign(name: str) -> bool:
@@ -69,6 +98,43 @@ def _foreign(name: str) -> bool:
     if pid == os.getpid() or not psutil.pid_exists(pid):
         return False
     return pid not in {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+# multiprocessing names its semaphores "<semprefix>-<random>"; processes forked from this one
+# (workers, hybridexec's fork server) inherit the run's prefix, so a name of the run is known
+# even once the process that made it is gone.
+RUN_SEMPREFIX = f"/mp-hxrun{os.getpid()}"
+getattr(multiprocessing.current_process(), "_config", {})["semprefix"] = RUN_SEMPREFIX
+
+
+def _semaphores() -> set[str]:
+    """The run's named semaphores in /dev/shm: made with its prefix, or held by its processes."""
+    inodes: dict[int, str] = {}
+    try:
+        for entry in os.scandir(SHM_DIR):
+            if entry.name.startswith(SEM_PREFIX):
+                try:
+                    inodes[entry.inode()] = entry.name
+                except OSError:  # unlinked meanwhile
+                    continue
+    except FileNotFoundError:
+        return set()
+    own_prefix = SEM_PREFIX + RUN_SEMPREFIX.lstrip("/") + "-"
+    ours = {name for name in inodes.values() if name.startswith(own_prefix)}
+    if len(ours) == len(inodes):
+        return ours
+    # Other names (a spawned process's, loky's) carry no owner. sem_open maps the file into
+    # the process that opens it, under the temporary name it made it with (so by inode): those
+    # mapped by this process or its descendants are the run's.
+    tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    for proc in tree:
+        try:
+            with open(f"/proc/{proc.pid}/maps") as maps:
+                held = {int(line.split()[4]) for line in maps if f" {SHM_DIR}/" in line}
+        except (OSError, ValueError, IndexError):
+            continue
+        ours.update(inodes[ino] for ino in held & inodes.keys())
+    return ours
 
 
 def _threads() -> set[threading.Thread]:
@@ -156,12 +222,29 @@ def no_pymp_dirs_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         assert not left, f"the run left multiprocessing temporary directories: {where}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_semaphores_left() -> Iterator[None]:
+    """Fail the run if named semaphores created during it are left in /dev/shm.
+
+    Only names that appeared during the run count (those there before belong to others); a
+    module-scoped fixture that leaves one at its teardown escapes ``no_leaks`` but not this.
+    """
+    before = _semaphores()
+    yield
+    gc.collect()  # a multiprocessing lock unlinks its name when it is collected
+    assert wait_until(lambda: not (_semaphores() - before), 5), (
+        f"the run left named semaphores {sorted(_semaphores() - before)}"
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves child processes, threads or shared-memory segments behind."""
+    """Fail a test that leaves child processes, threads, shared-memory segments or named
+    semaphores behind."""
     children = _children()
     threads = _threads()
     segments = _segments()
+    semaphores = _semaphores()
     pymp = _pymp_dirs()
     yield
     for name in _pymp_dirs() - pymp:  # the run fails if it stays (no_pymp_dirs_left)
@@ -187,6 +270,12 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         )
     leaked_segments = _segments() - segments
     assert not leaked_segments, f"test leaked shared-memory segments {sorted(leaked_segments)}"
+    if _semaphores() - semaphores:
+        gc.collect()  # a multiprocessing lock unlinks its name when it is collected
+        # (a program elsewhere whose semaphore this run saw may still be unlinking it)
+        wait_until(lambda: not (_semaphores() - semaphores), 2)
+    leaked_semaphores = _semaphores() - semaphores
+    assert not leaked_semaphores, f"test leaked named semaphores {sorted(leaked_semaphores)}"
 
 
 @pytest.fixture(params=["forkserver", "spawn", "fork"])

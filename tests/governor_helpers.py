@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -22,6 +23,32 @@ def shifting(cpu: int, seconds: float) -> tuple[float, float]:
     else:
         time.sleep(seconds)
     return start, time.time()
+
+
+def spin_until_exists(path: str) -> None:
+    """A Python loop (it keeps its CPU and its slot) until the file ``path`` exists.
+
+    The test says when it ends, whatever the load; it gives up after 60 seconds.
+    """
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {path} never opened")
+
+
+BARRIERS: dict[str, threading.Barrier] = {}
+"""Barriers by name: ``meet``'s arguments stay picklable, as a process task's must be."""
+
+
+def meet(barrier: str, value: Any) -> Any:
+    """Return ``value`` once ``BARRIERS[barrier].parties`` calls are in here at once.
+
+    A thread task: the calls prove they ran side by side without a clock, since one left
+    waiting for a thread or a slot leaves the others at the barrier until its timeout
+    (``threading.BrokenBarrierError``).
+    """
+    BARRIERS[barrier].wait()
+    return value
 
 
 class Gauge:

@@ -164,14 +164,20 @@ def test_a_reply_slower_than_the_callers_read_is_left_to_the_manager(lane: Lane)
     assert not lane.by_caller
 
 
-def test_the_timeout_of_a_wait_ends_the_callers_read_not_the_call(lane: Lane) -> None:
-    lane.learn(helpers.sleep_then, 0.0, "quick")
+def test_the_timeout_of_a_wait_ends_the_callers_read_not_the_call(
+    lane: Lane, tmp_path: Path
+) -> None:
+    # No clock: the call answers only once the test opens its gate, after the wait ended.
+    lane.learn(helpers.gated, str(tmp_path), "quick")  # the directory exists: at once
     assert lane.offered()
-    future = lane.submit(helpers.sleep_then, 0.3, "late")
-    started = time.monotonic()
-    with pytest.raises(concurrent.futures.TimeoutError):
-        future.result(timeout=0.005)
-    assert time.monotonic() - started < 0.25
+    gate = tmp_path / "go"
+    future = lane.submit(helpers.gated, str(gate), "late")
+    try:
+        with pytest.raises(concurrent.futures.TimeoutError):
+            future.result(timeout=0.005)
+        assert not future.done()  # the wait ended, not the call
+    finally:
+        gate.touch()
     assert future.result(timeout=30) == "late"
 
 

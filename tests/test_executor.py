@@ -160,14 +160,19 @@ def test_shutdown_cancel_futures_cancels_pending(kind: str) -> None:
     assert all(f.cancelled() for f in rest)
 
 
-def test_shutdown_without_wait_returns_at_once(kind: str) -> None:
+def test_shutdown_without_wait_returns_at_once(kind: str, tmp_path: Any) -> None:
+    # No clock: the task ends only when the test opens its gate, after shutdown returned.
+    gate = tmp_path / "go"
     ex = Executor(max_processes=1, max_threads=1)
-    fut = ex.options(kind=kind).submit(helpers.sleep_then, 0.5, "done")
-    started = time.monotonic()
-    ex.shutdown(wait=False)
-    assert time.monotonic() - started < 0.3
-    assert fut.result(timeout=30) == "done"
-    ex.shutdown(wait=True)
+    try:
+        fut = ex.options(kind=kind).submit(helpers.gated, str(gate), "done")
+        ex.shutdown(wait=False)
+        assert not fut.done()
+        gate.touch()
+        assert fut.result(timeout=30) == "done"
+    finally:
+        gate.touch()
+        ex.shutdown(wait=True)
 
 
 def test_pending_task_cancels_as_in_stdlib(kind: str) -> None:

@@ -339,15 +339,20 @@ def test_terminate_workers_stops_everything() -> None:
     assert fut.cancelled()
 
 
-def test_shutdown_cancel_without_wait_returns_at_once_while_tasks_run() -> None:
+def test_shutdown_cancel_without_wait_returns_at_once_while_tasks_run(tmp_path: Path) -> None:
+    # No clock: the task ends only when the test opens its gate, after shutdown returned.
+    gate = tmp_path / "go"
     ex = Executor(max_processes=1)
-    fut = ex.options(kind="process").submit(helpers.sleep_then, 0.5, "ok")
-    assert wait_until(fut.running, 30)
-    started = time.monotonic()
-    ex.shutdown(wait=False, cancel_futures=True)
-    assert time.monotonic() - started < 0.1
-    assert fut.result(timeout=30) == "ok"
-    ex.shutdown(wait=True)
+    try:
+        fut = ex.options(kind="process").submit(helpers.gated, str(gate), "ok")
+        assert wait_until(fut.running, 30)
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert not fut.done()
+        gate.touch()
+        assert fut.result(timeout=30) == "ok"
+    finally:
+        gate.touch()
+        ex.shutdown(wait=True)
 
 
 def test_keyboard_interrupt_during_map_cancels_the_rest() -> None:

@@ -18,6 +18,7 @@ import pytest
 from hybridexec import Executor, WorkerCrashedError
 from hybridexec._futures import Future, Task
 from hybridexec._process import ProcessLane
+from hybridexec._process._schedule import AHEAD_SECONDS, PIPELINE_SECONDS
 
 from . import helpers
 from .conftest import wait_until
@@ -52,11 +53,24 @@ def _submit(lane: ProcessLane, fn: Callable[..., Any], *args: Any) -> Future[Any
     return future
 
 
-def _measure_short(lane: ProcessLane, fn: Callable[..., Any], *args: Any) -> None:
-    # A few calls one by one: the manager learns that ``fn`` is short (a first call may be
-    # slow on a loaded machine; the figure follows the later ones).
-    for _ in range(8):
+def _measure_short(lane: ProcessLane, fn: Callable[..., Any], *args: Any, depth: int = 2) -> None:
+    # Calls one by one until the manager's figure says ``fn`` is short enough for ``depth``
+    # calls in flight per worker: on a loaded machine a preempted call is measured long, and
+    # the figure falls slowly (eight calls were not always enough: at load 13-21 a test then
+    # waited in vain for calls sent ahead).
+    deadline = time.monotonic() + 30
+    calls = 0
+    while calls < 8 or not _known_short(lane, fn, min(PIPELINE_SECONDS, AHEAD_SECONDS / depth)):
+        assert time.monotonic() < deadline, f"{fn} not measured short in {calls} calls"
         _submit(lane, fn, *args).result(timeout=30)
+        calls += 1
+
+
+def _known_short(lane: ProcessLane, fn: Callable[..., Any], seconds: float) -> bool:
+    manager = lane._manager
+    assert manager is not None
+    entry = manager.costs.get(id(fn))  # [weak reference, seconds per call]
+    return entry is not None and entry[1] <= seconds
 
 
 def _in_flight(lane: ProcessLane) -> int:
@@ -65,12 +79,18 @@ def _in_flight(lane: ProcessLane) -> int:
     return sum(len(w.tasks) for w in list(manager.workers.values()))
 
 
-def test_short_calls_are_sent_ahead_and_each_ends_on_its_own(lane: ProcessLane) -> None:
-    _measure_short(lane, nap, 0.0, 0)
-    head = _submit(lane, nap, 0.3, "head")
+def test_short_calls_are_sent_ahead_and_each_ends_on_its_own(
+    lane: ProcessLane, tmp_path: Path
+) -> None:
+    _measure_short(lane, nap, 0.0, 0, depth=4)  # the head and three behind it
+    gate = tmp_path / "go"
+    head = _submit(lane, nap, str(gate), "head")  # runs until the test saw the others sent
     # Sent while the head runs: they wait in the worker, not in the lane.
     behind = [_submit(lane, nap, 0.0, i) for i in range(3)]
-    assert wait_until(lambda: _in_flight(lane) == 4, 10)
+    try:
+        assert wait_until(lambda: _in_flight(lane) == 4, 10)
+    finally:
+        gate.touch()
     assert head.result(timeout=30) == "head"
     assert [f.result(timeout=30) for f in behind] == [0, 1, 2]
     assert lane.stats["workers_started"] == 1
