@@ -191,29 +191,29 @@ def unsure(m: Measurement, first: bool = False) -> str | None:
 def lean_told(m: Measurement) -> bool:
     """Whether figures still in doubt tell which lane they lean to.
 
-    Not when the probe's every stall found the thread without a CPU (a busy machine): only
-    the probe's lateness is left then, and GIL-free C code (a numpy sort beside a CPU hog)
-    leans to processes as often as a Python loop does. A stall that found the thread running
-    or blocked on the GIL, a stall as it returned, or a probe that was never left waiting
-    for a CPU tells: such leans were right in every trial (issue 15, round 7).
+    A lean to processes needs a stall that found the thread asleep on the GIL (blocked, or
+    as it returned) and none that found it running while the probe held the GIL (GIL-free
+    C code does). The probe's lateness alone is not enough: beside other Python threads (a
+    burst's Python loops) sha256 and zlib calls too short to sample leaned to processes in
+    2 of 4 runs; and when every stall found the thread without a CPU (a busy machine), GIL-free
+    C code (a numpy sort beside a CPU hog) leaned there as often as a Python loop. A lean to
+    threads tells unless every stall found the thread without a CPU.
     """
+    if verdict(m)[0] == "process":
+        return m.stalls_free == 0 and m.stalls_blocked + m.stalls_end > 0
     return m.stalls_blocked + m.stalls_free > 0 or m.stalls_queued == 0
 
 
 def processes_meanwhile(m: Measurement) -> bool:
     """Whether a first measurement in doubt sends the calls waiting for it to processes.
 
-    Its figures lean to processes, a stall found the thread asleep on the GIL (blocked, or
-    as it returned), and none found it running while the probe held the GIL (GIL-free C
-    code does: it keeps its second look). The probe's lateness alone is not enough: beside
-    other Python threads (a burst's Python loops) sha256 and zlib calls too short to sample
-    leaned to processes in 2 of 4 runs.
-    A second measured call would run on a thread too: of a burst of two Python loops, both
-    (issue 15's ``mode_task("cpu")`` in the grouped workload). The verdict is marked
-    unsettled: the next re-check decides it alone, and calls still queued in processes
-    follow a verdict for threads (late binding, ``_binding.py``).
+    When its figures lean there and tell it (``lean_told``). A second measured call would run
+    on a thread too: of a burst of two Python loops, both (issue 15's ``mode_task("cpu")``
+    in the grouped workload). The verdict is marked unsettled: the next re-check decides it
+    alone, and calls still queued in processes follow a verdict for threads (late binding,
+    ``_binding.py``).
     """
-    return m.stalls_free == 0 and m.stalls_blocked + m.stalls_end > 0 and verdict(m)[0] == "process"
+    return verdict(m)[0] == "process" and lean_told(m)
 
 
 def threads_meanwhile(m: Measurement) -> bool:
