@@ -188,19 +188,22 @@ def unsure(m: Measurement, first: bool = False) -> str | None:
     return None
 
 
-def lean_told(m: Measurement) -> bool:
+def lean_told(m: Measurement, first: bool = False) -> bool:
     """Whether figures still in doubt tell which lane they lean to.
 
-    A lean to processes needs a stall that found the thread asleep on the GIL (blocked, or
-    as it returned) and none that found it running while the probe held the GIL (GIL-free
-    C code does). The probe's lateness alone is not enough: beside other Python threads (a
+    A lean to processes needs a stall that found the thread asleep on the GIL (blocked; on a
+    re-check, also as it returned) and none that found it running while the probe held the
+    GIL (GIL-free C code does). A ``first`` measurement's stall as it returned is no sign:
+    GIL-free C code takes the GIL back to return too (zlib beside a CPU hog once went to
+    processes on it). The probe's lateness alone is not enough: beside other Python threads (a
     burst's Python loops) sha256 and zlib calls too short to sample leaned to processes in
     2 of 4 runs; and when every stall found the thread without a CPU (a busy machine), GIL-free
     C code (a numpy sort beside a CPU hog) leaned there as often as a Python loop. A lean to
     threads tells unless every stall found the thread without a CPU.
     """
     if verdict(m)[0] == "process":
-        return m.stalls_free == 0 and m.stalls_blocked + m.stalls_end > 0
+        returned = m.stalls_end > 0 and not first
+        return m.stalls_free == 0 and (m.stalls_blocked > 0 or returned)
     return m.stalls_blocked + m.stalls_free > 0 or m.stalls_queued == 0
 
 
@@ -213,7 +216,7 @@ def processes_meanwhile(m: Measurement) -> bool:
     alone, and calls still queued in processes follow a verdict for threads (late binding,
     ``_binding.py``).
     """
-    return verdict(m)[0] == "process" and lean_told(m)
+    return verdict(m)[0] == "process" and lean_told(m, first=True)
 
 
 def threads_meanwhile(m: Measurement) -> bool:
