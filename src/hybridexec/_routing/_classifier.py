@@ -326,10 +326,9 @@ class LearningClassifier:
                 return
             kind, reason = verdict(m)
             if doubt is not None and current is None:
-                # Still not settled: threads meanwhile, and a look again soon. (A re-check is
+                # Still not settled: a lane meanwhile, and a look again soon. (A re-check is
                 # judged on its figures: feedback asked for it, the calls disagree already.)
-                entry.recheck_every = min(entry.recheck_every, SUSPECT_GAP_FIRST)
-                kind, reason = "thread", f"not settled ({doubt}): on threads meanwhile"
+                kind, reason = entry.unsettled(m, doubt)
             if current is None:
                 entry.decision = entry.verdict(kind, reason, m)
                 entry.measurement = m

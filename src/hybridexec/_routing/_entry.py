@@ -11,6 +11,7 @@ from ._verdicts import (
     DEMOTE_GIL_SECONDS,
     DRIFT_FACTOR,
     FEEDBACK_MIN_CALLS,
+    FLIP_AFTER,
     GIL_SECONDS_MIN,
     LONG_CALL_SECONDS,
     RECHECK_FIRST,
@@ -23,6 +24,8 @@ from ._verdicts import (
     cpu_share,
     ewma,
     jumped,
+    lean_told,
+    processes_meanwhile,
     threads_meanwhile,
     unsure,
 )
@@ -109,9 +112,28 @@ class Entry:
         first = self.decision is None
         doubt = unsure(m, first=first)
         again = doubt is not None and self.tries < UNSURE_TRIES
-        again = again and not (first and threads_meanwhile(m))
+        if first:
+            again = again and not (threads_meanwhile(m) or processes_meanwhile(m))
+        elif self.hold:
+            # Submitters wait for this re-check: finished calls computed more than the
+            # verdict's profile (a busy machine cannot fake that). Judged on what it saw
+            # when that tells a lane: another measured call would run on the old lane too.
+            again = again and not lean_told(m)
         self.pending, self.tries = (m, self.tries + 1) if again else (None, 0)
         return m, doubt, again
+
+    def unsettled(self, m: Measurement, doubt: str) -> tuple[str, str]:
+        """The lane meanwhile of a first verdict whose figures stay in doubt.
+
+        Threads, or processes when the figures clearly lean there (``processes_meanwhile``);
+        either way the verdict is re-checked within ``SUSPECT_GAP_FIRST`` calls, and a
+        verdict for processes given in doubt changes on one contrary re-check.
+        """
+        self.recheck_every = min(self.recheck_every, SUSPECT_GAP_FIRST)
+        if processes_meanwhile(m):
+            self.contrary = FLIP_AFTER - 1
+            return "process", f"not settled ({doubt}): in processes meanwhile"
+        return "thread", f"not settled ({doubt}): on threads meanwhile"
 
     def routine_due(self) -> bool:
         """Whether a routine re-check may be asked for now; if so, its time is noted.

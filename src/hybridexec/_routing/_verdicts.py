@@ -188,6 +188,37 @@ def unsure(m: Measurement, first: bool = False) -> str | None:
     return None
 
 
+def lean_told(m: Measurement, first: bool = False) -> bool:
+    """Whether figures still in doubt tell which lane they lean to.
+
+    A lean to processes needs a stall that found the thread asleep on the GIL (blocked; on a
+    re-check, also as it returned) and none that found it running while the probe held the
+    GIL (GIL-free C code does). A ``first`` measurement's stall as it returned is no sign:
+    GIL-free C code takes the GIL back to return too (zlib beside a CPU hog once went to
+    processes on it). The probe's lateness alone is not enough: beside other Python threads (a
+    burst's Python loops) sha256 and zlib calls too short to sample leaned to processes in
+    2 of 4 runs; and when every stall found the thread without a CPU (a busy machine), GIL-free
+    C code (a numpy sort beside a CPU hog) leaned there as often as a Python loop. A lean to
+    threads tells unless every stall found the thread without a CPU.
+    """
+    if verdict(m)[0] == "process":
+        returned = m.stalls_end > 0 and not first
+        return m.stalls_free == 0 and (m.stalls_blocked > 0 or returned)
+    return m.stalls_blocked + m.stalls_free > 0 or m.stalls_queued == 0
+
+
+def processes_meanwhile(m: Measurement) -> bool:
+    """Whether a first measurement in doubt sends the calls waiting for it to processes.
+
+    When its figures lean there and tell it (``lean_told``). A second measured call would run
+    on a thread too: of a burst of two Python loops, both (issue 15's ``mode_task("cpu")``
+    in the grouped workload). The verdict is marked unsettled: the next re-check decides it
+    alone, and calls still queued in processes follow a verdict for threads (late binding,
+    ``_binding.py``).
+    """
+    return verdict(m)[0] == "process" and lean_told(m, first=True)
+
+
 def threads_meanwhile(m: Measurement) -> bool:
     """Whether a first measurement in doubt goes to threads at once, without a second look.
 
