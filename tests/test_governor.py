@@ -224,6 +224,30 @@ def test_queued_process_tasks_follow_a_new_verdict_to_threads(tmp_path: Any) -> 
 
 
 @pytest.mark.timeout(60)
+def test_queued_process_tasks_move_though_the_verdict_changed_while_the_manager_slept(
+    tmp_path: Any,
+) -> None:
+    # The manager has seen the queued calls (no worker free) and sleeps before the verdict
+    # changes: nothing tells it, so it must look again by itself (before, they stayed queued
+    # until the worker was free). The pause makes the order certain; it hides no race.
+    gate = tmp_path / "go"
+    switch = Switch("process")
+    with hybridexec.Executor(max_processes=1, classifier=switch) as ex:
+        blocker = ex.submit(spin_until_exists, str(gate))
+        try:
+            assert wait_until(blocker.running, 20)
+            queued = [ex.submit(abs, -i) for i in range(3)]
+            time.sleep(0.3)
+            switch.flip("thread")
+            assert [f.result(timeout=10) for f in queued] == [0, 1, 2]
+            assert not blocker.done()
+        finally:
+            gate.touch()
+        blocker.result(timeout=20)
+        assert [f.kind for f in queued] == ["thread"] * 3
+
+
+@pytest.mark.timeout(60)
 def test_queued_cpu_thread_tasks_follow_a_new_verdict_to_processes(data: Any) -> None:
     switch = Switch("thread", heavy=True)
     with hybridexec.Executor(classifier=switch) as ex:

@@ -44,8 +44,9 @@ logger = logging.getLogger("hybridexec")
 
 TURN_GIVE_UP = 1.0
 """Seconds of failing manager turns after which the work in flight fails (the lane lives on)."""
-
-
+RELOCATE_LOOK = 0.05
+"""Seconds between two looks at the queue's head while it waits for a worker: a routed call
+follows a new verdict of its key (late binding), which nothing signals to this thread."""
 DROP_GRACE = 0.05
 """Seconds a worker may go on running a call that was cancelled while it waited in the worker
 (a short call, or it would not have been sent ahead) before the worker is killed."""
@@ -202,6 +203,8 @@ class Manager(Direct, threading.Thread):
         if self.deadlines:
             times.append(self.deadlines[0][0])
         if self.lane.pending:
+            if self.lane.pending[0].route is not None:  # late binding: a verdict that changes
+                times.append(time.monotonic() + RELOCATE_LOOK)  # wakes no one, so look again
             if self.retry_at > time.monotonic():
                 times.append(self.retry_at)  # the next start (a backoff outlives a give-up)
             if self.failing_since is not None:
