@@ -39,10 +39,12 @@ def python_loop(n: int) -> float:
 
 def _delivered_before_error(iterator: Iterator[int]) -> list[int]:
     delivered: list[int] = []
-    with pytest.raises(KeyError):
+    try:
         for value in iterator:
             delivered.append(value)
-    return delivered
+    except KeyError:
+        return delivered
+    pytest.fail(f"the input's KeyError was not raised (got {delivered})")
 
 
 @pytest.mark.parametrize("kind", ["thread", "process", "auto"])
@@ -82,8 +84,10 @@ def test_explain_gil_seconds_is_per_call() -> None:
     with hx.Executor(max_processes=1) as ex:
         cpu = ex.submit(python_loop, 5_000_000).result(timeout=30)
         explanation = ex.explain(python_loop)
-    assert explanation.learned and explanation.kind == "process"
-    assert explanation.gil_fraction is not None and explanation.gil_fraction > 0.9
+    assert explanation.learned
+    assert explanation.kind == "process"
+    assert explanation.gil_fraction is not None
+    assert explanation.gil_fraction > 0.9
     assert cpu > 0.08, "the loop was too short to show the defect on this machine"
     assert explanation.gil_seconds is not None
     assert explanation.gil_seconds >= 0.5 * cpu, (explanation.gil_seconds, cpu)
@@ -97,6 +101,5 @@ def test_shared_array_attach_too_small_raises_shared_memory_error() -> None:
     mapping without the size check: ``attach`` succeeds, and reading ``.array`` raises
     ``TypeError: buffer is too small for requested array``.
     """
-    with hx.SharedArray.from_numpy(np.arange(10.0)) as shared:
-        with pytest.raises(hx.SharedMemoryError):
-            hx.SharedArray.attach(shared.name, (1_000_000,), "float64").array  # noqa: B018
+    with hx.SharedArray.from_numpy(np.arange(10.0)) as shared, pytest.raises(hx.SharedMemoryError):
+        hx.SharedArray.attach(shared.name, (1_000_000,), "float64").array  # noqa: B018
