@@ -6,6 +6,7 @@ on ef0a300. They use the public API only.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 
@@ -103,3 +104,24 @@ def test_shared_array_attach_too_small_raises_shared_memory_error() -> None:
     """
     with hx.SharedArray.from_numpy(np.arange(10.0)) as shared, pytest.raises(hx.SharedMemoryError):
         hx.SharedArray.attach(shared.name, (1_000_000,), "float64").array  # noqa: B018
+
+
+def allocate(n: int) -> int:
+    return len(bytearray(n))
+
+
+def test_max_memory_sys_maxsize_does_not_fail_every_call() -> None:
+    """E4: ``max_memory=sys.maxsize`` (a user's "no real limit") fails every call.
+
+    ``options()`` accepts any positive int, but the worker adds it to its current data size
+    and passes the sum to ``setrlimit``: the call fails with ``OverflowError: Python int too
+    large to convert to C long`` from inside the library, for a 10-byte allocation. A limit
+    past what ``RLIMIT_DATA`` can hold should mean no limit there (or be refused by
+    ``options()`` with ``ValueError``), not break each call.
+    """
+    with hx.Executor(max_processes=1) as ex:
+        try:
+            view = ex.options(max_memory=sys.maxsize)
+        except ValueError:
+            return  # refused up front: acceptable
+        assert view.submit(allocate, 10).result(timeout=30) == 10
