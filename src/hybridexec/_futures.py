@@ -35,7 +35,7 @@ from ._task import run_items as run_items
 T = TypeVar("T")
 
 _DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
-_allocate_lock = threading.Lock  # one global lookup per future, not two
+_allocate_rlock = threading.RLock  # one global lookup per future, not two
 
 logger = logging.getLogger("hybridexec")
 
@@ -94,9 +94,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     _hx_ended: concurrent.futures.Future[None] | None = None
 
     def __init__(self, kind: str = "thread") -> None:
-        # A Lock, not an RLock: nothing takes it twice (the stdlib's users of _waiters and
-        # _done_callbacks hold it: built unlocked).
-        self._lock = _allocate_lock()
+        # An RLock, as the stdlib's Condition has: concurrent.futures.wait() holds every
+        # future's lock while it calls cancelled() and exception(), which take it again (a
+        # Lock hung it for good when a future was done, and the lanes settling the others).
+        self._lock = _allocate_rlock()
         self._state = PENDING
         self.kind = kind
         self._cond = self._result = self._exception = self._hx_stop = self._hx_before_wait = None
