@@ -132,7 +132,7 @@ def _enter(limit: int) -> tuple[int, int] | None:
         if hard != resource.RLIM_INFINITY:
             new = min(new, hard)
         resource.setrlimit(resource.RLIMIT_DATA, (new, hard))
-    except (OSError, ValueError):  # refused: the watchdog alone
+    except (OSError, ValueError, OverflowError):  # refused, or past a C long: the watchdog alone
         return None
     return soft, hard
 
