@@ -252,6 +252,10 @@ class Segment:
             known = _names.get(name)
             mm = None if known is None or not (known.writable or readonly) else known.mm_ref()
             if known is not None and mm is not None and not mm.closed:
+                if size is not None and known.size < max(size, 1):  # as for a new mapping
+                    raise SharedMemoryError(
+                        f"shared-memory segment {name!r} holds {known.size} bytes, {size} expected"
+                    )
                 if id(mm) in _recent:
                     _recent.move_to_end(id(mm))
                 return cls(name, known.size if size is None else size, mm, known.writable, False)
