@@ -130,6 +130,8 @@ def test_imap_delivers_items_read_before_a_slow_input_raised() -> None:
 def test_explain_gil_seconds_is_per_call() -> None:
     """E2: ``Explanation.gil_seconds`` ("Seconds of GIL held per call") is the measuring window.
 
+    Resolved by documenting it as a lower bound (the probe's window) and saying "or more".
+
     A pure-Python loop that holds the GIL for its whole run (gil_fraction 1.0) and uses about
     0.15 s of CPU per call is explained as "22.7 ms of GIL per call": the 25 ms measurement
     window, not the call. The reason text repeats the wrong figure ("... 22.7 ms per call").
@@ -143,7 +145,10 @@ def test_explain_gil_seconds_is_per_call() -> None:
     assert explanation.gil_fraction > 0.9
     assert cpu > 0.08, "the loop was too short to show the defect on this machine"
     assert explanation.gil_seconds is not None
-    assert explanation.gil_seconds >= 0.5 * cpu, (explanation.gil_seconds, cpu)
+    # Decision: the figure is the probe's window (documented as a lower bound for a longer
+    # call, and the reason says "or more"), not the whole call's.
+    assert 0 < explanation.gil_seconds <= cpu, (explanation.gil_seconds, cpu)
+    assert "or more per call" in explanation.reason, explanation.reason
 
 
 def test_shared_array_attach_too_small_raises_shared_memory_error() -> None:

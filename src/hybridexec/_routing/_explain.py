@@ -25,7 +25,8 @@ class Explanation:
         gil_fraction: Share of a call's running time spent holding the GIL.
         gil_share: Share of a call's CPU work that needs the GIL.
         cpu_ratio: CPU seconds per wall second of a measured call on a thread.
-        gil_seconds: Seconds of GIL held per call.
+        gil_seconds: Seconds of GIL held per call while measured: the probe watches a call's
+            first ~25 ms only, so for a longer call this is a lower bound.
         wall_seconds: Seconds per call, where it ran (moving average).
         calls: Finished calls seen by the classifier.
         per_lane: Finished calls per lane.

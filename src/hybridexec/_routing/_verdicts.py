@@ -119,7 +119,7 @@ def verdict(m: Measurement) -> tuple[str, str]:
         return "thread", f"it holds the GIL only {m.gil_fraction:.0%} of its running time"
     return "process", (
         f"it holds the GIL {m.gil_fraction:.0%} of its running time, "
-        f"{ms(m.gil_seconds)} per call: threads would serialise on the GIL"
+        f"{ms(m.gil_seconds)} or more per call: threads would serialise on the GIL"
     )
 
 
