@@ -17,9 +17,13 @@ def shifting(cpu: int, seconds: float) -> tuple[float, float]:
     """
     start = time.time()
     if cpu:
+        # Python bytecode between clock reads: a read per loop turn spent most of the call in
+        # the clock's system call (with the GIL held), which a loaded probe misread as C code.
         end = time.thread_time() + seconds
+        total = 0
         while time.thread_time() < end:
-            pass
+            for i in range(2000):
+                total += i
     else:
         time.sleep(seconds)
     return start, time.time()

@@ -348,7 +348,7 @@ class _DropLogQueue:
                 queue.close()
                 queue.join_thread()
                 self.log_queue = None
-                self.executor_kwargs = {}  # its initargs hold the queue too
+                self.executor_kwargs: dict[str, Any] = {}  # its initargs hold the queue too
 
 
 def _build(suite_name: str, variant: str) -> type[Any]:
