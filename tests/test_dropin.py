@@ -273,8 +273,15 @@ def test_failing_thread_initializer_breaks_the_thread_lane(
     # As ThreadPoolExecutor: queued work fails, then every submit raises BrokenExecutor.
     with hx.Executor(kind="thread") as fine:
         assert fine._broken is False
-    with hx.Executor(max_workers=1, kind="thread", initializer=fail_to_initialize) as ex:
+    queued = threading.Event()
+
+    def fail_once_queued() -> None:  # all three are queued before the lane breaks (a
+        queued.wait(10)  # submit after that raises, as in ThreadPoolExecutor)
+        fail_to_initialize()
+
+    with hx.Executor(max_workers=1, kind="thread", initializer=fail_once_queued) as ex:
         futures = [ex.submit(helpers.square, x) for x in range(3)]
+        queued.set()
         for fut in futures:
             with pytest.raises(hx.BrokenExecutorError, match="initializer") as info:
                 fut.result(timeout=10)
