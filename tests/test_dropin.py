@@ -8,10 +8,14 @@ import contextvars
 import gc
 import hashlib
 import itertools
+import os
 import signal
+import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -264,6 +268,66 @@ def test_thread_name_prefix_names_the_lanes_threads() -> None:
 
 def fail_to_initialize() -> None:
     raise ValueError("error in initializer")
+
+
+LOGGED_BEFORE_BROKEN = """
+import concurrent.futures, logging, logging.handlers, multiprocessing, queue
+import hybridexec as hx
+
+
+def fail_logging_to(log_queue):
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(logging.handlers.QueueHandler(log_queue))
+    logger.setLevel("CRITICAL")
+    logger.propagate = False
+    raise ValueError("error in initializer")
+
+
+if __name__ == "__main__":
+    found = 0
+    for _ in range(5):
+        log_queue = multiprocessing.get_context("forkserver").Queue()
+        with hx.Executor(max_workers=1, kind="process", initializer=fail_logging_to,
+                         initargs=(log_queue,)) as ex:
+            try:
+                ex.submit(abs, -2).result(timeout=30)
+            except concurrent.futures.BrokenExecutor:
+                pass
+        messages = []
+        try:
+            while True:
+                messages.append(log_queue.get_nowait().getMessage())
+        except queue.Empty:
+            pass
+        found += any("ValueError: error in initializer" in m for m in messages)
+    print(found, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_worker_initializer_is_logged_before_the_pool_is_seen_broken(
+    tmp_path: Any,
+) -> None:
+    # As CPython's FailingInitializerMixin reads it: once a call failed with BrokenExecutor,
+    # the worker's log record is in the queue (it left a worker's feeder thread too late in
+    # 12 of 30 tries with three CPU hogs; the worker now flushes it before any reply). In a
+    # script: the queues' named semaphores stay with the scenario.
+    script = tmp_path / "scenario.py"
+    script.write_text(LOGGED_BEFORE_BROKEN, encoding="utf-8")
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=True,
+        env=env,
+    )
+    assert done.stdout.split() == ["5"], done.stderr[-2000:]
 
 
 @pytest.mark.timeout(30)

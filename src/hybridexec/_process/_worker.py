@@ -121,6 +121,7 @@ def worker_main(
             err = BrokenExecutorError(f"the worker initializer raised {exc!r}")
             err.__cause__ = exc
             init_error = pack_exception(err)
+            _flush_log_queues()
 
     _lifecycle.on_fork(_forked)
     try:
@@ -129,6 +130,26 @@ def worker_main(
         # A task may have started executors of its own: their workers are our non-daemon
         # children, which multiprocessing joins as this worker exits; exit hooks stop them.
         _lifecycle.run_exit_hooks()
+
+
+def _flush_log_queues() -> None:
+    """Push out what a ``QueueHandler`` on a multiprocessing queue holds, before any reply.
+
+    Such a queue hands records to a feeder thread; ProcessPoolExecutor's worker exits (which
+    joins it) before its pool is seen broken, so code that reads the queue once the pool broke
+    finds the record. This worker fails every call from now on: its queues are closed here.
+    """
+    logger: logging.Logger | None = logging.getLogger("concurrent.futures")
+    while logger is not None:
+        for handler in logger.handlers:
+            queue: Any = getattr(handler, "queue", None)
+            if hasattr(queue, "join_thread") and hasattr(queue, "close"):
+                try:
+                    queue.close()
+                    queue.join_thread()
+                except Exception:  # best effort: the record may come late
+                    pass
+        logger = logger.parent if logger.propagate else None
 
 
 def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memory: bool) -> None:
