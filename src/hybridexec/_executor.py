@@ -32,6 +32,7 @@ from ._views import (
     check_map_args,
     executor_stats,
     explain_call,
+    leave_block,
     results,
 )
 
@@ -267,9 +268,7 @@ class Executor(concurrent.futures.Executor):
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        # Ctrl-C: queued calls cancelled, running ones not waited for (killed at exit).
-        stop = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
-        self.shutdown(wait=not stop, cancel_futures=stop)
+        leave_block(self, exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
 
     # ---- hybridexec additions -------------------------------------------------------------
     def options(

@@ -10,11 +10,12 @@ Exit: one ``atexit`` callback runs the hooks phase by phase, in this order::
     ACTORS     actors still alive are stopped, then killed after a short grace
     SEGMENTS   shared-memory segments this process owns are removed
 
-After Ctrl-C (the main script ended with an uncaught ``KeyboardInterrupt``) nothing waits
-for running work: the hooks stop what runs and the interpreter exits with status 130. CPython
-exits with 130 only if a flag set when the script ended is still set at the very end, and any
-``exec()`` of a string during exit clears it (``namedtuple``, ``dataclass`` and the import of
-many modules do that): the hooks re-arm it once they ran (``_rearm_keyboard_interrupt``).
+After Ctrl-C (the main script ended with an uncaught ``KeyboardInterrupt``, or one stopped an
+exit hook's wait) nothing waits for running work: the hooks stop what runs and the interpreter
+exits with status 130. CPython exits with 130 only if a flag set when the script ended is still
+set at the very end, and any ``exec()`` of a string during exit clears it (``namedtuple``,
+``dataclass`` and the import of many modules do that): the hooks re-arm it once they ran
+(``_rearm_keyboard_interrupt``), which also sets it after a Ctrl-C during the hooks.
 
 It is registered after ``multiprocessing.util`` is imported, so it runs before
 multiprocessing's own exit hook (``atexit`` is last in, first out), which joins child processes
@@ -59,6 +60,7 @@ _fork_hooks: list[Callable[[], None]] = []
 _thread_hooks: list[Callable[[], object]] = []
 _atexit_registered = False
 _exiting = False
+_stopped_at_exit = False  # Ctrl-C stopped an exit hook: the rest wait for nothing; status 130
 _generation = 0
 
 
@@ -73,9 +75,14 @@ def exiting() -> bool:
 
 
 def interrupted() -> bool:
-    """True when the interpreter is exiting because Ctrl-C ended the main script."""
-    # Set by PyErr_Print, which reports the exception that ended the main script.
-    return _exiting and isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    """True when the interpreter is exiting because of Ctrl-C.
+
+    It ended the main script, or it stopped an exit hook's wait for running work.
+    """
+    # last_value: set by PyErr_Print, which reports the exception that ended the main script.
+    return _exiting and (
+        _stopped_at_exit or isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    )
 
 
 def on_exit(phase: int, hook: Callable[[], None]) -> None:
@@ -123,7 +130,7 @@ def starting_thread() -> None:
 
 def run_exit_hooks() -> None:
     """Run the exit hooks now (at interpreter exit, and as a worker process ends)."""
-    global _exiting
+    global _exiting, _stopped_at_exit
     _exiting = True
     done: set[int] = set()
     while True:
@@ -137,6 +144,8 @@ def run_exit_hooks() -> None:
         done.add(seq)
         try:
             hook()
+        except KeyboardInterrupt:  # Ctrl-C while exit waited for running work: as if it had
+            _stopped_at_exit = True  # ended the script (the next hooks wait for nothing)
         except BaseException:  # one failing hook must not keep the others from running
             logger.exception("hybridexec exit hook %r failed", hook)
 

@@ -351,3 +351,16 @@ def _caller_level() -> int:
         frame = frame.f_back
         level += 1
     return level
+
+
+def leave_block(executor: Executor, interrupted: bool) -> None:
+    """``Executor.__exit__``: shut down, and wait unless Ctrl-C ended the block or this wait.
+
+    After Ctrl-C the queued calls are cancelled and the running ones not waited for (the
+    standard library's executors wait for them; at interpreter exit they are killed).
+    """
+    try:
+        executor.shutdown(wait=not interrupted, cancel_futures=interrupted)
+    except KeyboardInterrupt:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
