@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,83 @@ def test_ctrl_c_while_the_with_block_waits_at_its_end_cancels_the_queue(
     done = run_script(tmp_path, CTRL_C_IN_EXIT, kind)
     assert "cancelled" in done.stdout, done.stderr[-2000:]
     assert "cancelled 5 of 5" in done.stdout, done.stdout + done.stderr[-1000:]
+
+
+# ---- F2: Ctrl-C while the interpreter waits at exit for running work --------------------------
+
+CTRL_C_AT_EXIT = """
+import sys
+import time
+import hybridexec as hx
+
+
+@hx.task(kind="process")
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "default":
+        futures = [hx.submit(nap, 12.0) for _ in range(2)]
+    elif sys.argv[1] == "open":  # an executor left open: exit finishes its work
+        ex = hx.Executor(max_processes=1)
+        futures = [ex.submit(nap, 12.0) for _ in range(2)]
+    else:  # two executors left open, one call running in each
+        futures = [hx.Executor(max_processes=1).submit(nap, 12.0) for _ in range(2)]
+        while not futures[1].running():
+            time.sleep(0.01)
+    while not futures[0].running():
+        time.sleep(0.01)
+    print("ready", flush=True)
+    # the script ends here: exit waits for the running call
+"""
+
+
+@pytest.mark.parametrize("executor", ["default", "open", "two-open"])
+def test_ctrl_c_while_exit_waits_for_running_work_exits_130(tmp_path: Path, executor: str) -> None:
+    """F2: the script ended normally and interpreter exit waits (as documented) for running
+    process work (the default executor's, or an executor left open); a Ctrl-C then (SIGINT to
+    the pid: the workers ignore SIGINT) stops the wait and the workers at once, but the
+    program exits with status 0 and prints nothing: a shell's ``python job.py && next`` goes
+    on as if the job had finished (0.03-0.07 s after the SIGINT, status 0, thread lane alike;
+    scratch exit_wait.py, exit_wait2.py via harness.py). With two executors left open the
+    Ctrl-C ends only the first one's wait: exit then waits for the second one's running call
+    (its whole 12 s), then exits with status 0. docs/guarantees.md I5: "Ctrl-C exits
+    with status 130". The ``KeyboardInterrupt`` raised inside the exit hook's wait is caught
+    by ``_lifecycle.run_exit_hooks`` (``except BaseException``, logged on the NullHandler
+    logger) and ``interrupted()`` is False (the script did not end with it), so the flag that
+    makes CPython exit with 130 is not re-armed. (CPython's ThreadPoolExecutor also exits 0
+    here on 3.11, but prints the KeyboardInterrupt.)
+    """
+    path = tmp_path / "scenario.py"
+    path.write_text(CTRL_C_AT_EXIT, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, path.name, executor],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # the script has ended; exit is waiting for the running call
+        os.kill(proc.pid, signal.SIGINT)
+        started = time.monotonic()
+        try:
+            rc = proc.wait(timeout=6)
+        except subprocess.TimeoutExpired:
+            rc = None
+        waited = time.monotonic() - started
+        assert rc in (130, -signal.SIGINT), f"exit status {rc} {waited:.1f} s after Ctrl-C"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
