@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,40 +19,11 @@ import pytest
 
 import hybridexec as hx
 
+from .scenario import run_script
+
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_script(
-    tmp_path: Path, body: str, *args: str, timeout: float = 60.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``body`` as a script in ``tmp_path``; on overrun kill its whole session."""
-    path = tmp_path / "scenario.py"
-    path.write_text(textwrap.dedent(body), encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, path.name, *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        err += f"\n[scenario overran {timeout} s and was killed]"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the scenario left in its session
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # ---- D1: a fork while a thread is inside multiprocessing's resource tracker ------------------

@@ -10,46 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from .scenario import run_script
+
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_script(
-    tmp_path: Path, body: str, *args: str, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``body`` as a script in ``tmp_path``; on overrun kill its whole session."""
-    path = tmp_path / "scenario.py"
-    path.write_text(textwrap.dedent(body), encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, path.name, *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        err += f"\n[scenario overran {timeout} s and was killed]"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the scenario left in its session
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # ---- F1: Ctrl-C while ``with Executor()``'s own exit waits for the queue ----------------------
@@ -97,7 +67,7 @@ def test_ctrl_c_while_the_with_block_waits_at_its_end_cancels_the_queue(
     the queued calls are cancelled". The round-7 fix looks only at an exception raised in the
     block's body (``__exit__``'s ``exc_type``), not at one raised by its own wait.
     """
-    done = run_script(tmp_path, CTRL_C_IN_EXIT, kind)
+    done = run_script(tmp_path, CTRL_C_IN_EXIT, kind, timeout=30)
     assert "cancelled" in done.stdout, done.stderr[-2000:]
     assert "cancelled 5 of 5" in done.stdout, done.stdout + done.stderr[-1000:]
 
