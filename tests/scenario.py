@@ -12,15 +12,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_script(
-    tmp_path: Path, body: str, *args: str, timeout: float = 60.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``body`` as a script in ``tmp_path``; on overrun kill its whole session."""
+def start_script(tmp_path: Path, body: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``body`` as a script in ``tmp_path``, in a session of its own, pipes for output.
+
+    The caller kills the session (``os.killpg(proc.pid, SIGKILL)``) when it is done with it.
+    """
     path = tmp_path / "scenario.py"
     path.write_text(textwrap.dedent(body), encoding="utf-8")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, path.name, *args],
         cwd=tmp_path,
         env=env,
@@ -29,15 +30,27 @@ def run_script(
         text=True,
         start_new_session=True,
     )
+
+
+def kill_session(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL whatever the script left in its session (the script itself included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_script(
+    tmp_path: Path, body: str, *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` as a script in ``tmp_path``; on overrun kill its whole session."""
+    proc = start_script(tmp_path, body, *args)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc)
         out, err = proc.communicate()
         err += f"\n[scenario overran {timeout} s and was killed]"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the scenario left in its session
-        except ProcessLookupError:
-            pass
+        kill_session(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

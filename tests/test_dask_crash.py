@@ -15,14 +15,13 @@ they test is the lane, not that LocalCluster policy.
 from __future__ import annotations
 
 import ast
-import os
-import signal
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from .scenario import kill_session, start_script
 
 pytest.importorskip("distributed")
 
@@ -66,26 +65,14 @@ if __name__ == "__main__":
 
 def run_scenario(tmp_path: Path, main: str, timeout: float = 150) -> list[str]:
     """Run PRELUDE with ``main`` in a child; return its output lines (fail on a hang)."""
-    script = tmp_path / "scenario.py"
     body = textwrap.dedent(PRELUDE).replace(
         "def main(ex, client):\n    ...  # replaced by each scenario\n", textwrap.dedent(main)
     )
-    script.write_text(body, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, script.name],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_script(tmp_path, body)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_session(proc)
         stdout, stderr = proc.communicate()
         pytest.fail(f"still running after {timeout:g} s; output so far: {stdout!r}")
     assert proc.returncode == 0, stderr

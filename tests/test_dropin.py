@@ -8,20 +8,18 @@ import contextvars
 import gc
 import hashlib
 import itertools
-import os
 import signal
-import subprocess
 import sys
 import threading
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import hybridexec as hx
 from tests import helpers
+from tests.scenario import run_script
 
 
 class Box:
@@ -312,21 +310,8 @@ def test_a_failed_worker_initializer_is_logged_before_the_pool_is_seen_broken(
     # the worker's log record is in the queue (it left a worker's feeder thread too late in
     # 12 of 30 tries with three CPU hogs; the worker now flushes it before any reply). In a
     # script: the queues' named semaphores stay with the scenario.
-    script = tmp_path / "scenario.py"
-    script.write_text(LOGGED_BEFORE_BROKEN, encoding="utf-8")
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
-    }
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=True,
-        env=env,
-    )
+    done = run_script(tmp_path, LOGGED_BEFORE_BROKEN, timeout=50)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["5"], done.stderr[-2000:]
 
 
@@ -395,7 +380,6 @@ def test_segment_counts_its_numpy_views_without_getrefcount(
     # Python 3.14 borrows references where it can, so sys.getrefcount no longer tells whether
     # a mapping is still viewed; the placement pool must not reuse a segment under a view.
     pytest.importorskip("numpy")
-    import sys
 
     from hybridexec._shm import Segment
 
@@ -459,7 +443,6 @@ def sleep_and_name(seconds: float) -> str:
 
 @pytest.fixture
 def gil_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
 
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
 

@@ -11,7 +11,6 @@ import concurrent.futures
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 import hybridexec as hx
 
-from .scenario import run_script
+from .scenario import kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -208,19 +207,7 @@ def test_ctrl_c_in_a_with_block_does_not_wait_for_running_process_work(tmp_path:
     workers still running a call are killed, and the exit status is 130"; the ``with`` form,
     which the docs use everywhere, waits.
     """
-    path = tmp_path / "scenario.py"
-    path.write_text(CTRL_C_IN_WITH, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, path.name],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_script(tmp_path, CTRL_C_IN_WITH)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
@@ -232,8 +219,5 @@ def test_ctrl_c_in_a_with_block_does_not_wait_for_running_process_work(tmp_path:
             rc = None
         assert rc in (130, -signal.SIGINT), f"exit status {rc} {time.monotonic() - started:.1f} s"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc)
         proc.communicate()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .scenario import run_script
+from .scenario import kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,19 +118,7 @@ def test_ctrl_c_while_exit_waits_for_running_work_exits_130(tmp_path: Path, exec
     makes CPython exit with 130 is not re-armed. (CPython's ThreadPoolExecutor also exits 0
     here on 3.11, but prints the KeyboardInterrupt.)
     """
-    path = tmp_path / "scenario.py"
-    path.write_text(CTRL_C_AT_EXIT, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, path.name, executor],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_script(tmp_path, CTRL_C_AT_EXIT, executor)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
@@ -145,8 +132,5 @@ def test_ctrl_c_while_exit_waits_for_running_work_exits_130(tmp_path: Path, exec
         waited = time.monotonic() - started
         assert rc in (130, -signal.SIGINT), f"exit status {rc} {waited:.1f} s after Ctrl-C"
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_session(proc)
         proc.communicate()
