@@ -12,6 +12,8 @@ import pytest
 
 from hybridexec._routing import LearningClassifier
 from hybridexec._routing import _verdicts as verdicts
+from hybridexec._routing._entry import Entry
+from hybridexec._routing._measure import Measurement
 
 
 def learn(fn: Callable[..., Any], *args: Any) -> tuple[str, str]:
@@ -62,3 +64,25 @@ def cpu_hog() -> Iterator[None]:
     finally:
         hog.kill()
         hog.wait()
+
+
+def python_loop(n: int) -> int:
+    """A pure-Python loop: holds the GIL for its whole run."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+class Recording(LearningClassifier):
+    """A LearningClassifier that keeps the measurements its verdicts come from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Measurement] = []
+        self.lock = threading.Lock()
+
+    def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
+        with self.lock:
+            self.seen.append(m)
+        super()._conclude(entry, m, recheck)

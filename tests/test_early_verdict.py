@@ -13,43 +13,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 from typing import Any
 
 import pytest
 
 import hybridexec
-from hybridexec._routing import LearningClassifier, _probe, _stalls
+from hybridexec._routing import _probe, _stalls
 from hybridexec._routing import _verdicts as verdicts
-from hybridexec._routing._entry import Entry
 from hybridexec._routing._measure import Measurement
 from hybridexec._routing._probe import EARLY_HELD_SECONDS, held_early
 from hybridexec._routing._stalls import Window
 
-
-def python_loop(n: int) -> int:
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-class _Recording(LearningClassifier):
-    """Keeps the measurements the verdicts come from."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[Measurement] = []
-        self.lock = threading.Lock()
-
-    def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
-        with self.lock:
-            self.seen.append(m)
-        super()._conclude(entry, m, recheck)
+from .routing_helpers import Recording, python_loop
 
 
 def _first(fn: Any, args: list[Any]) -> tuple[Measurement, list[str]]:
-    clf = _Recording()
+    clf = Recording()
     with hybridexec.Executor(max_threads=4, max_processes=2, classifier=clf) as ex:
         futures = [ex.submit(fn, a) for a in args]
         for f in futures:

@@ -11,16 +11,16 @@ GIL-bound: ``tests/test_early_verdict.py``).
 from __future__ import annotations
 
 import hashlib
-import threading
 from typing import Any
 
 import hybridexec
-from hybridexec._routing import LearningClassifier, _stalls
+from hybridexec._routing import _stalls
 from hybridexec._routing import _verdicts as verdicts
-from hybridexec._routing._entry import Entry
 from hybridexec._routing._measure import Measurement
 from hybridexec._routing._probe import EARLY_HELD_SECONDS, EARLY_HELD_STALLS
 from hybridexec._routing._stalls import Window
+
+from .routing_helpers import Recording, python_loop
 
 DATA = bytes(range(256)) * (1 << 18)  # 64 MB: sha256 takes ~40 ms, longer than the window
 
@@ -29,29 +29,8 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def python_loop(n: int) -> int:
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-class _Recording(LearningClassifier):
-    """Keeps the measurements the verdicts come from."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[Measurement] = []
-        self.lock = threading.Lock()
-
-    def _conclude(self, entry: Entry, m: Measurement, recheck: bool) -> None:
-        with self.lock:
-            self.seen.append(m)
-        super()._conclude(entry, m, recheck)
-
-
 def _first(fn: Any, args: list[Any]) -> tuple[Measurement, list[str]]:
-    clf = _Recording()
+    clf = Recording()
     with hybridexec.Executor(max_threads=8, max_processes=1, classifier=clf) as ex:
         futures = [ex.submit(fn, a) for a in args]
         for f in futures:
