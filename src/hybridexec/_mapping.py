@@ -86,8 +86,14 @@ def imap(
     it = zip(*iterables) if star else iter(iterables[0])  # noqa: B905 - shortest, as map does
     state = MapState(star, limit, return_exceptions)
     report = None if progress is None else progress(total)
+    if all(type(i) in _NEVER_RAISE for i in iterables):  # the common case costs nothing
+        return _run(executor, fn, it, total, options, ordered, chunksize, report, state), state
     run = _run(executor, fn, _read(it, state), total, options, ordered, chunksize, report, state)
     return _then_input_error(run, state), state
+
+
+_NEVER_RAISE = (list, tuple, range, str, bytes)
+"""Iterables whose iterator never raises: read without ``_read``'s guard (~10 ns an item)."""
 
 
 def _read(it: Iterator[Any], state: MapState) -> Iterator[Any]:
