@@ -463,6 +463,22 @@ def test_actor_without_restarts_left_is_broken(spawn: ActorFactory) -> None:
     assert ref.join(10)
 
 
+def test_tells_lost_in_a_crash_go_to_on_error_once_each(spawn: ActorFactory) -> None:
+    """A tell pending when the process died failed: on_error hears of it, once per tell."""
+    errors: list[BaseException] = []
+    ref = spawn(Counter, kind="process", on_error=errors.append)
+    ref.ask(Counter.get).result(timeout=20)
+    ref.tell(Counter.crash, 3)
+    assert ref.join(20)
+    assert ref.state == "broken"
+    assert len(errors) == 1
+    assert isinstance(errors[0], hx.ActorBrokenError)
+    assert "died while this message was pending" in str(errors[0])
+    cause = errors[0].__cause__
+    assert isinstance(cause, hx.WorkerCrashedError)
+    assert cause.exitcode == 3
+
+
 def test_process_killed_from_outside_counts_as_a_crash(spawn: ActorFactory) -> None:
     ref = spawn(Counter, kind="process", max_restarts=1)
     pid = ref.ask(Counter.pid).result(timeout=20)

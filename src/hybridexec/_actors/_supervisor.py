@@ -245,11 +245,13 @@ class Supervisor(CoreBase):
         else:
             what = "died while this message was pending"
         tells = 0
-        for future, _, _ in lost:
-            if future is None:
-                tells += 1
-            else:
+        for future, _, fn in lost:
+            if future is not None:
                 future.settle(False, self.broken_error(what, cause))
+                continue
+            tells += 1
+            if self.on_error is not None:  # a lost tell is a failed tell: its one report
+                self.report(f"tell {describe(fn)}", self.broken_error(what, cause))
         if state in (OPEN, STOPPING) and (exitcode or lost or state == OPEN):
             logger.warning(
                 "actor %s: %s%s; %s",
