@@ -22,6 +22,7 @@ from typing import Any
 from ._callbacks import serve
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
+from ._waits import capped
 
 
 class TaskInterrupted(BaseException):
@@ -146,7 +147,7 @@ class Timers:
                         delay = self._heap[0][0] - time.monotonic()
                         if delay <= 0:
                             break
-                        self._cond.wait(delay)
+                        self._cond.wait(capped(delay))  # a later look finds it due
                     else:
                         self._cond.wait()
                 if self._closed:

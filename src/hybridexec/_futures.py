@@ -31,6 +31,7 @@ from ._task import Items as Items
 from ._task import Outcome as Outcome
 from ._task import Task as Task
 from ._task import run_items as run_items
+from ._waits import wait_long
 
 T = TypeVar("T")
 
@@ -264,7 +265,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         cond = self._cond  # not the property: it takes the lock held here
         if cond is None:
             cond = self._cond = threading.Condition(self._lock)
-        cond.wait(timeout)
+        wait_long(cond.wait, timeout)  # inf or 1e12 too (the stdlib's raises OverflowError)
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise concurrent.futures.CancelledError()
         if self._state != FINISHED:

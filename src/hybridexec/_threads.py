@@ -9,9 +9,8 @@ more: read on its first calls, then one in 64) any sooner: while as many threads
 CPUs run work that is not waiting, its task wakes or starts none (a storm of tiny calls is
 drained by the threads at work, which take the next task without a wake-up). Should they
 stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_SECONDS``. While
-they take tasks that check looks again twice as late each time (up to ``STALL_MAX``), queue
-empty or not, and ends once nothing moves: a storm does not re-arm it at each emptied queue
-(each look wakes the timer thread, which takes the GIL).
+they take tasks that check looks again twice as late each time (up to ``STALL_MAX``) and ends
+once nothing moves: a storm does not re-arm it at each emptied queue (a look takes the GIL).
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
@@ -44,6 +43,7 @@ from ._exceptions import BrokenExecutorError
 from ._futures import Future, Task
 from ._process import usable_cpus
 from ._profiles import Profile, Profiles, name_of
+from ._waits import acquire_long
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
@@ -226,7 +226,7 @@ class ThreadLane:
                     wake = threading.Lock()
                     wake.acquire()
                     self._idle.append(wake)  # a submit releases it to wake this thread
-                if not wake.acquire(timeout=self.idle_timeout):
+                if not acquire_long(wake, self.idle_timeout):  # idle_timeout inf: never leave
                     with lock:
                         if wake in self._idle:  # not woken meanwhile: leave
                             self._idle.remove(wake)

@@ -25,6 +25,7 @@ from typing import Any, Concatenate, Generic, Literal, NoReturn, ParamSpec, Type
 from .. import _lifecycle
 from .._futures import Future
 from .._process import get_context
+from .._waits import wait_long
 from ._base import CoreBase
 from ._base import OnError as OnError
 from ._process import ProcessCore
@@ -139,7 +140,7 @@ class ActorRef(Generic[T]):
 
         Example, a bounded stop: ``ref.stop(wait=False); ref.join(5) or ref.kill()``.
         """
-        return self._core.join(timeout)
+        return wait_long(self._core.join, timeout)
 
     @property
     def kind(self) -> str:

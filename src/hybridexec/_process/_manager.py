@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _callbacks, _faults
 from .._exceptions import BrokenExecutorError
 from .._futures import Future, Task
+from .._waits import capped
 from ._direct import Direct
 from ._supervise import DEFAULT_GRACE
 from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
@@ -219,7 +220,7 @@ class Manager(Direct, threading.Thread):
                 times.append(w.idle_since + idle_timeout)
         if not times:
             return None
-        return max(0.0, min(times) - time.monotonic())
+        return capped(max(0.0, min(times) - time.monotonic()))  # a deadline 1e12 s away
 
     def _deadline_live(self, task: Task) -> bool:
         return not task.future.done() and any(w.task is task for w in self.workers.values())

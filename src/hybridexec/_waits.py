@@ -1,0 +1,47 @@
+"""Timeouts the OS and ``threading`` can take, whatever seconds a user gave.
+
+``poll()``/``epoll()`` take at most 2**31 - 1 ms (24.8 days) and lock waits at most
+``threading.TIMEOUT_MAX``; beyond that they raise ``OverflowError`` (``inf`` included), and a
+``Thread.join`` that raised it leaves the thread marked as ended on CPython 3.11-3.12. Every
+wait whose length comes from a user (a task's timeout, ``idle_timeout``, ``join(timeout)``,
+``result(timeout)``) goes through here: a loop that recomputes its sleep caps one sleep at
+``MAX_WAIT`` (``capped``), and a one-shot wait is cut into such pieces (``wait_long``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+MAX_WAIT = 1_000_000.0
+"""The longest single sleep, in seconds (11.6 days): below every OS and ``threading`` limit."""
+
+
+def capped(seconds: float) -> float:
+    """``seconds`` for one sleep of a loop that wakes, finds nothing due, and sleeps again."""
+    return seconds if seconds <= MAX_WAIT else MAX_WAIT
+
+
+def wait_long(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """Call ``wait(seconds)`` (True once the awaited thing happened) for up to ``timeout`` s.
+
+    ``timeout`` may be any non-negative number, ``inf`` included (no limit, as None); a
+    longer one is waited in pieces of ``MAX_WAIT``.
+    """
+    if timeout is None or timeout <= MAX_WAIT:
+        return wait(timeout)
+    deadline = time.monotonic() + timeout  # inf stays inf
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return wait(0)
+        if wait(capped(left)):
+            return True
+
+
+def acquire_long(lock: Any, timeout: float) -> bool:
+    """``lock.acquire(timeout=timeout)`` for any non-negative ``timeout``, ``inf`` included."""
+    if timeout <= MAX_WAIT:
+        return bool(lock.acquire(timeout=timeout))
+    return wait_long(lambda t: bool(lock.acquire(timeout=-1 if t is None else t)), timeout)

@@ -1,0 +1,63 @@
+"""Timeouts beyond what poll() and threading take (inf, 1e12 s) behave as long waits.
+
+``select.poll`` and ``epoll`` refuse more than 2**31 - 1 ms and lock waits more than
+``threading.TIMEOUT_MAX``: every wait a user's number reaches goes through ``_waits``. The
+outside tester's cases (a task's timeout, ``idle_timeout``, ``ActorRef.join``) are in
+``test_outsider_s8b.py`` (B1, B2, B4, B5); these cover what waits on a future.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+
+import hybridexec as hx
+from hybridexec import _waits
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def nap(x: int) -> int:
+    time.sleep(0.2)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+@pytest.mark.parametrize("timeout", [math.inf, 1e12, 3e6])
+def test_result_waits_with_a_timeout_longer_than_poll_takes(kind: str, timeout: float) -> None:
+    with hx.Executor(max_processes=1, max_threads=2) as ex:
+        future = ex.options(kind=kind).submit(nap, 7)
+        assert future.result(timeout=timeout) == 7
+        assert future.exception(timeout=timeout) is None
+        assert ex.options(kind=kind).submit(inc, 1).result(timeout=30) == 2
+
+
+def test_maps_take_an_infinite_timeout() -> None:
+    with hx.Executor(max_processes=1, idle_timeout=math.inf) as ex:
+        assert list(ex.map(inc, range(3), timeout=math.inf)) == [1, 2, 3]
+        assert list(ex.options(kind="process").map(inc, range(3), timeout=1e12)) == [1, 2, 3]
+        assert hx.map(inc, range(3), timeout=math.inf) == [1, 2, 3]
+
+
+def test_wait_long_cuts_a_long_wait_into_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_waits, "MAX_WAIT", 0.05)
+    event = threading.Event()
+    seen: list[float | None] = []
+
+    def wait(seconds: float | None) -> bool:
+        seen.append(seconds)
+        return event.wait(seconds)
+
+    threading.Timer(0.3, event.set).start()
+    assert _waits.wait_long(wait, math.inf)
+    assert len(seen) >= 3
+    assert all(s is not None and s <= 0.05 for s in seen)
+    event.clear()
+    assert not _waits.wait_long(wait, 0.12)  # a finite one still ends
