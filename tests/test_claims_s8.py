@@ -46,6 +46,12 @@ def ignore_term_and_wait(marker: str) -> None:
         time.sleep(0.005)
 
 
+@hx.io_bound
+def io_gated(path: str) -> str:
+    """I/O-like work hinted `@io_bound`: waits in Python for the file ``path`` (30 s at most)."""
+    return str(helpers.gated(path, "io"))
+
+
 def raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt("from the task")
 
@@ -118,6 +124,24 @@ def test_c1_chunksize_with_timeout_times_out_the_whole_batch(ex: hx.Executor) ->
     _warm(ex, 2)
     with pytest.raises(hx.TaskTimeoutError):
         hx.map(helpers.sleep_then, [1.0] * 4, kind="process", chunksize=4, timeout=2.5, executor=ex)
+
+
+def test_c3_a_task_with_a_timeout_goes_to_a_process_even_when_hinted_io_bound(
+    ex: hx.Executor, tmp_path: Path
+) -> None:
+    """C3: docs/guarantees.md:92-93 says "Give work that may hang in C a timeout: a task with a
+    timeout goes to a process, where it can be killed." and docs/timeouts-and-killing.md:60
+    "A task with a timeout is routed to a process: only there can it be stopped." An `@io_bound`
+    function (the I/O work that hangs in C: `socket.recv`) given a timeout runs on a thread, which
+    cannot be killed (docs/routing.md:27 lets the hint win; these two pages do not say so).
+    """
+    gate = tmp_path / "gate"
+    fut = ex.options(timeout=5.0).submit(io_gated, str(gate))
+    try:
+        assert fut.kind == "process"
+    finally:
+        gate.touch()
+        fut.exception(timeout=LIMIT)
 
 
 def test_c2_a_closed_shared_list_refuses_len() -> None:
