@@ -52,6 +52,11 @@ def io_gated(path: str) -> str:
     return str(helpers.gated(path, "io"))
 
 
+@hx.io_bound
+def io_pid() -> int:
+    return os.getpid()
+
+
 def raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt("from the task")
 
@@ -142,6 +147,18 @@ def test_c3_a_task_with_a_timeout_goes_to_a_process_even_when_hinted_io_bound(
     finally:
         gate.touch()
         fut.exception(timeout=LIMIT)
+
+
+def test_c4_a_call_with_max_memory_runs_in_a_process_even_when_hinted_io_bound(
+    ex: hx.Executor,
+) -> None:
+    """C4: docs/timeouts-and-killing.md:301-302 says "calls with `max_memory` always run in
+    processes (`kind="thread"` with `max_memory` is a `ValueError`)". For an `@io_bound` function
+    `submit` raises `ValueError: ... cannot apply with kind='thread'`, a kind the caller never gave.
+    """
+    fut = ex.options(max_memory=256 << 20).submit(io_pid)
+    assert fut.result(timeout=LIMIT) != os.getpid()
+    assert fut.kind == "process"
 
 
 def test_c2_a_closed_shared_list_refuses_len() -> None:
