@@ -120,45 +120,54 @@ def _warm(ex: hx.Executor, n: int) -> None:
 # ---- false claims -----------------------------------------------------------------------------
 
 
-def test_c1_chunksize_with_timeout_times_out_the_whole_batch(ex: hx.Executor) -> None:
-    """C1: docs/timeouts-and-killing.md:82-84 says "If you pass both `chunksize=` and `timeout=`
-    to `hx.map`/`hx.imap`, the timeout currently applies to each batch of `chunksize` items as a
-    whole, not to each item." It applies to each item (tests/test_map.py agrees): a batch of four
-    1 s calls under a 2.5 s timeout all return.
+def test_c1_chunksize_with_timeout_stays_per_item(ex: hx.Executor) -> None:
+    """C1, proves docs/timeouts-and-killing.md ("the timeout still applies to each item"): four
+    1 s calls with ``chunksize=4, timeout=2.5`` all return (a per-batch timeout would fire).
+    The note said per batch until the claims audit found it stale.
     """
     _warm(ex, 2)
-    with pytest.raises(hx.TaskTimeoutError):
-        hx.map(helpers.sleep_then, [1.0] * 4, kind="process", chunksize=4, timeout=2.5, executor=ex)
+    out = hx.map(
+        helpers.sleep_then, [1.0] * 4, kind="process", chunksize=4, timeout=2.5, executor=ex
+    )
+    assert len(out) == 4
 
 
-def test_c3_a_task_with_a_timeout_goes_to_a_process_even_when_hinted_io_bound(
+def test_c3_a_hint_wins_over_a_timeout_and_kind_process_makes_it_killable(
     ex: hx.Executor, tmp_path: Path
 ) -> None:
-    """C3: docs/guarantees.md:92-93 says "Give work that may hang in C a timeout: a task with a
-    timeout goes to a process, where it can be killed." and docs/timeouts-and-killing.md:60
-    "A task with a timeout is routed to a process: only there can it be stopped." An `@io_bound`
-    function (the I/O work that hangs in C: `socket.recv`) given a timeout runs on a thread, which
-    cannot be killed (docs/routing.md:27 lets the hint win; these two pages do not say so).
+    """C3, proves docs/timeouts-and-killing.md and guarantees.md (a hint wins over the timeout;
+    ``kind="process"`` makes it killable): an ``@io_bound`` function given a timeout runs on a
+    thread; with ``kind="process"`` too it runs in a process and times out there.
     """
     gate = tmp_path / "gate"
     fut = ex.options(timeout=5.0).submit(io_gated, str(gate))
     try:
-        assert fut.kind == "process"
+        assert fut.kind == "thread"
     finally:
         gate.touch()
         fut.exception(timeout=LIMIT)
+    killable = ex.options(timeout=0.5, kind="process").submit(io_gated, str(tmp_path / "never"))
+    assert killable.kind == "process"
+    with pytest.raises(hx.TaskTimeoutError):
+        killable.result(timeout=LIMIT)
 
 
-def test_c4_a_call_with_max_memory_runs_in_a_process_even_when_hinted_io_bound(
+def test_c4_max_memory_refuses_a_thread_hint_and_overrides_a_thread_default(
     ex: hx.Executor,
 ) -> None:
-    """C4: docs/timeouts-and-killing.md:301-302 says "calls with `max_memory` always run in
-    processes (`kind="thread"` with `max_memory` is a `ValueError`)". For an `@io_bound` function
-    `submit` raises `ValueError: ... cannot apply with kind='thread'`, a kind the caller never gave.
+    """C4, proves docs/timeouts-and-killing.md (memory limits): ``max_memory`` for a function
+    hinted to threads is a ``ValueError`` naming the hint (it named a ``kind='thread'`` the
+    caller never gave), while ``Executor(kind="thread")`` is only a default: the call goes to a
+    process.
     """
-    fut = ex.options(max_memory=256 << 20).submit(io_pid)
-    assert fut.result(timeout=LIMIT) != os.getpid()
-    assert fut.kind == "process"
+    with pytest.raises(ValueError, match="hinted to threads"):
+        ex.options(max_memory=256 << 20).submit(io_pid)
+    with pytest.raises(ValueError, match="kind='thread'"):
+        ex.options(max_memory=256 << 20, kind="thread").submit(os.getpid)
+    with hx.Executor(kind="thread", max_processes=1) as threads:
+        fut = threads.options(max_memory=256 << 20).submit(os.getpid)
+        assert fut.result(timeout=LIMIT) != os.getpid()
+        assert fut.kind == "process"
 
 
 def test_c2_a_closed_shared_list_refuses_len() -> None:

@@ -323,8 +323,9 @@ def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> 
     if memory is not None:  # only a process can be limited: never a silent thread
         kind = options.kind if options.kind != "auto" or hinted is None else hinted.kind
         if kind == "thread":
-            how = "kind='thread'" if options.kind == "thread" else "a function hinted to threads"
-            raise ValueError(f"max_memory needs a process: it cannot apply to {how}")
+            hint = hinted is not None and hinted.kind == "thread"  # merged into options too
+            how = " (the function is hinted to threads, as @io_bound does)" if hint else ""
+            raise ValueError(f"max_memory needs a process: it cannot apply with kind='thread'{how}")
         why = "kind='process' was requested" if kind == "process" else "a task with max_memory"
         return Decision("process", f"{why} (runs limited)", explicit=True, max_memory=memory)
     if options.kind != "auto":

@@ -156,6 +156,7 @@ class SharedList(SharedHandle):
 
     # ---- the sequence protocol --------------------------------------------------------------
     def __len__(self) -> int:
+        self._segment.require()  # closed: SharedMemoryError, as every other use of the handle
         return self._count
 
     def _index(self, index: int) -> int:
