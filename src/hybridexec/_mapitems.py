@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import sys
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -91,14 +92,23 @@ def failed(fn: Callable[..., Any], items: Items, kind: str, error: BaseException
     return task
 
 
+def ends_map(exc: BaseException) -> bool:
+    """Whether an item's ``exc`` ends a map even with ``return_exceptions=True``."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    asyncio = sys.modules.get("asyncio")  # not imported: nothing raised its cancellation
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
 def split_outcomes(
     outcomes: list[Outcome], *, keep_errors: bool = False
 ) -> tuple[list[Any], BaseException | None]:
     """Split a batch into its values and the failure that ends the map (or None).
 
     Without ``keep_errors`` the values stop at the first failure. With it (a map's
-    ``return_exceptions=True``) each ``Exception`` stands in its item's place; only a
-    ``BaseException`` that is not one (``KeyboardInterrupt``, ``SystemExit``) still ends it.
+    ``return_exceptions=True``) each exception stands in its item's place, a ``BaseException``
+    such as ``GeneratorExit`` or the user's own too; only those ``ends_map`` names
+    (``KeyboardInterrupt``, ``SystemExit``, asyncio's cancellation) still end it.
     """
     if not outcomes:
         return [], None
@@ -107,7 +117,7 @@ def split_outcomes(
         return list(values), None
     if keep_errors:
         for index, (ok, value) in enumerate(outcomes):
-            if not ok and not isinstance(value, Exception):
+            if not ok and ends_map(value):
                 return list(values[:index]), value
         return list(values), None
     failed_at = oks.index(False)
@@ -153,7 +163,9 @@ def _call_each(
             for item in items:
                 try:
                     append(fn(*item) if star else fn(item))
-                except Exception as exc:  # return_exceptions: in its place, and go on
+                except BaseException as exc:  # return_exceptions: in its place, and go on
+                    if ends_map(exc):
+                        raise
                     append(exc)
         elif star:
             for args in items:

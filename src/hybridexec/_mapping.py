@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._asyncio import is_async_callable
 from ._futures import Future, Items, Outcome, Task
-from ._mapitems import Report, Slots, failed, run_inline
+from ._mapitems import Report, Slots, ends_map, failed, run_inline
 from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
 from ._process import oom_killed, retry_killed
 from ._routing import Options
@@ -344,10 +344,10 @@ def _outcomes(batch: _Batch, keep_errors: bool) -> list[Outcome]:
         outcomes: list[Outcome] = batch.future.result()
     except concurrent.futures.CancelledError:
         raise  # the map was cancelled: that ends it, return_exceptions or not
-    except Exception as exc:
+    except BaseException as exc:
         # The task failed as a whole (a timeout, a crash of a single call, arguments that
         # cannot be pickled): with return_exceptions, each of its items gets the error.
-        if not keep_errors:
+        if not keep_errors or ends_map(exc):
             raise
         outcomes = [(False, exc)] * batch.size
     return outcomes

@@ -13,6 +13,7 @@ import pickle
 import sys
 import traceback
 import types
+from collections.abc import Callable
 from typing import Any
 
 from . import _fncache
@@ -212,12 +213,20 @@ def pack_exception(exc: BaseException) -> bytes:
         data = dumps((exc, tb))
         pickle.loads(data)  # an exception whose __reduce__ is wrong fails here, not in the parent
         return data
-    except Exception as err:
+    except BaseException as err:  # a __reduce__ may raise SystemExit too: never raises
         substitute = SerializationError(
-            f"the task raised {type(exc).__qualname__}: {exc}, "
-            f"which could not be sent back ({err!r})"
+            f"the task raised {type(exc).__qualname__}: {_text(exc, str)}, "
+            f"which could not be sent back ({_text(err, repr)})"
         )
         return pickle.dumps((substitute, tb), PROTOCOL)
+
+
+def _text(exc: BaseException, how: Callable[[object], str]) -> str:
+    """``str(exc)`` or ``repr(exc)``, or a stand-in when the user's method raises."""
+    try:
+        return how(exc)
+    except BaseException:
+        return f"<{type(exc).__qualname__}: its {how.__name__}() raised>"
 
 
 def unpack_exception(data: bytes) -> BaseException:

@@ -24,7 +24,7 @@ def alone(value: Any) -> Any:
     """A result pickled on its own: if it will not unpickle in the parent, it fails alone."""
     try:
         return Pickled(dumps_reply(value))
-    except Exception:
+    except BaseException:  # a __reduce__ may raise SystemExit too: the worker lives on
         return value  # it does not pickle here: _encode_reply finds it, item by item
 
 
@@ -40,7 +40,7 @@ def encode_group_reply(
         if _faults.ACTIVE:
             _faults.hit("worker.pickle_reply")
         return head + dumps_reply((values, failures, seconds, cpu, rss))
-    except Exception:
+    except BaseException:  # a __reduce__ may raise SystemExit too: the worker lives on
         pass
     # A value does not pickle with the C pickler: find which, so the others still arrive.
     failures = dict(failures or {})
@@ -50,11 +50,9 @@ def encode_group_reply(
             fixed.append(value)
             continue
         try:
-            fixed.append(Pickled(dumps(value)))
+            fixed.append(Pickled(_dumps_result(value)))
         except SerializationError as exc:
-            err = SerializationError(f"the task's result could not be pickled: {exc}")
-            err.__cause__ = exc.__cause__
-            failures[index] = pack_exception(err)
+            failures[index] = pack_exception(exc)
             fixed.append(None)
     return head + pickle.dumps((fixed, failures or None, seconds, cpu, rss), PROTOCOL)
 
@@ -67,7 +65,7 @@ def encode_reply(
             _faults.hit("worker.pickle_reply")
         # A Reply, as a plain tuple; large numpy results go through shared memory.
         return dumps_reply((outcomes, elapsed, cpu, rss))
-    except Exception:
+    except BaseException:  # a __reduce__ may raise SystemExit too: the worker lives on
         pass
     # Some result does not pickle with the C pickler: find which, item by item, so the others
     # still arrive.
@@ -77,12 +75,23 @@ def encode_reply(
             fixed.append((ok, value))
             continue
         try:
-            fixed.append((True, Pickled(dumps(value))))
+            fixed.append((True, Pickled(_dumps_result(value))))
         except SerializationError as exc:
-            err = SerializationError(f"the task's result could not be pickled: {exc}")
-            err.__cause__ = exc.__cause__
-            fixed.append((False, pack_exception(err)))
+            fixed.append((False, pack_exception(exc)))
     return pickle.dumps((fixed, elapsed, cpu, rss), PROTOCOL)
+
+
+def _dumps_result(value: Any) -> bytes:
+    """``dumps(value)`` for a result; every failure, a ``SystemExit`` too, a SerializationError."""
+    try:
+        return dumps(value)
+    except SerializationError as exc:
+        err = SerializationError(f"the task's result could not be pickled: {exc}")
+        err.__cause__ = exc.__cause__
+    except BaseException as exc:  # not an Exception: dumps() let it through
+        err = SerializationError(f"the task's result could not be pickled: {exc!r}")
+        err.__cause__ = exc
+    raise err
 
 
 class Pickled:
