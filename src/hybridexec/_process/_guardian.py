@@ -34,10 +34,11 @@ logger = logging.getLogger("hybridexec")
 # has it any more but its group still has members (the kernel never reuses a pid that is still
 # a group id, so that group is ours). Entries whose process and group are both gone are pruned.
 # Then the shared-memory segments of this process (its parent) and of those it killed go, once
-# they are dead (names ``hx<pid>_<16 hex>``): nothing else would unlink them until the next
-# Executor's janitor. EOF comes as the kernel closes a dying parent's files, before it is dead:
-# the guardian waits up to 1 s for it. An orderly stop writes ``x`` first: this process is alive
-# and unlinks its own. A live owner's segments are never touched, nor a pid no longer ours.
+# they are dead (``hx<pid>_<16 hex>``, maybe ``w<maker pid>`` after): nothing else would unlink
+# them until the next Executor's janitor. EOF comes as the kernel closes a dying parent's files,
+# before it is dead: the guardian waits up to 1 s for it. An orderly stop writes ``x`` first:
+# this process is alive and unlinks its own. A live owner's segments are never touched, nor a
+# pid no longer ours.
 # Last, multiprocessing's temporary directory of a dead parent (``pymp-*``: the fork server's
 # socket), which its exit would have removed; ``d<path>`` lines name it. A copy of this process
 # also holds the resource tracker's pipe (``TRACKER``: its read end, and what forks the tracker
@@ -122,7 +123,8 @@ except OSError:
     names = []
 for name in names:
     pid, _, rest = name[2:].partition("_")
-    if name[:2] == "hx" and pid.isdigit() and int(pid) in owners and len(rest) == 16:
+    made = rest[16:17] == "w" and rest[17:].isdigit()  # a worker's result for its parent
+    if name[:2] == "hx" and pid.isdigit() and int(pid) in owners and (len(rest) == 16 or made):
         try:
             if os.lstat("/dev/shm/" + name).st_uid == os.getuid():
                 os.unlink("/dev/shm/" + name)

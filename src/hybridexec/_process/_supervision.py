@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _faults
 from .._exceptions import BrokenExecutorError, TaskTimeoutError
 from .._futures import Task
-from .._shm import cleanup_shared_memory, discard_reply
+from .._shm import cleanup_shared_memory, discard_reply, remove_made_by
 from ._frames import FrameReader, write_frame
 from ._guardian import start_guardian_early
 from ._handle import Child
@@ -316,8 +316,9 @@ class Supervision:
         task = tasks[0] if tasks else None
         if worker.state == DYING or task is not None or exitcode != 0:
             # A worker killed or crashed with a large result in flight leaves its segment
-            # behind (named after its pid, now dead): remove it now, not at the next start.
-            cleanup_shared_memory()
+            # behind (named for this process, marked as its): remove it now, not at exit.
+            remove_made_by(worker.pid)
+            cleanup_shared_memory()  # and those of its own (a SharedArray it made)
         # The calls behind the running one never started: they are sent again, first in line.
         again = [t for t in tasks[1:] if not t.future.done()]
         self.lane.pending.extendleft(reversed(again))

@@ -23,6 +23,7 @@ from .._lazy import exports
 
 if TYPE_CHECKING:
     from ._janitor import cleanup_shared_memory as cleanup_shared_memory
+    from ._janitor import remove_made_by as remove_made_by
     from ._list import SharedList as SharedList
     from ._names import SHM_DIR as SHM_DIR
     from ._names import free_bytes as free_bytes
@@ -62,6 +63,7 @@ __all__ = [
     "mapping_of",
     "note_lent",
     "owner_pid_of",
+    "remove_made_by",
     "reply_policy",
     "unchanging",
 ]
@@ -87,6 +89,7 @@ __getattr__, __dir__ = exports(
         "mapping_of": "._segment",
         "note_lent": "._reply",
         "owner_pid_of": "._names",
+        "remove_made_by": "._janitor",
         "reply_policy": "._reply",
         "unchanging": "._reuse",
     },

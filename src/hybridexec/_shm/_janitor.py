@@ -12,7 +12,7 @@ import logging
 import os
 
 from .. import _lifecycle
-from ._names import SHM_DIR, owner_pid_of, unlink
+from ._names import SHM_DIR, maker_pid_of, owner_pid_of, unlink
 
 logger = logging.getLogger("hybridexec")
 
@@ -69,6 +69,30 @@ def cleanup_shared_memory() -> list[str]:
     if removed:
         logger.info("removed %d shared-memory segment(s) of dead processes", len(removed))
     return removed
+
+
+def remove_made_by(worker_pid: int) -> list[str]:
+    """Remove the segments a dead worker made for this process: results it never sent.
+
+    A worker copies a large result into a segment named for its parent, then writes the reply
+    that names it; killed (a timeout, a cancel) or dead in between, the reply never comes and
+    the parent, alive, would keep the segment until it exits. Called once every reply the
+    worker did send has been read.
+    """
+    try:
+        entries = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    me = os.getpid()
+    prefix = f"hx{me}_"
+    return [
+        name
+        for name in entries
+        if name.startswith(prefix)
+        and maker_pid_of(name) == worker_pid
+        and owner_pid_of(name) == me
+        and unlink(name)
+    ]
 
 
 def _sweep_own_segments() -> None:

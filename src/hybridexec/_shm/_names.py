@@ -1,7 +1,9 @@
 """Segment names and the OS calls on them: the bottom of the shared-memory room.
 
 Names are ``hx<owner pid>_<16 random hex digits>``: unguessable, created with ``O_EXCL`` and mode
-0o600, and the janitor can tell whose they are from the name alone.
+0o600, and the janitor can tell whose they are from the name alone. A worker placing a result
+for its parent names it after the parent and adds ``w<its own pid>``: when the worker dies
+before the reply arrives, its parent removes exactly those (``remove_made_by``).
 """
 
 from __future__ import annotations
@@ -18,20 +20,31 @@ from .._exceptions import SharedMemoryError
 
 PREFIX = "hx"
 SHM_DIR = "/dev/shm"
-_NAME = re.compile(r"hx(\d+)_[0-9a-f]{16}\Z")
+_NAME = re.compile(r"hx(\d+)_[0-9a-f]{16}(?:w(\d+))?\Z")
 LINUX = sys.platform.startswith("linux")
 
 
 def new_name(owner_pid: int | None = None) -> str:
-    """Return a fresh, unguessable segment name carrying ``owner_pid`` (default: this process)."""
-    pid = os.getpid() if owner_pid is None else owner_pid
-    return f"{PREFIX}{pid}_{os.urandom(8).hex()}"
+    """Return a fresh, unguessable segment name carrying ``owner_pid`` (default: this process).
+
+    Made for another process (a worker's result for its parent), it also names its maker.
+    """
+    me = os.getpid()
+    if owner_pid is None or owner_pid == me:
+        return f"{PREFIX}{me}_{os.urandom(8).hex()}"
+    return f"{PREFIX}{owner_pid}_{os.urandom(8).hex()}w{me}"
 
 
 def owner_pid_of(name: str) -> int | None:
     """Return the owner pid encoded in a hybridexec segment name, or None for other names."""
     match = _NAME.match(name)
     return int(match.group(1)) if match else None
+
+
+def maker_pid_of(name: str) -> int | None:
+    """The pid of the worker that made ``name`` for its owner, or None (made by the owner)."""
+    match = _NAME.match(name)
+    return int(match.group(2)) if match and match.group(2) else None
 
 
 def _posixshmem() -> Any:
