@@ -1,0 +1,144 @@
+"""An outside tester's cases for round 8 (b): timeouts, cancel, actors, shared memory, maps.
+
+Each test names the defect of the tester's report (B1, B2, ...) in its docstring; each failed
+on 408c0f3. They use the public API as a user would; the cases that break an executor or leave
+something behind in their process run as a script in a fresh interpreter of its own session.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import hybridexec as hx
+
+from .scenario import run_script
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ---- B1: a huge (or infinite) timeout on a process task breaks the process lane -----------
+
+HUGE_TIMEOUT_PROCESS = """
+import sys, time
+import hybridexec as hx
+
+
+def slow(x):
+    time.sleep(1.0)
+    return x
+
+
+if __name__ == "__main__":
+    timeout = float(sys.argv[1])
+    with hx.Executor(max_processes=2) as ex:
+        other = ex.options(kind="process").submit(slow, 7)
+        while not other.running():
+            time.sleep(0.01)
+        try:
+            huge = ex.options(kind="process", timeout=timeout).submit(slow, 1)
+        except ValueError:
+            huge = None  # refusing the value at submit would be fine too
+        for name, fut in (("other", other), ("huge", huge)):
+            if fut is None:
+                print(name, "refused")
+                continue
+            try:
+                print(name, fut.result(30))
+            except Exception as exc:
+                print(name, "failed", type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.parametrize("timeout", ["inf", "1e12"])
+def test_huge_timeout_on_a_process_task_fails_no_other_task(
+    tmp_path: Path, timeout: str
+) -> None:
+    """B1: ``timeout=float("inf")`` (or 1e12) passes validation, then the process lane's manager
+    fails with ``OverflowError`` and every task in the lane, an unrelated running one included,
+    fails with ``BrokenExecutorError`` ("the process lane's manager kept failing")."""
+    done = run_script(tmp_path, HUGE_TIMEOUT_PROCESS, timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.split("\n")
+    assert "other 7" in lines, done.stdout
+    assert "huge 1" in lines or "huge refused" in lines, done.stdout
+
+
+# ---- B2: a huge timeout on a thread task kills the lane's deadline timer ------------------
+
+
+def _spin_until(stop: threading.Event) -> str:
+    # Pure Python (sees the asynchronous interruption at once), bounded so the test ends.
+    end = time.monotonic() + 20.0
+    while not stop.is_set() and time.monotonic() < end:
+        pass
+    return "ran to the end"
+
+
+def test_huge_timeout_on_a_thread_task_keeps_later_timeouts_working() -> None:
+    """B2: a thread task with ``timeout=float("inf")`` runs fine, but the deadline timer thread
+    dies of ``OverflowError`` in ``Condition.wait``; from then on no thread task of that
+    executor ever times out (a 0.3 s timeout lets a spinning task run to its end)."""
+    stop = threading.Event()
+    with hx.Executor(max_threads=2, max_processes=1) as ex:
+        try:
+            first = ex.options(kind="thread", timeout=float("inf")).submit(int, 5)
+        except ValueError:
+            first = None  # refusing the value at submit would be fine too
+        if first is not None:
+            assert first.result(10) == 5
+        late = ex.options(kind="thread", timeout=0.3).submit(_spin_until, stop)
+        try:
+            exc = late.exception(timeout=15)
+        except TimeoutError:
+            exc = None
+        finally:
+            stop.set()
+        assert isinstance(exc, hx.TaskTimeoutError), exc
+
+
+# ---- B3: a timeout while the worker sends a large result leaks its /dev/shm segment -------
+
+TIMEOUT_DURING_REPLY = """
+import glob, os, time
+import numpy as np
+import hybridexec as hx
+
+
+class SlowToPickle:
+    def __reduce__(self):
+        time.sleep(60)  # the worker is sending its reply when the deadline comes
+        return (SlowToPickle, ())
+
+
+def big_result(_):
+    # 32 MB: placed in shared memory on the way back, then the rest of the reply stalls
+    return (np.ones(4_000_000), SlowToPickle())
+
+
+def mine():
+    return sorted(glob.glob(f"/dev/shm/hx{os.getpid()}_*"))
+
+
+if __name__ == "__main__":
+    with hx.Executor(max_processes=1) as ex:
+        for _ in range(3):
+            fut = ex.options(kind="process", timeout=1.0).submit(big_result, 0)
+            try:
+                fut.result(30)
+            except hx.TaskTimeoutError:
+                pass
+    print("left", len(mine()), sum(os.path.getsize(p) for p in mine()))
+"""
+
+
+def test_timeout_during_a_large_reply_leaves_no_segment(tmp_path: Path) -> None:
+    """B3: a process task whose deadline passes while its worker sends back a large numpy
+    result (placed in shared memory) leaves a ~32 MB /dev/shm segment named after the parent,
+    one per timeout, that outlives ``shutdown()`` (only interpreter exit removes them)."""
+    done = run_script(tmp_path, TIMEOUT_DURING_REPLY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "left 0 0" in done.stdout.split("\n"), done.stdout
