@@ -142,3 +142,71 @@ def test_timeout_during_a_large_reply_leaves_no_segment(tmp_path: Path) -> None:
     done = run_script(tmp_path, TIMEOUT_DURING_REPLY)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "left 0 0" in done.stdout.split("\n"), done.stdout
+
+
+# ---- B4: ActorRef.join(float("inf")) -------------------------------------------------------
+
+
+class _Napper:
+    def nap(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_actor_join_with_an_infinite_timeout_waits(kind: str) -> None:
+    """B4: ``ref.join(float("inf"))`` ("wait as long as it takes") raises ``OverflowError``
+    from ``Thread.join``; worse, that failed join leaves the thread marked stopped, so every
+    later ``join(0)`` says the actor is gone while it still runs (``join(5) or kill()`` then
+    never kills)."""
+    ref = hx.spawn(_Napper, kind=kind)
+    try:
+        busy = ref.ask(_Napper.nap, 0.5)
+        ref.stop(wait=False)
+        try:
+            gone = ref.join(float("inf"))
+        except OverflowError:
+            gone = ref.join(0)  # the actor is still handling its message: must be False
+            assert gone is False, "join(0) says a running actor is gone"
+            raise
+        assert gone is True
+        assert busy.result(10) == 0.5
+    finally:
+        ref.kill()
+
+
+# ---- B5: Executor(idle_timeout=float("inf")) ----------------------------------------------
+
+IDLE_TIMEOUT_INF = """
+import sys, time
+import hybridexec as hx
+
+
+def inc(x):
+    return x + 1
+
+
+if __name__ == "__main__":
+    try:
+        ex = hx.Executor(max_threads=1, max_processes=1, idle_timeout=float(sys.argv[1]))
+    except ValueError:
+        print("refused")  # refusing the value would be fine too
+        raise SystemExit(0)
+    print("first", ex.options(kind="thread").submit(inc, 1).result(10))
+    time.sleep(0.3)  # the thread is idle now
+    try:
+        print("second", ex.options(kind="thread").submit(inc, 2).result(15))
+    except TimeoutError:
+        print("second hangs")
+    ex.shutdown(wait=False, cancel_futures=True)
+"""
+
+
+@pytest.mark.parametrize("idle", ["inf", "1e12"])
+def test_infinite_idle_timeout_keeps_the_thread_lane_working(tmp_path: Path, idle: str) -> None:
+    """B5: with ``idle_timeout=float("inf")`` (accepted, and the natural "never retire"), the
+    thread lane's worker thread dies of ``OverflowError`` once it goes idle; the lane still
+    counts it, so the next thread task never runs (its future hangs forever)."""
+    done = run_script(tmp_path, IDLE_TIMEOUT_INF, idle)
+    lines = done.stdout.split("\n")
+    assert "refused" in lines or "second 3" in lines, done.stdout + done.stderr[-2000:]
