@@ -103,14 +103,19 @@ def test_huge_timeout_on_a_thread_task_keeps_later_timeouts_working() -> None:
 # ---- B3: a timeout while the worker sends a large result leaks its /dev/shm segment -------
 
 TIMEOUT_DURING_REPLY = """
-import glob, os, time
+import glob, os, signal, sys, time
 import numpy as np
 import hybridexec as hx
+
+MARK = os.path.abspath("in_reply")
 
 
 class SlowToPickle:
     def __reduce__(self):
-        time.sleep(60)  # the worker is sending its reply when the deadline comes
+        open(MARK, "w").close()  # the worker is sending its reply now
+        if sys.argv[1] == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(60)
         return (SlowToPickle, ())
 
 
@@ -124,22 +129,34 @@ def mine():
 
 
 if __name__ == "__main__":
+    mode = sys.argv[1]
     with hx.Executor(max_processes=1) as ex:
         for _ in range(3):
-            fut = ex.options(kind="process", timeout=1.0).submit(big_result, 0)
+            if os.path.exists(MARK):
+                os.unlink(MARK)
+            opts = ex.options(kind="process", timeout=1.0 if mode == "timeout" else None)
+            fut = opts.submit(big_result, 0)
+            if mode == "cancel":
+                while not os.path.exists(MARK):
+                    time.sleep(0.01)
+                assert fut.cancel()
             try:
                 fut.result(30)
-            except hx.TaskTimeoutError:
+            except (hx.TaskTimeoutError, hx.WorkerCrashedError):
                 pass
+            except BaseException as exc:
+                assert fut.cancelled(), exc
     print("left", len(mine()), sum(os.path.getsize(p) for p in mine()))
 """
 
 
-def test_timeout_during_a_large_reply_leaves_no_segment(tmp_path: Path) -> None:
-    """B3: a process task whose deadline passes while its worker sends back a large numpy
-    result (placed in shared memory) leaves a ~32 MB /dev/shm segment named after the parent,
-    one per timeout, that outlives ``shutdown()`` (only interpreter exit removes them)."""
-    done = run_script(tmp_path, TIMEOUT_DURING_REPLY)
+@pytest.mark.parametrize("mode", ["timeout", "cancel", "crash"])
+def test_a_reply_cut_short_leaves_no_segment(tmp_path: Path, mode: str) -> None:
+    """B3: a process task whose worker is sending back a large numpy result (placed in shared
+    memory) when its deadline passes, when it is cancelled, or when the worker dies, leaves a
+    ~32 MB /dev/shm segment named after the parent, one per task, that outlives ``shutdown()``
+    (only interpreter exit removes them: a long-lived program fills /dev/shm)."""
+    done = run_script(tmp_path, TIMEOUT_DURING_REPLY, mode)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "left 0 0" in done.stdout.split("\n"), done.stdout
 
