@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -54,9 +55,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("timeout", ["inf", "1e12"])
-def test_huge_timeout_on_a_process_task_fails_no_other_task(
-    tmp_path: Path, timeout: str
-) -> None:
+def test_huge_timeout_on_a_process_task_fails_no_other_task(tmp_path: Path, timeout: str) -> None:
     """B1: ``timeout=float("inf")`` (or 1e12) passes validation, then the process lane's manager
     fails with ``OverflowError`` and every task in the lane, an unrelated running one included,
     fails with ``BrokenExecutorError`` ("the process lane's manager kept failing")."""
@@ -171,7 +170,7 @@ class _Napper:
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
-def test_actor_join_with_an_infinite_timeout_waits(kind: str) -> None:
+def test_actor_join_with_an_infinite_timeout_waits(kind: Literal["thread", "process"]) -> None:
     """B4: ``ref.join(float("inf"))`` ("wait as long as it takes") raises ``OverflowError``
     from ``Thread.join``; worse, that failed join leaves the thread marked stopped, so every
     later ``join(0)`` says the actor is gone while it still runs (``join(5) or kill()`` then
