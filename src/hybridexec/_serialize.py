@@ -234,7 +234,9 @@ def unpack_exception(data: bytes) -> BaseException:
     try:
         exc, tb = pickle.loads(data)
     except Exception as err:
-        return SerializationError(f"cannot unpickle the exception raised by a task: {err!r}")
+        failed = SerializationError(f"cannot unpickle the exception raised by a task: {err!r}")
+        failed.__cause__ = err
+        return failed
     return chain_remote(exc, tb)
 
 
