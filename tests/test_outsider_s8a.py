@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import pytest
 
-from hybridexec import Executor, SerializationError
+from hybridexec import Executor, SerializationError, TaskTimeoutError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,3 +124,63 @@ def test_unpicklable_exception_whose_str_raises_fails_with_serialization_error()
     (``<exception str() failed>``); an unpicklable one whose ``__repr__`` raises is fine."""
     with Executor(max_processes=1) as ex:
         _fails_with_serialization_error_and_worker_lives(ex, raise_unpicklable_with_bad_str)
+
+
+# ---- A3: the manager unpickles replies, and a slow one holds up every other task -------------
+
+GATE_CAP = 5.0
+GATE = threading.Event()
+GATE_SEEN: list[bool] = []
+
+
+def _rebuild_after_gate(origin_pid: int) -> str:
+    if os.getpid() != origin_pid:  # only in the parent, not while the worker pickles it
+        GATE_SEEN.append(GATE.wait(GATE_CAP))
+    return "rebuilt"
+
+
+class SlowToUnpickle:
+    """A result whose unpickling in the parent lasts until ``GATE`` is set (at most 5 s).
+
+    It stands for any result that takes long to rebuild: millions of small objects, or a
+    ``__setstate__`` that does real work.
+    """
+
+    def __reduce__(self) -> tuple[Callable[[int], str], tuple[int]]:
+        return (_rebuild_after_gate, (os.getpid(),))
+
+
+def return_slow_to_unpickle() -> SlowToUnpickle:
+    return SlowToUnpickle()
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_reply_slow_to_unpickle_does_not_hold_up_another_tasks_timeout() -> None:
+    """A3: the process lane's manager thread unpickles a reply nobody is reading, so while one
+    task's result takes long to unpickle in the parent, no other task of the lane completes:
+    a ``timeout=0.5`` task fails only when that unpickling ends (4.3 s late for a 4 s
+    unpickle; here the unpickle waits for the timeout, up to 5 s), and quick results wait too.
+    docs/timeouts-and-killing.md: the ``TaskTimeoutError`` "comes a few milliseconds after
+    the deadline, at most the kill's grace period later"."""
+    GATE.clear()
+    GATE_SEEN.clear()
+    try:
+        with Executor(max_processes=2) as ex:
+            run = ex.options(kind="process")
+            warm = [run.submit(nap, 0.0) for _ in range(2)]
+            assert [f.result(timeout=RESULT_LIMIT) for f in warm] == [0.0, 0.0]
+            late = ex.options(kind="process", timeout=0.5).submit(nap, 60.0)
+            late.add_done_callback(lambda _: GATE.set())
+            slow = run.submit(return_slow_to_unpickle)
+            with pytest.raises(TaskTimeoutError):
+                late.result(timeout=RESULT_LIMIT)
+            rebuilt: object = slow.result(timeout=RESULT_LIMIT)
+            assert rebuilt == "rebuilt"
+        # The timed-out task ended while the other reply was being unpickled, not after.
+        assert GATE_SEEN == [True]
+    finally:
+        GATE.set()
