@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+import hybridexec as hx
 from hybridexec import Executor, SerializationError, TaskTimeoutError
 
 pytestmark = pytest.mark.timeout(60)
@@ -184,3 +185,31 @@ def test_a_reply_slow_to_unpickle_does_not_hold_up_another_tasks_timeout() -> No
         assert GATE_SEEN == [True]
     finally:
         GATE.set()
+
+
+# ---- A4: return_exceptions=True and BaseException subclasses other than the two named -------
+
+
+class OwnBaseException(BaseException):
+    """A ``BaseException`` subclass of the user's (as ``pytest.fail``'s ``Failed`` is)."""
+
+
+def fail_item_two(x: int) -> int:
+    if x == 2:
+        raise OwnBaseException("item 2")
+    return x
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_map_with_return_exceptions_keeps_a_base_exception_subclass_in_its_place(
+    kind: str,
+) -> None:
+    """A4: ``hx.map(..., return_exceptions=True)`` raises an item's ``BaseException``
+    subclass (``GeneratorExit`` too) and drops every other result, on both lanes.
+    docs/getting-started.md: "``return_exceptions=True`` puts each failing item's exception
+    in its place ... Cancelling the map, ``KeyboardInterrupt`` and ``SystemExit`` still end
+    it" (only those two are named; a single ``submit`` gives the exception back as is)."""
+    with Executor(max_processes=1) as ex:
+        results = hx.map(fail_item_two, range(4), executor=ex, kind=kind, return_exceptions=True)
+    assert [r for r in results if not isinstance(r, BaseException)] == [0, 1, 3]
+    assert isinstance(results[2], OwnBaseException)
