@@ -218,12 +218,27 @@ class ProcessLane:
             RuntimeError: the lane was shut down (BrokenExecutorError: it broke earlier).
         """
         task = Task(fn, (args, kwargs), Future("process"))
-        if not (len(args) == 1 and type(args[0]) is int and defer_int(task, self.wires)):
+        task.route = route
+        if len(args) == 1 and type(args[0]) is int and defer_int(task, self.wires):
+            # A storm's usual call: queued here, in one lock hold (``submit``'s work for a
+            # deferred call while the manager runs and offers no idle worker; else ``submit``).
+            with self._lock:
+                if not (
+                    self.shutting_down
+                    or self.broken is not None
+                    or self.ready
+                    or self._manager is None
+                ):
+                    self.submitted += 1
+                    self.pending.append(task)
+                    if not self._wake_pending:
+                        self._wake_locked()
+                    return task.future
+        else:
             try:
                 self.prepare(task)
             except SerializationError:
                 return None
-        task.route = route
         self.submit(task, 1)
         return task.future
 
