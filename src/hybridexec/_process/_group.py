@@ -54,20 +54,22 @@ _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
 _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and arguments
 
 
-def defer_int(task: Task, wires: dict[int, tuple[Any, bytes]]) -> bool:
-    """``defer`` for a storm's usual call: one small int, no keywords, a cached callable.
+INT_CALL_SIZE = _CALL_COST + 9
+"""Bytes a call of one small int takes in a group frame besides its callable."""
 
-    The same outcome in fewer steps; False (nothing done) for any other call. (A callable
-    pickled by value is checked on the way: ``_Kept``.)
+
+def int_wire(fn: Any, arg: int, wires: dict[int, tuple[Any, bytes]]) -> bytes | None:
+    """``defer`` for a storm's usual call, ``fn(arg)`` with one int: the callable's bytes.
+
+    The caller knows the call has no keywords, no timeout and is no batch. None when
+    ``defer`` must look (a callable not cached yet, a large int); a callable pickled by value
+    is checked on the way (``_Kept``). The task's ``wire`` is then these bytes and its
+    ``size`` ``INT_CALL_SIZE``.
     """
-    cached = wires.get(id(task.fn))
-    if cached is None or cached[0]() is not task.fn or task.kwargs or _faults.ACTIVE:
-        return False  # (a cached callable is a plain function: ``defer`` checked it)
-    if not -_INT_BOUND <= task.args[0] < _INT_BOUND or task.timeout is not None or task.batch:
-        return False
-    task.wire = cached[1]
-    task.size = _CALL_COST + 9
-    return True
+    cached = wires.get(id(fn))
+    if cached is None or cached[0]() is not fn or not -_INT_BOUND <= arg < _INT_BOUND:
+        return None  # (a cached callable is a plain function: ``defer`` checked it)
+    return None if _faults.ACTIVE else cached[1]
 
 
 def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:

@@ -26,7 +26,7 @@ from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._direct import fork_first_worker
 from ._frames import HEADER_SIZE
-from ._group import defer, defer_int
+from ._group import INT_CALL_SIZE, defer, int_wire
 from ._manager import Manager
 from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
@@ -219,7 +219,14 @@ class ProcessLane:
         """
         task = Task(fn, (args, kwargs), Future("process"))
         task.route = route
-        if len(args) == 1 and type(args[0]) is int and defer_int(task, self.wires):
+        wire = (
+            int_wire(fn, args[0], self.wires)
+            if len(args) == 1 and type(args[0]) is int and not kwargs
+            else None
+        )
+        if wire is not None:
+            task.wire = wire
+            task.size = INT_CALL_SIZE
             # A storm's usual call: queued here, in one lock hold (``submit``'s work for a
             # deferred call while the manager runs and offers no idle worker; else ``submit``).
             with self._lock:
