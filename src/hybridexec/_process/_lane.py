@@ -227,19 +227,16 @@ class ProcessLane:
         if wire is not None:
             task.wire = wire
             task.size = INT_CALL_SIZE
-            # A storm's usual call: queued here, in one lock hold (``submit``'s work for a
-            # deferred call while the manager runs and offers no idle worker; else ``submit``).
+            # A storm's usual call: ``submit``'s work, in one lock hold, while the manager runs
+            # (else ``submit`` starts it, or raises).
             with self._lock:
-                if not (
-                    self.shutting_down
-                    or self.broken is not None
-                    or self.ready
-                    or self._manager is None
-                ):
+                manager = self._manager
+                if not (self.shutting_down or self.broken is not None or manager is None):
                     self.submitted += 1
-                    self.pending.append(task)
-                    if not self._wake_pending:
-                        self._wake_locked()
+                    if not (self.ready and manager.send_direct(task)):
+                        self.pending.append(task)
+                        if not self._wake_pending:
+                            self._wake_locked()
                     return task.future
         else:
             try:
