@@ -54,22 +54,21 @@ _FIXED = {float: 9, bool: 1, type(None): 1, complex: 20}
 _CALL_COST = 16  # bytes a call adds to a group frame besides its callable and arguments
 
 
-INT_CALL_SIZE = _CALL_COST + 9
-"""Bytes a call of one small int takes in a group frame besides its callable."""
+def defer_int(task: Task, fn: Any, arg: Any, wires: dict[int, tuple[Any, bytes]]) -> bool:
+    """``defer`` for a storm's usual call: ``fn(arg)``, one small int, a cached callable.
 
-
-def int_wire(fn: Any, arg: int, wires: dict[int, tuple[Any, bytes]]) -> bytes | None:
-    """``defer`` for a storm's usual call, ``fn(arg)`` with one int: the callable's bytes.
-
-    The caller knows the call has no keywords, no timeout and is no batch. None when
-    ``defer`` must look (a callable not cached yet, a large int); a callable pickled by value
-    is checked on the way (``_Kept``). The task's ``wire`` is then these bytes and its
-    ``size`` ``INT_CALL_SIZE``.
+    The caller knows the call has no keywords, no timeout and is no batch. The same outcome
+    in fewer steps; False (nothing done) when ``defer`` must look. (A callable pickled by
+    value is checked on the way: ``_Kept``.)
     """
+    if type(arg) is not int or not -_INT_BOUND <= arg < _INT_BOUND or _faults.ACTIVE:
+        return False
     cached = wires.get(id(fn))
-    if cached is None or cached[0]() is not fn or not -_INT_BOUND <= arg < _INT_BOUND:
-        return None  # (a cached callable is a plain function: ``defer`` checked it)
-    return None if _faults.ACTIVE else cached[1]
+    if cached is None or cached[0]() is not fn:
+        return False  # (a cached callable is a plain function: ``defer`` checked it)
+    task.wire = cached[1]
+    task.size = _CALL_COST + 9
+    return True
 
 
 def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]]) -> bool:

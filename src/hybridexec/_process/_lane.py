@@ -26,7 +26,7 @@ from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from ._direct import fork_first_worker
 from ._frames import HEADER_SIZE
-from ._group import INT_CALL_SIZE, defer, int_wire
+from ._group import defer, defer_int
 from ._manager import Manager
 from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
@@ -218,31 +218,12 @@ class ProcessLane:
             RuntimeError: the lane was shut down (BrokenExecutorError: it broke earlier).
         """
         task = Task(fn, (args, kwargs), Future("process"))
-        task.route = route
-        wire = (
-            int_wire(fn, args[0], self.wires)
-            if len(args) == 1 and type(args[0]) is int and not kwargs
-            else None
-        )
-        if wire is not None:
-            task.wire = wire
-            task.size = INT_CALL_SIZE
-            # A storm's usual call: ``submit``'s work, in one lock hold, while the manager runs
-            # (else ``submit`` starts it, or raises).
-            with self._lock:
-                manager = self._manager
-                if not (self.shutting_down or self.broken is not None or manager is None):
-                    self.submitted += 1
-                    if not (self.ready and manager.send_direct(task)):
-                        self.pending.append(task)
-                        if not self._wake_pending:
-                            self._wake_locked()
-                    return task.future
-        else:
+        if not (len(args) == 1 and not kwargs and defer_int(task, fn, args[0], self.wires)):
             try:
                 self.prepare(task)
             except SerializationError:
                 return None
+        task.route = route
         self.submit(task, 1)
         return task.future
 
