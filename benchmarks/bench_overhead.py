@@ -24,8 +24,8 @@ Five rows, each printed with its peers and the ratio the issue's target is judge
 
 Each contender runs in its own fresh interpreter (``isolated``), ``RUNS`` times; a row's
 figure is the median over its runs. The thread rows time ``THREAD_REPEATS`` rounds per
-interpreter after a warm-up (the tiny process row ``TINY_REPEATS``), and the contenders take
-turns run after run (the machine's load falls on all of them alike).
+interpreter after a warm-up, and the contenders take turns run after run (the machine's load
+falls on all of them alike).
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ from ._workloads import tiny
 RUNS = 3
 COLD_RUNS = 7
 TINY_TASKS = 5_000
-TINY_REPEATS = 5
 ROUND_TRIPS = 2_000
 THREAD_TASKS = 20_000
 THREAD_REPEATS = 5
@@ -204,23 +203,16 @@ def _echo(conn: Any) -> None:
         conn.send(tiny(x))
 
 
-def measure_one_by_one(contender: str, n: int, repeats: int = 1) -> dict[str, Any]:
-    """Time ``n`` tiny tasks submitted one by one (warm pool); runs in a fresh interpreter.
-
-    With ``repeats``, the median of that many rounds: one round of 5,000 tiny tasks takes
-    ~25 ms, and one collection of the garbage collector's oldest generation (~4 ms, in one
-    round of five) or a busy neighbour moves it by a fifth, for every contender alike.
-    """
+def measure_one_by_one(contender: str, n: int) -> dict[str, Any]:
+    """Time ``n`` tiny tasks submitted one by one (warm pool); runs in a fresh interpreter."""
     pool = _Pool(contender)
     pool.run_tiny(4 * CPUS)  # every worker started, every import done
     pool.run_tiny(n // 5)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        pool.run_tiny(n)
-        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    pool.run_tiny(n)
+    elapsed = time.perf_counter() - start
     pool.close()
-    return {"times": [median(times)]}
+    return {"times": [elapsed]}
 
 
 def measure_round_trip(contender: str, n: int) -> dict[str, Any]:
@@ -481,11 +473,8 @@ def run(quick: bool) -> None:
         runs,
         n,
         n=n,
-        repeats=1 if quick else TINY_REPEATS,
     )
     table.notes.append("joblib is given the whole list (its Parallel batches by itself)")
-    if not quick:
-        table.notes.append(f"each run: the median of {TINY_REPEATS} rounds in one interpreter")
     table.print()
     table.notes.append("the floor row is a limit, not a peer: see _floor()")
     hx, best = table.row(NAMES["hybridexec"]), _best(table, ["pebble", "joblib", "stdlib"])
