@@ -313,3 +313,74 @@ def test_a_long_callable_pickled_anew_is_pickled_once_per_submit(
         table[-1] = x  # each call sees the list as it was when it was submitted
         assert process.submit(shifted, 1).result(timeout=60) == 1 + x
     assert [fn is shifted for fn in made] == [True] * 3
+
+
+def boxed(x: int, parent: int) -> Any:
+    """A result that is no plain value (pickled alone), a failure, or one that fails here."""
+    if x % 5 == 1:
+        raise KeyError(x)
+    if x % 5 == 2:
+        return helpers.FailsToUnpickleIn(parent)  # unpickles anywhere but in ``parent``
+    return [x]
+
+
+def test_a_group_reply_settles_each_call_and_records_the_functions_cost(
+    ex: Executor, tmp_path: Path
+) -> None:
+    # A reply settles its calls and sums their figures in one pass (_replies._settle_group):
+    # a value pickled alone is unwrapped, a failure stays at its call, a value that will not
+    # unpickle here fails only its call, and the group's seconds reach the function's cost.
+    parent = os.getpid()
+    _warm(ex, boxed, 0, parent)
+    futures = _in_one_frame(ex, boxed, [(x, parent) for x in range(CALLS)], tmp_path / "go")
+    for x, future in enumerate(futures):
+        if x % 5 == 1:
+            with pytest.raises(KeyError):
+                future.result()
+        elif x % 5 == 2:
+            with pytest.raises(SerializationError, match="could not be unpickled"):
+                future.result()
+        else:
+            assert future.result() == [x]
+    manager: Any = ex._router.processes._manager
+    costs = manager.costs[id(boxed)]
+    assert costs[0]() is boxed
+    assert 0 < costs[1] < 1.0
+
+
+def keys_after_adding(**kwargs: Any) -> list[str]:
+    kwargs["added"] = True  # its own dict: the next call must not see this
+    return sorted(kwargs)
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_calls_given_no_keywords_share_nothing_a_call_can_change(kind: str) -> None:
+    # A task of a call given no keywords keeps one shared empty dict, not the call's own
+    # (_task._NO_KWARGS: one object fewer per task): nothing may ever write to it.
+    from hybridexec._task import _NO_KWARGS
+
+    with Executor(max_processes=1) as ex:
+        lane = ex.options(kind=kind)
+        futures = [lane.submit(keys_after_adding) for _ in range(20)]
+        assert [f.result(timeout=60) for f in futures] == [["added"]] * 20
+        assert lane.submit(helpers.add, 1, y=2).result(timeout=60) == 3
+        sums = [lane.submit(helpers.add, x) for x in range(20)]  # no keywords again
+        assert [f.result(timeout=60) for f in sums] == list(range(20))
+    assert _NO_KWARGS == {}
+    assert Task(helpers.add, ((1,), {}), Future("process")).kwargs is _NO_KWARGS
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def test_calls_of_one_number_keep_their_exact_value_and_type(ex: Executor) -> None:
+    # One int per call takes the lane's short path (_group.defer_int) once the callable's
+    # bytes are cached; bools, ints past its bound and floats go the general way.
+    process = ex.options(kind="process")
+    _warm(ex, identity, 1)
+    values: list[Any] = [True, False, 0, -1, 2**62 - 1, 2**62, -(2**62), -(2**62) - 1, 2**100]
+    values.append(1.5)
+    got = [f.result(timeout=60) for f in [process.submit(identity, v) for v in values]]
+    assert got == values
+    assert [type(v) for v in got] == [type(v) for v in values]

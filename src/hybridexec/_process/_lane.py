@@ -218,7 +218,7 @@ class ProcessLane:
             RuntimeError: the lane was shut down (BrokenExecutorError: it broke earlier).
         """
         task = Task(fn, (args, kwargs), Future("process"))
-        if not (len(args) == 1 and type(args[0]) is int and defer_int(task, self.wires)):
+        if not (len(args) == 1 and not kwargs and defer_int(task, fn, args[0], self.wires)):
             try:
                 self.prepare(task)
             except SerializationError:

@@ -138,7 +138,41 @@ class Replies(Scheduling):
                 oks = [index not in failures for index in range(len(values))]
                 for index, packed in failures.items():
                     values[index] = unpack_exception(packed)
+        timings = self._settle_group(tasks, values, oks, seconds)
+        if rss == INIT_FAILED and oks is not _ALL_OK and not oks[0]:
+            logger.critical("hybridexec: a worker initializer failed: %r", values[0])
+            self._break(values[0])
+            return
+        if rss != INIT_FAILED:
+            self._record_figures(timings, seconds, cpu)
+        self._after_task(worker, rss)
+
+    def _settle_group(
+        self, tasks: list[Task], values: list[Any], oks: Any, seconds: list[float]
+    ) -> dict[tuple[int, Any], list[Any]]:
+        """Settle a group's calls; their figures summed by function and argument types.
+
+        One pass: a storm of tiny calls pays this per call, and each task is read once, while
+        it is in the cache. Its function and arguments are read before its future is settled.
+        Returns ``(id(fn), argument types) -> [a task, seconds, calls]``.
+        """
+        timings: dict[tuple[int, Any], list[Any]] = {}
+        last: Any = None  # the entry of the call before, and its function and argument type
+        last_fn = last_kind = None
         for task, value, ok, elapsed in zip(tasks, values, oks, seconds, strict=False):
+            fn, args = task.fn, task.args
+            if fn is last_fn and len(args) == 1 and type(args[0]) is last_kind:
+                last[1] += elapsed  # a run of calls alike: no key to make
+                last[2] += 1
+            else:
+                kind = type(args[0]) if len(args) == 1 else tuple(map(type, args))
+                last = timings.get((id(fn), kind))
+                if last is None:
+                    last = timings[id(fn), kind] = [task, elapsed, 1]
+                else:
+                    last[1] += elapsed
+                    last[2] += 1
+                last_fn, last_kind = fn, kind
             group = task.group  # (short: a stray reply)
             if group is not None:
                 group[0] -= 1
@@ -146,34 +180,13 @@ class Replies(Scheduling):
                 ok, value = _decode(True, value)
             task.elapsed = elapsed
             task.future.settle(ok, value)  # a call cancelled while it waited: its value goes
-        if rss == INIT_FAILED and oks is not _ALL_OK and not oks[0]:
-            logger.critical("hybridexec: a worker initializer failed: %r", values[0])
-            self._break(values[0])
-            return
-        if rss != INIT_FAILED:
-            self._group_figures(tasks, seconds, cpu)
-        self._after_task(worker, rss)
+        return timings
 
-    def _group_figures(self, tasks: list[Task], seconds: list[float], cpu: float) -> None:
-        """The figures of a group's calls, summed by function (its cost) and argument types."""
+    def _record_figures(
+        self, timings: dict[tuple[int, Any], list[Any]], seconds: list[float], cpu: float
+    ) -> None:
+        """Give the router and the costs a group's figures, summed by ``_settle_group``."""
         costs: dict[int, list[Any]] = {}
-        timings: dict[tuple[int, Any], list[Any]] = {}
-        last: Any = None  # the entry of the call before, and its function and argument type
-        last_fn = last_kind = None
-        for task, elapsed in zip(tasks, seconds, strict=False):
-            fn, args = task.fn, task.args
-            if fn is last_fn and len(args) == 1 and type(args[0]) is last_kind:
-                last[1] += elapsed  # a run of calls alike: no key to make
-                last[2] += 1
-                continue
-            kind = type(args[0]) if len(args) == 1 else tuple(map(type, args))
-            last = timings.get((id(fn), kind))
-            if last is None:
-                last = timings[id(fn), kind] = [task, elapsed, 1]
-            else:
-                last[1] += elapsed
-                last[2] += 1
-            last_fn, last_kind = fn, kind
         share = cpu / (sum(seconds) or 1.0)  # the CPU time, shared as the wall time was
         for task, elapsed, calls in timings.values():
             self._record_timing(task, elapsed, elapsed * share, calls)

@@ -174,7 +174,7 @@ class Scheduling(Crashes):
         if entry is None or entry[0]() is not fn:
             return None
         per_call: float = entry[1]
-        return per_call * len(task.items)
+        return per_call * len(task.items) if task.batch else per_call  # (no list for one call)
 
     # ---- dispatch ---------------------------------------------------------------------------
     def _claim(self, task: Task) -> bool:
@@ -230,7 +230,9 @@ class Scheduling(Crashes):
                 room.pop(worker, None)  # a call of any length: figured again if needed
             elif room.get(worker, -1) >= 0:
                 room[worker] += first_cost(task)
-            batch = batches.setdefault(worker, [])
+            batch = batches.get(worker)
+            if batch is None:  # (setdefault would make a list per task)
+                batch = batches[worker] = []
             batch.append(task)
             if task.wire is not None and pending:
                 self._follow(worker, task, room, batch)
@@ -262,11 +264,11 @@ class Scheduling(Crashes):
         if ahead < 0:
             return
         budget, fn, stop = worker.budget, task.fn, self.stop_with
-        tasks = worker.tasks
+        tasks, popleft, sent = worker.tasks, pending.popleft, batch.append
         while count > 0:
             try:
-                following = pending[0]
-            except IndexError:
+                following = popleft()
+            except IndexError:  # (shutdown(cancel_futures=True) may empty it meanwhile)
                 break
             if (
                 following.fn is not fn
@@ -274,10 +276,7 @@ class Scheduling(Crashes):
                 or following.route is not None
                 or ahead + following.size > budget
             ):
-                break
-            got = pending.popleft()
-            if got is not following:  # shutdown(cancel_futures=True) took it meanwhile
-                pending.appendleft(got)
+                pending.appendleft(following)  # the run ends here: it waits its turn
                 break
             count -= 1
             future = following.future  # _claim, inline
@@ -290,7 +289,7 @@ class Scheduling(Crashes):
             tasks.append(following)  # _assign, for a call without a timeout
             future._hx_stop_with = stop
             ahead += following.size
-            batch.append(following)
+            sent(following)
         room[worker] = ahead
 
     def _idle_worker(self) -> WorkerRecord | None:
