@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _lifecycle
 from ._asyncio import is_async_callable
-from ._futures import Future, Items, Task
+from ._futures import FRESH_CONTEXT, Future, Items, Task
 from ._routing import Classifier, Decision, Options, TimedTask, gil_enabled, hints_of, route_rules
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class Plans:
             task = Task(fn, (args, kwargs), future)
         else:
             task = TimedTask(fn, (args, kwargs), future, clf, None)
-        task.context = contextvars.copy_context()  # as submit_task does: a copy, O(1)
+        task.context = contextvars.copy_context() or FRESH_CONTEXT  # as submit_task: a copy, O(1)
         task.route = entry.route  # late binding: it follows newer verdicts
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s -> thread: %s", getattr(fn, "__qualname__", fn), entry.reason)

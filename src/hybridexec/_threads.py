@@ -40,7 +40,7 @@ from ._deadlines import Running, TaskInterrupted, on_deadline
 from ._deadlines import Timers as Timers  # for the remote lanes
 from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remote calls
 from ._exceptions import BrokenExecutorError
-from ._futures import Future, Task
+from ._futures import FRESH_CONTEXT, Future, Task
 from ._process import usable_cpus
 from ._profiles import Profile, Profiles, name_of
 from ._waits import acquire_long
@@ -110,9 +110,7 @@ class ThreadLane:
         Raises:
             RuntimeError: the lane was shut down.
         """
-        if profile is False:
-            profile = self.profiles.of(task.fn)
-        task.profile = profile
+        task.profile = profile = self.profiles.of(task.fn) if profile is False else profile
         if not self._threads:  # about to start this process's first thread, perhaps
             _lifecycle.starting_thread()
         with self._lock:
@@ -279,8 +277,7 @@ class ThreadLane:
             if users:  # in slices: a thread between tasks may turn to library-chosen work
                 users[0].join(0.1)
                 continue
-            if deadline is None:
-                deadline = time.monotonic() + bound
+            deadline = time.monotonic() + bound if deadline is None else deadline
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logger.warning(
@@ -321,6 +318,8 @@ class ThreadLane:
 
     def _run(self, task: Task, me: threading.Thread) -> None:
         future, profile = task.future, task.profile
+        if task.context is FRESH_CONTEXT:  # its submitter's context was empty (see there)
+            task.context = FRESH_CONTEXT.copy()  # a new empty one
         waits = profile is None or not profile.computes  # counted as such while it runs
         chosen = task.chosen  # join_at_exit needs to know only where the library's work runs
         if chosen:
