@@ -133,13 +133,13 @@ class Scheduling(Crashes):
         A stream's tiny calls would each cost the router as much as the call itself: calls of
         one function whose arguments are numbers only (the router tells them apart by their
         types alone) are summed and given at the end of the manager's turn as one batch's
-        figures, as ``map`` batches give theirs. Anything else, and a caller handling its own
-        reply (see ``_direct.py``), gives them at once.
+        figures, as ``map`` batches give theirs (a caller handling its own reply sums them too:
+        it gives them every ``CALLER_SUM`` replies, see ``_direct.py``). Others go at once.
         """
         if not task.batch and not task.kwargs:
             args = task.args
             kinds = tuple(map(type, args))
-            if _NUMBERS.issuperset(kinds) and not self.on_caller:
+            if _NUMBERS.issuperset(kinds):
                 key = (id(task.fn), kinds)
                 entry = self.timings.get(key)
                 if entry is None:
