@@ -306,16 +306,12 @@ class Direct(Replies):
                 return False
         try:
             with self.books:
-                self.on_caller = True
-                try:
-                    self.handle_served(worker, data)
-                    self.caller_replies = n = self.caller_replies + 1
-                    # Given as the manager would at its turn's end: it sleeps through the stream
-                    if n % CALLER_SUM == 0 or not self.caller_keys.issuperset(self.timings):
-                        self.caller_keys = set(self.timings)  # a new function's go at once
-                        self._flush_timings()
-                finally:
-                    self.on_caller = False
+                self.handle_served(worker, data)
+                self.caller_replies = n = self.caller_replies + 1
+                # Given as the manager would at its turn's end: it sleeps through the stream
+                if n % CALLER_SUM == 0 or not self.caller_keys.issuperset(self.timings):
+                    self.caller_keys = set(self.timings)  # a new function's go at once
+                    self._flush_timings()
         except BaseException:
             self._repair(worker, task, data)
             raise

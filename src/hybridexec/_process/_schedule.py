@@ -95,7 +95,6 @@ class Scheduling(Crashes):
         # The figures of this turn's calls for the router, summed by function and argument
         # types: (id(fn), types) -> [fn, args, calls, elapsed, cpu] (see _record_timing).
         self.timings: dict[tuple[int, tuple[type, ...]], list[Any]] = {}
-        self.on_caller = False  # a caller handles a reply (the manager sleeps meanwhile)
         # Cancelling a running task kills its worker (for a batch: the whole batch, which only
         # happens when a map is abandoned); one waiting in the worker is dropped. One stopper
         # for every future (their _hx_stop_with): no object made per call.
