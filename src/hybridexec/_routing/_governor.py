@@ -12,7 +12,8 @@ higher (the user asked for that many processes at once). Who holds one:
   keeps its thread on a CPU; any CPU work on a free-threaded build with the GIL off): it
   waits for a slot before it starts the task (``acquire``);
 - a measured first call, on the growing lane, for as long as it runs: it takes one at once,
-  without waiting (``hold``), since nobody knows yet what it is.
+  without waiting (``hold``), since nobody knows yet what it is; the measured calls running at
+  once share that one slot (Python threads take turns on one GIL).
 
 Waiting work takes no slot: I/O-bound thread work never asks for one (the growing lane still
 starts a thread for every blocking task). A holder seen waiting rather than computing (its
@@ -61,9 +62,10 @@ _clock_of: Callable[[int], int] | None = getattr(time, "pthread_getcpuclockid", 
 class _Holder:
     """A thread that holds a slot, and its clocks at the last look (none before the first)."""
 
-    __slots__ = ("clock", "idle", "moved", "ran", "seen", "tid")
+    __slots__ = ("clock", "idle", "measured", "moved", "ran", "seen", "tid")
 
-    def __init__(self, ident: int) -> None:
+    def __init__(self, ident: int, *, measured: bool = False) -> None:
+        self.measured = measured  # a measured first call: they share one slot (``hold``)
         clock: int | None = None
         if _clock_of is not None:
             try:
@@ -144,11 +146,17 @@ class Governor:
         return True
 
     def hold(self) -> None:
-        """Take a slot for the current thread now, even over the budget (a measured call)."""
+        """Take a slot for the current thread now, even over the budget (a measured call).
+
+        The measured calls running at once share one slot: what nobody knows yet is mostly
+        Python code, and Python threads take turns on one GIL, so together they keep one core
+        busy, not one each. (Counting one each kept the processes waiting, while seven new
+        functions were measured at once, for calls that ran one at a time on the GIL.)
+        """
         ident = threading.get_ident()
         pools = self._prepare()
         with self._cond:
-            self._holders[ident] = _Holder(ident)
+            self._holders[ident] = _Holder(ident, measured=True)
             if pools:
                 self._fit()
         if pools:
@@ -228,10 +236,11 @@ class Governor:
         """``total``, held by ``processes`` and by ``threads``, ``lent``, ``waiting``."""
         with self._cond:
             lent = sum(1 for h in self._holders.values() if h.idle)
+            measured = sum(1 for h in self._holders.values() if h.measured)
             return {
                 "total": self.total,
                 "processes": self.processes,
-                "threads": len(self._holders),
+                "threads": len(self._holders) - measured + min(1, measured),
                 "lent": lent,
                 "waiting": self.waiting,
             }
@@ -262,8 +271,14 @@ class Governor:
         return sum(1 for t in waiting if t < ticket)
 
     def _free(self) -> int:
-        busy = sum(1 for h in self._holders.values() if not h.idle)
-        return self.total - self.processes - busy
+        busy = measured = 0
+        for holder in self._holders.values():
+            if not holder.idle:
+                if holder.measured:
+                    measured = 1  # they share one slot (``hold``)
+                else:
+                    busy += 1
+        return self.total - self.processes - busy - measured
 
     def _look(self) -> None:
         """Read the holders' clocks (at most every ``LOOK_SECONDS``): who waits lends.
