@@ -181,7 +181,8 @@ async def collect_in_thread(
 ) -> list[Any]:
     """Consume a map's ``results`` (an ``imap`` iterator) in a thread; await the list.
 
-    Cancelling the awaiting task cancels the work still in flight. With no thread to spare
+    Cancelling the awaiting task cancels the work still in flight and returns at once: calls
+    already running on threads (which cannot be stopped) end on their own. With no thread to spare
     (RLIMIT_NPROC), no item could run: each gets that error if ``keep_errors``, else it is
     raised.
     """
@@ -220,8 +221,9 @@ async def collect_in_thread(
     try:
         return await asyncio.wrap_future(done, loop=loop)
     except asyncio.CancelledError:
+        # Cancel what is in flight (process calls are killed, queued ones never run) and go:
+        # waiting for the consumer thread would wait for thread calls no one can stop.
         control.stop()
-        await asyncio.to_thread(thread.join)
         raise
 
 

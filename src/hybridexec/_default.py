@@ -336,8 +336,9 @@ async def amap(
     """Await ``hybridexec.map(fn, *iterables, ...)`` without blocking the event loop.
 
     Arguments as for :func:`imap`; the work is batched as in :func:`hybridexec.map`.
-    Cancelling the awaiting task cancels the work still in flight (killing what runs in
-    processes).
+    Cancelling the awaiting task (``asyncio.timeout``, ``wait_for``) cancels the work still in
+    flight (killing what runs in processes) and raises at once; calls already running on
+    threads cannot be stopped and end on their own.
 
     Returns:
         The results in input order (unless ``ordered=False``); with ``return_exceptions``, a
