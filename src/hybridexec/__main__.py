@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 _EXTRA_RE = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 _NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-_EXTRA_ORDER = ("numpy", "progress", "dask", "ray", "bench", "dev", "docs")
+_EXTRA_ORDER = ("numpy", "progress", "dask", "ray", "joblib", "bench", "dev", "docs")
 
 
 def _installed(distribution: str) -> str | None:
