@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._futures import Future
 from ._routing import Options, checked_options, route_rules
+from ._waits import capped
 
 if TYPE_CHECKING:  # _mapping loads with the first map
     from ._executor import Executor
@@ -151,6 +152,7 @@ def results(
             if left is not None and left <= 0:
                 return  # the result() that follows raises TimeoutError
             late: list[Any] = list(slots.late)
+            left = None if left is None else capped(left)  # inf: looked at again each piece
             concurrent.futures.wait([*running, *late], left, concurrent.futures.FIRST_COMPLETED)
             fill()
 

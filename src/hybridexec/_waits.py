@@ -29,7 +29,7 @@ def wait_long(wait: Callable[[float | None], bool], timeout: float | None) -> bo
     ``timeout`` may be any non-negative number, ``inf`` included (no limit, as None); a
     longer one is waited in pieces of ``MAX_WAIT``.
     """
-    if timeout is None or timeout <= MAX_WAIT:
+    if timeout is None or not timeout > MAX_WAIT:  # NaN too: the wait says what it makes of it
         return wait(timeout)
     deadline = time.monotonic() + timeout  # inf stays inf
     while True:
@@ -42,6 +42,6 @@ def wait_long(wait: Callable[[float | None], bool], timeout: float | None) -> bo
 
 def acquire_long(lock: Any, timeout: float) -> bool:
     """``lock.acquire(timeout=timeout)`` for any non-negative ``timeout``, ``inf`` included."""
-    if timeout <= MAX_WAIT:
+    if not timeout > MAX_WAIT:
         return bool(lock.acquire(timeout=timeout))
     return wait_long(lambda t: bool(lock.acquire(timeout=-1 if t is None else t)), timeout)

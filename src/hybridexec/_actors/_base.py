@@ -117,14 +117,16 @@ class CoreBase:
 
     def drop(self, future: Future[Any] | None) -> None:
         """Fail a message that will not be handled: closed if stopped, broken if it died."""
-        if future is None:
-            return
+        if future is not None:
+            future.settle(False, self.lost_error())
+
+    def lost_error(self) -> ActorBrokenError | ActorClosedError:
+        """What a message that will not be handled fails with, as the actor is now."""
         if self.state == KILLED:
-            future.settle(False, self.broken_error("was killed before handling this message"))
-        elif self.state == BROKEN:
-            future.settle(False, self.broken_error("broke before handling this message"))
-        else:
-            future.settle(False, self.closed_error())
+            return self.broken_error("was killed before handling this message")
+        if self.state == BROKEN:
+            return self.broken_error("broke before handling this message")
+        return self.closed_error()
 
     def report(self, what: str, exc: BaseException) -> None:
         """Hand an exception no future can take to ``on_error``, or log it; never raises.
@@ -143,7 +145,7 @@ class CoreBase:
             return
         try:
             hook(exc)
-        except Exception:
+        except BaseException:  # SystemExit too: never into the actor's or supervisor's thread
             logger.exception("the on_error hook of actor %s raised", self.name)
 
     def finish(self) -> None:

@@ -136,9 +136,9 @@ def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> 
         return ACK
     try:
         return dumps((OK, value))
-    except SerializationError as exc:
+    except BaseException as exc:  # a __reduce__ raising SystemExit too: the actor lives on
         err = SerializationError(
             f"the result of {getattr(fn, '__qualname__', fn)} would not pickle"
         )
-        err.__cause__ = exc.__cause__
+        err.__cause__ = exc.__cause__ if isinstance(exc, SerializationError) else exc
         return pickle.dumps((ERROR, pack_exception(err)), PROTOCOL)

@@ -140,6 +140,8 @@ class ActorRef(Generic[T]):
 
         Example, a bounded stop: ``ref.stop(wait=False); ref.join(5) or ref.kill()``.
         """
+        if self._core.in_actor():
+            return False  # its own handler or hook: it cannot wait for itself, however long
         return wait_long(self._core.join, timeout)
 
     @property
