@@ -172,3 +172,50 @@ def test_process_actor_reply_whose_pickling_raises_a_base_exception(which: str) 
         assert ref.ask(ReplyActor.ok).result(60) == 42
     finally:
         ref.kill()
+
+
+# ---- E4: a NaN timeout now waits forever (round 7 and the stdlib: a zero wait) ------------
+
+
+def test_future_result_nan_does_not_wait_for_the_result() -> None:
+    """E4: ``Future.result(float("nan"))`` on a running task waits until the task ends: round
+    8's ``wait_long`` sends NaN down its long-wait loop (``nan <= MAX_WAIT`` is False, and
+    ``left <= 0`` never holds), sleeping pieces of 11.6 days. The stdlib (and hybridexec
+    before round 8, through ``Condition.wait``) treats NaN as no wait: ``TimeoutError`` at
+    once. A NaN from arithmetic (a budget minus a NaN) turns a bounded wait into a hang.
+    The task is released after 5 s so that the failing case ends.
+    """
+    release = threading.Event()
+    timer = threading.Timer(5.0, release.set)
+    with hx.Executor() as ex:
+        future = ex.options(kind="thread").submit(release.wait, 60)
+        timer.start()
+        try:
+            with pytest.raises((TimeoutError, ValueError)):  # no wait, or refused
+                future.result(float("nan"))
+        finally:
+            timer.cancel()
+            release.set()
+
+
+class _Idle:
+    """An actor with nothing to do."""
+
+
+def test_actor_join_nan_does_not_wait_for_the_actor() -> None:
+    """E4: ``ActorRef.join(float("nan"))`` on a live actor waits until the actor is gone
+    (here: stopped after 5 s by a timer). Before round 8 it raised ``ValueError`` (from
+    ``Thread.join(nan)``); returning False at once, as ``join(0)`` does, would do too.
+    """
+    ref = hx.spawn(_Idle, kind="thread")
+    timer = threading.Timer(5.0, ref.stop)
+    timer.start()
+    try:
+        try:
+            gone = ref.join(float("nan"))
+        except ValueError:
+            gone = False  # refused: fine
+        assert gone is False
+    finally:
+        timer.cancel()
+        ref.stop()
