@@ -219,3 +219,39 @@ def test_actor_join_nan_does_not_wait_for_the_actor() -> None:
     finally:
         timer.cancel()
         ref.stop()
+
+
+# ---- E5: an on_error hook that raises SystemExit breaks a healthy process actor ----------
+
+
+class FailsToTell:
+    """A process actor with a tell that fails and an ask that works."""
+
+    def fail(self) -> None:
+        raise ValueError("this tell fails")
+
+    def ok(self) -> int:
+        return 1
+
+
+def test_on_error_raising_system_exit_leaves_a_process_actor_alive() -> None:
+    """E5: ``report`` ("never raises") catches only ``Exception`` from the user's hook; an
+    ``on_error`` that calls ``sys.exit()`` (a BaseException) escapes into the process actor's
+    supervisor thread, which logs "the supervisor of actor ... failed", SIGKILLs the healthy
+    actor process and marks it broken: the next ask fails with ``ActorBrokenError``. The same
+    escape in ``_on_exit``'s loop leaves every later lost tell unreported (1 of 20). A thread
+    actor stops instead (``ActorClosedError``). The failed tell should cost its report only.
+    """
+    calls: list[BaseException] = []
+
+    def hook(exc: BaseException) -> None:
+        calls.append(exc)
+        sys.exit(1)
+
+    ref = hx.spawn(FailsToTell, kind="process", on_error=hook)
+    try:
+        ref.tell(FailsToTell.fail)
+        assert ref.ask(FailsToTell.ok).result(60) == 1
+        assert len(calls) == 1
+    finally:
+        ref.kill()
