@@ -255,3 +255,28 @@ def test_on_error_raising_system_exit_leaves_a_process_actor_alive() -> None:
         assert len(calls) == 1
     finally:
         ref.kill()
+
+
+# ---- E6: ActorRef.join(inf) from the actor's own handler spins forever --------------------
+
+
+class JoinsItself:
+    """A thread actor whose handler joins its own actor."""
+
+    def join_me(self, ref: hx.ActorRef[JoinsItself], timeout: float | None) -> bool:
+        return ref.join(timeout)
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e12])
+def test_actor_join_inf_from_its_own_handler_returns(timeout: float) -> None:
+    """E6: from the actor's own handler ``ref.join(None)`` and ``ref.join(5)`` return False at
+    once (the core's ``join`` refuses to wait for itself), but ``ref.join(inf)`` or
+    ``join(1e12)`` never returns: ``wait_long`` calls that join again and again until the
+    deadline, a busy loop (a core's worth of CPU) for ever, and the actor is stuck.
+    """
+    ref = hx.spawn(JoinsItself, kind="thread")
+    try:
+        assert ref.ask(JoinsItself.join_me, ref, None).result(10) is False  # the contract
+        assert ref.ask(JoinsItself.join_me, ref, timeout).result(10) is False
+    finally:
+        ref.kill()
