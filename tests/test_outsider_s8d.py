@@ -114,7 +114,8 @@ def test_every_lost_tell_of_a_dead_process_actor_reaches_on_error(tmp_path: Path
     is lost and, per round 8, each should reach ``on_error`` as an ``ActorBrokenError``. With
     small tells all do (100 of 100); with 100 kB tells only the one written to the pipe does
     (1 of 100): the rest wait in the supervisor's overflow queue, and ``supervise``'s finally
-    drops them with ``drop(None)``, which for a tell does nothing. No handler can run after
+    drops them with ``drop(None)``, which for a tell does nothing (docs/actors.md:81 says
+    "once per lost tell"; the warning's count misses them too). No handler can run after
     the first message, so accepted == reported whatever the timing.
     """
     proc = run_script(tmp_path, LOST_TELLS, "100000")
@@ -240,7 +241,8 @@ def test_on_error_raising_system_exit_leaves_a_process_actor_alive() -> None:
     supervisor thread, which logs "the supervisor of actor ... failed", SIGKILLs the healthy
     actor process and marks it broken: the next ask fails with ``ActorBrokenError``. The same
     escape in ``_on_exit``'s loop leaves every later lost tell unreported (1 of 20). A thread
-    actor stops instead (``ActorClosedError``). The failed tell should cost its report only.
+    actor stops instead (``ActorClosedError``). docs/actors.md:85: "An on_error that raises
+    is logged"; the failed tell should cost its report only.
     """
     calls: list[BaseException] = []
 
