@@ -61,3 +61,10 @@ def test_wait_long_cuts_a_long_wait_into_pieces(monkeypatch: pytest.MonkeyPatch)
     assert all(s is not None and s <= 0.05 for s in seen)
     event.clear()
     assert not _waits.wait_long(wait, 0.12)  # a finite one still ends
+
+
+def test_a_bad_idle_timeout_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match="idle_timeout must be positive"):
+        hx.Executor(idle_timeout=0)
+    with pytest.raises(TypeError, match="idle_timeout must be a number"):
+        hx.Executor(idle_timeout="10")  # type: ignore[arg-type]

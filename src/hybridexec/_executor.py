@@ -135,7 +135,7 @@ class Executor(concurrent.futures.Executor):
         self._max_workers: int = max_workers or max_processes or usable_cpus()
         check_count("max_tasks_per_child", max_tasks_per_child)
         check_count("max_memory_per_child", max_memory_per_child)
-        check_timeout(idle_timeout)  # None passes
+        check_timeout(idle_timeout, "idle_timeout")  # None passes
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         # ---- distributed backend (issue 7, see _backends/): checked before any lane starts

@@ -73,8 +73,8 @@ def check_kind(kind: object) -> str:
     return str(kind)
 
 
-def check_timeout(timeout: object) -> float | None:
-    """Validate a per-task timeout.
+def check_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """Validate a per-task timeout (or another span of seconds, called ``name``).
 
     Raises:
         TypeError: not a number.
@@ -83,9 +83,9 @@ def check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+        raise TypeError(f"{name} must be a number of seconds or None, not {timeout!r}")
     if not timeout > 0:
-        raise ValueError(f"timeout must be positive, not {timeout!r}")
+        raise ValueError(f"{name} must be positive, not {timeout!r}")
     return float(timeout)
 
 
