@@ -142,7 +142,7 @@ def run_inline(
             return
         values, error = _call_each(fn, items, state.star, state.keep_errors)
         router.count("inline", len(items))
-        if report is not None:
+        if report is not None and not state.cancelled:  # a cancelled map reports no more
             report.update(len(values) + (error is not None), "inline")
         box = [values]
         del values, items

@@ -135,6 +135,10 @@ class MapState:
         self.cancelled = False
         self.input_error: Exception | None = None  # what reading the input raised
 
+    def cancelled_now(self) -> bool:
+        """``cancelled`` as another thread may have set it since it was last read."""
+        return self.cancelled
+
 
 class _Batch:
     __slots__ = ("crashes", "future", "size", "task")
@@ -222,6 +226,8 @@ def _run(
         else:
             in_flight.add(batch)
         waiting.add(future)
+        if state.cancelled_now():  # cancelled while it was being submitted: cancel() missed it
+            future.cancel()
         slots.take(len(items))
         if remaining is not None:
             remaining -= len(items)
@@ -315,7 +321,7 @@ def _run(
                 size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 if size > 1 and kind == "thread":
                     window = 4
-            if report is not None:
+            if report is not None and not state.cancelled:  # a cancelled map reports no more
                 report.update(len(outcomes), batch.future.kind)
             values, error = split_outcomes(outcomes, keep_errors=state.keep_errors)
             # Suspended at the yield, this frame must hold neither the values (handed to the

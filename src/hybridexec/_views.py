@@ -149,7 +149,7 @@ def results(
         deadline = None if timeout is None else time.monotonic() + timeout
         while running and not pending[0][0].done():
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            if left is not None and not left > 0:  # NaN too: a deadline never met
                 return  # the result() that follows raises TimeoutError
             late: list[Any] = list(slots.late)
             left = None if left is None else capped(left)  # inf: looked at again each piece

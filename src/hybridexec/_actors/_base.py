@@ -115,10 +115,16 @@ class CoreBase:
         """A fresh ``ActorClosedError`` for a message dropped because the actor was stopped."""
         return ActorClosedError(f"actor {self.name} was stopped before handling this message")
 
-    def drop(self, future: Future[Any] | None) -> None:
-        """Fail a message that will not be handled: closed if stopped, broken if it died."""
+    def drop(self, future: Future[Any] | None, fn: Any = None) -> None:
+        """Fail a message that will not be handled: closed if stopped, broken if it died.
+
+        A tell (no future) of ``fn`` lost as the actor broke or was killed goes to ``on_error``
+        (its one report); a stop drops queued tells silently, as documented.
+        """
         if future is not None:
             future.settle(False, self.lost_error())
+        elif fn is not None and self.on_error is not None and self.state in (BROKEN, KILLED):
+            self.report(f"tell {describe(fn)}", self.lost_error())
 
     def lost_error(self) -> ActorBrokenError | ActorClosedError:
         """What a message that will not be handled fails with, as the actor is now."""

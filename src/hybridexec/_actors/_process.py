@@ -228,8 +228,8 @@ class ProcessCore(Supervisor, CoreBase):
             dropped = [entry for _, entry in self.overflow if entry is not None]
             self.overflow.clear()
             self._control(STOP_NOW)
-        for future, _, _ in dropped:
-            self.drop(future)
+        for future, _, fn in dropped:
+            self.drop(future, fn)
 
     def kill(self) -> None:
         if not self.lock.acquire(blocking=False):
@@ -249,8 +249,8 @@ class ProcessCore(Supervisor, CoreBase):
             self.overflow.clear()
             self.space.notify_all()
         self.wakeup.set()
-        for future, _, _ in dropped:
-            self.drop(future)
+        for future, _, fn in dropped:
+            self.drop(future, fn)
         self._signal(signal.SIGTERM)
         if self.in_actor() or self.supervisor.ident is None:
             return

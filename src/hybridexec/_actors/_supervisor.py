@@ -88,15 +88,10 @@ class Supervisor(CoreBase):
                 left.extend(entry for _, entry in self.overflow if entry is not None)
                 self.inflight.clear()
                 self.overflow.clear()
-            tells = 0
             for future, _, fn in left:
-                if future is not None:
-                    self.drop(future)
-                elif self.state in (BROKEN, KILLED):  # never sent: lost too, reported alike
-                    tells += 1
-                    if self.on_error is not None:
-                        self.report(f"tell {describe(fn)}", self.lost_error())
-            if tells and self.on_error is None:
+                self.drop(future, fn)  # a tell never sent is lost too: on_error hears of it
+            tells = sum(1 for future, _, _ in left if future is None)
+            if tells and self.on_error is None and self.state in (BROKEN, KILLED):
                 logger.warning("actor %s: %d queued tell(s) lost", self.name, tells)
             self.placement.close()
             self.finish()

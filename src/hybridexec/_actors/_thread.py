@@ -192,7 +192,7 @@ class ThreadCore(CoreBase):
                 elif not ok:
                     self.report(f"tell {describe(fn)}", value)
             else:
-                self.drop(future)
+                self.drop(future, fn)
             # Do not keep the last message's arguments and result alive while idle.
             message = args = kwargs = value = None
             if bounded:
@@ -209,4 +209,4 @@ class ThreadCore(CoreBase):
             except queue.Empty:
                 return
             if message is not _STOP:
-                self.drop(message[3])
+                self.drop(message[3], message[0])
