@@ -129,6 +129,36 @@ def test_killed_process_actor_reports_each_queued_tell() -> None:
         assert all(isinstance(e, hx.ActorBrokenError) for e in errors)
 
 
+class _Dies:
+    def ping(self) -> int:
+        return os.getpid()
+
+    def die(self) -> None:
+        os._exit(3)
+
+    def work(self, x: int) -> int:
+        return x
+
+
+def test_kill_during_a_restart_reports_the_tells_sent_for_the_new_process() -> None:
+    """F2b (F2's cause, another path): a process actor with ``max_restarts`` dies; the tells
+    sent while it waits to restart (backoff 0.1 s, then a new process) queue in the parent for
+    the new process; ``ref.kill()`` then drops all of them unreported (0 of 10 reach
+    ``on_error``). Were they already in the new process's pipe, the kill would report them.
+    """
+    errors: list[BaseException] = []
+    with hx.Executor() as ex:
+        ref = ex.spawn(_Dies, kind="process", max_restarts=3, on_error=errors.append)
+        ref.ask(_Dies.ping).result(30)
+        with pytest.raises(hx.ActorBrokenError):
+            ref.ask(_Dies.die).result(30)
+        for i in range(10):
+            ref.tell(_Dies.work, i)
+        ref.kill()
+        assert ref.join(30)
+    assert len(errors) == 10, f"{len(errors)} of 10 lost tells reached on_error"
+
+
 # ---- F3: an amap's progress callback still runs after the amap was cancelled -----------------
 
 
