@@ -11,6 +11,7 @@ import asyncio
 import math
 import os
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ pytestmark = pytest.mark.timeout(60)
 
 def _amap_consumers() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "hybridexec-amap"]
+
+
+def _run_then_join_consumers(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``asyncio.run(main())``, then wait for the amap consumer threads it started to end."""
+    before = set(_amap_consumers())
+    asyncio.run(main())
+    for thread in set(_amap_consumers()) - before:
+        thread.join(30)
+        assert not thread.is_alive()
 
 
 # ---- F1: a cancel that lands while the amap submits a process call lets that call run --------
@@ -75,11 +85,7 @@ def test_amap_cancel_during_a_process_submit_kills_that_call(tmp_path: Path) -> 
             await task
         release.set()
 
-    before = set(_amap_consumers())
-    asyncio.run(main())
-    for thread in set(_amap_consumers()) - before:
-        thread.join(30)
-        assert not thread.is_alive()
+    _run_then_join_consumers(main)
     assert not (tmp_path / "finished").exists(), "the cancelled amap's process call ran to its end"
 
 
@@ -190,11 +196,7 @@ def test_amap_progress_is_not_called_after_the_cancel() -> None:
         cancelled.set()
         release.set()
 
-    before = set(_amap_consumers())
-    asyncio.run(main())
-    for thread in set(_amap_consumers()) - before:
-        thread.join(30)
-        assert not thread.is_alive()
+    _run_then_join_consumers(main)
     assert calls == [], f"progress called after the cancel: {calls}"
 
 
