@@ -86,11 +86,12 @@ class Measurement(NamedTuple):
         stall_cpu: CPU seconds the measured thread used during those stalls.
         proc_cpu: CPU seconds the whole process used while the window was open.
         others_cpu: CPU seconds the other Python threads (not the probe's) used meanwhile.
-        proc_stall_cpu: CPU seconds the whole process used during the stalls.
+        proc_stall_cpu: CPU seconds the process used during the stalls, the probe's own
+            thread left out (``_probe.process_cpu``).
         ctrl_wall: Seconds of the control intervals (the probe asleep, GIL free) paired with
             the stalls; each starts, like a stall, right after the probe woke.
         ctrl_cpu: CPU seconds the measured thread used during the control intervals.
-        proc_ctrl_cpu: CPU seconds the whole process used during the control intervals.
+        proc_ctrl_cpu: CPU seconds the process (the probe left out) used in the control intervals.
         stalls_blocked: Decisive stalls (after an active control interval) in which the
             thread used no CPU and slept: blocked on the GIL.
         stalls_free: Decisive stalls in which the thread (or the process) used CPU.
