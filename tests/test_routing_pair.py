@@ -10,6 +10,8 @@ fits in the switch interval (``_probe.stall_length``).
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import hybridexec as hx
@@ -59,3 +61,18 @@ def test_two_new_python_loops_measured_together_both_go_to_processes() -> None:
         else:
             wrong.append(got)
             assert len(wrong) < 2, wrong
+
+
+def test_a_stall_fits_in_a_short_switch_interval() -> None:
+    from hybridexec._routing._measure import STALL_SECONDS, STALL_SLACK
+    from hybridexec._routing._probe import stall_length
+
+    saved = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        assert stall_length() == (STALL_SECONDS, STALL_SLACK)
+        sys.setswitchinterval(0.000499)  # the boost's
+        stall, slack = stall_length()
+        assert stall + slack < 0.000499
+    finally:
+        sys.setswitchinterval(saved)
