@@ -20,7 +20,7 @@ STALL_INTERVAL_SHARE = 0.3
 """Under a short GIL switch interval (a boost, ``_ticket.py``: 0.5 ms) a stall lasts at most
 this share of it, and its slack at most ``2 * STALL_INTERVAL_SHARE`` of it: a thread waiting
 for the GIL asks its holder to let go after one interval, so a 1 ms stall beside two Python
-threads lost the GIL in its reads, ran long and was discarded (all but 1 of 35 under a boost,
+threads lost the GIL in its reads, ran long and was discarded (24 of 25 under a boost in 3 runs,
 while a second new Python loop was still measured: its verdict then rested on no stall)."""
 LATE_NOISE = 0.0002
 """Lateness ignored per wake-up: an idle ``sleep(1 ms)`` on Linux oversleeps 50-150 us."""
