@@ -16,6 +16,12 @@ STALL_SECONDS = 0.001
 """Seconds the probe holds the GIL (asleep) per cycle, well under the 5 ms switch interval."""
 STALL_SLACK = 0.0005
 """A stall longer than ``STALL_SECONDS`` plus this is discarded."""
+STALL_INTERVAL_SHARE = 0.3
+"""Under a short GIL switch interval (a boost, ``_ticket.py``: 0.5 ms) a stall lasts at most
+this share of it, and its slack at most ``2 * STALL_INTERVAL_SHARE`` of it: a thread waiting
+for the GIL asks its holder to let go after one interval, so a 1 ms stall beside two Python
+threads lost the GIL in its reads, ran long and was discarded (24 of 25 under a boost in 3 runs,
+while a second new Python loop was still measured: its verdict then rested on no stall)."""
 LATE_NOISE = 0.0002
 """Lateness ignored per wake-up: an idle ``sleep(1 ms)`` on Linux oversleeps 50-150 us."""
 EARLY_WINDOW_MAX = 0.05
@@ -80,11 +86,12 @@ class Measurement(NamedTuple):
         stall_cpu: CPU seconds the measured thread used during those stalls.
         proc_cpu: CPU seconds the whole process used while the window was open.
         others_cpu: CPU seconds the other Python threads (not the probe's) used meanwhile.
-        proc_stall_cpu: CPU seconds the whole process used during the stalls.
+        proc_stall_cpu: CPU seconds the process used during the stalls, the probe's own
+            thread left out (``_probe.process_cpu``).
         ctrl_wall: Seconds of the control intervals (the probe asleep, GIL free) paired with
             the stalls; each starts, like a stall, right after the probe woke.
         ctrl_cpu: CPU seconds the measured thread used during the control intervals.
-        proc_ctrl_cpu: CPU seconds the whole process used during the control intervals.
+        proc_ctrl_cpu: CPU seconds the process (the probe left out) used in the control intervals.
         stalls_blocked: Decisive stalls (after an active control interval) in which the
             thread used no CPU and slept: blocked on the GIL.
         stalls_free: Decisive stalls in which the thread (or the process) used CPU.

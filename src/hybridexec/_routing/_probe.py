@@ -8,7 +8,8 @@ thread (the probe) repeats a two-step cycle:
    when the GIL is free it is late by about 0.1 ms. Lateness over time is the share of time
    *someone* held the GIL (``gil_busy``). Not read while the interval is below
    ``LATE_INTERVAL_MIN`` (a boost, ``_ticket.py``, or the application's own setting).
-2. **Stall**: it holds the GIL for ``STALL_SECONDS`` and reads the CPU clock of each measured
+2. **Stall**: it holds the GIL for ``STALL_SECONDS`` (less under a short switch interval:
+   ``stall_length``) and reads the CPU clock of each measured
    thread (``time.pthread_getcpuclockid``) before and after. A thread that needs the GIL
    cannot run during the stall; C code that released the GIL (hashlib, zlib, numpy) keeps
    running. Comparing the thread's CPU rate during stalls with its rate outside them tells
@@ -69,6 +70,7 @@ from ._measure import (
     OTHERS_BUSY,
     PROBE_SLEEP,
     REPORT_CAP,
+    STALL_INTERVAL_SHARE,
     STALL_SECONDS,
     STALL_SLACK,
     WANT_STATE_SAMPLES,
@@ -219,7 +221,7 @@ class GilProbe:
             # Control interval: the GIL is free for others, as it is outside any stall.
             ctrl0 = [w.read_cpu() for w in windows]
             runq0 = [w.read_runq() for w in windows]
-            proc0 = time.process_time()
+            proc0 = process_cpu()
             own0 = own.waited()
             time.sleep(PROBE_SLEEP)
             woke = perf_counter()
@@ -232,25 +234,26 @@ class GilProbe:
                 continue
             # Stall: the GIL is held (asleep in C), only GIL-free work can progress. Timed
             # from before the clock reads: losing the GIL there shows as a long stall.
+            stall, slack = stall_length()
             stall_start = perf_counter()
             ctrl1 = [w.read_cpu() for w in windows]
             runq1 = [w.read_runq() for w in windows]
-            proc1 = time.process_time()
-            stall_sleep(STALL_SECONDS)
+            proc1 = process_cpu()
+            stall_sleep(stall)
             states = [w.sched.runnable() for w in windows]
             gils = [
                 w.sched.on_gil() if s is False else None
                 for w, s in zip(windows, states, strict=True)
             ]
             runq2 = [w.read_runq() for w in windows]
-            proc2 = time.process_time()
+            proc2 = process_cpu()
             ctrl2 = [w.read_cpu() for w in windows]
             stall_stop = perf_counter()
             own2 = own.waited()
             # The probe keeps the GIL while it waits for a CPU (a loaded machine): that wait
             # is still a stall. A longer one means it lost the GIL: not a clean stall.
             lost = own2 - own1 if own1 is not None and own2 is not None else 0.0
-            if stall_stop - stall_start - max(0.0, lost) <= STALL_SECONDS + STALL_SLACK:
+            if stall_stop - stall_start - max(0.0, lost) <= stall + slack:
                 sample = Cycle(stall_start - start, stall_stop - stall_start, late)
                 sample.proc_ctrl, sample.proc_stall = proc1 - proc0, proc2 - proc1
                 rows = zip(
@@ -326,6 +329,29 @@ class GilProbe:
                 m = w.measurement(now, cpu, complete=False)
             if w.on_report is not None:
                 w.on_report(m)
+
+
+def process_cpu() -> float:
+    """CPU seconds of the process but the probe thread's own (its reads of ``/proc``).
+
+    The process's progress in a stall stands for a measured thread mostly off the CPU (BLAS
+    helpers doing its work); the probe's own reads in the stall, 0.1-0.2 ms of CPU beside
+    two measured threads, are not that progress: they passed a Python loop waiting for the
+    GIL off as GIL-free.
+    """
+    return time.process_time() - time.thread_time()
+
+
+def stall_length() -> tuple[float, float]:
+    """Seconds the next stall holds the GIL, and the slack past which it is discarded.
+
+    ``STALL_SECONDS`` and ``STALL_SLACK``, or shorter under a short switch interval (see
+    ``STALL_INTERVAL_SHARE``): the stall must end before a thread waiting for the GIL makes
+    the probe let go, or every stall beside two Python threads is lost.
+    """
+    interval = sys.getswitchinterval()
+    stall = min(STALL_SECONDS, STALL_INTERVAL_SHARE * interval)
+    return stall, min(STALL_SLACK, 2 * STALL_INTERVAL_SHARE * interval)
 
 
 def held_early(w: Window, now: float, cpu: float, runnable: float) -> bool:
