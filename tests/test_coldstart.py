@@ -388,7 +388,8 @@ def test_resource_tracker_is_forked_by_the_guardian_once_it_is_needed(run_script
             pipe = os.readlink(f"/proc/self/fd/{_rt._resource_tracker._fd}")
             early = holders(pipe)
             segment = shared_memory.SharedMemory(create=True, size=4096)  # a first use
-            until(lambda: "hx-tracker" in holders(pipe), 20)
+            # The guardian forks the tracker, then closes its own end: wait for both.
+            until(lambda: holders(pipe) == ["hx-tracker"], 20)
             say(pid=_rt._resource_tracker._pid, early=early, late=holders(pipe))
             segment.close()
             segment.unlink()
