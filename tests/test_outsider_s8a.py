@@ -160,11 +160,6 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (docs/timeouts-and-killing.md): the lane's manager thread rebuilds "
-    "results; one slow to unpickle delays the lane's other results and timeouts",
-)
 def test_a_reply_slow_to_unpickle_does_not_hold_up_another_tasks_timeout() -> None:
     """A3: the process lane's manager thread unpickles a reply nobody is reading, so while one
     task's result takes long to unpickle in the parent, no other task of the lane completes:

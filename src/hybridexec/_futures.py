@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from . import _faults
 from ._task import Call as Call
+from ._task import Deferred as Deferred
 from ._task import Items as Items
 from ._task import Outcome as Outcome
 from ._task import Task as Task
@@ -160,6 +161,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         self._hx_callbacks = callbacks
 
     def __repr__(self) -> str:
+        if type(self._result) is Deferred:  # not rebuilt for a repr: that runs user code
+            return f"<{type(self).__name__} at {id(self):#x} state=finished kind={self.kind}>"
         return super().__repr__()[:-1] + f" kind={self.kind}>"
 
     def cancel(self) -> bool:
@@ -251,6 +254,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             with self._lock:
                 if self._state != FINISHED:
                     self._wait(timeout)
+                if type(self._result) is Deferred:
+                    self._rebuild()
                 if self._exception is not None:
                     raise self._exception
                 result: T = self._result
@@ -268,7 +273,15 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._state != FINISHED:
                 self._wait(timeout)
+            if type(self._result) is Deferred:
+                self._rebuild()
             return self._exception
+
+    def _rebuild(self) -> None:
+        # Lock held: the first reader rebuilds a Deferred result, once (a rebuild gives its
+        # failure as an outcome; a Ctrl-C it raises leaves it to the next read).
+        ok, value = self._result.rebuild(self._result.data)
+        self._result, self._exception = (value, None) if ok else (None, value)
 
     def _wait(self, timeout: float | None) -> None:
         # With the lock held, the future not finished: wait for it as the stdlib does.

@@ -159,3 +159,23 @@ def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
 def _released(*args: Any, **kwargs: Any) -> Any:
     """Stands in for the callable of a finished task (see ``Task.release``)."""
     raise RuntimeError("this task has ended: its callable was released")
+
+
+class Deferred:
+    """A result rebuilt by its first reader, not by the thread that settled the future.
+
+    A lane's service thread (the process lane's manager) settles the futures of every caller;
+    were it to unpickle each result itself, one that takes seconds to rebuild (a heavy
+    ``__setstate__``, millions of small objects) would hold up the lane's other results,
+    timeouts and crashes. ``settle(True, Deferred(rebuild, data))`` ends the future at once;
+    ``result()`` or ``exception()`` calls ``rebuild(data) -> (ok, value)`` once, in the reading
+    thread (a done-callback's runner, ``as_completed``'s caller), and keeps what it gave.
+    One difference shows: a result that then fails to rebuild was reported to
+    ``concurrent.futures.wait`` as a result, so ``FIRST_EXCEPTION`` does not return for it.
+    """
+
+    __slots__ = ("data", "rebuild")
+
+    def __init__(self, rebuild: Callable[[Any], Outcome], data: Any) -> None:
+        self.rebuild = rebuild
+        self.data = data

@@ -16,6 +16,7 @@ from .._futures import Task, split_batch
 from ._frames import HEADER_SIZE
 from ._group import seal
 from ._memory import crash_error
+from ._rebuild import rebuild_outcomes
 from ._supervision import Supervision, WorkerRecord
 from ._wire import encode_call
 
@@ -74,7 +75,8 @@ class Crashes(Supervision):
     def _split(self, task: Task) -> None:
         # The items whose outcomes came ahead of the reply (_worker: a batch's first outcomes
         # go every FLUSH_SECONDS) keep them: they ran; only the others run again.
-        singles = split_batch(task, "process", getattr(task, "ahead", None))
+        ahead = getattr(task, "ahead", None)  # rebuilt here: the batch settles from them
+        singles = split_batch(task, "process", ahead and rebuild_outcomes(ahead)[1])
         for single in singles:
             single.payload = encode_call(task.fn, single.items, True)
             single.size = len(single.payload) + HEADER_SIZE

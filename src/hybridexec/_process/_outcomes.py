@@ -28,6 +28,33 @@ def alone(value: Any) -> Any:
         return value  # it does not pickle here: _encode_reply finds it, item by item
 
 
+def set_apart(outcomes: list[tuple[bool, Any]]) -> Any:
+    """A call's outcomes, with what the parent should not rebuild on its manager thread apart.
+
+    A lone call's result that is not a plain value is pickled alone; a batch whose calls all
+    returned and whose results are not all plain is pickled whole (one ``Pickled``, the items'
+    order kept). The parent's manager thread then hands the bytes to the future's reader
+    (``_rebuild``). A batch with a failure goes as it is (the parent looks at the failures).
+    """
+    if len(outcomes) == 1:
+        ok, value = outcomes[0]
+        if ok and type(value) not in PLAIN and type(value) is not Pickled:
+            return [(True, alone(value))]
+        return outcomes
+    plain = True
+    for ok, value in outcomes:
+        if not ok:
+            return outcomes
+        if plain and type(value) not in PLAIN:
+            plain = False
+    if plain:
+        return outcomes
+    try:
+        return Pickled(dumps_reply(outcomes))
+    except BaseException:  # a __reduce__ may raise SystemExit too: encode_reply finds which
+        return outcomes
+
+
 def encode_group_reply(
     values: list[Any],
     failures: dict[int, bytes] | None,
@@ -57,9 +84,7 @@ def encode_group_reply(
     return head + pickle.dumps((fixed, failures or None, seconds, cpu, rss), PROTOCOL)
 
 
-def encode_reply(
-    outcomes: list[tuple[bool, Any]], elapsed: float | list[float], cpu: float, rss: int | None
-) -> bytes:
+def encode_reply(outcomes: Any, elapsed: float | list[float], cpu: float, rss: int | None) -> bytes:
     try:
         if _faults.ACTIVE:
             _faults.hit("worker.pickle_reply")

@@ -20,7 +20,8 @@ from .._serialize import loads, unpack_exception
 from .._shm import discard_reply
 from ._group import split_reply
 from ._memory import went_over
-from ._outcomes import Pickled, unwrap
+from ._outcomes import Pickled
+from ._rebuild import deferred, deferred_batch, deferred_outcomes
 from ._schedule import Scheduling
 from ._supervision import BUSY, IDLE, WorkerRecord
 from ._worker import AHEAD, INIT_FAILED
@@ -66,23 +67,35 @@ class Replies(Scheduling):
             if _faults.ACTIVE:
                 _faults.hit("lane.unpickle_reply")
             raw, elapsed, cpu, rss = loads(data)
-            outcomes = [
-                (True, value) if ok and type(value) is not Pickled else _decode(ok, value)
-                for ok, value in raw
-            ]
+            whole = raw if type(raw) is Pickled else None  # a batch's results, pickled whole
+            outcomes: list[Outcome] = (
+                []
+                if whole is not None
+                else [
+                    (True, value) if ok and type(value) is not Pickled else _failure(ok, value)
+                    for ok, value in raw
+                ]
+            )
         except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
             # included): never the manager's, never lost
             err = _unpickle_error(exc)
             elapsed = cpu = 0.0
             rss = None
             outcomes = [(False, err)] * (len(task.items) if task.batch else 1)
+            whole = None
         task.elapsed = elapsed
         # The future first: its waiter wakes while the figures below are recorded.
-        if task.batch:
+        if whole is not None:  # every call returned (_outcomes.set_apart): its reader rebuilds
             ahead = getattr(task, "ahead", None)
-            task.future.settle(True, ahead + outcomes if ahead else outcomes)
+            count = len(task.items) - len(ahead or ())
+            task.future.settle(*deferred_batch(whole, ahead, count))
+        elif task.batch:
+            ahead = getattr(task, "ahead", None)
+            task.future.settle(*deferred_outcomes(ahead + outcomes if ahead else outcomes))
         else:
             ok, value = outcomes[0]
+            if ok and type(value) is Pickled:
+                ok, value = deferred(value)
             task.future.settle(ok, value)
         if went_over(task.fn, outcomes):  # a MemoryError can leave C libraries in a poor state
             worker.retire_why = "a call went over its max_memory"
@@ -106,7 +119,7 @@ class Replies(Scheduling):
             return
         try:
             outcomes = [
-                (True, value) if ok and type(value) is not Pickled else _decode(ok, value)
+                (True, value) if ok and type(value) is not Pickled else _failure(ok, value)
                 for ok, value in loads(data)[0]
             ]
         except BaseException as exc:  # those items fail, each in its place
@@ -177,7 +190,7 @@ class Replies(Scheduling):
             if group is not None:
                 group[0] -= 1
             if ok and type(value) is Pickled:
-                ok, value = _decode(True, value)
+                ok, value = deferred(value)
             task.elapsed = elapsed
             task.future.settle(ok, value)  # a call cancelled while it waited: its value goes
         return timings
@@ -229,12 +242,6 @@ def _unpickle_error(exc: BaseException) -> SerializationError:
     return err
 
 
-def _decode(ok: bool, value: Any) -> Outcome:
-    if not ok:
-        return (False, unpack_exception(value))
-    try:
-        return (True, unwrap(value))
-    except SerializationError as exc:
-        err = SerializationError(f"the task's result could not be unpickled: {exc}")
-        err.__cause__ = exc.__cause__
-        return (False, err)
+def _failure(ok: bool, value: Any) -> Outcome:
+    """An outcome as it arrived, its exception rebuilt (a result pickled alone stays so)."""
+    return (ok, value) if ok else (False, unpack_exception(value))

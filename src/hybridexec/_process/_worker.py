@@ -34,7 +34,7 @@ from .._serialize import adopt, dumps_callable, loads, pack_exception
 from .._shm import note_lent
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
-from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply
+from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, set_apart
 from ._threadlimits import apply_thread_limits
 
 _FN_CACHE_SIZE = 16
@@ -210,7 +210,7 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
             # may answer on the pipe.
             os._exit(0)
         rss = resident_memory() if report_memory else None
-        reply = encode_reply(outcomes, elapsed, cpu, rss)
+        reply = encode_reply(set_apart(outcomes), elapsed, cpu, rss)
         del outcomes  # then what is still alive of the call was kept by the task (note_lent)
         try:
             write_frame(out, note_lent(reply))

@@ -1,0 +1,77 @@
+"""Results rebuilt in the parent: by the manager thread, or by whoever reads them first.
+
+A worker pickles each result that is not a plain value alone (``_outcomes.Pickled``). The
+manager thread settles its future with a ``Deferred`` around those bytes (``_futures``): the
+reading thread unpickles them, so that one slow to rebuild holds up none of the lane's other
+results, timeouts and crashes (it did: outside tester 8a's A3). Results whose large arrays
+came through shared memory are rebuilt at once (unpickling them is what frees the segments).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._exceptions import SerializationError
+from .._futures import Deferred, Outcome
+from ._outcomes import Pickled, unwrap
+
+
+def _decode(value: Any) -> Outcome:
+    try:
+        return (True, unwrap(value))
+    except SerializationError as exc:
+        err = SerializationError(f"the task's result could not be unpickled: {exc}")
+        err.__cause__ = exc.__cause__
+    except KeyboardInterrupt:  # Ctrl-C in the reading thread: a later read tries again
+        raise
+    except BaseException as exc:  # SystemExit from a __setstate__: the call's failure
+        err = SerializationError(f"the task's result could not be unpickled: {exc!r}")
+        err.__cause__ = exc
+    return (False, err)
+
+
+_SHARED = b"hybridexec._shm"  # in a reply whose large arrays came through shared memory
+
+
+def deferred(value: Pickled) -> Outcome:
+    """A result pickled alone, for its future: rebuilt by whoever reads it (``Deferred``).
+
+    Not for a result holding shared-memory segments: unpickling it is what frees them, so it
+    is rebuilt now, lest a future never read leave them in ``/dev/shm`` until we exit.
+    """
+    if _SHARED in value.data:
+        return _decode(value)
+    return (True, Deferred(_decode, value))
+
+
+def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
+    """A batch's outcomes, for its future: those pickled alone rebuilt by its reader."""
+    late = [index for index, (ok, value) in enumerate(outcomes) if ok and type(value) is Pickled]
+    if not late:
+        return (True, outcomes)
+    if any(_SHARED in outcomes[index][1].data for index in late):
+        return rebuild_outcomes(outcomes)
+    return (True, Deferred(rebuild_outcomes, outcomes))
+
+
+def rebuild_outcomes(outcomes: list[Outcome]) -> Outcome:
+    rebuilt = [
+        _decode(value) if ok and type(value) is Pickled else (ok, value) for ok, value in outcomes
+    ]
+    return (True, rebuilt)
+
+
+def deferred_batch(whole: Pickled, ahead: list[Outcome] | None, count: int) -> Outcome:
+    """A batch's ``count`` results pickled whole, after those that came ahead: for its future."""
+    parts = (whole, ahead, count)
+    if _SHARED in whole.data:
+        return _from_whole(parts)
+    return (True, Deferred(_from_whole, parts))
+
+
+def _from_whole(parts: tuple[Pickled, list[Outcome] | None, int]) -> Outcome:
+    whole, ahead, count = parts
+    ok, value = _decode(whole)
+    if not ok:  # the batch would not unpickle: each of its items fails with it
+        value = [(False, value)] * count
+    return rebuild_outcomes([*(ahead or ()), *value])
