@@ -9,10 +9,12 @@ came through shared memory are rebuilt at once (unpickling them is what frees th
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from .._exceptions import SerializationError
 from .._futures import Deferred, Outcome
+from .._shm import discard_reply
 from ._outcomes import Pickled, unwrap
 
 
@@ -75,3 +77,27 @@ def _from_whole(parts: tuple[Pickled, list[Outcome] | None, int]) -> Outcome:
     if not ok:  # the batch would not unpickle: each of its items fails with it
         value = [(False, value)] * count
     return rebuild_outcomes([*(ahead or ()), *value])
+
+
+def discard(data: bytes) -> None:
+    """Free the shared-memory segments of a reply nobody will read (``discard_reply``).
+
+    Those of the results pickled alone (``Pickled``) too: they are bytes in the reply, and
+    only unpickling them unlinks their segments.
+    """
+    try:
+        reply = pickle.loads(data)
+    except BaseException:  # a task nobody waits for: its failure has no one to go to
+        return
+    _free_inner(reply, 3)
+
+
+def _free_inner(obj: Any, depth: int) -> None:
+    # The layouts (_worker.py): (outcomes or Pickled, ...), outcomes of (ok, value), a
+    # group's (values, ...): Pickled sits at most three containers down.
+    if type(obj) is Pickled:
+        if _SHARED in obj.data:
+            discard_reply(obj.data)
+    elif depth and type(obj) in (tuple, list):
+        for item in obj:
+            _free_inner(item, depth - 1)

@@ -17,11 +17,10 @@ from .. import _faults
 from .._exceptions import SerializationError
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
-from .._shm import discard_reply
 from ._group import split_reply
 from ._memory import went_over
 from ._outcomes import Pickled
-from ._rebuild import deferred, deferred_batch, deferred_outcomes
+from ._rebuild import deferred, deferred_batch, deferred_outcomes, discard
 from ._schedule import Scheduling
 from ._supervision import BUSY, IDLE, WorkerRecord
 from ._worker import AHEAD, INIT_FAILED
@@ -60,7 +59,7 @@ class Replies(Scheduling):
         lane = self.lane
         lane.stats["tasks_done"] += 1
         if task.future.done():  # settled already (timed out) or cancelled while it waited
-            discard_reply(data)  # its large results' segments go now, not at our exit
+            discard(data)  # its large results' segments go now, not at our exit
             self._after_task(worker, None)
             return
         try:
@@ -115,7 +114,7 @@ class Replies(Scheduling):
         """The next ``count`` outcomes of the batch running: kept until its reply, or its end."""
         task = worker.tasks[0] if worker.tasks else None
         if task is None or task.future.done():
-            discard_reply(data)
+            discard(data)
             return
         try:
             outcomes = [

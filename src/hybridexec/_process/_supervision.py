@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 from .. import _faults
 from .._exceptions import BrokenExecutorError, TaskTimeoutError
 from .._futures import Task
-from .._shm import cleanup_shared_memory, discard_reply, remove_made_by
+from .._shm import cleanup_shared_memory, remove_made_by
 from ._frames import FrameReader, write_frame
 from ._guardian import start_guardian_early
 from ._handle import Child
+from ._rebuild import discard
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
@@ -158,7 +159,7 @@ class Supervision:
                 # The timed-out call's reply, written before the kill landed: the call fails
                 # with its timeout as its worker is reaped (a timed call goes alone).
                 if not reader.flagged:
-                    discard_reply(data)
+                    discard(data)
                 continue
             self._handle_reply(worker, data)
 
