@@ -9,6 +9,8 @@ outside tester's cases (a task's timeout, ``idle_timeout``, ``ActorRef.join``) a
 from __future__ import annotations
 
 import math
+import signal
+import sys
 import threading
 import time
 
@@ -68,3 +70,49 @@ def test_a_bad_idle_timeout_is_named_in_the_error() -> None:
         hx.Executor(idle_timeout=0)
     with pytest.raises(TypeError, match="idle_timeout must be a number"):
         hx.Executor(idle_timeout="10")  # type: ignore[arg-type]
+
+
+class _Napper:
+    def nap(self) -> None:
+        for _ in range(3000):  # 30 s, in steps a thread actor's kill() can stop
+            time.sleep(0.01)
+
+
+def _in_join(main: int) -> bool:
+    frame = sys._current_frames().get(main)
+    while frame is not None:
+        if frame.f_code.co_name == "join_thread":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _ctrl_c_when_main_joins(main: int) -> None:
+    deadline = time.monotonic() + 20
+    while not _in_join(main) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    signal.pthread_kill(main, signal.SIGINT)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_ctrl_c_in_an_actors_join_leaves_it_joinable(kind: str) -> None:
+    """``ActorRef.join()`` interrupted by Ctrl-C: before CPython 3.13 the interrupted
+    ``Thread.join`` marked the actor's thread as ended while it ran, so ``join(0)`` said a
+    running actor was gone (the class of outside tester 9's G1, found in shutdown)."""
+    assert threading.current_thread() is threading.main_thread()
+    ref = hx.spawn(_Napper, kind=kind)
+    try:
+        started = ref.ask(_Napper.nap)
+        while not started.running():
+            time.sleep(0.01)
+        ref.stop(wait=False)  # drains: the running handler goes on
+        helper = threading.Thread(target=_ctrl_c_when_main_joins, args=(threading.get_ident(),))
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            ref.join()
+        helper.join()
+        assert ref.join(0) is False  # still running its handler
+    finally:
+        ref.kill()
+        assert ref.join(20)

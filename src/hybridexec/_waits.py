@@ -10,6 +10,8 @@ wait whose length comes from a user (a task's timeout, ``idle_timeout``, ``join(
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,3 +47,29 @@ def acquire_long(lock: Any, timeout: float) -> bool:
     if not timeout > MAX_WAIT:
         return bool(lock.acquire(timeout=timeout))
     return wait_long(lambda t: bool(lock.acquire(timeout=-1 if t is None else t)), timeout)
+
+
+_JOIN_SAFE = sys.version_info >= (3, 13)
+"""Before 3.13, a ``Thread.join`` that an exception (Ctrl-C) interrupts marks the thread it
+waited for as ended while it still runs (CPython gh-90882's fix had this side effect): later
+joins return at once, and interpreter exit no longer waits for it."""
+
+
+def join_thread(
+    thread: threading.Thread, timeout: float | None = None, ended: threading.Event | None = None
+) -> bool:
+    """``thread.join(timeout)`` that a Ctrl-C cannot break; True once the thread has ended.
+
+    ``ended`` (an event the thread sets as its work ends) is what is waited for before 3.13;
+    only the thread's last steps, microseconds, are then joined.
+    """
+    if ended is not None and not _JOIN_SAFE:
+        if not wait_long(ended.wait, timeout):
+            return False
+        timeout = None
+
+    def join(seconds: float | None) -> bool:
+        thread.join(seconds)
+        return not thread.is_alive()
+
+    return wait_long(join, timeout)

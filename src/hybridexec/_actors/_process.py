@@ -39,6 +39,7 @@ from .._process import (
 )
 from .._serialize import dumps, dumps_callable
 from .._shm import DEFAULT_THRESHOLD, Placement
+from .._waits import join_thread
 from ._base import (
     KILLED,
     OPEN,
@@ -268,5 +269,4 @@ class ProcessCore(Supervisor, CoreBase):
             return False
         if self.supervisor.ident is None:
             return self.done.is_set()
-        self.supervisor.join(timeout)
-        return not self.supervisor.is_alive()
+        return join_thread(self.supervisor, timeout, self.done)  # a Ctrl-C leaves it joinable

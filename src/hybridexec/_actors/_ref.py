@@ -323,7 +323,8 @@ def _stop_all() -> None:
         cores = list(_live)
     for core in cores:
         core.stop(False)
-    deadline = time.monotonic() + EXIT_GRACE
+    # Ctrl-C ended the program: nothing is waited for (process actors are killed at once).
+    deadline = time.monotonic() + (0.0 if _lifecycle.interrupted() else EXIT_GRACE)
     for core in cores:
         if not core.join(max(0.0, deadline - time.monotonic())) and core.kind == "process":
             core.kill()

@@ -29,6 +29,7 @@ from typing import Any
 from .._exceptions import ActorError
 from .._futures import Future
 from .._threads import interrupt_thread
+from .._waits import join_thread
 from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, OnError, describe
 
 _STOP: Any = object()
@@ -127,8 +128,7 @@ class ThreadCore(CoreBase):
             return False
         if self.thread.ident is None:  # never started
             return self.done.is_set()
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
+        return join_thread(self.thread, timeout, self.done)  # a Ctrl-C leaves it joinable
 
     # ---- the actor's thread ---------------------------------------------------------------
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from .. import _faults, _lifecycle
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
+from .._waits import join_thread
 from ._direct import fork_first_worker
 from ._frames import HEADER_SIZE
 from ._group import defer, defer_int
@@ -323,9 +324,8 @@ class ProcessLane:
 
     def join(self, timeout: float | None = None) -> None:
         manager = self._manager
-        if manager is None or manager is threading.current_thread():
-            return
-        manager.join(timeout)
+        if manager is not None and manager is not threading.current_thread():
+            join_thread(manager, timeout, manager.ended)  # a Ctrl-C leaves it joinable
 
     def close_pipes(self) -> None:
         """Called by the manager thread as it exits."""

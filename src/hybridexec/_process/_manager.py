@@ -58,6 +58,7 @@ class Manager(Direct, threading.Thread):
 
     def __init__(self, lane: ProcessLane) -> None:
         super().__init__(name=f"{lane.name}-process-manager", daemon=True)
+        self.ended = threading.Event()
         self.lane = lane
         self.workers: dict[int, WorkerRecord] = {}  # by pid
         self.by_object: dict[Any, WorkerRecord] = {}  # conn and sentinel -> worker
@@ -98,6 +99,7 @@ class Manager(Direct, threading.Thread):
         finally:
             self.lane.close_pipes()
             self.close_poller()
+            self.ended.set()  # join_thread() waits for this (a Ctrl-C-proof join)
 
     def _loop(self) -> None:
         while True:
