@@ -20,7 +20,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 import pytest
@@ -245,9 +245,7 @@ AT_EXIT = """
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
-def test_actor_never_stopped_is_stopped_without_draining_at_exit(
-    tmp_path: Path, kind: str
-) -> None:
+def test_actor_never_stopped_is_stopped_without_draining_at_exit(tmp_path: Path, kind: str) -> None:
     """proves: docs/actors.md:113-116 (at exit: the message being handled finishes, queued tells
     are dropped, queued asks fail with ActorClosedError)."""
     result = run_script(tmp_path, AT_EXIT, kind, timeout=40)
@@ -259,7 +257,7 @@ def test_actor_never_stopped_is_stopped_without_draining_at_exit(
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
 def test_sender_blocked_on_a_full_mailbox_wakes_when_the_actor_is_killed(
-    tmp_path: Path, kind: str
+    tmp_path: Path, kind: Literal["thread", "process"]
 ) -> None:
     """proves: docs/actors.md:141-142 (a blocked sender wakes with ActorBrokenError if the actor
     dies meanwhile)."""
@@ -276,7 +274,7 @@ def test_sender_blocked_on_a_full_mailbox_wakes_when_the_actor_is_killed(
             entered.set()
             try:
                 ref.ask(Box.value)
-            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            except BaseException as exc:  # recorded for the assertion
                 errors.append(exc)
 
         thread = threading.Thread(target=sender)
@@ -309,7 +307,9 @@ def test_large_array_in_a_tell_is_pickled_and_in_an_ask_arrives_read_only() -> N
 
 
 @pytest.mark.parametrize("kind", ["thread", "process"])
-def test_killed_actor_is_not_restarted_and_refuses_messages(kind: str) -> None:
+def test_killed_actor_is_not_restarted_and_refuses_messages(
+    kind: Literal["thread", "process"],
+) -> None:
     """proves: docs/actors.md:79 and 110-111 (after a kill, ask/tell raise ActorBrokenError; a
     killed actor is not restarted, even with max_restarts)."""
     ref = hx.spawn(Box, kind=kind, max_restarts=3)
@@ -461,8 +461,10 @@ def test_task_defaults_yield_to_options_given_with_the_call() -> None:
     with hx.Executor(max_processes=1) as ex:
         default = ex.submit(tasked_pid)
         overridden = ex.options(kind="thread").submit(tasked_pid)
-        assert default.result(timeout=30) != os.getpid() and default.kind == "process"
-        assert overridden.result(timeout=30) == os.getpid() and overridden.kind == "thread"
+        assert default.result(timeout=30) != os.getpid()
+        assert default.kind == "process"
+        assert overridden.result(timeout=30) == os.getpid()
+        assert overridden.kind == "thread"
 
 
 def test_a_task_with_max_memory_goes_to_a_process() -> None:
@@ -477,7 +479,8 @@ def test_generator_exit_stays_in_its_place_with_return_exceptions() -> None:
     """proves: docs/getting-started.md:75-76 (a `BaseException` such as `GeneratorExit` stays
     in its place)."""
     got = hx.map(raise_generator_exit, range(3), kind="thread", return_exceptions=True)
-    assert got[0] == 0 and got[2] == 2
+    assert got[0] == 0
+    assert got[2] == 2
     assert isinstance(got[1], GeneratorExit)
 
 
@@ -491,7 +494,8 @@ def test_amap_progress_is_called_off_the_event_loop_thread() -> None:
         await hx.amap(
             abs, range(10), progress=lambda done, total: calls.append(threading.get_ident())
         )
-        assert calls and loop_thread not in calls
+        assert calls
+        assert loop_thread not in calls
 
     asyncio.run(main())
 
