@@ -508,7 +508,9 @@ def test_timeout_does_not_reach_a_child_in_a_new_session(tmp_path: Path) -> None
     outlives the timed-out worker: timeouts are not a sandbox)."""
     path = tmp_path / "escaped.pid"
     with hx.Executor(max_processes=1) as ex:
-        fut = ex.options(timeout=1.0).submit(start_escaping_child, str(path))
+        # 5 s: room for the grandchild to start on a loaded machine before the deadline.
+        fut = ex.options(timeout=5.0).submit(start_escaping_child, str(path))
+        assert wait_until(lambda: path.exists() and path.read_text() != "", 20)
         with pytest.raises(hx.TaskTimeoutError):
             fut.result(timeout=30)
         assert fut.kind == "process"
