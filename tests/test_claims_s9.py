@@ -467,6 +467,35 @@ def test_task_defaults_yield_to_options_given_with_the_call() -> None:
         assert overridden.kind == "thread"
 
 
+_release = threading.Event()
+_started: list[int] = []
+_started_lock = threading.Lock()
+
+
+@hx.io_bound
+def wait_for_release(i: int) -> int:
+    with _started_lock:
+        _started.append(i)
+    _release.wait(30)
+    return i
+
+
+def test_thread_lane_grows_for_blocking_work_up_to_256_threads() -> None:
+    """proves: docs/getting-started.md:120 (`max_threads` default 256; threads start as blocking
+    work arrives)."""
+    _release.clear()
+    _started.clear()
+    with hx.Executor() as ex:
+        try:
+            futures = [ex.submit(wait_for_release, i) for i in range(300)]
+            assert wait_until(lambda: len(_started) >= 256, 30)
+            assert ex.stats()["threads"] == 256
+            assert len(_started) == 256  # the 44 others wait for a thread
+        finally:
+            _release.set()
+        assert sorted(f.result(timeout=30) for f in futures) == list(range(300))
+
+
 def test_a_task_with_max_memory_goes_to_a_process() -> None:
     """proves: docs/getting-started.md:128-130 (a task with `max_memory` goes to a process)."""
     with hx.Executor(max_processes=1) as ex:
