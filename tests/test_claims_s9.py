@@ -567,3 +567,61 @@ def test_joblib_n_jobs_minus_one_means_every_cpu() -> None:
             assert joblib.effective_n_jobs() == (os.cpu_count() or 1)
     finally:
         hybridexec.joblib.shutdown()
+
+
+@hx.cpu_bound
+def note_pid_then_sleep(path: str) -> int:
+    """In a process: write this worker's pid to ``path``, then run 30 s."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(30)
+    return 0
+
+
+@hx.cpu_bound
+def raise_once_noted(path: str) -> None:
+    """Raise KeyError once ``path`` names a running worker (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not (os.path.exists(path) and Path(path).read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raise KeyError("stop")
+
+
+def test_joblib_exception_kills_the_calls_still_running_in_processes(tmp_path: Path) -> None:
+    """proves: docs/integrations.md:48 (an exception is raised by `Parallel` with its own type;
+    the calls still running are cancelled, which kills those in processes)."""
+    joblib = pytest.importorskip("joblib")
+    import hybridexec.joblib
+
+    path = str(tmp_path / "pid")
+    hybridexec.joblib.register()
+    try:
+        with joblib.parallel_config(backend="hybridexec", n_jobs=2), pytest.raises(KeyError):
+            joblib.Parallel()(
+                [
+                    joblib.delayed(note_pid_then_sleep)(path),
+                    joblib.delayed(raise_once_noted)(path),
+                ]
+            )
+        pid = int(Path(path).read_text())
+        assert wait_until(lambda: _gone(pid), 10)
+    finally:
+        hybridexec.joblib.shutdown()
+
+
+def test_joblib_prefer_threads_yields_to_a_timeout() -> None:
+    """proves: docs/integrations.md:43 (`prefer="threads"` is a hint: a `timeout` overrides it
+    and the calls run in processes)."""
+    joblib = pytest.importorskip("joblib")
+    import hybridexec.joblib
+
+    hybridexec.joblib.register()
+    try:
+        with joblib.parallel_config(backend="hybridexec", n_jobs=2):
+            hinted = joblib.Parallel(prefer="threads")(joblib.delayed(pid_of)(i) for i in range(4))
+            timed = joblib.Parallel(prefer="threads", timeout=30)(
+                joblib.delayed(pid_of)(i) for i in range(4)
+            )
+        assert set(hinted) == {os.getpid()}
+        assert os.getpid() not in timed
+    finally:
+        hybridexec.joblib.shutdown()
