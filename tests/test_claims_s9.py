@@ -625,3 +625,41 @@ def test_joblib_prefer_threads_yields_to_a_timeout() -> None:
         assert os.getpid() not in timed
     finally:
         hybridexec.joblib.shutdown()
+
+
+BUSY_AT_EXIT = """
+    import os
+    import time
+    from pathlib import Path
+
+    import hybridexec as hx
+
+
+    class Busy:
+        def pid(self) -> int:
+            return os.getpid()
+
+        def spin(self) -> None:
+            Path("started").touch()
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                pass
+
+
+    if __name__ == "__main__":
+        ref = hx.spawn(Busy, kind="process")
+        print(ref.ask(Busy.pid).result(timeout=20), flush=True)
+        ref.tell(Busy.spin)
+        deadline = time.monotonic() + 20
+        while not Path("started").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+"""
+
+
+def test_process_actor_busy_at_exit_is_killed_after_its_grace(tmp_path: Path) -> None:
+    """proves: docs/actors.md:114-116 (at exit the running message gets up to 5 s, then a
+    process actor still running is killed: a 60 s handler does not hold the exit)."""
+    result = run_script(tmp_path, BUSY_AT_EXIT, timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "started").exists()
+    assert _gone(int(result.stdout.split()[0]))
