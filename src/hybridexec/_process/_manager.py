@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import multiprocessing
 import signal
 import threading
 import time
@@ -53,10 +54,21 @@ DROP_GRACE = 0.05
 (a short call, or it would not have been sent ahead) before the worker is killed."""
 
 
+BOOTSTRAPPING = (
+    "An attempt has been made to start a process lane in a worker process before it has "
+    "finished its bootstrapping phase: the worker imports your script (as __mp_main__) and "
+    "its unguarded top level ran there again. Put the code that starts work under\n\n"
+    "    if __name__ == '__main__':\n\n"
+    "(the same rule as multiprocessing's; see docs/getting-started.md)."
+)
+
+
 class Manager(Direct, threading.Thread):
     """Moves work to workers and results back; one per process lane."""
 
     def __init__(self, lane: ProcessLane) -> None:
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            raise RuntimeError(BOOTSTRAPPING)  # a worker runs an unguarded script's top level
         super().__init__(name=f"{lane.name}-process-manager", daemon=True)
         self.ended = threading.Event()
         self.lane = lane

@@ -297,7 +297,12 @@ def run_as_copy(main: Callable[..., object], *args: Any) -> None:
     data = spawn.get_preparation_data(multiprocessing.current_process().name)
     spawn.old_main_modules.append(sys.modules["__main__"])
     sys.modules["__main__"] = types.ModuleType("__main__")
-    spawn.prepare(data)
+    process = multiprocessing.current_process()
+    process._inheriting = True  # type: ignore[attr-defined]  # as spawn._main sets it
+    try:
+        spawn.prepare(data)  # runs the script as __mp_main__: no process starts from there
+    finally:
+        del process._inheriting  # type: ignore[attr-defined]
     main(*args)
 
 
