@@ -208,11 +208,44 @@ def measure_one_by_one(contender: str, n: int) -> dict[str, Any]:
     pool = _Pool(contender)
     pool.run_tiny(4 * CPUS)  # every worker started, every import done
     pool.run_tiny(n // 5)
-    start = time.perf_counter()
+    collections = _GcWatch() if os.environ.get("HX_BENCH_GC") == "1" else None
+    cpu, start = time.process_time(), time.perf_counter()
     pool.run_tiny(n)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu  # diagnostic: this process's CPU (all its threads)
     pool.close()
-    return {"times": [elapsed]}
+    got: dict[str, Any] = {"times": [elapsed], "cpu": cpu}
+    if collections is not None:
+        got["gc"] = collections.stop()
+    return got
+
+
+class _GcWatch:
+    """Diagnostic (``HX_BENCH_GC=1``): the garbage collections in the timed window.
+
+    Collections per generation and the seconds they took, in this process (any thread).
+    """
+
+    def __init__(self) -> None:
+        import gc
+
+        self.started = 0.0
+        self.seen: dict[int, list[float]] = {}
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            entry = self.seen.setdefault(info["generation"], [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - self.started
+
+    def stop(self) -> dict[str, list[float]]:
+        import gc
+
+        gc.callbacks.remove(self._note)
+        return {f"gen{g}": [int(c), round(t, 4)] for g, (c, t) in sorted(self.seen.items())}
 
 
 def measure_round_trip(contender: str, n: int) -> dict[str, Any]:

@@ -266,7 +266,9 @@ class ExecutorOptions:
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
     def submit(self, fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
         """``Executor.submit`` with these options."""
-        return self._executor._router.submit(fn, args, kwargs, self._opts)
+        router = self._executor._router  # as Executor.submit: the express path first
+        future = router.plans.submit_express(router, fn, args, kwargs, self._opts)
+        return future or router.submit(fn, args, kwargs, self._opts)
 
     def map(
         self,
