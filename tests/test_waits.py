@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Literal
 
 import pytest
 
@@ -96,7 +97,7 @@ def _ctrl_c_when_main_joins(main: int) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["thread", "process"])
-def test_a_ctrl_c_in_an_actors_join_leaves_it_joinable(kind: str) -> None:
+def test_a_ctrl_c_in_an_actors_join_leaves_it_joinable(kind: Literal["thread", "process"]) -> None:
     """``ActorRef.join()`` interrupted by Ctrl-C: before CPython 3.13 the interrupted
     ``Thread.join`` marked the actor's thread as ended while it ran, so ``join(0)`` said a
     running actor was gone (the class of outside tester 9's G1, found in shutdown)."""
