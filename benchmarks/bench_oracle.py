@@ -146,7 +146,7 @@ def _timeline(futures: list[tuple[str, Any]], start: float) -> dict[str, str]:
     rows: dict[str, list[tuple[float, float, str]]] = collections.defaultdict(list)
     for label, f in futures:
         run = getattr(f, "_t_run", start)
-        done = getattr(f, "_t_done", run)  # a callback may run after result() returned
+        done = getattr(f, "_t_done", run)
         rows[label].append(((run - start) * 1e3, (done - start) * 1e3, f.kind))
     out = {}
     for label, r in rows.items():
@@ -156,7 +156,50 @@ def _timeline(futures: list[tuple[str, Any]], start: float) -> dict[str, str]:
             f"{dict(lanes)} start med {statistics.median(waits):.0f} max {max(waits):.0f}, "
             f"done med {statistics.median(ends):.0f} max {max(ends):.0f}"
         )
+    if os.environ.get("HX_BENCH_TIMELINE") == "2":  # every call, by end: the critical path
+        calls = sorted((e, w, k, label) for label, r in rows.items() for w, e, k in r)
+        for n, (e, w, k, label) in enumerate(calls):
+            out[f"#{n:02} {label}"] = f"{k:7} start {w:6.1f} done {e:6.1f}"
     return out
+
+
+class _Verdicts:
+    """``HX_BENCH_TIMELINE=2``: the classifier's DEBUG lines (verdicts, changes), timed."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.lines: list[tuple[float, str]] = []
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self._emit  # type: ignore[method-assign]
+        logger = logging.getLogger("hybridexec")
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self.handler)
+        from hybridexec._routing import _classifier
+
+        conclude = _classifier.LearningClassifier._conclude
+
+        def noting(owner: Any, entry: Any, m: Any, recheck: bool) -> None:
+            figures = " ".join(
+                f"{k}={v * 1e3 if isinstance(v, float) else v:.3g}"
+                for k, v in m._asdict().items()
+                if v and not isinstance(v, bool)
+            )
+            gil = f"gil_share={m.gil_share:.2f} gil_fraction={m.gil_fraction:.2f}"
+            self.lines.append((time.perf_counter(), f"measured {entry.name}: {gil} {figures}"))
+            conclude(owner, entry, m, recheck)
+
+        _classifier.LearningClassifier._conclude = noting  # type: ignore[method-assign]
+
+    def _emit(self, record: Any) -> None:
+        # Only the classifier's own lines, formatted now (an explanation changes later); the
+        # router's line per call is not formatted: it would perturb what is timed.
+        if str(record.msg).startswith("routing:"):
+            self.lines.append((time.perf_counter(), record.getMessage()))
+
+    def since(self, start: float) -> dict[str, str]:
+        lines, self.lines = self.lines, []
+        return {f"v{n:02}": f"{(t - start) * 1e3:6.1f} {m[:600]}" for n, (t, m) in enumerate(lines)}
 
 
 def _note_times() -> None:
@@ -169,15 +212,23 @@ def _note_times() -> None:
         return running(self)
 
     _futures.Future.set_running_or_notify_cancel = note  # type: ignore[method-assign]
+    settle = _futures.Future.settle
+
+    def done(self: Any, ok: bool, value: Any) -> None:
+        self._t_done = time.perf_counter()
+        settle(self, ok, value)
+
+    _futures.Future.settle = done  # type: ignore[method-assign]
 
 
 def _run_hybrid(calls: list[Call], oracle: bool) -> dict[str, Any]:
     import hybridexec
 
-    timeline = os.environ.get("HX_BENCH_TIMELINE") == "1"
+    timeline = os.environ.get("HX_BENCH_TIMELINE") in ("1", "2")
     if timeline:
         _note_times()
     timelines: list[dict[str, str]] = []
+    verdicts = _Verdicts() if os.environ.get("HX_BENCH_TIMELINE") == "2" else None
     times: list[float] = []
     lanes: list[dict[str, dict[str, int]]] = []
     explain: dict[str, str] = {}
@@ -191,15 +242,15 @@ def _run_hybrid(calls: list[Call], oracle: bool) -> dict[str, Any]:
                 for label, fn, args, best in calls
             ]
             for _, f in futures:
-                if timeline:
-                    f.add_done_callback(lambda f: setattr(f, "_t_done", time.perf_counter()))
-            for _, f in futures:
                 f.result()
             times.append(time.perf_counter() - start)
             lanes.append(_lanes(futures))
             if timeline:
                 time.sleep(0.05)  # untimed: the last done callbacks run
                 timelines.append(_timeline(futures, start))
+                if verdicts is not None:
+                    timelines[-1].update(verdicts.since(start))
+                    timelines[-1]["moved"] = str(ex.stats().get("moved"))
         if not oracle:
             for label, fn, args, _ in {c[0]: c for c in calls}.values():
                 explain[label] = str(ex.explain(fn, *args))
@@ -326,6 +377,9 @@ def _plan(quick: bool) -> dict[str, list[str]]:
         plan["serial"] = ["cpu"]
     wanted = _wanted()
     plan = {name: [w for w in ws if w in wanted] for name, ws in plan.items()}
+    only = {c.strip() for c in os.environ.get("HX_BENCH_CONTENDERS", "").split(",") if c.strip()}
+    if only:  # diagnostics: e.g. hybridexec,oracle-hybridexec,oracle-stdlib
+        plan = {name: ws for name, ws in plan.items() if name in only}
     present, _ = available({name: ws for name, ws in plan.items() if ws})
     return {name: plan[name] for name in present}
 
