@@ -71,9 +71,9 @@ def test_a_result_in_shared_memory_that_raises_keyboardinterrupt_does_not_break_
     ``KeyboardInterrupt`` ("a later read tries again"), which makes sense in a reader's main
     thread, but here it escapes the manager thread, which dies: the future of that result is
     never settled (``result()`` without a timeout hangs for ever), the process lane is broken
-    for good and every later process submit raises ``BrokenExecutorError``. The same result without the
-    array (rebuilt by its reader) does not harm the lane; the doc says a result that will not
-    rebuild fails its ``result()`` with ``SerializationError``.
+    for good and every later process submit raises ``BrokenExecutorError``. The same result
+    without the array (rebuilt by its reader) does not harm the lane; the doc says a result
+    that will not rebuild fails its ``result()`` with ``SerializationError``.
     """
     with Executor(max_processes=1) as ex:
         fut = ex.options(kind="process").submit(array_then_refuses, "ki")
@@ -133,7 +133,8 @@ def test_a_slow_rebuild_in_one_reader_does_not_block_other_threads_quick_calls(
     with Executor(max_processes=1) as ex:
         fut = ex.options(kind="process").submit(gated, 7)
         other = ex.options(kind="process").submit(plus_one, 1)
-        cf.wait([fut, other], timeout=LIMIT)
+        pair: list[cf.Future[Any]] = [fut, other]
+        cf.wait(pair, timeout=LIMIT)
         reader = threading.Thread(target=fut.result, daemon=True)
         reader.start()
         assert REBUILDING.wait(LIMIT)
@@ -143,7 +144,7 @@ def test_a_slow_rebuild_in_one_reader_does_not_block_other_threads_quick_calls(
             if probe == "done":
                 seen.append(fut.done())
             elif probe == "wait_timeout_0":
-                seen.append(len(cf.wait([fut, other], timeout=0).done))
+                seen.append(len(cf.wait(pair, timeout=0).done))
             else:
                 try:
                     seen.append(fut.result(timeout=0.1))
@@ -274,3 +275,43 @@ def test_caught_ctrl_c_in_shutdown_still_lets_running_thread_calls_finish(
     if then == "again":
         assert "after second shutdown: True" in done.stdout, done.stdout + done.stderr
     assert (tmp_path / "done").exists(), f"exit {done.returncode}; stderr:\n{done.stderr}"
+
+
+# ---- H5: in a batch, one result that will not rebuild fails its neighbours too ----------------
+
+
+def _rebuild_fine(value: str) -> str:
+    return value
+
+
+class Fine:
+    """A result that is not a plain value and rebuilds without trouble."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Callable[[str], str], tuple[str]]:
+        return (_rebuild_fine, (self.value,))
+
+
+def fine_or_refuses(key: str) -> Any:
+    return Refuses("ve") if key == "bad" else Fine(key)
+
+
+def test_one_result_that_will_not_rebuild_fails_only_its_own_item_of_a_batch() -> None:
+    """H5: ``Executor.map(..., chunksize=3)`` over three calls whose results are not plain
+    values; the middle one will not rebuild in the parent. The batch's results travel pickled
+    whole (``_outcomes.set_apart``), so ``_rebuild._from_whole`` fails *every* item of the
+    batch with the one ``SerializationError``: the first item, whose result rebuilds fine,
+    raises when iteration reaches it, and ``hx.map(..., return_exceptions=True)`` reports its
+    neighbours as failed. Without ``chunksize`` only the culprit fails; the docs say a result
+    that will not rebuild fails *its* ``result()``. (Already so before this round, 983d517.)
+    """
+    keys = ["a", "bad", "c"]
+    with Executor(max_processes=1) as ex:
+        opts = ex.options(kind="process")
+        got = opts.map(fine_or_refuses, keys, chunksize=3)
+        first = next(iter(got))  # lazy9: SerializationError (with chunksize=1: "a")
+    out = hx.map(fine_or_refuses, keys, kind="process", return_exceptions=True, chunksize=3)
+    assert first == "a"
+    assert [type(v).__name__ for v in out] == ["str", "SerializationError", "str"], out
