@@ -200,7 +200,8 @@ def work(d):
 def main_thread_frames():
     names, frame = [], sys._current_frames().get(threading.main_thread().ident)
     while frame is not None:
-        names.append(frame.f_code.co_name)
+        name = frame.f_code.co_name
+        names.append("join" if name == "join_thread" else name)  # the lead: either join
         frame = frame.f_back
     return names
 
@@ -211,7 +212,8 @@ def in_thread_lane_join():
     while frame is not None:
         names.append((os.path.basename(frame.f_code.co_filename), frame.f_code.co_name))
         frame = frame.f_back
-    return ("_threads.py", "shutdown") in names and ("threading.py", "join") in names
+    joins = {("threading.py", "join"), ("_waits.py", "join_thread")}  # the lead: either one
+    return ("_threads.py", "shutdown") in names and bool(joins & set(names))
 
 
 def ctrl_c_inside_the_join(d):
@@ -298,6 +300,11 @@ def fine_or_refuses(key: str) -> Any:
     return Refuses("ve") if key == "bad" else Fine(key)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (docs/hostile-input.md): a batch's results travel as one pickle; "
+    "one that will not rebuild fails the items that came back with it",
+)
 def test_one_result_that_will_not_rebuild_fails_only_its_own_item_of_a_batch() -> None:
     """H5: ``Executor.map(..., chunksize=3)`` over three calls whose results are not plain
     values; the middle one will not rebuild in the parent. The batch's results travel pickled

@@ -66,12 +66,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         kind: ``"thread"`` or ``"process"`` (or a backend name): the lane the task went to.
     """
 
-    # What every future sets lives in slots (issue 17). As instance attributes of a class
-    # without slots they share one key table per class on CPython 3.11, which takes new
-    # names only while the first few dozen instances are made: in a process where ~30
-    # futures were made before the first was settled, ``_result`` and the others no longer
-    # fitted, and every future after that built a dict of its own (one more object for the
-    # garbage collector, slower settles): some interpreters ran a storm of submits slower.
+    # What every future sets lives in slots (issue 17). As instance attributes they share one
+    # key table per class on CPython 3.11, which takes new names only while the first few
+    # dozen instances are made: after ~30 futures made before one was settled, every future
+    # built a dict of its own (one more object for the garbage collector, slower settles).
     # (Slots are also read faster than class defaults, which 3.11 does not specialize.)
     __slots__ = (
         "_cond",
@@ -90,8 +88,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     kind: str
     _hx_inline: list[Callable[[Future[T]], object]] | None  # the library's, quick
     # The stdlib's fields, but its Condition and lists are built only when used (see
-    # _condition): most futures are done before anyone waits, and fewer objects mean less
-    # for the garbage collector.
+    # _condition): most futures are done before anyone waits (fewer objects for the GC).
     _cond: threading.Condition | None
     _result: Any
     _exception: BaseException | None
@@ -104,13 +101,12 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     # it holds nothing of the call nor the lane itself, and counts only while the task runs.
     _hx_stop_with: Callable[[Future[Any]], None] | None
     # Set by the thread lane when a deadline failed the task while its code still runs: done
-    # when that code returns (a map's limit counts the call until then; see _deadlines).
+    # when that code returns (a map's limit counts the call until then: _deadlines).
     _hx_ended: concurrent.futures.Future[None] | None = None
 
     def __init__(self, kind: str = "thread") -> None:
         # An RLock, as the stdlib's Condition has: concurrent.futures.wait() holds every
-        # future's lock while it calls cancelled() and exception(), which take it again (a
-        # Lock hung it for good when a future was done, and the lanes settling the others).
+        # future's lock while it calls cancelled() and exception(), which take it again.
         self._lock = _allocate_rlock()
         self._state = PENDING
         self.kind = kind
@@ -254,12 +250,15 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             with self._lock:
                 if self._state != FINISHED:
                     self._wait(timeout)
-                if type(self._result) is Deferred:
-                    self._rebuild()
                 if self._exception is not None:
                     raise self._exception
-                result: T = self._result
-                return result
+                result: Any = self._result
+            if type(result) is Deferred:  # rebuilt outside the lock: done() never waits
+                ok, result = self._rebuilt(result, timeout)
+                if not ok:
+                    raise result
+            value: T = result
+            return value
         finally:
             self = None  # type: ignore[assignment]  # no cycle with the raised exception
 
@@ -273,18 +272,21 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._state != FINISHED:
                 self._wait(timeout)
-            if type(self._result) is Deferred:
-                self._rebuild()
-            return self._exception
+            result = self._result
+        if type(result) is Deferred:
+            ok, value = self._rebuilt(result, timeout)
+            return None if ok else value
+        return self._exception
 
-    def _rebuild(self) -> None:
-        # Lock held: the first reader rebuilds a Deferred result, once (a rebuild gives its
-        # failure as an outcome; a Ctrl-C it raises leaves it to the next read).
-        ok, value = self._result.rebuild(self._result.data)
-        self._result, self._exception = (value, None) if ok else (None, value)
+    def _rebuilt(self, deferred: Deferred, timeout: float | None) -> Outcome:
+        # A Deferred result, rebuilt once by its first reader, kept in place of it.
+        ok, value = deferred.get(timeout)
+        with self._lock:
+            if self._result is deferred:
+                self._result, self._exception = (value, None) if ok else (None, value)
+        return ok, value
 
-    def _wait(self, timeout: float | None) -> None:
-        # With the lock held, the future not finished: wait for it as the stdlib does.
+    def _wait(self, timeout: float | None) -> None:  # lock held, not finished: as the stdlib
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise concurrent.futures.CancelledError()
         cond = self._cond  # not the property: it takes the lock held here

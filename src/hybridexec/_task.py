@@ -8,11 +8,15 @@ it: a storm of submits makes fewer objects for the garbage collector to walk).
 
 from __future__ import annotations
 
+import _thread
+import concurrent.futures
 import contextvars
 import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from ._waits import acquire_long
 
 if TYPE_CHECKING:
     from ._futures import Future
@@ -174,8 +178,28 @@ class Deferred:
     ``concurrent.futures.wait`` as a result, so ``FIRST_EXCEPTION`` does not return for it.
     """
 
-    __slots__ = ("data", "rebuild")
+    __slots__ = ("data", "lock", "outcome", "rebuild")
 
     def __init__(self, rebuild: Callable[[Any], Outcome], data: Any) -> None:
         self.rebuild = rebuild
         self.data = data
+        self.lock = _thread.allocate_lock()  # not the future's: done() never waits for this
+        self.outcome: Outcome | None = None
+
+    def get(self, timeout: float | None) -> Outcome:
+        """``(ok, value)``, rebuilt by the first caller; the others wait up to ``timeout``.
+
+        Raises:
+            TimeoutError: another thread's rebuild took longer than ``timeout``.
+        """
+        if timeout is None:
+            self.lock.acquire()
+        elif not acquire_long(self.lock, timeout if timeout >= 0 else 0.0):  # NaN: 0 too
+            raise concurrent.futures.TimeoutError()
+        try:
+            if self.outcome is None:  # a Ctrl-C raised in rebuild leaves it to the next read
+                self.outcome = self.rebuild(self.data)
+                self.data = None
+            return self.outcome
+        finally:
+            self.lock.release()

@@ -43,7 +43,7 @@ from ._exceptions import BrokenExecutorError
 from ._futures import FRESH_CONTEXT, Future, Task
 from ._process import usable_cpus
 from ._profiles import Profile, Profiles, name_of
-from ._waits import acquire_long
+from ._waits import acquire_long, ending_thread, join_thread, thread_alive
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
@@ -137,9 +137,7 @@ class ThreadLane:
 
     def _start_thread(self) -> bool:
         """Start one more thread (lock held); False if the system refused one (a limit)."""
-        thread = threading.Thread(
-            target=self._work, name=f"{self._thread_name}{next(self._serial)}", daemon=True
-        )
+        thread = ending_thread(self._work, f"{self._thread_name}{next(self._serial)}")
         self._threads.add(thread)
         try:
             thread.start()
@@ -200,7 +198,7 @@ class ThreadLane:
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():
-                    thread.join()
+                    join_thread(thread)  # a Ctrl-C leaves it running and joinable (< 3.13)
             self._timers.close()
 
     def _work(self) -> None:
@@ -270,12 +268,12 @@ class ThreadLane:
         while True:
             with self._lock:
                 busy = dict(self._busy)
-                alive = [t for t in self._threads if t is not me and t.is_alive()]
+                alive = [t for t in self._threads if t is not me and thread_alive(t)]
             if not alive:
                 return 0.0 if deadline is None else bound - max(0.0, deadline - time.monotonic())
             users = [t for t in alive if t not in busy or not busy[t].chosen]
             if users:  # in slices: a thread between tasks may turn to library-chosen work
-                users[0].join(0.1)
+                join_thread(users[0], 0.1)
                 continue
             deadline = time.monotonic() + bound if deadline is None else deadline
             remaining = deadline - time.monotonic()
@@ -286,7 +284,7 @@ class ThreadLane:
                     ", ".join(sorted({name_of(task.fn) for task in busy.values()})),
                 )
                 return bound
-            alive[0].join(remaining)
+            join_thread(alive[0], remaining)
 
     def _break(self, exc: BaseException) -> None:
         """The initializer raised: fail the queued tasks, refuse submits (as the stdlib does)."""

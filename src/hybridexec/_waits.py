@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -55,14 +56,39 @@ waited for as ended while it still runs (CPython gh-90882's fix had this side ef
 joins return at once, and interpreter exit no longer waits for it."""
 
 
+_ends: weakref.WeakKeyDictionary[threading.Thread, threading.Event] = weakref.WeakKeyDictionary()
+
+
+def ending_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """A daemon thread running ``target()``, whose end ``join_thread`` can wait for safely."""
+    ended = threading.Event()
+
+    def run() -> None:
+        try:
+            target()
+        finally:
+            ended.set()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    _ends[thread] = ended
+    return thread
+
+
+def thread_alive(thread: threading.Thread) -> bool:
+    """``thread.is_alive()``, true too for one an interrupted join marked ended (< 3.13)."""
+    ended = None if _JOIN_SAFE else _ends.get(thread)
+    return thread.is_alive() if ended is None else not ended.is_set()
+
+
 def join_thread(
     thread: threading.Thread, timeout: float | None = None, ended: threading.Event | None = None
 ) -> bool:
     """``thread.join(timeout)`` that a Ctrl-C cannot break; True once the thread has ended.
 
-    ``ended`` (an event the thread sets as its work ends) is what is waited for before 3.13;
-    only the thread's last steps, microseconds, are then joined.
+    ``ended`` (an event the thread sets as its work ends; ``ending_thread``'s by default) is
+    what is waited for before 3.13; only the thread's last steps, microseconds, are joined.
     """
+    ended = ended or _ends.get(thread)
     if ended is not None and not _JOIN_SAFE:
         if not wait_long(ended.wait, timeout):
             return False

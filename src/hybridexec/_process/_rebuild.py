@@ -9,7 +9,10 @@ came through shared memory are rebuilt at once (unpickling them is what frees th
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import threading
 from typing import Any
 
 from .._exceptions import SerializationError
@@ -24,12 +27,32 @@ def _decode(value: Any) -> Outcome:
     except SerializationError as exc:
         err = SerializationError(f"the task's result could not be unpickled: {exc}")
         err.__cause__ = exc.__cause__
-    except KeyboardInterrupt:  # Ctrl-C in the reading thread: a later read tries again
-        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C (main thread): a later read tries again
+        if threading.current_thread() is threading.main_thread():
+            raise
+        err = SerializationError(f"the task's result could not be unpickled: {exc!r}")
+        err.__cause__ = exc  # raised by the rebuild itself: no signal lands elsewhere
     except BaseException as exc:  # SystemExit from a __setstate__: the call's failure
         err = SerializationError(f"the task's result could not be unpickled: {exc!r}")
         err.__cause__ = exc
+    if _SHARED in value.data:
+        _free_made_for_us(value.data)  # those its unpickling did not reach
     return (False, err)
+
+
+def _free_made_for_us(data: bytes) -> None:
+    """Unlink the segments a worker made for this process's result in ``data``.
+
+    Unpickling a result adopts them (drops each name); one that failed midway left the
+    rest, which would stay in ``/dev/shm`` until we exit. Only names made for us by a
+    worker (``hx<our pid>_<hex>w<its pid>``) are touched: never a segment the task
+    returned a handle of.
+    """
+    from .._shm._names import unlink
+
+    pattern = rb"hx%d_[0-9a-f]{16}w[0-9]+" % os.getpid()
+    for name in set(re.findall(pattern, data)):
+        unlink(name.decode())
 
 
 _SHARED = b"hybridexec._shm"  # in a reply whose large arrays came through shared memory
@@ -88,6 +111,7 @@ def discard(data: bytes) -> None:
     try:
         reply = pickle.loads(data)
     except BaseException:  # a task nobody waits for: its failure has no one to go to
+        _free_made_for_us(data)
         return
     _free_inner(reply, 3)
 
@@ -98,6 +122,7 @@ def _free_inner(obj: Any, depth: int) -> None:
     if type(obj) is Pickled:
         if _SHARED in obj.data:
             discard_reply(obj.data)
+            _free_made_for_us(obj.data)  # a rebuild that failed midway left some
     elif depth and type(obj) in (tuple, list):
         for item in obj:
             _free_inner(item, depth - 1)
