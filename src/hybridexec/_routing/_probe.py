@@ -83,16 +83,22 @@ from ._verdicts import early, unsure, verdict
 
 LATE_INTERVAL_MIN = 0.002
 """Below this GIL switch interval (seconds) the probe's lateness says nothing; it is not read."""
-EARLY_HELD_SECONDS = 0.008
-"""A first call found holding the GIL reports after it could run this long (``held_early``)..."""
+EARLY_HELD_SECONDS = 0.005
+"""A first call found holding the GIL reports after it could run this long (``held_early``):
+one probe cycle (1 ms asleep, most of a 5 ms switch interval waiting for the GIL, the stall)
+on a quiet machine. At 8 ms it took two cycles, 14-16 ms: the calls waiting for the verdict,
+a burst's other loops, started that much later (issue 15's fresh pure-CPU row)..."""
 EARLY_HELD_STALLS = 1
 """...and this many stalls found it blocked on the GIL, none running (one is telling: GIL-bound
 code cannot run while the probe holds the GIL, and GIL-free C code sleeps on the GIL only as
 it returns)..."""
-EARLY_HELD_LATE = 0.8
+EARLY_HELD_LATE = 0.7
 """...and the probe, waking, waited for the GIL this share of a switch interval at least (its
 own waits for a CPU left out), other Python threads idle: a second sign, apart from the
-stall, that this call holds the GIL until made to let go."""
+stall, that this call holds the GIL until made to let go. (A probe that waits a whole
+interval reads 4.0-5.1 ms late of 5: the wake-up noise and its own run-queue wait are left
+out; at 0.8 a one-cycle verdict missed by a few microseconds now and then. GIL-free code
+keeps it waiting 0.1-0.2 ms.)"""
 
 
 class GilProbe:
@@ -138,16 +144,23 @@ class GilProbe:
             # the first window on 2 loaded cores (the verdict came 45-95 ms in, not 25).
             gil_futex()
         window = Window(clock, report_after, on_report, early)
+        start = None
         with self._cond:
             self._windows.append(window)
             if self._thread is None:
                 self._cycle_start = window.t_open
                 self._expected = window.t_open
-                self._thread = threading.Thread(target=self._run, name=PROBE_THREAD, daemon=True)
-                self._thread.start()
+                self._thread = start = threading.Thread(
+                    target=self._run, name=PROBE_THREAD, daemon=True
+                )
             elif self._expected is None and len(self._windows) == 1:
                 self._cycle_start = self._expected = window.t_open
                 self._cond.notify()
+        if start is not None:
+            # Started with the lock let go: the new thread takes it at once, and had it to
+            # wait for it, it would wait for the GIL after, beside the measured call (a
+            # Python loop lets go once per switch interval): the first stall 5 ms later.
+            start.start()
         return window
 
     def close(self, window: Window) -> Measurement | None:

@@ -63,11 +63,33 @@ def _read(fd: int | None) -> bytes | None:
     return buf.raw[:n] if n > 0 else None
 
 
+@functools.cache
+def _gil_holding_open() -> Callable[[bytes, int], int] | None:
+    import ctypes
+
+    try:
+        open_ = ctypes.PyDLL(None).open
+    except (OSError, AttributeError):
+        return None
+    open_.argtypes = [ctypes.c_char_p, ctypes.c_int]  # no O_CREAT: no mode argument
+    open_.restype = ctypes.c_int
+    return open_
+
+
 def _open(path: str) -> int | None:
+    # Opened with the GIL held, as the reads are: the probe thread opens its own handles
+    # as it starts, beside the Python loop it is to measure, and an ``os.open`` that let
+    # the GIL go cost it a switch interval (5 ms) to get it back: the first stall, and a
+    # GIL-bound verdict, came that much later.
     if _gil_holding_pread() is None:
         return None
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    open_ = _gil_holding_open()
+    if open_ is not None:
+        fd = open_(os.fsencode(path), flags)
+        return fd if fd >= 0 else None
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(path, flags)
     except OSError:
         return None
 
