@@ -17,7 +17,7 @@ from typing import Any
 
 from .._exceptions import SerializationError
 from .._futures import Deferred, Outcome
-from .._shm import discard_reply
+from .._shm import discard_reply, unlink
 from ._outcomes import Pickled, unwrap
 
 
@@ -48,8 +48,6 @@ def _free_made_for_us(data: bytes) -> None:
     worker (``hx<our pid>_<hex>w<its pid>``) are touched: never a segment the task
     returned a handle of.
     """
-    from .._shm._names import unlink
-
     pattern = rb"hx%d_[0-9a-f]{16}w[0-9]+" % os.getpid()
     for name in set(re.findall(pattern, data)):
         unlink(name.decode())

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._names import SHM_DIR as SHM_DIR
     from ._names import free_bytes as free_bytes
     from ._names import owner_pid_of as owner_pid_of
+    from ._names import unlink as unlink
     from ._objects import SharedArray as SharedArray
     from ._objects import SharedBuffer as SharedBuffer
     from ._objects import SharedHandle as SharedHandle
@@ -66,6 +67,7 @@ __all__ = [
     "remove_made_by",
     "reply_policy",
     "unchanging",
+    "unlink",
 ]
 
 __getattr__, __dir__ = exports(
@@ -92,5 +94,6 @@ __getattr__, __dir__ = exports(
         "remove_made_by": "._janitor",
         "reply_policy": "._reply",
         "unchanging": "._reuse",
+        "unlink": "._names",
     },
 )
