@@ -94,9 +94,14 @@ def on_exit(phase: int, hook: Callable[[], None]) -> None:
         _exit_hooks.append((phase, len(_exit_hooks), hook))
         if not _atexit_registered:
             # Imported first so that its exit hook is registered before ours and runs after.
-            import multiprocessing.util  # noqa: F401
+            import multiprocessing.util
 
             atexit.register(run_exit_hooks)
+            if multiprocessing.parent_process() is not None:
+                # A multiprocessing child (a process actor, the user's Process) joins its own
+                # children as it ends, before atexit (which a forked one never runs): the
+                # hooks must stop our workers first, or it waits for them for ever.
+                multiprocessing.util.Finalize(None, run_exit_hooks, exitpriority=100)
             _atexit_registered = True
 
 
@@ -128,11 +133,14 @@ def starting_thread() -> None:
             logger.exception("hybridexec thread hook %r failed", hook)
 
 
+_hooks_run: set[int] = set()
+
+
 def run_exit_hooks() -> None:
     """Run the exit hooks now (at interpreter exit, and as a worker process ends)."""
     global _exiting, _stopped_at_exit
     _exiting = True
-    done: set[int] = set()
+    done = _hooks_run  # a second call (atexit after multiprocessing's) runs only new ones
     while True:
         with _lock:
             todo = sorted(e for e in _exit_hooks if e[1] not in done)
