@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -159,6 +159,11 @@ def test_a_slow_rebuild_in_one_reader_does_not_block_other_threads_quick_calls(
         reader.join(LIMIT)
         prober.join(LIMIT)
     assert not blocked, f"{probe} blocked while another thread rebuilt the result"
+    if probe == "result_timeout":  # the lead: as docs/timeouts-and-killing.md says, a
+        assert seen == ["timeout"]  # TimeoutError though done; the future reads fine after
+        assert cast(Any, fut.result(timeout=LIMIT)) == 7
+    elif probe == "done":
+        assert seen == [True]
 
 
 # ---- H3: a result in shared memory that fails to rebuild keeps its segment until exit ---------
