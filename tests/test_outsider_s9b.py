@@ -327,3 +327,21 @@ def test_one_result_that_will_not_rebuild_fails_only_its_own_item_of_a_batch() -
     out = hx.map(fine_or_refuses, keys, kind="process", return_exceptions=True, chunksize=3)
     assert first == "a"
     assert [type(v).__name__ for v in out] == ["str", "SerializationError", "str"], out
+
+
+def test_a_keyboardinterrupt_rebuilding_a_shared_result_read_by_its_caller_loses_nothing() -> None:
+    """The lead, after H1: the same result read at once by the main thread that submitted it
+    (the lane's direct path: the caller reads its own reply, and the result in shared memory
+    is rebuilt there at once). The ``KeyboardInterrupt`` it raises must not escape the lane's
+    reading of the reply (the task, taken from its worker, would never be settled): it is the
+    call's ``SerializationError``, on every read, and the lane goes on."""
+    assert threading.current_thread() is threading.main_thread()
+    with Executor(max_processes=1) as ex:
+        run = ex.options(kind="process")
+        assert run.submit(plus_one, 0).result(timeout=LIMIT) == 1  # a warm worker
+        for _ in range(3):  # the direct path, whichever read takes the reply
+            fut = run.submit(array_then_refuses, "ki")
+            with pytest.raises(SerializationError):
+                fut.result(timeout=LIMIT)
+            assert isinstance(fut.exception(timeout=0), SerializationError)
+        assert run.submit(plus_one, 1).result(timeout=LIMIT) == 2

@@ -21,15 +21,16 @@ from .._shm import discard_reply, unlink
 from ._outcomes import Pickled, unwrap
 
 
-def _decode(value: Any) -> Outcome:
+def _decode(value: Any, reader: bool = False) -> Outcome:
+    # reader: called by the future's reader (Deferred), not by a lane's own thread.
     try:
         return (True, unwrap(value))
     except SerializationError as exc:
         err = SerializationError(f"the task's result could not be unpickled: {exc}")
         err.__cause__ = exc.__cause__
-    except KeyboardInterrupt as exc:  # Ctrl-C (main thread): a later read tries again
-        if threading.current_thread() is threading.main_thread():
-            raise
+    except KeyboardInterrupt as exc:  # Ctrl-C in a reading main thread: a later read tries
+        if reader and threading.current_thread() is threading.main_thread():  # again; never
+            raise  # out of a lane's own reading of a reply (its task would be lost)
         err = SerializationError(f"the task's result could not be unpickled: {exc!r}")
         err.__cause__ = exc  # raised by the rebuild itself: no signal lands elsewhere
     except BaseException as exc:  # SystemExit from a __setstate__: the call's failure
@@ -64,7 +65,11 @@ def deferred(value: Pickled) -> Outcome:
     """
     if _SHARED in value.data:
         return _decode(value)
-    return (True, Deferred(_decode, value))
+    return (True, Deferred(_read, value))
+
+
+def _read(value: Pickled) -> Outcome:
+    return _decode(value, True)
 
 
 def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
@@ -74,12 +79,17 @@ def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
         return (True, outcomes)
     if any(_SHARED in outcomes[index][1].data for index in late):
         return rebuild_outcomes(outcomes)
-    return (True, Deferred(rebuild_outcomes, outcomes))
+    return (True, Deferred(_read_outcomes, outcomes))
 
 
-def rebuild_outcomes(outcomes: list[Outcome]) -> Outcome:
+def _read_outcomes(outcomes: list[Outcome]) -> Outcome:
+    return rebuild_outcomes(outcomes, True)
+
+
+def rebuild_outcomes(outcomes: list[Outcome], reader: bool = False) -> Outcome:
     rebuilt = [
-        _decode(value) if ok and type(value) is Pickled else (ok, value) for ok, value in outcomes
+        _decode(value, reader) if ok and type(value) is Pickled else (ok, value)
+        for ok, value in outcomes
     ]
     return (True, rebuilt)
 
@@ -89,15 +99,19 @@ def deferred_batch(whole: Pickled, ahead: list[Outcome] | None, count: int) -> O
     parts = (whole, ahead, count)
     if _SHARED in whole.data:
         return _from_whole(parts)
-    return (True, Deferred(_from_whole, parts))
+    return (True, Deferred(_read_whole, parts))
 
 
-def _from_whole(parts: tuple[Pickled, list[Outcome] | None, int]) -> Outcome:
+def _read_whole(parts: tuple[Pickled, list[Outcome] | None, int]) -> Outcome:
+    return _from_whole(parts, True)
+
+
+def _from_whole(parts: tuple[Pickled, list[Outcome] | None, int], reader: bool = False) -> Outcome:
     whole, ahead, count = parts
-    ok, value = _decode(whole)
+    ok, value = _decode(whole, reader)
     if not ok:  # the batch would not unpickle: each of its items fails with it
         value = [(False, value)] * count
-    return rebuild_outcomes([*(ahead or ()), *value])
+    return rebuild_outcomes([*(ahead or ()), *value], reader)
 
 
 def discard(data: bytes) -> None:
