@@ -38,7 +38,7 @@ def set_apart(outcomes: list[tuple[bool, Any]]) -> Any:
     """
     if len(outcomes) == 1:
         ok, value = outcomes[0]
-        if ok and type(value) not in PLAIN and type(value) is not Pickled:
+        if ok and type(value) not in PLAIN:
             return [(True, alone(value))]
         return outcomes
     plain = True

@@ -25,20 +25,24 @@ def _decode(value: Any, reader: bool = False) -> Outcome:
     # reader: called by the future's reader (Deferred), not by a lane's own thread.
     try:
         return (True, unwrap(value))
-    except SerializationError as exc:
-        err = SerializationError(f"the task's result could not be unpickled: {exc}")
-        err.__cause__ = exc.__cause__
     except KeyboardInterrupt as exc:  # Ctrl-C in a reading main thread: a later read tries
         if reader and threading.current_thread() is threading.main_thread():  # again; never
             raise  # out of a lane's own reading of a reply (its task would be lost)
-        err = SerializationError(f"the task's result could not be unpickled: {exc!r}")
-        err.__cause__ = exc  # raised by the rebuild itself: no signal lands elsewhere
-    except BaseException as exc:  # SystemExit from a __setstate__: the call's failure
-        err = SerializationError(f"the task's result could not be unpickled: {exc!r}")
-        err.__cause__ = exc
+        err = unpickle_error(exc)
+    except BaseException as exc:  # SystemExit from a __setstate__ too: the call's failure
+        err = unpickle_error(exc)
     if _SHARED in value.data:
         _free_made_for_us(value.data)  # those its unpickling did not reach
     return (False, err)
+
+
+def unpickle_error(exc: BaseException) -> SerializationError:
+    """The call's error for a result that would not unpickle here (``exc``: why)."""
+    cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
+    why = str(exc) if isinstance(exc, SerializationError) else repr(exc)
+    err = SerializationError(f"the task's result could not be unpickled: {why}")
+    err.__cause__ = cause
+    return err
 
 
 def _free_made_for_us(data: bytes) -> None:

@@ -14,13 +14,12 @@ import time
 from typing import Any
 
 from .. import _faults
-from .._exceptions import SerializationError
 from .._futures import Outcome, Task
 from .._serialize import loads, unpack_exception
 from ._group import split_reply
 from ._memory import went_over
 from ._outcomes import Pickled
-from ._rebuild import deferred, deferred_batch, deferred_outcomes, discard
+from ._rebuild import deferred, deferred_batch, deferred_outcomes, discard, unpickle_error
 from ._schedule import Scheduling
 from ._supervision import BUSY, IDLE, WorkerRecord
 from ._worker import AHEAD, INIT_FAILED
@@ -77,7 +76,7 @@ class Replies(Scheduling):
             )
         except BaseException as exc:  # the task's own failure (SystemExit from a __reduce__
             # included): never the manager's, never lost
-            err = _unpickle_error(exc)
+            err = unpickle_error(exc)
             elapsed = cpu = 0.0
             rss = None
             outcomes = [(False, err)] * (len(task.items) if task.batch else 1)
@@ -122,7 +121,7 @@ class Replies(Scheduling):
                 for ok, value in loads(data)[0]
             ]
         except BaseException as exc:  # those items fail, each in its place
-            outcomes = [(False, _unpickle_error(exc))] * count
+            outcomes = [(False, unpickle_error(exc))] * count
         task.ahead = [*getattr(task, "ahead", ()), *outcomes]
 
     def _handle_group(self, worker: WorkerRecord, data: bytes) -> None:
@@ -142,7 +141,7 @@ class Replies(Scheduling):
                 _faults.hit("lane.unpickle_reply")
             values, failures, seconds, cpu, rss = loads(rest)  # type: ignore[arg-type]
         except BaseException as exc:  # those calls fail, each on its own future
-            err = _unpickle_error(exc)
+            err = unpickle_error(exc)
             values, oks = [err] * len(tasks), [False] * len(tasks)
             seconds, cpu, rss = [0.0] * len(tasks), 0.0, None
         else:
@@ -232,13 +231,6 @@ class Replies(Scheduling):
         else:
             worker.state = IDLE
             worker.idle_since = time.monotonic()
-
-
-def _unpickle_error(exc: BaseException) -> SerializationError:
-    cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
-    err = SerializationError(f"the task's result could not be unpickled: {exc}")
-    err.__cause__ = cause
-    return err
 
 
 def _failure(ok: bool, value: Any) -> Outcome:
