@@ -59,6 +59,17 @@ def _free_made_for_us(data: bytes) -> None:
 
 
 _SHARED = b"hybridexec._shm"  # in a reply whose large arrays came through shared memory
+_QUICK_MAX = 16384
+"""A result pickled in at most this many bytes, of plain data only, is rebuilt at once."""
+_RUNS_CODE = re.compile(rb"[\x82-\x84\x93]").search
+"""Finds the opcodes (STACK_GLOBAL, EXT1-4: protocol >= 4 has no GLOBAL) without which a
+pickle imports nothing, so it can call no ``__reduce__``/``__setstate__`` of anyone's: such
+a small one rebuilds in microseconds (a byte of data that looks like one only defers it)."""
+
+
+def _at_once(data: bytes) -> bool:
+    """Rebuild now: shared memory to free, or plain data too small to hold anyone up."""
+    return _SHARED in data or (len(data) <= _QUICK_MAX and _RUNS_CODE(data) is None)
 
 
 def deferred(value: Pickled) -> Outcome:
@@ -67,7 +78,7 @@ def deferred(value: Pickled) -> Outcome:
     Not for a result holding shared-memory segments: unpickling it is what frees them, so it
     is rebuilt now, lest a future never read leave them in ``/dev/shm`` until we exit.
     """
-    if _SHARED in value.data:
+    if _at_once(value.data):  # a small list or dict of numbers: no Deferred to pay for
         return _decode(value)
     return (True, Deferred(_read, value))
 
@@ -81,8 +92,9 @@ def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
     late = [index for index, (ok, value) in enumerate(outcomes) if ok and type(value) is Pickled]
     if not late:
         return (True, outcomes)
-    if any(_SHARED in outcomes[index][1].data for index in late):
-        return rebuild_outcomes(outcomes)
+    datas = [outcomes[index][1].data for index in late]
+    if any(_SHARED in data for data in datas) or all(map(_at_once, datas)):
+        return rebuild_outcomes(outcomes)  # segments to free, or nothing slow to rebuild
     return (True, Deferred(_read_outcomes, outcomes))
 
 
@@ -101,7 +113,7 @@ def rebuild_outcomes(outcomes: list[Outcome], reader: bool = False) -> Outcome:
 def deferred_batch(whole: Pickled, ahead: list[Outcome] | None, count: int) -> Outcome:
     """A batch's ``count`` results pickled whole, after those that came ahead: for its future."""
     parts = (whole, ahead, count)
-    if _SHARED in whole.data:
+    if _at_once(whole.data):
         return _from_whole(parts)
     return (True, Deferred(_read_whole, parts))
 
