@@ -153,6 +153,20 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01)
         time.sleep(interval)
 
 
+def process_gone(proc: psutil.Process | int) -> bool:
+    """Whether a process has ended (exited, reaped or a zombie), race-free.
+
+    ``is_running()`` then ``status()`` is a race: the process may be reaped between the two
+    (``NoSuchProcess``: CI failed on it once); every question here counts that as ended.
+    """
+    try:
+        if isinstance(proc, int):
+            proc = psutil.Process(proc)
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 # ---- multiprocessing temporary directories --------------------------------------------------
 # multiprocessing makes one ``pymp-*`` directory per process that needs one (a fork server's
 # socket) in TMPDIR, and removes it at that process's exit; a process that is SIGKILLed or

@@ -24,7 +24,7 @@ import hybridexec as hx
 from hybridexec._actors import _supervisor as _actors_process
 
 from .actor_helpers import Broken, Counter, peek
-from .conftest import wait_until
+from .conftest import process_gone, wait_until
 
 ActorFactory = Callable[..., "hx.ActorRef[Any]"]
 
@@ -66,10 +66,7 @@ class Gate:
 
 
 def _dead(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return process_gone(pid)
 
 
 # ---- ask, tell, order ------------------------------------------------------------------------

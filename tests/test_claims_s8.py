@@ -21,7 +21,7 @@ import pytest
 import hybridexec as hx
 
 from . import helpers
-from .conftest import wait_until
+from .conftest import process_gone, wait_until
 from .scenario import kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(60)
@@ -207,7 +207,7 @@ def test_a_kill_sends_sigterm_then_sigkill_to_a_task_that_ignores_sigterm(
     assert wait_until(lambda: os.path.exists(marker + ".ready"), LIMIT)
     worker = psutil.Process(ex.worker_pids[0])
     assert fut.cancel() is True
-    assert wait_until(lambda: not worker.is_running() or worker.status() == "zombie", LIMIT)
+    assert wait_until(lambda: process_gone(worker), LIMIT)
     assert Path(marker).read_text().startswith("TERM")
     _usable(ex)
 
@@ -219,7 +219,7 @@ def test_executor_map_timeout_kills_the_calls_running_in_processes(ex: hx.Execut
     results = ex.options(kind="process").map(helpers.sleep_then, [60, 60], timeout=1.0)
     with pytest.raises(TimeoutError):
         list(results)
-    assert wait_until(lambda: all(not w.is_running() or w.status() == "zombie" for w in workers))
+    assert wait_until(lambda: all(process_gone(w) for w in workers))
     assert ex.stats()["process_lane"]["kills"] == 2
     _usable(ex)
 

@@ -27,7 +27,7 @@ import pytest
 
 import hybridexec as hx
 
-from .conftest import wait_until
+from .conftest import process_gone, wait_until
 from .scenario import ROOT, run_script
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,10 +37,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return process_gone(pid)
 
 
 class Box:

@@ -27,7 +27,7 @@ from hybridexec import (
 )
 
 from . import helpers
-from .conftest import wait_until
+from .conftest import process_gone, wait_until
 
 
 def _still_usable(ex: Executor) -> None:
@@ -166,18 +166,11 @@ def test_timeout_kills_whole_process_tree(ex: Executor, tmp_path: Any) -> None:
     grandchild = worker.children()[0]
     with pytest.raises(TaskTimeoutError):
         fut.result(timeout=30)
-    assert wait_until(lambda: not grandchild.is_running() or _zombie(grandchild), 10)
+    assert wait_until(lambda: process_gone(grandchild), 10)
 
 
 def _gone(proc: psutil.Process) -> bool:
-    return not proc.is_running() or _zombie(proc)
-
-
-def _zombie(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return process_gone(proc)
 
 
 def test_task_decorator_timeout(ex: Executor) -> None:

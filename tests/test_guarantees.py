@@ -35,7 +35,7 @@ import hybridexec as hx
 
 from . import guarantee_scripts as gs
 from . import helpers
-from .conftest import wait_until
+from .conftest import process_gone, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHM_DIR = "/dev/shm"
@@ -160,10 +160,7 @@ class Script:
 
 
 def _running(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return not process_gone(p)
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from hybridexec import Executor, TaskTimeoutError
 
 from . import stop_helpers
-from .conftest import wait_until
+from .conftest import process_gone, wait_until
 
 
 class SlowKillLog(logging.Handler):
@@ -68,10 +67,7 @@ def _start(ex: Executor, path: Path, timeout: float) -> tuple[object, int]:
 
 
 def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return not process_gone(pid)
 
 
 @pytest.mark.timeout(60)
