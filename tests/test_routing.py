@@ -420,7 +420,7 @@ def test_each_mode_of_an_argument_dependent_function_is_routed_right_in_the_firs
     # working as designed, not a wrong verdict (2 waves of 30 beside two CPU hogs). So the
     # io calls must be right in every wave, and two fresh waves exactly right before three
     # are not (fails about 1 run in 1000 beside two hogs).
-    exact, seen = 0, []
+    exact, seen = 0, list[tuple[dict[str, list[str]], str]]()
     while len(seen) - exact < 3:
         kinds, reason = _mode_wave()
         seen.append((kinds, reason))
