@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -226,3 +227,30 @@ def test_repr_of_a_result_not_yet_rebuilt_runs_no_user_code() -> None:
         assert "kind=process" in repr(future)
         assert REBUILT_IN == []
         assert future.result() == 1
+
+
+def test_a_read_waits_one_timeout_for_done_and_another_readers_rebuild_together() -> None:
+    """``result(timeout)`` of a future rebuilt meanwhile by another thread: the wait for done
+    and the wait for that rebuild share the one timeout (they were two: up to twice it)."""
+    from hybridexec._futures import Deferred, Future
+
+    deferred = Deferred(lambda data: (True, data), 5)
+    deferred.lock.acquire()  # another reader is rebuilding it
+    try:
+        # Deterministic form: a wait that began 10 s ago has nothing left of a 5 s timeout.
+        with pytest.raises(cf.TimeoutError):
+            deferred.get(5.0, since=time.monotonic() - 10.0)
+        # Through Future.result: done 0.6 s in, then the rebuild is never let go of.
+        future: Future[int] = Future()
+        timer = threading.Timer(0.6, future.settle, (True, deferred))
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            future.result(timeout=1.0)
+        waited = time.monotonic() - began
+        timer.join()
+        assert waited < 1.45, f"waited {waited:.2f} s for a 1 s timeout (two waits: 1.6 s)"
+        assert future.done()
+    finally:
+        deferred.lock.release()
+    assert future.result(timeout=0) == 5  # rebuilt now the other reader let go

@@ -17,6 +17,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures._base import (
     CANCELLED,
@@ -131,8 +132,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         return cond
 
     @_condition.setter
-    def _condition(self, cond: threading.Condition) -> None:
-        self._cond = cond  # nothing sets it; typing wants the stdlib's attribute writable
+    def _condition(self, cond: threading.Condition) -> None:  # typing wants it writable
+        self._cond = cond
 
     @property  # the stdlib's attribute, built on first use
     def _waiters(self) -> list[Any]:
@@ -184,9 +185,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         if stop is None:
             if not super().cancel():
                 return False
-            # Seen as done by wait() and as_completed() at once, not only when a lane pulls the
-            # task: a task sent ahead to a busy worker may never be pulled again (its reply is
-            # dropped), and waiters must not wait for that.
+            # Done for wait() and as_completed() at once, not when a lane pulls the task: one
+            # sent ahead to a busy worker may never be pulled again (its reply is dropped).
             self.set_running_or_notify_cancel()
             return True
         stop()
@@ -248,13 +248,12 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             timeout = self._hx_before_wait(timeout)  # (a process reply: see _process/_direct)
         try:
             with self._lock:
-                if self._state != FINISHED:
-                    self._wait(timeout)
+                since = self._wait(timeout) if self._state != FINISHED else 0.0
                 if self._exception is not None:
                     raise self._exception
                 result: Any = self._result
             if type(result) is Deferred:  # rebuilt outside the lock: done() never waits
-                ok, result = self._rebuilt(result, timeout)
+                ok, result = self._rebuilt(result, timeout, since)
                 if not ok:
                     raise result
             value: T = result
@@ -270,25 +269,25 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             TimeoutError: not done within ``timeout`` seconds.
         """
         with self._lock:
-            if self._state != FINISHED:
-                self._wait(timeout)
+            since = self._wait(timeout) if self._state != FINISHED else 0.0
             result = self._result
         if type(result) is Deferred:
-            ok, value = self._rebuilt(result, timeout)
+            ok, value = self._rebuilt(result, timeout, since)
             return None if ok else value
         return self._exception
 
-    def _rebuilt(self, deferred: Deferred, timeout: float | None) -> Outcome:
-        # A Deferred result, rebuilt once by its first reader, kept in place of it.
-        ok, value = deferred.get(timeout)
+    def _rebuilt(self, deferred: Deferred, timeout: float | None, since: float) -> Outcome:
+        # Rebuilt once by its first reader, kept in place; ``timeout`` counts from ``since``.
+        ok, value = deferred.get(timeout, since)
         with self._lock:
             if self._result is deferred:
                 self._result, self._exception = (value, None) if ok else (None, value)
         return ok, value
 
-    def _wait(self, timeout: float | None) -> None:  # lock held, not finished: as the stdlib
+    def _wait(self, timeout: float | None) -> float:  # lock held, not finished: as the stdlib
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise concurrent.futures.CancelledError()
+        since = 0.0 if timeout is None else time.monotonic()
         cond = self._cond  # not the property: it takes the lock held here
         if cond is None:
             cond = self._cond = threading.Condition(self._lock)
@@ -297,6 +296,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             raise concurrent.futures.CancelledError()
         if self._state != FINISHED:
             raise concurrent.futures.TimeoutError()
+        return since  # when it began (0.0 without a timeout): a rebuild waits what is left
 
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """As in the standard library: ``fn(future)`` once done (now if it is done)."""

@@ -186,12 +186,17 @@ class Deferred:
         self.lock = _thread.allocate_lock()  # not the future's: done() never waits for this
         self.outcome: Outcome | None = None
 
-    def get(self, timeout: float | None) -> Outcome:
+    def get(self, timeout: float | None, since: float = 0.0) -> Outcome:
         """``(ok, value)``, rebuilt by the first caller; the others wait up to ``timeout``.
+
+        ``timeout`` counts from ``since`` (a ``time.monotonic()``; 0.0: from now), when the
+        reader began to wait for the future: one timeout for both waits.
 
         Raises:
             TimeoutError: another thread's rebuild took longer than ``timeout``.
         """
+        if timeout is not None and since:
+            timeout -= time.monotonic() - since
         if timeout is None:
             self.lock.acquire()
         elif not acquire_long(self.lock, timeout if timeout >= 0 else 0.0):  # NaN: 0 too
