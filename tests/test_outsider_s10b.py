@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
 import hybridexec as hx
+
+
+CoroFn = Callable[[], Coroutine[Any, Any, None]]
 
 
 async def _raises_timeout_error() -> None:
@@ -27,7 +32,7 @@ async def _own_wait_for_runs_out() -> None:
 
 
 @pytest.mark.parametrize("coro", [_raises_timeout_error, _own_wait_for_runs_out])
-def test_async_task_that_raises_timeout_error_settles_its_future(coro: object) -> None:
+def test_async_task_that_raises_timeout_error_settles_its_future(coro: CoroFn) -> None:
     """I1: an ``async def`` task (no ``timeout=``) that raises ``TimeoutError`` never settles.
 
     ``LoopLane.submit``'s ``run()`` re-raises ``asyncio.TimeoutError`` (the built-in
@@ -37,7 +42,7 @@ def test_async_task_that_raises_timeout_error_settles_its_future(coro: object) -
     fails its future with the ``TimeoutError``, as a plain function would.
     """
     with hx.Executor() as ex:
-        future = ex.submit(coro)  # type: ignore[arg-type]
+        future = ex.submit(coro)
         done, _ = concurrent.futures.wait([future], timeout=15)
         assert future in done, f"the future never settled: {future!r}"
         assert isinstance(future.exception(), TimeoutError)
