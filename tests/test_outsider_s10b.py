@@ -17,7 +17,6 @@ import pytest
 
 import hybridexec as hx
 
-
 CoroFn = Callable[[], Coroutine[Any, Any, None]]
 
 
