@@ -154,3 +154,23 @@ def test_amap_bad_limit_raises_at_the_call(executor: Executor) -> None:
             await hybridexec.amap(helpers.square, [1], limit=0, executor=executor)
 
     asyncio.run(main())
+
+
+async def swallow_cancel(seconds: float) -> str:
+    """Sleeps ``seconds``; a cancel is swallowed once (the sleep is then finished)."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.5)
+        return "swallowed"
+    return "slept"
+
+
+def test_async_deadline_fails_the_task_even_if_the_coroutine_swallows_the_cancel(
+    executor: Executor,
+) -> None:
+    fut = executor.options(timeout=0.1).submit(swallow_cancel, 60)
+    with pytest.raises(TaskTimeoutError, match=r"0\.1 s timeout"):
+        fut.result(timeout=10)
+    # The loop goes on: the next coroutine runs.
+    assert executor.submit(swallow_cancel, 0).result(timeout=10) == "slept"

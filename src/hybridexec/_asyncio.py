@@ -112,21 +112,30 @@ class LoopLane:
         async def run() -> None:
             if not future.set_running_or_notify_cancel():
                 return
+            # The deadline is a timer of its own, not wait_for: the coroutine's own
+            # TimeoutError (its asyncio.wait_for ran out) is its outcome, not the deadline's
+            # (it escaped this function and left the future running). At the deadline the
+            # future fails at once, then the coroutine is cancelled: one that swallows the
+            # cancel cannot hold the timeout up.
+            deadline = None if timeout is None else loop.call_later(timeout, expire, current())
             try:
-                if timeout is None:
-                    result = await fn(*args, **kwargs)
-                else:
-                    result = await asyncio.wait_for(fn(*args, **kwargs), timeout)
-            except asyncio.TimeoutError:
-                if timeout is None:
-                    raise
-                future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
+                result = await fn(*args, **kwargs)
             except asyncio.CancelledError:
-                future.cancel()
+                future.cancel()  # nothing if the deadline failed it first
             except BaseException as exc:
                 future.settle(False, exc)
             else:
                 future.settle(True, result)
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
+
+        def expire(task: asyncio.Task[None] | None) -> None:
+            future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
+            if task is not None:
+                task.cancel()
+
+        current = asyncio.current_task
 
         def start() -> None:
             task = loop.create_task(run())
