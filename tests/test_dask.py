@@ -112,6 +112,18 @@ def test_remote_all_sends_io_bound_work_to_the_cluster(client: Any) -> None:
         assert future.kind == "dask"
 
 
+async def async_pid() -> int:
+    return os.getpid()
+
+
+def test_remote_all_runs_async_def_functions_on_the_local_event_loop(client: Any) -> None:
+    """docs/distributed.md: a cluster worker would not await a coroutine function."""
+    with hx.Executor(backend=client, remote="all") as executor:
+        future = executor.submit(async_pid)
+        assert future.result(timeout=20) == os.getpid()
+        assert future.kind == "async"
+
+
 def test_map_of_1000_items_goes_in_batches(ex: hx.Executor) -> None:
     assert hx.map(plus_one, range(1000), executor=ex) == [x + 1 for x in range(1000)]
     assert 0 < ex.stats()["submitted"]["dask"] < 200

@@ -82,7 +82,8 @@ class Executor(concurrent.futures.Executor):
             (when one is started), ``distributed.Client`` (with an address) or ``ray.init``.
         remote: With ``backend``: ``"process"`` (default) sends the work routed to
             processes to the cluster and keeps I/O-bound work on local threads; ``"all"``
-            sends every task to the cluster.
+            sends every task to the cluster (``async def`` functions excepted: they run on
+            the executor's local event loop).
         max_workers: As in the standard pools: at most this many tasks at once in each lane
             (``max_threads`` and ``max_processes``, when given, win for their lane).
         mp_context: As in ``ProcessPoolExecutor``: a ``multiprocessing`` context whose start
