@@ -207,6 +207,7 @@ class GilProbe:
                 os.close(fd)
 
     def _loop(self, own: ThreadSched) -> None:
+        fresh = True  # the thread's first wake: its run-queue wait since it began is known
         while True:
             self._close_retired()
             with self._cond:
@@ -221,16 +222,22 @@ class GilProbe:
                         return
                     woken = True
                 else:
-                    woken = False
+                    # A fresh thread: open() set when it was due (a sort that held the GIL
+                    # from its start kept it from running: that wait is lateness, and was
+                    # lost here, so 1 sorted of 10 read 75% GIL-free beside a CPU hog).
+                    woken = self._expected is not None
+                if not woken:
                     windows = list(self._windows)
                     start = perf_counter()
                     self._cycle_start = start
                     self._expected = start + PROBE_SLEEP
             if woken:
-                # Woken by open(), which set the expected wake to its own open time: the
-                # wake-up itself is a lateness sample.
-                self._account(perf_counter(), 0.0)
+                # Woken (or started) by open(), which set the expected wake to its own open
+                # time: the wake-up itself is a lateness sample.
+                self._account(perf_counter(), (own.waited() or 0.0) if fresh else 0.0)
+                fresh = False
                 continue
+            fresh = False
             # Control interval: the GIL is free for others, as it is outside any stall.
             ctrl0 = [w.read_cpu() for w in windows]
             runq0 = [w.read_runq() for w in windows]
@@ -348,9 +355,7 @@ def process_cpu() -> float:
     """CPU seconds of the process but the probe thread's own (its reads of ``/proc``).
 
     The process's progress in a stall stands for a measured thread mostly off the CPU (BLAS
-    helpers doing its work); the probe's own reads in the stall, 0.1-0.2 ms of CPU beside
-    two measured threads, are not that progress: they passed a Python loop waiting for the
-    GIL off as GIL-free.
+    helpers doing its work); the probe's own reads in it (0.1-0.2 ms of CPU) are not that.
     """
     return time.process_time() - time.thread_time()
 
