@@ -21,6 +21,8 @@ import pytest
 
 import hybridexec as hx
 
+from .conftest import wait_until
+
 MiB = 1 << 20
 LIMIT = 64 * MiB
 
@@ -264,6 +266,31 @@ def test_amap_retries_a_killed_item(ex: hx.Executor, tmp_path: Path) -> None:
     items = [(i, marker) for i in range(6)]
     out = asyncio.run(hx.amap(kill_once, items, executor=ex, kind="process"))
     assert out == [i * 2 for i in range(6)]
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_counted_before_its_submit_returned_is_still_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A busy machine: the worker ran the item, died and was counted before the map's submit
+    # returned (CI saw the map fail with WorkerCrashedError): forced here by a submit that
+    # returns only once the crash is counted.
+    items = [(i, str(tmp_path / "killed")) for i in range(3, 9)]  # the first one is killed
+    with hx.Executor(max_processes=1) as ex:
+        ex.options(kind="process").submit(os.getpid).result(timeout=20)  # a worker waits
+        router = ex._router
+        submit_task = router.submit_task
+
+        def late_return(fn: Any, calls: Any, *args: Any, **kwargs: Any) -> Any:
+            before = router.processes.stats["crashes"]
+            out = submit_task(fn, calls, *args, **kwargs)
+            if before == 0 and any(call[0][0][0] == 3 for call in calls):  # not its retry
+                assert wait_until(lambda: router.processes.stats["crashes"] > before, 20)
+            return out
+
+        monkeypatch.setattr(router, "submit_task", late_return)
+        out = hx.map(kill_once, items, executor=ex, kind="process", chunksize=1)
+    assert out == [i * 2 for i in range(3, 9)]
 
 
 @pytest.mark.timeout(60)

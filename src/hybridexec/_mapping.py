@@ -213,6 +213,9 @@ def _run(
             calls: Items = [(args, _NO_KWARGS) for args in items]
         else:
             calls = [((item,), _NO_KWARGS) for item in items]
+        # Read before the submit: its worker may run it, die and be counted before it returns
+        # (a busy machine: the kill was then not seen and the map failed, not retried).
+        before = crashes["crashes"]
         try:
             future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
         except Exception as exc:  # a resource error (EMFILE, EAGAIN, MemoryError...): it
@@ -220,7 +223,7 @@ def _run(
                 raise concurrent.futures.CancelledError() from exc
             task = failed(fn, calls, kind, exc)
             future = task.future
-        batch = _Batch(future, task, len(items), crashes["crashes"])
+        batch = _Batch(future, task, len(items), before)
         if isinstance(in_flight, deque):
             in_flight.append(batch)
         else:
