@@ -68,6 +68,46 @@ WAITING = Measurement(wall=0.02, cpu=0.0002, late=0.0, span=0.01)
             "holds the GIL",
             id="lateness-only",
         ),
+        pytest.param(
+            # Mostly off the CPU, found asleep on the GIL, while GIL-free C threads of the
+            # process go on in the stalls, no lateness read (a boost): it waits for other
+            # Python threads, their progress is not its own (it read 89% GIL-free).
+            Measurement(
+                wall=0.04,
+                cpu=0.008,
+                stall_wall=0.003,
+                stall_cpu=0.00002,
+                proc_cpu=0.04,
+                proc_stall_cpu=0.0025,
+                ctrl_wall=0.03,
+                ctrl_cpu=0.006,
+                proc_ctrl_cpu=0.028,
+                stalls_gil=5,
+                runq=0.002,
+            ),
+            "process",
+            "holds the GIL",
+            id="waits-for-the-gil-beside-gil-free-threads",
+        ),
+        pytest.param(
+            # The same figures found asleep on something else (BLAS helpers do its work).
+            Measurement(
+                wall=0.04,
+                cpu=0.004,
+                stall_wall=0.003,
+                stall_cpu=0.00002,
+                proc_cpu=0.04,
+                proc_stall_cpu=0.0025,
+                ctrl_wall=0.03,
+                ctrl_cpu=0.003,
+                proc_ctrl_cpu=0.028,
+                stalls_io=5,
+                runq=0.002,
+            ),
+            "thread",
+            "without the GIL",
+            id="helped-by-blas-threads",
+        ),
     ],
 )
 def test_verdict_follows_the_decision_table(m: Measurement, kind: str, words: str) -> None:

@@ -262,7 +262,8 @@ class Measurement(NamedTuple):
             return share if busy is None or busy <= share else busy
         if busy is not None:
             return busy
-        return 1.0 if self.cpu_ratio >= 0.5 else 0.0  # no probe figure at all: guess from CPU
+        # No probe figure at all: guess from its CPU while it was not waiting for the GIL.
+        return 1.0 if self.cpu >= 0.5 * (self.run_wall - self.gil_waited) else 0.0
 
     def _clock_share(self) -> float | None:
         # The stall comparison of summed CPU clocks, or None where it says nothing.
@@ -276,9 +277,12 @@ class Measurement(NamedTuple):
         stall_rate = min(1.0, self.stall_cpu / stall_run)
         if ctrl_rate < BUSY_RATE and self.proc_ctrl_cpu > HELPED * self.ctrl_cpu:
             busy = self.gil_busy
-            if busy is not None and busy >= OTHERS_BUSY:
-                # Mostly off the CPU while other threads work and hold the GIL: it may be
-                # waiting for them, and their progress in stalls is not its own.
+            if (busy is not None and busy >= OTHERS_BUSY) or self.stalls_gil > self.stalls_io:
+                # Mostly off the CPU while other threads work and hold the GIL (the probe
+                # woke late, or it was found asleep on the GIL more than on anything else:
+                # lateness is not read under a boost): it may be waiting for them, and their
+                # progress in stalls is not its own (a Python loop measured beside another
+                # and beside GIL-free C threads read 100% GIL-free in the oracle's mixed row).
                 return None
             # Mostly off the CPU while other threads of the process work, the GIL mostly
             # free: its work is on them (BLAS helpers), their progress in stalls is its own.
