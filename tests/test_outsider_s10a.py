@@ -81,4 +81,4 @@ def test_process_actor_restart_out_of_descriptors_for_a_moment_is_retried(
     on any start failure (and ``ctx.Pipe`` is outside its ``try``).
     """
     s = run_script(tmp_path, RESTART_OUT_OF_DESCRIPTORS, timeout=50)
-    assert "after 10" in s.stdout  # a new instance: n starts at 0, (s.stdout, s.stderr[-2000:])
+    assert "after 10" in s.stdout, (s.stdout, s.stderr[-2000:])  # a new instance: n from 0
