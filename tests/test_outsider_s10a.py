@@ -7,11 +7,15 @@ Each test names the defect of the tester's report (F1, ...) in its docstring and
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from .scenario import run_script
+from .scenario import kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,3 +129,65 @@ def test_fork_child_of_a_parent_that_used_the_library_exits(tmp_path: Path) -> N
     s = run_script(tmp_path, FORK_CHILD_OF_A_USER, timeout=40)
     assert "child [-1, -2]" in s.stdout, (s.stdout, s.stderr[-2000:])
     assert "joined True" in s.stdout, (s.stdout, s.stderr[-2000:])
+
+
+# ---- F3: SIGKILL while the first worker starts leaves the fork server's temp dir --------------
+
+FIRST_START = """
+import numpy as np
+import hybridexec as hx
+
+
+def size(a):
+    return int(a.nbytes)
+
+
+if __name__ == "__main__":
+    big = np.ones(5_000_000)  # 40 MB: placed in shared memory
+    print("go", flush=True)
+    ex = hx.Executor(max_processes=2)
+    while True:
+        for f in [ex.options(kind="process").submit(size, big) for _ in range(3)]:
+            f.result()
+"""
+
+
+def test_parent_sigkill_while_the_fork_server_starts_leaves_no_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F3: round 5's defect 9 (``test_parent_sigkill_leaves_no_multiprocessing_temp_dir``) in
+    the window before the first worker runs. The parent is SIGKILLed as soon as the fork
+    server's ``pymp-*`` directory appears (its listener socket; the first submit's worker
+    start is under way): the directory stays for good (4 runs of 4; its fork server and
+    resource tracker did end). The submitted argument's segment ``hx<pid>_*`` stays in
+    /dev/shm too, until some later Executor's janitor runs (docs/guarantees.md I4: "Once a
+    child process has started, the parent's ... /dev/shm segments go too"; the fork server
+    and resource tracker are children already). No guardian is running yet at that moment.
+    """
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    proc = start_script(tmp_path, FIRST_START)
+    segments: list[str] = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "go"
+        deadline = time.monotonic() + 20
+        while not any(p.name.startswith("pymp-") for p in tmpdir.iterdir()):
+            assert time.monotonic() < deadline, "no fork server directory within 20 s"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 5.0
+        left = [p.name for p in tmpdir.iterdir()]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling for the cleanup, bounded
+            left = [p.name for p in tmpdir.iterdir()]
+        segments = [n for n in os.listdir("/dev/shm") if n.startswith(f"hx{proc.pid}_")]
+        assert (left, segments) == ([], [])
+    finally:
+        kill_session(proc)
+        proc.communicate()
+        for name in segments:  # leave nothing behind whatever the verdict
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/{name}")
