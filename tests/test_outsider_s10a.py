@@ -92,6 +92,7 @@ def test_process_actor_restart_out_of_descriptors_for_a_moment_is_retried(
 
 FORK_CHILD_OF_A_USER = """
 import multiprocessing
+import sys
 import hybridexec as hx
 
 
@@ -106,7 +107,7 @@ def child():
 if __name__ == "__main__":
     with hx.Executor(max_processes=1) as ex:  # the parent used the library before the fork
         assert ex.options(kind="process").submit(neg, 1).result(timeout=30) == -1
-    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc = multiprocessing.get_context(sys.argv[1]).Process(target=child)
     proc.start()
     proc.join(8)
     print("joined", proc.exitcode is not None, flush=True)
@@ -116,17 +117,21 @@ if __name__ == "__main__":
 """
 
 
-def test_fork_child_of_a_parent_that_used_the_library_exits(tmp_path: Path) -> None:
-    """F2: K1 (tests/test_outsider_s9c.py) again, for a ``"fork"`` child of a parent that had
-    used the library: the child maps with the default executor, prints its result, and never
-    exits (``join(8)`` times out; 6 runs of 6). multiprocessing's ``_bootstrap`` ends the child
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_fork_child_of_a_parent_that_used_the_library_exits(tmp_path: Path, method: str) -> None:
+    """F2: K1 (tests/test_outsider_s9c.py) again, for a ``"fork"`` or ``"forkserver"`` child
+    of a parent that had used the library (the stdlib's fork server is the one the library
+    forked from the parent): the child maps with the default executor, prints its
+    result, and never exits (``join(8)`` times out; 6 runs of 6 with fork, 2 of 2 with
+    forkserver, the default start method from Python 3.14). ``_bootstrap`` ends the child
     with ``util._exit_function``, which joins the lane's workers before any ``atexit`` hook. The
     K1 fix registers a ``multiprocessing.util.Finalize`` in ``_lifecycle.on_exit`` only when
-    ``_atexit_registered`` is still False, but a forked child inherits it True from its parent
-    (and ``_bootstrap`` clears the parent's finalizers), so nothing stops the child's workers.
+    ``_atexit_registered`` is still False, but a child forked from the parent or from the fork
+    server inherits it True (checked: both print True; ``_bootstrap`` clears the parent's
+    finalizers), so nothing stops the child's workers.
     A child whose parent had only imported hybridexec exits fine.
     """
-    s = run_script(tmp_path, FORK_CHILD_OF_A_USER, timeout=40)
+    s = run_script(tmp_path, FORK_CHILD_OF_A_USER, method, timeout=40)
     assert "child [-1, -2]" in s.stdout, (s.stdout, s.stderr[-2000:])
     assert "joined True" in s.stdout, (s.stdout, s.stderr[-2000:])
 
