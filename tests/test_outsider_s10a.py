@@ -129,7 +129,9 @@ def test_fork_child_of_a_parent_that_used_the_library_exits(tmp_path: Path, meth
     ``_atexit_registered`` is still False, but a child forked from the parent or from the fork
     server inherits it True (checked: both print True; ``_bootstrap`` clears the parent's
     finalizers), so nothing stops the child's workers.
-    A child whose parent had only imported hybridexec exits fine.
+    A child whose parent had only imported hybridexec exits fine. The same holds a stdlib
+    ``ProcessPoolExecutor`` (fork) whose task used ``hx.map``: its ``shutdown()`` hangs, and
+    once the parent exits the pool worker and its lane's processes stay alive under init.
     """
     s = run_script(tmp_path, FORK_CHILD_OF_A_USER, method, timeout=40)
     assert "child [-1, -2]" in s.stdout, (s.stdout, s.stderr[-2000:])
