@@ -59,6 +59,7 @@ _exit_hooks: list[tuple[int, int, Callable[[], None]]] = []
 _fork_hooks: list[Callable[[], None]] = []
 _thread_hooks: list[Callable[[], object]] = []
 _atexit_registered = False
+_finalized_in = 0  # the process that looked for a multiprocessing exit finalizer (0: none)
 _exiting = False
 _stopped_at_exit = False  # Ctrl-C stopped an exit hook: the rest wait for nothing; status 130
 _generation = 0
@@ -87,22 +88,26 @@ def interrupted() -> bool:
 
 def on_exit(phase: int, hook: Callable[[], None]) -> None:
     """Run ``hook`` at interpreter exit, in ``phase`` order (then in registration order)."""
-    global _atexit_registered
+    global _atexit_registered, _finalized_in
     with _lock:
-        if any(h is hook for _, _, h in _exit_hooks):
+        if all(h is not hook for _, _, h in _exit_hooks):
+            _exit_hooks.append((phase, len(_exit_hooks), hook))
+        if _atexit_registered and _finalized_in == os.getpid():
             return
-        _exit_hooks.append((phase, len(_exit_hooks), hook))
-        if not _atexit_registered:
-            # Imported first so that its exit hook is registered before ours and runs after.
-            import multiprocessing.util
+        # Imported first so that its exit hook is registered before ours and runs after.
+        import multiprocessing.util
 
+        if not _atexit_registered:  # a forked child inherits it: atexit's list is copied
             atexit.register(run_exit_hooks)
-            if multiprocessing.parent_process() is not None:
-                # A multiprocessing child (a process actor, the user's Process) joins its own
-                # children as it ends, before atexit (which a forked one never runs): the
-                # hooks must stop our workers first, or it waits for them for ever.
-                multiprocessing.util.Finalize(None, run_exit_hooks, exitpriority=100)
             _atexit_registered = True
+        _finalized_in = os.getpid()
+        if multiprocessing.parent_process() is not None:
+            # A multiprocessing child (a process actor, the user's Process) joins its own
+            # children as it ends, before atexit (which a forked one never runs): the hooks
+            # must stop our workers first, or it waits for them for ever. Registered in each
+            # such process: a child forked from a parent that registered (or from a fork
+            # server, a copy of it) does not inherit the parent's finalizers.
+            multiprocessing.util.Finalize(None, run_exit_hooks, exitpriority=100)
 
 
 def on_fork(hook: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ import pickle
 import select
 import signal
 import threading
+import time
 from collections import deque
 from multiprocessing.connection import wait
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from .. import _faults
 from .._exceptions import SerializationError, WorkerCrashedError, signal_name
 from .._futures import Future
-from .._process import Child, FrameReader, lifeline
+from .._process import START_BACKOFF, START_GIVE_UP, Child, FrameReader, lifeline
 from .._serialize import unpack_exception
 from .._shm import Placement, cleanup_shared_memory
 from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, describe, logger
@@ -98,29 +99,19 @@ class Supervisor(CoreBase):
 
     def _run_child(self) -> bool:
         """Run one incarnation of the child; return True to start another."""
-        ctx = self.context
-        req_r, req_w = ctx.Pipe(duplex=False)
-        rep_r, rep_w = ctx.Pipe(duplex=False)
-        # The parent's ends must not stay open in a forked child (see forget_after_fork).
-        self.parent_ends = (req_w, rep_r)
-        process = ctx.Process(
-            target=actor_main,
-            args=(req_r, rep_w, lifeline()[0], self.cls_bytes, self.init_bytes),
-            name=f"hybridexec-actor-{self.name}",
-        )
         try:
-            if _faults.ACTIVE:
-                _faults.hit("actor.start")
-            process.start()
+            process, req_r, req_w, rep_r, rep_w = self._start_child()
         except BaseException as exc:
-            for conn in (req_r, req_w, rep_r, rep_w):
-                conn.close()
             with self.lock:
-                if self.state != KILLED:
+                # Still short of a resource: a restart spent, the next after its backoff.
+                again = self.state == OPEN and self.restarts < self.max_restarts
+                again = again and isinstance(exc, (OSError, MemoryError))
+                if not again and self.state != KILLED:
                     self.state = BROKEN
-                self.reason = exc
-            self.report("starting the process", exc)
-            return False
+                self.reason = exc if not again else self.reason
+            if not again:
+                self.report("starting the process", exc)
+            return again
         req_r.close()
         rep_w.close()
         child = Child(process)
@@ -142,6 +133,41 @@ class Supervisor(CoreBase):
         finally:
             rep_r.close()
         return self._after_death(child, exitcode)
+
+    def _start_child(self) -> tuple[Any, Any, Any, Any, Any]:
+        """Start the child: the process and its pipes' four ends.
+
+        A start that fails for want of a resource for a moment (EMFILE making a pipe, EAGAIN
+        forking, ENOMEM) is tried again with a backoff for ``START_GIVE_UP`` seconds, as the
+        process lane's workers are (I6): it broke the actor for good, restarts left or not.
+        """
+        ctx, pause = self.context, START_BACKOFF[0]
+        give_up = time.monotonic() + START_GIVE_UP
+        while True:
+            ends: list[Any] = []
+            try:
+                ends.extend(ctx.Pipe(duplex=False))
+                ends.extend(ctx.Pipe(duplex=False))
+                # The parent's ends must not stay open in a forked child (forget_after_fork).
+                self.parent_ends = (ends[1], ends[2])
+                process = ctx.Process(
+                    target=actor_main,
+                    args=(ends[0], ends[3], lifeline()[0], self.cls_bytes, self.init_bytes),
+                    name=f"hybridexec-actor-{self.name}",
+                )
+                if _faults.ACTIVE:
+                    _faults.hit("actor.start")
+                process.start()
+                return process, *ends
+            except BaseException as exc:
+                for conn in ends:
+                    conn.close()
+                late = time.monotonic() + pause > give_up or self.state == KILLED
+                if late or not isinstance(exc, (OSError, MemoryError)):
+                    raise
+                logger.warning("actor %s: could not start (%r); retrying", self.name, exc)
+            self.wakeup.wait(pause)  # a kill cuts it short
+            pause = min(2 * pause, START_BACKOFF[1])
 
     def _serve(self, sentinel: int, replies: Any) -> None:
         """Read answers until the child is gone."""

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from ._oom import oom_killed as oom_killed
     from ._oom import retry_killed as retry_killed
     from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
+    from ._supervise import START_BACKOFF as START_BACKOFF
+    from ._supervise import START_GIVE_UP as START_GIVE_UP
     from ._supervise import default_start_method as default_start_method
     from ._supervise import get_context as get_context
     from ._supervise import lifeline as lifeline
@@ -70,6 +72,8 @@ __all__ = [
     "LocalPools",
     "MemoryLimited",
     "ProcessLane",
+    "START_BACKOFF",
+    "START_GIVE_UP",
     "default_start_method",
     "enter_child",
     "get_context",
@@ -92,6 +96,8 @@ __getattr__, __dir__ = exports(
         "LocalPools": "._threadlimits",
         "MemoryLimited": "._memory",
         "ProcessLane": "._lane",
+        "START_BACKOFF": "._supervise",
+        "START_GIVE_UP": "._supervise",
         "default_start_method": "._supervise",
         "enter_child": "._child",
         "get_context": "._supervise",

@@ -36,8 +36,8 @@ from .._exceptions import BrokenExecutorError
 from .._futures import Future, Task
 from .._waits import capped
 from ._direct import Direct
-from ._supervise import DEFAULT_GRACE
-from ._supervision import BUSY, DYING, IDLE, START_GIVE_UP, WorkerRecord
+from ._supervise import DEFAULT_GRACE, START_GIVE_UP
+from ._supervision import BUSY, DYING, IDLE, WorkerRecord
 
 if TYPE_CHECKING:
     from ._lane import ProcessLane

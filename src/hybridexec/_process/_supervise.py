@@ -23,6 +23,12 @@ from ._child import let_go_of_fork_server
 from ._guardian import start_guardian_early
 from ._zygote import prepare_fork_server, safe_to_fork, start_fork_server
 
+START_BACKOFF = (0.01, 0.25)
+"""First and longest pause between retries of a worker (or process actor) start that failed."""
+START_GIVE_UP = 1.0
+"""Seconds of failed starts, with no worker alive, after which the waiting tasks fail (a
+process actor: after which it is broken)."""
+
 logger = logging.getLogger("hybridexec")
 
 DEFAULT_GRACE = 0.2

@@ -33,6 +33,7 @@ from ._frames import FrameReader, write_frame
 from ._guardian import start_guardian_early
 from ._handle import Child
 from ._rebuild import discard
+from ._supervise import START_BACKOFF, START_GIVE_UP
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
@@ -49,14 +50,9 @@ RETIRE_GRACE = 0.5
 """Seconds a worker told to stop may take to exit before it is killed (a thread it was left
 with can hold it up); short, since exit waits for it (I5)."""
 
-START_BACKOFF = (0.01, 0.25)
-"""First and longest pause between retries of a worker start that failed."""
 
 SERVED_BACKOFF = (1.0, 4.0)
 """The same while other workers are alive to run the waiting tasks."""
-
-START_GIVE_UP = 1.0
-"""Seconds of failed starts, with no worker alive, after which the waiting tasks fail."""
 
 
 _F_GETPIPE_SZ = 1032  # Linux; elsewhere a pipe holds at least PIPE_BUF (4096) bytes
