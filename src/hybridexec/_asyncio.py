@@ -123,12 +123,20 @@ class LoopLane:
             except asyncio.CancelledError:
                 future.cancel()  # nothing if the deadline failed it first
             except BaseException as exc:
+                late(deadline)
                 future.settle(False, exc)
             else:
+                late(deadline)
                 future.settle(True, result)
             finally:
                 if deadline is not None:
                     deadline.cancel()
+
+        def late(deadline: asyncio.TimerHandle | None) -> None:
+            # A coroutine that blocked the loop past its deadline (the timer could not run):
+            # the deadline's outcome all the same, as a thread task stuck in C code gets.
+            if deadline is not None and loop.time() >= deadline.when():
+                expire(None)
 
         def expire(task: asyncio.Task[None] | None) -> None:
             future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))

@@ -103,8 +103,9 @@ class Supervisor(CoreBase):
             process, req_r, req_w, rep_r, rep_w = self._start_child()
         except BaseException as exc:
             with self.lock:
-                # Still short of a resource: a restart spent, the next after its backoff.
-                again = self.state == OPEN and self.restarts < self.max_restarts
+                # Still short of a resource: a restart spent, the next after its backoff (stopping
+                # too: the messages queued for it, to be handled first, reached no process).
+                again = self.state in (OPEN, STOPPING) and self.restarts < self.max_restarts
                 again = again and isinstance(exc, (OSError, MemoryError))
                 if not again and self.state != KILLED:
                     self.state = BROKEN

@@ -147,7 +147,15 @@ def early(w: Window, cpu: float, runnable: float) -> bool:
     if runnable < EARLY_IDLE_SECONDS:
         return False
     if cpu <= EARLY_IDLE_CPU_RATIO * runnable:
-        return True
+        # Only once a stall found it asleep on something else than the GIL (I/O, a lock, a
+        # sleep) more often than on the GIL: without that it may be waiting for a CPU (the
+        # kernel books a run-queue wait only when it ends) or for the GIL, and the window runs
+        # on (a Python loop re-checked on a loaded machine read "mostly waits" and stayed on
+        # threads: issue 15's drift row, 1 run in 12). Where the GIL's futex is not known
+        # (``_sched.gil_known``) no stall can tell, and it reports as before.
+        from ._sched import gil_known  # loaded with the probe already
+
+        return w.stalls_io > w.stalls_gil or not gil_known()
     return (
         w.early
         and w.stalls_own >= EARLY_FREE_STALLS
