@@ -660,7 +660,7 @@ def test_feedback_judges_a_worker_against_the_load_of_now_not_only_the_minute_av
 ) -> None:
     # A load that just began (a CPU hog, a test run's workers) is not in the 1-minute average
     # yet: a Python loop's calls in a process, slowed by it, must not read as waiting.
-    cores = _classifier.usable_cpus()
+    cores = usable_cpus()
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
     monkeypatch.setattr(_classifier, "runnable_now", lambda: 4 * cores)
     assert _classifier.cpu_share() == pytest.approx(0.25)
