@@ -22,7 +22,9 @@ def start_script(tmp_path: Path, body: str, *args: str) -> subprocess.Popen[str]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     return subprocess.Popen(
-        [sys.executable, path.name, *args],
+        # faulthandler: an overrun script is sent SIGABRT first, which prints every thread's
+        # stack (run_script), so a hang seen once in CI says where it hung.
+        [sys.executable, "-X", "faulthandler", path.name, *args],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -48,8 +50,12 @@ def run_script(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_session(proc)
-        out, err = proc.communicate()
+        try:
+            os.kill(proc.pid, signal.SIGABRT)  # its threads' stacks to stderr, then it ends
+            out, err = proc.communicate(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            kill_session(proc)
+            out, err = proc.communicate()
         err += f"\n[scenario overran {timeout} s and was killed]"
     finally:
         kill_session(proc)
