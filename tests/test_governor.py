@@ -506,3 +506,25 @@ def test_blas_pools_are_left_alone_when_the_user_chose_a_count() -> None:
     with hybridexec.Executor(classifier=Heavy()) as ex:
         ex._router.slots.pools = pools  # as for an executor made under that environment
         assert _seen_together(ex) == [found, found]
+
+
+@pytest.mark.parametrize(("runnable", "lent"), [(True, False), (False, True)])
+def test_a_holder_starved_of_a_cpu_is_not_taken_for_one_that_waits(
+    monkeypatch: pytest.MonkeyPatch, runnable: bool, lent: bool
+) -> None:
+    # A run-queue wait is booked only when it ends: a holder starved of a CPU on a loaded
+    # machine showed no progress and its slot was lent (CI: 3 CPU tasks at once on 2 slots).
+    # Its state (R) tells it from one that waits, whose slot is lent.
+    from hybridexec._routing import _governor
+
+    gov = _governor.Governor(1)
+    gov.acquire(lambda: False)
+    holder = gov._holders[threading.get_ident()]
+    monkeypatch.setattr(_governor._Holder, "busy_time", lambda self: 1.0)
+    monkeypatch.setattr(_governor, "running_now", lambda tid: runnable)
+    long_ago = time.monotonic() - 1.0
+    holder.ran, holder.seen, holder.moved = 1.0, long_ago, long_ago  # no progress for 1 s
+    gov._looked = 0.0
+    gov._look()
+    assert holder.idle is lent
+    gov.release()

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Sized
 from typing import Any
 
 from .._process import LocalPools, local_pools, usable_cpus
-from ._sched import queued_seconds
+from ._sched import queued_seconds, running_now
 
 LOOK_SECONDS = 0.02
 """While someone waits for a slot, the holders' CPU clocks are read this often."""
@@ -293,7 +293,8 @@ class Governor:
             ran = holder.busy_time()
             if ran is None:
                 continue  # no per-thread clock here: never lent
-            if holder.ran is None or ran - holder.ran >= IDLE_RATE * (now - holder.seen):
+            progress = holder.ran is None or ran - holder.ran >= IDLE_RATE * (now - holder.seen)
+            if progress or running_now(holder.tid):  # starved of a CPU is not waiting
                 holder.moved = now
             holder.idle = now - holder.moved >= LEND_AFTER
             holder.ran, holder.seen = ran, now

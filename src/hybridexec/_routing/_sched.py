@@ -235,6 +235,21 @@ def queued_seconds(tid: int | None = None) -> float | None:
         return None
 
 
+def running_now(tid: int) -> bool:
+    """Whether a thread of this process is on a CPU or waiting for one now (state ``R``).
+
+    A one-off read: a run-queue wait is booked in ``schedstat`` only when it ends, so a thread
+    starved of a CPU for a while looks idle there meanwhile; its state says it is not.
+    """
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    end = data.rfind(b")")  # the thread name may hold spaces and parentheses
+    return data[end + 2 : end + 3] == b"R" if end >= 0 else False
+
+
 def _waited(data: bytes | None) -> float | None:
     """The run-queue wait in seconds from a ``schedstat`` line (its second field)."""
     fields = data.split() if data is not None else []
