@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -217,3 +218,17 @@ def leave_segment_and_exit() -> None:
 
 
 _kept_segment: Any = None
+
+
+class RebuiltBy:
+    """A task's result that the parent rebuilds by calling ``rebuild(arg)`` (``__reduce__``).
+
+    For the tests of results rebuilt by their reader: what the rebuild does (note the thread,
+    wait for a gate, raise) is the test's ``rebuild``, a function of its module.
+    """
+
+    def __init__(self, rebuild: Callable[[Any], Any], arg: Any) -> None:
+        self.rebuild, self.arg = rebuild, arg
+
+    def __reduce__(self) -> tuple[Callable[[Any], Any], tuple[Any]]:
+        return (self.rebuild, (self.arg,))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +18,7 @@ import pytest
 
 import hybridexec as hx
 from hybridexec import Executor, SerializationError
+from tests.helpers import RebuiltBy
 from tests.scenario import run_script
 
 np = pytest.importorskip("numpy")
@@ -34,22 +34,17 @@ def _raise_on_rebuild(kind: str) -> str:
     raise {"ki": KeyboardInterrupt, "ve": ValueError}[kind]("raised while rebuilding")
 
 
-class Refuses:
+def refuses(kind: str) -> Any:
     """A result whose rebuilding in the parent raises ``kind``'s exception."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def __reduce__(self) -> tuple[Callable[[str], str], tuple[str]]:
-        return (_raise_on_rebuild, (self.kind,))
+    return RebuiltBy(_raise_on_rebuild, kind)
 
 
-def array_then_refuses(kind: str) -> tuple[Any, Refuses]:
-    return (np.ones(BIG), Refuses(kind))
+def array_then_refuses(kind: str) -> tuple[Any, Any]:
+    return (np.ones(BIG), refuses(kind))
 
 
-def refuses_then_array(kind: str) -> tuple[Refuses, Any]:
-    return (Refuses(kind), np.ones(BIG))
+def refuses_then_array(kind: str) -> tuple[Any, Any]:
+    return (refuses(kind), np.ones(BIG))
 
 
 def plus_one(x: int) -> int:
@@ -100,18 +95,9 @@ def _rebuild_after_gate(value: int) -> int:
     return value
 
 
-class Gated:
+def gated(value: int) -> Any:
     """A result whose rebuilding in the parent lasts until ``GATE`` is set."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __reduce__(self) -> tuple[Callable[[int], int], tuple[int]]:
-        return (_rebuild_after_gate, (self.value,))
-
-
-def gated(value: int) -> Gated:
-    return Gated(value)
+    return RebuiltBy(_rebuild_after_gate, value)
 
 
 @pytest.mark.parametrize("probe", ["done", "wait_timeout_0", "result_timeout"])
@@ -291,18 +277,9 @@ def _rebuild_fine(value: str) -> str:
     return value
 
 
-class Fine:
-    """A result that is not a plain value and rebuilds without trouble."""
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __reduce__(self) -> tuple[Callable[[str], str], tuple[str]]:
-        return (_rebuild_fine, (self.value,))
-
-
 def fine_or_refuses(key: str) -> Any:
-    return Refuses("ve") if key == "bad" else Fine(key)
+    # Not a plain value either way; one rebuilds without trouble.
+    return refuses("ve") if key == "bad" else RebuiltBy(_rebuild_fine, key)
 
 
 @pytest.mark.xfail(

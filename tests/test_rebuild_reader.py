@@ -13,7 +13,6 @@ import concurrent.futures as cf
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,10 +20,12 @@ import pytest
 import hybridexec as hx
 from hybridexec import Executor, SerializationError, TaskTimeoutError
 
+from .helpers import RebuiltBy
+
 LIMIT = 20.0
 ORIGIN = os.getpid()
 
-REBUILT_IN: list[int] = []  # the threads that rebuilt a Tagged, in the parent
+REBUILT_IN: list[int] = []  # the threads that rebuilt a tagged() result, in the parent
 GATE = threading.Event()
 GATE_SEEN: list[bool] = []
 INTERRUPTS = [0]
@@ -36,18 +37,8 @@ def _rebuild_tagged(value: int) -> int:
     return value
 
 
-class Tagged:
-    """A result that says which thread of the parent rebuilt it."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __reduce__(self) -> tuple[Callable[[int], int], tuple[int]]:
-        return (_rebuild_tagged, (self.value,))
-
-
-def tagged(value: int) -> Any:  # an int, once rebuilt in the parent
-    return Tagged(value)
+def tagged(value: int) -> Any:  # an int, once rebuilt in the parent: says which thread did
+    return RebuiltBy(_rebuild_tagged, value)
 
 
 def _rebuild_after_gate(value: int) -> int:
@@ -56,18 +47,8 @@ def _rebuild_after_gate(value: int) -> int:
     return value
 
 
-class Gated:
-    """A result whose rebuilding in the parent lasts until ``GATE`` is set (at most 5 s)."""
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __reduce__(self) -> tuple[Callable[[int], int], tuple[int]]:
-        return (_rebuild_after_gate, (self.value,))
-
-
-def gated(value: int) -> Any:  # an int, once rebuilt in the parent
-    return Gated(value)
+def gated(value: int) -> Any:  # an int, once rebuilt in the parent (after GATE, at most 5 s)
+    return RebuiltBy(_rebuild_after_gate, value)
 
 
 def _rebuild_interrupted(value: int) -> int:
@@ -77,13 +58,8 @@ def _rebuild_interrupted(value: int) -> int:
     return value
 
 
-class InterruptedOnce:
-    def __reduce__(self) -> tuple[Callable[[int], int], tuple[int]]:
-        return (_rebuild_interrupted, (7,))
-
-
 def interrupted_once() -> Any:  # 7, once rebuilt in the parent
-    return InterruptedOnce()
+    return RebuiltBy(_rebuild_interrupted, 7)
 
 
 def _refuse(_: int) -> int:
@@ -92,13 +68,8 @@ def _refuse(_: int) -> int:
     return 0
 
 
-class Refused:
-    def __reduce__(self) -> tuple[Callable[[int], int], tuple[int]]:
-        return (_refuse, (0,))
-
-
-def refused() -> Refused:
-    return Refused()
+def refused() -> Any:
+    return RebuiltBy(_refuse, 0)
 
 
 def nap(seconds: float) -> float:
@@ -195,7 +166,7 @@ def test_a_batch_item_that_will_not_rebuild_fails_with_serialization_error() -> 
 
 
 def _refused_or_value(x: int) -> Any:
-    return Refused() if x == 2 else Tagged(x)
+    return refused() if x == 2 else tagged(x)
 
 
 def test_a_ctrl_c_while_rebuilding_leaves_the_result_to_the_next_read() -> None:

@@ -9,6 +9,7 @@ came through shared memory are rebuilt at once (unpickling them is what frees th
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import re
@@ -80,11 +81,7 @@ def deferred(value: Pickled) -> Outcome:
     """
     if _at_once(value.data):  # a small list or dict of numbers: no Deferred to pay for
         return _decode(value)
-    return (True, Deferred(_read, value))
-
-
-def _read(value: Pickled) -> Outcome:
-    return _decode(value, True)
+    return (True, Deferred(functools.partial(_decode, reader=True), value))
 
 
 def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
@@ -95,11 +92,7 @@ def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
     datas = [outcomes[index][1].data for index in late]
     if any(_SHARED in data for data in datas) or all(map(_at_once, datas)):
         return rebuild_outcomes(outcomes)  # segments to free, or nothing slow to rebuild
-    return (True, Deferred(_read_outcomes, outcomes))
-
-
-def _read_outcomes(outcomes: list[Outcome]) -> Outcome:
-    return rebuild_outcomes(outcomes, True)
+    return (True, Deferred(functools.partial(rebuild_outcomes, reader=True), outcomes))
 
 
 def rebuild_outcomes(outcomes: list[Outcome], reader: bool = False) -> Outcome:
@@ -115,11 +108,7 @@ def deferred_batch(whole: Pickled, ahead: list[Outcome] | None, count: int) -> O
     parts = (whole, ahead, count)
     if _at_once(whole.data):
         return _from_whole(parts)
-    return (True, Deferred(_read_whole, parts))
-
-
-def _read_whole(parts: tuple[Pickled, list[Outcome] | None, int]) -> Outcome:
-    return _from_whole(parts, True)
+    return (True, Deferred(functools.partial(_from_whole, reader=True), parts))
 
 
 def _from_whole(parts: tuple[Pickled, list[Outcome] | None, int], reader: bool = False) -> Outcome:

@@ -118,13 +118,7 @@ class ThreadSched:
 
     def runnable(self) -> bool | None:
         """Whether the thread is runnable (state ``R``) now; None if it cannot be read."""
-        data = _read(self.stat_fd)
-        if data is None:
-            return None
-        end = data.rfind(b")")  # the thread name may hold spaces and parentheses
-        if end < 0 or end + 2 >= len(data):
-            return None
-        return data[end + 2 : end + 3] == b"R"
+        return _state_runnable(_read(self.stat_fd))
 
     def on_gil(self) -> bool | None:
         """Whether the thread, asleep, waits for the GIL (None: unknown, or it is not asleep).
@@ -243,11 +237,19 @@ def running_now(tid: int) -> bool:
     """
     try:
         with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-            data = f.read()
+            return _state_runnable(f.read()) is True
     except OSError:
         return False
+
+
+def _state_runnable(data: bytes | None) -> bool | None:
+    """Whether a ``stat`` line says runnable (state ``R``); None if it cannot be read."""
+    if data is None:
+        return None
     end = data.rfind(b")")  # the thread name may hold spaces and parentheses
-    return data[end + 2 : end + 3] == b"R" if end >= 0 else False
+    if end < 0 or end + 2 >= len(data):
+        return None
+    return data[end + 2 : end + 3] == b"R"
 
 
 def _waited(data: bytes | None) -> float | None:
