@@ -666,3 +666,26 @@ def test_feedback_judges_a_worker_against_the_load_of_now_not_only_the_minute_av
     assert _classifier.cpu_share() == pytest.approx(0.25)
     monkeypatch.setattr(_classifier, "runnable_now", lambda: 0)
     assert _classifier.cpu_share() == 1.0
+
+
+def test_process_feedback_reads_the_load_only_when_it_would_demote(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The manager thread records every finished process call: reading /proc for each one
+    # (the load of now) would tax a storm of them; it is read only near a demotion.
+    from hybridexec._routing import _entry
+
+    reads: list[int] = []
+
+    def share() -> float:
+        reads.append(1)
+        return 1.0
+
+    monkeypatch.setattr(_entry, "cpu_share", share)
+    entry = _entry.Entry(("m", "f", 1, 0, 0, 0))
+    for _ in range(5):  # a Python loop in a process: CPU/wall ~1
+        assert entry.process_feedback(0.05, 0.049, 1) is None
+    assert reads == []
+    for _ in range(5):  # now it waits: a demotion is weighed against the load
+        entry.process_feedback(0.05, 0.001, 1)
+    assert reads

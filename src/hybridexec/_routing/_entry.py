@@ -188,7 +188,8 @@ class Entry:
         self.proc_samples += calls  # a record may sum several calls (the manager's turn)
         if self.proc_samples < FEEDBACK_MIN_CALLS:
             return None
-        if self.proc_ratio < DEMOTE_CPU_RATIO * cpu_share():
+        # cpu_share() (two reads of /proc) only when the ratio would demote on an idle machine.
+        if self.proc_ratio < DEMOTE_CPU_RATIO and self.proc_ratio < DEMOTE_CPU_RATIO * cpu_share():
             why = f"in a process it used {self.proc_ratio:.0%} of a CPU: it mostly waits"
         elif self.proc_cpu < DEMOTE_GIL_SECONDS:
             why = f"in a process a call used {ms(self.proc_cpu)} of CPU: cheaper on a thread"
