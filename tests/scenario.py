@@ -11,6 +11,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+MAIN_THREAD_WAITS = """
+def main_thread_frames():
+    # The names of the main thread's frames, innermost first (_waits.join_thread is a join).
+    names, frame = [], sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        name = frame.f_code.co_name
+        names.append("join" if name == "join_thread" else name)
+        frame = frame.f_back
+    return names
+
+
+def open_when_main_waits(gate, waits):
+    # Creates the file ``gate`` once the main thread waits in every one of ``waits``.
+    while not waits <= set(main_thread_frames()):
+        time.sleep(0.01)
+    open(gate, "w").close()
+"""
+"""Functions for a script's text (it imports os, sys, threading, time): a thread of the script
+acts once its main thread waits in given functions (a Ctrl-C scenario's join)."""
+
 
 def start_script(tmp_path: Path, body: str, *args: str) -> subprocess.Popen[str]:
     """Start ``body`` as a script in ``tmp_path``, in a session of its own, pipes for output.

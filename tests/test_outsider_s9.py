@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.scenario import kill_session, run_script, start_script
+from tests.scenario import MAIN_THREAD_WAITS, kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(60)
 
 
 # ---- G1: a Ctrl-C that interrupts shutdown(wait=True) loses the running process calls --------
 
-_G1_SCRIPT = """
+_G1_SCRIPT = (
+    """
 import os, signal, sys, threading, time
 import hybridexec as hx
 
@@ -43,19 +44,9 @@ def ctrl_c_inside_the_join(d):
         time.sleep(0.01)
     os.kill(os.getpid(), signal.SIGINT)
 
-
-def main_thread_frames():
-    names, frame = [], sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None:
-        names.append(frame.f_code.co_name)
-        frame = frame.f_back
-    return names
-
-
-def open_when_main_waits(gate, waits):
-    while not waits <= set(main_thread_frames()):
-        time.sleep(0.01)
-    open(gate, "w").close()
+"""
+    + MAIN_THREAD_WAITS
+    + """
 
 
 if __name__ == "__main__":
@@ -77,6 +68,7 @@ if __name__ == "__main__":
         waits = {"run_exit_hooks", "join"}  # the library's exit hook, in a join
         threading.Thread(target=open_when_main_waits, args=(gate, waits), daemon=True).start()
 """
+)
 
 
 @pytest.mark.parametrize("then", ["exit", "again"])

@@ -19,7 +19,7 @@ import pytest
 import hybridexec as hx
 from hybridexec import Executor, SerializationError
 from tests.helpers import RebuiltBy
-from tests.scenario import run_script
+from tests.scenario import MAIN_THREAD_WAITS, run_script
 
 np = pytest.importorskip("numpy")
 
@@ -175,7 +175,8 @@ def test_a_result_in_shared_memory_that_fails_to_rebuild_frees_its_segment() -> 
 
 # ---- H4: a caught Ctrl-C in shutdown(wait=True) loses the running thread tasks (3.10-3.12) ----
 
-_H4_SCRIPT = """
+_H4_SCRIPT = (
+    """
 import os, signal, sys, threading, time
 import hybridexec as hx
 
@@ -187,14 +188,9 @@ def work(d):
     open(os.path.join(d, "done"), "w").close()
     return 1
 
-
-def main_thread_frames():
-    names, frame = [], sys._current_frames().get(threading.main_thread().ident)
-    while frame is not None:
-        name = frame.f_code.co_name
-        names.append("join" if name == "join_thread" else name)  # the lead: either join
-        frame = frame.f_back
-    return names
+"""
+    + MAIN_THREAD_WAITS
+    + """
 
 
 def in_thread_lane_join():
@@ -213,12 +209,6 @@ def ctrl_c_inside_the_join(d):
             break
         time.sleep(0.01)
     os.kill(os.getpid(), signal.SIGINT)
-
-
-def open_when_main_waits(gate, waits):
-    while not waits <= set(main_thread_frames()):
-        time.sleep(0.01)
-    open(gate, "w").close()
 
 
 if __name__ == "__main__":
@@ -246,6 +236,7 @@ if __name__ == "__main__":
             target=open_when_main_waits, args=(gate, {"join_at_exit", "join"}), daemon=True
         ).start()
 """
+)
 
 
 @pytest.mark.parametrize("then", ["exit", "again", "with"])
