@@ -135,7 +135,7 @@ def test_imap_iterator_cancel_from_another_thread(executor: Executor) -> None:
 
 
 def test_amap_takes_several_iterables_a_limit_and_return_exceptions(executor: Executor) -> None:
-    async def main() -> tuple[list[int], list[int | Exception]]:
+    async def main() -> tuple[list[int], list[int | BaseException]]:
         powers = await hybridexec.amap(pow, [2, 3, 4], [5, 6], limit=2, executor=executor)
         kept = await hybridexec.amap(
             helpers.fail_at, range(10), [4] * 10, return_exceptions=True, executor=executor

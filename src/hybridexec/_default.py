@@ -20,7 +20,7 @@ from ._executor import Executor
 from ._futures import Future
 from ._mapping import imap as _imap
 from ._router import EXIT_BOUND
-from ._routing import Options, check_kind, check_timeout
+from ._routing import Options, checked_options
 from ._views import ExecutorOptions, MapIterator, progress_report
 
 P = ParamSpec("P")
@@ -103,12 +103,14 @@ class MapOptions(TypedDict, total=False):
     timeout: float | None
     progress: bool | Callable[[int, int | None], object]
     limit: int | None
-    executor: Executor | None
+    executor: Executor | ExecutorOptions | None
 
 
-# Typed like builtins.map: one or two iterables are checked against fn's parameters, more
-# fall back to Callable[..., R]; return_exceptions=True adds Exception to the item type (a
-# bool only known at run time: Any).
+# Typed like builtins.map: one or two iterables are checked against fn's parameters, three or
+# more fall back to Callable[..., R] (the fallback takes at least three, so items that do not
+# fit fn are an error, not a fallback); return_exceptions=True (or a bool) adds BaseException to
+# the item type (what a failed call raised stands in its place, a GeneratorExit or the user's
+# own BaseException too).
 @overload
 def imap(
     fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
@@ -121,29 +123,25 @@ def imap(
 ) -> MapIterator[R]: ...  # fmt: skip
 @overload
 def imap(
-    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
     **options: Unpack[MapOptions],
 ) -> MapIterator[R]: ...  # fmt: skip
 @overload
 def imap(
-    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[True],
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: bool,
     **options: Unpack[MapOptions],
-) -> MapIterator[R | Exception]: ...  # fmt: skip
+) -> MapIterator[R | BaseException]: ...  # fmt: skip
 @overload
 def imap(
     fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
-    return_exceptions: Literal[True], **options: Unpack[MapOptions],
-) -> MapIterator[R | Exception]: ...  # fmt: skip
+    return_exceptions: bool, **options: Unpack[MapOptions],
+) -> MapIterator[R | BaseException]: ...  # fmt: skip
 @overload
 def imap(
-    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[True],
-    **options: Unpack[MapOptions],
-) -> MapIterator[R | Exception]: ...  # fmt: skip
-@overload
-def imap(
-    fn: Callable[..., Any], /, *iterables: Iterable[Any], return_exceptions: bool,
-    **options: Unpack[MapOptions],
-) -> MapIterator[Any]: ...  # fmt: skip
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: bool, **options: Unpack[MapOptions],
+) -> MapIterator[R | BaseException]: ...  # fmt: skip
 def imap(
     fn: Callable[..., Any],
     /,
@@ -155,7 +153,7 @@ def imap(
     progress: bool | Callable[[int, int | None], object] = False,
     limit: int | None = None,
     return_exceptions: bool = False,
-    executor: Executor | None = None,
+    executor: Executor | ExecutorOptions | None = None,
 ) -> MapIterator[Any]:
     """Apply ``fn`` to the items of ``iterables`` lazily, with bounded work in flight.
 
@@ -184,22 +182,26 @@ def imap(
             and carry on, instead of raising the first one; a call that could not be sent
             (``EMFILE``, ``EAGAIN``: no descriptor, thread or process to spare) gets that
             error. Cancellation, ``KeyboardInterrupt`` and ``SystemExit`` still end the map.
-        executor: The Executor to use; the default one when None.
+        executor: The Executor to use (the default one when None), or a view of one such as
+            ``ex.options(kind="process", max_memory=2**30)``, whose options apply to every
+            call; ``kind`` and ``timeout`` given here take precedence over the view's.
 
     Returns:
         An iterator of results. Unless ``return_exceptions``, the first failed call raises
         when its turn comes, and the work still in flight is cancelled.
 
     Raises:
-        TypeError: ``fn`` is not callable, or ``limit`` is not an int.
+        TypeError: ``fn`` is not callable, ``limit`` is not an int, or ``executor`` is not an
+            Executor or a view of one.
         ValueError: unknown ``kind``, bad ``chunksize`` or ``timeout``, ``limit`` below 1 or
             below ``chunksize``.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.4 several iterables, ``limit`` and ``return_exceptions``.
+    .. versionchanged:: 0.5 ``executor`` may be a view (``Executor.options``).
     """
-    options = Options(kind=check_kind(kind), timeout=check_timeout(timeout))
-    ex = executor if executor is not None else default_executor()
+    ex, under = _target(executor)
+    options = checked_options(kind, timeout, None, under)
     run, state = _imap(
         ex,
         fn,
@@ -226,29 +228,25 @@ def map(
 ) -> list[R]: ...  # fmt: skip
 @overload
 def map(
-    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
     **options: Unpack[MapOptions],
 ) -> list[R]: ...  # fmt: skip
 @overload
 def map(
-    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[True],
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: bool,
     **options: Unpack[MapOptions],
-) -> list[R | Exception]: ...  # fmt: skip
+) -> list[R | BaseException]: ...  # fmt: skip
 @overload
 def map(
     fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
-    return_exceptions: Literal[True], **options: Unpack[MapOptions],
-) -> list[R | Exception]: ...  # fmt: skip
+    return_exceptions: bool, **options: Unpack[MapOptions],
+) -> list[R | BaseException]: ...  # fmt: skip
 @overload
 def map(
-    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[True],
-    **options: Unpack[MapOptions],
-) -> list[R | Exception]: ...  # fmt: skip
-@overload
-def map(
-    fn: Callable[..., Any], /, *iterables: Iterable[Any], return_exceptions: bool,
-    **options: Unpack[MapOptions],
-) -> list[Any]: ...  # fmt: skip
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: bool, **options: Unpack[MapOptions],
+) -> list[R | BaseException]: ...  # fmt: skip
 def map(
     fn: Callable[..., Any],
     /,
@@ -301,6 +299,20 @@ async def arun(
     return await asyncio.wrap_future(future)
 
 
+def _target(executor: object) -> tuple[Executor, Options | None]:
+    """The executor a map runs on, and the options of the view it was given as, if any."""
+    if executor is None:
+        return default_executor(), None
+    if isinstance(executor, ExecutorOptions):
+        return executor._executor, executor._opts
+    if isinstance(executor, Executor):
+        return executor, None
+    raise TypeError(
+        f"executor must be a hybridexec Executor, a view from its options(), or None, "
+        f"not {type(executor).__qualname__}"
+    )
+
+
 @overload
 async def amap(
     fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
@@ -308,24 +320,30 @@ async def amap(
 ) -> list[R]: ...  # fmt: skip
 @overload
 async def amap(
-    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
+    return_exceptions: Literal[False] = ..., **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+async def amap(
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
     **options: Unpack[MapOptions],
 ) -> list[R]: ...  # fmt: skip
 @overload
 async def amap(
-    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[True],
+    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: bool,
     **options: Unpack[MapOptions],
-) -> list[R | Exception]: ...  # fmt: skip
+) -> list[R | BaseException]: ...  # fmt: skip
 @overload
 async def amap(
-    fn: Callable[..., R], /, *iterables: Iterable[Any], return_exceptions: Literal[True],
-    **options: Unpack[MapOptions],
-) -> list[R | Exception]: ...  # fmt: skip
+    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
+    return_exceptions: bool, **options: Unpack[MapOptions],
+) -> list[R | BaseException]: ...  # fmt: skip
 @overload
 async def amap(
-    fn: Callable[..., Any], /, *iterables: Iterable[Any], return_exceptions: bool,
-    **options: Unpack[MapOptions],
-) -> list[Any]: ...  # fmt: skip
+    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: bool, **options: Unpack[MapOptions],
+) -> list[R | BaseException]: ...  # fmt: skip
 async def amap(
     fn: Callable[..., Any],
     /,
