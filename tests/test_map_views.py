@@ -21,9 +21,7 @@ def test_a_view_s_options_apply_to_every_call_and_the_map_s_own_come_first() -> 
     with hx.Executor(max_processes=1) as ex:
         in_process = ex.options(kind="process")
         assert set(hx.map(pid_of, range(3), executor=in_process)) != {os.getpid()}
-        assert set(hx.imap(pid_of, range(3), executor=in_process, kind="thread")) == {
-            os.getpid()
-        }
+        assert set(hx.imap(pid_of, range(3), executor=in_process, kind="thread")) == {os.getpid()}
         got = asyncio.run(hx.amap(pid_of, range(3), executor=in_process))
         assert os.getpid() not in got
 

@@ -64,7 +64,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     """A ``concurrent.futures.Future`` that knows where it ran.
 
     Attributes:
-        kind: ``"thread"`` or ``"process"`` (or a backend name): the lane the task went to.
+        kind: ``"thread"`` or ``"process"`` (``"async"``: an ``async def`` function on the
+            executor's event loop; or a backend name): the lane the task went to.
     """
 
     # What every future sets lives in slots (issue 17). As instance attributes they share one

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._asyncio import is_async_callable
 from ._futures import Future
 from ._routing import Options, checked_options, route_rules
 from ._waits import capped
@@ -57,9 +58,12 @@ def explain_call(
     """What ``Executor.explain`` returns (see there): the decision, and the CPU slots now."""
     from ._routing import Explanation  # on use: a dataclass costs ~1 ms to make
 
-    decision = route_rules(fn, options, router.default_kind)  # reads the hints too
     name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
     slots = router.slots.snapshot()
+    if is_async_callable(fn) and router.async_on_loop(fn, options):  # as Router.submit
+        why = "an async def function: its calls run on the executor's event loop"
+        return Explanation(name, "async", why, slots=slots)
+    decision = route_rules(fn, options, router.default_kind)  # reads the hints too
     if decision is not None:
         return Explanation(name, decision.kind, decision.reason, slots=slots)
     if router.classifier is None:

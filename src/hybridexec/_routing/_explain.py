@@ -19,7 +19,8 @@ class Explanation:
 
     Attributes:
         function: ``module.qualname`` of the function.
-        kind: The lane a call goes to now: ``"thread"`` or ``"process"``.
+        kind: The lane a call goes to now: ``"thread"`` or ``"process"``; ``"async"`` for an
+            ``async def`` function run on the executor's event loop.
         reason: Why, in words.
         learned: True when the verdict comes from measurements of this function.
         gil_fraction: Share of a call's running time spent holding the GIL.
