@@ -20,6 +20,7 @@ own syntax outside fences is not parsed at all.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import signal
@@ -159,8 +160,47 @@ def test_example_runs_as_a_script(example: Example, tmp_path: Path) -> None:
     script.write_text(example.script(), encoding="utf-8")
     result = run_script(script)
     assert result.returncode == 0, f"{example.name} failed:\n{result.stdout}\n{result.stderr}"
-    # A clean example warns about nothing (a leaked semaphore, an unclosed executor...).
+    # A clean example warns about nothing (a leaked semaphore, an unclosed executor...), and
+    # prints no traceback (a worker that ran the script's top level again prints one and dies,
+    # and the script may still exit 0).
     assert "Warning" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+UNGUARDED = {
+    "docs/distributed.md:16": "its Dask workers are threads of this process (processes=False), "
+    "and the page says when to guard",
+}
+"""Examples whose top level may do work unguarded, each with its reason."""
+DEFINITIONS = (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_example_guards_its_work(example: Example) -> None:
+    """A reader copies an example into a script: its work sits under the ``__main__`` guard.
+
+    Whether an example's calls start processes depends on routing (a busy machine, a bigger
+    input), and a worker re-imports the script (docs/getting-started.md, "Guard your
+    script"): so every top-level statement that calls something, other than imports and
+    definitions, is under ``if __name__ == "__main__":``.
+    """
+    if example.name in UNGUARDED:
+        return
+    tree = ast.parse(example.script())
+    for statement in tree.body:
+        if isinstance(statement, DEFINITIONS) or _is_main_guard(statement):
+            continue
+        calls = [n for n in ast.walk(statement) if isinstance(n, (ast.Call, ast.Await))]
+        assert not calls, f"{example.name}: line {statement.lineno} runs unguarded"
+
+
+def _is_main_guard(statement: ast.stmt) -> bool:
+    test = statement.test if isinstance(statement, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+    )
 
 
 def test_readme_and_docs_have_examples() -> None:
