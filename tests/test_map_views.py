@@ -1,4 +1,4 @@
-"""``hx.map``/``imap``/``amap`` given a view of an executor (``executor=ex.options(...)``)."""
+"""``hx.map``/``imap``/``amap`` given a view of an executor, and bad options given to either."""
 
 from __future__ import annotations
 
@@ -42,3 +42,13 @@ def test_a_view_s_timeout_applies_to_each_call() -> None:
 def test_anything_else_as_executor_is_a_type_error_naming_it(wrong: Any) -> None:
     with pytest.raises(TypeError, match="executor must be a hybridexec Executor"):
         hx.map(pid_of, range(2), executor=wrong)
+
+
+def test_a_timeout_beyond_any_float_is_a_value_error() -> None:
+    with hx.Executor() as ex, pytest.raises(ValueError, match="timeout is too large"):
+        ex.options(timeout=10**400)
+
+
+def test_a_classifier_s_decision_of_an_unknown_kind_fails_where_it_is_made() -> None:
+    with pytest.raises(ValueError, match="kind must be 'thread' or 'process', not 'gpu'"):
+        hx.Decision("gpu", "a typo in a custom classifier")

@@ -72,7 +72,9 @@ class Executor(concurrent.futures.Executor):
             queued tasks and later submits fail with ``BrokenExecutorError``).
         initargs: Arguments for ``initializer``.
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
-            classifier; ``"thread"`` or ``"process"`` switch the classifier off.
+            classifier; ``"thread"`` or ``"process"`` switch the classifier off. With
+            ``"process"``, a call that cannot be pickled fails with ``SerializationError``
+            (as with ``ProcessPoolExecutor``) instead of running on a thread.
         classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles;
             default: a ``LearningClassifier`` that measures each function (see
             ``docs/routing.md``).

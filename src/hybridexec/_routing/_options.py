@@ -78,7 +78,7 @@ def check_timeout(timeout: object, name: str = "timeout") -> float | None:
 
     Raises:
         TypeError: not a number.
-        ValueError: not positive.
+        ValueError: not positive, or an int too large for a float.
     """
     if timeout is None:
         return None
@@ -86,7 +86,10 @@ def check_timeout(timeout: object, name: str = "timeout") -> float | None:
         raise TypeError(f"{name} must be a number of seconds or None, not {timeout!r}")
     if not timeout > 0:
         raise ValueError(f"{name} must be positive, not {timeout!r}")
-    return float(timeout)
+    try:
+        return float(timeout)
+    except OverflowError:  # an int beyond any float: no finite span of seconds
+        raise ValueError(f"{name} is too large: an int beyond any float") from None
 
 
 def check_max_memory(max_memory: object) -> int | None:

@@ -153,6 +153,9 @@ class Probe(Protocol):
         ...
 
 
+_KINDS = frozenset(("thread", "process"))
+
+
 class Decision:
     """Where one task goes and why.
 
@@ -168,6 +171,9 @@ class Decision:
         source: Set by a classifier whose verdicts change: an object whose ``decision``
             attribute is the newest verdict for this call's key. A task that has not started
             follows it (late binding); None: the task stays where it was sent.
+
+    Raises:
+        ValueError: ``kind`` is neither ``"thread"`` nor ``"process"``.
     """
 
     # Written out rather than a frozen dataclass (~0.8 ms to make, on every executor's import
@@ -194,6 +200,8 @@ class Decision:
         cpu_heavy: bool = False,
         source: Any = None,
     ) -> None:
+        if kind not in _KINDS:  # a custom classifier's typo fails here, not as a KeyError later
+            raise ValueError(f"a Decision's kind must be 'thread' or 'process', not {kind!r}")
         put = object.__setattr__
         put(self, "kind", kind)
         put(self, "reason", reason)
