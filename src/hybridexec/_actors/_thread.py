@@ -72,7 +72,9 @@ class ThreadCore(CoreBase):
         self.thread.start()
 
     def in_actor(self) -> bool:
-        return threading.get_ident() == self.ident
+        # The thread itself, not its ident: the system reuses an ended thread's ident for a
+        # thread started later, which would then pass for the actor's (join() returned False).
+        return threading.current_thread() is self.thread
 
     # ---- senders --------------------------------------------------------------------------
     def send(
@@ -82,7 +84,7 @@ class ThreadCore(CoreBase):
         kwargs: dict[str, Any],
         future: Future[Any] | None,
     ) -> None:
-        own = threading.get_ident() == self.ident
+        own = self.in_actor()
         if own and future is not None:
             raise ActorError(
                 f"actor {self.name} asked itself from inside a handler: the answer can only "
