@@ -19,6 +19,7 @@ so a STOP_NOW queued behind other messages is seen before the next handler start
 
 from __future__ import annotations
 
+import os
 import pickle
 import select
 from collections import deque
@@ -42,6 +43,25 @@ OK, ERROR, CTOR_FAILED, HOOK_FAILED = 0, 1, 2, 3
 _CACHE_SIZE = 64
 
 
+_pid = 0  # the actor process's (set as it starts): a child user code forked has another
+
+
+def _exit_if_forked() -> None:
+    """End a child that the actor's own code forked, should it return here.
+
+    User code runs as a message is unpickled, handled and its answer pickled (a handler or a
+    ``__reduce__`` that forks): only the actor process answers on its pipe, reads the next
+    message or handles it.
+    """
+    if os.getpid() != _pid:
+        os._exit(0)
+
+
+def _write(fd: int, data: bytes) -> None:
+    _exit_if_forked()
+    write_frame(fd, data)
+
+
 def actor_main(
     requests: Any,
     replies: Any,
@@ -50,16 +70,18 @@ def actor_main(
     init_bytes: bytes,
 ) -> None:
     """Entry point of an actor process."""
+    global _pid
+    _pid = os.getpid()
     enter_child(lifeline, death_signal=True)
     try:
         cls = loads(cls_bytes)
         args, kwargs = loads(init_bytes)
         instance = cls(*args, **kwargs)
     except BaseException as exc:
-        write_frame(replies.fileno(), pickle.dumps((CTOR_FAILED, pack_exception(exc)), PROTOCOL))
+        _write(replies.fileno(), pickle.dumps((CTOR_FAILED, pack_exception(exc)), PROTOCOL))
         return
     del args, kwargs
-    write_frame(replies.fileno(), READY)
+    _write(replies.fileno(), READY)
     if not _serve(instance, requests, replies):
         return  # the parent is gone
     hook = getattr(instance, "on_stop", None)
@@ -69,7 +91,7 @@ def actor_main(
         except BaseException as exc:
             packed = pickle.dumps((HOOK_FAILED, pack_exception(exc)), PROTOCOL)
             try:
-                write_frame(replies.fileno(), packed)
+                _write(replies.fileno(), packed)
             except OSError:
                 pass
 
@@ -92,7 +114,7 @@ def _serve(instance: Any, requests: Any, replies: Any) -> bool:
                     _discard(backlog, out)
                 return True
             # What is still alive of the message once it is handled, the actor kept.
-            write_frame(out, note_lent(_handle(instance, cls, data, handlers)))
+            _write(out, note_lent(_handle(instance, cls, data, handlers)))
             # Take in what arrived while the handler ran: a STOP_NOW behind it must be seen
             # before the next handler starts.
             while True:
@@ -112,7 +134,7 @@ def _serve(instance: Any, requests: Any, replies: Any) -> bool:
 def _discard(backlog: deque[bytes], out: int) -> None:
     for data in backlog:
         if len(data) > 1:  # a message, not a STOP sent before the STOP_NOW
-            write_frame(out, DISCARDED)
+            _write(out, DISCARDED)
 
 
 def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> bytes:
@@ -128,6 +150,8 @@ def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> 
         err = SerializationError(f"the actor process could not unpickle a message: {exc!r}")
         err.__cause__ = exc
         return pickle.dumps((ERROR, pack_exception(err)), PROTOCOL)
+    finally:
+        _exit_if_forked()  # not handled twice
     try:
         value = fn(instance, *args, **kwargs)
     except BaseException as exc:  # SystemExit in a handler ends the message, not the actor

@@ -186,10 +186,10 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
                     failures = dict.fromkeys(range(count), init_error)
                     seconds = [0.0] * count
                     reply = encode_group_reply([None] * count, failures, seconds, 0.0, INIT_FAILED)
-                    write_frame(out, reply, True)
+                    _write(out, reply, True)
                 else:
                     failed = [(False, init_error)] * count
-                    write_frame(out, encode_reply(failed, 0.0, 0.0, INIT_FAILED))
+                    _write(out, encode_reply(failed, 0.0, 0.0, INIT_FAILED))
             except OSError:
                 return
             continue
@@ -213,7 +213,7 @@ def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memor
         reply = encode_reply(set_apart(outcomes), elapsed, cpu, rss)
         del outcomes  # then what is still alive of the call was kept by the task (note_lent)
         try:
-            write_frame(out, note_lent(reply))
+            _write(out, note_lent(reply))
         except OSError:  # the parent is gone (EPIPE): nobody to answer
             return
         sent = time.perf_counter() if flagged and elapsed < SPIN_CALL_MAX else 0.0
@@ -232,6 +232,18 @@ _in_forked_child = False
 def _forked() -> None:
     global _in_forked_child
     _in_forked_child = True
+
+
+def _write(out: int, data: bytes, flagged: bool = False) -> None:
+    """``write_frame``, but never from a child that user code forked in this worker.
+
+    User code runs here while a task's arguments are unpickled, while it runs, and while its
+    result or exception is pickled (a ``__reduce__`` that forks): a child that returns from
+    any of these must not answer on the worker's pipe, nor read the next call from it.
+    """
+    if _in_forked_child:
+        os._exit(0)
+    write_frame(out, data, flagged)
 
 
 def _fail_all(data: bytes) -> tuple[int, bool]:
@@ -307,7 +319,7 @@ def _run_group(
             rss = resident_memory() if report_memory else None
             try:
                 reply = encode_group_reply(values, failures, seconds, cpu - cpu_started, rss)
-                write_frame(out, reply, True)
+                _write(out, reply, True)
             except OSError:  # the parent is gone (EPIPE): nobody to answer
                 raise EOFError from None
             values, failures, seconds, cpu_started, flushed = [], None, [], cpu, clock()
@@ -335,6 +347,9 @@ def _run(
         err = SerializationError(f"the worker could not unpickle the task: {exc!r}")
         err.__cause__ = exc
         return [(False, pack_exception(err))], 0.0, 0.0
+    finally:
+        if _in_forked_child:  # an argument's unpickling forked: the call is not run twice
+            os._exit(0)
     fn = entry[0]
     last = entry[1]
     clock = last is None or last >= CPU_CLOCK_MIN
@@ -359,7 +374,7 @@ def _run(
             try:
                 ahead = (len(outcomes) - sent) | AHEAD
                 reply = encode_reply(outcomes[sent:], 0.0, 0.0, None)
-                write_frame(out, note_lent(ahead.to_bytes(4, "big") + reply), True)
+                _write(out, note_lent(ahead.to_bytes(4, "big") + reply), True)
             except OSError:
                 pass  # the parent is gone: the reply's write finds it too
             sent, mark = len(outcomes), time.perf_counter()
