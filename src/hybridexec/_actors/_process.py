@@ -164,17 +164,17 @@ class ProcessCore(Supervisor, CoreBase):
 
     def _wire_ref(self, fn: Callable[..., Any]) -> str | bytes:
         # A method of the class goes by name (the child finds it on its own class, which
-        # also works for classes pickled by value); anything else is pickled by cloudpickle.
+        # also works for classes pickled by value), remembered here; anything else is pickled
+        # at each message by ``dumps_callable``, whose cache reuses the bytes only while the
+        # pickle would come out the same (a closure cell or a global rebound since: new bytes,
+        # as the executor sends them; guarantee I2).
         name = getattr(fn, "__name__", None)
-        ref: str | bytes
-        if isinstance(name, str) and getattr(self.cls, name, None) is fn:
-            ref = name
-        else:
-            ref = dumps_callable(fn)
+        if not (isinstance(name, str) and getattr(self.cls, name, None) is fn):
+            return dumps_callable(fn)
         if len(self.refs) >= _REF_CACHE_SIZE:
             self.refs.clear()
-        self.refs[fn] = ref
-        return ref
+        self.refs[fn] = name
+        return name
 
     def _put(self, data: bytes, entry: Entry) -> None:
         """Write one message to the child; lock held, the budget checked by the caller."""
