@@ -19,13 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures._base import (
-    CANCELLED,
-    CANCELLED_AND_NOTIFIED,
-    FINISHED,
-    PENDING,
-    RUNNING,
-)
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Generic, TypeVar
 
 from . import _faults
@@ -64,15 +58,14 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     """A ``concurrent.futures.Future`` that knows where it ran.
 
     Attributes:
-        kind: ``"thread"`` or ``"process"`` (``"async"``: an ``async def`` function on the
-            executor's event loop; or a backend name): the lane the task went to.
+        kind: The lane the task went to: ``"thread"``, ``"process"``, ``"async"`` (an ``async
+            def`` function on the executor's event loop) or a backend's name.
     """
 
     # What every future sets lives in slots (issue 17). As instance attributes they share one
     # key table per class on CPython 3.11, which takes new names only while the first few
     # dozen instances are made: after ~30 futures made before one was settled, every future
-    # built a dict of its own (one more object for the garbage collector, slower settles).
-    # (Slots are also read faster than class defaults, which 3.11 does not specialize.)
+    # built a dict of its own (one more object for the GC, slower settles; slots read fast).
     __slots__ = (
         "_cond",
         "_exception",
@@ -93,7 +86,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     # _condition): most futures are done before anyone waits (fewer objects for the GC).
     _cond: threading.Condition | None
     _result: Any
-    _exception: BaseException | None
+    _exception: BaseException | None  # or a Deferred: an exception its reader rebuilds
     _hx_waiters: list[Any] | None
     _hx_callbacks: list[Callable[[Future[T]], object]] | None
     _hx_before_wait: Callable[[float | None], float | None] | None  # see result()
@@ -159,7 +152,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         self._hx_callbacks = callbacks
 
     def __repr__(self) -> str:
-        if type(self._result) is Deferred:  # not rebuilt for a repr: that runs user code
+        if Deferred in (type(self._result), type(self._exception)):  # a repr runs no user code
             return f"<{type(self).__name__} at {id(self):#x} state=finished kind={self.kind}>"
         return super().__repr__()[:-1] + f" kind={self.kind}>"
 
@@ -250,9 +243,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         try:
             with self._lock:
                 since = self._wait(timeout) if self._state != FINISHED else 0.0
-                if self._exception is not None:
-                    raise self._exception
-                result: Any = self._result
+                exc: Any = self._exception
+                if exc is not None and type(exc) is not Deferred:
+                    raise exc
+                result: Any = self._result if exc is None else exc
             if type(result) is Deferred:  # rebuilt outside the lock: done() never waits
                 ok, result = self._rebuilt(result, timeout, since)
                 if not ok:
@@ -271,17 +265,20 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         """
         with self._lock:
             since = self._wait(timeout) if self._state != FINISHED else 0.0
+            exc: Any = self._exception
             result = self._result
-        if type(result) is Deferred:
-            ok, value = self._rebuilt(result, timeout, since)
+        if Deferred in (type(result), type(exc)):  # a result, or an exception, to rebuild
+            ok, value = self._rebuilt(exc if type(exc) is Deferred else result, timeout, since)
             return None if ok else value
-        return self._exception
+        error: BaseException | None = exc
+        return error
 
     def _rebuilt(self, deferred: Deferred, timeout: float | None, since: float) -> Outcome:
         # Rebuilt once by its first reader, kept in place; ``timeout`` counts from ``since``.
         ok, value = deferred.get(timeout, since)
         with self._lock:
-            if self._result is deferred:
+            held: object = self._exception
+            if deferred is self._result or deferred is held:
                 self._result, self._exception = (value, None) if ok else (None, value)
         return ok, value
 

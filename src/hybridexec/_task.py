@@ -171,7 +171,8 @@ class Deferred:
     A lane's service thread (the process lane's manager) settles the futures of every caller;
     were it to unpickle each result itself, one that takes seconds to rebuild (a heavy
     ``__setstate__``, millions of small objects) would hold up the lane's other results,
-    timeouts and crashes. ``settle(True, Deferred(rebuild, data))`` ends the future at once;
+    timeouts and crashes. ``settle(True, Deferred(rebuild, data))`` ends the future at once
+    (``settle(False, ...)``: an exception to rebuild, ``_process._rebuild.failed``);
     ``result()`` or ``exception()`` calls ``rebuild(data) -> (ok, value)`` once, in the reading
     thread (a done-callback's runner, ``as_completed``'s caller), and keeps what it gave.
     One difference shows: a result that then fails to rebuild was reported to

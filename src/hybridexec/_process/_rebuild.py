@@ -5,19 +5,28 @@ manager thread settles its future with a ``Deferred`` around those bytes (``_fut
 reading thread unpickles them, so that one slow to rebuild holds up none of the lane's other
 results, timeouts and crashes (it did: outside tester 8a's A3). Results whose large arrays
 came through shared memory are rebuilt at once (unpickling them is what frees the segments).
+
+So are a call's exceptions (``failure``): one whose pickle names only classes of the standard
+library and of hybridexec is rebuilt at once (no user code runs for it); any other is left to
+the reader, the future settled as failed (``wait(FIRST_EXCEPTION)`` sees it) with a
+``Deferred`` in place of the exception. An exception whose ``__setstate__`` took seconds, or
+asked the same executor for work, held up the lane (outside tester 11c's C3).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import pickle
 import re
+import sys
 import threading
 from typing import Any
 
 from .._exceptions import SerializationError
 from .._futures import Deferred, Outcome
+from .._serialize import chain_remote, unpack_exception
 from .._shm import discard_reply, unlink
 from ._outcomes import Pickled, unwrap
 
@@ -86,7 +95,7 @@ def deferred(value: Pickled) -> Outcome:
 
 def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
     """A batch's outcomes, for its future: those pickled alone rebuilt by its reader."""
-    late = [index for index, (ok, value) in enumerate(outcomes) if ok and type(value) is Pickled]
+    late = [index for index, (_, value) in enumerate(outcomes) if type(value) in _LATE]
     if not late:
         return (True, outcomes)
     datas = [outcomes[index][1].data for index in late]
@@ -97,10 +106,79 @@ def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
 
 def rebuild_outcomes(outcomes: list[Outcome], reader: bool = False) -> Outcome:
     rebuilt = [
-        _decode(value, reader) if ok and type(value) is Pickled else (ok, value)
+        (ok, value)
+        if type(value) not in _LATE
+        else _decode(value, reader)
+        if ok
+        else _rebuild_failure(value, reader)
         for ok, value in outcomes
     ]
     return (True, rebuilt)
+
+
+class PackedError:
+    """A call's exception as its worker packed it (``pack_exception``), for its reader."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+_LATE = (Pickled, PackedError)
+
+
+def failure(packed: bytes) -> BaseException | PackedError:
+    """A call's exception: rebuilt now if no user code runs for it, else left to its reader."""
+    try:
+        exc, tb = _Trusted(io.BytesIO(packed)).load()
+    except _Untrusted:
+        return PackedError(packed)
+    except BaseException:  # as unpack_exception says it
+        return unpack_exception(packed)
+    return chain_remote(exc, tb)
+
+
+def failed(error: BaseException | PackedError) -> BaseException | Deferred:
+    """What a future settled as failed holds: the exception, or a ``Deferred`` around it."""
+    if type(error) is PackedError:
+        return Deferred(functools.partial(_rebuild_failure, reader=True), error)
+    return error  # type: ignore[return-value]
+
+
+def exception_of(error: BaseException | PackedError) -> BaseException:
+    """The exception itself, rebuilt here if it was not yet (an initializer's: the lane's)."""
+    return unpack_exception(error.data) if type(error) is PackedError else error  # type: ignore[return-value]
+
+
+def _rebuild_failure(error: PackedError, reader: bool = False) -> Outcome:
+    try:
+        return (False, unpack_exception(error.data))
+    except KeyboardInterrupt as exc:  # as _decode: a Ctrl-C in the main thread, read again
+        if reader and threading.current_thread() is threading.main_thread():
+            raise
+        cause: BaseException = exc
+    except BaseException as exc:  # SystemExit from a __setstate__: still the call's failure
+        cause = exc
+    err = SerializationError(f"cannot unpickle the exception raised by a task: {cause!r}")
+    err.__cause__ = cause
+    return (False, err)
+
+
+_TRUSTED = frozenset(sys.stdlib_module_names) | {"hybridexec"}
+
+
+class _Untrusted(Exception):
+    pass
+
+
+class _Trusted(pickle.Unpickler):
+    """Unpickles only what names classes of the standard library and of hybridexec."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.partition(".")[0] not in _TRUSTED:
+            raise _Untrusted
+        return super().find_class(module, name)
 
 
 def deferred_batch(whole: Pickled, ahead: list[Outcome] | None, count: int) -> Outcome:

@@ -15,11 +15,20 @@ from typing import Any
 
 from .. import _faults
 from .._futures import Outcome, Task
-from .._serialize import loads, unpack_exception
+from .._serialize import loads
 from ._group import split_reply
 from ._memory import went_over
 from ._outcomes import Pickled
-from ._rebuild import deferred, deferred_batch, deferred_outcomes, discard, unpickle_error
+from ._rebuild import (
+    deferred,
+    deferred_batch,
+    deferred_outcomes,
+    discard,
+    exception_of,
+    failed,
+    failure,
+    unpickle_error,
+)
 from ._schedule import Scheduling
 from ._supervision import BUSY, IDLE, WorkerRecord
 from ._worker import AHEAD, INIT_FAILED
@@ -94,15 +103,16 @@ class Replies(Scheduling):
             ok, value = outcomes[0]
             if ok and type(value) is Pickled:
                 ok, value = deferred(value)
-            task.future.settle(ok, value)
+            task.future.settle(ok, value if ok else failed(value))
         if went_over(task.fn, outcomes):  # a MemoryError can leave C libraries in a poor state
             worker.retire_why = "a call went over its max_memory"
         if rss == INIT_FAILED:
             if outcomes and not outcomes[0][0]:
                 # As ProcessPoolExecutor does: a failing initializer breaks the lane; what is
                 # queued fails and later submits raise BrokenExecutorError (cause chained).
-                logger.critical("hybridexec: a worker initializer failed: %r", outcomes[0][1])
-                self._break(outcomes[0][1])
+                error = exception_of(outcomes[0][1])
+                logger.critical("hybridexec: a worker initializer failed: %r", error)
+                self._break(error)
                 return
         else:
             self._record_cost(task, elapsed)
@@ -148,11 +158,12 @@ class Replies(Scheduling):
             if failures:
                 oks = [index not in failures for index in range(len(values))]
                 for index, packed in failures.items():
-                    values[index] = unpack_exception(packed)
+                    values[index] = failure(packed)
         timings = self._settle_group(tasks, values, oks, seconds)
         if rss == INIT_FAILED and oks is not _ALL_OK and not oks[0]:
-            logger.critical("hybridexec: a worker initializer failed: %r", values[0])
-            self._break(values[0])
+            error = exception_of(values[0])
+            logger.critical("hybridexec: a worker initializer failed: %r", error)
+            self._break(error)
             return
         if rss != INIT_FAILED:
             self._record_figures(timings, seconds, cpu)
@@ -189,6 +200,8 @@ class Replies(Scheduling):
                 group[0] -= 1
             if ok and type(value) is Pickled:
                 ok, value = deferred(value)
+            elif not ok:
+                value = failed(value)
             task.elapsed = elapsed
             task.future.settle(ok, value)  # a call cancelled while it waited: its value goes
         return timings
@@ -234,5 +247,8 @@ class Replies(Scheduling):
 
 
 def _failure(ok: bool, value: Any) -> Outcome:
-    """An outcome as it arrived, its exception rebuilt (a result pickled alone stays so)."""
-    return (ok, value) if ok else (False, unpack_exception(value))
+    """An outcome as it arrived: its exception rebuilt unless that runs user code (``failure``).
+
+    Else a ``PackedError`` for its reader; a result pickled alone stays so.
+    """
+    return (ok, value) if ok else (False, failure(value))

@@ -241,9 +241,13 @@ def _write(out: int, data: bytes, flagged: bool = False) -> None:
     result or exception is pickled (a ``__reduce__`` that forks): a child that returns from
     any of these must not answer on the worker's pipe, nor read the next call from it.
     """
+    _exit_if_forked()
+    write_frame(out, data, flagged)
+
+
+def _exit_if_forked() -> None:
     if _in_forked_child:
         os._exit(0)
-    write_frame(out, data, flagged)
 
 
 def _fail_all(data: bytes) -> tuple[int, bool]:
@@ -348,8 +352,7 @@ def _run(
         err.__cause__ = exc
         return [(False, pack_exception(err))], 0.0, 0.0
     finally:
-        if _in_forked_child:  # an argument's unpickling forked: the call is not run twice
-            os._exit(0)
+        _exit_if_forked()  # an argument's unpickling forked: the call is not run twice
     fn = entry[0]
     last = entry[1]
     clock = last is None or last >= CPU_CLOCK_MIN
