@@ -19,8 +19,18 @@ from typing import Any
 
 from .. import _faults
 from .._exceptions import SerializationError, WorkerCrashedError, signal_name
-from .._futures import Future
-from .._process import START_BACKOFF, START_GIVE_UP, Child, FrameReader, lifeline
+from .._futures import Deferred, Future
+from .._process import (
+    START_BACKOFF,
+    START_GIVE_UP,
+    Child,
+    FrameReader,
+    exception_of,
+    failed,
+    failure,
+    lifeline,
+    runs_no_code,
+)
 from .._serialize import unpack_exception
 from .._shm import Placement, cleanup_shared_memory
 from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, describe, logger
@@ -200,18 +210,19 @@ class Supervisor(CoreBase):
         tag: int | None = None
         value: Any = None
         if data != ACK and data != DISCARDED:
-            try:
-                tag, value = pickle.loads(data)
-            except Exception as exc:
-                tag = ERROR
-                value = SerializationError(f"an answer of actor {self.name} would not unpickle")
-                value.__cause__ = exc
+            inflight = self.inflight  # only this thread takes from it
+            if inflight and inflight[0][0] is not None and not runs_no_code(data):
+                # An answer to an ask, whose unpickling runs the user's code: its reader
+                # rebuilds it, as a task's result (one that asks this actor would wait here
+                # for good; outside tester 11c's C3b).
+                tag, value = OK, Deferred(self._decode, data)
             else:
+                tag, value = self._decode(data, reader=False)
                 if tag == HOOK_FAILED:
-                    self.report("on_stop", unpack_exception(value))
+                    self.report("on_stop", exception_of(value))
                     return
-                if tag == ERROR:
-                    value = unpack_exception(value)
+                if tag == ERROR and inflight and inflight[0][0] is None:
+                    value = exception_of(value)  # a tell's: reported here
         with self.lock:
             future, nbytes, fn = self.inflight.popleft()
             self.inflight_bytes -= nbytes
@@ -224,9 +235,34 @@ class Supervisor(CoreBase):
         if data == DISCARDED:
             self.drop(future)
         elif future is not None:
-            future.settle(tag == OK, value)
+            future.settle(tag == OK, value if tag == OK else failed(value))
         elif tag == ERROR:
             self.report(f"tell {describe(fn)}", value)
+
+    def _decode(self, data: bytes, reader: bool = True) -> Any:
+        """``(tag, value)`` of an answer; an error's exception as ``failure`` gives it.
+
+        ``reader``: called by the ask's reader (``Deferred``): ``(ok, value)``, rebuilt.
+        """
+        try:
+            tag, value = pickle.loads(data)
+        except KeyboardInterrupt:
+            if reader and threading.current_thread() is threading.main_thread():
+                raise  # a Ctrl-C in the main thread reading it: a later read tries again
+            tag, value = ERROR, self._unpickle_error(KeyboardInterrupt())
+        except BaseException as exc:  # SystemExit from a __setstate__: still the ask's failure
+            tag, value = ERROR, self._unpickle_error(exc)
+        else:
+            if tag in (ERROR, HOOK_FAILED):
+                value = failure(value)
+        if reader:
+            return (True, value) if tag == OK else (False, exception_of(value))
+        return tag, value
+
+    def _unpickle_error(self, exc: BaseException) -> SerializationError:
+        err = SerializationError(f"an answer of actor {self.name} would not unpickle")
+        err.__cause__ = exc
+        return err
 
     def _constructor_failed(self, data: bytes) -> None:
         try:

@@ -55,6 +55,10 @@ if TYPE_CHECKING:
     from ._memory import MemoryLimited as MemoryLimited
     from ._oom import oom_killed as oom_killed
     from ._oom import retry_killed as retry_killed
+    from ._rebuild import exception_of as exception_of
+    from ._rebuild import failed as failed
+    from ._rebuild import failure as failure
+    from ._rebuild import runs_no_code as runs_no_code
     from ._supervise import DEFAULT_GRACE as DEFAULT_GRACE
     from ._supervise import START_BACKOFF as START_BACKOFF
     from ._supervise import START_GIVE_UP as START_GIVE_UP
@@ -76,6 +80,9 @@ __all__ = [
     "START_GIVE_UP",
     "default_start_method",
     "enter_child",
+    "exception_of",
+    "failed",
+    "failure",
     "get_context",
     "guard",
     "lifeline",
@@ -83,6 +90,7 @@ __all__ = [
     "oom_killed",
     "resident_memory",
     "retry_killed",
+    "runs_no_code",
     "usable_cpus",
     "write_frame",
 ]
@@ -100,6 +108,9 @@ __getattr__, __dir__ = exports(
         "START_GIVE_UP": "._supervise",
         "default_start_method": "._supervise",
         "enter_child": "._child",
+        "exception_of": "._rebuild",
+        "failed": "._rebuild",
+        "failure": "._rebuild",
         "get_context": "._supervise",
         "guard": "._guardian",
         "lifeline": "._supervise",
@@ -107,6 +118,7 @@ __getattr__, __dir__ = exports(
         "oom_killed": "._oom",
         "resident_memory": "._child",
         "retry_killed": "._oom",
+        "runs_no_code": "._rebuild",
         "usable_cpus": "._threadlimits",
         "write_frame": "._frames",
     },

@@ -82,6 +82,15 @@ def _at_once(data: bytes) -> bool:
     return _SHARED in data or (len(data) <= _QUICK_MAX and _RUNS_CODE(data) is None)
 
 
+def runs_no_code(data: bytes) -> bool:
+    """Whether a service thread is to unpickle ``data`` now rather than leave it to a reader.
+
+    True for shared memory to free (or to mark kept), and for plain data of any size: no
+    ``__reduce__`` of anyone's runs for it.
+    """
+    return _SHARED in data or _RUNS_CODE(data) is None
+
+
 def deferred(value: Pickled) -> Outcome:
     """A result pickled alone, for its future: rebuilt by whoever reads it (``Deferred``).
 
