@@ -75,7 +75,7 @@ def test_amap_cancel_during_a_process_submit_kills_that_call(tmp_path: Path) -> 
     The argument's ``__reduce__`` holds the consumer inside the submit until the cancel is done.
     """
     entered, release = threading.Event(), threading.Event()
-    gate = _Gate(str(tmp_path), entered, release)
+    gate: Any = _Gate(str(tmp_path), entered, release)  # unpickles as the path: a str
 
     async def main() -> None:
         task = asyncio.ensure_future(hx.amap(_write_when_done, [gate], kind="process"))
