@@ -76,8 +76,8 @@ class LoopLane:
         import asyncio  # on use: importing it costs ~20 ms
 
         with self._lock:
-            if self._closed:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._closed or _lifecycle.exited:
+                raise _lifecycle.closed_error()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()

@@ -61,6 +61,10 @@ _thread_hooks: list[Callable[[], object]] = []
 _atexit_registered = False
 _finalized_in = 0  # the process that looked for a multiprocessing exit finalizer (0: none)
 _exiting = False
+exited = False
+"""True once the exit hooks ran: every lane refuses new work from then on, as the standard
+library's pools do after interpreter shutdown. What runs later (an ``atexit`` handler
+registered before the package's first use) would see its work accepted and then abandoned."""
 _stopped_at_exit = False  # Ctrl-C stopped an exit hook: the rest wait for nothing; status 130
 _generation = 0
 
@@ -73,6 +77,13 @@ def generation() -> int:
 def exiting() -> bool:
     """True once interpreter exit started running the hooks."""
     return _exiting
+
+
+def closed_error() -> RuntimeError:
+    """The error of a submit to a lane shut down, or to any after the exit hooks ran."""
+    if exited:
+        return RuntimeError("cannot schedule new futures after interpreter shutdown")
+    return RuntimeError("cannot schedule new futures after shutdown")
 
 
 def interrupted() -> bool:
@@ -143,13 +154,14 @@ _hooks_run: set[int] = set()
 
 def run_exit_hooks() -> None:
     """Run the exit hooks now (at interpreter exit, and as a worker process ends)."""
-    global _exiting, _stopped_at_exit
+    global _exiting, _stopped_at_exit, exited
     _exiting = True
     done = _hooks_run  # a second call (atexit after multiprocessing's) runs only new ones
     while True:
         with _lock:
             todo = sorted(e for e in _exit_hooks if e[1] not in done)
         if not todo:
+            exited = True
             if interrupted():
                 _rearm_keyboard_interrupt()
             return

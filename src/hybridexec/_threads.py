@@ -116,8 +116,8 @@ class ThreadLane:
         with self._lock:
             if self.broken is not None:
                 raise _broken_error(self.broken)
-            if self._closed:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._closed or _lifecycle.exited:
+                raise _lifecycle.closed_error()
             self._queue.append(task)
             self.submitted += counted
             threads = len(self._threads)

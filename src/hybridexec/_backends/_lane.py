@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from .. import _lifecycle
 from .._futures import Outcome, Task, split_batch
 from .._process import MemoryLimited
 from .._shm import Copies, Share
@@ -91,8 +92,8 @@ class RemoteLane:
             raise ValueError("max_memory is not supported on a distributed backend")
         items, large = extract_large(task.items)
         payload = encode(task, items)
-        if self._closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+        if self._closed or _lifecycle.exited:
+            raise _lifecycle.closed_error()
         self._launch(task, payload, large)
 
     def _launch(self, task: Task, payload: bytes, large: list[Any], *, retry: bool = False) -> bool:

@@ -238,8 +238,8 @@ class ProcessLane:
         if task.payload is None and task.wire is None:
             self.prepare(task)
         with self._lock:
-            if self.shutting_down:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self.shutting_down or _lifecycle.exited:
+                raise _lifecycle.closed_error()
             if self.broken is not None:
                 raise BrokenExecutorError(f"the process lane is broken: {self.broken!r}")
             self.submitted += counted
