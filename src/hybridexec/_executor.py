@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import threading
 import time
 import weakref
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from . import _lifecycle
 from ._callbacks import drain
 from ._futures import Future
+from ._lazy import loaded
 from ._process import usable_cpus
 from ._router import Router
 from ._routing import (
@@ -256,7 +256,8 @@ class Executor(concurrent.futures.Executor):
         router = self._router
         with self._shutdown_lock:
             router.closed = True
-        actors = sys.modules.get("hybridexec._actors")  # loaded with the first actor only
+        # Loaded with the first actor only; one being spawned meanwhile is waited for.
+        actors = loaded("hybridexec._actors", wait=True)
         if actors is not None:  # the actors it spawned
             actors.stop_actors(self, drain=not cancel_futures, wait=False)
         router.shutdown(wait=False, cancel_futures=cancel_futures, background=not wait)

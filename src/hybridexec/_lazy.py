@@ -10,7 +10,23 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
+
+
+def loaded(name: str, *, wait: bool = False) -> ModuleType | None:
+    """The module ``name`` if its import has finished, else None (nothing imported it yet).
+
+    ``sys.modules`` holds a module from the start of its import: while another thread runs
+    its top level, its names are not all defined (reading one raised ``AttributeError`` in
+    a submit racing the first import of ``inspect`` or ``asyncio``; outside tester 11a).
+    Such a module counts as not imported, or, with ``wait``, is waited for (the import lock
+    returns it once the other thread's import ends).
+    """
+    module = sys.modules.get(name)
+    if module is None or not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return module
+    return importlib.import_module(name) if wait else None
 
 
 def exports(

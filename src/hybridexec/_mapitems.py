@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import sys
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._deadlines import late_end
 from ._futures import Future, Items, Outcome, Task
+from ._lazy import loaded
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -96,7 +96,7 @@ def ends_map(exc: BaseException) -> bool:
     """Whether an item's ``exc`` ends a map even with ``return_exceptions=True``."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         return True
-    asyncio = sys.modules.get("asyncio")  # not imported: nothing raised its cancellation
+    asyncio = loaded("asyncio")  # not imported (or not yet): nothing raised its cancellation
     return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 

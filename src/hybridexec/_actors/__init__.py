@@ -13,10 +13,9 @@ Layers inside the room (each imports only those above it)::
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
 
-from .._lazy import exports
+from .._lazy import exports, loaded
 
 if TYPE_CHECKING:
     from ._base import OnError as OnError
@@ -44,6 +43,6 @@ def stop_actors(owner: object, *, drain: bool = True, wait: bool = True) -> None
 
     Imports nothing: while no actor was ever made, the actor modules are not loaded.
     """
-    ref = sys.modules.get(f"{__name__}._ref")
+    ref = loaded(f"{__name__}._ref", wait=True)  # an import under way: its actor is stopped
     if ref is not None:
         ref.stop_actors(owner, drain=drain, wait=wait)

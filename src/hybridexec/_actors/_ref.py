@@ -297,6 +297,10 @@ def spawn_actor(
 def _register(core: CoreBase, owner: object) -> None:
     _lifecycle.on_exit(_lifecycle.ACTORS, _stop_all)
     with _registry_lock:
+        # The owner's shutdown closes it, then stops what is registered (stop_actors, under
+        # this lock): an actor is either stopped by it or refused here, never left running.
+        if getattr(owner, "_closed", False):
+            raise RuntimeError("cannot spawn actors after shutdown")
         _live.add(core)
         core.registries.append(_live)
         if owner is not None:

@@ -10,12 +10,11 @@ executor treats like its local thread and process lanes: ``submit(task)``,
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BackendUnavailableError
-from .._lazy import exports
+from .._lazy import exports, loaded
 
 if TYPE_CHECKING:  # loaded with a backend: a plain executor imports only the checks below
     from ._lane import RemoteLane
@@ -42,7 +41,7 @@ def parse_backend(backend: object) -> tuple[str, Any]:
             return "ray", backend
         if "://" in backend:
             return "dask", backend
-    distributed = sys.modules.get("distributed")  # a Client exists only if it was imported
+    distributed = loaded("distributed")  # a Client exists only if it was imported
     if distributed is not None and isinstance(backend, distributed.Client):
         return "dask", backend
     raise ValueError(

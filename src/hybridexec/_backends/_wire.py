@@ -22,13 +22,13 @@ the same object are in flight, they share one copy (see ``RemoteLane._share``).
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import SerializationError, TaskTimeoutError
 from .._futures import Items, Outcome, Task
+from .._lazy import loaded
 from .._serialize import dumps, dumps_callable, loads, pack_exception, unpack_exception
 from .._threads import interrupt_thread
 
@@ -52,7 +52,7 @@ def is_large(obj: object) -> bool:
     """Return True for a numpy array or bytes object worth sending once, by reference."""
     if isinstance(obj, (bytes, bytearray)):
         return len(obj) >= LARGE_BYTES
-    np = sys.modules.get("numpy")  # an array exists only if numpy was imported
+    np = loaded("numpy")  # an array exists only if numpy was imported
     return np is not None and isinstance(obj, np.ndarray) and obj.nbytes >= LARGE_BYTES
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import enum
 import functools
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._lazy import loaded
 from .._process import usable_cpus
 from ._rules import ms
 
@@ -315,7 +315,7 @@ def is_coroutine_function(fn: Callable[..., Any]) -> bool:
     Until something imported ``inspect``, nothing can have marked a function as a coroutine
     function (``inspect.markcoroutinefunction``): its code flags are enough then.
     """
-    inspect = sys.modules.get("inspect")
+    inspect = loaded("inspect")  # mid-import in another thread: not marked anything yet
     if inspect is not None:
         return bool(inspect.iscoroutinefunction(fn))
     target: Any = fn

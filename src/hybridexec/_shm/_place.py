@@ -289,8 +289,9 @@ def _placed(obj: Any, ndarray: type | None, placement: Placement, lease: _Lease)
     if type(obj) is ndarray:
         args = placement.place(array, lease)
         return None if args is None else (_attach_array, args)
-    objects = sys.modules.get("hybridexec._shm._objects")  # not loaded: no handle exists
-    if objects is not None and isinstance(obj, objects.SharedHandle):
+    # Not loaded (or not yet: getattr): no handle exists.
+    handle = getattr(sys.modules.get("hybridexec._shm._objects"), "SharedHandle", None)
+    if handle is not None and isinstance(obj, handle):
         lease.keep.append(obj)
     return None
 

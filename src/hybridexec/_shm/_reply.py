@@ -31,6 +31,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import SharedMemoryError
+from .._lazy import loaded
 from .._serialize import PROTOCOL
 
 if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
@@ -45,7 +46,7 @@ DEFAULT_THRESHOLD = 1 << 20
 
 
 def _ndarray_type() -> type | None:
-    np = sys.modules.get("numpy")
+    np = loaded("numpy")
     return None if np is None else np.ndarray
 
 
@@ -232,8 +233,8 @@ def dumps_reply(obj: Any) -> bytes:
 
 def _handles_exist() -> bool:
     # A lookup, not an import statement (~1 us per reply); not loaded: no segment mapped here.
-    segments = sys.modules.get("hybridexec._shm._segment")
-    return segments is not None and bool(segments._maps)
+    # (getattr: a module another thread is importing has not all its names yet)
+    return bool(getattr(sys.modules.get("hybridexec._shm._segment"), "_maps", None))
 
 
 class _ReplyPickler(pickle.Pickler):
@@ -253,8 +254,9 @@ class _ReplyPickler(pickle.Pickler):
                 # read-only. A copy arrives as any result does, writable.
                 return obj.copy().__reduce_ex__(PROTOCOL)
             return NotImplemented
-        objects = sys.modules.get("hybridexec._shm._objects")  # not loaded: no handle exists
-        if objects and isinstance(obj, objects.SharedHandle) and obj.owner and not obj.closed:
+        # Not loaded (or not yet: getattr): no handle exists.
+        handle = getattr(sys.modules.get("hybridexec._shm._objects"), "SharedHandle", None)
+        if handle is not None and isinstance(obj, handle) and obj.owner and not obj.closed:
             self._state.handles.append(obj)
             return obj._hx_transfer()
         return NotImplemented

@@ -18,8 +18,9 @@ only when
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Generic, TypeVar
+
+from .._lazy import loaded
 
 C = TypeVar("C")
 
@@ -35,7 +36,7 @@ def unchanging(obj: object) -> bool:
     """
     if isinstance(obj, bytes):
         return True
-    np = sys.modules.get("numpy")
+    np = loaded("numpy")
     if np is None or not isinstance(obj, np.ndarray):
         return False
     base: object = obj
