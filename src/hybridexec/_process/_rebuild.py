@@ -141,10 +141,8 @@ def failure(packed: bytes) -> BaseException | PackedError:
     """A call's exception: rebuilt now if no user code runs for it, else left to its reader."""
     try:
         exc, tb = _Trusted(io.BytesIO(packed)).load()
-    except _Untrusted:
+    except BaseException:  # user code ahead, or a failure: the reader's rebuild says which
         return PackedError(packed)
-    except BaseException:  # as unpack_exception says it
-        return unpack_exception(packed)
     return chain_remote(exc, tb)
 
 
