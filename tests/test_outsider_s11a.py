@@ -320,7 +320,8 @@ def test_process_executor_made_by_a_late_atexit_handler_runs_or_refuses(tmp_path
     assert (
         "default executor: 2" in proc.stdout
         or "default executor refused RuntimeError('cannot schedule new futures after "
-        "interpreter shutdown')" in proc.stdout
+        "interpreter shutdown')"
+        in proc.stdout
     ), out
     assert (
         "new executor ran in a worker: True" in proc.stdout
