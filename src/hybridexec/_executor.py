@@ -72,9 +72,8 @@ class Executor(concurrent.futures.Executor):
             queued tasks and later submits fail with ``BrokenExecutorError``).
         initargs: Arguments for ``initializer``.
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
-            classifier; ``"thread"`` or ``"process"`` switch the classifier off. With
-            ``"process"``, a call that cannot be pickled fails with ``SerializationError``
-            (as with ``ProcessPoolExecutor``) instead of running on a thread.
+            classifier; ``"thread"`` or ``"process"`` switch it off (``"process"``: a call
+            that cannot be pickled fails with ``SerializationError``, not run on a thread).
         classifier: Decides the lane for ``"auto"`` calls that no hint or rule settles;
             default: a ``LearningClassifier`` that measures each function (see
             ``docs/routing.md``).
@@ -134,8 +133,7 @@ class Executor(concurrent.futures.Executor):
             if start_method not in (None, method):
                 raise ValueError("give start_method or mp_context, not both")
             start_method = method
-        # Read by code written for the standard pools (dask's threaded scheduler): CPU width.
-        self._max_workers: int = max_workers or max_processes or usable_cpus()
+        self._max_workers: int = max_workers or max_processes or usable_cpus()  # (dask reads it)
         check_count("max_tasks_per_child", max_tasks_per_child)
         check_count("max_memory_per_child", max_memory_per_child)
         check_timeout(idle_timeout, "idle_timeout")  # None passes
@@ -256,8 +254,7 @@ class Executor(concurrent.futures.Executor):
         router = self._router
         with self._shutdown_lock:
             router.closed = True
-        # Loaded with the first actor only; one being spawned meanwhile is waited for.
-        actors = loaded("hybridexec._actors", wait=True)
+        actors = loaded("hybridexec._actors", wait=True)  # with the first actor (waited for)
         if actors is not None:  # the actors it spawned
             actors.stop_actors(self, drain=not cancel_futures, wait=False)
         router.shutdown(wait=False, cancel_futures=cancel_futures, background=not wait)
