@@ -80,3 +80,25 @@ def run_script(
     finally:
         kill_session(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_piped(tmp_path: Path, body: str, timeout: float = 50.0) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` piped to the interpreter (``python - < script``: no file for a worker to
+    import), in ``tmp_path``, in a session of its own killed at the end."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a hang is killed with its workers
+    )
+    try:
+        out, err = proc.communicate(textwrap.dedent(body), timeout=timeout)
+    finally:
+        kill_session(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

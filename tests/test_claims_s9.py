@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import hybridexec as hx
 
 from .conftest import process_gone, wait_until
-from .scenario import ROOT, run_script
+from .scenario import ROOT, run_piped, run_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -423,26 +422,7 @@ if __name__ == "__main__":
 def test_script_piped_to_the_interpreter_fails_its_process_tasks(tmp_path: Path) -> None:
     """proves: docs/getting-started.md:267-269 (`python - < job.py`: process tasks end with
     WorkerCrashedError)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(textwrap.dedent(PIPED), timeout=50)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
+    out = run_piped(tmp_path, PIPED).stdout
     assert out.splitlines() == ["WorkerCrashedError"]
 
 

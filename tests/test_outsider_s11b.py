@@ -8,7 +8,6 @@ interpreter of its own where what reaches stderr is the point.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import pytest
 
 import hybridexec as hx
 
-from .scenario import kill_session, run_script
+from .scenario import run_piped, run_script
 from .test_docs import DOCS, examples_of
 
 pytestmark = pytest.mark.timeout(40)
@@ -185,25 +184,7 @@ def test_stdin_script_fails_its_process_tasks_as_documented(tmp_path: Path) -> N
             print(hx.map(work, range(3), kind="thread"))
         """
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(__file__).resolve().parent.parent / "src"), env.get("PYTHONPATH")])
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # a hang is killed with its workers
-    )
-    try:
-        out, err = proc.communicate(code, timeout=30)
-    finally:
-        kill_session(proc)
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    result = run_piped(tmp_path, code, timeout=30)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split("\n")[:2] == ["crashed", "[1, 2, 3]"], result.stdout
 
