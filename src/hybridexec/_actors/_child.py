@@ -28,7 +28,7 @@ from typing import Any
 from .._exceptions import SerializationError
 from .._process import FrameReader, enter_child, write_frame
 from .._serialize import PROTOCOL, dumps, loads, pack_exception
-from .._shm import dumps_reply, note_lent
+from .._shm import note_lent
 
 # Control messages and constant answers: one byte, never a valid pickle (those start b"\x80").
 STOP = b"s"
@@ -159,12 +159,9 @@ def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> 
     if not is_ask:
         return ACK
     try:
-        try:
-            # As a worker's reply: a shared object the handler made is handed over to the
-            # asker (docs/shared-memory.md), large arrays travel through shared memory.
-            return dumps_reply((OK, value))
-        except Exception:
-            return dumps((OK, value))  # what only cloudpickle can pickle (a lambda)
+        # Not as a worker's reply (dumps_reply): a shared object the actor made stays its
+        # own, as the state it usually is (handed over, it went when the asker dropped it).
+        return dumps((OK, value))
     except BaseException as exc:  # a __reduce__ raising SystemExit too: the actor lives on
         err = SerializationError(
             f"the result of {getattr(fn, '__qualname__', fn)} would not pickle"
