@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +83,19 @@ def test_a_standard_exception_arrives_as_before() -> None:
             fut.result(timeout=20)
     assert isinstance(info.value.__cause__, hx.RemoteTraceback)
     assert "raised ValueError" in repr(fut)
+
+
+def test_a_user_module_that_shadows_a_standard_one_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception class of a user's ``turtle.py`` (a standard library name) may run user code
+    to unpickle: it is rebuilt by its reader too, as any user class (outside tester 11d)."""
+    from hybridexec._process import _rebuild
+
+    (tmp_path / "turtle.py").write_text("class Shadowed(Exception):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "turtle", raising=False)
+    monkeypatch.setattr(_rebuild, "_checked", {})
+    assert _rebuild._is_trusted("turtle") is False
+    assert _rebuild._is_trusted("json") is True
+    assert _rebuild._is_trusted("numpy") is False  # installed, not the standard library's

@@ -16,6 +16,7 @@ asked the same executor for work, held up the lane (outside tester 11c's C3).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import os
 import pickle
@@ -173,6 +174,7 @@ def _rebuild_failure(error: PackedError, reader: bool = False) -> Outcome:
 
 
 _TRUSTED = frozenset(sys.stdlib_module_names) | {"hybridexec"}
+_checked: dict[str, bool] = {}  # top-level module -> trusted (a user's may shadow a stdlib name)
 
 
 class _Untrusted(Exception):
@@ -183,9 +185,38 @@ class _Trusted(pickle.Unpickler):
     """Unpickles only what names classes of the standard library and of hybridexec."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.partition(".")[0] not in _TRUSTED:
+        top = module.partition(".")[0]
+        trusted = _checked.get(top)
+        if trusted is None:
+            trusted = _checked[top] = _is_trusted(top)
+        if not trusted:
             raise _Untrusted
         return super().find_class(module, name)
+
+
+def _is_trusted(top: str) -> bool:
+    """Whether ``top`` is hybridexec or the standard library's module of that name.
+
+    Not a module of the user's that shadows it (a ``calendar.py`` beside their script), nor an
+    installed package of that name.
+    """
+    if top not in _TRUSTED:
+        return False
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return False
+    origin = getattr(found, "origin", None)
+    if top == "hybridexec" or origin in (None, "built-in", "frozen"):
+        return True
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    roots = {os.path.realpath(paths[key]) for key in ("stdlib", "platstdlib")}
+    where = os.path.realpath(origin)
+    if "site-packages" in where or "dist-packages" in where:
+        return False
+    return any(where.startswith(root + os.sep) for root in roots)
 
 
 def deferred_batch(whole: Pickled, ahead: list[Outcome] | None, count: int) -> Outcome:
