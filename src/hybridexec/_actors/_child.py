@@ -53,7 +53,7 @@ def _exit_if_forked() -> None:
     ``__reduce__`` that forks): only the actor process answers on its pipe, reads the next
     message or handles it.
     """
-    if os.getpid() != _pid:
+    if _pid and os.getpid() != _pid:  # (0: not in an actor process, nothing to end)
         os._exit(0)
 
 
