@@ -14,28 +14,10 @@ import pytest
 
 import hybridexec as hx
 
+# The gated exception of the lead's test (one gate for both files: tests run one at a time).
+from .test_exception_rebuild import GATE, REBUILT_IN, GatedError
+
 pytestmark = pytest.mark.timeout(60)
-
-GATE = threading.Event()
-REBUILT_IN: list[str] = []
-
-
-def _rebuild(origin_pid: int, message: str) -> GatedError:
-    if os.getpid() == origin_pid:  # the test's process (a child pickling it never gets here)
-        REBUILT_IN.append(threading.current_thread().name)
-        assert GATE.wait(30), "the test never opened the gate"
-    return GatedError(origin_pid, message)
-
-
-class GatedError(Exception):
-    """Unpickles in the test's process only once ``GATE`` is open."""
-
-    def __init__(self, origin_pid: int, message: str) -> None:
-        super().__init__(message)
-        self.origin_pid = origin_pid
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.origin_pid, str(self)))
 
 
 class Counter:
