@@ -115,15 +115,15 @@ def deferred_outcomes(outcomes: list[Outcome]) -> Outcome:
 
 
 def rebuild_outcomes(outcomes: list[Outcome], reader: bool = False) -> Outcome:
-    rebuilt = [
-        (ok, value)
-        if type(value) not in _LATE
-        else _decode(value, reader)
-        if ok
-        else _rebuild_failure(value, reader)
-        for ok, value in outcomes
-    ]
-    return (True, rebuilt)
+    return (True, [_rebuild_one(ok, value, reader) for ok, value in outcomes])
+
+
+def _rebuild_one(ok: bool, value: Any, reader: bool) -> Outcome:
+    if type(value) is Pickled:  # a result pickled alone
+        return _decode(value, reader)
+    if type(value) is PackedError:  # an exception left to its reader
+        return _rebuild_failure(value, reader)
+    return (ok, value)
 
 
 class PackedError:
