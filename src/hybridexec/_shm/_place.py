@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import SerializationError, SharedMemoryError
 from .._serialize import PROTOCOL, main_by_value
 from ._names import free_bytes
-from ._reply import DEFAULT_THRESHOLD, _attach_array, _ndarray_type, _shared_reference
+from ._reply import (
+    DEFAULT_THRESHOLD,
+    _attach_array,
+    _ndarray_type,
+    _shared_reference,
+    copy_into,
+)
 
 if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
     import concurrent.futures
@@ -73,13 +79,15 @@ class _Placed:
 
     __slots__ = ("args", "segment")
 
-    def __init__(self, array: npt.NDArray[Any], segment: Segment) -> None:
+    def __init__(
+        self, array: npt.NDArray[Any], segment: Segment, strides: tuple[int, ...] | None
+    ) -> None:
         self.segment = segment
-        self.args = (segment.name, segment.size, 0, array.shape, array.dtype, None, True, False)
+        self.args = (segment.name, segment.size, 0, array.shape, array.dtype, strides, True, False)
 
     def view(self) -> npt.NDArray[Any]:
-        _, _, _, shape, dtype, _, _, _ = self.args
-        return self.segment.ndarray(shape, dtype)
+        _, _, _, shape, dtype, strides, _, _ = self.args
+        return self.segment.ndarray(shape, dtype, strides=strides)
 
 
 class _Lease:
@@ -194,8 +202,6 @@ class Placement:
         return entry.args
 
     def _copy(self, array: npt.NDArray[Any], segment: Segment | None) -> _Placed | None:
-        import numpy as np
-
         if segment is None:
             try:
                 from ._segment import Segment
@@ -204,10 +210,7 @@ class Placement:
             except SharedMemoryError as exc:
                 logger.info("not placing a %d-byte array in shared memory: %s", array.nbytes, exc)
                 return None
-        dest = segment.ndarray(array.shape, array.dtype)
-        np.copyto(dest, array, casting="no")
-        del dest
-        return _Placed(array, segment)
+        return _Placed(array, segment, copy_into(segment, array))
 
     def _take(self, nbytes: int) -> Segment | None:
         # Under the lock: the best-fitting pooled segment, after dropping stale ones.

@@ -92,6 +92,28 @@ _attached: list[tuple[weakref.ref[Any], str]] = []  # read-only arrays attached 
 _prune_at = 64
 
 
+def copy_into(segment: Segment, array: npt.NDArray[Any]) -> tuple[int, ...] | None:
+    """Copy ``array`` into ``segment`` in the layout pickle would keep; the strides, if not C.
+
+    Pickle sends an array that is Fortran-contiguous (and not C-contiguous) in Fortran order
+    and rebuilds it so: a copy through shared memory keeps that layout too (a LAPACK call,
+    ``ravel(order="K")`` or the columns' speed must not differ with the array's size).
+    """
+    import numpy as np
+
+    strides: tuple[int, ...] | None = None
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        step, built = array.dtype.itemsize, []
+        for extent in array.shape:
+            built.append(step)
+            step *= extent
+        strides = tuple(built)
+    dest = segment.ndarray(array.shape, array.dtype, strides=strides)
+    np.copyto(dest, array, casting="no")
+    del dest
+    return strides
+
+
 def _root_buffer(array: npt.NDArray[Any]) -> object:
     import numpy as np
 
@@ -172,8 +194,6 @@ class _ReplyState:
         self.handles: list[SharedHandle] = []
 
     def place(self, array: npt.NDArray[Any]) -> tuple[Any, ...] | None:
-        import numpy as np
-
         threshold = _reply_threshold
         if threshold is None or array.nbytes < threshold or array.dtype.hasobject:
             return None
@@ -189,10 +209,8 @@ class _ReplyState:
         except SharedMemoryError:
             return None
         self.created.append(segment)
-        dest = segment.ndarray(array.shape, array.dtype)
-        np.copyto(dest, array, casting="no")
-        del dest
-        return (segment.name, segment.size, 0, array.shape, array.dtype, None, False, True)
+        strides = copy_into(segment, array)
+        return (segment.name, segment.size, 0, array.shape, array.dtype, strides, False, True)
 
     def undo(self) -> None:
         from ._names import unlink
