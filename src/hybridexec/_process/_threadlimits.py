@@ -88,19 +88,34 @@ def apply_thread_limits(env: Mapping[str, str]) -> None:
         return  # nothing loaded yet: the variables are enough, and importing costs ~10 ms
     try:
         # threadpoolctl ships no type hints (pyproject.toml lists no override for it).
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return
-    threads = min(int(value) for value in env.values())
-    user_api = None
-    if "OMP_NUM_THREADS" not in env:
-        user_api = "blas"  # the user chose OpenMP's count: limit BLAS only
-    elif not any(name in env for name in LIMIT_VARIABLES[1:4]):
-        user_api = "openmp"
     try:
-        _limits = threadpool_limits(limits=threads, user_api=user_api)
+        chosen = ThreadpoolController().select(internal_api=_pools_to_limit(env))
+        _limits = chosen.limit(limits=min(int(value) for value in env.values()))
     except Exception:  # a broken introspection of some library must not stop the worker
         _limits = None
+
+
+_POOLS = {
+    "OMP_NUM_THREADS": ("openmp",),
+    "OPENBLAS_NUM_THREADS": ("openblas",),
+    "MKL_NUM_THREADS": ("mkl",),
+}
+"""The threadpoolctl pools (their ``internal_api``) each variable stands for."""
+
+
+def _pools_to_limit(env: Mapping[str, str]) -> list[str]:
+    """The pools whose variable hybridexec sets (``env``), never one whose count the user chose.
+
+    BLIS and FlexiBLAS, which read none of these variables, are limited when the user chose
+    no BLAS count at all.
+    """
+    pools = [pool for name, named in _POOLS.items() if name in env for pool in named]
+    if all(name in env for name in LIMIT_VARIABLES[1:4]):
+        pools += ["blis", "flexiblas"]
+    return pools
 
 
 class LocalPools:
