@@ -48,6 +48,17 @@ def executor_stats(router: Router) -> dict[str, Any]:
     }
 
 
+def _takes_kwargs(explain: Callable[..., Any]) -> bool:
+    """Whether a classifier's ``explain`` takes the call's keyword arguments (``kwargs=``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(explain).parameters
+    except (TypeError, ValueError):
+        return False
+    return "kwargs" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def explain_call(
     router: Router,
     options: Options,
@@ -73,7 +84,10 @@ def explain_call(
     if not callable(explain):
         why = "the executor's classifier decides at each call"
         return Explanation(name, "?", why, slots=slots)
-    result = explain(fn, args if args or kwargs else None)
+    if kwargs and _takes_kwargs(explain):  # shapes are told apart by keyword flags too
+        result = explain(fn, args, kwargs=kwargs)
+    else:  # (a classifier of the user's may take no keyword arguments)
+        result = explain(fn, args if args or kwargs else None)
     if not isinstance(result, Explanation):
         return Explanation(name, "?", str(result), slots=slots)
     import dataclasses  # Explanation is one: loaded with it
