@@ -14,8 +14,9 @@ order or, with ``ordered=False``, as they finish. Several iterables are zipped l
 as its number of calls (a batch whose worker crashed is retried item by item, on several
 workers at once); inline calls run one at a time. With ``return_exceptions`` a failed item's
 exception takes its place among the values. An item whose worker was killed by SIGKILL (the
-OOM killer's signal) runs once more, alone, and the map's tasks in flight are halved from then
-on (see ``_process/_oom.py``); killed again, its ``WorkerCrashedError`` stands.
+OOM killer's signal) runs once more, alone (an item of a batch of several did as the lane
+retried the batch item by item), and the map's tasks in flight are halved from then on (see
+``_process/_oom.py``); killed again, its ``WorkerCrashedError`` stands: two runs at most.
 """
 
 from __future__ import annotations
@@ -315,8 +316,11 @@ def _run(
             killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
             if killed and any(map(oom_killed, outcomes)):
                 oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
-                concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
-                outcomes = retry_killed(outcomes, batch.task.items, resubmit)
+                # A batch of several was split by the lane as its worker died: each of its
+                # items ran once more in a task of its own already; a third run is one too many.
+                if len(batch.task.items) == 1:
+                    concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
+                    outcomes = retry_killed(outcomes, batch.task.items, resubmit)
             if adaptive and batch.size:
                 # Refine the estimate: first calls pay for warm-up (imports, caches), so the
                 # fastest per-call time seen is the best guide for the batches still to come.
