@@ -33,7 +33,7 @@ from ._futures import Future, Items, Outcome, Task
 from ._mapitems import Report, Slots, ends_map, failed, run_inline
 from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
 from ._process import oom_killed, retry_killed
-from ._routing import Options
+from ._routing import Options, route_rules
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -77,6 +77,9 @@ def imap(
         raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
     if executor._router.closed:
         raise RuntimeError("cannot schedule new futures after shutdown")
+    # Options that contradict the function's own (max_memory on a thread) concern the call,
+    # not an item: raised here, also with return_exceptions (which would put one per item).
+    route_rules(fn, options, executor._router.default_kind)
     try:
         total: int | None = min((len(i) for i in iterables), default=0)  # type: ignore[arg-type]
     except TypeError:
