@@ -274,8 +274,8 @@ class Plans:
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
         hinted = hints_of(fn) if hinted is None else hinted
-        if hinted is not None:
-            opts = opts.merged(hinted)
+        if hinted is not None:  # its kind is a hint, read by route_rules: not an explicit ask
+            opts = opts.merged(Options("auto", hinted.timeout, hinted.max_memory))
         decision = route_rules(fn, opts, self.default_kind)
         if decision is not None:
             return decision, opts, True

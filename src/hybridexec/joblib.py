@@ -136,12 +136,29 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+_UNWRAP_MAX = 16
+"""Wrappers looked through at most, in ``_function_of``."""
+
+
 def _function_of(fn: Callable[..., Any]) -> object:
-    """The function under partials and bound methods: what the router learns."""
+    """The function under partials, wrappers and bound methods: calls of it go in one task.
+
+    A wrapper is what ``functools.wraps`` or ``update_wrapper`` made (``__wrapped__``):
+    scikit-learn's ``delayed`` wraps every call's function in a new object of its own (it
+    carries the caller's configuration), which must not cost joblib's batching. Each call
+    still runs its own callable; only the grouping looks through them.
+    """
     target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
+    for _ in range(_UNWRAP_MAX):  # bounded: a mock's __wrapped__ is a new mock every time
+        if isinstance(target, functools.partial):
+            target = target.func
+            continue
+        inner = getattr(target, "__wrapped__", None)
+        if inner is None or not callable(inner):
+            break
+        target = inner
     return getattr(target, "__func__", target)
+
 
 
 class _Batch(functools.partial[list[Any]]):
