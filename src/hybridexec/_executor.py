@@ -141,11 +141,11 @@ class Executor(concurrent.futures.Executor):
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         # ---- distributed backend (issue 7, see _backends/): checked before any lane starts
         if backend is not None:
-            from ._backends import check_remote, open_lane  # loaded for a backend only
+            from ._backends import RemoteAll, check_remote, open_lane  # for a backend only
 
             check_remote(backend, remote)
             if remote == "all" and classifier is None and kind == "auto":
-                kind = "process"  # every call goes to the cluster: nothing to measure
+                classifier = RemoteAll()  # every call goes to the cluster: nothing to measure
         elif backend_options is not None or remote != "process":
             raise ValueError("backend_options and remote apply only with a backend")
         self._options = Options()

@@ -10,16 +10,24 @@ executor treats like its local thread and process lanes: ``submit(task)``,
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BackendUnavailableError
 from .._lazy import exports, loaded
 
 if TYPE_CHECKING:  # loaded with a backend: a plain executor imports only the checks below
+    from .._routing import Decision, Explanation
     from ._lane import RemoteLane
 
-__all__ = ["REMOTE_MODES", "RemoteLane", "check_remote", "open_lane", "parse_backend"]
+__all__ = [
+    "REMOTE_MODES",
+    "RemoteAll",
+    "RemoteLane",
+    "check_remote",
+    "open_lane",
+    "parse_backend",
+]
 
 BACKENDS = ("dask", "ray")
 REMOTE_MODES = ("process", "all")
@@ -82,3 +90,30 @@ def open_lane(backend: object, options: Mapping[str, Any] | None, remote: str) -
         ) from exc
     lane: RemoteLane = module.open_lane(target, dict(options or {}), remote == "all")
     return lane
+
+
+class RemoteAll:
+    """The classifier of an executor whose every call goes to its cluster (``remote="all"``).
+
+    Nothing to measure: each call is routed to the cluster, but as a routing choice, not as a
+    ``kind="process"`` the user asked for. A call that will not pickle therefore runs on a
+    local thread, as docs/distributed.md says; one given ``kind="process"`` fails.
+    """
+
+    def classify(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any) -> Decision:
+        """Every call: to the cluster (the process kind, which the remote lane takes)."""
+        from .._routing import Decision
+
+        return Decision("process", "remote='all': every call runs on the cluster")
+
+    def record(
+        self, fn: Callable[..., Any], kind: str, elapsed: float, cpu: float, **_: Any
+    ) -> None:
+        """Nothing is learned."""
+
+    def explain(self, fn: Callable[..., Any], args: Any = None, kwargs: Any = None) -> Explanation:
+        """Where calls of ``fn`` go: the cluster."""
+        from .._routing import Explanation
+
+        name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
+        return Explanation(name, "process", self.classify(fn, (), {}).reason)
