@@ -20,6 +20,7 @@ The messages are defined here, with the child, so that a worker loads only what 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -278,55 +279,66 @@ def _run_group(
 
     Each call is timed alone (it sizes later groups and feeds the router); the CPU clock is
     read once per reply. A call whose function will not unpickle fails alone. The reply holds
-    the values in a list and the failures apart: no pair per call to make and unpickle.
+    the values in a list and the failures apart: no pair per call to make and unpickle. While
+    a call runs long, a helper thread sends the replies of the calls before it (``_flush``).
     """
+    global _pending
+    pending = _pending
+    if pending is None:
+        from ._flush import Pending  # with the first group: a worker of single calls has none
+
+        memory = resident_memory if report_memory else lambda: None
+        pending = _pending = Pending(functools.partial(_write, out), memory, FLUSH_SECONDS)
     wires, arglists = calls
     clock = time.perf_counter
-    values: list[Any] = []
-    failures: dict[int, bytes] | None = None
-    seconds: list[float] = []
-    cpu_started = time.process_time()
-    flushed = clock()
     last = len(arglists) - 1
     wire: bytes | None = None  # the callable's bytes loaded last (a group repeats them)
     fn: Any = None
-    for index, args in enumerate(arglists):
-        started = clock()
-        try:
-            if wires[index] is not wire:
-                wire = None
-                fn = _load_function(wires[index], functions)[0]
-                wire = wires[index]
-            if _faults.ACTIVE:
-                _faults.hit("worker.before_call")
-            value = fn(*args)
-            values.append(value if type(value) in PLAIN else alone(value))
-        except BaseException as exc:  # SystemExit in a task ends the task only
-            if wire is None:  # the function did not unpickle
-                err: BaseException = SerializationError(
-                    f"the worker could not unpickle the task: {exc!r}"
-                )
-                err.__cause__ = exc
-                exc = err
-            if failures is None:
-                failures = {}
-            failures[len(values)] = pack_exception(exc)
-            values.append(None)
-        ended = clock()
-        seconds.append(ended - started)
-        if _in_forked_child:
-            return  # the task forked: only the worker itself answers (see _serve)
-        if _faults.ACTIVE:
-            _faults.hit("worker.after_call")  # raising here ends the worker: a crash
-        if index == last or ended - flushed >= FLUSH_SECONDS:
-            cpu = time.process_time()
-            rss = resident_memory() if report_memory else None
+    pending.begin()
+    try:
+        for index, args in enumerate(arglists):
+            started = pending.since = clock()
+            failure: bytes | None = None
             try:
-                reply = encode_group_reply(values, failures, seconds, cpu - cpu_started, rss)
-                _write(out, reply, True)
-            except OSError:  # the parent is gone (EPIPE): nobody to answer
-                raise EOFError from None
-            values, failures, seconds, cpu_started, flushed = [], None, [], cpu, clock()
+                if wires[index] is not wire:
+                    wire = None
+                    fn = _load_function(wires[index], functions)[0]
+                    wire = wires[index]
+                if _faults.ACTIVE:
+                    _faults.hit("worker.before_call")
+                value = fn(*args)
+                value = value if type(value) in PLAIN else alone(value)
+            except BaseException as exc:  # SystemExit in a task ends the task only
+                if wire is None:  # the function did not unpickle
+                    err: BaseException = SerializationError(
+                        f"the worker could not unpickle the task: {exc!r}"
+                    )
+                    err.__cause__ = exc
+                    exc = err
+                failure, value = pack_exception(exc), None
+            ended = clock()
+            if _in_forked_child:
+                return  # the task forked: only the worker itself answers (see _serve)
+            if _faults.ACTIVE:
+                _faults.hit("worker.after_call")  # raising here ends the worker: a crash
+            with pending.lock:
+                pending.since = None
+                if failure is not None:
+                    if pending.failures is None:
+                        pending.failures = {}
+                    pending.failures[len(pending.values)] = failure
+                pending.values.append(value)
+                pending.seconds.append(ended - started)
+                if index == last or ended - pending.flushed >= FLUSH_SECONDS:
+                    try:
+                        pending.send()
+                    except OSError:  # the parent is gone (EPIPE): nobody to answer
+                        raise EOFError from None
+    finally:
+        pending.end()
+
+
+_pending: Any = None  # the worker's ``_flush.Pending``, made with its first group
 
 
 def _run(

@@ -1,0 +1,109 @@
+"""A group's replies, sent by a worker's helper thread while a long call runs.
+
+A worker answers a group's calls (``_group.py``) every ``FLUSH_SECONDS``, after a call ends.
+A call that then runs long would keep the replies of the calls before it in the worker until
+it ends: the parent, which knows which call runs only as the first one it has no reply for,
+would take one of those finished calls for the running one. ``cancel()`` of the long call
+could not stop it (its worker is killed once its own call is the first without a reply), nor
+could shutdown tell it apart. A helper thread, started with the worker's first group, sends
+the replies waiting once the running call has run ``FLUSH_SECONDS``; it checks every
+``FLUSH_SECONDS * 2`` while a group runs, and ends after ``LINGER_SECONDS`` without one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._outcomes import encode_group_reply
+
+LINGER_SECONDS = 0.1
+"""The helper thread ends after this long without a group (the next group starts another)."""
+
+
+class Pending:
+    """A group's replies not sent yet, shared by the worker's main thread and its helper.
+
+    The main thread appends each call's outcome and, every ``FLUSH_SECONDS``, sends them
+    (``send_locked``, under ``lock``); ``since`` is when the running call started (None
+    between calls), which the helper reads to send them while a long call runs.
+    """
+
+    __slots__ = (
+        "active",
+        "cpu_started",
+        "every",
+        "failures",
+        "flushed",
+        "helper",
+        "lock",
+        "rss",
+        "seconds",
+        "since",
+        "values",
+        "write",
+    )
+
+    def __init__(
+        self, write: Callable[[bytes, bool], None], rss: Callable[[], int | None], every: float
+    ) -> None:
+        self.lock = threading.Lock()
+        self.active = threading.Event()  # set while a group runs
+        self.helper: threading.Thread | None = None  # alive while groups come (LINGER_SECONDS)
+        self.write = write  # writes a frame on the worker's reply pipe
+        self.rss = rss  # the worker's resident memory, when the lane asks for it
+        self.every = every  # FLUSH_SECONDS
+        self.values: list[Any] = []
+        self.failures: dict[int, bytes] | None = None
+        self.seconds: list[float] = []
+        self.cpu_started = 0.0
+        self.flushed = 0.0
+        self.since: float | None = None
+
+    def begin(self) -> None:
+        """A group starts: nothing pending, the clocks set, the helper awake."""
+        with self.lock:
+            self.values, self.failures, self.seconds = [], None, []
+            self.cpu_started, self.flushed = time.process_time(), time.perf_counter()
+            self.active.set()
+            if self.helper is None:
+                self.helper = threading.Thread(
+                    target=self._help, name="hybridexec-group-replies", daemon=True
+                )
+                self.helper.start()
+
+    def end(self) -> None:
+        """The group ended (answered in full): the helper sleeps."""
+        self.since = None
+        self.active.clear()
+
+    def send(self) -> None:
+        """Write the reply of the calls pending (under the lock); then none are.
+
+        Raises:
+            OSError: the write failed (the parent is gone).
+        """
+        cpu, rss = time.process_time(), self.rss()
+        values, failures, seconds = self.values, self.failures, self.seconds
+        self.write(encode_group_reply(values, failures, seconds, cpu - self.cpu_started, rss), True)
+        self.values, self.failures, self.seconds = [], None, []
+        self.cpu_started, self.flushed = cpu, time.perf_counter()
+
+    def _help(self) -> None:
+        clock, every = time.perf_counter, self.every
+        while True:
+            if not self.active.wait(LINGER_SECONDS):
+                with self.lock:
+                    if not self.active.is_set():  # (begin() starts another from now on)
+                        self.helper = None
+                        return
+                continue
+            time.sleep(every * 2)
+            with self.lock:
+                since = self.since
+                if since is not None and self.values and clock() - since >= every:
+                    with contextlib.suppress(Exception):  # the parent is gone: the main
+                        self.send()  # thread finds out as it writes
