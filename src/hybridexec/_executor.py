@@ -68,8 +68,8 @@ class Executor(concurrent.futures.Executor):
         idle_timeout: Seconds an idle worker (thread or process) lives; None keeps worker
             processes until shutdown and threads for 10 s.
         initializer: Called with ``initargs`` in every new worker process and thread. If it
-            raises in a thread, the thread lane is broken (as in ``ThreadPoolExecutor``: its
-            queued tasks and later submits fail with ``BrokenExecutorError``).
+            raises, its lane is broken, as the standard library's pools break: its queued
+            tasks and later submits fail with ``BrokenExecutorError``.
         initargs: Arguments for ``initializer``.
         kind: The lane for calls that no option, hint or rule places: ``"auto"`` asks the
             classifier; ``"thread"`` or ``"process"`` switch it off (``"process"``: a call
