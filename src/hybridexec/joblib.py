@@ -160,7 +160,6 @@ def _function_of(fn: Callable[..., Any]) -> object:
     return getattr(target, "__func__", target)
 
 
-
 class _Batch(functools.partial[list[Any]]):
     """Calls of one function run as one task: ``_Batch(fn, threads)(calls)``.
 

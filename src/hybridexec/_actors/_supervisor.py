@@ -29,6 +29,7 @@ from .._process import (
     failed,
     failure,
     lifeline,
+    pipe_budget,
     runs_no_code,
 )
 from .._serialize import unpack_exception
@@ -41,16 +42,6 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 
 Entry = tuple[Future[Any] | None, int, Any]  # (future or None for a tell, bytes, handler)
-
-
-def _pipe_budget(fd: int) -> int:
-    """Bytes that may be in flight: half the pipe, so page rounding never makes a write wait."""
-    try:
-        import fcntl
-
-        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)) // 2
-    except (ImportError, AttributeError, OSError):
-        return 8192
 
 
 class Supervisor(CoreBase):
@@ -130,7 +121,7 @@ class Supervisor(CoreBase):
             self.child = child
             self.conn = req_w
             self.fd = req_w.fileno()
-            self.budget = _pipe_budget(req_w.fileno())
+            self.budget = pipe_budget(req_w.fileno())
             killed = self.state == KILLED
             if not killed:
                 self._flush()

@@ -17,6 +17,10 @@ Layers inside the room (each imports only those above it)::
     _worker     the lane's child entry: a plain loop over the worker's private pipes, and
                 the lane's messages (a worker loads only what it needs)
     _outcomes   how a worker's replies are pickled (a result that will not pickle fails alone)
+    _ring       a worker's shared-memory record of the group calls it finished and has not
+                answered: read by the lane when the worker dies (no call runs twice)
+    _flush      a group's replies, and the worker's helper thread that sends them while a
+                call runs long (a long call's cancel finds it running)
     _memory     per-task memory limits in the worker (``MemoryLimited``), and their errors
     _oom        map items killed by SIGKILL (the OOM killer): found, and run again alone
     _wire       encoding a call in the submitting thread (plain data: the C pickler alone)
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from ._child import enter_child as enter_child
     from ._child import resident_memory as resident_memory
     from ._frames import FrameReader as FrameReader
+    from ._frames import pipe_budget as pipe_budget
     from ._frames import write_frame as write_frame
     from ._guardian import guard as guard
     from ._handle import Child as Child
@@ -88,6 +93,7 @@ __all__ = [
     "lifeline",
     "local_pools",
     "oom_killed",
+    "pipe_budget",
     "resident_memory",
     "retry_killed",
     "runs_no_code",
@@ -99,6 +105,7 @@ __getattr__, __dir__ = exports(
     __name__,
     {
         "DEFAULT_GRACE": "._supervise",
+        "pipe_budget": "._frames",
         "Child": "._handle",
         "FrameReader": "._frames",
         "LocalPools": "._threadlimits",

@@ -9,14 +9,16 @@ the running one had not started: ``_supervision.py`` sends them again.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from .. import _exceptions
 from .._exceptions import signal_name
 from .._futures import Task, split_batch
+from .._serialize import loads
 from ._frames import HEADER_SIZE
 from ._group import seal
 from ._memory import crash_error
-from ._rebuild import rebuild_outcomes
+from ._rebuild import failure, rebuild_outcomes
 from ._supervision import Supervision, WorkerRecord
 from ._wire import encode_call
 
@@ -26,15 +28,60 @@ logger = logging.getLogger("hybridexec")
 class Crashes(Supervision):
     """How the call a dead worker was running ends."""
 
-    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
+    def _settle_group(
+        self, tasks: list[Task], values: list[Any], oks: Any, seconds: list[float]
+    ) -> Any:
+        raise NotImplementedError  # _replies: a group's calls settled from their outcomes
+
+    def _from_ring(self, worker: WorkerRecord) -> str | None:
+        """Settle the group calls the dead ``worker`` finished and had not answered.
+
+        They are its first calls without a reply, recorded in its ring (``_ring.py``).
+        Returns what the ring tells of the first call left: ``"running"`` (it was running;
+        the calls after it never started), ``"unstarted"`` (its group never began), or None
+        (no ring, no group: not known).
+        """
+        tasks = worker.tasks
+        head = tasks[0] if tasks else None
+        group = None if head is None else head.group
+        got = None if worker.ring is None or group is None else worker.ring.read()
+        if got is None or group is None:
+            return None
+        token, first, records = got
+        if token != group[2]:
+            return "unstarted"  # the worker begins a group by writing its number
+        skip = (group[1] - group[0]) - first  # records of calls answered already: skipped
+        if not 0 <= skip <= len(records):
+            return None
+        finished: list[Task] = []
+        values, oks, seconds = [], [], []
+        for record in records[skip:]:
+            if not tasks or tasks[0].group is not group:
+                break
+            finished.append(tasks.popleft())
+            value, packed, elapsed = loads(record)
+            values.append(value if packed is None else failure(packed))
+            oks.append(packed is None)
+            seconds.append(elapsed)
+        worker.tasks_done += len(finished)
+        self.lane.stats["tasks_done"] += len(finished)
+        self._settle_group(finished, values, oks, seconds)
+        if not tasks or tasks[0].group is None:
+            return None
+        return "running" if tasks[0].group is group else "unstarted"  # (a group after it)
+
+    def _on_crash(
+        self, task: Task, worker: WorkerRecord, exitcode: int | None, ring: str | None
+    ) -> None:
         group = task.group
-        if group is not None and group[0] > 1:
+        if group is not None and (ring == "unstarted" or (ring is None and group[0] > 1)):
             # It went in one frame with others that had no reply yet either (_group.py): which
-            # one killed the worker is not known. Each goes again alone, first in line (they
-            # are at the head of the queue already, in order), so only the culprit fails.
+            # one killed the worker is not known (or its ring says none of them started). Each
+            # goes again alone, first in line (they are at the head of the queue already, in
+            # order), so only a culprit fails.
             logger.info(
-                "worker pid %d died (exit code %s) running a group of %d calls; retrying "
-                "them one by one",
+                "worker pid %d died (exit code %s) with a group of %d calls unanswered; "
+                "sending them again one by one",
                 worker.pid,
                 exitcode,
                 group[0],

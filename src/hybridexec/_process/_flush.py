@@ -13,12 +13,15 @@ the replies waiting once the running call has run ``FLUSH_SECONDS``; it checks e
 from __future__ import annotations
 
 import contextlib
+import pickle
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._serialize import PROTOCOL
 from ._outcomes import encode_group_reply
+from ._ring import Ring
 
 LINGER_SECONDS = 0.1
 """The helper thread ends after this long without a group (the next group starts another)."""
@@ -40,6 +43,7 @@ class Pending:
         "flushed",
         "helper",
         "lock",
+        "ring",
         "rss",
         "seconds",
         "since",
@@ -48,7 +52,11 @@ class Pending:
     )
 
     def __init__(
-        self, write: Callable[[bytes, bool], None], rss: Callable[[], int | None], every: float
+        self,
+        write: Callable[[bytes, bool], None],
+        rss: Callable[[], int | None],
+        every: float,
+        ring: Ring | None,
     ) -> None:
         self.lock = threading.Lock()
         self.active = threading.Event()  # set while a group runs
@@ -56,6 +64,7 @@ class Pending:
         self.write = write  # writes a frame on the worker's reply pipe
         self.rss = rss  # the worker's resident memory, when the lane asks for it
         self.every = every  # FLUSH_SECONDS
+        self.ring = ring  # the calls finished and not answered, for the lane should we die
         self.values: list[Any] = []
         self.failures: dict[int, bytes] | None = None
         self.seconds: list[float] = []
@@ -63,11 +72,13 @@ class Pending:
         self.flushed = 0.0
         self.since: float | None = None
 
-    def begin(self) -> None:
-        """A group starts: nothing pending, the clocks set, the helper awake."""
+    def begin(self, token: int) -> None:
+        """Group ``token`` starts: nothing pending, the clocks set, the helper awake."""
         with self.lock:
             self.values, self.failures, self.seconds = [], None, []
             self.cpu_started, self.flushed = time.process_time(), time.perf_counter()
+            if self.ring is not None:
+                self.ring.begin(token)
             self.active.set()
             if self.helper is None:
                 self.helper = threading.Thread(
@@ -80,6 +91,34 @@ class Pending:
         self.since = None
         self.active.clear()
 
+    def done(self, value: Any, failure: bytes | None, seconds: float, last: bool) -> None:
+        """A call ended (``value``, or ``failure`` packed): pending, recorded, sent when due.
+
+        Raises:
+            OSError: a reply's write failed (the parent is gone).
+        """
+        with self.lock:
+            self.since = None
+            if failure is not None:
+                if self.failures is None:
+                    self.failures = {}
+                self.failures[len(self.values)] = failure
+            self.values.append(value)
+            self.seconds.append(seconds)
+            if self.ring is not None and not self._record(value, failure, seconds):
+                self.send()  # not recorded (no room, no pickle): answered now, with the rest
+            elif last or time.perf_counter() - self.flushed >= self.every:
+                self.send()
+
+    def _record(self, value: Any, failure: bytes | None, seconds: float) -> bool:
+        # A value is plain, or pickled alone already (_outcomes.alone): unless it would not
+        # pickle there either, which the reply's encoding reports (it is answered now).
+        try:
+            record = pickle.dumps((value, failure, seconds), PROTOCOL)
+        except BaseException:  # a __reduce__ may raise SystemExit too
+            return False
+        return self.ring is not None and self.ring.add(record)
+
     def send(self) -> None:
         """Write the reply of the calls pending (under the lock); then none are.
 
@@ -89,6 +128,8 @@ class Pending:
         cpu, rss = time.process_time(), self.rss()
         values, failures, seconds = self.values, self.failures, self.seconds
         self.write(encode_group_reply(values, failures, seconds, cpu - self.cpu_started, rss), True)
+        if self.ring is not None:
+            self.ring.answered(len(values))
         self.values, self.failures, self.seconds = [], None, []
         self.cpu_started, self.flushed = cpu, time.perf_counter()
 

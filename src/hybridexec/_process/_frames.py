@@ -163,3 +163,18 @@ class FrameReader:
                 raise EOFError
             have += n
         return bytes(frame)
+
+
+def pipe_budget(fd: int) -> int:
+    """Bytes that may wait in the pipe ``fd`` writes to without a write ever blocking.
+
+    Half the pipe's capacity (page rounding never makes a write of that much wait): calls
+    sent ahead to a busy worker must fit in its pipe, or the writer would block while the
+    worker blocks writing a reply (a deadlock). Elsewhere than Linux, half of ``PIPE_BUF``.
+    """
+    try:
+        import fcntl
+
+        return int(fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))) // 2
+    except (ImportError, OSError):
+        return 2048

@@ -26,6 +26,7 @@ pickled as they are submitted and always travel alone.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import types
 import weakref
@@ -166,12 +167,19 @@ def first_cost(task: Task) -> int:
 
 
 def encode_group(tasks: list[Task]) -> bytes:
-    """One frame for deferred calls; each records the calls of it still without a reply."""
-    group = [len(tasks)]
+    """One frame for deferred calls; each records the group's calls without a reply yet.
+
+    ``group``: those calls, all of them, and the group's number (its worker's ring names the
+    group it records by it: ``_ring.py``).
+    """
+    group = [len(tasks), len(tasks), next(_numbers)]
     for task in tasks:
         task.group = group
     tasks[0].size = first_cost(tasks[0])  # what waits in the pipe, for later dispatches
-    return pickle.dumps([[t.wire for t in tasks], [t.args for t in tasks]], PROTOCOL)
+    return pickle.dumps([[t.wire for t in tasks], [t.args for t in tasks], group[2]], PROTOCOL)
+
+
+_numbers = itertools.count(1)
 
 
 def split_reply(data: bytes) -> tuple[int, memoryview]:

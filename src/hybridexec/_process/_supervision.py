@@ -29,10 +29,11 @@ from .. import _faults
 from .._exceptions import BrokenExecutorError, TaskTimeoutError
 from .._futures import Task
 from .._shm import cleanup_shared_memory, remove_made_by
-from ._frames import FrameReader, write_frame
+from ._frames import FrameReader, pipe_budget, write_frame
 from ._guardian import start_guardian_early
 from ._handle import Child
 from ._rebuild import discard
+from ._ring import RingFile, carry
 from ._supervise import START_BACKOFF, START_GIVE_UP
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
@@ -53,23 +54,6 @@ with can hold it up); short, since exit waits for it (I5)."""
 
 SERVED_BACKOFF = (1.0, 4.0)
 """The same while other workers are alive to run the waiting tasks."""
-
-
-_F_GETPIPE_SZ = 1032  # Linux; elsewhere a pipe holds at least PIPE_BUF (4096) bytes
-
-
-def _pipe_budget(fd: int) -> int:
-    """Bytes that may wait in a worker's call pipe without a write ever blocking the manager.
-
-    Half the pipe's capacity: calls sent ahead to a busy worker must fit in the pipe, or the
-    manager would block on the write while the worker blocks writing a reply (a deadlock).
-    """
-    try:
-        import fcntl
-
-        return fcntl.fcntl(fd, _F_GETPIPE_SZ) // 2
-    except (ImportError, OSError):
-        return 2048
 
 
 class WorkerRecord:
@@ -93,19 +77,21 @@ class WorkerRecord:
         "reader",
         "retire_why",
         "rfd",
+        "ring",
         "sentinel",
         "state",
         "tasks",
         "tasks_done",
     )
 
-    def __init__(self, child: Child, requests: Any, replies: Any) -> None:
+    def __init__(self, child: Child, requests: Any, replies: Any, ring: RingFile | None) -> None:
         self.child = child  # signalled and reaped only through it: never a recycled pid
+        self.ring = ring  # the group calls it finished and has not answered (_ring.py)
         self.conns = (requests, replies)  # they own the descriptors: closed in _forget
         self.fd: int = requests.fileno()  # calls go out here, raw frames
         self.rfd: int = replies.fileno()  # replies come back here
         self.reader = FrameReader(self.rfd)
-        self.budget = _pipe_budget(self.fd)
+        self.budget = pipe_budget(self.fd)
         self.pid: int = child.pid
         self.sentinel: int = child.sentinel
         self.tasks: deque[Task] = deque()
@@ -170,7 +156,12 @@ class Supervision:
         except (EOFError, OSError):
             self.by_object.pop(worker.rfd, None)
 
-    def _on_crash(self, task: Task, worker: WorkerRecord, exitcode: int | None) -> None:
+    def _from_ring(self, worker: WorkerRecord) -> str | None:
+        raise NotImplementedError  # _crashes: the calls a dead worker finished
+
+    def _on_crash(
+        self, task: Task, worker: WorkerRecord, exitcode: int | None, ring: str | None
+    ) -> None:
         raise NotImplementedError  # scheduling fails the task or runs a batch's items again
 
     def _replace(self) -> None:
@@ -196,14 +187,18 @@ class Supervision:
         ctx = multiprocessing.get_context("fork") if copy else lane.context
         server = lane.start_method == "forkserver" and not copy
         conns: list[Any] = []
+        ring = None
         try:
             if _faults.ACTIVE:
                 _faults.hit("lane.pipe")
+            ring = RingFile.create()
+            if ring is not None:
+                conns.append(carry(os.dup(ring.fd)))
             # Two one-way pipes (the one framing, raw descriptors): calls, then replies. The
             # Connection objects only carry the descriptors to the child and own them here.
             conns.extend(ctx.Pipe(duplex=False))  # (worker reads calls, we write them)
             conns.extend(ctx.Pipe(duplex=False))  # (we read replies, worker writes them)
-            calls_r, calls_w, replies_r, replies_w = conns
+            calls_r, calls_w, replies_r, replies_w = conns[-4:]
             self.starting = [calls_w, replies_r]  # closed by forget_after_fork in the child
             args = (
                 calls_r,
@@ -221,6 +216,7 @@ class Supervision:
                 _faults.snapshot(),
                 # processes x BLAS/OpenMP threads <= cores (issue 15)
                 thread_limit_env(lane.max_processes),
+                conns[0] if ring is not None else None,
             )
             process = ctx.Process(  # type: ignore[attr-defined]
                 target=run_as_copy if copy else worker_main,
@@ -238,16 +234,18 @@ class Supervision:
             self.starting = None
             for conn in conns:
                 conn.close()
+            if ring is not None:
+                ring.close()
             if not copy:
                 self._start_failed(exc)
             return None
         self.starting = None
-        calls_r.close()
-        replies_w.close()
+        for conn in (*conns[:-4], calls_r, replies_w):  # the child's ends
+            conn.close()
         if self.failing_since is not None:
             logger.warning("hybridexec: worker processes start again")
         self.failing_since = self.start_error = None
-        worker = WorkerRecord(Child(process), calls_w, replies_r)
+        worker = WorkerRecord(Child(process), calls_w, replies_r, ring)
         self.workers[worker.pid] = worker
         self.by_object[worker.rfd] = worker
         self.by_object[worker.sentinel] = worker
@@ -308,6 +306,7 @@ class Supervision:
         # children it left behind go, before the join frees its group's id (Child.reap).
         self._poll_replies(worker)
         exitcode = worker.child.reap(kill_group=True, timeout=1.0)  # its sentinel fired
+        ring = self._from_ring(worker)  # the group calls it finished get their outcomes
         self._forget(worker)
         tasks, worker.tasks = list(worker.tasks), deque()
         task = tasks[0] if tasks else None
@@ -324,7 +323,7 @@ class Supervision:
             self._replace()
         elif task is not None and not task.future.done():
             self.lane.stats["crashes"] += 1
-            self._on_crash(task, worker, exitcode)
+            self._on_crash(task, worker, exitcode, ring)
             self._replace()
         elif task is not None or again or worker.state == DYING:
             self._replace()
@@ -337,6 +336,8 @@ class Supervision:
         self.by_object.pop(worker.sentinel, None)
         for conn in worker.conns:
             conn.close()
+        if worker.ring is not None:
+            worker.ring.close()
         worker.child.close()
 
     def abandon(self) -> None:

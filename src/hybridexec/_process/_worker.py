@@ -100,12 +100,15 @@ def worker_main(
     death_signal: bool,
     faults: dict[str, _faults.Fault] | None = None,
     thread_limits: dict[str, str] | None = None,
+    ring: Any = None,
 ) -> None:
     """Run calls read from ``requests`` until told to stop or the parent goes away.
 
     ``requests``/``replies``: the child's pipe ends (``Connection``s, which every start method
-    carries); ``faults``: the tests' injected faults, or None.
+    carries); ``faults``: the tests' injected faults, or None; ``ring``: see ``_ring.py``.
     """
+    global _ring
+    _ring = ring
     _faults.install(faults)  # first: enter_child has a point of its own
     enter_child(lifeline, death_signal)
     apply_thread_limits(thread_limits or {})  # before the initializer: it may load BLAS
@@ -273,7 +276,7 @@ def _load_function(fn_bytes: bytes, functions: dict[bytes, Any]) -> list[Any]:
 
 
 def _run_group(
-    calls: list[list[Any]], functions: dict[bytes, Any], out: int, report_memory: bool
+    calls: list[Any], functions: dict[bytes, Any], out: int, report_memory: bool
 ) -> None:
     """Run a group's calls in order; answer those done every ``FLUSH_SECONDS`` and at the end.
 
@@ -286,15 +289,19 @@ def _run_group(
     pending = _pending
     if pending is None:
         from ._flush import Pending  # with the first group: a worker of single calls has none
+        from ._ring import Ring
 
         memory = resident_memory if report_memory else lambda: None
-        pending = _pending = Pending(functools.partial(_write, out), memory, FLUSH_SECONDS)
-    wires, arglists = calls
+        ring = None if _ring is None else Ring.attach(_ring.fileno())
+        pending = _pending = Pending(functools.partial(_write, out), memory, FLUSH_SECONDS, ring)
+    wires: list[Any] = calls[0]
+    arglists: list[Any] = calls[1]
+    token: int = calls[2] if len(calls) > 2 else 0
     clock = time.perf_counter
     last = len(arglists) - 1
     wire: bytes | None = None  # the callable's bytes loaded last (a group repeats them)
     fn: Any = None
-    pending.begin()
+    pending.begin(token)
     try:
         for index, args in enumerate(arglists):
             started = pending.since = clock()
@@ -321,24 +328,16 @@ def _run_group(
                 return  # the task forked: only the worker itself answers (see _serve)
             if _faults.ACTIVE:
                 _faults.hit("worker.after_call")  # raising here ends the worker: a crash
-            with pending.lock:
-                pending.since = None
-                if failure is not None:
-                    if pending.failures is None:
-                        pending.failures = {}
-                    pending.failures[len(pending.values)] = failure
-                pending.values.append(value)
-                pending.seconds.append(ended - started)
-                if index == last or ended - pending.flushed >= FLUSH_SECONDS:
-                    try:
-                        pending.send()
-                    except OSError:  # the parent is gone (EPIPE): nobody to answer
-                        raise EOFError from None
+            try:
+                pending.done(value, failure, ended - started, index == last)
+            except OSError:  # the parent is gone (EPIPE): nobody to answer
+                raise EOFError from None
     finally:
         pending.end()
 
 
 _pending: Any = None  # the worker's ``_flush.Pending``, made with its first group
+_ring: Any = None  # what carries the descriptor of the worker's ring (``_ring.py``), if any
 
 
 def _run(

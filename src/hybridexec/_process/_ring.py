@@ -1,0 +1,143 @@
+"""A worker's record of the group calls it finished and has not answered yet (shared memory).
+
+A worker answers a group's calls every ``FLUSH_SECONDS`` (``_flush.py``): should it die, the
+calls it finished since its last reply would be lost, and sent again, run twice. So as each
+call of a group ends, the worker also copies its outcome into a small shared mapping (a
+``memfd`` the lane made for it, no file and no name to leak) and commits it by a count in
+the header; after a reply, the records start afresh. The lane reads the mapping once the
+worker is dead (``_supervision._reap``): the calls recorded get their outcomes, the next one
+was running and fails alone, and only the calls after it run again, having never started.
+
+Layout: a header ``token, first, count, end`` (the group's number, given by the lane; the
+index in the group of the first record; the records committed; where the next one goes),
+then the records, each a 4-byte length and a pickle of ``(value, packed failure, seconds)``.
+Without ``os.memfd_create`` (not Linux) there is no ring: a group's unanswered calls run again.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import mmap
+
+RING_BYTES = 1 << 16
+"""Bytes of records a worker keeps; a record that does not fit makes it answer first."""
+
+_HEADER = struct.Struct("<QIII")
+_LENGTH = struct.Struct("<I")
+
+
+class Ring:
+    """A worker's ring, mapped (``attach``): its side only writes."""
+
+    __slots__ = ("count", "end", "map")
+
+    def __init__(self, memory: mmap.mmap) -> None:
+        self.map = memory
+        self.end = _HEADER.size  # where the next record goes
+        self.count = 0
+
+    @classmethod
+    def attach(cls, fd: int) -> Ring:
+        """Map the ring the lane made (the descriptor may be closed after)."""
+        import mmap  # loaded with the worker's first group
+
+        return cls(mmap.mmap(fd, RING_BYTES))
+
+    def begin(self, token: int) -> None:
+        """A group numbered ``token`` starts: no record yet."""
+        self.end, self.count = _HEADER.size, 0
+        _HEADER.pack_into(self.map, 0, token, 0, 0, self.end)
+
+    def add(self, record: bytes) -> bool:
+        """Commit one more call's record; False when it does not fit (answer first)."""
+        end = self.end
+        size = _LENGTH.size + len(record)
+        if end + size > RING_BYTES:
+            return False
+        _LENGTH.pack_into(self.map, end, len(record))
+        self.map[end + _LENGTH.size : end + size] = record
+        self.end, self.count = end + size, self.count + 1
+        token, first, _, _ = _HEADER.unpack_from(self.map, 0)
+        _HEADER.pack_into(self.map, 0, token, first, self.count, self.end)  # the commit
+        return True
+
+    def answered(self, calls: int) -> None:
+        """``calls`` more calls were answered: the records start afresh after them.
+
+        (Those recorded, and perhaps one whose record did not fit.)
+        """
+        token, first, _, _ = _HEADER.unpack_from(self.map, 0)
+        self.end, self.count = _HEADER.size, 0
+        _HEADER.pack_into(self.map, 0, token, first + calls, 0, self.end)
+
+
+class RingFile:
+    """The lane's side of a worker's ring: its descriptor, read once the worker is dead.
+
+    Mapped only to be read (a lane whose workers never die loads no ``mmap``).
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def create(cls) -> RingFile | None:
+        """A new, empty ring for a worker about to start; None if not possible."""
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is None:
+            return None
+        try:
+            fd = memfd_create("hybridexec-ring", os.MFD_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            os.ftruncate(fd, RING_BYTES)
+        except OSError:  # no memory for it: the worker goes without (its groups may run again)
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def read(self) -> tuple[int, int, list[bytes]] | None:
+        """``(token, first, records)`` of the worker's last group; None if unreadable."""
+        import mmap
+
+        try:
+            memory = mmap.mmap(self.fd, RING_BYTES, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
+        with memory:
+            token, first, count, end = _HEADER.unpack_from(memory, 0)
+            if end > RING_BYTES:
+                return None
+            records: list[bytes] = []
+            at = _HEADER.size
+            for _ in range(count):
+                (size,) = _LENGTH.unpack_from(memory, at)
+                at += _LENGTH.size
+                if at + size > end:
+                    return None  # (never: the count is written after the record)
+                records.append(memory[at : at + size])
+                at += size
+        return token, first, records
+
+    def close(self) -> None:
+        """Close the descriptor (the worker is gone, or never started)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def carry(fd: int) -> Any:
+    """A ``Connection`` owning ``fd``, which every start method hands to the child.
+
+    Forkserver and spawn pass its descriptor, fork inherits it. Nothing is read from it.
+    """
+    from multiprocessing.connection import Connection
+
+    return Connection(fd, writable=False)
