@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,9 @@ from .scenario import run_script
 
 joblib = pytest.importorskip("joblib")
 
-import hybridexec.joblib as hxjoblib  # noqa: E402 - after the skip: needs joblib
+from .test_joblib import backend as backend  # noqa: E402 - after the skip; registered per test
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(autouse=True)
-def backend() -> Iterator[None]:
-    hxjoblib.register()
-    try:
-        yield
-    finally:
-        hxjoblib.shutdown()
 
 
 def square(x: int) -> int:
