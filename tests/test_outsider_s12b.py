@@ -52,6 +52,7 @@ def read_log(path: Path) -> tuple[collections.Counter[int], collections.Counter[
     return starts, ends
 
 
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="the workers' rings need memfd")
 def test_a_crash_in_a_group_does_not_run_its_finished_neighbours_again(tmp_path: Path) -> None:
     """B1: one plain ``submit`` call of a storm that kills its worker (``os._exit``) makes
     the calls grouped with it that had FINISHED in the worker, but whose replies were not
