@@ -343,10 +343,18 @@ def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> 
         return Decision(
             "thread", "the GIL is disabled (free-threaded build): threads run in parallel"
         )
+    # A process the executor was made for is asked for: what will not pickle fails there.
+    asked = default_kind == "process"
     if hinted is not None and hinted.kind != "auto":
-        return Decision(hinted.kind, f"the function is marked kind={hinted.kind!r}")
+        return Decision(
+            hinted.kind,
+            f"the function is marked kind={hinted.kind!r}",
+            explicit=asked and hinted.kind == "process",
+        )
     if timeout:
-        return Decision("process", "a task with a timeout runs where it can be killed")
+        return Decision(
+            "process", "a task with a timeout runs where it can be killed", explicit=asked
+        )
     if default_kind != "auto":
         # Asked for, as ProcessPoolExecutor is: what will not pickle fails, not a thread.
         return Decision(
