@@ -12,6 +12,7 @@ the replies waiting once the running call has run ``FLUSH_SECONDS``; it checks e
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import pickle
 import threading
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._serialize import PROTOCOL
+from .._serialize import PROTOCOL, pack_exception
 from ._outcomes import encode_group_reply
 from ._ring import Ring
 
@@ -47,6 +48,7 @@ class Pending:
         "rss",
         "seconds",
         "since",
+        "token",
         "values",
         "write",
     )
@@ -71,9 +73,11 @@ class Pending:
         self.cpu_started = 0.0
         self.flushed = 0.0
         self.since: float | None = None
+        self.token = 0  # the group running
 
     def begin(self, token: int) -> None:
         """Group ``token`` starts: nothing pending, the clocks set, the helper awake."""
+        self.token = token
         with self.lock:
             self.values, self.failures, self.seconds = [], None, []
             self.cpu_started, self.flushed = time.process_time(), time.perf_counter()
@@ -90,6 +94,18 @@ class Pending:
         """The group ended (answered in full): the helper sleeps."""
         self.since = None
         self.active.clear()
+
+    def skipped(self, index: int, last: bool) -> bool:
+        """Whether the lane cancelled call ``index`` while it waited: then it is not started.
+
+        Its outcome, a ``CancelledError`` nobody reads, takes its place in the reply.
+        """
+        ring = self.ring
+        if ring is None or not ring.cancelled(self.token, index):
+            return False
+        err = concurrent.futures.CancelledError("cancelled while it waited in its worker")
+        self.done(None, pack_exception(err), 0.0, last)
+        return True
 
     def done(self, value: Any, failure: bytes | None, seconds: float, last: bool) -> None:
         """A call ended (``value``, or ``failure`` packed): pending, recorded, sent when due.

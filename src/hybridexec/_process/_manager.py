@@ -249,8 +249,10 @@ class Manager(Direct, threading.Thread):
                     if any(task.future is arg for task in w.tasks):
                         # Its future is cancelled already. Running (the first in flight, after
                         # the replies written so far): the worker goes. Waiting behind another
-                        # call: its reply will be dropped; if it starts, it gets DROP_GRACE.
+                        # call: in a group, marked so that the worker skips it (_ring.py);
+                        # else its reply will be dropped, and if it starts, it gets DROP_GRACE.
                         self._poll_replies(w)
+                        self._mark_cancelled(w, arg)
                         self._check_head(w)
             elif name == "kill-all":
                 sig, done = arg
@@ -261,6 +263,16 @@ class Manager(Direct, threading.Thread):
                         self._kill(w, "terminate/kill requested", sig=sig)
                 finally:
                     done.set()
+
+    def _mark_cancelled(self, worker: WorkerRecord, future: Future[Any]) -> None:
+        """Mark a grouped call waiting in ``worker`` cancelled in its ring: it never starts."""
+        tasks = list(worker.tasks)
+        place = next((i for i, t in enumerate(tasks) if t.future is future), 0)
+        group = tasks[place].group if place else None  # (the first is running, or next)
+        if group is None or worker.ring is None:
+            return
+        start = next(i for i, t in enumerate(tasks) if t.group is group)
+        worker.ring.cancel(group[2], group[1] - group[0] + place - start)
 
     def _stop_future(self, future: Future[Any]) -> None:
         future._hx_before_wait = None  # its caller does not read the reply: it may not come

@@ -11,6 +11,9 @@ was running and fails alone, and only the calls after it run again, having never
 Layout: a header ``token, first, count, end`` (the group's number, given by the lane; the
 index in the group of the first record; the records committed; where the next one goes),
 then the records, each a 4-byte length and a pickle of ``(value, packed failure, seconds)``.
+At the end, the lane's marks of cancelled calls (``CANCEL_SLOTS``): a call of a group that was
+cancelled while it waited in the worker is not started (``cancelled``), its outcome a
+``CancelledError`` that nobody reads.
 Without ``os.memfd_create`` (not Linux) there is no ring: a group's unanswered calls run again.
 """
 
@@ -24,10 +27,16 @@ if TYPE_CHECKING:
     import mmap
 
 RING_BYTES = 1 << 16
-"""Bytes of records a worker keeps; a record that does not fit makes it answer first."""
+"""Bytes of the mapping: records, then the cancels (``CANCEL_SLOTS``) at its end."""
+
+CANCEL_SLOTS = 64
+"""Calls the lane may mark cancelled, the last ones kept (written by the lane only)."""
 
 _HEADER = struct.Struct("<QIII")
 _LENGTH = struct.Struct("<I")
+_SLOT = struct.Struct("<Q")  # a cancelled call: its group's number << 16 | its index there
+_CANCELS = RING_BYTES - 8 * (CANCEL_SLOTS + 1)  # the count of cancels, then the slots
+_RECORDS_END = _CANCELS
 
 
 class Ring:
@@ -56,7 +65,7 @@ class Ring:
         """Commit one more call's record; False when it does not fit (answer first)."""
         end = self.end
         size = _LENGTH.size + len(record)
-        if end + size > RING_BYTES:
+        if end + size > _RECORDS_END:
             return False
         _LENGTH.pack_into(self.map, end, len(record))
         self.map[end + _LENGTH.size : end + size] = record
@@ -64,6 +73,17 @@ class Ring:
         token, first, _, _ = _HEADER.unpack_from(self.map, 0)
         _HEADER.pack_into(self.map, 0, token, first, self.count, self.end)  # the commit
         return True
+
+    def cancelled(self, token: int, index: int) -> bool:
+        """Whether the lane marked call ``index`` of group ``token`` cancelled (``cancel``)."""
+        (count,) = _SLOT.unpack_from(self.map, _CANCELS)
+        if not count:
+            return False
+        mark = token << 16 | index
+        for slot in range(min(count, CANCEL_SLOTS)):
+            if _SLOT.unpack_from(self.map, _CANCELS + 8 * (slot + 1))[0] == mark:
+                return True
+        return False
 
     def answered(self, calls: int) -> None:
         """``calls`` more calls were answered: the records start afresh after them.
@@ -113,7 +133,7 @@ class RingFile:
             return None
         with memory:
             token, first, count, end = _HEADER.unpack_from(memory, 0)
-            if end > RING_BYTES:
+            if end > _RECORDS_END:
                 return None
             records: list[bytes] = []
             at = _HEADER.size
@@ -125,6 +145,20 @@ class RingFile:
                 records.append(memory[at : at + size])
                 at += size
         return token, first, records
+
+    def cancel(self, token: int, index: int) -> None:
+        """Mark call ``index`` of group ``token`` cancelled: the worker will not start it.
+
+        The slot is written before the count that makes it seen (one 8-byte store each).
+        """
+        import mmap
+
+        if self.fd < 0 or index >= 1 << 16:
+            return
+        with mmap.mmap(self.fd, RING_BYTES) as memory:
+            (count,) = _SLOT.unpack_from(memory, _CANCELS)
+            _SLOT.pack_into(memory, _CANCELS + 8 * (count % CANCEL_SLOTS + 1), token << 16 | index)
+            _SLOT.pack_into(memory, _CANCELS, count + 1)
 
     def close(self) -> None:
         """Close the descriptor (the worker is gone, or never started)."""

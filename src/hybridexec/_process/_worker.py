@@ -294,9 +294,8 @@ def _run_group(
         memory = resident_memory if report_memory else lambda: None
         ring = None if _ring is None else Ring.attach(_ring.fileno())
         pending = _pending = Pending(functools.partial(_write, out), memory, FLUSH_SECONDS, ring)
-    wires: list[Any] = calls[0]
-    arglists: list[Any] = calls[1]
-    token: int = calls[2] if len(calls) > 2 else 0
+    wires, arglists = calls[0], calls[1]
+    token: int = calls[2] if len(calls) > 2 else 0  # the group's number (its ring names it)
     clock = time.perf_counter
     last = len(arglists) - 1
     wire: bytes | None = None  # the callable's bytes loaded last (a group repeats them)
@@ -304,6 +303,8 @@ def _run_group(
     pending.begin(token)
     try:
         for index, args in enumerate(arglists):
+            if pending.skipped(index, index == last):
+                continue  # cancelled by the lane while it waited here
             started = pending.since = clock()
             failure: bytes | None = None
             try:
