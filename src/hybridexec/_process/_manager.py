@@ -25,6 +25,7 @@ import heapq
 import itertools
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -97,6 +98,12 @@ class Manager(Direct, threading.Thread):
                 conn.close()
             except OSError:
                 pass
+        for w in self.workers.values():  # their rings and pidfds too (no lock: it may be held)
+            if w.ring is not None:
+                w.ring.close()
+            pidfd, w.child.pidfd, w.child.reaped = w.child.pidfd, None, True
+            if pidfd is not None:
+                os.close(pidfd)
         self.close_poller()
         self.workers.clear()
         self.by_object.clear()

@@ -225,8 +225,7 @@ class Supervision:
             )
             if _faults.ACTIVE:
                 _faults.hit("lane.start")
-            if server:
-                _descriptors_to_spare()
+            _descriptors_to_spare()  # (multiprocessing's own pipes leak at EMFILE, any method)
             if copy:  # the guardian registers the worker; forked last, after what was made
                 start_guardian_early()  # above, which a fork would make copy-on-write
             process.start()
@@ -374,16 +373,22 @@ class Supervision:
 
 
 def _descriptors_to_spare() -> None:
-    """Raise ``OSError`` (EMFILE) unless a fork server request can get its descriptors.
+    """Raise ``OSError`` (EMFILE) unless a worker's start can get its descriptors.
 
     multiprocessing connects to the fork server and only then makes the new process's two
     pipes: out of descriptors there, it hangs up mid-request, and the fork server dies of it
-    (taking every worker it forked along: their parent-death signal). Failing here instead
-    is a start failure like any other: retried with a backoff (I6).
+    (taking every worker it forked along: their parent-death signal). Under fork and spawn,
+    its first pipe leaks when the second cannot be made. Failing here instead is a start
+    failure like any other: retried with a backoff (I6).
     """
-    first, second = os.pipe(), os.pipe()
+    first = os.pipe()
     try:
-        os.close(os.dup(first[0]))
+        second = os.pipe()  # (EMFILE here: the first pipe still closes)
+        try:
+            os.close(os.dup(first[0]))
+        finally:
+            os.close(second[0])
+            os.close(second[1])
     finally:
-        for fd in (*first, *second):
-            os.close(fd)
+        os.close(first[0])
+        os.close(first[1])
