@@ -124,3 +124,19 @@ def _interruptible(wait: Callable[[float | None], bool], timeout: float | None) 
             return True
         if deadline is not None and left <= SIGNAL_SLICE:
             return False
+
+
+def surely(give_back: Callable[..., None], *args: Any) -> None:
+    """Run ``give_back`` to its end even if Ctrl-C interrupts it, then raise the interrupt.
+
+    Run again when interrupted: it is idempotent.
+    """
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            give_back(*args)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted

@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import math
 import select
+import signal
 import threading
 import time
 from typing import Any
@@ -46,6 +47,7 @@ from typing import Any
 from .. import _callbacks, _faults
 from .._exceptions import BrokenExecutorError
 from .._futures import Task
+from .._waits import surely
 from ._frames import HEADER_SIZE, write_frame
 from ._group import seal
 from ._replies import Replies
@@ -259,26 +261,28 @@ class Direct(Replies):
         task.future._hx_before_wait = None  # once
         if timeout is not None and timeout <= 0:
             return timeout
-        with lane._lock:
-            if (
-                lane.lent.get(worker) != lane.epoch
-                or worker in lane.reading
-                or task.future.done()
-                or not worker.tasks
-                or worker.tasks[0] is not task
-            ):
-                return timeout
-            try:
-                self.epoll.modify(worker.rfd, 0)  # the reply wakes this thread alone
-            except (OSError, ValueError):  # not registered, or the manager has ended
-                return timeout
-            lane.reading.add(worker)
+        taken = handled = False  # (a Ctrl-C may land anywhere: the token always goes back)
         started = time.monotonic()
-        handled = False
         try:
+            with lane._lock:
+                if (
+                    lane.lent.get(worker) != lane.epoch
+                    or worker in lane.reading
+                    or task.future.done()
+                    or not worker.tasks
+                    or worker.tasks[0] is not task
+                ):
+                    return timeout
+                taken = True  # first: given back (the manager's watch restored) whatever comes
+                try:
+                    self.epoll.modify(worker.rfd, 0)  # the reply wakes this thread alone
+                except (OSError, ValueError):  # not registered, or the manager has ended
+                    return timeout
+                lane.reading.add(worker)
             handled = self._read_own(worker, task, min(READ_BOUND, timeout or READ_BOUND))
         finally:
-            self._give_back(worker, handled)
+            if taken:
+                surely(self._give_back, worker, handled)
         if timeout is not None:
             timeout = max(0.0, timeout - (time.monotonic() - started))
         return timeout
@@ -295,6 +299,9 @@ class Direct(Replies):
                 data = reader.next_frame()
             except (EOFError, OSError):
                 return False  # it died mid-reply: the manager reaps it
+            except BaseException:  # Ctrl-C: what was read of the pipe may be lost
+                self._desynchronized(worker)
+                raise
             if data is not None:
                 break
             ready = probe.poll(math.ceil(max(0.0, deadline - time.monotonic()) * 1000))
@@ -304,6 +311,9 @@ class Direct(Replies):
                 reader.fill()
             except (EOFError, OSError):
                 return False
+            except BaseException:
+                self._desynchronized(worker)
+                raise
         try:
             with self.books:
                 self.handle_served(worker, data)
@@ -316,6 +326,15 @@ class Direct(Replies):
             self._repair(worker, task, data)
             raise
         return True
+
+    def _desynchronized(self, worker: WorkerRecord) -> None:
+        """Ctrl-C as the caller read the pipe: a reply may be half taken.
+
+        The worker goes (its call fails with this error): no later reply is matched to the
+        wrong call.
+        """
+        worker.expired = BrokenExecutorError("interrupted (Ctrl-C) as its reply was read")
+        worker.child.signal(signal.SIGKILL)
 
     def _repair(self, worker: WorkerRecord, task: Task, data: bytes) -> None:
         """The caller was interrupted (Ctrl-C) as it handled its reply: leave it whole.
@@ -351,6 +370,7 @@ class Direct(Replies):
                 and not lane.pending
                 and not lane.shutting_down
                 and worker.retire_why is None
+                and worker not in lane.ready  # (given back twice: surely)
             ):
                 if lane.slots is not None:
                     lane.slots.untake_process()  # idle again: its slot goes back
