@@ -32,7 +32,7 @@ class Pending:
     """A group's replies not sent yet, shared by the worker's main thread and its helper.
 
     The main thread appends each call's outcome and, every ``FLUSH_SECONDS``, sends them
-    (``send_locked``, under ``lock``); ``since`` is when the running call started (None
+    (``send``, under ``lock``); ``since`` is when the running call started (None
     between calls), which the helper reads to send them while a long call runs.
     """
 
