@@ -237,7 +237,7 @@ def test_a_group_reply_carries_each_value_and_each_failure_in_its_place() -> Non
     arglists: list[tuple[Any, ...]] = [(1,), (3,), (5,), (4,), (30, 0), (2, 0)]
     read, write = os.pipe()
     try:
-        _run_group([wires, arglists], {}, write, False)
+        _run_group([wires, arglists, 0], {}, write, False)
         os.close(write)
         write = -1
         reader = FrameReader(read)

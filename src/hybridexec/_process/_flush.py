@@ -121,19 +121,19 @@ class Pending:
                 self.failures[len(self.values)] = failure
             self.values.append(value)
             self.seconds.append(seconds)
-            if self.ring is not None and not self._record(value, failure, seconds):
+            if self.ring is not None and not self._record(self.ring, value, failure, seconds):
                 self.send()  # not recorded (no room, no pickle): answered now, with the rest
             elif last or time.perf_counter() - self.flushed >= self.every:
                 self.send()
 
-    def _record(self, value: Any, failure: bytes | None, seconds: float) -> bool:
+    def _record(self, ring: Ring, value: Any, failure: bytes | None, seconds: float) -> bool:
         # A value is plain, or pickled alone already (_outcomes.alone): unless it would not
         # pickle there either, which the reply's encoding reports (it is answered now).
         try:
             record = pickle.dumps((value, failure, seconds), PROTOCOL)
         except BaseException:  # a __reduce__ may raise SystemExit too
             return False
-        return self.ring is not None and self.ring.add(record)
+        return ring.add(record)
 
     def send(self) -> None:
         """Write the reply of the calls pending (under the lock); then none are.

@@ -98,11 +98,7 @@ def apply_thread_limits(env: Mapping[str, str]) -> None:
         _limits = None
 
 
-_POOLS = {
-    "OMP_NUM_THREADS": ("openmp",),
-    "OPENBLAS_NUM_THREADS": ("openblas",),
-    "MKL_NUM_THREADS": ("mkl",),
-}
+_POOLS = {"OMP_NUM_THREADS": "openmp", "OPENBLAS_NUM_THREADS": "openblas", "MKL_NUM_THREADS": "mkl"}
 """The threadpoolctl pools (their ``internal_api``) each variable stands for."""
 
 
@@ -112,7 +108,7 @@ def _pools_to_limit(env: Mapping[str, str]) -> list[str]:
     BLIS and FlexiBLAS, which read none of these variables, are limited when the user chose
     no BLAS count at all.
     """
-    pools = [pool for name, named in _POOLS.items() if name in env for pool in named]
+    pools = [pool for name, pool in _POOLS.items() if name in env]
     if all(name in env for name in LIMIT_VARIABLES[1:4]):
         pools += ["blis", "flexiblas"]
     return pools

@@ -294,8 +294,7 @@ def _run_group(
         memory = resident_memory if report_memory else lambda: None
         ring = None if _ring is None else Ring.attach(_ring.fileno())
         pending = _pending = Pending(functools.partial(_write, out), memory, FLUSH_SECONDS, ring)
-    wires, arglists = calls[0], calls[1]
-    token: int = calls[2] if len(calls) > 2 else 0  # the group's number (its ring names it)
+    wires, arglists, token = calls  # token: the group's number (its ring names it)
     clock = time.perf_counter
     last = len(arglists) - 1
     wire: bytes | None = None  # the callable's bytes loaded last (a group repeats them)
