@@ -73,7 +73,7 @@ BIG_RESULT_MB = 100
 # so a regression can be isolated quickly.
 MAP_SURVIVES_SHUTDOWN = True
 LANE_SURVIVES_SHUTDOWN_RACE = True
-SEGMENT = re.compile(r"hx(\d+)_[0-9a-f]{16}(?:w\d+)?\Z")
+SEGMENT = re.compile(r"hx(\d+)_[0-9a-f]{16}(?:t[0-9a-f]{8})?(?:w\d+)?\Z")
 
 
 def _seed() -> int:

@@ -388,7 +388,7 @@ def test_no_inet_socket_at_all_in_the_process_tree_during_a_run(ex: Executor) ->
 
 # ---- security: shared-memory segments ---------------------------------------------------------
 
-SEGMENT_NAME = re.compile(r"hx(\d+)_([0-9a-f]{16})(?:w\d+)?\Z")
+SEGMENT_NAME = re.compile(r"hx(\d+)_([0-9a-f]{16})(?:t[0-9a-f]{8})?(?:w\d+)?\Z")
 
 
 def _our_segments() -> dict[str, int]:

@@ -39,6 +39,7 @@ from hybridexec._shm import (
     mapping_of,
     owner_pid_of,
 )
+from hybridexec._shm._names import identity as owner_identity
 
 from .conftest import wait_until
 
@@ -118,9 +119,9 @@ def make_shared(n: int) -> SharedArray:
 
 
 def kept_mappings() -> list[str]:
-    from hybridexec._shm import _segment
+    from hybridexec._shm import _kept
 
-    return sorted(name for _, name, _ in _segment._recent.values())
+    return sorted(name for _, name, _ in _kept.kept.values())
 
 
 class Filler:
@@ -158,7 +159,11 @@ def test_segment_names_carry_the_owner_pid_and_are_unguessable() -> None:
         assert owner_pid_of(first.name) == os.getpid()
         assert first.name.startswith(f"hx{os.getpid()}_")
         assert first.name != second.name
-        assert len(first.name.split("_")[1]) == 16  # 64 random bits
+        random, _, tag = first.name.split("_")[1].partition("t")
+        assert len(random) == 16  # 64 random bits
+        if sys.platform.startswith("linux"):  # then the owner's identity (namespace, start)
+            assert len(tag) == 8
+            assert tag == owner_identity(os.getpid())
 
 
 def test_segments_are_readable_by_their_owner_only() -> None:
@@ -656,6 +661,28 @@ def test_a_worker_keeps_mappings_for_reuse_and_drops_them_once_unlinked(np: Any)
         with SharedArray.zeros(10) as second:
             ex.submit(fill_array, second, 1.0).result()
             assert ex.submit(kept_mappings).result() == [second.name]  # ... so dropped
+    finally:
+        ex.shutdown(wait=True)
+
+
+def _mapped_by(pid: int, name: str) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return name in f.read()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/<pid>/maps")
+def test_an_idle_worker_lets_go_of_a_kept_mapping_once_its_owner_closed_it(np: Any) -> None:
+    # Outside tester 13b's B1: a kept mapping holds the memory of a segment unlinked since;
+    # a worker that waits for its next call sweeps them (no next attach needed).
+    ex = Executor(max_processes=1, kind="process")
+    try:
+        shared = SharedArray.zeros(1000)
+        name = shared.name
+        ex.submit(fill_array, shared, 1.0).result(timeout=30)
+        pid = ex.submit(os.getpid).result(timeout=30)
+        assert _mapped_by(pid, name)  # kept after the task
+        shared.close()
+        assert wait_until(lambda: not _mapped_by(pid, name), timeout=10)
     finally:
         ex.shutdown(wait=True)
 

@@ -138,16 +138,21 @@ class ProcessCore(Supervisor, CoreBase):
         ref = self.refs.get(fn)
         if ref is None:
             ref = self._wire_ref(fn)
+        held: list[object] | None = None
         if future is not None:
             # Large numpy arguments of an ask travel through shared memory, held until its
             # answer arrives. A tell has no answer to say when it was handled: it pickles them
-            # (views of shared objects still go by name, so that the handler's writes are seen).
+            # (views of shared objects still go by name, so that the handler's writes are seen;
+            # their handles are held until the child acknowledges the tell).
             data = self.placement.dumps_call((ref, args, kwargs, True), future)
-        elif "numpy" in sys.modules:
-            data = self.placement.dumps_call((ref, args, kwargs, False), None, copies=False)
+        elif "numpy" in sys.modules or "hybridexec._shm._segment" in sys.modules:
+            held = []
+            data = self.placement.dumps_call(
+                (ref, args, kwargs, False), None, copies=False, held=held
+            )
         else:
             data = dumps((ref, args, kwargs, False))
-        entry: Entry = (future, len(data) + 8, fn)
+        entry: Entry = (future, len(data) + 8, fn, held or None)
         with self.lock:
             if self.state != OPEN:
                 self.refuse()
@@ -229,7 +234,7 @@ class ProcessCore(Supervisor, CoreBase):
             dropped = [entry for _, entry in self.overflow if entry is not None]
             self.overflow.clear()
             self._control(STOP_NOW)
-        for future, _, fn in dropped:
+        for future, _, fn, _ in dropped:
             self.drop(future, fn)
 
     def kill(self) -> None:
@@ -250,7 +255,7 @@ class ProcessCore(Supervisor, CoreBase):
             self.overflow.clear()
             self.space.notify_all()
         self.wakeup.set()
-        for future, _, fn in dropped:
+        for future, _, fn, _ in dropped:
             self.drop(future, fn)
         self._signal(signal.SIGTERM)
         if self.in_actor() or self.supervisor.ident is None:

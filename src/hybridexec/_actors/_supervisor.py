@@ -41,7 +41,8 @@ BACKOFF_FIRST = 0.1
 """Seconds before the first restart; each further restart waits twice as long."""
 BACKOFF_MAX = 5.0
 
-Entry = tuple[Future[Any] | None, int, Any]  # (future or None for a tell, bytes, handler)
+# (future or None for a tell, bytes, handler, what a tell's pickle names: kept until acknowledged)
+Entry = tuple[Future[Any] | None, int, Any, list[object] | None]
 
 
 class Supervisor(CoreBase):
@@ -90,9 +91,9 @@ class Supervisor(CoreBase):
                 left.extend(entry for _, entry in self.overflow if entry is not None)
                 self.inflight.clear()
                 self.overflow.clear()
-            for future, _, fn in left:
+            for future, _, fn, _ in left:
                 self.drop(future, fn)  # a tell never sent is lost too: on_error hears of it
-            tells = sum(1 for future, _, _ in left if future is None)
+            tells = sum(1 for future, _, _, _ in left if future is None)
             if tells and self.on_error is None and self.state in (BROKEN, KILLED):
                 logger.warning("actor %s: %d queued tell(s) lost", self.name, tells)
             self.placement.close()
@@ -215,7 +216,7 @@ class Supervisor(CoreBase):
                 if tag == ERROR and inflight and inflight[0][0] is None:
                     value = exception_of(value)  # a tell's: reported here
         with self.lock:
-            future, nbytes, fn = self.inflight.popleft()
+            future, nbytes, fn, _ = self.inflight.popleft()
             self.inflight_bytes -= nbytes
             if self.mailbox_size is not None:
                 self.finished()
@@ -302,7 +303,7 @@ class Supervisor(CoreBase):
         else:
             what = "died while this message was pending"
         tells = 0
-        for future, _, fn in lost:
+        for future, _, fn, _ in lost:
             if future is not None:
                 future.settle(False, self.broken_error(what, cause))
                 continue

@@ -123,8 +123,9 @@ except OSError:
     names = []
 for name in names:
     pid, _, rest = name[2:].partition("_")
-    made = rest[16:17] == "w" and rest[17:].isdigit()  # a worker's result for its parent
-    if name[:2] == "hx" and pid.isdigit() and int(pid) in owners and (len(rest) == 16 or made):
+    tail = rest[25:] if rest[16:17] == "t" else rest[16:]  # past the owner's identity, if any
+    made = tail[:1] == "w" and tail[1:].isdigit()  # a worker's result for its parent
+    if name[:2] == "hx" and pid.isdigit() and int(pid) in owners and (not tail or made):
         try:
             if os.lstat("/dev/shm/" + name).st_uid == os.getuid():
                 os.unlink("/dev/shm/" + name)

@@ -61,10 +61,10 @@ def _free_made_for_us(data: bytes) -> None:
 
     Unpickling a result adopts them (drops each name); one that failed midway left the
     rest, which would stay in ``/dev/shm`` until we exit. Only names made for us by a
-    worker (``hx<our pid>_<hex>w<its pid>``) are touched: never a segment the task
-    returned a handle of.
+    worker (``hx<our pid>_<hex>[t<identity>]w<its pid>``) are touched: a handle the task
+    handed over, renamed so, included (nobody owns it once its rebuild failed).
     """
-    pattern = rb"hx%d_[0-9a-f]{16}w[0-9]+" % os.getpid()
+    pattern = rb"hx%d_[0-9a-f]{16}(?:t[0-9a-f]{8})?w[0-9]+" % os.getpid()
     for name in set(re.findall(pattern, data)):
         unlink(name.decode())
 

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 from .. import _faults, _lifecycle, _serialize
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import adopt, dumps_callable, loads, pack_exception
-from .._shm import note_lent
+from .._shm import note_lent, sweep_while_idle
 from ._child import enter_child, resident_memory
 from ._frames import FrameReader, write_frame
 from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, set_apart
@@ -159,18 +159,19 @@ def _flush_log_queues() -> None:
 def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memory: bool) -> None:
     functions: dict[bytes, Any] = {}
     # Waking a sleeping process costs tens of microseconds on a small VM, as much as a tiny
-    # call's whole round trip. A call whose frame is flagged has a caller waiting for it
-    # alone (the lane's direct path): after a tiny one, that caller's next call often follows
-    # at once, so the pipe is watched a moment before sleeping in read(), while the last such
-    # gap was that short (the CPU spent here is bounded, and stops when calls stop coming
-    # back to back). Calls of a stream (not flagged) never make it watch.
+    # call's whole round trip. A call whose frame is flagged has a caller waiting for it alone
+    # (the lane's direct path): after a tiny one, that caller's next call often follows at
+    # once, so the pipe is watched a moment before sleeping in read(), while the last such gap
+    # was that short (the CPU spent is bounded). Calls of a stream never make it watch.
     probe = select.poll()
     probe.register(reader.fd, select.POLLIN)
     sent = 0.0  # when the reply to the last call went, if that call was flagged and tiny
     short = True  # the last gap between such a reply and the next call was short
     while True:
-        if sent and short and not reader.has_frame():
-            _watch(probe, sent + SPIN_SECONDS)
+        if not reader.has_frame():
+            if sent and short:
+                _watch(probe, sent + SPIN_SECONDS)
+            sweep_while_idle(probe.poll)  # kept mappings of segments unlinked since: gone
         try:
             data = reader.read()
         except (EOFError, OSError):

@@ -6,6 +6,7 @@ Layers inside the room (each imports only those above it)::
 
     _names      segment names, shm_open / unlink / fallocate
     _janitor    removes segments of dead owners; sweeps our own at exit
+    _kept       the mappings a process attached lately, kept a while for reuse
     _segment    Segment: create, attach, ownership; the per-process registry of mappings
     _objects    SharedBuffer, SharedArray (numpy optional)
     _list       SharedList
@@ -17,6 +18,8 @@ Layers inside the room (each imports only those above it)::
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._lazy import exports
@@ -66,6 +69,7 @@ __all__ = [
     "owner_pid_of",
     "remove_made_by",
     "reply_policy",
+    "sweep_while_idle",
     "unchanging",
     "unlink",
 ]
@@ -97,3 +101,13 @@ __getattr__, __dir__ = exports(
         "unlink": "._names",
     },
 )
+
+
+def sweep_while_idle(poll: Callable[[int], object]) -> None:
+    """A worker about to wait for its next call: ``_kept.sweep_while_idle`` if loaded.
+
+    Nothing to sweep (and nothing loaded) while this process never attached a segment.
+    """
+    kept = sys.modules.get(__name__ + "._kept")
+    if kept is not None:
+        kept.sweep_while_idle(poll)

@@ -1,7 +1,8 @@
 """The janitor: removes shared-memory segments whose owner process is dead.
 
-Segment names carry the owner's pid (see ``_names.py``). Nothing runs to unlink the segments of a
-process group killed with SIGKILL, so they would stay in ``/dev/shm`` for good; the janitor
+Segment names carry the owner's pid and, on Linux, its PID namespace and start time
+(``_names.py``). Nothing runs to unlink the segments of a process group killed with SIGKILL,
+so they would stay in ``/dev/shm`` for good; the janitor
 runs whenever an ``Executor`` starts and as ``hybridexec.cleanup_shared_memory()``. At a normal
 exit each process also removes whatever segments still carry its own pid.
 """
@@ -12,7 +13,7 @@ import logging
 import os
 
 from .. import _lifecycle
-from ._names import SHM_DIR, maker_pid_of, owner_pid_of, unlink
+from ._names import SHM_DIR, identity, maker_pid_of, owner_identity_of, owner_pid_of, unlink
 
 logger = logging.getLogger("hybridexec")
 
@@ -29,6 +30,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _owner_alive(pid: int, tag: str | None, ours: str | None) -> bool:
+    """Whether the owner of a segment named with ``pid`` and identity ``tag`` may be alive.
+
+    ``ours``: this process's identity. A tag of another PID namespace: alive, as far as we
+    can know (its pid is not ours to look up). A live pid whose start time is not the tag's:
+    another process got the dead owner's pid.
+    """
+    if tag is not None and ours is not None and tag[:4] != ours[:4]:
+        return True
+    if not _pid_alive(pid):
+        return False
+    if tag is None or ours is None:
+        return True
+    now = identity(pid)
+    return now is None or now == tag
+
+
 def cleanup_shared_memory() -> list[str]:
     """Remove hybridexec shared-memory segments whose owner process is dead.
 
@@ -37,7 +55,9 @@ def cleanup_shared_memory() -> list[str]:
     unlinks the segments of a dead parent and of the workers it kills), nothing runs to unlink
     its segments and they stay in ``/dev/shm`` for good; this removes them. It runs when an
     ``Executor`` starts; call it yourself after a crash.
-    Only segments of the current user are touched. A live owner's segments are never touched.
+    Only segments of the current user are touched. A live owner's segments are never touched,
+    nor those of a program in another PID namespace sharing ``/dev/shm`` (Linux); an owner
+    whose pid another process has taken since is dead.
 
     Returns:
         The names of the segments removed.
@@ -49,15 +69,17 @@ def cleanup_shared_memory() -> list[str]:
     except OSError:
         return []  # no way to list segments on this platform
     uid = os.getuid()
-    alive: dict[int, bool] = {}
+    ours = identity(os.getpid())
+    alive: dict[tuple[int, str | None], bool] = {}
     removed: list[str] = []
     for name in entries:
         pid = owner_pid_of(name)
         if pid is None:
             continue
-        if pid not in alive:
-            alive[pid] = _pid_alive(pid)
-        if alive[pid]:
+        key = (pid, owner_identity_of(name))
+        if key not in alive:
+            alive[key] = _owner_alive(pid, key[1], ours)
+        if alive[key]:
             continue
         try:
             if os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False).st_uid != uid:
@@ -69,6 +91,10 @@ def cleanup_shared_memory() -> list[str]:
     if removed:
         logger.info("removed %d shared-memory segment(s) of dead processes", len(removed))
     return removed
+
+
+ADOPTED: set[str] = set()
+"""Names a worker made for this process whose handles this process adopted: its own now."""
 
 
 def remove_made_by(worker_pid: int) -> list[str]:
@@ -91,6 +117,7 @@ def remove_made_by(worker_pid: int) -> list[str]:
         if name.startswith(prefix)
         and maker_pid_of(name) == worker_pid
         and owner_pid_of(name) == me
+        and name not in ADOPTED
         and unlink(name)
     ]
 

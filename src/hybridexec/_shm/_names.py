@@ -4,6 +4,13 @@ Names are ``hx<owner pid>_<16 random hex digits>``: unguessable, created with ``
 0o600, and the janitor can tell whose they are from the name alone. A worker placing a result
 for its parent names it after the parent and adds ``w<its own pid>``: when the worker dies
 before the reply arrives, its parent removes exactly those (``remove_made_by``).
+
+On Linux the owner's pid is followed by ``t<8 hex digits>``, its identity beyond the pid
+(``identity``): its PID namespace and its start time, 16 bits of each. A pid means something
+only in its namespace (two containers sharing ``/dev/shm``, ``docker --ipc=host``), and a
+dead owner's pid is soon another process's: the janitor spares the segments of other
+namespaces and removes those whose pid now names a process that started at another time.
+Names are checked before they reach the file system: one cannot leave ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from .._exceptions import SharedMemoryError
 
 PREFIX = "hx"
 SHM_DIR = "/dev/shm"
-_NAME = re.compile(r"hx(\d+)_[0-9a-f]{16}(?:w(\d+))?\Z")
+_NAME = re.compile(r"hx(\d+)_[0-9a-f]{16}(?:t([0-9a-f]{8}))?(?:w(\d+))?\Z")
 LINUX = sys.platform.startswith("linux")
+_identities: dict[int, str] = {}  # pid -> identity: this process's, its parent's (both alive)
 
 
 def new_name(owner_pid: int | None = None) -> str:
@@ -30,9 +38,13 @@ def new_name(owner_pid: int | None = None) -> str:
     Made for another process (a worker's result for its parent), it also names its maker.
     """
     me = os.getpid()
-    if owner_pid is None or owner_pid == me:
-        return f"{PREFIX}{me}_{os.urandom(8).hex()}"
-    return f"{PREFIX}{owner_pid}_{os.urandom(8).hex()}w{me}"
+    owner = me if owner_pid is None else owner_pid
+    known = _identities.get(owner)
+    if known is None:
+        known = _identities[owner] = identity(owner) or ""
+    tag = f"t{known}" if known else ""
+    made = "" if owner == me else f"w{me}"
+    return f"{PREFIX}{owner}_{os.urandom(8).hex()}{tag}{made}"
 
 
 def owner_pid_of(name: str) -> int | None:
@@ -41,10 +53,47 @@ def owner_pid_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def owner_identity_of(name: str) -> str | None:
+    """The owner's identity in a segment name (``identity``), or None when it has none."""
+    match = _NAME.match(name)
+    return match.group(2) if match else None
+
+
 def maker_pid_of(name: str) -> int | None:
     """The pid of the worker that made ``name`` for its owner, or None (made by the owner)."""
     match = _NAME.match(name)
-    return int(match.group(2)) if match and match.group(2) else None
+    return int(match.group(3)) if match and match.group(3) else None
+
+
+def identity(pid: int) -> str | None:
+    """Eight hex digits: this process's PID namespace and ``pid``'s start time, 16 bits each.
+
+    None when this cannot be read: not Linux, no ``/proc``, no such process, or a ``/proc``
+    of another PID namespace than this process's (its pids would not be ours).
+    """
+    if not LINUX:
+        return None
+    try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        started = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"{namespace & 0xFFFF:04x}{started & 0xFFFF:04x}"
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it names a segment; no path: it must never leave ``/dev/shm``.
+
+    Raises:
+        SharedMemoryError: it is empty, has a ``/`` or a NUL, or is ``.`` or ``..``.
+    """
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise SharedMemoryError(f"not a shared-memory segment name: {name!r}")
+    return name
 
 
 def _posixshmem() -> Any:
@@ -57,6 +106,7 @@ def _posixshmem() -> Any:
 def open_segment(name: str, flags: int) -> int:
     # On Linux shm_open(3) is open(2) under /dev/shm with O_NOFOLLOW | O_CLOEXEC; doing it
     # directly avoids the private _posixshmem module where it is not needed.
+    check_name(name)
     if LINUX:
         return os.open(os.path.join(SHM_DIR, name), flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     fd: int = _posixshmem().shm_open("/" + name, flags, 0o600)
@@ -67,6 +117,7 @@ def unlink(name: str) -> bool:
     """Remove the segment ``name``; return False when it was already gone."""
     if _faults.ACTIVE:
         _faults.hit("shm.unlink")
+    check_name(name)
     try:
         if LINUX:
             os.unlink(os.path.join(SHM_DIR, name))

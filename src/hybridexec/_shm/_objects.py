@@ -321,7 +321,14 @@ class SharedArray(SharedHandle):
 
         if copy:
             return np.array(self.array, dtype=dtype, copy=True)
-        return self.array if dtype is None else self.array.astype(dtype, copy=False)
+        if dtype is None or np.dtype(dtype) == self._dtype:
+            return self.array
+        if copy is False:  # numpy 2's "never copy", as numpy refuses it for its own arrays
+            raise ValueError(
+                f"a SharedArray of {self._dtype} cannot be viewed as {np.dtype(dtype)} "
+                "without a copy (copy=False)"
+            )
+        return self.array.astype(dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -132,12 +132,19 @@ class Placement:
         self.stats = {"placed": 0, "reused": 0, "by_reference": 0, "pool_hits": 0, "lent": 0}
 
     def dumps_call(
-        self, obj: Any, future: concurrent.futures.Future[Any] | None, *, copies: bool = True
+        self,
+        obj: Any,
+        future: concurrent.futures.Future[Any] | None,
+        *,
+        copies: bool = True,
+        held: list[object] | None = None,
     ) -> bytes:
         """Pickle a call, placing large arrays; release them when ``future`` is done.
 
         Views of shared memory go by name whatever their size. With ``copies`` False (a call
-        nothing will say the end of, such as an actor's tell) other arrays are pickled.
+        nothing will say the end of, such as an actor's tell) other arrays are pickled; the
+        handles whose names it carries go into ``held``, for the caller to keep until the
+        call was read (a temporary ``SharedArray`` would be unlinked before).
 
         Raises:
             SerializationError: the call cannot be pickled.
@@ -150,6 +157,8 @@ class Placement:
             raise
         if lease:
             if future is None:
+                if held is not None:
+                    held.extend(lease.keep)
                 self.release(lease)  # nobody will say when the task ends: only pickle
             else:
                 on_done = getattr(future, "_hx_add_inline", future.add_done_callback)  # ours: now

@@ -3,7 +3,8 @@
 - A result array of at least the threshold is copied into a new segment named after the parent
   (the owner-to-be); the parent maps it and unlinks the name at once, so the array it hands to
   the caller owns the memory outright.
-- A result that is a view of a task input (shared memory the parent owns) goes back by name.
+- A result that is a view of a shared object the parent owns (a ``SharedArray`` it passed)
+  goes back by name, whatever its size: the caller's result views it, as a thread's would.
 - A handle the worker owns is handed over: the parent becomes its owner.
 
 The worker learns its executor's threshold from the pickled callable (``reply_policy``), so the
@@ -185,21 +186,39 @@ def _apply_reply_policy(threshold: int | None, fn_bytes: bytes) -> Any:
 class _ReplyState:
     """Segments a reply created, to undo them if the reply cannot be sent."""
 
-    __slots__ = ("created", "handles", "owner_pid")
+    __slots__ = ("created", "handles", "owner_pid", "renamed")
 
     def __init__(self) -> None:
         parent = multiprocessing.parent_process()
         self.owner_pid = parent.pid if parent is not None and parent.pid else os.getpid()
         self.created: list[Segment] = []
         self.handles: list[SharedHandle] = []
+        self.renamed: list[tuple[Segment, str]] = []  # handed over: renamed for the parent
+
+    def hand_over(self, handle: SharedHandle) -> None:
+        """A handle this worker owns goes to the parent, its name now the parent's.
+
+        A handle kept here and returned again then names the same segment.
+        """
+        from ._names import new_name, owner_pid_of
+
+        segment, old = handle._segment, handle._segment.name
+        if owner_pid_of(old) != self.owner_pid and segment.rename(new_name(self.owner_pid)):
+            self.renamed.append((segment, old))
+        self.handles.append(handle)
 
     def place(self, array: npt.NDArray[Any]) -> tuple[Any, ...] | None:
-        threshold = _reply_threshold
-        if threshold is None or array.nbytes < threshold or array.dtype.hasobject:
+        if array.dtype.hasobject:
             return None
-        shared = _shared_reference(array)
-        if shared is not None and not shared[0].owned and shared[0].writable:
-            return shared[1]  # a view of a shared object the parent owns (a SharedArray)
+        if _handles_exist():
+            shared = _shared_reference(array)
+            if shared is not None and not shared[0].owned and shared[0].writable:
+                # A view of a shared object the parent owns (a SharedArray), whatever its size:
+                # the caller's result views it, as it would had the task run on a thread.
+                return shared[1]
+        threshold = _reply_threshold
+        if threshold is None or array.nbytes < threshold:
+            return None
         # Anything else is copied, views of a placed argument included: that segment goes
         # back to the parent's pool when this task ends.
         try:
@@ -218,8 +237,11 @@ class _ReplyState:
         for segment in self.created:
             unlink(segment.name)
             segment.close()
+        for segment, name in self.renamed:
+            segment.rename(name)  # its own again
         self.created.clear()
         self.handles.clear()
+        self.renamed.clear()
 
     def done(self) -> None:
         for segment in self.created:
@@ -228,6 +250,7 @@ class _ReplyState:
             handle._segment.disown()  # the parent owns it now
         self.created.clear()
         self.handles.clear()
+        self.renamed.clear()
 
 
 def dumps_reply(obj: Any) -> bytes:
@@ -275,7 +298,7 @@ class _ReplyPickler(pickle.Pickler):
         # Not loaded (or not yet: getattr): no handle exists.
         handle = getattr(sys.modules.get("hybridexec._shm._objects"), "SharedHandle", None)
         if handle is not None and isinstance(obj, handle) and obj.owner and not obj.closed:
-            self._state.handles.append(obj)
+            self._state.hand_over(obj)
             return obj._hx_transfer()
         return NotImplemented
 

@@ -19,7 +19,6 @@ an array that already lives in shared memory can be sent by name instead of by v
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import mmap
@@ -30,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _faults, _lifecycle
 from .._exceptions import SharedMemoryError
-from ._janitor import cleanup_shared_memory
+from . import _kept
+from ._janitor import ADOPTED, cleanup_shared_memory
 from ._names import (
     LINUX,
     SHM_DIR,
@@ -49,7 +49,7 @@ logger = logging.getLogger("hybridexec")
 
 
 # ---- the per-process registry of mappings ----------------------------------------------------
-# Guards what reads and then changes _maps, _names, _recent or a view count (no GIL on
+# Guards what reads and then changes _maps, _names or a view count (no GIL on
 # free-threaded builds; single dict operations are atomic there). Reentrant: a finalizer
 # may run from the garbage collector while this thread holds it.
 _lock = threading.RLock()
@@ -118,34 +118,6 @@ def mapping_of(buffer_owner: object) -> MapInfo | None:
     return None
 
 
-# Mappings this process attached lately, kept (strongly) for reuse: a worker that sums the
-# same 200 MB segment task after task would otherwise fault every page in again each time.
-# Entries whose name was unlinked (or now names another object) are dropped at the next attach,
-# so a kept mapping never holds freed memory for long.
-RECENT_MAX = 8
-RECENT_MAX_BYTES = 1 << 30
-_recent: collections.OrderedDict[int, tuple[mmap.mmap, str, int]] = collections.OrderedDict()
-
-
-def _keep_recent(mm: mmap.mmap, name: str, inode: int) -> None:
-    with _lock:
-        _recent[id(mm)] = (mm, name, inode)
-        while len(_recent) > RECENT_MAX or sum(len(m) for m, _, _ in _recent.values()) > (
-            RECENT_MAX_BYTES
-        ):
-            _recent.popitem(last=False)
-
-
-def _sweep_recent() -> None:
-    for key, (_, name, inode) in list(_recent.items()):  # a copy: at most RECENT_MAX entries
-        try:
-            stale = os.stat(os.path.join(SHM_DIR, name)).st_ino != inode
-        except OSError:
-            stale = True
-        if stale:
-            _recent.pop(key, None)
-
-
 def _reset_after_fork() -> None:
     # A forked child inherits the registry but owns none of it (only the forking thread runs).
     global _lock
@@ -153,7 +125,6 @@ def _reset_after_fork() -> None:
     for info in list(_maps.values()):
         info.owned = False
     _names.clear()
-    _recent.clear()
 
 
 _lifecycle.on_fork(_reset_after_fork)
@@ -246,8 +217,8 @@ class Segment:
         Raises:
             SharedMemoryError: no such segment (its owner closed it or exited), or no access.
         """
-        if _recent and LINUX:
-            _sweep_recent()
+        if _kept.kept and LINUX:
+            _kept.sweep()
         with _lock:
             known = _names.get(name)
             mm = None if known is None or not (known.writable or readonly) else known.mm_ref()
@@ -256,8 +227,7 @@ class Segment:
                     raise SharedMemoryError(
                         f"shared-memory segment {name!r} holds {known.size} bytes, {size} expected"
                     )
-                if id(mm) in _recent:
-                    _recent.move_to_end(id(mm))
+                _kept.touch(mm)
                 return cls(name, known.size if size is None else size, mm, known.writable, False)
         flags = os.O_RDONLY if readonly else os.O_RDWR
         try:
@@ -287,7 +257,7 @@ class Segment:
             os.close(fd)
         _register(MapInfo(name, size, mm, not readonly, False), mm)
         if keep and LINUX:
-            _keep_recent(mm, name, st.st_ino)
+            _kept.keep(mm, name, st.st_ino)
         return cls(name, size, mm, not readonly, False)
 
     @property
@@ -342,44 +312,69 @@ class Segment:
             return
         if self.owner:
             self.unlink()
-        _recent.pop(id(mm), None)  # closed on purpose: do not keep it for reuse
+        _kept.drop(mm)  # closed on purpose: do not keep it for reuse
         self.mm = None  # the mmap is unmapped when its last view goes
 
     def unlink(self) -> None:
-        """Remove the name (owner only); existing mappings stay valid."""
-        if self._finalizer is not None:
-            self._finalizer()  # unlinks once, in the owning process only
-            self._finalizer = None
+        """Remove the name (owner only); existing mappings stay valid.
+
+        Interrupted (a Ctrl-C), the finalizer stays armed: the next ``close()`` or the
+        collection of this handle removes the name, never left behind.
+        """
+        finalizer = self._finalizer
+        if finalizer is None:
+            return
+        armed = finalizer.peek()
+        if armed is not None:
+            _unlink_owned(*armed[2])  # in the owning process only; idempotent
+            finalizer.detach()
+        self._finalizer = None
 
     def adopt(self) -> None:
         """Take over ownership of a segment another process created and handed over.
 
-        On Linux the segment is renamed after this process, so that the janitor does not
-        remove it once the process that created it (a worker) is gone.
+        On Linux the segment carries this process's pid, so that the janitor does not remove
+        it once the process that created it (a worker) is gone: named so by the worker as it
+        handed it over, or renamed here.
         """
         if self.owner:
             return
         if LINUX and owner_pid_of(self.name) != os.getpid():
-            fresh = new_name()
-            try:
-                os.rename(os.path.join(SHM_DIR, self.name), os.path.join(SHM_DIR, fresh))
-            except OSError:
-                pass  # keep the old name: still valid while the janitor spares it
-            else:
-                with _lock:
-                    for mapped in list(_maps.values()):
-                        if mapped.name == self.name:
-                            mapped.name = fresh
-                    known = _names.pop(self.name, None)
-                    if known is not None:
-                        _names[fresh] = known
-                self.name = fresh
+            self._rename(new_name())
+        ADOPTED.add(self.name)  # made for us by a worker: not removed as its leftover
         self.owner = True
         self._finalizer = weakref.finalize(self, _unlink_owned, self.name, os.getpid())
         info = _names.get(self.name)
         if info is not None and info.mm_ref() is self.mm:
             info.owned = True
             info.segment_ref = weakref.ref(self)
+
+    def rename(self, fresh: str) -> bool:
+        """Name this process's segment ``fresh``; False when it keeps its name.
+
+        A worker handing a handle over to its parent names it for the parent (``_reply``):
+        a handle the worker keeps, returned again, still names it.
+        """
+        if not LINUX or not self._rename(fresh):
+            return False
+        if self._finalizer is not None and self._finalizer.detach() is not None:  # by name
+            self._finalizer = weakref.finalize(self, _unlink_owned, self.name, os.getpid())
+        return True
+
+    def _rename(self, fresh: str) -> bool:
+        try:
+            os.rename(os.path.join(SHM_DIR, self.name), os.path.join(SHM_DIR, fresh))
+        except OSError:
+            return False  # keep the old name: still valid while the janitor spares it
+        with _lock:
+            for mapped in list(_maps.values()):
+                if mapped.name == self.name:
+                    mapped.name = fresh
+            known = _names.pop(self.name, None)
+            if known is not None:
+                _names[fresh] = known
+        self.name = fresh
+        return True
 
     def disown(self) -> None:
         """Give up ownership without unlinking (the segment was handed to another process)."""
@@ -395,5 +390,8 @@ class Segment:
 
 def _unlink_owned(name: str, pid: int) -> None:
     if os.getpid() == pid:  # never from a forked child that inherited the handle
-        forget_name(name)
-        unlink(name)
+        try:
+            unlink(name)  # first: what must never be left behind
+        finally:
+            ADOPTED.discard(name)
+            forget_name(name)
