@@ -74,6 +74,16 @@ def generation() -> int:
     return _generation
 
 
+def exit_if_forked(born: int) -> None:
+    """End this process if user code forked it since ``born`` (a ``generation()``).
+
+    A library thread's loop calls it as user code returns into it: in a child that code
+    forked, the loop must not go on (take the parent's next task or message, wait for ever).
+    """
+    if _generation != born:
+        os._exit(0)
+
+
 def exiting() -> bool:
     """True once interpreter exit started running the hooks."""
     return _exiting

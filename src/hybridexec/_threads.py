@@ -202,7 +202,7 @@ class ThreadLane:
             self._timers.close()
 
     def _work(self) -> None:
-        me = threading.current_thread()
+        me, born = threading.current_thread(), _lifecycle.generation()
         try:
             if self._initializer is not None:
                 self._initializer(*self._initargs)
@@ -245,6 +245,7 @@ class ThreadLane:
                     # the task's): the task fails rather than stay running for ever.
                     logger.exception("the thread lane failed running %r", task)
                     task.future.settle(False, exc)
+                _lifecycle.exit_if_forked(born)  # a child the task forked ends here
                 if not quick:
                     gate.leave()
             del task, route  # an idle thread must not keep them (callable, arguments) alive

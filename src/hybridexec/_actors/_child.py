@@ -27,8 +27,8 @@ from typing import Any
 
 from .._exceptions import SerializationError
 from .._process import FrameReader, enter_child, write_frame
-from .._serialize import PROTOCOL, dumps, loads, pack_exception
-from .._shm import note_lent
+from .._serialize import PROTOCOL, loads, pack_exception
+from .._shm import dumps_answer, note_lent
 
 # Control messages and constant answers: one byte, never a valid pickle (those start b"\x80").
 STOP = b"s"
@@ -161,7 +161,7 @@ def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> 
     try:
         # Not as a worker's reply (dumps_reply): a shared object the actor made stays its
         # own, as the state it usually is (handed over, it went when the asker dropped it).
-        return dumps((OK, value))
+        return dumps_answer((OK, value))
     except BaseException as exc:  # a __reduce__ raising SystemExit too: the actor lives on
         err = SerializationError(
             f"the result of {getattr(fn, '__qualname__', fn)} would not pickle"

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._callbacks import serve
+from .._exceptions import ActorError
 from .._futures import Future
 from .._process import (
     DEFAULT_GRACE,
@@ -95,6 +96,11 @@ class ProcessCore(Supervisor, CoreBase):
         self.overflow: deque[tuple[bytes, Entry | None]] = deque()  # None: a control message
         self.discarding = False
         self.conn: Any = None  # the request pipe's write end while a child is up
+        # Once the child said READY (its constructor returned): until then, messages wait here
+        # (a message larger than the pipe, written while the constructor runs, would hold the
+        # lock, every sender and stop() with it, until the child reads; outside tester 13a A8).
+        self.ready = False
+        self.tells_counted = False
         self.fd = -1  # its file descriptor
         self.budget = 0
         self.parent_ends: tuple[Any, ...] = ()  # this side's pipe ends of the current child
@@ -114,6 +120,7 @@ class ProcessCore(Supervisor, CoreBase):
             conn.close()  # the child's process must see EOF when the parent goes
         self.parent_ends = ()
         self.conn = None
+        self.ready = False
         self.fd = -1
         self.child = None  # never signal the parent's actor process from here
         self.inflight.clear()
@@ -135,6 +142,12 @@ class ProcessCore(Supervisor, CoreBase):
         kwargs: dict[str, Any],
         future: Future[Any] | None,
     ) -> None:
+        own = self.in_actor()  # an on_error hook, run by the thread that reads the answers
+        if own and future is not None:
+            raise ActorError(
+                f"an on_error hook of actor {self.name} asked its own actor: the answer is read "
+                "by the thread running the hook, so waiting for it would deadlock; use tell"
+            )
         ref = self.refs.get(fn)
         if ref is None:
             ref = self._wire_ref(fn)
@@ -157,9 +170,9 @@ class ProcessCore(Supervisor, CoreBase):
             if self.state != OPEN:
                 self.refuse()
             if self.mailbox_size is not None:
-                self.admit(False)
+                self.admit(own)  # the hook's thread is the one that makes room
             if (
-                self.conn is not None
+                self.ready
                 and not self.overflow
                 and (not self.inflight_bytes or self.inflight_bytes + entry[1] <= self.budget)
             ):
@@ -197,7 +210,7 @@ class ProcessCore(Supervisor, CoreBase):
 
     def _control(self, data: bytes) -> None:
         """Queue STOP or STOP_NOW behind everything sent before; lock held."""
-        if self.conn is not None and not self.overflow:
+        if self.ready and not self.overflow:
             try:
                 write_frame(self.fd, data)
             except OSError:
@@ -208,7 +221,7 @@ class ProcessCore(Supervisor, CoreBase):
     def _flush(self) -> None:
         """Move overflow into the pipe while the budget allows; lock held."""
         overflow = self.overflow
-        while overflow and self.conn is not None:
+        while overflow and self.ready:
             data, entry = overflow[0]
             if entry is None:
                 overflow.popleft()

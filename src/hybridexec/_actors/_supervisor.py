@@ -55,6 +55,8 @@ class Supervisor(CoreBase):
     inflight_bytes: int
     overflow: deque[tuple[bytes, Entry | None]]
     conn: Any
+    ready: bool
+    tells_counted: bool  # the crash's warning counted the queued tells lost
     fd: int
     budget: int
     parent_ends: tuple[Any, ...]
@@ -94,7 +96,8 @@ class Supervisor(CoreBase):
             for future, _, fn, _ in left:
                 self.drop(future, fn)  # a tell never sent is lost too: on_error hears of it
             tells = sum(1 for future, _, _, _ in left if future is None)
-            if tells and self.on_error is None and self.state in (BROKEN, KILLED):
+            told = self.tells_counted  # by the crash's warning
+            if tells and self.on_error is None and self.state in (BROKEN, KILLED) and not told:
                 logger.warning("actor %s: %d queued tell(s) lost", self.name, tells)
             self.placement.close()
             self.finish()
@@ -193,6 +196,9 @@ class Supervisor(CoreBase):
                     if data != READY:
                         self._constructor_failed(data)
                         return
+                    with self.lock:  # what was sent meanwhile goes now
+                        self.ready = True
+                        self._flush()
                     continue
                 answer(data)
         except (EOFError, OSError):
@@ -283,6 +289,7 @@ class Supervisor(CoreBase):
         with self.lock:
             self.conn.close()
             self.conn = None
+            self.ready = False
             self.fd = -1
             self.child = None
             lost = list(self.inflight)
@@ -295,6 +302,13 @@ class Supervisor(CoreBase):
             if (state == OPEN and not restart) or (state == STOPPING and (exitcode or lost)):
                 self.state = BROKEN
                 self.reason = crash
+            # Broken, the tells still queued here are lost too (dropped as the thread ends):
+            # counted in this one warning (outside tester 13a's A3).
+            queued = (
+                0
+                if self.state != BROKEN
+                else sum(1 for _, entry in self.overflow if entry is not None and entry[0] is None)
+            )
         cause: BaseException = crash
         if state == KILLED:
             what = "was killed while this message was pending"
@@ -311,6 +325,8 @@ class Supervisor(CoreBase):
             if self.on_error is not None:  # a lost tell is a failed tell: its one report
                 self.report(f"tell {describe(fn)}", self.broken_error(what, cause))
         if state in (OPEN, STOPPING) and (exitcode or lost or state == OPEN):
+            tells += queued if self.on_error is None else 0
+            self.tells_counted = queued > 0
             logger.warning(
                 "actor %s: %s%s; %s",
                 self.name,

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import _lifecycle
 from .._exceptions import ActorError
 from .._futures import Future
 from .._threads import interrupt_thread
@@ -63,6 +64,7 @@ class ThreadCore(CoreBase):
         self.ident: int | None = None
         self.handler_lock = threading.Lock()
         self.in_handler = False
+        self.settling = False  # the actor's thread runs the done-callbacks of an answer
         self.current: Future[Any] | None = None
         self.thread = threading.Thread(
             target=self.run, args=(args, kwargs), name=f"hybridexec-actor-{name}", daemon=True
@@ -85,7 +87,7 @@ class ThreadCore(CoreBase):
         future: Future[Any] | None,
     ) -> None:
         own = self.in_actor()
-        if own and future is not None:
+        if own and future is not None and not self.settling:  # (a done-callback asks no wait)
             raise ActorError(
                 f"actor {self.name} asked itself from inside a handler: the answer can only "
                 "come after the handler returns, so waiting for it would deadlock; use tell, "
@@ -167,6 +169,7 @@ class ThreadCore(CoreBase):
     def serve(self, instance: Any) -> None:
         get = self.queue.get
         handler_lock = self.handler_lock
+        born = _lifecycle.generation()
         bounded = self.mailbox_size is not None
         while True:
             message = get()
@@ -186,11 +189,18 @@ class ThreadCore(CoreBase):
                     raise
                 except BaseException as exc:  # SystemExit in a handler ends the message only
                     value, ok = exc, False
+                _lifecycle.exit_if_forked(born)  # a child the handler forked ends here
                 with handler_lock:
                     self.in_handler = False
                     self.current = None
                 if future is not None:
-                    future.settle(ok, value)
+                    # Its done-callbacks run here: they may chain an ask (never to wait for
+                    # it: this thread answers it), as they may on any other actor.
+                    self.settling = True
+                    try:
+                        future.settle(ok, value)
+                    finally:
+                        self.settling = False
                 elif not ok:
                     self.report(f"tell {describe(fn)}", value)
             else:

@@ -15,6 +15,7 @@ import signal
 import threading
 from typing import Any
 
+from .. import _lifecycle
 from ._guardian import guard
 
 
@@ -98,3 +99,22 @@ class Child:
             self.process.close()
         except ValueError:  # not reaped: its object goes with the last reference
             pass
+
+
+def _forget_parents_children() -> None:
+    """In a child forked by user code: our processes are its parent's children, not its own.
+
+    multiprocessing's exit hook would join them and print ``AssertionError: can only join a
+    child process`` as the child exits (a worker, a process actor; outside tester 13a's A4).
+    """
+    import multiprocessing.process as mp_process
+
+    children: set[Any] = getattr(mp_process, "_children", set())
+    me = os.getpid()
+    for process in list(children):
+        ours = str(getattr(process, "name", "")).startswith("hybridexec-")
+        if ours and getattr(process, "_parent_pid", me) != me:
+            children.discard(process)
+
+
+_lifecycle.on_fork(_forget_parents_children)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ._place import check_threshold as check_threshold
     from ._reply import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
     from ._reply import discard_reply as discard_reply
+    from ._reply import dumps_answer as dumps_answer
     from ._reply import dumps_reply as dumps_reply
     from ._reply import note_lent as note_lent
     from ._reply import reply_policy as reply_policy
@@ -62,6 +63,7 @@ __all__ = [
     "check_threshold",
     "cleanup_shared_memory",
     "discard_reply",
+    "dumps_answer",
     "dumps_reply",
     "free_bytes",
     "mapping_of",
@@ -90,6 +92,7 @@ __getattr__, __dir__ = exports(
         "check_threshold": "._place",
         "cleanup_shared_memory": "._janitor",
         "discard_reply": "._reply",
+        "dumps_answer": "._reply",
         "dumps_reply": "._reply",
         "free_bytes": "._names",
         "mapping_of": "._segment",

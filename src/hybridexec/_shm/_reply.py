@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import SharedMemoryError
 from .._lazy import loaded
-from .._serialize import PROTOCOL
+from .._serialize import PROTOCOL, dumps, main_by_value
 
 if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
     import numpy as np
@@ -300,6 +300,39 @@ class _ReplyPickler(pickle.Pickler):
         if handle is not None and isinstance(obj, handle) and obj.owner and not obj.closed:
             self._state.hand_over(obj)
             return obj._hx_transfer()
+        return NotImplemented
+
+
+def dumps_answer(obj: Any) -> bytes:
+    """Pickle a process actor's answer as ``dumps`` does, read-only shared views copied.
+
+    A read-only view of a placed argument (the handler returned its argument) goes as a
+    writable copy, as a task's result does (``_ReplyPickler``). Nothing else of a reply: no
+    placement, no handle handed over (an actor keeps its shared objects as its state).
+    """
+    if "numpy" in sys.modules and _handles_exist():
+        buffer = io.BytesIO()
+        try:
+            _AnswerPickler(buffer).dump(obj)
+        except Exception:
+            pass  # what the C pickler cannot do: ``dumps`` falls back to cloudpickle
+        else:
+            data = buffer.getvalue()
+            if not main_by_value(data):
+                return data
+    return dumps(obj)
+
+
+class _AnswerPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, PROTOCOL)
+        self._ndarray = _ndarray_type()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is self._ndarray:
+            array: Any = obj
+            if not array.flags.writeable and _read_only_shared(array):
+                return array.copy().__reduce_ex__(PROTOCOL)
         return NotImplemented
 
 
