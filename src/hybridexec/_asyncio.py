@@ -14,11 +14,13 @@ import concurrent.futures
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _lifecycle
 from ._callbacks import serve
+from ._deadlines import Timers
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
 
@@ -71,6 +73,7 @@ class LoopLane:
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._deadlines: Timers | None = None
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         import asyncio  # on use: importing it costs ~20 ms
@@ -85,7 +88,13 @@ class LoopLane:
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
-                    loop.run_forever()
+                    try:
+                        loop.run_forever()
+                    finally:  # the loop stopped: no deadline is left to watch
+                        with self._lock:
+                            timers, self._deadlines = self._deadlines, None
+                        if timers is not None:
+                            timers.close(wait=False)
 
                 _lifecycle.starting_thread()  # the helpers forked first, while it is safe
                 self._thread = threading.Thread(
@@ -114,34 +123,33 @@ class LoopLane:
                 return
             # The deadline is a timer of its own, not wait_for: the coroutine's own
             # TimeoutError (its asyncio.wait_for ran out) is its outcome, not the deadline's
-            # (it escaped this function and left the future running). At the deadline the
-            # future fails at once, then the coroutine is cancelled: one that swallows the
-            # cancel cannot hold the timeout up.
-            deadline = None if timeout is None else loop.call_later(timeout, expire, current())
+            # (it escaped this function and left the future running). It runs on the timer
+            # thread, not on this loop: a coroutine that blocks the loop (time.sleep) fails
+            # at its deadline all the same. The future fails at once, then the coroutine is
+            # cancelled: one that swallows the cancel cannot hold the timeout up.
+            armed = None if timeout is None else [current()]
+            if armed is not None:
+                assert timeout is not None
+                self._timers().call_at(time.monotonic() + timeout, lambda: expire(armed))
             try:
                 result = await fn(*args, **kwargs)
             except asyncio.CancelledError:
                 future.cancel()  # nothing if the deadline failed it first
             except BaseException as exc:
-                late(deadline)
                 future.settle(False, exc)
             else:
-                late(deadline)
                 future.settle(True, result)
             finally:
-                if deadline is not None:
-                    deadline.cancel()
+                if armed is not None:
+                    armed.clear()  # the timer holds nothing of the task once it ended
 
-        def late(deadline: asyncio.TimerHandle | None) -> None:
-            # A coroutine that blocked the loop past its deadline (the timer could not run):
-            # the deadline's outcome all the same, as a thread task stuck in C code gets.
-            if deadline is not None and loop.time() >= deadline.when():
-                expire(None)
-
-        def expire(task: asyncio.Task[None] | None) -> None:
+        def expire(armed: list[asyncio.Task[None] | None]) -> None:  # on the timer thread
+            if not armed:
+                return
             future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
+            task = armed[0]
             if task is not None:
-                task.cancel()
+                loop.call_soon_threadsafe(task.cancel)
 
         current = asyncio.current_task
 
@@ -157,6 +165,13 @@ class LoopLane:
 
         loop.call_soon_threadsafe(start)
         return future
+
+    def _timers(self) -> Timers:
+        """The deadlines' timer thread, made on first use."""
+        with self._lock:
+            if self._deadlines is None:
+                self._deadlines = Timers(f"{self._name}-async-deadlines")
+            return self._deadlines
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop the loop once its tasks finish (or are cancelled)."""

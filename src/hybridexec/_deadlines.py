@@ -12,8 +12,10 @@ the call until then (``_mapitems.Slots``).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import heapq
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -156,17 +158,47 @@ class Timers:
             fn()
 
 
-def on_deadline(running: Running) -> None:
+IMPORT_PAUSE = 0.005
+"""Seconds a deadline's interruption waits, again and again, while its thread imports."""
+
+
+def on_deadline(running: Running, timers: Timers | None = None) -> None:
+    """The deadline of a task running on a thread: fail its future, interrupt its thread.
+
+    Never while the thread imports (``timers`` given): CPython's import locks do not survive
+    an exception raised asynchronously inside them, and every later import of that module,
+    in any thread, would hang or fail. The future fails at the deadline; the interruption
+    comes once the import ended (tried again every ``IMPORT_PAUSE`` seconds).
+    """
     with running.lock:
         future = running.future
-        if running.done or future is None:
+        if running.done or (future is None and not running.interrupted):
             return
-        running.interrupted = True
-        running.future = None
-        # Before the future is done: whoever sees it done sees that its code may still run.
-        running.ended = future._hx_ended = concurrent.futures.Future()
-        interrupt_thread(running.ident, TaskInterrupted)
-    # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
-    future.settle(
-        False, TaskTimeoutError(f"task exceeded its {running.timeout:g} s timeout in a thread")
-    )
+        if future is not None:  # the deadline itself (not a retry after an import)
+            running.interrupted = True
+            running.future = None
+            # Before the future is done: whoever sees it done sees that its code may still run.
+            running.ended = future._hx_ended = concurrent.futures.Future()
+        retry = functools.partial(on_deadline, running, timers)
+        if not (
+            timers is not None
+            and _importing(running.ident)
+            and timers.try_call_at(time.monotonic() + IMPORT_PAUSE, retry)
+        ):
+            interrupt_thread(running.ident, TaskInterrupted)
+    if future is not None:
+        # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
+        future.settle(
+            False,
+            TaskTimeoutError(f"task exceeded its {running.timeout:g} s timeout in a thread"),
+        )
+
+
+def _importing(ident: int) -> bool:
+    """Whether thread ``ident`` runs the import system now (its Python frames say so)."""
+    frame = sys._current_frames().get(ident)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False

@@ -34,10 +34,7 @@ from ._waits import wait_long
 T = TypeVar("T")
 
 _DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
-# The C RLock itself (what threading.RLock() returns), one global lookup per future:
-# threading.RLock is a Python function around it (0.23 against 0.10 us a future).
-_allocate_rlock = _thread.RLock
-
+_allocate_rlock = _thread.RLock  # threading.RLock() wraps it in Python: 0.23 vs 0.10 us
 logger = logging.getLogger("hybridexec")
 
 FRESH_CONTEXT = contextvars.Context()
@@ -62,10 +59,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             def`` function on the executor's event loop) or a backend's name.
     """
 
-    # What every future sets lives in slots (issue 17). As instance attributes they share one
-    # key table per class on CPython 3.11, which takes new names only while the first few
-    # dozen instances are made: after ~30 futures made before one was settled, every future
-    # built a dict of its own (one more object for the GC, slower settles; slots read fast).
+    # Slots (issue 17): as instance attributes, after ~30 futures made before one was settled
+    # (CPython 3.11's shared keys), every future built a dict of its own (one more GC object).
     __slots__ = (
         "_cond",
         "_exception",
@@ -177,8 +172,13 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             else:
                 stop = None
         if stop is None:
-            if not super().cancel():
-                return False
+            with self._lock:  # the stdlib's cancel, without building a Condition to notify
+                if self._state != PENDING:
+                    return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+                self._state = CANCELLED
+                if self._cond is not None:
+                    self._cond.notify_all()
+            self._invoke_callbacks()
             # Done for wait() and as_completed() at once, not when a lane pulls the task: one
             # sent ahead to a busy worker may never be pulled again (its reply is dropped).
             self.set_running_or_notify_cancel()

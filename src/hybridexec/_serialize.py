@@ -171,12 +171,27 @@ def adopt(fn: Any) -> Any:
     """Lay the globals this worker's initializer set over those ``fn`` brought; return ``fn``.
 
     Called once per callable unpickled in a worker (the worker caches them by their bytes).
+    The script's functions and classes that came with it by value (``fn`` and those its
+    globals name) are also made the worker's ``__main__``'s: the standard pickler, which
+    pickles them by name, must find these very objects there (a task that runs a
+    ``ProcessPoolExecutor`` of its own on another function of the script; outside tester
+    13c's C5), as in a ``ProcessPoolExecutor``'s worker, where the script is what it runs.
     """
-    if _initialized:
-        found = _by_value_globals(fn)
-        if found is not None:
+    found = _by_value_globals(fn)
+    if found is not None:
+        if _initialized:
             found.update(_initialized)
+        main = sys.modules.get("__main__")
+        if main is not None:
+            for value in (fn, *found.values()):
+                if type(value) in _DEFINED and getattr(value, "__module__", None) == "__main__":
+                    name = getattr(value, "__qualname__", None)
+                    if isinstance(name, str) and name.isidentifier():  # top level only
+                        setattr(main, name, value)
     return fn
+
+
+_DEFINED = (types.FunctionType, type)
 
 
 def loads(data: bytes) -> Any:

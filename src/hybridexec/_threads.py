@@ -358,7 +358,9 @@ class ThreadLane:
             task.start_clock()
             running = Running(future, task.timeout, threading.get_ident())
             assert task.deadline is not None
-            self._timers.call_at(task.deadline, functools.partial(on_deadline, running))
+            self._timers.call_at(
+                task.deadline, functools.partial(on_deadline, running, self._timers)
+            )
         cpu, ok, value = -1.0, False, None
         try:
             try:

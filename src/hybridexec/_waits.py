@@ -127,16 +127,20 @@ def _interruptible(wait: Callable[[float | None], bool], timeout: float | None) 
 
 
 def surely(give_back: Callable[..., None], *args: Any) -> None:
-    """Run ``give_back`` to its end even if Ctrl-C interrupts it, then raise the interrupt.
+    """Run ``give_back`` to its end even if an interrupt cuts it short, then raise the interrupt.
 
-    Run again when interrupted: it is idempotent.
+    An interrupt: whatever is not an ``Exception`` (Ctrl-C's ``KeyboardInterrupt``, the
+    exception a thread task's deadline raises in its thread, an actor's kill). Run again when
+    interrupted: it is idempotent.
     """
     interrupted: BaseException | None = None
     while True:
         try:
             give_back(*args)
             break
-        except KeyboardInterrupt as exc:
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise
             interrupted = exc
     if interrupted is not None:
         raise interrupted
