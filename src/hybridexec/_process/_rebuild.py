@@ -16,7 +16,6 @@ asked the same executor for work, held up the lane (outside tester 11c's C3).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import io
 import os
 import pickle
@@ -202,6 +201,8 @@ def _is_trusted(top: str) -> bool:
     """
     if top not in _TRUSTED:
         return False
+    import importlib.util  # here: ~1 ms of a cold start otherwise (a rare path)
+
     try:
         found = importlib.util.find_spec(top)
     except (ImportError, ValueError):

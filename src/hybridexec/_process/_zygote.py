@@ -21,7 +21,8 @@ the forks are few, together and late (``_supervise.preload_in_forkserver``).
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
 module is half imported (workers would find it so), it is small (a large heap would stay pinned
-by the copy, and the fork would copy large page tables), and multiprocessing's fork server is the
+by the copy, and the fork would copy large page tables), it maps no shared-memory segment (the
+copy would pin it likewise), and multiprocessing's fork server is the
 one this code knows (Python 3.10 to 3.13; 3.14 authenticates its clients). Otherwise nothing
 happens and multiprocessing starts its server the usual way, on the first worker's start.
 
@@ -385,4 +386,13 @@ def safe_to_fork() -> bool:
                 return False
         frame = frame.f_back
     rss = resident_memory()
-    return rss is not None and rss <= MAX_RSS
+    return rss is not None and rss <= MAX_RSS and not _maps_shared_memory()
+
+
+def _maps_shared_memory() -> bool:
+    """Whether this process maps a ``/dev/shm`` segment (a copy would pin its memory: 13b B1)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return b" /dev/shm/" in maps.read()
+    except OSError:
+        return True  # not known: no copy
