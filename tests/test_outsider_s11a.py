@@ -44,7 +44,7 @@ class SlowDisk(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "dis" and threading.current_thread().name == "a":
             self.entered.set()
-            self.release.wait(30)
+            self.release.wait(5)  # (a stall of a few seconds shows it as well)
         return None
 
 
@@ -120,7 +120,7 @@ class SlowDisk(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "hybridexec._actors._base" and threading.current_thread().name == "a":
             self.entered.set()
-            self.release.wait(30)
+            self.release.wait(5)  # (a stall of a few seconds shows it as well)
         return None
 
 
@@ -188,7 +188,7 @@ class SlowDisk(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "asyncio.base_events" and threading.current_thread().name == "a":
             self.entered.set()
-            self.release.wait(30)
+            self.release.wait(5)  # (a stall of a few seconds shows it as well)
         return None
 
 

@@ -93,7 +93,7 @@ def test_d1_a_failed_tells_exception_is_not_rebuilt_by_the_actors_supervisor() -
         ref.tell(Counter.fail, os.getpid())
         answer = ref.ask(Counter.inc)
         try:
-            assert answer.result(timeout=15) == 2  # the gate is still closed
+            assert answer.result(timeout=5) == 2  # the gate is still closed
         finally:
             GATE.set()
     finally:
@@ -151,7 +151,7 @@ def test_d3_a_result_with_a_large_array_and_user_code_to_unpickle_holds_up_no_ot
                 time.sleep(0.01)  # until the rebuild began (by whichever thread)
             other = ex.submit(square, 7)
             try:
-                assert other.result(timeout=15) == 49  # the gate is still closed
+                assert other.result(timeout=5) == 49  # the gate is still closed
             finally:
                 GATE.set()
             assert big.result(timeout=30)[0].sum() == 2_000_000
