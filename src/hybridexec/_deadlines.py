@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import heapq
 import itertools
+import os
 import sys
 import threading
 import time
@@ -27,8 +28,12 @@ from ._futures import Future
 from ._waits import capped
 
 
-class TaskInterrupted(BaseException):
-    """Raised asynchronously inside a thread whose task passed its deadline."""
+class TaskInterrupted(SystemExit):
+    """Raised asynchronously inside a thread whose task passed its deadline.
+
+    A ``SystemExit``: what code that catches every exception of a callback still lets through
+    (asyncio's event loop logs any other and runs on: a task that runs a loop would never end).
+    """
 
 
 def interrupt_thread(ident: int, exc: type[BaseException] | None) -> None:
@@ -158,23 +163,28 @@ class Timers:
             fn()
 
 
-IMPORT_PAUSE = 0.005
-"""Seconds a deadline's interruption waits, again and again, while its thread imports."""
+UNSAFE_PAUSE = 0.005
+"""Seconds a deadline's interruption waits, again and again, while its thread is unsafe."""
 
 
 def on_deadline(running: Running, timers: Timers | None = None) -> None:
     """The deadline of a task running on a thread: fail its future, interrupt its thread.
 
-    Never while the thread imports (``timers`` given): CPython's import locks do not survive
-    an exception raised asynchronously inside them, and every later import of that module,
-    in any thread, would hang or fail. The future fails at the deadline; the interruption
-    comes once the import ended (tried again every ``IMPORT_PAUSE`` seconds).
+    Not while the thread is where an exception raised out of nowhere would break state that
+    outlives the task (``timers`` given; ``_unsafe``): inside an import (CPython's import
+    locks: every later import of that module, in any thread, would hang or fail), or inside
+    the library's own code or the standard library's locking code that the task called (a
+    ``Condition``'s ``__enter__`` that acquired its lock and did not return yet leaves it
+    held for good: every later submit hung; 13c's C2, C3), or starting a thread (13d's D5).
+    The future fails at the deadline; the interruption comes once the thread is out (tried
+    every ``UNSAFE_PAUSE`` seconds). A thread blocked in a wait (a ``result()``) is
+    interrupted there, as before.
     """
     with running.lock:
         future = running.future
         if running.done or (future is None and not running.interrupted):
             return
-        if future is not None:  # the deadline itself (not a retry after an import)
+        if future is not None:  # the deadline itself (not a retry)
             running.interrupted = True
             running.future = None
             # Before the future is done: whoever sees it done sees that its code may still run.
@@ -182,8 +192,8 @@ def on_deadline(running: Running, timers: Timers | None = None) -> None:
         retry = functools.partial(on_deadline, running, timers)
         if not (
             timers is not None
-            and _importing(running.ident)
-            and timers.try_call_at(time.monotonic() + IMPORT_PAUSE, retry)
+            and _unsafe(running.ident)
+            and timers.try_call_at(time.monotonic() + UNSAFE_PAUSE, retry)
         ):
             interrupt_thread(running.ident, TaskInterrupted)
     if future is not None:
@@ -194,11 +204,38 @@ def on_deadline(running: Running, timers: Timers | None = None) -> None:
         )
 
 
-def _importing(ident: int) -> bool:
-    """Whether thread ``ident`` runs the import system now (its Python frames say so)."""
-    frame = sys._current_frames().get(ident)
+_STDLIB = os.path.dirname(threading.__file__) + os.sep
+_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_THREADING = _STDLIB + "threading.py"
+_WAITS = (_THREADING, _OURS + "_waits.py")
+# Where a lock may be taken and not yet guarded (a Condition's __enter__, logging's acquire),
+# or the library's own state changes: our code, threading, logging.
+_LOCKING = (_OURS, _THREADING, _STDLIB + "logging" + os.sep)
+_WAITING = ("wait", "wait_for", "wait_long", "acquire_long")  # blocking waits: safe there
+
+
+def _unsafe(ident: int) -> bool:
+    """Whether thread ``ident`` is where an asynchronous exception must not land now.
+
+    Inside an import or a thread's start (anywhere on its stack), or with its innermost
+    Python frame in our code, ``threading`` (a ``Condition``'s ``__enter__``) or ``logging``,
+    unless that frame is a blocking wait.
+    """
+    top = sys._current_frames().get(ident)
+    frame = top
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib"):
+            return True
+        if code.co_name == "start" and code.co_filename == _THREADING:
+            # Starting a thread: until that thread runs, its state carries this thread's
+            # ident, and CPython raises in the newest state of an ident: the new thread would
+            # die before it says it started, and this one wait for it for ever (13d's D5).
             return True
         frame = frame.f_back
-    return False
+    if top is None:
+        return False
+    where = top.f_code.co_filename
+    if not where.startswith(_LOCKING):
+        return False  # the task's own code, a package or stdlib module it uses, a C call
+    return not (where in _WAITS and top.f_code.co_name in _WAITING)
