@@ -389,7 +389,7 @@ def _run(
             try:
                 ahead = (len(outcomes) - sent) | AHEAD
                 reply = encode_reply(outcomes[sent:], 0.0, 0.0, None)
-                _write(out, note_lent(ahead.to_bytes(4, "big") + reply), True)
+                _write(out, ahead.to_bytes(4, "big") + reply, True)  # (kept arrays: at the end)
             except OSError:
                 pass  # the parent is gone: the reply's write finds it too
             sent, mark = len(outcomes), time.perf_counter()

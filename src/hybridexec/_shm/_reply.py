@@ -355,9 +355,12 @@ def note_lent(reply: bytes) -> bytes:
         return reply
     names = sorted({name for ref, name in _attached if ref() is not None})
     _attached.clear()
-    if not names or reply[:1] != b"\x80":  # nothing kept, or no pickle (an actor's ACK)
+    if not names or reply[:2] != _PICKLE_START:  # nothing kept, or no pickle (an actor's ACK)
         return reply
     return pickle.dumps(_Lent(names, reply), PROTOCOL)
+
+
+_PICKLE_START = bytes((pickle.PROTO, PROTOCOL))  # (a count with AHEAD starts with 0x80 too)
 
 
 class _Lent:
