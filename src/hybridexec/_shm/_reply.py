@@ -360,7 +360,7 @@ def note_lent(reply: bytes) -> bytes:
     return pickle.dumps(_Lent(names, reply), PROTOCOL)
 
 
-_PICKLE_START = bytes((pickle.PROTO, PROTOCOL))  # (a count with AHEAD starts with 0x80 too)
+_PICKLE_START = pickle.PROTO + bytes((PROTOCOL,))  # (a count with AHEAD starts with 0x80 too)
 
 
 class _Lent:
