@@ -23,8 +23,8 @@ what does not pass, each entry with its reason:
 - ``EXCLUDED``: tests of the stdlib's private details (``_processes``, ``_threads``,
   ``_executor_manager_thread``, its queues) or that construct the stdlib class by name; a test
   whose user-visible half matters is restated below against hybridexec.
-- ``DIFFERS``: where hybridexec deliberately behaves otherwise (to be defended on the
-  ``docs/migrating.md`` page that issue 14 asks for).
+- ``DIFFERS``: where hybridexec deliberately behaves otherwise (said in docs/comparison.md
+  and docs/timeouts-and-killing.md).
 - ``XFAIL`` (strict, grouped by gap in ``GAPS``): what hybridexec should do but does not yet;
   fixing a gap turns its tests into XPASS failures, and the entry is removed. Two more lists
   of the same gaps: ``XFAIL_NOT_RUN`` (tests that would hang or leak for seconds today) and
@@ -273,7 +273,7 @@ EXCLUDED: dict[str, str] = {
     "test_no_stale_references": "waits 30 s for a release the contract wants at once; restated",
 }
 
-# Where hybridexec deliberately differs (for docs/migrating.md, issue 14): test name -> reason.
+# Where hybridexec deliberately differs (docs/comparison.md, docs/timeouts-and-killing.md).
 DIFFERS: dict[str, str] = {
     "test_default_workers": "the thread lane grows while tasks block, up to 256 threads, "
     "not min(32, cpus + 4)",

@@ -61,6 +61,16 @@ def run_coroutine(fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any)
     return asyncio.run(main())
 
 
+def _expire(armed: list[Any]) -> None:
+    """A coroutine's deadline, on the timer thread: fail its future, cancel it on its loop."""
+    if not armed:
+        return  # it ended first
+    future, task, loop, timeout = armed
+    future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
+    if task is not None:
+        loop.call_soon_threadsafe(task.cancel)
+
+
 class LoopLane:
     """One event loop in a daemon thread, owned by an executor."""
 
@@ -127,10 +137,12 @@ class LoopLane:
             # thread, not on this loop: a coroutine that blocks the loop (time.sleep) fails
             # at its deadline all the same. The future fails at once, then the coroutine is
             # cancelled: one that swallows the cancel cannot hold the timeout up.
-            armed = None if timeout is None else [current()]
-            if armed is not None:
-                assert timeout is not None
-                self._timers().call_at(time.monotonic() + timeout, lambda: expire(armed))
+            armed: list[Any] | None = None
+            if timeout is not None:  # (the timer holds only this list: emptied at the end)
+                armed = [future, current(), loop, timeout]
+                self._timers().call_at(
+                    time.monotonic() + timeout, functools.partial(_expire, armed)
+                )
             try:
                 result = await fn(*args, **kwargs)
             except asyncio.CancelledError:
@@ -142,14 +154,6 @@ class LoopLane:
             finally:
                 if armed is not None:
                     armed.clear()  # the timer holds nothing of the task once it ended
-
-        def expire(armed: list[asyncio.Task[None] | None]) -> None:  # on the timer thread
-            if not armed:
-                return
-            future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
-            task = armed[0]
-            if task is not None:
-                loop.call_soon_threadsafe(task.cancel)
 
         current = asyncio.current_task
 

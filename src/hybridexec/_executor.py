@@ -125,7 +125,7 @@ class Executor(concurrent.futures.Executor):
         remote: str = "process",
         max_workers: int | None = None,
         mp_context: Any = None,
-        thread_name_prefix: str = "",
+        thread_name_prefix: str | None = "",
     ) -> None:
         max_threads, max_processes = resolve_counts(max_threads, max_processes, max_workers)
         if mp_context is not None:  # ProcessPoolExecutor(mp_context=): its start method
@@ -161,7 +161,7 @@ class Executor(concurrent.futures.Executor):
             "idle_timeout": idle_timeout,
             "initializer": initializer,
             "initargs": initargs,
-            "thread_name_prefix": str(thread_name_prefix),
+            "thread_name_prefix": "" if thread_name_prefix is None else str(thread_name_prefix),
             "shm_threshold": check_threshold(shm_threshold),
         }
         remote_lane = open_lane(backend, backend_options, remote) if backend is not None else None

@@ -28,7 +28,7 @@ from typing import Any
 from .._exceptions import SerializationError
 from .._process import FrameReader, enter_child, write_frame
 from .._serialize import PROTOCOL, loads, pack_exception
-from .._shm import dumps_answer, note_lent
+from .._shm import dumps_answer, note_lent, sweep_while_idle
 
 # Control messages and constant answers: one byte, never a valid pickle (those start b"\x80").
 STOP = b"s"
@@ -108,6 +108,8 @@ def _serve(instance: Any, requests: Any, replies: Any) -> bool:
     cls = type(instance)
     try:
         while True:
+            if not backlog and not reader.has_frame():
+                sweep_while_idle(poll)  # kept mappings of segments unlinked since: gone
             data = backlog.popleft() if backlog else reader.read()
             if len(data) == 1:
                 if data == STOP_NOW:

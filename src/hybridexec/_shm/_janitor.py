@@ -41,10 +41,13 @@ def _owner_alive(pid: int, tag: str | None, ours: str | None) -> bool:
         return True
     if not _pid_alive(pid):
         return False
-    if tag is None or ours is None:
+    if tag is None or ours is None or tag.endswith(_UNKNOWN):
         return True
     now = identity(pid)
-    return now is None or now == tag
+    return now is None or now.endswith(_UNKNOWN) or now == tag
+
+
+_UNKNOWN = "0000"  # an identity's start time that could not be read
 
 
 def cleanup_shared_memory() -> list[str]:

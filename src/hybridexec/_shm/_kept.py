@@ -11,6 +11,7 @@ of ``/dev/shm`` (Docker gives it 64 MB: a 40 MB array is not kept).
 from __future__ import annotations
 
 import collections
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from ._names import SHM_DIR
 if TYPE_CHECKING:
     import mmap
 
+MAX_PAUSE_MS = 100
+"""Milliseconds at most between two sweeps of an idle process (a few stat calls each)."""
 MAX_COUNT = 8
 MAX_BYTES = 1 << 30
 kept: collections.OrderedDict[int, tuple[mmap.mmap, str, int]] = collections.OrderedDict()
@@ -41,9 +44,13 @@ def budget() -> int:
 
 
 def keep(mm: mmap.mmap, name: str, inode: int) -> None:
-    """Keep ``mm`` (of segment ``name``, file ``inode``) for the next attach of ``name``."""
+    """Keep ``mm`` (of segment ``name``, file ``inode``) for the next attach of ``name``.
+
+    In a child process only (a worker, a process actor, which sweep as they wait): the main
+    program has no idle moment to let go of them (13d's D2).
+    """
     most = budget()
-    if len(mm) > most:
+    if len(mm) > most or multiprocessing.parent_process() is None:
         return
     with _lock:
         kept[id(mm)] = (mm, name, inode)
@@ -83,10 +90,10 @@ def sweep_while_idle(poll: Callable[[int], object]) -> None:
     worker kept must get its memory back (``/dev/shm`` fills up otherwise), and the worker
     would not see that before its next attach. Returns at once when nothing is kept.
     """
-    pause = 20
+    pause = 10
     while kept and not poll(pause):
         sweep()
-        pause = min(2 * pause, 2000)
+        pause = min(2 * pause, MAX_PAUSE_MS)
 
 
 def _reset_after_fork() -> None:

@@ -68,21 +68,26 @@ def maker_pid_of(name: str) -> int | None:
 def identity(pid: int) -> str | None:
     """Eight hex digits: this process's PID namespace and ``pid``'s start time, 16 bits each.
 
-    None when this cannot be read: not Linux, no ``/proc``, no such process, or a ``/proc``
-    of another PID namespace than this process's (its pids would not be ours).
+    None when this cannot be read (not Linux, no ``/proc``). The start is ``0000`` (unknown)
+    when ``/proc`` shows another PID namespace than this process's (``unshare`` without
+    ``--mount-proc``: its pids are not ours) or ``pid`` is not there; the namespace is known
+    all the same (``/proc/self`` is this process in any ``/proc``).
     """
     if not LINUX:
         return None
     try:
-        if os.readlink("/proc/self") != str(os.getpid()):
-            return None
         namespace = os.stat("/proc/self/ns/pid").st_ino
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        started = int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22, starttime
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
-    return f"{namespace & 0xFFFF:04x}{started & 0xFFFF:04x}"
+    started = 0
+    try:
+        if os.readlink("/proc/self") == str(os.getpid()):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            started = (int(stat[stat.rindex(b")") + 2 :].split()[19]) & 0xFFFF) or 1  # field 22
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{namespace & 0xFFFF:04x}{started:04x}"
 
 
 def check_name(name: str) -> str:
