@@ -139,6 +139,11 @@ def _fast_then_cpu(x: int) -> int:
     return x
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (docs/routing.md): an input of unknown length has no end to cap "
+    "a map's batches by; cheap calls then costly ones may share one large batch",
+)
 def test_process_imap_of_a_generator_puts_the_slow_calls_in_one_batch() -> None:
     """F4: ``hx.imap(fn, generator, kind="process")`` on 2 workers, where the first 20,000
     calls take a microsecond and the 800 after them 5 ms of Python each, runs those 800 calls

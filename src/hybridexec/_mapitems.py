@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-from collections.abc import Callable, Generator, Iterator
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._deadlines import late_end
+from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._lazy import loaded
 
@@ -131,16 +133,24 @@ def run_inline(
     size: int,
     report: Report | None,
     state: MapState,
-) -> Generator[list[Any], None, None]:
-    """Run the rest of a map's calls in the consuming thread, ``size`` at a time."""
+    slow: float,
+) -> Generator[list[Any], None, float | None]:
+    """Run the rest of a map's calls in the consuming thread, ``size`` at a time.
+
+    Returns None once the input is exhausted, or the time per call of a batch whose calls
+    took ``slow`` seconds or more each (they grew slow: the map sends the rest to its lane).
+    """
     router = executor._router
+    clock = time.perf_counter
     while True:
         if state.cancelled or router.closed:
             raise concurrent.futures.CancelledError()
         items = list(itertools.islice(it, size))
         if not items:
-            return
+            return None
+        started = clock()
         values, error = _call_each(fn, items, state.star, state.keep_errors)
+        per_call = (clock() - started) / len(items)
         router.count("inline", len(items))
         if report is not None and not state.cancelled:  # a cancelled map reports no more
             report.update(len(values) + (error is not None), "inline")
@@ -149,6 +159,8 @@ def run_inline(
         yield box.pop()
         if error is not None:
             raise error
+        if per_call >= slow:
+            return per_call
 
 
 def _call_each(
@@ -176,3 +188,26 @@ def _call_each(
     except BaseException as exc:  # raised after the values before it are delivered
         return values, exc
     return values, None
+
+
+def fastest(in_flight: Iterable[Any]) -> float:
+    """The least time per call among a map's finished batches (that ran)."""
+    times = [b.task.elapsed / b.size for b in in_flight if b.future.done() and b.task.elapsed]
+    return min(times, default=float("inf"))
+
+
+def typical(in_flight: Iterable[Any]) -> float:
+    """The median time per call of a map's probes: a running one's age counts (at least)."""
+    now = time.perf_counter()
+    times = sorted(
+        (b.task.elapsed if b.future.done() and b.task.elapsed else now - b.started) / b.size
+        for b in in_flight
+    )
+    return times[(len(times) - 1) // 2] if times else float("inf")
+
+
+def unpicklable(future: Future[Any]) -> bool:
+    """Whether a batch failed as it was submitted, one of its calls not pickling."""
+    if not future.done() or future.cancelled():
+        return False
+    return isinstance(future.exception(), SerializationError)

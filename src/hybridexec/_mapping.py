@@ -24,13 +24,14 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._asyncio import is_async_callable
 from ._futures import Future, Items, Outcome, Task
-from ._mapitems import Report, Slots, ends_map, failed, run_inline
+from ._mapitems import Report, Slots, ends_map, failed, fastest, run_inline, typical, unpicklable
 from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
 from ._process import oom_killed, retry_killed
 from ._routing import Options, route_rules
@@ -145,13 +146,16 @@ class MapState:
 
 
 class _Batch:
-    __slots__ = ("crashes", "future", "size", "task")
+    __slots__ = ("crashes", "future", "size", "started", "task")
 
-    def __init__(self, future: Future[Any], task: Task, size: int, crashes: int) -> None:
+    def __init__(
+        self, future: Future[Any], task: Task, size: int, crashes: int, started: float
+    ) -> None:
         self.future = future
         self.task = task
         self.size = size
         self.crashes = crashes  # the process lane's count of worker crashes at the submit
+        self.started = started  # when it was submitted (perf_counter)
 
 
 def _run(
@@ -227,7 +231,11 @@ def _run(
                 raise concurrent.futures.CancelledError() from exc
             task = failed(fn, calls, kind, exc)
             future = task.future
-        batch = _Batch(future, task, len(items), before)
+        if len(items) > 1 and unpicklable(future):
+            for item in items:  # one item that cannot pickle fails alone (13f's F3)
+                submit([item])
+            return
+        batch = _Batch(future, task, len(items), before, time.perf_counter())
         if isinstance(in_flight, deque):
             in_flight.append(batch)
         else:
@@ -266,12 +274,12 @@ def _run(
         while in_flight or not exhausted:
             if probing:
                 concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
-                if _fastest(in_flight) < PROBE_TRUST_SECONDS:
+                if fastest(in_flight) < PROBE_TRUST_SECONDS:
                     # Cheap calls: one time can mislead (the first call warms up; on a busy
                     # machine it counts time spent waiting for a CPU) and would send the rest
                     # one call per task. The other probes end within moments: use them too.
                     concurrent.futures.wait(waiting, timeout=PROBE_WAIT_SECONDS)
-                per_call = _fastest(in_flight)
+                per_call = typical(in_flight)  # not the fastest: one quick call misleads
                 size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 probing = False
                 if size > 1:
@@ -304,7 +312,15 @@ def _run(
                     slots.wait_late(state)  # calls that timed out on threads hold the limit
                     continue
                 if inline and not exhausted:
-                    yield from run_inline(executor, fn, it, max(size, 1), report, state)
+                    # Not capped by a limit: here one call runs at a time (13f's F6).
+                    most = _batch_size(per_call, kind, remaining, lane_width)
+                    slow = yield from run_inline(
+                        executor, fn, it, most, report, state, 4 * TINY_CALL_SECONDS
+                    )
+                    if slow is not None:  # the calls grew slow: back to the lane (13f's F2)
+                        per_call, adaptive = slow, False
+                        size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
+                        continue
                 break
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
@@ -327,7 +343,8 @@ def _run(
             if adaptive and batch.size:
                 # Refine the estimate: first calls pay for warm-up (imports, caches), so the
                 # fastest per-call time seen is the best guide for the batches still to come.
-                per_call = min(per_call, batch.task.elapsed / batch.size)
+                seen = batch.task.elapsed / batch.size  # (a rise counts half: calls change)
+                per_call = seen if seen < per_call else (per_call + seen) / 2
                 size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 if size > 1 and kind == "thread":
                     window = 4
@@ -346,12 +363,6 @@ def _run(
             batch.future.cancel()
         if report is not None:
             report.close()
-
-
-def _fastest(in_flight: Iterable[_Batch]) -> float:
-    """The least time per call among the finished batches (that ran)."""
-    times = [b.task.elapsed / b.size for b in in_flight if b.future.done() and b.task.elapsed]
-    return min(times, default=float("inf"))
 
 
 def _outcomes(batch: _Batch, keep_errors: bool) -> list[Outcome]:

@@ -232,6 +232,9 @@ def _take(pending: collections.deque[tuple[Future[Any], bool]], timeout: float |
     return value
 
 
+_PEP_479 = "generator raised StopIteration"
+
+
 class MapIterator(Iterator[R]):
     """The results of ``imap``: an iterator that can also cancel the work in flight."""
 
@@ -255,7 +258,15 @@ class MapIterator(Iterator[R]):
         """Return all the remaining results as a list (at C speed, batch by batch)."""
         out = list(self._buf)
         self._buf.clear()
-        out.extend(itertools.chain.from_iterable(self._gen))
+        try:
+            out.extend(itertools.chain.from_iterable(self._gen))
+        except RuntimeError as exc:
+            # A call's StopIteration, raised again in the run (a generator), became this
+            # (PEP 479); here nothing iterates: the call's own exception, as result() raises.
+            cause = exc.__cause__
+            if isinstance(cause, StopIteration) and exc.args == (_PEP_479,):
+                raise cause from None
+            raise
         return out
 
     def close(self) -> None:
