@@ -28,7 +28,7 @@ def test_thread_name_prefix_none_means_the_default_name() -> None:
     ``hybridexec-thread-<n>``; code that forwards an optional prefix (None when unset) gets
     threads named "None_<n>".
     """
-    with hx.Executor(kind="thread", thread_name_prefix=None) as ex:  # type: ignore[arg-type]
+    with hx.Executor(kind="thread", thread_name_prefix=None) as ex:  # (typed str | None now)
         name = ex.submit(lambda: threading.current_thread().name).result(timeout=10)
     assert not name.startswith("None"), name
     assert name.startswith("hybridexec-thread-"), name
