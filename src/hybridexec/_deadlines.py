@@ -28,11 +28,12 @@ from ._futures import Future
 from ._waits import capped
 
 
-class TaskInterrupted(SystemExit):
+class TaskInterrupted(BaseException):
     """Raised asynchronously inside a thread whose task passed its deadline.
 
-    A ``SystemExit``: what code that catches every exception of a callback still lets through
-    (asyncio's event loop logs any other and runs on: a task that runs a loop would never end).
+    Raised again, 0.1 s later then less and less often, while the task's code still runs:
+    code that catches every exception (asyncio's event loop logs one raised in a callback
+    and runs on) or ``BaseException`` does not keep a task running for ever.
     """
 
 
@@ -55,16 +56,32 @@ class Running:
     timer's heap keeps this record until the deadline passes, and must not keep the result.
     """
 
-    __slots__ = ("done", "ended", "future", "ident", "interrupted", "lock", "timeout")
+    __slots__ = (
+        "again",
+        "done",
+        "ended",
+        "future",
+        "ident",
+        "interrupted",
+        "lock",
+        "thread",
+        "timeout",
+    )
 
     def __init__(self, future: Future[Any], timeout: float, ident: int) -> None:
         self.future: Future[Any] | None = future
         self.timeout = timeout
         self.ident = ident
+        self.thread = threading.current_thread()  # made in the thread that runs the task
         self.lock = threading.Lock()
         self.done = False
         self.interrupted = False
+        self.again = 0.0  # seconds until the interruption is raised again (0: not yet raised)
         self.ended: concurrent.futures.Future[None] | None = None  # see late_end()
+
+    def alive(self) -> bool:
+        """Whether the task's thread still runs (an ident alone may be reused)."""
+        return self.thread.ident == self.ident and self.thread.is_alive()
 
     def finish(self) -> bool:
         """Mark the call ended (in its own thread); return True if the deadline came first.
@@ -184,6 +201,8 @@ def on_deadline(running: Running, timers: Timers | None = None) -> None:
         future = running.future
         if running.done or (future is None and not running.interrupted):
             return
+        if future is None and not running.alive():
+            return  # its thread ended without finish() (its ident may be another's now)
         if future is not None:  # the deadline itself (not a retry)
             running.interrupted = True
             running.future = None
@@ -196,6 +215,11 @@ def on_deadline(running: Running, timers: Timers | None = None) -> None:
             and timers.try_call_at(time.monotonic() + UNSAFE_PAUSE, retry)
         ):
             interrupt_thread(running.ident, TaskInterrupted)
+            if timers is not None:
+                # Raised again while the code still runs (until finish()): an `except
+                # BaseException` or asyncio's loop may have swallowed it (13g's G2).
+                running.again = min(2 * running.again, 1.0) if running.again else 0.1
+                timers.try_call_at(time.monotonic() + running.again, retry)
     if future is not None:
         # Settled outside the lock: slow done-callbacks must not hold up the thread's finish().
         future.settle(
@@ -211,7 +235,8 @@ _WAITS = (_THREADING, _OURS + "_waits.py")
 # Where a lock may be taken and not yet guarded (a Condition's __enter__, logging's acquire),
 # or the library's own state changes: our code, threading, logging.
 _LOCKING = (_OURS, _THREADING, _STDLIB + "logging" + os.sep)
-_WAITING = ("wait", "wait_for", "wait_long", "acquire_long")  # blocking waits: safe there
+# Blocking waits: safe there (Thread.join waits in _wait_for_tstate_lock; 13g's G1).
+_WAITING = ("wait", "wait_for", "wait_long", "acquire_long", "join", "_wait_for_tstate_lock")
 
 
 def _unsafe(ident: int) -> bool:
