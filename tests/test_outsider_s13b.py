@@ -375,8 +375,9 @@ def test_ctrl_c_while_closing_a_shared_array_still_removes_its_segment(
     is placed deterministically at the call of ``_shm/_segment.py`` ``forget_name``. Cause:
     ``_unlink_owned`` runs ``forget_name(name)`` and then ``unlink(name)``; an exception in
     the first skips the second, and the finalizer is already spent (``weakref.finalize``
-    runs once; ``Segment.unlink`` drops it). Breaks I3 ("Nothing of ours outlives the executor (... ``/dev/shm`` segments)") and "The owner
-    removes the segment on ``close()``".
+    runs once; ``Segment.unlink`` drops it). Breaks I3 ("Nothing of ours outlives the
+    executor (... ``/dev/shm`` segments)") and "The owner removes the segment on
+    ``close()``".
     """
     from hybridexec._shm import _segment
 
