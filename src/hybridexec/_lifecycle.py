@@ -131,6 +131,18 @@ def on_exit(phase: int, hook: Callable[[], None]) -> None:
             multiprocessing.util.Finalize(None, run_exit_hooks, exitpriority=100)
 
 
+def run_first_at_exit() -> None:
+    """Run the exit hooks before every ``atexit`` callback registered so far.
+
+    For a library imported after the package's first use whose own exit callback closes what
+    the hooks must stop first (``distributed`` closes its clusters, waiting for running work).
+    """
+    with _lock:
+        if _atexit_registered and _finalized_in == os.getpid():
+            atexit.unregister(run_exit_hooks)
+            atexit.register(run_exit_hooks)  # last in, first out
+
+
 def on_fork(hook: Callable[[], None]) -> None:
     """Run ``hook`` in the child of every later ``os.fork()``."""
     with _lock:

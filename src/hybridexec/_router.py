@@ -124,8 +124,7 @@ class Router:
         # Decisions reused, and the classifier's timing sampled (_decisions.py).
         self.plans, self.sampler = Plans(classifier, default_kind, remote is None), Sampler()
         self._build_lanes()
-        # Registered before any process lane starts its manager (which registers the process
-        # lanes' own hook in the same phase), so it runs first: queued work is not cancelled.
+        # Registered before the process lanes' own hook: first, queued work is not cancelled.
         _lifecycle.on_exit(_lifecycle.LANES, finish_at_exit)
 
     def _build_lanes(self) -> None:
@@ -222,13 +221,15 @@ class Router:
             self.cpu_threads.join_at_exit(max(0.0, bound))
 
     def release(self) -> None:
-        """The executor was dropped without ``shutdown()``: let the workers go.
+        """The executor was dropped without ``shutdown()``: let the workers (and cluster) go.
 
-        Its queued work still runs, as with a dropped standard-library pool: the caller may
-        hold the futures (``hx.Executor().submit(fn).result()`` drops the executor at once).
+        Its queued work still runs, as with a dropped stdlib pool: the caller may hold the
+        futures (``hx.Executor().submit(fn).result()`` drops the executor at once).
         """
         if self.generation == _lifecycle.generation():
             self._stop_lanes(cancel_futures=False)
+            if self.remote is not None:  # a cluster it started goes once its calls ended
+                self.remote.shutdown(wait=False, cancel_futures=False)
 
     def record_process_timing(self, task: Task, elapsed: float, cpu: float) -> None:
         # Called on the process lane's manager thread for each finished task.
@@ -293,8 +294,7 @@ class Router:
         hinted = hints_of(fn)
         timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
         self.count("async")
-        # The loop lane schedules the coroutine with call_soon_threadsafe, whose handle copies
-        # this thread's context: the coroutine runs in a copy of the submitter's context.
+        # call_soon_threadsafe's handle copies this context: the coroutine runs in a copy.
         return self.loop.submit(fn, args, kwargs, timeout or None)
 
     def submit_task(

@@ -39,8 +39,9 @@ from typing import Any
 import dask.config
 import distributed as _distributed
 
+from .. import _lifecycle
 from .._callbacks import serve
-from .._exceptions import BrokenExecutorError
+from .._exceptions import BrokenExecutorError, SerializationError
 from .._futures import Task
 from ._lane import Entry, RemoteLane
 from ._wire import interrupt, run_call
@@ -88,6 +89,7 @@ def open_lane(target: Any, options: dict[str, Any], remote_all: bool) -> DaskLan
             ``Client`` when connecting to an address; none with a client.
         remote_all: Send every task to the cluster, not only process work.
     """
+    _lifecycle.run_first_at_exit()  # before distributed's close_clusters (imported now)
     cluster = None
     if isinstance(target, distributed.Client):
         if options:
@@ -272,6 +274,12 @@ class DaskLane(RemoteLane):
             err = BrokenExecutorError(f"the Dask cluster cancelled the task: {value}")
             err.__cause__ = value
             self._fail(token, err)
+        elif isinstance(value, TypeError) and "Could not serialize" in str(value):
+            # Dask pickles the outcome itself: one that would not pickle fails as on the
+            # process lane (13h's H4), not with the engine's TypeError.
+            unpicklable = SerializationError(f"the task's result would not pickle: {value}")
+            unpicklable.__cause__ = value
+            self._fail(token, unpicklable)
         elif not (
             isinstance(value, distributed.KilledWorker)
             and (self._retry_one_by_one(token) or self._retry_single(token))

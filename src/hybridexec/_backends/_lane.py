@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from .. import _lifecycle
+from .._exceptions import BrokenExecutorError, HybridExecError
 from .._futures import Outcome, Task, split_batch
 from .._process import MemoryLimited
 from .._shm import Copies, Share
@@ -41,6 +43,21 @@ class Entry:
         self.stopped = False
 
 
+def _cancel_at_exit() -> None:
+    """After Ctrl-C nothing waits for running work: cancel what runs on clusters (13h's H2).
+
+    Before the engine's own exit hook closes them (``run_first_at_exit``): a cluster closed
+    with a call running waits for it (Dask's nanny: 4 s, then it kills the worker).
+    """
+    if _lifecycle.interrupted():
+        for lane in list(_open_lanes):
+            lane.shutdown(wait=False, cancel_futures=True)
+
+
+_open_lanes: weakref.WeakSet[RemoteLane] = weakref.WeakSet()
+_lifecycle.on_exit(_lifecycle.LANES, _cancel_at_exit)
+
+
 class RemoteLane:
     """A lane whose workers belong to an engine; the executor treats it as a local lane.
 
@@ -56,6 +73,7 @@ class RemoteLane:
     kind = "remote"
 
     def __init__(self, *, remote_all: bool) -> None:
+        _open_lanes.add(self)
         self.remote_all = remote_all
         self.stats: dict[str, int] = {"tasks": 0, "cancelled": 0, "timeouts": 0, "shared": 0}
         self._lock = threading.Lock()
@@ -118,6 +136,11 @@ class RemoteLane:
             sent: Any = payload if len(payload) < LARGE_BYTES else self._put(payload)
             handle = self._send(token, task, sent, handles)
         except BaseException as exc:
+            if isinstance(exc, Exception) and not isinstance(exc, HybridExecError):
+                # The engine refused it (a client closed, a cluster gone): as the calls in
+                # flight then fail, not with one of the engine's own errors (13h's H5).
+                broken = BrokenExecutorError(f"the {self.kind} cluster refused the call: {exc!r}")
+                broken.__cause__, exc = exc, broken
             self._fail(token, exc)
             return True
         with self._lock:
