@@ -68,7 +68,8 @@ def _expire(armed: list[Any]) -> None:
     future, task, loop, timeout = armed
     future.settle(False, TaskTimeoutError(f"task exceeded its {timeout:g} s timeout"))
     if task is not None:
-        loop.call_soon_threadsafe(task.cancel)
+        with contextlib.suppress(RuntimeError):  # its loop closed meanwhile: nothing runs
+            loop.call_soon_threadsafe(task.cancel)
 
 
 class LoopLane:

@@ -15,6 +15,7 @@ import concurrent.futures
 import functools
 import heapq
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -177,7 +178,10 @@ class Timers:
                 if self._closed:
                     return
                 _, _, fn = heapq.heappop(self._heap)
-            fn()
+            try:
+                fn()
+            except Exception:  # one deadline's failure must not end the thread of all others
+                logging.getLogger("hybridexec").exception("a deadline's callback failed")
 
 
 UNSAFE_PAUSE = 0.005
