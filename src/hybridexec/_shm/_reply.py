@@ -23,6 +23,7 @@ shared memory pickles to), so that a worker loads it and not the parent's placem
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -306,19 +307,14 @@ class _ReplyPickler(pickle.Pickler):
 def dumps_answer(obj: Any) -> bytes:
     """Pickle a process actor's answer as ``dumps`` does, read-only shared views copied.
 
-    A read-only view of a placed argument (the handler returned its argument) goes as a
-    writable copy, as a task's result does (``_ReplyPickler``). Nothing else of a reply: no
-    placement, no handle handed over (an actor keeps its shared objects as its state).
+    As a task's result (``_ReplyPickler``), but no placement and no handle handed over: an
+    actor keeps its shared objects as its state.
     """
     if "numpy" in sys.modules and _handles_exist():
         buffer = io.BytesIO()
-        try:
+        with contextlib.suppress(Exception):  # else ``dumps`` (cloudpickle) as it always did
             _AnswerPickler(buffer).dump(obj)
-        except Exception:
-            pass  # what the C pickler cannot do: ``dumps`` falls back to cloudpickle
-        else:
-            data = buffer.getvalue()
-            if not main_by_value(data):
+            if not main_by_value(data := buffer.getvalue()):
                 return data
     return dumps(obj)
 
