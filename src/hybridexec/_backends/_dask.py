@@ -110,6 +110,10 @@ def open_lane(target: Any, options: dict[str, Any], remote_all: bool) -> DaskLan
     return DaskLane(client, cluster, owns_client=True, remote_all=remote_all)
 
 
+def _ignore_event(event: Any) -> None:
+    """What a closed lane leaves as a topic's handler (events still on their way)."""
+
+
 class DaskLane(RemoteLane):
     """Runs tasks on a Dask cluster through a ``distributed.Client``."""
 
@@ -182,9 +186,12 @@ class DaskLane(RemoteLane):
                     self.client.unsubscribe_topic(topic)
                 except Exception:
                     pass  # the client is closed already
-                # unsubscribe_topic keeps the handler: drop it, or the client keeps this lane
-                # alive and the next lane on it would not hear of deaths.
-                getattr(self.client, "_event_handlers", {}).pop(topic, None)
+                # unsubscribe_topic keeps the handler, which keeps this lane alive: a no-op
+                # takes its place (popped, an event already on its way made Dask log a
+                # "No event handler known" traceback); the next lane replaces it.
+                handlers = getattr(self.client, "_event_handlers", None)
+                if isinstance(handlers, dict) and topic in handlers:
+                    handlers[topic] = _ignore_event
         if self._owns_client:
             self.client.close(timeout=CALL_BOUND)
         if self._cluster is not None:
@@ -207,7 +214,8 @@ class DaskLane(RemoteLane):
         # A handler that is there already stays: the client has one per topic (a user's, or
         # another lane's), and Dask's own retries end the batch all the same.
         with self._cond:
-            if self._deaths or CLUSTER_TOPIC in getattr(self.client, "_event_handlers", {}):
+            handler = getattr(self.client, "_event_handlers", {}).get(CLUSTER_TOPIC)
+            if self._deaths or handler not in (None, _ignore_event):
                 return
             self._deaths = True
             self.client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
