@@ -687,6 +687,26 @@ def test_an_idle_worker_lets_go_of_a_kept_mapping_once_its_owner_closed_it(np: A
         ex.shutdown(wait=True)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/<pid>/maps")
+def test_the_main_program_keeps_no_mapping_of_a_segment_it_attached_and_dropped(np: Any) -> None:
+    # Round 13 (13d's D2, the parent's side): only child processes keep mappings for reuse;
+    # this process has no idle moment to let go of one whose owner closed it. The segment is
+    # made by hand (as another program would), so that attaching maps it anew here.
+    name = f"hx{os.getpid()}_{os.urandom(8).hex()}"
+    path = os.path.join(SHM_DIR, name)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, 8000)
+        attached = SharedArray.attach(name, (1000,), "float64")
+        assert _mapped_by(os.getpid(), name)
+        del attached  # dropped, not closed (close() never keeps a mapping)
+        gc.collect()
+        assert not _mapped_by(os.getpid(), name)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def test_a_process_actor_writes_into_a_shared_array(np: Any) -> None:
     ref = hybridexec.spawn(Filler, kind="process")
     try:
