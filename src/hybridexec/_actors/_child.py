@@ -19,12 +19,12 @@ so a STOP_NOW queued behind other messages is seen before the next handler start
 
 from __future__ import annotations
 
-import os
 import pickle
 import select
 from collections import deque
 from typing import Any
 
+from .. import _lifecycle
 from .._exceptions import SerializationError
 from .._process import FrameReader, enter_child, write_frame
 from .._serialize import PROTOCOL, loads, pack_exception
@@ -43,7 +43,7 @@ OK, ERROR, CTOR_FAILED, HOOK_FAILED = 0, 1, 2, 3
 _CACHE_SIZE = 64
 
 
-_pid = 0  # the actor process's (set as it starts): a child user code forked has another
+_born = -1  # the fork generation the actor process started in (-1: not an actor process)
 
 
 def _exit_if_forked() -> None:
@@ -53,8 +53,8 @@ def _exit_if_forked() -> None:
     ``__reduce__`` that forks): only the actor process answers on its pipe, reads the next
     message or handles it.
     """
-    if _pid and os.getpid() != _pid:  # (0: not in an actor process, nothing to end)
-        os._exit(0)
+    if _born >= 0:  # (not in an actor process: nothing to end)
+        _lifecycle.exit_if_forked(_born)
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -70,8 +70,8 @@ def actor_main(
     init_bytes: bytes,
 ) -> None:
     """Entry point of an actor process."""
-    global _pid
-    _pid = os.getpid()
+    global _born
+    _born = _lifecycle.generation()
     enter_child(lifeline, death_signal=True)
     try:
         cls = loads(cls_bytes)
