@@ -121,8 +121,15 @@ try:
     names = os.listdir("/dev/shm")
 except OSError:
     names = []
+try:  # this PID namespace, as segment names carry it (another's same pids are not ours)
+    space = "%04x" % (os.stat("/proc/self/ns/pid").st_ino & 0xFFFF)
+except OSError:
+    space = None
 for name in names:
     pid, _, rest = name[2:].partition("_")
+    tag = rest[17:21] if rest[16:17] == "t" else None
+    if tag is not None and space is not None and tag != space:
+        continue
     tail = rest[25:] if rest[16:17] == "t" else rest[16:]  # past the owner's identity, if any
     made = tail[:1] == "w" and tail[1:].isdigit()  # a worker's result for its parent
     if name[:2] == "hx" and pid.isdigit() and int(pid) in owners and (not tail or made):

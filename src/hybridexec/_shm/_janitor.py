@@ -112,17 +112,28 @@ def remove_made_by(worker_pid: int) -> list[str]:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return []
-    me = os.getpid()
+    me, ours = os.getpid(), identity(os.getpid())
     prefix = f"hx{me}_"
     return [
         name
         for name in entries
         if name.startswith(prefix)
         and maker_pid_of(name) == worker_pid
-        and owner_pid_of(name) == me
+        and _mine(name, me, ours)
         and name not in ADOPTED
         and unlink(name)
     ]
+
+
+def _mine(name: str, me: int, ours: str | None) -> bool:
+    """Whether segment ``name`` is this process's: its pid, and (named with one) its identity.
+
+    A program in another PID namespace sharing ``/dev/shm`` may have the same pid.
+    """
+    if owner_pid_of(name) != me:
+        return False
+    tag = owner_identity_of(name)
+    return tag is None or ours is None or tag == ours
 
 
 def _sweep_own_segments() -> None:
@@ -132,9 +143,9 @@ def _sweep_own_segments() -> None:
         entries = os.listdir(SHM_DIR)
     except OSError:
         return
-    me = os.getpid()
+    me, ours = os.getpid(), identity(os.getpid())
     for name in entries:
-        if owner_pid_of(name) == me:
+        if _mine(name, me, ours):
             unlink(name)
 
 
