@@ -252,7 +252,7 @@ def _run(
     size = 1 if opts.timeout is not None else (chunksize or 1)
     probing = adaptive = chunksize is None and opts.timeout is None
     per_call = float("inf")
-    inline = False
+    inline = left_inline = False  # left_inline: an inline run grew slow, never inline again
     probes = min(lane_width, THREAD_PROBES) if kind == "thread" else lane_width
     # Under a limit, batches share it among the tasks that run at once, so that the
     # limit does not serialise them; without one, batches are sized by time alone.
@@ -292,6 +292,7 @@ def _run(
             inline = (
                 kind == "thread"
                 and adaptive
+                and not left_inline
                 and not decision.explicit
                 and per_call < TINY_CALL_SECONDS
                 and not is_async_callable(fn)
@@ -318,7 +319,7 @@ def _run(
                         executor, fn, it, most, report, state, 4 * TINY_CALL_SECONDS
                     )
                     if slow is not None:  # the calls grew slow: back to the lane (13f's F2)
-                        per_call, adaptive = slow, False
+                        per_call, left_inline = slow, True
                         size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                         continue
                 break
@@ -341,9 +342,9 @@ def _run(
                     concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
                     outcomes = retry_killed(outcomes, batch.task.items, resubmit)
             if adaptive and batch.size:
-                # Refine the estimate: first calls pay for warm-up (imports, caches), so the
-                # fastest per-call time seen is the best guide for the batches still to come.
-                seen = batch.task.elapsed / batch.size  # (a rise counts half: calls change)
+                # Refine the estimate: a fall counts in full (first calls pay for warm-up:
+                # imports, caches), a rise by half (calls may grow costly, or one was unlucky).
+                seen = batch.task.elapsed / batch.size
                 per_call = seen if seen < per_call else (per_call + seen) / 2
                 size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 if size > 1 and kind == "thread":
