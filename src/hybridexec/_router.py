@@ -93,9 +93,8 @@ def finish_at_exit() -> None:
 
 
 def _forget_lanes_after_fork() -> None:
-    global _lanes, _lanes_lock
-    _lanes_lock = threading.Lock()
-    _lanes = weakref.WeakSet()  # the parent's: nothing inherited is waited for here
+    global _lanes, _lanes_lock  # the parent's: nothing inherited is waited for here
+    _lanes_lock, _lanes = threading.Lock(), weakref.WeakSet()
 
 
 _lifecycle.on_fork(_forget_lanes_after_fork)
@@ -146,6 +145,7 @@ class Router:
             initializer=opts["initializer"],
             initargs=opts["initargs"],
             shm_threshold=opts["shm_threshold"],
+            early_helpers=self.default_kind != "thread",  # no helper forked ahead for it
         )
         self.lanes: dict[str, ThreadLane | ProcessLane] = {
             "thread": self.threads,

@@ -88,6 +88,7 @@ class ProcessLane:
         initargs: tuple[Any, ...] = (),
         name: str = "hybridexec",
         shm_threshold: int | None = DEFAULT_THRESHOLD,
+        early_helpers: bool = True,
     ) -> None:
         self.max_processes = max_processes or usable_cpus()
         self.context = get_context(start_method)
@@ -135,7 +136,8 @@ class ProcessLane:
         self.foreign = False  # inherited through os.fork(): the parent's, never touched here
         if self.start_method == "forkserver":  # the helpers: see preload_in_forkserver
             _set_preload()  # the worker module joins the user's list now, as it always did
-            _lifecycle.before_first_thread(preload_in_forkserver)
+            if early_helpers:  # not for a lane unlikely to run (an executor of kind "thread")
+                _lifecycle.before_first_thread(preload_in_forkserver)
 
     # ---- used by the manager --------------------------------------------------------------
     def drain_wakeups(self) -> None:
@@ -176,10 +178,6 @@ class ProcessLane:
         """Return a task ``withdraw`` took (it could not move) to the head of the queue."""
         with self._lock:
             self.pending.appendleft(task)
-
-    def wake(self) -> None:
-        """Wake the manager (a CPU slot came free)."""
-        self._wake()
 
     def record_timing(self, task: Task, elapsed: float, cpu: float) -> None:
         if self._timing_hook is not None:
@@ -287,7 +285,8 @@ class ProcessLane:
             _live_lanes.add(self)
         return sent
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake the manager (a CPU slot came free, a command)."""
         with self._lock:
             self._wake_locked()
 
@@ -318,7 +317,7 @@ class ProcessLane:
             with self._lock:
                 self.pending.extendleft(reversed(kept))
         self.placement.close()  # pooled segments go now, those in use when their tasks end
-        self._wake()
+        self.wake()
         if wait:
             self.join()
 
