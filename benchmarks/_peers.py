@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -73,6 +74,42 @@ class Serial(Contender):
 
     def run_calls(self, calls: Sequence[Call]) -> list[Any]:
         return [fn(*args) for fn, args, _ in calls]
+
+
+class Ceiling(Contender):
+    """What the machine gives: the calls dealt round-robin to ``CPUS`` processes forked for
+    them (``os.fork``, no pool, no pickling, results dropped); a limit, not a peer.
+
+    On a shared VM two CPU-bound processes rarely get two whole cores: this row tells how much
+    of the ideal ``CPUS``-fold speed-up the machine allows at that moment.
+    """
+
+    name = "machine ceiling (raw fork)"
+    lane = "process"
+
+    def warm(self) -> None:
+        pass
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return self.run_calls([(fn, (x,), None) for x in items])
+
+    def run_calls(self, calls: Sequence[Call]) -> list[Any]:
+        pids = []
+        for k in range(CPUS):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 0
+                try:
+                    for fn, args, _ in calls[k::CPUS]:
+                        fn(*args)
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            pids.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        if any(codes):
+            raise RuntimeError(f"a ceiling child failed: exit codes {codes}")
+        return [None] * len(calls)
 
 
 class HybridExec(Contender):
@@ -241,6 +278,7 @@ class Joblib(Contender):
 
 _FACTORIES: dict[str, Callable[[], Contender]] = {
     "serial": Serial,
+    "ceiling": Ceiling,
     "hybridexec": HybridExec,
     "hybridexec-process": lambda: HybridExec("process"),
     "hybridexec-hinted": lambda: HybridExec(hinted=True),

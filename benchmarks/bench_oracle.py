@@ -8,7 +8,8 @@ Workloads (built in every child from the same seed, sizes calibrated once by the
   ``"cpu"``: a Python loop), shuffled with a fixed seed and submitted at once;
 - mixed, grouped: the same calls in blocks, one function after the other (bursts of a new
   function: its first call is measured while the rest of the burst waits for the verdict);
-- pure CPU: 8 Python loops, against serial (no pool) and the stdlib process pool;
+- pure CPU: 8 Python loops, against serial (no pool), the stdlib process pool and the machine's
+  ceiling (the loops on raw forked processes, no pool: what the cores gave at that moment);
 - GIL-free C: ``sha256``, ``zlib`` and BLAS products, against the stdlib thread pool;
 - numpy chunks: 8 arrays of 16 MB (4 MB in ``--quick``), each sorted (GIL-free C) by one task;
   peak memory of the whole process tree.
@@ -83,6 +84,7 @@ NAMES = {
     "mpire": "mpire",
     "joblib": "joblib",
     "serial": "serial (no pool)",
+    "ceiling": "machine ceiling (raw fork)",
 }
 LEARNED = "hybridexec, learned"
 MIXED = ("mixed", "grouped")
@@ -368,6 +370,7 @@ def _plan(quick: bool) -> dict[str, list[str]]:
             "stdlib-threads": ["mixed", "gilfree"],
             "stdlib-processes": ["mixed", "cpu"],
             "serial": ["cpu"],
+            "ceiling": ["cpu"],
         }
     else:
         plan = {name: list(MIXED) for name in ["hybridexec", *ORACLES, *FIXED]}
@@ -375,6 +378,7 @@ def _plan(quick: bool) -> dict[str, list[str]]:
         plan["stdlib-threads"].append("gilfree")
         plan["stdlib-processes"].append("cpu")
         plan["serial"] = ["cpu"]
+        plan["ceiling"] = ["cpu"]
     wanted = _wanted()
     plan = {name: [w for w in ws if w in wanted] for name, ws in plan.items()}
     only = {c.strip() for c in os.environ.get("HX_BENCH_CONTENDERS", "").split(",") if c.strip()}
@@ -537,6 +541,12 @@ def _judge_pure(rows: dict[str, list[float]], calls: int) -> None:
     if rows.get(LEARNED):
         learned = serial / statistics.median(rows[LEARNED])
         print(target_line(f">= 1.95x serial on {CPUS} cores", learned >= 1.95, f"{learned:.2f}x"))
+        if rows.get(NAMES["ceiling"]):  # what the machine gave to raw forked processes
+            ceiling = serial / statistics.median(rows[NAMES["ceiling"]])
+            print(
+                f"  the machine's ceiling (the calls on {CPUS} raw forked processes): "
+                f"{ceiling:.2f}x serial; hybridexec, learned, at {learned / ceiling:.0%} of it"
+            )
     if CPUS == 2 and calls % 2 == 0:
         from hybridexec._routing import _probe
         from hybridexec._routing._verdicts import WINDOW_SECONDS
