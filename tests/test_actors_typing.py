@@ -61,12 +61,12 @@ def test_executor_spawn_is_typed_the_same() -> None:
 if TYPE_CHECKING:  # wrong uses: mypy must reject each one
 
     def _wrong_uses(ref: hx.ActorRef[Account]) -> None:
-        ref.ask(Account.deposit, "ten")  # type: ignore[arg-type]
-        ref.ask(Account.deposit, 1, 2)  # type: ignore[arg-type, call-arg]
-        ref.ask(Account.deposit, 1, colour="red")  # type: ignore[call-arg]
-        ref.ask(Account.owner, 1)  # type: ignore[call-arg]
+        ref.ask(Account.deposit, "ten")  # type: ignore[call-overload]
+        ref.ask(Account.deposit, 1, 2)  # type: ignore[call-overload]
+        ref.ask(Account.deposit, 1, colour="red")  # type: ignore[arg-type, call-arg]
+        ref.ask(Account.owner, 1)  # type: ignore[call-overload]
         ref.tell(statement)  # type: ignore[call-arg]
-        ref.ask(str.upper)  # type: ignore[arg-type]
-        total: hx.Future[str] = ref.ask(Account.deposit, 1)  # type: ignore[arg-type]
+        ref.ask(str.upper)  # type: ignore[call-overload]
+        total: hx.Future[str] = ref.ask(Account.deposit, 1)  # type: ignore[call-overload]
         hx.spawn(Account, 1, kind="fiber")  # type: ignore[arg-type]
         del total

@@ -202,7 +202,7 @@ def test_a_call_the_manager_writes_to_a_worker_that_died_runs_on_its_replacement
     (worker,) = manager.workers.values()
     manager._dispatch, held, gate = _hold(manager._dispatch)  # type: ignore[method-assign]
     try:
-        lane.lane._wake()  # the manager takes its worker back and is held as it dispatches
+        lane.lane.wake()  # the manager takes its worker back and is held as it dispatches
         assert held.wait(10)
         os.kill(worker.pid, signal.SIGKILL)
         assert _ended(worker)

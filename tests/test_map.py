@@ -140,7 +140,7 @@ def test_non_callable_raises_type_error_at_the_call(executor: Executor) -> None:
     with pytest.raises(TypeError, match="callable"):
         executor.submit(42)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="callable"):
-        executor.map(42, [1])  # type: ignore[arg-type]
+        executor.map(42, [1])  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(

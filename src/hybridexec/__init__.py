@@ -18,8 +18,8 @@ from ._version import __version__ as __version__
 if _TYPE_CHECKING:
     from ._actors import ActorRef as ActorRef
     from ._actors import spawn as spawn
-    from ._default import amap as amap
-    from ._default import arun as arun
+    from ._afront import amap as amap
+    from ._afront import arun as arun
     from ._default import default_executor as default_executor
     from ._default import imap as imap
     from ._default import map as map
@@ -117,8 +117,8 @@ _getattr, _dir = _exports(
         "TaskTimeoutError": "._exceptions",
         "WorkerCrashedError": "._exceptions",
         "__version__": "._version",
-        "amap": "._default",
-        "arun": "._default",
+        "amap": "._afront",
+        "arun": "._afront",
         "cleanup_shared_memory": "._shm",
         "cpu_bound": "._routing",
         "default_executor": "._default",

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal, TypedDict, TypeVar, overload
 
 from typing_extensions import ParamSpec, Unpack
 
 from . import _lifecycle
-from ._asyncio import collect_in_thread
 from ._executor import Executor
 from ._futures import Future
 from ._mapping import imap as _imap
@@ -110,7 +109,24 @@ class MapOptions(TypedDict, total=False):
 # more fall back to Callable[..., R] (the fallback takes at least three, so items that do not
 # fit fn are an error, not a fallback); return_exceptions=True (or a bool) adds BaseException to
 # the item type (what a failed call raised stands in its place, a GeneratorExit or the user's
-# own BaseException too).
+# own BaseException too). An ``async def`` fn comes first: its calls are awaited, the items are
+# what its coroutines return (item types are checked for one iterable only).
+@overload
+def imap(
+    fn: Callable[[T1], Coroutine[Any, Any, R]], it1: Iterable[T1], /, *,
+    return_exceptions: Literal[False] = ..., **options: Unpack[MapOptions],
+) -> MapIterator[R]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[..., Coroutine[Any, Any, R]], it1: Iterable[Any], it2: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> MapIterator[R]: ...  # fmt: skip
+@overload
+def imap(
+    fn: Callable[..., Coroutine[Any, Any, R]], /, *iterables: Iterable[Any],
+    return_exceptions: bool, **options: Unpack[MapOptions],
+) -> MapIterator[R | BaseException]: ...  # fmt: skip
 @overload
 def imap(
     fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
@@ -191,8 +207,9 @@ def imap(
         when its turn comes, and the work still in flight is cancelled.
 
     Raises:
-        TypeError: ``fn`` is not callable, ``limit`` is not an int, or ``executor`` is not an
-            Executor or a view of one.
+        TypeError: ``fn`` is not callable, ``limit`` is not an int, ``executor`` is not an
+            Executor or a view of one, or ``ordered``, ``return_exceptions`` or ``progress``
+            is not a bool (``progress``: nor a callback).
         ValueError: unknown ``kind``, bad ``chunksize`` or ``timeout``, ``limit`` below 1 or
             below ``chunksize``.
 
@@ -200,6 +217,12 @@ def imap(
     .. versionchanged:: 0.4 several iterables, ``limit`` and ``return_exceptions``.
     .. versionchanged:: 0.5 ``executor`` may be a view (``Executor.options``).
     """
+    ordered, return_exceptions = (
+        _flag("ordered", ordered),
+        _flag("return_exceptions", return_exceptions),
+    )
+    if not (progress is None or callable(progress)):
+        progress = _flag("progress", progress, " (or a callback progress(done, total))")
     ex, under = _target(executor)
     options = checked_options(kind, timeout, None, under)
     run, state = _imap(
@@ -216,6 +239,22 @@ def imap(
     return MapIterator(run, state)
 
 
+@overload
+def map(
+    fn: Callable[[T1], Coroutine[Any, Any, R]], it1: Iterable[T1], /, *,
+    return_exceptions: Literal[False] = ..., **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[..., Coroutine[Any, Any, R]], it1: Iterable[Any], it2: Iterable[Any], /,
+    *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
+    **options: Unpack[MapOptions],
+) -> list[R]: ...  # fmt: skip
+@overload
+def map(
+    fn: Callable[..., Coroutine[Any, Any, R]], /, *iterables: Iterable[Any],
+    return_exceptions: bool, **options: Unpack[MapOptions],
+) -> list[R | BaseException]: ...  # fmt: skip
 @overload
 def map(
     fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
@@ -274,29 +313,11 @@ def map(
     return imap(fn, *iterables, return_exceptions=return_exceptions, **options).collect()
 
 
-async def arun(
-    fn: Callable[..., R],
-    /,
-    *args: Any,
-    executor: Executor | ExecutorOptions | None = None,
-    **kwargs: Any,
-) -> R:
-    """Await ``fn(*args, **kwargs)`` run by an executor (the default one when None).
-
-    ``executor`` may also be a view such as ``ex.options(kind="process", timeout=5)``.
-
-    Cancelling the awaiting task cancels the work, and kills it when it runs in a process.
-
-    Returns:
-        What ``fn`` returned.
-
-    .. versionadded:: 0.1
-    """
-    import asyncio  # on use: importing it costs ~20 ms
-
-    ex = executor if executor is not None else default_executor()
-    future = ex.submit(fn, *args, **kwargs)
-    return await asyncio.wrap_future(future)
+def _flag(name: str, value: object, more: str = "") -> bool:
+    """``value`` as a bool: a bool, an int or a numpy bool; else a TypeError naming ``name``."""
+    if isinstance(value, int) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be a bool{more}, not {type(value).__qualname__}")
 
 
 def _target(executor: object) -> tuple[Executor, Options | None]:
@@ -311,63 +332,3 @@ def _target(executor: object) -> tuple[Executor, Options | None]:
         f"executor must be a hybridexec Executor, a view from its options(), or None, "
         f"not {type(executor).__qualname__}"
     )
-
-
-@overload
-async def amap(
-    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: Literal[False] = ...,
-    **options: Unpack[MapOptions],
-) -> list[R]: ...  # fmt: skip
-@overload
-async def amap(
-    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
-    return_exceptions: Literal[False] = ..., **options: Unpack[MapOptions],
-) -> list[R]: ...  # fmt: skip
-@overload
-async def amap(
-    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
-    *iterables: Iterable[Any], return_exceptions: Literal[False] = ...,
-    **options: Unpack[MapOptions],
-) -> list[R]: ...  # fmt: skip
-@overload
-async def amap(
-    fn: Callable[[T1], R], it1: Iterable[T1], /, *, return_exceptions: bool,
-    **options: Unpack[MapOptions],
-) -> list[R | BaseException]: ...  # fmt: skip
-@overload
-async def amap(
-    fn: Callable[[T1, T2], R], it1: Iterable[T1], it2: Iterable[T2], /, *,
-    return_exceptions: bool, **options: Unpack[MapOptions],
-) -> list[R | BaseException]: ...  # fmt: skip
-@overload
-async def amap(
-    fn: Callable[..., R], it1: Iterable[Any], it2: Iterable[Any], it3: Iterable[Any], /,
-    *iterables: Iterable[Any], return_exceptions: bool, **options: Unpack[MapOptions],
-) -> list[R | BaseException]: ...  # fmt: skip
-async def amap(
-    fn: Callable[..., Any],
-    /,
-    *iterables: Iterable[Any],
-    return_exceptions: bool = False,
-    **options: Unpack[MapOptions],
-) -> list[Any]:
-    """Await ``hybridexec.map(fn, *iterables, ...)`` without blocking the event loop.
-
-    Arguments as for :func:`imap`; the work is batched as in :func:`hybridexec.map`.
-    Cancelling the awaiting task (``asyncio.timeout``, ``wait_for``) cancels the work still in
-    flight (killing what runs in processes) and raises at once; calls already running on
-    threads cannot be stopped and end on their own.
-
-    Returns:
-        The results in input order (unless ``ordered=False``); with ``return_exceptions``, a
-        failed call's exception stands in its place.
-
-    Raises:
-        Exception: the first failed call's exception (unless ``return_exceptions``).
-
-    .. versionadded:: 0.1
-    .. versionchanged:: 0.4 several iterables, ``limit``, ``return_exceptions`` and the
-        other options of :func:`imap`.
-    """
-    results = imap(fn, *iterables, return_exceptions=return_exceptions, **options)
-    return await collect_in_thread(results, iterables, return_exceptions)

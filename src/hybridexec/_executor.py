@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -28,12 +27,9 @@ from ._routing import (
 from ._shm import DEFAULT_THRESHOLD, check_threshold, cleanup_shared_memory
 from ._views import (
     ExecutorOptions,
-    Submitted,
-    check_map_args,
     executor_stats,
     explain_call,
     leave_block,
-    results,
 )
 
 if TYPE_CHECKING:  # the actor modules load when an actor is made
@@ -152,6 +148,8 @@ class Executor(concurrent.futures.Executor):
         default_kind = check_kind(kind)
         if classifier is None and default_kind == "auto":
             classifier = LearningClassifier()
+        elif classifier is not None and not callable(getattr(classifier, "classify", None)):
+            raise TypeError(f"classifier must have a classify method, not {classifier!r}")
         lane_options = {
             "max_threads": max_threads,
             "max_processes": max_processes,
@@ -211,15 +209,26 @@ class Executor(concurrent.futures.Executor):
         future = router.plans.submit_express(router, fn, args, kwargs, self._options)
         return future or router.submit(fn, args, kwargs, self._options)
 
+    @overload
+    def map(
+        self, fn: Callable[..., Coroutine[Any, Any, R]], *iterables: Iterable[Any],
+        timeout: float | None = None, chunksize: int = 1, buffersize: int | None = None,
+        limit: int | None = None,
+    ) -> Iterator[R]: ...  # fmt: skip
+    @overload
+    def map(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], timeout: float | None = None,
+        chunksize: int = 1, buffersize: int | None = None, limit: int | None = None,
+    ) -> Iterator[R]: ...  # fmt: skip
     def map(
         self,
-        fn: Callable[..., R],
+        fn: Callable[..., Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
         limit: int | None = None,
-    ) -> Iterator[R]:
+    ) -> Iterator[Any]:
         """Like ``builtins.map`` but concurrent; results come back in order.
 
         As in the standard library, every call is submitted at once (in chunks of
@@ -323,7 +332,12 @@ class Executor(concurrent.futures.Executor):
 
         Returns:
             The lane, the reason, GIL fraction, CPU/wall, call counts and the CPU slots now.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
         """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
         return explain_call(self._router, self._options, fn, args, kwargs)
 
     @property
@@ -341,24 +355,9 @@ class Executor(concurrent.futures.Executor):
         opts: Options,
         limit: int | None = None,
     ) -> Iterator[R]:
-        check_map_args(chunksize, buffersize, limit)
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
-        if self._router.closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        end_time = None if timeout is None else time.monotonic() + timeout
-        calls = zip(*iterables)  # noqa: B905 - stops at the shortest, as map does
-        if type(self).submit is not Executor.submit and opts is self._options:
-            # A subclass counts, traces or wraps submit: every call goes through it.
-            def submit_one() -> Submitted | None:
-                args = next(calls, None)
-                return None if args is None else (self.submit(fn, *args), False, 1)
+        from ._groups import executor_map  # loaded with the first map
 
-            return results(submit_one, buffersize, end_time, limit)
-        from ._groups import submitter  # tiny calls in groups where nothing observable changes
-
-        submit_next = submitter(self._router, fn, calls, opts, chunksize, buffersize, limit)
-        return results(submit_next, buffersize, end_time, limit, chunksize)
+        return executor_map(self, fn, iterables, timeout, chunksize, buffersize, opts, limit)
 
     # ---- actors ---------------------------------------------------------------------------
     def spawn(

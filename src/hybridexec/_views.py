@@ -356,7 +356,7 @@ def progress_report(
     progress: bool | Callable[[int, int | None], object], total: int | None
 ) -> _Progress | None:
     """The report of a map's ``progress=`` argument: a callback, a tqdm bar, or None."""
-    if progress is False or progress is None:
+    if not (callable(progress) or progress):  # False, None, 0 (imap checked the type)
         return None
     if callable(progress):
         return _Progress(progress, None, total)

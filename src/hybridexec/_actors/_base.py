@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any, NoReturn
 
 from .._exceptions import ActorBrokenError, ActorClosedError, ActorError
@@ -33,6 +34,20 @@ DEAD = (STOPPED, BROKEN, KILLED)
 
 OnError = Callable[[BaseException], object]
 """The tell error hook: called with the exception a ``tell`` handler raised."""
+
+
+def run_handler(fn: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+    """``fn(instance, *args, **kwargs)``, a coroutine it returns run to its end here.
+
+    An ``async def`` method runs on an event loop of its own (``asyncio.run``), as the executor
+    awaits ``async def`` tasks: the message ends when the coroutine does, in order.
+    """
+    value = fn(instance, *args, **kwargs)
+    if type(value) is CoroutineType:
+        import asyncio
+
+        value = asyncio.run(value)
+    return value
 
 
 def describe(fn: Any) -> str:

@@ -19,8 +19,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any, Concatenate, Generic, Literal, NoReturn, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Generic, Literal, NoReturn, ParamSpec, TypeVar, overload
 
 from .. import _lifecycle
 from .._futures import Future
@@ -62,9 +62,21 @@ class ActorRef(Generic[T]):
         self._core = core
         self._kind = core.kind
 
+    @overload
+    def ask(
+        self,
+        method: Callable[Concatenate[T, P], Coroutine[Any, Any, R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> Future[R]: ...
+    @overload
     def ask(
         self, method: Callable[Concatenate[T, P], R], /, *args: P.args, **kwargs: P.kwargs
-    ) -> Future[R]:
+    ) -> Future[R]: ...
+    def ask(
+        self, method: Callable[Concatenate[T, P], Any], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Future[Any]:
         """Queue ``method(actor, *args, **kwargs)`` and return a future of its result.
 
         An exception raised by the method goes to the future; the actor goes on. The future
@@ -73,7 +85,8 @@ class ActorRef(Generic[T]):
 
         Args:
             method: A method of the actor's class (``Account.deposit``) or any callable
-                taking the actor instance first.
+                taking the actor instance first; an ``async def`` method is run to its end
+                (on an event loop of its own, per message) and the future gets its result.
             *args: Positional arguments for ``method``.
             **kwargs: Keyword arguments for ``method``.
 
@@ -81,6 +94,7 @@ class ActorRef(Generic[T]):
             A future with ``kind`` set to the actor's kind.
 
         Raises:
+            TypeError: ``method`` is not callable.
             ActorClosedError: the actor was stopped.
             ActorBrokenError: the actor died (or was killed) and was not restarted.
             ActorError: an actor asked itself from inside a handler (that would deadlock),
@@ -88,7 +102,8 @@ class ActorRef(Generic[T]):
             SerializationError: (process actors) an argument cannot be pickled; nothing
                 was sent.
         """
-        future: Future[R] = Future(self._kind)
+        _check_method(method)
+        future: Future[Any] = Future(self._kind)
         self._core.send(method, args, kwargs, future)
         return future
 
@@ -101,10 +116,12 @@ class ActorRef(Generic[T]):
         it is logged on the ``hybridexec`` logger); the actor goes on.
 
         Raises:
+            TypeError: ``method`` is not callable.
             ActorClosedError: the actor was stopped.
             ActorBrokenError: the actor died (or was killed) and was not restarted.
             SerializationError: (process actors) an argument cannot be pickled.
         """
+        _check_method(method)
         self._core.send(method, args, kwargs, None)
 
     def stop(self, drain: bool = True, *, wait: bool = True) -> None:
@@ -346,3 +363,11 @@ def _forget_after_fork() -> None:
 
 
 _lifecycle.on_fork(_forget_after_fork)
+
+
+def _check_method(method: object) -> None:
+    if not callable(method):
+        raise TypeError(
+            f"method must be a callable taking the actor first (Account.deposit), "
+            f"not {type(method).__qualname__}"
+        )

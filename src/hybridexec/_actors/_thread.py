@@ -31,7 +31,18 @@ from .._exceptions import ActorError
 from .._futures import Future
 from .._threads import interrupt_thread
 from .._waits import join_thread
-from ._base import BROKEN, DEAD, KILLED, OPEN, STOPPED, STOPPING, CoreBase, OnError, describe
+from ._base import (
+    BROKEN,
+    DEAD,
+    KILLED,
+    OPEN,
+    STOPPED,
+    STOPPING,
+    CoreBase,
+    OnError,
+    describe,
+    run_handler,
+)
 
 _STOP: Any = object()
 
@@ -183,7 +194,7 @@ class ThreadCore(CoreBase):
                     self.current = future
             if run:
                 try:
-                    value = fn(instance, *args, **kwargs)
+                    value = run_handler(fn, instance, args, kwargs)
                     ok = True
                 except _Killed:
                     raise

@@ -101,7 +101,10 @@ def open_lane(target: Any, options: dict[str, Any], remote_all: bool) -> DaskLan
     if address:
         client = distributed.Client(address, set_as_default=False, **options)
     else:
-        cluster = distributed.LocalCluster(**{**CLUSTER_DEFAULTS, **options})
+        defaults = dict(CLUSTER_DEFAULTS)
+        if options.get("processes") is False and "protocol" not in options:
+            del defaults["host"]  # in one process: inproc://, which listens on no address
+        cluster = distributed.LocalCluster(**{**defaults, **options})
         try:
             client = distributed.Client(cluster, set_as_default=False)
         except BaseException:

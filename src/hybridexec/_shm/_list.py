@@ -97,7 +97,8 @@ class SharedList(SharedHandle):
         slot_size: The minimum capacity in bytes of every slot, for values that grow.
 
     Raises:
-        TypeError: an item of an unsupported type.
+        TypeError: an item of an unsupported type, or ``slot_size`` is not an int.
+        ValueError: ``slot_size`` is negative.
         SharedMemoryError: not enough shared memory.
 
     .. versionadded:: 0.1
@@ -106,6 +107,10 @@ class SharedList(SharedHandle):
     __slots__ = ("_count",)
 
     def __init__(self, items: Iterable[Scalar] = (), *, slot_size: int = 0) -> None:
+        if type(slot_size) is not int:  # (a bool is no size)
+            raise TypeError(f"slot_size must be an int, not {type(slot_size).__qualname__}")
+        if slot_size < 0:
+            raise ValueError(f"slot_size must not be negative, not {slot_size}")
         encoded = [_encode(item) for item in items]
         count = len(encoded)
         table_end = _HEADER.size + count * _SLOT.size
