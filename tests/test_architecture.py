@@ -39,8 +39,10 @@ LAYERS: list[set[str]] = [
     {"_mapping", "_decisions", "_deferred", "_groups"},
     {"_router"},
     {"_views"},
+    {"_execmap"},
     {"_executor"},
     {"_default"},
+    {"_afront"},
     {"_demo"},
     {"__init__", "__main__"},
     {"joblib"},  # a public submodule: uses the public API only

@@ -355,9 +355,10 @@ class Executor(concurrent.futures.Executor):
         opts: Options,
         limit: int | None = None,
     ) -> Iterator[R]:
-        from ._groups import executor_map  # loaded with the first map
+        from ._execmap import executor_map  # loaded with the first map
 
-        return executor_map(self, fn, iterables, timeout, chunksize, buffersize, opts, limit)
+        plain = type(self).submit is Executor.submit
+        return executor_map(self, plain, fn, iterables, timeout, chunksize, buffersize, opts, limit)
 
     # ---- actors ---------------------------------------------------------------------------
     def spawn(

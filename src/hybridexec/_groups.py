@@ -24,14 +24,13 @@ import collections
 import contextvars
 import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._futures import Future, Outcome, Task
 from ._process import usable_cpus
 
 if TYPE_CHECKING:
-    from ._executor import Executor
     from ._router import Router
     from ._routing import Classifier, Options
 
@@ -198,41 +197,3 @@ def _failed(
     from ._mapitems import failed
 
     return failed(fn, [(args, {}) for args in calls], "thread", error).future
-
-
-def executor_map(
-    ex: Executor,
-    fn: Callable[..., Any],
-    iterables: tuple[Iterable[Any], ...],
-    timeout: float | None,
-    chunksize: int,
-    buffersize: int | None,
-    opts: Options,
-    limit: int | None,
-) -> Iterator[Any]:
-    """``Executor.map`` (and a view's): checks, then the calls submitted as results are read.
-
-    Raises:
-        TypeError: ``fn`` is not callable (or a bad ``buffersize``/``limit``).
-        ValueError: a bad ``chunksize``/``buffersize``/``limit``.
-        RuntimeError: the executor was shut down.
-    """
-    from ._executor import Executor
-    from ._views import check_map_args, results
-
-    check_map_args(chunksize, buffersize, limit)
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, not {type(fn).__qualname__}")
-    if ex._router.closed:
-        raise RuntimeError("cannot schedule new futures after shutdown")
-    end_time = None if timeout is None else time.monotonic() + timeout
-    calls = zip(*iterables)  # noqa: B905 - stops at the shortest, as map does
-    if type(ex).submit is not Executor.submit and opts is ex._options:
-        # A subclass counts, traces or wraps submit: every call goes through it.
-        def submit_one() -> Submitted | None:
-            args = next(calls, None)
-            return None if args is None else (ex.submit(fn, *args), False, 1)
-
-        return results(submit_one, buffersize, end_time, limit)
-    submit_next = submitter(ex._router, fn, calls, opts, chunksize, buffersize, limit)
-    return results(submit_next, buffersize, end_time, limit, chunksize)

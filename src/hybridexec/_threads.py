@@ -91,6 +91,8 @@ class ThreadLane:
         self._serial = itertools.count()
         self.broken: BaseException | None = None  # the initializer's error, as in the stdlib
         self.gate: Any = None  # set by the router: what a thread asks before and after a task
+        self.spare: Callable[[], bool] | None = None  # the capped CPU lane's: _check_stall
+        self.spare_max = 0
 
     @property
     def timers(self) -> Timers:
@@ -131,6 +133,8 @@ class ThreadLane:
                 self._idle.pop().release()  # the last thread gone idle: its cache is warm
                 return
             if threads >= self.max_threads:
+                if self.spare is not None:  # its threads may all block (D5): look soon
+                    self._arm_stall_check()
                 return
             if not self._start_thread():
                 self._refused(task)
@@ -148,11 +152,8 @@ class ThreadLane:
         return True
 
     def _refused(self, task: Task) -> None:
-        """No thread could start for ``task`` (lock held).
-
-        Threads alive take it when one is free (the stall check tries again); with none alive
-        it could never run: it is withdrawn (its future cancelled) and the submit fails.
-        """
+        # No thread could start for ``task`` (lock held): threads alive take it when one is
+        # free (the stall check tries again); with none it is withdrawn and the submit fails.
         if self._threads:
             logger.warning("hybridexec: cannot start a thread (%s); queued", self._start_error)
             self._arm_stall_check()
@@ -179,7 +180,11 @@ class ThreadLane:
                 return
             if self._idle:
                 self._idle.pop().release()
-            elif len(self._threads) < self.max_threads:
+            elif len(self._threads) < self.max_threads or (  # the capped CPU lane at its cap:
+                self.spare is not None  # one more while a slot's holder lends it (it blocks)
+                and len(self._threads) < self.spare_max
+                and self.spare()
+            ):
                 self._start_thread()
             self._arm_stall_check()  # work is still queued: look again soon
 
@@ -192,8 +197,7 @@ class ThreadLane:
                     # Notify waiters, or wait()/as_completed() never see it as done.
                     task.future.set_running_or_notify_cancel()
             self._stop_threads()
-            threads = list(self._threads)
-            if not self._threads:
+            if not (threads := list(self._threads)):
                 self._timers.close(wait=False)
         if wait:
             for thread in threads:
@@ -263,8 +267,7 @@ class ThreadLane:
         """
         if self._joined_at_exit:
             return 0.0
-        self._joined_at_exit = True
-        me = threading.current_thread()
+        self._joined_at_exit, me = True, threading.current_thread()
         deadline: float | None = None
         while True:
             with self._lock:
@@ -292,8 +295,7 @@ class ThreadLane:
         # Logged where ThreadPoolExecutor users look: CRITICAL on concurrent.futures.
         logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
         with self._lock:
-            if self.broken is None:
-                self.broken = exc
+            self.broken = self.broken or exc
             tasks = self._drain()
             self._stop_threads()  # the other threads leave too
         for task in tasks:
@@ -366,12 +368,10 @@ class ThreadLane:
             try:
                 if _faults.ACTIVE:
                     _faults.hit("thread.before_call")
-                if profile is not None:  # given when this call's CPU time is read
-                    cpu = time.thread_time()
-                    ok, value = task.call()
+                cpu = time.thread_time() if profile is not None else -1.0  # its CPU time read
+                ok, value = task.call()
+                if profile is not None:
                     cpu = time.thread_time() - cpu
-                else:
-                    ok, value = task.call()
             except TaskInterrupted:
                 raise
             except BaseException as exc:  # a fault injected before the call: it fails

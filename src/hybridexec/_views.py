@@ -67,9 +67,9 @@ def explain_call(
     kwargs: dict[str, Any],
 ) -> Explanation:
     """What ``Executor.explain`` returns (see there): the decision, and the CPU slots now."""
-    from ._routing import Explanation  # on use: a dataclass costs ~1 ms to make
+    from ._routing import Explanation, function_name  # on use (a dataclass costs ~1 ms)
 
-    name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', fn)}"
+    name = ".".join(function_name(fn)[:2])
     slots = router.slots.snapshot()
     if is_async_callable(fn) and router.async_on_loop(fn, options):  # as Router.submit
         why = "an async def function: its calls run on the executor's event loop"

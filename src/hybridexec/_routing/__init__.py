@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from ._rules import route as route
     from ._rules import route_rules as route_rules
     from ._rules import task as task
+    from ._verdicts import function_name as function_name
 
 __all__ = [
     "KINDS",
@@ -76,6 +77,7 @@ __all__ = [
     "checked_options",
     "cpu_bound",
     "fn_key",
+    "function_name",
     "gil_enabled",
     "hints_of",
     "io_bound",
@@ -89,13 +91,14 @@ __all__ = [
 _OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
 _OPTIONS |= {"check_count", "check_kind", "check_max_memory", "check_timeout", "resolve_counts"}
 _BINDING = {"Binding", "TimedTask", "Waits", "fn_key"}
-_ELSEWHERE = {"LearningClassifier", "Governor", "Explanation", *_OPTIONS, *_BINDING}
+_ELSEWHERE = {"LearningClassifier", "Governor", "Explanation", "function_name", *_OPTIONS}
+_ELSEWHERE |= _BINDING
 
 __getattr__, __dir__ = exports(
     __name__,
     {name: "._rules" for name in __all__ if name not in _ELSEWHERE}
     | {"LearningClassifier": "._classifier", "Governor": "._governor"}
-    | {"Explanation": "._explain"}
+    | {"Explanation": "._explain", "function_name": "._verdicts"}
     | dict.fromkeys(_OPTIONS, "._options")
     | dict.fromkeys(_BINDING, "._binding"),
 )

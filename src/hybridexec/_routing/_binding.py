@@ -69,6 +69,7 @@ class Binding:
         self._lock = threading.Lock()
         threads.gate = Gate(self, "thread", wait=False)
         cpu_threads.gate = Gate(self, "cpu", wait=True)
+        cpu_threads.spare, cpu_threads.spare_max = governor.lending, threads.max_threads
         processes.slots = governor
         processes.relocate = self.from_process
         governor.on_free = processes.wake

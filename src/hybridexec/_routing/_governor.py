@@ -185,6 +185,16 @@ class Governor:
         if wake is not None:
             wake()
 
+    def lending(self) -> bool:
+        """Whether a slot is free for a new request now, a lent one included (looked again).
+
+        Asked by the capped CPU lane when its threads all hold slots and stopped taking tasks:
+        if a holder lends its slot (it blocks), one more thread may take the next task.
+        """
+        with self._cond:
+            self._look()
+            return self._free() > self._ahead(None)
+
     # ---- the process lane's manager ---------------------------------------------------------
     def take_process(self) -> bool:
         """A slot for a worker about to run calls; False (never waits) when none is free."""
