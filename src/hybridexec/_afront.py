@@ -12,7 +12,14 @@ from typing import Any, Literal, TypeVar, overload
 from typing_extensions import Unpack
 
 from ._asyncio import collect_in_thread
-from ._default import MapOptions, default_executor, imap
+
+# The package front loads default_executor, imap, map and submit from here: the async ones
+# come with the first map, not later at a moment short of descriptors (an import opens files).
+from ._default import MapOptions
+from ._default import default_executor as default_executor
+from ._default import imap as imap
+from ._default import map as map
+from ._default import submit as submit
 from ._executor import Executor
 from ._views import ExecutorOptions
 

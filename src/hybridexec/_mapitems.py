@@ -126,6 +126,12 @@ def split_outcomes(
     return list(values[:failed_at]), values[failed_at]
 
 
+STRIDE = 4
+"""Inline calls run this many at a time between two looks at the clock: a call that grew
+costly (a big item after thousands of tiny ones) runs with at most ``STRIDE - 1`` others
+before the rest goes back to the lane (a look per call would double a tiny call's cost)."""
+
+
 def run_inline(
     executor: Executor,
     fn: Callable[..., Any],
@@ -134,60 +140,72 @@ def run_inline(
     report: Report | None,
     state: MapState,
     slow: float,
-) -> Generator[list[Any], None, float | None]:
+) -> Generator[list[Any], None, tuple[float, list[Any]] | None]:
     """Run the rest of a map's calls in the consuming thread, ``size`` at a time.
 
-    Returns None once the input is exhausted, or the time per call of a batch whose calls
-    took ``slow`` seconds or more each (they grew slow: the map sends the rest to its lane).
+    Returns None once the input is exhausted; or, once ``STRIDE`` calls took ``slow`` seconds
+    or more each (they grew slow: the map sends the rest to its lane), their time per call
+    and the items of the batch not run yet (they go first).
     """
     router = executor._router
-    clock = time.perf_counter
     while True:
         if state.cancelled or router.closed:
             raise concurrent.futures.CancelledError()
         items = list(itertools.islice(it, size))
         if not items:
             return None
-        started = clock()
-        values, error = _call_each(fn, items, state.star, state.keep_errors)
-        per_call = (clock() - started) / len(items)
-        router.count("inline", len(items))
+        values, error, per_call = _call_each(fn, items, state.star, state.keep_errors, slow)
+        done = len(values) + (error is not None)
+        router.count("inline", done)
         if report is not None and not state.cancelled:  # a cancelled map reports no more
-            report.update(len(values) + (error is not None), "inline")
+            report.update(done, "inline")
+        left = items[done:] if per_call is not None and error is None else []
         box = [values]
         del values, items
         yield box.pop()
         if error is not None:
             raise error
-        if per_call >= slow:
-            return per_call
+        if per_call is not None:
+            return per_call, left
 
 
 def _call_each(
-    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool
-) -> tuple[list[Any], BaseException | None]:
+    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool, slow: float
+) -> tuple[list[Any], BaseException | None, float | None]:
+    """The values of the calls (and the exception that ended them), ``STRIDE`` at a time.
+
+    The third item: the time per call of a stride whose calls took ``slow`` seconds or more
+    each (the calls stop there), else None.
+    """
     # The leanest loops there are: no argument or outcome tuples (tiny calls come by the
     # ten thousand, and every allocation also feeds the garbage collector).
     values: list[Any] = []
     append = values.append
+    clock, bound = time.perf_counter, slow * STRIDE
+    last = clock()
     try:
-        if keep_errors:
-            for item in items:
-                try:
-                    append(fn(*item) if star else fn(item))
-                except BaseException as exc:  # return_exceptions: in its place, and go on
-                    if ends_map(exc):
-                        raise
-                    append(exc)
-        elif star:
-            for args in items:
-                append(fn(*args))
-        else:
-            for item in items:
-                append(fn(item))
+        for start in range(0, len(items), STRIDE):
+            if keep_errors:
+                for item in items[start : start + STRIDE]:
+                    try:
+                        append(fn(*item) if star else fn(item))
+                    except BaseException as exc:  # return_exceptions: in place, and go on
+                        if ends_map(exc):
+                            raise
+                        append(exc)
+            elif star:
+                for args in items[start : start + STRIDE]:
+                    append(fn(*args))
+            else:
+                for item in items[start : start + STRIDE]:
+                    append(fn(item))
+            now = clock()
+            if now - last >= bound:
+                return values, None, (now - last) / min(STRIDE, len(items) - start)
+            last = now
     except BaseException as exc:  # raised after the values before it are delivered
-        return values, exc
-    return values, None
+        return values, exc, None
+    return values, None, None
 
 
 def fastest(in_flight: Iterable[Any]) -> float:

@@ -319,7 +319,8 @@ def _run(
                         executor, fn, it, most, report, state, 4 * TINY_CALL_SECONDS
                     )
                     if slow is not None:  # the calls grew slow: back to the lane (13f's F2)
-                        per_call, left_inline = slow, True
+                        (per_call, left), left_inline = slow, True
+                        it = itertools.chain(left, it)  # the batch's calls not run go first
                         size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                         continue
                 break
