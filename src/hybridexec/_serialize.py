@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import pickle
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Callable
@@ -223,7 +224,10 @@ def pack_exception(exc: BaseException) -> bytes:
     An exception that will not pickle (or unpickle) is replaced by a ``SerializationError``
     whose message says what was raised, so the caller still learns what happened.
     """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:  # formatting reads attributes: a __getattr__ of the user's may raise anything
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException as err:
+        tb = f"{type(exc).__qualname__} (its traceback could not be formatted: {err!r})\n"
     try:
         data = dumps((exc, tb))
         pickle.loads(data)  # an exception whose __reduce__ is wrong fails here, not in the parent
@@ -248,7 +252,12 @@ def unpack_exception(data: bytes) -> BaseException:
     """Rebuild an exception packed by :func:`pack_exception`, remote traceback as cause."""
     try:
         exc, tb = pickle.loads(data)
-    except Exception as err:
+    except BaseException as err:  # SystemExit from a __setstate__ too: the task's failure
+        if (
+            isinstance(err, KeyboardInterrupt)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            raise  # a Ctrl-C (a read in the main thread tries again)
         failed = SerializationError(f"cannot unpickle the exception raised by a task: {err!r}")
         failed.__cause__ = err
         return failed

@@ -269,8 +269,9 @@ class DaskLane(RemoteLane):
             for token, ok, value in ended:
                 try:
                     self._deliver(token, ok, value)
-                except Exception:  # never let the collector die: futures would hang
+                except BaseException as exc:  # never let the collector die: futures would hang
                     logger.exception("hybridexec: delivering a Dask result failed")
+                    self._fail(token, exc)  # (a no-op if the future got its outcome)
 
     def _deliver(self, token: str, ok: bool, value: Any) -> None:
         if ok:

@@ -90,6 +90,17 @@ class Replies(Scheduling):
             rss = None
             outcomes = [(False, err)] * (len(task.items) if task.batch else 1)
             whole = None
+        if (
+            task.batch
+            and whole is None
+            and rss != INIT_FAILED
+            and len(outcomes) < len(task.items) - len(getattr(task, "ahead", None) or ())
+        ):
+            # Fewer outcomes than calls: the worker could not unpickle the batch (14b B1).
+            # Each call goes again alone, first in line: only a culprit fails, in its place.
+            self._split(task)
+            self._after_task(worker, rss)
+            return
         task.elapsed = elapsed
         # The future first: its waiter wakes while the figures below are recorded.
         if whole is not None:  # every call returned (_outcomes.set_apart): its reader rebuilds
