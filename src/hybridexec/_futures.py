@@ -5,8 +5,9 @@ be cancelled while running when its lane can stop the work (a process worker is 
 
 Done-callbacks run one by one; one that raises (or is interrupted) is logged and the others
 still run. A future settled on a service thread (``_callbacks.serve``: the process manager, a
-deadline timer, the event loop...) hands its callbacks over to the callback threads; elsewhere
-(a thread-lane worker, a caller's ``cancel()``) they run at once, as in the standard library.
+deadline timer, the event loop...) hands its callbacks to the callback threads; elsewhere they
+run at once, as in the standard library. A child forked while it was unfinished sees it fail
+(``_task.orphaned``): its work runs in the parent.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from collections.abc import Callable
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Generic, TypeVar
 
-from . import _faults
+from . import _faults, _lifecycle
 from ._task import Call as Call
 from ._task import Deferred as Deferred
 from ._task import Items as Items
 from ._task import Outcome as Outcome
 from ._task import Task as Task
+from ._task import orphaned, orphaned_waiters
 from ._task import run_items as run_items
 from ._waits import wait_long
 
@@ -59,12 +61,12 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             def`` function on the executor's event loop) or a backend's name.
     """
 
-    # Slots (issue 17): as instance attributes, after ~30 futures made before one was settled
-    # (CPython 3.11's shared keys), every future built a dict of its own (one more GC object).
+    # Slots (issue 17): else, after ~30 futures made before one settled, each has a dict.
     __slots__ = (
         "_cond",
         "_exception",
         "_hx_before_wait",
+        "_hx_born",
         "_hx_callbacks",
         "_hx_inline",
         "_hx_stop",
@@ -98,7 +100,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         # An RLock, as the stdlib's Condition has: concurrent.futures.wait() holds every
         # future's lock while it calls cancelled() and exception(), which take it again.
         self._lock = _allocate_rlock()
-        self._state = PENDING
+        self._state, self._hx_born = PENDING, _lifecycle._generation  # (a child: see _wait)
         self.kind = kind
         self._cond = self._result = self._exception = self._hx_stop = self._hx_before_wait = None
         self._hx_waiters = self._hx_callbacks = self._hx_inline = self._hx_stop_with = None
@@ -128,7 +130,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def _waiters(self) -> list[Any]:
         """The stdlib's waiters of ``wait()``/``as_completed()`` (they hold the lock)."""
         if self._hx_waiters is None:
-            self._hx_waiters = []
+            fresh = self._hx_born == _lifecycle._generation or self._state in _DONE
+            self._hx_waiters = [] if fresh else orphaned_waiters(self)
         return self._hx_waiters
 
     @_waiters.setter
@@ -283,6 +286,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         return ok, value
 
     def _wait(self, timeout: float | None) -> float:  # lock held, not finished: as the stdlib
+        if self._hx_born != _lifecycle._generation and self._state not in _DONE:
+            return orphaned(self)  # inherited through os.fork(): the parent's work
         if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
             raise concurrent.futures.CancelledError()
         since = 0.0 if timeout is None else time.monotonic()
@@ -339,11 +344,11 @@ class Future(concurrent.futures.Future[T], Generic[T]):
                 if _faults.ACTIVE:  # as if this callback raised (or stalled) as it ended
                     _faults.hit("future.callback")
             except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt) and _in_main_thread():
+                main = threading.current_thread() is threading.main_thread()
+                if isinstance(exc, KeyboardInterrupt) and main:
                     raise  # Ctrl-C stops the program, not just this callback
-                # On the stdlib's logger, as the stdlib does: with no logging configured it
-                # reaches stderr (logging's last resort), where "hybridexec" (NullHandler) would
-                # keep it silent; filters set up for concurrent.futures keep working.
+                # On the stdlib's logger, as the stdlib does: unconfigured, it reaches stderr
+                # ("hybridexec" has a NullHandler); filters set up for concurrent.futures work.
                 logging.getLogger("concurrent.futures").exception(
                     "exception calling callback for %r", self
                 )
@@ -351,10 +356,6 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def is_pending(self) -> bool:
         """Return True while the task has not started and was not cancelled."""
         return self._state == PENDING
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def split_batch(task: Task, kind: str, ahead: list[Outcome] | None = None) -> list[Task]:

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hybridexec")
 
+_SHUT = "cannot schedule new futures after shutdown"
 EXIT_BOUND = 1.0
 """Seconds interpreter exit waits for work the library chose to run on a thread (I5)."""
 
@@ -207,11 +208,8 @@ class Router:
             lane.shutdown(wait=False, cancel_futures=cancel_futures)
 
     def join_at_exit(self, bound: float, *, threads: bool = True) -> None:
-        """At interpreter exit, after ``shutdown(wait=False)``: wait for the running work.
-
-        Process, event-loop and (unless ``threads`` is False) thread work; work the library
-        chose to put on a thread is waited for at most ``bound`` seconds.
-        """
+        # At exit, after shutdown(wait=False): wait for process, loop and (``threads``) thread
+        # work; work the library chose to put on a thread at most ``bound`` seconds.
         if self.generation != _lifecycle.generation():
             return
         self.processes.shutdown(wait=True)
@@ -221,11 +219,8 @@ class Router:
             self.cpu_threads.join_at_exit(max(0.0, bound))
 
     def release(self) -> None:
-        """The executor was dropped without ``shutdown()``: let the workers (and cluster) go.
-
-        Its queued work still runs, as with a dropped stdlib pool: the caller may hold the
-        futures (``hx.Executor().submit(fn).result()`` drops the executor at once).
-        """
+        # Dropped without shutdown(): the workers (and cluster) go once its queued work ran,
+        # as a dropped stdlib pool's (``hx.Executor().submit(fn).result()`` drops it).
         if self.generation == _lifecycle.generation():
             self._stop_lanes(cancel_futures=False)
             if self.remote is not None:  # a cluster it started goes once its calls ended
@@ -244,8 +239,8 @@ class Router:
 
     def decide(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
-    ) -> tuple[Decision, Options]:
-        return self.plans.decide(fn, args, kwargs, opts)  # options, hints, rules, classifier
+    ) -> tuple[Decision, Options]:  # options, hints, rules, classifier
+        return self.plans.decide(fn, args, kwargs, opts)
 
     def submit(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
@@ -270,7 +265,7 @@ class Router:
     ) -> Future[Any] | None:
         """Queue the call until its function's verdict (``_deferred.py``); None: not possible."""
         if self.closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise RuntimeError(_SHUT)
         if self.deferrals is None:
             from ._deferred import Deferrals
 
@@ -289,7 +284,7 @@ class Router:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> Future[Any]:
         if self.closed:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise RuntimeError(_SHUT)
         self.check_fork()
         hinted = hints_of(fn)
         timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
@@ -308,8 +303,8 @@ class Router:
         future: Future[Any] | None = None,
         context: contextvars.Context | None = None,
     ) -> tuple[Future[Any], Task]:
-        if self.closed and future is None:  # given: a deferred call, accepted before
-            raise RuntimeError("cannot schedule new futures after shutdown")
+        if (self.closed or _lifecycle.exited) and future is None:  # given: a deferred call's
+            raise _lifecycle.closed_error() if not self.closed else RuntimeError(_SHUT)
         if self.generation != _lifecycle.generation():
             self.check_fork()
         probe = decision.probe
@@ -354,17 +349,20 @@ class Router:
             task.context = contextvars.copy_context() if context is None else context
         if logger.isEnabledFor(logging.DEBUG):  # the arguments cost a lookup per submit
             logger.debug("%s -> %s: %s", getattr(fn, "__qualname__", fn), kind, decision.reason)
-        with self._counts_lock:
-            self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.count(kind)
         if decision.source is not None and probe is None and kind == decision.kind:
             task.route = decision  # late binding: it follows newer verdicts until it starts
-        if kind == "thread" and decision.cpu_heavy:
-            self.binding.submit_cpu(task)  # it holds a CPU slot while it runs (the governor)
-        elif kind == "thread" and probe is None and not decision.explicit and self.cpu_capped(fn):
-            future._hx_add_inline(functools.partial(self.waits.learn, fn_key(fn), task))
-            self.binding.submit_cpu(task)
-        else:
-            self.lanes[kind].submit(task)
+        try:
+            if kind == "thread" and decision.cpu_heavy:
+                self.binding.submit_cpu(task)  # it holds a CPU slot while it runs (governor)
+            elif kind == "thread" and not (probe or decision.explicit) and self.cpu_capped(fn):
+                future._hx_add_inline(functools.partial(self.waits.learn, fn_key(fn), task))
+                self.binding.submit_cpu(task)
+            else:
+                self.lanes[kind].submit(task)
+        except BaseException:  # refused (a limit, a shutdown): a claimed measurement is not
+            getattr(probe, "abandon", lambda: None)()  # made, the next call may be (14a's A1)
+            raise
         return future, task
 
     def cpu_capped(self, fn: Callable[..., Any]) -> bool:

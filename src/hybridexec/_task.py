@@ -209,3 +209,36 @@ class Deferred:
             return self.outcome
         finally:
             self.lock.release()
+
+
+def orphaned(future: Any) -> float:
+    """Fail ``future`` (its lock held), inherited through ``os.fork()`` unfinished: 0.0.
+
+    Its work runs in the parent, whose lanes this child never touches: waiting for it here
+    would last for ever (14a's A2). It fails in this process only; the parent's copy lives on.
+    """
+    from ._exceptions import BrokenExecutorError
+
+    future._exception = BrokenExecutorError(
+        "this future's work runs in the parent process: a forked child cannot wait for it"
+    )
+    future._state = concurrent.futures._base.FINISHED
+    return 0.0
+
+
+class _Orphaned(list):  # type: ignore[type-arg]
+    """The waiters of an inherited future (``orphaned``): each is told at once it is done."""
+
+    def __init__(self, future: Any) -> None:
+        super().__init__()
+        self.future = future
+
+    def append(self, waiter: Any) -> None:
+        super().append(waiter)
+        waiter.add_exception(self.future)
+
+
+def orphaned_waiters(future: Any) -> list[Any]:
+    """The ``_waiters`` of an inherited unfinished future: failed now, waiters told at once."""
+    orphaned(future)
+    return _Orphaned(future)

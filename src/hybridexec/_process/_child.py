@@ -11,6 +11,7 @@ import _thread
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .. import _faults
@@ -211,3 +212,18 @@ def blank_descriptors(keep: set[int]) -> None:
         except OSError:
             pass
     os.close(null)
+
+
+unpickling = False
+"""True while a worker unpickles a task: a module that imports then (the callable's) may not
+start a process lane (``Manager``): each of its workers would import it too, without end."""
+
+
+def unpickle(loads: Callable[[bytes], Any], data: bytes) -> Any:
+    """``loads(data)`` with ``unpickling`` set."""
+    global unpickling
+    unpickling = True
+    try:
+        return loads(data)
+    finally:
+        unpickling = False

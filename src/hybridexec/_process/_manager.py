@@ -36,6 +36,7 @@ from .. import _callbacks, _faults
 from .._exceptions import BrokenExecutorError
 from .._futures import Future, Task
 from .._waits import capped
+from . import _child
 from ._direct import Direct
 from ._supervise import DEFAULT_GRACE, START_GIVE_UP
 from ._supervision import BUSY, DYING, IDLE, WorkerRecord
@@ -64,12 +65,21 @@ BOOTSTRAPPING = (
 )
 
 
+IMPORTING = (
+    "A process lane cannot start in a worker process while it unpickles a task: a module "
+    "imported for it (the task's function's) starts process work at its top level, and every "
+    "worker would import it again, without end. Start that work from a function, not at import."
+)
+
+
 class Manager(Direct, threading.Thread):
     """Moves work to workers and results back; one per process lane."""
 
     def __init__(self, lane: ProcessLane) -> None:
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             raise RuntimeError(BOOTSTRAPPING)  # a worker runs an unguarded script's top level
+        if _child.unpickling:  # a worker imports a module for a task: it starts work (14a A3)
+            raise RuntimeError(IMPORTING)
         super().__init__(name=f"{lane.name}-process-manager", daemon=True)
         self.ended = threading.Event()
         self.lane = lane

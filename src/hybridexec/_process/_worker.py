@@ -33,7 +33,7 @@ from .. import _faults, _lifecycle, _serialize
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import adopt, dumps_callable, loads, pack_exception
 from .._shm import note_lent, sweep_while_idle
-from ._child import enter_child, resident_memory
+from ._child import enter_child, resident_memory, unpickle
 from ._frames import FrameReader, write_frame
 from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, set_apart
 from ._threadlimits import apply_thread_limits
@@ -269,7 +269,7 @@ def _fail_all(data: bytes) -> tuple[int, bool]:
 def _load_function(fn_bytes: bytes, functions: dict[bytes, Any]) -> list[Any]:
     entry = functions.get(fn_bytes)
     if entry is None:
-        entry = [adopt(loads(fn_bytes)), None]
+        entry = [adopt(unpickle(loads, fn_bytes)), None]
         if len(functions) >= _FN_CACHE_SIZE:
             functions.clear()
         functions[fn_bytes] = entry
@@ -351,7 +351,7 @@ def _run(
     function whose last call took under ``CPU_CLOCK_MIN``: CPU time is then the wall time.
     """
     try:
-        message = loads(data)
+        message = unpickle(loads, data)
         if type(message) is list:  # a group (see _group.py): it answers for itself
             _run_group(message, functions, out, report_memory)
             return None

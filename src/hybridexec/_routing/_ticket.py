@@ -59,6 +59,16 @@ class Ticket:
     def claim(self) -> bool:
         return next(self._claims) == 0  # atomic: itertools.count holds the GIL throughout
 
+    def abandon(self) -> None:
+        """The measured call was never run (its lane refused it): another call may be."""
+        owner, entry = self.owner, self.entry
+        with owner._cond:
+            if not entry.window_open:
+                entry.claimed_at = None
+                if self.recheck:  # still due: the next call that starts makes it
+                    entry.rechecking, entry.recheck = False, True
+                owner._cond.notify_all()
+
     def run(self, call: Callable[[], None]) -> None:
         owner, entry, recheck = self.owner, self.entry, self.recheck
         entry.window_open = True

@@ -170,6 +170,9 @@ class Segment:
         """
         if size < 0:
             raise ValueError(f"size must not be negative, not {size}")
+        # The helpers (the guardian, which removes our segments if we are killed) are forked
+        # now, while no segment is mapped here (a copy would pin it), not after (14a's A4).
+        _lifecycle.starting_thread()
         mapped = max(size, 1)
         for attempt in (1, 2):
             name = new_name(owner_pid)
