@@ -47,3 +47,41 @@ def test_an_executor_of_kind_thread_forks_no_helper_process(tmp_path: Path) -> N
     if "None" in line:
         pytest.skip("no /proc/<pid>/task/<tid>/children here")
     assert line == "CHILDREN_THREAD_KIND []", line
+
+
+_CHILD_WAITS_FOR_INHERITED = """
+import concurrent.futures as cf, faulthandler, os, time
+import hybridexec as hx
+
+def nap(x):
+    time.sleep(x)
+    return x
+
+if __name__ == "__main__":
+    with hx.Executor(max_processes=1) as ex:
+        futures = [ex.options(kind="process").submit(nap, 1.0), ex.submit(nap, 1.0)]
+        pid = os.fork()
+        if pid == 0:
+            faulthandler.dump_traceback_later(8, exit=True)  # a hang ends the child (status 1)
+            done, not_done = cf.wait(futures, timeout=5)
+            print("WAIT", len(done), len(not_done), flush=True)
+            ended = list(cf.as_completed(futures, timeout=5))
+            print("AS_COMPLETED", len(ended), type(ended[0].exception()).__name__, flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("CHILD", os.waitstatus_to_exitcode(status), flush=True)
+        print("PARENT", [f.result(timeout=20) for f in futures], flush=True)
+"""
+
+
+def test_futures_inherited_by_a_forked_child_end_for_wait_and_as_completed(
+    tmp_path: Path,
+) -> None:
+    # 14a's A2 widened: result() was the tester's case; concurrent.futures.wait() and
+    # as_completed() in the child waited for the parent's work too (for ever, or their timeout).
+    result = run_script(tmp_path, _CHILD_WAITS_FOR_INHERITED, timeout=40)
+    out = result.stdout
+    assert "WAIT 2 0" in out, out + result.stderr[-3000:]
+    assert "AS_COMPLETED 2 BrokenExecutorError" in out, out + result.stderr[-3000:]
+    assert "CHILD 0" in out, out + result.stderr[-3000:]
+    assert "PARENT [1.0, 1.0]" in out, out + result.stderr[-3000:]
