@@ -26,6 +26,7 @@ from hybridexec._process._threadlimits import (
 )
 from hybridexec._routing import Decision, LearningClassifier, Options, route
 from hybridexec._routing import _verdicts as _classifier
+from hybridexec._routing._calls import function_name
 from hybridexec._routing._measure import Measurement
 from hybridexec._routing._verdicts import verdict
 
@@ -254,12 +255,12 @@ def test_function_names_see_through_partials_and_methods() -> None:
     import functools
 
     pattern = re.compile("x")
-    assert _classifier.function_name(functools.partial(spin, 1.0))[:2] == (
+    assert function_name(functools.partial(spin, 1.0))[:2] == (
         "tests.helpers",
         "spin",
     )
-    assert _classifier.function_name(pattern.match)[1] == "Pattern.match"
-    assert _classifier.function_name(LearningClassifier().classify)[1].endswith("classify")
+    assert function_name(pattern.match)[1] == "Pattern.match"
+    assert function_name(LearningClassifier().classify)[1].endswith("classify")
 
 
 # ---- layer 1: rules --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Layers inside the room (each imports only those above it)::
     _measure     the thresholds of the probe and the maths of a measurement (Measurement)
     _stalls      the figures of one measured call (Window), the judgement of each stall
     _probe       the GIL probe: the helper thread that samples open windows
+    _calls       a callable's name, the call its partials make, async def or not
     _verdicts    the thresholds, the verdict rule, the keys (size bucket, argument shape)
     _entry       what the classifier keeps per key
     _ticket      the ticket of a measured call, the switch-interval boost
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ._binding import TimedTask as TimedTask
     from ._binding import Waits as Waits
     from ._binding import fn_key as fn_key
+    from ._calls import function_name as function_name
     from ._classifier import LearningClassifier as LearningClassifier
     from ._explain import Explanation as Explanation
     from ._governor import Governor as Governor
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
     from ._rules import route as route
     from ._rules import route_rules as route_rules
     from ._rules import task as task
-    from ._verdicts import function_name as function_name
 
 __all__ = [
     "KINDS",
@@ -98,7 +99,7 @@ __getattr__, __dir__ = exports(
     __name__,
     {name: "._rules" for name in __all__ if name not in _ELSEWHERE}
     | {"LearningClassifier": "._classifier", "Governor": "._governor"}
-    | {"Explanation": "._explain", "function_name": "._verdicts"}
+    | {"Explanation": "._explain", "function_name": "._calls"}
     | dict.fromkeys(_OPTIONS, "._options")
     | dict.fromkeys(_BINDING, "._binding"),
 )

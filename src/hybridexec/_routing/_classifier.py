@@ -37,6 +37,7 @@ only creates a coroutine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -45,6 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _lifecycle
+from ._calls import Lazy, bound_call, function_name, is_coroutine_function
 from ._rules import Decision, WouldWait, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
@@ -56,11 +58,8 @@ from ._verdicts import (
     VARIANTS_MAX,
     WAIT_SECONDS,
     Key,
-    Lazy,
     contrary,
     ewma,
-    function_name,
-    is_coroutine_function,
     shape,
     size_bucket,
     verdict,
@@ -98,6 +97,8 @@ class LearningClassifier:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Decision:
         """Return the lane for this call: the verdict, or a measurement while learning."""
+        if isinstance(fn, functools.partial):
+            args, kwargs = bound_call(fn, args, kwargs)  # type: ignore[assignment]
         key = (*function_name(fn), size_bucket(args), *shape(args, kwargs))
         entry = self._entries.get(key)
         if entry is not None:
@@ -207,6 +208,8 @@ class LearningClassifier:
     def _find(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None
     ) -> Entry | None:
+        if isinstance(fn, functools.partial):
+            args, kwargs = bound_call(fn, args, kwargs)  # type: ignore[assignment]
         base = (*function_name(fn), size_bucket(args))
         positional, keyword = shape(args, kwargs)
         entry = self._entries.get((*base, positional, keyword))

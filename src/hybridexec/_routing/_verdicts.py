@@ -7,12 +7,10 @@ Read with ``_classifier.py``, which keeps the learner's state per function and c
 from __future__ import annotations
 
 import enum
-import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._lazy import loaded
 from .._process import usable_cpus
 from ._rules import ms
 
@@ -80,8 +78,6 @@ SHAPE_ARGS = 4
 OVERFLOW = -1
 """The shape of calls past ``VARIANTS_MAX`` distinct shapes."""
 
-_CO_COROUTINE = 0x80
-"""``inspect.CO_COROUTINE``: the code flag of an ``async def`` function."""
 _SIZED = (str, bytes, bytearray, list, tuple, dict, set, frozenset, memoryview)
 Key = tuple[str, str, int, int, int, int]
 """module, qualname, first line, size bucket, positional shape, keyword shape."""
@@ -290,55 +286,6 @@ def contrary(current: str, m: Measurement) -> bool:
     if current == "thread":
         return verdict(m)[0] == "process"
     return m.gil_fraction < DEMOTE_GIL_FRACTION or m.gil_seconds < DEMOTE_GIL_SECONDS
-
-
-def function_name(fn: Callable[..., Any]) -> tuple[str, str, int]:
-    """``(module, qualname, first line)`` of a callable, looking through partials and methods."""
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    target = getattr(target, "__func__", target)
-    qualname = getattr(target, "__qualname__", None)
-    if not isinstance(qualname, str):  # a callable instance
-        cls = type(target)
-        return cls.__module__, f"{cls.__qualname__}.__call__", 0
-    module = getattr(target, "__module__", None)
-    if not isinstance(module, str):  # e.g. a method of a C type: re.Pattern.match
-        module = type(getattr(target, "__self__", None)).__module__
-    code = getattr(target, "__code__", None)
-    return module, qualname, code.co_firstlineno if code is not None else 0
-
-
-def is_coroutine_function(fn: Callable[..., Any]) -> bool:
-    """``inspect.iscoroutinefunction`` without importing ``inspect`` (2-5 ms on a first call).
-
-    Until something imported ``inspect``, nothing can have marked a function as a coroutine
-    function (``inspect.markcoroutinefunction``): its code flags are enough then.
-    """
-    inspect = loaded("inspect")  # mid-import in another thread: not marked anything yet
-    if inspect is not None:
-        return bool(inspect.iscoroutinefunction(fn))
-    target: Any = fn
-    while isinstance(target, functools.partial):
-        target = target.func
-    code = getattr(getattr(target, "__func__", target), "__code__", None)
-    return code is not None and bool(code.co_flags & _CO_COROUTINE)
-
-
-class Lazy:
-    """A log argument made into text only when the record is emitted.
-
-    ``Lazy(entry.explanation)``: an explanation costs a dataclass (and ~1 ms to import on a
-    first verdict), for a debug record that is usually dropped.
-    """
-
-    __slots__ = ("make",)
-
-    def __init__(self, make: Callable[[], object]) -> None:
-        self.make = make
-
-    def __str__(self) -> str:
-        return str(self.make())
 
 
 def size_bucket(args: tuple[Any, ...]) -> int:
