@@ -126,10 +126,12 @@ def split_outcomes(
     return list(values[:failed_at]), values[failed_at]
 
 
-STRIDE = 4
-"""Inline calls run this many at a time between two looks at the clock: a call that grew
-costly (a big item after thousands of tiny ones) runs with at most ``STRIDE - 1`` others
-before the rest goes back to the lane (a look per call would double a tiny call's cost)."""
+STRIDE = 3
+"""Inline calls run this many at a time between two looks at the clock. A stride that took
+``slow`` seconds per call is confirmed by the next call alone (a busy machine that preempts
+the thread makes one stride slow, not the call after it): a call that grew costly (a big item
+after thousands of tiny ones) runs with at most ``STRIDE`` others before the rest goes back
+to the lane (a look per call would double a tiny call's cost)."""
 
 
 def run_inline(
@@ -174,19 +176,20 @@ def _call_each(
 ) -> tuple[list[Any], BaseException | None, float | None]:
     """The values of the calls (and the exception that ended them), ``STRIDE`` at a time.
 
-    The third item: the time per call of a stride whose calls took ``slow`` seconds or more
-    each (the calls stop there), else None.
+    The third item: the time of a call that took ``slow`` seconds or more right after a
+    stride that did too (the calls stop there), else None.
     """
     # The leanest loops there are: no argument or outcome tuples (tiny calls come by the
     # ten thousand, and every allocation also feeds the garbage collector).
     values: list[Any] = []
     append = values.append
-    clock, bound = time.perf_counter, slow * STRIDE
+    clock, start, step, count = time.perf_counter, 0, STRIDE, len(items)
     last = clock()
     try:
-        for start in range(0, len(items), STRIDE):
+        while start < count:
+            part = items[start : start + step]
             if keep_errors:
-                for item in items[start : start + STRIDE]:
+                for item in part:
                     try:
                         append(fn(*item) if star else fn(item))
                     except BaseException as exc:  # return_exceptions: in place, and go on
@@ -194,15 +197,17 @@ def _call_each(
                             raise
                         append(exc)
             elif star:
-                for args in items[start : start + STRIDE]:
+                for args in part:
                     append(fn(*args))
             else:
-                for item in items[start : start + STRIDE]:
+                for item in part:
                     append(fn(item))
             now = clock()
-            if now - last >= bound:
-                return values, None, (now - last) / min(STRIDE, len(items) - start)
-            last = now
+            took = (now - last) / len(part)
+            if took >= slow and step == 1:  # confirmed: the calls grew slow
+                return values, None, took
+            step = 1 if took >= slow else STRIDE  # slow: confirmed by the next call alone
+            start, last = start + len(part), now
     except BaseException as exc:  # raised after the values before it are delivered
         return values, exc, None
     return values, None, None
