@@ -368,6 +368,6 @@ _lifecycle.on_fork(_forget_after_fork)
 def _check_method(method: object) -> None:
     if not callable(method):
         raise TypeError(
-            f"method must be a callable taking the actor first (Account.deposit), "
+            f"method must be a callable taking the actor first (such as Account.deposit), "
             f"not {type(method).__qualname__}"
         )

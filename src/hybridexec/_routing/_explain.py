@@ -66,7 +66,8 @@ class Explanation:
         if self.wall_seconds is not None:
             figures.append(f"{ms(self.wall_seconds)} per call")
         lanes = ", ".join(f"{n} {k}" for k, n in sorted(self.per_lane.items()) if n)
-        figures.append(f"{self.calls} calls" + (f" ({lanes})" if lanes else ""))
+        calls = f"{self.calls} call{'' if self.calls == 1 else 's'}"
+        figures.append(calls + (f" ({lanes})" if lanes else ""))
         if self.changes:
             figures.append(f"verdict changed {self.changes} times by feedback")
         if self.slots:
