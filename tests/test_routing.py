@@ -511,7 +511,7 @@ def test_explain_gives_lane_figures_and_reason(executor: hybridexec.Executor) ->
     text = str(e)
     assert text.startswith("tests.helpers.spin -> process:")
     assert "GIL held" in text
-    assert "1 calls" in text
+    assert "1 call (" in text
     table = executor.stats()["decisions"]
     assert [row["function"] for row in table] == ["tests.helpers.spin"]
     assert table[0]["kind"] == "process"
