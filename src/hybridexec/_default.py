@@ -8,6 +8,7 @@ so the child's first call starts a default executor of its own.
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal, TypedDict, TypeVar, overload
@@ -79,7 +80,13 @@ def _forget_after_fork() -> None:
 _lifecycle.on_fork(_forget_after_fork)
 
 
-def submit(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+@overload
+def submit(
+    fn: Callable[P, Coroutine[Any, Any, R]], /, *args: P.args, **kwargs: P.kwargs
+) -> Future[R]: ...
+@overload
+def submit(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]: ...
+def submit(fn: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> Future[Any]:
     """Submit ``fn(*args, **kwargs)`` to the default Executor.
 
     Returns:
@@ -315,8 +322,8 @@ def map(
 
 def _flag(name: str, value: object, more: str = "") -> bool:
     """``value`` as a bool: a bool, an int or a numpy bool; else a TypeError naming ``name``."""
-    if isinstance(value, int) or type(value).__name__ == "bool_":
-        return bool(value)
+    if isinstance(value, numbers.Integral) or type(value).__name__ in ("bool", "bool_"):
+        return bool(value)  # (numpy's bool is "bool" in numpy 2, "bool_" before)
     raise TypeError(f"{name} must be a bool{more}, not {type(value).__qualname__}")
 
 

@@ -109,10 +109,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def _condition(self) -> threading.Condition:
         """The stdlib's Condition, on this future's lock: what waits and ``wait()`` use.
 
-        Built once, under the lock (two threads must not build two); never read with the
-        lock held (``_wait`` builds it itself). Every state change happens under the same
-        lock, and notifies it only if it exists: a waiter builds it (holding the lock)
-        before it checks the state and waits.
+        Built once, under the lock, never read with it held (``_wait`` builds it itself); a
+        state change notifies it if it exists: a waiter builds it before it checks the state.
         """
         cond = self._cond
         if cond is None:
@@ -129,9 +127,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     @property  # the stdlib's attribute, built on first use
     def _waiters(self) -> list[Any]:
         """The stdlib's waiters of ``wait()``/``as_completed()`` (they hold the lock)."""
-        if self._hx_waiters is None:
-            fresh = self._hx_born == _lifecycle._generation or self._state in _DONE
-            self._hx_waiters = [] if fresh else orphaned_waiters(self)
+        if self._hx_born != _lifecycle._generation and self._state not in _DONE:
+            self._hx_waiters = orphaned_waiters(self)  # inherited (its parent's waiters too)
+        elif self._hx_waiters is None:
+            self._hx_waiters = []
         return self._hx_waiters
 
     @_waiters.setter
@@ -232,6 +231,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def done(self) -> bool:
         """Return True if the future was cancelled or finished running."""
         with self._lock:
+            if self._hx_born != _lifecycle._generation and self._state not in _DONE:
+                orphaned(self)  # inherited through os.fork() unfinished: it fails here
             return self._state in _DONE
 
     def result(self, timeout: float | None = None) -> T:
@@ -260,12 +261,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             self = None  # type: ignore[assignment]  # no cycle with the raised exception
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """As in the standard library: the call's exception, or None.
-
-        Raises:
-            CancelledError: the future was cancelled.
-            TimeoutError: not done within ``timeout`` seconds.
-        """
+        """As in the standard library: the call's exception, or None (raises as ``result``)."""
         with self._lock:
             since = self._wait(timeout) if self._state != FINISHED else 0.0
             exc: Any = self._exception
@@ -304,6 +300,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def add_done_callback(self, fn: Callable[[Future[T]], object]) -> None:
         """As in the standard library: ``fn(future)`` once done (now if it is done)."""
         with self._lock:
+            if self._hx_born != _lifecycle._generation and self._state not in _DONE:
+                orphaned(self)  # inherited unfinished: asyncio.wrap_future ends too
             if self._state not in _DONE:
                 if self._hx_callbacks is None:
                     self._hx_callbacks = []

@@ -299,28 +299,28 @@ class ExecutorOptions:
         future = router.plans.submit_express(router, fn, args, kwargs, self._opts)
         return future or router.submit(fn, args, kwargs, self._opts)
 
+    @overload
     def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        buffersize: int | None = None,
+        self, fn: Callable[..., Coroutine[Any, Any, R]], *iterables: Iterable[Any],
+        timeout: float | None = None, chunksize: int = 1, buffersize: int | None = None,
         limit: int | None = None,
-    ) -> Iterator[R]:
-        """``Executor.map`` with these options.
-
-        .. versionchanged:: 0.4 ``limit``.
-        """
+    ) -> Iterator[R]: ...  # fmt: skip
+    @overload
+    def map(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], timeout: float | None = None,
+        chunksize: int = 1, buffersize: int | None = None, limit: int | None = None,
+    ) -> Iterator[R]: ...  # fmt: skip
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+        chunksize: int = 1, buffersize: int | None = None, limit: int | None = None,
+    ) -> Iterator[Any]:  # fmt: skip
+        """``Executor.map`` with these options (``limit``: 0.4)."""
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._opts, limit)
 
     def options(
         self, *, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
     ) -> ExecutorOptions:
-        """Narrow these options further (arguments as for ``Executor.options``).
-
-        .. versionchanged:: 0.5 ``max_memory``.
-        """
+        """Narrow these options further (as ``Executor.options``; ``max_memory``: 0.5)."""
         options = checked_options(kind, timeout, max_memory, self._opts)
         return ExecutorOptions(self._executor, options)
 

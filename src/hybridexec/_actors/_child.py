@@ -88,7 +88,7 @@ def actor_main(
     hook = getattr(instance, "on_stop", None)
     if callable(hook):
         try:
-            hook()
+            run_handler(lambda _: hook(), None, (), {})  # an async def one: run to its end
         except BaseException as exc:
             packed = pickle.dumps((HOOK_FAILED, pack_exception(exc)), PROTOCOL)
             try:

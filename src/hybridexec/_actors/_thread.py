@@ -165,7 +165,7 @@ class ThreadCore(CoreBase):
                 hook = getattr(instance, "on_stop", None)
                 if callable(hook):
                     try:
-                        hook()
+                        run_handler(lambda _: hook(), None, (), {})  # async def: run to its end
                     except Exception as exc:
                         self.report("on_stop", exc)
         except _Killed:

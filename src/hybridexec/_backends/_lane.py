@@ -202,6 +202,8 @@ class RemoteLane:
             self._timers.call_at(time.monotonic() + timeout, functools.partial(self._expire, token))
 
     def _complete(self, token: str, outcomes: list[Outcome]) -> None:
+        if len(outcomes) == 1 and not outcomes[0][0] and self._retry_one_by_one(token, 1):
+            return  # one failure for a batch: it would not unpickle there (14e's E8)
         entry = self._pop(token)
         if entry is not None:
             outcomes_to_future(entry.task, outcomes)
@@ -211,12 +213,13 @@ class RemoteLane:
         if entry is not None:
             entry.task.future.settle(False, exc)
 
-    def _retry_one_by_one(self, token: str) -> bool:
+    def _retry_one_by_one(self, token: str, outcomes: int = 0) -> bool:
         """Run the items of the batch ``token`` again, one call each: its worker died in it.
 
-        Which item killed the worker is not known: alone, only the culprit fails (with the
-        engine's error), as on the local process lane. The new calls are in flight before the
-        batch leaves, so a shutdown waiting for the lane to be idle waits for them too.
+        Or (``outcomes`` 1) it failed as a whole: it would not unpickle in the worker. Which
+        item is the culprit is not known: alone, only it fails (with the engine's error), as
+        on the local process lane. The new calls are in flight before the batch leaves, so a
+        shutdown waiting for the lane to be idle waits for them too.
 
         Returns:
             False when ``token`` is not a batch of several items still in flight.
@@ -226,11 +229,8 @@ class RemoteLane:
             if entry is None or not entry.task.batch or len(entry.task.items) < 2:
                 return False
         task = entry.task
-        logger.info(
-            "a %s worker died running a batch of %d; retrying one by one",
-            self.kind,
-            len(task.items),
-        )
+        why = "failed as a whole" if outcomes else "lost its worker"
+        logger.info("a %s batch of %d %s; retrying one by one", self.kind, len(task.items), why)
         singles = split_batch(task, self.kind)
         for single in singles:
             try:

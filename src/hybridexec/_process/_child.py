@@ -11,6 +11,7 @@ import _thread
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -214,16 +215,17 @@ def blank_descriptors(keep: set[int]) -> None:
     os.close(null)
 
 
-unpickling = False
-"""True while a worker unpickles a task: a module that imports then (the callable's) may not
-start a process lane (``Manager``): each of its workers would import it too, without end."""
+unpickling: int | None = None
+"""The thread that unpickles a task in a worker, while it does: a module imported then (the
+callable's) may not start a process lane (``Manager``): each of its workers would import it
+too, without end. Another thread of the worker (one a task left running) may."""
 
 
 def unpickle(loads: Callable[[bytes], Any], data: bytes) -> Any:
-    """``loads(data)`` with ``unpickling`` set."""
+    """``loads(data)`` with ``unpickling`` set to this thread."""
     global unpickling
-    unpickling = True
+    unpickling = threading.get_ident()
     try:
         return loads(data)
     finally:
-        unpickling = False
+        unpickling = None

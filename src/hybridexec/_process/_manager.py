@@ -78,7 +78,8 @@ class Manager(Direct, threading.Thread):
     def __init__(self, lane: ProcessLane) -> None:
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             raise RuntimeError(BOOTSTRAPPING)  # a worker runs an unguarded script's top level
-        if _child.unpickling:  # a worker imports a module for a task: it starts work (14a A3)
+        if _child.unpickling == threading.get_ident():  # a worker imports a task's module,
+            # which starts process work at import (14a A3)
             raise RuntimeError(IMPORTING)
         super().__init__(name=f"{lane.name}-process-manager", daemon=True)
         self.ended = threading.Event()

@@ -186,14 +186,18 @@ class Governor:
             wake()
 
     def lending(self) -> bool:
-        """Whether a slot is free for a new request now, a lent one included (looked again).
+        """Whether every thread holding a slot lends it (looked at again) and one is free.
 
         Asked by the capped CPU lane when its threads all hold slots and stopped taking tasks:
-        if a holder lends its slot (it blocks), one more thread may take the next task.
+        then one more thread may take the next task (14d's D5: a holder may wait for it). Not
+        while any holder computes: it makes progress, and a lender that resumes would then
+        run beside two computing threads, not one (14e's E3): one over the budget at most.
         """
         with self._cond:
             self._look()
-            return self._free() > self._ahead(None)
+            holders = self._holders.values()
+            idle = bool(holders) and all(h.idle for h in holders)
+            return idle and self._free() > self._ahead(None)
 
     # ---- the process lane's manager ---------------------------------------------------------
     def take_process(self) -> bool:
