@@ -160,7 +160,8 @@ def test_process_map_at_a_modules_import_does_not_start_workers_without_end(
     assert "[scenario overran" not in result.stderr, f"{len(importers)} imports, no end"
     # Developers: bounded, not 4: a worker whose import failed imports again for its next call.
     assert len(importers) <= 8, result.stdout[-2000:]
-    assert "error SerializationError" in result.stdout, result.stdout[-2000:]
+    # (a worker's print may interleave with the script's: no line is whole for sure)
+    assert "SerializationError" in result.stdout, result.stdout[-2000:]
 
 
 _FIRST_SUBMIT = """

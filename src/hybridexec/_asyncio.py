@@ -38,13 +38,8 @@ _BUILTIN = type(len)
 def is_async_callable(fn: object) -> bool:
     """Return True for ``async def`` functions, also behind ``functools.partial``/methods."""
     code = getattr(fn, "__code__", None)  # functions and bound methods: the submit fast path
-    if code is not None:
-        if code.co_flags & _CO_COROUTINE:
-            return True
-        # A decorator's wrapper (functools.wraps) of an async def: awaited too (14e's E10).
-        attrs = getattr(fn, "__dict__", None)
-        inner = attrs.get("__wrapped__") if attrs else None
-        return inner is not None and is_async_callable(inner)
+    if code is not None:  # (a decorator's plain wrapper of an async def is not one: 14g G1)
+        return bool(code.co_flags & _CO_COROUTINE)
     while isinstance(fn, functools.partial):
         fn = fn.func
     if type(fn) is _BUILTIN:

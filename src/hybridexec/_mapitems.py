@@ -126,12 +126,13 @@ def split_outcomes(
     return list(values[:failed_at]), values[failed_at]
 
 
-STRIDE = 3
-"""Inline calls run this many at a time between two looks at the clock. A stride that took
-``slow`` seconds per call is confirmed by the next call alone (a busy machine that preempts
-the thread makes one stride slow, not the call after it): a call that grew costly (a big item
-after thousands of tiny ones) runs with at most ``STRIDE`` others before the rest goes back
-to the lane (a look per call would double a tiny call's cost)."""
+STRIDE = 2
+"""Inline calls run this many at a time between two looks at the clock. Two strides of a
+batch that took ``slow`` seconds per call end the run there (a busy machine that preempts the
+thread makes one stride slow now and then, not two in a batch of a few milliseconds): calls
+that grew costly run at most ``2 * STRIDE`` in the caller's thread, however they are spread
+among tiny ones, before the rest goes back to the lane (a look per call would double a tiny
+call's cost)."""
 
 
 def run_inline(
@@ -149,14 +150,16 @@ def run_inline(
     or more each (they grew slow: the map sends the rest to its lane), their time per call
     and the items of the batch not run yet (they go first).
     """
-    router = executor._router
+    router, seen = executor._router, 0
     while True:
         if state.cancelled or router.closed:
             raise concurrent.futures.CancelledError()
         items = list(itertools.islice(it, size))
         if not items:
             return None
-        values, error, per_call = _call_each(fn, items, state.star, state.keep_errors, slow)
+        values, error, per_call, seen = _call_each(
+            fn, items, state.star, state.keep_errors, slow, seen
+        )
         done = len(values) + (error is not None)
         router.count("inline", done)
         if report is not None and not state.cancelled:  # a cancelled map reports no more
@@ -172,22 +175,23 @@ def run_inline(
 
 
 def _call_each(
-    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool, slow: float
-) -> tuple[list[Any], BaseException | None, float | None]:
+    fn: Callable[..., Any], items: list[Any], star: bool, keep_errors: bool, slow: float, seen: int
+) -> tuple[list[Any], BaseException | None, float | None, int]:
     """The values of the calls (and the exception that ended them), ``STRIDE`` at a time.
 
-    The third item: the time of a call that took ``slow`` seconds or more right after a
-    stride that did too (the calls stop there), else None.
+    The third item: the time per call of the second stride whose calls took ``slow`` seconds
+    or more each (the calls stop there), else None; the fourth: the slow strides seen in this
+    batch (``seen``: in the previous one, if its last stride was), for the next batch.
     """
     # The leanest loops there are: no argument or outcome tuples (tiny calls come by the
     # ten thousand, and every allocation also feeds the garbage collector).
     values: list[Any] = []
     append = values.append
-    clock, start, step, count = time.perf_counter, 0, STRIDE, len(items)
+    clock, count, slow_strides = time.perf_counter, len(items), seen
     last = clock()
     try:
-        while start < count:
-            part = items[start : start + step]
+        for start in range(0, count, STRIDE):
+            part = items[start : start + STRIDE]
             if keep_errors:
                 for item in part:
                     try:
@@ -204,13 +208,14 @@ def _call_each(
                     append(fn(item))
             now = clock()
             took = (now - last) / len(part)
-            if took >= slow and step == 1:  # confirmed: the calls grew slow
-                return values, None, took
-            step = 1 if took >= slow else STRIDE  # slow: confirmed by the next call alone
-            start, last = start + len(part), now
+            if took >= slow:
+                slow_strides += 1
+                if slow_strides == 2:  # the calls grew slow (one could be a preemption)
+                    return values, None, took, 0
+            last = now
     except BaseException as exc:  # raised after the values before it are delivered
-        return values, exc, None
-    return values, None, None
+        return values, exc, None, 0
+    return values, None, None, int(took >= slow) if count else 0
 
 
 def fastest(in_flight: Iterable[Any]) -> float:

@@ -27,6 +27,10 @@ from ._wire import LARGE_BYTES, encode, extract_large, outcomes_to_future, timeo
 
 logger = logging.getLogger("hybridexec")
 
+RETRY_ITEMS_MAX = 64
+"""A batch of more items than this that failed as a whole (it would not unpickle on the
+worker, its callable usually) is not run again item by item: each item fails with its error."""
+
 
 class Entry:
     """A task handed to the engine and not yet settled."""
@@ -222,12 +226,15 @@ class RemoteLane:
         shutdown waiting for the lane to be idle waits for them too.
 
         Returns:
-            False when ``token`` is not a batch of several items still in flight.
+            False when ``token`` is not a batch of several items still in flight, or one of
+            more than ``RETRY_ITEMS_MAX`` that failed as a whole (every item fails then).
         """
         with self._lock:
             entry = self._inflight.get(token)
             if entry is None or not entry.task.batch or len(entry.task.items) < 2:
                 return False
+            if outcomes and len(entry.task.items) > RETRY_ITEMS_MAX:
+                return False  # one task per item of a map failing whole costs ms each (14g G6)
         task = entry.task
         why = "failed as a whole" if outcomes else "lost its worker"
         logger.info("a %s batch of %d %s; retrying one by one", self.kind, len(task.items), why)
