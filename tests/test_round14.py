@@ -85,3 +85,13 @@ def test_futures_inherited_by_a_forked_child_end_for_wait_and_as_completed(
     assert "AS_COMPLETED 2 BrokenExecutorError" in out, out + result.stderr[-3000:]
     assert "CHILD 0" in out, out + result.stderr[-3000:]
     assert "PARENT [1.0, 1.0]" in out, out + result.stderr[-3000:]
+
+
+def test_a_classifier_class_is_refused_as_an_instance_would_be() -> None:
+    # 14c's C6 widened (14e noticed): the class itself has a classify attribute, so it passed
+    # the check at construction and failed only at the first call.
+    import hybridexec as hx
+    from hybridexec._routing import LearningClassifier
+
+    with pytest.raises(TypeError, match="classifier"):
+        hx.Executor(classifier=LearningClassifier)  # type: ignore[arg-type]

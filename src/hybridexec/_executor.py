@@ -18,6 +18,7 @@ from ._routing import (
     Classifier,
     LearningClassifier,
     Options,
+    check_classifier,
     check_count,
     check_kind,
     check_timeout,
@@ -148,8 +149,7 @@ class Executor(concurrent.futures.Executor):
         default_kind = check_kind(kind)
         if classifier is None and default_kind == "auto":
             classifier = LearningClassifier()
-        elif classifier is not None and not callable(getattr(classifier, "classify", None)):
-            raise TypeError(f"classifier must have a classify method, not {classifier!r}")
+        check_classifier(classifier)
         lane_options = {
             "max_threads": max_threads,
             "max_processes": max_processes,

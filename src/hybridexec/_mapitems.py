@@ -146,9 +146,9 @@ def run_inline(
 ) -> Generator[list[Any], None, tuple[float, list[Any]] | None]:
     """Run the rest of a map's calls in the consuming thread, ``size`` at a time.
 
-    Returns None once the input is exhausted; or, once ``STRIDE`` calls took ``slow`` seconds
-    or more each (they grew slow: the map sends the rest to its lane), their time per call
-    and the items of the batch not run yet (they go first).
+    Returns None once the input is exhausted; or, once two strides of calls took ``slow``
+    seconds or more each (they grew slow: the map sends the rest to its lane), the last one's
+    time per call and the items of the batch not run yet (they go first).
     """
     router, seen = executor._router, 0
     while True:

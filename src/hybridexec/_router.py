@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hybridexec")
 
-_SHUT = "cannot schedule new futures after shutdown"
 EXIT_BOUND = 1.0
 """Seconds interpreter exit waits for work the library chose to run on a thread (I5)."""
 
@@ -265,7 +264,7 @@ class Router:
     ) -> Future[Any] | None:
         """Queue the call until its function's verdict (``_deferred.py``); None: not possible."""
         if self.closed:
-            raise RuntimeError(_SHUT)
+            raise _lifecycle.closed_error()
         if self.deferrals is None:
             from ._deferred import Deferrals
 
@@ -284,7 +283,7 @@ class Router:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> Future[Any]:
         if self.closed:
-            raise RuntimeError(_SHUT)
+            raise _lifecycle.closed_error()
         self.check_fork()
         hinted = hints_of(fn)
         timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
@@ -304,7 +303,7 @@ class Router:
         context: contextvars.Context | None = None,
     ) -> tuple[Future[Any], Task]:
         if (self.closed or _lifecycle.exited) and future is None:  # given: a deferred call's
-            raise _lifecycle.closed_error() if not self.closed else RuntimeError(_SHUT)
+            raise _lifecycle.closed_error()
         if self.generation != _lifecycle.generation():
             self.check_fork()
         probe = decision.probe

@@ -36,13 +36,13 @@ OnError = Callable[[BaseException], object]
 """The tell error hook: called with the exception a ``tell`` handler raised."""
 
 
-def run_handler(fn: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
-    """``fn(instance, *args, **kwargs)``, a coroutine it returns run to its end here.
+def awaited(value: Any) -> Any:
+    """``value``, or what it returns if it is a coroutine, run to its end here.
 
-    An ``async def`` method runs on an event loop of its own (``asyncio.run``), as the executor
-    awaits ``async def`` tasks: the message ends when the coroutine does, in order.
+    A handler or ``on_stop`` that is an ``async def`` runs on an event loop of its own
+    (``asyncio.run``), as the executor awaits ``async def`` tasks: the message ends when the
+    coroutine does, in order.
     """
-    value = fn(instance, *args, **kwargs)
     if type(value) is CoroutineType:
         import asyncio
 

@@ -29,7 +29,7 @@ from .._exceptions import SerializationError
 from .._process import FrameReader, enter_child, write_frame
 from .._serialize import PROTOCOL, loads, pack_exception
 from .._shm import dumps_answer, note_lent, sweep_while_idle
-from ._base import run_handler
+from ._base import awaited
 
 # Control messages and constant answers: one byte, never a valid pickle (those start b"\x80").
 STOP = b"s"
@@ -88,7 +88,7 @@ def actor_main(
     hook = getattr(instance, "on_stop", None)
     if callable(hook):
         try:
-            run_handler(lambda _: hook(), None, (), {})  # an async def one: run to its end
+            awaited(hook())  # an async def one: run to its end
         except BaseException as exc:
             packed = pickle.dumps((HOOK_FAILED, pack_exception(exc)), PROTOCOL)
             try:
@@ -156,7 +156,7 @@ def _handle(instance: Any, cls: type, data: bytes, handlers: dict[Any, Any]) -> 
     finally:
         _exit_if_forked()  # not handled twice
     try:
-        value = run_handler(fn, instance, args, kwargs)
+        value = awaited(fn(instance, *args, **kwargs))
     except BaseException as exc:  # SystemExit in a handler ends the message, not the actor
         return pickle.dumps((ERROR, pack_exception(exc)), PROTOCOL)
     if not is_ask:

@@ -40,8 +40,8 @@ from ._base import (
     STOPPING,
     CoreBase,
     OnError,
+    awaited,
     describe,
-    run_handler,
 )
 
 _STOP: Any = object()
@@ -165,7 +165,7 @@ class ThreadCore(CoreBase):
                 hook = getattr(instance, "on_stop", None)
                 if callable(hook):
                     try:
-                        run_handler(lambda _: hook(), None, (), {})  # async def: run to its end
+                        awaited(hook())  # an async def one: run to its end
                     except Exception as exc:
                         self.report("on_stop", exc)
         except _Killed:
@@ -194,7 +194,7 @@ class ThreadCore(CoreBase):
                     self.current = future
             if run:
                 try:
-                    value = run_handler(fn, instance, args, kwargs)
+                    value = awaited(fn(instance, *args, **kwargs))
                     ok = True
                 except _Killed:
                     raise

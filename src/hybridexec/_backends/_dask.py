@@ -291,7 +291,7 @@ class DaskLane(RemoteLane):
             # process lane (13h's H4), not with the engine's TypeError.
             unpicklable = SerializationError(f"the task's result would not pickle: {value}")
             unpicklable.__cause__ = value
-            if not self._retry_one_by_one(token, 1):  # a batch: only its culprit fails (G5)
+            if not self._retry_one_by_one(token, whole=True):  # only its culprit fails (G5)
                 self._fail(token, unpicklable)
         elif not (
             isinstance(value, distributed.KilledWorker)

@@ -206,7 +206,7 @@ class RemoteLane:
             self._timers.call_at(time.monotonic() + timeout, functools.partial(self._expire, token))
 
     def _complete(self, token: str, outcomes: list[Outcome]) -> None:
-        if len(outcomes) == 1 and not outcomes[0][0] and self._retry_one_by_one(token, 1):
+        if len(outcomes) == 1 and not outcomes[0][0] and self._retry_one_by_one(token, whole=True):
             return  # one failure for a batch: it would not unpickle there (14e's E8)
         entry = self._pop(token)
         if entry is not None:
@@ -217,10 +217,10 @@ class RemoteLane:
         if entry is not None:
             entry.task.future.settle(False, exc)
 
-    def _retry_one_by_one(self, token: str, outcomes: int = 0) -> bool:
+    def _retry_one_by_one(self, token: str, *, whole: bool = False) -> bool:
         """Run the items of the batch ``token`` again, one call each: its worker died in it.
 
-        Or (``outcomes`` 1) it failed as a whole: it would not unpickle in the worker. Which
+        Or (``whole``) it failed as a whole: it would not unpickle in the worker. Which
         item is the culprit is not known: alone, only it fails (with the engine's error), as
         on the local process lane. The new calls are in flight before the batch leaves, so a
         shutdown waiting for the lane to be idle waits for them too.
@@ -233,10 +233,10 @@ class RemoteLane:
             entry = self._inflight.get(token)
             if entry is None or not entry.task.batch or len(entry.task.items) < 2:
                 return False
-            if outcomes and len(entry.task.items) > RETRY_ITEMS_MAX:
+            if whole and len(entry.task.items) > RETRY_ITEMS_MAX:
                 return False  # one task per item of a map failing whole costs ms each (14g G6)
         task = entry.task
-        why = "failed as a whole" if outcomes else "lost its worker"
+        why = "failed as a whole" if whole else "lost its worker"
         logger.info("a %s batch of %d %s; retrying one by one", self.kind, len(task.items), why)
         singles = split_batch(task, self.kind)
         for single in singles:

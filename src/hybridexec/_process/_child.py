@@ -12,10 +12,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from .. import _faults
+from .._serialize import loads
 
 
 def become_group_leader() -> None:
@@ -221,8 +221,8 @@ callable's) may not start a process lane (``Manager``): each of its workers woul
 too, without end. Another thread of the worker (one a task left running) may."""
 
 
-def unpickle(loads: Callable[[bytes], Any], data: bytes) -> Any:
-    """``loads(data)`` with ``unpickling`` set to this thread."""
+def unpickle(data: bytes) -> Any:
+    """``_serialize.loads(data)`` with ``unpickling`` set to this thread."""
     global unpickling
     unpickling = threading.get_ident()
     try:

@@ -269,7 +269,7 @@ def _fail_all(data: bytes) -> tuple[int, bool]:
 def _load_function(fn_bytes: bytes, functions: dict[bytes, Any]) -> list[Any]:
     entry = functions.get(fn_bytes)
     if entry is None:
-        entry = [adopt(unpickle(loads, fn_bytes)), None]
+        entry = [adopt(unpickle(fn_bytes)), None]
         if len(functions) >= _FN_CACHE_SIZE:
             functions.clear()
         functions[fn_bytes] = entry
@@ -351,7 +351,7 @@ def _run(
     function whose last call took under ``CPU_CLOCK_MIN``: CPU time is then the wall time.
     """
     try:
-        message = unpickle(loads, data)
+        message = unpickle(data)
         if type(message) is list:  # a group (see _group.py): it answers for itself
             _run_group(message, functions, out, report_memory)
             return None

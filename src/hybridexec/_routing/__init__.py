@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._options import KINDS as KINDS
     from ._options import Kind as Kind
     from ._options import Options as Options
+    from ._options import check_classifier as check_classifier
     from ._options import check_count as check_count
     from ._options import check_kind as check_kind
     from ._options import check_max_memory as check_max_memory
@@ -71,6 +72,7 @@ __all__ = [
     "TimedTask",
     "Waits",
     "WouldWait",
+    "check_classifier",
     "check_count",
     "check_kind",
     "check_max_memory",
@@ -90,7 +92,14 @@ __all__ = [
 ]
 
 _OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
-_OPTIONS |= {"check_count", "check_kind", "check_max_memory", "check_timeout", "resolve_counts"}
+_OPTIONS |= {
+    "check_classifier",
+    "check_count",
+    "check_kind",
+    "check_max_memory",
+    "check_timeout",
+    "resolve_counts",
+}
 _BINDING = {"Binding", "TimedTask", "Waits", "fn_key"}
 _ELSEWHERE = {"LearningClassifier", "Governor", "Explanation", "function_name", *_OPTIONS}
 _ELSEWHERE |= _BINDING

@@ -7,7 +7,7 @@ adds what partials bound to a call's arguments, so that they key the verdict too
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from .._lazy import loaded
@@ -34,8 +34,8 @@ def function_name(fn: Callable[..., Any]) -> tuple[str, str, int]:
 
 
 def bound_call(
-    fn: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None
-) -> tuple[tuple[Any, ...], Mapping[str, Any] | None]:
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
     """The arguments of a call of ``fn`` with those its partials bound in front (14d's D1).
 
     ``partial(convert, mode="io")`` and ``partial(convert, mode="cpu")`` are keyed apart, as

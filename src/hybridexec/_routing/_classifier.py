@@ -98,7 +98,8 @@ class LearningClassifier:
     ) -> Decision:
         """Return the lane for this call: the verdict, or a measurement while learning."""
         if isinstance(fn, functools.partial):
-            args, kwargs = bound_call(fn, args, kwargs)  # type: ignore[assignment]
+            args, bound = bound_call(fn, args, kwargs)
+            kwargs = bound or {}
         key = (*function_name(fn), size_bucket(args), *shape(args, kwargs))
         entry = self._entries.get(key)
         if entry is not None:
@@ -209,7 +210,7 @@ class LearningClassifier:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None
     ) -> Entry | None:
         if isinstance(fn, functools.partial):
-            args, kwargs = bound_call(fn, args, kwargs)  # type: ignore[assignment]
+            args, kwargs = bound_call(fn, args, kwargs)
         base = (*function_name(fn), size_bucket(args))
         positional, keyword = shape(args, kwargs)
         entry = self._entries.get((*base, positional, keyword))

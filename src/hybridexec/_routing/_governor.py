@@ -190,8 +190,8 @@ class Governor:
 
         Asked by the capped CPU lane when its threads all hold slots and stopped taking tasks:
         then one more thread may take the next task (14d's D5: a holder may wait for it). Not
-        while any holder computes: it makes progress, and a lender that resumes would then
-        run beside two computing threads, not one (14e's E3): one over the budget at most.
+        while any holder computes: it makes progress (14e's E3). A lender that resumes runs
+        beside its borrower: over the budget by the spare threads made (docs/routing.md).
         """
         with self._cond:
             self._look()

@@ -62,6 +62,18 @@ class Options:
         )
 
 
+def check_classifier(classifier: object) -> None:
+    """Validate ``Executor(classifier=...)``: None, or an object with a ``classify`` method.
+
+    Raises:
+        TypeError: a class (not an instance), or an object without ``classify``.
+    """
+    if classifier is not None and (
+        isinstance(classifier, type) or not callable(getattr(classifier, "classify", None))
+    ):
+        raise TypeError(f"classifier must have a classify method, not {classifier!r}")
+
+
 def check_kind(kind: object) -> str:
     """Validate ``kind``.
 
