@@ -208,4 +208,23 @@ def run_call(
             pass  # raised between the call's end and the lock: nothing pending any more
         with _running_lock:
             _running.pop(token, None)
-    return outcomes
+    return _sendable(outcomes)
+
+
+def _sendable(outcomes: list[Outcome]) -> list[Outcome]:
+    """The outcomes, a value that will not pickle as its item's ``SerializationError``.
+
+    Left to the engine, one such value fails every result fetched with it in one request
+    (Dask gathers concurrent results from a worker together): innocent items' too (14g's G5,
+    under load). Large arrays and bytes are not pickled twice to be checked.
+    """
+    checked: list[Outcome] = []
+    for ok, value in outcomes:
+        if ok and not is_large(value):
+            try:
+                dumps(value)
+            except BaseException as exc:  # a __reduce__ may raise anything
+                err = SerializationError(f"the task's result would not pickle: {exc!r}")
+                ok, value = False, pack_exception(err)
+        checked.append((ok, value))
+    return checked
