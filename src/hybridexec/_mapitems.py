@@ -127,9 +127,10 @@ def split_outcomes(
 
 
 STRIDE = 2
-"""Inline calls run this many at a time between two looks at the clock. Two strides of a
-batch that took ``slow`` seconds per call end the run there (a busy machine that preempts the
-thread makes one stride slow now and then, not two in a batch of a few milliseconds): calls
+NEAR = 8  # two slow strides at most this many strides apart end an inline run
+"""Inline calls run this many at a time between two looks at the clock. Two strides that took
+``slow`` seconds per call, at most ``NEAR`` strides apart, end the run there (a preemption or
+a garbage collection makes one stride slow now and then, not two that close): calls
 that grew costly run at most ``2 * STRIDE`` in the caller's thread, however they are spread
 among tiny ones, before the rest goes back to the lane (a look per call would double a tiny
 call's cost)."""
@@ -187,7 +188,8 @@ def _call_each(
     # ten thousand, and every allocation also feeds the garbage collector).
     values: list[Any] = []
     append = values.append
-    clock, count, slow_strides = time.perf_counter, len(items), seen
+    clock, count = time.perf_counter, len(items)
+    slow_at = -1 if seen else None  # the last slow stride's index (-1: the previous batch's)
     last = clock()
     try:
         for start in range(0, count, STRIDE):
@@ -208,10 +210,11 @@ def _call_each(
                     append(fn(item))
             now = clock()
             took = (now - last) / len(part)
-            if took >= slow:
-                slow_strides += 1
-                if slow_strides == 2:  # the calls grew slow (one could be a preemption)
+            if took >= slow:  # two slow strides close together: the calls grew slow (one
+                index = start // STRIDE  # alone is a preemption or a collection)
+                if slow_at is not None and index - slow_at <= NEAR:
                     return values, None, took, 0
+                slow_at = index
             last = now
     except BaseException as exc:  # raised after the values before it are delivered
         return values, exc, None, 0
