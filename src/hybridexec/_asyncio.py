@@ -141,9 +141,9 @@ class LoopLane:
             armed: list[Any] | None = None
             if timeout is not None:  # (the timer holds only this list: emptied at the end)
                 armed = [future, current(), loop, timeout]
-                self._timers().call_at(
-                    time.monotonic() + timeout, functools.partial(_expire, armed)
-                )
+                timers = self._timers()
+                expire = functools.partial(_expire, armed)
+                timer = timers.call_at(time.monotonic() + timeout, expire)
             try:
                 result = await fn(*args, **kwargs)
             except asyncio.CancelledError:
@@ -155,6 +155,7 @@ class LoopLane:
             finally:
                 if armed is not None:
                     armed.clear()  # the timer holds nothing of the task once it ended
+                    timers.cancel(timer)  # nor keeps its record (15b's B4)
 
         current = asyncio.current_task
 

@@ -67,6 +67,8 @@ class Running:
         "lock",
         "thread",
         "timeout",
+        "timer",
+        "timers",
     )
 
     def __init__(self, future: Future[Any], timeout: float, ident: int) -> None:
@@ -79,6 +81,13 @@ class Running:
         self.interrupted = False
         self.again = 0.0  # seconds until the interruption is raised again (0: not yet raised)
         self.ended: concurrent.futures.Future[None] | None = None  # see late_end()
+        self.timers: Timers | None = None
+        self.timer: list[Any] | None = None
+
+    def arm(self, timers: Timers, deadline: float) -> None:
+        """Have ``timers`` call ``on_deadline`` at ``deadline`` unless the call ends first."""
+        self.timers = timers
+        self.timer = timers.call_at(deadline, functools.partial(on_deadline, self, timers))
 
     def alive(self) -> bool:
         """Whether the task's thread still runs (an ident alone may be reused)."""
@@ -96,11 +105,15 @@ class Running:
                     self.future = None
                     if self.interrupted:
                         interrupt_thread(self.ident, None)  # withdraw it if not yet raised
-                    return self.interrupted
+                        return True
+                break
             except TaskInterrupted:
                 # Raised between the call's end and the withdrawal: the timer settled the
                 # future already. Loop to withdraw under the lock (nothing else is pending).
                 continue
+        if self.timers is not None and self.timer is not None:  # ended first: its record
+            self.timers.cancel(self.timer)  # goes now, not at the deadline (15b's B4)
+        return False
 
     def returned(self) -> None:
         """The call's code returned (in its own thread), after ``finish()``: its late end."""
@@ -119,19 +132,28 @@ def late_end(future: Future[Any]) -> concurrent.futures.Future[None] | None:
 
 
 class Timers:
-    """One daemon thread that calls functions at deadlines (monotonic clock)."""
+    """One daemon thread that calls functions at deadlines (monotonic clock).
+
+    ``call_at`` returns the entry, which ``cancel`` withdraws: a task that ended before its
+    deadline leaves nothing behind (an hour's timeout on 15,000 calls a second kept every
+    record for an hour: 15b's B4). Withdrawn entries stay in the heap, emptied, until they
+    are due or make up half of it. The thread leaves once the lane that owns it is closed
+    and no entry remains (``close(wait=False)`` included: 15b's B1).
+    """
 
     def __init__(self, name: str) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[list[Any]] = []  # [deadline, seq, fn or None once withdrawn]
+        self._withdrawn = 0
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._name = name
 
-    def call_at(self, deadline: float, fn: Callable[[], None]) -> None:
+    def call_at(self, deadline: float, fn: Callable[[], None]) -> list[Any]:
+        """Call ``fn`` on the timer thread at ``deadline``; the entry is for ``cancel``."""
         with self._cond:
-            entry = (deadline, next(self._seq), fn)
+            entry = [deadline, next(self._seq), fn]
             heapq.heappush(self._heap, entry)
             if self._thread is None:
                 thread = threading.Thread(
@@ -146,6 +168,7 @@ class Timers:
                 self._thread = thread
             if self._heap[0] is entry:  # a later deadline: the thread need not wake (and
                 self._cond.notify()  # take the GIL) now; a storm arms many
+        return entry
 
     def try_call_at(self, deadline: float, fn: Callable[[], None]) -> bool:
         """``call_at``, or False if the timer thread cannot start (a thread limit)."""
@@ -154,6 +177,23 @@ class Timers:
         except RuntimeError:
             return False
         return True
+
+    def cancel(self, entry: list[Any]) -> None:
+        """Withdraw ``entry`` (made by ``call_at``) unless it was called already."""
+        with self._cond:
+            if entry[2] is None:
+                return
+            entry[2] = None
+            self._withdrawn += 1
+            if self._withdrawn > 32 and 2 * self._withdrawn > len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+                self._withdrawn = 0
+
+    def __len__(self) -> int:
+        """Entries still to be called (withdrawn ones left out)."""
+        with self._cond:
+            return len(self._heap) - self._withdrawn
 
     def close(self, wait: bool = True) -> None:
         """Stop the timer thread; pending calls are dropped (their tasks ended or will end)."""
@@ -176,8 +216,12 @@ class Timers:
                     else:
                         self._cond.wait()
                 if self._closed:
+                    self._heap.clear()  # what a closed lane's tasks armed: none will run
                     return
                 _, _, fn = heapq.heappop(self._heap)
+                if fn is None:
+                    self._withdrawn -= 1
+                    continue
             try:
                 fn()
             except Exception:  # one deadline's failure must not end the thread of all others

@@ -265,11 +265,11 @@ class Executor(concurrent.futures.Executor):
             router.closed = True
         actors = loaded("hybridexec._actors", wait=True)  # with the first actor (waited for)
         if actors is not None:  # the actors it spawned
-            actors.stop_actors(self, drain=not cancel_futures, wait=False)
+            actors.stop_actors(router, drain=not cancel_futures, wait=False)
         router.shutdown(wait=False, cancel_futures=cancel_futures, background=not wait)
         if wait:
             if actors is not None:
-                actors.stop_actors(self, drain=not cancel_futures, wait=True)
+                actors.stop_actors(router, drain=not cancel_futures, wait=True)
             router.shutdown(wait=True, cancel_futures=cancel_futures)
             # The done-callbacks of what ended here have run, as in the standard library.
             drain(owners=router.service_owners())
@@ -396,5 +396,5 @@ class Executor(concurrent.futures.Executor):
             max_restarts=max_restarts,
             on_error=on_error,
             start_method=self._router.processes.start_method,
-            owner=self,
+            owner=self._router,
         )

@@ -8,21 +8,19 @@ to the bytes this module records every object the pickle was made of, and reuses
 while each is still the very same object: identity checks in C loops, a fraction of a pickle.
 A rebound global, a redefined helper, a changed default or closure cell: a new pickle at once.
 
-Same object means same pickle only for objects immutable in depth. Accepted: ``None``,
-``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``...``, tuples and frozensets of
-such, ``list[int]``-style aliases, modules, functions, builtins and classes that pickle by
-reference (their module's attribute of that name, checked on every call too), and functions
-by value that pass the same checks. Anything else (a list, a dict, an instance, an array, a
-``__main__`` class) leaves the callable uncached for good: pickled on every call, so a worker
-sees a mutable global as it is at each call, as a thread would (guarantee I2). Also checked,
-as cloudpickle's output depends on them: the modules registered with
+Same object means same pickle only for objects immutable in depth: ``None``, ``bool``, numbers,
+``str``, ``bytes``, ``...``, tuples and frozensets of such, ``list[int]``-style aliases,
+modules, and functions, builtins and classes that pickle by reference (checked on every call
+too), and functions by value that pass the same checks. Anything else (a list, a dict, an
+instance, an array, a ``__main__`` class) leaves the callable uncached for good: pickled on
+every call, so a worker sees a mutable global as it is at each call, as a thread would (I2).
+Also checked, as cloudpickle's output depends on them: the modules registered with
 ``cloudpickle.register_pickle_by_value``, and for a callable using a package, the count of
-``sys.modules`` (cloudpickle sends the package's submodules imported so far; a count is cheap,
-one module removed and another added in between would go unseen).
+``sys.modules`` (cloudpickle sends the package's submodules imported so far).
 
-A callable is kept from its second pickle on (a lambda made for one call costs one entry, not
-the making of checks). Entries hold the objects they check, for at most ``MAX_ENTRIES``
-callables. The one race left: while the pickle that fills an entry is made, another thread
+A callable is kept from its second pickle on (a lambda made for one call costs one entry), at
+most ``MAX_ENTRIES`` of them, each only while it lives (15b's B2), none whose pickle exceeds
+``MAX_BYTES``. The one race left: while the pickle that fills an entry is made, another thread
 rebinds a global and then binds the very same object back.
 """
 
@@ -39,7 +37,9 @@ from itertools import chain
 from typing import Any
 
 MAX_ENTRIES = 256
-"""Callables remembered at most."""
+"""Callables remembered at most (each only while it lives)."""
+MAX_BYTES = 1 << 20
+"""A callable whose pickle is larger (it carries large data by value) is pickled every call."""
 BACKOFF_MAX = 64
 """A pickle that went stale before its first use is kept again only after up to this many."""
 
@@ -48,31 +48,15 @@ _SEEN = object()  # pickled once by value: cached from the next pickle on
 _NEVER = object()  # reaches something mutable: pickled on every call
 
 _SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis)})
-_GLOBAL_OPNAMES = (
-    "LOAD_GLOBAL",
-    "STORE_GLOBAL",
-    "DELETE_GLOBAL",
-    "LOAD_NAME",  # a class body inside the function: more names than cloudpickle sends
-    "STORE_NAME",
-    "DELETE_NAME",
-    "LOAD_FROM_DICT_OR_GLOBALS",
-)
+# *_NAME: a class body inside the function (more names than cloudpickle sends)
+_GLOBAL_OPNAMES = ["LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME", "STORE_NAME"]
+_GLOBAL_OPNAMES += ["DELETE_NAME", "LOAD_FROM_DICT_OR_GLOBALS"]
 _MODULE_KEYS = ("__package__", "__name__", "__path__", "__file__")  # sent with any function
 
 _is = operator.is_
 _call: Callable[[Callable[[Any], Any], Any], Any] = getattr(operator, "call", lambda f, x: f(x))
-_fn_state = operator.attrgetter(
-    "__code__",
-    "__defaults__",
-    "__kwdefaults__",
-    "__closure__",
-    "__dict__",
-    "__annotations__",
-    "__name__",
-    "__qualname__",
-    "__module__",
-    "__doc__",
-)
+_FN_FIELDS = "__code__ __defaults__ __kwdefaults__ __closure__ __dict__ __annotations__ __name__"
+_fn_state = operator.attrgetter(*_FN_FIELDS.split(), "__qualname__", "__module__", "__doc__")
 _named = operator.attrgetter("__module__", "__qualname__")
 _contents = operator.attrgetter("cell_contents")
 
@@ -169,10 +153,21 @@ def dumps(fn: Any, pickler: Callable[[Any], bytes]) -> bytes:
 
 
 def _store(fn: Any, data: bytes, check: Any, wait: int = 0, backoff: int = 1) -> None:
+    if len(data) > MAX_BYTES:  # a large capture is not kept twice (its pickle beside it)
+        data, check = b"", _NEVER
+    key = id(fn)
     with _lock:
-        if len(_cache) >= MAX_ENTRIES and id(fn) not in _cache:
+        if len(_cache) >= MAX_ENTRIES and key not in _cache:
             _cache.clear()  # bounded: a program making functions on the fly does not grow it
-        _cache[id(fn)] = [weakref.ref(fn), data, check, wait, backoff]
+        _cache[key] = [weakref.ref(fn, functools.partial(_forget, key)), data, check, wait, backoff]
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    # The callable died: its entry goes. No lock (a collection may run this while this thread
+    # holds it); a new callable stored under the same id meanwhile costs one pickle at worst.
+    slot = _cache.get(key)
+    if slot is not None and slot[0] is ref:
+        _cache.pop(key, None)
 
 
 def _registry() -> Any:

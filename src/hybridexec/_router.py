@@ -8,8 +8,7 @@ go to the executor's event loop, and the distributed backend takes the work rout
 processes.
 
 A task run in this process (thread lanes, the event loop) runs in a copy of the ``contextvars``
-context its submitter had at ``submit`` (as ``asyncio.to_thread`` does); what it sets stays in
-its copy. A process task does not see it: a context does not cross processes.
+context its submitter had at ``submit`` (as ``asyncio.to_thread`` does), not a process task.
 
 Interpreter exit (``finish_at_exit``, in ``_lifecycle``'s ``LANES`` phase, after the default
 executor's hook, before the process lanes' one): the lanes of executors left open or dropped
@@ -46,6 +45,7 @@ from ._asyncio import LoopLane, is_async_callable, run_coroutine
 from ._decisions import Plans, Sampler
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Task
+from ._lazy import loaded
 from ._process import MemoryLimited, ProcessLane, usable_cpus
 from ._routing import (
     Binding,
@@ -219,8 +219,11 @@ class Router:
 
     def release(self) -> None:
         # Dropped without shutdown(): the workers (and cluster) go once its queued work ran,
-        # as a dropped stdlib pool's (``hx.Executor().submit(fn).result()`` drops it).
+        # as a dropped stdlib pool's (``hx.Executor().submit(fn).result()`` drops it); so do
+        # the actors it spawned (they are owned by the router: 15b's B5).
         if self.generation == _lifecycle.generation():
+            if actors := loaded("hybridexec._actors", wait=True):
+                actors.stop_actors(self, drain=True, wait=False)
             self._stop_lanes(cancel_futures=False)
             if self.remote is not None:  # a cluster it started goes once its calls ended
                 self.remote.shutdown(wait=False, cancel_futures=False)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _faults, _lifecycle
-from ._deadlines import Running, TaskInterrupted, on_deadline
+from ._deadlines import Running, TaskInterrupted
 from ._deadlines import Timers as Timers  # for the remote lanes
 from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remote calls
 from ._exceptions import BrokenExecutorError
@@ -236,6 +236,8 @@ class ThreadLane:
             if task is None:
                 with lock:
                     self._threads.discard(me)
+                    if self._closed and not self._threads:  # the last: no deadline to keep
+                        self._timers.close(wait=False)  # (shut down without wait: 15b's B1)
                 return
             self._taken += 1
             # Late binding, CPU slots (_routing/_binding.py); quick: no newer verdict, no slot
@@ -360,9 +362,7 @@ class ThreadLane:
             task.start_clock()
             running = Running(future, task.timeout, threading.get_ident())
             assert task.deadline is not None
-            self._timers.call_at(
-                task.deadline, functools.partial(on_deadline, running, self._timers)
-            )
+            running.arm(self._timers, task.deadline)
         cpu, ok, value = -1.0, False, None
         try:
             try:

@@ -39,7 +39,7 @@ __getattr__, __dir__ = exports(
 
 
 def stop_actors(owner: object, *, drain: bool = True, wait: bool = True) -> None:
-    """Stop every actor ``owner`` (an Executor) spawned; called by its ``shutdown``.
+    """Stop every actor ``owner`` (an Executor's router) spawned: its shutdown, its drop.
 
     Imports nothing: while no actor was ever made, the actor modules are not loaded.
     """

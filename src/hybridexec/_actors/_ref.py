@@ -316,7 +316,7 @@ def _register(core: CoreBase, owner: object) -> None:
     with _registry_lock:
         # The owner's shutdown closes it, then stops what is registered (stop_actors, under
         # this lock): an actor is either stopped by it or refused here, never left running.
-        if getattr(owner, "_closed", False):
+        if getattr(owner, "closed", False):
             raise RuntimeError("cannot spawn actors after shutdown")
         _live.add(core)
         core.registries.append(_live)
@@ -327,7 +327,7 @@ def _register(core: CoreBase, owner: object) -> None:
 
 
 def stop_actors(owner: object, *, drain: bool = True, wait: bool = True) -> None:
-    """Stop every actor ``owner`` (an Executor) spawned; called by its ``shutdown``."""
+    """Stop every actor ``owner`` (an Executor's router) spawned: its shutdown, its drop."""
     with _registry_lock:
         cores = list(_owned.get(owner, ()))
     for core in cores:

@@ -4,7 +4,7 @@ Per function and argument *shape* (key: module + qualname; a bucket of the argum
 ``sorted`` of ten items and of a million are learned apart; and small hashes of the argument
 types and of flag-like values, so ``convert(path, mode="io")`` and ``mode="cpu"`` are learned
 apart; see ``shape``). At most ``VARIANTS_MAX`` shapes per function and size bucket are
-learned apart; further shapes share one overflow key:
+learned apart (further ones share one overflow key), ``ENTRIES_MAX`` verdicts in all:
 
 1. **Learning.** The first call runs on a thread inside a GIL-probe window (``_probe.py``) of
    at most ``WINDOW_SECONDS``. Calls of the same function that arrive meanwhile wait for the
@@ -50,6 +50,7 @@ from ._calls import Lazy, bound_call, function_name, is_coroutine_function
 from ._rules import Decision, WouldWait, waiting_refused
 from ._verdicts import (
     CLAIM_SECONDS,
+    ENTRIES_MAX,
     FLIP_AFTER,
     OVERFLOW,
     RECHECK_FIRST,
@@ -59,6 +60,7 @@ from ._verdicts import (
     WAIT_SECONDS,
     Key,
     contrary,
+    evict,
     ewma,
     shape,
     size_bucket,
@@ -224,7 +226,9 @@ class LearningClassifier:
         return entry
 
     def _new_key(self, key: Key) -> Key:
-        # With the lock held: the key of a shape seen for the first time, within the bound.
+        # With the lock held: the key of a shape seen for the first time, within the bounds.
+        if len(self._entries) >= ENTRIES_MAX:
+            evict(self._entries, self._shapes)
         base = key[:4]
         shapes = self._shapes.setdefault(base, {})
         if sum(len(k) for k in shapes.values()) >= VARIANTS_MAX:

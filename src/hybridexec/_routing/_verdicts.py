@@ -71,6 +71,9 @@ SIZE_BUCKET_BITS = 6
 VARIANTS_MAX = 8
 """Argument shapes (see ``shape``) learned apart per function and size bucket; the rest share
 one overflow key, so a function called with ever new flag values cannot grow the table."""
+ENTRIES_MAX = 1024
+"""Verdicts kept per executor; past it the older half of those not being measured go (a
+program making functions on the fly, by name, must not grow the table for ever: 15b's B3)."""
 FLAG_CHARS = 16
 """A ``str`` argument this short or shorter counts by its value (a mode, a file suffix)."""
 SHAPE_ARGS = 4
@@ -345,3 +348,16 @@ def jumped(average: float, new: float) -> bool:
     """A CPU/wall ratio ``DRIFT_FACTOR`` squared away from its average, either way."""
     factor = DRIFT_FACTOR * DRIFT_FACTOR
     return new * factor < average or new > factor * max(average, 0.05)
+
+
+def evict(entries: dict[Key, Any], shapes: dict[Any, dict[int, list[int]]]) -> None:
+    """The older half of ``entries`` not being measured go; ``shapes`` made again for the rest.
+
+    With the classifier's lock held, once it holds ``ENTRIES_MAX`` verdicts.
+    """
+    for key, entry in list(entries.items())[: ENTRIES_MAX // 2]:
+        if entry.claimed_at is None:
+            del entries[key]
+    shapes.clear()
+    for key in entries:
+        shapes.setdefault(key[:4], {}).setdefault(key[4], []).append(key[5])
