@@ -132,8 +132,6 @@ async def amap(
         Exception: the first failed call's exception (unless ``return_exceptions``).
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.4 several iterables, ``limit``, ``return_exceptions`` and the
-        other options of :func:`imap`.
     """
     results = imap(fn, *iterables, return_exceptions=return_exceptions, **options)
     return await collect_in_thread(results, iterables, return_exceptions)

@@ -221,8 +221,6 @@ def imap(
             below ``chunksize``.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.4 several iterables, ``limit`` and ``return_exceptions``.
-    .. versionchanged:: 0.5 ``executor`` may be a view (``Executor.options``).
     """
     ordered, return_exceptions = (
         _flag("ordered", ordered),
@@ -315,7 +313,6 @@ def map(
             of the work is cancelled.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.4 several iterables, ``limit`` and ``return_exceptions``.
     """
     return imap(fn, *iterables, return_exceptions=return_exceptions, **options).collect()
 

@@ -109,8 +109,6 @@ def _worker_crashed_error() -> type[WorkerCrashedError]:
                     (``err.signal == signal.SIGKILL``; ``err.signal.name == "SIGKILL"``), or
                     None.
                 pid: The worker's process id.
-
-            .. versionchanged:: 0.3 ``signal`` is a ``signal.Signals`` member, not its name.
             """
 
             def __init__(
@@ -165,7 +163,7 @@ class MemoryLimitError(HybridExecError, MemoryError):
         limit: The task's ``max_memory``, in bytes.
         function: ``module.qualname`` of the task's function.
 
-    .. versionadded:: 0.5
+    .. versionadded:: 0.1
     """
 
     def __init__(self, message: str, *, limit: int | None = None, function: str | None = None):

@@ -97,10 +97,6 @@ class Executor(concurrent.futures.Executor):
             installed.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.2 ``backend``, ``backend_options`` and ``remote``.
-    .. versionchanged:: 0.3 ``max_workers``, ``mp_context``, ``thread_name_prefix``; a failing
-        thread initializer breaks the thread lane.
-    .. versionchanged:: 0.5 Ctrl-C leaving a ``with`` block does not wait for running calls.
     """
 
     def __init__(
@@ -202,8 +198,6 @@ class Executor(concurrent.futures.Executor):
         Raises:
             TypeError: ``fn`` is not callable.
             RuntimeError: the executor was shut down.
-
-        .. versionchanged:: 0.3 thread tasks run in a copy of the submitter's context.
         """
         router = self._router  # a call routed before goes by the express path, one frame less
         future = router.plans.submit_express(router, fn, args, kwargs, self._options)
@@ -246,10 +240,6 @@ class Executor(concurrent.futures.Executor):
             ValueError: ``chunksize``, ``buffersize`` or ``limit`` below 1, or ``chunksize``
                 above ``limit``.
             TimeoutError: (while iterating) results not ready within ``timeout``.
-
-        .. versionchanged:: 0.3 ``buffersize`` (as in Python 3.14); no iterable gives an empty
-            iterator; the input is not copied into a list first.
-        .. versionchanged:: 0.4 ``limit``.
         """
         return self._map(fn, iterables, timeout, chunksize, buffersize, self._options, limit)
 
@@ -314,8 +304,6 @@ class Executor(concurrent.futures.Executor):
             (workers started, crashes, kills), ``slots`` (the CPU slots: ``total``, held by
             ``processes`` and by ``threads``, ``lent``, ``waiting``) and ``decisions``: one
             row per function the classifier knows (lane, measured figures, calls, reason).
-
-        .. versionchanged:: 0.4 ``moved`` and ``slots``.
         """
         return executor_stats(self._router)
 

@@ -9,11 +9,13 @@ so the parent can chain it as ``__cause__``.
 from __future__ import annotations
 
 import functools
+import io
 import pickle
 import sys
 import threading
 import traceback
 import types
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,34 @@ def _cloudpickle() -> Any:
     import cloudpickle
 
     return cloudpickle
+
+
+@functools.cache
+def cloud_pickler() -> Any:
+    """The pickler of cloudpickle, but an open text file (not a standard stream) does not pickle.
+
+    cloudpickle sends a file opened for reading as an ``io.StringIO`` of its text: what a
+    process task wrote to it was lost without a word (15d's D1). Refused, as the C pickler
+    refuses every other file: an automatically routed task runs on a thread instead.
+    """
+    base = _cloudpickle().Pickler
+    table = base.dispatch_table
+    by_name = table.get(io.TextIOWrapper)
+
+    def reduce_file(obj: Any) -> Any:
+        if by_name is not None and obj in (sys.stdout, sys.stderr, sys.stdin):
+            return by_name(obj)  # by name: the worker's own stream
+        raise TypeError(f"cannot pickle {type(obj).__name__!r} object (an open file)")
+
+    files = {io.TextIOWrapper: reduce_file}
+    maps = getattr(table, "maps", [table])  # a ChainMap in cloudpickle 2.2 to 3.1
+    return type("Pickler", (base,), {"dispatch_table": ChainMap(files, *maps)})
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    cloud_pickler()(buffer, protocol=PROTOCOL).dump(obj)
+    return buffer.getvalue()
 
 
 def main_by_value(data: bytes) -> bool:
@@ -57,9 +87,9 @@ def dumps(obj: Any) -> bytes:
             return data
         raise pickle.PicklingError("refers to a __main__ that workers cannot import")
     except Exception as first:
-        cloudpickle = _cloudpickle()
+        _cloudpickle()
         try:
-            return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+            return _cloudpickle_dumps(obj)
         except Exception as exc:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
@@ -115,8 +145,7 @@ def dumps_callable(fn: Any) -> bytes:
 
 
 def _by_value(fn: Any) -> bytes:
-    data: bytes = sys.modules["cloudpickle"].dumps(fn, PROTOCOL)
-    return data
+    return _cloudpickle_dumps(fn)
 
 
 def cached_callable(fn: Any) -> bytes | None:

@@ -39,7 +39,7 @@ How a ``Parallel`` call maps onto hybridexec:
 
 joblib is imported only when :func:`register` runs (extra ``hybridexec[joblib]``).
 
-.. versionadded:: 0.2
+.. versionadded:: 0.1
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def register(*, make_default: bool = False) -> None:
     Raises:
         BackendUnavailableError: joblib is not installed.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     global _registered
     joblib = _import_joblib()
@@ -93,7 +93,7 @@ def shutdown(wait: bool = True) -> None:
     Running calls are awaited when ``wait`` is True; pending ones are cancelled. Executors
     passed in with ``executor=`` are left alone.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
     with _lock:
         executors = list(_executors.values())

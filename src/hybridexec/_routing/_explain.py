@@ -37,7 +37,6 @@ class Explanation:
             waiting, whose slots others may use) and ``waiting`` (thread tasks waiting for one).
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.4 ``slots``.
     """
 
     function: str

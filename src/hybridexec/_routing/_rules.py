@@ -127,7 +127,6 @@ def task(
             ``kind="thread"`` with ``max_memory``.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.5 ``max_memory``.
     """
     options = checked_options(kind, timeout, max_memory)
     if fn is not None:

@@ -322,9 +322,9 @@ class _CallPickler(pickle.Pickler):
 @functools.cache
 def _cloud_call_pickler() -> Any:
     # Made when the C pickler first refuses a call: cloudpickle costs ~7 ms to import.
-    import cloudpickle
+    from .._serialize import cloud_pickler
 
-    class _CloudCallPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    class _CloudCallPickler(cloud_pickler()):  # type: ignore[misc]
         def __init__(self, file: io.BytesIO, placement: Placement, lease: _Lease) -> None:
             super().__init__(file, PROTOCOL)
             self._placement, self._lease = placement, lease
