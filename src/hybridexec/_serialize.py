@@ -66,13 +66,103 @@ def main_by_value(data: bytes) -> bool:
     """Return True when ``data`` refers to ``__main__`` and workers cannot import it.
 
     The C pickler stores classes and functions by reference. One defined in a ``__main__``
-    without a file (``python -c``, a REPL, Jupyter) cannot be found by a worker, so such a
-    pickle must be redone by value with cloudpickle. Scanning the bytes costs next to nothing.
+    without a file (``python -c``, a REPL, Jupyter) cannot be found by a worker, nor one the
+    script defines under its ``if __name__ == "__main__":`` guard (a worker imports the script
+    without running that block: 15d's D2), so such a pickle must be redone by value with
+    cloudpickle. Scanning the bytes costs next to nothing.
     """
     if b"__main__" not in data:
         return False
     main = sys.modules.get("__main__")
-    return getattr(main, "__file__", None) is None
+    if getattr(main, "__file__", None) is None:
+        return True
+    return any(marker in data for marker in _guarded(main))
+
+
+def checked_main(data: bytes) -> bytes:
+    """``data``, unless it names ``__main__`` objects the other side may not find.
+
+    Raises:
+        pickle.PicklingError: it does (``main_by_value``): the caller pickles by value.
+    """
+    if main_by_value(data):
+        raise pickle.PicklingError("refers to __main__ objects the other side cannot import")
+    return data
+
+
+_static: dict[str, frozenset[str] | None] = {}  # script -> names its top level binds, unguarded
+_hidden: list[Any] = [None, -1, ()]  # main's namespace, its size, the markers of _guarded
+
+
+def _guarded(main: Any) -> tuple[bytes, ...]:
+    """How a pickle names the script's classes and functions that a worker will not have.
+
+    Those of ``__main__`` that its top level does not bind outside a ``__main__`` guard, as
+    the protocol's short strings (their names); made again when the namespace changes size.
+    """
+    space = getattr(main, "__dict__", None)
+    if type(space) is not dict:
+        return ()
+    if _hidden[0] is space and _hidden[1] == len(space):
+        markers: tuple[bytes, ...] = _hidden[2]
+        return markers
+    static = _top_level_names(str(main.__file__)) or frozenset(space)  # None: unknown, all in
+    found = []
+    for name, value in list(space.items()):
+        if name in static or not isinstance(value, (type, types.FunctionType)):
+            continue
+        raw = name.encode("utf-8", "replace")
+        if getattr(value, "__module__", None) == "__main__" and len(raw) < 256:
+            found.append(b"\x8c" + bytes([len(raw)]) + raw)  # SHORT_BINUNICODE
+    _hidden[:] = [space, len(space), tuple(found)]
+    return tuple(found)
+
+
+def _top_level_names(path: str) -> frozenset[str] | None:
+    """The names the script at ``path`` binds at its top level outside ``__main__`` guards.
+
+    None if it cannot be read or parsed: nothing is then taken for guarded.
+    """
+    if path in _static:
+        return _static[path]
+    import ast  # on first use: only scripts that pickle their own objects need it
+
+    found: set[str] = set()
+
+    def bind(stmts: list[Any]) -> None:
+        for node in stmts:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                found.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.If) and _is_main_guard(node.test):
+                bind(node.orelse)  # its body runs only where the script is __main__
+            else:  # assignments, and what other blocks (if, try, with, for) bind
+                stores = (n for n in ast.walk(node) if isinstance(n, ast.Name))
+                found.update(n.id for n in stores if isinstance(n.ctx, ast.Store))
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    bind(getattr(node, field, None) or [])
+                if isinstance(node, ast.ExceptHandler) and node.name:
+                    found.add(node.name)
+
+    try:
+        with open(path, "rb") as file:
+            bind(ast.parse(file.read()).body)
+    except (OSError, SyntaxError, ValueError, RecursionError):
+        _static[path] = None
+        return None
+    names = _static[path] = frozenset(found)
+    return names
+
+
+def _is_main_guard(test: Any) -> bool:
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    sides = [test.left, test.comparators[0]]
+    named = any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+    return named and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides)
 
 
 def dumps(obj: Any) -> bytes:
@@ -82,10 +172,7 @@ def dumps(obj: Any) -> bytes:
         SerializationError: neither pickler could handle ``obj``; the cause is chained.
     """
     try:
-        data = pickle.dumps(obj, PROTOCOL)
-        if not main_by_value(data):
-            return data
-        raise pickle.PicklingError("refers to a __main__ that workers cannot import")
+        return checked_main(pickle.dumps(obj, PROTOCOL))
     except Exception as first:
         _cloudpickle()
         try:

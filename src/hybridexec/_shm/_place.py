@@ -32,7 +32,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._exceptions import SerializationError, SharedMemoryError
-from .._serialize import PROTOCOL, main_by_value
+from .._serialize import PROTOCOL, checked_main
 from ._names import free_bytes
 from ._reply import (
     DEFAULT_THRESHOLD,
@@ -342,10 +342,7 @@ def _dump(obj: Any, placement: Placement, lease: _Lease) -> bytes:
     buffer = io.BytesIO()
     try:
         _CallPickler(buffer, placement, lease).dump(obj)
-        data = buffer.getvalue()
-        if not main_by_value(data):
-            return data
-        raise pickle.PicklingError("refers to a __main__ that workers cannot import")
+        return checked_main(buffer.getvalue())
     except Exception as first:
         pickler = _cloud_call_pickler()  # importing cloudpickle may raise OSError (EMFILE)
         buffer = io.BytesIO()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._exceptions import SharedMemoryError
 from .._lazy import loaded
-from .._serialize import PROTOCOL, dumps, main_by_value
+from .._serialize import PROTOCOL, checked_main, dumps
 
 if TYPE_CHECKING:  # segments (with mmap) and handles load when first used: ~1 ms a cold start
     import numpy as np
@@ -261,16 +261,17 @@ def dumps_reply(obj: Any) -> bytes:
         Exception: whatever pickling raised; segments it created are removed first.
     """
     if "numpy" not in sys.modules and not _handles_exist():
-        return pickle.dumps(obj, PROTOCOL)
+        return checked_main(pickle.dumps(obj, PROTOCOL))  # (15d's D6 in checked_main)
     state = _ReplyState()
     buffer = io.BytesIO()
     try:
         _ReplyPickler(buffer, state).dump(obj)
+        data = checked_main(buffer.getvalue())
     except BaseException:
         state.undo()
         raise
     state.done()
-    return buffer.getvalue()
+    return data
 
 
 def _handles_exist() -> bool:
@@ -314,8 +315,7 @@ def dumps_answer(obj: Any) -> bytes:
         buffer = io.BytesIO()
         with contextlib.suppress(Exception):  # else ``dumps`` (cloudpickle) as it always did
             _AnswerPickler(buffer).dump(obj)
-            if not main_by_value(data := buffer.getvalue()):
-                return data
+            return checked_main(buffer.getvalue())
     return dumps(obj)
 
 
