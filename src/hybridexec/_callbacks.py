@@ -22,11 +22,12 @@ parent's futures) is dropped and runners start afresh.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from . import _futures, _lifecycle
@@ -86,6 +87,25 @@ def serve(fn: Callable[P, R], owner: object = None) -> Callable[P, R]:
             _futures._service.pop(ident, None)
 
     return served
+
+
+@contextlib.contextmanager
+def serving(owner: object) -> Iterator[None]:
+    """The current thread serves ``owner`` for a while (``serve``'s rule, for a block).
+
+    A lane cancelling its queued tasks in ``shutdown(cancel_futures=True)``: their callbacks
+    run on the callback threads, not in the caller (15c's C1: 0.5 s callbacks made a
+    ``shutdown(wait=False)`` take 4 s); ``shutdown(wait=True)`` still waits for them.
+    """
+    ident = threading.get_ident()
+    if ident in _futures._service:
+        yield
+        return
+    _futures._service[ident] = owner
+    try:
+        yield
+    finally:
+        _futures._service.pop(ident, None)
 
 
 def hand_over(future: _futures.Future[Any]) -> None:
@@ -172,20 +192,27 @@ def drain(timeout: float | None = None, owners: Collection[object] | None = None
         target = s.handed
         s.drainers += 1
         try:
-            while any(
-                seq <= target and (owners is None or owner in owners) for seq, _, owner in s.queue
-            ) or any(
-                0 < r.seq <= target and r.ident != me and (owners is None or r.owner in owners)
-                for r in s.runners
-            ):
-                if deadline is None:
-                    s.cond.wait()
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    s.cond.wait(left)
-            return True
+            while True:
+                mine = [i for i in s.queue if i[0] <= target and (owners is None or i[2] in owners)]
+                if not mine and not any(
+                    0 < r.seq <= target and r.ident != me and (owners is None or r.owner in owners)
+                    for r in s.runners
+                ):
+                    return True
+                if mine and owners is not None and not s.idle and len(s.runners) >= MAX_RUNNERS:
+                    # Every runner busy (another executor's callbacks stuck): this executor's
+                    # wait here, so they run here (15c's C7), one future at a time.
+                    s.queue.remove(mine[0])
+                    s.lock.release()
+                    try:
+                        mine[0][1]._run_callbacks(mine[0][1]._hx_callbacks)
+                    finally:
+                        s.lock.acquire()
+                    continue
+                left = STUCK if deadline is None else min(STUCK, deadline - time.monotonic())
+                if left <= 0:
+                    return False
+                s.cond.wait(left)  # and look again: runners may all be stuck by then
         finally:
             s.drainers -= 1
 

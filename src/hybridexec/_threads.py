@@ -6,17 +6,16 @@ releases the GIL, so a task wakes an idle thread (the last gone idle) or starts 
 ``max_threads`` (256 by default); a thread leaves after ``idle_timeout`` seconds idle. But more
 threads than CPUs cannot run a function seen to compute (CPU time half its calls' wall time or
 more: read on its first calls, then one in 64) any sooner: while as many threads as usable
-CPUs run work that is not waiting, its task wakes or starts none (a storm of tiny calls is
-drained by the threads at work, which take the next task without a wake-up). Should they
-stop taking tasks (a call blocks after all), one wakes or starts after ``STALL_SECONDS``. While
-they take tasks that check looks again twice as late each time (up to ``STALL_MAX``) and ends
-once nothing moves: a storm does not re-arm it at each emptied queue (a look takes the GIL).
+CPUs run work that is not waiting, its task wakes or starts none (the threads at work take
+it without a wake-up). Should they stop taking tasks (a call blocks after all), one wakes or
+starts after ``STALL_SECONDS``; while they take tasks that check looks twice as late each
+time (up to ``STALL_MAX``), and ends once nothing moves (a look takes the GIL).
 
 Threads cannot be killed. A task with a timeout fails at its deadline, and its thread is
 interrupted at the next bytecode boundary with an asynchronous exception (best effort: code
-blocked in C sees it only when it returns to Python); it counts as busy until it has really
-finished (``late_end`` tells a map's limit when); marked finished *before* its future is
-settled, so a deadline never reaches the done-callbacks. It lets go of its callable at once.
+blocked in C sees it only when it returns to Python); busy until it really ended (``late_end``
+tells a map's limit when); marked ended *before* its future is settled, so a deadline never
+reaches the done-callbacks.
 
 Interpreter exit: lane threads are daemons. ``join_at_exit`` (the router's exit hook, as the
 stdlib's ``_python_exit``) waits for the user's thread work, queued or running, then briefly
@@ -36,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _faults, _lifecycle
+from ._callbacks import serving
 from ._deadlines import Running, TaskInterrupted
 from ._deadlines import Timers as Timers  # for the remote lanes
 from ._deadlines import interrupt_thread as interrupt_thread  # for actors, remote calls
@@ -192,13 +192,14 @@ class ThreadLane:
         """Stop taking work; optionally cancel what has not started; optionally wait."""
         with self._lock:
             self._closed = True
-            for task in self._drain() if cancel_futures else ():
-                if task.future.cancel():
-                    # Notify waiters, or wait()/as_completed() never see it as done.
-                    task.future.set_running_or_notify_cancel()
+            dropped = self._drain() if cancel_futures else []
             self._stop_threads()
             if not (threads := list(self._threads)):
                 self._timers.close(wait=False)
+        with serving(self._timers):  # unlocked: a callback may shut down (C2); on callback
+            for task in dropped:  # threads (C1); waiters notified: wait(), as_completed()
+                if task.future.cancel():
+                    task.future.set_running_or_notify_cancel()
         if wait:
             for thread in threads:
                 if thread is not threading.current_thread():

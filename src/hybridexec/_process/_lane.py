@@ -1,9 +1,8 @@
 """The front of the process lane: records work for the manager thread and wakes it.
 
-The one exception: while nothing is in flight, a submit writes its call to an idle worker the
+One exception: while nothing is in flight, a submit writes its call to an idle worker the
 sleeping manager offered, and its caller may read the reply (the direct path, ``_direct.py``).
-Everything else that touches a worker is in ``_manager.py``. At interpreter exit and in a
-forked child, ``_lifecycle`` calls the hooks near the top of this module.
+All else that touches a worker is in ``_manager.py``; ``_lifecycle`` calls the hooks below.
 
 At interpreter exit a lane behaves as the standard library's pools do: its queued work is
 cancelled, its running work runs to completion, then its workers exit (those that linger are
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _faults, _lifecycle
+from .._callbacks import serving
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
@@ -312,7 +312,8 @@ class ProcessLane:
                 self.pending.clear()
         # Cancelled outside the lock: a task re-sent after its worker died is running
         # already, and its cancel() asks the manager (through this lock) to stop it.
-        kept = [task for task in dropped if not task.future.cancel()]  # notified at once
+        with serving(self):  # notified at once, callbacks on the callback threads (15c's C1)
+            kept = [task for task in dropped if not task.future.cancel()]
         if kept:  # could not be cancelled (running already): they still run, never lost (I1)
             with self._lock:
                 self.pending.extendleft(reversed(kept))
