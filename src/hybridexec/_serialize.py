@@ -74,9 +74,22 @@ def main_by_value(data: bytes) -> bool:
     if b"__main__" not in data:
         return False
     main = sys.modules.get("__main__")
-    if getattr(main, "__file__", None) is None:
+    if _unimported(main):
         return True
     return any(marker in data for marker in _guarded(main))
+
+
+def _unimported(main: Any) -> bool:
+    """Whether a worker runs none of ``main``: it has no file, or multiprocessing skips it.
+
+    A package's or zip app's ``__main__.py`` (``python -m app``, ``python app.pyz``,
+    ``python app/``) is never run in a worker (``spawn._fixup_main_from_*``): 15a's A1.
+    """
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    return name == "__main__" or name.endswith(".__main__") or path.endswith("__main__.py")
 
 
 def checked_main(data: bytes) -> bytes:
@@ -278,10 +291,30 @@ def run_initializer(fn: Any, args: tuple[Any, ...]) -> None:
     """
     fn(*args)
     found = _by_value_globals(fn)
-    if found is not None:
-        _initialized.update(
-            (name, value) for name, value in found.items() if not name.startswith("__")
-        )
+    if found is None:  # under fork: the script's own function, in the worker's __main__
+        found = _main_globals_used(fn)
+    _initialized.update((name, value) for name, value in found.items() if name[:2] != "__")
+
+
+def _main_globals_used(fn: Any) -> dict[str, Any]:
+    """The ``__main__`` globals a function of the script itself names (15a's A4).
+
+    Under ``fork`` the initializer is not pickled: it runs with the worker's real
+    ``__main__``, where it set its globals, which tasks (sent by value) must see too.
+    """
+    while type(fn) is functools.partial:
+        fn = fn.func
+    main = sys.modules.get("__main__")
+    if type(fn) is not types.FunctionType or fn.__globals__ is not getattr(main, "__dict__", 0):
+        return {}
+    names: set[str] = set()
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    space = fn.__globals__
+    return {name: space[name] for name in names if name in space}
 
 
 def adopt(fn: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import stat
 import sys
 import threading
 from typing import Any
@@ -198,15 +199,22 @@ def write_comm(name: str) -> None:
 
 
 def blank_descriptors(keep: set[int]) -> None:
-    """Point every open descriptor not in ``keep`` at ``/dev/null`` (see ``_zygote``)."""
+    """Point every open descriptor not in ``keep`` at ``/dev/null`` (see ``_zygote``).
+
+    Files and devices stay: a log file's handler made before the copy still writes to its
+    file from a worker (and from the program's own forkserver pools), as under ``fork``
+    (15a's A3, A5). Pipes and sockets go: a copy must never hold a pipe's end open.
+    """
     fds = [int(name) for name in os.listdir("/proc/self/fd")]
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     for fd in fds:
         if fd in keep or fd == null:
             continue
         try:
-            os.fstat(fd)  # still open (the listing's own descriptor is not)
+            mode = os.fstat(fd).st_mode  # still open (the listing's own descriptor is not)
         except OSError:
+            continue
+        if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
             continue
         try:
             os.dup2(null, fd, inheritable=False)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.spawn
 import os
 import signal
 import subprocess
-import sys
 import threading
 from multiprocessing.connection import wait
 from typing import Any
@@ -293,8 +293,9 @@ def guard(pid: int) -> None:
             if _guardian is None or not _guardian.alive():
                 if _guardian is not None:
                     _guardian.close()  # it died (killed from outside): our end of its pipe too
+                python = multiprocessing.spawn.get_executable()  # an embedding host's (A7)
                 popen = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", GUARDIAN, str(os.getpid()), GUARDIAN_NAME],
+                    [python, "-I", "-S", "-c", GUARDIAN, str(os.getpid()), GUARDIAN_NAME],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     start_new_session=True,  # no Ctrl-C nor group signal meant for us

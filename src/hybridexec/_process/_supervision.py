@@ -254,8 +254,8 @@ class Supervision:
 
     def _start_failed(self, exc: BaseException) -> None:
         now = time.monotonic()
-        if self.failing_since is None:
-            self.failing_since = now
+        if self.failing_since is None:  # a daemonic process never may: no retries (15a's A6)
+            self.failing_since = now - START_GIVE_UP * ("daemonic" in str(exc))
             self.backoff = START_BACKOFF[0]
             logger.warning("hybridexec: could not start a worker process (%r); retrying", exc)
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import sys
 import threading
 from collections.abc import Callable
@@ -337,6 +338,9 @@ def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> 
         return Decision("process", f"{why} (runs limited)", explicit=True, max_memory=memory)
     if options.kind != "auto":
         return Decision(options.kind, f"kind={options.kind!r} was requested", explicit=True)
+    if getattr(multiprocessing.current_process(), "daemon", False) and default_kind != "process":
+        # A multiprocessing worker (a Pool's, Dask's, Celery's) may not start processes.
+        return Decision("thread", "this process is daemonic: it may not start processes")
     timeout = options.timeout is not None or (hinted is not None and hinted.timeout is not None)
     if not timeout and not gil_enabled():
         return Decision(
