@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _lifecycle
 from ._asyncio import is_async_callable
 from ._futures import Future, Items, Outcome, Task
 from ._mapitems import Report, Slots, ends_map, failed, fastest, run_inline, typical, unpicklable
@@ -201,21 +202,19 @@ def _run(
     slots = Slots(max_calls)
     crashes = router.processes.stats  # no crash since a batch's submit: no item to retry
 
+    exhausted = closed = False  # the input's end; the executor shut down under the map
+
     def resubmit(item: Any) -> Future[Any]:  # an item killed by SIGKILL, alone
-        if state.cancelled or router.closed:
+        if state.cancelled:
             raise concurrent.futures.CancelledError()
         try:
             return router.submit_task(fn, [item], decision, opts.timeout, batch=True)[0]
         except Exception as exc:
-            if router.closed:
-                raise concurrent.futures.CancelledError() from exc
-            return failed(fn, [item], kind, exc).future
+            return failed(fn, [item], kind, exc).future  # shut down: RuntimeError, in place
 
     def submit(items: list[Any]) -> None:
-        nonlocal remaining
-        if state.cancelled or router.closed:
-            # Cancelled by the consumer, or the executor shut down under a running map: the
-            # rest of the work is cancelled, as shutdown(cancel_futures=True) says.
+        nonlocal remaining, exhausted, closed
+        if state.cancelled:
             raise concurrent.futures.CancelledError()
         if star:
             calls: Items = [(args, _NO_KWARGS) for args in items]
@@ -227,8 +226,9 @@ def _run(
         try:
             future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
         except Exception as exc:  # a resource error (EMFILE, EAGAIN, MemoryError...): it
-            if router.closed:  # fails these items, in their place (or raised in turn)
-                raise concurrent.futures.CancelledError() from exc
+            if router.closed:  # fails these items, in their place (or raised in turn); shut
+                exhausted = closed = True  # down under a running map: what runs ends and is
+                return  # given, the rest is not submitted (15c's C5)
             task = failed(fn, calls, kind, exc)
             future = task.future
         if len(items) > 1 and unpicklable(future):
@@ -269,7 +269,6 @@ def _run(
             submit([item])
     window = lane_width * 2 if kind == "process" else lane_width
     oom_cap = MAX_BATCH  # tasks in flight at most: halved by each item killed by SIGKILL
-    exhausted = False
     try:
         while in_flight or not exhausted:
             if probing:
@@ -360,6 +359,8 @@ def _run(
             yield box.pop()
             if error is not None:
                 raise error
+        if closed:  # the rest was never submitted
+            raise _lifecycle.closed_error()
     finally:
         for batch in in_flight:
             batch.future.cancel()
