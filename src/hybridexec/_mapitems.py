@@ -9,11 +9,14 @@
   spare: EMFILE, EAGAIN, MemoryError) becomes a future failed with that error, in the place of
   its items: the map puts it there (``return_exceptions``) or raises it in turn.
 - ``split_outcomes`` and the inline runs of calls too cheap for a hand-off.
+- ``MapState`` (what a map shares with its iterator's ``cancel()``), ``_Batch`` and
+  ``batch_outcomes`` (a finished batch's, or the map's cancel).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -26,7 +29,72 @@ from ._lazy import loaded
 
 if TYPE_CHECKING:
     from ._executor import Executor
-    from ._mapping import MapState
+
+
+class MapState:
+    """How a map runs, and what it shares with its iterator's ``cancel()``."""
+
+    def __init__(self, star: bool, limit: int | None, keep_errors: bool) -> None:
+        self.star = star  # items are argument tuples (several iterables)
+        self.limit = limit  # calls of this map in flight at most
+        self.keep_errors = keep_errors  # return_exceptions=True
+        self.waiting: set[Future[Any]] = set()
+        self.cancelled = False
+        # Cancelled by cancel(): it wakes a consumer waiting for a running thread batch,
+        # which cannot be cancelled (15c's C4).
+        self.bell: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.input_error: Exception | None = None  # what reading the input raised
+
+    def cancel(self) -> None:
+        """Cancel the map from any thread: its work in flight, and the consumer's wait."""
+        self.cancelled = True
+        for future in list(self.waiting):
+            future.cancel()
+        if self.bell.cancel():  # the consumer stops waiting for running thread calls
+            with contextlib.suppress(RuntimeError):  # notified once (a second cancel())
+                self.bell.set_running_or_notify_cancel()
+
+    def cancelled_now(self) -> bool:
+        """``cancelled`` as another thread may have set it since it was last read."""
+        return self.cancelled
+
+
+class Batch:
+    __slots__ = ("crashes", "future", "size", "started", "task")
+
+    def __init__(
+        self, future: Future[Any], task: Task, size: int, crashes: int, started: float
+    ) -> None:
+        self.future = future
+        self.task = task
+        self.size = size
+        self.crashes = crashes  # the process lane's count of worker crashes at the submit
+        self.started = started  # when it was submitted (perf_counter)
+
+
+def batch_outcomes(batch: Batch, state: MapState) -> list[Outcome]:
+    """The outcomes of a finished batch; a failure of the whole task stands for each item.
+
+    Raises:
+        CancelledError: the map was cancelled (cancel() rang ``state.bell``).
+        BaseException: the task's failure, unless ``return_exceptions`` keeps it in place.
+    """
+    if not batch.future.done():  # cancel() rings the bell: a running batch is not waited for
+        concurrent.futures.wait((batch.future, state.bell), return_when="FIRST_COMPLETED")
+        if state.cancelled:
+            raise concurrent.futures.CancelledError()
+    keep_errors = state.keep_errors
+    try:
+        outcomes: list[Outcome] = batch.future.result()
+    except concurrent.futures.CancelledError:
+        raise  # the map was cancelled: that ends it, return_exceptions or not
+    except BaseException as exc:
+        # The task failed as a whole (a timeout, a crash of a single call, arguments that
+        # cannot be pickled): with return_exceptions, each of its items gets the error.
+        if not keep_errors or ends_map(exc):
+            raise
+        outcomes = [(False, exc)] * batch.size
+    return outcomes
 
 
 class Report(Protocol):

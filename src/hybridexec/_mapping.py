@@ -31,8 +31,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _lifecycle
 from ._asyncio import is_async_callable
-from ._futures import Future, Items, Outcome, Task
-from ._mapitems import Report, Slots, ends_map, failed, fastest, run_inline, typical, unpicklable
+from ._futures import Future, Items
+from ._mapitems import (
+    Batch,
+    MapState,
+    Report,
+    Slots,
+    batch_outcomes,
+    failed,
+    fastest,
+    run_inline,
+    typical,
+    unpicklable,
+)
 from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
 from ._process import oom_killed, retry_killed
 from ._routing import Options, route_rules
@@ -130,35 +141,6 @@ def check_limit(limit: int | None) -> int | None:
     return limit
 
 
-class MapState:
-    """How a map runs, and what it shares with its iterator's ``cancel()``."""
-
-    def __init__(self, star: bool, limit: int | None, keep_errors: bool) -> None:
-        self.star = star  # items are argument tuples (several iterables)
-        self.limit = limit  # calls of this map in flight at most
-        self.keep_errors = keep_errors  # return_exceptions=True
-        self.waiting: set[Future[Any]] = set()
-        self.cancelled = False
-        self.input_error: Exception | None = None  # what reading the input raised
-
-    def cancelled_now(self) -> bool:
-        """``cancelled`` as another thread may have set it since it was last read."""
-        return self.cancelled
-
-
-class _Batch:
-    __slots__ = ("crashes", "future", "size", "started", "task")
-
-    def __init__(
-        self, future: Future[Any], task: Task, size: int, crashes: int, started: float
-    ) -> None:
-        self.future = future
-        self.task = task
-        self.size = size
-        self.crashes = crashes  # the process lane's count of worker crashes at the submit
-        self.started = started  # when it was submitted (perf_counter)
-
-
 def _run(
     executor: Executor,
     fn: Callable[..., Any],
@@ -193,7 +175,7 @@ def _run(
             yield [exc]  # in its place; the next item asks again
     kind = decision.kind
     lane_width = router.processes.max_processes if kind == "process" else router.threads.max_threads
-    in_flight: deque[_Batch] | set[_Batch] = deque() if ordered else set()
+    in_flight: deque[Batch] | set[Batch] = deque() if ordered else set()
     waiting = state.waiting
     # Calls submitted and not yet collected (or timed out on a thread and still running).
     # `limit` bounds this sum, a batch counting as its number of calls: a batch runs its
@@ -235,7 +217,7 @@ def _run(
             for item in items:  # one item that cannot pickle fails alone (13f's F3)
                 submit([item])
             return
-        batch = _Batch(future, task, len(items), before, time.perf_counter())
+        batch = Batch(future, task, len(items), before, time.perf_counter())
         if isinstance(in_flight, deque):
             in_flight.append(batch)
         else:
@@ -272,7 +254,9 @@ def _run(
     try:
         while in_flight or not exhausted:
             if probing:
-                concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED")
+                concurrent.futures.wait({*waiting, state.bell}, return_when="FIRST_COMPLETED")
+                if state.cancelled:  # cancel() rang: running thread calls are not waited for
+                    raise concurrent.futures.CancelledError()
                 if fastest(in_flight) < PROBE_TRUST_SECONDS:
                     # Cheap calls: one time can mislead (the first call warms up; on a busy
                     # machine it counts time spent waiting for a CPU) and would send the rest
@@ -326,12 +310,16 @@ def _run(
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
             else:
-                done = concurrent.futures.wait(waiting, return_when="FIRST_COMPLETED").done
+                done = concurrent.futures.wait(
+                    {*waiting, state.bell}, return_when="FIRST_COMPLETED"
+                ).done
+                if state.cancelled:
+                    raise concurrent.futures.CancelledError()
                 batch = next(b for b in in_flight if b.future in done)
                 in_flight.remove(batch)
                 del done
             waiting.discard(batch.future)
-            outcomes = _outcomes(batch, state.keep_errors)
+            outcomes = batch_outcomes(batch, state)
             slots.give_back(batch.future, batch.size)
             killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
             if killed and any(map(oom_killed, outcomes)):
@@ -366,21 +354,6 @@ def _run(
             batch.future.cancel()
         if report is not None:
             report.close()
-
-
-def _outcomes(batch: _Batch, keep_errors: bool) -> list[Outcome]:
-    """The outcomes of a finished batch; a failure of the whole task stands for each item."""
-    try:
-        outcomes: list[Outcome] = batch.future.result()
-    except concurrent.futures.CancelledError:
-        raise  # the map was cancelled: that ends it, return_exceptions or not
-    except BaseException as exc:
-        # The task failed as a whole (a timeout, a crash of a single call, arguments that
-        # cannot be pickled): with return_exceptions, each of its items gets the error.
-        if not keep_errors or ends_map(exc):
-            raise
-        outcomes = [(False, exc)] * batch.size
-    return outcomes
 
 
 _NO_KWARGS: dict[str, Any] = {}  # shared: calls unpack it with **, never mutate it

@@ -47,8 +47,7 @@ from ._waits import acquire_long, ending_thread, join_thread, thread_alive
 
 DEFAULT_MAX_THREADS = 256
 DEFAULT_IDLE_TIMEOUT = 10.0
-STALL_SECONDS = 0.01  # a computing task started no thread: look again after this long
-STALL_MAX = 0.08  # the longest interval of the stall check while tasks are being taken
+STALL_SECONDS, STALL_MAX = 0.01, 0.08  # the stall check's first and longest interval
 
 logger = logging.getLogger("hybridexec")
 

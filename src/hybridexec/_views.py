@@ -23,7 +23,7 @@ from ._waits import capped
 
 if TYPE_CHECKING:  # _mapping loads with the first map
     from ._executor import Executor
-    from ._mapping import MapState
+    from ._mapitems import MapState
     from ._router import Router
     from ._routing import Explanation
 
@@ -275,9 +275,7 @@ class MapIterator(Iterator[R]):
 
     def cancel(self) -> None:
         """Cancel the work in flight from any thread; the consumer sees ``CancelledError``."""
-        self._state.cancelled = True
-        for future in list(self._state.waiting):
-            future.cancel()
+        self._state.cancel()
 
 
 class ExecutorOptions:
