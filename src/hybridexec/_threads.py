@@ -93,15 +93,8 @@ class ThreadLane:
         self.spare: Callable[[], bool] | None = None  # the capped CPU lane's: _check_stall
         self.spare_max = 0
 
-    @property
-    def timers(self) -> Timers:
-        """The deadline thread of this lane (it settles the futures of timed-out tasks)."""
-        return self._timers
-
-    @property
-    def size(self) -> int:
-        """The number of threads alive now."""
-        return len(self._threads)
+    timers = property(lambda self: self._timers, doc="The deadline thread of this lane.")
+    size = property(lambda self: len(self._threads), doc="The number of threads alive now.")
 
     def submit(self, task: Task, profile: Any = False, *, counted: int = 0) -> None:
         """Queue a task; start a thread for it unless one is idle or it would not help.
@@ -132,8 +125,8 @@ class ThreadLane:
                 self._idle.pop().release()  # the last thread gone idle: its cache is warm
                 return
             if threads >= self.max_threads:
-                if self.spare is not None:  # its threads may all block (D5): look soon
-                    self._arm_stall_check()
+                if self.spare is not None or task.chosen:  # its threads may all block (D5),
+                    self._arm_stall_check()  # or wait for this measured call (15c's C6)
                 return
             if not self._start_thread():
                 self._refused(task)
@@ -179,13 +172,18 @@ class ThreadLane:
                 return
             if self._idle:
                 self._idle.pop().release()
-            elif len(self._threads) < self.max_threads or (  # the capped CPU lane at its cap:
-                self.spare is not None  # one more while a slot's holder lends it (it blocks)
-                and len(self._threads) < self.spare_max
-                and self.spare()
-            ):
+            elif len(self._threads) < self.max_threads or self._past_cap():
                 self._start_thread()
             self._arm_stall_check()  # work is still queued: look again soon
+
+    def _past_cap(self) -> bool:
+        # At the cap: the capped CPU lane starts one more while a slot's holder lends it (it
+        # blocks: D5); the other one for a measured first call queued behind busy threads
+        # (they may wait for it: 15c's C6), one past ``max_threads`` at most.
+        if self.spare is not None:
+            return len(self._threads) < self.spare_max and self.spare()
+        queued = itertools.islice(self._queue, 64)
+        return len(self._threads) <= self.max_threads and any(t and t.chosen for t in queued)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; optionally cancel what has not started; optionally wait."""
