@@ -27,9 +27,9 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     made: list[int] = []
     real = _groups.Group.__init__
 
-    def spy(self: _groups.Group, fn: Any, calls: Any, classifier: Any) -> None:
+    def spy(self: _groups.Group, fn: Any, calls: Any, classifier: Any, lane: Any) -> None:
         made.append(len(calls))
-        real(self, fn, calls, classifier)
+        real(self, fn, calls, classifier, lane)
 
     monkeypatch.setattr(_groups.Group, "__init__", spy)
     return made
@@ -163,10 +163,10 @@ def test_a_cancelled_call_of_a_group_is_skipped(ex: hybridexec.Executor) -> None
 
     call = hybridexec.Future[Any]("thread")
     other = hybridexec.Future[Any]("thread")
-    group = _groups.Group(wait_then, [(call, (1,)), (other, (2,))], None)
+    lane = ex._router.threads  # the group as the map path hands it over
+    group = _groups.Group(wait_then, [(call, (1,)), (other, (2,))], None, lane)
     group.context = contextvars.copy_context()
     assert other.cancel()
-    lane = ex._router.threads  # the group as the map path hands it over
     lane.submit(group)
     while not started:
         time.sleep(0.001)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -33,11 +34,14 @@ from ._process import usable_cpus
 if TYPE_CHECKING:
     from ._router import Router
     from ._routing import Classifier, Options
+    from ._threads import ThreadLane
 
 GROUP_MAX = 32
 """Calls in one group at most."""
 GROUPS_PER_CPU = 8
 """Groups per usable CPU at least: a map of few calls is not grouped."""
+RELEASE_AFTER = 0.02
+"""A group whose running call took this long (its calls are tiny) lets its other calls go."""
 
 Submitted = tuple[Future[Any], bool, int]
 
@@ -49,50 +53,92 @@ class Group(Task):
     it cancels the calls not started; failed (the lane's error) it fails them.
     """
 
-    __slots__ = ("calls", "classifier")
+    __slots__ = ("calls", "classifier", "lane", "ran", "timer")
 
     def __init__(
         self,
         fn: Callable[..., Any],
         calls: list[tuple[Future[Any], tuple[Any, ...]]],
         classifier: Classifier | None,
+        lane: ThreadLane,
     ) -> None:
         super().__init__(fn, [(calls[0][1], {})], Future("thread"))
-        self.calls = calls
+        self.calls = collections.deque(calls)  # taken one by one: by its thread, or released
         self.classifier = classifier
+        self.lane = lane
+        self.ran = 0
+        self.timer: list[Any] | None = None  # the timer entry of the next look (_stuck)
         self.future._hx_add_inline(self._ended)
 
     def call(self) -> Outcome:
         """Run the calls in order in this thread, each settling its future as it ends."""
-        fn, context, calls, self.calls = self.fn, self.context, self.calls, []
+        fn, context, calls, first = self.fn, self.context, self.calls, self.items[0][0]
         assert context is not None  # set by submit_group before the lane has it
         started, cpu = time.perf_counter(), time.thread_time()
-        ran = 0
-        for future, args in calls:
-            if not future.set_running_or_notify_cancel():
-                continue  # cancelled: skipped, as a cancelled task is
-            try:
-                value, ok = context.copy().run(fn, *args), True
-            except BaseException as exc:  # SystemExit in one call must not end the others
-                value, ok = exc, False
-            future.settle(ok, value)
-            del value
-            ran += 1
+        self._arm(-1)
+        try:
+            while calls:
+                try:
+                    future, args = calls.popleft()
+                except IndexError:  # released meanwhile
+                    break
+                if not future.set_running_or_notify_cancel():
+                    continue  # cancelled: skipped, as a cancelled task is
+                try:
+                    value, ok = context.copy().run(fn, *args), True
+                except BaseException as exc:  # SystemExit in one call must not end the others
+                    value, ok = exc, False
+                future.settle(ok, value)
+                del value
+                self.ran += 1
+        finally:
+            if self.timer is not None:
+                self.lane.timers.cancel(self.timer)
         self.elapsed = time.perf_counter() - started
-        if self.classifier is not None and ran:
+        if self.classifier is not None and self.ran:
             try:
                 cpu = time.thread_time() - cpu
-                self.classifier.record(fn, "thread", self.elapsed, cpu, calls=ran, args=calls[0][1])
+                self.classifier.record(fn, "thread", self.elapsed, cpu, calls=self.ran, args=first)
             except Exception:  # a broken classifier must not fail calls that ended
                 pass
         return True, None
 
+    def _stuck(self, seen: int) -> None:
+        # On the lane's timer thread, every RELEASE_AFTER while the group runs: a call that
+        # ran that long may wait for a later call of the same map (15c's C3); the calls not
+        # started leave the group, each a task of its own, as the standard library has them.
+        if self.ran != seen and self.calls:
+            self._arm(self.ran)
+            return
+        while True:
+            try:
+                future, args = self.calls.popleft()
+            except IndexError:
+                return
+            task = Task(self.fn, [(args, {})], future)
+            task.context = self.context.copy() if self.context is not None else None
+            try:
+                self.lane.submit(task)
+            except Exception as exc:  # shut down meanwhile: it fails in its place
+                if future.set_running_or_notify_cancel():
+                    future.settle(False, exc)
+
+    def _arm(self, seen: int) -> None:
+        look = functools.partial(self._stuck, seen)
+        try:
+            self.timer = self.lane.timers.call_at(time.monotonic() + RELEASE_AFTER, look)
+        except RuntimeError:  # no timer thread (a thread limit): the calls stay grouped
+            self.timer = None
+
     def _ended(self, future: Future[Any]) -> None:
         # The group's future is done: after its calls ran (nothing left), or cancelled or
         # failed before or while they ran (the calls not started follow it).
-        calls, self.calls = self.calls, []
         error = None if future.cancelled() else future.exception()
-        for call, _ in calls:
+        while self.calls:
+            try:
+                call, _ = self.calls.popleft()
+            except IndexError:
+                break
             if error is None:
                 call.cancel()
             elif call.set_running_or_notify_cancel():
@@ -161,7 +207,7 @@ def _grouped(
             group: list[tuple[Future[Any], tuple[Any, ...]]] = [
                 (Future("thread"), call) for call in todo[i:j]
             ]
-            task = Group(fn, group, plans.classifier)
+            task = Group(fn, group, plans.classifier, router.threads)
             task.context = contextvars.copy_context()
             try:
                 router.threads.submit(task, profile, counted=len(group))
