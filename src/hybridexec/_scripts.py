@@ -24,6 +24,17 @@ def unimported(main: Any) -> bool:
     return name == "__main__" or name.endswith(".__main__") or path.endswith("__main__.py")
 
 
+def shared(main: Any, name: str, obj: object) -> bool:
+    """Whether a worker's run of the script binds ``name`` as this process's ``main`` does.
+
+    A class defined at the top level, outside every guard, and not again under one.
+    """
+    if main is None or unimported(main) or getattr(main, "__dict__", {}).get(name) is not obj:
+        return False
+    static = _top_level_names(str(main.__file__))
+    return static is not None and name in static
+
+
 _static: dict[str, frozenset[str] | None] = {}  # script -> names its top level binds, unguarded
 _hidden: list[Any] = [None, -1, ()]  # main's namespace, its size, the markers of guarded()
 
@@ -53,47 +64,82 @@ def guarded(main: Any) -> tuple[bytes, ...]:
 
 
 def _top_level_names(path: str) -> frozenset[str] | None:
-    """The names the script at ``path`` binds at its top level outside ``__main__`` guards.
+    """The names a worker's run of the script at ``path`` binds as this process's do.
 
-    None if it cannot be read or parsed: nothing is then taken for guarded.
+    Those its top level binds outside ``__main__`` guards, less those a guarded block binds
+    too (a class defined again under the guard is not the worker's: 15e's E1). A guard is
+    ``__name__ == "__main__"`` alone or in an ``and`` (its body is guarded), or ``!=`` (its
+    ``else`` is); blocks (``try``, ``with``, ``for``, ``if``) are looked into (15e's E2, E3).
+    None if the script cannot be read or parsed: nothing is then taken for guarded.
     """
     if path in _static:
         return _static[path]
     import ast  # on first use: only scripts that pickle their own objects need it
 
-    found: set[str] = set()
+    top: set[str] = set()
+    guarded_names: set[str] = set()
 
-    def bind(stmts: list[Any]) -> None:
+    def bind(stmts: list[Any], found: set[str]) -> None:
         for node in stmts:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 found.add(node.name)
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 found.update((a.asname or a.name).split(".")[0] for a in node.names)
-            elif isinstance(node, ast.If) and _is_main_guard(node.test):
-                bind(node.orelse)  # its body runs only where the script is __main__
-            else:  # assignments, and what other blocks (if, try, with, for) bind
-                stores = (n for n in ast.walk(node) if isinstance(n, ast.Name))
-                found.update(n.id for n in stores if isinstance(n.ctx, ast.Store))
-                for field in ("body", "orelse", "finalbody", "handlers"):
-                    bind(getattr(node, field, None) or [])
+            elif isinstance(node, ast.If) and (main_only := _guard(node.test)) is not None:
+                inside, outside = (
+                    (node.body, node.orelse) if main_only else (node.orelse, node.body)
+                )
+                bind(inside, guarded_names)  # runs only where the script is __main__
+                bind(outside, found)
+            elif any(isinstance(getattr(node, f, None), list) for f in _BLOCKS):
+                for field in _BLOCKS:  # a block: its own targets, then its statements
+                    value = getattr(node, field, None)
+                    if isinstance(value, list):
+                        bind(value, found)
+                    elif isinstance(value, ast.AST):
+                        found.update(_stores(ast, value))
+                for item in getattr(node, "items", ()):  # with ... as name
+                    found.update(_stores(ast, item))
                 if isinstance(node, ast.ExceptHandler) and node.name:
                     found.add(node.name)
+            else:  # a simple statement: every name it stores
+                found.update(_stores(ast, node))
 
     try:
         with open(path, "rb") as file:
-            bind(ast.parse(file.read()).body)
+            bind(ast.parse(file.read()).body, top)
     except (OSError, SyntaxError, ValueError, RecursionError):
         _static[path] = None
         return None
-    names = _static[path] = frozenset(found)
+    names = _static[path] = frozenset(top - guarded_names)
     return names
 
 
-def _is_main_guard(test: Any) -> bool:
+_BLOCKS = ("target", "test", "iter", "body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _stores(ast: Any, node: Any) -> list[str]:
+    return [
+        n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    ]
+
+
+def _guard(test: Any) -> bool | None:
+    """True: ``test`` holds only where the script is ``__main__``; False: only where it is not."""
     import ast
 
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return True if any(_guard(value) for value in test.values) else None
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
-        return False
+        return None
     sides = [test.left, test.comparators[0]]
     named = any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
-    return named and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides)
+    if not named or not any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides):
+        return None
+    return (
+        True
+        if isinstance(test.ops[0], ast.Eq)
+        else False
+        if isinstance(test.ops[0], ast.NotEq)
+        else None
+    )

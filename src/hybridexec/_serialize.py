@@ -36,11 +36,16 @@ def _cloudpickle() -> Any:
 
 @functools.cache
 def cloud_pickler() -> Any:
-    """The pickler of cloudpickle, but an open text file (not a standard stream) does not pickle.
+    """The pickler of cloudpickle, with two rules of ours.
 
     cloudpickle sends a file opened for reading as an ``io.StringIO`` of its text: what a
     process task wrote to it was lost without a word (15d's D1). Refused, as the C pickler
     refuses every other file: an automatically routed task runs on a thread instead.
+
+    A class the script defines at its top level (outside its ``__main__`` guard) goes by
+    name, as the C pickler sends it in arguments: a worker's run of the script defines it,
+    and a function sent by value must see that very class, or an enum member compares
+    unequal to itself there and ``isinstance`` fails (15e's E4).
     """
     base = _cloudpickle().Pickler
     table = base.dispatch_table
@@ -51,9 +56,24 @@ def cloud_pickler() -> Any:
             return by_name(obj)  # by name: the worker's own stream
         raise TypeError(f"cannot pickle {type(obj).__name__!r} object (an open file)")
 
+    def reducer_override(self: Any, obj: Any) -> Any:
+        if isinstance(obj, type) and obj.__module__ == "__main__":
+            from ._scripts import shared
+
+            name = obj.__qualname__
+            if shared(sys.modules.get("__main__"), name, obj):
+                return _main_attr, (name,)
+        return base.reducer_override(self, obj)
+
     files = {io.TextIOWrapper: reduce_file}
     maps = getattr(table, "maps", [table])  # a ChainMap in cloudpickle 2.2 to 3.1
-    return type("Pickler", (base,), {"dispatch_table": ChainMap(files, *maps)})
+    attributes = {"dispatch_table": ChainMap(files, *maps), "reducer_override": reducer_override}
+    return type("Pickler", (base,), attributes)
+
+
+def _main_attr(name: str) -> Any:
+    """``__main__``'s ``name``: in a worker, the script's run there (``cloud_pickler``)."""
+    return getattr(sys.modules["__main__"], name)
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
@@ -214,20 +234,28 @@ def _main_globals_used(fn: Any) -> dict[str, Any]:
     """The ``__main__`` globals a function of the script itself names (15a's A4).
 
     Under ``fork`` the initializer is not pickled: it runs with the worker's real
-    ``__main__``, where it set its globals, which tasks (sent by value) must see too.
+    ``__main__``, where it set its globals, which tasks (sent by value) must see too. Those
+    the script's functions it names name are counted too (a helper that sets them: 15e's E6),
+    and a bound method is looked through (E7).
     """
-    while type(fn) is functools.partial:
-        fn = fn.func
-    main = sys.modules.get("__main__")
-    if type(fn) is not types.FunctionType or fn.__globals__ is not getattr(main, "__dict__", 0):
+    for _ in range(8):  # a partial of a bound method of ...
+        fn = fn.func if type(fn) is functools.partial else getattr(fn, "__func__", fn)
+    space = getattr(sys.modules.get("__main__"), "__dict__", None)
+    if type(fn) is not types.FunctionType or fn.__globals__ is not space:
         return {}
     names: set[str] = set()
-    codes = [fn.__code__]
+    codes, seen = [fn.__code__], set()
     while codes:
         code = codes.pop()
+        if code in seen:
+            continue
+        seen.add(code)
         names.update(code.co_names)
         codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    space = fn.__globals__
+        for name in code.co_names:  # a function of the script it calls: what that one names
+            value = getattr(space.get(name), "__func__", space.get(name))
+            if type(value) is types.FunctionType and value.__globals__ is space:
+                codes.append(value.__code__)
     return {name: space[name] for name in names if name in space}
 
 

@@ -8,9 +8,9 @@ death signal where that is safe, and watch the lifeline pipe whose EOF means the
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
-import stat
 import sys
 import threading
 from typing import Any
@@ -201,9 +201,9 @@ def write_comm(name: str) -> None:
 def blank_descriptors(keep: set[int]) -> None:
     """Point every open descriptor not in ``keep`` at ``/dev/null`` (see ``_zygote``).
 
-    Files and devices stay: a log file's handler made before the copy still writes to its
-    file from a worker (and from the program's own forkserver pools), as under ``fork``
-    (15a's A3, A5). Pipes and sockets go: a copy must never hold a pipe's end open.
+    A copy holds nothing of this process's: no pipe's end, no file (a lock, a deleted file's
+    space: 15e's E5). A ``logging.FileHandler`` made before the copy lets its stream go, so
+    a worker's first record opens its file again, appending (15a's A5).
     """
     fds = [int(name) for name in os.listdir("/proc/self/fd")]
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -211,16 +211,22 @@ def blank_descriptors(keep: set[int]) -> None:
         if fd in keep or fd == null:
             continue
         try:
-            mode = os.fstat(fd).st_mode  # still open (the listing's own descriptor is not)
+            os.fstat(fd)  # still open (the listing's own descriptor is not)
         except OSError:
-            continue
-        if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
             continue
         try:
             os.dup2(null, fd, inheritable=False)
         except OSError:
             pass
     os.close(null)
+    logging = sys.modules.get("logging")
+    for ref in list(getattr(logging, "_handlerList", ())):
+        handler = ref()
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:  # type: ignore[union-attr]
+            stream, handler.stream = handler.stream, None
+            with contextlib.suppress(Exception):  # /dev/null now: what it buffered goes
+                stream.close()
+            handler.mode = handler.mode.replace("w", "a")  # never truncate the file again
 
 
 unpickling: int | None = None
