@@ -61,6 +61,7 @@ class _State:
         self.runners: list[_Runner] = []
         self.idle = 0  # runners waiting for work
         self.drainers = 0  # threads in drain()
+        self.draining: set[int] = set()  # their idents
         self.handed = 0  # futures handed over so far (their seq)
 
 
@@ -118,21 +119,24 @@ def hand_over(future: _futures.Future[Any]) -> None:
         if s.idle:
             s.cond.notify_all() if len(s.runners) > 1 else s.cond.notify()
             return
-        if len(s.runners) >= MAX_RUNNERS:
+        if len(s.runners) >= MAX_RUNNERS or _start_runner(s) or s.runners:
             return  # all busy: the first that is done takes it
-        runner = _Runner()
-        s.runners.append(runner)
-        try:
-            threading.Thread(
-                target=_run, args=(s, runner), name="hybridexec-callbacks", daemon=True
-            ).start()
-            return
-        except BaseException:  # refused (a thread limit): never fail the service thread
-            s.runners.remove(runner)
-            if s.runners:
-                return  # a runner busy now takes it later
-            s.queue.pop()
+        s.queue.pop()
     future._run_callbacks(future._hx_callbacks)  # no runner at all: here, as before
+
+
+def _start_runner(s: _State) -> bool:
+    """One more runner (lock held); False if no thread could start (a thread limit)."""
+    runner = _Runner()
+    s.runners.append(runner)
+    try:
+        thread = threading.Thread(target=_run, args=(s, runner), name="hybridexec-callbacks")
+        thread.daemon = True
+        thread.start()
+    except BaseException:  # refused: never fail the service thread
+        s.runners.remove(runner)
+        return False
+    return True
 
 
 def _run(s: _State, me: _Runner) -> None:
@@ -163,6 +167,8 @@ def _run(s: _State, me: _Runner) -> None:
                     s.idle -= 1
             me.seq, future, me.owner = s.queue.popleft()
             me.since = time.monotonic()
+            if s.queue and not s.idle and len(s.runners) < MAX_RUNNERS:
+                _start_runner(s)  # one to watch for this one getting stuck (15f's F5)
             s.lock.release()
             try:
                 future._run_callbacks(future._hx_callbacks)  # it logs what a callback raises
@@ -191,15 +197,20 @@ def drain(timeout: float | None = None, owners: Collection[object] | None = None
     with s.lock:
         target = s.handed
         s.drainers += 1
+        s.draining.add(me)
         try:
             while True:
                 mine = [i for i in s.queue if i[0] <= target and (owners is None or i[2] in owners)]
-                if not mine and not any(
-                    0 < r.seq <= target and r.ident != me and (owners is None or r.owner in owners)
+                if not mine and not any(  # not a runner draining too: two callbacks that
+                    0 < r.seq <= target  # shut down would wait for each other (15f's F4)
+                    and r.ident not in s.draining
+                    and (owners is None or r.owner in owners)
                     for r in s.runners
                 ):
                     return True
-                if mine and owners is not None and not s.idle and len(s.runners) >= MAX_RUNNERS:
+                now = time.monotonic()
+                stuck = all(r.seq and now - r.since >= STUCK for r in s.runners)
+                if mine and owners is not None and not s.idle and stuck:  # (15f's F6)
                     # Every runner busy (another executor's callbacks stuck): this executor's
                     # wait here, so they run here (15c's C7), one future at a time.
                     s.queue.remove(mine[0])
@@ -215,6 +226,7 @@ def drain(timeout: float | None = None, owners: Collection[object] | None = None
                 s.cond.wait(left)  # and look again: runners may all be stuck by then
         finally:
             s.drainers -= 1
+            s.draining.discard(me)
 
 
 def _drain_at_exit() -> None:

@@ -218,7 +218,8 @@ class Timers:
                 if self._closed:
                     self._heap.clear()  # what a closed lane's tasks armed: none will run
                     return
-                _, _, fn = heapq.heappop(self._heap)
+                entry = heapq.heappop(self._heap)
+                fn, entry[2] = entry[2], None  # called: a cancel() now is too late (15f's F8)
                 if fn is None:
                     self._withdrawn -= 1
                     continue

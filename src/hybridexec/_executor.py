@@ -251,8 +251,8 @@ class Executor(concurrent.futures.Executor):
             cancel_futures: Cancel tasks that have not started.
         """
         router = self._router
-        with self._shutdown_lock:
-            router.closed = True
+        with self._shutdown_lock:  # cancelled first: a map that sees closed reads it (15f's F3)
+            router.cancelled, router.closed = router.cancelled or cancel_futures, True
         actors = loaded("hybridexec._actors", wait=True)  # with the first actor (waited for)
         if actors is not None:  # the actors it spawned
             actors.stop_actors(router, drain=not cancel_futures, wait=False)

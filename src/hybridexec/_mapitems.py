@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import _lifecycle
 from ._deadlines import late_end
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
@@ -29,6 +30,9 @@ from ._lazy import loaded
 
 if TYPE_CHECKING:
     from ._executor import Executor
+
+
+_BELL_LOCK = threading.Lock()
 
 
 class MapState:
@@ -50,8 +54,9 @@ class MapState:
         self.cancelled = True
         for future in list(self.waiting):
             future.cancel()
-        if self.bell.cancel():  # the consumer stops waiting for running thread calls
-            with contextlib.suppress(RuntimeError):  # notified once (a second cancel())
+        with _BELL_LOCK:  # the consumer stops waiting for running thread calls; rung
+            if not self.bell.done():  # once (a second cancel() logged a CRITICAL: 15f's F1)
+                self.bell.cancel()
                 self.bell.set_running_or_notify_cancel()
 
     def cancelled_now(self) -> bool:
@@ -204,6 +209,17 @@ among tiny ones, before the rest goes back to the lane (a look per call would do
 call's cost)."""
 
 
+def ended(router: Any, state: MapState) -> BaseException:
+    """Why a map whose executor shut down (or that was cancelled) stops.
+
+    ``CancelledError`` after its own ``cancel()`` or ``shutdown(cancel_futures=True)``; else
+    ``RuntimeError`` for the rest it may not submit after a plain shutdown (15c's C5).
+    """
+    if state.cancelled or router.cancelled:
+        return concurrent.futures.CancelledError()
+    return _lifecycle.closed_error()
+
+
 def run_inline(
     executor: Executor,
     fn: Callable[..., Any],
@@ -221,8 +237,8 @@ def run_inline(
     """
     router, seen = executor._router, 0
     while True:
-        if state.cancelled or router.closed:
-            raise concurrent.futures.CancelledError()
+        if state.cancelled or router.closed:  # shut down: RuntimeError unless it cancelled
+            raise ended(router, state)  # futures, as the map's submits have it (15f's F2)
         items = list(itertools.islice(it, size))
         if not items:
             return None

@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _lifecycle
 from ._asyncio import is_async_callable
 from ._futures import Future, Items
 from ._mapitems import (
@@ -38,6 +37,7 @@ from ._mapitems import (
     Report,
     Slots,
     batch_outcomes,
+    ended,
     failed,
     fastest,
     run_inline,
@@ -348,7 +348,7 @@ def _run(
             if error is not None:
                 raise error
         if closed:  # the rest was never submitted
-            raise _lifecycle.closed_error()
+            raise ended(router, state)
     finally:
         for batch in in_flight:
             batch.future.cancel()

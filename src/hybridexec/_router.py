@@ -115,7 +115,7 @@ class Router:
         self.default_kind = default_kind
         self.classifier = classifier
         self.remote = remote
-        self.closed = False
+        self.closed = self.cancelled = False  # shut down; with cancel_futures (a map's error)
         self.deferrals: Deferrals | None = None  # calls waiting for a verdict, made when needed
         self._closer: threading.Thread | None = None  # stops the lanes for shutdown(wait=False)
         self.counts: dict[str, int] = {"thread": 0, "process": 0}

@@ -72,8 +72,8 @@ VARIANTS_MAX = 8
 """Argument shapes (see ``shape``) learned apart per function and size bucket; the rest share
 one overflow key, so a function called with ever new flag values cannot grow the table."""
 ENTRIES_MAX = 1024
-"""Verdicts kept per executor; past it the older half of those not being measured go (a
-program making functions on the fly, by name, must not grow the table for ever: 15b's B3)."""
+"""Verdicts kept per executor; past it the half least called go (a program making functions
+on the fly, by name, must not grow the table for ever: 15b's B3)."""
 FLAG_CHARS = 16
 """A ``str`` argument this short or shorter counts by its value (a mode, a file suffix)."""
 SHAPE_ARGS = 4
@@ -351,11 +351,13 @@ def jumped(average: float, new: float) -> bool:
 
 
 def evict(entries: dict[Key, Any], shapes: dict[Any, dict[int, list[int]]]) -> None:
-    """The older half of ``entries`` not being measured go; ``shapes`` made again for the rest.
+    """The half of ``entries`` least called go (not those being measured), the older first.
 
-    With the classifier's lock held, once it holds ``ENTRIES_MAX`` verdicts.
+    ``shapes`` is made again for the rest. With the classifier's lock held, once it holds
+    ``ENTRIES_MAX`` verdicts: a function called all along keeps its verdict (15f's F7).
     """
-    for key, entry in list(entries.items())[: ENTRIES_MAX // 2]:
+    order = sorted(entries.items(), key=lambda item: item[1].calls)  # stable: older first
+    for key, entry in order[: ENTRIES_MAX // 2]:
         if entry.claimed_at is None:
             del entries[key]
     shapes.clear()
