@@ -278,15 +278,11 @@ class Supervision:
             return None
         exc = self.start_error
         self.failing_since = None  # tasks submitted later get a fresh window
-        logger.error(
-            "hybridexec: no worker process could be started for %g s (%r); failing the tasks "
-            "waiting for one",
-            START_GIVE_UP,
-            exc,
-        )
-        err = BrokenExecutorError(
-            f"no worker process could be started for {START_GIVE_UP:g} s: {exc!r}"
-        )
+        daemonic = "daemonic" in str(exc)  # given up at once (15a's A6)
+        why = f"could be started for {START_GIVE_UP:g} s"
+        why = "can be started in a daemonic process" if daemonic else why
+        logger.error("hybridexec: no worker process %s (%r); failing waiting tasks", why, exc)
+        err = BrokenExecutorError(f"no worker process {why}: {exc!r}")
         err.__cause__ = exc
         return err
 
