@@ -22,7 +22,7 @@ ROOT = Path(hybridexec.__file__).parent
 
 # Bottom to top: a unit (a top-level module or a room) imports only units of lower layers.
 LAYERS: list[set[str]] = [
-    {"_version", "_lazy", "_exceptions", "_lifecycle", "_faults", "_fncache", "_waits", "_scripts"},
+    {"_version", "_lazy", "_exceptions", "_lifecycle", "_faults", "_fncache", "_waits"},
     {"_serialize"},
     {"_task"},
     {"_futures"},

@@ -109,8 +109,30 @@ def serving(owner: object) -> Iterator[None]:
         _futures._service.pop(ident, None)
 
 
+class _Handed(list):  # type: ignore[type-arg]
+    """A future's callbacks handed over and not all run: one added now runs after them."""
+
+    handed = True
+
+
+def _run_handed(future: _futures.Future[Any]) -> None:
+    """Run ``future``'s callbacks handed over, and those added meanwhile, in their order."""
+    done = 0
+    while True:
+        with future._lock:
+            callbacks = future._hx_callbacks or []
+            batch = callbacks[done:]
+            if not batch:  # all run: one added from now on runs at once, in the adding thread
+                future._hx_callbacks = list(callbacks)
+                return
+        future._run_callbacks(batch)
+        done += len(batch)
+
+
 def hand_over(future: _futures.Future[Any]) -> None:
-    """Queue ``future`` so that a runner calls its ``_run_callbacks()``."""
+    """Queue ``future`` so that a runner runs its callbacks (``_run_handed``)."""
+    with future._lock:
+        future._hx_callbacks = _Handed(future._hx_callbacks or ())
     s = _state
     owner = _futures._service.get(threading.get_ident())
     with s.lock:
@@ -122,7 +144,7 @@ def hand_over(future: _futures.Future[Any]) -> None:
         if len(s.runners) >= MAX_RUNNERS or _start_runner(s) or s.runners:
             return  # all busy: the first that is done takes it
         s.queue.pop()
-    future._run_callbacks(future._hx_callbacks)  # no runner at all: here, as before
+    _run_handed(future)  # no runner at all: here, as before
 
 
 def _start_runner(s: _State) -> bool:
@@ -171,7 +193,7 @@ def _run(s: _State, me: _Runner) -> None:
                 _start_runner(s)  # one to watch for this one getting stuck (15f's F5)
             s.lock.release()
             try:
-                future._run_callbacks(future._hx_callbacks)  # it logs what a callback raises
+                _run_handed(future)  # it logs what a callback raises
             finally:
                 future = None
                 s.lock.acquire()
@@ -216,7 +238,7 @@ def drain(timeout: float | None = None, owners: Collection[object] | None = None
                     s.queue.remove(mine[0])
                     s.lock.release()
                     try:
-                        mine[0][1]._run_callbacks(mine[0][1]._hx_callbacks)
+                        _run_handed(mine[0][1])
                     finally:
                         s.lock.acquire()
                     continue

@@ -302,9 +302,9 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         with self._lock:
             if self._hx_born != _lifecycle._generation and self._state not in _DONE:
                 orphaned(self)  # inherited unfinished: asyncio.wrap_future ends too
-            if self._state not in _DONE:
-                if self._hx_callbacks is None:
-                    self._hx_callbacks = []
+            if self._state not in _DONE or getattr(self._hx_callbacks, "handed", False):
+                if self._hx_callbacks is None:  # (handed: a runner runs it after the
+                    self._hx_callbacks = []  # callbacks added before, 15g's G1)
                 self._hx_callbacks.append(fn)
                 return
         try:

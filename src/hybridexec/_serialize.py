@@ -36,16 +36,11 @@ def _cloudpickle() -> Any:
 
 @functools.cache
 def cloud_pickler() -> Any:
-    """The pickler of cloudpickle, with two rules of ours.
+    """The pickler of cloudpickle, but an open text file (not a standard stream) does not pickle.
 
     cloudpickle sends a file opened for reading as an ``io.StringIO`` of its text: what a
     process task wrote to it was lost without a word (15d's D1). Refused, as the C pickler
     refuses every other file: an automatically routed task runs on a thread instead.
-
-    A class the script defines at its top level (outside its ``__main__`` guard) goes by
-    name, as the C pickler sends it in arguments: a worker's run of the script defines it,
-    and a function sent by value must see that very class, or an enum member compares
-    unequal to itself there and ``isinstance`` fails (15e's E4).
     """
     base = _cloudpickle().Pickler
     table = base.dispatch_table
@@ -56,24 +51,9 @@ def cloud_pickler() -> Any:
             return by_name(obj)  # by name: the worker's own stream
         raise TypeError(f"cannot pickle {type(obj).__name__!r} object (an open file)")
 
-    def reducer_override(self: Any, obj: Any) -> Any:
-        if isinstance(obj, type) and obj.__module__ == "__main__":
-            from ._scripts import shared
-
-            name = obj.__qualname__
-            if shared(sys.modules.get("__main__"), name, obj):
-                return _main_attr, (name,)
-        return base.reducer_override(self, obj)
-
     files = {io.TextIOWrapper: reduce_file}
     maps = getattr(table, "maps", [table])  # a ChainMap in cloudpickle 2.2 to 3.1
-    attributes = {"dispatch_table": ChainMap(files, *maps), "reducer_override": reducer_override}
-    return type("Pickler", (base,), attributes)
-
-
-def _main_attr(name: str) -> Any:
-    """``__main__``'s ``name``: in a worker, the script's run there (``cloud_pickler``)."""
-    return getattr(sys.modules["__main__"], name)
+    return type("Pickler", (base,), {"dispatch_table": ChainMap(files, *maps)})
 
 
 def _cloudpickle_dumps(obj: Any) -> bytes:
@@ -83,22 +63,19 @@ def _cloudpickle_dumps(obj: Any) -> bytes:
 
 
 def main_by_value(data: bytes) -> bool:
-    """Return True when ``data`` refers to ``__main__`` and workers cannot import it.
+    """Return True when ``data`` refers to ``__main__``: such a pickle is redone by value.
 
-    The C pickler stores classes and functions by reference. One defined in a ``__main__``
-    without a file (``python -c``, a REPL, Jupyter) cannot be found by a worker, nor one the
-    script defines under its ``if __name__ == "__main__":`` guard (a worker imports the script
-    without running that block: 15d's D2), so such a pickle must be redone by value with
-    cloudpickle. Scanning the bytes costs next to nothing.
+    The C pickler stores classes and functions by reference, and a worker's ``__main__`` is
+    not the program's: it has none of what ``python -c``, a REPL, a notebook, a package's
+    ``__main__.py`` (15a's A1) or the script's guarded block (15d's D2) define, and what it
+    has is its own run of the script: a second class beside the one a function sent by value
+    brings (an enum member unequal to itself: 15e's E4), without what the program changed in
+    it (15h's H1). By value (cloudpickle), the class is one in the worker (cloudpickle tracks
+    it) and comes back as the program's own; a worker's reply naming script objects that came
+    by value goes by value too (under ``python -m cProfile`` the parent's ``__main__`` is the
+    launcher's: 15d's D6). Scanning the bytes costs next to nothing.
     """
-    if b"__main__" not in data:
-        return False
-    main = sys.modules.get("__main__")
-    from ._scripts import guarded, unimported  # loaded by the first pickle naming __main__
-
-    if unimported(main):
-        return True
-    return any(marker in data for marker in guarded(main))
+    return b"__main__" in data
 
 
 def checked_main(data: bytes) -> bytes:

@@ -193,9 +193,10 @@ class ThreadLane:
             self._stop_threads()
             if not (threads := list(self._threads)):
                 self._timers.close(wait=False)
-        with serving(self._timers):  # unlocked: a callback may shut down (C2); on callback
-            for task in dropped:  # threads (C1); waiters notified: wait(), as_completed()
-                if task.future.cancel():
+        inline = threading.current_thread() in threads  # here, as the stdlib: its shutdown
+        with contextlib.nullcontext() if inline else serving(self._timers):  # joins us (G2)
+            for task in dropped:  # unlocked: a callback may shut down (C2); on callback
+                if task.future.cancel():  # threads (C1); waiters notified (wait())
                     task.future.set_running_or_notify_cancel()
         if wait:
             for thread in threads:

@@ -202,8 +202,10 @@ def blank_descriptors(keep: set[int]) -> None:
     """Point every open descriptor not in ``keep`` at ``/dev/null`` (see ``_zygote``).
 
     A copy holds nothing of this process's: no pipe's end, no file (a lock, a deleted file's
-    space: 15e's E5). A ``logging.FileHandler`` made before the copy lets its stream go, so
-    a worker's first record opens its file again, appending (15a's A5).
+    space: 15e's E5). A ``logging.FileHandler`` made before the copy in append mode (the
+    default) lets its stream go, so a worker's first record opens its file again, appending
+    (15a's A5); one in ``"w"`` mode writes nowhere: this process writes at its own offset,
+    over what a worker appended (15h's H3).
     """
     fds = [int(name) for name in os.listdir("/proc/self/fd")]
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -222,11 +224,14 @@ def blank_descriptors(keep: set[int]) -> None:
     logging = sys.modules.get("logging")
     for ref in list(getattr(logging, "_handlerList", ())):
         handler = ref()
-        if isinstance(handler, logging.FileHandler) and handler.stream is not None:  # type: ignore[union-attr]
+        if (
+            isinstance(handler, logging.FileHandler)  # type: ignore[union-attr]
+            and handler.stream is not None
+            and "a" in handler.mode
+        ):
             stream, handler.stream = handler.stream, None
             with contextlib.suppress(Exception):  # /dev/null now: what it buffered goes
                 stream.close()
-            handler.mode = handler.mode.replace("w", "a")  # never truncate the file again
 
 
 unpickling: int | None = None
