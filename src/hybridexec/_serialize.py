@@ -78,15 +78,29 @@ def main_by_value(data: bytes) -> bool:
     return b"__main__" in data
 
 
+class MainByValue(pickle.PicklingError):
+    """A pickle names ``__main__`` objects: the caller makes it again by value."""
+
+
 def checked_main(data: bytes) -> bytes:
     """``data``, unless it names ``__main__`` objects the other side may not find.
 
     Raises:
-        pickle.PicklingError: it does (``main_by_value``): the caller pickles by value.
+        MainByValue: it does (``main_by_value``): the caller pickles by value.
     """
     if main_by_value(data):
-        raise pickle.PicklingError("refers to __main__ objects the other side cannot import")
+        raise MainByValue("refers to __main__ objects the other side cannot import")
     return data
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """``obj`` pickled whole with cloudpickle (what names ``__main__`` goes by value, once).
+
+    Raises:
+        Exception: what pickling raised.
+    """
+    _cloudpickle()
+    return _cloudpickle_dumps(obj)
 
 
 def dumps(obj: Any) -> bytes:

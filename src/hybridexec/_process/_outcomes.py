@@ -8,12 +8,13 @@ by value, so that only the calls whose results do not pickle fail. Message layou
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from typing import Any
 
 from .. import _faults
 from .._exceptions import SerializationError
-from .._serialize import PROTOCOL, dumps, loads, pack_exception
+from .._serialize import PROTOCOL, MainByValue, dumps, dumps_by_value, loads, pack_exception
 from .._shm import dumps_reply
 
 PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -67,6 +68,9 @@ def encode_group_reply(
         if _faults.ACTIVE:
             _faults.hit("worker.pickle_reply")
         return head + dumps_reply((values, failures, seconds, cpu, rss))
+    except MainByValue:  # results of the script's classes: one pickle by value, not one each
+        with contextlib.suppress(Exception):
+            return head + dumps_by_value((values, failures, seconds, cpu, rss))
     except BaseException:  # a __reduce__ may raise SystemExit too: the worker lives on
         pass
     # A value does not pickle with the C pickler: find which, so the others still arrive.
@@ -90,6 +94,9 @@ def encode_reply(outcomes: Any, elapsed: float | list[float], cpu: float, rss: i
             _faults.hit("worker.pickle_reply")
         # A Reply, as a plain tuple; large numpy results go through shared memory.
         return dumps_reply((outcomes, elapsed, cpu, rss))
+    except MainByValue:  # results of the script's classes: one pickle by value, not one each
+        with contextlib.suppress(Exception):
+            return dumps_by_value((outcomes, elapsed, cpu, rss))
     except BaseException:  # a __reduce__ may raise SystemExit too: the worker lives on
         pass
     # Some result does not pickle with the C pickler: find which, item by item, so the others
