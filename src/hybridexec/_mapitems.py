@@ -43,7 +43,7 @@ class MapState:
         self.limit = limit  # calls of this map in flight at most
         self.keep_errors = keep_errors  # return_exceptions=True
         self.waiting: set[Future[Any]] = set()
-        self.cancelled = False
+        self.cancelled: bool = False
         # Cancelled by cancel(): it wakes a consumer waiting for a running thread batch,
         # which cannot be cancelled (15c's C4).
         self.bell: concurrent.futures.Future[None] = concurrent.futures.Future()
