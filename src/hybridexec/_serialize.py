@@ -56,7 +56,12 @@ def cloud_pickler() -> Any:
     return type("Pickler", (base,), {"dispatch_table": ChainMap(files, *maps)})
 
 
-def _cloudpickle_dumps(obj: Any) -> bytes:
+def dumps_by_value(obj: Any) -> bytes:
+    """``obj`` pickled whole with ``cloud_pickler`` (what names ``__main__`` goes by value).
+
+    Raises:
+        Exception: what pickling raised.
+    """
     buffer = io.BytesIO()
     cloud_pickler()(buffer, protocol=PROTOCOL).dump(obj)
     return buffer.getvalue()
@@ -93,16 +98,6 @@ def checked_main(data: bytes) -> bytes:
     return data
 
 
-def dumps_by_value(obj: Any) -> bytes:
-    """``obj`` pickled whole with cloudpickle (what names ``__main__`` goes by value, once).
-
-    Raises:
-        Exception: what pickling raised.
-    """
-    _cloudpickle()
-    return _cloudpickle_dumps(obj)
-
-
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` with the C pickler, falling back to cloudpickle.
 
@@ -114,7 +109,7 @@ def dumps(obj: Any) -> bytes:
     except Exception as first:
         _cloudpickle()
         try:
-            return _cloudpickle_dumps(obj)
+            return dumps_by_value(obj)
         except Exception as exc:
             raise SerializationError(f"cannot pickle {_describe(obj)}: {exc!r}") from first
 
@@ -156,7 +151,7 @@ def dumps_callable(fn: Any) -> bytes:
             return data
     _cloudpickle()  # imported outside the try below (an OSError is not a pickling error)
     try:
-        data = _fncache.dumps(fn, _by_value)
+        data = _fncache.dumps(fn, dumps_by_value)
     except Exception as exc:
         raise SerializationError(f"cannot pickle the callable {_describe(fn)}: {exc!r}") from exc
     if plain and fn.__module__ != "__main__":
@@ -167,10 +162,6 @@ def dumps_callable(fn: Any) -> bytes:
         if by_reference == data:  # cloudpickle agreed: by reference
             _fncache.remember(fn, data)
     return data
-
-
-def _by_value(fn: Any) -> bytes:
-    return _cloudpickle_dumps(fn)
 
 
 def cached_callable(fn: Any) -> bytes | None:

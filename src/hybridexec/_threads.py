@@ -86,15 +86,16 @@ class ThreadLane:
         self._stall_check = False  # a stall check is scheduled (under _lock)
         self._closed = self._joined_at_exit = False
         self._start_error: BaseException | None = None  # why the last thread did not start
-        self._timers = Timers(f"{name}-thread-deadlines")
+        self.timers = Timers(f"{name}-thread-deadlines")  # settles timed-out tasks' futures
         self._serial = itertools.count()
         self.broken: BaseException | None = None  # the initializer's error, as in the stdlib
         self.gate: Any = None  # set by the router: what a thread asks before and after a task
         self.spare: Callable[[], bool] | None = None  # the capped CPU lane's: _check_stall
         self.spare_max = 0
 
-    timers = property(lambda self: self._timers, doc="The deadline thread of this lane.")
-    size = property(lambda self: len(self._threads), doc="The number of threads alive now.")
+    @property
+    def size(self) -> int:  # the number of threads alive now
+        return len(self._threads)
 
     def submit(self, task: Task, profile: Any = False, *, counted: int = 0) -> None:
         """Queue a task; start a thread for it unless one is idle or it would not help.
@@ -157,7 +158,7 @@ class ThreadLane:
     def _arm_stall_check(self, after: float = STALL_SECONDS) -> None:  # with the lock held
         if not self._stall_check:  # no timer thread (a thread limit): threads at work take it
             check = functools.partial(self._check_stall, self._taken, after)
-            self._stall_check = self._timers.try_call_at(time.monotonic() + after, check)
+            self._stall_check = self.timers.try_call_at(time.monotonic() + after, check)
 
     def _check_stall(self, taken: int, after: float) -> None:
         """Wake or start a thread if tasks were declined one and none was taken since."""
@@ -192,9 +193,9 @@ class ThreadLane:
             dropped = self._drain() if cancel_futures else []
             self._stop_threads()
             if not (threads := list(self._threads)):
-                self._timers.close(wait=False)
+                self.timers.close(wait=False)
         inline = threading.current_thread() in threads  # here, as the stdlib: its shutdown
-        with contextlib.nullcontext() if inline else serving(self._timers):  # joins us (G2)
+        with contextlib.nullcontext() if inline else serving(self.timers):  # joins us (G2)
             for task in dropped:  # unlocked: a callback may shut down (C2); on callback
                 if task.future.cancel():  # threads (C1); waiters notified (wait())
                     task.future.set_running_or_notify_cancel()
@@ -202,7 +203,7 @@ class ThreadLane:
             for thread in threads:
                 if thread is not threading.current_thread():
                     join_thread(thread)  # a Ctrl-C leaves it running and joinable (< 3.13)
-            self._timers.close()
+            self.timers.close()
 
     def _work(self) -> None:
         me, born = threading.current_thread(), _lifecycle.generation()
@@ -236,7 +237,7 @@ class ThreadLane:
                 with lock:
                     self._threads.discard(me)
                     if self._closed and not self._threads:  # the last: no deadline to keep
-                        self._timers.close(wait=False)  # (shut down without wait: 15b's B1)
+                        self.timers.close(wait=False)  # (shut down without wait: 15b's B1)
                 return
             self._taken += 1
             # Late binding, CPU slots (_routing/_binding.py); quick: no newer verdict, no slot
@@ -361,7 +362,7 @@ class ThreadLane:
             task.start_clock()
             running = Running(future, task.timeout, threading.get_ident())
             assert task.deadline is not None
-            running.arm(self._timers, task.deadline)
+            running.arm(self.timers, task.deadline)
         cpu, ok, value = -1.0, False, None
         try:
             try:

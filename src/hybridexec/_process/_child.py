@@ -222,13 +222,10 @@ def blank_descriptors(keep: set[int]) -> None:
             pass
     os.close(null)
     logging = sys.modules.get("logging")
-    for ref in list(getattr(logging, "_handlerList", ())):
-        handler = ref()
-        if (
-            isinstance(handler, logging.FileHandler)  # type: ignore[union-attr]
-            and handler.stream is not None
-            and "a" in handler.mode
-        ):
+    handlers = [ref() for ref in getattr(logging, "_handlerList", ())]
+    files = () if logging is None else logging.FileHandler
+    for handler in handlers:
+        if isinstance(handler, files) and handler.stream and "a" in handler.mode:
             stream, handler.stream = handler.stream, None
             with contextlib.suppress(Exception):  # /dev/null now: what it buffered goes
                 stream.close()
