@@ -19,8 +19,8 @@ Also checked, as cloudpickle's output depends on them: the modules registered wi
 ``sys.modules`` (cloudpickle sends the package's submodules imported so far).
 
 A callable is kept from its second pickle on (a lambda made for one call costs one entry), at
-most ``MAX_ENTRIES`` of them, each only while it lives (15b's B2), none whose pickle exceeds
-``MAX_BYTES``. The one race left: while the pickle that fills an entry is made, another thread
+most ``MAX_ENTRIES`` of them, each only while it lives (15b's B2), ``MAX_BYTES`` of pickles in
+all. The one race left: while the pickle that fills an entry is made, another thread
 rebinds a global and then binds the very same object back.
 """
 
@@ -38,8 +38,9 @@ from typing import Any
 
 MAX_ENTRIES = 256
 """Callables remembered at most (each only while it lives)."""
-MAX_BYTES = 1 << 20
-"""A callable whose pickle is larger (it carries large data by value) is pickled every call."""
+MAX_BYTES = 1 << 26
+"""Bytes of pickles kept in all: a large one (data a closure or partial carries by value) that
+would pass it is not kept this time (pickled again, and kept once there is room)."""
 BACKOFF_MAX = 64
 """A pickle that went stale before its first use is kept again only after up to this many."""
 
@@ -153,8 +154,10 @@ def dumps(fn: Any, pickler: Callable[[Any], bytes]) -> bytes:
 
 
 def _store(fn: Any, data: bytes, check: Any, wait: int = 0, backoff: int = 1) -> None:
-    if len(data) > MAX_BYTES:  # a large capture is not kept twice (its pickle beside it)
-        data, check = b"", _NEVER
+    if len(data) > 1 << 20:  # a large capture's pickle beside it: only while there is room
+        kept = sum(len(slot[1]) for slot in list(_cache.values()))  # (one C-level copy)
+        if kept + len(data) > MAX_BYTES:
+            data, check = b"", _SEEN  # pickled again next time, kept once there is room
     key = id(fn)
     with _lock:
         if len(_cache) >= MAX_ENTRIES and key not in _cache:
