@@ -210,13 +210,22 @@ import os, sys, threading, time
 import concurrent.futures as cf
 import hybridexec as hx
 
+def gated(i):
+    while not os.path.exists("gate"):
+        time.sleep(0.005)
+    return i
+
 if __name__ == "__main__":
     BLOCKED = int(sys.argv[1])
     release = threading.Event()
     a = hx.Executor(max_processes=2)
-    fa = [a.options(kind="process").submit(abs, i) for i in range(BLOCKED)]
+    # Developers: the tasks wait for a gate, so that no future is done (and runs its
+    # blocking callback in this thread, as a done future's does) before its callback is
+    # added on a loaded machine; then they end together, a burst, as abs() did idle.
+    fa = [a.options(kind="process").submit(gated, i) for i in range(BLOCKED)]
     for f in fa:
         f.add_done_callback(lambda f: release.wait())  # another executor's, blocked
+    open("gate", "w").close()
     cf.wait(fa)
     time.sleep(1.5)  # the callback threads pick them up, 0.2 s apart
     b = hx.Executor(max_processes=1)
