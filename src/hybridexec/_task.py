@@ -51,6 +51,7 @@ class Task:
         "future",
         "group",
         "kwargs",
+        "mark",
         "payload",
         "profile",
         "route",
@@ -59,6 +60,7 @@ class Task:
         "wire",
     )
     ahead: list[Outcome]  # set only on a process batch whose first outcomes came ahead
+    mark: int  # set only on a process batch of several items: its number (_process/_ring.py)
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -235,6 +236,26 @@ unpickling: int | None = None
 """The thread that unpickles a task in a worker, while it does: a module imported then (the
 callable's) may not start a process lane (``Manager``): each of its workers would import it
 too, without end. Another thread of the worker (one a task left running) may."""
+
+
+def flush_log_queues() -> None:
+    """Push out what a ``QueueHandler`` on a multiprocessing queue holds, before any reply.
+
+    Such a queue hands records to a feeder thread; ProcessPoolExecutor's worker exits (which
+    joins it) before its pool is seen broken, so code that reads the queue once the pool broke
+    finds the record. This worker fails every call from now on: its queues are closed here.
+    """
+    logger: logging.Logger | None = logging.getLogger("concurrent.futures")
+    while logger is not None:
+        for handler in logger.handlers:
+            queue: Any = getattr(handler, "queue", None)
+            if hasattr(queue, "join_thread") and hasattr(queue, "close"):
+                try:
+                    queue.close()
+                    queue.join_thread()
+                except Exception:  # best effort: the record may come late
+                    pass
+        logger = logger.parent if logger.propagate else None
 
 
 def unpickle(data: bytes) -> Any:

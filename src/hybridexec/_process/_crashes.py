@@ -36,7 +36,8 @@ class Crashes(Supervision):
     def _from_ring(self, worker: WorkerRecord) -> str | None:
         """Settle the group calls the dead ``worker`` finished and had not answered.
 
-        They are its first calls without a reply, recorded in its ring (``_ring.py``).
+        They are its first calls without a reply, recorded in its ring (``_ring.py``); the
+        items a batch recorded there are kept with those that came ahead (``_take_records``).
         Returns what the ring tells of the first call left: ``"running"`` (it was running;
         the calls after it never started), ``"unstarted"`` (its group never began), or None
         (no ring, no group: not known).
@@ -44,6 +45,8 @@ class Crashes(Supervision):
         tasks = worker.tasks
         head = tasks[0] if tasks else None
         group = None if head is None else head.group
+        if head is not None and group is None:
+            _take_records(head, worker)  # a batch's items it recorded, before the ring closes
         got = None if worker.ring is None or group is None else worker.ring.read()
         if got is None or group is None:
             return None
@@ -128,3 +131,25 @@ class Crashes(Supervision):
             single.payload = encode_call(task.fn, single.items, True)
             single.size = len(single.payload) + HEADER_SIZE
         self.lane.pending.extendleft(reversed(singles))
+
+
+def _take_records(task: Task, worker: WorkerRecord) -> None:
+    """Keep the outcomes of the items of ``task`` its dead worker recorded (``_ring.py``).
+
+    They join those that came ahead: those items ran, and do not run again.
+    """
+    mark = getattr(task, "mark", 0)
+    got = None if not mark or worker.ring is None else worker.ring.read()
+    if got is None or got[0] != mark:
+        return  # no ring, or the batch never began
+    ahead = getattr(task, "ahead", None) or []
+    skip = len(ahead) - got[1]  # records of items that came ahead already: skipped
+    if not 0 <= skip <= len(got[2]):
+        return
+    for record in got[2][skip:]:
+        try:
+            ok, value = loads(record)
+        except BaseException:  # (never: the worker checked it pickles plainly): runs again
+            break
+        ahead.append((True, value) if ok else (False, failure(value)))
+    task.ahead = ahead

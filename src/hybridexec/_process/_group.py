@@ -112,7 +112,7 @@ def defer(task: Task, placement: Placement, wires: dict[int, tuple[Any, bytes]])
         raw = dumps_callable(fn)
         kept = _fncache.kept(fn, raw)
         if len(raw) > WIRE_MAX and not kept:
-            return _alone(task, raw, placement)
+            return encode_alone(task, placement, raw)
         wire = reply_policy(raw, placement.threshold)
         if not kept:
             size += 2 * WIRE_MAX
@@ -144,9 +144,10 @@ class _Kept:
         return fn if fn is not None and _fncache.cached(fn) is self.raw else None
 
 
-def _alone(task: Task, raw: bytes, placement: Placement) -> bool:
-    """Pickle ``task`` now with the callable's bytes ``raw`` (not pickled a second time)."""
-    task.payload = encode_call(task.fn, task.items, task.batch, placement, task.future, raw)
+def encode_alone(task: Task, placement: Placement | None, raw: bytes | None = None) -> bool:
+    """Pickle ``task`` now, with the callable's bytes ``raw`` if given (not pickled again)."""
+    batch = number_batch(task)
+    task.payload = encode_call(task.fn, task.items, batch, placement, task.future, raw)
     task.size = len(task.payload) + HEADER_SIZE
     return True
 
@@ -180,6 +181,17 @@ def encode_group(tasks: list[Task]) -> bytes:
 
 
 _numbers = itertools.count(1)
+
+
+def number_batch(task: Task) -> bool | int:
+    """``batch`` for a call's message: a batch of several items gets a number, ``task.mark``.
+
+    Its worker records the batch's items under it as they end (``_ring.py``).
+    """
+    if not task.batch or len(task.items) < 2:
+        return task.batch
+    task.mark = number = next(_numbers)
+    return number
 
 
 def split_reply(data: bytes) -> tuple[int, memoryview]:

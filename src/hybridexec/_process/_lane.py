@@ -26,13 +26,11 @@ from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from .._waits import join_thread
 from ._direct import fork_first_worker
-from ._frames import HEADER_SIZE
-from ._group import defer, defer_int
+from ._group import defer, defer_int, encode_alone
 from ._manager import Manager
 from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
 from ._supervision import WorkerRecord
 from ._threadlimits import usable_cpus
-from ._wire import encode_call
 from ._worker import Initializer
 
 _live_lanes: weakref.WeakSet[ProcessLane] = weakref.WeakSet()
@@ -203,10 +201,8 @@ class ProcessLane:
         """
         if _faults.ACTIVE:
             _faults.hit("lane.pickle_call")
-        if defer(task, self.placement, self.wires):
-            return
-        task.payload = encode_call(task.fn, task.items, task.batch, self.placement, task.future)
-        task.size = len(task.payload) + HEADER_SIZE
+        if not defer(task, self.placement, self.wires):
+            encode_alone(task, self.placement)
 
     def submit_call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], route: Any

@@ -7,10 +7,13 @@ call of a group ends, the worker also copies its outcome into a small shared map
 the header; after a reply, the records start afresh. The lane reads the mapping once the
 worker is dead (``_supervision._reap``): the calls recorded get their outcomes, the next one
 was running and fails alone, and only the calls after it run again, having never started.
+A batch of several items (``hx.map``'s) is recorded the same way, item by item, under a number
+of its own: when its worker dies, only the items with no record run again, one by one.
 
 Layout: a header ``token, first, count, end`` (the group's number, given by the lane; the
 index in the group of the first record; the records committed; where the next one goes),
-then the records, each a 4-byte length and a pickle of ``(value, packed failure, seconds)``.
+then the records, each a 4-byte length and a pickle of ``(value, packed failure, seconds)``
+(a batch's: ``(ok, value or packed exception)``).
 At the end, the lane's marks of cancelled calls (``CANCEL_SLOTS``): a call of a group that was
 cancelled while it waited in the worker is not started (``cancelled``), its outcome a
 ``CancelledError`` that nobody reads.
@@ -20,6 +23,7 @@ Without ``os.memfd_create`` (not Linux) there is no ring: a group's unanswered c
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +41,11 @@ _LENGTH = struct.Struct("<I")
 _SLOT = struct.Struct("<Q")  # a cancelled call: its group's number << 16 | its index there
 _CANCELS = RING_BYTES - 8 * (CANCEL_SLOTS + 1)  # the count of cancels, then the slots
 _RECORDS_END = _CANCELS
+_COMMIT = struct.Struct("<II")  # count and end, in the header
+_COMMIT_AT = _HEADER.size - _COMMIT.size
+_SCALARS = frozenset({int, float, bool, type(None), complex})
+_SIZED = frozenset({bytes, str})
+_dumps = pickle.dumps
 
 
 class Ring:
@@ -67,12 +76,31 @@ class Ring:
         size = _LENGTH.size + len(record)
         if end + size > _RECORDS_END:
             return False
-        _LENGTH.pack_into(self.map, end, len(record))
-        self.map[end + _LENGTH.size : end + size] = record
+        memory = self.map
+        _LENGTH.pack_into(memory, end, len(record))
+        memory[end + _LENGTH.size : end + size] = record
         self.end, self.count = end + size, self.count + 1
-        token, first, _, _ = _HEADER.unpack_from(self.map, 0)
-        _HEADER.pack_into(self.map, 0, token, first, self.count, self.end)  # the commit
+        _COMMIT.pack_into(memory, _COMMIT_AT, self.count, self.end)  # one 8-byte store
         return True
+
+    def record_outcome(self, outcome: tuple[bool, Any]) -> bool:
+        """Commit a batch item's ``(ok, value or packed exception)``; False if not recorded.
+
+        Only what the C pickler takes whole and in-band is recorded (a value holding arrays
+        is not copied here), and nothing that names ``__main__`` (the parent's may not hold
+        it: ``_serialize.checked_main``): the worker answers the others at once.
+        """
+        kind = type(outcome[1])
+        if kind in _SCALARS:  # nothing out of band, nothing of __main__: the common case
+            return self.add(_dumps(outcome, 5))
+        if kind in _SIZED:
+            return len(outcome[1]) < _RECORDS_END and self.add(_dumps(outcome, 5))
+        buffers: list[Any] = []
+        try:
+            record = _dumps(outcome, 5, buffer_callback=buffers.append)
+        except BaseException:  # a __reduce__ may raise SystemExit too
+            return False
+        return not buffers and b"__main__" not in record and self.add(record)
 
     def cancelled(self, token: int, index: int) -> bool:
         """Whether the lane marked call ``index`` of group ``token`` cancelled (``cancel``)."""

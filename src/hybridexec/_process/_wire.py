@@ -36,7 +36,7 @@ _PLAIN_BUDGET = 512
 def encode_call(
     fn: Any,
     items: list[tuple[tuple[Any, ...], dict[str, Any]]],
-    batch: bool,
+    batch: bool | int,
     placement: Placement | None = None,
     future: concurrent.futures.Future[Any] | None = None,
     fn_bytes: bytes | None = None,
@@ -46,6 +46,7 @@ def encode_call(
     With a ``placement``, large numpy arguments go through shared memory (held until
     ``future`` is done) and the worker learns the lane's threshold for its results.
     ``fn_bytes``: ``fn`` as ``dumps_callable`` gave it just now (it is not pickled again).
+    ``batch``: False for a call; True, or its number (``_group.number_batch``), for a batch.
 
     Raises:
         SerializationError: the callable or an argument cannot be pickled.

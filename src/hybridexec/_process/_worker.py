@@ -7,8 +7,8 @@ without a reply is the one that was running; the ones behind it never started.
 
 The messages are defined here, with the child, so that a worker loads only what it needs::
 
-    parent -> worker   a call: ``(fn_bytes, items, batch)`` pickled, one frame per call;
-                       ``STOP`` (an empty frame): finish and exit
+    parent -> worker   a call: ``(fn_bytes, items, batch)`` pickled, one frame per call
+                       (``batch``: a bool or a batch's number); ``STOP`` (empty): exit
     worker -> parent   a reply: ``(outcomes, elapsed, cpu, rss)`` pickled, one frame per call
     parent -> worker   a group: ``[fn_bytes per call, args per call]`` pickled, in one frame
     worker -> parent   its replies: flagged frames, each a 4-byte count of the calls it answers
@@ -33,7 +33,7 @@ from .. import _faults, _lifecycle, _serialize
 from .._exceptions import BrokenExecutorError, SerializationError
 from .._serialize import adopt, dumps_callable, loads, pack_exception
 from .._shm import note_lent, sweep_while_idle
-from ._child import enter_child, resident_memory, unpickle
+from ._child import enter_child, flush_log_queues, resident_memory, unpickle
 from ._frames import FrameReader, write_frame
 from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, set_apart
 from ._threadlimits import apply_thread_limits
@@ -125,7 +125,7 @@ def worker_main(
             err = BrokenExecutorError(f"the worker initializer raised {exc!r}")
             err.__cause__ = exc
             init_error = pack_exception(err)
-            _flush_log_queues()
+            flush_log_queues()
 
     _lifecycle.on_fork(_forked)
     try:
@@ -134,26 +134,6 @@ def worker_main(
         # A task may have started executors of its own: their workers are our non-daemon
         # children, which multiprocessing joins as this worker exits; exit hooks stop them.
         _lifecycle.run_exit_hooks()
-
-
-def _flush_log_queues() -> None:
-    """Push out what a ``QueueHandler`` on a multiprocessing queue holds, before any reply.
-
-    Such a queue hands records to a feeder thread; ProcessPoolExecutor's worker exits (which
-    joins it) before its pool is seen broken, so code that reads the queue once the pool broke
-    finds the record. This worker fails every call from now on: its queues are closed here.
-    """
-    logger: logging.Logger | None = logging.getLogger("concurrent.futures")
-    while logger is not None:
-        for handler in logger.handlers:
-            queue: Any = getattr(handler, "queue", None)
-            if hasattr(queue, "join_thread") and hasattr(queue, "close"):
-                try:
-                    queue.close()
-                    queue.join_thread()
-                except Exception:  # best effort: the record may come late
-                    pass
-        logger = logger.parent if logger.propagate else None
 
 
 def _serve(reader: FrameReader, out: int, init_error: bytes | None, report_memory: bool) -> None:
@@ -290,11 +270,10 @@ def _run_group(
     pending = _pending
     if pending is None:
         from ._flush import Pending  # with the first group: a worker of single calls has none
-        from ._ring import Ring
 
         memory = resident_memory if report_memory else lambda: None
-        ring = None if _ring is None else Ring.attach(_ring.fileno())
-        pending = _pending = Pending(functools.partial(_write, out), memory, FLUSH_SECONDS, ring)
+        write = functools.partial(_write, out)
+        pending = _pending = Pending(write, memory, FLUSH_SECONDS, _attached_ring())
     wires, arglists, token = calls  # token: the group's number (its ring names it)
     clock = time.perf_counter
     last = len(arglists) - 1
@@ -339,6 +318,17 @@ def _run_group(
 
 _pending: Any = None  # the worker's ``_flush.Pending``, made with its first group
 _ring: Any = None  # what carries the descriptor of the worker's ring (``_ring.py``), if any
+_mapped: Any = None  # the worker's ring, mapped by its first group or batch
+
+
+def _attached_ring() -> Any:
+    """The worker's ``_ring.Ring``, mapped once; None without one."""
+    global _mapped
+    if _mapped is None and _ring is not None:
+        from ._ring import Ring
+
+        _mapped = Ring.attach(_ring.fileno())
+    return _mapped
 
 
 def _run(
@@ -355,7 +345,7 @@ def _run(
         if type(message) is list:  # a group (see _group.py): it answers for itself
             _run_group(message, functions, out, report_memory)
             return None
-        fn_bytes, items, _batch = message
+        fn_bytes, items, batch = message
         entry = _load_function(fn_bytes, functions)
     except EOFError:
         raise
@@ -374,6 +364,12 @@ def _run(
     append = outcomes.append
     sent = 0  # outcomes of this batch sent ahead of its reply
     last_index = len(items) - 1
+    # Should the worker die in a batch, only the items the parent has no outcome for run again:
+    # each item's outcome goes in the ring (``_group.number_batch``), or ahead of the reply on
+    # the pipe if it cannot (every FLUSH_SECONDS with no ring; a count with AHEAD answers none).
+    ring = _attached_ring() if type(batch) is int and last_index > 0 else None
+    if ring is not None:
+        ring.begin(batch)
     for index, (args, kwargs) in enumerate(items):
         try:
             if _faults.ACTIVE:
@@ -381,18 +377,22 @@ def _run(
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
             append((False, pack_exception(exc)))
-        if _in_forked_child:
+        if _in_forked_child or index == last_index:
             break
-        if index < last_index and time.perf_counter() - mark >= FLUSH_SECONDS:
-            # Should the worker die later in the batch, only the items the parent has no
-            # outcome for run again: these go ahead (a count with AHEAD answers no call).
-            try:
-                ahead = (len(outcomes) - sent) | AHEAD
-                reply = encode_reply(outcomes[sent:], 0.0, 0.0, None)
-                _write(out, ahead.to_bytes(4, "big") + reply, True)  # (kept arrays: at the end)
-            except OSError:
-                pass  # the parent is gone: the reply's write finds it too
-            sent, mark = len(outcomes), time.perf_counter()
+        if ring is not None:
+            if ring.record_outcome(outcomes[-1]):
+                continue
+        elif time.perf_counter() - mark < FLUSH_SECONDS:
+            continue
+        try:
+            ahead = (len(outcomes) - sent) | AHEAD
+            reply = encode_reply(outcomes[sent:], 0.0, 0.0, None)
+            _write(out, ahead.to_bytes(4, "big") + reply, True)  # (kept arrays: at the end)
+        except OSError:
+            pass  # the parent is gone: the reply's write finds it too
+        if ring is not None:
+            ring.answered(len(outcomes) - sent)
+        sent, mark = len(outcomes), time.perf_counter()
     elapsed = time.perf_counter() - started
     entry[1] = elapsed / len(items) if items else 0.0
     if sent:
