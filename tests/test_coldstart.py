@@ -30,7 +30,8 @@ COPIES = {"server": "hx-forkserver", "guardian": "hx-guardian", "tracker": "hx-t
 
 # What the scripts below report about the fork server, the guardian and a worker.
 HELPERS = """
-import multiprocessing.forkserver as _fs
+import multiprocessing.forkserver as _mpfs
+import hybridexec._process._server as _fs  # hybridexec's own fork server (its ``_server``)
 from hybridexec._process import _guardian as _gd
 
 def comm(pid):
@@ -72,7 +73,7 @@ def tracker_pid():
 
 def helpers_of_this_process():
     return {
-        "server": _fs._forkserver._forkserver_pid,
+        "server": (_fs._server or _mpfs._forkserver)._forkserver_pid,
         "guardian": _gd._guardian.pid,
         "tracker": tracker_pid(),
     }
@@ -156,8 +157,9 @@ def test_executor_made_while_its_module_is_imported_forks_nothing(
     (tmp_path / "hx_module_level.py").write_text(
         "import multiprocessing.forkserver as fs\n"
         "import hybridexec as hx\n"
+        "import hybridexec._process._server as own\n"
         "EX = hx.Executor(max_processes=1)\n"
-        "SERVER_AT_IMPORT = fs._forkserver._forkserver_pid\n"
+        "SERVER_AT_IMPORT = fs._forkserver._forkserver_pid or own._server\n"
     )
     s = run_script(
         """
@@ -187,7 +189,7 @@ def test_helpers_are_forked_before_the_first_thread_not_with_the_executor(
         """
         import multiprocessing.forkserver as fs
         ex = hx.Executor(max_processes=1)
-        made = {"server": fs._forkserver._forkserver_pid, "guardian": _gd._guardian}
+        made = {"server": fs._forkserver._forkserver_pid or _fs._server, "guardian": _gd._guardian}
         # Default routing: the first call is measured on a thread, the lane's first thread.
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9
         threads = threading.active_count()
@@ -283,7 +285,8 @@ def test_script_making_its_executor_at_the_top_finds_classes_defined_below(
         "    lane = ex.options(kind='process')\n"
         "    print(lane.submit(norm, Point(-3)).result(timeout=30))\n"
         "    print(type(lane.submit(Point, 4).result(timeout=30)).__name__)\n"
-        "    server = multiprocessing.forkserver._forkserver._forkserver_pid\n"
+        "    from hybridexec._process._server import _server as own\n"
+        "    server = own._forkserver_pid\n"
         "    for _ in range(2000):  # it names itself as it starts: a busy machine is slow\n"
         "        with open(f'/proc/{server}/comm') as f:\n"
         "            comm = f.read().strip()\n"
@@ -382,7 +385,7 @@ def test_resource_tracker_is_forked_by_the_guardian_once_it_is_needed(run_script
 
         with hx.Executor(max_processes=1) as ex:
             assert ex.options(kind="process").submit(helpers.square, 2).result(timeout=30) == 4
-            copies = (_gd._guardian.pid, _fs._forkserver._forkserver_pid)
+            copies = (_gd._guardian.pid, _fs._server._forkserver_pid)
             # Each names itself as it starts, its inherited descriptors blank by then.
             until(lambda: [comm(pid) for pid in copies] == ["hx-guardian", "hx-forkserver"], 20)
             pipe = os.readlink(f"/proc/self/fd/{_rt._resource_tracker._fd}")

@@ -188,13 +188,6 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (developers, round 15): the program's own forkserver processes are forked "
-    "from hybridexec's copy, which holds no file of the program's (15e's E5: a lock, a deleted "
-    "file's space); a module's file opened before writes nowhere there (docs/timeouts-and-"
-    "killing.md, Start-up); a fork server of hybridexec's own is not built yet",
-)
 def test_own_forkserver_pool_after_hybridexec_keeps_its_workers_files(tmp_path: Path) -> None:
     """A3: a program that uses multiprocessing's ``forkserver`` itself (``mp.Pool``,
     ``ProcessPoolExecutor(mp_context=...)``, PyTorch's ``DataLoader``; Python 3.14's default
@@ -223,12 +216,6 @@ def test_own_forkserver_pool_after_hybridexec_keeps_its_workers_files(tmp_path: 
     assert sorted(written) == ["item 0", "item 1", "item 2"], "lines in log.txt: " + repr(written)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (developers, round 15): the program's own forkserver processes are forked "
-    "from hybridexec's copy and see the modules as they were then (docs/timeouts-and-killing.md,"
-    " Start-up); a fork server of hybridexec's own is not built yet",
-)
 def test_own_forkserver_pool_after_hybridexec_sees_fresh_module_state(tmp_path: Path) -> None:
     """A3, its second half: the pool's workers see ``STATE["configured"]`` True (the parent's
     module state when hybridexec forked its copy), False with the standard library alone."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _lifecycle
-from . import _guardian
+from . import _guardian, _server
 from ._child import let_go_of_fork_server
 from ._guardian import start_guardian_early
 from ._zygote import prepare_fork_server, safe_to_fork, start_fork_server
@@ -53,6 +53,8 @@ def get_context(start_method: str | None) -> multiprocessing.context.BaseContext
         raise ValueError(f"start_method must be one of {START_METHODS} or None, not {method!r}")
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start method {method!r} is not available on this platform")
+    if method == "forkserver":
+        return _server.context()  # through hybridexec's own server, once forked
     return multiprocessing.get_context(method)
 
 
@@ -116,7 +118,7 @@ def _set_preload() -> bool:
         import multiprocessing.forkserver as forkserver
 
         server: Any = forkserver._forkserver  # 3.15's on_error is not in the stubs yet
-        if getattr(server, "_forkserver_pid", None) is not None:
+        if _server.running() or getattr(server, "_forkserver_pid", None) is not None:
             return True
         modules = list(getattr(server, "_preload_modules", ["__main__"]))
         if WORKER_MODULE not in modules:

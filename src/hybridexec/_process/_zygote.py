@@ -2,29 +2,27 @@
 
 Under ``forkserver`` (the default on Linux), multiprocessing starts its fork server as a fresh
 interpreter that imports the worker's modules; the first worker can be forked only once that is
-done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork``. Its resource
-tracker and our guardian (``_supervise``) were two more new interpreters. When it is provably
-safe, the same fork server (multiprocessing's own loop, ``forkserver.main``, speaking its own
-protocol to its own clients) is instead forked from this process, and so is the guardian;
-the tracker (``resource_tracker.main``) is forked by the guardian once it is needed, a copy
-of a copy: each starts in about a millisecond with every module already imported, and each
-worker is forked from the server as before. The server's ``__main__`` is a blank module, as in
-multiprocessing's: each worker runs the script afresh. A lane's first worker, at the first
-process task, is such a copy too when it is safe then (``run_as_copy``): the first task waits
-for no process but its own worker to get to run. The helpers are forked then too (the
-guardian before the worker, the server once its call was sent), or just before the package
-starts its first thread, never as the executor is made: every fork makes each page of this
-process copy-on-write, each page written afterwards costs a fault (~8 us on a small VM), and
-on a busy machine each process started competes with the first task (``tracker_pipe``), so
-the forks are few, together and late (``_supervise.preload_in_forkserver``).
+done: 80-100 ms of a cold start, against a few for the stdlib pool under ``fork``. So were its
+tracker and our guardian. When it is provably safe, a fork server of hybridexec's own
+(``_server``; multiprocessing's loop and protocol) is forked from this process instead, and so
+is the guardian; the tracker is forked by the guardian once it is needed, a copy of a copy: each
+starts in about a millisecond with every module imported, and each worker is forked from the
+server as before. The server's ``__main__`` is blank, as in multiprocessing's: each worker runs
+the script afresh. A lane's first worker, at the first process task, is such a copy too when
+safe (``run_as_copy``): the first task waits for no process but its own worker to get to run.
+The helpers are forked then too, or just before the package starts its first thread, never as
+the executor is made: every fork makes each page of this process copy-on-write, each page
+written afterwards costs a fault (~8 us on a small VM), and on a busy machine each process
+started competes with the first task (``tracker_pipe``), so the forks are few, together and late
+(``_supervise.preload_in_forkserver``).
 
 Safe means: this process has a single thread, the calling one (a lock held by any other thread
 would stay held forever in the copy, which is why ``fork`` with threads running deadlocks), no
 module is half imported (workers would find it so), it is small (a large heap would stay pinned
 by the copy, and the fork would copy large page tables), it maps no shared-memory segment (the
-copy would pin it likewise), and multiprocessing's fork server is the
-one this code knows (Python 3.10 to 3.13; 3.14 authenticates its clients). Otherwise nothing
-happens and multiprocessing starts its server the usual way, on the first worker's start.
+copy would pin it likewise), and multiprocessing's fork server is the one this code knows
+(Python 3.10 to 3.13; 3.14 authenticates its clients). Otherwise nothing happens and
+multiprocessing starts its server the usual way, on the first worker's start.
 
 The copy keeps nothing of this process that a worker must not inherit: ``os.fork`` runs the
 package's fork hooks (``_lifecycle``: the lifeline's write end, the lanes' pipes, the guardian's
@@ -54,6 +52,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import _lifecycle
+from . import _server
 from ._child import (
     blank_descriptors,
     prepare_death_signal,
@@ -76,6 +75,7 @@ _in_copy = False
 """True in a copy made by ``fork_copy``: it forks no helper of its own."""
 
 _MAIN_ARGS = ("listener_fd", "alive_r", "preload", "main_path", "sys_path")
+_SERVER_ATTRIBUTES = ("_forkserver_address", "_forkserver_alive_fd", "_preload_modules")
 
 _listener: tuple[socket.socket, str] | None = None
 """The fork server's socket and address, made by ``prepare_fork_server`` before the forks."""
@@ -104,8 +104,9 @@ _lifecycle.on_fork(_forget_listener)
 
 
 def _startable() -> Any:
-    # multiprocessing's fork server when it is the one this code knows and not running yet.
-    if not sys.platform.startswith("linux"):
+    # A new fork server of hybridexec's own (_server.py), when multiprocessing's is the one
+    # this code knows and neither it nor ours runs yet.
+    if not sys.platform.startswith("linux") or _server.running():
         return None
     try:
         import multiprocessing.forkserver as forkserver
@@ -116,7 +117,7 @@ def _startable() -> Any:
         return None  # replaced by someone (a test's stand-in): theirs to start
     if getattr(server, "_forkserver_pid", 0) is not None or not _known_server(forkserver, server):
         return None
-    return server
+    return forkserver.ForkServer()
 
 
 def _make_listener() -> tuple[socket.socket, str]:
@@ -137,11 +138,12 @@ def _make_listener() -> tuple[socket.socket, str]:
 
 
 def start_fork_server() -> int | None:
-    """Fork multiprocessing's fork server from this process; return its pid.
+    """Fork a fork server (multiprocessing's loop) from this process, hybridexec's own; its pid.
 
-    The caller made sure that it is ``safe_to_fork()``. Returns None, and changes nothing,
-    when the server runs already, or when this Python's multiprocessing is not the one this
-    code knows.
+    It serves hybridexec's children only (``_server``). The caller made sure that it is
+    ``safe_to_fork()``. Returns None, and changes nothing, when a server runs already (ours,
+    or multiprocessing's, which then serves hybridexec too), or when this Python's
+    multiprocessing is not the one this code knows.
     """
     global _listener
     server = _startable()
@@ -150,7 +152,8 @@ def start_fork_server() -> int | None:
     import multiprocessing.forkserver as forkserver
     import multiprocessing.spawn as spawn
 
-    preload = list(server._preload_modules)
+    programs: Any = forkserver._forkserver
+    server._preload_modules = preload = list(programs._preload_modules)  # with our worker's
     prepared, _listener = _listener, None
     listener, address = prepared if prepared is not None else _make_listener()
     with listener:
@@ -184,6 +187,7 @@ def start_fork_server() -> int | None:
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
+    _server.install(server)
     return pid
 
 
@@ -350,10 +354,7 @@ def _known_server(forkserver: Any, server: Any) -> bool:
         and code.co_varnames[: code.co_argcount] == _MAIN_ARGS
         and code.co_kwonlyargcount == 0
         and not hasattr(server, "_forkserver_authkey")
-        and all(
-            hasattr(server, name)
-            for name in ("_forkserver_address", "_forkserver_alive_fd", "_preload_modules")
-        )
+        and all(hasattr(server, name) for name in _SERVER_ATTRIBUTES)
     )
 
 
