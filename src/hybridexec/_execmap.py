@@ -52,5 +52,18 @@ def executor_map(
             return None if args is None else (ex.submit(fn, *args), False, 1)
 
         return results(submit_one, buffersize, end_time, limit)
+    if chunksize > 1 and _per_call_timeout(fn, opts):
+        chunksize = 1  # a chunk is one task with one deadline: each call needs its own
     submit_next = submitter(ex._router, fn, calls, opts, chunksize, buffersize, limit)
     return results(submit_next, buffersize, end_time, limit, chunksize)
+
+
+def _per_call_timeout(fn: Callable[..., Any], opts: Options) -> bool:
+    """Whether calls of ``fn`` have a timeout: of the options, else of its ``@hx.task``."""
+    from ._routing import Options, hints_of
+
+    hinted = hints_of(fn)
+    if hinted is not None:
+        opts = opts.merged(Options("auto", hinted.timeout, hinted.max_memory))
+    return opts.timeout is not None
+

@@ -366,6 +366,7 @@ def split_batch(task: Task, kind: str, ahead: list[Outcome] | None = None) -> li
     """
     parent, items = task.future, task.items
     known = list(ahead or ())
+    task.split_at = len(known)  # the item that was running (the others after it had not run)
     outcomes: list[Outcome | None] = [*known, *[None] * (len(items) - len(known))]
     remaining = [len(items) - len(known)]
     lock = threading.Lock()

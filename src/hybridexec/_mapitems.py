@@ -87,6 +87,7 @@ def batch_outcomes(batch: Batch, state: MapState) -> list[Outcome]:
     if not batch.future.done():  # cancel() rings the bell: a running batch is not waited for
         concurrent.futures.wait((batch.future, state.bell), return_when="FIRST_COMPLETED")
         if state.cancelled:
+            batch.future.cancel()  # (the lane stops it if it runs)
             raise concurrent.futures.CancelledError()
     keep_errors = state.keep_errors
     try:

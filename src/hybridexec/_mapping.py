@@ -186,13 +186,19 @@ def _run(
 
     exhausted = closed = False  # the input's end; the executor shut down under the map
 
-    def resubmit(item: Any) -> Future[Any]:  # an item killed by SIGKILL, alone
+    def resubmit(item: Any) -> Future[Any] | None:  # an item killed by SIGKILL, alone
         if state.cancelled:
             raise concurrent.futures.CancelledError()
         try:
-            return router.submit_task(fn, [item], decision, opts.timeout, batch=True)[0]
+            future = router.submit_task(fn, [item], decision, opts.timeout, batch=True)[0]
+        except RuntimeError:
+            return None  # shut down: the item keeps the outcome of the run it had
         except Exception as exc:
-            return failed(fn, [item], kind, exc).future  # shut down: RuntimeError, in place
+            return failed(fn, [item], kind, exc).future
+        waiting.add(future)  # cancel() cancels it too
+        if state.cancelled_now():
+            future.cancel()
+        return future
 
     def submit(items: list[Any]) -> None:
         nonlocal remaining, exhausted, closed
@@ -318,17 +324,18 @@ def _run(
                 batch = next(b for b in in_flight if b.future in done)
                 in_flight.remove(batch)
                 del done
-            waiting.discard(batch.future)
             outcomes = batch_outcomes(batch, state)
+            waiting.discard(batch.future)  # (after: a cancel() meanwhile cancels it too)
             slots.give_back(batch.future, batch.size)
             killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
             if killed and any(map(oom_killed, outcomes)):
                 oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
-                # A batch of several was split by the lane as its worker died: each of its
-                # items ran once more in a task of its own already; a third run is one too many.
-                if len(batch.task.items) == 1:
+                # A batch of several was split by the lane as its worker died: the item that
+                # was running then ran twice already, those after it only in the split.
+                after = getattr(batch.task, "split_at", -1) + 1
+                if after < len(outcomes) and any(map(oom_killed, outcomes[after:])):
                     concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
-                    outcomes = retry_killed(outcomes, batch.task.items, resubmit)
+                    outcomes = retry_killed(outcomes, batch.task.items, resubmit, after)
             if adaptive and batch.size:
                 # Refine the estimate: a fall counts in full (first calls pay for warm-up:
                 # imports, caches), a rise by half (calls may grow costly, or one was unlucky).

@@ -56,11 +56,13 @@ class Task:
         "profile",
         "route",
         "size",
+        "split_at",
         "timeout",
         "wire",
     )
     ahead: list[Outcome]  # set only on a process batch whose first outcomes came ahead
     mark: int  # set only on a process batch of several items: its number (_process/_ring.py)
+    split_at: int  # set only on a batch split item by item: the index of the item running then
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from .._serialize import loads
 from ._frames import HEADER_SIZE
 from ._group import seal
 from ._memory import crash_error
-from ._rebuild import failure, rebuild_outcomes
+from ._rebuild import failure, rebuild_outcomes, unpickle_error
 from ._supervision import Supervision, WorkerRecord
 from ._wire import encode_call
 
@@ -149,7 +149,9 @@ def _take_records(task: Task, worker: WorkerRecord) -> None:
     for record in got[2][skip:]:
         try:
             ok, value = loads(record)
-        except BaseException:  # (never: the worker checked it pickles plainly): runs again
-            break
-        ahead.append((True, value) if ok else (False, failure(value)))
+        except BaseException as exc:  # it ran: its result will not rebuild here (a reply's
+            ok, value = False, unpickle_error(exc)  # would not either); never run again
+        else:
+            value = value if ok else failure(value)
+        ahead.append((ok, value))
     task.ahead = ahead

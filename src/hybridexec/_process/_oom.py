@@ -25,12 +25,18 @@ def oom_killed(outcome: Outcome) -> bool:
 
 
 def retry_killed(
-    outcomes: list[Outcome], items: Items, submit: Callable[[Any], Future[Any]]
+    outcomes: list[Outcome],
+    items: Items,
+    submit: Callable[[Any], Future[Any] | None],
+    first: int = 0,
 ) -> list[Outcome]:
-    """Run each item of ``items`` whose outcome is ``oom_killed`` once more, one at a time.
+    """Run each item of ``items`` from ``first`` on whose outcome is ``oom_killed`` once more.
 
-    ``submit(item)`` sends one item as a batch of one. Returns the outcomes with the retried
-    items' new ones in their places: a value, or the failure of the second run.
+    One at a time: ``submit(item)`` sends one item as a batch of one (None: refused, the
+    executor shut down; the item keeps the outcome of the run it had). Items before ``first``
+    ran twice already (a batch the lane split as its worker died: ``split_at``). Returns the
+    outcomes with the retried items' new ones in their places: a value, or the failure of the
+    second run.
 
     Raises:
         concurrent.futures.CancelledError: a retry was cancelled (the map or the executor
@@ -38,8 +44,10 @@ def retry_killed(
     """
     outcomes = list(outcomes)
     for index, outcome in enumerate(outcomes):
-        if oom_killed(outcome):
+        if index >= first and oom_killed(outcome):
             future = submit(items[index])
+            if future is None:
+                continue
             try:
                 outcomes[index] = future.result()[0]
             except concurrent.futures.CancelledError:

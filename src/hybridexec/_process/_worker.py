@@ -20,13 +20,13 @@ The messages are defined here, with the child, so that a worker loads only what 
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
 import select
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from .. import _faults, _lifecycle, _serialize
@@ -36,6 +36,7 @@ from .._shm import note_lent, sweep_while_idle
 from ._child import enter_child, flush_log_queues, resident_memory, unpickle
 from ._frames import FrameReader, write_frame
 from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, set_apart
+from ._ring import Ring
 from ._threadlimits import apply_thread_limits
 
 _FN_CACHE_SIZE = 16
@@ -271,8 +272,7 @@ def _run_group(
     if pending is None:
         from ._flush import Pending  # with the first group: a worker of single calls has none
 
-        memory = resident_memory if report_memory else lambda: None
-        write = functools.partial(_write, out)
+        memory, write = resident_memory if report_memory else lambda: None, partial(_write, out)
         pending = _pending = Pending(write, memory, FLUSH_SECONDS, _attached_ring())
     wires, arglists, token = calls  # token: the group's number (its ring names it)
     clock = time.perf_counter
@@ -322,12 +322,13 @@ _mapped: Any = None  # the worker's ring, mapped by its first group or batch
 
 
 def _attached_ring() -> Any:
-    """The worker's ``_ring.Ring``, mapped once; None without one."""
-    global _mapped
+    """The worker's ``_ring.Ring``, mapped once; None without one (or no descriptor for it)."""
+    global _mapped, _ring
     if _mapped is None and _ring is not None:
-        from ._ring import Ring
-
-        _mapped = Ring.attach(_ring.fileno())
+        try:
+            _mapped = Ring.attach(_ring.fileno())
+        except (OSError, ImportError, ValueError):  # EMFILE (mmap's import too), ENOMEM
+            _ring = None
     return _mapped
 
 
@@ -364,9 +365,8 @@ def _run(
     append = outcomes.append
     sent = 0  # outcomes of this batch sent ahead of its reply
     last_index = len(items) - 1
-    # Should the worker die in a batch, only the items the parent has no outcome for run again:
-    # each item's outcome goes in the ring (``_group.number_batch``), or ahead of the reply on
-    # the pipe if it cannot (every FLUSH_SECONDS with no ring; a count with AHEAD answers none).
+    # Should the worker die, only items with no outcome in the parent run again: each goes in
+    # the ring, or ahead on the pipe if not (every FLUSH_SECONDS with no ring; count | AHEAD).
     ring = _attached_ring() if type(batch) is int and last_index > 0 else None
     if ring is not None:
         ring.begin(batch)
