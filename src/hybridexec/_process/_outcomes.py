@@ -24,9 +24,18 @@ PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 def alone(value: Any) -> Any:
     """A result pickled on its own: if it will not unpickle in the parent, it fails alone."""
     try:
-        return Pickled(dumps_reply(value))
+        return Pickled(_by_value_if_main(value))
     except BaseException:  # a __reduce__ may raise SystemExit too: the worker lives on
         return value  # it does not pickle here: _encode_reply finds it, item by item
+
+
+def _by_value_if_main(value: Any) -> bytes:
+    # What dumps_reply makes, or by value when it names __main__: still rebuilt by its reader,
+    # not by the manager thread (a script class's slow rebuild holds up no other result).
+    try:
+        return dumps_reply(value)
+    except MainByValue:
+        return dumps_by_value(value)
 
 
 def set_apart(outcomes: list[tuple[bool, Any]]) -> Any:
@@ -51,7 +60,7 @@ def set_apart(outcomes: list[tuple[bool, Any]]) -> Any:
     if plain:
         return outcomes
     try:
-        return Pickled(dumps_reply(outcomes))
+        return Pickled(_by_value_if_main(outcomes))
     except BaseException:  # a __reduce__ may raise SystemExit too: encode_reply finds which
         return outcomes
 
