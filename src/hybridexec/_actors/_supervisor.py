@@ -57,6 +57,7 @@ class Supervisor(CoreBase):
     conn: Any
     ready: bool
     tells_counted: bool  # the crash's warning counted the queued tells lost
+    discarding: bool  # stop(drain=False) was asked: messages not started are dropped
     fd: int
     budget: int
     parent_ends: tuple[Any, ...]
@@ -317,7 +318,11 @@ class Supervisor(CoreBase):
         else:
             what = "died while this message was pending"
         tells = 0
-        for future, _, fn, _ in lost:
+        for index, (future, _, fn, _) in enumerate(lost):
+            if index and self.discarding:  # never started: dropped by stop(drain=False)
+                if future is not None:
+                    future.settle(False, self.closed_error())
+                continue
             if future is not None:
                 future.settle(False, self.broken_error(what, cause))
                 continue

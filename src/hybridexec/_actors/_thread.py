@@ -119,8 +119,13 @@ class ThreadCore(CoreBase):
                 self.space.notify_all()
             elif self.state != STOPPING:
                 return
-            if not drain:
-                self.discard = True
+            if drain:
+                return
+            self.discard = True
+        # The queued messages fail now, not once a running handler returns (at exit it may
+        # not); the stop goes back in line for the actor's thread.
+        self.drain_queue()
+        self.queue.put(_STOP)
 
     def kill(self) -> None:
         with self.lock:
