@@ -43,6 +43,11 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (docs/hostile-input.md): a batch's results travel as one pickle; "
+    "one that will not rebuild fails the items that came back with it",
+)
 def test_a_result_that_will_not_unpickle_fails_only_its_own_item_of_a_batch(
     tmp_path: Path,
 ) -> None:
@@ -153,6 +158,12 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="documented limit (developers, round 16): docs/timeouts-and-killing.md, Timeouts on "
+    "threads: a loop of short calls inside `except BaseException: pass` catches every re-raise; "
+    "a thread cannot be killed (kind='process' for such code)",
+)
 def test_a_thread_task_that_catches_every_exception_does_not_run_for_ever(
     tmp_path: Path,
 ) -> None:
