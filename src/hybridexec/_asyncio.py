@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,6 +24,8 @@ from ._callbacks import serve
 from ._deadlines import Timers
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
+from ._profiles import name_of
+from ._waits import join_thread, thread_alive
 
 if TYPE_CHECKING:
     import asyncio
@@ -33,6 +36,14 @@ R = TypeVar("R")
 _CO_COROUTINE = 0x80
 """``inspect.CO_COROUTINE``: inspect itself (~3 ms to import) loads for a callable without code."""
 _BUILTIN = type(len)
+
+ABANDON_GRACE = 1.0
+"""Seconds ``shutdown(wait=True)`` (and interpreter exit) waits for the loop's thread once
+every future of its coroutines has ended: past it, a coroutine whose future already ended (it
+timed out or was cancelled) but which does not return (it swallows ``CancelledError``, or
+blocks the loop) is left running on the daemon thread, with a warning."""
+
+logger = logging.getLogger("hybridexec")
 
 
 def is_async_callable(fn: object) -> bool:
@@ -83,8 +94,12 @@ class LoopLane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The futures of the coroutines submitted and not ended, with their functions: a
+        # future is added before its task exists, so a shutdown sees work not yet started.
+        self._live: dict[Future[Any], Callable[..., Any]] = {}
         self._closed = False
         self._deadlines: Timers | None = None
+        self._left = False  # the loop's thread was left running by shutdown (see _join)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         import asyncio  # on use: importing it costs ~20 ms
@@ -163,12 +178,14 @@ class LoopLane:
             task = loop.create_task(run())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _: self._live.pop(future, None))
 
             def stop() -> None:
                 loop.call_soon_threadsafe(task.cancel)
 
             future._hx_stop = stop
 
+        self._live[future] = fn
         loop.call_soon_threadsafe(start)
         return future
 
@@ -180,7 +197,13 @@ class LoopLane:
             return self._deadlines
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the loop once its tasks finish (or are cancelled)."""
+        """Stop the loop once its tasks finish (or are cancelled).
+
+        With ``wait``, return once the loop's thread has ended, or ``ABANDON_GRACE`` seconds
+        after the last future of its coroutines ended while a coroutine still runs (one that
+        timed out or was cancelled but swallows ``CancelledError``): that one is left running
+        on the daemon thread, with a warning (``_join``).
+        """
         with self._lock:
             self._closed = True
             loop, thread = self._loop, self._thread
@@ -208,10 +231,41 @@ class LoopLane:
                 asyncio.run_coroutine_threadsafe(drain(), loop)
             except RuntimeError:
                 pass  # already stopping
-        if wait and thread is not threading.current_thread():
-            thread.join()
-            if not loop.is_closed():
-                loop.close()
+        ended = wait and thread is not threading.current_thread() and self._join(thread)
+        if ended and not loop.is_closed():  # (not one left running: it still runs the loop)
+            loop.close()
+
+    def _join(self, thread: threading.Thread) -> bool:
+        """Wait for the loop's thread to end, or leave it running past a grace.
+
+        It is waited for as long as a future of its coroutines has not ended, then at most
+        ``ABANDON_GRACE`` seconds more; a warning names the coroutines it leaves running.
+
+        Returns:
+            True once the thread has ended; False: it was left running (a daemon thread), by
+            this call or an earlier one (a second shutdown, then exit, wait no grace again).
+        """
+        deadline: float | None = None
+        while thread_alive(thread) and not self._left:
+            live = list(self._live.items())  # (a copy: the loop thread changes it)
+            if any(not future.done() for future, _ in live):
+                deadline = None
+                join_thread(thread, 0.1)  # in slices: a deadline may fail a future meanwhile
+                continue
+            deadline = time.monotonic() + ABANDON_GRACE if deadline is None else deadline
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "hybridexec: leaving %s running on the event loop's daemon thread: its "
+                    "future ended (it timed out or was cancelled), but %g s later the coroutine "
+                    "has not returned (it swallows CancelledError, or blocks the loop)",
+                    ", ".join(sorted({name_of(fn) for _, fn in live})) or "a coroutine",
+                    ABANDON_GRACE,
+                )
+                self._left = True
+            else:
+                join_thread(thread, remaining)
+        return not thread_alive(thread)
 
 
 async def collect_in_thread(

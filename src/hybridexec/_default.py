@@ -20,7 +20,7 @@ from ._executor import Executor
 from ._futures import Future
 from ._mapping import imap as _imap
 from ._router import EXIT_BOUND
-from ._routing import Options, checked_options
+from ._routing import NOT_GIVEN, NotGiven, Options, checked_options
 from ._views import ExecutorOptions, MapIterator, progress_report
 
 P = ParamSpec("P")
@@ -172,7 +172,7 @@ def imap(
     kind: str = "auto",
     ordered: bool = True,
     chunksize: int | None = None,
-    timeout: float | None = None,
+    timeout: float | NotGiven | None = NOT_GIVEN,
     progress: bool | Callable[[int, int | None], object] = False,
     limit: int | None = None,
     return_exceptions: bool = False,
@@ -193,7 +193,8 @@ def imap(
         chunksize: Calls per task; None sizes batches from measured times. Ignored with a
             ``timeout``: each item then runs as a task of its own.
         timeout: Seconds each call may run (per item); a late one fails with
-            ``TaskTimeoutError`` when its result is reached.
+            ``TaskTimeoutError`` when its result is reached. None: no timeout, even for a
+            function with an ``@hx.task`` timeout; left out, that one (or the view's) applies.
         progress: True for a tqdm bar (extra ``progress``), or a callback
             ``progress(done, total)``.
         limit: At most this many calls of this map in flight at once (a server with a small

@@ -15,8 +15,10 @@ from ._lazy import loaded
 from ._process import usable_cpus
 from ._router import Router
 from ._routing import (
+    NOT_GIVEN,
     Classifier,
     LearningClassifier,
+    NotGiven,
     Options,
     check_classifier,
     check_count,
@@ -272,12 +274,18 @@ class Executor(concurrent.futures.Executor):
 
     # ---- hybridexec additions -------------------------------------------------------------
     def options(
-        self, *, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
+        self,
+        *,
+        kind: str = "auto",
+        timeout: float | NotGiven | None = NOT_GIVEN,
+        max_memory: int | None = None,
     ) -> ExecutorOptions:
         """Return a view of this executor that applies these options to each call.
 
         Example: ``ex.options(kind="process", timeout=2.0).submit(fn, x)``. ``max_memory`` (0.5):
         bytes a call may add to its worker's memory, or it fails with ``MemoryLimitError``.
+        ``timeout=None`` means no timeout, even for a function with an ``@hx.task`` timeout
+        (or under a view with one); left out, the timeout under it applies.
 
         Raises:
             ValueError: a bad value (TypeError: a wrong type), or ``max_memory`` on a thread.

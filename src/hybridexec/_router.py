@@ -288,8 +288,7 @@ class Router:
         if self.closed:
             raise _lifecycle.closed_error()
         self.check_fork()
-        hinted = hints_of(fn)
-        timeout = opts.timeout if opts.timeout is not None else (hinted and hinted.timeout)
+        timeout = opts.merged(hints_of(fn)).timeout  # a timeout given as None: not the hint's
         self.count("async")
         # call_soon_threadsafe's handle copies this context: the coroutine runs in a copy.
         return self.loop.submit(fn, args, kwargs, timeout or None)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._asyncio import is_async_callable
 from ._futures import Future
-from ._routing import Options, checked_options, route_rules
+from ._routing import NOT_GIVEN, NotGiven, Options, checked_options, route_rules
 from ._waits import capped
 
 if TYPE_CHECKING:  # _mapping loads with the first map
@@ -316,8 +316,9 @@ class ExecutorOptions:
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._opts, limit)
 
     def options(
-        self, *, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
-    ) -> ExecutorOptions:
+        self, *, kind: str = "auto", timeout: float | NotGiven | None = NOT_GIVEN,
+        max_memory: int | None = None,
+    ) -> ExecutorOptions:  # fmt: skip
         """Narrow these options further (as ``Executor.options``; ``max_memory``: 0.5)."""
         options = checked_options(kind, timeout, max_memory, self._opts)
         return ExecutorOptions(self._executor, options)

@@ -280,15 +280,15 @@ def _backend_class() -> type:
                 )
             self.parallel = parallel
             self._n_jobs = n_jobs
-            self._timeout = getattr(parallel, "timeout", None)
-            executor = self._own_executor or _shared_executor(n_jobs)
+            self._timeout = getattr(parallel, "timeout", None)  # None: @hx.task's applies
+            self._executor = executor = self._own_executor or _shared_executor(n_jobs)
             kind = "auto"
             if require == "sharedmem" or (prefer == "threads" and self._timeout is None):
                 kind = "thread"
             elif prefer == "processes":
                 kind = "process"
-            self._executor = executor
-            self._submit = executor.options(kind=kind, timeout=self._timeout).submit
+            given: dict[str, Any] = {} if self._timeout is None else {"timeout": self._timeout}
+            self._submit = executor.options(kind=kind, **given).submit
             return n_jobs
 
         def compute_batch_size(self) -> int:

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
     from ._explain import Explanation as Explanation
     from ._governor import Governor as Governor
     from ._options import KINDS as KINDS
+    from ._options import NOT_GIVEN as NOT_GIVEN
     from ._options import Kind as Kind
+    from ._options import NotGiven as NotGiven
     from ._options import Options as Options
     from ._options import check_classifier as check_classifier
     from ._options import check_count as check_count
@@ -68,6 +70,8 @@ __all__ = [
     "Governor",
     "Kind",
     "LearningClassifier",
+    "NOT_GIVEN",
+    "NotGiven",
     "Options",
     "TimedTask",
     "Waits",
@@ -91,7 +95,7 @@ __all__ = [
     "task",
 ]
 
-_OPTIONS = {"KINDS", "Kind", "Options", "checked_options"}
+_OPTIONS = {"KINDS", "Kind", "NOT_GIVEN", "NotGiven", "Options", "checked_options"}
 _OPTIONS |= {
     "check_classifier",
     "check_count",

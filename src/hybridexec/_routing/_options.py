@@ -6,10 +6,27 @@ The functions here check what a user passed at the call that passed it: ``submit
 
 from __future__ import annotations
 
-from typing import Literal
+import enum
+from typing import Final, Literal
 
 KINDS = ("auto", "thread", "process")
 Kind = Literal["auto", "thread", "process"]
+
+
+class NotGiven(enum.Enum):
+    """The type of ``NOT_GIVEN``: the default of an option that a call may also give as None.
+
+    ``ex.options(timeout=None)`` turns off a timeout that lies under it (a view's, or the
+    function's ``@hx.task`` default); leaving ``timeout`` out (``NOT_GIVEN``) keeps that one.
+    """
+
+    NOT_GIVEN = "NOT_GIVEN"
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = NotGiven.NOT_GIVEN
 
 
 class Options:
@@ -17,18 +34,27 @@ class Options:
 
     Immutable, compared and hashed by value, as a frozen dataclass would be; written out by
     hand because every executor's import makes it, where the dataclass took ~0.5 ms to make.
+
+    ``no_timeout``: the timeout was given as None, so a timeout under these options (a view's,
+    the function's ``@task`` default) does not fill it in: the call has none.
     """
 
     kind: str
     timeout: float | None
     max_memory: int | None
+    no_timeout: bool
 
     def __init__(
-        self, kind: str = "auto", timeout: float | None = None, max_memory: int | None = None
+        self,
+        kind: str = "auto",
+        timeout: float | None = None,
+        max_memory: int | None = None,
+        no_timeout: bool = False,
     ) -> None:
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "timeout", timeout)
         object.__setattr__(self, "max_memory", max_memory)
+        object.__setattr__(self, "no_timeout", no_timeout and timeout is None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r}: Options are immutable")
@@ -36,8 +62,8 @@ class Options:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"cannot delete field {name!r}: Options are immutable")
 
-    def _key(self) -> tuple[str, float | None, int | None]:
-        return (self.kind, self.timeout, self.max_memory)
+    def _key(self) -> tuple[str, float | None, int | None, bool]:
+        return (self.kind, self.timeout, self.max_memory, self.no_timeout)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Options):
@@ -48,17 +74,23 @@ class Options:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        kind, timeout, max_memory = self._key()
-        return f"Options(kind={kind!r}, timeout={timeout!r}, max_memory={max_memory!r})"
+        kind, timeout, max_memory, no_timeout = self._key()
+        off = ", no_timeout=True" if no_timeout else ""
+        return f"Options(kind={kind!r}, timeout={timeout!r}, max_memory={max_memory!r}{off})"
 
     def merged(self, other: Options | None) -> Options:
-        """Return these options with the fields ``other`` sets explicitly filled in."""
+        """Return these options with the fields ``other`` sets explicitly filled in.
+
+        A timeout given as None (``no_timeout``) is set: ``other``'s does not fill it in.
+        """
         if other is None:
             return self
+        keep = self.timeout is not None or self.no_timeout
         return Options(
             self.kind if self.kind != "auto" else other.kind,
-            self.timeout if self.timeout is not None else other.timeout,
+            self.timeout if keep else other.timeout,
             self.max_memory if self.max_memory is not None else other.max_memory,
+            self.no_timeout if keep else other.no_timeout,
         )
 
 
@@ -125,12 +157,17 @@ def checked_options(
 ) -> Options:
     """``Options`` from what a caller passed, merged over ``under``; raise on bad values.
 
+    ``timeout``: ``NOT_GIVEN`` leaves it to ``under`` and to the function's ``@task``
+    default; None turns those off (the call has no timeout); else a positive number.
+
     Raises:
         TypeError: a timeout or ``max_memory`` of the wrong type.
         ValueError: a bad value, or ``max_memory`` on a call asked to run on a thread (only a
             process can be limited).
     """
-    options = Options(check_kind(kind), check_timeout(timeout), check_max_memory(max_memory))
+    given = timeout is not NOT_GIVEN
+    seconds = check_timeout(timeout) if given else None
+    options = Options(check_kind(kind), seconds, check_max_memory(max_memory), given)
     options = options.merged(under)
     if options.kind == "thread" and options.max_memory is not None:
         raise ValueError("max_memory needs a process: it cannot apply with kind='thread'")

@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, overload
 
-from ._options import Kind, Options, checked_options
+from ._options import NOT_GIVEN, Kind, Options, checked_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,7 +129,7 @@ def task(
 
     .. versionadded:: 0.1
     """
-    options = checked_options(kind, timeout, max_memory)
+    options = checked_options(kind, NOT_GIVEN if timeout is None else timeout, max_memory)
     if fn is not None:
         return _attach(fn, options)
     return lambda f: _attach(f, options)
@@ -341,7 +341,7 @@ def route_rules(fn: Callable[..., Any], options: Options, default_kind: str) -> 
     if getattr(multiprocessing.current_process(), "daemon", False) and default_kind != "process":
         # A multiprocessing worker (a Pool's, Dask's, Celery's) may not start processes.
         return Decision("thread", "this process is daemonic: it may not start processes")
-    timeout = options.timeout is not None or (hinted is not None and hinted.timeout is not None)
+    timeout = options.merged(hinted).timeout is not None  # (None given: not the hint's)
     if not timeout and not gil_enabled():
         return Decision(
             "thread", "the GIL is disabled (free-threaded build): threads run in parallel"
