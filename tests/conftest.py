@@ -4,16 +4,20 @@ semaphores left behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import multiprocessing
 import multiprocessing.util
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from multiprocessing import shared_memory
+from typing import Any
 
 import psutil
 import pytest
@@ -54,19 +58,106 @@ def _children() -> set[int]:
     return {p.pid for p in me.children(recursive=True) if not _infrastructure(p)}
 
 
-def _segments() -> set[str]:
+# ---- shared-memory segments ------------------------------------------------------------------
+# A test's leak is a segment that appeared while it ran and that this run made; another
+# program on the machine (another test run, CI) makes and removes segments in /dev/shm all the
+# time, so a new name alone proves nothing. What proves it ours:
+# - ``hx<pid>_...`` (hybridexec's names carry their owner's pid): the owner is this process, a
+#   process seen in its tree during the test (at setup, at teardown) or a program this process
+#   started with ``subprocess`` during the test (a scenario script, SIGKILLed and reaped by
+#   then). An owner never seen as ours, dead or alive, is another program's.
+# - ``psm_*`` (multiprocessing.shared_memory's names carry no owner): made by this process
+#   (``SharedMemory(create=True)`` here, ``_make_filename`` records the names it hands out) or
+#   mapped by a process of its tree at teardown. One nobody of ours maps (closed but not yet
+#   unlinked, or left by a SIGKILLed program) is another program's.
+# - any other ``hx`` name (no owner pid: a test's own stand-in for a foreign name): ours.
+# New means absent from the setup listing, raw (a foreign segment that was mapped at setup and
+# is not at teardown is not new): a name is made once, so that is "created during the test"
+# with no clock involved.
+
+HX_NAME = re.compile(r"hx(\d+)_")
+
+SPAWNED: list[int] = []
+"""Pids of the programs this process started with ``subprocess`` (appended, never cleared)."""
+
+MADE_PSM: set[str] = set()
+"""``psm_*`` names ``multiprocessing.shared_memory`` handed out in this process."""
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _recording_popen_init(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+    _popen_init(self, *args, **kwargs)
+    SPAWNED.append(self.pid)
+
+
+setattr(subprocess.Popen, "__init__", _recording_popen_init)  # noqa: B010
+
+_make_filename: Callable[[], str] | None = getattr(shared_memory, "_make_filename", None)
+
+
+def _recording_make_filename() -> str:
+    assert _make_filename is not None
+    name = _make_filename()
+    MADE_PSM.add(name.lstrip("/"))
+    return name
+
+
+if _make_filename is not None:
+    setattr(shared_memory, "_make_filename", _recording_make_filename)  # noqa: B010
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSnapshot:
+    """What ``leaked_segments`` compares with: /dev/shm and this process's tree at setup."""
+
+    names: frozenset[str]
+    tree: frozenset[int]
+    spawned: int  # len(SPAWNED) then
+
+
+def _shm_names() -> set[str]:
     try:
         names = os.listdir(SHM_DIR)
     except FileNotFoundError:
         return set()
-    found = {n for n in names if n.startswith(SHM_PREFIXES) and not _foreign(n)}
-    return found - _held_elsewhere({n for n in found if n.startswith("psm_")})
+    return {n for n in names if n.startswith(SHM_PREFIXES)}
 
 
-def _held_elsewhere(names: set[str]) -> set[str]:
-    """Those of ``names`` (in /dev/shm) mapped by live processes outside this process's tree
-    and by none in it: another program's (another test run on the machine), as
-    multiprocessing's ``psm_*`` names carry no owner. One that nobody maps counts as ours."""
+def _tree() -> set[int]:
+    me = psutil.Process()
+    return {me.pid} | {p.pid for p in me.children(recursive=True)}
+
+
+def segment_snapshot() -> SegmentSnapshot:
+    """Take the setup side of the segment leak check."""
+    tree = _tree()  # before the listing: a process that makes a segment after it is seen
+    return SegmentSnapshot(frozenset(_shm_names()), frozenset(tree), len(SPAWNED))
+
+
+def leaked_segments(before: SegmentSnapshot) -> set[str]:
+    """The segments this run made since ``before`` that are still in /dev/shm."""
+    new = _shm_names() - before.names
+    if not new:
+        return set()
+    tree = _tree()
+    seen = before.tree | tree | set(SPAWNED[before.spawned :])
+    ours: set[str] = set()
+    unowned: set[str] = set()
+    for name in new:
+        match = HX_NAME.match(name)
+        if match is not None:
+            if int(match.group(1)) in seen:
+                ours.add(name)
+        elif name.startswith("psm_") and name not in MADE_PSM:
+            unowned.add(name)
+        else:
+            ours.add(name)
+    return ours | _mapped_by(unowned, tree)
+
+
+def _mapped_by(names: set[str], pids: set[int]) -> set[str]:
+    """Those of ``names`` (in /dev/shm) that one of ``pids`` maps."""
     if not names:
         return set()
     inodes: dict[int, str] = {}
@@ -75,29 +166,15 @@ def _held_elsewhere(names: set[str]) -> set[str]:
             inodes[os.stat(os.path.join(SHM_DIR, name)).st_ino] = name
         except OSError:
             continue
-    tree = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
-    ours: set[int] = set()
-    others: set[int] = set()
-    for pid in psutil.pids():
+    found: set[str] = set()
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/maps") as maps:
                 held = {int(line.split()[4]) for line in maps if f" {SHM_DIR}/" in line}
         except (OSError, ValueError, IndexError):
             continue
-        (ours if pid in tree else others).update(held & inodes.keys())
-    return {inodes[ino] for ino in others - ours}
-
-
-def _foreign(name: str) -> bool:
-    # hybridexec names carry the owner's pid (hx<pid>_...): a segment whose owner is alive and
-    # is neither this process nor one of its children belongs to someone else on the machine.
-    match = re.match(r"hx(\d+)_", name)
-    if match is None:
-        return False
-    pid = int(match.group(1))
-    if pid == os.getpid() or not psutil.pid_exists(pid):
-        return False
-    return pid not in {p.pid for p in psutil.Process().children(recursive=True)}
+        found.update(inodes[ino] for ino in held & inodes.keys())
+    return found
 
 
 # multiprocessing names its semaphores "<semprefix>-<random>"; processes forked from this one
@@ -257,7 +334,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     semaphores behind."""
     children = _children()
     threads = _threads()
-    segments = _segments()
+    segments = segment_snapshot()
     semaphores = _semaphores()
     pymp = _pymp_dirs()
     yield
@@ -282,8 +359,8 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
             f"test leaked processes {sorted(leaked_procs)} "
             f"and threads {sorted(t.name for t in leaked_threads)}"
         )
-    leaked_segments = _segments() - segments
-    assert not leaked_segments, f"test leaked shared-memory segments {sorted(leaked_segments)}"
+    leaked = leaked_segments(segments)
+    assert not leaked, f"test leaked shared-memory segments {sorted(leaked)}"
     if _semaphores() - semaphores:
         gc.collect()  # a multiprocessing lock unlinks its name when it is collected
         # (a program elsewhere whose semaphore this run saw may still be unlinking it)

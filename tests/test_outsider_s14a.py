@@ -207,7 +207,8 @@ def test_parent_sigkill_soon_after_the_first_submit_frees_its_segments(
     than 1 s in most runs (polled: some go at ~0.75 s, as the guardian would, many stay past
     3 s until some other executor's janitor runs). Breaks docs/guarantees.md I4 as written
     (either the guardian runs before the argument's segment is made, or the limit should give
-    its real width). Several kills per run: another process's janitor may remove one early.
+    its real width). Several kills per run. Each parent is looked at before it is reaped, so
+    no other program's janitor can remove its segments first and fake a pass (round 16, A2).
     """
 
     tmpdir = tmp_path / "tmp"  # the fork server's pymp-* directory stays (documented)
@@ -229,10 +230,15 @@ def test_parent_sigkill_soon_after_the_first_submit_frees_its_segments(
                 assert proc.stdout.readline().strip() == "submitted"
                 time.sleep(delay)
                 os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                time.sleep(1.1)  # I4: after 1 s (an executor started elsewhere may clean up)
+                # Dead but not reaped: a zombie keeps its pid, so any other program's janitor
+                # (every Executor() on the machine runs one) takes the owner for alive and
+                # leaves its segments; the guardian reads the owner's state and takes a zombie
+                # for dead. Only the guardian can remove them before the look 1 s on.
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                time.sleep(1.1)  # I4: after 1 s
                 mine = f"hx{proc.pid}_"
                 left += [n for n in os.listdir("/dev/shm") if n.startswith(mine)]
+                proc.wait(10)  # reaped: the janitor below may remove what is left
             finally:
                 kill_session(proc)
                 proc.communicate()
