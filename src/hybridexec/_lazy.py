@@ -21,12 +21,21 @@ def loaded(name: str, *, wait: bool = False) -> ModuleType | None:
     its top level, its names are not all defined (reading one raised ``AttributeError`` in
     a submit racing the first import of ``inspect`` or ``asyncio``; outside tester 11a).
     Such a module counts as not imported, or, with ``wait``, is waited for (the import lock
-    returns it once the other thread's import ends).
+    returns it once the other thread's import ends). One this very thread is importing (a
+    garbage collection, which runs finalizers, in the middle of its top level) is not
+    imported yet either way: the lock would return it half made.
     """
     module = sys.modules.get(name)
-    if module is None or not getattr(getattr(module, "__spec__", None), "_initializing", False):
+    if module is None or not _initializing(module):
         return module
-    return importlib.import_module(name) if wait else None
+    if not wait:
+        return None
+    module = importlib.import_module(name)
+    return None if _initializing(module) else module
+
+
+def _initializing(module: ModuleType) -> bool:
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def exports(
