@@ -66,4 +66,3 @@ def _per_call_timeout(fn: Callable[..., Any], opts: Options) -> bool:
     if hinted is not None:
         opts = opts.merged(Options("auto", hinted.timeout, hinted.max_memory))
     return opts.timeout is not None
-
