@@ -239,3 +239,55 @@ def test_a_lock_the_program_holds_at_its_first_process_task_is_free_in_the_worke
     proc = run_script(tmp_path, _SUBMIT_UNDER_A_LOCK, timeout=50)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["result 42"], proc.stdout
+
+
+_CHILD_OUTLIVES_ITS_PARENT = """
+import os
+import time
+
+import hybridexec as hx
+
+
+def double(x):
+    return 2 * x
+
+
+if __name__ == "__main__":
+    with hx.Executor(max_processes=1) as ex:
+        assert ex.options(kind="process").submit(double, 1).result(timeout=30) == 2
+    parent = os.getpid()
+    if os.fork() > 0:
+        os._exit(0)  # the launcher returns at once: the child goes on (a daemon, say)
+    deadline = time.monotonic() + 10
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the parent is gone, and what cleans up after it has run
+    try:
+        with hx.Executor(max_processes=1) as ex:
+            result = ex.options(kind="process").submit(double, 21).result(timeout=30)
+        print("child result", result, flush=True)
+    except Exception as exc:
+        print("child failed", type(exc).__name__, exc, flush=True)
+    os._exit(0)
+"""
+
+
+def test_a_forked_child_that_outlives_its_parent_runs_process_tasks(tmp_path: Path) -> None:
+    """A5: a program runs a process task, forks, and its parent exits (``os._exit``, the
+    daemon idiom; ``sys.exit`` is the same). The child, once its parent is gone, makes an
+    executor and submits a process task: it fails with ``BrokenExecutorError: no worker
+    process could be started for 1 s: FileNotFoundError(2, 'No such file or
+    directory')``, and so does every later process task of the child. While the parent
+    still lives (it waits for the child) the same child code returns 42.
+    docs/architecture.md "Exit and fork": "An ``Executor`` used in the child builds fresh
+    lanes on its next call"; ``_supervise._forget_helper_processes``: "The child starts its
+    own [fork server] on first use". Cause: the child lets go of the parent's fork server
+    and tracker locks (``_supervise._after_fork``) but keeps multiprocessing's cached
+    temporary directory (``current_process()._config["tempdir"]``, the parent's
+    ``pymp-*``, made for the parent's fork server socket). The parent's guardian
+    (``_guardian``, for a parent that died without an orderly exit) or multiprocessing's exit
+    finalizer removes that directory, and the child's new fork server cannot bind its socket
+    there.
+    """
+    proc = run_script(tmp_path, _CHILD_OUTLIVES_ITS_PARENT, timeout=50)
+    assert "child result 42" in proc.stdout.splitlines(), proc.stdout + proc.stderr[-1500:]
