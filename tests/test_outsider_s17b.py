@@ -10,11 +10,12 @@ the end (``tests/scenario.py``).
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from .scenario import run_script
+from .scenario import kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -323,3 +324,60 @@ def test_unordered_map_with_an_item_killed_by_sigkill_ends_with_stop_iteration(
     result = run_script(tmp_path, _UNORDERED_MAP_WITH_AN_OOM_KILLED_ITEM, timeout=40)
     out = result.stdout
     assert _lines(out, "got ") == [str(list(range(12)))], out + result.stderr[-3000:]
+
+
+_CTRL_C_IN_THE_LOOP_OF_A_DEFAULT_EXECUTOR_IMAP = """
+import os, signal, threading, time
+import hybridexec as hx
+
+def nap(i):
+    time.sleep(0.1 if i == 0 else 30.0)
+    return i
+
+def main():
+    results = hx.imap(nap, range(20), kind="process")  # the default executor
+    for value in results:
+        print("first result", value, flush=True)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        time.sleep(30)  # the loop's own work: Ctrl-C lands here, the map has calls running
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_ctrl_c_in_the_loop_of_an_imap_on_the_default_executor_waits_for_its_calls(
+    tmp_path: Path,
+) -> None:
+    """B7: a script whose ``for value in hx.imap(fn, items, kind="process")`` loop (the
+    default executor, in a function) is stopped by Ctrl-C in the loop's body, with calls of
+    the map still running (30 s each here), does not exit: the interpreter's exit waits for
+    those calls to end (10 s for 10 s calls, for ever for a call that never ends), then exits
+    130. The same with ``hx.submit``/``default_executor().submit`` of process work and
+    Ctrl-C. With an executor of the user's own the same script exits at once (1.7 s in all).
+    docs/timeouts-and-killing.md: "If it ends the program, nothing is waited for at exit: the
+    workers still running a call are killed, and the exit status is 130"; docs/guarantees.md
+    I5 ("interpreter exit takes at most the running work plus 1 s; ... Ctrl-C exits with
+    status 130", ``test_ctrl_c_does_not_wait_for_running_process_work`` covers only an own
+    executor). Cause (as read): the iterator stays alive in the traceback's frame, so the map
+    does not cancel its work; ``_default.py`` (the default executor's exit hook, line 71)
+    calls ``join_at_exit(EXIT_BOUND, threads=not interrupted())``, and ``_router.py``
+    ``join_at_exit`` (line 214) runs ``self.processes.shutdown(wait=True)`` whatever the
+    interruption: its comment assumes the workers got the SIGINT "as the terminal's group",
+    but they live in process groups of their own and ignore SIGINT. Expected: exit within a
+    few seconds of the Ctrl-C, status 130.
+    """
+    proc = start_script(tmp_path, _CTRL_C_IN_THE_LOOP_OF_A_DEFAULT_EXECUTOR_IMAP)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("first result"), first
+        try:
+            status: int | None = proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            status = None
+        assert status is not None, "still exiting 7.5 s after Ctrl-C: it waits for the calls"
+        assert status in (130, -2), status
+    finally:
+        kill_session(proc)
+        proc.communicate()
