@@ -48,7 +48,7 @@ def _infrastructure(proc: psutil.Process) -> bool:
         comm = proc.name()  # the helpers forked from us (_zygote): named, our command line
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return True
-    return comm in ("hx-forkserver", "hx-guardian", "hx-tracker") or any(
+    return comm in ("hx-guardian", "hx-tracker") or any(
         name in cmdline for name in ("forkserver", "resource_tracker", "hybridexec-guardian")
     )
 

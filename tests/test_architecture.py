@@ -273,7 +273,7 @@ def _loaded_after(statement: str) -> list[str]:
 # first call measured or explained: tests/test_cold_imports.py; _process/_direct is the 51st;
 # _process/_group and _process/_replies, several calls per frame, came with issue 17;
 # _process/_guardian was split from _supervise; _routing/_calls from _routing/_verdicts;
-# _process/_server, hybridexec's own fork server, came with round 16).
+# _process/_server, hybridexec's own fork server, came with round 16 and went in round 17).
 _PLAIN_MOST = 58
 _ON_FIRST_USE = ("_actors.", "_backends.", "_mapping", "_mapitems", "_oom", "_shm._list")
 

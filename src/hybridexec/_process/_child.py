@@ -181,15 +181,6 @@ def reset_signal_handlers() -> None:
     signal.set_wakeup_fd(-1)  # an event loop's, pointing at a descriptor now blank
 
 
-def read_comm() -> str | None:
-    """This process's name (``/proc/self/comm``), or None where it cannot be read."""
-    try:
-        with open("/proc/self/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def write_comm(name: str) -> None:
     """Name this process ``name`` (``ps``, ``psutil.Process.name()``), where it can be."""
     try:

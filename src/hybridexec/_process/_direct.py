@@ -378,21 +378,3 @@ class Direct(Replies):
             elif not lane._wake_pending:
                 lane._wake_locked()  # retiring (a deadline to keep), or work waits
 
-
-def fork_first_worker(manager: Direct, task: Task) -> bool:
-    """Fork the lane's first worker from this thread and send it ``task``; True if it went.
-
-    The caller made sure that it is safe (no other thread yet). The worker is a copy as the
-    fork server's would be (``_zygote.run_as_copy``): no round trip through a process that
-    may not have run yet. The call goes as the manager's dispatch would send it, and runs
-    while the manager thread starts.
-    """
-    worker, payload = manager._start_worker(copy=True), seal(task)
-    if worker is None or payload is None or len(payload) + HEADER_SIZE > worker.budget:
-        return False
-    if not manager.lane.take_slot():
-        return False  # queued: the manager sends it once a CPU slot is free
-    if manager._claim(task):  # False: cancelled meanwhile, nothing to send
-        manager._assign(worker, task)
-        manager._send(worker, [task])
-    return True

@@ -25,7 +25,6 @@ from .._exceptions import BrokenExecutorError, SerializationError
 from .._futures import Future, Task
 from .._shm import DEFAULT_THRESHOLD, Placement
 from .._waits import join_thread
-from ._direct import fork_first_worker
 from ._group import defer, defer_int, encode_alone
 from ._manager import Manager
 from ._supervise import _set_preload, get_context, lifeline, preload_in_forkserver
@@ -241,26 +240,20 @@ class ProcessLane:
             if manager is None:
                 # Started first: if it cannot start (no descriptor or thread left), the call
                 # fails here with nothing queued, and the next submit tries again.
-                if not self._start_manager(task):
-                    self.pending.append(task)
-                    self._wake_locked()
+                self._start_manager()
+                self.pending.append(task)
+                self._wake_locked()
             elif not (self.ready and manager.send_direct(task)):
                 self.pending.append(task)
                 if not self._wake_pending:
                     self._wake_locked()
 
-    def _start_manager(self, task: Task) -> bool:
-        """Start the manager thread (under the lock); on failure nothing is left half made.
-
-        True when ``task`` went to a worker forked here (``_direct.fork_first_worker``), else the
-        caller queues it.
-        """
+    def _start_manager(self) -> None:
+        """Start the manager thread (under the lock); on failure nothing is left half made."""
         self.lifeline_r = lifeline()[0]
         manager = Manager(self)
-        # The helpers not forked yet are forked with the worker: the guardian first (it
-        # registers the worker as it starts), the others once the call was sent.
-        copy = self.start_method == "forkserver" and self.initializer is None
-        sent = copy and preload_in_forkserver(lambda: fork_first_worker(manager, task))
+        if self.start_method == "forkserver":
+            preload_in_forkserver()  # the guardian, forked now if not yet and safe
         wake_r, wake_w = os.pipe()
         try:
             os.set_blocking(wake_r, False)
@@ -272,14 +265,11 @@ class ProcessLane:
             os.close(wake_r)
             os.close(wake_w)
             manager.abandon()
-            if sent:  # the call fails with the start (I1), as if it had not gone
-                task.future.settle(False, RuntimeError("the process lane could not start"))
             raise
         self._manager = manager
         _lifecycle.on_exit(_lifecycle.LANES, kill_live_lanes)
         with _live_lock:
             _live_lanes.add(self)
-        return sent
 
     def wake(self) -> None:
         """Wake the manager (a CPU slot came free, a command)."""

@@ -14,14 +14,13 @@ import multiprocessing
 import multiprocessing.context
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from .. import _lifecycle
-from . import _guardian, _server
+from . import _guardian
 from ._child import let_go_of_fork_server
 from ._guardian import start_guardian_early
-from ._zygote import prepare_fork_server, safe_to_fork, start_fork_server
+from ._zygote import safe_to_fork
 
 START_BACKOFF = (0.01, 0.25)
 """First and longest pause between retries of a worker (or process actor) start that failed."""
@@ -53,63 +52,46 @@ def get_context(start_method: str | None) -> multiprocessing.context.BaseContext
         raise ValueError(f"start_method must be one of {START_METHODS} or None, not {method!r}")
     if method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start method {method!r} is not available on this platform")
-    if method == "forkserver":
-        return _server.context()  # through hybridexec's own server, once forked
     return multiprocessing.get_context(method)
 
 
 WORKER_MODULE = "hybridexec._process._worker"
 
 
-def preload_in_forkserver(first: Callable[[], bool] | None = None) -> bool:
-    """Prepare the fork server, if not started yet: preload the worker module, fork it.
+def preload_in_forkserver() -> bool:
+    """Prepare the fork server, if not started yet: preload the worker module; fork the guardian.
 
     Every worker is forked with hybridexec already imported, so a replacement worker starts in
     milliseconds instead of paying the package import (~0.1-0.2 s). The user's own preload
     list is kept: our module is added to it, never substituted; so is what the user chose for
-    a module that fails to import there (``on_error``, Python 3.15+). Where it is safe, the
-    fork server and the guardian are forked from this process now, and the resource tracker
-    from the guardian once it is needed (``_zygote``): they start with every module imported,
-    in about a millisecond each, so even
-    the first worker starts in milliseconds. Otherwise multiprocessing starts the server as a
-    new interpreter on the first worker's start, and ``guard`` the guardian, as before. Each
-    helper is forked once: a later call forks only those missing.
+    a module that fails to import there (``on_error``, Python 3.15+). The server itself is
+    multiprocessing's, started the usual way (a new interpreter) on the first worker's start:
+    never a copy of this process, whose modules hold the program's live state (its locks, held
+    or not, its finalizers, what its script registered: 17a's A1-A4), which a worker must not
+    inherit. Where it is safe, the guardian is forked from this process now (``_zygote``: no
+    user code ever runs there), and the resource tracker from the guardian once it is needed.
 
-    The forks are made back to back, after the process lane's first task or before the
-    package's first thread (never with the executor: ``_lifecycle.before_first_thread``): each
-    fork makes every page of this process copy-on-write, and each page written afterwards
-    costs a fault (~8 us on a small VM), so the forks come together and late.
-
-    Args:
-        first: Called first when it is safe: the lane's first worker forked from this thread
-            (``_lane``, the guardian right before it), its call sent, so the server starts
-            while that call runs. Its exceptions propagate.
+    Called at the process lane's first task, or before the package's first thread (never with
+    the executor: ``_lifecycle.before_first_thread``): a fork makes every page of this process
+    copy-on-write, and each page written afterwards costs a fault (~8 us on a small VM).
 
     Returns:
-        ``first()`` when it was called, else True when it was safe (it still is on return).
+        True when it was safe to fork the guardian (or it runs already).
     """
     running = _set_preload()
-    if first is None and running and _guardian._guardian is not None:
-        return True  # forked already (the thread hook, after the lane's first task)
+    if running and _guardian._guardian is not None:
+        return True
     try:
         safe = safe_to_fork()
-        if safe and first is not None:
-            # Made before any fork: no page faults then. The guardian is forked just before
-            # the worker, which it registers as it starts (I4): _supervision._start_worker.
-            prepare_fork_server()
     except Exception as exc:  # never worse than multiprocessing's own start
-        logger.debug("fork server not forked: %r", exc)
-        safe = False
-    if not safe:
+        logger.debug("guardian not forked: %r", exc)
         return False
-    went = first() if first is not None else True
-    try:
-        start_fork_server()  # before the guardian when there is no worker: what the server
-        start_guardian_early()  # makes (a socket, a temporary directory) is written before
-        # any fork makes its pages copy-on-write. The guardian forks the tracker when needed.
-    except Exception as exc:
-        logger.debug("fork server not forked: %r", exc)
-    return went
+    if safe:
+        try:
+            start_guardian_early()  # it forks the tracker when needed
+        except Exception as exc:
+            logger.debug("guardian not forked: %r", exc)
+    return safe
 
 
 def _set_preload() -> bool:
@@ -118,7 +100,7 @@ def _set_preload() -> bool:
         import multiprocessing.forkserver as forkserver
 
         server: Any = forkserver._forkserver  # 3.15's on_error is not in the stubs yet
-        if _server.running() or getattr(server, "_forkserver_pid", None) is not None:
+        if getattr(server, "_forkserver_pid", None) is not None:
             return True
         modules = list(getattr(server, "_preload_modules", ["__main__"]))
         if WORKER_MODULE not in modules:
@@ -178,6 +160,13 @@ def _forget_helper_processes() -> None:
     attributes of CPython's ``multiprocessing``: a Python that moved them keeps its behaviour.
     """
     let_go_of_fork_server()  # what a fork-server child does as it starts, the same way
+    # multiprocessing's temporary directory (pymp-*, where a fork server's socket goes) is
+    # the parent's, removed when the parent ends: a child outliving it (the daemon idiom)
+    # could start no fork server of its own (17a's A5). Its own is made on first use; the
+    # parent's finalizer of the old one does nothing here (it checks the pid).
+    config: Any = getattr(multiprocessing.current_process(), "_config", None)
+    if isinstance(config, dict):
+        config.pop("tempdir", None)
     for module, name in (("forkserver", "_forkserver"), ("resource_tracker", "_resource_tracker")):
         helper: Any = getattr(sys.modules.get(f"multiprocessing.{module}"), name, None)
         lock = getattr(helper, "_lock", None)

@@ -17,7 +17,6 @@ workers again as soon as it can.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import time
@@ -30,7 +29,6 @@ from .._exceptions import BrokenExecutorError, TaskTimeoutError
 from .._futures import Task
 from .._shm import cleanup_shared_memory, remove_made_by
 from ._frames import FrameReader, pipe_budget, write_frame
-from ._guardian import start_guardian_early
 from ._handle import Child
 from ._rebuild import discard
 from ._ring import RingFile, carry
@@ -38,7 +36,6 @@ from ._supervise import START_BACKOFF, START_GIVE_UP
 from ._threadlimits import thread_limit_env
 from ._wire import STOP
 from ._worker import worker_main
-from ._zygote import run_as_copy
 
 if TYPE_CHECKING:
     from ._lane import ProcessLane
@@ -170,12 +167,8 @@ class Supervision:
         if not self.lane.shutting_down and live < self.lane.max_processes:
             self._start_worker()
 
-    def _start_worker(self, copy: bool = False) -> WorkerRecord | None:
-        """Start a worker; ``copy``: fork it from this thread (``_zygote.run_as_copy``).
-
-        The caller of a copy made sure that it is ``safe_to_fork()``; a copy that fails is
-        not a failed start (the next start asks the fork server).
-        """
+    def _start_worker(self) -> WorkerRecord | None:
+        """Start a worker (through the lane's context: the fork server by default)."""
         now = time.monotonic()
         if now < self.retry_at:
             if self._live() or self.retry_at - now <= START_BACKOFF[1]:
@@ -184,8 +177,8 @@ class Supervision:
             # the waiting tasks get a fresh START_GIVE_UP window.
             self.failing_since = now
         lane = self.lane
-        ctx = multiprocessing.get_context("fork") if copy else lane.context
-        server = lane.start_method == "forkserver" and not copy
+        ctx = lane.context
+        server = lane.start_method == "forkserver"
         conns: list[Any] = []
         ring = None
         try:
@@ -219,15 +212,13 @@ class Supervision:
                 conns[0] if ring is not None else None,
             )
             process = ctx.Process(  # type: ignore[attr-defined]
-                target=run_as_copy if copy else worker_main,
-                args=(worker_main, *args) if copy else args,
+                target=worker_main,
+                args=args,
                 name=f"{lane.name}-worker",
             )
             if _faults.ACTIVE:
                 _faults.hit("lane.start")
             _descriptors_to_spare()  # (multiprocessing's own pipes leak at EMFILE, any method)
-            if copy:  # the guardian registers the worker; forked last, after what was made
-                start_guardian_early()  # above, which a fork would make copy-on-write
             process.start()
         except Exception as exc:  # EAGAIN, EMFILE, ENOMEM...: transient, retried (I6)
             self.starting = None
@@ -235,8 +226,7 @@ class Supervision:
                 conn.close()
             if ring is not None:
                 ring.close()
-            if not copy:
-                self._start_failed(exc)
+            self._start_failed(exc)
             return None
         self.starting = None
         for conn in (*conns[:-4], calls_r, replies_w):  # the child's ends
