@@ -377,4 +377,3 @@ class Direct(Replies):
                 lane.ready.append(worker)  # offered again: the next call goes direct
             elif not lane._wake_pending:
                 lane._wake_locked()  # retiring (a deadline to keep), or work waits
-

@@ -61,6 +61,7 @@ TRACKER_NAME = "hx-tracker"
 _in_copy = False
 """True in a copy made by ``fork_copy``: it forks no helper of its own."""
 
+
 def tracker_pipe() -> tuple[int, int] | None:
     """Make the pipe of multiprocessing's resource tracker; a copy forks the tracker later.
 
