@@ -93,6 +93,7 @@ class Manager(Direct, threading.Thread):
         # Worker starts that fail (see Supervision._start_worker) and turns that fail.
         self.start_error: BaseException | None = None
         self.failing_since: float | None = None
+        self.gave_up = False  # waiting tasks failed, and no start succeeded since
         self.retry_at = 0.0
         self.backoff = 0.0
         self.turns_failing_since: float | None = None

@@ -117,6 +117,7 @@ class Supervision:
     starting: Any
     start_error: BaseException | None
     failing_since: float | None
+    gave_up: bool
     retry_at: float
     backoff: float
 
@@ -234,6 +235,7 @@ class Supervision:
         if self.failing_since is not None:
             logger.warning("hybridexec: worker processes start again")
         self.failing_since = self.start_error = None
+        self.gave_up = False
         worker = WorkerRecord(Child(process), calls_w, replies_r, ring)
         self.workers[worker.pid] = worker
         self.by_object[worker.rfd] = worker
@@ -245,9 +247,14 @@ class Supervision:
     def _start_failed(self, exc: BaseException) -> None:
         now = time.monotonic()
         if self.failing_since is None:  # a daemonic process never may: no retries (15a's A6)
-            self.failing_since = now - START_GIVE_UP * ("daemonic" in str(exc))
+            # Once waiting tasks failed, and no start succeeded since, the next tasks get a
+            # short window, not a full one each: a map sending waves of calls (limit=) would
+            # wait START_GIVE_UP per wave while nothing can start.
+            window = START_BACKOFF[1] if self.gave_up else START_GIVE_UP
+            self.failing_since = now - START_GIVE_UP + window * ("daemonic" not in str(exc))
             self.backoff = START_BACKOFF[0]
-            logger.warning("hybridexec: could not start a worker process (%r); retrying", exc)
+            if not self.gave_up:
+                logger.warning("hybridexec: could not start a worker process (%r); retrying", exc)
         else:
             self.backoff *= 2
         # While workers serve the queue, starts are retried seldom: a failed start can take
@@ -267,7 +274,8 @@ class Supervision:
         if since is None or self._live() or time.monotonic() - since < START_GIVE_UP:
             return None
         exc = self.start_error
-        self.failing_since = None  # tasks submitted later get a fresh window
+        self.failing_since = None  # tasks submitted later get a fresh (short) window
+        self.gave_up = True
         daemonic = "daemonic" in str(exc)  # given up at once (15a's A6)
         why = f"could be started for {START_GIVE_UP:g} s"
         why = "can be started in a daemonic process" if daemonic else why
