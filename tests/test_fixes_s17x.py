@@ -196,3 +196,73 @@ def test_any_base_exception_of_the_input_while_the_first_items_are_read_kills_th
             assert out[label] == raised, (label, out)
             assert out[label + " alive"] == [False, False], (label, out)
             assert out[label + " bar closed"] == [True], (label, out)
+
+
+_A_BATCH_STOPS_AT_ITS_FIRST_FAILURE = """
+import json, os, sys, time
+import hybridexec as hx
+
+def item(label, i):
+    open(f"ran-{label}-{i}", "w").close()
+    if i == 2:
+        raise ValueError(i)
+    if i == 5:
+        raise KeyboardInterrupt  # (items 0-4 only, in the case that reaches it)
+    time.sleep(0.02)
+    return i
+
+def ran(label):
+    names = [n for n in os.listdir(".") if n.startswith(f"ran-{label}-")]
+    return sorted(int(n.rsplit("-", 1)[1]) for n in names)
+
+if __name__ == "__main__":
+    out = {}
+    with hx.Executor(max_processes=2, max_threads=2) as ex:
+        for kind in ("thread", "process"):
+            for how in ("map", "imap", "Executor.map", "return_exceptions"):
+                label = f"{kind}-{how}"
+                labels, items = [label] * 5, range(5)
+                try:
+                    if how == "map":
+                        got = hx.map(item, labels, items, kind=kind, executor=ex, chunksize=5)
+                    elif how == "imap":
+                        got = list(hx.imap(item, labels, items, kind=kind, executor=ex,
+                                           chunksize=5, ordered=False))
+                    elif how == "Executor.map":
+                        got = list(ex.options(kind=kind).map(item, labels, items, chunksize=5))
+                    else:
+                        got = hx.map(item, labels, items, kind=kind, executor=ex, chunksize=5,
+                                     return_exceptions=True)
+                    out[label] = [repr(v) if isinstance(v, BaseException) else v for v in got]
+                except Exception as exc:
+                    out[label] = repr(exc)
+                out[label + " ran"] = ran(label)
+            label = f"{kind}-interrupt"
+            try:
+                hx.map(item, [label] * 10, range(3, 10), kind=kind, executor=ex, chunksize=7)
+            except KeyboardInterrupt:
+                out[label] = "KeyboardInterrupt"
+            out[label + " ran"] = ran(label)
+    print(json.dumps(out), flush=True)
+"""
+
+
+def test_a_batch_stops_at_its_first_failed_item_on_threads_and_processes(tmp_path: Path) -> None:
+    """B3 widened: without ``return_exceptions`` a batch (``hx.map``/``imap`` ``chunksize``,
+    ``Executor.map`` ``chunksize``) stops at its first failed item, on threads and in
+    processes, as the standard library's ``_process_chunk`` does: the map raises that item's
+    exception and no later item of the batch runs (a ``KeyboardInterrupt`` item too). With
+    ``return_exceptions=True`` every item still runs, the exception in its place."""
+    result = run_script(tmp_path, _A_BATCH_STOPS_AT_ITS_FIRST_FAILURE, timeout=80)
+    out = _last_json(result.stdout, result.stderr)
+    for kind in ("thread", "process"):
+        for how in ("map", "imap", "Executor.map"):
+            label = f"{kind}-{how}"
+            assert out[label] == "ValueError(2)", (label, out)
+            assert out[label + " ran"] == [0, 1, 2], (label, out)
+        label = f"{kind}-return_exceptions"
+        assert out[label] == [0, 1, "ValueError(2)", 3, 4], (label, out)
+        assert out[label + " ran"] == [0, 1, 2, 3, 4], (label, out)
+        label = f"{kind}-interrupt"
+        assert out[label] == "KeyboardInterrupt", (label, out)
+        assert out[label + " ran"] == [3, 4, 5], (label, out)

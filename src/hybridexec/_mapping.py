@@ -222,7 +222,9 @@ def _lanes(
         # (a busy machine: the kill was then not seen and the map failed, not retried).
         before = crashes["crashes"]
         try:
-            future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
+            future, task = router.submit_task(
+                fn, calls, decision, opts.timeout, batch=True, stops=not state.keep_errors
+            )
             waiting.add(future)  # at once: the map's cleanup cancels it whatever comes next
         except Exception as exc:  # a resource error (EMFILE, EAGAIN, MemoryError...): it
             if router.closed:  # fails these items, in their place (or raised in turn); shut
