@@ -237,12 +237,14 @@ if __name__ == "__main__":
                 except Exception as exc:
                     out[label] = repr(exc)
                 out[label + " ran"] = ran(label)
-            label = f"{kind}-interrupt"
-            try:
-                hx.map(item, [label] * 10, range(3, 10), kind=kind, executor=ex, chunksize=7)
-            except KeyboardInterrupt:
-                out[label] = "KeyboardInterrupt"
-            out[label + " ran"] = ran(label)
+            for keep in (False, True):  # Ctrl-C ends a map, return_exceptions or not
+                label = f"{kind}-interrupt-{keep}"
+                try:
+                    hx.map(item, [label] * 10, range(3, 10), kind=kind, executor=ex,
+                           chunksize=7, return_exceptions=keep)
+                except KeyboardInterrupt:
+                    out[label] = "KeyboardInterrupt"
+                out[label + " ran"] = ran(label)
     print(json.dumps(out), flush=True)
 """
 
@@ -251,8 +253,9 @@ def test_a_batch_stops_at_its_first_failed_item_on_threads_and_processes(tmp_pat
     """B3 widened: without ``return_exceptions`` a batch (``hx.map``/``imap`` ``chunksize``,
     ``Executor.map`` ``chunksize``) stops at its first failed item, on threads and in
     processes, as the standard library's ``_process_chunk`` does: the map raises that item's
-    exception and no later item of the batch runs (a ``KeyboardInterrupt`` item too). With
-    ``return_exceptions=True`` every item still runs, the exception in its place."""
+    exception and no later item of the batch runs. With ``return_exceptions=True`` every item
+    still runs, the exception in its place; but an item raising ``KeyboardInterrupt`` ends
+    its map either way, and its batch there."""
     result = run_script(tmp_path, _A_BATCH_STOPS_AT_ITS_FIRST_FAILURE, timeout=80)
     out = _last_json(result.stdout, result.stderr)
     for kind in ("thread", "process"):
@@ -263,6 +266,7 @@ def test_a_batch_stops_at_its_first_failed_item_on_threads_and_processes(tmp_pat
         label = f"{kind}-return_exceptions"
         assert out[label] == [0, 1, "ValueError(2)", 3, 4], (label, out)
         assert out[label + " ran"] == [0, 1, 2, 3, 4], (label, out)
-        label = f"{kind}-interrupt"
-        assert out[label] == "KeyboardInterrupt", (label, out)
-        assert out[label + " ran"] == [3, 4, 5], (label, out)
+        for keep in (False, True):
+            label = f"{kind}-interrupt-{keep}"
+            assert out[label] == "KeyboardInterrupt", (label, out)
+            assert out[label + " ran"] == [3, 4, 5], (label, out)

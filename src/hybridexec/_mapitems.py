@@ -26,7 +26,7 @@ from . import _lifecycle
 from ._deadlines import late_end
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
-from ._lazy import loaded
+from ._task import ends_map
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -169,14 +169,6 @@ def failed(fn: Callable[..., Any], items: Items, kind: str, error: BaseException
     task.release()  # nothing of it runs, nothing of it is kept
     task.elapsed = float("inf")  # no time of a call to size the next batches on
     return task
-
-
-def ends_map(exc: BaseException) -> bool:
-    """Whether an item's ``exc`` ends a map even with ``return_exceptions=True``."""
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return True
-    asyncio = loaded("asyncio")  # not imported (or not yet): nothing raised its cancellation
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def split_outcomes(

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import loaded
 from ._waits import acquire_long
 
 if TYPE_CHECKING:
@@ -164,7 +165,8 @@ def run_items(fn: Callable[..., Any], items: Items, stops: bool = False) -> list
 
     With ``stops``, the first failed item ends the batch: the items after it do not run, and
     their outcomes are ``not_run`` failures (one outcome per item all the same: a lane or a
-    map that reads a batch's outcomes by position needs them all).
+    map that reads a batch's outcomes by position needs them all). An item whose exception
+    ends its map whatever (``ends_map``: Ctrl-C, ``SystemExit``) ends the batch all the same.
     """
     outcomes: list[Outcome] = []
     append = outcomes.append
@@ -173,10 +175,18 @@ def run_items(fn: Callable[..., Any], items: Items, stops: bool = False) -> list
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit in one item must not lose the batch
             append((False, exc))
-            if stops:  # the map raises this one: what follows it would run for nothing
+            if stops or ends_map(exc):  # the map raises it: the rest would run for nothing
                 outcomes += [(False, not_run()) for _ in range(len(items) - index - 1)]
                 break
     return outcomes
+
+
+def ends_map(exc: BaseException) -> bool:
+    """Whether an item's ``exc`` ends a map even with ``return_exceptions=True``."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    asyncio = loaded("asyncio")  # not imported (or not yet): nothing raised its cancellation
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def not_run() -> concurrent.futures.CancelledError:

@@ -30,7 +30,7 @@ from .._exceptions import SerializationError, TaskTimeoutError
 from .._futures import Items, Outcome, Task
 from .._lazy import loaded
 from .._serialize import dumps, dumps_callable, loads, pack_exception, unpack_exception
-from .._task import not_run
+from .._task import ends_map, not_run
 from .._threads import interrupt_thread
 
 LARGE_BYTES = 1 << 20
@@ -199,7 +199,7 @@ def run_call(
                     raise
                 except BaseException as exc:  # SystemExit in a task ends the task only
                     outcomes.append((False, pack_exception(exc)))
-                    if batch == -1:  # the rest would run for nothing (17b's B3)
+                    if batch == -1 or ends_map(exc):  # the rest would run for nothing (B3)
                         error = pack_exception(not_run())
                         outcomes += [(False, error)] * (len(items) - len(outcomes))
                         break

@@ -16,6 +16,7 @@ from .. import _faults
 from .._exceptions import SerializationError
 from .._serialize import PROTOCOL, MainByValue, dumps, dumps_by_value, loads, pack_exception
 from .._shm import dumps_reply
+from .._task import ends_map as ends_map  # (for _worker)
 from .._task import not_run as task_not_run
 
 PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})

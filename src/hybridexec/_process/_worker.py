@@ -36,7 +36,7 @@ from .._serialize import adopt, dumps_callable, loads, pack_exception
 from .._shm import note_lent, sweep_while_idle
 from ._child import enter_child, flush_log_queues, resident_memory, unpickle
 from ._frames import FrameReader, write_frame
-from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, not_run, set_apart
+from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, ends_map, not_run, set_apart
 from ._ring import Ring
 from ._threadlimits import apply_thread_limits
 
@@ -376,7 +376,7 @@ def _run(
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
             append((False, pack_exception(exc)))
-            if type(batch) is int and batch < 0:  # the rest would run for nothing (17b's B3)
+            if type(batch) is int and (batch < 0 or ends_map(exc)):  # the rest: for nothing
                 outcomes += not_run(last_index - index)  # (and end the loop, just below)
         if _in_forked_child or len(outcomes) > last_index:
             break
