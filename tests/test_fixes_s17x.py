@@ -270,3 +270,76 @@ def test_a_batch_stops_at_its_first_failed_item_on_threads_and_processes(tmp_pat
             label = f"{kind}-interrupt-{keep}"
             assert out[label] == "KeyboardInterrupt", (label, out)
             assert out[label + " ran"] == [3, 4, 5], (label, out)
+
+
+_A_BASE_EXCEPTION_FROM_A_SUBMIT_AMONG_THE_FIRST_ITEMS = """
+import json, os, sys, time
+import hybridexec as hx
+
+class Refuses:  # its pickling (in submit, in this thread) raises SystemExit
+    def __reduce__(self):
+        raise SystemExit("no pickling for me")
+
+def hold(i):
+    open(f"started-{i}-{os.getpid()}", "w").close()
+    time.sleep(30)  # stopped only by a kill
+    open(f"ended-{i}", "w").close()
+    return i
+
+def items():
+    yield 0
+    yield 1
+    deadline = time.monotonic() + 8
+    while sum(n.startswith("started-") for n in os.listdir(".")) < 2:  # both running
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    yield Refuses()
+    yield 3
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+if __name__ == "__main__":
+    ex = hx.Executor(max_processes=4)
+    try:
+        hx.map(hold, items(), kind="process", executor=ex)
+        out = {"raised": None}
+    except SystemExit as exc:
+        out = {"raised": str(exc)}
+    started = [n for n in os.listdir(".") if n.startswith("started-")]
+    pids = [int(n.rsplit("-", 1)[1]) for n in started]
+    deadline = time.monotonic() + 10
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    out["alive"] = [alive(pid) for pid in pids]
+    out["ended"] = sorted(n for n in os.listdir(".") if n.startswith("ended-"))
+    out["started"] = len(pids)
+    ex.shutdown(wait=False, cancel_futures=True)
+    ex.kill_workers()
+    print(json.dumps(out), flush=True)
+"""
+
+
+def test_a_base_exception_from_a_submit_among_the_first_items_stops_those_sent(
+    tmp_path: Path,
+) -> None:
+    """B1 widened: an item whose pickling raises ``SystemExit`` in ``submit`` (a
+    ``__reduce__`` of the user's: it propagates from ``submit`` itself, docs/hostile-input.md)
+    among the probes of ``hx.map(kind="process")`` ends the map with it, and the items sent
+    before it (running) are killed."""
+    script = _A_BASE_EXCEPTION_FROM_A_SUBMIT_AMONG_THE_FIRST_ITEMS
+    out = _last_json(*_ran(run_script(tmp_path, script, timeout=60)))
+    assert out["raised"] == "no pickling for me", out
+    assert out["started"] == 2, out
+    assert not any(out["alive"]), out
+    assert out["ended"] == [], out
+
+
+def _ran(result: Any) -> tuple[str, str]:
+    return result.stdout, result.stderr
