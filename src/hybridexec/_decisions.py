@@ -358,7 +358,7 @@ class Sampler:
             clf = seen[4] if n else seen[3]
         if clf is None:
             return task
-        return TimedTask(task.fn, task.items, task.future, clf, probe, batch=task.batch)
+        return TimedTask.like(task, clf, probe)
 
 
 class Weighted:

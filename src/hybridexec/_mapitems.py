@@ -26,7 +26,7 @@ from . import _lifecycle
 from ._deadlines import late_end
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
-from ._lazy import loaded
+from ._task import ends_map
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -48,6 +48,9 @@ class MapState:
         # which cannot be cancelled (15c's C4).
         self.bell: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.input_error: Exception | None = None  # what reading the input raised
+        # The failed item's exception the map raised (PEP 479 makes a StopIteration of an
+        # item a RuntimeError: MapIterator.collect raises that item's own again, nothing else).
+        self.item_error: BaseException | None = None
 
     def cancel(self) -> None:
         """Cancel the map from any thread: its work in flight, and the consumer's wait."""
@@ -168,14 +171,6 @@ def failed(fn: Callable[..., Any], items: Items, kind: str, error: BaseException
     return task
 
 
-def ends_map(exc: BaseException) -> bool:
-    """Whether an item's ``exc`` ends a map even with ``return_exceptions=True``."""
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        return True
-    asyncio = loaded("asyncio")  # not imported (or not yet): nothing raised its cancellation
-    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
-
-
 def split_outcomes(
     outcomes: list[Outcome], *, keep_errors: bool = False
 ) -> tuple[list[Any], BaseException | None]:
@@ -255,6 +250,7 @@ def run_inline(
         del values, items
         yield box.pop()
         if error is not None:
+            state.item_error = error
             raise error
         if per_call is not None:
             return per_call, left
@@ -327,3 +323,38 @@ def unpicklable(future: Future[Any]) -> bool:
     if not future.done() or future.cancelled():
         return False
     return isinstance(future.exception(), SerializationError)
+
+
+def found_batch(by_future: dict[Future[Any], Batch], done: set[Any]) -> Batch:
+    """The batch of a future in ``done``, found by a loop.
+
+    Never by ``next()``: its StopIteration would end the map's generator as a RuntimeError
+    (PEP 479), or a bare StopIteration out of ``hx.map`` (17b's B6).
+
+    Raises:
+        RuntimeError: none of ``done`` is a batch's (a bookkeeping error, said as such).
+    """
+    for future in done:
+        batch = by_future.get(future)
+        if batch is not None:
+            return batch
+    raise RuntimeError("hybridexec: a map woke for a future of none of its batches")
+
+
+def read_input(it: Iterator[Any], state: MapState) -> Iterator[Any]:
+    """The input, ended by its first ``Exception``, kept in ``state`` to raise after the rest."""
+    # An error of the input ends it here; it is raised once the results of the items read
+    # before it are out, as by builtins.map (they were dropped: 0-4 of 5 came out).
+    try:
+        yield from it
+    except Exception as exc:
+        state.input_error = exc
+
+
+def then_input_error(
+    run: Generator[list[Any], None, None], state: MapState
+) -> Generator[list[Any], None, None]:
+    """``run``, then the input's error if reading the input raised one."""
+    yield from run
+    if state.input_error is not None:
+        raise state.input_error

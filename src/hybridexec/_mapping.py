@@ -40,7 +40,10 @@ from ._mapitems import (
     ended,
     failed,
     fastest,
+    found_batch,
+    read_input,
     run_inline,
+    then_input_error,
     typical,
     unpicklable,
 )
@@ -105,29 +108,13 @@ def imap(
     report = None if progress is None else progress(total)
     if all(type(i) in _NEVER_RAISE for i in iterables):  # the common case costs nothing
         return _run(executor, fn, it, total, options, ordered, chunksize, report, state), state
-    run = _run(executor, fn, _read(it, state), total, options, ordered, chunksize, report, state)
-    return _then_input_error(run, state), state
+    guarded = read_input(it, state)
+    run = _run(executor, fn, guarded, total, options, ordered, chunksize, report, state)
+    return then_input_error(run, state), state
 
 
 _NEVER_RAISE = (list, tuple, range, str, bytes)
-"""Iterables whose iterator never raises: read without ``_read``'s guard (~10 ns an item)."""
-
-
-def _read(it: Iterator[Any], state: MapState) -> Iterator[Any]:
-    # An error of the input ends it here; it is raised once the results of the items read
-    # before it are out, as by builtins.map (they were dropped: 0-4 of 5 came out).
-    try:
-        yield from it
-    except Exception as exc:
-        state.input_error = exc
-
-
-def _then_input_error(
-    run: Generator[list[Any], None, None], state: MapState
-) -> Generator[list[Any], None, None]:
-    yield from run
-    if state.input_error is not None:
-        raise state.input_error
+"""Iterables whose iterator never raises: read without ``read_input``'s guard (~10 ns an item)."""
 
 
 def check_limit(limit: int | None) -> int | None:
@@ -152,22 +139,44 @@ def _run(
     report: Report | None,
     state: MapState,
 ) -> Generator[list[Any], None, None]:
+    # Whatever ends the map (its end, a failure, close(), Ctrl-C or SystemExit from the input,
+    # a submit or the progress callback), wherever (the first items too: 17b's B1), the work
+    # it sent and did not collect is cancelled, a retry's too, and its report closed.
+    in_flight: deque[Batch] | set[Batch] = deque() if ordered else set()
+    try:
+        yield from _lanes(executor, fn, it, total, options, chunksize, report, state, in_flight)
+    finally:
+        for batch in in_flight:
+            batch.future.cancel()
+        for future in list(state.waiting):  # a retry's (see resubmit)
+            future.cancel()
+        if report is not None:
+            report.close()
+
+
+def _lanes(
+    executor: Executor,
+    fn: Callable[..., Any],
+    it: Iterator[Any],
+    total: int | None,
+    options: Options,
+    chunksize: int | None,
+    report: Report | None,
+    state: MapState,
+    in_flight: deque[Batch] | set[Batch],
+) -> Generator[list[Any], None, None]:
     router = executor._router
     star, max_calls = state.star, state.limit
     remaining = None if total is None else total
     while True:
         first = list(itertools.islice(it, 1))
         if not first:
-            if report is not None:
-                report.close()
             return
         try:
             decision, opts = router.decide(fn, first[0] if star else (first[0],), {}, options)
             break
         except Exception as exc:  # no lane for it (a lazy import of the routing hit EMFILE)
             if not state.keep_errors or router.closed:
-                if report is not None:
-                    report.close()
                 raise
             remaining = None if remaining is None else remaining - 1
             if report is not None:
@@ -175,7 +184,6 @@ def _run(
             yield [exc]  # in its place; the next item asks again
     kind = decision.kind
     lane_width = router.processes.max_processes if kind == "process" else router.threads.max_threads
-    in_flight: deque[Batch] | set[Batch] = deque() if ordered else set()
     waiting = state.waiting
     # Calls submitted and not yet collected (or timed out on a thread and still running).
     # `limit` bounds this sum, a batch counting as its number of calls: a batch runs its
@@ -195,7 +203,9 @@ def _run(
             return None  # shut down: the item keeps the outcome of the run it had
         except Exception as exc:
             return failed(fn, [item], kind, exc).future
-        waiting.add(future)  # cancel() cancels it too
+        # cancel() cancels it too; it leaves `waiting` once read (retry_killed's `read`): a
+        # finished future left there would wake every later wait at once (17b's B6).
+        waiting.add(future)
         if state.cancelled_now():
             future.cancel()
         return future
@@ -212,7 +222,10 @@ def _run(
         # (a busy machine: the kill was then not seen and the map failed, not retried).
         before = crashes["crashes"]
         try:
-            future, task = router.submit_task(fn, calls, decision, opts.timeout, batch=True)
+            future, task = router.submit_task(
+                fn, calls, decision, opts.timeout, batch=True, stops=not state.keep_errors
+            )
+            waiting.add(future)  # at once: the map's cleanup cancels it whatever comes next
         except Exception as exc:  # a resource error (EMFILE, EAGAIN, MemoryError...): it
             if router.closed:  # fails these items, in their place (or raised in turn); shut
                 exhausted = closed = True  # down under a running map: what runs ends and is
@@ -220,6 +233,7 @@ def _run(
             task = failed(fn, calls, kind, exc)
             future = task.future
         if len(items) > 1 and unpicklable(future):
+            waiting.discard(future)
             for item in items:  # one item that cannot pickle fails alone (13f's F3)
                 submit([item])
             return
@@ -257,110 +271,110 @@ def _run(
             submit([item])
     window = lane_width * 2 if kind == "process" else lane_width
     oom_cap = MAX_BATCH  # tasks in flight at most: halved by each item killed by SIGKILL
-    try:
-        while in_flight or not exhausted:
-            if probing:
-                concurrent.futures.wait({*waiting, state.bell}, return_when="FIRST_COMPLETED")
-                if state.cancelled:  # cancel() rang: running thread calls are not waited for
-                    raise concurrent.futures.CancelledError()
-                if fastest(in_flight) < PROBE_TRUST_SECONDS:
-                    # Cheap calls: one time can mislead (the first call warms up; on a busy
-                    # machine it counts time spent waiting for a CPU) and would send the rest
-                    # one call per task. The other probes end within moments: use them too.
-                    concurrent.futures.wait(waiting, timeout=PROBE_WAIT_SECONDS)
-                per_call = typical(in_flight)  # not the fastest: one quick call misleads
-                size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
-                probing = False
-                if size > 1:
-                    window = max(lane_width * 2, 4) if kind == "process" else 4
-            # Calls far cheaper than a hand-off gain nothing from another thread (they hold
-            # the GIL or are done before it switches): run them here, in batches, once the
-            # work in flight is in. An explicit kind="thread" keeps its lane. Checked again
-            # as estimates improve: the first call pays for warm-up, and on a busy machine
-            # its wall time counts the time it waited for a CPU.
-            inline = (
-                kind == "thread"
-                and adaptive
-                and not left_inline
-                and not decision.explicit
-                and per_call < TINY_CALL_SECONDS
-                and not is_async_callable(fn)
-            )
-            while (
-                not exhausted
-                and not inline
-                and len(in_flight) < min(window, oom_cap)
-                and slots.fit(size)
-            ):
-                items = list(itertools.islice(it, size))
-                if not items:
-                    exhausted = True
-                    break
-                submit(items)
-            if not in_flight:
-                if slots.late and not exhausted and not inline:
-                    slots.wait_late(state)  # calls that timed out on threads hold the limit
-                    continue
-                if inline and not exhausted:
-                    # Not capped by a limit: here one call runs at a time (13f's F6).
-                    most = _batch_size(per_call, kind, remaining, lane_width)
-                    slow = yield from run_inline(
-                        executor, fn, it, most, report, state, 4 * TINY_CALL_SECONDS
-                    )
-                    if slow is not None:  # the calls grew slow: back to the lane (13f's F2)
-                        (per_call, left), left_inline = slow, True
-                        it = itertools.chain(left, it)  # the batch's calls not run go first
-                        size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
-                        continue
+    while in_flight or not exhausted:
+        if probing:
+            concurrent.futures.wait({*waiting, state.bell}, return_when="FIRST_COMPLETED")
+            if state.cancelled:  # cancel() rang: running thread calls are not waited for
+                raise concurrent.futures.CancelledError()
+            if fastest(in_flight) < PROBE_TRUST_SECONDS:
+                # Cheap calls: one time can mislead (the first call warms up; on a busy
+                # machine it counts time spent waiting for a CPU) and would send the rest
+                # one call per task. The other probes end within moments: use them too.
+                concurrent.futures.wait(waiting, timeout=PROBE_WAIT_SECONDS)
+            per_call = typical(in_flight)  # not the fastest: one quick call misleads
+            size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
+            probing = False
+            if size > 1:
+                window = max(lane_width * 2, 4) if kind == "process" else 4
+        # Calls far cheaper than a hand-off gain nothing from another thread (they hold
+        # the GIL or are done before it switches): run them here, in batches, once the
+        # work in flight is in. An explicit kind="thread" keeps its lane. Checked again
+        # as estimates improve: the first call pays for warm-up, and on a busy machine
+        # its wall time counts the time it waited for a CPU.
+        inline = (
+            kind == "thread"
+            and adaptive
+            and not left_inline
+            and not decision.explicit
+            and per_call < TINY_CALL_SECONDS
+            and not is_async_callable(fn)
+        )
+        while (
+            not exhausted
+            and not inline
+            and len(in_flight) < min(window, oom_cap)
+            and slots.fit(size)
+        ):
+            items = list(itertools.islice(it, size))
+            if not items:
+                exhausted = True
                 break
-            if isinstance(in_flight, deque):
-                batch = in_flight.popleft()
-            else:
-                done = concurrent.futures.wait(
-                    {*waiting, state.bell}, return_when="FIRST_COMPLETED"
-                ).done
-                if state.cancelled:
-                    raise concurrent.futures.CancelledError()
-                batch = next(b for b in in_flight if b.future in done)
-                in_flight.remove(batch)
-                del done
-            outcomes = batch_outcomes(batch, state)
-            waiting.discard(batch.future)  # (after: a cancel() meanwhile cancels it too)
-            slots.give_back(batch.future, batch.size)
-            killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
-            if killed and any(map(oom_killed, outcomes)):
-                oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
-                # A batch of several was split by the lane as its worker died: the item that
-                # was running then ran twice already, those after it only in the split.
-                after = getattr(batch.task, "split_at", -1) + 1
-                if after < len(outcomes) and any(map(oom_killed, outcomes[after:])):
-                    concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
-                    outcomes = retry_killed(outcomes, batch.task.items, resubmit, after)
-            if adaptive and batch.size:
-                # Refine the estimate: a fall counts in full (first calls pay for warm-up:
-                # imports, caches), a rise by half (calls may grow costly, or one was unlucky).
-                seen = batch.task.elapsed / batch.size
-                per_call = seen if seen < per_call else (per_call + seen) / 2
-                size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
-                if size > 1 and kind == "thread":
-                    window = 4
-            if report is not None and not state.cancelled:  # a cancelled map reports no more
-                report.update(len(outcomes), batch.future.kind)
-            values, error = split_outcomes(outcomes, keep_errors=state.keep_errors)
-            # Suspended at the yield, this frame must hold neither the values (handed to the
-            # consumer, who lets each go once consumed) nor the batch and its future.
-            box = [values]
-            del values, outcomes, batch
-            yield box.pop()
-            if error is not None:
-                raise error
-        if closed:  # the rest was never submitted
-            raise ended(router, state)
-    finally:
-        for batch in in_flight:
-            batch.future.cancel()
-        if report is not None:
-            report.close()
+            submit(items)
+        if not in_flight:
+            if slots.late and not exhausted and not inline:
+                slots.wait_late(state)  # calls that timed out on threads hold the limit
+                continue
+            if inline and not exhausted:
+                # Not capped by a limit: here one call runs at a time (13f's F6).
+                most = _batch_size(per_call, kind, remaining, lane_width)
+                slow = yield from run_inline(
+                    executor, fn, it, most, report, state, 4 * TINY_CALL_SECONDS
+                )
+                if slow is not None:  # the calls grew slow: back to the lane (13f's F2)
+                    (per_call, left), left_inline = slow, True
+                    it = itertools.chain(left, it)  # the batch's calls not run go first
+                    size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
+                    continue
+            break
+        if isinstance(in_flight, deque):
+            batch = in_flight.popleft()
+        else:
+            # The batches' own futures, not `waiting` (which holds a retry's or a limit's
+            # wait too): whatever wakes this wait is a batch found below (17b's B6).
+            by_future = {b.future: b for b in in_flight}
+            done = concurrent.futures.wait(
+                {*by_future, state.bell}, return_when="FIRST_COMPLETED"
+            ).done
+            if state.cancelled:
+                raise concurrent.futures.CancelledError()
+            batch = found_batch(by_future, done)
+            in_flight.remove(batch)
+            del done, by_future
+        outcomes = batch_outcomes(batch, state)
+        waiting.discard(batch.future)  # (after: a cancel() meanwhile cancels it too)
+        slots.give_back(batch.future, batch.size)
+        killed = batch.crashes != crashes["crashes"] and batch.future.kind == "process"
+        if killed and any(map(oom_killed, outcomes)):
+            oom_cap = max(1, min(oom_cap, lane_width, len(in_flight) + 1) // 2)
+            # A batch of several was split by the lane as its worker died: the item that
+            # was running then ran twice already, those after it only in the split.
+            after = getattr(batch.task, "split_at", -1) + 1
+            if after < len(outcomes) and any(map(oom_killed, outcomes[after:])):
+                concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
+                outcomes = retry_killed(
+                    outcomes, batch.task.items, resubmit, after, waiting.discard
+                )
+        if adaptive and batch.size:
+            # Refine the estimate: a fall counts in full (first calls pay for warm-up:
+            # imports, caches), a rise by half (calls may grow costly, or one was unlucky).
+            seen = batch.task.elapsed / batch.size
+            per_call = seen if seen < per_call else (per_call + seen) / 2
+            size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
+            if size > 1 and kind == "thread":
+                window = 4
+        if report is not None and not state.cancelled:  # a cancelled map reports no more
+            report.update(len(outcomes), batch.future.kind)
+        values, error = split_outcomes(outcomes, keep_errors=state.keep_errors)
+        # Suspended at the yield, this frame must hold neither the values (handed to the
+        # consumer, who lets each go once consumed) nor the batch and its future.
+        box = [values]
+        del values, outcomes, batch
+        yield box.pop()
+        if error is not None:
+            state.item_error = error  # (MapIterator.collect: an item's own StopIteration)
+            raise error
+    if closed:  # the rest was never submitted
+        raise ended(router, state)
 
 
 _NO_KWARGS: dict[str, Any] = {}  # shared: calls unpack it with **, never mutate it

@@ -301,6 +301,7 @@ class Router:
         timeout: float | None,
         *,
         batch: bool,
+        stops: bool = True,
         future: Future[Any] | None = None,
         context: contextvars.Context | None = None,
     ) -> tuple[Future[Any], Task]:
@@ -322,7 +323,7 @@ class Router:
         if is_async_callable(fn):
             fn = functools.partial(run_coroutine, fn)
         fn = fn if decision.max_memory is None else MemoryLimited(fn, decision.max_memory)
-        task = Task(fn, items, future, batch=batch, timeout=timeout)
+        task = Task(fn, items, future, batch=batch, timeout=timeout, stops=stops)
         remote = self.remote  # distributed backend (issue 7): process work, or all, goes there
         if remote is not None and probe is None and remote.takes(kind):
             try:

@@ -1,9 +1,11 @@
 """The unit of work that lanes run: one call, or a batch of calls of the same function.
 
 A batch resolves its single future to a list of ``Outcome`` pairs so that one failing item never
-hides the others. A task for a thread carries a copy of its submitter's ``contextvars`` context
-and runs in it. A single call is kept as its ``args`` and ``kwargs`` (no list of items made for
-it: a storm of submits makes fewer objects for the garbage collector to walk).
+hides the others; one that ``stops`` (a map without ``return_exceptions``, an ``Executor.map``
+chunk) runs no item after its first failure. A task for a thread carries a copy of its
+submitter's ``contextvars`` context and runs in it. A single call is kept as its ``args`` and
+``kwargs`` (no list of items made for it: a storm of submits makes fewer objects for the
+garbage collector to walk).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import loaded
 from ._waits import acquire_long
 
 if TYPE_CHECKING:
@@ -57,6 +60,7 @@ class Task:
         "route",
         "size",
         "split_at",
+        "stops",
         "timeout",
         "wire",
     )
@@ -72,6 +76,7 @@ class Task:
         *,
         batch: bool = False,
         timeout: float | None = None,
+        stops: bool = False,
     ) -> None:
         self.fn = fn
         # One call given as its (args, kwargs) pair is kept as both (no list, no pair: a storm
@@ -86,6 +91,9 @@ class Task:
             self.args, self.kwargs = items[0] if items else ((), _NO_KWARGS)  # a batch: its first
         self.future = future
         self.batch = batch
+        # A batch that stops at its first failed item (a map without return_exceptions, an
+        # Executor.map chunk, as the standard library's _process_chunk): see run_items.
+        self.stops = stops
         self.timeout = timeout
         self.deadline: float | None = None
         self.payload: bytes | None = None  # pickled call, for the process lane
@@ -135,7 +143,7 @@ class Task:
                     return False, exc
             if context is not None:  # each item sees what the previous ones set, as in a loop
                 fn = functools.partial(context.run, fn)
-            return True, run_items(fn, self.items)
+            return True, run_items(fn, self.items, self.stops)
         finally:
             self.elapsed = time.perf_counter() - started
 
@@ -152,16 +160,38 @@ class Task:
         self.route = None
 
 
-def run_items(fn: Callable[..., Any], items: Items) -> list[Outcome]:
-    """Run each item, capturing its result or exception."""
+def run_items(fn: Callable[..., Any], items: Items, stops: bool = False) -> list[Outcome]:
+    """Run each item, capturing its result or exception.
+
+    With ``stops``, the first failed item ends the batch: the items after it do not run, and
+    their outcomes are ``not_run`` failures (one outcome per item all the same: a lane or a
+    map that reads a batch's outcomes by position needs them all). An item whose exception
+    ends its map whatever (``ends_map``: Ctrl-C, ``SystemExit``) ends the batch all the same.
+    """
     outcomes: list[Outcome] = []
     append = outcomes.append
-    for args, kwargs in items:
+    for args, kwargs in items:  # (no enumerate: tiny calls come by the ten thousand)
         try:
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit in one item must not lose the batch
             append((False, exc))
+            if stops or ends_map(exc):  # the map raises it: the rest would run for nothing
+                outcomes += [(False, not_run()) for _ in range(len(items) - len(outcomes))]
+                break
     return outcomes
+
+
+def ends_map(exc: BaseException) -> bool:
+    """Whether an item's ``exc`` ends a map even with ``return_exceptions=True``."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    asyncio = loaded("asyncio")  # not imported (or not yet): nothing raised its cancellation
+    return asyncio is not None and isinstance(exc, asyncio.CancelledError)
+
+
+def not_run() -> concurrent.futures.CancelledError:
+    """The failure of an item that did not run: an earlier item of its batch failed."""
+    return concurrent.futures.CancelledError("not run: an earlier item of its batch failed")
 
 
 def _released(*args: Any, **kwargs: Any) -> Any:

@@ -232,9 +232,6 @@ def _take(pending: collections.deque[tuple[Future[Any], bool]], timeout: float |
     return value
 
 
-_PEP_479 = "generator raised StopIteration"
-
-
 class MapIterator(Iterator[R]):
     """The results of ``imap``: an iterator that can also cancel the work in flight."""
 
@@ -263,8 +260,9 @@ class MapIterator(Iterator[R]):
         except RuntimeError as exc:
             # A call's StopIteration, raised again in the run (a generator), became this
             # (PEP 479); here nothing iterates: the call's own exception, as result() raises.
+            # Only an item's: any other stays this RuntimeError (17b's B6).
             cause = exc.__cause__
-            if isinstance(cause, StopIteration) and exc.args == (_PEP_479,):
+            if cause is self._state.item_error and isinstance(cause, StopIteration):
                 raise cause from None
             raise
         return out

@@ -30,6 +30,7 @@ from .._exceptions import SerializationError, TaskTimeoutError
 from .._futures import Items, Outcome, Task
 from .._lazy import loaded
 from .._serialize import dumps, dumps_callable, loads, pack_exception, unpack_exception
+from .._task import ends_map, not_run
 from .._threads import interrupt_thread
 
 LARGE_BYTES = 1 << 20
@@ -90,7 +91,9 @@ def encode(task: Task, items: Items) -> bytes:
     Raises:
         SerializationError: the callable or an argument cannot be pickled.
     """
-    return dumps((dumps_callable(task.fn), items, task.batch))
+    # A batch that stops at its first failed item (Task.stops) goes as -1 (run_call).
+    batch = -1 if task.batch and task.stops else task.batch
+    return dumps((dumps_callable(task.fn), items, batch))
 
 
 def outcomes_to_future(task: Task, outcomes: list[Outcome]) -> None:
@@ -164,7 +167,7 @@ def run_call(
         One ``(True, value)`` or ``(False, packed_exception)`` per item.
     """
     try:
-        fn_bytes, items, _batch = loads(payload)
+        fn_bytes, items, batch = loads(payload)
         fn = loads(fn_bytes)
         if shared:
             items = [
@@ -196,6 +199,10 @@ def run_call(
                     raise
                 except BaseException as exc:  # SystemExit in a task ends the task only
                     outcomes.append((False, pack_exception(exc)))
+                    if batch == -1 or ends_map(exc):  # the rest would run for nothing (B3)
+                        error = pack_exception(not_run())
+                        outcomes += [(False, error)] * (len(items) - len(outcomes))
+                        break
         except Interrupted:
             outcomes = [(False, pack_exception(Interrupted("cancelled or timed out")))]
     finally:

@@ -186,12 +186,13 @@ _numbers = itertools.count(1)
 def number_batch(task: Task) -> bool | int:
     """``batch`` for a call's message: a batch of several items gets a number, ``task.mark``.
 
-    Its worker records the batch's items under it as they end (``_ring.py``).
+    Its worker records the batch's items under it as they end (``_ring.py``). The number is
+    sent negated for a batch that stops at its first failed item (``Task.stops``).
     """
     if not task.batch or len(task.items) < 2:
         return task.batch
     task.mark = number = next(_numbers)
-    return number
+    return -number if task.stops else number
 
 
 def split_reply(data: bytes) -> tuple[int, memoryview]:

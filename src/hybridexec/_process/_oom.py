@@ -29,6 +29,7 @@ def retry_killed(
     items: Items,
     submit: Callable[[Any], Future[Any] | None],
     first: int = 0,
+    read: Callable[[Future[Any]], object] | None = None,
 ) -> list[Outcome]:
     """Run each item of ``items`` from ``first`` on whose outcome is ``oom_killed`` once more.
 
@@ -36,7 +37,8 @@ def retry_killed(
     executor shut down; the item keeps the outcome of the run it had). Items before ``first``
     ran twice already (a batch the lane split as its worker died: ``split_at``). Returns the
     outcomes with the retried items' new ones in their places: a value, or the failure of the
-    second run.
+    second run. ``read(future)`` is called once a retry's outcome is in its place: the map
+    lets go of it there, so no finished retry stays among the futures it waits on.
 
     Raises:
         concurrent.futures.CancelledError: a retry was cancelled (the map or the executor
@@ -54,4 +56,7 @@ def retry_killed(
                 raise
             except Exception as exc:  # the retry failed as a whole
                 outcomes[index] = (False, exc)
+            # Not on a BaseException (Ctrl-C in the wait): the map's cleanup cancels it then.
+            if read is not None:
+                read(future)
     return outcomes

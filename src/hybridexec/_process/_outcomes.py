@@ -16,9 +16,16 @@ from .. import _faults
 from .._exceptions import SerializationError
 from .._serialize import PROTOCOL, MainByValue, dumps, dumps_by_value, loads, pack_exception
 from .._shm import dumps_reply
+from .._task import ends_map as ends_map  # (for _worker)
+from .._task import not_run as task_not_run
 
 PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 """Result types sent as they are (nothing in them can fail to unpickle)."""
+
+
+def not_run(count: int) -> list[tuple[bool, Any]]:
+    """The outcomes of the ``count`` items after the failed one of a batch that stops there."""
+    return [(False, pack_exception(task_not_run()))] * count  # (one pickle, memoized)
 
 
 def alone(value: Any) -> Any:

@@ -8,7 +8,8 @@ without a reply is the one that was running; the ones behind it never started.
 The messages are defined here, with the child, so that a worker loads only what it needs::
 
     parent -> worker   a call: ``(fn_bytes, items, batch)`` pickled, one frame per call
-                       (``batch``: a bool or a batch's number); ``STOP`` (empty): exit
+                       (``batch``: a bool or a batch's number, negated: it stops at its
+                       first failed item); ``STOP`` (empty): exit
     worker -> parent   a reply: ``(outcomes, elapsed, cpu, rss)`` pickled, one frame per call
     parent -> worker   a group: ``[fn_bytes per call, args per call]`` pickled, in one frame
     worker -> parent   its replies: flagged frames, each a 4-byte count of the calls it answers
@@ -35,7 +36,7 @@ from .._serialize import adopt, dumps_callable, loads, pack_exception
 from .._shm import note_lent, sweep_while_idle
 from ._child import enter_child, flush_log_queues, resident_memory, unpickle
 from ._frames import FrameReader, write_frame
-from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, set_apart
+from ._outcomes import PLAIN, alone, encode_group_reply, encode_reply, ends_map, not_run, set_apart
 from ._ring import Ring
 from ._threadlimits import apply_thread_limits
 
@@ -81,8 +82,7 @@ class Initializer:
     __slots__ = ("args", "fn")
 
     def __init__(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
+        self.fn, self.args = fn, args
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_load_initializer, (dumps_callable(self.fn), self.args))
@@ -356,8 +356,7 @@ def _run(
         return [(False, pack_exception(err))], 0.0, 0.0
     finally:
         _exit_if_forked()  # an argument's unpickling forked: the call is not run twice
-    fn = entry[0]
-    last = entry[1]
+    fn, last = entry[0], entry[1]
     clock = last is None or last >= CPU_CLOCK_MIN
     started = mark = time.perf_counter()
     cpu_started = time.process_time() if clock else 0.0
@@ -369,7 +368,7 @@ def _run(
     # the ring, or ahead on the pipe if not (every FLUSH_SECONDS with no ring; count | AHEAD).
     ring = _attached_ring() if type(batch) is int and last_index > 0 else None
     if ring is not None:
-        ring.begin(batch)
+        ring.begin(abs(batch))  # negative: the batch stops at its first failure (_group.py)
     for index, (args, kwargs) in enumerate(items):
         try:
             if _faults.ACTIVE:
@@ -377,7 +376,9 @@ def _run(
             append((True, fn(*args, **kwargs)))
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task end the task only
             append((False, pack_exception(exc)))
-        if _in_forked_child or index == last_index:
+            if type(batch) is int and (batch < 0 or ends_map(exc)):  # the rest: for nothing
+                outcomes += not_run(last_index - index)  # (and end the loop, just below)
+        if _in_forked_child or len(outcomes) > last_index:
             break
         if ring is not None:
             if ring.record_outcome(outcomes[-1]):
@@ -395,6 +396,5 @@ def _run(
         sent, mark = len(outcomes), time.perf_counter()
     elapsed = time.perf_counter() - started
     entry[1] = elapsed / len(items) if items else 0.0
-    if sent:
-        outcomes = outcomes[sent:]
+    outcomes = outcomes[sent:] if sent else outcomes
     return outcomes, elapsed, (time.process_time() - cpu_started) if clock else elapsed

@@ -224,6 +224,13 @@ class TimedTask(Task):
         self.classifier = classifier
         self.probe = probe
 
+    @classmethod
+    def like(cls, task: Task, classifier: Classifier, probe: Probe | None) -> TimedTask:
+        """``task`` (its calls, future and ``batch``, ``stops``) timed for ``classifier``."""
+        timed = cls(task.fn, task.items, task.future, classifier, probe, batch=task.batch)
+        timed.stops = task.stops
+        return timed
+
     def call(self) -> Outcome:
         """Run the calls here, report the figures, and return how they ended."""
         cpu_started = time.thread_time()
