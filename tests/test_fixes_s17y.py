@@ -1,0 +1,138 @@
+"""Round 17's fixes (fixer y): Ctrl-C at exit, maps under a shutdown, waits in a timed-out task.
+
+17b's B7, B4 and B2 were each one face of a class: every way work of the default executor can
+still be running when Ctrl-C ends the program (B7); every view of ``Executor.map`` that submits
+while it yields (B4); every wait on a hybridexec future inside a thread task that times out
+(B2). These cover the faces the tester did not try; each scenario that needs a fresh
+interpreter runs as a script in a session of its own, killed at the end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .scenario import kill_session, start_script
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (dead, or a zombie not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+# ---- B7: Ctrl-C ends the program while the default executor's calls run ---------------------
+
+_CTRL_C_WITH_DEFAULT_WORK_RUNNING = """
+import asyncio, os, signal, sys, threading, time
+import hybridexec as hx
+
+def forever(i):
+    with open(f"pid-{i}.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(f"pid-{i}.tmp", f"pid-{i}")
+    while True:
+        time.sleep(1)
+
+async def forever_async():
+    await asyncio.sleep(600)
+
+KEPT = []
+
+def started(n):
+    while sum(f.startswith("pid-") and not f.endswith(".tmp") for f in os.listdir(".")) < n:
+        time.sleep(0.01)
+
+def main(how):
+    if how == "submit":
+        KEPT.append(hx.default_executor().options(kind="process").submit(forever, 0))
+        KEPT.append(hx.default_executor().options(kind="thread").submit(time.sleep, 600))
+        KEPT.append(hx.default_executor().submit(forever_async))
+        started(1)
+    elif how == "imap-kept":  # the iterator outlives the frame: the map never cancels itself
+        KEPT.append(hx.imap(forever, range(2), kind="process", chunksize=1))
+        threading.Thread(target=lambda: next(KEPT[0], None), daemon=True).start()
+        started(2)
+    else:  # hx.map, Ctrl-C uncaught while it waits
+        threading.Thread(target=lambda: (started(2), os.kill(os.getpid(), signal.SIGINT))).start()
+        hx.map(forever, range(2), kind="process", chunksize=1)
+    print("pids", *sorted(open(f).read() for f in os.listdir(".") if f.startswith("pid-")),
+          flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("how", ["submit", "imap-kept", "map"])
+def test_ctrl_c_with_the_default_executors_work_running_kills_it_and_exits_130(
+    tmp_path: Path, how: str
+) -> None:
+    """B7, widened: whatever put the default executor's work in flight (``submit`` of process,
+    thread and ``async def`` work; an ``imap`` kept alive elsewhere, which never cancels its
+    calls; ``hx.map`` stopped by the Ctrl-C), a Ctrl-C that ends the program waits for none of
+    it: exit status 130 within seconds, and the workers that ran the calls are gone."""
+    proc = start_script(tmp_path, _CTRL_C_WITH_DEFAULT_WORK_RUNNING, how)
+    try:
+        if how == "map":  # the map's own cleanup kills its calls; exit must not wait either
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(list(tmp_path.glob("pid-?"))) < 2:
+                time.sleep(0.02)
+            pids = [int(p.read_text()) for p in tmp_path.glob("pid-?")]
+        else:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("pids"), line + (proc.stderr.read() if proc.stderr else "")
+            pids = [int(p) for p in line.split()[1:]]
+        assert pids
+        try:
+            status: int | None = proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            status = None
+        assert status is not None, "still exiting 8 s after Ctrl-C: it waits for the calls"
+        assert status in (130, -2), status
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+            time.sleep(0.05)
+        assert all(_gone(p) for p in pids), f"a worker outlived the program: {pids}"
+    finally:
+        kill_session(proc)
+        proc.communicate()
+
+
+def test_a_normal_exit_still_waits_for_the_default_executors_running_work(
+    tmp_path: Path,
+) -> None:
+    """B7's fix is for Ctrl-C only: a program that simply ends still waits for the default
+    executor's running process call (as the standard library's pools do)."""
+    body = """
+import os, time
+import hybridexec as hx
+
+def nap(seconds):
+    open("started", "w").close()
+    time.sleep(seconds)
+    open("ended", "w").close()
+
+if __name__ == "__main__":
+    hx.default_executor().options(kind="process").submit(nap, 1.0)
+    while not os.path.exists("started"):
+        time.sleep(0.01)
+"""
+    proc = start_script(tmp_path, body)
+    try:
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-2000:]
+        assert (tmp_path / "ended").exists()
+    finally:
+        kill_session(proc)
