@@ -9,11 +9,16 @@ interpreter runs as a script in a session of its own, killed at the end.
 
 from __future__ import annotations
 
+import concurrent.futures
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+import hybridexec as hx
 
 from .scenario import kill_session, start_script
 
@@ -136,3 +141,75 @@ if __name__ == "__main__":
         assert (tmp_path / "ended").exists()
     finally:
         kill_session(proc)
+
+
+# ---- B4: Executor.map under a shutdown from another thread -----------------------------------
+
+
+class _Subclass(hx.Executor):
+    """An executor whose ``submit`` is overridden: ``map`` sends every call through it."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> hx.Future[Any]:
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("view", "cancel"),
+    [
+        ("limit", False),
+        ("buffersize", False),
+        ("chunks-limit", False),
+        ("chunks-buffersize", False),
+        ("subclass-buffersize", False),
+        ("subclass-limit", False),
+        ("limit", True),
+        ("buffersize", True),
+    ],
+)
+def test_executor_map_under_a_shutdown_hands_out_every_call_that_ran(
+    view: str, cancel: bool
+) -> None:
+    """B4, widened: every ``Executor.map`` that submits while it yields (``limit=``,
+    ``buffersize=``, with chunks, through a subclass's ``submit``) hands out the result of each
+    call that ran before it raises for the rest: ``RuntimeError`` after a plain shutdown,
+    ``CancelledError`` after ``shutdown(cancel_futures=True)``; nothing ran that was not
+    handed out, and nothing queued was cancelled by the map itself."""
+    ex = (_Subclass if view.startswith("subclass") else hx.Executor)(max_threads=8)
+    ran: list[int] = []
+    got: list[int] = []
+    errors: list[BaseException] = []
+    third, shut = threading.Event(), threading.Event()
+
+    def call(i: int) -> int:
+        ran.append(i)
+        time.sleep(0.02)
+        return i
+
+    def consume() -> None:
+        size = {"chunksize": 2} if view.startswith("chunks") else {}
+        bound = {"limit": 4} if view.endswith("limit") else {"buffersize": 4}
+        try:
+            for value in ex.options(kind="thread").map(call, range(200), **size, **bound):
+                got.append(value)
+                if len(got) == 3:  # calls are in flight: the shutdown comes now
+                    third.set()
+                    shut.wait(30)
+        except BaseException as exc:  # what ended the map is the point
+            errors.append(exc)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    try:
+        assert third.wait(30)
+        ex.shutdown(cancel_futures=cancel)
+    finally:
+        shut.set()
+        consumer.join(30)
+        ex.shutdown()
+    assert not consumer.is_alive()
+    expected = concurrent.futures.CancelledError if cancel else RuntimeError
+    assert len(errors) == 1, (errors, got)
+    assert type(errors[0]) is expected, (errors, got)
+    assert got == list(range(len(got))), got
+    assert sorted(ran) == got, f"ran {sorted(ran)}, handed out {got}"
+    assert len(got) > 3
