@@ -10,6 +10,7 @@ interpreter runs as a script in a session of its own, killed at the end.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import threading
 import time
@@ -20,7 +21,7 @@ import pytest
 
 import hybridexec as hx
 
-from .scenario import kill_session, start_script
+from .scenario import kill_session, run_script, start_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -213,3 +214,100 @@ def test_executor_map_under_a_shutdown_hands_out_every_call_that_ran(
     assert got == list(range(len(got))), got
     assert sorted(ran) == got, f"ran {sorted(ran)}, handed out {got}"
     assert len(got) > 3
+
+
+# ---- B2: waits on hybridexec's futures inside a thread task that times out -------------------
+
+_WAIT_IN_A_THREAD_TASK_THAT_TIMES_OUT = """
+import json, os, sys, threading, time
+import hybridexec as hx
+
+def nap(i):
+    with open(f"pid-{i}.tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(f"pid-{i}.tmp", f"pid-{i}")
+    time.sleep(30)
+    return i
+
+def wait_in(how, ex):
+    procs = ex.options(kind="process")
+    if how == "result":
+        procs.submit(nap, 0).result()
+    elif how == "result-timeout":
+        procs.submit(nap, 0).result(timeout=60)
+    elif how == "exception":
+        procs.submit(nap, 0).exception()
+    elif how == "map":
+        hx.map(nap, range(2), kind="process", chunksize=1, executor=ex)
+    elif how == "map-unordered":
+        hx.map(nap, range(2), kind="process", chunksize=1, ordered=False, executor=ex)
+    elif how == "imap":
+        for _ in hx.imap(nap, range(2), kind="process", chunksize=1, executor=ex):
+            pass
+    elif how == "executor-map":
+        list(procs.map(nap, range(2)))
+    elif how == "executor-map-limit":
+        list(procs.map(nap, range(2), limit=2))
+
+if __name__ == "__main__":
+    how = sys.argv[1]
+    ex = hx.Executor(max_processes=2, max_threads=4)
+    record, ended = {}, threading.Event()
+    start = time.monotonic()
+
+    def task():
+        try:
+            wait_in(how, ex)
+        except BaseException as exc:
+            record.update(error=type(exc).__name__, after=time.monotonic() - start)
+            ended.set()
+            raise
+
+    fut = ex.options(kind="thread", timeout=1.0).submit(task)
+    try:
+        fut.result()
+    except hx.TaskTimeoutError:
+        record["timed_out"] = time.monotonic() - start
+    ended.wait(10)
+    pids = [int(open(f).read()) for f in os.listdir(".") if f.startswith("pid-") and "." not in f]
+    print(json.dumps(dict(record, pids=pids)), flush=True)
+    print("still works", ex.options(kind="thread").submit(pow, 2, 5).result(timeout=10), flush=True)
+    ex.kill_workers()
+    os._exit(0)
+"""
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "result",
+        "result-timeout",
+        "exception",
+        "map",
+        "map-unordered",
+        "imap",
+        "executor-map",
+        "executor-map-limit",
+    ],
+)
+def test_a_wait_on_hybridexecs_futures_in_a_thread_task_is_interrupted_at_its_deadline(
+    tmp_path: Path, how: str
+) -> None:
+    """B2, widened: in a thread task that times out, whatever waits on hybridexec's futures
+    (``result()`` with or without a timeout, ``exception()``, ``hx.map`` ordered or not, an
+    ``hx.imap`` loop, ``Executor.map`` plain or with ``limit=``) is interrupted at the
+    deadline, not when the process calls it waits for end (30 s here); a map stopped that way
+    kills its running calls; the executor works on."""
+    result = run_script(tmp_path, _WAIT_IN_A_THREAD_TASK_THAT_TIMES_OUT, how, timeout=50)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout + result.stderr[-3000:]
+    record = json.loads(lines[0])
+    assert "timed_out" in record, record
+    assert record.get("error") == "TaskInterrupted", (record, result.stderr[-3000:])
+    assert record["after"] < 2.5, record  # the deadline is at 1 s
+    assert lines[1] == "still works 32", lines
+    if how.startswith(("map", "imap", "executor-map")):  # stopped early: its calls are killed
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(map(_gone, record["pids"])):
+            time.sleep(0.05)
+        assert all(map(_gone, record["pids"])), record

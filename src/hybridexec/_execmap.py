@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._futures import Future
 from ._groups import submitter
 from ._lifecycle import closed_error
-from ._waits import capped
+from ._waits import capped, wait_futures
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -172,7 +172,7 @@ def results(
                 return  # the result() that follows raises TimeoutError
             late: list[Any] = list(slots.late)
             left = None if left is None else capped(left)  # inf: looked at again each piece
-            concurrent.futures.wait([*running, *late], left, concurrent.futures.FIRST_COMPLETED)
+            wait_futures([*running, *late], left, concurrent.futures.FIRST_COMPLETED)
             fill()
 
     try:

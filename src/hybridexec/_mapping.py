@@ -44,9 +44,10 @@ from ._mapitems import (
     typical,
     unpicklable,
 )
-from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
+from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_execmap)
 from ._process import oom_killed, retry_killed
 from ._routing import Options, route_rules
+from ._waits import wait_futures
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -260,14 +261,14 @@ def _run(
     try:
         while in_flight or not exhausted:
             if probing:
-                concurrent.futures.wait({*waiting, state.bell}, return_when="FIRST_COMPLETED")
+                wait_futures({*waiting, state.bell}, return_when="FIRST_COMPLETED")
                 if state.cancelled:  # cancel() rang: running thread calls are not waited for
                     raise concurrent.futures.CancelledError()
                 if fastest(in_flight) < PROBE_TRUST_SECONDS:
                     # Cheap calls: one time can mislead (the first call warms up; on a busy
                     # machine it counts time spent waiting for a CPU) and would send the rest
                     # one call per task. The other probes end within moments: use them too.
-                    concurrent.futures.wait(waiting, timeout=PROBE_WAIT_SECONDS)
+                    wait_futures(waiting, timeout=PROBE_WAIT_SECONDS)
                 per_call = typical(in_flight)  # not the fastest: one quick call misleads
                 size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
                 probing = False
@@ -316,9 +317,7 @@ def _run(
             if isinstance(in_flight, deque):
                 batch = in_flight.popleft()
             else:
-                done = concurrent.futures.wait(
-                    {*waiting, state.bell}, return_when="FIRST_COMPLETED"
-                ).done
+                done = wait_futures({*waiting, state.bell}, return_when="FIRST_COMPLETED").done
                 if state.cancelled:
                     raise concurrent.futures.CancelledError()
                 batch = next(b for b in in_flight if b.future in done)
@@ -334,7 +333,7 @@ def _run(
                 # was running then ran twice already, those after it only in the split.
                 after = getattr(batch.task, "split_at", -1) + 1
                 if after < len(outcomes) and any(map(oom_killed, outcomes[after:])):
-                    concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
+                    wait_futures(waiting)  # the retry runs alone: the rest ends first
                     outcomes = retry_killed(outcomes, batch.task.items, resubmit, after)
             if adaptive and batch.size:
                 # Refine the estimate: a fall counts in full (first calls pay for warm-up:
