@@ -213,7 +213,8 @@ def test_executor_map_under_a_shutdown_hands_out_every_call_that_ran(
     assert type(errors[0]) is expected, (errors, got)
     assert got == list(range(len(got))), got
     assert sorted(ran) == got, f"ran {sorted(ran)}, handed out {got}"
-    assert len(got) > 3
+    if not cancel:  # the calls in flight at the shutdown ran, and were handed out
+        assert len(got) > 3, got
 
 
 # ---- B2: waits on hybridexec's futures inside a thread task that times out -------------------
