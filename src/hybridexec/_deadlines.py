@@ -26,7 +26,7 @@ from typing import Any
 from ._callbacks import serve
 from ._exceptions import TaskTimeoutError
 from ._futures import Future
-from ._waits import capped
+from ._waits import capped, enter_deadline, leave_deadline
 
 
 class TaskInterrupted(BaseException):
@@ -65,6 +65,7 @@ class Running:
         "ident",
         "interrupted",
         "lock",
+        "outer",
         "thread",
         "timeout",
         "timer",
@@ -83,11 +84,17 @@ class Running:
         self.ended: concurrent.futures.Future[None] | None = None  # see late_end()
         self.timers: Timers | None = None
         self.timer: list[Any] | None = None
+        self.outer: float | None = None  # the deadline this thread's waits had before (_waits)
 
     def arm(self, timers: Timers, deadline: float) -> None:
-        """Have ``timers`` call ``on_deadline`` at ``deadline`` unless the call ends first."""
+        """Have ``timers`` call ``on_deadline`` at ``deadline`` unless the call ends first.
+
+        Called in the task's thread: its waits on the library's futures end a piece there,
+        so that the interruption lands in them (``_waits``, 17b's B2).
+        """
         self.timers = timers
         self.timer = timers.call_at(deadline, functools.partial(on_deadline, self, timers))
+        self.outer = enter_deadline(deadline)
 
     def alive(self) -> bool:
         """Whether the task's thread still runs (an ident alone may be reused)."""
@@ -98,6 +105,8 @@ class Running:
 
         Once this returns, no interruption is pending for the thread or can come later.
         """
+        if self.timer is not None:  # armed: the thread's waits are no longer cut
+            leave_deadline(self.outer)
         while True:
             try:
                 with self.lock:
@@ -243,8 +252,9 @@ def on_deadline(running: Running, timers: Timers | None = None) -> None:
     ``Condition``'s ``__enter__`` that acquired its lock and did not return yet leaves it
     held for good: every later submit hung; 13c's C2, C3), or starting a thread (13d's D5).
     The future fails at the deadline; the interruption comes once the thread is out (tried
-    every ``UNSAFE_PAUSE`` seconds). A thread blocked in a wait (a ``result()``) is
-    interrupted there, as before.
+    every ``UNSAFE_PAUSE`` seconds). A thread blocked in a wait of the library's (a
+    ``result()`` of its futures, a map's wait) is interrupted there: those waits end a piece
+    at the deadline (``_waits``); one blocked in a foreign lock only once that returns.
     """
     with running.lock:
         future = running.future
@@ -281,11 +291,27 @@ _STDLIB = os.path.dirname(threading.__file__) + os.sep
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _THREADING = _STDLIB + "threading.py"
 _WAITS = (_THREADING, _OURS + "_waits.py")
-# Where a lock may be taken and not yet guarded (a Condition's __enter__, logging's acquire),
-# or the library's own state changes: our code, threading, logging.
-_LOCKING = (_OURS, _THREADING, _STDLIB + "logging" + os.sep)
-# Blocking waits: safe there (Thread.join waits in _wait_for_tstate_lock; 13g's G1).
-_WAITING = ("wait", "wait_for", "wait_long", "acquire_long", "join", "_wait_for_tstate_lock")
+# Where a lock may be taken and not yet guarded (a Condition's __enter__, logging's acquire,
+# concurrent.futures.wait taking its futures' locks one by one), or the library's own state
+# changes: our code, threading, logging, concurrent.futures.
+_LOCKING = (
+    _OURS,
+    _THREADING,
+    _STDLIB + "logging" + os.sep,
+    _STDLIB + "concurrent" + os.sep + "futures" + os.sep,
+)
+# Blocking waits: safe there (Thread.join waits in _wait_for_tstate_lock; 13g's G1); the
+# pieces of _waits' waits (17b's B2) hold no lock between two.
+_WAITING = (
+    "wait",
+    "wait_for",
+    "wait_long",
+    "wait_futures",
+    "_piece",
+    "acquire_long",
+    "join",
+    "_wait_for_tstate_lock",
+)
 
 
 def _unsafe(ident: int) -> bool:

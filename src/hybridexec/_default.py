@@ -1,7 +1,8 @@
 """Module-level ``map``, ``imap``, ``submit``, ``arun`` and ``amap`` on one default Executor.
 
 The default executor starts on first use. At interpreter exit (``_lifecycle``'s first phase)
-it cancels its pending work and waits for the running work; in a forked child it is forgotten,
+it cancels its pending work and waits for the running work, unless Ctrl-C ended the program
+(then the running process work is killed in the next phase); in a forked child it is forgotten,
 so the child's first call starts a default executor of its own.
 """
 
@@ -55,7 +56,8 @@ def shutdown_default() -> None:
 
     At interpreter exit the running work is awaited, except that the measured first call of a
     function (a thread the user did not ask for, which cannot be killed) is awaited at most
-    ``EXIT_BOUND`` seconds, and no thread work is awaited after Ctrl-C: the user asked to stop.
+    ``EXIT_BOUND`` seconds. After Ctrl-C nothing is awaited: the user asked to stop, and the
+    process work still running is killed in the next phase.
     """
     global _default
     with _lock:
@@ -66,9 +68,12 @@ def shutdown_default() -> None:
         executor.shutdown(wait=True, cancel_futures=True)
         return
     executor.shutdown(wait=False, cancel_futures=True)
-    # After Ctrl-C no thread work is awaited (the threads are daemons); the process lane
-    # still stops in order (its workers got the SIGINT too, as the terminal's group).
-    executor._router.join_at_exit(EXIT_BOUND, threads=not _lifecycle.interrupted())
+    if _lifecycle.interrupted():
+        # Ctrl-C: nothing is awaited, as for an executor left open. The workers never got the
+        # SIGINT (process groups of their own, SIGINT ignored): the LANES phase kills the ones
+        # still running a call (``kill_live_lanes``); the lane threads are daemons.
+        return
+    executor._router.join_at_exit(EXIT_BOUND)
 
 
 def _forget_after_fork() -> None:

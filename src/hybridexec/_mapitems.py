@@ -27,6 +27,7 @@ from ._deadlines import late_end
 from ._exceptions import SerializationError
 from ._futures import Future, Items, Outcome, Task
 from ._task import ends_map
+from ._waits import wait_futures
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -88,7 +89,7 @@ def batch_outcomes(batch: Batch, state: MapState) -> list[Outcome]:
         BaseException: the task's failure, unless ``return_exceptions`` keeps it in place.
     """
     if not batch.future.done():  # cancel() rings the bell: a running batch is not waited for
-        concurrent.futures.wait((batch.future, state.bell), return_when="FIRST_COMPLETED")
+        wait_futures((batch.future, state.bell), return_when="FIRST_COMPLETED")
         if state.cancelled:
             batch.future.cancel()  # (the lane stops it if it runs)
             raise concurrent.futures.CancelledError()
@@ -153,7 +154,7 @@ class Slots:
         try:
             if not state.cancelled:  # set before the futures are cancelled: one of them wins
                 wait = [*self.late, stop]
-                concurrent.futures.wait(wait, None, concurrent.futures.FIRST_COMPLETED)
+                wait_futures(wait, None, concurrent.futures.FIRST_COMPLETED)
         finally:
             state.waiting.discard(stop)
         if state.cancelled:

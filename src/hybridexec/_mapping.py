@@ -47,9 +47,10 @@ from ._mapitems import (
     typical,
     unpicklable,
 )
-from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_views)
+from ._mapitems import split_outcomes as split_outcomes  # for Executor.map (_execmap)
 from ._process import oom_killed, retry_killed
 from ._routing import Options, route_rules
+from ._waits import wait_futures
 
 if TYPE_CHECKING:
     from ._executor import Executor
@@ -273,14 +274,14 @@ def _lanes(
     oom_cap = MAX_BATCH  # tasks in flight at most: halved by each item killed by SIGKILL
     while in_flight or not exhausted:
         if probing:
-            concurrent.futures.wait({*waiting, state.bell}, return_when="FIRST_COMPLETED")
+            wait_futures({*waiting, state.bell}, return_when="FIRST_COMPLETED")
             if state.cancelled:  # cancel() rang: running thread calls are not waited for
                 raise concurrent.futures.CancelledError()
             if fastest(in_flight) < PROBE_TRUST_SECONDS:
                 # Cheap calls: one time can mislead (the first call warms up; on a busy
                 # machine it counts time spent waiting for a CPU) and would send the rest
                 # one call per task. The other probes end within moments: use them too.
-                concurrent.futures.wait(waiting, timeout=PROBE_WAIT_SECONDS)
+                wait_futures(waiting, timeout=PROBE_WAIT_SECONDS)
             per_call = typical(in_flight)  # not the fastest: one quick call misleads
             size = min(cap, _batch_size(per_call, kind, remaining, lane_width))
             probing = False
@@ -332,9 +333,7 @@ def _lanes(
             # The batches' own futures, not `waiting` (which holds a retry's or a limit's
             # wait too): whatever wakes this wait is a batch found below (17b's B6).
             by_future = {b.future: b for b in in_flight}
-            done = concurrent.futures.wait(
-                {*by_future, state.bell}, return_when="FIRST_COMPLETED"
-            ).done
+            done = wait_futures({*by_future, state.bell}, return_when="FIRST_COMPLETED").done
             if state.cancelled:
                 raise concurrent.futures.CancelledError()
             batch = found_batch(by_future, done)
@@ -350,7 +349,7 @@ def _lanes(
             # was running then ran twice already, those after it only in the split.
             after = getattr(batch.task, "split_at", -1) + 1
             if after < len(outcomes) and any(map(oom_killed, outcomes[after:])):
-                concurrent.futures.wait(waiting)  # the retry runs alone: the rest ends first
+                wait_futures(waiting)  # the retry runs alone: the rest ends first
                 outcomes = retry_killed(
                     outcomes, batch.task.items, resubmit, after, waiting.discard
                 )

@@ -206,16 +206,15 @@ class Router:
         for lane in (self.threads, self.cpu_threads, self.processes, self.loop):
             lane.shutdown(wait=False, cancel_futures=cancel_futures)
 
-    def join_at_exit(self, bound: float, *, threads: bool = True) -> None:
-        # At exit, after shutdown(wait=False): wait for process, loop and (``threads``) thread
-        # work; work the library chose to put on a thread at most ``bound`` seconds.
+    def join_at_exit(self, bound: float) -> None:
+        # At a normal exit (not after Ctrl-C), after shutdown(wait=False): wait for process,
+        # loop and thread work; work the library chose to put on a thread at most ``bound`` s.
         if self.generation != _lifecycle.generation():
             return
         self.processes.shutdown(wait=True)
         self.loop.shutdown(wait=True)
-        if threads:
-            bound -= self.threads.join_at_exit(bound)
-            self.cpu_threads.join_at_exit(max(0.0, bound))
+        bound -= self.threads.join_at_exit(bound)
+        self.cpu_threads.join_at_exit(max(0.0, bound))
 
     def release(self) -> None:
         # Dropped without shutdown(): the workers (and cluster) go once its queued work ran,

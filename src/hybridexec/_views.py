@@ -1,17 +1,16 @@
 """Views of an executor and of its maps.
 
-``ExecutorOptions`` (``ex.options(...)``), the iterator behind ``Executor.map``, and the
-progress report (a callback or a tqdm bar) of ``hybridexec.map(progress=...)``.
+``ExecutorOptions`` (``ex.options(...)``), the iterator of ``hybridexec.imap``, and the
+progress report (a callback or a tqdm bar) of ``hybridexec.map(progress=...)``. The iterator
+behind ``Executor.map`` is ``_execmap``'s.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import itertools
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from ._asyncio import is_async_callable
 from ._futures import Future
 from ._routing import NOT_GIVEN, NotGiven, Options, checked_options, route_rules
-from ._waits import capped
 
 if TYPE_CHECKING:  # _mapping loads with the first map
     from ._executor import Executor
@@ -93,143 +91,6 @@ def explain_call(
     import dataclasses  # Explanation is one: loaded with it
 
     return dataclasses.replace(result, slots=slots)
-
-
-def check_map_args(chunksize: int, buffersize: int | None, limit: int | None) -> None:
-    """Raise for a bad ``chunksize``, ``buffersize`` or ``limit`` of ``Executor.map``."""
-    from ._mapping import check_limit
-
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-        raise ValueError(f"chunksize must be an int of at least 1, not {chunksize!r}")
-    if buffersize is not None:
-        if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-            raise TypeError(f"buffersize must be an int or None, not {buffersize!r}")
-        if buffersize < 1:
-            raise ValueError(f"buffersize must be None or at least 1, not {buffersize}")
-    if check_limit(limit) is not None and chunksize > limit:  # type: ignore[operator]
-        # A chunk counts as its number of calls: a bigger one could never start.
-        raise ValueError(f"chunksize ({chunksize}) must not exceed limit ({limit})")
-
-
-Submitted = tuple[Future[Any], bool, int]
-"""What ``Executor.map`` submitted: the future, whether it is a batch, and how many calls."""
-
-
-def results(
-    submit_next: Callable[[], Submitted | None],
-    buffersize: int | None,
-    end_time: float | None,
-    limit: int | None = None,
-    chunk: int = 1,
-) -> Iterator[Any]:
-    """The iterator behind ``Executor.map``: results in order, ``end_time`` for them all.
-
-    ``submit_next()`` submits the next call or chunk (of at most ``chunk`` calls), or returns
-    None when the input is exhausted. Without ``buffersize`` or ``limit`` everything is
-    submitted now, as the standard library does; with ``buffersize``, at most that many chunks
-    are in flight and not yet yielded; with ``limit``, at most that many calls are submitted
-    and not finished, the next ones going out as those finish while the consumer iterates.
-    Leaving the iterator early cancels the futures not consumed. Consumed results are not
-    kept: the iterator holds only what it has not yielded yet.
-    """
-    from ._mapitems import Slots
-
-    pending: collections.deque[tuple[Future[Any], bool]] = collections.deque()
-    # With a limit: the futures not seen finished yet, and their calls (a chunk counts as its
-    # number of calls: one whose worker crashed is retried call by call, all at once); a
-    # call that timed out on a thread keeps its slot until its code returns (Slots).
-    running: dict[Future[Any], int] = {}
-    slots = Slots(limit)
-    exhausted = False
-
-    def fill() -> None:
-        nonlocal exhausted
-        for future in [f for f in running if f.done()]:
-            slots.give_back(future, running.pop(future))
-        while (
-            not exhausted
-            and (buffersize is None or len(pending) < buffersize)
-            and (limit is None or slots.fit(chunk))
-        ):
-            submitted = submit_next()
-            if submitted is None:
-                exhausted = True
-                break
-            pending.append(submitted[:2])
-            if limit is not None:
-                running[submitted[0]] = submitted[2]
-                slots.take(submitted[2])
-            del submitted  # no local for a future: it would keep its result alive
-
-    def wait_head(timeout: float | None) -> None:
-        # Under a limit, the calls behind the head go out as others finish, not only when
-        # the head is taken (a slow head would otherwise hold the whole map back).
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while running and not pending[0][0].done():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and not left > 0:  # NaN too: a deadline never met
-                return  # the result() that follows raises TimeoutError
-            late: list[Any] = list(slots.late)
-            left = None if left is None else capped(left)  # inf: looked at again each piece
-            concurrent.futures.wait([*running, *late], left, concurrent.futures.FIRST_COMPLETED)
-            fill()
-
-    try:
-        fill()
-    except BaseException:
-        for future, _ in pending:
-            future.cancel()
-        raise
-    top_up = fill if buffersize is not None or limit is not None else None
-    return _iterate(pending, running, top_up, wait_head if limit is not None else None, end_time)
-
-
-def _iterate(
-    pending: collections.deque[tuple[Future[Any], bool]],
-    running: dict[Future[Any], int],
-    fill: Callable[[], None] | None,
-    wait_head: Callable[[float | None], None] | None,
-    end_time: float | None,
-) -> Iterator[Any]:
-    # A generator apart from results() so that map() raises bad input at once and submits
-    # its work before the first next(), as the standard library does.
-    from ._mapping import split_outcomes
-
-    try:
-        while pending:
-            batch = pending[0][1]  # no local for the future: it would keep its result alive
-            timeout = None if end_time is None else end_time - time.monotonic()
-            if wait_head is not None:
-                wait_head(timeout)
-                timeout = None if end_time is None else end_time - time.monotonic()
-            # In a list popped as it is yielded: a local would keep the result alive for as
-            # long as the consumer holds this generator.
-            held = [_take(pending, timeout)]
-            if fill is not None:
-                # The next calls go out before this result is yielded; a limit's count
-                # lets go of the finished futures, this one included.
-                fill()
-            if not batch:
-                yield held.pop()
-                continue
-            values, error = split_outcomes(held.pop())
-            values.reverse()
-            while values:
-                yield values.pop()
-            if error is not None:
-                raise error
-    finally:
-        for future, _ in pending:
-            future.cancel()
-        pending.clear()
-        running.clear()
-
-
-def _take(pending: collections.deque[tuple[Future[Any], bool]], timeout: float | None) -> Any:
-    """The first pending future's result, popped so the iterator keeps no reference to it."""
-    value = pending[0][0].result(timeout)
-    pending.popleft()
-    return value
 
 
 class MapIterator(Iterator[R]):

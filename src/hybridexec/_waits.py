@@ -6,15 +6,25 @@
 wait whose length comes from a user (a task's timeout, ``idle_timeout``, ``join(timeout)``,
 ``result(timeout)``) goes through here: a loop that recomputes its sleep caps one sleep at
 ``MAX_WAIT`` (``capped``), and a one-shot wait is cut into such pieces (``wait_long``).
+
+Deadlines: a thread task with a timeout is interrupted at its deadline by an asynchronous
+exception (``_deadlines``), which CPython raises only when the thread runs bytecode again; a
+thread blocked in a lock's acquire never does. So in a thread that runs such a task, the
+library's own waits (``wait_long``, and through it a hybridexec future's ``result()`` and
+``exception()``, a join; ``wait_futures``, its maps' waits) end a piece at the deadline, then
+wait in pieces of ``DEADLINE_SLICE``: the interruption lands there (17b's B2). A wait the
+library does not make (a foreign lock, ``concurrent.futures.wait`` called by the task's code)
+is not cut: the interruption comes when it returns.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_WAIT = 1_000_000.0
@@ -26,12 +36,79 @@ def capped(seconds: float) -> float:
     return seconds if seconds <= MAX_WAIT else MAX_WAIT
 
 
+DEADLINE_SLICE = 0.01
+"""Seconds of each piece of a wait, past its thread's deadline, until the interruption lands."""
+DEADLINE_GRACE = 0.002
+"""Seconds a wait's piece lasts past the deadline: the deadline's timer interrupts meanwhile."""
+
+_deadlines: dict[int, float] = {}  # thread ident: the deadline of the task it runs (monotonic)
+
+
+def enter_deadline(deadline: float) -> float | None:
+    """Cut this thread's waits at ``deadline`` (its task's); returns what ``leave`` restores."""
+    me = threading.get_ident()
+    outer = _deadlines.get(me)  # a task with a deadline inside another one's (inline)
+    _deadlines[me] = deadline if outer is None or deadline < outer else outer
+    return outer
+
+
+def leave_deadline(outer: float | None) -> None:
+    """Undo ``enter_deadline`` in this thread: ``outer`` is what it returned."""
+    if outer is None:
+        _deadlines.pop(threading.get_ident(), None)
+    else:
+        _deadlines[threading.get_ident()] = outer
+
+
+def _piece(left: float | None) -> float | None:
+    """The next piece of a wait with ``left`` seconds to go (None: no end) in this thread."""
+    deadline = _deadlines.get(threading.get_ident()) if _deadlines else None
+    if deadline is None:
+        return left if left is None else capped(left)
+    until = deadline - time.monotonic()
+    piece = capped(until + DEADLINE_GRACE) if until > 0 else DEADLINE_SLICE
+    return piece if left is None or piece < left else left
+
+
+def wait_futures(
+    fs: Iterable[concurrent.futures.Future[Any]],
+    timeout: float | None = None,
+    return_when: str = concurrent.futures.ALL_COMPLETED,
+) -> concurrent.futures._base.DoneAndNotDoneFutures[Any]:
+    """``concurrent.futures.wait`` (``FIRST_COMPLETED`` or ``ALL_COMPLETED``) of the library.
+
+    In pieces that end at this thread's task deadline (see the module docstring), and of at
+    most ``MAX_WAIT`` seconds, so ``timeout`` may be ``inf``.
+    """
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if end is None else max(0.0, end - time.monotonic())
+        piece = _piece(left)
+        outcome = concurrent.futures.wait(fs, piece, return_when)
+        if (
+            not outcome.not_done
+            or piece == left
+            or (outcome.done and return_when != "ALL_COMPLETED")
+        ):
+            return outcome
+
+
 def wait_long(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
     """Call ``wait(seconds)`` (True once the awaited thing happened) for up to ``timeout`` s.
 
     ``timeout`` may be any non-negative number, ``inf`` included (no limit, as None); a
-    longer one is waited in pieces of ``MAX_WAIT``.
+    longer one is waited in pieces of ``MAX_WAIT``, and in a thread whose task has a deadline,
+    in pieces that end there (see the module docstring).
     """
+    if _deadlines and threading.get_ident() in _deadlines and timeout == timeout:  # not NaN
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            piece = _piece(left)
+            if wait(piece):
+                return True
+            if piece == left:  # the last piece, and it timed out
+                return False
     if timeout is None or not timeout > MAX_WAIT:  # NaN too: the wait says what it makes of it
         return wait(timeout)
     deadline = time.monotonic() + timeout  # inf stays inf
