@@ -307,6 +307,7 @@ _WAITING = (
     "wait_for",
     "wait_long",
     "wait_futures",
+    "piece",  # (wait_futures' piece)
     "_piece",
     "acquire_long",
     "join",

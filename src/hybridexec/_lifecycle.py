@@ -127,7 +127,7 @@ def on_exit(phase: int, hook: Callable[[], None]) -> None:
             # children as it ends, before atexit (which a forked one never runs): the hooks
             # must stop our workers first, or it waits for them for ever. Registered in each
             # such process: a child forked from a parent that registered (or from a fork
-            # server, a copy of it) does not inherit the parent's finalizers.
+            # server) does not inherit the parent's finalizers.
             multiprocessing.util.Finalize(None, run_exit_hooks, exitpriority=100)
 
 

@@ -77,20 +77,18 @@ def wait_futures(
 ) -> concurrent.futures._base.DoneAndNotDoneFutures[Any]:
     """``concurrent.futures.wait`` (``FIRST_COMPLETED`` or ``ALL_COMPLETED``) of the library.
 
-    In pieces that end at this thread's task deadline (see the module docstring), and of at
-    most ``MAX_WAIT`` seconds, so ``timeout`` may be ``inf``.
+    In ``wait_long``'s pieces: they end at this thread's task deadline (see the module
+    docstring) and last at most ``MAX_WAIT`` seconds, so ``timeout`` may be ``inf``.
     """
-    end = None if timeout is None else time.monotonic() + timeout
-    while True:
-        left = None if end is None else max(0.0, end - time.monotonic())
-        piece = _piece(left)
-        outcome = concurrent.futures.wait(fs, piece, return_when)
-        if (
-            not outcome.not_done
-            or piece == left
-            or (outcome.done and return_when != "ALL_COMPLETED")
-        ):
-            return outcome
+    outcome: list[concurrent.futures._base.DoneAndNotDoneFutures[Any]] = []
+
+    def piece(seconds: float | None) -> bool:
+        outcome[:] = [concurrent.futures.wait(fs, seconds, return_when)]
+        done, not_done = outcome[0]
+        return not not_done or (bool(done) and return_when != concurrent.futures.ALL_COMPLETED)
+
+    wait_long(piece, timeout)
+    return outcome[0]
 
 
 def wait_long(wait: Callable[[float | None], bool], timeout: float | None) -> bool:

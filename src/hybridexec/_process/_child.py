@@ -193,11 +193,8 @@ def write_comm(name: str) -> None:
 def blank_descriptors(keep: set[int]) -> None:
     """Point every open descriptor not in ``keep`` at ``/dev/null`` (see ``_zygote``).
 
-    A copy holds nothing of this process's: no pipe's end, no file (a lock, a deleted file's
-    space: 15e's E5). A ``logging.FileHandler`` made before the copy in append mode (the
-    default) lets its stream go, so a worker's first record opens its file again, appending
-    (15a's A5); one in ``"w"`` mode writes nowhere: this process writes at its own offset,
-    over what a worker appended (15h's H3).
+    A copy (the guardian, the tracker) holds nothing of this process's: no pipe's end, no
+    file (a lock, a deleted file's space: 15e's E5).
     """
     fds = [int(name) for name in os.listdir("/proc/self/fd")]
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)

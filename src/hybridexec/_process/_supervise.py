@@ -58,7 +58,7 @@ def get_context(start_method: str | None) -> multiprocessing.context.BaseContext
 WORKER_MODULE = "hybridexec._process._worker"
 
 
-def preload_in_forkserver() -> bool:
+def preload_in_forkserver() -> None:
     """Prepare the fork server, if not started yet: preload the worker module; fork the guardian.
 
     Every worker is forked with hybridexec already imported, so a replacement worker starts in
@@ -74,34 +74,26 @@ def preload_in_forkserver() -> bool:
     Called at the process lane's first task, or before the package's first thread (never with
     the executor: ``_lifecycle.before_first_thread``): a fork makes every page of this process
     copy-on-write, and each page written afterwards costs a fault (~8 us on a small VM).
-
-    Returns:
-        True when it was safe to fork the guardian (or it runs already).
     """
-    running = _set_preload()
-    if running and _guardian._guardian is not None:
-        return True
+    _set_preload()
+    if _guardian._guardian is not None:
+        return
     try:
-        safe = safe_to_fork()
-    except Exception as exc:  # never worse than multiprocessing's own start
-        logger.debug("guardian not forked: %r", exc)
-        return False
-    if safe:
-        try:
+        if safe_to_fork():  # else ``guard`` starts it as a new interpreter with the first child
             start_guardian_early()  # it forks the tracker when needed
-        except Exception as exc:
-            logger.debug("guardian not forked: %r", exc)
-    return safe
+    except Exception as exc:  # never worse than a guardian started the usual way
+        logger.debug("guardian not forked: %r", exc)
 
 
-def _set_preload() -> bool:
-    # True when the server runs already: its preload list can no longer change.
+def _set_preload() -> None:
+    # Add the worker module to the fork server's preload list, unless it runs already (its
+    # list can no longer change then).
     try:
         import multiprocessing.forkserver as forkserver
 
         server: Any = forkserver._forkserver  # 3.15's on_error is not in the stubs yet
         if getattr(server, "_forkserver_pid", None) is not None:
-            return True
+            return
         modules = list(getattr(server, "_preload_modules", ["__main__"]))
         if WORKER_MODULE not in modules:
             # 3.15: set_forkserver_preload(modules, *, on_error="ignore") stores the choice and
@@ -113,7 +105,6 @@ def _set_preload() -> bool:
                 server.set_forkserver_preload([*modules, WORKER_MODULE], on_error=on_error)
     except Exception:  # a private detail moved: workers just import the package themselves
         pass
-    return False
 
 
 _lifeline_lock = threading.Lock()

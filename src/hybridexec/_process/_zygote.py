@@ -53,7 +53,7 @@ from ._child import (
 )
 
 MAX_RSS = 256 << 20
-"""Above this resident size the fork server is started the usual way (see the docstring)."""
+"""Above this resident size the guardian starts as a new interpreter (see the docstring)."""
 
 TRACKER_NAME = "hx-tracker"
 """The resource tracker's process name when it is a copy of this process."""
